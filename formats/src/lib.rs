@@ -1,0 +1,70 @@
+//! Riffle's sources and sinks: finding files, inferring their schema, splitting them into morsels that
+//! worker threads read in parallel, and writing results atomically.
+
+mod error;
+mod files;
+mod read;
+mod write;
+
+pub use error::{FormatError, Result};
+pub use files::list_files;
+pub use read::{infer_schema, plan_morsels, read_morsel, BatchReader, Morsel};
+pub use write::write_atomic;
+
+use std::path::Path;
+
+/// How the fields of a CSV file are laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvOptions {
+    pub header: bool,
+    pub delimiter: u8,
+    pub quote: u8,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions { header: true, delimiter: b',', quote: b'"' }
+    }
+}
+
+/// A file format Riffle reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileFormat {
+    Parquet,
+    Csv(CsvOptions),
+    /// JSON lines: one object per line.
+    Json,
+    /// Arrow IPC file format.
+    Arrow,
+}
+
+impl FileFormat {
+    /// The format a path's extension names, if any.
+    pub fn from_path(path: &Path) -> Option<FileFormat> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        Self::from_name(&ext)
+    }
+
+    /// The format a name such as `parquet`, `csv`, `json` or `arrow` stands for.
+    pub fn from_name(name: &str) -> Option<FileFormat> {
+        match name.to_ascii_lowercase().as_str() {
+            "parquet" | "pq" => Some(FileFormat::Parquet),
+            "csv" | "tsv" | "txt" => Some(FileFormat::Csv(CsvOptions {
+                delimiter: if name.eq_ignore_ascii_case("tsv") { b'\t' } else { b',' },
+                ..CsvOptions::default()
+            })),
+            "json" | "jsonl" | "ndjson" => Some(FileFormat::Json),
+            "arrow" | "ipc" | "feather" => Some(FileFormat::Arrow),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            FileFormat::Parquet => "parquet",
+            FileFormat::Csv(_) => "csv",
+            FileFormat::Json => "json",
+            FileFormat::Arrow => "arrow",
+        }
+    }
+}

@@ -1,0 +1,233 @@
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::compute::{cast_with_options, CastOptions};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::ParquetMetaData;
+
+use crate::{CsvOptions, FileFormat, FormatError, Result};
+
+/// How many rows schema inference looks at in text formats.
+const INFER_ROWS: usize = 10_000;
+
+/// A unit of scan work one worker reads on its own: a whole file, or some row groups of a Parquet file.
+#[derive(Debug, Clone)]
+pub struct Morsel {
+    pub file: PathBuf,
+    /// Parquet row groups to read; `None` reads the whole file.
+    pub row_groups: Option<Vec<usize>>,
+    /// Row count when known up front (Parquet metadata).
+    pub rows: Option<usize>,
+}
+
+/// An iterator of batches read from one morsel.
+pub type BatchReader = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| FormatError::io(path, e))
+}
+
+fn parquet_metadata(path: &Path) -> Result<Arc<ParquetMetaData>> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
+        .map_err(|e| FormatError::corrupt(path, format!("not a valid Parquet file ({e})")))?;
+    Ok(builder.metadata().clone())
+}
+
+/// The schema of the files of a table, read from the first file (Parquet, Arrow) or inferred from its
+/// first rows (CSV, JSON). Inferred text columns become Int64, Float64, Boolean, Date32, Timestamp or Utf8.
+pub fn infer_schema(format: &FileFormat, files: &[PathBuf]) -> Result<SchemaRef> {
+    let Some(path) = files.first() else {
+        return Err(FormatError::NoFiles { pattern: String::new() });
+    };
+    let schema = match format {
+        FileFormat::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
+                .map_err(|e| FormatError::corrupt(path, format!("not a valid Parquet file ({e})")))?;
+            builder.schema().clone()
+        }
+        FileFormat::Csv(opts) => {
+            let format = csv_format(opts);
+            let (schema, _) = format
+                .infer_schema(BufReader::new(open(path)?), Some(INFER_ROWS))
+                .map_err(|e| FormatError::corrupt(path, e))?;
+            Arc::new(schema)
+        }
+        FileFormat::Json => {
+            let mut reader = BufReader::new(open(path)?);
+            let (schema, _) =
+                arrow::json::reader::infer_json_schema_from_seekable(&mut reader, Some(INFER_ROWS))
+                    .map_err(|e| FormatError::corrupt(path, e))?;
+            Arc::new(schema)
+        }
+        FileFormat::Arrow => {
+            let reader = arrow::ipc::reader::FileReader::try_new(open(path)?, None)
+                .map_err(|e| FormatError::corrupt(path, format!("not a valid Arrow IPC file ({e})")))?;
+            reader.schema()
+        }
+    };
+    // Columns are nullable: one file of a table may hold nulls where another holds none.
+    let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+fn csv_format(opts: &CsvOptions) -> arrow::csv::reader::Format {
+    arrow::csv::reader::Format::default()
+        .with_header(opts.header)
+        .with_delimiter(opts.delimiter)
+        .with_quote(opts.quote)
+}
+
+/// Splits files into morsels: one per Parquet row group, one per file otherwise.
+pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel>> {
+    let mut morsels = Vec::new();
+    for file in files {
+        match format {
+            FileFormat::Parquet => {
+                let meta = parquet_metadata(file)?;
+                for (i, rg) in meta.row_groups().iter().enumerate() {
+                    morsels.push(Morsel {
+                        file: file.clone(),
+                        row_groups: Some(vec![i]),
+                        rows: Some(rg.num_rows() as usize),
+                    });
+                }
+            }
+            _ => morsels.push(Morsel { file: file.clone(), row_groups: None, rows: None }),
+        }
+    }
+    Ok(morsels)
+}
+
+/// Reads one morsel as batches of `table_schema` projected to `projection` (indices into
+/// `table_schema`). Columns are matched by name in self-describing formats and cast to the table's type,
+/// so a table declared by DDL may widen a file's types.
+pub fn read_morsel(
+    format: &FileFormat,
+    morsel: &Morsel,
+    table_schema: &SchemaRef,
+    projection: &[usize],
+    batch_size: usize,
+) -> Result<BatchReader> {
+    let path = morsel.file.clone();
+    let out_schema: SchemaRef = Arc::new(table_schema.project(projection).map_err(|e| FormatError::corrupt(&path, e))?);
+    match format {
+        FileFormat::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open(&path)?)
+                .map_err(|e| FormatError::corrupt(&path, format!("not a valid Parquet file ({e})")))?;
+            let file_schema = builder.schema().clone();
+            let file_cols = columns_by_name(&path, &file_schema, &out_schema)?;
+            let mut roots: Vec<usize> = file_cols.iter().flatten().copied().collect();
+            roots.sort_unstable();
+            roots.dedup();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+            let mut builder = builder.with_projection(mask).with_batch_size(batch_size.max(1));
+            if let Some(rgs) = &morsel.row_groups {
+                builder = builder.with_row_groups(rgs.clone());
+            }
+            let reader = builder.build().map_err(|e| FormatError::corrupt(&path, e))?;
+            // Position of each projected file column inside the batches the reader yields.
+            let positions: Vec<Option<usize>> = file_cols
+                .iter()
+                .map(|c| c.and_then(|c| roots.iter().position(|r| *r == c)))
+                .collect();
+            Ok(Box::new(reader.map(move |batch| {
+                let batch = batch.map_err(|e| FormatError::corrupt(&path, e))?;
+                conform(&path, &batch, &positions, &out_schema)
+            })))
+        }
+        FileFormat::Arrow => {
+            let reader = arrow::ipc::reader::FileReader::try_new(open(&path)?, None)
+                .map_err(|e| FormatError::corrupt(&path, format!("not a valid Arrow IPC file ({e})")))?;
+            let file_cols = columns_by_name(&path, &reader.schema(), &out_schema)?;
+            Ok(Box::new(reader.map(move |batch| {
+                let batch = batch.map_err(|e| FormatError::corrupt(&path, e))?;
+                conform(&path, &batch, &file_cols, &out_schema)
+            })))
+        }
+        FileFormat::Csv(opts) => {
+            // Text formats are parsed with the table's types; only projected columns are parsed.
+            let mut file = open(&path)?;
+            file.seek(SeekFrom::Start(0)).map_err(|e| FormatError::io(&path, e))?;
+            let reader = arrow::csv::ReaderBuilder::new(table_schema.clone())
+                .with_header(opts.header)
+                .with_delimiter(opts.delimiter)
+                .with_quote(opts.quote)
+                .with_batch_size(batch_size.max(1))
+                .with_projection(projection.to_vec())
+                .build(BufReader::new(file))
+                .map_err(|e| FormatError::corrupt(&path, e))?;
+            Ok(Box::new(reader.map(move |batch| {
+                batch.map_err(|e| FormatError::corrupt(&path, format!("{e} (check the value, or declare the column with a wider type such as VARCHAR)")))
+            })))
+        }
+        FileFormat::Json => {
+            let file = open(&path)?;
+            let reader = arrow::json::ReaderBuilder::new(table_schema.clone())
+                .with_batch_size(batch_size.max(1))
+                .build(BufReader::new(file))
+                .map_err(|e| FormatError::corrupt(&path, e))?;
+            let identity: Vec<Option<usize>> = projection.iter().map(|i| Some(*i)).collect();
+            Ok(Box::new(reader.map(move |batch| {
+                let batch = batch.map_err(|e| FormatError::corrupt(&path, e))?;
+                conform(&path, &batch, &identity, &out_schema)
+            })))
+        }
+    }
+}
+
+/// For each wanted column, its index in the file's schema (by name, case-insensitively as a fallback).
+fn columns_by_name(path: &Path, file: &Schema, wanted: &Schema) -> Result<Vec<Option<usize>>> {
+    wanted
+        .fields()
+        .iter()
+        .map(|f| {
+            let exact = file.fields().iter().position(|g| g.name() == f.name());
+            let found = exact.or_else(|| file.fields().iter().position(|g| g.name().eq_ignore_ascii_case(f.name())));
+            match found {
+                Some(i) => Ok(Some(i)),
+                None => Err(FormatError::corrupt(
+                    path,
+                    format!(
+                        "column '{}' is missing (the file has: {})",
+                        f.name(),
+                        file.fields().iter().map(|g| g.name().as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Picks columns `positions` out of `batch` and casts them to `schema`'s types.
+fn conform(path: &Path, batch: &RecordBatch, positions: &[Option<usize>], schema: &SchemaRef) -> Result<RecordBatch> {
+    let options = CastOptions { safe: false, ..Default::default() };
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(positions.len());
+    for (pos, field) in positions.iter().zip(schema.fields()) {
+        let col = match pos {
+            Some(p) => batch.column(*p).clone(),
+            None => new_null_array(field.data_type(), batch.num_rows()),
+        };
+        let col = if col.data_type() == field.data_type() {
+            col
+        } else {
+            cast_with_options(&col, field.data_type(), &options).map_err(|e| {
+                FormatError::corrupt(
+                    path,
+                    format!("column '{}' holds {} where {} was expected: {e}", field.name(), col.data_type(), field.data_type()),
+                )
+            })?
+        };
+        columns.push(col);
+    }
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| FormatError::corrupt(path, e))
+}
