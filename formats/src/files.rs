@@ -17,7 +17,7 @@ pub fn list_files(pattern: &str) -> Result<Vec<PathBuf>> {
             message: e.to_string(),
         })?;
         for entry in entries {
-            let entry = entry.map_err(|e| FormatError::io(e.path().to_path_buf(), e.into_error()))?;
+            let entry = entry.map_err(|e| FormatError::io(e.path().to_path_buf(), e.into()))?;
             if entry.is_file() {
                 files.push(entry);
             }
