@@ -1,1 +1,14 @@
-pub fn _x(){}
+//! Riffle's engine: SQL → logical plan → optimizer → physical plan → pipelines of push-based operators
+//! that process Arrow record batches, bounded or not.
+
+pub mod catalog;
+pub mod error;
+pub mod eval;
+pub mod functions;
+pub mod logical;
+pub mod message;
+pub mod sql;
+pub mod types;
+
+pub use error::{Result, RiffleError};
+pub use message::Message;

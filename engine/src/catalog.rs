@@ -1,0 +1,96 @@
+//! Tables and views a session knows by name.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use riffle_formats::{FileFormat, Morsel};
+
+use crate::error::{closest, Result, RiffleError};
+
+/// Where a table's rows come from.
+#[derive(Debug)]
+pub enum TableData {
+    Files { format: FileFormat, files: Vec<PathBuf>, morsels: Vec<Morsel> },
+    /// Rows held in memory (e.g. `CREATE TABLE t AS …`, `INSERT INTO`).
+    Memory(Vec<RecordBatch>),
+}
+
+#[derive(Debug)]
+pub struct TableSource {
+    pub schema: SchemaRef,
+    pub data: TableData,
+    /// A bounded table read as an unbounded stream that happens to end (see `Config::stream`).
+    pub location: String,
+}
+
+impl TableSource {
+    /// A table over files: `path` is a file, a directory or a glob; the format comes from the option or
+    /// the extension; the schema is given (DDL) or inferred.
+    pub fn files(path: &str, format: Option<FileFormat>, schema: Option<SchemaRef>) -> Result<TableSource> {
+        let files = riffle_formats::list_files(path)?;
+        let format = match format {
+            Some(f) => f,
+            None => FileFormat::from_path(&files[0]).ok_or_else(|| {
+                RiffleError::plan(format!(
+                    "cannot tell the format of '{}' from its extension: use .parquet, .csv, .json or .arrow, or give the format",
+                    files[0].display()
+                ))
+            })?,
+        };
+        let schema = match schema {
+            Some(s) => s,
+            None => riffle_formats::infer_schema(&format, &files)?,
+        };
+        let morsels = riffle_formats::plan_morsels(&format, &files)?;
+        Ok(TableSource { schema, data: TableData::Files { format, files, morsels }, location: path.to_string() })
+    }
+
+    pub fn memory(schema: SchemaRef, batches: Vec<RecordBatch>) -> TableSource {
+        TableSource { schema, data: TableData::Memory(batches), location: "memory".into() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum CatalogEntry {
+    Table(Arc<TableSource>),
+    /// A view is kept as SQL and bound where it is used.
+    View(Box<sqlparser::ast::Query>),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    entries: BTreeMap<String, CatalogEntry>,
+}
+
+impl Catalog {
+    pub fn register(&mut self, name: &str, entry: CatalogEntry) {
+        self.entries.insert(name.to_ascii_lowercase(), entry);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&CatalogEntry> {
+        self.entries.get(&name.to_ascii_lowercase())
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<CatalogEntry> {
+        self.entries.remove(&name.to_ascii_lowercase())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(&name.to_ascii_lowercase())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(|k| k.as_str())
+    }
+
+    /// The error for an unknown table, with the closest known name.
+    pub fn unknown(&self, name: &str) -> String {
+        match closest(name, self.names()) {
+            Some(c) => format!("table '{name}' does not exist; did you mean '{c}'?"),
+            None => format!("table '{name}' does not exist"),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Evaluates bound expressions over record batches with arrow's compute kernels.
+
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar as ArrowScalar};
+use arrow::compute::kernels::{boolean, cmp, numeric, zip::zip};
+use arrow::compute::{cast_with_options, CastOptions};
+use arrow::datatypes::{DataType, IntervalUnit};
+
+use crate::error::{Result, RiffleError};
+use crate::logical::{BinaryOp, Expr};
+use crate::types::sql_name;
+
+/// An operand of a kernel: a column of the batch's length, or a constant.
+enum Value {
+    Array(ArrayRef),
+    Scalar(ArrayRef),
+}
+
+impl Value {
+    fn datum(&self) -> Box<dyn Datum + '_> {
+        match self {
+            Value::Array(a) => Box::new(a),
+            Value::Scalar(s) => Box::new(ArrowScalar::new(s)),
+        }
+    }
+
+    fn into_array(self, rows: usize) -> Result<ArrayRef> {
+        match self {
+            Value::Array(a) => Ok(a),
+            Value::Scalar(s) => repeat(&s, rows),
+        }
+    }
+}
+
+/// A column of `rows` copies of the one-element array `s`.
+pub fn repeat(s: &ArrayRef, rows: usize) -> Result<ArrayRef> {
+    if s.is_null(0) {
+        return Ok(new_null_array(s.data_type(), rows));
+    }
+    let indices = arrow::array::UInt32Array::from(vec![0u32; rows]);
+    Ok(arrow::compute::take(s.as_ref(), &indices, None)?)
+}
+
+/// Evaluates `expr` over `batch`, giving a column as long as the batch.
+pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<ArrayRef> {
+    eval(expr, batch)?.into_array(batch.num_rows())
+}
+
+/// Evaluates a predicate, treating NULL as false.
+pub fn evaluate_predicate(expr: &Expr, batch: &RecordBatch) -> Result<BooleanArray> {
+    let v = evaluate(expr, batch)?;
+    let b = v
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .ok_or_else(|| RiffleError::exec(format!("predicate is {} where BOOLEAN was expected", sql_name(v.data_type()))))?;
+    Ok(if b.null_count() > 0 { arrow::compute::prep_null_mask_filter(b) } else { b.clone() })
+}
+
+fn eval(expr: &Expr, batch: &RecordBatch) -> Result<Value> {
+    let rows = batch.num_rows();
+    Ok(match expr {
+        Expr::Column(i) => Value::Array(batch.column(*i).clone()),
+        Expr::Literal(s) => Value::Scalar(s.0.clone()),
+        Expr::Binary { op, left, right } => {
+            let l = eval(left, batch)?;
+            let r = eval(right, batch)?;
+            let scalar = matches!((&l, &r), (Value::Scalar(_), Value::Scalar(_)));
+            let out = binary(*op, &l, &r, rows)?;
+            let ty = expr.data_type(&batch.schema());
+            let out = if out.data_type() != &ty && ty != DataType::Null { arrow::compute::cast(&out, &ty)? } else { out };
+            if scalar { Value::Scalar(out) } else { Value::Array(out) }
+        }
+        Expr::Not(e) => map(eval(e, batch)?, |a| Ok(Arc::new(boolean::not(as_bool(a)?)?)))?,
+        Expr::Negate(e) => map(eval(e, batch)?, |a| Ok(numeric::neg(a)?))?,
+        Expr::IsNull(e) => map(eval(e, batch)?, |a| Ok(Arc::new(arrow::compute::is_null(a)?)))?,
+        Expr::IsNotNull(e) => map(eval(e, batch)?, |a| Ok(Arc::new(arrow::compute::is_not_null(a)?)))?,
+        Expr::Cast { expr, to, safe } => {
+            let options = CastOptions { safe: *safe, ..Default::default() };
+            map(eval(expr, batch)?, |a| cast_value(a, to, &options))?
+        }
+        Expr::Case { branches, otherwise } => Value::Array(case(branches, otherwise.as_deref(), batch)?),
+        Expr::Function { func, args, ty } => {
+            let values: Vec<Value> = args.iter().map(|a| eval(a, batch)).collect::<Result<_>>()?;
+            let all_scalar = !values.is_empty() && values.iter().all(|v| matches!(v, Value::Scalar(_))) && !func.is_volatile();
+            let n = if all_scalar { 1 } else { rows };
+            let arrays: Vec<ArrayRef> = values
+                .into_iter()
+                .map(|v| match v {
+                    Value::Scalar(s) if !all_scalar => repeat(&s, rows),
+                    Value::Scalar(s) | Value::Array(s) => Ok(s),
+                })
+                .collect::<Result<_>>()?;
+            let out = func.invoke(&arrays, n, ty)?;
+            let out = if out.data_type() != ty { arrow::compute::cast(&out, ty)? } else { out };
+            if all_scalar { Value::Scalar(out) } else { Value::Array(out) }
+        }
+        Expr::InList { expr, list, negated } => {
+            let v = eval(expr, batch)?;
+            let mut acc: Option<ArrayRef> = None;
+            for item in list {
+                let item = eval(item, batch)?;
+                let eq: ArrayRef = Arc::new(cmp::eq(v.datum().as_ref(), item.datum().as_ref())?);
+                acc = Some(match acc {
+                    None => eq,
+                    Some(a) => Arc::new(boolean::or_kleene(as_bool(&a)?, as_bool(&eq)?)?),
+                });
+            }
+            let acc = acc.ok_or_else(|| RiffleError::exec("empty IN list"))?;
+            let acc = if acc.len() == 1 && rows != 1 { repeat(&acc, rows)? } else { acc };
+            let out: ArrayRef = if *negated { Arc::new(boolean::not(as_bool(&acc)?)?) } else { acc };
+            Value::Array(out)
+        }
+        Expr::Like { expr, pattern, negated, case_insensitive } => {
+            let v = eval(expr, batch)?;
+            let p = eval(pattern, batch)?;
+            let (l, r) = (v.datum(), p.datum());
+            let out = match (*negated, *case_insensitive) {
+                (false, false) => arrow::compute::kernels::comparison::like(l.as_ref(), r.as_ref())?,
+                (true, false) => arrow::compute::kernels::comparison::nlike(l.as_ref(), r.as_ref())?,
+                (false, true) => arrow::compute::kernels::comparison::ilike(l.as_ref(), r.as_ref())?,
+                (true, true) => arrow::compute::kernels::comparison::nilike(l.as_ref(), r.as_ref())?,
+            };
+            let out: ArrayRef = Arc::new(out);
+            if matches!((&v, &p), (Value::Scalar(_), Value::Scalar(_))) { Value::Scalar(out) } else { Value::Array(out) }
+        }
+    })
+}
+
+fn map(v: Value, f: impl Fn(&ArrayRef) -> Result<ArrayRef>) -> Result<Value> {
+    Ok(match v {
+        Value::Array(a) => Value::Array(f(&a)?),
+        Value::Scalar(s) => Value::Scalar(f(&s)?),
+    })
+}
+
+fn as_bool(a: &ArrayRef) -> Result<&BooleanArray> {
+    a.as_any()
+        .downcast_ref::<BooleanArray>()
+        .ok_or_else(|| RiffleError::exec(format!("expected BOOLEAN, got {}", sql_name(a.data_type()))))
+}
+
+pub fn cast_value(a: &ArrayRef, to: &DataType, options: &CastOptions) -> Result<ArrayRef> {
+    if a.data_type() == to {
+        return Ok(a.clone());
+    }
+    // Arrow casts strings to booleans leniently; SQL wants true/false/t/f/1/0 (arrow agrees).
+    cast_with_options(a, to, options).map_err(|e| {
+        RiffleError::exec(format!("conversion from {} to {} failed: {e}", sql_name(a.data_type()), sql_name(to)))
+    })
+}
+
+fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
+    let (ld, rd) = (l.datum(), r.datum());
+    let (ld, rd) = (ld.as_ref(), rd.as_ref());
+    let out: ArrayRef = match op {
+        BinaryOp::Add => numeric::add(ld, rd)?,
+        BinaryOp::Sub => match (ld.get().0.data_type(), rd.get().0.data_type()) {
+            (DataType::Date32, DataType::Date32) => {
+                let a = arrow::compute::cast(ld.get().0, &DataType::Int64)?;
+                let b = arrow::compute::cast(rd.get().0, &DataType::Int64)?;
+                numeric::sub(&datum_like(&a, l), &datum_like(&b, r))?
+            }
+            _ => numeric::sub(ld, rd)?,
+        },
+        BinaryOp::Mul => numeric::mul(ld, rd)?,
+        BinaryOp::Div => {
+            // SQL: division by zero gives NULL in DuckDB rather than an error or infinity.
+            let zero = cmp::eq(rd, &ArrowScalar::new(arrow::array::Float64Array::from(vec![0.0])))?;
+            let q = numeric::div(ld, rd)?;
+            arrow::compute::nullif(&q, &broadcast_bool(zero, rows)?)?
+        }
+        BinaryOp::IntDiv | BinaryOp::Mod => {
+            let zero_arr = arrow::compute::cast(&(Arc::new(arrow::array::Int64Array::from(vec![0])) as ArrayRef), rd.get().0.data_type())?;
+            let zero = cmp::eq(rd, &ArrowScalar::new(zero_arr))?;
+            let zero = broadcast_bool(zero, rows)?;
+            // Replace zero divisors by NULL before dividing, so the kernel never sees them.
+            let safe_r = arrow::compute::nullif(&repeat_if_scalar(r, rows)?, &zero)?;
+            let l_arr = repeat_if_scalar(l, rows)?;
+            if op == BinaryOp::Mod { numeric::rem(&l_arr, &safe_r)? } else { int_div(&l_arr, &safe_r)? }
+        }
+        BinaryOp::Eq => Arc::new(cmp::eq(ld, rd)?),
+        BinaryOp::NotEq => Arc::new(cmp::neq(ld, rd)?),
+        BinaryOp::Lt => Arc::new(cmp::lt(ld, rd)?),
+        BinaryOp::LtEq => Arc::new(cmp::lt_eq(ld, rd)?),
+        BinaryOp::Gt => Arc::new(cmp::gt(ld, rd)?),
+        BinaryOp::GtEq => Arc::new(cmp::gt_eq(ld, rd)?),
+        BinaryOp::IsDistinctFrom => Arc::new(cmp::distinct(ld, rd)?),
+        BinaryOp::IsNotDistinctFrom => Arc::new(cmp::not_distinct(ld, rd)?),
+        BinaryOp::And | BinaryOp::Or => {
+            let (a, b) = (repeat_if_scalar(l, rows)?, repeat_if_scalar(r, rows)?);
+            let (a, b) = (as_bool(&a)?, as_bool(&b)?);
+            Arc::new(if op == BinaryOp::And { boolean::and_kleene(a, b)? } else { boolean::or_kleene(a, b)? })
+        }
+        BinaryOp::Concat => {
+            let (a, b) = (repeat_if_scalar(l, rows)?, repeat_if_scalar(r, rows)?);
+            let a = arrow::compute::cast(&a, &DataType::Utf8)?;
+            let b = arrow::compute::cast(&b, &DataType::Utf8)?;
+            Arc::new(arrow::compute::kernels::concat_elements::concat_elements_utf8::<i32>(
+                a.as_any().downcast_ref().ok_or_else(|| RiffleError::exec("concat: not a string"))?,
+                b.as_any().downcast_ref().ok_or_else(|| RiffleError::exec("concat: not a string"))?,
+            )?)
+        }
+    };
+    Ok(out)
+}
+
+fn datum_like(a: &ArrayRef, like: &Value) -> Value {
+    match like {
+        Value::Array(_) => Value::Array(a.clone()),
+        Value::Scalar(_) => Value::Scalar(a.clone()),
+    }
+}
+
+impl Datum for Value {
+    fn get(&self) -> (&dyn Array, bool) {
+        match self {
+            Value::Array(a) => (a.as_ref(), false),
+            Value::Scalar(s) => (s.as_ref(), true),
+        }
+    }
+}
+
+fn repeat_if_scalar(v: &Value, rows: usize) -> Result<ArrayRef> {
+    match v {
+        Value::Array(a) => Ok(a.clone()),
+        Value::Scalar(s) if rows == 1 => Ok(s.clone()),
+        Value::Scalar(s) => repeat(s, rows),
+    }
+}
+
+fn broadcast_bool(b: BooleanArray, rows: usize) -> Result<BooleanArray> {
+    if b.len() == rows {
+        return Ok(b);
+    }
+    let a: ArrayRef = Arc::new(b);
+    let r = repeat(&a, rows)?;
+    as_bool(&r).cloned()
+}
+
+/// Integer division rounding toward zero, as DuckDB's `//`.
+fn int_div(l: &ArrayRef, r: &ArrayRef) -> Result<ArrayRef> {
+    match l.data_type() {
+        DataType::Float64 | DataType::Float32 => {
+            let q = numeric::div(l, r)?;
+            let q = arrow::compute::cast(&q, &DataType::Float64)?;
+            let q: ArrayRef = Arc::new(q.as_any().downcast_ref::<arrow::array::Float64Array>().map(|a| a.unary::<_, arrow::datatypes::Float64Type>(f64::trunc)).ok_or_else(|| RiffleError::exec("int_div"))?);
+            Ok(arrow::compute::cast(&q, l.data_type())?)
+        }
+        _ => Ok(numeric::div(l, r)?),
+    }
+}
+
+/// The interval literal for `n` units of `unit` (`day`, `month`, …).
+pub fn interval_literal(n: f64, unit: &str) -> Result<ArrayRef> {
+    use arrow::datatypes::IntervalMonthDayNano;
+    let unit = unit.to_ascii_lowercase();
+    let unit = unit.trim_end_matches('s');
+    let (months, days, nanos): (i32, i32, i64) = match unit {
+        "year" => ((n * 12.0) as i32, 0, 0),
+        "quarter" => ((n * 3.0) as i32, 0, 0),
+        "month" => (n as i32, 0, 0),
+        "week" => (0, (n * 7.0) as i32, 0),
+        "day" => (0, n as i32, ((n - n.trunc()) * 86_400e9) as i64),
+        "hour" => (0, 0, (n * 3_600e9) as i64),
+        "minute" => (0, 0, (n * 60e9) as i64),
+        "second" => (0, 0, (n * 1e9) as i64),
+        "millisecond" => (0, 0, (n * 1e6) as i64),
+        "microsecond" => (0, 0, (n * 1e3) as i64),
+        other => return Err(RiffleError::plan(format!("unknown interval unit '{other}'"))),
+    };
+    let _ = IntervalUnit::MonthDayNano;
+    Ok(Arc::new(arrow::array::IntervalMonthDayNanoArray::from(vec![IntervalMonthDayNano::new(months, days, nanos)])))
+}
+
+fn case(branches: &[(Expr, Expr)], otherwise: Option<&Expr>, batch: &RecordBatch) -> Result<ArrayRef> {
+    let rows = batch.num_rows();
+    let ty = branches
+        .first()
+        .map(|(_, v)| v.data_type(&batch.schema()))
+        .or_else(|| otherwise.map(|o| o.data_type(&batch.schema())))
+        .unwrap_or(DataType::Null);
+    let mut result = match otherwise {
+        Some(o) => evaluate(o, batch)?,
+        None => new_null_array(&ty, rows),
+    };
+    // Later branches are applied first so that earlier ones win.
+    // Each branch is evaluated on all rows; errors in untaken branches (e.g. casts) are avoided by the
+    // binder keeping branch values total where it can.
+    let mut taken = BooleanArray::from(vec![false; rows]);
+    let mut conds = Vec::with_capacity(branches.len());
+    for (cond, _) in branches {
+        let c = evaluate_predicate(cond, batch)?;
+        let fresh = boolean::and(&c, &boolean::not(&taken)?)?;
+        taken = boolean::or(&taken, &c)?;
+        conds.push(fresh);
+    }
+    for ((_, value), cond) in branches.iter().zip(conds).rev() {
+        if cond.true_count() == 0 {
+            continue;
+        }
+        let v = evaluate(value, batch)?;
+        result = zip(&cond, &v, &result)?;
+    }
+    Ok(result)
+}

@@ -1,0 +1,237 @@
+//! The logical plan: what to compute, bound and typed, before any choice of algorithm.
+
+use std::fmt::{self, Write};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use super::expr::Expr;
+use crate::catalog::TableSource;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggFunc {
+    CountStar,
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+}
+
+impl AggFunc {
+    pub fn name(self) -> &'static str {
+        match self {
+            AggFunc::CountStar | AggFunc::Count => "count",
+            AggFunc::Sum => "sum",
+            AggFunc::Avg => "avg",
+            AggFunc::Min => "min",
+            AggFunc::Max => "max",
+        }
+    }
+}
+
+/// One aggregate of an `Aggregate` node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggCall {
+    pub func: AggFunc,
+    pub args: Vec<Expr>,
+    pub distinct: bool,
+    /// The result type.
+    pub ty: DataType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    Left,
+    Right,
+    Full,
+    /// Left rows with at least one match.
+    Semi,
+    /// Left rows with no match.
+    Anti,
+}
+
+impl JoinKind {
+    /// Whether the output has the right side's columns.
+    pub fn keeps_right(self) -> bool {
+        !matches!(self, JoinKind::Semi | JoinKind::Anti)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortKey {
+    pub expr: Expr,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum LogicalPlan {
+    /// Reads columns `projection` of a table, keeping rows where every filter holds. Filters use
+    /// positions in the projected schema.
+    Scan { name: String, source: Arc<TableSource>, projection: Vec<usize>, filters: Vec<Expr>, schema: SchemaRef },
+    /// Literal rows.
+    Values { rows: Vec<Vec<Expr>>, schema: SchemaRef },
+    Filter { input: Box<LogicalPlan>, predicate: Expr },
+    Project { input: Box<LogicalPlan>, exprs: Vec<Expr>, schema: SchemaRef },
+    /// Output: the group keys, then the aggregates.
+    Aggregate { input: Box<LogicalPlan>, group: Vec<Expr>, aggs: Vec<AggCall>, schema: SchemaRef },
+    /// `on`: pairs (left expr, right expr) that must be equal (NULLs never match). `filter` is over the
+    /// concatenated schema left ++ right. `null_aware` (anti joins from NOT IN): a NULL on either side
+    /// makes the membership test unknown, so the row is not returned.
+    Join {
+        left: Box<LogicalPlan>,
+        right: Box<LogicalPlan>,
+        kind: JoinKind,
+        on: Vec<(Expr, Expr)>,
+        filter: Option<Expr>,
+        null_aware: bool,
+        schema: SchemaRef,
+    },
+    /// `fetch`: only the first rows are wanted (top-k).
+    Sort { input: Box<LogicalPlan>, keys: Vec<SortKey>, fetch: Option<usize> },
+    Limit { input: Box<LogicalPlan>, skip: usize, fetch: Option<usize> },
+    /// UNION ALL.
+    Union { inputs: Vec<LogicalPlan>, schema: SchemaRef },
+}
+
+/// The schema of a join's output.
+pub fn join_schema(left: &Schema, right: &Schema, kind: JoinKind) -> SchemaRef {
+    let nullable_left = matches!(kind, JoinKind::Right | JoinKind::Full);
+    let nullable_right = matches!(kind, JoinKind::Left | JoinKind::Full);
+    let mut fields: Vec<Field> =
+        left.fields().iter().map(|f| f.as_ref().clone().with_nullable(f.is_nullable() || nullable_left)).collect();
+    if kind.keeps_right() {
+        fields.extend(right.fields().iter().map(|f| f.as_ref().clone().with_nullable(f.is_nullable() || nullable_right)));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+impl LogicalPlan {
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            LogicalPlan::Scan { schema, .. }
+            | LogicalPlan::Values { schema, .. }
+            | LogicalPlan::Project { schema, .. }
+            | LogicalPlan::Aggregate { schema, .. }
+            | LogicalPlan::Join { schema, .. }
+            | LogicalPlan::Union { schema, .. } => schema.clone(),
+            LogicalPlan::Filter { input, .. } | LogicalPlan::Sort { input, .. } | LogicalPlan::Limit { input, .. } => {
+                input.schema()
+            }
+        }
+    }
+
+    pub fn inputs(&self) -> Vec<&LogicalPlan> {
+        match self {
+            LogicalPlan::Scan { .. } | LogicalPlan::Values { .. } => vec![],
+            LogicalPlan::Filter { input, .. }
+            | LogicalPlan::Project { input, .. }
+            | LogicalPlan::Aggregate { input, .. }
+            | LogicalPlan::Sort { input, .. }
+            | LogicalPlan::Limit { input, .. } => vec![input],
+            LogicalPlan::Join { left, right, .. } => vec![left, right],
+            LogicalPlan::Union { inputs, .. } => inputs.iter().collect(),
+        }
+    }
+
+    /// An indented, one-node-per-line rendering for EXPLAIN.
+    pub fn display_indent(&self) -> String {
+        let mut out = String::new();
+        self.fmt_indent(&mut out, 0);
+        out
+    }
+
+    fn fmt_indent(&self, out: &mut String, depth: usize) {
+        let pad = "  ".repeat(depth);
+        let _ = writeln!(out, "{pad}{}", self.describe());
+        for input in self.inputs() {
+            input.fmt_indent(out, depth + 1);
+        }
+    }
+
+    /// One line describing this node (not its inputs).
+    pub fn describe(&self) -> String {
+        let list = |exprs: &[Expr], schema: &Schema| {
+            exprs.iter().map(|e| e.display(schema).to_string()).collect::<Vec<_>>().join(", ")
+        };
+        match self {
+            LogicalPlan::Scan { name, projection, filters, schema, source } => {
+                let cols: Vec<&str> = projection.iter().map(|i| source.schema.field(*i).name().as_str()).collect();
+                let mut s = format!("Scan: {name} [{}]", cols.join(", "));
+                if !filters.is_empty() {
+                    s.push_str(&format!(" filters=[{}]", list(filters, schema)));
+                }
+                s
+            }
+            LogicalPlan::Values { rows, .. } => format!("Values: {} rows", rows.len()),
+            LogicalPlan::Filter { input, predicate } => format!("Filter: {}", predicate.display(&input.schema())),
+            LogicalPlan::Project { input, exprs, schema } => {
+                let items: Vec<String> = exprs
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(e, f)| {
+                        let text = e.display(&input.schema()).to_string();
+                        if &text == f.name() { text } else { format!("{text} AS {}", f.name()) }
+                    })
+                    .collect();
+                format!("Project: {}", items.join(", "))
+            }
+            LogicalPlan::Aggregate { input, group, aggs, .. } => {
+                let schema = input.schema();
+                let aggs: Vec<String> = aggs
+                    .iter()
+                    .map(|a| {
+                        let args = if a.func == AggFunc::CountStar { "*".to_string() } else { list(&a.args, &schema) };
+                        format!("{}({}{args})", a.func.name(), if a.distinct { "DISTINCT " } else { "" })
+                    })
+                    .collect();
+                format!("Aggregate: group=[{}] aggs=[{}]", list(group, &schema), aggs.join(", "))
+            }
+            LogicalPlan::Join { left, right, kind, on, filter, null_aware, .. } => {
+                let (ls, rs) = (left.schema(), right.schema());
+                let keys: Vec<String> =
+                    on.iter().map(|(l, r)| format!("{} = {}", l.display(&ls), r.display(&rs))).collect();
+                let mut s = format!("Join: {kind:?}{}", if *null_aware { " (null-aware)" } else { "" });
+                if !keys.is_empty() {
+                    s.push_str(&format!(" on=[{}]", keys.join(", ")));
+                }
+                if let Some(f) = filter {
+                    let both = join_schema(&ls, &rs, JoinKind::Inner);
+                    s.push_str(&format!(" filter={}", f.display(&both)));
+                }
+                s
+            }
+            LogicalPlan::Sort { input, keys, fetch } => {
+                let schema = input.schema();
+                let keys: Vec<String> = keys
+                    .iter()
+                    .map(|k| {
+                        format!(
+                            "{} {} NULLS {}",
+                            k.expr.display(&schema),
+                            if k.descending { "DESC" } else { "ASC" },
+                            if k.nulls_first { "FIRST" } else { "LAST" }
+                        )
+                    })
+                    .collect();
+                match fetch {
+                    Some(n) => format!("TopK: {} fetch={n}", keys.join(", ")),
+                    None => format!("Sort: {}", keys.join(", ")),
+                }
+            }
+            LogicalPlan::Limit { skip, fetch, .. } => match fetch {
+                Some(n) => format!("Limit: skip={skip} fetch={n}"),
+                None => format!("Limit: skip={skip}"),
+            },
+            LogicalPlan::Union { inputs, .. } => format!("Union: {} inputs", inputs.len()),
+        }
+    }
+}
+
+impl fmt::Display for LogicalPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display_indent())
+    }
+}

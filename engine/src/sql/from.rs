@@ -1,0 +1,267 @@
+//! Binding the FROM clause: tables, views, CTEs, derived tables, table functions and joins.
+
+use std::sync::Arc;
+
+use arrow::datatypes::Schema;
+use riffle_formats::{CsvOptions, FileFormat};
+use sqlparser::ast::{self, TableFactor};
+
+use super::expr::{expr_pos, span_pos};
+use super::{alias_columns, join, ExprContext, Scope};
+use crate::catalog::{CatalogEntry, TableSource};
+use crate::error::{sql_error, Result, RiffleError};
+use crate::logical::{BinaryOp, Expr, JoinKind, LogicalPlan};
+
+use super::Binder;
+
+/// A scan of every column of `source`.
+pub fn scan(name: &str, source: Arc<TableSource>) -> LogicalPlan {
+    let schema = source.schema.clone();
+    let projection = (0..schema.fields().len()).collect();
+    LogicalPlan::Scan { name: name.to_string(), source, projection, filters: vec![], schema }
+}
+
+impl Binder<'_> {
+    pub(super) fn bind_from(&mut self, from: &[ast::TableWithJoins]) -> Result<(LogicalPlan, Scope)> {
+        let mut acc: Option<(LogicalPlan, Scope)> = None;
+        for twj in from {
+            let item = self.bind_table_with_joins(twj)?;
+            acc = Some(match acc {
+                None => item,
+                Some((lp, ls)) => {
+                    let scope = ls.join(&item.1);
+                    (join(lp, item.0, JoinKind::Inner, None), scope)
+                }
+            });
+        }
+        Ok(acc.unwrap_or_else(|| {
+            // SELECT without FROM reads one row of no columns.
+            let schema = Arc::new(Schema::empty());
+            (LogicalPlan::Values { rows: vec![vec![]], schema }, Scope::default())
+        }))
+    }
+
+    fn bind_table_with_joins(&mut self, twj: &ast::TableWithJoins) -> Result<(LogicalPlan, Scope)> {
+        let (mut plan, mut scope) = self.bind_table_factor(&twj.relation)?;
+        for j in &twj.joins {
+            let (rp, rs) = self.bind_table_factor(&j.relation)?;
+            use ast::JoinOperator as J;
+            let (kind, constraint) = match &j.join_operator {
+                J::Join(c) | J::Inner(c) => (JoinKind::Inner, Some(c)),
+                J::Left(c) | J::LeftOuter(c) => (JoinKind::Left, Some(c)),
+                J::Right(c) | J::RightOuter(c) => (JoinKind::Right, Some(c)),
+                J::FullOuter(c) => (JoinKind::Full, Some(c)),
+                J::CrossJoin(_) => (JoinKind::Inner, None),
+                J::Semi(c) | J::LeftSemi(c) => (JoinKind::Semi, Some(c)),
+                J::Anti(c) | J::LeftAnti(c) => (JoinKind::Anti, Some(c)),
+                other => return Err(RiffleError::NotSupported(format!("join {other:?}"))),
+            };
+            let both = scope.join(&rs);
+            let filter = match constraint {
+                None | Some(ast::JoinConstraint::None) => None,
+                Some(ast::JoinConstraint::On(e)) => {
+                    let b = self.bind_expr(e, &mut ExprContext { scope: &both, aggs: None })?;
+                    Some(self.coerce(b, &arrow::datatypes::DataType::Boolean, &both).map_err(|err| sql_error(err.to_string(), expr_pos(e)))?)
+                }
+                Some(ast::JoinConstraint::Using(cols)) => {
+                    let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+                    Some(self.using(&scope, &rs, &names)?)
+                }
+                Some(ast::JoinConstraint::Natural) => {
+                    let names: Vec<String> = scope
+                        .columns
+                        .iter()
+                        .filter(|c| !c.name.is_empty() && rs.columns.iter().any(|r| r.name.eq_ignore_ascii_case(&c.name)))
+                        .map(|c| c.name.clone())
+                        .collect();
+                    if names.is_empty() { None } else { Some(self.using(&scope, &rs, &names)?) }
+                }
+                Some(other) => return Err(RiffleError::NotSupported(format!("join constraint {other:?}"))),
+            };
+            let hide_right_using = matches!(constraint, Some(ast::JoinConstraint::Using(_) | ast::JoinConstraint::Natural));
+            let new_scope = if kind.keeps_right() {
+                let mut right = rs.clone();
+                if hide_right_using && kind != JoinKind::Full {
+                    // USING columns appear once; the right copy stays reachable by its qualifier only.
+                    for c in &mut right.columns {
+                        if scope.columns.iter().any(|l| l.name.eq_ignore_ascii_case(&c.name)) {
+                            c.using_duplicate = true;
+                        }
+                    }
+                }
+                scope.join(&right)
+            } else {
+                scope.clone()
+            };
+            plan = join(plan, rp, kind, filter);
+            scope = new_scope;
+        }
+        Ok((plan, scope))
+    }
+
+    fn using(&mut self, left: &Scope, right: &Scope, names: &[String]) -> Result<Expr> {
+        let both = left.join(right);
+        let mut parts = Vec::new();
+        for n in names {
+            let l = match left.lookup(None, n) {
+                super::scope::Lookup::Found(i) => i,
+                _ => return Err(RiffleError::plan(format!("USING column '{n}' is not in the left side of the join"))),
+            };
+            let r = match right.lookup(None, n) {
+                super::scope::Lookup::Found(i) => i + left.len(),
+                _ => return Err(RiffleError::plan(format!("USING column '{n}' is not in the right side of the join"))),
+            };
+            parts.push(self.binary(BinaryOp::Eq, Expr::Column(l), Expr::Column(r), &both)?);
+        }
+        Ok(Expr::conjunction(parts).unwrap_or(Expr::Literal(crate::logical::Scalar::boolean(true))))
+    }
+
+    fn bind_table_factor(&mut self, f: &TableFactor) -> Result<(LogicalPlan, Scope)> {
+        match f {
+            TableFactor::Table { name, alias, args: None, .. } => {
+                let ident = name.0.last().and_then(|p| p.as_ident()).cloned();
+                let table = name.to_string();
+                let key = ident.as_ref().map(|i| i.value.to_ascii_lowercase()).unwrap_or_else(|| table.to_ascii_lowercase());
+                let qualifier = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| key.clone());
+                let (plan, scope) = if let Some((_, p, s)) = self.ctes.iter().rev().find(|(n, _, _)| *n == key) {
+                    (p.clone(), s.clone())
+                } else {
+                    match self.catalog.get(&key) {
+                        Some(CatalogEntry::Table(source)) => {
+                            let plan = scan(&key, source.clone());
+                            let scope = Scope::from_schema(&source.schema, None);
+                            (plan, scope)
+                        }
+                        Some(CatalogEntry::View(q)) => {
+                            let q = q.clone();
+                            self.bind_query(&q)?
+                        }
+                        None => {
+                            let pos = ident.as_ref().and_then(|i| span_pos(&i.span));
+                            return Err(sql_error(self.catalog.unknown(&table), pos));
+                        }
+                    }
+                };
+                let scope = scope.with_qualifier(&qualifier);
+                match alias {
+                    Some(a) => alias_columns(plan, scope, a).map(|(p, s)| (p, s.with_qualifier(&qualifier))),
+                    None => Ok((plan, scope)),
+                }
+            }
+            TableFactor::Table { name, alias, args: Some(args), .. } => {
+                let fname = name.to_string().to_ascii_lowercase();
+                let source = self.table_function(&fname, &args.args)?;
+                let qualifier = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| fname.clone());
+                let plan = scan(&fname, Arc::new(source));
+                let scope = Scope::from_schema(&plan.schema(), Some(&qualifier));
+                match alias {
+                    Some(a) => alias_columns(plan, scope, a).map(|(p, s)| (p, s.with_qualifier(&qualifier))),
+                    None => Ok((plan, scope)),
+                }
+            }
+            TableFactor::Derived { subquery, alias, lateral, .. } => {
+                if *lateral {
+                    return Err(RiffleError::NotSupported("LATERAL".into()));
+                }
+                let (plan, scope) = self.bind_query(subquery)?;
+                match alias {
+                    Some(a) => {
+                        let (p, s) = alias_columns(plan, scope, a)?;
+                        Ok((p, s.with_qualifier(&a.name.value)))
+                    }
+                    None => Ok((plan, scope)),
+                }
+            }
+            TableFactor::NestedJoin { table_with_joins, alias } => {
+                let (plan, scope) = self.bind_table_with_joins(table_with_joins)?;
+                match alias {
+                    Some(a) => {
+                        let (p, s) = alias_columns(plan, scope, a)?;
+                        Ok((p, s.with_qualifier(&a.name.value)))
+                    }
+                    None => Ok((plan, scope)),
+                }
+            }
+            other => Err(RiffleError::NotSupported(format!("FROM item {other}"))),
+        }
+    }
+
+    /// `read_parquet('glob')`, `read_csv('glob', header=true, delim='|')`, `read_json(…)`, `read_arrow(…)`.
+    fn table_function(&mut self, name: &str, args: &[ast::FunctionArg]) -> Result<TableSource> {
+        let mut path: Option<String> = None;
+        let mut options: Vec<(String, String)> = Vec::new();
+        for a in args {
+            match a {
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) if path.is_none() => {
+                    path = Some(string_literal(e)?);
+                }
+                ast::FunctionArg::Named { name, arg: ast::FunctionArgExpr::Expr(e), .. } => {
+                    options.push((name.value.to_ascii_lowercase(), string_literal(e)?));
+                }
+                ast::FunctionArg::ExprNamed { name: ast::Expr::Identifier(id), arg: ast::FunctionArgExpr::Expr(e), .. } => {
+                    options.push((id.value.to_ascii_lowercase(), string_literal(e)?));
+                }
+                other => return Err(RiffleError::plan(format!("unexpected argument {other} to {name}()"))),
+            }
+        }
+        let path = path.ok_or_else(|| RiffleError::plan(format!("{name}() needs a path, e.g. {name}('data/*.parquet')")))?;
+        let format = match name {
+            "read_parquet" | "parquet_scan" => FileFormat::Parquet,
+            "read_csv" | "read_csv_auto" => {
+                let mut o = CsvOptions::default();
+                for (k, v) in &options {
+                    match k.as_str() {
+                        "header" => o.header = parse_bool(v)?,
+                        "delim" | "sep" | "delimiter" => o.delimiter = single_byte(v, k)?,
+                        "quote" => o.quote = single_byte(v, k)?,
+                        other => return Err(RiffleError::plan(format!("unknown read_csv option '{other}' (known: header, delim, quote)"))),
+                    }
+                }
+                FileFormat::Csv(o)
+            }
+            "read_json" | "read_json_auto" | "read_ndjson" => FileFormat::Json,
+            "read_arrow" | "read_ipc" => FileFormat::Arrow,
+            other => {
+                let hint = crate::error::closest(other, ["read_parquet", "read_csv", "read_json", "read_arrow"])
+                    .map(|c| format!("; did you mean '{c}'?"))
+                    .unwrap_or_default();
+                return Err(RiffleError::plan(format!("table function '{other}' does not exist{hint}")));
+            }
+        };
+        if name != "read_csv" && name != "read_csv_auto" {
+            if let Some((k, _)) = options.first() {
+                return Err(RiffleError::plan(format!("{name}() has no option '{k}'")));
+            }
+        }
+        TableSource::files(&path, Some(format), None)
+    }
+}
+
+pub fn parse_bool(v: &str) -> Result<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(RiffleError::plan(format!("expected true or false, got '{other}'"))),
+    }
+}
+
+pub fn single_byte(v: &str, what: &str) -> Result<u8> {
+    let v = if v == "\\t" { "\t" } else { v };
+    match v.as_bytes() {
+        [b] => Ok(*b),
+        _ => Err(RiffleError::plan(format!("option '{what}' must be one character, got '{v}'"))),
+    }
+}
+
+fn string_literal(e: &ast::Expr) -> Result<String> {
+    match e {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => Ok(s.clone()),
+            ast::Value::Number(n, _) => Ok(n.clone()),
+            ast::Value::Boolean(b) => Ok(b.to_string()),
+            other => Err(sql_error(format!("expected a string, got {other}"), expr_pos(e))),
+        },
+        ast::Expr::Identifier(id) => Ok(id.value.clone()),
+        other => Err(sql_error(format!("expected a constant, got {other}"), expr_pos(e))),
+    }
+}

@@ -1,0 +1,644 @@
+//! SQL → logical plan: the binder resolves names against the catalog, types every expression and
+//! turns subqueries into joins.
+
+mod expr;
+mod scope;
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use sqlparser::ast::{self, SetExpr};
+
+pub use expr::{cast_to, ExprContext};
+pub use scope::{Scope, ScopeColumn};
+
+use crate::catalog::Catalog;
+use crate::error::{sql_error, Result, RiffleError};
+use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey};
+use crate::types::{common_type, sql_name};
+use expr::{expr_pos, is_aggregate_name, AGG_BASE};
+
+/// The aggregate calls found while binding one SELECT, without duplicates.
+#[derive(Default)]
+pub struct AggCollector {
+    pub calls: Vec<AggCall>,
+}
+
+impl AggCollector {
+    fn add(&mut self, call: AggCall) -> usize {
+        if let Some(i) = self.calls.iter().position(|c| *c == call) {
+            return i;
+        }
+        self.calls.push(call);
+        self.calls.len() - 1
+    }
+}
+
+pub struct Binder<'a> {
+    catalog: &'a Catalog,
+    /// Common table expressions in scope, innermost last.
+    ctes: Vec<(String, LogicalPlan, Scope)>,
+    /// Scalar subqueries met while binding the current expression.
+    subquery_joins: SubqueryJoins,
+}
+
+fn project(input: LogicalPlan, exprs: Vec<Expr>, names: Vec<String>) -> LogicalPlan {
+    let in_schema = input.schema();
+    let fields: Vec<Field> = exprs
+        .iter()
+        .zip(&names)
+        .map(|(e, n)| {
+            let nullable = match e {
+                Expr::Column(i) => in_schema.field(*i).is_nullable(),
+                _ => true,
+            };
+            Field::new(n, e.data_type(&in_schema), nullable)
+        })
+        .collect();
+    LogicalPlan::Project { input: Box::new(input), exprs, schema: Arc::new(Schema::new(fields)) }
+}
+
+fn join(left: LogicalPlan, right: LogicalPlan, kind: JoinKind, filter: Option<Expr>) -> LogicalPlan {
+    let schema = join_schema(&left.schema(), &right.schema(), kind);
+    LogicalPlan::Join { left: Box::new(left), right: Box::new(right), kind, on: vec![], filter, null_aware: false, schema }
+}
+
+fn name_of(e: &ast::Expr) -> String {
+    match e {
+        ast::Expr::Identifier(id) => id.value.clone(),
+        ast::Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()).unwrap_or_default(),
+        ast::Expr::Nested(inner) => name_of(inner),
+        other => other.to_string(),
+    }
+}
+
+/// Replaces aggregate placeholders and group expressions by the Aggregate node's output columns; any
+/// other column reference is an error (it is neither grouped nor aggregated).
+fn rewrite_post_agg(e: Expr, group: &[Expr], input: &Scope) -> Result<Expr> {
+    if let Some(k) = group.iter().position(|g| *g == e) {
+        return Ok(Expr::Column(k));
+    }
+    match e {
+        Expr::Column(i) if i >= AGG_BASE => Ok(Expr::Column(group.len() + i - AGG_BASE)),
+        Expr::Column(i) => {
+            let name = input.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?");
+            Err(RiffleError::plan(format!(
+                "column '{name}' must appear in the GROUP BY clause or be used in an aggregate function"
+            )))
+        }
+        other => other.map_children(&mut |c| rewrite_post_agg(c, group, input)),
+    }
+}
+
+/// Does every column `e` names (outside nested subqueries) resolve in `scope`?
+fn resolves_in(e: &ast::Expr, scope: &Scope) -> bool {
+    use scope::Lookup;
+    let mut ok = true;
+    let _ = ast::visit_expressions(e, |x: &ast::Expr| {
+        let found = match x {
+            ast::Expr::Identifier(id) => !matches!(scope.lookup(None, &id.value), Lookup::NotFound),
+            ast::Expr::CompoundIdentifier(p) if p.len() >= 2 => {
+                !matches!(scope.lookup(Some(&p[p.len() - 2].value), &p[p.len() - 1].value), Lookup::NotFound)
+            }
+            _ => true,
+        };
+        ok &= found;
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    ok
+}
+
+fn conjuncts(e: &ast::Expr) -> Vec<&ast::Expr> {
+    match e {
+        ast::Expr::BinaryOp { left, op: ast::BinaryOperator::And, right } => {
+            let mut v = conjuncts(left);
+            v.extend(conjuncts(right));
+            v
+        }
+        ast::Expr::Nested(inner) if matches!(inner.as_ref(), ast::Expr::BinaryOp { op: ast::BinaryOperator::And, .. }) => {
+            conjuncts(inner)
+        }
+        other => vec![other],
+    }
+}
+
+fn and_all(parts: Vec<ast::Expr>) -> Option<ast::Expr> {
+    parts.into_iter().reduce(|a, b| ast::Expr::BinaryOp { left: Box::new(a), op: ast::BinaryOperator::And, right: Box::new(b) })
+}
+
+fn contains_aggregate(e: &ast::Expr) -> bool {
+    let mut found = false;
+    let _ = ast::visit_expressions(e, |x: &ast::Expr| {
+        if let ast::Expr::Function(f) = x {
+            if f.over.is_none() && is_aggregate_name(&f.name.to_string()) {
+                found = true;
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+impl<'a> Binder<'a> {
+    pub fn new(catalog: &'a Catalog) -> Self {
+        Binder { catalog, ctes: Vec::new(), subquery_joins: SubqueryJoins::default() }
+    }
+
+    pub fn bind_query(&mut self, q: &ast::Query) -> Result<(LogicalPlan, Scope)> {
+        let mark = self.ctes.len();
+        let result = self.bind_query_inner(q);
+        self.ctes.truncate(mark);
+        result
+    }
+
+    fn bind_query_inner(&mut self, q: &ast::Query) -> Result<(LogicalPlan, Scope)> {
+        if let Some(with) = &q.with {
+            if with.recursive {
+                return Err(RiffleError::NotSupported("WITH RECURSIVE".into()));
+            }
+            for cte in &with.cte_tables {
+                let (plan, scope) = self.bind_query(&cte.query)?;
+                let (plan, scope) = alias_columns(plan, scope, &cte.alias)?;
+                let name = cte.alias.name.value.to_ascii_lowercase();
+                self.ctes.push((name.clone(), plan, scope.with_qualifier(&name)));
+            }
+        }
+        let order_by: Vec<&ast::OrderByExpr> = match &q.order_by {
+            Some(ast::OrderBy { kind: ast::OrderByKind::Expressions(list), .. }) => list.iter().collect(),
+            Some(_) => return Err(RiffleError::NotSupported("ORDER BY ALL".into())),
+            None => vec![],
+        };
+        let (plan, scope) = match q.body.as_ref() {
+            SetExpr::Select(s) => self.bind_select(s, &order_by)?,
+            other => {
+                let (plan, scope) = self.bind_set_expr(other)?;
+                if order_by.is_empty() {
+                    (plan, scope)
+                } else {
+                    let keys = order_by
+                        .iter()
+                        .map(|o| {
+                            let e = self.output_ref(&o.expr, &scope).map(Ok).unwrap_or_else(|| {
+                                self.bind_expr(&o.expr, &mut ExprContext { scope: &scope, aggs: None })
+                            })?;
+                            Ok(sort_key(e, o))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    (LogicalPlan::Sort { input: Box::new(plan), keys, fetch: None }, scope)
+                }
+            }
+        };
+        let plan = self.limit(plan, q)?;
+        Ok((plan, scope))
+    }
+
+    fn limit(&mut self, plan: LogicalPlan, q: &ast::Query) -> Result<LogicalPlan> {
+        let (limit, offset) = match &q.limit_clause {
+            None => (None, None),
+            Some(ast::LimitClause::LimitOffset { limit, offset, .. }) => (limit.clone(), offset.as_ref().map(|o| o.value.clone())),
+            Some(ast::LimitClause::OffsetCommaLimit { offset, limit }) => (Some(limit.clone()), Some(offset.clone())),
+        };
+        if limit.is_none() && offset.is_none() {
+            return Ok(plan);
+        }
+        let count = |e: &ast::Expr, what: &str| -> Result<usize> {
+            match e {
+                ast::Expr::Value(v) => match &v.value {
+                    ast::Value::Number(n, _) => n.parse::<usize>().map_err(|_| {
+                        sql_error(format!("{what} must be a non-negative integer, got {n}"), expr_pos(e))
+                    }),
+                    _ => Err(sql_error(format!("{what} must be a non-negative integer"), expr_pos(e))),
+                },
+                _ => Err(sql_error(format!("{what} must be a constant"), expr_pos(e))),
+            }
+        };
+        let fetch = match &limit {
+            Some(ast::Expr::Value(v)) if matches!(v.value, ast::Value::Null) => None,
+            Some(l) => Some(count(l, "LIMIT")?),
+            None => None,
+        };
+        let skip = offset.as_ref().map(|o| count(o, "OFFSET")).transpose()?.unwrap_or(0);
+        Ok(LogicalPlan::Limit { input: Box::new(plan), skip, fetch })
+    }
+
+    /// ORDER BY / GROUP BY items that name an output column or give its 1-based position.
+    fn output_ref(&self, e: &ast::Expr, output: &Scope) -> Option<Expr> {
+        match e {
+            ast::Expr::Value(v) => match &v.value {
+                ast::Value::Number(n, _) => {
+                    let k: usize = n.parse().ok()?;
+                    (k >= 1 && k <= output.len()).then(|| Expr::Column(k - 1))
+                }
+                _ => None,
+            },
+            ast::Expr::Identifier(id) => match output.lookup(None, &id.value) {
+                scope::Lookup::Found(i) => Some(Expr::Column(i)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn bind_set_expr(&mut self, body: &SetExpr) -> Result<(LogicalPlan, Scope)> {
+        match body {
+            SetExpr::Select(s) => self.bind_select(s, &[]),
+            SetExpr::Query(q) => self.bind_query(q),
+            SetExpr::Values(v) => self.bind_values(v),
+            SetExpr::SetOperation { left, op, set_quantifier, right } => {
+                let (lp, ls) = self.bind_set_expr(left)?;
+                let (rp, rs) = self.bind_set_expr(right)?;
+                if ls.len() != rs.len() {
+                    return Err(RiffleError::plan(format!(
+                        "each side of {op} must have the same number of columns ({} vs {})",
+                        ls.len(),
+                        rs.len()
+                    )));
+                }
+                if !matches!(op, ast::SetOperator::Union) {
+                    return Err(RiffleError::NotSupported(format!("{op}")));
+                }
+                let mut types = Vec::new();
+                for (l, r) in ls.columns.iter().zip(&rs.columns) {
+                    types.push(common_type(&l.ty, &r.ty).ok_or_else(|| {
+                        RiffleError::plan(format!(
+                            "UNION column '{}' mixes {} and {}",
+                            l.name,
+                            sql_name(&l.ty),
+                            sql_name(&r.ty)
+                        ))
+                    })?);
+                }
+                let names: Vec<String> = ls.columns.iter().map(|c| c.name.clone()).collect();
+                let conform = |p: LogicalPlan, s: &Scope| -> Result<LogicalPlan> {
+                    let exprs = s
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .zip(&types)
+                        .map(|((i, c), t)| cast_to(Expr::Column(i), &c.ty, t))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(project(p, exprs, names.clone()))
+                };
+                let lp = conform(lp, &ls)?;
+                let rp = conform(rp, &rs)?;
+                let fields: Vec<Field> = lp
+                    .schema()
+                    .fields()
+                    .iter()
+                    .zip(rp.schema().fields())
+                    .map(|(l, r)| l.as_ref().clone().with_nullable(l.is_nullable() || r.is_nullable()))
+                    .collect();
+                let schema: SchemaRef = Arc::new(Schema::new(fields));
+                let scope = Scope::from_schema(&schema, None);
+                let union = LogicalPlan::Union { inputs: vec![lp, rp], schema };
+                let distinct = !matches!(set_quantifier, ast::SetQuantifier::All | ast::SetQuantifier::AllByName);
+                Ok((if distinct { distinct_plan(union) } else { union }, scope))
+            }
+            other => Err(RiffleError::NotSupported(format!("{other}"))),
+        }
+    }
+
+    fn bind_values(&mut self, v: &ast::Values) -> Result<(LogicalPlan, Scope)> {
+        let empty = Scope::default();
+        let mut rows: Vec<Vec<Expr>> = Vec::new();
+        for row in &v.rows {
+            let bound = row
+                .content
+                .iter()
+                .map(|e| self.bind_expr(e, &mut ExprContext { scope: &empty, aggs: None }))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(first) = rows.first() {
+                if first.len() != bound.len() {
+                    return Err(RiffleError::plan("VALUES rows must all have the same number of columns"));
+                }
+            }
+            rows.push(bound);
+        }
+        let width = rows.first().map(|r| r.len()).unwrap_or(0);
+        let empty_schema = Schema::empty();
+        let mut types = vec![DataType::Null; width];
+        for row in &rows {
+            for (t, e) in types.iter_mut().zip(row) {
+                let et = e.data_type(&empty_schema);
+                *t = common_type(t, &et)
+                    .ok_or_else(|| RiffleError::plan(format!("VALUES column mixes {} and {}", sql_name(t), sql_name(&et))))?;
+            }
+        }
+        let types: Vec<DataType> = types.into_iter().map(|t| if t == DataType::Null { DataType::Int32 } else { t }).collect();
+        let rows = rows
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .zip(&types)
+                    .map(|(e, t)| {
+                        let et = e.data_type(&empty_schema);
+                        cast_to(e, &et, t)
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let fields: Vec<Field> =
+            types.iter().enumerate().map(|(i, t)| Field::new(format!("col{i}"), t.clone(), true)).collect();
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let scope = Scope::from_schema(&schema, None);
+        Ok((LogicalPlan::Values { rows, schema }, scope))
+    }
+
+    fn bind_select(&mut self, s: &ast::Select, order_by: &[&ast::OrderByExpr]) -> Result<(LogicalPlan, Scope)> {
+        let (plan, scope) = self.bind_from(&s.from)?;
+        let (mut plan, mut scope) = match &s.selection {
+            Some(w) => self.bind_where(plan, scope, w)?,
+            None => (plan, scope),
+        };
+        let width_before_select = scope.len();
+
+        // Select list, with wildcards expanded.
+        let mut items: Vec<(ast::Expr, String)> = Vec::new();
+        let mut expanded: Vec<(Expr, String)> = Vec::new();
+        enum Item {
+            Ast(usize),
+            Bound(usize),
+        }
+        let mut order: Vec<Item> = Vec::new();
+        for item in &s.projection {
+            match item {
+                ast::SelectItem::UnnamedExpr(e) => {
+                    order.push(Item::Ast(items.len()));
+                    items.push((e.clone(), name_of(e)));
+                }
+                ast::SelectItem::ExprWithAlias { expr, alias } => {
+                    order.push(Item::Ast(items.len()));
+                    items.push((expr.clone(), alias.value.clone()));
+                }
+                ast::SelectItem::Wildcard(_) => {
+                    for (i, c) in scope.columns.iter().enumerate().filter(|(_, c)| !c.name.is_empty() && !c.using_duplicate) {
+                        order.push(Item::Bound(expanded.len()));
+                        expanded.push((Expr::Column(i), c.name.clone()));
+                    }
+                }
+                ast::SelectItem::QualifiedWildcard(kind, _) => {
+                    let q = kind.to_string().to_ascii_lowercase();
+                    let q = q.trim_end_matches(".*").to_string();
+                    let before = expanded.len();
+                    for (i, c) in scope.columns.iter().enumerate() {
+                        if c.qualifier.as_deref() == Some(q.as_str()) && !c.name.is_empty() {
+                            order.push(Item::Bound(expanded.len()));
+                            expanded.push((Expr::Column(i), c.name.clone()));
+                        }
+                    }
+                    if expanded.len() == before {
+                        return Err(RiffleError::plan(format!("table '{q}' is not in the FROM clause")));
+                    }
+                }
+                other => return Err(RiffleError::NotSupported(format!("select item {other}"))),
+            }
+        }
+
+        // GROUP BY items may name select aliases or positions.
+        let group_asts: Vec<ast::Expr> = match &s.group_by {
+            ast::GroupByExpr::Expressions(list, mods) => {
+                if !mods.is_empty() {
+                    return Err(RiffleError::NotSupported("GROUP BY modifiers".into()));
+                }
+                list.iter()
+                    .map(|g| self.group_item(g, &items, &scope))
+                    .collect::<Result<_>>()?
+            }
+            ast::GroupByExpr::All(_) => items
+                .iter()
+                .filter(|(e, _)| !contains_aggregate(e))
+                .map(|(e, _)| e.clone())
+                .collect(),
+        };
+        let is_aggregate = !group_asts.is_empty()
+            || s.having.is_some()
+            || items.iter().any(|(e, _)| contains_aggregate(e))
+            || order_by.iter().any(|o| contains_aggregate(&o.expr));
+
+        let mut collector = AggCollector::default();
+        let mut group: Vec<Expr> = Vec::new();
+        for g in &group_asts {
+            let e = self.bind_expr_with_subqueries(g, &mut plan, &mut scope, None)?;
+            if !group.contains(&e) {
+                group.push(e);
+            }
+        }
+        let aggs = if is_aggregate { Some(&mut collector) } else { None };
+        let mut agg_slot = aggs;
+        let mut select_exprs: Vec<(Expr, String)> = Vec::new();
+        for o in &order {
+            match o {
+                Item::Ast(k) => {
+                    let (e, name) = &items[*k];
+                    let b = self.bind_expr_with_subqueries(e, &mut plan, &mut scope, agg_slot.as_deref_mut())?;
+                    select_exprs.push((b, name.clone()));
+                }
+                Item::Bound(k) => select_exprs.push(expanded[*k].clone()),
+            }
+        }
+        let having = s
+            .having
+            .as_ref()
+            .map(|h| self.bind_expr_with_subqueries(h, &mut plan, &mut scope, agg_slot.as_deref_mut()))
+            .transpose()?;
+        // ORDER BY: an output column (alias or position), else an expression over the input.
+        let output_scope = Scope {
+            columns: select_exprs
+                .iter()
+                .map(|(_, n)| ScopeColumn { qualifier: None, name: n.clone(), ty: DataType::Null, nullable: true, using_duplicate: false })
+                .collect(),
+        };
+        let mut sort_exprs: Vec<(Expr, &ast::OrderByExpr, bool)> = Vec::new();
+        for o in order_by {
+            if let Some(Expr::Column(k)) = self.output_ref(&o.expr, &output_scope) {
+                sort_exprs.push((Expr::Column(k), o, true));
+            } else {
+                let b = self.bind_expr_with_subqueries(&o.expr, &mut plan, &mut scope, agg_slot.as_deref_mut())?;
+                sort_exprs.push((b, o, false));
+            }
+        }
+
+        // Aggregate, then HAVING, over the grouped rows.
+        if is_aggregate {
+            // Scalar subqueries of an aggregate's select list are constant per group: group by them.
+            for c in width_before_select..scope.len() {
+                if !group.contains(&Expr::Column(c)) {
+                    group.push(Expr::Column(c));
+                }
+            }
+            let in_schema = plan.schema();
+            let mut fields: Vec<Field> = group
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    let name = match g {
+                        Expr::Column(c) => scope.columns[*c].name.clone(),
+                        _ => format!("group{i}"),
+                    };
+                    Field::new(name, g.data_type(&in_schema), true)
+                })
+                .collect();
+            for (i, a) in collector.calls.iter().enumerate() {
+                fields.push(Field::new(format!("{}{i}", a.func.name()), a.ty.clone(), true));
+            }
+            let rewrite = |e: Expr| rewrite_post_agg(e, &group, &scope);
+            select_exprs = select_exprs.into_iter().map(|(e, n)| Ok((rewrite(e)?, n))).collect::<Result<_>>()?;
+            let having = having.map(rewrite).transpose()?;
+            sort_exprs = sort_exprs
+                .into_iter()
+                .map(|(e, o, out)| Ok((if out { e } else { rewrite(e)? }, o, out)))
+                .collect::<Result<_>>()?;
+            let agg_schema: SchemaRef = Arc::new(Schema::new(fields));
+            let post_scope = Scope::from_schema(&agg_schema, None);
+            plan = LogicalPlan::Aggregate { input: Box::new(plan), group, aggs: collector.calls, schema: agg_schema };
+            if let Some(h) = having {
+                let h = self.coerce(h, &DataType::Boolean, &post_scope)?;
+                plan = LogicalPlan::Filter { input: Box::new(plan), predicate: h };
+            }
+        }
+
+        // Projection: the select list, then hidden ORDER BY keys.
+        let visible = select_exprs.len();
+        let mut exprs: Vec<Expr> = select_exprs.iter().map(|(e, _)| e.clone()).collect();
+        let mut names: Vec<String> = select_exprs.iter().map(|(_, n)| n.clone()).collect();
+        let mut keys = Vec::new();
+        for (e, o, is_output) in sort_exprs {
+            let col = if is_output {
+                e
+            } else if let Some(k) = exprs.iter().position(|x| *x == e) {
+                Expr::Column(k)
+            } else {
+                if s.distinct.is_some() {
+                    return Err(sql_error(
+                        "for SELECT DISTINCT, ORDER BY expressions must appear in the select list",
+                        expr_pos(&o.expr),
+                    ));
+                }
+                exprs.push(e);
+                names.push(String::new());
+                Expr::Column(exprs.len() - 1)
+            };
+            keys.push(sort_key(col, o));
+        }
+        plan = project(plan, exprs, names.clone());
+        let out_schema = plan.schema();
+        match &s.distinct {
+            Some(ast::Distinct::Distinct) => plan = distinct_plan(plan),
+            Some(ast::Distinct::On(_)) => return Err(RiffleError::NotSupported("DISTINCT ON".into())),
+            _ => {}
+        }
+        if !keys.is_empty() {
+            plan = LogicalPlan::Sort { input: Box::new(plan), keys, fetch: None };
+        }
+        if names.len() > visible {
+            // Hidden sort keys are dropped after the sort; a LIMIT above still sees sorted rows.
+            let exprs = (0..visible).map(Expr::Column).collect();
+            plan = project(plan, exprs, names[..visible].to_vec());
+        }
+        let scope = Scope::from_schema(&Schema::new(out_schema.fields()[..visible].to_vec()), None);
+        Ok((plan, scope))
+    }
+
+    fn group_item(&self, g: &ast::Expr, items: &[(ast::Expr, String)], scope: &Scope) -> Result<ast::Expr> {
+        if let ast::Expr::Value(v) = g {
+            if let ast::Value::Number(n, _) = &v.value {
+                let k: usize = n.parse().map_err(|_| sql_error("GROUP BY position must be an integer", expr_pos(g)))?;
+                return items
+                    .get(k.wrapping_sub(1))
+                    .map(|(e, _)| e.clone())
+                    .ok_or_else(|| sql_error(format!("GROUP BY position {k} is not in the select list"), expr_pos(g)));
+            }
+        }
+        if let ast::Expr::Identifier(id) = g {
+            // An input column wins over a select alias of the same name, as in PostgreSQL.
+            if matches!(scope.lookup(None, &id.value), scope::Lookup::NotFound) {
+                if let Some((e, _)) = items.iter().find(|(_, n)| n.eq_ignore_ascii_case(&id.value)) {
+                    return Ok(e.clone());
+                }
+            }
+        }
+        Ok(g.clone())
+    }
+
+    /// Binds an expression that may hold scalar subqueries; those become joins added to `plan`.
+    fn bind_expr_with_subqueries(
+        &mut self,
+        e: &ast::Expr,
+        plan: &mut LogicalPlan,
+        scope: &mut Scope,
+        aggs: Option<&mut AggCollector>,
+    ) -> Result<Expr> {
+        let snapshot = scope.clone();
+        let mut cx = ExprContext { scope: &snapshot, aggs };
+        let outer_joins = std::mem::take(&mut self.subquery_joins);
+        let result = self.bind_expr(e, &mut cx);
+        let joined = std::mem::replace(&mut self.subquery_joins, outer_joins);
+        let bound = result?;
+        // Each scalar subquery was bound as a column past the end of the scope; join them in order.
+        for (sub_plan, sub_scope, on) in joined.joins {
+            let left_width = scope.len();
+            let kind = JoinKind::Left;
+            let schema = join_schema(&plan.schema(), &sub_plan.schema(), kind);
+            let filter = Expr::conjunction(on.into_iter().map(|(l, r)| {
+                Expr::binary(crate::logical::BinaryOp::Eq, l, r.remap(&|i| i + left_width))
+            }).collect());
+            *plan = LogicalPlan::Join {
+                left: Box::new(std::mem::replace(plan, LogicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) })),
+                right: Box::new(sub_plan),
+                kind,
+                on: vec![],
+                filter,
+                null_aware: false,
+                schema,
+            };
+            *scope = scope.join(&sub_scope);
+        }
+        Ok(bound)
+    }
+}
+
+/// Scalar subqueries found while binding one expression, to be joined to the plan afterwards.
+#[derive(Default)]
+pub struct SubqueryJoins {
+    /// (subquery plan, its scope, correlation pairs (outer expr, subquery column)).
+    joins: Vec<(LogicalPlan, Scope, Vec<(Expr, Expr)>)>,
+}
+
+fn sort_key(expr: Expr, o: &ast::OrderByExpr) -> SortKey {
+    let descending = matches!(o.options.sort, Some(ast::OrderBySort::Desc));
+    // Default as DuckDB and PostgreSQL: NULLs sort as if larger than any value.
+    let nulls_first = o.options.nulls_first.unwrap_or(descending);
+    SortKey { expr, descending, nulls_first }
+}
+
+/// SELECT DISTINCT: group by every column.
+pub fn distinct_plan(plan: LogicalPlan) -> LogicalPlan {
+    let schema = plan.schema();
+    let group = (0..schema.fields().len()).map(Expr::Column).collect();
+    LogicalPlan::Aggregate { input: Box::new(plan), group, aggs: vec![], schema }
+}
+
+fn alias_columns(plan: LogicalPlan, scope: Scope, alias: &ast::TableAlias) -> Result<(LogicalPlan, Scope)> {
+    if alias.columns.is_empty() {
+        return Ok((plan, scope));
+    }
+    if alias.columns.len() > scope.len() {
+        return Err(RiffleError::plan(format!(
+            "'{}' has {} columns but {} names were given",
+            alias.name.value,
+            scope.len(),
+            alias.columns.len()
+        )));
+    }
+    let mut names: Vec<String> = scope.columns.iter().map(|c| c.name.clone()).collect();
+    for (n, c) in names.iter_mut().zip(&alias.columns) {
+        *n = c.name.value.clone();
+    }
+    let exprs = (0..scope.len()).map(Expr::Column).collect();
+    let plan = project(plan, exprs, names);
+    let scope = Scope::from_schema(&plan.schema(), None);
+    Ok((plan, scope))
+}
+
+mod from;
+mod subquery;
