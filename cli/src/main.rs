@@ -1,1 +1,176 @@
-fn main(){}
+//! `riffle`: the command-line front end. Parses arguments, calls the engine, prints.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use riffle_engine::format::{write_csv, write_json, write_table};
+use riffle_engine::{ExecConfig, Session, StatementResult};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "riffle", version, about = "Riffle: a columnar batch-and-stream SQL engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run SQL: from -c, from -f, from piped stdin, or in an interactive shell.
+    Sql {
+        /// Output format of query results.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        /// Register a table: NAME=PATH (a file, a directory of files, or a glob; format from the extension).
+        #[arg(long = "table", value_name = "NAME=PATH")]
+        tables: Vec<String>,
+        /// Worker threads (default: the number of cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// SQL to run.
+        #[arg(short = 'c', long = "command", conflicts_with = "file")]
+        command: Option<String>,
+        /// File of SQL statements to run.
+        #[arg(short = 'f', long = "file")]
+        file: Option<std::path::PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Sql { format, tables, threads, command, file } => {
+            let mut config = ExecConfig::default();
+            if let Some(t) = threads {
+                if t == 0 {
+                    bail!("--threads must be at least 1");
+                }
+                config.threads = t;
+            }
+            let mut session = Session::new(config);
+            for t in &tables {
+                let (name, path) = t
+                    .split_once('=')
+                    .with_context(|| format!("--table expects NAME=PATH, got '{t}'"))?;
+                session.register_path(name.trim(), path.trim()).with_context(|| format!("cannot register table '{name}'"))?;
+            }
+            if let Some(sql) = command {
+                return run_script(&mut session, &sql, format);
+            }
+            if let Some(path) = file {
+                let sql = std::fs::read_to_string(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
+                return run_script(&mut session, &sql, format);
+            }
+            if std::io::stdin().is_terminal() {
+                return shell(&mut session, format);
+            }
+            let mut sql = String::new();
+            std::io::stdin().read_to_string(&mut sql).context("cannot read SQL from stdin")?;
+            run_script(&mut session, &sql, format)
+        }
+    }
+}
+
+/// Runs every statement; prints all results only once all succeeded, so an error never leaves half
+/// an answer on stdout.
+fn run_script(session: &mut Session, sql: &str, format: OutputFormat) -> anyhow::Result<()> {
+    let results = session.execute(sql)?;
+    let mut buf = Vec::new();
+    for r in &results {
+        print_result(&mut buf, r, format)?;
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&buf).context("cannot write to stdout")?;
+    out.flush().context("cannot write to stdout")?;
+    Ok(())
+}
+
+fn print_result(out: &mut Vec<u8>, r: &StatementResult, format: OutputFormat) -> anyhow::Result<()> {
+    if !r.is_query && r.schema.fields().is_empty() {
+        return Ok(());
+    }
+    if r.schema.fields().len() == 1 && r.schema.field(0).name() == "plan" && format != OutputFormat::Json {
+        // EXPLAIN output reads best as plain text.
+        for b in &r.batches {
+            let col = b.column(0);
+            for i in 0..b.num_rows() {
+                if let Some(v) = riffle_engine::format::format_value(col, i)? {
+                    writeln!(out, "{v}")?;
+                }
+            }
+        }
+        return Ok(());
+    }
+    match format {
+        OutputFormat::Csv => write_csv(out, &r.schema, &r.batches)?,
+        OutputFormat::Json => write_json(out, &r.batches)?,
+        OutputFormat::Table => write_table(out, &r.schema, &r.batches)?,
+    }
+    Ok(())
+}
+
+/// An interactive shell: statements end with `;` and may span lines; history is kept in
+/// `~/.riffle_history`.
+fn shell(session: &mut Session, format: OutputFormat) -> anyhow::Result<()> {
+    let mut rl = rustyline::DefaultEditor::new().context("cannot start the line editor")?;
+    let history = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".riffle_history"));
+    if let Some(h) = &history {
+        let _ = rl.load_history(h);
+    }
+    println!("Riffle {} — end statements with ';', exit with Ctrl-D.", env!("CARGO_PKG_VERSION"));
+    let mut pending = String::new();
+    loop {
+        let prompt = if pending.is_empty() { "riffle> " } else { "   ...> " };
+        match rl.readline(prompt) {
+            Ok(line) => {
+                pending.push_str(&line);
+                pending.push('\n');
+                if !line.trim_end().ends_with(';') {
+                    continue;
+                }
+                let sql = std::mem::take(&mut pending);
+                let _ = rl.add_history_entry(sql.trim());
+                match session.execute(&sql) {
+                    Ok(results) => {
+                        let mut buf = Vec::new();
+                        for r in &results {
+                            if let Err(e) = print_result(&mut buf, r, format) {
+                                eprintln!("Error: {e:#}");
+                            }
+                        }
+                        std::io::stdout().write_all(&buf)?;
+                    }
+                    Err(e) => eprintln!("Error: {e}"),
+                }
+            }
+            Err(rustyline::error::ReadlineError::Interrupted) => pending.clear(),
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => bail!("cannot read input: {e}"),
+        }
+    }
+    if let Some(h) = &history {
+        let _ = rl.save_history(h);
+    }
+    Ok(())
+}

@@ -4,11 +4,18 @@
 pub mod catalog;
 pub mod error;
 pub mod eval;
+pub mod exec;
+pub mod format;
 pub mod functions;
 pub mod logical;
 pub mod message;
+pub mod optimizer;
+pub mod physical;
+pub mod session;
 pub mod sql;
 pub mod types;
 
 pub use error::{Result, RiffleError};
+pub use exec::ExecConfig;
 pub use message::Message;
+pub use session::{Session, StatementResult};

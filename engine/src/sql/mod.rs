@@ -10,6 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sqlparser::ast::{self, SetExpr};
 
 pub use expr::{cast_to, ExprContext};
+pub use from::single_byte;
 pub use scope::{Scope, ScopeColumn};
 
 use crate::catalog::Catalog;

@@ -1,0 +1,498 @@
+//! Vectorized aggregate state, one slot per group. Partial states are plain arrays (`state`), merged
+//! with `merge`: how per-thread tables combine at finalize, and, later, how spilled partitions return.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Decimal128Array, Float64Array, Int64Array, ListBuilder,
+    PrimitiveArray, StringArray,
+};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, Int8Type, TimeUnit, TimestampMicrosecondType,
+};
+use arrow::row::{RowConverter, SortField};
+
+use crate::error::{Result, RiffleError};
+use crate::logical::{AggCall, AggFunc};
+use crate::types::sql_name;
+
+pub trait GroupsAccumulator: Send {
+    /// Adds `values` (the aggregate's arguments) row by row into `groups[row]`.
+    fn update(&mut self, groups: &[u32], num_groups: usize, values: &[ArrayRef]) -> Result<()>;
+    /// Adds partial states produced by `state` of another accumulator of the same kind.
+    fn merge(&mut self, groups: &[u32], num_groups: usize, states: &[ArrayRef]) -> Result<()>;
+    /// The partial state of every group, as arrays.
+    fn state(&mut self) -> Result<Vec<ArrayRef>>;
+    /// The final value of every group.
+    fn evaluate(&mut self) -> Result<ArrayRef>;
+    fn size(&self) -> usize;
+}
+
+/// The accumulator for `call`; its argument arrays arrive already cast to `input_type(call)`.
+pub fn create(call: &AggCall, arg_type: Option<&DataType>) -> Result<Box<dyn GroupsAccumulator>> {
+    Ok(match (call.func, call.distinct) {
+        (AggFunc::CountStar, _) => Box::new(Count { counts: vec![], star: true }),
+        (AggFunc::Count, false) => Box::new(Count { counts: vec![], star: false }),
+        (AggFunc::Count, true) => {
+            let t = arg_type.cloned().unwrap_or(DataType::Null);
+            Box::new(CountDistinct { sets: vec![], converter: RowConverter::new(vec![SortField::new(t)])? })
+        }
+        (AggFunc::Sum, _) => match &call.ty {
+            DataType::Int64 => Box::new(Sum::<Int64Type>::new(call.ty.clone())),
+            DataType::Float64 => Box::new(Sum::<Float64Type>::new(call.ty.clone())),
+            DataType::Decimal128(..) => Box::new(Sum::<Decimal128Type>::new(call.ty.clone())),
+            other => return Err(RiffleError::NotSupported(format!("sum of {}", sql_name(other)))),
+        },
+        (AggFunc::Avg, _) => {
+            let scale = match arg_type {
+                Some(DataType::Decimal128(_, s)) => Some(*s),
+                _ => None,
+            };
+            Box::new(Avg::new(scale))
+        }
+        (AggFunc::Min | AggFunc::Max, _) => {
+            let is_min = call.func == AggFunc::Min;
+            macro_rules! prim {
+                ($t:ty) => {
+                    Box::new(MinMax::<$t> { values: vec![], is_min, ty: call.ty.clone() }) as Box<dyn GroupsAccumulator>
+                };
+            }
+            match &call.ty {
+                DataType::Int8 => prim!(Int8Type),
+                DataType::Int16 => prim!(Int16Type),
+                DataType::Int32 => prim!(Int32Type),
+                DataType::Int64 => prim!(Int64Type),
+                DataType::Float32 => prim!(Float32Type),
+                DataType::Float64 => prim!(Float64Type),
+                DataType::Date32 => prim!(Date32Type),
+                DataType::Timestamp(TimeUnit::Microsecond, _) => prim!(TimestampMicrosecondType),
+                DataType::Decimal128(..) => prim!(Decimal128Type),
+                DataType::Utf8 => Box::new(StrMinMax { values: vec![], is_min }),
+                DataType::Boolean => Box::new(BoolMinMax { values: vec![], is_min }),
+                DataType::Null => Box::new(Count { counts: vec![], star: false }),
+                other => return Err(RiffleError::NotSupported(format!("{}() of {}", call.func.name(), sql_name(other)))),
+            }
+        }
+    })
+}
+
+/// The type an aggregate's argument is cast to before `update`.
+pub fn input_type(call: &AggCall, arg: &DataType) -> DataType {
+    match call.func {
+        AggFunc::Sum => call.ty.clone(),
+        AggFunc::Avg => match arg {
+            DataType::Decimal128(_, s) => DataType::Decimal128(38, *s),
+            _ => DataType::Float64,
+        },
+        AggFunc::Min | AggFunc::Max => call.ty.clone(),
+        _ => arg.clone(),
+    }
+}
+
+struct Count {
+    counts: Vec<i64>,
+    star: bool,
+}
+
+impl GroupsAccumulator for Count {
+    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
+        self.counts.resize(n, 0);
+        match values.first().filter(|_| !self.star) {
+            Some(v) if v.null_count() > 0 => {
+                for (i, g) in groups.iter().enumerate() {
+                    if v.is_valid(i) {
+                        self.counts[*g as usize] += 1;
+                    }
+                }
+            }
+            _ => {
+                for g in groups {
+                    self.counts[*g as usize] += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
+        self.counts.resize(n, 0);
+        let c = states[0].as_primitive::<Int64Type>();
+        for (i, g) in groups.iter().enumerate() {
+            self.counts[*g as usize] += c.value(i);
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    fn evaluate(&mut self) -> Result<ArrayRef> {
+        Ok(Arc::new(Int64Array::from(std::mem::take(&mut self.counts))))
+    }
+
+    fn size(&self) -> usize {
+        self.counts.capacity() * 8
+    }
+}
+
+/// Addition that reports overflow instead of wrapping.
+trait CheckedSum: ArrowPrimitiveType {
+    fn add_checked(a: Self::Native, b: Self::Native) -> Option<Self::Native>;
+}
+
+impl CheckedSum for Int64Type {
+    fn add_checked(a: i64, b: i64) -> Option<i64> {
+        a.checked_add(b)
+    }
+}
+
+impl CheckedSum for Float64Type {
+    fn add_checked(a: f64, b: f64) -> Option<f64> {
+        Some(a + b)
+    }
+}
+
+impl CheckedSum for Decimal128Type {
+    fn add_checked(a: i128, b: i128) -> Option<i128> {
+        a.checked_add(b).filter(|v| v.unsigned_abs() < 10u128.pow(38))
+    }
+}
+
+struct Sum<T: CheckedSum> {
+    sums: Vec<T::Native>,
+    seen: Vec<bool>,
+    ty: DataType,
+}
+
+impl<T: CheckedSum> Sum<T> {
+    fn new(ty: DataType) -> Self {
+        Sum { sums: vec![], seen: vec![], ty }
+    }
+
+    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
+        self.sums.resize(n, T::Native::default());
+        self.seen.resize(n, false);
+        let v = values.as_primitive::<T>();
+        for (i, g) in groups.iter().enumerate() {
+            if v.is_valid(i) {
+                let g = *g as usize;
+                self.sums[g] = T::add_checked(self.sums[g], v.value(i)).ok_or_else(|| {
+                    RiffleError::exec(format!("overflow in sum() of {}: cast the argument to a wider type (e.g. DOUBLE)", sql_name(&self.ty)))
+                })?;
+                self.seen[g] = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: CheckedSum> GroupsAccumulator for Sum<T> {
+    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
+        self.add(groups, n, &values[0])
+    }
+
+    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
+        self.add(groups, n, &states[0])
+    }
+
+    fn state(&mut self) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    fn evaluate(&mut self) -> Result<ArrayRef> {
+        let sums = std::mem::take(&mut self.sums);
+        let seen = std::mem::take(&mut self.seen);
+        let arr: PrimitiveArray<T> = sums.into_iter().zip(seen).map(|(s, ok)| ok.then_some(s)).collect();
+        Ok(Arc::new(arr.with_data_type(self.ty.clone())))
+    }
+
+    fn size(&self) -> usize {
+        self.sums.capacity() * std::mem::size_of::<T::Native>() + self.seen.capacity()
+    }
+}
+
+/// Average: an exact integer sum for decimals (as DuckDB), a float sum otherwise, and a count.
+struct Avg {
+    sums: Vec<f64>,
+    exact: Vec<i128>,
+    counts: Vec<i64>,
+    scale: Option<i8>,
+}
+
+impl Avg {
+    fn new(scale: Option<i8>) -> Avg {
+        Avg { sums: vec![], exact: vec![], counts: vec![], scale }
+    }
+
+    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef, counts: Option<&Int64Array>) -> Result<()> {
+        self.counts.resize(n, 0);
+        let count = |i: usize| counts.map_or(1, |c| c.value(i));
+        if self.scale.is_some() {
+            self.exact.resize(n, 0);
+            let v = values.as_primitive::<Decimal128Type>();
+            for (i, g) in groups.iter().enumerate() {
+                if v.is_valid(i) {
+                    let g = *g as usize;
+                    self.exact[g] = self.exact[g].checked_add(v.value(i)).ok_or_else(|| RiffleError::exec("overflow in avg()"))?;
+                    self.counts[g] += count(i);
+                }
+            }
+        } else {
+            self.sums.resize(n, 0.0);
+            let v = values.as_primitive::<Float64Type>();
+            for (i, g) in groups.iter().enumerate() {
+                if v.is_valid(i) {
+                    let g = *g as usize;
+                    self.sums[g] += v.value(i);
+                    self.counts[g] += count(i);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GroupsAccumulator for Avg {
+    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
+        self.add(groups, n, &values[0], None)
+    }
+
+    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
+        let counts = states[1].as_primitive::<Int64Type>().clone();
+        self.add(groups, n, &states[0], Some(&counts))
+    }
+
+    fn state(&mut self) -> Result<Vec<ArrayRef>> {
+        let counts: ArrayRef = Arc::new(Int64Array::from(std::mem::take(&mut self.counts)));
+        let sums: ArrayRef = match self.scale {
+            Some(s) => Arc::new(Decimal128Array::from(std::mem::take(&mut self.exact)).with_precision_and_scale(38, s)?),
+            None => Arc::new(Float64Array::from(std::mem::take(&mut self.sums))),
+        };
+        Ok(vec![sums, counts])
+    }
+
+    fn evaluate(&mut self) -> Result<ArrayRef> {
+        let counts = std::mem::take(&mut self.counts);
+        let out: Float64Array = match self.scale {
+            Some(s) => {
+                let unit = 10f64.powi(s as i32);
+                let exact = std::mem::take(&mut self.exact);
+                exact.into_iter().zip(counts).map(|(v, c)| (c > 0).then(|| v as f64 / (c as f64 * unit))).collect()
+            }
+            None => {
+                let sums = std::mem::take(&mut self.sums);
+                sums.into_iter().zip(counts).map(|(v, c)| (c > 0).then(|| v / c as f64)).collect()
+            }
+        };
+        Ok(Arc::new(out))
+    }
+
+    fn size(&self) -> usize {
+        self.sums.capacity() * 8 + self.exact.capacity() * 16 + self.counts.capacity() * 8
+    }
+}
+
+struct MinMax<T: ArrowPrimitiveType> {
+    values: Vec<Option<T::Native>>,
+    is_min: bool,
+    ty: DataType,
+}
+
+impl<T: ArrowPrimitiveType> MinMax<T>
+where
+    T::Native: PartialOrd,
+{
+    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) {
+        self.values.resize(n, None);
+        let v = values.as_primitive::<T>();
+        for (i, g) in groups.iter().enumerate() {
+            if v.is_valid(i) {
+                let x = v.value(i);
+                let slot = &mut self.values[*g as usize];
+                let better = match slot {
+                    None => true,
+                    Some(cur) => {
+                        if self.is_min { x < *cur } else { x > *cur }
+                    }
+                };
+                if better {
+                    *slot = Some(x);
+                }
+            }
+        }
+    }
+}
+
+impl<T: ArrowPrimitiveType> GroupsAccumulator for MinMax<T>
+where
+    T::Native: PartialOrd,
+{
+    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
+        self.add(groups, n, &values[0]);
+        Ok(())
+    }
+
+    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
+        self.add(groups, n, &states[0]);
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    fn evaluate(&mut self) -> Result<ArrayRef> {
+        let arr: PrimitiveArray<T> = std::mem::take(&mut self.values).into_iter().collect();
+        Ok(Arc::new(arr.with_data_type(self.ty.clone())))
+    }
+
+    fn size(&self) -> usize {
+        self.values.capacity() * std::mem::size_of::<Option<T::Native>>()
+    }
+}
+
+struct StrMinMax {
+    values: Vec<Option<String>>,
+    is_min: bool,
+}
+
+impl StrMinMax {
+    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) {
+        self.values.resize(n, None);
+        let v = values.as_string::<i32>();
+        for (i, g) in groups.iter().enumerate() {
+            if v.is_valid(i) {
+                let x = v.value(i);
+                let slot = &mut self.values[*g as usize];
+                let better = match slot {
+                    None => true,
+                    Some(cur) => {
+                        if self.is_min { x < cur.as_str() } else { x > cur.as_str() }
+                    }
+                };
+                if better {
+                    *slot = Some(x.to_string());
+                }
+            }
+        }
+    }
+}
+
+impl GroupsAccumulator for StrMinMax {
+    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
+        self.add(groups, n, &values[0]);
+        Ok(())
+    }
+
+    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
+        self.add(groups, n, &states[0]);
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    fn evaluate(&mut self) -> Result<ArrayRef> {
+        Ok(Arc::new(StringArray::from(std::mem::take(&mut self.values))))
+    }
+
+    fn size(&self) -> usize {
+        self.values.iter().map(|v| v.as_ref().map_or(0, |s| s.capacity()) + 24).sum()
+    }
+}
+
+struct BoolMinMax {
+    values: Vec<Option<bool>>,
+    is_min: bool,
+}
+
+impl GroupsAccumulator for BoolMinMax {
+    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
+        self.values.resize(n, None);
+        let v = values[0].as_boolean();
+        for (i, g) in groups.iter().enumerate() {
+            if v.is_valid(i) {
+                let x = v.value(i);
+                let slot = &mut self.values[*g as usize];
+                *slot = Some(match slot {
+                    None => x,
+                    Some(cur) => {
+                        if self.is_min { *cur && x } else { *cur || x }
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
+        self.update(groups, n, states)
+    }
+
+    fn state(&mut self) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.evaluate()?])
+    }
+
+    fn evaluate(&mut self) -> Result<ArrayRef> {
+        Ok(Arc::new(BooleanArray::from(std::mem::take(&mut self.values))))
+    }
+
+    fn size(&self) -> usize {
+        self.values.capacity() * 2
+    }
+}
+
+/// count(DISTINCT x): the set of distinct values (row-encoded) per group; the state is a list of them.
+struct CountDistinct {
+    sets: Vec<HashSet<Box<[u8]>>>,
+    converter: RowConverter,
+}
+
+impl GroupsAccumulator for CountDistinct {
+    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
+        self.sets.resize_with(n, HashSet::new);
+        let rows = self.converter.convert_columns(&values[..1])?;
+        for (i, g) in groups.iter().enumerate() {
+            if values[0].is_valid(i) {
+                self.sets[*g as usize].insert(rows.row(i).as_ref().into());
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
+        self.sets.resize_with(n, HashSet::new);
+        let lists = states[0].as_list::<i32>();
+        for (i, g) in groups.iter().enumerate() {
+            let items = lists.value(i);
+            let items = items.as_binary::<i32>();
+            for v in items.iter().flatten() {
+                self.sets[*g as usize].insert(v.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ArrayRef>> {
+        let mut b = ListBuilder::new(BinaryBuilder::new());
+        for set in std::mem::take(&mut self.sets) {
+            for v in set {
+                b.values().append_value(v);
+            }
+            b.append(true);
+        }
+        Ok(vec![Arc::new(b.finish())])
+    }
+
+    fn evaluate(&mut self) -> Result<ArrayRef> {
+        Ok(Arc::new(Int64Array::from_iter_values(std::mem::take(&mut self.sets).iter().map(|s| s.len() as i64))))
+    }
+
+    fn size(&self) -> usize {
+        self.sets.iter().map(|s| s.iter().map(|v| v.len() + 16).sum::<usize>() + 48).sum()
+    }
+}

@@ -1,0 +1,217 @@
+//! Hash aggregation as a pipeline breaker: each partition aggregates into its own table; when the
+//! last partition ends, the partial states are merged and the result flows into the next pipeline.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use hashbrown::HashMap;
+
+use super::accumulators::{self, GroupsAccumulator};
+use super::{Exchange, OpMetrics, Sink};
+use crate::error::{Result, RiffleError};
+use crate::eval::evaluate;
+use crate::logical::{AggCall, Expr};
+use crate::message::Message;
+
+/// What to aggregate, shared by every partition.
+pub struct AggSpec {
+    pub group: Vec<Expr>,
+    pub aggs: Vec<AggCall>,
+    pub input_schema: SchemaRef,
+    pub output_schema: SchemaRef,
+}
+
+struct GroupTable {
+    converter: Option<RowConverter>,
+    map: HashMap<Box<[u8]>, u32>,
+    keys: Option<Rows>,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+    num_groups: usize,
+}
+
+/// Partial result of one partition: group keys and accumulator states.
+struct Partial {
+    keys: Vec<ArrayRef>,
+    states: Vec<Vec<ArrayRef>>,
+    num_groups: usize,
+}
+
+impl GroupTable {
+    fn new(spec: &AggSpec) -> Result<GroupTable> {
+        let key_types: Vec<DataType> = spec.group.iter().map(|g| g.data_type(&spec.input_schema)).collect();
+        let converter = if key_types.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(key_types.into_iter().map(SortField::new).collect())?)
+        };
+        let keys = converter.as_ref().map(|c| c.empty_rows(0, 0));
+        let accs = spec
+            .aggs
+            .iter()
+            .map(|a| {
+                let arg = a.args.first().map(|e| accumulators::input_type(a, &e.data_type(&spec.input_schema)));
+                accumulators::create(a, arg.as_ref())
+            })
+            .collect::<Result<_>>()?;
+        // Without GROUP BY there is exactly one group, even over no rows.
+        let num_groups = usize::from(converter.is_none());
+        Ok(GroupTable { converter, map: HashMap::new(), keys, accs, num_groups })
+    }
+
+    /// The group index of every row of `keys`.
+    fn groups(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
+        let (Some(converter), Some(stored)) = (&self.converter, &mut self.keys) else {
+            return Ok(vec![0; rows]);
+        };
+        let encoded = converter.convert_columns(keys)?;
+        let mut groups = Vec::with_capacity(rows);
+        for row in encoded.iter() {
+            let next = self.num_groups as u32;
+            let g = *self.map.entry_ref(row.as_ref()).or_insert_with(|| {
+                stored.push(row);
+                next
+            });
+            if g == next {
+                self.num_groups += 1;
+            }
+            groups.push(g);
+        }
+        Ok(groups)
+    }
+
+    fn update(&mut self, spec: &AggSpec, batch: &RecordBatch) -> Result<()> {
+        let keys = spec.group.iter().map(|g| evaluate(g, batch)).collect::<Result<Vec<_>>>()?;
+        let groups = self.groups(&keys, batch.num_rows())?;
+        for (acc, call) in self.accs.iter_mut().zip(&spec.aggs) {
+            let args = call
+                .args
+                .iter()
+                .map(|a| {
+                    let v = evaluate(a, batch)?;
+                    let want = accumulators::input_type(call, v.data_type());
+                    Ok(if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            acc.update(&groups, self.num_groups, &args)?;
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, p: Partial) -> Result<()> {
+        let groups = self.groups(&p.keys, p.num_groups)?;
+        for (acc, states) in self.accs.iter_mut().zip(p.states) {
+            acc.merge(&groups, self.num_groups, &states)?;
+        }
+        Ok(())
+    }
+
+    fn key_arrays(&mut self) -> Result<Vec<ArrayRef>> {
+        match (&self.converter, self.keys.take()) {
+            (Some(c), Some(rows)) => Ok(c.convert_rows(&rows)?),
+            _ => Ok(vec![]),
+        }
+    }
+
+    fn into_partial(mut self) -> Result<Partial> {
+        let keys = self.key_arrays()?;
+        let states = self.accs.iter_mut().map(|a| a.state()).collect::<Result<_>>()?;
+        Ok(Partial { keys, states, num_groups: self.num_groups })
+    }
+
+    fn size(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.size()) * 2 + self.accs.iter().map(|a| a.size()).sum::<usize>()
+    }
+}
+
+pub struct AggShared {
+    spec: AggSpec,
+    state: Mutex<(usize, Vec<Partial>)>,
+    output: Arc<Exchange>,
+    batch_size: usize,
+    metrics: Arc<OpMetrics>,
+}
+
+impl AggShared {
+    pub fn new(spec: AggSpec, partitions: usize, output: Arc<Exchange>, batch_size: usize, metrics: Arc<OpMetrics>) -> AggShared {
+        AggShared { spec, state: Mutex::new((partitions, Vec::new())), output, batch_size, metrics }
+    }
+
+    fn finish(&self, partial: Partial) -> Result<()> {
+        let mut st = self.state.lock().map_err(|_| RiffleError::exec("aggregate lock poisoned"))?;
+        st.1.push(partial);
+        st.0 -= 1;
+        if st.0 > 0 {
+            return Ok(());
+        }
+        let partials = std::mem::take(&mut st.1);
+        drop(st);
+        let mut table = GroupTable::new(&self.spec)?;
+        for p in partials {
+            table.merge(p)?;
+        }
+        self.metrics.note_bytes(table.size());
+        let mut columns = table.key_arrays()?;
+        for acc in table.accs.iter_mut() {
+            columns.push(acc.evaluate()?);
+        }
+        let schema = self.spec.output_schema.clone();
+        let columns = columns
+            .into_iter()
+            .zip(schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { Ok(arrow::compute::cast(&c, f.data_type())?) })
+            .collect::<Result<Vec<_>>>()?;
+        let batch = RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(table.num_groups)),
+        )?;
+        let rows = batch.num_rows();
+        self.metrics.rows.fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut offset = 0;
+        while offset < rows {
+            let len = self.batch_size.min(rows - offset);
+            self.output.push(0, Message::Batch(batch.slice(offset, len)));
+            self.metrics.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            offset += len;
+        }
+        self.output.push(0, Message::End);
+        Ok(())
+    }
+}
+
+/// One partition's aggregation.
+pub struct AggregateSink {
+    shared: Arc<AggShared>,
+    table: Option<GroupTable>,
+}
+
+impl AggregateSink {
+    pub fn new(shared: Arc<AggShared>) -> Result<AggregateSink> {
+        let table = GroupTable::new(&shared.spec)?;
+        Ok(AggregateSink { shared, table: Some(table) })
+    }
+}
+
+impl Sink for AggregateSink {
+    fn push(&mut self, msg: Message) -> Result<()> {
+        match msg {
+            Message::Batch(b) => {
+                let started = std::time::Instant::now();
+                let table = self.table.as_mut().ok_or_else(|| RiffleError::exec("aggregate input after its end"))?;
+                table.update(&self.shared.spec, &b)?;
+                self.shared.metrics.note_bytes(table.size());
+                self.shared.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Message::End => {
+                if let Some(table) = self.table.take() {
+                    self.shared.finish(table.into_partial()?)?;
+                }
+            }
+            // A batch aggregate emits only at the end; watermarks and barriers carry no rows.
+            Message::Watermark(_) | Message::Barrier(_) => {}
+        }
+        Ok(())
+    }
+}

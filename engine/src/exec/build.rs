@@ -1,0 +1,260 @@
+//! Cuts a physical plan into pipelines and instantiates one task per pipeline partition.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::Schema;
+
+use super::aggregate::{AggShared, AggSpec, AggregateSink};
+use super::basic::{FilterOp, LimitOp, ProjectOp};
+use super::join::{BuildSink, JoinShared, JoinSpec, ProbeOp};
+use super::scan::{BatchesSource, CollectSink, ExchangeSink, ExchangeSource, ScanShared, ScanSource};
+use super::sort::{SortShared, SortSink};
+use super::{ExecConfig, Exchange, Metered, Notifier, OpMetrics, Operator, PipelineTask, Sink, Source};
+use crate::error::Result;
+use crate::eval::evaluate;
+use crate::logical::{join_schema, Expr, JoinKind};
+use crate::message::Message;
+use crate::physical::PhysicalPlan;
+
+/// Batches a gathering exchange holds per consumer before its producers wait.
+const EXCHANGE_CAPACITY: usize = 4;
+
+type OpFactory = Arc<dyn Fn() -> Box<dyn Operator> + Send + Sync>;
+
+enum SourceSpec {
+    Scan(Arc<ScanShared>),
+    Exchange(Arc<Exchange>),
+    Batches(Vec<RecordBatch>),
+}
+
+/// A pipeline whose sink is not chosen yet.
+struct Open {
+    source: SourceSpec,
+    partitions: usize,
+    ops: Vec<(OpFactory, Arc<OpMetrics>)>,
+}
+
+impl Open {
+    fn push(&mut self, metrics: &Arc<OpMetrics>, f: impl Fn() -> Box<dyn Operator> + Send + Sync + 'static) {
+        self.ops.push((Arc::new(f), metrics.clone()));
+    }
+}
+
+/// Counts what passes, for EXPLAIN ANALYZE of nodes that are sources.
+struct PassOp;
+
+impl Operator for PassOp {
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        out.push(Message::Batch(batch));
+        Ok(())
+    }
+}
+
+struct Builder<'a> {
+    config: &'a ExecConfig,
+    threads: usize,
+    notifier: &'a Notifier,
+    metrics: &'a [Arc<OpMetrics>],
+    next_id: usize,
+    tasks: Vec<PipelineTask>,
+}
+
+pub fn build_tasks(
+    plan: &PhysicalPlan,
+    config: &ExecConfig,
+    threads: usize,
+    notifier: &Notifier,
+    metrics: &[Arc<OpMetrics>],
+    results: Arc<Mutex<Vec<RecordBatch>>>,
+) -> Result<Vec<PipelineTask>> {
+    let mut b = Builder { config, threads, notifier, metrics, next_id: 0, tasks: Vec::new() };
+    let root = b.open(plan)?;
+    b.close(root, &|_| Ok(Box::new(CollectSink::new(results.clone()))))?;
+    Ok(b.tasks)
+}
+
+impl Builder<'_> {
+    fn close(&mut self, open: Open, sink: &dyn Fn(usize) -> Result<Box<dyn Sink>>) -> Result<()> {
+        for p in 0..open.partitions {
+            let source: Box<dyn Source> = match &open.source {
+                SourceSpec::Scan(shared) => Box::new(ScanSource::new(shared.clone(), self.config.stream)),
+                SourceSpec::Exchange(x) => Box::new(ExchangeSource::new(x.clone(), p)),
+                SourceSpec::Batches(b) => Box::new(BatchesSource::new(if p == 0 { b.clone() } else { vec![] })),
+            };
+            let ops = open.ops.iter().map(|(f, m)| Metered { op: f(), metrics: m.clone() }).collect();
+            self.tasks.push(PipelineTask { source, ops, sink: sink(p)?, done: false });
+        }
+        Ok(())
+    }
+
+    /// Ends `open` in an exchange read by `partitions` consumers.
+    fn repartition(&mut self, open: Open, partitions: usize) -> Result<Open> {
+        if open.partitions == partitions {
+            return Ok(open);
+        }
+        let x = Arc::new(Exchange::new(open.partitions, partitions, EXCHANGE_CAPACITY, self.notifier.clone()));
+        let xs = x.clone();
+        self.close(open, &move |p| Ok(Box::new(ExchangeSink::new(xs.clone(), p))))?;
+        Ok(Open { source: SourceSpec::Exchange(x), partitions, ops: vec![] })
+    }
+
+    /// An exchange that a breaker fills once, at its end, for `consumers` partitions.
+    fn breaker_output(&self, consumers: usize) -> Arc<Exchange> {
+        Arc::new(Exchange::new(1, consumers, usize::MAX, self.notifier.clone()))
+    }
+
+    fn open(&mut self, plan: &PhysicalPlan) -> Result<Open> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let metrics = self.metrics[id].clone();
+        let batch_size = self.config.batch_size.max(1);
+        Ok(match plan {
+            PhysicalPlan::Scan { source, projection, filter, schema, .. } => {
+                let shared = Arc::new(ScanShared::new(source.clone(), projection.clone(), schema.clone(), batch_size)?);
+                let mut open = Open { source: SourceSpec::Scan(shared), partitions: self.threads, ops: vec![] };
+                match filter.clone() {
+                    Some(predicate) => open.push(&metrics, move || Box::new(FilterOp { predicate: predicate.clone() })),
+                    None => open.push(&metrics, || Box::new(PassOp)),
+                }
+                open
+            }
+            PhysicalPlan::Values { rows, schema } => {
+                let batch = values_batch(rows, schema)?;
+                let mut batches = Vec::new();
+                let mut offset = 0;
+                while offset < batch.num_rows() {
+                    let len = batch_size.min(batch.num_rows() - offset);
+                    batches.push(batch.slice(offset, len));
+                    offset += len;
+                }
+                let mut open = Open { source: SourceSpec::Batches(batches), partitions: 1, ops: vec![] };
+                open.push(&metrics, || Box::new(PassOp));
+                open
+            }
+            PhysicalPlan::Filter { input, predicate } => {
+                let mut open = self.open(input)?;
+                let predicate = predicate.clone();
+                open.push(&metrics, move || Box::new(FilterOp { predicate: predicate.clone() }));
+                open
+            }
+            PhysicalPlan::Project { input, exprs, schema } => {
+                let mut open = self.open(input)?;
+                let (exprs, schema) = (exprs.clone(), schema.clone());
+                open.push(&metrics, move || Box::new(ProjectOp { exprs: exprs.clone(), schema: schema.clone() }));
+                open
+            }
+            PhysicalPlan::Limit { input, skip, fetch } => {
+                let mut open = self.open(input)?;
+                let (skip, fetch) = (*skip, *fetch);
+                if open.partitions > 1 {
+                    if let Some(f) = fetch {
+                        // Each partition can stop after skip + fetch rows; the global limit picks from those.
+                        open.push(&metrics, move || Box::new(LimitOp { skip: 0, fetch: Some(skip + f) }));
+                    }
+                    open = self.repartition(open, 1)?;
+                }
+                open.push(&metrics, move || Box::new(LimitOp { skip, fetch }));
+                open
+            }
+            PhysicalPlan::HashAggregate { input, group, aggs, schema } => {
+                let input_schema = input.schema();
+                let open = self.open(input)?;
+                let output = self.breaker_output(self.threads);
+                let spec = AggSpec { group: group.clone(), aggs: aggs.clone(), input_schema, output_schema: schema.clone() };
+                let shared = Arc::new(AggShared::new(spec, open.partitions, output.clone(), batch_size, metrics));
+                self.close(open, &|_| Ok(Box::new(AggregateSink::new(shared.clone())?)))?;
+                Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
+            }
+            PhysicalPlan::Sort { input, keys, fetch } => {
+                let schema = input.schema();
+                let open = self.open(input)?;
+                let output = self.breaker_output(1);
+                let shared =
+                    Arc::new(SortShared::new(schema, keys.clone(), *fetch, open.partitions, output.clone(), batch_size, metrics));
+                self.close(open, &|_| Ok(Box::new(SortSink::new(shared.clone()))))?;
+                Open { source: SourceSpec::Exchange(output), partitions: 1, ops: vec![] }
+            }
+            PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, schema } => {
+                self.join(probe, build, *kind, probe_keys.clone(), build_keys.clone(), filter.clone(), *null_aware, schema, metrics)?
+            }
+            PhysicalPlan::NestedLoopJoin { probe, build, kind, filter, schema } => {
+                self.join(probe, build, *kind, vec![], vec![], filter.clone(), false, schema, metrics)?
+            }
+            PhysicalPlan::Union { inputs, .. } => {
+                let opens = inputs.iter().map(|i| self.open(i)).collect::<Result<Vec<_>>>()?;
+                let producers: usize = opens.iter().map(|o| o.partitions).sum();
+                let x = Arc::new(Exchange::new(producers, self.threads, EXCHANGE_CAPACITY, self.notifier.clone()));
+                let mut first = 0;
+                for open in opens {
+                    let n = open.partitions;
+                    let xs = x.clone();
+                    self.close(open, &move |p| Ok(Box::new(ExchangeSink::new(xs.clone(), first + p))))?;
+                    first += n;
+                }
+                let mut open = Open { source: SourceSpec::Exchange(x), partitions: self.threads, ops: vec![] };
+                open.push(&metrics, || Box::new(PassOp));
+                open
+            }
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &mut self,
+        probe: &PhysicalPlan,
+        build: &PhysicalPlan,
+        kind: JoinKind,
+        probe_keys: Vec<Expr>,
+        build_keys: Vec<Expr>,
+        filter: Option<Expr>,
+        null_aware: bool,
+        schema: &arrow::datatypes::SchemaRef,
+        metrics: Arc<OpMetrics>,
+    ) -> Result<Open> {
+        let (probe_schema, build_schema) = (probe.schema(), build.schema());
+        let mut probe_open = self.open(probe)?;
+        let build_open = self.open(build)?;
+        let spec = JoinSpec {
+            kind,
+            probe_keys,
+            build_keys,
+            filter,
+            null_aware,
+            pair_schema: join_schema(&probe_schema, &build_schema, JoinKind::Inner),
+            probe_schema,
+            build_schema,
+            output_schema: schema.clone(),
+        };
+        let shared = Arc::new(JoinShared::new(spec, build_open.partitions, probe_open.partitions, self.notifier.clone(), metrics.clone()));
+        let build_shared = shared.clone();
+        self.close(build_open, &move |_| Ok(Box::new(BuildSink::new(build_shared.clone()))))?;
+        probe_open.push(&metrics, move || Box::new(ProbeOp::new(shared.clone())));
+        Ok(probe_open)
+    }
+}
+
+/// Evaluates literal rows into one batch.
+fn values_batch(rows: &[Vec<Expr>], schema: &arrow::datatypes::SchemaRef) -> Result<RecordBatch> {
+    let one = RecordBatch::try_new_with_options(Arc::new(Schema::empty()), vec![], &RecordBatchOptions::new().with_row_count(Some(1)))?;
+    let width = schema.fields().len();
+    let mut columns: Vec<Vec<ArrayRef>> = vec![Vec::with_capacity(rows.len()); width];
+    for row in rows {
+        for (c, e) in row.iter().enumerate() {
+            columns[c].push(evaluate(e, &one)?);
+        }
+    }
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(parts, f)| {
+            if parts.is_empty() {
+                return Ok(arrow::array::new_empty_array(f.data_type()));
+            }
+            let refs: Vec<&dyn arrow::array::Array> = parts.iter().map(|a| a.as_ref()).collect();
+            let col = arrow::compute::concat(&refs)?;
+            Ok(if col.data_type() == f.data_type() { col } else { arrow::compute::cast(&col, f.data_type())? })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(rows.len())))?)
+}

@@ -1,0 +1,236 @@
+//! Runs a physical plan as pipelines of push-based operators on a fixed pool of worker threads.
+//!
+//! A pipeline is a source, a chain of streaming operators and a sink, instantiated once per partition.
+//! Pipeline breakers (aggregate, sort, hash-join build) are sinks whose shared state, once every
+//! partition has ended, becomes the source of the next pipeline. Pipelines are connected by bounded
+//! exchanges, so a slow consumer stops its producers (backpressure), and control messages (watermarks,
+//! barriers, end) travel in order with the data.
+
+mod accumulators;
+mod aggregate;
+mod basic;
+mod build;
+mod exchange;
+mod join;
+mod scan;
+mod scheduler;
+mod sort;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+
+pub use exchange::Exchange;
+pub use scheduler::Notifier;
+
+use crate::error::Result;
+use crate::message::Message;
+use crate::physical::PhysicalPlan;
+
+/// How a query runs.
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// Worker threads (and partitions of parallel pipelines).
+    pub threads: usize,
+    /// Rows per batch read from sources and emitted by breakers.
+    pub batch_size: usize,
+    /// Feed bounded sources as unbounded streams that end: interleave watermarks and checkpoint
+    /// barriers with the data. The answer must not change.
+    pub stream: bool,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            batch_size: 8192,
+            stream: false,
+        }
+    }
+}
+
+/// What an operator did with one message.
+pub trait Operator: Send {
+    /// Processes one data batch, appending whatever it emits to `out`.
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()>;
+
+    /// Control messages are forwarded in order by default; operators holding state override this to
+    /// flush on `End` (and, later, to snapshot on barriers).
+    fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
+        out.push(msg);
+        Ok(())
+    }
+
+    /// False while the operator cannot run yet (a probe waiting for its hash table).
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// True once no further input can change the output (a satisfied LIMIT): the pipeline stops early.
+    fn finished(&self) -> bool {
+        false
+    }
+}
+
+/// The end of a pipeline, one instance per partition.
+pub trait Sink: Send {
+    fn push(&mut self, msg: Message) -> Result<()>;
+
+    /// False when the consumer downstream has no room: the pipeline waits (backpressure).
+    fn has_capacity(&self) -> bool {
+        true
+    }
+
+    /// True when nobody needs more rows (every consumer downstream finished early).
+    fn closed(&self) -> bool {
+        false
+    }
+}
+
+/// Where a pipeline's messages come from, one instance per partition.
+pub trait Source: Send {
+    /// The next message, or `None` if none is available yet (the task yields and is woken later).
+    fn next(&mut self) -> Result<Option<Message>>;
+}
+
+/// Per-operator counters for EXPLAIN ANALYZE.
+#[derive(Debug, Default)]
+pub struct OpMetrics {
+    pub rows: AtomicU64,
+    pub batches: AtomicU64,
+    pub nanos: AtomicU64,
+    pub peak_bytes: AtomicU64,
+}
+
+impl OpMetrics {
+    fn record(&self, out: &[Message], started: Instant) {
+        for m in out {
+            if let Message::Batch(b) = m {
+                self.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                self.batches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn note_bytes(&self, bytes: usize) {
+        self.peak_bytes.fetch_max(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn summary(&self) -> String {
+        let peak = self.peak_bytes.load(Ordering::Relaxed);
+        let mut s = format!(
+            "  [rows={} batches={} time={:.3}ms",
+            self.rows.load(Ordering::Relaxed),
+            self.batches.load(Ordering::Relaxed),
+            self.nanos.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        if peak > 0 {
+            s.push_str(&format!(" peak_mem={}", human_bytes(peak)));
+        }
+        s.push(']');
+        s
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1}KiB", b as f64 / 1024.0),
+        b => format!("{b}B"),
+    }
+}
+
+/// An operator wrapped with its metrics.
+struct Metered {
+    op: Box<dyn Operator>,
+    metrics: Arc<OpMetrics>,
+}
+
+/// One partition of one pipeline: the unit the scheduler runs.
+pub struct PipelineTask {
+    source: Box<dyn Source>,
+    ops: Vec<Metered>,
+    sink: Box<dyn Sink>,
+    done: bool,
+}
+
+/// What a task's step achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Progress,
+    Blocked,
+    Done,
+}
+
+impl PipelineTask {
+    /// Moves one message from the source through the operators into the sink.
+    pub fn step(&mut self) -> Result<Step> {
+        if self.done {
+            return Ok(Step::Done);
+        }
+        if self.sink.closed() || self.ops.iter().any(|m| m.op.finished()) {
+            // Nothing downstream needs more: end the pipeline without reading the rest.
+            self.push_through(Message::End)?;
+            self.done = true;
+            return Ok(Step::Done);
+        }
+        if !self.sink.has_capacity() || self.ops.iter().any(|m| !m.op.ready()) {
+            return Ok(Step::Blocked);
+        }
+        let Some(msg) = self.source.next()? else { return Ok(Step::Blocked) };
+        let end = matches!(msg, Message::End);
+        self.push_through(msg)?;
+        if end {
+            self.done = true;
+            return Ok(Step::Done);
+        }
+        Ok(Step::Progress)
+    }
+
+    fn push_through(&mut self, msg: Message) -> Result<()> {
+        let mut current = vec![msg];
+        for m in &mut self.ops {
+            let mut next = Vec::with_capacity(current.len());
+            let started = Instant::now();
+            for msg in current {
+                match msg {
+                    Message::Batch(b) => {
+                        if b.num_rows() > 0 {
+                            m.op.on_batch(b, &mut next)?
+                        }
+                    }
+                    control => m.op.on_control(control, &mut next)?,
+                }
+            }
+            m.metrics.record(&next, started);
+            current = next;
+        }
+        for msg in current {
+            self.sink.push(msg)?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of running a plan.
+pub struct QueryOutput {
+    pub batches: Vec<RecordBatch>,
+    /// Metrics per physical node, in pre-order.
+    pub metrics: Vec<Arc<OpMetrics>>,
+}
+
+/// Runs `plan` to completion and returns its rows.
+pub fn execute(plan: &PhysicalPlan, config: &ExecConfig) -> Result<QueryOutput> {
+    let threads = config.threads.max(1);
+    let notifier = Notifier::new();
+    let metrics: Vec<Arc<OpMetrics>> = (0..plan.node_count()).map(|_| Arc::new(OpMetrics::default())).collect();
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, results.clone())?;
+    scheduler::run(tasks, threads, &notifier)?;
+    let batches = std::mem::take(&mut *results.lock().map_err(|_| crate::RiffleError::exec("result lock poisoned"))?);
+    Ok(QueryOutput { batches, metrics })
+}

@@ -1,0 +1,220 @@
+//! Sources (table scans, literal rows, exchanges) and the simple sinks (exchange, result collector).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use riffle_formats::{BatchReader, FileFormat, Morsel};
+
+use super::{Exchange, Sink, Source};
+use crate::catalog::{TableData, TableSource};
+use crate::error::{Result, RiffleError};
+use crate::message::Message;
+
+/// Scan work shared by the partitions of a scan pipeline: each takes the next morsel when it needs one.
+pub struct ScanShared {
+    source: Arc<TableSource>,
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    morsels: Mutex<VecDeque<Work>>,
+    batch_size: usize,
+}
+
+enum Work {
+    File(Morsel),
+    Batch(RecordBatch),
+}
+
+impl ScanShared {
+    pub fn new(source: Arc<TableSource>, projection: Vec<usize>, schema: SchemaRef, batch_size: usize) -> Result<ScanShared> {
+        let work: VecDeque<Work> = match &source.data {
+            TableData::Files { morsels, .. } => morsels.iter().cloned().map(Work::File).collect(),
+            TableData::Memory(batches) => {
+                let mut v = VecDeque::new();
+                for b in batches {
+                    let b = b.project(&projection)?;
+                    let mut offset = 0;
+                    while offset < b.num_rows() {
+                        let len = batch_size.min(b.num_rows() - offset);
+                        v.push_back(Work::Batch(b.slice(offset, len)));
+                        offset += len;
+                    }
+                }
+                v
+            }
+        };
+        Ok(ScanShared { source, projection, schema, morsels: Mutex::new(work), batch_size })
+    }
+
+    fn take(&self) -> Option<Work> {
+        self.morsels.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+}
+
+/// One partition of a scan. In stream mode it interleaves checkpoint barriers and watermarks with its
+/// batches, as an unbounded source would.
+pub struct ScanSource {
+    shared: Arc<ScanShared>,
+    reader: Option<BatchReader>,
+    stream: bool,
+    batches: u64,
+    ended: bool,
+    pending: VecDeque<Message>,
+}
+
+impl ScanSource {
+    pub fn new(shared: Arc<ScanShared>, stream: bool) -> ScanSource {
+        ScanSource { shared, reader: None, stream, batches: 0, ended: false, pending: VecDeque::new() }
+    }
+
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if let Some(reader) = &mut self.reader {
+                match reader.next() {
+                    Some(batch) => return Ok(Some(batch?)),
+                    None => self.reader = None,
+                }
+            }
+            match self.shared.take() {
+                None => return Ok(None),
+                Some(Work::Batch(b)) => return Ok(Some(b)),
+                Some(Work::File(m)) => {
+                    let TableData::Files { format, .. } = &self.shared.source.data else {
+                        return Err(RiffleError::exec("file morsel for an in-memory table"));
+                    };
+                    let format: &FileFormat = format;
+                    self.reader = Some(riffle_formats::read_morsel(
+                        format,
+                        &m,
+                        &self.shared.source.schema,
+                        &self.shared.projection,
+                        self.shared.batch_size,
+                    )?);
+                }
+            }
+        }
+    }
+}
+
+impl Source for ScanSource {
+    fn next(&mut self) -> Result<Option<Message>> {
+        if let Some(m) = self.pending.pop_front() {
+            return Ok(Some(m));
+        }
+        if self.ended {
+            return Ok(Some(Message::End));
+        }
+        match self.next_batch()? {
+            Some(batch) => {
+                let batch = if batch.schema() != self.shared.schema {
+                    RecordBatch::try_new(self.shared.schema.clone(), batch.columns().to_vec())?
+                } else {
+                    batch
+                };
+                self.batches += 1;
+                if self.stream {
+                    // Control messages ride along with the data as they would from a live source.
+                    self.pending.push_back(Message::Watermark(self.batches as i64));
+                    if self.batches % 2 == 0 {
+                        self.pending.push_back(Message::Barrier(self.batches / 2));
+                    }
+                }
+                Ok(Some(Message::Batch(batch)))
+            }
+            None => {
+                self.ended = true;
+                Ok(Some(Message::End))
+            }
+        }
+    }
+}
+
+/// Fixed batches, then the end.
+pub struct BatchesSource {
+    batches: VecDeque<RecordBatch>,
+}
+
+impl BatchesSource {
+    pub fn new(batches: Vec<RecordBatch>) -> BatchesSource {
+        BatchesSource { batches: batches.into() }
+    }
+}
+
+impl Source for BatchesSource {
+    fn next(&mut self) -> Result<Option<Message>> {
+        Ok(Some(self.batches.pop_front().map(Message::Batch).unwrap_or(Message::End)))
+    }
+}
+
+/// Reads one consumer's queue of an exchange.
+pub struct ExchangeSource {
+    exchange: Arc<Exchange>,
+    consumer: usize,
+}
+
+impl ExchangeSource {
+    pub fn new(exchange: Arc<Exchange>, consumer: usize) -> ExchangeSource {
+        ExchangeSource { exchange, consumer }
+    }
+}
+
+impl Source for ExchangeSource {
+    fn next(&mut self) -> Result<Option<Message>> {
+        Ok(self.exchange.pop(self.consumer))
+    }
+}
+
+impl Drop for ExchangeSource {
+    fn drop(&mut self) {
+        // A consumer that stops early (LIMIT) releases its producers.
+        self.exchange.close_consumer(self.consumer);
+    }
+}
+
+/// Writes into an exchange as one of its producers.
+pub struct ExchangeSink {
+    exchange: Arc<Exchange>,
+    producer: usize,
+}
+
+impl ExchangeSink {
+    pub fn new(exchange: Arc<Exchange>, producer: usize) -> ExchangeSink {
+        ExchangeSink { exchange, producer }
+    }
+}
+
+impl Sink for ExchangeSink {
+    fn push(&mut self, msg: Message) -> Result<()> {
+        self.exchange.push(self.producer, msg);
+        Ok(())
+    }
+
+    fn has_capacity(&self) -> bool {
+        self.exchange.has_capacity(self.producer)
+    }
+
+    fn closed(&self) -> bool {
+        self.exchange.closed()
+    }
+}
+
+/// Collects the query's result rows.
+pub struct CollectSink {
+    out: Arc<Mutex<Vec<RecordBatch>>>,
+}
+
+impl CollectSink {
+    pub fn new(out: Arc<Mutex<Vec<RecordBatch>>>) -> CollectSink {
+        CollectSink { out }
+    }
+}
+
+impl Sink for CollectSink {
+    fn push(&mut self, msg: Message) -> Result<()> {
+        if let Message::Batch(b) = msg {
+            self.out.lock().map_err(|_| RiffleError::exec("result lock poisoned"))?.push(b);
+        }
+        Ok(())
+    }
+}

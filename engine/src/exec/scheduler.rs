@@ -1,0 +1,167 @@
+//! A fixed pool of worker threads running pipeline tasks cooperatively: a task runs a few steps, then
+//! yields; a blocked task sleeps until something it may wait for changes (any exchange or shared
+//! state bumps the notifier), so no thread spins and none is tied to an operator.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::{PipelineTask, Step};
+use crate::error::{Result, RiffleError};
+
+/// Steps a task takes before it yields its thread to others.
+const QUANTUM: usize = 16;
+
+struct State {
+    runnable: VecDeque<usize>,
+    /// Blocked tasks with the notifier version they last saw.
+    blocked: Vec<(usize, u64)>,
+    remaining: usize,
+    running: usize,
+    version: u64,
+    error: Option<RiffleError>,
+}
+
+/// Wakes blocked tasks when shared state changes.
+#[derive(Clone)]
+pub struct Notifier {
+    inner: Arc<(Mutex<State>, Condvar)>,
+}
+
+impl Notifier {
+    pub fn new() -> Notifier {
+        Notifier {
+            inner: Arc::new((
+                Mutex::new(State { runnable: VecDeque::new(), blocked: Vec::new(), remaining: 0, running: 0, version: 0, error: None }),
+                Condvar::new(),
+            )),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a worker panicked; the panic is reported as an error elsewhere.
+        self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something a blocked task may wait for has changed.
+    pub fn bump(&self) {
+        let mut st = self.lock();
+        st.version += 1;
+        drop(st);
+        self.inner.1.notify_all();
+    }
+}
+
+impl Default for Notifier {
+    fn default() -> Self {
+        Notifier::new()
+    }
+}
+
+pub fn run(tasks: Vec<PipelineTask>, threads: usize, notifier: &Notifier) -> Result<()> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut st = notifier.lock();
+        st.runnable = (0..tasks.len()).collect();
+        st.remaining = tasks.len();
+    }
+    let slots: Vec<Mutex<Option<PipelineTask>>> = tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(slots.len()).max(1) {
+            s.spawn(|| worker(&slots, notifier));
+        }
+    });
+    let mut st = notifier.lock();
+    match st.error.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn worker(slots: &[Mutex<Option<PipelineTask>>], notifier: &Notifier) {
+    loop {
+        let (id, version) = {
+            let mut st = notifier.lock();
+            loop {
+                if st.error.is_some() || st.remaining == 0 {
+                    return;
+                }
+                if let Some(id) = st.runnable.pop_front() {
+                    let v = st.version;
+                    st.running += 1;
+                    break (id, v);
+                }
+                let v = st.version;
+                let (wake, keep): (Vec<_>, Vec<_>) = st.blocked.iter().partition(|(_, seen)| *seen < v);
+                if !wake.is_empty() {
+                    st.blocked = keep;
+                    st.runnable.extend(wake.into_iter().map(|(id, _)| id));
+                    continue;
+                }
+                if st.running == 0 && st.blocked.len() == st.remaining {
+                    // Every task waits and nothing runs that could wake one: a bug, not a slow query.
+                    st.error = Some(RiffleError::exec("internal error (a bug in Riffle, please report it): pipelines deadlocked"));
+                    drop(st);
+                    notifier.inner.1.notify_all();
+                    return;
+                }
+                let (guard, _) = notifier
+                    .inner
+                    .1
+                    .wait_timeout(st, Duration::from_millis(50))
+                    .unwrap_or_else(|p| p.into_inner());
+                st = guard;
+            }
+        };
+        let mut slot = slots[id].lock().unwrap_or_else(|p| p.into_inner());
+        let Some(task) = slot.as_mut() else {
+            notifier.lock().running -= 1;
+            continue;
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let mut step = Step::Progress;
+            for _ in 0..QUANTUM {
+                step = task.step()?;
+                if step != Step::Progress {
+                    break;
+                }
+            }
+            Ok::<Step, RiffleError>(step)
+        }));
+        let outcome = match outcome {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(RiffleError::exec(format!("internal error (a bug in Riffle, please report it): {what}")))
+            }
+        };
+        if matches!(outcome, Ok(Step::Done) | Err(_)) {
+            *slot = None;
+        }
+        drop(slot);
+        let mut st = notifier.lock();
+        st.running -= 1;
+        match outcome {
+            Ok(Step::Progress) => st.runnable.push_back(id),
+            Ok(Step::Blocked) => st.blocked.push((id, version)),
+            Ok(Step::Done) => {
+                st.remaining -= 1;
+                st.version += 1;
+            }
+            Err(e) => {
+                if st.error.is_none() {
+                    st.error = Some(e);
+                }
+            }
+        }
+        drop(st);
+        notifier.inner.1.notify_all();
+    }
+}

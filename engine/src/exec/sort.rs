@@ -1,0 +1,133 @@
+//! Sort and top-k as a pipeline breaker. Keys are compared as `arrow-row` byte strings. With `fetch`,
+//! each partition keeps only its best rows as it goes, so memory stays proportional to k.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch, SortOptions};
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, SortField};
+
+use super::{Exchange, OpMetrics, Sink};
+use crate::error::{Result, RiffleError};
+use crate::eval::evaluate;
+use crate::logical::SortKey;
+use crate::message::Message;
+
+/// Sorts `batches` by `keys`, keeping the first `fetch` rows if given. Stable: equal keys keep input order.
+pub fn sort_batches(schema: &SchemaRef, batches: &[RecordBatch], keys: &[SortKey], fetch: Option<usize>) -> Result<RecordBatch> {
+    let all = concat_batches(schema, batches)?;
+    let columns = keys.iter().map(|k| evaluate(&k.expr, &all)).collect::<Result<Vec<_>>>()?;
+    let fields = keys
+        .iter()
+        .zip(&columns)
+        .map(|(k, c)| {
+            SortField::new_with_options(
+                c.data_type().clone(),
+                SortOptions { descending: k.descending, nulls_first: k.nulls_first },
+            )
+        })
+        .collect();
+    let converter = RowConverter::new(fields)?;
+    let rows = converter.convert_columns(&columns)?;
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    let limit = fetch.unwrap_or(order.len()).min(order.len());
+    if limit < order.len() && limit > 0 {
+        order.select_nth_unstable_by(limit - 1, |a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)).then(a.cmp(b)));
+        order.truncate(limit);
+    }
+    order.sort_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)).then(a.cmp(b)));
+    order.truncate(limit);
+    Ok(take_record_batch(&all, &UInt32Array::from(order))?)
+}
+
+pub struct SortShared {
+    schema: SchemaRef,
+    keys: Vec<SortKey>,
+    fetch: Option<usize>,
+    state: Mutex<(usize, Vec<RecordBatch>)>,
+    output: Arc<Exchange>,
+    batch_size: usize,
+    metrics: Arc<OpMetrics>,
+}
+
+impl SortShared {
+    pub fn new(
+        schema: SchemaRef,
+        keys: Vec<SortKey>,
+        fetch: Option<usize>,
+        partitions: usize,
+        output: Arc<Exchange>,
+        batch_size: usize,
+        metrics: Arc<OpMetrics>,
+    ) -> SortShared {
+        SortShared { schema, keys, fetch, state: Mutex::new((partitions, Vec::new())), output, batch_size, metrics }
+    }
+
+    fn finish(&self, local: Vec<RecordBatch>) -> Result<()> {
+        let mut st = self.state.lock().map_err(|_| RiffleError::exec("sort lock poisoned"))?;
+        st.1.extend(local);
+        st.0 -= 1;
+        if st.0 > 0 {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut st.1);
+        drop(st);
+        let started = std::time::Instant::now();
+        let sorted = sort_batches(&self.schema, &batches, &self.keys, self.fetch)?;
+        drop(batches);
+        self.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        let rows = sorted.num_rows();
+        self.metrics.rows.fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut offset = 0;
+        while offset < rows {
+            let len = self.batch_size.min(rows - offset);
+            self.output.push(0, Message::Batch(sorted.slice(offset, len)));
+            self.metrics.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            offset += len;
+        }
+        self.output.push(0, Message::End);
+        Ok(())
+    }
+}
+
+pub struct SortSink {
+    shared: Arc<SortShared>,
+    buffered: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl SortSink {
+    pub fn new(shared: Arc<SortShared>) -> SortSink {
+        SortSink { shared, buffered: Vec::new(), rows: 0, bytes: 0 }
+    }
+}
+
+impl Sink for SortSink {
+    fn push(&mut self, msg: Message) -> Result<()> {
+        match msg {
+            Message::Batch(b) => {
+                self.rows += b.num_rows();
+                self.bytes += b.get_array_memory_size();
+                self.buffered.push(b);
+                self.shared.metrics.note_bytes(self.bytes);
+                if let Some(k) = self.shared.fetch {
+                    // Top-k: once twice k rows are buffered, keep only the best k.
+                    if self.rows > 2 * k.max(1024) {
+                        let best = sort_batches(&self.shared.schema, &self.buffered, &self.shared.keys, Some(k))?;
+                        self.rows = best.num_rows();
+                        self.bytes = best.get_array_memory_size();
+                        self.buffered = vec![best];
+                    }
+                }
+            }
+            Message::End => {
+                let local = std::mem::take(&mut self.buffered);
+                self.shared.finish(local)?;
+            }
+            Message::Watermark(_) | Message::Barrier(_) => {}
+        }
+        Ok(())
+    }
+}

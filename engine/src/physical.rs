@@ -1,0 +1,219 @@
+//! The physical plan: which algorithm runs each step, as plain data that can be printed. Runtime state
+//! lives in `exec`, never here.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+
+use crate::catalog::TableSource;
+use crate::error::Result;
+use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey};
+
+#[derive(Debug, Clone)]
+pub enum PhysicalPlan {
+    /// Morsel-parallel scan of `projection`; rows failing `filter` are dropped as they are read.
+    Scan { name: String, source: Arc<TableSource>, projection: Vec<usize>, filter: Option<Expr>, schema: SchemaRef },
+    Values { rows: Vec<Vec<Expr>>, schema: SchemaRef },
+    Filter { input: Box<PhysicalPlan>, predicate: Expr },
+    Project { input: Box<PhysicalPlan>, exprs: Vec<Expr>, schema: SchemaRef },
+    HashAggregate { input: Box<PhysicalPlan>, group: Vec<Expr>, aggs: Vec<AggCall>, schema: SchemaRef },
+    /// Builds a hash table on `build` (the right input), streams `probe` (the left input) through it.
+    HashJoin {
+        probe: Box<PhysicalPlan>,
+        build: Box<PhysicalPlan>,
+        kind: JoinKind,
+        probe_keys: Vec<Expr>,
+        build_keys: Vec<Expr>,
+        filter: Option<Expr>,
+        null_aware: bool,
+        schema: SchemaRef,
+    },
+    /// Joins every probe row with every build row, keeping pairs where `filter` holds.
+    NestedLoopJoin { probe: Box<PhysicalPlan>, build: Box<PhysicalPlan>, kind: JoinKind, filter: Option<Expr>, schema: SchemaRef },
+    /// Full sort, or top-k when `fetch` is set.
+    Sort { input: Box<PhysicalPlan>, keys: Vec<SortKey>, fetch: Option<usize> },
+    Limit { input: Box<PhysicalPlan>, skip: usize, fetch: Option<usize> },
+    Union { inputs: Vec<PhysicalPlan>, schema: SchemaRef },
+}
+
+impl PhysicalPlan {
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            PhysicalPlan::Scan { schema, .. }
+            | PhysicalPlan::Values { schema, .. }
+            | PhysicalPlan::Project { schema, .. }
+            | PhysicalPlan::HashAggregate { schema, .. }
+            | PhysicalPlan::HashJoin { schema, .. }
+            | PhysicalPlan::NestedLoopJoin { schema, .. }
+            | PhysicalPlan::Union { schema, .. } => schema.clone(),
+            PhysicalPlan::Filter { input, .. } | PhysicalPlan::Sort { input, .. } | PhysicalPlan::Limit { input, .. } => {
+                input.schema()
+            }
+        }
+    }
+
+    pub fn inputs(&self) -> Vec<&PhysicalPlan> {
+        match self {
+            PhysicalPlan::Scan { .. } | PhysicalPlan::Values { .. } => vec![],
+            PhysicalPlan::Filter { input, .. }
+            | PhysicalPlan::Project { input, .. }
+            | PhysicalPlan::HashAggregate { input, .. }
+            | PhysicalPlan::Sort { input, .. }
+            | PhysicalPlan::Limit { input, .. } => vec![input],
+            PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
+                vec![probe, build]
+            }
+            PhysicalPlan::Union { inputs, .. } => inputs.iter().collect(),
+        }
+    }
+
+    /// Node count; nodes are numbered in pre-order, which `exec` uses to attach metrics.
+    pub fn node_count(&self) -> usize {
+        1 + self.inputs().iter().map(|i| i.node_count()).sum::<usize>()
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            PhysicalPlan::Scan { .. } => "Scan",
+            PhysicalPlan::Values { .. } => "Values",
+            PhysicalPlan::Filter { .. } => "Filter",
+            PhysicalPlan::Project { .. } => "Project",
+            PhysicalPlan::HashAggregate { .. } => "HashAggregate",
+            PhysicalPlan::HashJoin { .. } => "HashJoin",
+            PhysicalPlan::NestedLoopJoin { .. } => "NestedLoopJoin",
+            PhysicalPlan::Sort { fetch: Some(_), .. } => "TopK",
+            PhysicalPlan::Sort { .. } => "Sort",
+            PhysicalPlan::Limit { .. } => "Limit",
+            PhysicalPlan::Union { .. } => "Union",
+        }
+    }
+
+    /// One line per node, indented; `annotate(id)` may add text (EXPLAIN ANALYZE metrics).
+    pub fn display_indent(&self, annotate: &dyn Fn(usize) -> String) -> String {
+        let mut out = String::new();
+        let mut id = 0;
+        self.fmt_node(&mut out, 0, &mut id, annotate);
+        out
+    }
+
+    fn fmt_node(&self, out: &mut String, depth: usize, id: &mut usize, annotate: &dyn Fn(usize) -> String) {
+        let my_id = *id;
+        *id += 1;
+        let detail = self.detail();
+        let extra = annotate(my_id);
+        let _ = writeln!(out, "{}{}{}{}", "  ".repeat(depth), self.name(), detail, extra);
+        for input in self.inputs() {
+            input.fmt_node(out, depth + 1, id, annotate);
+        }
+    }
+
+    fn detail(&self) -> String {
+        let list = |exprs: &[Expr], schema: &Schema| exprs.iter().map(|e| e.display(schema).to_string()).collect::<Vec<_>>().join(", ");
+        match self {
+            PhysicalPlan::Scan { name, projection, filter, source, .. } => {
+                let cols: Vec<&str> = projection.iter().map(|i| source.schema.field(*i).name().as_str()).collect();
+                let schema = source.schema.project(projection).unwrap_or_else(|_| Schema::empty());
+                match filter {
+                    Some(f) => format!(": {name} [{}] filter={}", cols.join(", "), f.display(&schema)),
+                    None => format!(": {name} [{}]", cols.join(", ")),
+                }
+            }
+            PhysicalPlan::Values { rows, .. } => format!(": {} rows", rows.len()),
+            PhysicalPlan::Filter { input, predicate } => format!(": {}", predicate.display(&input.schema())),
+            PhysicalPlan::Project { input, exprs, .. } => format!(": {}", list(exprs, &input.schema())),
+            PhysicalPlan::HashAggregate { input, group, aggs, .. } => {
+                let schema = input.schema();
+                let aggs: Vec<String> = aggs
+                    .iter()
+                    .map(|a| format!("{}({}{})", a.func.name(), if a.distinct { "DISTINCT " } else { "" }, list(&a.args, &schema)))
+                    .collect();
+                format!(": group=[{}] aggs=[{}]", list(group, &schema), aggs.join(", "))
+            }
+            PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, .. } => {
+                let (ps, bs) = (probe.schema(), build.schema());
+                let keys: Vec<String> = probe_keys
+                    .iter()
+                    .zip(build_keys)
+                    .map(|(p, b)| format!("{} = {}", p.display(&ps), b.display(&bs)))
+                    .collect();
+                let mut s = format!(": {kind:?}{} on=[{}]", if *null_aware { " null-aware" } else { "" }, keys.join(", "));
+                if let Some(f) = filter {
+                    s.push_str(&format!(" filter={}", f.display(&join_schema(&ps, &bs, JoinKind::Inner))));
+                }
+                s
+            }
+            PhysicalPlan::NestedLoopJoin { probe, build, kind, filter, .. } => match filter {
+                Some(f) => format!(": {kind:?} filter={}", f.display(&join_schema(&probe.schema(), &build.schema(), JoinKind::Inner))),
+                None => format!(": {kind:?}"),
+            },
+            PhysicalPlan::Sort { input, keys, fetch } => {
+                let schema = input.schema();
+                let keys: Vec<String> = keys
+                    .iter()
+                    .map(|k| format!("{} {}", k.expr.display(&schema), if k.descending { "DESC" } else { "ASC" }))
+                    .collect();
+                match fetch {
+                    Some(n) => format!(": {} fetch={n}", keys.join(", ")),
+                    None => format!(": {}", keys.join(", ")),
+                }
+            }
+            PhysicalPlan::Limit { skip, fetch, .. } => format!(": skip={skip} fetch={}", fetch.map(|f| f.to_string()).unwrap_or("all".into())),
+            PhysicalPlan::Union { inputs, .. } => format!(": {} inputs", inputs.len()),
+        }
+    }
+}
+
+/// Chooses an algorithm for each logical node.
+pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
+    Ok(match plan {
+        LogicalPlan::Scan { name, source, projection, filters, schema } => PhysicalPlan::Scan {
+            name: name.clone(),
+            source: source.clone(),
+            projection: projection.clone(),
+            filter: Expr::conjunction(filters.clone()),
+            schema: schema.clone(),
+        },
+        LogicalPlan::Values { rows, schema } => PhysicalPlan::Values { rows: rows.clone(), schema: schema.clone() },
+        LogicalPlan::Filter { input, predicate } => {
+            PhysicalPlan::Filter { input: Box::new(plan_physical(input)?), predicate: predicate.clone() }
+        }
+        LogicalPlan::Project { input, exprs, schema } => {
+            PhysicalPlan::Project { input: Box::new(plan_physical(input)?), exprs: exprs.clone(), schema: schema.clone() }
+        }
+        LogicalPlan::Aggregate { input, group, aggs, schema } => PhysicalPlan::HashAggregate {
+            input: Box::new(plan_physical(input)?),
+            group: group.clone(),
+            aggs: aggs.clone(),
+            schema: schema.clone(),
+        },
+        LogicalPlan::Join { left, right, kind, on, filter, null_aware, schema } => {
+            let probe = Box::new(plan_physical(left)?);
+            let build = Box::new(plan_physical(right)?);
+            if on.is_empty() {
+                PhysicalPlan::NestedLoopJoin { probe, build, kind: *kind, filter: filter.clone(), schema: schema.clone() }
+            } else {
+                PhysicalPlan::HashJoin {
+                    probe,
+                    build,
+                    kind: *kind,
+                    probe_keys: on.iter().map(|(l, _)| l.clone()).collect(),
+                    build_keys: on.iter().map(|(_, r)| r.clone()).collect(),
+                    filter: filter.clone(),
+                    null_aware: *null_aware,
+                    schema: schema.clone(),
+                }
+            }
+        }
+        LogicalPlan::Sort { input, keys, fetch } => {
+            PhysicalPlan::Sort { input: Box::new(plan_physical(input)?), keys: keys.clone(), fetch: *fetch }
+        }
+        LogicalPlan::Limit { input, skip, fetch } => {
+            PhysicalPlan::Limit { input: Box::new(plan_physical(input)?), skip: *skip, fetch: *fetch }
+        }
+        LogicalPlan::Union { inputs, schema } => PhysicalPlan::Union {
+            inputs: inputs.iter().map(plan_physical).collect::<Result<_>>()?,
+            schema: schema.clone(),
+        },
+    })
+}

@@ -1,0 +1,366 @@
+//! A session: a catalog plus settings; runs SQL statements (queries, EXPLAIN, DDL, COPY).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use riffle_formats::{CsvOptions, FileFormat};
+use sqlparser::ast;
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::{Parser, ParserError};
+
+use crate::catalog::{Catalog, CatalogEntry, TableSource};
+use crate::error::{sql_error, Result, RiffleError};
+use crate::exec::{execute, ExecConfig};
+use crate::logical::LogicalPlan;
+use crate::optimizer::optimize;
+use crate::physical::{plan_physical, PhysicalPlan};
+use crate::sql::Binder;
+use crate::types::parse_sql_type;
+
+/// What a statement returned: rows (possibly none) under a schema.
+#[derive(Debug, Clone)]
+pub struct StatementResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    /// Whether the statement is a query (its rows are the answer) rather than a command.
+    pub is_query: bool,
+}
+
+impl StatementResult {
+    fn command() -> StatementResult {
+        StatementResult { schema: Arc::new(Schema::empty()), batches: vec![], is_query: false }
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+pub struct Session {
+    pub catalog: Catalog,
+    pub config: ExecConfig,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new(ExecConfig::default())
+    }
+}
+
+/// Parses SQL text into statements, turning parser errors into positioned errors.
+pub fn parse_sql(sql: &str) -> Result<Vec<ast::Statement>> {
+    Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| {
+        let message = match &e {
+            ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
+            other => other.to_string(),
+        };
+        // sqlparser reports "… at Line: 1, Column: 10"; point there.
+        let position = message.rfind("Line: ").and_then(|i| {
+            let rest = &message[i + 6..];
+            let (line, rest) = rest.split_once(", Column: ")?;
+            let col: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            Some((line.trim().parse().ok()?, col.parse().ok()?))
+        });
+        let clean = match message.rfind(" at Line: ") {
+            Some(i) => message[..i].to_string(),
+            None => message,
+        };
+        sql_error(format!("syntax error: {clean}"), position).with_sql(sql)
+    })
+}
+
+impl Session {
+    pub fn new(config: ExecConfig) -> Session {
+        Session { catalog: Catalog::default(), config }
+    }
+
+    /// Registers the files at `path` (a file, directory or glob) as table `name`.
+    pub fn register_path(&mut self, name: &str, path: &str) -> Result<()> {
+        let source = TableSource::files(path, None, None)?;
+        self.catalog.register(name, CatalogEntry::Table(Arc::new(source)));
+        Ok(())
+    }
+
+    /// Runs every statement of `sql`, returning each one's result.
+    pub fn execute(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
+        let statements = parse_sql(sql)?;
+        statements.iter().map(|s| self.run_statement(s).map_err(|e| e.with_sql(sql))).collect()
+    }
+
+    /// Runs `sql`, which must hold one statement, and returns its result.
+    pub fn sql(&mut self, sql: &str) -> Result<StatementResult> {
+        let mut results = self.execute(sql)?;
+        match results.len() {
+            1 => Ok(results.remove(0)),
+            n => Err(RiffleError::plan(format!("expected one statement, got {n}"))),
+        }
+    }
+
+    pub fn plan_query(&self, q: &ast::Query) -> Result<(LogicalPlan, PhysicalPlan)> {
+        let mut binder = Binder::new(&self.catalog);
+        let (plan, _) = binder.bind_query(q)?;
+        let plan = optimize(plan)?;
+        let physical = plan_physical(&plan)?;
+        Ok((plan, physical))
+    }
+
+    fn run_query(&self, q: &ast::Query) -> Result<StatementResult> {
+        let (_, physical) = self.plan_query(q)?;
+        let out = execute(&physical, &self.config)?;
+        Ok(StatementResult { schema: physical.schema(), batches: out.batches, is_query: true })
+    }
+
+    pub fn run_statement(&mut self, stmt: &ast::Statement) -> Result<StatementResult> {
+        match stmt {
+            ast::Statement::Query(q) => self.run_query(q),
+            ast::Statement::Explain { statement, analyze, .. } => {
+                let ast::Statement::Query(q) = statement.as_ref() else {
+                    return Err(RiffleError::NotSupported("EXPLAIN of a statement other than a query".into()));
+                };
+                self.explain(q, *analyze)
+            }
+            ast::Statement::CreateTable(ct) => self.create_table(ct),
+            ast::Statement::CreateView(cv) => {
+                let name = cv.name.to_string();
+                if self.catalog.contains(&name) && !cv.or_replace && !cv.if_not_exists {
+                    return Err(RiffleError::plan(format!("'{name}' already exists; use CREATE OR REPLACE VIEW")));
+                }
+                // Bind now so that a broken view fails at creation, not at first use.
+                self.plan_query(&cv.query)?;
+                if !(cv.if_not_exists && self.catalog.contains(&name)) {
+                    self.catalog.register(&name, CatalogEntry::View(cv.query.clone()));
+                }
+                Ok(StatementResult::command())
+            }
+            ast::Statement::Drop { names, if_exists, .. } => {
+                for n in names {
+                    let n = n.to_string();
+                    if self.catalog.remove(&n).is_none() && !*if_exists {
+                        return Err(RiffleError::plan(self.catalog.unknown(&n)));
+                    }
+                }
+                Ok(StatementResult::command())
+            }
+            ast::Statement::Copy { source, to: true, target, options, legacy_options, .. } => {
+                self.copy(source, target, options, legacy_options)
+            }
+            ast::Statement::Insert(ins) => self.insert(ins),
+            other => Err(RiffleError::NotSupported(format!("statement {}", first_words(&other.to_string())))),
+        }
+    }
+
+    fn explain(&self, q: &ast::Query, analyze: bool) -> Result<StatementResult> {
+        let (logical, physical) = self.plan_query(q)?;
+        let text = if analyze {
+            let started = Instant::now();
+            let out = execute(&physical, &self.config)?;
+            let elapsed = started.elapsed();
+            let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
+            let metrics = out.metrics;
+            format!(
+                "{}\nTotal: {rows} rows in {:.3} ms ({} threads)",
+                physical.display_indent(&|id| metrics.get(id).map(|m| m.summary()).unwrap_or_default()).trim_end(),
+                elapsed.as_secs_f64() * 1e3,
+                self.config.threads
+            )
+        } else {
+            format!(
+                "Logical plan:\n{}\nPhysical plan:\n{}",
+                logical.display_indent().trim_end(),
+                physical.display_indent(&|_| String::new()).trim_end()
+            )
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("plan", DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![text]))])?;
+        Ok(StatementResult { schema, batches: vec![batch], is_query: true })
+    }
+
+    fn create_table(&mut self, ct: &ast::CreateTable) -> Result<StatementResult> {
+        let name = ct.name.to_string();
+        if self.catalog.contains(&name) {
+            if ct.if_not_exists {
+                return Ok(StatementResult::command());
+            }
+            if !ct.or_replace {
+                return Err(RiffleError::plan(format!("table '{name}' already exists; use CREATE OR REPLACE TABLE")));
+            }
+        }
+        let declared: Option<SchemaRef> = if ct.columns.is_empty() {
+            None
+        } else {
+            let fields = ct
+                .columns
+                .iter()
+                .map(|c| {
+                    let not_null = c.options.iter().any(|o| matches!(o.option, ast::ColumnOption::NotNull));
+                    Ok(Field::new(&c.name.value, parse_sql_type(&c.data_type.to_string())?, !not_null))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Arc::new(Schema::new(fields)))
+        };
+        let options = table_options(&ct.table_options)?;
+        let source = if let Some(q) = &ct.query {
+            let result = self.run_query(q)?;
+            TableSource::memory(result.schema, result.batches)
+        } else if options.is_empty() {
+            let schema = declared.ok_or_else(|| RiffleError::plan("CREATE TABLE needs columns, AS query, or WITH options"))?;
+            TableSource::memory(schema, vec![])
+        } else {
+            connector_table(&options, declared)?
+        };
+        self.catalog.register(&name, CatalogEntry::Table(Arc::new(source)));
+        Ok(StatementResult::command())
+    }
+
+    fn insert(&mut self, ins: &ast::Insert) -> Result<StatementResult> {
+        let name = ins.table.to_string();
+        let Some(CatalogEntry::Table(table)) = self.catalog.get(&name).cloned() else {
+            return Err(RiffleError::plan(self.catalog.unknown(&name)));
+        };
+        let crate::catalog::TableData::Memory(existing) = &table.data else {
+            return Err(RiffleError::NotSupported(format!("INSERT into the file table '{name}' (use COPY … TO)")));
+        };
+        let q = ins.source.as_ref().ok_or_else(|| RiffleError::plan("INSERT needs VALUES or a query"))?;
+        let result = self.run_query(q)?;
+        let target = table.schema.clone();
+        if result.schema.fields().len() != target.fields().len() || !ins.columns.is_empty() {
+            return Err(RiffleError::plan(format!(
+                "INSERT into '{name}' must give all {} columns in order",
+                target.fields().len()
+            )));
+        }
+        let mut batches = existing.clone();
+        for b in result.batches {
+            let cols = b
+                .columns()
+                .iter()
+                .zip(target.fields())
+                .map(|(c, f)| crate::eval::cast_value(c, f.data_type(), &Default::default()))
+                .collect::<Result<Vec<_>>>()?;
+            batches.push(RecordBatch::try_new_with_options(
+                target.clone(),
+                cols,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+            )?);
+        }
+        self.catalog.register(&name, CatalogEntry::Table(Arc::new(TableSource::memory(target, batches))));
+        Ok(StatementResult::command())
+    }
+
+    fn copy(
+        &mut self,
+        source: &ast::CopySource,
+        target: &ast::CopyTarget,
+        options: &[ast::CopyOption],
+        legacy: &[ast::CopyLegacyOption],
+    ) -> Result<StatementResult> {
+        let result = match source {
+            ast::CopySource::Query(q) => self.run_query(q)?,
+            ast::CopySource::Table { table_name, .. } => self.sql(&format!("SELECT * FROM {table_name}"))?,
+        };
+        let ast::CopyTarget::File { filename } = target else {
+            return Err(RiffleError::NotSupported("COPY to anything but a file".into()));
+        };
+        let path = Path::new(filename);
+        let mut format = FileFormat::from_path(path);
+        let mut csv = CsvOptions::default();
+        for o in options {
+            match o {
+                ast::CopyOption::Format(f) => {
+                    format = Some(FileFormat::from_name(&f.value).ok_or_else(|| {
+                        RiffleError::plan(format!("unknown COPY format '{}' (use parquet, csv, json or arrow)", f.value))
+                    })?)
+                }
+                ast::CopyOption::Header(h) => csv.header = *h,
+                ast::CopyOption::Delimiter(d) => csv.delimiter = *d as u8,
+                ast::CopyOption::Quote(q) => csv.quote = *q as u8,
+                other => return Err(RiffleError::NotSupported(format!("COPY option {other}"))),
+            }
+        }
+        for o in legacy {
+            match o {
+                ast::CopyLegacyOption::Header => csv.header = true,
+                ast::CopyLegacyOption::Delimiter(d) => csv.delimiter = *d as u8,
+                ast::CopyLegacyOption::Csv(_) => format = Some(FileFormat::Csv(csv.clone())),
+                other => return Err(RiffleError::NotSupported(format!("COPY option {other}"))),
+            }
+        }
+        let format = match format {
+            Some(FileFormat::Csv(_)) => FileFormat::Csv(csv),
+            Some(f) => f,
+            None => return Err(RiffleError::plan(format!("cannot tell the format of '{filename}': add (FORMAT parquet|csv|json|arrow)"))),
+        };
+        riffle_formats::write_atomic(&format, path, &result.schema, &result.batches)?;
+        let rows = result.num_rows();
+        let schema = Arc::new(Schema::new(vec![Field::new("rows", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow::array::Int64Array::from(vec![rows as i64]))])?;
+        Ok(StatementResult { schema, batches: vec![batch], is_query: false })
+    }
+}
+
+fn first_words(s: &str) -> String {
+    s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// `WITH ('key' = 'value', …)` as lower-cased keys and raw values.
+fn table_options(opts: &ast::CreateTableOptions) -> Result<Vec<(String, String)>> {
+    let list = match opts {
+        ast::CreateTableOptions::None => return Ok(vec![]),
+        ast::CreateTableOptions::With(l)
+        | ast::CreateTableOptions::Options(l)
+        | ast::CreateTableOptions::Plain(l)
+        | ast::CreateTableOptions::TableProperties(l) => l,
+    };
+    list.iter()
+        .map(|o| match o {
+            ast::SqlOption::KeyValue { key, value } => {
+                let key = key.to_string().trim_matches(['\'', '"', '`']).to_ascii_lowercase();
+                let value = match value {
+                    ast::Expr::Value(v) => match &v.value {
+                        ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                    other => other.to_string(),
+                };
+                Ok((key, value))
+            }
+            other => Err(RiffleError::NotSupported(format!("table option {other}"))),
+        })
+        .collect()
+}
+
+/// A table from Flink-style connector options.
+fn connector_table(options: &[(String, String)], declared: Option<SchemaRef>) -> Result<TableSource> {
+    let get = |k: &str| options.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let connector = get("connector").ok_or_else(|| RiffleError::plan("WITH options need 'connector' (e.g. 'filesystem')"))?;
+    match connector {
+        "filesystem" => {
+            let path = get("path").ok_or_else(|| RiffleError::plan("the filesystem connector needs 'path'"))?;
+            let format = match get("format") {
+                Some("csv") => {
+                    // Flink's csv format has no header line.
+                    let mut o = CsvOptions { header: false, ..CsvOptions::default() };
+                    if let Some(d) = get("csv.field-delimiter") {
+                        o.delimiter = crate::sql::single_byte(d, "csv.field-delimiter")?;
+                    }
+                    if let Some(q) = get("csv.quote-character") {
+                        o.quote = crate::sql::single_byte(q, "csv.quote-character")?;
+                    }
+                    Some(FileFormat::Csv(o))
+                }
+                Some(f) => Some(FileFormat::from_name(f).ok_or_else(|| {
+                    RiffleError::plan(format!("unknown format '{f}' (use parquet, csv, json or arrow)"))
+                })?),
+                None => None,
+            };
+            if matches!(format, Some(FileFormat::Csv(_)) | Some(FileFormat::Json)) && declared.is_none() {
+                return Err(RiffleError::plan("a csv or json filesystem table needs its columns declared"));
+            }
+            TableSource::files(path, format, declared)
+        }
+        other => Err(RiffleError::NotSupported(format!("connector '{other}' (supported: filesystem)"))),
+    }
+}
