@@ -54,7 +54,12 @@ pub fn evaluate_predicate(expr: &Expr, batch: &RecordBatch) -> Result<BooleanArr
         .as_any()
         .downcast_ref::<BooleanArray>()
         .ok_or_else(|| RiffleError::exec(format!("predicate is {} where BOOLEAN was expected", sql_name(v.data_type()))))?;
-    Ok(if b.null_count() > 0 { arrow::compute::prep_null_mask_filter(b) } else { b.clone() })
+    Ok(null_as_false(b))
+}
+
+/// NULL becomes false (a WHERE condition that is unknown does not hold).
+pub fn null_as_false(b: &BooleanArray) -> BooleanArray {
+    if b.null_count() > 0 { arrow::compute::prep_null_mask_filter(b) } else { b.clone() }
 }
 
 fn eval(expr: &Expr, batch: &RecordBatch) -> Result<Value> {
@@ -153,32 +158,31 @@ pub fn cast_value(a: &ArrayRef, to: &DataType, options: &CastOptions) -> Result<
 fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
     let (ld, rd) = (l.datum(), r.datum());
     let (ld, rd) = (ld.as_ref(), rd.as_ref());
+    let (lt, rt) = (ld.get().0.data_type().clone(), rd.get().0.data_type().clone());
     let out: ArrayRef = match op {
-        BinaryOp::Add => numeric::add(ld, rd)?,
-        BinaryOp::Sub => match (ld.get().0.data_type(), rd.get().0.data_type()) {
-            (DataType::Date32, DataType::Date32) => {
-                let a = arrow::compute::cast(ld.get().0, &DataType::Int64)?;
-                let b = arrow::compute::cast(rd.get().0, &DataType::Int64)?;
-                numeric::sub(&datum_like(&a, l), &datum_like(&b, r))?
+        // Dates plus or minus whole days, and the days between two dates, as integer arithmetic.
+        BinaryOp::Add | BinaryOp::Sub if lt == DataType::Date32 || rt == DataType::Date32 => {
+            let days = |v: &Value| -> Result<Value> {
+                Ok(datum_like(&arrow::compute::cast(v.get().0.slice(0, v.get().0.len()).as_ref(), &DataType::Int64)?, v))
+            };
+            let (a, b) = (days(l)?, days(r)?);
+            let n = if op == BinaryOp::Add { numeric::add(&a, &b)? } else { numeric::sub(&a, &b)? };
+            if lt == DataType::Date32 && rt == DataType::Date32 {
+                n
+            } else {
+                arrow::compute::cast(&arrow::compute::cast(&n, &DataType::Int32)?, &DataType::Date32)?
             }
-            _ => numeric::sub(ld, rd)?,
-        },
+        }
+        BinaryOp::Add => numeric::add(ld, rd)?,
+        BinaryOp::Sub => numeric::sub(ld, rd)?,
         BinaryOp::Mul => numeric::mul(ld, rd)?,
-        BinaryOp::Div => {
-            // SQL: division by zero gives NULL in DuckDB rather than an error or infinity.
-            let zero = cmp::eq(rd, &ArrowScalar::new(arrow::array::Float64Array::from(vec![0.0])))?;
-            let q = numeric::div(ld, rd)?;
-            arrow::compute::nullif(&q, &broadcast_bool(zero, rows)?)?
-        }
-        BinaryOp::IntDiv | BinaryOp::Mod => {
-            let zero_arr = arrow::compute::cast(&(Arc::new(arrow::array::Int64Array::from(vec![0])) as ArrayRef), rd.get().0.data_type())?;
-            let zero = cmp::eq(rd, &ArrowScalar::new(zero_arr))?;
-            let zero = broadcast_bool(zero, rows)?;
-            // Replace zero divisors by NULL before dividing, so the kernel never sees them.
-            let safe_r = arrow::compute::nullif(&repeat_if_scalar(r, rows)?, &zero)?;
-            let l_arr = repeat_if_scalar(l, rows)?;
-            if op == BinaryOp::Mod { numeric::rem(&l_arr, &safe_r)? } else { int_div(&l_arr, &safe_r)? }
-        }
+        // As DuckDB: `/` is float division (x/0 is infinite); `//` and `%` by zero are errors.
+        BinaryOp::Div => numeric::div(ld, rd)?,
+        BinaryOp::IntDiv => match lt {
+            DataType::Float64 | DataType::Float32 => int_div(&repeat_if_scalar(l, rows)?, &repeat_if_scalar(r, rows)?)?,
+            _ => numeric::div(ld, rd).map_err(division_error)?,
+        },
+        BinaryOp::Mod => numeric::rem(ld, rd).map_err(division_error)?,
         BinaryOp::Eq => Arc::new(cmp::eq(ld, rd)?),
         BinaryOp::NotEq => Arc::new(cmp::neq(ld, rd)?),
         BinaryOp::Lt => Arc::new(cmp::lt(ld, rd)?),
@@ -205,6 +209,15 @@ fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
     Ok(out)
 }
 
+fn division_error(e: arrow::error::ArrowError) -> RiffleError {
+    match e {
+        arrow::error::ArrowError::DivideByZero => {
+            RiffleError::exec("division by zero (use NULLIF(divisor, 0) to get NULL instead)")
+        }
+        other => other.into(),
+    }
+}
+
 fn datum_like(a: &ArrayRef, like: &Value) -> Value {
     match like {
         Value::Array(_) => Value::Array(a.clone()),
@@ -227,15 +240,6 @@ fn repeat_if_scalar(v: &Value, rows: usize) -> Result<ArrayRef> {
         Value::Scalar(s) if rows == 1 => Ok(s.clone()),
         Value::Scalar(s) => repeat(s, rows),
     }
-}
-
-fn broadcast_bool(b: BooleanArray, rows: usize) -> Result<BooleanArray> {
-    if b.len() == rows {
-        return Ok(b);
-    }
-    let a: ArrayRef = Arc::new(b);
-    let r = repeat(&a, rows)?;
-    as_bool(&r).cloned()
 }
 
 /// Integer division rounding toward zero, as DuckDB's `//`.

@@ -411,7 +411,7 @@ impl ScalarFunc {
             NullIf => {
                 let eq = arrow::compute::kernels::cmp::eq(&args[0], &args[1])?;
                 // NULL where equal (a NULL comparison keeps the first argument).
-                let keep = arrow::compute::not(&arrow::compute::prep_null_mask_filter(&eq))?;
+                let keep = arrow::compute::not(&crate::eval::null_as_false(&eq))?;
                 arrow::compute::nullif(&args[0], &arrow::compute::not(&keep)?)?
             }
             Greatest | Least => {
@@ -424,7 +424,7 @@ impl ScalarFunc {
                         arrow::compute::kernels::cmp::lt(a, &out)?
                     };
                     let take_a = arrow::compute::or_kleene(
-                        &arrow::compute::prep_null_mask_filter(&better),
+                        &crate::eval::null_as_false(&better),
                         &arrow::compute::and(&arrow::compute::is_null(&out)?, &is_not_null(a)?)?,
                     )?;
                     out = zip(&take_a, a, &out)?;
@@ -531,7 +531,8 @@ fn round(args: &[ArrayRef], ty: &DataType) -> Result<ArrayRef> {
                     Some(r * unit)
                 })
                 .collect();
-            Ok(Arc::new(out.with_data_type(ty.clone())))
+            // Still at the input's scale; the caller casts to the (possibly smaller) result scale.
+            Ok(Arc::new(out.with_data_type(args[0].data_type().clone())))
         }
         DataType::Float64 | DataType::Float32 => {
             let a = cast(&args[0], &DataType::Float64)?;

@@ -163,7 +163,6 @@ pub fn arithmetic_result(op: BinaryOp, left: &DataType, right: &DataType) -> Res
         },
         (BinaryOp::Sub, Date32, Date32) => Int64,
         (BinaryOp::Sub, Timestamp(..), Timestamp(..)) => Interval(IntervalUnit::MonthDayNano),
-        (_, Date32, Interval(_)) | (_, Interval(_), Date32) => Date32,
         (_, Date32, t) | (_, t, Date32) if t.is_integer() => Date32,
         (_, Timestamp(u, tz), _) | (_, _, Timestamp(u, tz)) => Timestamp(*u, tz.clone()),
         (BinaryOp::IntDiv, l, _) => l.clone(),
@@ -186,10 +185,13 @@ pub fn arithmetic_operand_types(op: BinaryOp, left: &DataType, right: &DataType)
         return Ok((Utf8, Utf8));
     }
     match (left, right) {
+        // As DuckDB: a date plus an interval is a timestamp.
         (Date32 | Timestamp(..), Interval(_)) if matches!(op, BinaryOp::Add | BinaryOp::Sub) => {
-            Ok((left.clone(), right.clone()))
+            Ok((Timestamp(TimeUnit::Microsecond, None), right.clone()))
         }
-        (Interval(_), Date32 | Timestamp(..)) if op == BinaryOp::Add => Ok((left.clone(), right.clone())),
+        (Interval(_), Date32 | Timestamp(..)) if op == BinaryOp::Add => {
+            Ok((left.clone(), Timestamp(TimeUnit::Microsecond, None)))
+        }
         (Date32, Date32) | (Timestamp(..), Timestamp(..)) if op == BinaryOp::Sub => Ok((left.clone(), right.clone())),
         (Date32, i) if i.is_integer() && matches!(op, BinaryOp::Add | BinaryOp::Sub) => Ok((Date32, Int32)),
         (i, Date32) if i.is_integer() && op == BinaryOp::Add => Ok((Int32, Date32)),

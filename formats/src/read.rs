@@ -161,8 +161,9 @@ pub fn read_morsel(
                 .with_projection(projection.to_vec())
                 .build(BufReader::new(file))
                 .map_err(|e| FormatError::corrupt(&path, e))?;
+            let header = usize::from(opts.header);
             Ok(Box::new(reader.map(move |batch| {
-                batch.map_err(|e| FormatError::corrupt(&path, format!("{e} (check the value, or declare the column with a wider type such as VARCHAR)")))
+                batch.map_err(|e| FormatError::corrupt(&path, csv_error(&e.to_string(), header)))
             })))
         }
         FileFormat::Json => {
@@ -178,6 +179,22 @@ pub fn read_morsel(
             })))
         }
     }
+}
+
+/// Arrow counts CSV data lines from 0; say which line of the file it is (1-based, header included).
+fn csv_error(message: &str, header_lines: usize) -> String {
+    let fixed = match message.find(" at line ") {
+        Some(i) => {
+            let rest = &message[i + 9..];
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            match digits.parse::<usize>() {
+                Ok(n) => format!("{} at line {}{}", &message[..i], n + 1 + header_lines, &rest[digits.len()..]),
+                Err(_) => message.to_string(),
+            }
+        }
+        None => message.to_string(),
+    };
+    format!("{fixed} (fix the value, or declare the column with a type that holds it, such as VARCHAR)")
 }
 
 /// For each wanted column, its index in the file's schema (by name, case-insensitively as a fallback).

@@ -28,6 +28,8 @@ pub trait GroupsAccumulator: Send {
     /// The final value of every group.
     fn evaluate(&mut self) -> Result<ArrayRef>;
     fn size(&self) -> usize;
+    /// Makes room for `n` groups (groups that saw no rows, e.g. the one group of an empty input).
+    fn resize(&mut self, n: usize);
 }
 
 /// The accumulator for `call`; its argument arrays arrive already cast to `input_type(call)`.
@@ -97,6 +99,10 @@ struct Count {
 }
 
 impl GroupsAccumulator for Count {
+    fn resize(&mut self, n: usize) {
+        self.counts.resize(n, 0);
+    }
+
     fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
         self.counts.resize(n, 0);
         match values.first().filter(|_| !self.star) {
@@ -190,6 +196,11 @@ impl<T: CheckedSum> Sum<T> {
 }
 
 impl<T: CheckedSum> GroupsAccumulator for Sum<T> {
+    fn resize(&mut self, n: usize) {
+        self.sums.resize(n, T::Native::default());
+        self.seen.resize(n, false);
+    }
+
     fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
         self.add(groups, n, &values[0])
     }
@@ -256,6 +267,15 @@ impl Avg {
 }
 
 impl GroupsAccumulator for Avg {
+    fn resize(&mut self, n: usize) {
+        self.counts.resize(n, 0);
+        if self.scale.is_some() {
+            self.exact.resize(n, 0);
+        } else {
+            self.sums.resize(n, 0.0);
+        }
+    }
+
     fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
         self.add(groups, n, &values[0], None)
     }
@@ -330,6 +350,10 @@ impl<T: ArrowPrimitiveType> GroupsAccumulator for MinMax<T>
 where
     T::Native: PartialOrd,
 {
+    fn resize(&mut self, n: usize) {
+        self.values.resize(n, None);
+    }
+
     fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
         self.add(groups, n, &values[0]);
         Ok(())
@@ -382,6 +406,10 @@ impl StrMinMax {
 }
 
 impl GroupsAccumulator for StrMinMax {
+    fn resize(&mut self, n: usize) {
+        self.values.resize(n, None);
+    }
+
     fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
         self.add(groups, n, &values[0]);
         Ok(())
@@ -411,6 +439,10 @@ struct BoolMinMax {
 }
 
 impl GroupsAccumulator for BoolMinMax {
+    fn resize(&mut self, n: usize) {
+        self.values.resize(n, None);
+    }
+
     fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
         self.values.resize(n, None);
         let v = values[0].as_boolean();
@@ -453,6 +485,10 @@ struct CountDistinct {
 }
 
 impl GroupsAccumulator for CountDistinct {
+    fn resize(&mut self, n: usize) {
+        self.sets.resize_with(n, HashSet::new);
+    }
+
     fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
         self.sets.resize_with(n, HashSet::new);
         let rows = self.converter.convert_columns(&values[..1])?;

@@ -115,6 +115,9 @@ impl GroupTable {
     }
 
     fn into_partial(mut self) -> Result<Partial> {
+        for a in self.accs.iter_mut() {
+            a.resize(self.num_groups);
+        }
         let keys = self.key_arrays()?;
         let states = self.accs.iter_mut().map(|a| a.state()).collect::<Result<_>>()?;
         Ok(Partial { keys, states, num_groups: self.num_groups })
@@ -154,6 +157,7 @@ impl AggShared {
         self.metrics.note_bytes(table.size());
         let mut columns = table.key_arrays()?;
         for acc in table.accs.iter_mut() {
+            acc.resize(table.num_groups);
             columns.push(acc.evaluate()?);
         }
         let schema = self.spec.output_schema.clone();

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, TimeUnit};
 use sqlparser::ast::{self, BinaryOperator, UnaryOperator, Value};
 
@@ -15,7 +15,8 @@ use crate::functions::{function_names, ScalarFunc};
 use crate::logical::{AggCall, AggFunc, BinaryOp, Expr, Scalar};
 use crate::types::{arithmetic_operand_types, common_type, is_numeric, is_string, parse_sql_type, sql_name};
 
-/// Aggregates are bound as placeholders `Column(AGG_BASE + i)` until the Aggregate node exists.
+/// Aggregates are bound as placeholders `TRY_CAST(Column(AGG_BASE + i) AS type)` until the Aggregate
+/// node exists.
 pub const AGG_BASE: usize = 1 << 40;
 
 pub fn span_pos(span: &sqlparser::tokenizer::Span) -> Option<(u64, u64)> {
@@ -421,7 +422,20 @@ impl Binder<'_> {
     pub fn call(&self, func: ScalarFunc, args: Vec<Expr>, scope: &Scope) -> Result<Expr> {
         let schema = scope.schema();
         let types: Vec<DataType> = args.iter().map(|a| a.data_type(&schema)).collect();
-        let (want, ty) = func.signature(&types)?;
+        let (want, mut ty) = func.signature(&types)?;
+        if let (ScalarFunc::Round, DataType::Decimal128(p, s)) = (func, &ty) {
+            // As DuckDB: rounding a decimal to n places gives scale n.
+            let digits = match args.get(1) {
+                None => Some(0),
+                Some(Expr::Literal(l)) => crate::eval::cast_value(&l.0, &DataType::Int64, &Default::default())
+                    .ok()
+                    .and_then(|a| a.as_any().downcast_ref::<Int64Array>().filter(|a| a.is_valid(0)).map(|a| a.value(0))),
+                _ => None,
+            };
+            if let Some(d) = digits {
+                ty = DataType::Decimal128(*p, d.clamp(0, *s as i64) as i8);
+            }
+        }
         let args = args
             .into_iter()
             .zip(types.iter().zip(&want))
@@ -523,7 +537,10 @@ impl Binder<'_> {
         }
         let call = AggCall { func, args: bound, distinct, ty };
         let collector = cx.aggs.as_deref_mut().ok_or_else(|| RiffleError::plan("aggregate not allowed here"))?;
-        Ok(Expr::Column(AGG_BASE + collector.add(call)))
+        // A typed placeholder: parents can ask its type before the Aggregate node exists.
+        let ty = call.ty.clone();
+        let slot = Expr::Column(AGG_BASE + collector.add(call));
+        Ok(Expr::Cast { expr: Box::new(slot), to: ty, safe: true })
     }
 
     /// Whether the timestamp type a literal string should become is needed.

@@ -195,6 +195,14 @@ impl Binder<'_> {
                 ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) if path.is_none() => {
                     path = Some(string_literal(e)?);
                 }
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::BinaryOp {
+                    left,
+                    op: ast::BinaryOperator::Eq,
+                    right,
+                })) if matches!(left.as_ref(), ast::Expr::Identifier(_)) => {
+                    // `read_csv('f', header = false)` parses as a comparison.
+                    options.push((left.to_string().to_ascii_lowercase(), string_literal(right)?));
+                }
                 ast::FunctionArg::Named { name, arg: ast::FunctionArgExpr::Expr(e), .. } => {
                     options.push((name.value.to_ascii_lowercase(), string_literal(e)?));
                 }

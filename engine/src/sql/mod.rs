@@ -80,7 +80,10 @@ fn rewrite_post_agg(e: Expr, group: &[Expr], input: &Scope) -> Result<Expr> {
         return Ok(Expr::Column(k));
     }
     match e {
-        Expr::Column(i) if i >= AGG_BASE => Ok(Expr::Column(group.len() + i - AGG_BASE)),
+        Expr::Cast { expr, safe: true, to } => match *expr {
+            Expr::Column(i) if i >= AGG_BASE => Ok(Expr::Column(group.len() + i - AGG_BASE)),
+            inner => Ok(Expr::Cast { expr: Box::new(rewrite_post_agg(inner, group, input)?), safe: true, to }),
+        },
         Expr::Column(i) => {
             let name = input.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?");
             Err(RiffleError::plan(format!(
@@ -95,6 +98,7 @@ fn rewrite_post_agg(e: Expr, group: &[Expr], input: &Scope) -> Result<Expr> {
 fn resolves_in(e: &ast::Expr, scope: &Scope) -> bool {
     use scope::Lookup;
     let mut ok = true;
+    let e = &without_subqueries(e);
     let _ = ast::visit_expressions(e, |x: &ast::Expr| {
         let found = match x {
             ast::Expr::Identifier(id) => !matches!(scope.lookup(None, &id.value), Lookup::NotFound),
@@ -127,8 +131,24 @@ fn and_all(parts: Vec<ast::Expr>) -> Option<ast::Expr> {
     parts.into_iter().reduce(|a, b| ast::Expr::BinaryOp { left: Box::new(a), op: ast::BinaryOperator::And, right: Box::new(b) })
 }
 
+/// A copy of `e` with nested subqueries replaced by NULL, so that walks see only `e`'s own level.
+fn without_subqueries(e: &ast::Expr) -> ast::Expr {
+    let mut copy = e.clone();
+    let _ = ast::visit_expressions_mut(&mut copy, |x: &mut ast::Expr| {
+        if matches!(
+            x,
+            ast::Expr::Subquery(_) | ast::Expr::Exists { .. } | ast::Expr::In { target: ast::InTarget::Subquery(_), .. }
+        ) {
+            *x = ast::Expr::Value(ast::Value::Null.into());
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    copy
+}
+
 fn contains_aggregate(e: &ast::Expr) -> bool {
     let mut found = false;
+    let e = &without_subqueries(e);
     let _ = ast::visit_expressions(e, |x: &ast::Expr| {
         if let ast::Expr::Function(f) = x {
             if f.over.is_none() && is_aggregate_name(&f.name.to_string()) {
@@ -607,8 +627,8 @@ pub struct SubqueryJoins {
 
 fn sort_key(expr: Expr, o: &ast::OrderByExpr) -> SortKey {
     let descending = matches!(o.options.sort, Some(ast::OrderBySort::Desc));
-    // Default as DuckDB and PostgreSQL: NULLs sort as if larger than any value.
-    let nulls_first = o.options.nulls_first.unwrap_or(descending);
+    // DuckDB's default (our oracle): NULLs last in both directions.
+    let nulls_first = o.options.nulls_first.unwrap_or(false);
     SortKey { expr, descending, nulls_first }
 }
 

@@ -186,8 +186,9 @@ impl Binder<'_> {
                         sub_scope.len()
                     )));
                 }
+                let ty = sub_scope.columns[0].ty.clone();
                 self.subquery_joins.joins.push((sub, sub_scope, vec![]));
-                Ok(Expr::Column(index))
+                Ok(placeholder(index, ty))
             }
             Err(c) => {
                 let item = match c.select.projection.as_slice() {
@@ -229,8 +230,9 @@ impl Binder<'_> {
                     let ob = self.bind_expr(o, &mut ExprContext { scope: outer, aggs: None })?;
                     pairs.push(self.compare_pair(ob, outer, Expr::Column(k + 1), &sub_scope)?);
                 }
+                let ty = sub_scope.columns[0].ty.clone();
                 self.subquery_joins.joins.push((sub, sub_scope, pairs));
-                let value = Expr::Column(index);
+                let value = placeholder(index, ty);
                 // COUNT over no rows is 0, but the left join gives NULL for a group that has no rows.
                 let is_count = matches!(&item, ast::Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("count"));
                 if is_count {
@@ -245,4 +247,10 @@ impl Binder<'_> {
             }
         }
     }
+}
+
+/// The subquery's value: a column the join will append past the current scope, typed so that
+/// expressions around it can be bound before the join exists.
+fn placeholder(index: usize, ty: arrow::datatypes::DataType) -> Expr {
+    Expr::Cast { expr: Box::new(Expr::Column(index)), to: ty, safe: true }
 }
