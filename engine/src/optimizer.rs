@@ -1,8 +1,489 @@
-//! Rule-based rewrites of the logical plan.
+//! Rule-based rewrites of the logical plan, applied in order:
+//! 1. constant folding and predicate simplification;
+//! 2. filter pushdown (through projections, joins, aggregates, unions, sorts) into scans, with
+//!    equi-join key extraction from join conditions;
+//! 3. projection pushdown: every node keeps only the columns someone above reads, down to the scans;
+//! 4. limit pushdown: ORDER BY … LIMIT becomes a top-k sort.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 
 use crate::error::Result;
-use crate::logical::LogicalPlan;
+use crate::eval::evaluate;
+use crate::logical::{join_schema, BinaryOp, Expr, JoinKind, LogicalPlan, Scalar, SortKey};
 
 pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
-    Ok(plan)
+    let plan = fold_plan(plan)?;
+    let plan = push_filters(plan)?;
+    let schema = plan.schema();
+    let all: BTreeSet<usize> = (0..schema.fields().len()).collect();
+    let (plan, map) = prune(plan, &all)?;
+    let plan = restore(plan, &map, &schema);
+    push_limits(plan)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Constant folding
+
+fn fold_plan(plan: LogicalPlan) -> Result<LogicalPlan> {
+    map_plan(plan, &mut |p| {
+        Ok(match p {
+            LogicalPlan::Filter { input, predicate } => {
+                let predicate = fold(predicate)?;
+                match predicate.clone() {
+                    Expr::Literal(s) if s.as_bool() == Some(true) => *input,
+                    _ => LogicalPlan::Filter { input, predicate },
+                }
+            }
+            LogicalPlan::Project { input, exprs, schema } => LogicalPlan::Project {
+                input,
+                exprs: exprs.into_iter().map(fold).collect::<Result<_>>()?,
+                schema,
+            },
+            LogicalPlan::Join { left, right, kind, on, filter, null_aware, schema } => LogicalPlan::Join {
+                left,
+                right,
+                kind,
+                on,
+                filter: filter.map(fold).transpose()?.filter(|f| !is_true(f)),
+                null_aware,
+                schema,
+            },
+            other => other,
+        })
+    })
+}
+
+fn is_true(e: &Expr) -> bool {
+    matches!(e, Expr::Literal(s) if s.as_bool() == Some(true))
+}
+
+/// Evaluates constant subexpressions and simplifies boolean logic.
+pub fn fold(e: Expr) -> Result<Expr> {
+    let e = e.map_children(&mut fold)?;
+    let constant = !matches!(e, Expr::Literal(_) | Expr::Column(_))
+        && e.children().iter().all(|c| matches!(c, Expr::Literal(_)))
+        && !e.is_volatile();
+    if constant {
+        let one = RecordBatch::try_new_with_options(
+            Arc::new(Schema::empty()),
+            vec![],
+            &RecordBatchOptions::new().with_row_count(Some(1)),
+        )?;
+        // An error (e.g. a bad cast) is left for run time, where it is reported if the row is reached.
+        if let Ok(v) = evaluate(&e, &one) {
+            return Ok(Expr::Literal(Scalar(v)));
+        }
+    }
+    Ok(match e {
+        Expr::Binary { op: BinaryOp::And, left, right } => {
+            if is_true(&left) {
+                *right
+            } else if is_true(&right) {
+                *left
+            } else if matches!(left.as_ref(), Expr::Literal(s) if s.as_bool() == Some(false))
+                || matches!(right.as_ref(), Expr::Literal(s) if s.as_bool() == Some(false))
+            {
+                Expr::Literal(Scalar::boolean(false))
+            } else {
+                Expr::Binary { op: BinaryOp::And, left, right }
+            }
+        }
+        Expr::Binary { op: BinaryOp::Or, left, right } => {
+            if is_true(&left) || is_true(&right) {
+                Expr::Literal(Scalar::boolean(true))
+            } else if matches!(left.as_ref(), Expr::Literal(s) if s.as_bool() == Some(false)) {
+                *right
+            } else if matches!(right.as_ref(), Expr::Literal(s) if s.as_bool() == Some(false)) {
+                *left
+            } else {
+                Expr::Binary { op: BinaryOp::Or, left, right }
+            }
+        }
+        Expr::Not(inner) => match *inner {
+            Expr::Not(x) if matches!(x.as_ref(), Expr::Binary { op, .. } if op.is_comparison()) => *x,
+            other => Expr::Not(Box::new(other)),
+        },
+        other => other,
+    })
+}
+
+/// Rebuilds a plan bottom-up with `f` applied to every node.
+fn map_plan(plan: LogicalPlan, f: &mut dyn FnMut(LogicalPlan) -> Result<LogicalPlan>) -> Result<LogicalPlan> {
+    let plan = match plan {
+        LogicalPlan::Filter { input, predicate } => LogicalPlan::Filter { input: Box::new(map_plan(*input, f)?), predicate },
+        LogicalPlan::Project { input, exprs, schema } => {
+            LogicalPlan::Project { input: Box::new(map_plan(*input, f)?), exprs, schema }
+        }
+        LogicalPlan::Aggregate { input, group, aggs, schema } => {
+            LogicalPlan::Aggregate { input: Box::new(map_plan(*input, f)?), group, aggs, schema }
+        }
+        LogicalPlan::Join { left, right, kind, on, filter, null_aware, schema } => LogicalPlan::Join {
+            left: Box::new(map_plan(*left, f)?),
+            right: Box::new(map_plan(*right, f)?),
+            kind,
+            on,
+            filter,
+            null_aware,
+            schema,
+        },
+        LogicalPlan::Sort { input, keys, fetch } => LogicalPlan::Sort { input: Box::new(map_plan(*input, f)?), keys, fetch },
+        LogicalPlan::Limit { input, skip, fetch } => LogicalPlan::Limit { input: Box::new(map_plan(*input, f)?), skip, fetch },
+        LogicalPlan::Union { inputs, schema } => {
+            LogicalPlan::Union { inputs: inputs.into_iter().map(|i| map_plan(i, f)).collect::<Result<_>>()?, schema }
+        }
+        leaf @ (LogicalPlan::Scan { .. } | LogicalPlan::Values { .. }) => leaf,
+    };
+    f(plan)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Filter pushdown and join keys
+
+fn push_filters(plan: LogicalPlan) -> Result<LogicalPlan> {
+    push_down(plan, vec![])
+}
+
+fn filter_over(plan: LogicalPlan, preds: Vec<Expr>) -> LogicalPlan {
+    match Expr::conjunction(preds) {
+        Some(p) => LogicalPlan::Filter { input: Box::new(plan), predicate: p },
+        None => plan,
+    }
+}
+
+/// Replaces each column of `e` by the expression that computes it below a projection.
+fn substitute(e: Expr, exprs: &[Expr]) -> Expr {
+    e.transform(&mut |x| match x {
+        Expr::Column(i) => exprs[i].clone(),
+        other => other,
+    })
+}
+
+/// Pushes `preds` (conjuncts over `plan`'s output) as far down as they go.
+fn push_down(plan: LogicalPlan, preds: Vec<Expr>) -> Result<LogicalPlan> {
+    Ok(match plan {
+        LogicalPlan::Filter { input, predicate } => {
+            let mut all = preds;
+            all.extend(predicate.conjuncts());
+            push_down(*input, all)?
+        }
+        LogicalPlan::Scan { name, source, projection, mut filters, schema } => {
+            filters.extend(preds.into_iter().filter(|p| !is_true(p)));
+            LogicalPlan::Scan { name, source, projection, filters, schema }
+        }
+        LogicalPlan::Project { input, exprs, schema } => {
+            let (down, keep): (Vec<_>, Vec<_>) = preds.into_iter().partition(|p| !p.is_volatile());
+            let down = down.into_iter().map(|p| substitute(p, &exprs)).collect();
+            filter_over(LogicalPlan::Project { input: Box::new(push_down(*input, down)?), exprs, schema }, keep)
+        }
+        LogicalPlan::Sort { input, keys, fetch: None } => {
+            LogicalPlan::Sort { input: Box::new(push_down(*input, preds)?), keys, fetch: None }
+        }
+        LogicalPlan::Aggregate { input, group, aggs, schema } => {
+            let ng = group.len();
+            let (down, keep): (Vec<_>, Vec<_>) =
+                preds.into_iter().partition(|p| p.column_set().iter().all(|c| *c < ng) && !p.is_volatile());
+            let down = down.into_iter().map(|p| substitute(p, &group)).collect();
+            filter_over(LogicalPlan::Aggregate { input: Box::new(push_down(*input, down)?), group, aggs, schema }, keep)
+        }
+        LogicalPlan::Union { inputs, schema } => {
+            let inputs = inputs.into_iter().map(|i| push_down(i, preds.clone())).collect::<Result<_>>()?;
+            LogicalPlan::Union { inputs, schema }
+        }
+        LogicalPlan::Join { left, right, kind, on, filter, null_aware, schema } => {
+            push_join(*left, *right, kind, on, filter, null_aware, schema, preds)?
+        }
+        other => {
+            // Limits, top-k, values: filters stay above; their inputs are optimized on their own.
+            let other = match other {
+                LogicalPlan::Limit { input, skip, fetch } => LogicalPlan::Limit { input: Box::new(push_down(*input, vec![])?), skip, fetch },
+                LogicalPlan::Sort { input, keys, fetch } => LogicalPlan::Sort { input: Box::new(push_down(*input, vec![])?), keys, fetch },
+                o => o,
+            };
+            filter_over(other, preds)
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_join(
+    left: LogicalPlan,
+    right: LogicalPlan,
+    kind: JoinKind,
+    mut on: Vec<(Expr, Expr)>,
+    filter: Option<Expr>,
+    null_aware: bool,
+    schema: SchemaRef,
+    preds: Vec<Expr>,
+) -> Result<LogicalPlan> {
+    let nl = left.schema().fields().len();
+    let side = |e: &Expr| -> (bool, bool) {
+        let cols = e.column_set();
+        (cols.iter().any(|c| *c < nl), cols.iter().any(|c| *c >= nl))
+    };
+    let shift_down = |e: Expr| e.remap(&|i| i - nl);
+    let (mut to_left, mut to_right, mut cond, mut above) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+
+    // WHERE conjuncts above the join (over its output).
+    for p in preds {
+        if p.is_volatile() {
+            above.push(p);
+            continue;
+        }
+        let (l, r) = side(&p);
+        match kind {
+            JoinKind::Inner => match (l, r) {
+                (_, false) => to_left.push(p),
+                (false, true) => to_right.push(shift_down(p)),
+                (true, true) => cond.push(p),
+            },
+            JoinKind::Semi | JoinKind::Anti | JoinKind::Left if !r => to_left.push(p),
+            JoinKind::Right if !l && r => to_right.push(shift_down(p)),
+            _ => above.push(p),
+        }
+    }
+    // ON conjuncts.
+    for p in filter.map(|f| f.conjuncts()).unwrap_or_default() {
+        let (l, r) = side(&p);
+        let pushable_left = matches!(kind, JoinKind::Inner | JoinKind::Semi | JoinKind::Right);
+        let pushable_right = matches!(kind, JoinKind::Inner | JoinKind::Semi | JoinKind::Anti | JoinKind::Left);
+        match (l, r) {
+            (true, false) if pushable_left => to_left.push(p),
+            (false, true) if pushable_right => to_right.push(shift_down(p)),
+            (false, false) if kind == JoinKind::Inner => to_left.push(p),
+            _ => cond.push(p),
+        }
+    }
+    // Equalities between the two sides become hash keys.
+    let mut residual = Vec::new();
+    for p in cond {
+        match p {
+            Expr::Binary { op: BinaryOp::Eq, left: a, right: b } => {
+                let (al, ar) = side(&a);
+                let (bl, br) = side(&b);
+                if al && !ar && br && !bl {
+                    on.push((*a, shift_down(*b)));
+                } else if bl && !br && ar && !al {
+                    on.push((*b, shift_down(*a)));
+                } else {
+                    residual.push(Expr::Binary { op: BinaryOp::Eq, left: a, right: b });
+                }
+            }
+            other => residual.push(other),
+        }
+    }
+    let left = push_down(left, to_left)?;
+    let right = push_down(right, to_right)?;
+    let join = LogicalPlan::Join {
+        left: Box::new(left),
+        right: Box::new(right),
+        kind,
+        on,
+        filter: Expr::conjunction(residual),
+        null_aware,
+        schema,
+    };
+    Ok(filter_over(join, above))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Projection pushdown
+
+/// Old output position → new output position, for the columns that survived.
+type ColumnMap = Vec<Option<usize>>;
+
+fn remap_with(e: Expr, map: &ColumnMap) -> Expr {
+    e.remap(&|i| map[i].unwrap_or(usize::MAX))
+}
+
+fn identity(n: usize) -> ColumnMap {
+    (0..n).map(Some).collect()
+}
+
+fn project(input: LogicalPlan, exprs: Vec<Expr>, fields: Vec<Field>) -> LogicalPlan {
+    LogicalPlan::Project { input: Box::new(input), exprs, schema: Arc::new(Schema::new(fields)) }
+}
+
+/// A projection giving exactly `schema`'s columns from a pruned plan.
+fn restore(plan: LogicalPlan, map: &ColumnMap, schema: &SchemaRef) -> LogicalPlan {
+    let identical = map.iter().enumerate().all(|(i, m)| *m == Some(i)) && plan.schema().fields().len() == map.len();
+    if identical {
+        return plan;
+    }
+    let exprs = map.iter().map(|m| Expr::Column(m.unwrap_or(usize::MAX))).collect();
+    project(plan, exprs, schema.fields().iter().map(|f| f.as_ref().clone()).collect())
+}
+
+/// Rewrites `plan` to produce (at least) the `required` columns, dropping the rest where it can.
+fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, ColumnMap)> {
+    Ok(match plan {
+        LogicalPlan::Scan { name, source, projection, filters, schema } => {
+            let mut keep: BTreeSet<usize> = required.clone();
+            for f in &filters {
+                keep.extend(f.column_set());
+            }
+            let kept: Vec<usize> = keep.into_iter().collect();
+            let mut map = vec![None; projection.len()];
+            for (new, old) in kept.iter().enumerate() {
+                map[*old] = Some(new);
+            }
+            let new_projection: Vec<usize> = kept.iter().map(|i| projection[*i]).collect();
+            let new_schema = Arc::new(Schema::new(kept.iter().map(|i| schema.field(*i).clone()).collect::<Vec<_>>()));
+            let filters = filters.into_iter().map(|f| remap_with(f, &map)).collect();
+            (LogicalPlan::Scan { name, source, projection: new_projection, filters, schema: new_schema }, map)
+        }
+        LogicalPlan::Values { rows, schema } => {
+            let n = schema.fields().len();
+            (LogicalPlan::Values { rows, schema }, identity(n))
+        }
+        LogicalPlan::Filter { input, predicate } => {
+            let mut need = required.clone();
+            need.extend(predicate.column_set());
+            let (input, map) = prune(*input, &need)?;
+            let predicate = remap_with(predicate, &map);
+            (LogicalPlan::Filter { input: Box::new(input), predicate }, map)
+        }
+        LogicalPlan::Project { input, exprs, schema } => {
+            let kept: Vec<usize> = required.iter().copied().filter(|i| *i < exprs.len()).collect();
+            let mut need = BTreeSet::new();
+            for i in &kept {
+                need.extend(exprs[*i].column_set());
+            }
+            let (input, in_map) = prune(*input, &need)?;
+            let mut map = vec![None; exprs.len()];
+            let mut new_exprs = Vec::with_capacity(kept.len());
+            let mut fields = Vec::with_capacity(kept.len());
+            for (new, old) in kept.iter().enumerate() {
+                map[*old] = Some(new);
+                new_exprs.push(remap_with(exprs[*old].clone(), &in_map));
+                fields.push(schema.field(*old).clone());
+            }
+            (project(input, new_exprs, fields), map)
+        }
+        LogicalPlan::Aggregate { input, group, aggs, schema } => {
+            let ng = group.len();
+            let kept_aggs: Vec<usize> = (0..aggs.len()).filter(|a| required.contains(&(ng + a))).collect();
+            let mut need = BTreeSet::new();
+            for g in &group {
+                need.extend(g.column_set());
+            }
+            for a in &kept_aggs {
+                for arg in &aggs[*a].args {
+                    need.extend(arg.column_set());
+                }
+            }
+            let (input, in_map) = prune(*input, &need)?;
+            let group: Vec<Expr> = group.into_iter().map(|g| remap_with(g, &in_map)).collect();
+            let mut map: ColumnMap = (0..ng).map(Some).collect();
+            map.resize(ng + aggs.len(), None);
+            let mut new_aggs = Vec::new();
+            let mut fields: Vec<Field> = (0..ng).map(|i| schema.field(i).clone()).collect();
+            for a in kept_aggs {
+                map[ng + a] = Some(ng + new_aggs.len());
+                let mut call = aggs[a].clone();
+                call.args = call.args.into_iter().map(|e| remap_with(e, &in_map)).collect();
+                new_aggs.push(call);
+                fields.push(schema.field(ng + a).clone());
+            }
+            let schema = Arc::new(Schema::new(fields));
+            (LogicalPlan::Aggregate { input: Box::new(input), group, aggs: new_aggs, schema }, map)
+        }
+        LogicalPlan::Join { left, right, kind, on, filter, null_aware, .. } => {
+            let nl = left.schema().fields().len();
+            let nr = right.schema().fields().len();
+            let mut need_l: BTreeSet<usize> = required.iter().copied().filter(|i| *i < nl).collect();
+            let mut need_r: BTreeSet<usize> =
+                if kind.keeps_right() { required.iter().filter(|i| **i >= nl).map(|i| i - nl).collect() } else { BTreeSet::new() };
+            for (l, r) in &on {
+                need_l.extend(l.column_set());
+                need_r.extend(r.column_set());
+            }
+            if let Some(f) = &filter {
+                for c in f.column_set() {
+                    if c < nl {
+                        need_l.insert(c);
+                    } else {
+                        need_r.insert(c - nl);
+                    }
+                }
+            }
+            let (left, lmap) = prune(*left, &need_l)?;
+            let (right, rmap) = prune(*right, &need_r)?;
+            let new_nl = left.schema().fields().len();
+            let on = on.into_iter().map(|(l, r)| (remap_with(l, &lmap), remap_with(r, &rmap))).collect();
+            let both: ColumnMap = lmap.iter().copied().chain(rmap.iter().map(|m| m.map(|j| j + new_nl))).collect();
+            let filter = filter.map(|f| remap_with(f, &both));
+            let schema = join_schema(&left.schema(), &right.schema(), kind);
+            let map = if kind.keeps_right() { both } else { lmap };
+            debug_assert_eq!(map.len(), if kind.keeps_right() { nl + nr } else { nl });
+            (LogicalPlan::Join { left: Box::new(left), right: Box::new(right), kind, on, filter, null_aware, schema }, map)
+        }
+        LogicalPlan::Sort { input, keys, fetch } => {
+            let mut need = required.clone();
+            for k in &keys {
+                need.extend(k.expr.column_set());
+            }
+            let (input, map) = prune(*input, &need)?;
+            let keys = keys
+                .into_iter()
+                .map(|k| SortKey { expr: remap_with(k.expr, &map), ..k })
+                .collect();
+            (LogicalPlan::Sort { input: Box::new(input), keys, fetch }, map)
+        }
+        LogicalPlan::Limit { input, skip, fetch } => {
+            let (input, map) = prune(*input, required)?;
+            (LogicalPlan::Limit { input: Box::new(input), skip, fetch }, map)
+        }
+        LogicalPlan::Union { inputs, schema } => {
+            // Every input must produce exactly the kept columns, in the same order.
+            let kept: Vec<usize> = required.iter().copied().collect();
+            let fields: Vec<Field> = kept.iter().map(|i| schema.field(*i).clone()).collect();
+            let mut new_inputs = Vec::new();
+            for input in inputs {
+                let (p, m) = prune(input, required)?;
+                let in_schema = p.schema();
+                let exact = kept.iter().enumerate().all(|(n, o)| m[*o] == Some(n)) && in_schema.fields().len() == kept.len();
+                new_inputs.push(if exact {
+                    p
+                } else {
+                    let exprs = kept.iter().map(|o| Expr::Column(m[*o].unwrap_or(usize::MAX))).collect();
+                    let fs = kept.iter().map(|o| in_schema.field(m[*o].unwrap_or(0)).clone()).collect();
+                    project(p, exprs, fs)
+                });
+            }
+            let mut map = vec![None; schema.fields().len()];
+            for (n, o) in kept.iter().enumerate() {
+                map[*o] = Some(n);
+            }
+            (LogicalPlan::Union { inputs: new_inputs, schema: Arc::new(Schema::new(fields)) }, map)
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Limits
+
+fn push_limits(plan: LogicalPlan) -> Result<LogicalPlan> {
+    map_plan(plan, &mut |p| {
+        Ok(match p {
+            LogicalPlan::Limit { input, skip, fetch: Some(n) } => {
+                let top_k = |input: Box<LogicalPlan>, keys| LogicalPlan::Sort { input, keys, fetch: Some(skip + n) };
+                let input = match *input {
+                    LogicalPlan::Sort { input, keys, fetch: None } => top_k(input, keys),
+                    LogicalPlan::Project { input: inner, exprs, schema } => match *inner {
+                        LogicalPlan::Sort { input, keys, fetch: None } => {
+                            LogicalPlan::Project { input: Box::new(top_k(input, keys)), exprs, schema }
+                        }
+                        other => LogicalPlan::Project { input: Box::new(other), exprs, schema },
+                    },
+                    other => other,
+                };
+                LogicalPlan::Limit { input: Box::new(input), skip, fetch: Some(n) }
+            }
+            other => other,
+        })
+    })
 }
