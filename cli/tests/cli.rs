@@ -1,0 +1,138 @@
+//! The `riffle sql` contract, checked on the real binary.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn riffle(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_riffle"));
+    cmd.args(args).current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests"));
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("riffle starts");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("riffle runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn csv_output_follows_the_contract() {
+    let sql = "SELECT 1 AS i, NULL AS n, '' AS e, 'a,b' AS c, 'say \"hi\"' AS q, 'two\nlines' AS nl, true AS t, \
+               DATE '2024-02-29' AS d, TIMESTAMP '2024-02-29 13:14:15' AS ts, TIMESTAMP '2024-02-29 13:14:15.5' AS tsf, \
+               CAST(12.50 AS DECIMAL(10,2)) AS dec, 0.1::DOUBLE + 0.2::DOUBLE AS f, 1e20::DOUBLE AS big";
+    let o = riffle(&["sql", "--format", "csv", "-c", sql], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "i,n,e,c,q,nl,t,d,ts,tsf,dec,f,big\n\
+         1,,\"\",\"a,b\",\"say \"\"hi\"\"\",\"two\nlines\",true,2024-02-29,2024-02-29 13:14:15,2024-02-29 13:14:15.5,12.50,0.30000000000000004,100000000000000000000\n"
+    );
+}
+
+#[test]
+fn csv_with_table_argument() {
+    let o = riffle(
+        &["sql", "--format", "csv", "--table", "emp=data/emp.csv", "-c", "SELECT name, salary FROM emp WHERE id <= 2 ORDER BY id"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "name,salary\nAlice,120000.5\nBob,95000\n");
+}
+
+#[test]
+fn a_directory_and_a_glob_are_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, name) in ["a.csv", "b.csv"].iter().enumerate() {
+        std::fs::write(dir.path().join(name), format!("x\n{}\n", i + 1)).expect("write");
+    }
+    let d = format!("t={}", dir.path().display());
+    let o = riffle(&["sql", "--format", "csv", "--table", &d, "-c", "SELECT sum(x) AS s FROM t"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "s\n3\n");
+    let g = format!("t={}/*.csv", dir.path().display());
+    let o = riffle(&["sql", "--format", "csv", "--table", &g, "-c", "SELECT count(*) AS n FROM t"], None);
+    assert_eq!(stdout(&o), "n\n2\n");
+}
+
+#[test]
+fn an_error_prints_nothing_on_stdout_and_exits_non_zero() {
+    let o = riffle(&["sql", "--format", "csv", "-c", "SELECT 1 AS ok; SELECT nope FROM (SELECT 1 AS yes) t"], None);
+    assert!(!o.status.success());
+    assert_eq!(stdout(&o), "", "no half-printed output");
+    let err = stderr(&o);
+    assert!(err.contains("column 'nope' does not exist"), "{err}");
+    assert!(err.contains("LINE 1:"), "{err}");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["sql", "-c", "SELECT * FROM read_parquet('data/truncated.parquet')"], "not a valid Parquet file"),
+        (&["sql", "--table", "x=data/nothing-here.csv", "-c", "SELECT 1"], "no file matches 'data/nothing-here.csv'"),
+        (&["sql", "--table", "broken", "-c", "SELECT 1"], "--table expects NAME=PATH"),
+        (&["sql", "-c", "SELEC 1"], "syntax error"),
+        (&["sql", "--threads", "0", "-c", "SELECT 1"], "--threads must be at least 1"),
+        (&["sql", "-f", "no/such/file.sql"], "cannot read 'no/such/file.sql'"),
+    ];
+    for (args, want) in cases {
+        let o = riffle(args, None);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert_eq!(stdout(&o), "", "{args:?}");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn piped_stdin_runs_every_statement() {
+    let o = riffle(&["sql", "--format", "csv"], Some("CREATE TABLE t AS SELECT 41 AS v;\nSELECT v + 1 AS answer FROM t;\n"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "answer\n42\n");
+}
+
+#[test]
+fn json_and_table_formats() {
+    let o = riffle(&["sql", "--format", "json", "-c", "SELECT 1 AS a, 'x' AS b"], None);
+    assert_eq!(stdout(&o).trim(), r#"[{"a":1,"b":"x"}]"#);
+    let o = riffle(&["sql", "-c", "SELECT 1 AS a"], None);
+    assert!(stdout(&o).contains("| a |"), "{}", stdout(&o));
+}
+
+#[test]
+fn explain_and_explain_analyze() {
+    let q = "SELECT dept, count(*) FROM emp WHERE salary > 1 GROUP BY dept";
+    let o = riffle(&["sql", "--table", "emp=data/emp.csv", "-c", &format!("EXPLAIN {q}")], None);
+    let text = stdout(&o);
+    assert!(text.contains("Logical plan:") && text.contains("Physical plan:"), "{text}");
+    assert!(text.contains("HashAggregate") && text.contains("filter=(salary > "), "{text}");
+    let o = riffle(&["sql", "--table", "emp=data/emp.csv", "-c", &format!("EXPLAIN ANALYZE {q}")], None);
+    let text = stdout(&o);
+    assert!(text.contains("rows=4") && text.contains("batches=") && text.contains("time="), "{text}");
+    assert!(text.contains("peak_mem="), "{text}");
+}
+
+#[test]
+fn copy_writes_atomically_and_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("out.parquet");
+    let sql = format!("COPY (SELECT 1 AS x UNION ALL SELECT 2) TO '{}' (FORMAT parquet)", path.display());
+    let o = riffle(&["sql", "-c", &sql], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let staged: Vec<_> = std::fs::read_dir(dir.path()).expect("list").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(staged.len(), 1, "no staging file left behind: {staged:?}");
+    let q = format!("SELECT sum(x) AS s FROM read_parquet('{}')", path.display());
+    let o = riffle(&["sql", "--format", "csv", "-c", &q], None);
+    assert_eq!(stdout(&o), "s\n3\n");
+    // A failing query leaves the previous file untouched.
+    let bad = format!("COPY (SELECT CAST('x' AS INT) AS x) TO '{}' (FORMAT parquet)", path.display());
+    assert!(!riffle(&["sql", "-c", &bad], None).status.success());
+    assert_eq!(stdout(&riffle(&["sql", "--format", "csv", "-c", &q], None)), "s\n3\n");
+}
