@@ -8,7 +8,7 @@ mod write;
 
 pub use error::{FormatError, Result};
 pub use files::list_files;
-pub use read::{infer_schema, plan_morsels, read_morsel, BatchReader, Morsel};
+pub use read::{infer_schema, parquet_stats, plan_morsels, read_morsel, BatchReader, ColumnStats, Morsel};
 pub use write::write_atomic;
 
 use std::path::Path;

@@ -248,3 +248,33 @@ fn conform(path: &Path, batch: &RecordBatch, positions: &[Option<usize>], schema
     )
     .map_err(|e| FormatError::corrupt(path, e))
 }
+
+/// Min, max and null count of one column in each row group of a Parquet file, as Arrow arrays with the
+/// column's own type (entries are NULL where the file has no statistics).
+pub struct ColumnStats {
+    pub mins: ArrayRef,
+    pub maxes: ArrayRef,
+    pub null_counts: arrow::array::UInt64Array,
+}
+
+/// Row-group statistics of the named columns of a Parquet file; `None` for a column without usable
+/// statistics.
+pub fn parquet_stats(path: &Path, columns: &[&str]) -> Result<Vec<Option<ColumnStats>>> {
+    use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
+        .map_err(|e| FormatError::corrupt(path, format!("not a valid Parquet file ({e})")))?;
+    let meta = builder.metadata().clone();
+    let schema = builder.schema().clone();
+    let row_groups = meta.row_groups();
+    Ok(columns
+        .iter()
+        .map(|name| {
+            let conv = StatisticsConverter::try_new(name, &schema, builder.parquet_schema()).ok()?;
+            Some(ColumnStats {
+                mins: conv.row_group_mins(row_groups.iter()).ok()?,
+                maxes: conv.row_group_maxes(row_groups.iter()).ok()?,
+                null_counts: conv.row_group_null_counts(row_groups.iter()).ok()?,
+            })
+        })
+        .collect())
+}

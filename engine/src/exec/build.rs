@@ -111,7 +111,14 @@ impl Builder<'_> {
         let batch_size = self.config.batch_size.max(1);
         Ok(match plan {
             PhysicalPlan::Scan { source, projection, filter, schema, .. } => {
-                let shared = Arc::new(ScanShared::new(source.clone(), projection.clone(), schema.clone(), batch_size)?);
+                let shared = Arc::new(ScanShared::new(
+                    source.clone(),
+                    projection.clone(),
+                    schema.clone(),
+                    batch_size,
+                    filter.as_ref(),
+                    &metrics,
+                )?);
                 let mut open = Open { source: SourceSpec::Scan(shared), partitions: self.threads, ops: vec![] };
                 match filter.clone() {
                     Some(predicate) => open.push(&metrics, move || Box::new(FilterOp { predicate: predicate.clone() })),

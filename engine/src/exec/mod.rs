@@ -12,6 +12,7 @@ mod basic;
 mod build;
 mod exchange;
 mod join;
+mod prune;
 mod scan;
 mod scheduler;
 mod sort;
@@ -102,6 +103,9 @@ pub struct OpMetrics {
     pub batches: AtomicU64,
     pub nanos: AtomicU64,
     pub peak_bytes: AtomicU64,
+    /// Parquet row groups of a scan, and how many its filter's statistics ruled out.
+    pub row_groups: AtomicU64,
+    pub row_groups_pruned: AtomicU64,
 }
 
 impl OpMetrics {
@@ -129,6 +133,11 @@ impl OpMetrics {
         );
         if peak > 0 {
             s.push_str(&format!(" peak_mem={}", human_bytes(peak)));
+        }
+        let groups = self.row_groups.load(Ordering::Relaxed);
+        if groups > 0 {
+            let pruned = self.row_groups_pruned.load(Ordering::Relaxed);
+            s.push_str(&format!(" row_groups={}/{groups} (pruned {pruned})", groups - pruned));
         }
         s.push(']');
         s

@@ -7,7 +7,10 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use riffle_formats::{BatchReader, FileFormat, Morsel};
 
-use super::{Exchange, Sink, Source};
+use std::sync::atomic::Ordering;
+
+use super::{Exchange, OpMetrics, Sink, Source};
+use crate::logical::Expr;
 use crate::catalog::{TableData, TableSource};
 use crate::error::{Result, RiffleError};
 use crate::message::Message;
@@ -27,8 +30,25 @@ enum Work {
 }
 
 impl ScanShared {
-    pub fn new(source: Arc<TableSource>, projection: Vec<usize>, schema: SchemaRef, batch_size: usize) -> Result<ScanShared> {
+    pub fn new(
+        source: Arc<TableSource>,
+        projection: Vec<usize>,
+        schema: SchemaRef,
+        batch_size: usize,
+        filter: Option<&Expr>,
+        metrics: &OpMetrics,
+    ) -> Result<ScanShared> {
         let work: VecDeque<Work> = match &source.data {
+            TableData::Files { morsels, format: FileFormat::Parquet, .. } => {
+                let total = morsels.len();
+                let (kept, pruned) = match filter {
+                    Some(f) => super::prune::prune_row_groups(morsels.clone(), f, &source.schema, &projection)?,
+                    None => (morsels.clone(), 0),
+                };
+                metrics.row_groups.fetch_add(total as u64, Ordering::Relaxed);
+                metrics.row_groups_pruned.fetch_add(pruned as u64, Ordering::Relaxed);
+                kept.into_iter().map(Work::File).collect()
+            }
             TableData::Files { morsels, .. } => morsels.iter().cloned().map(Work::File).collect(),
             TableData::Memory(batches) => {
                 let mut v = VecDeque::new();
