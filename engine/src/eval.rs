@@ -149,7 +149,19 @@ pub fn cast_value(a: &ArrayRef, to: &DataType, options: &CastOptions) -> Result<
     if a.data_type() == to {
         return Ok(a.clone());
     }
-    // Arrow casts strings to booleans leniently; SQL wants true/false/t/f/1/0 (arrow agrees).
+    // SQL rounds a fraction to the nearest integer (half away from zero); arrow truncates.
+    let a = &match (a.data_type(), to.is_integer()) {
+        (DataType::Decimal128(p, s), true) if *s > 0 => {
+            let rounded = crate::functions::ScalarFunc::Round.invoke(std::slice::from_ref(a), a.len(), &DataType::Decimal128(*p, 0))?;
+            cast_with_options(&rounded, &DataType::Decimal128(*p, 0), options)?
+        }
+        (DataType::Float64 | DataType::Float32, true) => {
+            let f = arrow::compute::cast(a, &DataType::Float64)?;
+            let f = f.as_any().downcast_ref::<arrow::array::Float64Array>().ok_or_else(|| RiffleError::exec("cast"))?;
+            Arc::new(f.unary::<_, arrow::datatypes::Float64Type>(f64::round)) as ArrayRef
+        }
+        _ => a.clone(),
+    };
     cast_with_options(a, to, options).map_err(|e| {
         RiffleError::exec(format!("conversion from {} to {} failed: {e}", sql_name(a.data_type()), sql_name(to)))
     })

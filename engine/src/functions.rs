@@ -265,8 +265,8 @@ impl ScalarFunc {
     pub fn invoke(self, args: &[ArrayRef], rows: usize, ty: &DataType) -> Result<ArrayRef> {
         use ScalarFunc::*;
         Ok(match self {
-            Upper => map_str(&args[0], |s, b| b.append_value(s.to_uppercase())),
-            Lower => map_str(&args[0], |s, b| b.append_value(s.to_lowercase())),
+            Upper => map_str(&args[0], |s, b| b.append_value(simple_case(s, true))),
+            Lower => map_str(&args[0], |s, b| b.append_value(simple_case(s, false))),
             Reverse => map_str(&args[0], |s, b| b.append_value(s.chars().rev().collect::<String>())),
             Trim | LTrim | RTrim => {
                 let side = self;
@@ -668,4 +668,19 @@ fn date_trunc(unit: &ArrayRef, values: &ArrayRef) -> Result<ArrayRef> {
         out.push(t.map(|t| t.and_utc().timestamp_micros()));
     }
     Ok(Arc::new(TimestampMicrosecondArray::from(out)))
+}
+
+/// Character-by-character case mapping (as DuckDB): a character whose full mapping has several
+/// characters (German ß → SS) keeps one, so the length never changes.
+fn simple_case(s: &str, upper: bool) -> String {
+    s.chars()
+        .map(|c| {
+            let mut m: Vec<char> = if upper { c.to_uppercase().collect() } else { c.to_lowercase().collect() };
+            match (m.len(), c) {
+                (1, _) => m.remove(0),
+                (_, 'ß') if upper => 'ẞ',
+                _ => c,
+            }
+        })
+        .collect()
 }

@@ -130,7 +130,7 @@ def check_file(path: pathlib.Path) -> int:
 
 
 def main():
-    paths = [pathlib.Path(p) for p in sys.argv[1:]] or sorted((ROOT / "sql").rglob("*.slt"))
+    paths = [pathlib.Path(p).resolve() for p in sys.argv[1:]] or sorted((ROOT / "sql").rglob("*.slt"))
     import os
 
     os.chdir(ROOT)
