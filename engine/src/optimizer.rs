@@ -240,7 +240,7 @@ fn push_join(
                 (false, true) => to_right.push(shift_down(p)),
                 (true, true) => cond.push(p),
             },
-            JoinKind::Semi | JoinKind::Anti | JoinKind::Left if !r => to_left.push(p),
+            JoinKind::Semi | JoinKind::Anti | JoinKind::Left | JoinKind::Single if !r => to_left.push(p),
             JoinKind::Right if !l && r => to_right.push(shift_down(p)),
             _ => above.push(p),
         }
@@ -249,7 +249,7 @@ fn push_join(
     for p in filter.map(|f| f.conjuncts()).unwrap_or_default() {
         let (l, r) = side(&p);
         let pushable_left = matches!(kind, JoinKind::Inner | JoinKind::Semi | JoinKind::Right);
-        let pushable_right = matches!(kind, JoinKind::Inner | JoinKind::Semi | JoinKind::Anti | JoinKind::Left);
+        let pushable_right = matches!(kind, JoinKind::Inner | JoinKind::Semi | JoinKind::Anti | JoinKind::Left | JoinKind::Single);
         match (l, r) {
             (true, false) if pushable_left => to_left.push(p),
             (false, true) if pushable_right => to_right.push(shift_down(p)),

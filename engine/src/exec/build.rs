@@ -1,6 +1,6 @@
 //! Cuts a physical plan into pipelines and instantiates one task per pipeline partition.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::Schema;
@@ -8,7 +8,7 @@ use arrow::datatypes::Schema;
 use super::aggregate::{AggShared, AggSpec, AggregateSink};
 use super::basic::{FilterOp, LimitOp, ProjectOp};
 use super::join::{BuildSink, JoinShared, JoinSpec, ProbeOp};
-use super::scan::{BatchesSource, CollectSink, ExchangeSink, ExchangeSource, ScanShared, ScanSource};
+use super::scan::{BatchesSource, ExchangeSink, ExchangeSource, ScanShared, ScanSource};
 use super::sort::{SortShared, SortSink};
 use super::{ExecConfig, Exchange, Metered, Notifier, OpMetrics, Operator, PipelineTask, Sink, Source};
 use crate::error::Result;
@@ -66,11 +66,11 @@ pub fn build_tasks(
     threads: usize,
     notifier: &Notifier,
     metrics: &[Arc<OpMetrics>],
-    results: Arc<Mutex<Vec<RecordBatch>>>,
+    root_sink: &dyn Fn(usize) -> Result<Box<dyn Sink>>,
 ) -> Result<Vec<PipelineTask>> {
     let mut b = Builder { config, threads, notifier, metrics, next_id: 0, tasks: Vec::new() };
     let root = b.open(plan)?;
-    b.close(root, &|_| Ok(Box::new(CollectSink::new(results.clone()))))?;
+    b.close(root, root_sink)?;
     Ok(b.tasks)
 }
 

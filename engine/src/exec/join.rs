@@ -108,6 +108,18 @@ impl JoinShared {
                 *slot = i as u32;
             }
         }
+        if self.spec.kind == JoinKind::Single {
+            let duplicate = if converter.is_some() {
+                next.iter().any(|n| *n != NONE)
+            } else {
+                batch.num_rows() > 1
+            };
+            if duplicate {
+                return Err(RiffleError::exec(
+                    "more than one row returned by a subquery used as an expression (add LIMIT 1 or an aggregate such as max())",
+                ));
+            }
+        }
         let visited = if matches!(self.spec.kind, JoinKind::Right | JoinKind::Full) {
             (0..batch.num_rows()).map(|_| AtomicBool::new(false)).collect()
         } else {
@@ -306,7 +318,7 @@ impl Operator for ProbeOp {
             Ok(())
         })?;
         let keep: Option<BooleanArray> = match spec.kind {
-            JoinKind::Left | JoinKind::Full => Some(matched.iter().map(|m| !m).collect()),
+            JoinKind::Left | JoinKind::Full | JoinKind::Single => Some(matched.iter().map(|m| !m).collect()),
             JoinKind::Semi => Some(matched.iter().copied().collect()),
             JoinKind::Anti if spec.null_aware && build_rows > 0 => {
                 // A NULL probe key makes `x NOT IN (non-empty set)` unknown: not returned.
@@ -320,7 +332,7 @@ impl Operator for ProbeOp {
         if let Some(keep) = keep {
             if keep.true_count() > 0 {
                 let rows = filter_record_batch(&probe, &keep)?;
-                let rows = if matches!(spec.kind, JoinKind::Left | JoinKind::Full) {
+                let rows = if matches!(spec.kind, JoinKind::Left | JoinKind::Full | JoinKind::Single) {
                     padded(spec, &rows, true)?
                 } else {
                     RecordBatch::try_new(spec.output_schema.clone(), rows.columns().to_vec())?

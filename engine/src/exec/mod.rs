@@ -232,13 +232,33 @@ pub struct QueryOutput {
     pub metrics: Vec<Arc<OpMetrics>>,
 }
 
+/// Runs `plan`, handing every message that reaches the root (data and control, in order) to `each`
+/// with the number of the root partition it came through.
+pub fn execute_into(plan: &PhysicalPlan, config: &ExecConfig, each: Arc<dyn Fn(usize, Message) + Send + Sync>) -> Result<()> {
+    struct FnSink(usize, Arc<dyn Fn(usize, Message) + Send + Sync>);
+    impl Sink for FnSink {
+        fn push(&mut self, msg: Message) -> Result<()> {
+            (self.1)(self.0, msg);
+            Ok(())
+        }
+    }
+    let threads = config.threads.max(1);
+    let notifier = Notifier::new();
+    let metrics: Vec<Arc<OpMetrics>> = (0..plan.node_count()).map(|_| Arc::new(OpMetrics::default())).collect();
+    let root = move |p| Ok(Box::new(FnSink(p, each.clone())) as Box<dyn Sink>);
+    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, &root)?;
+    scheduler::run(tasks, threads, &notifier)
+}
+
 /// Runs `plan` to completion and returns its rows.
 pub fn execute(plan: &PhysicalPlan, config: &ExecConfig) -> Result<QueryOutput> {
     let threads = config.threads.max(1);
     let notifier = Notifier::new();
     let metrics: Vec<Arc<OpMetrics>> = (0..plan.node_count()).map(|_| Arc::new(OpMetrics::default())).collect();
     let results = Arc::new(Mutex::new(Vec::new()));
-    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, results.clone())?;
+    let sink_results = results.clone();
+    let root = move |_| Ok(Box::new(scan::CollectSink::new(sink_results.clone())) as Box<dyn Sink>);
+    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, &root)?;
     scheduler::run(tasks, threads, &notifier)?;
     let batches = std::mem::take(&mut *results.lock().map_err(|_| crate::RiffleError::exec("result lock poisoned"))?);
     Ok(QueryOutput { batches, metrics })

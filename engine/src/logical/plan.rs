@@ -50,6 +50,9 @@ pub enum JoinKind {
     Semi,
     /// Left rows with no match.
     Anti,
+    /// A left join where each left row may match at most one right row (a scalar subquery);
+    /// a second match is an error.
+    Single,
 }
 
 impl JoinKind {
@@ -99,7 +102,7 @@ pub enum LogicalPlan {
 /// The schema of a join's output.
 pub fn join_schema(left: &Schema, right: &Schema, kind: JoinKind) -> SchemaRef {
     let nullable_left = matches!(kind, JoinKind::Right | JoinKind::Full);
-    let nullable_right = matches!(kind, JoinKind::Left | JoinKind::Full);
+    let nullable_right = matches!(kind, JoinKind::Left | JoinKind::Full | JoinKind::Single);
     let mut fields: Vec<Field> =
         left.fields().iter().map(|f| f.as_ref().clone().with_nullable(f.is_nullable() || nullable_left)).collect();
     if kind.keeps_right() {

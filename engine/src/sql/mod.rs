@@ -598,7 +598,7 @@ impl<'a> Binder<'a> {
         // Each scalar subquery was bound as a column past the end of the scope; join them in order.
         for (sub_plan, sub_scope, on) in joined.joins {
             let left_width = scope.len();
-            let kind = JoinKind::Left;
+            let kind = JoinKind::Single;
             let schema = join_schema(&plan.schema(), &sub_plan.schema(), kind);
             let filter = Expr::conjunction(on.into_iter().map(|(l, r)| {
                 Expr::binary(crate::logical::BinaryOp::Eq, l, r.remap(&|i| i + left_width))
