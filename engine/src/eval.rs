@@ -185,6 +185,8 @@ fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
                 arrow::compute::cast(&arrow::compute::cast(&n, &DataType::Int32)?, &DataType::Date32)?
             }
         }
+        // Decimal results that provably fit 38 digits need no per-value overflow check.
+        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul if decimal_fits(op, &lt, &rt) => decimal_arith(op, l, r)?,
         BinaryOp::Add => numeric::add(ld, rd)?,
         BinaryOp::Sub => numeric::sub(ld, rd)?,
         BinaryOp::Mul => numeric::mul(ld, rd)?,
@@ -219,6 +221,61 @@ fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
         }
     };
     Ok(out)
+}
+
+/// `l op r` on decimals known to fit (see `decimal_fits`): plain i128 arithmetic, no checks.
+fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
+    use arrow::array::{Decimal128Array, PrimitiveArray};
+    use arrow::datatypes::Decimal128Type;
+    let (la, ra) = (l.get().0, r.get().0);
+    let (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) = (la.data_type(), ra.data_type()) else {
+        return Err(RiffleError::exec("decimal arithmetic on non-decimals"));
+    };
+    let scale = if op == BinaryOp::Mul { s1 + s2 } else { *s1.max(s2) };
+    let result = crate::types::arithmetic_result(op, la.data_type(), ra.data_type())?;
+    let DataType::Decimal128(precision, _) = result else { return Err(RiffleError::exec("decimal result type")) };
+    let (lm, rm) = if op == BinaryOp::Mul { (1, 1) } else { (10i128.pow((scale - s1) as u32), 10i128.pow((scale - s2) as u32)) };
+    let f = move |a: i128, b: i128| -> i128 {
+        match op {
+            BinaryOp::Add => a * lm + b * rm,
+            BinaryOp::Sub => a * lm - b * rm,
+            _ => a * b,
+        }
+    };
+    let as_dec = |a: &dyn Array| -> Result<Decimal128Array> {
+        a.as_any().downcast_ref::<Decimal128Array>().cloned().ok_or_else(|| RiffleError::exec("decimal operand"))
+    };
+    let (left, right) = (as_dec(la)?, as_dec(ra)?);
+    let out: PrimitiveArray<Decimal128Type> = match (matches!(l, Value::Scalar(_)), matches!(r, Value::Scalar(_))) {
+        (false, false) => arrow::compute::binary(&left, &right, f)?,
+        (false, true) if right.is_valid(0) => {
+            let b = right.value(0);
+            left.unary(move |a| f(a, b))
+        }
+        (true, false) if left.is_valid(0) => {
+            let a = left.value(0);
+            right.unary(move |b| f(a, b))
+        }
+        (true, true) if left.is_valid(0) && right.is_valid(0) => Decimal128Array::from(vec![f(left.value(0), right.value(0))]),
+        _ => {
+            let n = if matches!(l, Value::Scalar(_)) { right.len() } else { left.len() };
+            Decimal128Array::new_null(n)
+        }
+    };
+    let _ = (p1, p2);
+    Ok(Arc::new(out.with_precision_and_scale(precision, scale)?))
+}
+
+/// Whether `l op r` on decimals cannot exceed 38 digits, whatever the values.
+fn decimal_fits(op: BinaryOp, l: &DataType, r: &DataType) -> bool {
+    let (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) = (l, r) else { return false };
+    let (p1, s1, p2, s2) = (*p1 as i32, *s1 as i32, *p2 as i32, *s2 as i32);
+    let digits = match op {
+        BinaryOp::Add | BinaryOp::Sub => s1.max(s2) + (p1 - s1).max(p2 - s2) + 1,
+        BinaryOp::Mul => p1 + p2,
+        _ => return false,
+    };
+    digits <= 38
 }
 
 fn division_error(e: arrow::error::ArrowError) -> RiffleError {

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
-use parquet::file::metadata::ParquetMetaData;
 
 use crate::{CsvOptions, FileFormat, FormatError, Result};
 
@@ -23,6 +22,8 @@ pub struct Morsel {
     pub row_groups: Option<Vec<usize>>,
     /// Row count when known up front (Parquet metadata).
     pub rows: Option<usize>,
+    /// The file's Parquet footer, parsed once when the morsels were planned.
+    pub parquet: Option<ArrowReaderMetadata>,
 }
 
 /// An iterator of batches read from one morsel.
@@ -30,12 +31,6 @@ pub type BatchReader = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
 fn open(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| FormatError::io(path, e))
-}
-
-fn parquet_metadata(path: &Path) -> Result<Arc<ParquetMetaData>> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
-        .map_err(|e| FormatError::corrupt(path, format!("not a valid Parquet file ({e})")))?;
-    Ok(builder.metadata().clone())
 }
 
 /// The schema of the files of a table, read from the first file (Parquet, Arrow) or inferred from its
@@ -88,16 +83,18 @@ pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel
     for file in files {
         match format {
             FileFormat::Parquet => {
-                let meta = parquet_metadata(file)?;
-                for (i, rg) in meta.row_groups().iter().enumerate() {
+                let meta = ArrowReaderMetadata::load(&open(file)?, Default::default())
+                    .map_err(|e| FormatError::corrupt(file, format!("not a valid Parquet file ({e})")))?;
+                for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
                     morsels.push(Morsel {
                         file: file.clone(),
                         row_groups: Some(vec![i]),
                         rows: Some(rg.num_rows() as usize),
+                        parquet: Some(meta.clone()),
                     });
                 }
             }
-            _ => morsels.push(Morsel { file: file.clone(), row_groups: None, rows: None }),
+            _ => morsels.push(Morsel { file: file.clone(), row_groups: None, rows: None, parquet: None }),
         }
     }
     Ok(morsels)
@@ -117,8 +114,11 @@ pub fn read_morsel(
     let out_schema: SchemaRef = Arc::new(table_schema.project(projection).map_err(|e| FormatError::corrupt(&path, e))?);
     match format {
         FileFormat::Parquet => {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(open(&path)?)
-                .map_err(|e| FormatError::corrupt(&path, format!("not a valid Parquet file ({e})")))?;
+            let builder = match &morsel.parquet {
+                Some(meta) => ParquetRecordBatchReaderBuilder::new_with_metadata(open(&path)?, meta.clone()),
+                None => ParquetRecordBatchReaderBuilder::try_new(open(&path)?)
+                    .map_err(|e| FormatError::corrupt(&path, format!("not a valid Parquet file ({e})")))?,
+            };
             let file_schema = builder.schema().clone();
             let file_cols = columns_by_name(&path, &file_schema, &out_schema)?;
             let mut roots: Vec<usize> = file_cols.iter().flatten().copied().collect();

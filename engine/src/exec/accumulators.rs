@@ -163,7 +163,8 @@ impl CheckedSum for Float64Type {
 
 impl CheckedSum for Decimal128Type {
     fn add_checked(a: i128, b: i128) -> Option<i128> {
-        a.checked_add(b).filter(|v| v.unsigned_abs() < 10u128.pow(38))
+        // i128 holds more than 38 digits; the precision is checked once, when the sum is produced.
+        a.checked_add(b)
     }
 }
 
@@ -182,13 +183,22 @@ impl<T: CheckedSum> Sum<T> {
         self.sums.resize(n, T::Native::default());
         self.seen.resize(n, false);
         let v = values.as_primitive::<T>();
-        for (i, g) in groups.iter().enumerate() {
-            if v.is_valid(i) {
+        let overflow = || {
+            RiffleError::exec(format!("overflow in sum() of {}: cast the argument to a wider type (e.g. DOUBLE)", sql_name(&self.ty)))
+        };
+        if v.null_count() == 0 {
+            for (x, g) in v.values().iter().zip(groups) {
                 let g = *g as usize;
-                self.sums[g] = T::add_checked(self.sums[g], v.value(i)).ok_or_else(|| {
-                    RiffleError::exec(format!("overflow in sum() of {}: cast the argument to a wider type (e.g. DOUBLE)", sql_name(&self.ty)))
-                })?;
+                self.sums[g] = T::add_checked(self.sums[g], *x).ok_or_else(overflow)?;
                 self.seen[g] = true;
+            }
+        } else {
+            for (i, g) in groups.iter().enumerate() {
+                if v.is_valid(i) {
+                    let g = *g as usize;
+                    self.sums[g] = T::add_checked(self.sums[g], v.value(i)).ok_or_else(overflow)?;
+                    self.seen[g] = true;
+                }
             }
         }
         Ok(())
@@ -217,7 +227,15 @@ impl<T: CheckedSum> GroupsAccumulator for Sum<T> {
         let sums = std::mem::take(&mut self.sums);
         let seen = std::mem::take(&mut self.seen);
         let arr: PrimitiveArray<T> = sums.into_iter().zip(seen).map(|(s, ok)| ok.then_some(s)).collect();
-        Ok(Arc::new(arr.with_data_type(self.ty.clone())))
+        let arr = arr.with_data_type(self.ty.clone());
+        if let DataType::Decimal128(p, _) = &self.ty {
+            arr.as_any()
+                .downcast_ref::<Decimal128Array>()
+                .map(|d| d.validate_decimal_precision(*p))
+                .transpose()
+                .map_err(|_| RiffleError::exec(format!("overflow in sum(): the result does not fit {}", sql_name(&self.ty))))?;
+        }
+        Ok(Arc::new(arr))
     }
 
     fn size(&self) -> usize {

@@ -91,7 +91,12 @@ impl GroupTable {
                 .map(|a| {
                     let v = evaluate(a, batch)?;
                     let want = accumulators::input_type(call, v.data_type());
-                    Ok(if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? })
+                    Ok(match (v.data_type(), &want) {
+                        // Same scale: the i128 values are already right; a cast would only re-validate them.
+                        (DataType::Decimal128(_, a), DataType::Decimal128(_, b)) if a == b => v,
+                        (have, want) if have == want => v,
+                        (_, want) => arrow::compute::cast(&v, want)?,
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             acc.update(&groups, self.num_groups, &args)?;
