@@ -67,7 +67,15 @@ impl GroupTable {
         };
         let encoded = converter.convert_columns(keys)?;
         let mut groups = Vec::with_capacity(rows);
+        let mut previous: Option<(arrow::row::Row<'_>, u32)> = None;
         for row in encoded.iter() {
+            // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
+            if let Some((p, g)) = previous {
+                if p == row {
+                    groups.push(g);
+                    continue;
+                }
+            }
             let next = self.num_groups as u32;
             let g = *self.map.entry_ref(row.as_ref()).or_insert_with(|| {
                 stored.push(row);
@@ -77,6 +85,7 @@ impl GroupTable {
                 self.num_groups += 1;
             }
             groups.push(g);
+            previous = Some((row, g));
         }
         Ok(groups)
     }
