@@ -32,6 +32,40 @@ pub trait GroupsAccumulator: Send {
     fn resize(&mut self, n: usize);
 }
 
+/// An accumulator whose partial state is its value (sum, min, max): merging adds states like values.
+trait ValueAccumulator: Send {
+    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()>;
+    fn take(&mut self) -> Result<ArrayRef>;
+    fn grow(&mut self, n: usize);
+    fn bytes(&self) -> usize;
+}
+
+impl<A: ValueAccumulator> GroupsAccumulator for A {
+    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
+        self.add(groups, n, &values[0])
+    }
+
+    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
+        self.add(groups, n, &states[0])
+    }
+
+    fn state(&mut self) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.take()?])
+    }
+
+    fn evaluate(&mut self) -> Result<ArrayRef> {
+        self.take()
+    }
+
+    fn size(&self) -> usize {
+        self.bytes()
+    }
+
+    fn resize(&mut self, n: usize) {
+        self.grow(n)
+    }
+}
+
 /// The accumulator for `call`; its argument arrays arrive already cast to `input_type(call)`.
 pub fn create(call: &AggCall, arg_type: Option<&DataType>) -> Result<Box<dyn GroupsAccumulator>> {
     Ok(match (call.func, call.distinct) {
@@ -179,7 +213,7 @@ impl<T: CheckedSum> Sum<T> {
         Sum { sums: vec![], seen: vec![], ty }
     }
 
-    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
+    fn accumulate(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
         self.sums.resize(n, T::Native::default());
         self.seen.resize(n, false);
         let v = values.as_primitive::<T>();
@@ -205,25 +239,17 @@ impl<T: CheckedSum> Sum<T> {
     }
 }
 
-impl<T: CheckedSum> GroupsAccumulator for Sum<T> {
-    fn resize(&mut self, n: usize) {
+impl<T: CheckedSum> ValueAccumulator for Sum<T> {
+    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
+        self.accumulate(groups, n, values)
+    }
+
+    fn grow(&mut self, n: usize) {
         self.sums.resize(n, T::Native::default());
         self.seen.resize(n, false);
     }
 
-    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
-        self.add(groups, n, &values[0])
-    }
-
-    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
-        self.add(groups, n, &states[0])
-    }
-
-    fn state(&mut self) -> Result<Vec<ArrayRef>> {
-        Ok(vec![self.evaluate()?])
-    }
-
-    fn evaluate(&mut self) -> Result<ArrayRef> {
+    fn take(&mut self) -> Result<ArrayRef> {
         let sums = std::mem::take(&mut self.sums);
         let seen = std::mem::take(&mut self.seen);
         let arr: PrimitiveArray<T> = sums.into_iter().zip(seen).map(|(s, ok)| ok.then_some(s)).collect();
@@ -238,7 +264,7 @@ impl<T: CheckedSum> GroupsAccumulator for Sum<T> {
         Ok(Arc::new(arr))
     }
 
-    fn size(&self) -> usize {
+    fn bytes(&self) -> usize {
         self.sums.capacity() * std::mem::size_of::<T::Native>() + self.seen.capacity()
     }
 }
@@ -343,7 +369,7 @@ impl<T: ArrowPrimitiveType> MinMax<T>
 where
     T::Native: PartialOrd,
 {
-    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) {
+    fn accumulate(&mut self, groups: &[u32], n: usize, values: &ArrayRef) {
         self.values.resize(n, None);
         let v = values.as_primitive::<T>();
         for (i, g) in groups.iter().enumerate() {
@@ -364,34 +390,25 @@ where
     }
 }
 
-impl<T: ArrowPrimitiveType> GroupsAccumulator for MinMax<T>
+impl<T: ArrowPrimitiveType> ValueAccumulator for MinMax<T>
 where
     T::Native: PartialOrd,
 {
-    fn resize(&mut self, n: usize) {
+    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
+        self.accumulate(groups, n, values);
+        Ok(())
+    }
+
+    fn grow(&mut self, n: usize) {
         self.values.resize(n, None);
     }
 
-    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
-        self.add(groups, n, &values[0]);
-        Ok(())
-    }
-
-    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
-        self.add(groups, n, &states[0]);
-        Ok(())
-    }
-
-    fn state(&mut self) -> Result<Vec<ArrayRef>> {
-        Ok(vec![self.evaluate()?])
-    }
-
-    fn evaluate(&mut self) -> Result<ArrayRef> {
+    fn take(&mut self) -> Result<ArrayRef> {
         let arr: PrimitiveArray<T> = std::mem::take(&mut self.values).into_iter().collect();
         Ok(Arc::new(arr.with_data_type(self.ty.clone())))
     }
 
-    fn size(&self) -> usize {
+    fn bytes(&self) -> usize {
         self.values.capacity() * std::mem::size_of::<Option<T::Native>>()
     }
 }
@@ -402,7 +419,7 @@ struct StrMinMax {
 }
 
 impl StrMinMax {
-    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) {
+    fn accumulate(&mut self, groups: &[u32], n: usize, values: &ArrayRef) {
         self.values.resize(n, None);
         let v = values.as_string::<i32>();
         for (i, g) in groups.iter().enumerate() {
@@ -423,30 +440,21 @@ impl StrMinMax {
     }
 }
 
-impl GroupsAccumulator for StrMinMax {
-    fn resize(&mut self, n: usize) {
+impl ValueAccumulator for StrMinMax {
+    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
+        self.accumulate(groups, n, values);
+        Ok(())
+    }
+
+    fn grow(&mut self, n: usize) {
         self.values.resize(n, None);
     }
 
-    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
-        self.add(groups, n, &values[0]);
-        Ok(())
-    }
-
-    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
-        self.add(groups, n, &states[0]);
-        Ok(())
-    }
-
-    fn state(&mut self) -> Result<Vec<ArrayRef>> {
-        Ok(vec![self.evaluate()?])
-    }
-
-    fn evaluate(&mut self) -> Result<ArrayRef> {
+    fn take(&mut self) -> Result<ArrayRef> {
         Ok(Arc::new(StringArray::from(std::mem::take(&mut self.values))))
     }
 
-    fn size(&self) -> usize {
+    fn bytes(&self) -> usize {
         self.values.iter().map(|v| v.as_ref().map_or(0, |s| s.capacity()) + 24).sum()
     }
 }
@@ -456,14 +464,10 @@ struct BoolMinMax {
     is_min: bool,
 }
 
-impl GroupsAccumulator for BoolMinMax {
-    fn resize(&mut self, n: usize) {
+impl ValueAccumulator for BoolMinMax {
+    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
         self.values.resize(n, None);
-    }
-
-    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
-        self.values.resize(n, None);
-        let v = values[0].as_boolean();
+        let v = values.as_boolean();
         for (i, g) in groups.iter().enumerate() {
             if v.is_valid(i) {
                 let x = v.value(i);
@@ -479,19 +483,15 @@ impl GroupsAccumulator for BoolMinMax {
         Ok(())
     }
 
-    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
-        self.update(groups, n, states)
+    fn grow(&mut self, n: usize) {
+        self.values.resize(n, None);
     }
 
-    fn state(&mut self) -> Result<Vec<ArrayRef>> {
-        Ok(vec![self.evaluate()?])
-    }
-
-    fn evaluate(&mut self) -> Result<ArrayRef> {
+    fn take(&mut self) -> Result<ArrayRef> {
         Ok(Arc::new(BooleanArray::from(std::mem::take(&mut self.values))))
     }
 
-    fn size(&self) -> usize {
+    fn bytes(&self) -> usize {
         self.values.capacity() * 2
     }
 }

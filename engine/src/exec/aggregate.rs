@@ -1,7 +1,7 @@
 //! Hash aggregation as a pipeline breaker: each partition aggregates into its own table; when the
 //! last partition ends, the partial states are merged and the result flows into the next pipeline.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -9,7 +9,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::HashMap;
 
 use super::accumulators::{self, GroupsAccumulator};
-use super::{Exchange, OpMetrics, Sink};
+use super::{emit_result, Exchange, OpMetrics, PartitionGather, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
 use crate::logical::{AggCall, Expr};
@@ -144,7 +144,7 @@ impl GroupTable {
 
 pub struct AggShared {
     spec: AggSpec,
-    state: Mutex<(usize, Vec<Partial>)>,
+    partials: PartitionGather<Partial>,
     output: Arc<Exchange>,
     batch_size: usize,
     metrics: Arc<OpMetrics>,
@@ -152,18 +152,11 @@ pub struct AggShared {
 
 impl AggShared {
     pub fn new(spec: AggSpec, partitions: usize, output: Arc<Exchange>, batch_size: usize, metrics: Arc<OpMetrics>) -> AggShared {
-        AggShared { spec, state: Mutex::new((partitions, Vec::new())), output, batch_size, metrics }
+        AggShared { spec, partials: PartitionGather::new(partitions), output, batch_size, metrics }
     }
 
     fn finish(&self, partial: Partial) -> Result<()> {
-        let mut st = self.state.lock().map_err(|_| RiffleError::exec("aggregate lock poisoned"))?;
-        st.1.push(partial);
-        st.0 -= 1;
-        if st.0 > 0 {
-            return Ok(());
-        }
-        let partials = std::mem::take(&mut st.1);
-        drop(st);
+        let Some(partials) = self.partials.arrive([partial])? else { return Ok(()) };
         let mut table = GroupTable::new(&self.spec)?;
         for p in partials {
             table.merge(p)?;
@@ -185,16 +178,7 @@ impl AggShared {
             columns,
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(table.num_groups)),
         )?;
-        let rows = batch.num_rows();
-        self.metrics.rows.fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut offset = 0;
-        while offset < rows {
-            let len = self.batch_size.min(rows - offset);
-            self.output.push(0, Message::Batch(batch.slice(offset, len)));
-            self.metrics.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            offset += len;
-        }
-        self.output.push(0, Message::End);
+        emit_result(&self.output, &batch, self.batch_size, &self.metrics);
         Ok(())
     }
 }

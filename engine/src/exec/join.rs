@@ -3,7 +3,7 @@
 //! are the same with every build row a candidate for every probe row.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::{new_null_array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, take};
@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::HashMap;
 
-use super::{Notifier, OpMetrics, Operator, Sink};
+use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
 use crate::logical::{Expr, JoinKind};
@@ -49,9 +49,9 @@ const NONE: u32 = u32::MAX;
 
 pub struct JoinShared {
     spec: JoinSpec,
-    pending: Mutex<(usize, Vec<RecordBatch>)>,
+    pending: PartitionGather<RecordBatch>,
     table: OnceLock<JoinTable>,
-    probes_left: Mutex<usize>,
+    probes: PartitionGather<()>,
     notifier: Notifier,
     metrics: Arc<OpMetrics>,
 }
@@ -60,9 +60,9 @@ impl JoinShared {
     pub fn new(spec: JoinSpec, build_partitions: usize, probe_partitions: usize, notifier: Notifier, metrics: Arc<OpMetrics>) -> JoinShared {
         JoinShared {
             spec,
-            pending: Mutex::new((build_partitions, Vec::new())),
+            pending: PartitionGather::new(build_partitions),
             table: OnceLock::new(),
-            probes_left: Mutex::new(probe_partitions),
+            probes: PartitionGather::new(probe_partitions),
             notifier,
             metrics,
         }
@@ -77,14 +77,7 @@ impl JoinShared {
     }
 
     fn finish_build(&self, local: Vec<RecordBatch>) -> Result<()> {
-        let mut st = self.pending.lock().map_err(|_| RiffleError::exec("join lock poisoned"))?;
-        st.1.extend(local);
-        st.0 -= 1;
-        if st.0 > 0 {
-            return Ok(());
-        }
-        let batches = std::mem::take(&mut st.1);
-        drop(st);
+        let Some(batches) = self.pending.arrive(local)? else { return Ok(()) };
         let batch = concat_batches(&self.spec.build_schema, &batches)?;
         drop(batches);
         let converter = self.key_converter()?;
@@ -345,12 +338,7 @@ impl Operator for ProbeOp {
 
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
         if matches!(msg, Message::End) && matches!(self.shared.spec.kind, JoinKind::Right | JoinKind::Full) {
-            let last = {
-                let mut left = self.shared.probes_left.lock().map_err(|_| RiffleError::exec("join lock poisoned"))?;
-                *left -= 1;
-                *left == 0
-            };
-            if last {
+            if self.shared.probes.arrive([])?.is_some() {
                 // Every probe partition is done: the build rows nobody matched come out once.
                 let table = self.table()?;
                 let keep: BooleanArray = table.visited.iter().map(|v| !v.load(Ordering::Relaxed)).collect();

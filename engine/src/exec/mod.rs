@@ -153,6 +153,40 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// The meeting point of a breaker's partitions: each hands over its local result when it ends; the
+/// last one gets them all, to merge and emit.
+pub struct PartitionGather<T> {
+    state: Mutex<(usize, Vec<T>)>,
+}
+
+impl<T> PartitionGather<T> {
+    pub fn new(partitions: usize) -> Self {
+        PartitionGather { state: Mutex::new((partitions, Vec::new())) }
+    }
+
+    /// Adds one partition's items; returns every partition's items if this was the last one.
+    pub fn arrive(&self, items: impl IntoIterator<Item = T>) -> Result<Option<Vec<T>>> {
+        let mut st = self.state.lock().map_err(|_| crate::RiffleError::exec("partition state lock poisoned"))?;
+        st.1.extend(items);
+        st.0 -= 1;
+        Ok((st.0 == 0).then(|| std::mem::take(&mut st.1)))
+    }
+}
+
+/// Emits a breaker's result into `output` in slices of `batch_size` rows, then the end.
+fn emit_result(output: &Exchange, batch: &RecordBatch, batch_size: usize, metrics: &OpMetrics) {
+    let rows = batch.num_rows();
+    metrics.rows.fetch_add(rows as u64, Ordering::Relaxed);
+    let mut offset = 0;
+    while offset < rows {
+        let len = batch_size.min(rows - offset);
+        output.push(0, Message::Batch(batch.slice(offset, len)));
+        metrics.batches.fetch_add(1, Ordering::Relaxed);
+        offset += len;
+    }
+    output.push(0, Message::End);
+}
+
 /// An operator wrapped with its metrics.
 struct Metered {
     op: Box<dyn Operator>,

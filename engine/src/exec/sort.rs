@@ -1,15 +1,15 @@
 //! Sort and top-k as a pipeline breaker. Keys are compared as `arrow-row` byte strings. With `fetch`,
 //! each partition keeps only its best rows as it goes, so memory stays proportional to k.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch, SortOptions};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 
-use super::{Exchange, OpMetrics, Sink};
-use crate::error::{Result, RiffleError};
+use super::{emit_result, Exchange, OpMetrics, PartitionGather, Sink};
+use crate::error::Result;
 use crate::eval::evaluate;
 use crate::logical::SortKey;
 use crate::message::Message;
@@ -45,7 +45,7 @@ pub struct SortShared {
     schema: SchemaRef,
     keys: Vec<SortKey>,
     fetch: Option<usize>,
-    state: Mutex<(usize, Vec<RecordBatch>)>,
+    runs: PartitionGather<RecordBatch>,
     output: Arc<Exchange>,
     batch_size: usize,
     metrics: Arc<OpMetrics>,
@@ -61,32 +61,16 @@ impl SortShared {
         batch_size: usize,
         metrics: Arc<OpMetrics>,
     ) -> SortShared {
-        SortShared { schema, keys, fetch, state: Mutex::new((partitions, Vec::new())), output, batch_size, metrics }
+        SortShared { schema, keys, fetch, runs: PartitionGather::new(partitions), output, batch_size, metrics }
     }
 
     fn finish(&self, local: Vec<RecordBatch>) -> Result<()> {
-        let mut st = self.state.lock().map_err(|_| RiffleError::exec("sort lock poisoned"))?;
-        st.1.extend(local);
-        st.0 -= 1;
-        if st.0 > 0 {
-            return Ok(());
-        }
-        let batches = std::mem::take(&mut st.1);
-        drop(st);
+        let Some(batches) = self.runs.arrive(local)? else { return Ok(()) };
         let started = std::time::Instant::now();
         let sorted = sort_batches(&self.schema, &batches, &self.keys, self.fetch)?;
         drop(batches);
         self.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-        let rows = sorted.num_rows();
-        self.metrics.rows.fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut offset = 0;
-        while offset < rows {
-            let len = self.batch_size.min(rows - offset);
-            self.output.push(0, Message::Batch(sorted.slice(offset, len)));
-            self.metrics.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            offset += len;
-        }
-        self.output.push(0, Message::End);
+        emit_result(&self.output, &sorted, self.batch_size, &self.metrics);
         Ok(())
     }
 }
