@@ -147,6 +147,48 @@ fn push_filters(plan: LogicalPlan) -> Result<LogicalPlan> {
     push_down(plan, vec![])
 }
 
+/// Splits a predicate into conjuncts, pulling out conjuncts that every branch of an OR repeats:
+/// `(a AND b) OR (a AND c)` is `a AND (b OR c)`, so that `a` (often a join key) can be pushed down.
+fn split_conjuncts(p: Expr) -> Vec<Expr> {
+    let mut out = Vec::new();
+    for c in p.conjuncts() {
+        match c {
+            Expr::Binary { op: BinaryOp::Or, .. } => {
+                let branches: Vec<Vec<Expr>> = disjuncts(c).into_iter().map(Expr::conjuncts).collect();
+                let common: Vec<Expr> =
+                    branches[0].iter().filter(|x| branches[1..].iter().all(|b| b.contains(x))).cloned().collect();
+                let rest: Vec<Expr> = branches
+                    .into_iter()
+                    .map(|b| {
+                        let left: Vec<Expr> = b.into_iter().filter(|x| !common.contains(x)).collect();
+                        Expr::conjunction(left).unwrap_or(Expr::Literal(Scalar::boolean(true)))
+                    })
+                    .collect();
+                out.extend(common);
+                let any_true = rest.iter().any(is_true);
+                if !any_true {
+                    if let Some(or) = rest.into_iter().reduce(|a, b| Expr::binary(BinaryOp::Or, a, b)) {
+                        out.push(or);
+                    }
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn disjuncts(e: Expr) -> Vec<Expr> {
+    match e {
+        Expr::Binary { op: BinaryOp::Or, left, right } => {
+            let mut v = disjuncts(*left);
+            v.extend(disjuncts(*right));
+            v
+        }
+        other => vec![other],
+    }
+}
+
 fn filter_over(plan: LogicalPlan, preds: Vec<Expr>) -> LogicalPlan {
     match Expr::conjunction(preds) {
         Some(p) => LogicalPlan::Filter { input: Box::new(plan), predicate: p },
@@ -167,7 +209,7 @@ fn push_down(plan: LogicalPlan, preds: Vec<Expr>) -> Result<LogicalPlan> {
     Ok(match plan {
         LogicalPlan::Filter { input, predicate } => {
             let mut all = preds;
-            all.extend(predicate.conjuncts());
+            all.extend(split_conjuncts(predicate));
             push_down(*input, all)?
         }
         LogicalPlan::Scan { name, source, projection, mut filters, schema } => {
@@ -246,7 +288,7 @@ fn push_join(
         }
     }
     // ON conjuncts.
-    for p in filter.map(|f| f.conjuncts()).unwrap_or_default() {
+    for p in filter.map(split_conjuncts).unwrap_or_default() {
         let (l, r) = side(&p);
         let pushable_left = matches!(kind, JoinKind::Inner | JoinKind::Semi | JoinKind::Right);
         let pushable_right = matches!(kind, JoinKind::Inner | JoinKind::Semi | JoinKind::Anti | JoinKind::Left | JoinKind::Single);

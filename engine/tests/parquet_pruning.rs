@@ -11,7 +11,7 @@ use riffle_engine::{ExecConfig, Session};
 /// 10 row groups of 100 ids each, in order: group g holds ids 100g .. 100g+99.
 fn write_file(path: &std::path::Path) {
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("tag", DataType::Utf8, false)]));
-    let props = WriterProperties::builder().set_max_row_group_size(100).build();
+    let props = WriterProperties::builder().set_max_row_group_row_count(Some(100)).build();
     let file = std::fs::File::create(path).expect("create");
     let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).expect("writer");
     let ids: Vec<i64> = (0..1000).collect();
