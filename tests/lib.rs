@@ -49,7 +49,7 @@ fn normalize_float(s: &str) -> String {
             let t = if t.contains('.') { t.trim_end_matches('0').trim_end_matches('.').to_string() } else { t };
             if t == "-0" { "0".into() } else { t }
         }
-        Ok(v) if v == 0.0 => "0".into(),
+        Ok(0.0) => "0".into(),
         _ => s.to_string(),
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar as ArrowScalar};
 use arrow::compute::kernels::{boolean, cmp, numeric, zip::zip};
 use arrow::compute::{cast_with_options, CastOptions};
-use arrow::datatypes::{DataType, IntervalUnit};
+use arrow::datatypes::DataType;
 
 use crate::error::{Result, RiffleError};
 use crate::logical::{BinaryOp, Expr};
@@ -228,7 +228,7 @@ fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
     use arrow::array::{Decimal128Array, PrimitiveArray};
     use arrow::datatypes::Decimal128Type;
     let (la, ra) = (l.get().0, r.get().0);
-    let (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) = (la.data_type(), ra.data_type()) else {
+    let (DataType::Decimal128(_, s1), DataType::Decimal128(_, s2)) = (la.data_type(), ra.data_type()) else {
         return Err(RiffleError::exec("decimal arithmetic on non-decimals"));
     };
     let scale = if op == BinaryOp::Mul { s1 + s2 } else { *s1.max(s2) };
@@ -262,7 +262,6 @@ fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
             Decimal128Array::new_null(n)
         }
     };
-    let _ = (p1, p2);
     Ok(Arc::new(out.with_precision_and_scale(precision, scale)?))
 }
 
@@ -342,7 +341,6 @@ pub fn interval_literal(n: f64, unit: &str) -> Result<ArrayRef> {
         "microsecond" => (0, 0, (n * 1e3) as i64),
         other => return Err(RiffleError::plan(format!("unknown interval unit '{other}'"))),
     };
-    let _ = IntervalUnit::MonthDayNano;
     Ok(Arc::new(arrow::array::IntervalMonthDayNanoArray::from(vec![IntervalMonthDayNano::new(months, days, nanos)])))
 }
 

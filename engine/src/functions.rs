@@ -488,7 +488,7 @@ pub fn substring(s: &str, start: i64, len: Option<i64>) -> String {
     if to <= from {
         return String::new();
     }
-    s.chars().skip((from - 1) as usize).take((to - from).min(i64::MAX) as usize).collect()
+    s.chars().skip((from - 1) as usize).take((to - from) as usize).collect()
 }
 
 fn pad(s: &str, width: usize, fill: &[char], left: bool) -> String {

@@ -337,8 +337,9 @@ impl Operator for ProbeOp {
     }
 
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
-        if matches!(msg, Message::End) && matches!(self.shared.spec.kind, JoinKind::Right | JoinKind::Full) {
-            if self.shared.probes.arrive([])?.is_some() {
+        let outer_build = matches!(self.shared.spec.kind, JoinKind::Right | JoinKind::Full);
+        if matches!(msg, Message::End) && outer_build && self.shared.probes.arrive([])?.is_some() {
+            {
                 // Every probe partition is done: the build rows nobody matched come out once.
                 let table = self.table()?;
                 let keep: BooleanArray = table.visited.iter().map(|v| !v.load(Ordering::Relaxed)).collect();

@@ -136,7 +136,7 @@ impl Source for ScanSource {
                 if self.stream {
                     // Control messages ride along with the data as they would from a live source.
                     self.pending.push_back(Message::Watermark(self.batches as i64));
-                    if self.batches % 2 == 0 {
+                    if self.batches.is_multiple_of(2) {
                         self.pending.push_back(Message::Barrier(self.batches / 2));
                     }
                 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::datatypes::DataType;
 use sqlparser::ast::{self, BinaryOperator, UnaryOperator, Value};
 
 use super::scope::{Lookup, Scope};
@@ -63,8 +63,8 @@ fn parse_number(text: &str) -> Result<Scalar> {
             digits.parse().map_err(|_| RiffleError::plan(format!("invalid number {text}")))?
         };
         let scale = frac.len() as u8;
-        let precision = (int.len() as u8 + scale).max(scale).max(1);
-        Arc::new(Decimal128Array::from(vec![value]).with_precision_and_scale(precision.max(scale + 0).max(1), scale as i8)?)
+        let precision = (int.len() as u8 + scale).max(1);
+        Arc::new(Decimal128Array::from(vec![value]).with_precision_and_scale(precision, scale as i8)?)
     } else {
         let v: f64 = text.parse().map_err(|_| RiffleError::plan(format!("invalid number {text}")))?;
         Arc::new(Float64Array::from(vec![v]))
@@ -541,10 +541,5 @@ impl Binder<'_> {
         let ty = call.ty.clone();
         let slot = Expr::Column(AGG_BASE + collector.add(call));
         Ok(Expr::Cast { expr: Box::new(slot), to: ty, safe: true })
-    }
-
-    /// Whether the timestamp type a literal string should become is needed.
-    pub fn timestamp_type() -> DataType {
-        DataType::Timestamp(TimeUnit::Microsecond, None)
     }
 }

@@ -618,11 +618,13 @@ impl<'a> Binder<'a> {
     }
 }
 
+/// A scalar subquery to join in: its plan, its scope, and correlation pairs (outer expr, subquery column).
+type SubqueryJoin = (LogicalPlan, Scope, Vec<(Expr, Expr)>);
+
 /// Scalar subqueries found while binding one expression, to be joined to the plan afterwards.
 #[derive(Default)]
 pub struct SubqueryJoins {
-    /// (subquery plan, its scope, correlation pairs (outer expr, subquery column)).
-    joins: Vec<(LogicalPlan, Scope, Vec<(Expr, Expr)>)>,
+    joins: Vec<SubqueryJoin>,
 }
 
 fn sort_key(expr: Expr, o: &ast::OrderByExpr) -> SortKey {

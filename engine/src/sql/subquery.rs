@@ -137,7 +137,6 @@ impl Binder<'_> {
                     Some(w) => self.bind_where(fplan, fscope, &w)?,
                     None => (fplan, fscope),
                 };
-                let _ = &c.from_scope;
                 let both = scope.join(&rscope);
                 let mut conds = Vec::new();
                 for corr in &c.correlated {
