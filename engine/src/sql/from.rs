@@ -142,11 +142,7 @@ impl Binder<'_> {
                         }
                     }
                 };
-                let scope = scope.with_qualifier(&qualifier);
-                match alias {
-                    Some(a) => alias_columns(plan, scope, a).map(|(p, s)| (p, s.with_qualifier(&qualifier))),
-                    None => Ok((plan, scope)),
-                }
+                renamed(plan, scope.with_qualifier(&qualifier), alias.as_ref(), &qualifier)
             }
             TableFactor::Table { name, alias, args: Some(args), .. } => {
                 let fname = name.to_string().to_ascii_lowercase();
@@ -154,10 +150,7 @@ impl Binder<'_> {
                 let qualifier = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| fname.clone());
                 let plan = scan(&fname, Arc::new(source));
                 let scope = Scope::from_schema(&plan.schema(), Some(&qualifier));
-                match alias {
-                    Some(a) => alias_columns(plan, scope, a).map(|(p, s)| (p, s.with_qualifier(&qualifier))),
-                    None => Ok((plan, scope)),
-                }
+                renamed(plan, scope, alias.as_ref(), &qualifier)
             }
             TableFactor::Derived { subquery, alias, lateral, .. } => {
                 if *lateral {
@@ -165,20 +158,14 @@ impl Binder<'_> {
                 }
                 let (plan, scope) = self.bind_query(subquery)?;
                 match alias {
-                    Some(a) => {
-                        let (p, s) = alias_columns(plan, scope, a)?;
-                        Ok((p, s.with_qualifier(&a.name.value)))
-                    }
+                    Some(a) => renamed(plan, scope, Some(a), &a.name.value),
                     None => Ok((plan, scope)),
                 }
             }
             TableFactor::NestedJoin { table_with_joins, alias } => {
                 let (plan, scope) = self.bind_table_with_joins(table_with_joins)?;
                 match alias {
-                    Some(a) => {
-                        let (p, s) = alias_columns(plan, scope, a)?;
-                        Ok((p, s.with_qualifier(&a.name.value)))
-                    }
+                    Some(a) => renamed(plan, scope, Some(a), &a.name.value),
                     None => Ok((plan, scope)),
                 }
             }
@@ -242,6 +229,14 @@ impl Binder<'_> {
             }
         }
         TableSource::files(&path, Some(format), None)
+    }
+}
+
+/// Applies a FROM item's alias: column names from `alias`, every column qualified by `qualifier`.
+fn renamed(plan: LogicalPlan, scope: Scope, alias: Option<&ast::TableAlias>, qualifier: &str) -> Result<(LogicalPlan, Scope)> {
+    match alias {
+        Some(a) => alias_columns(plan, scope, a).map(|(p, s)| (p, s.with_qualifier(qualifier))),
+        None => Ok((plan, scope)),
     }
 }
 
