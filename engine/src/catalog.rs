@@ -22,8 +22,6 @@ pub enum TableData {
 pub struct TableSource {
     pub schema: SchemaRef,
     pub data: TableData,
-    /// A bounded table read as an unbounded stream that happens to end (see `Config::stream`).
-    pub location: String,
 }
 
 impl TableSource {
@@ -45,11 +43,11 @@ impl TableSource {
             None => riffle_formats::infer_schema(&format, &files)?,
         };
         let morsels = riffle_formats::plan_morsels(&format, &files)?;
-        Ok(TableSource { schema, data: TableData::Files { format, files, morsels }, location: path.to_string() })
+        Ok(TableSource { schema, data: TableData::Files { format, files, morsels } })
     }
 
     pub fn memory(schema: SchemaRef, batches: Vec<RecordBatch>) -> TableSource {
-        TableSource { schema, data: TableData::Memory(batches), location: "memory".into() }
+        TableSource { schema, data: TableData::Memory(batches) }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar as ArrowScalar};
+use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, Datum, RecordBatch};
 use arrow::compute::kernels::{boolean, cmp, numeric, zip::zip};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::DataType;
@@ -18,13 +18,6 @@ enum Value {
 }
 
 impl Value {
-    fn datum(&self) -> Box<dyn Datum + '_> {
-        match self {
-            Value::Array(a) => Box::new(a),
-            Value::Scalar(s) => Box::new(ArrowScalar::new(s)),
-        }
-    }
-
     fn into_array(self, rows: usize) -> Result<ArrayRef> {
         match self {
             Value::Array(a) => Ok(a),
@@ -105,7 +98,7 @@ fn eval(expr: &Expr, batch: &RecordBatch) -> Result<Value> {
             let mut acc: Option<ArrayRef> = None;
             for item in list {
                 let item = eval(item, batch)?;
-                let eq: ArrayRef = Arc::new(cmp::eq(v.datum().as_ref(), item.datum().as_ref())?);
+                let eq: ArrayRef = Arc::new(cmp::eq(&v, &item)?);
                 acc = Some(match acc {
                     None => eq,
                     Some(a) => Arc::new(boolean::or_kleene(as_bool(&a)?, as_bool(&eq)?)?),
@@ -119,12 +112,12 @@ fn eval(expr: &Expr, batch: &RecordBatch) -> Result<Value> {
         Expr::Like { expr, pattern, negated, case_insensitive } => {
             let v = eval(expr, batch)?;
             let p = eval(pattern, batch)?;
-            let (l, r) = (v.datum(), p.datum());
+            let (l, r) = (&v, &p);
             let out = match (*negated, *case_insensitive) {
-                (false, false) => arrow::compute::kernels::comparison::like(l.as_ref(), r.as_ref())?,
-                (true, false) => arrow::compute::kernels::comparison::nlike(l.as_ref(), r.as_ref())?,
-                (false, true) => arrow::compute::kernels::comparison::ilike(l.as_ref(), r.as_ref())?,
-                (true, true) => arrow::compute::kernels::comparison::nilike(l.as_ref(), r.as_ref())?,
+                (false, false) => arrow::compute::kernels::comparison::like(l, r)?,
+                (true, false) => arrow::compute::kernels::comparison::nlike(l, r)?,
+                (false, true) => arrow::compute::kernels::comparison::ilike(l, r)?,
+                (true, true) => arrow::compute::kernels::comparison::nilike(l, r)?,
             };
             let out: ArrayRef = Arc::new(out);
             if matches!((&v, &p), (Value::Scalar(_), Value::Scalar(_))) { Value::Scalar(out) } else { Value::Array(out) }
@@ -168,14 +161,14 @@ pub fn cast_value(a: &ArrayRef, to: &DataType, options: &CastOptions) -> Result<
 }
 
 fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
-    let (ld, rd) = (l.datum(), r.datum());
-    let (ld, rd) = (ld.as_ref(), rd.as_ref());
+    // A `Value` is a kernel operand itself (a scalar is a one-element array flagged as such).
+    let (ld, rd): (&dyn Datum, &dyn Datum) = (l, r);
     let (lt, rt) = (ld.get().0.data_type().clone(), rd.get().0.data_type().clone());
     let out: ArrayRef = match op {
         // Dates plus or minus whole days, and the days between two dates, as integer arithmetic.
         BinaryOp::Add | BinaryOp::Sub if lt == DataType::Date32 || rt == DataType::Date32 => {
             let days = |v: &Value| -> Result<Value> {
-                Ok(datum_like(&arrow::compute::cast(v.get().0.slice(0, v.get().0.len()).as_ref(), &DataType::Int64)?, v))
+                Ok(datum_like(&arrow::compute::cast(v.get().0, &DataType::Int64)?, v))
             };
             let (a, b) = (days(l)?, days(r)?);
             let n = if op == BinaryOp::Add { numeric::add(&a, &b)? } else { numeric::sub(&a, &b)? };

@@ -276,24 +276,25 @@ pub fn execute_into(plan: &PhysicalPlan, config: &ExecConfig, each: Arc<dyn Fn(u
             Ok(())
         }
     }
+    run_into(plan, config, &move |p| Ok(Box::new(FnSink(p, each.clone())) as Box<dyn Sink>)).map(|_| ())
+}
+
+/// Builds the pipelines of `plan` with `root` as the sink of the last one and runs them; returns the
+/// metrics of every node.
+fn run_into(plan: &PhysicalPlan, config: &ExecConfig, root: &dyn Fn(usize) -> Result<Box<dyn Sink>>) -> Result<Vec<Arc<OpMetrics>>> {
     let threads = config.threads.max(1);
     let notifier = Notifier::new();
     let metrics: Vec<Arc<OpMetrics>> = (0..plan.node_count()).map(|_| Arc::new(OpMetrics::default())).collect();
-    let root = move |p| Ok(Box::new(FnSink(p, each.clone())) as Box<dyn Sink>);
-    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, &root)?;
-    scheduler::run(tasks, threads, &notifier)
+    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, root)?;
+    scheduler::run(tasks, threads, &notifier)?;
+    Ok(metrics)
 }
 
 /// Runs `plan` to completion and returns its rows.
 pub fn execute(plan: &PhysicalPlan, config: &ExecConfig) -> Result<QueryOutput> {
-    let threads = config.threads.max(1);
-    let notifier = Notifier::new();
-    let metrics: Vec<Arc<OpMetrics>> = (0..plan.node_count()).map(|_| Arc::new(OpMetrics::default())).collect();
     let results = Arc::new(Mutex::new(Vec::new()));
     let sink_results = results.clone();
-    let root = move |_| Ok(Box::new(scan::CollectSink::new(sink_results.clone())) as Box<dyn Sink>);
-    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, &root)?;
-    scheduler::run(tasks, threads, &notifier)?;
+    let metrics = run_into(plan, config, &move |_| Ok(Box::new(scan::CollectSink::new(sink_results.clone())) as Box<dyn Sink>))?;
     let batches = std::mem::take(&mut *results.lock().map_err(|_| crate::RiffleError::exec("result lock poisoned"))?);
     Ok(QueryOutput { batches, metrics })
 }
