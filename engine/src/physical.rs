@@ -13,7 +13,15 @@ use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey}
 #[derive(Debug, Clone)]
 pub enum PhysicalPlan {
     /// Morsel-parallel scan of `projection`; rows failing `filter` are dropped as they are read.
-    Scan { name: String, source: Arc<TableSource>, projection: Vec<usize>, filter: Option<Expr>, schema: SchemaRef },
+    /// `dictionary[i]` lets projected column `i` arrive dictionary-encoded, where its consumer takes it so.
+    Scan {
+        name: String,
+        source: Arc<TableSource>,
+        projection: Vec<usize>,
+        filter: Option<Expr>,
+        dictionary: Vec<bool>,
+        schema: SchemaRef,
+    },
     Values { rows: Vec<Vec<Expr>>, schema: SchemaRef },
     Filter { input: Box<PhysicalPlan>, predicate: Expr },
     Project { input: Box<PhysicalPlan>, exprs: Vec<Expr>, schema: SchemaRef },
@@ -111,13 +119,18 @@ impl PhysicalPlan {
     fn detail(&self) -> String {
         let list = |exprs: &[Expr], schema: &Schema| exprs.iter().map(|e| e.display(schema).to_string()).collect::<Vec<_>>().join(", ");
         match self {
-            PhysicalPlan::Scan { name, projection, filter, source, .. } => {
+            PhysicalPlan::Scan { name, projection, filter, source, dictionary, .. } => {
                 let cols: Vec<&str> = projection.iter().map(|i| source.schema.field(*i).name().as_str()).collect();
                 let schema = source.schema.project(projection).unwrap_or_else(|_| Schema::empty());
-                match filter {
-                    Some(f) => format!(": {name} [{}] filter={}", cols.join(", "), f.display(&schema)),
-                    None => format!(": {name} [{}]", cols.join(", ")),
+                let mut out = format!(": {name} [{}]", cols.join(", "));
+                if let Some(f) = filter {
+                    let _ = write!(out, " filter={}", f.display(&schema));
                 }
+                let dict: Vec<&str> = cols.iter().zip(dictionary).filter(|(_, d)| **d).map(|(c, _)| *c).collect();
+                if !dict.is_empty() {
+                    let _ = write!(out, " dictionary=[{}]", dict.join(", "));
+                }
+                out
             }
             PhysicalPlan::Values { rows, .. } => format!(": {} rows", rows.len()),
             PhysicalPlan::Filter { input, predicate } => format!(": {}", predicate.display(&input.schema())),
@@ -164,6 +177,27 @@ impl PhysicalPlan {
     }
 }
 
+/// Lets a scan that feeds an aggregate directly hand out string group keys dictionary-encoded: the
+/// aggregate then looks up each distinct code once per batch instead of hashing every row's string.
+/// Only columns used as bare group keys and nowhere else (the scan's own filter) qualify, so no other
+/// operator ever sees a dictionary.
+fn dictionary_group_keys(input: &mut PhysicalPlan, group: &[Expr], aggs: &[AggCall]) {
+    let PhysicalPlan::Scan { filter, dictionary, schema, .. } = input else { return };
+    let mut uses = vec![0usize; dictionary.len()];
+    let mut cols = vec![];
+    for e in group.iter().chain(aggs.iter().flat_map(|a| &a.args)).chain(filter.as_ref()) {
+        e.columns(&mut cols);
+    }
+    for c in cols {
+        uses[c] += 1;
+    }
+    for g in group {
+        if let Expr::Column(c) = g {
+            dictionary[*c] = uses[*c] == 1 && schema.field(*c).data_type() == &arrow::datatypes::DataType::Utf8;
+        }
+    }
+}
+
 /// Chooses an algorithm for each logical node.
 pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
     Ok(match plan {
@@ -172,6 +206,7 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             source: source.clone(),
             projection: projection.clone(),
             filter: Expr::conjunction(filters.clone()),
+            dictionary: vec![false; projection.len()],
             schema: schema.clone(),
         },
         LogicalPlan::Values { rows, schema } => PhysicalPlan::Values { rows: rows.clone(), schema: schema.clone() },
@@ -181,12 +216,11 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
         LogicalPlan::Project { input, exprs, schema } => {
             PhysicalPlan::Project { input: Box::new(plan_physical(input)?), exprs: exprs.clone(), schema: schema.clone() }
         }
-        LogicalPlan::Aggregate { input, group, aggs, schema } => PhysicalPlan::HashAggregate {
-            input: Box::new(plan_physical(input)?),
-            group: group.clone(),
-            aggs: aggs.clone(),
-            schema: schema.clone(),
-        },
+        LogicalPlan::Aggregate { input, group, aggs, schema } => {
+            let mut input = plan_physical(input)?;
+            dictionary_group_keys(&mut input, group, aggs);
+            PhysicalPlan::HashAggregate { input: Box::new(input), group: group.clone(), aggs: aggs.clone(), schema: schema.clone() }
+        }
         LogicalPlan::Join { left, right, kind, on, filter, null_aware, schema } => {
             let probe = Box::new(plan_physical(left)?);
             let build = Box::new(plan_physical(right)?);

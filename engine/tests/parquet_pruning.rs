@@ -49,3 +49,26 @@ fn row_groups_outside_the_filter_are_skipped() {
         assert!(plan.contains(groups), "{cond}: {plan}");
     }
 }
+
+/// String group keys nothing else reads arrive dictionary-encoded; a key also read elsewhere does not.
+#[test]
+fn string_group_keys_are_read_dictionary_encoded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("ids.parquet");
+    write_file(&f);
+    let f = f.display().to_string();
+    let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    let q = format!("SELECT tag, count(*), sum(id) FROM read_parquet('{f}') WHERE id > 3 GROUP BY tag ORDER BY tag");
+    let plan = text(&mut s, &format!("EXPLAIN {q}"));
+    assert!(plan.contains("dictionary=[tag]"), "{plan}");
+    let r = s.sql(&q).expect("runs");
+    let b = &r.batches[0];
+    assert_eq!(b.num_rows(), 7);
+    let first: Vec<String> =
+        (0..3).map(|c| riffle_engine::format::format_value(b.column(c), 0).expect("format").unwrap_or_default()).collect();
+    // ids ≡ 0 (mod 7) above 3: 7, 14, …, 994 → 142 of them, summing to 7·(1+…+142).
+    assert_eq!(first, vec!["t0".to_string(), "142".into(), (7 * 142 * 143 / 2).to_string()]);
+
+    let plan = text(&mut s, &format!("EXPLAIN SELECT tag, max(tag) FROM read_parquet('{f}') GROUP BY tag"));
+    assert!(!plan.contains("dictionary="), "{plan}");
+}

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::{cast_with_options, CastOptions};
-use arrow::datatypes::{Field, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
 use crate::{CsvOptions, FileFormat, FormatError, Result};
@@ -103,24 +103,35 @@ pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel
 /// Reads one morsel as batches of `table_schema` projected to `projection` (indices into
 /// `table_schema`). Columns are matched by name in self-describing formats and cast to the table's type,
 /// so a table declared by DDL may widen a file's types.
+///
+/// `dictionary[i]` says the caller accepts projected column `i` dictionary-encoded
+/// (`Dictionary(Int32, Utf8)` in place of `Utf8`): Parquet string columns are then handed out as the
+/// file stores them, codes plus a small dictionary, instead of being expanded row by row.
 pub fn read_morsel(
     format: &FileFormat,
     morsel: &Morsel,
     table_schema: &SchemaRef,
     projection: &[usize],
+    dictionary: &[bool],
     batch_size: usize,
 ) -> Result<BatchReader> {
     let path = morsel.file.clone();
-    let out_schema: SchemaRef = Arc::new(table_schema.project(projection).map_err(|e| FormatError::corrupt(&path, e))?);
+    let mut out_schema: SchemaRef = Arc::new(table_schema.project(projection).map_err(|e| FormatError::corrupt(&path, e))?);
     match format {
         FileFormat::Parquet => {
-            let builder = match &morsel.parquet {
-                Some(meta) => ParquetRecordBatchReaderBuilder::new_with_metadata(open(&path)?, meta.clone()),
-                None => ParquetRecordBatchReaderBuilder::try_new(open(&path)?)
-                    .map_err(|e| FormatError::corrupt(&path, format!("not a valid Parquet file ({e})")))?,
+            let not_parquet = |e| FormatError::corrupt(&path, format!("not a valid Parquet file ({e})"));
+            let mut meta = match &morsel.parquet {
+                Some(meta) => meta.clone(),
+                None => ArrowReaderMetadata::load(&open(&path)?, Default::default()).map_err(not_parquet)?,
             };
-            let file_schema = builder.schema().clone();
-            let file_cols = columns_by_name(&path, &file_schema, &out_schema)?;
+            let file_cols = columns_by_name(&path, meta.schema(), &out_schema)?;
+            if dictionary.iter().any(|d| *d) {
+                let (file_schema, schema) = with_dictionaries(meta.schema(), &out_schema, &file_cols, dictionary);
+                let options = ArrowReaderOptions::new().with_schema(file_schema);
+                meta = ArrowReaderMetadata::try_new(meta.metadata().clone(), options).map_err(not_parquet)?;
+                out_schema = schema;
+            }
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(open(&path)?, meta);
             let mut roots: Vec<usize> = file_cols.iter().flatten().copied().collect();
             roots.sort_unstable();
             roots.dedup();
@@ -179,6 +190,26 @@ pub fn read_morsel(
             })))
         }
     }
+}
+
+/// The file and output schemas with the wanted Utf8 columns turned into `Dictionary(Int32, Utf8)`.
+fn with_dictionaries(
+    file_schema: &SchemaRef,
+    out_schema: &SchemaRef,
+    file_cols: &[Option<usize>],
+    dictionary: &[bool],
+) -> (SchemaRef, SchemaRef) {
+    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let mut file_fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut out_fields: Vec<Field> = out_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for (i, want) in dictionary.iter().enumerate() {
+        let Some(Some(c)) = file_cols.get(i) else { continue };
+        if *want && file_fields[*c].data_type() == &DataType::Utf8 && out_fields[i].data_type() == &DataType::Utf8 {
+            file_fields[*c] = file_fields[*c].clone().with_data_type(dict.clone());
+            out_fields[i] = out_fields[i].clone().with_data_type(dict.clone());
+        }
+    }
+    (Arc::new(Schema::new(file_fields)), Arc::new(Schema::new(out_fields)))
 }
 
 /// Arrow counts CSV data lines from 0; say which line of the file it is (1-based, header included).

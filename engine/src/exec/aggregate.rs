@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::HashMap;
 
 use super::accumulators::{self, GroupsAccumulator};
 use super::{emit_result, Exchange, OpMetrics, PartitionGather, Sink};
+use crate::cse::ExprList;
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
 use crate::logical::{AggCall, Expr};
@@ -17,10 +18,19 @@ use crate::message::Message;
 
 /// What to aggregate, shared by every partition.
 pub struct AggSpec {
-    pub group: Vec<Expr>,
-    pub aggs: Vec<AggCall>,
-    pub input_schema: SchemaRef,
-    pub output_schema: SchemaRef,
+    group: Vec<Expr>,
+    aggs: Vec<AggCall>,
+    /// Every aggregate's arguments in order, repeated subexpressions computed once.
+    args: ExprList,
+    input_schema: SchemaRef,
+    output_schema: SchemaRef,
+}
+
+impl AggSpec {
+    pub fn new(group: Vec<Expr>, aggs: Vec<AggCall>, input_schema: SchemaRef, output_schema: SchemaRef) -> AggSpec {
+        let args: Vec<Expr> = aggs.iter().flat_map(|a| a.args.iter().cloned()).collect();
+        AggSpec { group, aggs, args: ExprList::new(&args), input_schema, output_schema }
+    }
 }
 
 struct GroupTable {
@@ -65,7 +75,11 @@ impl GroupTable {
         let (Some(converter), Some(stored)) = (&self.converter, &mut self.keys) else {
             return Ok(vec![0; rows]);
         };
-        let encoded = converter.convert_columns(keys)?;
+        if let Some(codes) = DictionaryCodes::of(keys, rows) {
+            return self.groups_by_code(&codes, keys);
+        }
+        let keys = keys.iter().map(plain).collect::<Result<Vec<_>>>()?;
+        let encoded = converter.convert_columns(&keys)?;
         let mut groups = Vec::with_capacity(rows);
         let mut previous: Option<(arrow::row::Row<'_>, u32)> = None;
         for row in encoded.iter() {
@@ -90,15 +104,34 @@ impl GroupTable {
         Ok(groups)
     }
 
+    /// Group ids of dictionary-encoded keys: each distinct code combination is looked up once.
+    fn groups_by_code(&mut self, codes: &DictionaryCodes, keys: &[ArrayRef]) -> Result<Vec<u32>> {
+        const UNSEEN: u32 = u32::MAX;
+        let mut slot = vec![UNSEEN; codes.combinations];
+        let mut first_rows: Vec<u32> = vec![];
+        for (row, code) in codes.codes.iter().enumerate() {
+            let s = &mut slot[*code as usize];
+            if *s == UNSEEN {
+                *s = first_rows.len() as u32;
+                first_rows.push(row as u32);
+            }
+        }
+        let indices = arrow::array::UInt32Array::from(first_rows);
+        let distinct = keys.iter().map(|k| plain(&arrow::compute::take(k, &indices, None)?)).collect::<Result<Vec<_>>>()?;
+        let group_of_slot = self.groups(&distinct, indices.len())?;
+        Ok(codes.codes.iter().map(|c| group_of_slot[slot[*c as usize] as usize]).collect())
+    }
+
     fn update(&mut self, spec: &AggSpec, batch: &RecordBatch) -> Result<()> {
         let keys = spec.group.iter().map(|g| evaluate(g, batch)).collect::<Result<Vec<_>>>()?;
         let groups = self.groups(&keys, batch.num_rows())?;
+        let mut values = spec.args.evaluate(batch)?.into_iter();
         for (acc, call) in self.accs.iter_mut().zip(&spec.aggs) {
             let args = call
                 .args
                 .iter()
-                .map(|a| {
-                    let v = evaluate(a, batch)?;
+                .map(|_| {
+                    let v = values.next().ok_or_else(|| RiffleError::exec("aggregate argument count mismatch"))?;
                     let want = accumulators::input_type(call, v.data_type());
                     Ok(match (v.data_type(), &want) {
                         // Same scale: the i128 values are already right; a cast would only re-validate them.
@@ -139,6 +172,52 @@ impl GroupTable {
 
     fn size(&self) -> usize {
         self.keys.as_ref().map_or(0, |k| k.size()) * 2 + self.accs.iter().map(|a| a.size()).sum::<usize>()
+    }
+}
+
+/// Per-row codes of keys that are all dictionary-encoded with small dictionaries: the code combines
+/// the dictionary keys of every column (null is one more code), so equal codes mean equal keys.
+struct DictionaryCodes {
+    codes: Vec<u32>,
+    combinations: usize,
+}
+
+impl DictionaryCodes {
+    /// Beyond this many combinations a hash lookup per row is as cheap as the code table.
+    const MAX_COMBINATIONS: usize = 1 << 16;
+
+    fn of(keys: &[ArrayRef], rows: usize) -> Option<DictionaryCodes> {
+        let mut codes = vec![0u32; rows];
+        let mut combinations = 1usize;
+        for key in keys {
+            let dict = key.as_dictionary_opt::<Int32Type>()?;
+            let width = dict.values().len() + 1;
+            combinations = combinations.checked_mul(width).filter(|c| *c <= Self::MAX_COMBINATIONS)?;
+            let null_code = dict.values().len() as u32;
+            let width = width as u32;
+            match dict.keys().nulls() {
+                None => {
+                    for (c, k) in codes.iter_mut().zip(dict.keys().values()) {
+                        *c = *c * width + (*k as u32).min(null_code);
+                    }
+                }
+                Some(nulls) => {
+                    for (i, (c, k)) in codes.iter_mut().zip(dict.keys().values()).enumerate() {
+                        let k = if nulls.is_valid(i) { (*k as u32).min(null_code) } else { null_code };
+                        *c = *c * width + k;
+                    }
+                }
+            }
+        }
+        Some(DictionaryCodes { codes, combinations })
+    }
+}
+
+/// A dictionary-encoded column expanded to its value type; other columns as they are.
+fn plain(array: &ArrayRef) -> Result<ArrayRef> {
+    match array.data_type() {
+        DataType::Dictionary(_, value) => Ok(arrow::compute::cast(array, value)?),
+        _ => Ok(array.clone()),
     }
 }
 

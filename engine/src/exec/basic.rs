@@ -6,7 +6,8 @@ use arrow::datatypes::SchemaRef;
 
 use super::Operator;
 use crate::error::Result;
-use crate::eval::{evaluate, evaluate_predicate};
+use crate::cse::ExprList;
+use crate::eval::evaluate_predicate;
 use crate::logical::Expr;
 use crate::message::Message;
 
@@ -26,30 +27,25 @@ impl Operator for FilterOp {
 }
 
 pub struct ProjectOp {
-    pub exprs: Vec<Expr>,
+    pub exprs: ExprList,
     pub schema: SchemaRef,
 }
 
 impl Operator for ProjectOp {
     fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        out.push(Message::Batch(project_batch(&batch, &self.exprs, &self.schema)?));
+        let columns = self.exprs.evaluate(&batch)?;
+        let columns = columns
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { Ok(arrow::compute::cast(&c, f.data_type())?) })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(Message::Batch(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?));
         Ok(())
     }
-}
-
-/// Evaluates `exprs` over `batch` into a batch of `schema`.
-pub fn project_batch(batch: &RecordBatch, exprs: &[Expr], schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = exprs.iter().map(|e| evaluate(e, batch)).collect::<Result<Vec<_>>>()?;
-    let columns = columns
-        .into_iter()
-        .zip(schema.fields())
-        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { Ok(arrow::compute::cast(&c, f.data_type())?) })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )?)
 }
 
 /// OFFSET `skip` then at most `fetch` rows. Runs in a single partition so the count is global.

@@ -110,10 +110,11 @@ impl Builder<'_> {
         let metrics = self.metrics[id].clone();
         let batch_size = self.config.batch_size.max(1);
         Ok(match plan {
-            PhysicalPlan::Scan { source, projection, filter, schema, .. } => {
+            PhysicalPlan::Scan { source, projection, filter, dictionary, schema, .. } => {
                 let shared = Arc::new(ScanShared::new(
                     source.clone(),
                     projection.clone(),
+                    dictionary.clone(),
                     schema.clone(),
                     batch_size,
                     filter.as_ref(),
@@ -147,7 +148,7 @@ impl Builder<'_> {
             }
             PhysicalPlan::Project { input, exprs, schema } => {
                 let mut open = self.open(input)?;
-                let (exprs, schema) = (exprs.clone(), schema.clone());
+                let (exprs, schema) = (crate::cse::ExprList::new(exprs), schema.clone());
                 open.push(&metrics, move || Box::new(ProjectOp { exprs: exprs.clone(), schema: schema.clone() }));
                 open
             }
@@ -168,7 +169,7 @@ impl Builder<'_> {
                 let input_schema = input.schema();
                 let open = self.open(input)?;
                 let output = self.breaker_output(self.threads);
-                let spec = AggSpec { group: group.clone(), aggs: aggs.clone(), input_schema, output_schema: schema.clone() };
+                let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
                 let shared = Arc::new(AggShared::new(spec, open.partitions, output.clone(), batch_size, metrics));
                 self.close(open, &|_| Ok(Box::new(AggregateSink::new(shared.clone())?)))?;
                 Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }

@@ -19,6 +19,7 @@ use crate::message::Message;
 pub struct ScanShared {
     source: Arc<TableSource>,
     projection: Vec<usize>,
+    dictionary: Vec<bool>,
     schema: SchemaRef,
     morsels: Mutex<VecDeque<Work>>,
     batch_size: usize,
@@ -33,6 +34,7 @@ impl ScanShared {
     pub fn new(
         source: Arc<TableSource>,
         projection: Vec<usize>,
+        dictionary: Vec<bool>,
         schema: SchemaRef,
         batch_size: usize,
         filter: Option<&Expr>,
@@ -64,7 +66,22 @@ impl ScanShared {
                 v
             }
         };
-        Ok(ScanShared { source, projection, schema, morsels: Mutex::new(work), batch_size })
+        Ok(ScanShared { source, projection, dictionary, schema, morsels: Mutex::new(work), batch_size })
+    }
+
+    /// The batch under the plan's column names; a column keeps its dictionary encoding if it has one.
+    fn rename(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let fields: Vec<arrow::datatypes::Field> = self
+            .schema
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(f, c)| match c.data_type() {
+                d @ arrow::datatypes::DataType::Dictionary(..) => f.as_ref().clone().with_data_type(d.clone()),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        Ok(RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), batch.columns().to_vec())?)
     }
 
     fn take(&self) -> Option<Work> {
@@ -109,6 +126,7 @@ impl ScanSource {
                         &m,
                         &self.shared.source.schema,
                         &self.shared.projection,
+                        &self.shared.dictionary,
                         self.shared.batch_size,
                     )?);
                 }
@@ -127,11 +145,7 @@ impl Source for ScanSource {
         }
         match self.next_batch()? {
             Some(batch) => {
-                let batch = if batch.schema() != self.shared.schema {
-                    RecordBatch::try_new(self.shared.schema.clone(), batch.columns().to_vec())?
-                } else {
-                    batch
-                };
+                let batch = if batch.schema() != self.shared.schema { self.shared.rename(batch)? } else { batch };
                 self.batches += 1;
                 if self.stream {
                     // Control messages ride along with the data as they would from a live source.
