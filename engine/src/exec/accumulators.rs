@@ -139,20 +139,8 @@ impl GroupsAccumulator for Count {
 
     fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
         self.counts.resize(n, 0);
-        match values.first().filter(|_| !self.star) {
-            Some(v) if v.null_count() > 0 => {
-                for (i, g) in groups.iter().enumerate() {
-                    if v.is_valid(i) {
-                        self.counts[*g as usize] += 1;
-                    }
-                }
-            }
-            _ => {
-                for g in groups {
-                    self.counts[*g as usize] += 1;
-                }
-            }
-        }
+        let nulls = values.first().filter(|_| !self.star).and_then(|v| v.logical_nulls());
+        scatter_add(groups, nulls.as_ref(), &mut self.counts, |_| 1, i64::checked_add);
         Ok(())
     }
 
@@ -204,38 +192,92 @@ impl CheckedSum for Decimal128Type {
 
 struct Sum<T: CheckedSum> {
     sums: Vec<T::Native>,
-    seen: Vec<bool>,
+    /// Which groups have had a value (the others sum to NULL); `None` while every group has, which
+    /// spares the hot loop a store per row as long as the input holds no NULLs.
+    seen: Option<Vec<bool>>,
     ty: DataType,
 }
 
 impl<T: CheckedSum> Sum<T> {
     fn new(ty: DataType) -> Self {
-        Sum { sums: vec![], seen: vec![], ty }
+        Sum { sums: vec![], seen: None, ty }
+    }
+
+    fn seen_mut(&mut self) -> &mut Vec<bool> {
+        let had = self.sums.len();
+        self.seen.get_or_insert_with(|| vec![true; had])
     }
 
     fn accumulate(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
-        self.sums.resize(n, T::Native::default());
-        self.seen.resize(n, false);
         let v = values.as_primitive::<T>();
-        let overflow = || {
-            RiffleError::exec(format!("overflow in sum() of {}: cast the argument to a wider type (e.g. DOUBLE)", sql_name(&self.ty)))
-        };
-        if v.null_count() == 0 {
-            for (x, g) in v.values().iter().zip(groups) {
-                let g = *g as usize;
-                self.sums[g] = T::add_checked(self.sums[g], *x).ok_or_else(overflow)?;
-                self.seen[g] = true;
+        // New groups come from rows of this batch, so without NULLs they all get a value; only the
+        // single group of an aggregate without GROUP BY exists before any row.
+        if v.null_count() > 0 || (groups.is_empty() && n > self.sums.len()) {
+            self.seen_mut();
+        }
+        self.sums.resize(n, T::Native::default());
+        let xs = v.values();
+        if !scatter_add(groups, v.nulls(), &mut self.sums, |i| xs[i], T::add_checked) {
+            return Err(RiffleError::exec(format!(
+                "overflow in sum() of {}: cast the argument to a wider type (e.g. DOUBLE)",
+                sql_name(&self.ty)
+            )));
+        }
+        if let Some(seen) = &mut self.seen {
+            seen.resize(n, false);
+            for_valid(groups, v.nulls(), |g, _| seen[g] = true);
+        }
+        Ok(())
+    }
+}
+
+/// Adds `value(row)` of every row not masked by `nulls` into its group's slot; false when `add`
+/// overflows. This is the aggregate's hot loop. With few groups nearly every row updates a slot the
+/// row before just updated, and each addition waits for the previous one; spreading consecutive rows
+/// over separate lanes lets the additions overlap.
+fn scatter_add<N: Copy + Default>(
+    groups: &[u32],
+    nulls: Option<&arrow::buffer::NullBuffer>,
+    slots: &mut [N],
+    value: impl Fn(usize) -> N,
+    add: impl Fn(N, N) -> Option<N>,
+) -> bool {
+    const LANES: usize = 4;
+    const LANED_GROUPS: usize = 64;
+    let mut ok = true;
+    let mut add_into = |slot: &mut N, x: N| match add(*slot, x) {
+        Some(s) => *slot = s,
+        None => ok = false,
+    };
+    match nulls.filter(|n| n.null_count() > 0) {
+        None if slots.len() <= LANED_GROUPS => {
+            let mut lanes = vec![[N::default(); LANES]; slots.len()];
+            let full = groups.len() / LANES * LANES;
+            for (c, g) in groups[..full].chunks_exact(LANES).enumerate() {
+                for l in 0..LANES {
+                    add_into(&mut lanes[g[l] as usize][l], value(c * LANES + l));
+                }
             }
-        } else {
-            for (i, g) in groups.iter().enumerate() {
-                if v.is_valid(i) {
-                    let g = *g as usize;
-                    self.sums[g] = T::add_checked(self.sums[g], v.value(i)).ok_or_else(overflow)?;
-                    self.seen[g] = true;
+            for (i, g) in groups.iter().enumerate().skip(full) {
+                add_into(&mut lanes[*g as usize][0], value(i));
+            }
+            for (slot, lane) in slots.iter_mut().zip(&lanes) {
+                for x in lane {
+                    add_into(slot, *x);
                 }
             }
         }
-        Ok(())
+        None => groups.iter().enumerate().for_each(|(i, g)| add_into(&mut slots[*g as usize], value(i))),
+        Some(nulls) => nulls.valid_indices().for_each(|i| add_into(&mut slots[groups[i] as usize], value(i))),
+    }
+    ok
+}
+
+/// Calls `f(group, row)` for every row whose value is not null.
+fn for_valid(groups: &[u32], nulls: Option<&arrow::buffer::NullBuffer>, mut f: impl FnMut(usize, usize)) {
+    match nulls.filter(|n| n.null_count() > 0) {
+        None => groups.iter().enumerate().for_each(|(i, g)| f(*g as usize, i)),
+        Some(nulls) => nulls.valid_indices().for_each(|i| f(groups[i] as usize, i)),
     }
 }
 
@@ -245,14 +287,18 @@ impl<T: CheckedSum> ValueAccumulator for Sum<T> {
     }
 
     fn grow(&mut self, n: usize) {
-        self.sums.resize(n, T::Native::default());
-        self.seen.resize(n, false);
+        if n > self.sums.len() {
+            self.seen_mut().resize(n, false);
+            self.sums.resize(n, T::Native::default());
+        }
     }
 
     fn take(&mut self) -> Result<ArrayRef> {
         let sums = std::mem::take(&mut self.sums);
-        let seen = std::mem::take(&mut self.seen);
-        let arr: PrimitiveArray<T> = sums.into_iter().zip(seen).map(|(s, ok)| ok.then_some(s)).collect();
+        let arr: PrimitiveArray<T> = match self.seen.take() {
+            None => PrimitiveArray::new(sums.into(), None),
+            Some(seen) => sums.into_iter().zip(seen).map(|(s, ok)| ok.then_some(s)).collect(),
+        };
         let arr = arr.with_data_type(self.ty.clone());
         if let DataType::Decimal128(p, _) = &self.ty {
             arr.as_any()
@@ -265,7 +311,7 @@ impl<T: CheckedSum> ValueAccumulator for Sum<T> {
     }
 
     fn bytes(&self) -> usize {
-        self.sums.capacity() * std::mem::size_of::<T::Native>() + self.seen.capacity()
+        self.sums.capacity() * std::mem::size_of::<T::Native>() + self.seen.as_ref().map_or(0, |s| s.capacity())
     }
 }
 
@@ -284,28 +330,22 @@ impl Avg {
 
     fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef, counts: Option<&Int64Array>) -> Result<()> {
         self.counts.resize(n, 0);
-        let count = |i: usize| counts.map_or(1, |c| c.value(i));
-        if self.scale.is_some() {
+        let ok = if self.scale.is_some() {
             self.exact.resize(n, 0);
-            let v = values.as_primitive::<Decimal128Type>();
-            for (i, g) in groups.iter().enumerate() {
-                if v.is_valid(i) {
-                    let g = *g as usize;
-                    self.exact[g] = self.exact[g].checked_add(v.value(i)).ok_or_else(|| RiffleError::exec("overflow in avg()"))?;
-                    self.counts[g] += count(i);
-                }
-            }
+            let xs = values.as_primitive::<Decimal128Type>().values();
+            scatter_add(groups, values.nulls(), &mut self.exact, |i| xs[i], i128::checked_add)
         } else {
             self.sums.resize(n, 0.0);
-            let v = values.as_primitive::<Float64Type>();
-            for (i, g) in groups.iter().enumerate() {
-                if v.is_valid(i) {
-                    let g = *g as usize;
-                    self.sums[g] += v.value(i);
-                    self.counts[g] += count(i);
-                }
-            }
+            let xs = values.as_primitive::<Float64Type>().values();
+            scatter_add(groups, values.nulls(), &mut self.sums, |i| xs[i], |a, b| Some(a + b))
+        };
+        if !ok {
+            return Err(RiffleError::exec("overflow in avg(): cast the argument to DOUBLE"));
         }
+        match counts {
+            None => scatter_add(groups, values.nulls(), &mut self.counts, |_| 1, i64::checked_add),
+            Some(c) => scatter_add(groups, values.nulls(), &mut self.counts, |i| c.value(i), i64::checked_add),
+        };
         Ok(())
     }
 }
