@@ -251,6 +251,15 @@ fn push_down(plan: LogicalPlan, preds: Vec<Expr>) -> Result<LogicalPlan> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// How many columns a join outputs, given its inputs' widths.
+fn join_width(kind: JoinKind, nl: usize, nr: usize) -> usize {
+    match kind {
+        JoinKind::Mark => nl + 1,
+        _ if kind.keeps_right() => nl + nr,
+        _ => nl,
+    }
+}
+
 fn push_join(
     left: LogicalPlan,
     right: LogicalPlan,
@@ -282,7 +291,7 @@ fn push_join(
                 (false, true) => to_right.push(shift_down(p)),
                 (true, true) => cond.push(p),
             },
-            JoinKind::Semi | JoinKind::Anti | JoinKind::Left | JoinKind::Single if !r => to_left.push(p),
+            JoinKind::Semi | JoinKind::Anti | JoinKind::Left | JoinKind::Single | JoinKind::Mark if !r => to_left.push(p),
             JoinKind::Right if !l && r => to_right.push(shift_down(p)),
             _ => above.push(p),
         }
@@ -291,7 +300,8 @@ fn push_join(
     for p in filter.map(split_conjuncts).unwrap_or_default() {
         let (l, r) = side(&p);
         let pushable_left = matches!(kind, JoinKind::Inner | JoinKind::Semi | JoinKind::Right);
-        let pushable_right = matches!(kind, JoinKind::Inner | JoinKind::Semi | JoinKind::Anti | JoinKind::Left | JoinKind::Single);
+        let pushable_right =
+            matches!(kind, JoinKind::Inner | JoinKind::Semi | JoinKind::Anti | JoinKind::Left | JoinKind::Single | JoinKind::Mark);
         match (l, r) {
             (true, false) if pushable_left => to_left.push(p),
             (false, true) if pushable_right => to_right.push(shift_down(p)),
@@ -459,8 +469,12 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             let both: ColumnMap = lmap.iter().copied().chain(rmap.iter().map(|m| m.map(|j| j + new_nl))).collect();
             let filter = filter.map(|f| remap_with(f, &both));
             let schema = join_schema(&left.schema(), &right.schema(), kind);
-            let map = if kind.keeps_right() { both } else { lmap };
-            debug_assert_eq!(map.len(), if kind.keeps_right() { nl + nr } else { nl });
+            let map = match kind {
+                JoinKind::Mark => lmap.iter().copied().chain([Some(new_nl)]).collect(),
+                _ if kind.keeps_right() => both,
+                _ => lmap,
+            };
+            debug_assert_eq!(map.len(), join_width(kind, nl, nr));
             (LogicalPlan::Join { left: Box::new(left), right: Box::new(right), kind, on, filter, null_aware, schema }, map)
         }
         LogicalPlan::Sort { input, keys, fetch } => {

@@ -80,6 +80,27 @@ fn reference(kind: &str, l: &[Row], r: &[Row]) -> Vec<String> {
     out
 }
 
+/// `l.k IN (SELECT k FROM r)` per row: 1, 0, or NULL where SQL says unknown.
+fn reference_in(l: &[Row], r: &[Row]) -> Vec<String> {
+    let r_has_null = r.iter().any(|b| b.0.is_none());
+    let mut out: Vec<String> = l
+        .iter()
+        .map(|a| {
+            let found = a.0.is_some() && r.iter().any(|b| b.0 == a.0);
+            let mark = if found {
+                Some(1)
+            } else if !r.is_empty() && (a.0.is_none() || r_has_null) {
+                None
+            } else {
+                Some(0)
+            };
+            format!("{},{},{}", fmt(a.0), a.1, fmt(mark))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 fn rows() -> impl Strategy<Value = Vec<Row>> {
     prop::collection::vec((prop::option::weighted(0.8, 0..6i32), -50..50i32), 0..25)
 }
@@ -99,6 +120,13 @@ proptest! {
         prop_assert_eq!(semi, reference("SEMI", &l, &r));
         let anti = run(&mut s, "SELECT k, v FROM l WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.k = l.k)");
         prop_assert_eq!(anti, reference("ANTI", &l, &r));
+        // Mark joins: IN as a value (three-valued), EXISTS under OR.
+        let mark = run(&mut s, "SELECT k, v, CAST(CASE WHEN k IN (SELECT k FROM r) THEN 1 WHEN NOT (k IN (SELECT k FROM r)) THEN 0 END AS INTEGER) FROM l");
+        prop_assert_eq!(mark, reference_in(&l, &r));
+        let or = run(&mut s, "SELECT k, v FROM l WHERE v > 40 OR EXISTS (SELECT 1 FROM r WHERE r.k = l.k)");
+        let mut want: Vec<String> = l.iter().filter(|a| a.1 > 40 || r.iter().any(|b| a.0.is_some() && a.0 == b.0)).map(|a| format!("{},{}", fmt(a.0), a.1)).collect();
+        want.sort();
+        prop_assert_eq!(or, want);
         // A non-equi condition takes the nested-loop path; it must agree with the hash join.
         let nlj = run(&mut s, "SELECT l.k, l.v, r.k, r.v FROM l JOIN r ON l.k <= r.k AND l.k >= r.k");
         prop_assert_eq!(nlj, reference("INNER", &l, &r));

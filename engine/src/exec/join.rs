@@ -272,44 +272,79 @@ impl Operator for ProbeOp {
             // x NOT IN (… NULL …) is never true.
             return Ok(());
         }
-        let mut matched = vec![false; n];
         let emits_pairs = spec.kind.keeps_right();
-        self.candidates(&probe, table, &mut |pi, bi| {
-            let (pi, bi) = (UInt32Array::from(pi), UInt32Array::from(bi));
-            let (pi, bi, pairs) = match &spec.filter {
-                Some(filter) => {
-                    let pairs = pair_batch(spec, &probe, &table.batch, &pi, &bi)?;
-                    let mask: BooleanArray = evaluate_predicate(filter, &pairs)?;
-                    let pi = arrow::compute::filter(&pi, &mask)?;
-                    let bi = arrow::compute::filter(&bi, &mask)?;
-                    let pairs = if emits_pairs { Some(filter_record_batch(&pairs, &mask)?) } else { None };
-                    (downcast_u32(&pi)?, downcast_u32(&bi)?, pairs)
+        // Without keys or a condition a row matches when the build side has any row (EXISTS over an
+        // uncorrelated subquery): no need to list the pairs.
+        let trivial = table.converter.is_none() && spec.filter.is_none() && !emits_pairs;
+        let mut matched = vec![trivial && build_rows > 0; n];
+        if !trivial {
+            self.candidates(&probe, table, &mut |pi, bi| {
+                let (pi, bi) = (UInt32Array::from(pi), UInt32Array::from(bi));
+                let (pi, bi, pairs) = match &spec.filter {
+                    Some(filter) => {
+                        let pairs = pair_batch(spec, &probe, &table.batch, &pi, &bi)?;
+                        let mask: BooleanArray = evaluate_predicate(filter, &pairs)?;
+                        let pi = arrow::compute::filter(&pi, &mask)?;
+                        let bi = arrow::compute::filter(&bi, &mask)?;
+                        let pairs = if emits_pairs { Some(filter_record_batch(&pairs, &mask)?) } else { None };
+                        (downcast_u32(&pi)?, downcast_u32(&bi)?, pairs)
+                    }
+                    None => {
+                        let pairs = if emits_pairs { Some(pair_batch(spec, &probe, &table.batch, &pi, &bi)?) } else { None };
+                        (pi, bi, pairs)
+                    }
+                };
+                for i in pi.values() {
+                    matched[*i as usize] = true;
                 }
-                None => {
-                    let pairs = if emits_pairs { Some(pair_batch(spec, &probe, &table.batch, &pi, &bi)?) } else { None };
-                    (pi, bi, pairs)
+                if !table.visited.is_empty() {
+                    for j in bi.values() {
+                        table.visited[*j as usize].store(true, Ordering::Relaxed);
+                    }
                 }
+                if let Some(p) = pairs {
+                    if p.num_rows() > 0 {
+                        let p = RecordBatch::try_new_with_options(
+                            spec.output_schema.clone(),
+                            p.columns().to_vec(),
+                            &RecordBatchOptions::new().with_row_count(Some(p.num_rows())),
+                        )?;
+                        out.push(Message::Batch(p));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        if spec.kind == JoinKind::Mark {
+            let unknown = if spec.null_aware && build_rows > 0 {
+                if table.has_null_key {
+                    None
+                } else {
+                    let keys = spec.probe_keys.iter().map(|k| evaluate(k, &probe)).collect::<Result<Vec<_>>>()?;
+                    Some(null_mask(&keys))
+                }
+            } else {
+                Some(None)
             };
-            for i in pi.values() {
-                matched[*i as usize] = true;
-            }
-            if !table.visited.is_empty() {
-                for j in bi.values() {
-                    table.visited[*j as usize].store(true, Ordering::Relaxed);
-                }
-            }
-            if let Some(p) = pairs {
-                if p.num_rows() > 0 {
-                    let p = RecordBatch::try_new_with_options(
-                        spec.output_schema.clone(),
-                        p.columns().to_vec(),
-                        &RecordBatchOptions::new().with_row_count(Some(p.num_rows())),
-                    )?;
-                    out.push(Message::Batch(p));
-                }
-            }
-            Ok(())
-        })?;
+            // `unknown`: None = every unmatched row is unknown (the right side holds a NULL key);
+            // Some(mask) = the unmatched rows with a NULL probe key are.
+            let mark: BooleanArray = (0..n)
+                .map(|i| match (matched[i], &unknown) {
+                    (true, _) => Some(true),
+                    (false, None) => None,
+                    (false, Some(Some(nulls))) if nulls[i] => None,
+                    (false, Some(_)) => Some(false),
+                })
+                .collect();
+            let mut cols = probe.columns().to_vec();
+            cols.push(std::sync::Arc::new(mark));
+            out.push(Message::Batch(RecordBatch::try_new_with_options(
+                spec.output_schema.clone(),
+                cols,
+                &RecordBatchOptions::new().with_row_count(Some(n)),
+            )?));
+            return Ok(());
+        }
         let keep: Option<BooleanArray> = match spec.kind {
             JoinKind::Left | JoinKind::Full | JoinKind::Single => Some(matched.iter().map(|m| !m).collect()),
             JoinKind::Semi => Some(matched.iter().copied().collect()),
@@ -320,7 +355,7 @@ impl Operator for ProbeOp {
                 Some((0..n).map(|i| !matched[i] && !nulls.as_ref().is_some_and(|m| m[i])).collect())
             }
             JoinKind::Anti => Some(matched.iter().map(|m| !m).collect()),
-            JoinKind::Inner | JoinKind::Right => None,
+            JoinKind::Inner | JoinKind::Right | JoinKind::Mark => None,
         };
         if let Some(keep) = keep {
             if keep.true_count() > 0 {

@@ -53,12 +53,16 @@ pub enum JoinKind {
     /// A left join where each left row may match at most one right row (a scalar subquery);
     /// a second match is an error.
     Single,
+    /// Every left row plus a BOOLEAN `mark`: whether it has a match. With `null_aware` (from IN) the
+    /// mark is NULL where SQL's IN is unknown: no match, a non-empty right side, and a NULL key on
+    /// either side. EXISTS / IN that are not plain WHERE conjuncts (under OR, in SELECT) become these.
+    Mark,
 }
 
 impl JoinKind {
     /// Whether the output has the right side's columns.
     pub fn keeps_right(self) -> bool {
-        !matches!(self, JoinKind::Semi | JoinKind::Anti)
+        !matches!(self, JoinKind::Semi | JoinKind::Anti | JoinKind::Mark)
     }
 }
 
@@ -107,6 +111,9 @@ pub fn join_schema(left: &Schema, right: &Schema, kind: JoinKind) -> SchemaRef {
         left.fields().iter().map(|f| f.as_ref().clone().with_nullable(f.is_nullable() || nullable_left)).collect();
     if kind.keeps_right() {
         fields.extend(right.fields().iter().map(|f| f.as_ref().clone().with_nullable(f.is_nullable() || nullable_right)));
+    }
+    if kind == JoinKind::Mark {
+        fields.push(Field::new("mark", DataType::Boolean, true));
     }
     Arc::new(Schema::new(fields))
 }

@@ -206,12 +206,15 @@ impl Binder<'_> {
                     .collect::<Result<_>>()?;
                 Expr::InList { expr: Box::new(v), list, negated: *negated }
             }
-            ast::Expr::In { .. } | ast::Expr::Exists { .. } => {
-                return Err(sql_error(
-                    "IN (subquery) and EXISTS are supported as conditions of WHERE joined by AND",
-                    expr_pos(e),
-                ))
+            ast::Expr::Exists { subquery, negated } => {
+                let mark = self.mark_subquery(subquery, None, cx)?;
+                if *negated { Expr::Not(Box::new(mark)) } else { mark }
             }
+            ast::Expr::In { expr, target: ast::InTarget::Subquery(q), negated, .. } => {
+                let mark = self.mark_subquery(q, Some(expr), cx)?;
+                if *negated { Expr::Not(Box::new(mark)) } else { mark }
+            }
+            ast::Expr::In { .. } => return Err(sql_error("this form of IN is not supported", expr_pos(e))),
             ast::Expr::Subquery(q) => self.scalar_subquery(q, cx)?,
             ast::Expr::Like { negated, expr, pattern, escape_char, any: false }
             | ast::Expr::ILike { negated, expr, pattern, escape_char, any: false } => {

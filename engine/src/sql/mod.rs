@@ -595,36 +595,73 @@ impl<'a> Binder<'a> {
         let result = self.bind_expr(e, &mut cx);
         let joined = std::mem::replace(&mut self.subquery_joins, outer_joins);
         let bound = result?;
-        // Each scalar subquery was bound as a column past the end of the scope; join them in order.
-        for (sub_plan, sub_scope, on) in joined.joins {
+        // Each subquery was bound as columns past the end of the scope; join them in order.
+        for j in joined.joins {
             let left_width = scope.len();
-            let kind = JoinKind::Single;
-            let schema = join_schema(&plan.schema(), &sub_plan.schema(), kind);
-            let filter = Expr::conjunction(on.into_iter().map(|(l, r)| {
-                Expr::binary(crate::logical::BinaryOp::Eq, l, r.remap(&|i| i + left_width))
-            }).collect());
+            let shift = left_width - j.outer_width;
+            let mut conds: Vec<Expr> = Vec::new();
+            let mut on = Vec::new();
+            for (l, r) in j.on {
+                if j.kind == JoinKind::Mark {
+                    // Kept as hash keys: a null-aware mark needs to know which keys are NULL.
+                    on.push((l, r));
+                } else {
+                    conds.push(Expr::binary(crate::logical::BinaryOp::Eq, l, r.remap(&|i| i + left_width)));
+                }
+            }
+            if let Some(f) = j.filter {
+                conds.push(f.remap(&|i| if i >= j.outer_width { i + shift } else { i }));
+            }
+            let schema = join_schema(&plan.schema(), &j.plan.schema(), j.kind);
             *plan = LogicalPlan::Join {
                 left: Box::new(std::mem::replace(plan, LogicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) })),
-                right: Box::new(sub_plan),
-                kind,
-                on: vec![],
-                filter,
-                null_aware: false,
+                right: Box::new(j.plan),
+                kind: j.kind,
+                on,
+                filter: Expr::conjunction(conds),
+                null_aware: j.null_aware,
                 schema,
             };
-            *scope = scope.join(&sub_scope);
+            *scope = scope.join(&j.scope);
         }
         Ok(bound)
     }
 }
 
-/// A scalar subquery to join in: its plan, its scope, and correlation pairs (outer expr, subquery column).
-type SubqueryJoin = (LogicalPlan, Scope, Vec<(Expr, Expr)>);
+/// A subquery met while binding an expression, joined to the plan once the expression is bound. The
+/// expression reads what the join appends (`scope`): the subquery's value (a single-row join) or a
+/// match mark (EXISTS / IN as a mark join).
+pub(super) struct SubqueryJoin {
+    pub plan: LogicalPlan,
+    pub scope: Scope,
+    pub kind: JoinKind,
+    /// Equalities (outer expression, subquery column).
+    pub on: Vec<(Expr, Expr)>,
+    /// A condition over the outer columns followed by the subquery's (correlated EXISTS).
+    pub filter: Option<Expr>,
+    /// How many outer columns `filter` was bound with; later joins shift the subquery's columns.
+    pub outer_width: usize,
+    pub null_aware: bool,
+}
 
-/// Scalar subqueries found while binding one expression, to be joined to the plan afterwards.
+/// Subqueries found while binding one expression, to be joined to the plan afterwards.
 #[derive(Default)]
 pub struct SubqueryJoins {
     joins: Vec<SubqueryJoin>,
+}
+
+impl SubqueryJoin {
+    /// A scalar subquery: at most one row per outer row.
+    pub fn single(plan: LogicalPlan, scope: Scope, on: Vec<(Expr, Expr)>, outer_width: usize) -> SubqueryJoin {
+        SubqueryJoin { plan, scope, kind: JoinKind::Single, on, filter: None, outer_width, null_aware: false }
+    }
+}
+
+impl SubqueryJoins {
+    /// Columns the pending joins will append.
+    pub(super) fn width(&self) -> usize {
+        self.joins.iter().map(|j| j.scope.len()).sum()
+    }
 }
 
 fn sort_key(expr: Expr, o: &ast::OrderByExpr) -> SortKey {

@@ -5,7 +5,7 @@
 use sqlparser::ast::{self, SetExpr};
 
 use super::expr::expr_pos;
-use super::{and_all, conjuncts, contains_aggregate, join, resolves_in, Binder, ExprContext, Scope};
+use super::{and_all, conjuncts, contains_aggregate, join, resolves_in, Binder, ExprContext, Scope, ScopeColumn, SubqueryJoin};
 use crate::error::{sql_error, Result, RiffleError};
 use crate::functions::ScalarFunc;
 use crate::logical::{BinaryOp, Expr, JoinKind, LogicalPlan};
@@ -163,6 +163,80 @@ impl Binder<'_> {
         }
     }
 
+    /// EXISTS / IN (subquery) inside an expression (under OR, in SELECT): registers a mark join and
+    /// returns the column that will hold the mark. `NOT` around it keeps SQL's answer, NULL included.
+    pub(super) fn mark_subquery(&mut self, q: &ast::Query, in_expr: Option<&ast::Expr>, cx: &mut ExprContext) -> Result<Expr> {
+        let outer = cx.scope;
+        let index = outer.len() + self.subquery_joins.width();
+        let mark_scope = Scope {
+            columns: vec![ScopeColumn {
+                qualifier: None,
+                name: String::new(),
+                ty: arrow::datatypes::DataType::Boolean,
+                nullable: true,
+                using_duplicate: false,
+            }],
+        };
+        let join = match self.classify(q, outer)? {
+            Ok((sub, sub_scope)) => {
+                let mut on = vec![];
+                if let Some(x) = in_expr {
+                    if sub_scope.len() != 1 {
+                        return Err(sql_error(
+                            format!("IN subquery must return one column, it returns {}", sub_scope.len()),
+                            expr_pos(x),
+                        ));
+                    }
+                    let xb = self.bind_expr(x, &mut ExprContext { scope: outer, aggs: None })?;
+                    on.push(self.compare_pair(xb, outer, Expr::Column(0), &sub_scope)?);
+                }
+                SubqueryJoin {
+                    plan: sub,
+                    scope: mark_scope,
+                    kind: JoinKind::Mark,
+                    on,
+                    filter: None,
+                    outer_width: outer.len(),
+                    null_aware: in_expr.is_some(),
+                }
+            }
+            Err(c) => {
+                if in_expr.is_some() {
+                    return Err(RiffleError::NotSupported(
+                        "a correlated IN subquery outside a WHERE condition joined by AND (write it as EXISTS)".into(),
+                    ));
+                }
+                if !matches!(c.select.group_by, ast::GroupByExpr::Expressions(ref g, _) if g.is_empty())
+                    || c.select.having.is_some()
+                {
+                    return Err(RiffleError::NotSupported("a correlated EXISTS subquery with GROUP BY or HAVING".into()));
+                }
+                let (fplan, fscope) = self.bind_from(&c.select.from)?;
+                let (right, rscope) = match and_all(c.local.clone()) {
+                    Some(w) => self.bind_where(fplan, fscope, &w)?,
+                    None => (fplan, fscope),
+                };
+                let both = outer.join(&rscope);
+                let mut conds = Vec::new();
+                for corr in &c.correlated {
+                    let b = self.bind_expr(corr, &mut ExprContext { scope: &both, aggs: None })?;
+                    conds.push(self.coerce(b, &arrow::datatypes::DataType::Boolean, &both)?);
+                }
+                SubqueryJoin {
+                    plan: right,
+                    scope: mark_scope,
+                    kind: JoinKind::Mark,
+                    on: vec![],
+                    filter: Expr::conjunction(conds),
+                    outer_width: outer.len(),
+                    null_aware: false,
+                }
+            }
+        };
+        self.subquery_joins.joins.push(join);
+        Ok(placeholder(index, arrow::datatypes::DataType::Boolean))
+    }
+
     /// Casts a left and a right expression (over different scopes) to their common type.
     fn compare_pair(&self, l: Expr, ls: &Scope, r: Expr, rs: &Scope) -> Result<(Expr, Expr)> {
         let (lt, rt) = (l.data_type(&ls.schema()), r.data_type(&rs.schema()));
@@ -175,8 +249,7 @@ impl Binder<'_> {
     /// column that will hold it.
     pub(super) fn scalar_subquery(&mut self, q: &ast::Query, cx: &mut ExprContext) -> Result<Expr> {
         let outer = cx.scope;
-        let pending: usize = self.subquery_joins.joins.iter().map(|(_, s, _)| s.len()).sum();
-        let index = outer.len() + pending;
+        let index = outer.len() + self.subquery_joins.width();
         match self.classify(q, outer)? {
             Ok((sub, sub_scope)) => {
                 if sub_scope.len() != 1 {
@@ -186,7 +259,7 @@ impl Binder<'_> {
                     )));
                 }
                 let ty = sub_scope.columns[0].ty.clone();
-                self.subquery_joins.joins.push((sub, sub_scope, vec![]));
+                self.subquery_joins.joins.push(SubqueryJoin::single(sub, sub_scope, vec![], outer.len()));
                 Ok(placeholder(index, ty))
             }
             Err(c) => {
@@ -230,7 +303,7 @@ impl Binder<'_> {
                     pairs.push(self.compare_pair(ob, outer, Expr::Column(k + 1), &sub_scope)?);
                 }
                 let ty = sub_scope.columns[0].ty.clone();
-                self.subquery_joins.joins.push((sub, sub_scope, pairs));
+                self.subquery_joins.joins.push(SubqueryJoin::single(sub, sub_scope, pairs, outer.len()));
                 let value = placeholder(index, ty);
                 // COUNT over no rows is 0, but the left join gives NULL for a group that has no rows.
                 let is_count = matches!(&item, ast::Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("count"));
