@@ -250,7 +250,6 @@ fn push_down(plan: LogicalPlan, preds: Vec<Expr>) -> Result<LogicalPlan> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 /// How many columns a join outputs, given its inputs' widths.
 fn join_width(kind: JoinKind, nl: usize, nr: usize) -> usize {
     match kind {
@@ -260,6 +259,7 @@ fn join_width(kind: JoinKind, nl: usize, nr: usize) -> usize {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn push_join(
     left: LogicalPlan,
     right: LogicalPlan,

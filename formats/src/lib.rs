@@ -8,7 +8,10 @@ mod write;
 
 pub use error::{FormatError, Result};
 pub use files::list_files;
-pub use read::{infer_schema, parquet_stats, plan_morsels, read_morsel, BatchReader, ColumnStats, Morsel};
+pub use read::{
+    infer_schema, parquet_metadata_with_page_index, parquet_page_stats, parquet_stats, plan_morsels, read_morsel, BatchReader,
+    ColumnStats, Morsel, PageStats,
+};
 pub use write::write_atomic;
 
 use std::path::Path;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::arrow::ProjectionMask;
 
 use crate::{CsvOptions, FileFormat, FormatError, Result};
@@ -24,6 +24,10 @@ pub struct Morsel {
     pub rows: Option<usize>,
     /// The file's Parquet footer, parsed once when the morsels were planned.
     pub parquet: Option<ArrowReaderMetadata>,
+    /// Rows of the (single) row group to read, ascending and disjoint, when page statistics showed
+    /// the others cannot pass the scan's filter; `None` reads them all. Pages holding none of these
+    /// rows are not read at all (given `parquet` carries the file's page index).
+    pub rows_to_read: Option<Vec<std::ops::Range<usize>>>,
 }
 
 /// An iterator of batches read from one morsel.
@@ -91,10 +95,11 @@ pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel
                         row_groups: Some(vec![i]),
                         rows: Some(rg.num_rows() as usize),
                         parquet: Some(meta.clone()),
+                        rows_to_read: None,
                     });
                 }
             }
-            _ => morsels.push(Morsel { file: file.clone(), row_groups: None, rows: None, parquet: None }),
+            _ => morsels.push(Morsel { file: file.clone(), row_groups: None, rows: None, parquet: None, rows_to_read: None }),
         }
     }
     Ok(morsels)
@@ -139,6 +144,9 @@ pub fn read_morsel(
             let mut builder = builder.with_projection(mask).with_batch_size(batch_size.max(1));
             if let Some(rgs) = &morsel.row_groups {
                 builder = builder.with_row_groups(rgs.clone());
+            }
+            if let (Some(ranges), Some(rows)) = (&morsel.rows_to_read, morsel.rows) {
+                builder = builder.with_row_selection(RowSelection::from_consecutive_ranges(ranges.iter().cloned(), rows));
             }
             let reader = builder.build().map_err(|e| FormatError::corrupt(&path, e))?;
             // Position of each projected file column inside the batches the reader yields.
@@ -286,6 +294,35 @@ pub struct ColumnStats {
     pub mins: ArrayRef,
     pub maxes: ArrayRef,
     pub null_counts: arrow::array::UInt64Array,
+}
+
+/// Statistics of each data page of one column in one row group, from the file's page index.
+pub struct PageStats {
+    pub mins: ArrayRef,
+    pub maxes: ArrayRef,
+    /// Rows in each page, in order: page `i` holds the rows after those of pages `0..i`.
+    pub row_counts: Vec<usize>,
+}
+
+/// A Parquet file's footer together with its page index (column and offset indexes), if it has one.
+pub fn parquet_metadata_with_page_index(path: &Path) -> Result<ArrowReaderMetadata> {
+    ArrowReaderMetadata::load(&open(path)?, ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional))
+        .map_err(|e| FormatError::corrupt(path, format!("not a valid Parquet file ({e})")))
+}
+
+/// Page statistics of column `name` in row group `row_group`; `None` when the file has no page index
+/// for it.
+pub fn parquet_page_stats(meta: &ArrowReaderMetadata, name: &str, row_group: usize) -> Option<PageStats> {
+    use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+    let pq = meta.metadata();
+    let (column_index, offset_index) = (pq.column_index()?, pq.offset_index()?);
+    let conv = StatisticsConverter::try_new(name, meta.schema(), pq.file_metadata().schema_descr()).ok()?;
+    let groups = [row_group];
+    let mins = conv.data_page_mins(column_index, offset_index, &groups).ok()?;
+    let maxes = conv.data_page_maxes(column_index, offset_index, &groups).ok()?;
+    let counts = conv.data_page_row_counts(offset_index, pq.row_groups(), &groups).ok()??;
+    let row_counts: Vec<usize> = counts.iter().map(|c| c.map(|c| c as usize)).collect::<Option<_>>()?;
+    (mins.len() == row_counts.len() && maxes.len() == row_counts.len()).then_some(PageStats { mins, maxes, row_counts })
 }
 
 /// Row-group statistics of the named columns of a Parquet file; `None` for a column without usable

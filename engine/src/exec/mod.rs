@@ -106,6 +106,8 @@ pub struct OpMetrics {
     /// Parquet row groups of a scan, and how many its filter's statistics ruled out.
     pub row_groups: AtomicU64,
     pub row_groups_pruned: AtomicU64,
+    /// Rows inside kept row groups that were never read: their pages' statistics ruled them out.
+    pub rows_skipped_by_pages: AtomicU64,
 }
 
 impl OpMetrics {
@@ -138,6 +140,10 @@ impl OpMetrics {
         if groups > 0 {
             let pruned = self.row_groups_pruned.load(Ordering::Relaxed);
             s.push_str(&format!(" row_groups={}/{groups} (pruned {pruned})", groups - pruned));
+            let skipped = self.rows_skipped_by_pages.load(Ordering::Relaxed);
+            if skipped > 0 {
+                s.push_str(&format!(" page_index_skipped_rows={skipped}"));
+            }
         }
         s.push(']');
         s
