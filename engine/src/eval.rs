@@ -182,7 +182,14 @@ fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
         BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul if decimal_fits(op, &lt, &rt) => decimal_arith(op, l, r)?,
         BinaryOp::Add => numeric::add(ld, rd)?,
         BinaryOp::Sub => numeric::sub(ld, rd)?,
-        BinaryOp::Mul => numeric::mul(ld, rd)?,
+        BinaryOp::Mul => numeric::mul(ld, rd).map_err(|e| match e {
+            arrow::error::ArrowError::ArithmeticOverflow(_) => RiffleError::exec(format!(
+                "overflow in multiplication of {} and {}: cast an operand to a wider type (e.g. DOUBLE)",
+                sql_name(&lt),
+                sql_name(&rt)
+            )),
+            other => other.into(),
+        })?,
         // As DuckDB: `/` is float division (x/0 is infinite); `//` and `%` by zero are errors.
         BinaryOp::Div => numeric::div(ld, rd)?,
         BinaryOp::IntDiv => match lt {
