@@ -10,8 +10,12 @@ use riffle_engine::{ExecConfig, Session};
 
 /// 10 row groups of 100 ids each, in order: group g holds ids 100g .. 100g+99.
 fn write_file(path: &std::path::Path) {
+    write_ids(path, WriterProperties::builder().set_max_row_group_row_count(Some(100)).build());
+}
+
+/// Ids 0..1000 in order, tagged `t{id % 7}`.
+fn write_ids(path: &std::path::Path, props: WriterProperties) {
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("tag", DataType::Utf8, false)]));
-    let props = WriterProperties::builder().set_max_row_group_row_count(Some(100)).build();
     let file = std::fs::File::create(path).expect("create");
     let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).expect("writer");
     let ids: Vec<i64> = (0..1000).collect();
@@ -75,19 +79,12 @@ fn string_group_keys_are_read_dictionary_encoded() {
 
 /// One row group of 1000 ids in order, in pages of 100 rows, with a page index.
 fn write_paged_file(path: &std::path::Path) {
-    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("tag", DataType::Utf8, false)]));
     let props = WriterProperties::builder()
         .set_data_page_row_count_limit(100)
         .set_write_batch_size(100)
         .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Page)
         .build();
-    let file = std::fs::File::create(path).expect("create");
-    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).expect("writer");
-    let ids: Vec<i64> = (0..1000).collect();
-    let tags: Vec<String> = ids.iter().map(|i| format!("t{}", i % 7)).collect();
-    let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(ids)), Arc::new(StringArray::from(tags))]).expect("batch");
-    w.write(&batch).expect("write");
-    w.close().expect("close");
+    write_ids(path, props);
 }
 
 #[test]

@@ -84,6 +84,23 @@ impl Binder<'_> {
         Ok(Err(Correlated { select: select.as_ref().clone(), local, correlated, from_scope }))
     }
 
+    /// The subquery's FROM filtered by its own conditions, and its correlated conditions bound over
+    /// the outer columns followed by the subquery's.
+    fn bind_correlated(&mut self, c: &Correlated, outer: &Scope) -> Result<(LogicalPlan, Scope, Vec<Expr>)> {
+        let (fplan, fscope) = self.bind_from(&c.select.from)?;
+        let (right, rscope) = match and_all(c.local.clone()) {
+            Some(w) => self.bind_where(fplan, fscope, &w)?,
+            None => (fplan, fscope),
+        };
+        let both = outer.join(&rscope);
+        let mut conds = Vec::new();
+        for corr in &c.correlated {
+            let b = self.bind_expr(corr, &mut ExprContext { scope: &both, aggs: None })?;
+            conds.push(self.coerce(b, &arrow::datatypes::DataType::Boolean, &both)?);
+        }
+        Ok((right, rscope, conds))
+    }
+
     fn semi_join(
         &mut self,
         plan: LogicalPlan,
@@ -132,17 +149,7 @@ impl Binder<'_> {
                 if negated && in_expr.is_some() {
                     return Err(RiffleError::NotSupported("a correlated NOT IN subquery".into()));
                 }
-                let (fplan, fscope) = self.bind_from(&c.select.from)?;
-                let (right, rscope) = match and_all(c.local.clone()) {
-                    Some(w) => self.bind_where(fplan, fscope, &w)?,
-                    None => (fplan, fscope),
-                };
-                let both = scope.join(&rscope);
-                let mut conds = Vec::new();
-                for corr in &c.correlated {
-                    let b = self.bind_expr(corr, &mut ExprContext { scope: &both, aggs: None })?;
-                    conds.push(self.coerce(b, &arrow::datatypes::DataType::Boolean, &both)?);
-                }
+                let (right, rscope, mut conds) = self.bind_correlated(&c, scope)?;
                 if let Some(x) = in_expr {
                     let item = match c.select.projection.first() {
                         Some(ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. })
@@ -211,17 +218,7 @@ impl Binder<'_> {
                 {
                     return Err(RiffleError::NotSupported("a correlated EXISTS subquery with GROUP BY or HAVING".into()));
                 }
-                let (fplan, fscope) = self.bind_from(&c.select.from)?;
-                let (right, rscope) = match and_all(c.local.clone()) {
-                    Some(w) => self.bind_where(fplan, fscope, &w)?,
-                    None => (fplan, fscope),
-                };
-                let both = outer.join(&rscope);
-                let mut conds = Vec::new();
-                for corr in &c.correlated {
-                    let b = self.bind_expr(corr, &mut ExprContext { scope: &both, aggs: None })?;
-                    conds.push(self.coerce(b, &arrow::datatypes::DataType::Boolean, &both)?);
-                }
+                let (right, _, conds) = self.bind_correlated(&c, outer)?;
                 SubqueryJoin {
                     plan: right,
                     scope: mark_scope,
