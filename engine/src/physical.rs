@@ -182,7 +182,11 @@ impl PhysicalPlan {
 /// Only columns used as bare group keys and nowhere else (the scan's own filter) qualify, so no other
 /// operator ever sees a dictionary.
 fn dictionary_group_keys(input: &mut PhysicalPlan, group: &[Expr], aggs: &[AggCall]) {
-    let PhysicalPlan::Scan { filter, dictionary, schema, .. } = input else { return };
+    let PhysicalPlan::Scan { filter, dictionary, schema, source, .. } = input else { return };
+    // Only Parquet keeps strings dictionary-encoded; other sources would have to build dictionaries.
+    if !matches!(&source.data, crate::catalog::TableData::Files { format: riffle_formats::FileFormat::Parquet, .. }) {
+        return;
+    }
     let mut uses = vec![0usize; dictionary.len()];
     let mut cols = vec![];
     for e in group.iter().chain(aggs.iter().flat_map(|a| &a.args)).chain(filter.as_ref()) {

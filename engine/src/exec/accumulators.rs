@@ -28,7 +28,8 @@ pub trait GroupsAccumulator: Send {
     /// The final value of every group.
     fn evaluate(&mut self) -> Result<ArrayRef>;
     fn size(&self) -> usize;
-    /// Makes room for `n` groups (groups that saw no rows, e.g. the one group of an empty input).
+    /// Makes room for exactly `n` groups: adds groups that saw no rows (e.g. the one group of an empty
+    /// input), or drops the last ones.
     fn resize(&mut self, n: usize);
 }
 
@@ -289,8 +290,10 @@ impl<T: CheckedSum> ValueAccumulator for Sum<T> {
     fn grow(&mut self, n: usize) {
         if n > self.sums.len() {
             self.seen_mut().resize(n, false);
-            self.sums.resize(n, T::Native::default());
+        } else if let Some(seen) = &mut self.seen {
+            seen.truncate(n);
         }
+        self.sums.resize(n, T::Native::default());
     }
 
     fn take(&mut self) -> Result<ArrayRef> {
