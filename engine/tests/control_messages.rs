@@ -74,3 +74,25 @@ fn control_messages_pass_through_a_join_probe_and_an_exchange() {
     assert!(watermarks >= 1 && barriers >= 1);
     assert!(msgs.iter().all(|(p, _)| *p == 0), "one root partition after the gather");
 }
+
+#[test]
+fn barriers_pass_through_aggregates_and_sorts_once_every_input_partition_delivered_them() {
+    for threads in [1, 2] {
+        let msgs = messages("SELECT s, count(*) AS n FROM t WHERE a > 1 GROUP BY s ORDER BY s", threads);
+        let (rows, _, barriers) = check_order(&msgs);
+        assert_eq!(rows, 9);
+        assert!(barriers >= 1, "barriers reach the sink through the aggregate and the sort ({threads} threads)");
+        // The scan of 10 rows in batches of 2 injects epochs 1 and 2 in every partition that reads
+        // two batches or more; each epoch comes out once per root partition, whatever the threads.
+        let roots: std::collections::BTreeSet<usize> = msgs.iter().map(|(p, _)| *p).collect();
+        for p in roots {
+            let epochs: Vec<u64> = msgs.iter().filter(|(q, m)| *q == p && matches!(m, Message::Barrier(_))).map(|(_, m)| match m {
+                Message::Barrier(e) => *e,
+                _ => 0,
+            }).collect();
+            let mut dedup = epochs.clone();
+            dedup.dedup();
+            assert_eq!(epochs, dedup, "partition {p}: each epoch once");
+        }
+    }
+}

@@ -9,7 +9,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::HashMap;
 
 use super::accumulators::{self, GroupsAccumulator};
-use super::{emit_result, Exchange, OpMetrics, PartitionGather, Sink};
+use super::{emit_result, BarrierRelay, Exchange, OpMetrics, PartitionGather, Sink};
 use crate::cse::ExprList;
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
@@ -224,6 +224,7 @@ fn plain(array: &ArrayRef) -> Result<ArrayRef> {
 pub struct AggShared {
     spec: AggSpec,
     partials: PartitionGather<Partial>,
+    barriers: BarrierRelay,
     output: Arc<Exchange>,
     batch_size: usize,
     metrics: Arc<OpMetrics>,
@@ -231,7 +232,8 @@ pub struct AggShared {
 
 impl AggShared {
     pub fn new(spec: AggSpec, partitions: usize, output: Arc<Exchange>, batch_size: usize, metrics: Arc<OpMetrics>) -> AggShared {
-        AggShared { spec, partials: PartitionGather::new(partitions), output, batch_size, metrics }
+        let (partials, barriers) = (PartitionGather::new(partitions), BarrierRelay::new(partitions));
+        AggShared { spec, partials, barriers, output, batch_size, metrics }
     }
 
     fn finish(&self, partial: Partial) -> Result<()> {
@@ -265,13 +267,14 @@ impl AggShared {
 /// One partition's aggregation.
 pub struct AggregateSink {
     shared: Arc<AggShared>,
+    partition: usize,
     table: Option<GroupTable>,
 }
 
 impl AggregateSink {
-    pub fn new(shared: Arc<AggShared>) -> Result<AggregateSink> {
+    pub fn new(shared: Arc<AggShared>, partition: usize) -> Result<AggregateSink> {
         let table = GroupTable::new(&shared.spec)?;
-        Ok(AggregateSink { shared, table: Some(table) })
+        Ok(AggregateSink { shared, partition, table: Some(table) })
     }
 }
 
@@ -287,11 +290,13 @@ impl Sink for AggregateSink {
             }
             Message::End => {
                 if let Some(table) = self.table.take() {
+                    self.shared.barriers.end(self.partition, &self.shared.output)?;
                     self.shared.finish(table.into_partial()?)?;
                 }
             }
-            // A batch aggregate emits only at the end; watermarks and barriers carry no rows.
-            Message::Watermark(_) | Message::Barrier(_) => {}
+            Message::Barrier(epoch) => self.shared.barriers.barrier(self.partition, epoch, &self.shared.output)?,
+            // A batch aggregate emits only at the end: event time cannot advance past its rows before.
+            Message::Watermark(_) => {}
         }
         Ok(())
     }

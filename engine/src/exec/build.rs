@@ -171,7 +171,7 @@ impl Builder<'_> {
                 let output = self.breaker_output(self.threads);
                 let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
                 let shared = Arc::new(AggShared::new(spec, open.partitions, output.clone(), batch_size, metrics));
-                self.close(open, &|_| Ok(Box::new(AggregateSink::new(shared.clone())?)))?;
+                self.close(open, &|p| Ok(Box::new(AggregateSink::new(shared.clone(), p)?)))?;
                 Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
             }
             PhysicalPlan::Sort { input, keys, fetch } => {
@@ -180,7 +180,7 @@ impl Builder<'_> {
                 let output = self.breaker_output(1);
                 let shared =
                     Arc::new(SortShared::new(schema, keys.clone(), *fetch, open.partitions, output.clone(), batch_size, metrics));
-                self.close(open, &|_| Ok(Box::new(SortSink::new(shared.clone()))))?;
+                self.close(open, &|p| Ok(Box::new(SortSink::new(shared.clone(), p))))?;
                 Open { source: SourceSpec::Exchange(output), partitions: 1, ops: vec![] }
             }
             PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, schema } => {

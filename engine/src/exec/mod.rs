@@ -179,6 +179,51 @@ impl<T> PartitionGather<T> {
     }
 }
 
+/// Forwards checkpoint barriers through a pipeline breaker: epoch `e` goes into the breaker's output
+/// once every input partition has delivered it (or ended), so a checkpoint still reaches the operators
+/// after the breaker, in epoch order. Watermarks are not forwarded: a batch breaker emits its rows at
+/// the end of its input, so event time downstream cannot advance before them.
+pub struct BarrierRelay {
+    state: Mutex<RelayState>,
+}
+
+struct RelayState {
+    /// Per input partition, the last epoch it delivered; `u64::MAX` once it ended.
+    delivered: Vec<u64>,
+    /// Epochs seen but not yet forwarded.
+    pending: std::collections::BTreeSet<u64>,
+}
+
+impl BarrierRelay {
+    pub fn new(partitions: usize) -> BarrierRelay {
+        BarrierRelay { state: Mutex::new(RelayState { delivered: vec![0; partitions], pending: Default::default() }) }
+    }
+
+    /// Partition `p` delivered barrier `epoch`.
+    pub fn barrier(&self, p: usize, epoch: u64, output: &Exchange) -> Result<()> {
+        self.advance(p, epoch, Some(epoch), output)
+    }
+
+    /// Partition `p` ended: it holds back no epoch any more.
+    pub fn end(&self, p: usize, output: &Exchange) -> Result<()> {
+        self.advance(p, u64::MAX, None, output)
+    }
+
+    fn advance(&self, p: usize, to: u64, seen: Option<u64>, output: &Exchange) -> Result<()> {
+        let mut st = self.state.lock().map_err(|_| crate::RiffleError::exec("barrier relay lock poisoned"))?;
+        let slot = st.delivered.get_mut(p).ok_or_else(|| crate::RiffleError::exec("barrier from an unknown partition"))?;
+        *slot = (*slot).max(to);
+        st.pending.extend(seen);
+        let complete = st.delivered.iter().copied().min().unwrap_or(u64::MAX);
+        // Pushed under the lock, so two partitions completing epochs at once keep their order.
+        while let Some(e) = st.pending.first().copied().filter(|e| *e <= complete) {
+            st.pending.remove(&e);
+            output.push(0, Message::Barrier(e));
+        }
+        Ok(())
+    }
+}
+
 /// Emits a breaker's result into `output` in slices of `batch_size` rows, then the end.
 fn emit_result(output: &Exchange, batch: &RecordBatch, batch_size: usize, metrics: &OpMetrics) {
     let rows = batch.num_rows();

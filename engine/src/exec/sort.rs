@@ -8,7 +8,7 @@ use arrow::compute::{concat_batches, take_record_batch, SortOptions};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 
-use super::{emit_result, Exchange, OpMetrics, PartitionGather, Sink};
+use super::{emit_result, BarrierRelay, Exchange, OpMetrics, PartitionGather, Sink};
 use crate::error::Result;
 use crate::eval::evaluate;
 use crate::logical::SortKey;
@@ -46,6 +46,7 @@ pub struct SortShared {
     keys: Vec<SortKey>,
     fetch: Option<usize>,
     runs: PartitionGather<RecordBatch>,
+    barriers: BarrierRelay,
     output: Arc<Exchange>,
     batch_size: usize,
     metrics: Arc<OpMetrics>,
@@ -61,7 +62,8 @@ impl SortShared {
         batch_size: usize,
         metrics: Arc<OpMetrics>,
     ) -> SortShared {
-        SortShared { schema, keys, fetch, runs: PartitionGather::new(partitions), output, batch_size, metrics }
+        let (runs, barriers) = (PartitionGather::new(partitions), BarrierRelay::new(partitions));
+        SortShared { schema, keys, fetch, runs, barriers, output, batch_size, metrics }
     }
 
     fn finish(&self, local: Vec<RecordBatch>) -> Result<()> {
@@ -77,14 +79,15 @@ impl SortShared {
 
 pub struct SortSink {
     shared: Arc<SortShared>,
+    partition: usize,
     buffered: Vec<RecordBatch>,
     rows: usize,
     bytes: usize,
 }
 
 impl SortSink {
-    pub fn new(shared: Arc<SortShared>) -> SortSink {
-        SortSink { shared, buffered: Vec::new(), rows: 0, bytes: 0 }
+    pub fn new(shared: Arc<SortShared>, partition: usize) -> SortSink {
+        SortSink { shared, partition, buffered: Vec::new(), rows: 0, bytes: 0 }
     }
 }
 
@@ -107,10 +110,12 @@ impl Sink for SortSink {
                 }
             }
             Message::End => {
+                self.shared.barriers.end(self.partition, &self.shared.output)?;
                 let local = std::mem::take(&mut self.buffered);
                 self.shared.finish(local)?;
             }
-            Message::Watermark(_) | Message::Barrier(_) => {}
+            Message::Barrier(epoch) => self.shared.barriers.barrier(self.partition, epoch, &self.shared.output)?,
+            Message::Watermark(_) => {}
         }
         Ok(())
     }
