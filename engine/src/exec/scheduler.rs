@@ -1,10 +1,10 @@
-//! A fixed pool of worker threads running pipeline tasks cooperatively: a task runs a few steps, then
+//! A fixed pool of worker threads, shared by all queries of the process, running pipeline tasks cooperatively: a task runs a few steps, then
 //! yields; a blocked task sleeps until something it may wait for changes (any exchange or shared
 //! state bumps the notifier), so no thread spins and none is tied to an operator.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use super::{PipelineTask, Step};
@@ -59,6 +59,53 @@ impl Default for Notifier {
     }
 }
 
+/// One query's tasks, handed to pool workers.
+struct Job {
+    slots: Vec<Mutex<Option<PipelineTask>>>,
+    notifier: Notifier,
+    /// Workers that finished with this job.
+    finished: (Mutex<usize>, Condvar),
+}
+
+/// Worker threads kept for the life of the process: a query hands them its job instead of starting
+/// threads of its own, so their allocator caches stay warm from one query to the next.
+struct Pool {
+    sender: Mutex<mpsc::Sender<Arc<Job>>>,
+    receiver: Arc<Mutex<mpsc::Receiver<Arc<Job>>>>,
+    size: Mutex<usize>,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel();
+        Pool { sender: Mutex::new(sender), receiver: Arc::new(Mutex::new(receiver)), size: Mutex::new(0) }
+    })
+}
+
+impl Pool {
+    /// Starts workers until there are at least `n`.
+    fn ensure(&self, n: usize) -> Result<()> {
+        let mut size = self.size.lock().unwrap_or_else(|p| p.into_inner());
+        while *size < n {
+            let receiver = self.receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("riffle-worker-{}", *size))
+                .spawn(move || loop {
+                    let job = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(job) = job else { return };
+                    worker(&job.slots, &job.notifier);
+                    let (count, done) = &job.finished;
+                    *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    done.notify_all();
+                })
+                .map_err(|e| RiffleError::exec(format!("cannot start a worker thread: {e} (lower --threads)")))?;
+            *size += 1;
+        }
+        Ok(())
+    }
+}
+
 pub fn run(tasks: Vec<PipelineTask>, threads: usize, notifier: &Notifier) -> Result<()> {
     if tasks.is_empty() {
         return Ok(());
@@ -68,12 +115,24 @@ pub fn run(tasks: Vec<PipelineTask>, threads: usize, notifier: &Notifier) -> Res
         st.runnable = (0..tasks.len()).collect();
         st.remaining = tasks.len();
     }
-    let slots: Vec<Mutex<Option<PipelineTask>>> = tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(slots.len()).max(1) {
-            s.spawn(|| worker(&slots, notifier));
+    let workers = threads.min(tasks.len()).max(1);
+    let slots = tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    let job = Arc::new(Job { slots, notifier: notifier.clone(), finished: (Mutex::new(0), Condvar::new()) });
+    let pool = pool();
+    pool.ensure(workers)?;
+    {
+        let sender = pool.sender.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..workers {
+            sender.send(job.clone()).map_err(|_| RiffleError::exec("the worker pool has stopped"))?;
         }
-    });
+    }
+    // A worker that picks the job up after the others finished it finds nothing to do and returns.
+    let (count, done) = &job.finished;
+    let mut finished = count.lock().unwrap_or_else(|p| p.into_inner());
+    while *finished < workers {
+        finished = done.wait(finished).unwrap_or_else(|p| p.into_inner());
+    }
+    drop(finished);
     let mut st = notifier.lock();
     match st.error.take() {
         Some(e) => Err(e),

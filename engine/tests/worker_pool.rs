@@ -1,0 +1,60 @@
+//! Queries share one pool of worker threads: running many queries starts no thread per query, and
+//! queries running at the same time from several threads each get their own right answer.
+
+use riffle_engine::{ExecConfig, Session};
+
+/// Thread ids of the pool's workers (threads named `riffle-worker-…`).
+fn worker_threads() -> std::collections::BTreeSet<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return Default::default() };
+    dir.flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("riffle-worker")))
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn session() -> Session {
+    let mut s = Session::new(ExecConfig { threads: 2, batch_size: 3, stream: false });
+    s.sql("CREATE TABLE t AS SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, 'a'), (4, 'c'), (5, 'a'), (6, 'b')) v(n, s)").expect("create");
+    s
+}
+
+fn answer(s: &mut Session, k: i64) -> String {
+    let r = s
+        .sql(&format!("SELECT s, sum(n * {k}) FROM t x JOIN t y USING (n, s) GROUP BY s ORDER BY s"))
+        .expect("query runs");
+    let b = &r.batches[0];
+    (0..b.num_rows())
+        .map(|i| {
+            let cell = |c: usize| riffle_engine::format::format_value(b.column(c), i).expect("format").unwrap_or_default();
+            format!("{}={}", cell(0), cell(1))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn queries_share_the_pool_and_run_side_by_side() {
+    let mut s = session();
+    assert_eq!(answer(&mut s, 1), "a=9,b=8,c=4");
+    let workers = worker_threads();
+    assert!(!workers.is_empty(), "the pool's workers outlive the query");
+    for k in 1..=40 {
+        assert_eq!(answer(&mut s, k), format!("a={},b={},c={}", 9 * k, 8 * k, 4 * k));
+    }
+    assert_eq!(worker_threads(), workers, "40 more queries ran on the same workers");
+
+    let handles: Vec<_> = (1..=4i64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut s = session();
+                for k in 1..=15 {
+                    let k = k * t;
+                    assert_eq!(answer(&mut s, k), format!("a={},b={},c={}", 9 * k, 8 * k, 4 * k));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a querying thread failed");
+    }
+}
