@@ -325,24 +325,21 @@ pub fn parquet_page_stats(meta: &ArrowReaderMetadata, name: &str, row_group: usi
     (mins.len() == row_counts.len() && maxes.len() == row_counts.len()).then_some(PageStats { mins, maxes, row_counts })
 }
 
-/// Row-group statistics of the named columns of a Parquet file; `None` for a column without usable
-/// statistics.
-pub fn parquet_stats(path: &Path, columns: &[&str]) -> Result<Vec<Option<ColumnStats>>> {
+/// Row-group statistics of the named columns of a Parquet file, from its footer `meta`; `None` for a
+/// column without usable statistics.
+pub fn parquet_stats(meta: &ArrowReaderMetadata, columns: &[&str]) -> Vec<Option<ColumnStats>> {
     use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
-        .map_err(|e| FormatError::corrupt(path, format!("not a valid Parquet file ({e})")))?;
-    let meta = builder.metadata().clone();
-    let schema = builder.schema().clone();
-    let row_groups = meta.row_groups();
-    Ok(columns
+    let pq = meta.metadata();
+    let row_groups = pq.row_groups();
+    columns
         .iter()
         .map(|name| {
-            let conv = StatisticsConverter::try_new(name, &schema, builder.parquet_schema()).ok()?;
+            let conv = StatisticsConverter::try_new(name, meta.schema(), pq.file_metadata().schema_descr()).ok()?;
             Some(ColumnStats {
                 mins: conv.row_group_mins(row_groups.iter()).ok()?,
                 maxes: conv.row_group_maxes(row_groups.iter()).ok()?,
                 null_counts: conv.row_group_null_counts(row_groups.iter()).ok()?,
             })
         })
-        .collect())
+        .collect()
 }

@@ -72,102 +72,106 @@ fn excluded(b: &Bound, mins: &ArrayRef, maxes: &ArrayRef) -> Result<Option<Boole
     Ok(Some(out))
 }
 
-/// Drops the morsels whose row groups cannot hold a row passing `filter` (over `schema`, the scan's
-/// projected columns, which are `projection` of the table). Returns the kept morsels and how many
-/// were dropped.
-pub fn prune_row_groups(morsels: Vec<Morsel>, filter: &Expr, table: &Schema, projection: &[usize]) -> Result<(Vec<Morsel>, usize)> {
-    let conjuncts: Vec<Expr> = filter.clone().conjuncts();
-    let bounds: Vec<Bound> = conjuncts.iter().filter_map(bound).collect();
-    if bounds.is_empty() {
-        return Ok((morsels, 0));
-    }
-    let names: Vec<&str> = bounds.iter().map(|b| table.field(projection[b.column]).name().as_str()).collect();
-    let mut by_file: BTreeMap<PathBuf, Vec<bool>> = BTreeMap::new();
-    for m in &morsels {
-        if by_file.contains_key(&m.file) {
-            continue;
-        }
-        let stats = riffle_formats::parquet_stats(&m.file, &names)?;
-        let groups = stats.iter().flatten().map(|s| s.mins.len()).max().unwrap_or(0);
-        let mut skip = vec![false; groups];
-        for (b, s) in bounds.iter().zip(&stats) {
-            let Some(s) = s else { continue };
-            if let Some(ex) = excluded(b, &s.mins, &s.maxes)? {
-                for (i, x) in ex.iter().enumerate() {
-                    if x == Some(true) {
-                        skip[i] = true;
-                    }
-                }
-            }
-        }
-        by_file.insert(m.file.clone(), skip);
-    }
-    let before = morsels.len();
-    let kept: Vec<Morsel> = morsels
-        .into_iter()
-        .filter(|m| {
-            let skip = &by_file[&m.file];
-            !m.row_groups.as_ref().is_some_and(|rgs| rgs.iter().all(|rg| skip.get(*rg).copied().unwrap_or(false)))
-        })
-        .collect();
-    let dropped = before - kept.len();
-    Ok((kept, dropped))
+/// What pruning kept of a scan's morsels.
+pub struct Pruned {
+    pub morsels: Vec<Morsel>,
+    /// Morsels (row groups) dropped whole.
+    pub row_groups_pruned: usize,
+    /// Rows inside kept row groups that will not be read.
+    pub rows_skipped: usize,
 }
 
-/// Narrows each morsel (one row group) to the rows of pages that may pass `filter`, using the files'
-/// page index; a morsel with no such rows is dropped. Returns the morsels and how many rows were
-/// skipped. Pages of different columns cover different rows, so each conjunct excludes the row
-/// ranges of its own column's pages, and a row is read when no conjunct excludes it.
-pub fn prune_pages(morsels: Vec<Morsel>, filter: &Expr, table: &Schema, projection: &[usize]) -> Result<(Vec<Morsel>, usize)> {
+/// One file's footer (with its page index, if it has one) and which of its row groups the filter
+/// rules out.
+struct FileStats {
+    meta: parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    skip_row_group: Vec<bool>,
+    has_page_index: bool,
+}
+
+/// Drops the morsels whose row groups cannot hold a row passing `filter` (over the scan's projected
+/// columns, which are `projection` of `table`), then narrows each remaining morsel (one row group) to
+/// the rows of pages that may pass, using the page index; a morsel left with no rows is dropped too.
+/// Pages of different columns cover different rows, so each conjunct excludes the row ranges of its
+/// own column's pages, and a row is read when no conjunct excludes it. Each file's footer is read once.
+pub fn prune(morsels: Vec<Morsel>, filter: &Expr, table: &Schema, projection: &[usize]) -> Result<Pruned> {
     let conjuncts: Vec<Expr> = filter.clone().conjuncts();
     let bounds: Vec<Bound> = conjuncts.iter().filter_map(bound).collect();
     if bounds.is_empty() {
-        return Ok((morsels, 0));
+        return Ok(Pruned { morsels, row_groups_pruned: 0, rows_skipped: 0 });
     }
     let names: Vec<&str> = bounds.iter().map(|b| table.field(projection[b.column]).name().as_str()).collect();
-    let mut metas: BTreeMap<PathBuf, Option<parquet::arrow::arrow_reader::ArrowReaderMetadata>> = BTreeMap::new();
-    let (mut kept, mut skipped) = (Vec::with_capacity(morsels.len()), 0usize);
+    let mut files: BTreeMap<PathBuf, FileStats> = BTreeMap::new();
+    let mut out = Pruned { morsels: Vec::with_capacity(morsels.len()), row_groups_pruned: 0, rows_skipped: 0 };
     for mut m in morsels {
-        let (Some([rg]), Some(total)) = (m.row_groups.as_deref(), m.rows) else {
-            kept.push(m);
+        if !files.contains_key(&m.file) {
+            let stats = file_stats(&m.file, &bounds, &names)?;
+            files.insert(m.file.clone(), stats);
+        }
+        let file = &files[&m.file];
+        if m.row_groups.as_ref().is_some_and(|rgs| rgs.iter().all(|rg| file.skip_row_group.get(*rg).copied().unwrap_or(false))) {
+            out.row_groups_pruned += 1;
+            continue;
+        }
+        let (Some([rg]), Some(total), true) = (m.row_groups.as_deref(), m.rows, file.has_page_index) else {
+            out.morsels.push(m);
             continue;
         };
-        let rg = *rg;
-        if !metas.contains_key(&m.file) {
-            let meta = riffle_formats::parquet_metadata_with_page_index(&m.file)?;
-            let has_index = meta.metadata().column_index().is_some() && meta.metadata().offset_index().is_some();
-            metas.insert(m.file.clone(), has_index.then_some(meta));
-        }
-        let Some(meta) = &metas[&m.file] else {
-            kept.push(m);
-            continue;
-        };
-        let mut out: Vec<std::ops::Range<usize>> = Vec::new();
-        for (b, name) in bounds.iter().zip(&names) {
-            let Some(pages) = riffle_formats::parquet_page_stats(meta, name, rg) else { continue };
-            let Some(ex) = excluded(b, &pages.mins, &pages.maxes)? else { continue };
-            let mut start = 0;
-            for (i, rows) in pages.row_counts.iter().enumerate() {
-                if ex.is_valid(i) && ex.value(i) {
-                    out.push(start..start + rows);
-                }
-                start += rows;
-            }
-        }
-        if out.is_empty() {
-            kept.push(m);
+        let excluded_rows = excluded_pages(&file.meta, &bounds, &names, *rg)?;
+        if excluded_rows.is_empty() {
+            out.morsels.push(m);
             continue;
         }
-        let read = complement(out, total);
+        let read = complement(excluded_rows, total);
         let reading: usize = read.iter().map(|r| r.len()).sum();
-        skipped += total - reading;
+        out.rows_skipped += total - reading;
         if reading > 0 {
             m.rows_to_read = Some(read);
-            m.parquet = Some(meta.clone());
-            kept.push(m);
+            m.parquet = Some(file.meta.clone());
+            out.morsels.push(m);
         }
     }
-    Ok((kept, skipped))
+    Ok(out)
+}
+
+/// Reads `path`'s footer and page index and marks the row groups some bound rules out.
+fn file_stats(path: &std::path::Path, bounds: &[Bound], names: &[&str]) -> Result<FileStats> {
+    let meta = riffle_formats::parquet_metadata_with_page_index(path)?;
+    let has_page_index = meta.metadata().column_index().is_some() && meta.metadata().offset_index().is_some();
+    let mut skip_row_group = vec![false; meta.metadata().num_row_groups()];
+    for (b, s) in bounds.iter().zip(riffle_formats::parquet_stats(&meta, names)) {
+        let Some(s) = s else { continue };
+        if let Some(ex) = excluded(b, &s.mins, &s.maxes)? {
+            for (skip, x) in skip_row_group.iter_mut().zip(ex.iter()) {
+                if x == Some(true) {
+                    *skip = true;
+                }
+            }
+        }
+    }
+    Ok(FileStats { meta, skip_row_group, has_page_index })
+}
+
+/// Row ranges of row group `rg` that lie in pages some bound rules out (possibly overlapping).
+fn excluded_pages(
+    meta: &parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    bounds: &[Bound],
+    names: &[&str],
+    rg: usize,
+) -> Result<Vec<std::ops::Range<usize>>> {
+    let mut out = Vec::new();
+    for (b, name) in bounds.iter().zip(names) {
+        let Some(pages) = riffle_formats::parquet_page_stats(meta, name, rg) else { continue };
+        let Some(ex) = excluded(b, &pages.mins, &pages.maxes)? else { continue };
+        let mut start = 0;
+        for (i, rows) in pages.row_counts.iter().enumerate() {
+            if ex.is_valid(i) && ex.value(i) {
+                out.push(start..start + rows);
+            }
+            start += rows;
+        }
+    }
+    Ok(out)
 }
 
 /// The parts of `0..total` outside every range of `ranges`, in order.

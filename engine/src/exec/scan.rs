@@ -43,18 +43,14 @@ impl ScanShared {
         let work: VecDeque<Work> = match &source.data {
             TableData::Files { morsels, format: FileFormat::Parquet, .. } => {
                 let total = morsels.len();
-                let (kept, pruned, rows_skipped) = match filter {
-                    Some(f) => {
-                        let (kept, pruned) = super::prune::prune_row_groups(morsels.clone(), f, &source.schema, &projection)?;
-                        let (kept, rows) = super::prune::prune_pages(kept, f, &source.schema, &projection)?;
-                        (kept, pruned, rows)
-                    }
-                    None => (morsels.clone(), 0, 0),
+                let pruned = match filter {
+                    Some(f) => super::prune::prune(morsels.clone(), f, &source.schema, &projection)?,
+                    None => super::prune::Pruned { morsels: morsels.clone(), row_groups_pruned: 0, rows_skipped: 0 },
                 };
                 metrics.row_groups.fetch_add(total as u64, Ordering::Relaxed);
-                metrics.row_groups_pruned.fetch_add(pruned as u64, Ordering::Relaxed);
-                metrics.rows_skipped_by_pages.fetch_add(rows_skipped as u64, Ordering::Relaxed);
-                kept.into_iter().map(Work::File).collect()
+                metrics.row_groups_pruned.fetch_add(pruned.row_groups_pruned as u64, Ordering::Relaxed);
+                metrics.rows_skipped_by_pages.fetch_add(pruned.rows_skipped as u64, Ordering::Relaxed);
+                pruned.morsels.into_iter().map(Work::File).collect()
             }
             TableData::Files { morsels, .. } => morsels.iter().cloned().map(Work::File).collect(),
             TableData::Memory(batches) => {
