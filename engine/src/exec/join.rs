@@ -207,6 +207,12 @@ fn padded(spec: &JoinSpec, side: &RecordBatch, side_is_probe: bool) -> Result<Re
 }
 
 impl ProbeOp {
+    /// Which probe rows have a NULL in some key column; `None` when none has.
+    fn probe_key_nulls(&self, probe: &RecordBatch) -> Result<Option<Vec<bool>>> {
+        let keys = self.shared.spec.probe_keys.iter().map(|k| evaluate(k, probe)).collect::<Result<Vec<_>>>()?;
+        Ok(null_mask(&keys))
+    }
+
     /// Calls `f` with chunks of candidate pairs (probe row, build row): key matches for a hash join,
     /// every pair for a nested-loop join.
     fn candidates(&self, probe: &RecordBatch, table: &JoinTable, f: &mut dyn FnMut(Vec<u32>, Vec<u32>) -> Result<()>) -> Result<()> {
@@ -316,24 +322,19 @@ impl Operator for ProbeOp {
             })?;
         }
         if spec.kind == JoinKind::Mark {
-            let unknown = if spec.null_aware && build_rows > 0 {
-                if table.has_null_key {
-                    None
-                } else {
-                    let keys = spec.probe_keys.iter().map(|k| evaluate(k, &probe)).collect::<Result<Vec<_>>>()?;
-                    Some(null_mask(&keys))
-                }
-            } else {
-                Some(None)
-            };
-            // `unknown`: None = every unmatched row is unknown (the right side holds a NULL key);
-            // Some(mask) = the unmatched rows with a NULL probe key are.
+            // IN over a non-empty right side is unknown for an unmatched row when a key on either side
+            // is NULL.
+            let in_unknown = spec.null_aware && build_rows > 0;
+            let probe_nulls = if in_unknown && !table.has_null_key { self.probe_key_nulls(&probe)? } else { None };
             let mark: BooleanArray = (0..n)
-                .map(|i| match (matched[i], &unknown) {
-                    (true, _) => Some(true),
-                    (false, None) => None,
-                    (false, Some(Some(nulls))) if nulls[i] => None,
-                    (false, Some(_)) => Some(false),
+                .map(|i| {
+                    if matched[i] {
+                        Some(true)
+                    } else if in_unknown && (table.has_null_key || probe_nulls.as_ref().is_some_and(|m| m[i])) {
+                        None
+                    } else {
+                        Some(false)
+                    }
                 })
                 .collect();
             let mut cols = probe.columns().to_vec();
@@ -350,8 +351,7 @@ impl Operator for ProbeOp {
             JoinKind::Semi => Some(matched.iter().copied().collect()),
             JoinKind::Anti if spec.null_aware && build_rows > 0 => {
                 // A NULL probe key makes `x NOT IN (non-empty set)` unknown: not returned.
-                let keys = spec.probe_keys.iter().map(|k| evaluate(k, &probe)).collect::<Result<Vec<_>>>()?;
-                let nulls = null_mask(&keys);
+                let nulls = self.probe_key_nulls(&probe)?;
                 Some((0..n).map(|i| !matched[i] && !nulls.as_ref().is_some_and(|m| m[i])).collect())
             }
             JoinKind::Anti => Some(matched.iter().map(|m| !m).collect()),

@@ -1,6 +1,7 @@
-//! A fixed pool of worker threads, shared by all queries of the process, running pipeline tasks cooperatively: a task runs a few steps, then
-//! yields; a blocked task sleeps until something it may wait for changes (any exchange or shared
-//! state bumps the notifier), so no thread spins and none is tied to an operator.
+//! A fixed pool of worker threads, shared by all queries of the process, running pipeline tasks
+//! cooperatively: a task runs a few steps, then yields; a blocked task sleeps until something it may
+//! wait for changes (any exchange or shared state bumps the notifier), so no thread spins and none is
+//! tied to an operator.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
