@@ -20,50 +20,37 @@ pub struct ExprList {
 }
 
 impl ExprList {
-    pub fn new(exprs: &[Expr]) -> ExprList {
+    /// `exprs` over input batches of `input_width` columns; shared value `k` is read as column
+    /// `input_width + k`.
+    pub fn new(exprs: &[Expr], input_width: usize) -> ExprList {
         let mut counts: Vec<(Expr, usize)> = vec![];
         for e in exprs {
             count_subtrees(e, &mut counts);
         }
         let mut shared: Vec<Expr> = counts.into_iter().filter(|(_, n)| *n > 1).map(|(e, _)| e).collect();
         shared.sort_by_key(size);
-        if shared.is_empty() {
-            return ExprList { shared, exprs: exprs.to_vec() };
-        }
-        // Columns past the input's are the shared values; the input width is only known per batch, so
-        // they are numbered from a base far above any real column and renumbered at evaluation.
-        let rewritten_shared = shared.iter().enumerate().map(|(k, e)| replace_shared(e.clone(), &shared[..k])).collect();
-        let exprs = exprs.iter().map(|e| replace_shared(e.clone(), &shared)).collect();
+        let rewritten_shared = shared.iter().enumerate().map(|(k, e)| replace_shared(e.clone(), &shared[..k], input_width)).collect();
+        let exprs = exprs.iter().map(|e| replace_shared(e.clone(), &shared, input_width)).collect();
         ExprList { shared: rewritten_shared, exprs }
-    }
-
-    pub fn exprs(&self) -> &[Expr] {
-        &self.exprs
     }
 
     /// Every expression's column over `batch`.
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        if self.shared.is_empty() {
-            return self.exprs.iter().map(|e| evaluate(e, batch)).collect();
-        }
-        let width = batch.num_columns();
-        let at = |e: &Expr| e.clone().remap(&|i| if i >= SHARED_BASE { width + i - SHARED_BASE } else { i });
-        let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
-        let mut columns = batch.columns().to_vec();
-        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         let mut extended = batch.clone();
-        for (k, e) in self.shared.iter().enumerate() {
-            let value = evaluate(&at(e), &extended)?;
-            fields.push(Arc::new(Field::new(format!("#shared{k}"), value.data_type().clone(), true)));
-            columns.push(value);
-            extended = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields.clone())), columns.clone(), &options)?;
+        if !self.shared.is_empty() {
+            let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+            let mut columns = batch.columns().to_vec();
+            let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+            for (k, e) in self.shared.iter().enumerate() {
+                let value = evaluate(e, &extended)?;
+                fields.push(Arc::new(Field::new(format!("#shared{k}"), value.data_type().clone(), true)));
+                columns.push(value);
+                extended = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields.clone())), columns.clone(), &options)?;
+            }
         }
-        self.exprs.iter().map(|e| evaluate(&at(e), &extended)).collect()
+        self.exprs.iter().map(|e| evaluate(e, &extended)).collect()
     }
 }
-
-/// Where shared values are numbered in rewritten expressions.
-const SHARED_BASE: usize = usize::MAX / 2;
 
 fn size(e: &Expr) -> usize {
     1 + e.children().iter().map(|c| size(c)).sum::<usize>()
@@ -90,11 +77,11 @@ fn count_subtrees(e: &Expr, counts: &mut Vec<(Expr, usize)>) {
 }
 
 /// Top-down: a node equal to a shared subtree becomes a read of its column.
-fn replace_shared(e: Expr, shared: &[Expr]) -> Expr {
+fn replace_shared(e: Expr, shared: &[Expr], input_width: usize) -> Expr {
     if let Some(k) = shared.iter().position(|s| *s == e) {
-        return Expr::Column(SHARED_BASE + k);
+        return Expr::Column(input_width + k);
     }
-    match e.map_children::<std::convert::Infallible>(&mut |c| Ok(replace_shared(c, shared))) {
+    match e.map_children::<std::convert::Infallible>(&mut |c| Ok(replace_shared(c, shared, input_width))) {
         Ok(n) => n,
         Err(never) => match never {},
     }
@@ -116,11 +103,11 @@ mod tests {
         let disc = Expr::binary(BinaryOp::Sub, lit(1), Expr::Column(1));
         let net = Expr::binary(BinaryOp::Mul, price.clone(), disc);
         let gross = Expr::binary(BinaryOp::Mul, net.clone(), Expr::binary(BinaryOp::Add, lit(1), Expr::Column(2)));
-        let list = ExprList::new(&[price.clone(), net.clone(), gross.clone()]);
+        let list = ExprList::new(&[price.clone(), net.clone(), gross.clone()], 3);
         // `1 - d` and `p * (1 - d)` both repeat; the larger one reads the smaller one's column.
         assert_eq!(list.shared.len(), 2);
-        assert_eq!(list.exprs()[1], Expr::Column(SHARED_BASE + 1));
-        assert_eq!(list.exprs()[2].column_set(), vec![2, SHARED_BASE + 1]);
+        assert_eq!(list.exprs[1], Expr::Column(3 + 1));
+        assert_eq!(list.exprs[2].column_set(), vec![2, 3 + 1]);
 
         let batch = RecordBatch::try_from_iter([
             ("p", Arc::new(Int64Array::from(vec![10, 20, 30])) as ArrayRef),
@@ -139,7 +126,7 @@ mod tests {
     fn case_branches_are_not_shared() {
         let div = Expr::binary(BinaryOp::IntDiv, lit(1), Expr::Column(0));
         let guarded = Expr::Case { branches: vec![(Expr::Column(1), div.clone())], otherwise: None };
-        let list = ExprList::new(&[guarded.clone(), guarded]);
+        let list = ExprList::new(&[guarded.clone(), guarded], 2);
         assert!(list.shared.is_empty());
     }
 }

@@ -29,7 +29,8 @@ pub struct AggSpec {
 impl AggSpec {
     pub fn new(group: Vec<Expr>, aggs: Vec<AggCall>, input_schema: SchemaRef, output_schema: SchemaRef) -> AggSpec {
         let args: Vec<Expr> = aggs.iter().flat_map(|a| a.args.iter().cloned()).collect();
-        AggSpec { group, aggs, args: ExprList::new(&args), input_schema, output_schema }
+        let args = ExprList::new(&args, input_schema.fields().len());
+        AggSpec { group, aggs, args, input_schema, output_schema }
     }
 }
 

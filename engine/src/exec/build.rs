@@ -148,7 +148,7 @@ impl Builder<'_> {
             }
             PhysicalPlan::Project { input, exprs, schema } => {
                 let mut open = self.open(input)?;
-                let (exprs, schema) = (crate::cse::ExprList::new(exprs), schema.clone());
+                let (exprs, schema) = (crate::cse::ExprList::new(exprs, input.schema().fields().len()), schema.clone());
                 open.push(&metrics, move || Box::new(ProjectOp { exprs: exprs.clone(), schema: schema.clone() }));
                 open
             }
