@@ -20,7 +20,7 @@ pub fn all_modes() -> Vec<Mode> {
         for threads in [1, 2] {
             for batch_size in [8192, 3] {
                 let name = format!("{}-t{threads}-b{batch_size}", if stream { "stream" } else { "batch" });
-                modes.push(Mode { name, config: ExecConfig { threads, batch_size, stream } });
+                modes.push(Mode { name, config: ExecConfig { threads, batch_size, stream, ..ExecConfig::default() } });
             }
         }
     }

@@ -74,10 +74,10 @@ fn check(config: ExecConfig) {
 
 #[test]
 fn tpch_sf001_two_threads() {
-    check(ExecConfig { threads: 2, batch_size: 8192, stream: false });
+    check(ExecConfig { threads: 2, batch_size: 8192, stream: false, ..ExecConfig::default() });
 }
 
 #[test]
 fn tpch_sf001_one_thread_small_batches_as_stream() {
-    check(ExecConfig { threads: 1, batch_size: 1000, stream: true });
+    check(ExecConfig { threads: 1, batch_size: 1000, stream: true, ..ExecConfig::default() });
 }

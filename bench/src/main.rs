@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use riffle_engine::{ExecConfig, Session};
 
+mod sort;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -54,6 +56,55 @@ enum Command {
         #[arg(long, default_value = "../shared/peers")]
         peers_kit: PathBuf,
     },
+    /// Writes N sort-benchmark records (100 bytes: 10-byte key, 90-byte payload) to a .gensort file,
+    /// or to a .parquet file (key FixedSizeBinary(10), payload FixedSizeBinary(90)).
+    Gensort {
+        /// Record count, e.g. 1000000, 10M, 1e8.
+        #[arg(long)]
+        records: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Checks that a file of records is sorted by key; prints the record count and an
+    /// order-independent checksum (the same as the peers' valsort_parquet.py).
+    Valsort {
+        file: PathBuf,
+        /// Fail unless the checksum is this (hex, as printed).
+        #[arg(long)]
+        expect_checksum: Option<String>,
+    },
+    /// Sorts records by key within a memory budget and checks the output; with --peers, DuckDB,
+    /// DataFusion and Polars sort the same records (as Parquet) in the same command.
+    Sort {
+        /// A .gensort or .parquet file, or gen:N to generate N records on the fly.
+        #[arg(long)]
+        input: String,
+        /// A .gensort or .parquet file, or `validate` to check the sorted stream without writing it.
+        #[arg(long, default_value = "validate")]
+        output: String,
+        /// Memory budget, e.g. 2GB (as DuckDB reads it: GB = 10^9 bytes, GiB = 2^30); the peers get the same.
+        #[arg(long, default_value = "2GB")]
+        memory_limit: String,
+        #[arg(long)]
+        spill_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Seed of generated input.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Peer engines to run on the same records (e.g. duckdb,datafusion,polars); empty for none.
+        #[arg(long, default_value = "")]
+        peers: String,
+        #[arg(long, default_value = "../shared/peers")]
+        peers_kit: PathBuf,
+        /// Where the Parquet variant of the input and the outputs go when peers run.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +112,38 @@ fn main() -> anyhow::Result<()> {
         Command::Run { data, sql, out, runs, threads } => run(&data, &sql, out.as_deref(), runs, threads),
         Command::Tpch { data, queries, peers, threads, repeat, peers_kit } => {
             tpch(&data, &queries, &peers, threads, repeat, &peers_kit)
+        }
+        Command::Gensort { records, out, seed } => sort::gensort_file(sort::parse_count(&records)?, seed, &out),
+        Command::Valsort { file, expect_checksum } => {
+            let v = sort::valsort_file(&file, true)?;
+            sort::print_validation(&file.display().to_string(), &v);
+            if let Some(want) = expect_checksum {
+                let want = u64::from_str_radix(want.trim_start_matches("0x"), 16).context("--expect-checksum takes hex digits")?;
+                if want != v.checksum {
+                    bail!("checksum {:016x} differs from the expected {want:016x}", v.checksum);
+                }
+            }
+            if !v.sorted() {
+                bail!("not sorted: record {} has a smaller key than the one before it", v.first_unsorted.unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Sort { input, output, memory_limit, spill_dir, threads, repeat, seed, peers, peers_kit, work_dir } => {
+            let limit = riffle_engine::memory::parse_memory_size(&memory_limit).map_err(|e| anyhow::anyhow!(e))?;
+            let config = ExecConfig { threads: threads.max(1), memory_limit: limit, spill_dir, ..ExecConfig::default() };
+            let work_dir = work_dir.unwrap_or_else(|| std::env::temp_dir().join("riffle-sort-bench"));
+            std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
+            let args = sort::SortArgs {
+                input: sort::Input::parse(&input, seed)?,
+                output: (output != "validate").then(|| PathBuf::from(&output)),
+                config,
+                repeat,
+                peers: peers.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect(),
+                peers_kit,
+                memory_limit_text: memory_limit,
+                work_dir,
+            };
+            sort::sort_command(&args)
         }
     }
 }

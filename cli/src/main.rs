@@ -38,6 +38,13 @@ enum Command {
         /// Worker threads (default: the number of cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Memory budget of each query, e.g. 2GB or 512MB (default: 3/4 of the machine's memory).
+        /// Sorts spill to disk to stay within it.
+        #[arg(long, value_name = "SIZE", value_parser = riffle_engine::memory::parse_memory_size)]
+        memory_limit: Option<usize>,
+        /// Directory for spill files (default: the system temp dir).
+        #[arg(long, value_name = "DIR")]
+        spill_dir: Option<std::path::PathBuf>,
         /// SQL to run.
         #[arg(short = 'c', long = "command", conflicts_with = "file")]
         command: Option<String>,
@@ -60,8 +67,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Sql { format, tables, threads, command, file } => {
+        Command::Sql { format, tables, threads, memory_limit, spill_dir, command, file } => {
+            remove_spill_files_on_interrupt();
             let mut config = ExecConfig::default();
+            if let Some(m) = memory_limit {
+                config.memory_limit = m;
+            }
+            config.spill_dir = spill_dir;
             if let Some(t) = threads {
                 if t == 0 {
                     bail!("--threads must be at least 1");
@@ -90,6 +102,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run_script(&mut session, &sql, format)
         }
     }
+}
+
+/// Ctrl-C (or a termination signal) during a query would end the process without running the
+/// destructors that delete spill files: remove them first.
+fn remove_spill_files_on_interrupt() {
+    let _ = ctrlc::set_handler(|| {
+        riffle_engine::memory::remove_live_spill_dirs();
+        eprintln!("Interrupted");
+        std::process::exit(130);
+    });
 }
 
 /// Runs every statement; prints all results only once all succeeded, so an error never leaves half

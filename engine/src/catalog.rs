@@ -16,6 +16,8 @@ pub enum TableData {
     Files { format: FileFormat, files: Vec<PathBuf>, morsels: Vec<Morsel> },
     /// Rows held in memory (e.g. `CREATE TABLE t AS …`, `INSERT INTO`).
     Memory(Vec<RecordBatch>),
+    /// Sort-benchmark records made as they are read: `records` of them.
+    Generated { records: u64, generator: riffle_formats::gensort::RecordGenerator },
 }
 
 #[derive(Debug)]
@@ -33,7 +35,7 @@ impl TableSource {
             Some(f) => f,
             None => FileFormat::from_path(&files[0]).ok_or_else(|| {
                 RiffleError::plan(format!(
-                    "cannot tell the format of '{}' from its extension: use .parquet, .csv, .json or .arrow, or give the format",
+                    "cannot tell the format of '{}' from its extension: use .parquet, .csv, .json, .arrow or .gensort, or give the format",
                     files[0].display()
                 ))
             })?,
@@ -44,6 +46,10 @@ impl TableSource {
         };
         let morsels = riffle_formats::plan_morsels(&format, &files)?;
         Ok(TableSource { schema, data: TableData::Files { format, files, morsels } })
+    }
+
+    pub fn generated(records: u64, generator: riffle_formats::gensort::RecordGenerator) -> TableSource {
+        TableSource { schema: riffle_formats::gensort::schema(), data: TableData::Generated { records, generator } }
     }
 
     pub fn memory(schema: SchemaRef, batches: Vec<RecordBatch>) -> TableSource {

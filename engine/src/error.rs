@@ -17,6 +17,9 @@ pub enum RiffleError {
     NotSupported(String),
     #[error("{0}")]
     Execution(String),
+    /// The memory limit was reached where nothing could be spilled.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     #[error(transparent)]
     Format(#[from] FormatError),
     #[error("{0}")]

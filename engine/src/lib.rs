@@ -9,6 +9,7 @@ pub mod exec;
 pub mod format;
 pub mod functions;
 pub mod logical;
+pub mod memory;
 pub mod message;
 pub mod optimizer;
 pub mod physical;

@@ -13,7 +13,7 @@ use sqlparser::parser::{Parser, ParserError};
 
 use crate::catalog::{Catalog, CatalogEntry, TableSource};
 use crate::error::{sql_error, Result, RiffleError};
-use crate::exec::{execute, ExecConfig};
+use crate::exec::{execute, ExecConfig, QueryStats};
 use crate::logical::LogicalPlan;
 use crate::optimizer::optimize;
 use crate::physical::{plan_physical, PhysicalPlan};
@@ -27,11 +27,13 @@ pub struct StatementResult {
     pub batches: Vec<RecordBatch>,
     /// Whether the statement is a query (its rows are the answer) rather than a command.
     pub is_query: bool,
+    /// Memory and spilling of the query the statement ran, if it ran one.
+    pub stats: QueryStats,
 }
 
 impl StatementResult {
     fn command() -> StatementResult {
-        StatementResult { schema: Arc::new(Schema::empty()), batches: vec![], is_query: false }
+        StatementResult { schema: Arc::new(Schema::empty()), batches: vec![], is_query: false, stats: QueryStats::default() }
     }
 
     pub fn num_rows(&self) -> usize {
@@ -110,7 +112,7 @@ impl Session {
     fn run_query(&self, q: &ast::Query) -> Result<StatementResult> {
         let (_, physical) = self.plan_query(q)?;
         let out = execute(&physical, &self.config)?;
-        Ok(StatementResult { schema: physical.schema(), batches: out.batches, is_query: true })
+        Ok(StatementResult { schema: physical.schema(), batches: out.batches, is_query: true, stats: out.stats })
     }
 
     pub fn run_statement(&mut self, stmt: &ast::Statement) -> Result<StatementResult> {
@@ -175,7 +177,7 @@ impl Session {
         };
         let schema = Arc::new(Schema::new(vec![Field::new("plan", DataType::Utf8, false)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![text]))])?;
-        Ok(StatementResult { schema, batches: vec![batch], is_query: true })
+        Ok(StatementResult { schema, batches: vec![batch], is_query: true, stats: QueryStats::default() })
     }
 
     fn create_table(&mut self, ct: &ast::CreateTable) -> Result<StatementResult> {
@@ -257,10 +259,6 @@ impl Session {
         options: &[ast::CopyOption],
         legacy: &[ast::CopyLegacyOption],
     ) -> Result<StatementResult> {
-        let result = match source {
-            ast::CopySource::Query(q) => self.run_query(q)?,
-            ast::CopySource::Table { table_name, .. } => self.sql(&format!("SELECT * FROM {table_name}"))?,
-        };
         let ast::CopyTarget::File { filename } = target else {
             return Err(RiffleError::NotSupported("COPY to anything but a file".into()));
         };
@@ -271,7 +269,7 @@ impl Session {
             match o {
                 ast::CopyOption::Format(f) => {
                     format = Some(FileFormat::from_name(&f.value).ok_or_else(|| {
-                        RiffleError::plan(format!("unknown COPY format '{}' (use parquet, csv, json or arrow)", f.value))
+                        RiffleError::plan(format!("unknown COPY format '{}' (use parquet, csv, json, arrow or gensort)", f.value))
                     })?)
                 }
                 ast::CopyOption::Header(h) => csv.header = *h,
@@ -293,11 +291,66 @@ impl Session {
             Some(f) => f,
             None => return Err(RiffleError::plan(format!("cannot tell the format of '{filename}': add (FORMAT parquet|csv|json|arrow)"))),
         };
-        riffle_formats::write_atomic(&format, path, &result.schema, &result.batches)?;
-        let rows = result.num_rows();
+        let query = match source {
+            ast::CopySource::Query(q) => q.clone(),
+            ast::CopySource::Table { table_name, .. } => match parse_sql(&format!("SELECT * FROM {table_name}"))?.pop() {
+                Some(ast::Statement::Query(q)) => q,
+                _ => return Err(RiffleError::plan(format!("cannot copy from '{table_name}'"))),
+            },
+        };
+        let (rows, stats) = self.copy_query(&query, &format, path)?;
         let schema = Arc::new(Schema::new(vec![Field::new("rows", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow::array::Int64Array::from(vec![rows as i64]))])?;
-        Ok(StatementResult { schema, batches: vec![batch], is_query: false })
+        Ok(StatementResult { schema, batches: vec![batch], is_query: false, stats })
+    }
+}
+
+impl Session {
+    /// Binds, optimizes and plans `sql`, which must be one query.
+    pub fn plan_sql(&self, sql: &str) -> Result<(LogicalPlan, PhysicalPlan)> {
+        self.plan_query(&*single_query(sql)?).map_err(|e| e.with_sql(sql))
+    }
+
+    /// [`Session::copy_query`] of the query `sql`.
+    pub fn copy_sql(&self, sql: &str, format: &FileFormat, path: &Path) -> Result<(usize, QueryStats)> {
+        self.copy_query(&*single_query(sql)?, format, path).map_err(|e| e.with_sql(sql))
+    }
+
+    /// Runs `query`, streaming its rows into `path` as they come (staged, then renamed); returns the
+    /// row count. On error nothing is left at `path`.
+    pub fn copy_query(&self, query: &ast::Query, format: &FileFormat, path: &Path) -> Result<(usize, QueryStats)> {
+        let (_, physical) = self.plan_query(query)?;
+        let writer = riffle_formats::AtomicWriter::create(format, path, &physical.schema())?;
+        let state = Arc::new(std::sync::Mutex::new((Some(writer), 0usize)));
+        let sink_state = state.clone();
+        let stats = crate::exec::execute_into(
+            &physical,
+            &self.config,
+            Arc::new(move |_, msg| {
+                if let crate::Message::Batch(b) = msg {
+                    let mut st = sink_state.lock().map_err(|_| RiffleError::exec("COPY writer lock poisoned"))?;
+                    st.1 += b.num_rows();
+                    if let Some(w) = st.0.as_mut() {
+                        w.write(&b)?;
+                    }
+                }
+                Ok(())
+            }),
+        )?;
+        let mut st = state.lock().map_err(|_| RiffleError::exec("COPY writer lock poisoned"))?;
+        let rows = st.1;
+        if let Some(w) = st.0.take() {
+            w.finish()?;
+        }
+        Ok((rows, stats))
+    }
+}
+
+fn single_query(sql: &str) -> Result<Box<ast::Query>> {
+    let mut statements = parse_sql(sql)?;
+    match (statements.pop(), statements.is_empty()) {
+        (Some(ast::Statement::Query(q)), true) => Ok(q),
+        _ => Err(RiffleError::plan("expected exactly one query (SELECT …)")),
     }
 }
 

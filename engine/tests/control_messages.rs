@@ -7,7 +7,7 @@ use riffle_engine::message::Message;
 use riffle_engine::{ExecConfig, Session};
 
 fn messages(sql: &str, threads: usize) -> Vec<(usize, Message)> {
-    let mut session = Session::new(ExecConfig { threads, batch_size: 2, stream: true });
+    let mut session = Session::new(ExecConfig { threads, batch_size: 2, stream: true, ..ExecConfig::default() });
     session
         .sql("CREATE TABLE t AS SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd'), (5, 'e'), (6, 'f'), (7, 'g'), (8, 'h'), (9, 'i'), (10, 'j')) v(a, s)")
         .expect("create");
@@ -16,7 +16,7 @@ fn messages(sql: &str, threads: usize) -> Vec<(usize, Message)> {
     let (_, physical) = session.plan_query(&q).expect("plan");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
-    execute_into(&physical, &session.config, Arc::new(move |p, m| sink.lock().expect("lock").push((p, m)))).expect("runs");
+    execute_into(&physical, &session.config, Arc::new(move |p, m| { sink.lock().expect("lock").push((p, m)); Ok(()) })).expect("runs");
     let out = seen.lock().expect("lock").clone();
     out
 }

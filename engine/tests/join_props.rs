@@ -109,7 +109,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
     fn hash_join_matches_nested_loop(l in rows(), r in rows(), threads in 1usize..3, batch_size in prop::sample::select(vec![1usize, 3, 8192])) {
-        let mut s = Session::new(ExecConfig { threads, batch_size, stream: false });
+        let mut s = Session::new(ExecConfig { threads, batch_size, stream: false, ..ExecConfig::default() });
         s.catalog.register("l", CatalogEntry::Table(table(&l)));
         s.catalog.register("r", CatalogEntry::Table(table(&r)));
         for kind in ["INNER", "LEFT", "RIGHT", "FULL"] {

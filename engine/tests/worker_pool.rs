@@ -13,7 +13,7 @@ fn worker_threads() -> std::collections::BTreeSet<String> {
 }
 
 fn session() -> Session {
-    let mut s = Session::new(ExecConfig { threads: 2, batch_size: 3, stream: false });
+    let mut s = Session::new(ExecConfig { threads: 2, batch_size: 3, stream: false, ..ExecConfig::default() });
     s.sql("CREATE TABLE t AS SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, 'a'), (4, 'c'), (5, 'a'), (6, 'b')) v(n, s)").expect("create");
     s
 }

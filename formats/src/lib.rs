@@ -3,6 +3,7 @@
 
 mod error;
 mod files;
+pub mod gensort;
 mod read;
 mod write;
 
@@ -12,7 +13,7 @@ pub use read::{
     infer_schema, parquet_metadata_with_page_index, parquet_page_stats, parquet_stats, plan_morsels, read_morsel, BatchReader,
     ColumnStats, Morsel, PageStats,
 };
-pub use write::write_atomic;
+pub use write::{write_atomic, AtomicWriter};
 
 use std::path::Path;
 
@@ -39,6 +40,8 @@ pub enum FileFormat {
     Json,
     /// Arrow IPC file format.
     Arrow,
+    /// The sort benchmark's 100-byte records (key + payload), no header.
+    Gensort,
 }
 
 impl FileFormat {
@@ -58,6 +61,7 @@ impl FileFormat {
             })),
             "json" | "jsonl" | "ndjson" => Some(FileFormat::Json),
             "arrow" | "ipc" | "feather" => Some(FileFormat::Arrow),
+            "gensort" => Some(FileFormat::Gensort),
             _ => None,
         }
     }
@@ -68,6 +72,7 @@ impl FileFormat {
             FileFormat::Csv(_) => "csv",
             FileFormat::Json => "json",
             FileFormat::Arrow => "arrow",
+            FileFormat::Gensort => "gensort",
         }
     }
 }

@@ -9,10 +9,13 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::arrow::ProjectionMask;
 
-use crate::{CsvOptions, FileFormat, FormatError, Result};
+use crate::{gensort, CsvOptions, FileFormat, FormatError, Result};
 
 /// How many rows schema inference looks at in text formats.
 const INFER_ROWS: usize = 10_000;
+
+/// Records of a gensort file one morsel reads (100 MB).
+const GENSORT_MORSEL_RECORDS: u64 = 1 << 20;
 
 /// A unit of scan work one worker reads on its own: a whole file, or some row groups of a Parquet file.
 #[derive(Debug, Clone)]
@@ -28,6 +31,8 @@ pub struct Morsel {
     /// the others cannot pass the scan's filter; `None` reads them all. Pages holding none of these
     /// rows are not read at all (given `parquet` carries the file's page index).
     pub rows_to_read: Option<Vec<std::ops::Range<usize>>>,
+    /// Records of a gensort file to read; `None` reads them all.
+    pub records: Option<std::ops::Range<u64>>,
 }
 
 /// An iterator of batches read from one morsel.
@@ -68,6 +73,7 @@ pub fn infer_schema(format: &FileFormat, files: &[PathBuf]) -> Result<SchemaRef>
                 .map_err(|e| FormatError::corrupt(path, format!("not a valid Arrow IPC file ({e})")))?;
             reader.schema()
         }
+        FileFormat::Gensort => return Ok(gensort::schema()),
     };
     // Columns are nullable: one file of a table may hold nulls where another holds none.
     let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
@@ -96,10 +102,41 @@ pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel
                         rows: Some(rg.num_rows() as usize),
                         parquet: Some(meta.clone()),
                         rows_to_read: None,
+                        records: None,
                     });
                 }
             }
-            _ => morsels.push(Morsel { file: file.clone(), row_groups: None, rows: None, parquet: None, rows_to_read: None }),
+            FileFormat::Gensort => {
+                let len = std::fs::metadata(file).map_err(|e| FormatError::io(file, e))?.len();
+                if len % gensort::RECORD_LEN as u64 != 0 {
+                    return Err(FormatError::corrupt(
+                        file,
+                        format!("not a gensort file: its size, {len} bytes, is not a whole number of 100-byte records"),
+                    ));
+                }
+                let records = len / gensort::RECORD_LEN as u64;
+                let mut start = 0;
+                while start < records {
+                    let end = (start + GENSORT_MORSEL_RECORDS).min(records);
+                    morsels.push(Morsel {
+                        file: file.clone(),
+                        row_groups: None,
+                        rows: Some((end - start) as usize),
+                        parquet: None,
+                        rows_to_read: None,
+                        records: Some(start..end),
+                    });
+                    start = end;
+                }
+            }
+            _ => morsels.push(Morsel {
+                file: file.clone(),
+                row_groups: None,
+                rows: None,
+                parquet: None,
+                rows_to_read: None,
+                records: None,
+            }),
         }
     }
     Ok(morsels)
@@ -183,6 +220,17 @@ pub fn read_morsel(
             let header = usize::from(opts.header);
             Ok(Box::new(reader.map(move |batch| {
                 batch.map_err(|e| FormatError::corrupt(&path, csv_error(&e.to_string(), header)))
+            })))
+        }
+        FileFormat::Gensort => {
+            let records = morsel.records.clone().unwrap_or(0..0);
+            let mut reader = gensort::GensortReader::new(BufReader::with_capacity(1 << 20, open(&path)?), records.start, records.end, batch_size)
+                .map_err(|e| FormatError::io(&path, e))?;
+            let projection = projection.to_vec();
+            Ok(Box::new(std::iter::from_fn(move || match reader.next_batch() {
+                Ok(None) => None,
+                Ok(Some(b)) => Some(b.project(&projection).map_err(|e| FormatError::corrupt(&path, e))),
+                Err(e) => Some(Err(FormatError::corrupt(&path, format!("cannot read gensort records ({e})")))),
             })))
         }
         FileFormat::Json => {

@@ -9,11 +9,12 @@ use super::aggregate::{AggShared, AggSpec, AggregateSink};
 use super::basic::{FilterOp, LimitOp, ProjectOp};
 use super::join::{BuildSink, JoinShared, JoinSpec, ProbeOp};
 use super::scan::{BatchesSource, ExchangeSink, ExchangeSource, ScanShared, ScanSource};
-use super::sort::{SortShared, SortSink};
+use super::sort::{SortShared, SortSink, SortSource};
 use super::{ExecConfig, Exchange, Metered, Notifier, OpMetrics, Operator, PipelineTask, Sink, Source};
 use crate::error::Result;
 use crate::eval::evaluate;
 use crate::logical::{join_schema, Expr, JoinKind};
+use crate::memory::{MemoryPool, SpillManager};
 use crate::message::Message;
 use crate::physical::PhysicalPlan;
 
@@ -26,6 +27,13 @@ enum SourceSpec {
     Scan(Arc<ScanShared>),
     Exchange(Arc<Exchange>),
     Batches(Vec<RecordBatch>),
+    Sort(Arc<SortShared>),
+}
+
+/// A query's memory budget and spill files.
+pub struct QueryMemory {
+    pub pool: Arc<MemoryPool>,
+    pub spill: Arc<SpillManager>,
 }
 
 /// A pipeline whose sink is not chosen yet.
@@ -56,6 +64,7 @@ struct Builder<'a> {
     threads: usize,
     notifier: &'a Notifier,
     metrics: &'a [Arc<OpMetrics>],
+    memory: &'a QueryMemory,
     next_id: usize,
     tasks: Vec<PipelineTask>,
 }
@@ -66,9 +75,10 @@ pub fn build_tasks(
     threads: usize,
     notifier: &Notifier,
     metrics: &[Arc<OpMetrics>],
+    memory: &QueryMemory,
     root_sink: &dyn Fn(usize) -> Result<Box<dyn Sink>>,
 ) -> Result<Vec<PipelineTask>> {
-    let mut b = Builder { config, threads, notifier, metrics, next_id: 0, tasks: Vec::new() };
+    let mut b = Builder { config, threads, notifier, metrics, memory, next_id: 0, tasks: Vec::new() };
     let root = b.open(plan)?;
     b.close(root, root_sink)?;
     Ok(b.tasks)
@@ -81,6 +91,7 @@ impl Builder<'_> {
                 SourceSpec::Scan(shared) => Box::new(ScanSource::new(shared.clone(), self.config.stream)),
                 SourceSpec::Exchange(x) => Box::new(ExchangeSource::new(x.clone(), p)),
                 SourceSpec::Batches(b) => Box::new(BatchesSource::new(if p == 0 { b.clone() } else { vec![] })),
+                SourceSpec::Sort(shared) => Box::new(SortSource::new(shared.clone())),
             };
             let ops = open.ops.iter().map(|(f, m)| Metered { op: f(), metrics: m.clone() }).collect();
             self.tasks.push(PipelineTask { source, ops, sink: sink(p)?, done: false });
@@ -177,11 +188,19 @@ impl Builder<'_> {
             PhysicalPlan::Sort { input, keys, fetch } => {
                 let schema = input.schema();
                 let open = self.open(input)?;
-                let output = self.breaker_output(1);
-                let shared =
-                    Arc::new(SortShared::new(schema, keys.clone(), *fetch, open.partitions, output.clone(), batch_size, metrics));
+                let shared = Arc::new(SortShared::new(
+                    schema,
+                    keys.clone(),
+                    *fetch,
+                    open.partitions,
+                    self.notifier.clone(),
+                    batch_size,
+                    metrics,
+                    self.memory.pool.clone(),
+                    self.memory.spill.clone(),
+                )?);
                 self.close(open, &|p| Ok(Box::new(SortSink::new(shared.clone(), p))))?;
-                Open { source: SourceSpec::Exchange(output), partitions: 1, ops: vec![] }
+                Open { source: SourceSpec::Sort(shared), partitions: 1, ops: vec![] }
             }
             PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, schema } => {
                 self.join(probe, build, *kind, probe_keys.clone(), build_keys.clone(), filter.clone(), *null_aware, schema, metrics)?

@@ -40,6 +40,10 @@ pub struct ExecConfig {
     /// Feed bounded sources as unbounded streams that end: interleave watermarks and checkpoint
     /// barriers with the data. The answer must not change.
     pub stream: bool,
+    /// The query's memory budget in bytes; sorts spill to stay within it.
+    pub memory_limit: usize,
+    /// Where spill files go (the system temp dir if `None`).
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ExecConfig {
@@ -48,6 +52,8 @@ impl Default for ExecConfig {
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             batch_size: 8192,
             stream: false,
+            memory_limit: crate::memory::default_memory_limit(),
+            spill_dir: None,
         }
     }
 }
@@ -108,6 +114,9 @@ pub struct OpMetrics {
     pub row_groups_pruned: AtomicU64,
     /// Rows inside kept row groups that were never read: their pages' statistics ruled them out.
     pub rows_skipped_by_pages: AtomicU64,
+    /// Bytes and files the operator wrote to spill files.
+    pub spilled_bytes: AtomicU64,
+    pub spill_files: AtomicU64,
 }
 
 impl OpMetrics {
@@ -135,6 +144,10 @@ impl OpMetrics {
         );
         if peak > 0 {
             s.push_str(&format!(" peak_mem={}", human_bytes(peak)));
+        }
+        let spilled = self.spilled_bytes.load(Ordering::Relaxed);
+        if spilled > 0 {
+            s.push_str(&format!(" spilled={} in {} files", human_bytes(spilled), self.spill_files.load(Ordering::Relaxed)));
         }
         let groups = self.row_groups.load(Ordering::Relaxed);
         if groups > 0 {
@@ -310,42 +323,70 @@ impl PipelineTask {
     }
 }
 
+/// What a query used, beside its rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryStats {
+    /// The most memory reserved at once, in bytes.
+    pub peak_memory: usize,
+    /// Compressed bytes written to spill files, and how many files.
+    pub spilled_bytes: u64,
+    pub spill_files: u64,
+}
+
 /// The result of running a plan.
 pub struct QueryOutput {
     pub batches: Vec<RecordBatch>,
     /// Metrics per physical node, in pre-order.
     pub metrics: Vec<Arc<OpMetrics>>,
+    pub stats: QueryStats,
 }
 
 /// Runs `plan`, handing every message that reaches the root (data and control, in order) to `each`
 /// with the number of the root partition it came through.
-pub fn execute_into(plan: &PhysicalPlan, config: &ExecConfig, each: Arc<dyn Fn(usize, Message) + Send + Sync>) -> Result<()> {
-    struct FnSink(usize, Arc<dyn Fn(usize, Message) + Send + Sync>);
+pub fn execute_into(
+    plan: &PhysicalPlan,
+    config: &ExecConfig,
+    each: Arc<dyn Fn(usize, Message) -> Result<()> + Send + Sync>,
+) -> Result<QueryStats> {
+    struct FnSink(usize, Arc<dyn Fn(usize, Message) -> Result<()> + Send + Sync>);
     impl Sink for FnSink {
         fn push(&mut self, msg: Message) -> Result<()> {
-            (self.1)(self.0, msg);
-            Ok(())
+            (self.1)(self.0, msg)
         }
     }
-    run_into(plan, config, &move |p| Ok(Box::new(FnSink(p, each.clone())) as Box<dyn Sink>)).map(|_| ())
+    run_into(plan, config, &move |p| Ok(Box::new(FnSink(p, each.clone())) as Box<dyn Sink>)).map(|(_, stats)| stats)
 }
 
 /// Builds the pipelines of `plan` with `root` as the sink of the last one and runs them; returns the
-/// metrics of every node.
-fn run_into(plan: &PhysicalPlan, config: &ExecConfig, root: &dyn Fn(usize) -> Result<Box<dyn Sink>>) -> Result<Vec<Arc<OpMetrics>>> {
+/// metrics of every node. The query's spill files are gone when this returns, whatever the outcome.
+fn run_into(
+    plan: &PhysicalPlan,
+    config: &ExecConfig,
+    root: &dyn Fn(usize) -> Result<Box<dyn Sink>>,
+) -> Result<(Vec<Arc<OpMetrics>>, QueryStats)> {
     let threads = config.threads.max(1);
     let notifier = Notifier::new();
     let metrics: Vec<Arc<OpMetrics>> = (0..plan.node_count()).map(|_| Arc::new(OpMetrics::default())).collect();
-    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, root)?;
+    let memory = build::QueryMemory {
+        pool: crate::memory::MemoryPool::new(config.memory_limit.max(1)),
+        spill: Arc::new(crate::memory::SpillManager::new(config.spill_dir.clone(), Some(arrow::ipc::CompressionType::LZ4_FRAME))),
+    };
+    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, &memory, root)?;
     scheduler::run(tasks, threads, &notifier)?;
-    Ok(metrics)
+    let stats = QueryStats {
+        peak_memory: memory.pool.peak(),
+        spilled_bytes: memory.spill.bytes_spilled(),
+        spill_files: memory.spill.files_spilled(),
+    };
+    Ok((metrics, stats))
 }
 
 /// Runs `plan` to completion and returns its rows.
 pub fn execute(plan: &PhysicalPlan, config: &ExecConfig) -> Result<QueryOutput> {
     let results = Arc::new(Mutex::new(Vec::new()));
     let sink_results = results.clone();
-    let metrics = run_into(plan, config, &move |_| Ok(Box::new(scan::CollectSink::new(sink_results.clone())) as Box<dyn Sink>))?;
+    let (metrics, stats) =
+        run_into(plan, config, &move |_| Ok(Box::new(scan::CollectSink::new(sink_results.clone())) as Box<dyn Sink>))?;
     let batches = std::mem::take(&mut *results.lock().map_err(|_| crate::RiffleError::exec("result lock poisoned"))?);
-    Ok(QueryOutput { batches, metrics })
+    Ok(QueryOutput { batches, metrics, stats })
 }

@@ -28,6 +28,8 @@ pub struct ScanShared {
 enum Work {
     File(Morsel),
     Batch(RecordBatch),
+    /// Records `start..start + n` of a generated table.
+    Generate(u64, usize),
 }
 
 impl ScanShared {
@@ -53,6 +55,16 @@ impl ScanShared {
                 pruned.morsels.into_iter().map(Work::File).collect()
             }
             TableData::Files { morsels, .. } => morsels.iter().cloned().map(Work::File).collect(),
+            TableData::Generated { records, .. } => {
+                let mut v = VecDeque::new();
+                let mut start = 0;
+                while start < *records {
+                    let n = (*records - start).min(batch_size as u64);
+                    v.push_back(Work::Generate(start, n as usize));
+                    start += n;
+                }
+                v
+            }
             TableData::Memory(batches) => {
                 let mut v = VecDeque::new();
                 for b in batches {
@@ -117,6 +129,12 @@ impl ScanSource {
             match self.shared.take() {
                 None => return Ok(None),
                 Some(Work::Batch(b)) => return Ok(Some(b)),
+                Some(Work::Generate(start, n)) => {
+                    let TableData::Generated { generator, .. } = &self.shared.source.data else {
+                        return Err(RiffleError::exec("generated morsel for a table that is not generated"));
+                    };
+                    return Ok(Some(generator.batch(start, n).project(&self.shared.projection)?));
+                }
                 Some(Work::File(m)) => {
                     let TableData::Files { format, .. } = &self.shared.source.data else {
                         return Err(RiffleError::exec("file morsel for an in-memory table"));

@@ -199,6 +199,9 @@ impl Binder<'_> {
                 other => return Err(RiffleError::plan(format!("unexpected argument {other} to {name}()"))),
             }
         }
+        if name == "gensort" {
+            return gensort_table(path.as_deref(), &options);
+        }
         let path = path.ok_or_else(|| RiffleError::plan(format!("{name}() needs a path, e.g. {name}('data/*.parquet')")))?;
         let format = match name {
             "read_parquet" | "parquet_scan" => FileFormat::Parquet,
@@ -216,8 +219,9 @@ impl Binder<'_> {
             }
             "read_json" | "read_json_auto" | "read_ndjson" => FileFormat::Json,
             "read_arrow" | "read_ipc" => FileFormat::Arrow,
+            "read_gensort" => FileFormat::Gensort,
             other => {
-                let hint = crate::error::closest(other, ["read_parquet", "read_csv", "read_json", "read_arrow"])
+                let hint = crate::error::closest(other, ["read_parquet", "read_csv", "read_json", "read_arrow", "read_gensort", "gensort"])
                     .map(|c| format!("; did you mean '{c}'?"))
                     .unwrap_or_default();
                 return Err(RiffleError::plan(format!("table function '{other}' does not exist{hint}")));
@@ -230,6 +234,22 @@ impl Binder<'_> {
         }
         TableSource::files(&path, Some(format), None)
     }
+}
+
+/// `gensort(records, seed = 0)`: sort-benchmark records made on the fly (key, payload).
+fn gensort_table(records: Option<&str>, options: &[(String, String)]) -> Result<TableSource> {
+    let usage = "gensort(records [, seed = S]), e.g. gensort(1000000)";
+    let records: u64 = records
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| RiffleError::plan(format!("gensort() needs a record count: {usage}")))?;
+    let mut seed = 0;
+    for (k, v) in options {
+        match k.as_str() {
+            "seed" => seed = v.parse().map_err(|_| RiffleError::plan(format!("gensort() seed must be a whole number, got '{v}'")))?,
+            other => return Err(RiffleError::plan(format!("gensort() has no option '{other}': {usage}"))),
+        }
+    }
+    Ok(TableSource::generated(records, riffle_formats::gensort::RecordGenerator { seed }))
 }
 
 /// Applies a FROM item's alias: column names from `alias`, every column qualified by `qualifier`.

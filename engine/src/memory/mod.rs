@@ -1,0 +1,255 @@
+//! The memory budget of a query: one pool, and RAII reservations that every buffering operator takes
+//! before it buffers.
+//!
+//! Consumers are spillable (sort runs, later aggregate and join partitions) or not. A spillable
+//! consumer may hold at most its fair share of what the unspillable ones leave, so one sort partition
+//! cannot starve the other; when a reservation cannot grow, a spillable operator writes what it holds
+//! through the [`SpillManager`] and frees it. An unspillable consumer that does not fit fails the
+//! query with an error naming it and how to raise the limit.
+
+mod spill;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use spill::{remove_live_spill_dirs, SpillFile, SpillManager, SpillReader, SpillWriter};
+
+use crate::error::{Result, RiffleError};
+use crate::exec::human_bytes;
+
+#[derive(Debug, Default)]
+struct PoolState {
+    used: usize,
+    peak: usize,
+    /// Bytes held by unspillable consumers.
+    unspillable: usize,
+    /// Live spillable consumers, among which the rest of the budget is shared.
+    spillable_consumers: usize,
+}
+
+/// One query's memory budget.
+#[derive(Debug)]
+pub struct MemoryPool {
+    limit: usize,
+    state: Mutex<PoolState>,
+}
+
+impl MemoryPool {
+    pub fn new(limit: usize) -> Arc<MemoryPool> {
+        Arc::new(MemoryPool { limit, state: Mutex::new(PoolState::default()) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        self.lock().used
+    }
+
+    /// The most bytes ever reserved at once.
+    pub fn peak(&self) -> usize {
+        self.lock().peak
+    }
+
+    /// A new, empty reservation for the operator `name`.
+    pub fn reservation(self: &Arc<Self>, name: impl Into<String>, spillable: bool) -> MemoryReservation {
+        if spillable {
+            self.lock().spillable_consumers += 1;
+        }
+        MemoryReservation { pool: self.clone(), name: name.into(), spillable, size: 0 }
+    }
+
+    /// What a spillable consumer may hold: an equal share of what unspillable consumers leave.
+    fn fair_share(&self, st: &PoolState) -> usize {
+        self.limit.saturating_sub(st.unspillable) / st.spillable_consumers.max(1)
+    }
+}
+
+/// Bytes an operator holds in the pool; given back when it shrinks or is dropped.
+#[derive(Debug)]
+pub struct MemoryReservation {
+    pool: Arc<MemoryPool>,
+    name: String,
+    spillable: bool,
+    size: usize,
+}
+
+impl MemoryReservation {
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Grows by `bytes` if the budget allows; false (and no change) if not, so the operator can spill.
+    pub fn try_grow(&mut self, bytes: usize) -> bool {
+        let mut st = self.pool.lock();
+        let fits_pool = st.used + bytes <= self.pool.limit;
+        let fits_share = !self.spillable || self.size + bytes <= self.pool.fair_share(&st);
+        if !(fits_pool && fits_share) {
+            return false;
+        }
+        st.used += bytes;
+        st.peak = st.peak.max(st.used);
+        if !self.spillable {
+            st.unspillable += bytes;
+        }
+        self.size += bytes;
+        true
+    }
+
+    /// Grows by `bytes` or fails the query with an out-of-memory error that names this operator.
+    pub fn grow(&mut self, bytes: usize) -> Result<()> {
+        if self.try_grow(bytes) {
+            return Ok(());
+        }
+        Err(self.out_of_memory(bytes))
+    }
+
+    /// The error for an operator that needs `bytes` more than the budget gives it and cannot spill
+    /// them (or has spilled all it could).
+    pub fn out_of_memory(&self, bytes: usize) -> RiffleError {
+        let used = self.pool.used();
+        RiffleError::OutOfMemory(format!(
+            "{} needs {} more memory but the query's memory limit is {} ({} in use, {} of it by {}); \
+             raise the limit with --memory-limit (e.g. --memory-limit {})",
+            self.name,
+            human_bytes(bytes as u64),
+            human_bytes(self.pool.limit as u64),
+            human_bytes(used as u64),
+            human_bytes(self.size as u64),
+            self.name,
+            suggested_limit(self.pool.limit.max(used + bytes)),
+        ))
+    }
+
+    /// Gives back `bytes` (at most what is held).
+    pub fn shrink(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.size);
+        let mut st = self.pool.lock();
+        st.used -= bytes;
+        if !self.spillable {
+            st.unspillable -= bytes;
+        }
+        self.size -= bytes;
+    }
+
+    /// Gives back everything held.
+    pub fn free(&mut self) {
+        self.shrink(self.size);
+    }
+
+    /// Sets the size to `bytes`: shrinks without condition, grows only if the budget allows.
+    pub fn try_resize(&mut self, bytes: usize) -> bool {
+        if bytes <= self.size {
+            self.shrink(self.size - bytes);
+            true
+        } else {
+            self.try_grow(bytes - self.size)
+        }
+    }
+}
+
+impl Drop for MemoryReservation {
+    fn drop(&mut self) {
+        self.free();
+        if self.spillable {
+            let mut st = self.pool.lock();
+            st.spillable_consumers = st.spillable_consumers.saturating_sub(1);
+        }
+    }
+}
+
+/// A round limit at least twice `bytes`, written as the CLI takes it.
+fn suggested_limit(bytes: usize) -> String {
+    let mb = (bytes as u64 * 2).div_ceil(1_000_000).max(1);
+    if mb >= 1000 {
+        format!("{}GB", mb.div_ceil(1000))
+    } else {
+        format!("{mb}MB")
+    }
+}
+
+/// Parses a memory size such as `2GB`, `512MB`, `1.5GiB`, `100000` (bytes). As in DuckDB's
+/// memory_limit, KB/MB/GB are powers of 1000 and KiB/MiB/GiB powers of 1024.
+pub fn parse_memory_size(text: &str) -> std::result::Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a memory size: write a number and a unit, e.g. 2GB or 512MB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => return Err(format!("unknown unit '{other}' in memory size '{text}': use B, KB, MB, GB or TB")),
+    };
+    let bytes = number * scale as f64;
+    if !(bytes >= 1.0 && bytes < usize::MAX as f64) {
+        return Err(format!("memory size '{text}' must be at least one byte"));
+    }
+    Ok(bytes as usize)
+}
+
+/// The default budget: 3/4 of the machine's memory (what /proc/meminfo reports), or 4 GiB if unknown.
+pub fn default_memory_limit() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    total.map_or(4 << 30, |t| t / 4 * 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_share_the_budget_and_free_on_drop() {
+        let pool = MemoryPool::new(1000);
+        let mut a = pool.reservation("Sort", true);
+        let mut b = pool.reservation("Sort", true);
+        assert!(a.try_grow(500));
+        assert!(!a.try_grow(1), "a spillable consumer gets at most its fair share");
+        assert!(b.try_grow(500));
+        assert_eq!(pool.used(), 1000);
+        drop(a);
+        assert_eq!(pool.used(), 500);
+        // With one spillable consumer left, its share is the whole budget.
+        assert!(b.try_grow(500));
+        assert!(!b.try_grow(1));
+        assert_eq!(pool.peak(), 1000);
+    }
+
+    #[test]
+    fn unspillable_consumers_fail_with_a_clear_error() {
+        let pool = MemoryPool::new(1 << 20);
+        let mut r = pool.reservation("HashJoin build", false);
+        r.grow(1 << 19).unwrap();
+        let e = r.grow(1 << 20).unwrap_err().to_string();
+        assert!(e.contains("HashJoin build needs 1.0MiB more memory"), "{e}");
+        assert!(e.contains("--memory-limit 4MB"), "{e}");
+        assert_eq!(r.size(), 1 << 19);
+    }
+
+    #[test]
+    fn memory_sizes_parse() {
+        assert_eq!(parse_memory_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_memory_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("1.5gib"), Ok(3 << 29));
+        assert_eq!(parse_memory_size("4096"), Ok(4096));
+        assert!(parse_memory_size("lots").is_err());
+        assert!(parse_memory_size("3 parsecs").is_err());
+    }
+}
