@@ -81,3 +81,9 @@ fn tpch_sf001_two_threads() {
 fn tpch_sf001_one_thread_small_batches_as_stream() {
     check(ExecConfig { threads: 1, batch_size: 1000, stream: true, ..ExecConfig::default() });
 }
+
+#[test]
+fn tpch_sf001_two_threads_sorts_spilling() {
+    // 256 KB: every sort over more than a few thousand rows spills and merges from disk.
+    check(ExecConfig { threads: 2, batch_size: 1000, memory_limit: 256 << 10, ..ExecConfig::default() });
+}

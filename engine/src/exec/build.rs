@@ -110,6 +110,15 @@ impl Builder<'_> {
         Ok(Open { source: SourceSpec::Exchange(x), partitions, ops: vec![] })
     }
 
+    /// Ends single-partition `open` in an exchange read by one consumer: the same rows in the same
+    /// order, in a task of their own.
+    fn handoff(&mut self, open: Open) -> Result<Open> {
+        let x = Arc::new(Exchange::new(1, 1, EXCHANGE_CAPACITY, self.notifier.clone()));
+        let xs = x.clone();
+        self.close(open, &move |p| Ok(Box::new(ExchangeSink::new(xs.clone(), p))))?;
+        Ok(Open { source: SourceSpec::Exchange(x), partitions: 1, ops: vec![] })
+    }
+
     /// An exchange that a breaker fills once, at its end, for `consumers` partitions.
     fn breaker_output(&self, consumers: usize) -> Arc<Exchange> {
         Arc::new(Exchange::new(1, consumers, usize::MAX, self.notifier.clone()))
@@ -200,7 +209,10 @@ impl Builder<'_> {
                     self.memory.spill.clone(),
                 )?);
                 self.close(open, &|p| Ok(Box::new(SortSink::new(shared.clone(), p))))?;
-                Open { source: SourceSpec::Sort(shared), partitions: 1, ops: vec![] }
+                let merged = Open { source: SourceSpec::Sort(shared), partitions: 1, ops: vec![] };
+                // The merge and what consumes its rows (a file writer, say) run as two tasks, so on
+                // two workers, with the exchange between them keeping the order.
+                self.handoff(merged)?
             }
             PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, schema } => {
                 self.join(probe, build, *kind, probe_keys.clone(), build_keys.clone(), filter.clone(), *null_aware, schema, metrics)?

@@ -11,6 +11,7 @@ mod aggregate;
 mod basic;
 mod build;
 mod exchange;
+mod gather;
 mod join;
 mod prune;
 mod scan;

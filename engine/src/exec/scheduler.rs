@@ -134,6 +134,11 @@ pub fn run(tasks: Vec<PipelineTask>, threads: usize, notifier: &Notifier) -> Res
         finished = done.wait(finished).unwrap_or_else(|p| p.into_inner());
     }
     drop(finished);
+    // Tasks left unfinished by an error are dropped here, before the query returns, so whatever
+    // they hold (spill files, memory) is released by then, not later on a worker thread.
+    for slot in &job.slots {
+        drop(slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
     let mut st = notifier.lock();
     match st.error.take() {
         Some(e) => Err(e),

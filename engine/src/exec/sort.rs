@@ -1,19 +1,22 @@
 //! Sort and top-k as a pipeline breaker, within the query's memory budget.
 //!
 //! Each input partition buffers batches with their sort keys encoded as `arrow-row` bytes, under a
-//! spillable reservation. When the reservation cannot grow, the partition sorts what it holds into a
-//! run and spills it (so one partition reads while the other sorts). When every partition ended, the
-//! runs are merged by a loser tree, in several passes if more runs are on disk than the budget can
-//! read at once, and the merge is the source of the next pipeline: rows flow on as they are merged.
-//! With `fetch` (top-k), a partition keeps only its best rows as it goes.
+//! spillable reservation, and sorts every 64 MB into a run of sorted batches kept in memory (small
+//! runs sort fast and leave the merge sequential reads). When the reservation cannot grow, the
+//! partition writes its runs to disk and frees them; meanwhile the other partitions go on reading.
+//! When every partition ended, the runs are merged by a loser tree, in several passes if more runs
+//! are on disk than the budget can read at once, and the merge is the source of the next pipeline:
+//! rows flow on as they are merged. With `fetch` (top-k), a partition keeps only its best rows.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::compute::{interleave_record_batch, SortOptions};
+use arrow::compute::SortOptions;
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
 
+use super::gather::gather;
 use super::{BarrierRelay, Exchange, Notifier, OpMetrics, PartitionGather, Sink, Source};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
@@ -29,7 +32,7 @@ pub struct SortShared {
     schema: SchemaRef,
     fetch: Option<usize>,
     encoder: Arc<KeyEncoder>,
-    runs: PartitionGather<Run>,
+    runs: PartitionGather<(Vec<Run>, MemoryReservation)>,
     barriers: BarrierRelay,
     /// Barriers relayed to the merge source (nothing else goes through it).
     control: Arc<Exchange>,
@@ -76,20 +79,22 @@ impl SortShared {
         })
     }
 
-    fn encode_keys(&self, batch: &RecordBatch) -> Result<Rows> {
-        self.encoder.encode(batch)
-    }
-
     /// The last partition to end merges every partition's runs.
-    fn finish(&self, local: Vec<Run>) -> Result<()> {
-        let Some(mut runs) = self.runs.arrive(local)? else { return Ok(()) };
+    fn finish(&self, local: Vec<Run>, reservation: MemoryReservation) -> Result<()> {
+        let Some(arrived) = self.runs.arrive([(local, reservation)])? else { return Ok(()) };
         let started = std::time::Instant::now();
+        let mut runs = Vec::new();
+        let mut reservations = Vec::new();
+        for (r, m) in arrived {
+            runs.extend(r);
+            reservations.push(m);
+        }
         // Reading a spilled run back costs a batch and its keys, twice over while the next loads,
         // plus the read buffer: merge as many at once as the budget allows, in several passes if needed.
         loop {
             let spilled: Vec<usize> = (0..runs.len()).filter(|i| matches!(runs[*i], Run::Spilled { .. })).collect();
             let cost = runs.iter().map(Run::cursor_cost).max().unwrap_or(0).max(1);
-            let fan_in = (self.pool.limit().saturating_sub(self.pool.used()) / cost).max(2);
+            let fan_in = (self.room() / cost).max(2);
             if spilled.len() <= fan_in {
                 break;
             }
@@ -105,60 +110,63 @@ impl SortShared {
             let merged = self.merge_to_disk(taken)?;
             runs.insert(first, merged);
         }
-        let merger = Merger::new(self, runs, self.fetch)?;
+        let merger = Merger::new(self, runs, self.fetch, reservations)?;
         self.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         *self.merge.lock().map_err(|_| RiffleError::exec("sort merge lock poisoned"))? = MergeState::Ready(Box::new(merger));
         self.notifier.bump();
         Ok(())
     }
 
+    /// What the budget has left.
+    fn room(&self) -> usize {
+        self.pool.limit().saturating_sub(self.pool.used())
+    }
+
     /// One intermediate merge pass: `runs` into one run on disk.
     fn merge_to_disk(&self, runs: Vec<Run>) -> Result<Run> {
-        let mut merger = Merger::new(self, runs, None)?;
+        let mut merger = Merger::new(self, runs, None, vec![])?;
         let mut writer = self.spill.writer(&self.schema)?;
         let mut max_batch = 0;
         while let Some(batch) = merger.next_batch()? {
             max_batch = max_batch.max(batch.get_array_memory_size());
             writer.write(&batch)?;
         }
+        self.note_spill();
         Ok(Run::Spilled { file: writer.finish()?, max_batch })
     }
 
-    /// Sorts a partition's buffered rows and writes them out as one run on disk (only the best
-    /// `fetch` of them for a top-k: no others can be in the answer).
-    fn spill_run(&self, buffer: &mut RunBuffer) -> Result<Run> {
-        let order = buffer.sorted_order(self.fetch);
+    /// Writes the chunks of a run to disk, in order.
+    fn write_run(&self, chunks: impl Iterator<Item = Result<RecordBatch>>) -> Result<Run> {
         let mut writer = self.spill.writer(&self.schema)?;
         let mut max_batch = 0;
-        let batches: Vec<&RecordBatch> = buffer.batches.iter().collect();
-        for chunk in order.chunks(self.batch_size) {
-            let indices: Vec<(usize, usize)> = chunk.iter().map(|(_, b, r)| (*b as usize, *r as usize)).collect();
-            let batch = interleave_record_batch(&batches, &indices)?;
-            max_batch = max_batch.max(batch.get_array_memory_size());
-            writer.write(&batch)?;
+        for chunk in chunks {
+            let chunk = chunk?;
+            max_batch = max_batch.max(chunk.get_array_memory_size());
+            writer.write(&chunk)?;
         }
-        drop(batches);
-        buffer.clear();
-        Ok(Run::Spilled { file: writer.finish()?, max_batch })
+        let file = writer.finish()?;
+        self.note_spill();
+        Ok(Run::Spilled { file, max_batch })
+    }
+
+    fn note_spill(&self) {
+        let m = &self.metrics;
+        m.spilled_bytes.store(self.spill.bytes_spilled(), std::sync::atomic::Ordering::Relaxed);
+        m.spill_files.store(self.spill.files_spilled(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-/// Rows a partition holds in memory: batches and their encoded keys.
+/// Unsorted rows a partition holds: batches and their encoded keys.
+#[derive(Default)]
 struct RunBuffer {
     batches: Vec<RecordBatch>,
     keys: Vec<Rows>,
     rows: usize,
-    reservation: MemoryReservation,
+    /// What the batches, keys and the sort's order entries take, as reserved.
+    bytes: usize,
 }
 
 impl RunBuffer {
-    fn clear(&mut self) {
-        self.batches.clear();
-        self.keys.clear();
-        self.rows = 0;
-        self.reservation.free();
-    }
-
     /// (key prefix, batch, row) of every buffered row in key order, the first `limit` if given;
     /// ties keep input order.
     fn sorted_order(&self, limit: Option<usize>) -> Vec<(u64, u32, u32)> {
@@ -185,22 +193,18 @@ impl RunBuffer {
         order
     }
 
-    /// Keeps only the best `k` rows (top-k), as one batch.
-    fn keep_best(&mut self, shared: &SortShared, k: usize) -> Result<()> {
-        let order = self.sorted_order(Some(k));
+    /// The buffered rows in key order (the first `limit`), `batch_size` rows per batch.
+    fn sorted_chunks(&self, limit: Option<usize>, batch_size: usize) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+        let order = self.sorted_order(limit);
         let batches: Vec<&RecordBatch> = self.batches.iter().collect();
-        let indices: Vec<(usize, usize)> = order.iter().map(|(_, b, r)| (*b as usize, *r as usize)).collect();
-        let best = interleave_record_batch(&batches, &indices)?;
-        drop(batches);
-        let keys = shared.encode_keys(&best)?;
-        let bytes = best.get_array_memory_size() + keys.size() + best.num_rows() * ORDER_ENTRY;
-        self.rows = best.num_rows();
-        self.batches = vec![best];
-        self.keys = vec![keys];
-        if !self.reservation.try_resize(bytes) {
-            return Err(self.reservation.out_of_memory(bytes - self.reservation.size()));
-        }
-        Ok(())
+        let chunks: Vec<Vec<(usize, usize)>> =
+            order.chunks(batch_size).map(|c| c.iter().map(|(_, b, r)| (*b as usize, *r as usize)).collect()).collect();
+        drop(order);
+        chunks.into_iter().map(move |idx| gather(&batches, &idx))
+    }
+
+    fn take(&mut self) -> RunBuffer {
+        std::mem::take(self)
     }
 }
 
@@ -212,95 +216,158 @@ fn prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(p)
 }
 
-/// A sorted run: still in memory (its rows and the order to read them in), or on disk.
+/// A sorted run: batches in key order (with their keys) in memory, or on disk.
 enum Run {
-    Memory { buffer: RunBuffer, order: Vec<(u64, u32, u32)> },
+    Memory { chunks: VecDeque<(RecordBatch, Rows)>, bytes: usize },
     Spilled { file: SpillFile, max_batch: usize },
 }
 
 impl Run {
-    /// Memory a merge needs to read this run: nothing more for a run in memory.
+    /// Memory a merge needs to read this run, beyond what the run holds already: its current and
+    /// its next batch, and a read buffer.
     fn cursor_cost(&self) -> usize {
         match self {
             Run::Memory { .. } => 0,
-            Run::Spilled { max_batch, .. } => 2 * max_batch + (1 << 20),
+            Run::Spilled { max_batch, .. } => 2 * max_batch + MIN_READ_BUFFER,
         }
     }
 }
+
+/// Read buffers of the spilled runs a merge reads: 1 MB each when the budget allows.
+const MIN_READ_BUFFER: usize = 64 << 10;
+const MAX_READ_BUFFER: usize = 1 << 20;
+
+/// Unsorted bytes a partition gathers before sorting them into a run: runs this size sort fast
+/// (their rows stay close in memory) and merge in few enough ways.
+const RUN_BYTES: usize = 64 << 20;
 
 pub struct SortSink {
     shared: Arc<SortShared>,
     partition: usize,
     buffer: RunBuffer,
+    /// Runs so far, in input order; the memory ones are covered by `reservation` too.
     runs: Vec<Run>,
+    reservation: MemoryReservation,
 }
 
 impl SortSink {
     pub fn new(shared: Arc<SortShared>, partition: usize) -> SortSink {
         let reservation = shared.pool.reservation(format!("Sort (partition {partition})"), true);
-        let buffer = RunBuffer { batches: Vec::new(), keys: Vec::new(), rows: 0, reservation };
-        SortSink { shared, partition, buffer, runs: Vec::new() }
+        SortSink { shared, partition, buffer: RunBuffer::default(), runs: Vec::new(), reservation }
     }
 
     fn buffer_batch(&mut self, batch: RecordBatch) -> Result<()> {
-        let keys = self.shared.encode_keys(&batch)?;
+        let keys = self.shared.encoder.encode(&batch)?;
         let bytes = batch.get_array_memory_size() + keys.size() + batch.num_rows() * ORDER_ENTRY;
-        if !self.buffer.reservation.try_grow(bytes) {
+        if self.buffer.bytes + bytes > RUN_BYTES && self.shared.fetch.is_none() {
+            self.close_run()?;
+        }
+        if !self.reservation.try_grow(bytes) {
             if let Some(k) = self.shared.fetch {
                 // Top-k: first try keeping only the best k rows in memory.
                 if self.buffer.rows > k {
-                    self.buffer.keep_best(&self.shared, k)?;
+                    self.keep_best(k)?;
                 }
             }
-            if !self.buffer.reservation.try_grow(bytes) {
-                if self.buffer.batches.is_empty() {
-                    // A lone batch cannot be made smaller.
-                    return Err(self.buffer.reservation.out_of_memory(bytes));
-                }
-                let run = self.shared.spill_run(&mut self.buffer)?;
-                self.runs.push(run);
-                self.note_spill();
-                if !self.buffer.reservation.try_grow(bytes) {
-                    return Err(self.buffer.reservation.out_of_memory(bytes));
+            if !self.reservation.try_grow(bytes) {
+                self.spill_all()?;
+                if !self.reservation.try_grow(bytes) {
+                    // Not even this one batch fits: it becomes a run of its own, on disk at once.
+                    let mut lone = RunBuffer { rows: batch.num_rows(), batches: vec![batch], keys: vec![keys], bytes: 0 };
+                    let run = self.shared.write_run(lone.sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
+                    lone.batches.clear();
+                    self.runs.push(run);
+                    return Ok(());
                 }
             }
         }
         self.buffer.rows += batch.num_rows();
+        self.buffer.bytes += bytes;
         self.buffer.batches.push(batch);
         self.buffer.keys.push(keys);
-        self.shared.metrics.note_bytes(self.buffer.reservation.size());
+        self.shared.metrics.note_bytes(self.reservation.size());
         if let Some(k) = self.shared.fetch {
             // Top-k: once a few times k rows are buffered, keep only the best k.
             if self.buffer.rows > 2 * k.max(1024) {
-                self.buffer.keep_best(&self.shared, k)?;
+                self.keep_best(k)?;
             }
         }
         Ok(())
     }
 
-    fn note_spill(&self) {
-        let m = &self.shared.metrics;
-        m.spilled_bytes.store(self.shared.spill.bytes_spilled(), std::sync::atomic::Ordering::Relaxed);
-        m.spill_files.store(self.shared.spill.files_spilled(), std::sync::atomic::Ordering::Relaxed);
+    /// Sorts the buffer into a run: kept in memory if the sorted copy fits the budget beside it,
+    /// written to disk if not.
+    fn close_run(&mut self) -> Result<()> {
+        if self.buffer.rows == 0 {
+            return Ok(());
+        }
+        let buffer = self.buffer.take();
+        let copy = buffer.bytes.saturating_sub(buffer.rows * ORDER_ENTRY);
+        let run = if self.reservation.try_grow(copy) {
+            let mut chunks = VecDeque::new();
+            let mut bytes = 0;
+            for chunk in buffer.sorted_chunks(self.shared.fetch, self.shared.batch_size) {
+                let chunk = chunk?;
+                let keys = self.shared.encoder.encode(&chunk)?;
+                bytes += chunk.get_array_memory_size() + keys.size();
+                chunks.push_back((chunk, keys));
+            }
+            // The run's own size replaces the estimate; the unsorted buffer goes.
+            self.reservation.shrink(copy + buffer.bytes);
+            if !self.reservation.try_grow(bytes) {
+                self.reservation.grow_anyway(bytes);
+            }
+            Run::Memory { chunks, bytes }
+        } else {
+            let run = self.shared.write_run(buffer.sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
+            self.reservation.shrink(buffer.bytes);
+            run
+        };
+        self.runs.push(run);
+        Ok(())
+    }
+
+    /// Writes every run held in memory, and the buffer, to disk: frees this partition's memory.
+    fn spill_all(&mut self) -> Result<()> {
+        for run in self.runs.iter_mut() {
+            if let Run::Memory { chunks, bytes } = run {
+                let (taken, held) = (std::mem::take(chunks), *bytes);
+                *run = self.shared.write_run(taken.into_iter().map(|(b, _)| Ok(b)))?;
+                self.reservation.shrink(held);
+            }
+        }
+        if self.buffer.rows > 0 {
+            let buffer = self.buffer.take();
+            let run = self.shared.write_run(buffer.sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
+            self.reservation.shrink(buffer.bytes);
+            self.runs.push(run);
+        }
+        Ok(())
+    }
+
+    /// Keeps only the best `k` buffered rows (top-k), as one batch.
+    fn keep_best(&mut self, k: usize) -> Result<()> {
+        let buffer = self.buffer.take();
+        let best: Vec<RecordBatch> = buffer.sorted_chunks(Some(k), usize::MAX).collect::<Result<_>>()?;
+        self.reservation.shrink(buffer.bytes);
+        drop(buffer);
+        for b in best {
+            let keys = self.shared.encoder.encode(&b)?;
+            let bytes = b.get_array_memory_size() + keys.size() + b.num_rows() * ORDER_ENTRY;
+            self.reservation.grow_anyway(bytes);
+            self.buffer.rows += b.num_rows();
+            self.buffer.bytes += bytes;
+            self.buffer.batches.push(b);
+            self.buffer.keys.push(keys);
+        }
+        Ok(())
     }
 
     fn end(&mut self) -> Result<()> {
+        self.close_run()?;
         let reservation = self.shared.pool.reservation(format!("Sort (partition {})", self.partition), true);
-        let empty = RunBuffer { batches: Vec::new(), keys: Vec::new(), rows: 0, reservation };
-        let mut buffer = std::mem::replace(&mut self.buffer, empty);
-        if buffer.rows > 0 {
-            if self.runs.is_empty() {
-                // Never spilled: the run stays in memory and is read straight from its buffers.
-                let order = buffer.sorted_order(self.shared.fetch);
-                self.runs.push(Run::Memory { buffer, order });
-            } else {
-                // Once spilling, spill the rest too: the merge then has the budget to itself.
-                let run = self.shared.spill_run(&mut buffer)?;
-                self.runs.push(run);
-                self.note_spill();
-            }
-        }
-        self.shared.finish(std::mem::take(&mut self.runs))
+        let held = std::mem::replace(&mut self.reservation, reservation);
+        self.shared.finish(std::mem::take(&mut self.runs), held)
     }
 }
 
@@ -361,27 +428,41 @@ impl Source for SortSource {
     }
 }
 
-/// Where one run's next row is.
-enum Cursor {
-    Memory { buffer: Box<RunBuffer>, order: Vec<(u64, u32, u32)>, pos: usize },
-    Spilled {
-        reader: SpillReader,
-        _file: SpillFile,
-        /// The loaded batch's place in the merger's batch list, its keys, the next row.
-        slot: usize,
-        keys: Rows,
-        pos: usize,
-        done: bool,
-    },
+/// One run being merged: its current batch (at `slot` in the merger's batch list), that batch's
+/// keys, and the next row.
+struct Cursor {
+    source: RunSource,
+    slot: usize,
+    keys: Option<Rows>,
+    pos: usize,
+}
+
+enum RunSource {
+    Memory(VecDeque<(RecordBatch, Rows)>),
+    Spilled { reader: Box<SpillReader>, _file: SpillFile },
 }
 
 impl Cursor {
     fn key(&self) -> Option<&[u8]> {
-        match self {
-            Cursor::Memory { buffer, order, pos } => {
-                order.get(*pos).map(|(_, b, r)| buffer.keys[*b as usize].row(*r as usize).data())
+        self.keys.as_ref().map(|k| k.row(self.pos).data())
+    }
+
+    fn next_chunk(&mut self, encoder: &KeyEncoder) -> Result<Option<(RecordBatch, Rows)>> {
+        loop {
+            let next = match &mut self.source {
+                RunSource::Memory(chunks) => chunks.pop_front(),
+                RunSource::Spilled { reader, .. } => match reader.next_batch()? {
+                    Some(b) => {
+                        let keys = encoder.encode(&b)?;
+                        Some((b, keys))
+                    }
+                    None => None,
+                },
+            };
+            match next {
+                Some((b, _)) if b.num_rows() == 0 => continue,
+                other => return Ok(other),
             }
-            Cursor::Spilled { keys, pos, done, .. } => (!*done).then(|| keys.row(*pos).data()),
         }
     }
 }
@@ -391,72 +472,52 @@ impl Cursor {
 struct Merger {
     cursors: Vec<Cursor>,
     losers: Vec<usize>,
-    /// The batches rows are taken from: every in-memory run's, then each spilled run's current one.
+    /// Each live cursor's current batch (and, until the next output is built, batches just left).
     batches: Vec<RecordBatch>,
-    /// How many of `batches` belong to in-memory runs (they stay for the whole merge).
-    fixed: usize,
-    /// In-memory runs' first batch in `batches`.
-    memory_base: Vec<usize>,
     remaining: Option<usize>,
     batch_size: usize,
     schema: SchemaRef,
-    /// Held while the merge reads (its size is what the spilled runs' cursors hold).
-    _reservation: MemoryReservation,
+    /// Held while the merge reads: the runs kept in memory and the spilled runs' read buffers.
+    _reservations: Vec<MemoryReservation>,
     encoder: Arc<KeyEncoder>,
 }
 
 impl Merger {
-    fn new(shared: &SortShared, runs: Vec<Run>, fetch: Option<usize>) -> Result<Merger> {
-        let mut batches = Vec::new();
-        let mut memory_base = Vec::new();
-        let mut cursors = Vec::new();
-        for run in &runs {
-            if let Run::Memory { buffer, .. } = run {
-                memory_base.push(batches.len());
-                batches.extend(buffer.batches.iter().cloned());
-            } else {
-                memory_base.push(usize::MAX);
-            }
-        }
-        let fixed = batches.len();
-        let mut reservation = shared.pool.reservation("Sort merge", false);
+    fn new(shared: &SortShared, runs: Vec<Run>, fetch: Option<usize>, mut reservations: Vec<MemoryReservation>) -> Result<Merger> {
         // Budget the spilled runs' read buffers and batches; the merge must go on, so this only
         // records what it holds (the pass count was chosen to fit).
-        let _ = reservation.try_grow(runs.iter().map(Run::cursor_cost).sum());
+        let mut reading = shared.pool.reservation("Sort merge", false);
+        let cost: usize = runs.iter().map(Run::cursor_cost).sum();
+        let spilled = runs.iter().filter(|r| matches!(r, Run::Spilled { .. })).count().max(1);
+        let spare = shared.room().saturating_sub(cost) / spilled;
+        let read_buffer = (MIN_READ_BUFFER + spare / 2).min(MAX_READ_BUFFER);
+        reading.grow_anyway(cost + spilled * (read_buffer - MIN_READ_BUFFER));
+        reservations.push(reading);
         let encoder = shared.encoder.clone();
-        for run in runs {
-            cursors.push(match run {
-                Run::Memory { buffer, order } => Cursor::Memory { buffer: Box::new(buffer), order, pos: 0 },
-                Run::Spilled { file, .. } => {
-                    let mut reader = file.reader()?;
-                    match reader.next_batch()? {
-                        Some(b) => {
-                            let keys = encoder.encode(&b)?;
-                            batches.push(b);
-                            Cursor::Spilled { reader, _file: file, slot: batches.len() - 1, keys, pos: 0, done: false }
-                        }
-                        None => {
-                            let keys = encoder.converter.empty_rows(0, 0);
-                            Cursor::Spilled { reader, _file: file, slot: usize::MAX, keys, pos: 0, done: true }
-                        }
-                    }
-                }
-            });
-        }
-        let k = cursors.len();
         let mut merger = Merger {
-            cursors,
-            losers: vec![usize::MAX; k.max(1)],
-            batches,
-            fixed,
-            memory_base,
+            cursors: Vec::with_capacity(runs.len()),
+            losers: vec![usize::MAX; runs.len().max(1)],
+            batches: Vec::new(),
             remaining: fetch,
             batch_size: shared.batch_size,
             schema: shared.schema.clone(),
-            _reservation: reservation,
+            _reservations: reservations,
             encoder,
         };
-        for leaf in 0..k {
+        for run in runs {
+            let source = match run {
+                Run::Memory { chunks, .. } => RunSource::Memory(chunks),
+                Run::Spilled { file, .. } => RunSource::Spilled { reader: Box::new(file.reader(read_buffer)?), _file: file },
+            };
+            let mut cursor = Cursor { source, slot: usize::MAX, keys: None, pos: 0 };
+            if let Some((b, keys)) = cursor.next_chunk(&merger.encoder)? {
+                merger.batches.push(b);
+                cursor.slot = merger.batches.len() - 1;
+                cursor.keys = Some(keys);
+            }
+            merger.cursors.push(cursor);
+        }
+        for leaf in 0..merger.cursors.len() {
             merger.insert(leaf);
         }
         Ok(merger)
@@ -513,7 +574,7 @@ impl Merger {
         let mut indices: Vec<(usize, usize)> = Vec::with_capacity(want);
         while indices.len() < want {
             let w = self.losers[0];
-            if self.cursors[w].key().is_none() {
+            if self.cursors[w].keys.is_none() {
                 break;
             }
             indices.push(self.take_row(w)?);
@@ -526,7 +587,7 @@ impl Merger {
             *r -= indices.len();
         }
         let refs: Vec<&RecordBatch> = self.batches.iter().collect();
-        let out = interleave_record_batch(&refs, &indices)?;
+        let out = gather(&refs, &indices)?;
         drop(refs);
         self.compact();
         Ok(Some(if out.schema() == self.schema { out } else { RecordBatch::try_new(self.schema.clone(), out.columns().to_vec())? }))
@@ -534,42 +595,30 @@ impl Merger {
 
     /// The (batch, row) of cursor `c`'s current row; moves the cursor on, loading its next batch.
     fn take_row(&mut self, c: usize) -> Result<(usize, usize)> {
-        match &mut self.cursors[c] {
-            Cursor::Memory { order, pos, .. } => {
-                let (_, b, r) = order[*pos];
-                *pos += 1;
-                Ok((self.memory_base[c] + b as usize, r as usize))
-            }
-            Cursor::Spilled { reader, slot, keys, pos, done, .. } => {
-                let at = (*slot, *pos);
-                *pos += 1;
-                if *pos >= keys.num_rows() {
-                    match reader.next_batch()? {
-                        Some(b) => {
-                            *keys = self.encoder.encode(&b)?;
-                            *pos = 0;
-                            self.batches.push(b);
-                            *slot = self.batches.len() - 1;
-                        }
-                        None => *done = true,
-                    }
-                }
-                Ok(at)
+        let cursor = &mut self.cursors[c];
+        let at = (cursor.slot, cursor.pos);
+        cursor.pos += 1;
+        if cursor.pos >= cursor.keys.as_ref().map_or(0, |k| k.num_rows()) {
+            cursor.pos = 0;
+            cursor.keys = None;
+            if let Some((b, keys)) = cursor.next_chunk(&self.encoder)? {
+                self.batches.push(b);
+                cursor.slot = self.batches.len() - 1;
+                cursor.keys = Some(keys);
             }
         }
+        Ok(at)
     }
 
     /// Drops the batches no cursor reads any more.
     fn compact(&mut self) {
-        let mut kept: Vec<RecordBatch> = self.batches.drain(..self.fixed).collect();
         let old = std::mem::take(&mut self.batches);
         for cursor in &mut self.cursors {
-            if let Cursor::Spilled { slot, done: false, .. } = cursor {
-                kept.push(old[*slot - self.fixed].clone());
-                *slot = kept.len() - 1;
+            if cursor.keys.is_some() {
+                self.batches.push(old[cursor.slot].clone());
+                cursor.slot = self.batches.len() - 1;
             }
         }
-        self.batches = kept;
     }
 }
 

@@ -126,6 +126,18 @@ impl MemoryReservation {
         ))
     }
 
+    /// Grows by `bytes` even beyond the budget: for memory an operator holds already and must keep
+    /// (it is then counted, and others see less room).
+    pub fn grow_anyway(&mut self, bytes: usize) {
+        let mut st = self.pool.lock();
+        st.used += bytes;
+        st.peak = st.peak.max(st.used);
+        if !self.spillable {
+            st.unspillable += bytes;
+        }
+        self.size += bytes;
+    }
+
     /// Gives back `bytes` (at most what is held).
     pub fn shrink(&mut self, bytes: usize) {
         let bytes = bytes.min(self.size);

@@ -17,8 +17,6 @@ use arrow::ipc::CompressionType;
 
 use crate::error::{Result, RiffleError};
 
-/// Bytes of read-ahead per spill file being read back (one per merged run).
-const READ_BUFFER: usize = 1 << 20;
 const WRITE_BUFFER: usize = 1 << 20;
 
 /// Spill directories of running queries, for the Ctrl-C handler.
@@ -168,13 +166,13 @@ impl SpillFile {
         &self.path
     }
 
-    /// Reads the batches back, in the order they were written.
-    pub fn reader(&self) -> Result<SpillReader> {
+    /// Reads the batches back, in the order they were written, `read_buffer` bytes at a time.
+    pub fn reader(&self, read_buffer: usize) -> Result<SpillReader> {
         let read_error = |e: &dyn std::fmt::Display| {
             RiffleError::exec(format!("cannot read spill file '{}': {e} (was the spill directory removed?)", self.path.display()))
         };
         let file = File::open(&self.path).map_err(|e| read_error(&e))?;
-        let reader = StreamReader::try_new(BufReader::with_capacity(READ_BUFFER, file), None).map_err(|e| read_error(&e))?;
+        let reader = StreamReader::try_new(BufReader::with_capacity(read_buffer.max(4096), file), None).map_err(|e| read_error(&e))?;
         Ok(SpillReader { reader, path: self.path.clone() })
     }
 }
@@ -222,7 +220,7 @@ mod tests {
         let file = w.finish().unwrap();
         assert_eq!(file.rows(), 1005);
         assert!(manager.bytes_spilled() > 0);
-        let mut r = file.reader().unwrap();
+        let mut r = file.reader(1 << 16).unwrap();
         assert_eq!(r.next_batch().unwrap().unwrap(), batch);
         assert_eq!(r.next_batch().unwrap().unwrap(), batch.slice(10, 5));
         assert!(r.next_batch().unwrap().is_none());
