@@ -89,6 +89,9 @@ enum Command {
         memory_limit: String,
         #[arg(long)]
         spill_dir: Option<PathBuf>,
+        /// Spill file compression: lz4, zstd or none.
+        #[arg(long, default_value = "lz4")]
+        spill_compression: String,
         #[arg(long, default_value_t = 2)]
         threads: usize,
         #[arg(long, default_value_t = 1)]
@@ -128,9 +131,11 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Sort { input, output, memory_limit, spill_dir, threads, repeat, seed, peers, peers_kit, work_dir } => {
+        Command::Sort { input, output, memory_limit, spill_dir, spill_compression, threads, repeat, seed, peers, peers_kit, work_dir } => {
             let limit = riffle_engine::memory::parse_memory_size(&memory_limit).map_err(|e| anyhow::anyhow!(e))?;
-            let config = ExecConfig { threads: threads.max(1), memory_limit: limit, spill_dir, ..ExecConfig::default() };
+            let spill_compression = riffle_engine::SpillCompression::parse(&spill_compression)
+                .with_context(|| format!("unknown --spill-compression '{spill_compression}' (lz4, zstd or none)"))?;
+            let config = ExecConfig { threads: threads.max(1), memory_limit: limit, spill_dir, spill_compression, ..ExecConfig::default() };
             let work_dir = work_dir.unwrap_or_else(|| std::env::temp_dir().join("riffle-sort-bench"));
             std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
             let args = sort::SortArgs {

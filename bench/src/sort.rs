@@ -234,10 +234,13 @@ pub fn sort_command(args: &SortArgs) -> anyhow::Result<()> {
         reset_peak_rss();
         let r = riffle_sort(&input, output.as_deref(), &args.config)?;
         let rss = peak_rss();
+        let merge_at = r.stats.first_row_after.map_or(0.0, |d| d.as_secs_f64());
         eprintln!(
-            "  riffle      run {}: {:7.3} s  {:6.3} GB/s  rss {:6.0} MB  pool peak {:6.0} MB  spilled {:.3} GB in {} files",
+            "  riffle      run {}: {:7.3} s (read + runs {:.3} s, merge + write {:.3} s)  {:6.3} GB/s  rss {:6.0} MB  pool peak {:6.0} MB  spilled {:.3} GB in {} files",
             run + 1,
             r.seconds,
+            merge_at,
+            r.seconds - merge_at,
             data_gb / r.seconds,
             rss.unwrap_or(0) as f64 / 1e6,
             r.stats.peak_memory as f64 / 1e6,
@@ -301,19 +304,19 @@ fn run_peers(args: &SortArgs, input: &Path, data_gb: f64, riffle_seconds: f64) -
     let col = |row: &[&str], name: &str| header.iter().position(|h| *h == name).and_then(|i| row.get(i).map(|s| s.to_string()));
     println!();
     println!("{:<11} {:>8} {:>8} {:>9} {:>9} {:>22}", "engine", "wall_s", "GB/s", "rss_MB", "spill_GB", "Riffle GB/s ÷ theirs");
-    println!("{:<11} {:>8.3} {:>8.3} {:>9} {:>9} {:>22}", "riffle", riffle_seconds, data_gb / riffle_seconds, "", "", "1.00");
+    println!("{:<11} {:>8.3} {:>8.3} {:>9} {:>9} {:>22}", "riffle", riffle_seconds, data_gb / riffle_seconds, "-", "-", "1.00");
     for line in lines {
         let row: Vec<&str> = line.split(',').collect();
-        let wall: Option<f64> = col(&row, "wall_s").and_then(|w| w.parse().ok());
-        let ratio = wall.map(|w| format!("{:.2}", w / riffle_seconds)).unwrap_or_else(|| "-".into());
+        let num = |name: &str| col(&row, name).and_then(|w| w.parse::<f64>().ok());
+        let show = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
         println!(
             "{:<11} {:>8} {:>8} {:>9} {:>9} {:>22}  {}",
             col(&row, "engine").unwrap_or_default(),
-            col(&row, "wall_s").unwrap_or_default(),
-            col(&row, "gb_s").map(|g| g.chars().take(6).collect::<String>()).unwrap_or_default(),
-            col(&row, "rss_mb").map(|g| g.split('.').next().unwrap_or_default().to_string()).unwrap_or_default(),
-            col(&row, "spill_gb").map(|g| g.chars().take(6).collect::<String>()).unwrap_or_default(),
-            ratio,
+            show(num("wall_s"), 3),
+            show(num("gb_s"), 3),
+            show(num("rss_mb"), 0),
+            show(num("spill_gb"), 3),
+            show(num("wall_s").map(|w| w / riffle_seconds), 2),
             col(&row, "status").unwrap_or_default() + " " + &col(&row, "verified").unwrap_or_default(),
         );
     }

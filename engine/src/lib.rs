@@ -18,6 +18,6 @@ pub mod sql;
 pub mod types;
 
 pub use error::{Result, RiffleError};
-pub use exec::ExecConfig;
+pub use exec::{ExecConfig, SpillCompression};
 pub use message::Message;
 pub use session::{Session, StatementResult};

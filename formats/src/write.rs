@@ -30,7 +30,7 @@ pub struct AtomicWriter {
 }
 
 enum Inner {
-    Parquet(parquet::arrow::ArrowWriter<File>),
+    Parquet(ParquetWriter),
     Csv(arrow::csv::Writer<BufWriter<File>>),
     Json(arrow::json::LineDelimitedWriter<BufWriter<File>>),
     Arrow(arrow::ipc::writer::FileWriter<BufWriter<File>>),
@@ -44,7 +44,7 @@ impl AtomicWriter {
         let file = File::create(&staging).map_err(|e| FormatError::io(&staging, e))?;
         let mut header = false;
         let inner = match format {
-            FileFormat::Parquet => Inner::Parquet(parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).map_err(|e| err(&e))?),
+            FileFormat::Parquet => Inner::Parquet(ParquetWriter::new(file, schema).map_err(|e| err(&e))?),
             FileFormat::Csv(opts) => {
                 header = opts.header;
                 Inner::Csv(
@@ -101,7 +101,7 @@ impl AtomicWriter {
         let path = self.path.clone();
         let err = |e: &dyn std::fmt::Display| FormatError::write(&path, e);
         let file = match self.inner.take() {
-            Some(Inner::Parquet(w)) => w.into_inner().map_err(|e| err(&e))?,
+            Some(Inner::Parquet(w)) => w.finish().map_err(|e| err(&e))?,
             Some(Inner::Csv(w)) => w.into_inner().into_inner().map_err(|e| err(&e))?,
             Some(Inner::Json(mut w)) => {
                 w.finish().map_err(|e| err(&e))?;
@@ -136,4 +136,145 @@ impl Drop for AtomicWriter {
 fn staging_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.staging", std::process::id()))
+}
+
+/// Rows (or bytes, whichever comes first) per Parquet row group.
+const ROW_GROUP_ROWS: usize = 256 << 10;
+const ROW_GROUP_BYTES: usize = 32 << 20;
+/// Threads encoding row groups beside the one that feeds them.
+const ENCODERS: usize = 2;
+
+type Chunks = parquet::errors::Result<Vec<parquet::arrow::arrow_writer::ArrowColumnChunk>>;
+type EncodeJob = (Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>, Vec<RecordBatch>, std::sync::mpsc::Sender<Chunks>);
+
+/// A Parquet writer that encodes (and compresses) row groups on threads of its own while the next
+/// row group is gathered, so writing a big result is not one core's work; row groups go into the
+/// file in order. The encoder threads live as long as the writer, so their allocations are reused
+/// from one row group to the next.
+struct ParquetWriter {
+    writer: parquet::file::writer::SerializedFileWriter<File>,
+    factory: parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    pending_bytes: usize,
+    row_groups: usize,
+    encoders: Vec<std::sync::mpsc::Sender<EncodeJob>>,
+    /// Row groups being encoded, oldest first.
+    encoding: std::collections::VecDeque<std::sync::mpsc::Receiver<Chunks>>,
+}
+
+impl ParquetWriter {
+    fn new(file: File, schema: &SchemaRef) -> parquet::errors::Result<ParquetWriter> {
+        // Snappy, as DuckDB and Spark write by default: cheap to decode, a fair size on disk.
+        let mut props =
+            parquet::file::properties::WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build();
+        // Readers (ours, pyarrow) take the exact Arrow types from the embedded schema.
+        parquet::arrow::add_encoded_arrow_schema_to_metadata(schema, &mut props);
+        let props = std::sync::Arc::new(props);
+        let parquet_schema = parquet::arrow::ArrowSchemaConverter::new().with_coerce_types(props.coerce_types()).convert(schema)?;
+        let writer = parquet::file::writer::SerializedFileWriter::new(file, parquet_schema.root_schema_ptr(), props)?;
+        let factory = parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory::new(&writer, schema.clone());
+        Ok(ParquetWriter {
+            writer,
+            factory,
+            schema: schema.clone(),
+            pending: Vec::new(),
+            pending_rows: 0,
+            pending_bytes: 0,
+            row_groups: 0,
+            encoders: Vec::new(),
+            encoding: Default::default(),
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> parquet::errors::Result<()> {
+        let mut batch = batch.clone();
+        while batch.num_rows() > 0 {
+            let take = batch.num_rows().min(ROW_GROUP_ROWS - self.pending_rows);
+            let part = batch.slice(0, take);
+            batch = batch.slice(take, batch.num_rows() - take);
+            self.pending_rows += part.num_rows();
+            self.pending_bytes += part.get_array_memory_size();
+            self.pending.push(part);
+            if self.pending_rows >= ROW_GROUP_ROWS || self.pending_bytes >= ROW_GROUP_BYTES {
+                self.encode_pending()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The sender of encoder thread `i`, started on first use.
+    fn encoder(&mut self, i: usize) -> parquet::errors::Result<std::sync::mpsc::Sender<EncodeJob>> {
+        while self.encoders.len() <= i {
+            let (send, jobs) = std::sync::mpsc::channel::<EncodeJob>();
+            let schema = self.schema.clone();
+            std::thread::Builder::new()
+                .name("riffle-parquet-encoder".into())
+                .spawn(move || {
+                    for (writers, batches, done) in jobs {
+                        let _ = done.send(encode_row_group(&schema, writers, &batches));
+                    }
+                })
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+            self.encoders.push(send);
+        }
+        Ok(self.encoders[i].clone())
+    }
+
+    /// Starts encoding the gathered rows as the next row group.
+    fn encode_pending(&mut self) -> parquet::errors::Result<()> {
+        if self.pending_rows == 0 {
+            return Ok(());
+        }
+        while self.encoding.len() >= ENCODERS {
+            self.append_oldest()?;
+        }
+        let writers = self.factory.create_column_writers(self.row_groups)?;
+        let encoder = self.encoder(self.row_groups % ENCODERS)?;
+        self.row_groups += 1;
+        let batches = std::mem::take(&mut self.pending);
+        (self.pending_rows, self.pending_bytes) = (0, 0);
+        let (done, result) = std::sync::mpsc::channel();
+        encoder
+            .send((writers, batches, done))
+            .map_err(|_| parquet::errors::ParquetError::General("a Parquet encoder thread stopped".into()))?;
+        self.encoding.push_back(result);
+        Ok(())
+    }
+
+    /// Waits for the oldest row group being encoded and appends it to the file.
+    fn append_oldest(&mut self) -> parquet::errors::Result<()> {
+        let Some(result) = self.encoding.pop_front() else { return Ok(()) };
+        let chunks = result.recv().map_err(|_| parquet::errors::ParquetError::General("a Parquet encoder thread stopped".into()))??;
+        let mut row_group = self.writer.next_row_group()?;
+        for chunk in chunks {
+            chunk.append_to_row_group(&mut row_group)?;
+        }
+        row_group.close()?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> parquet::errors::Result<File> {
+        self.encode_pending()?;
+        while !self.encoding.is_empty() {
+            self.append_oldest()?;
+        }
+        self.writer.into_inner()
+    }
+}
+
+fn encode_row_group(schema: &SchemaRef, mut writers: Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>, batches: &[RecordBatch]) -> Chunks {
+    for batch in batches {
+        let mut w = writers.iter_mut();
+        for (array, field) in batch.columns().iter().zip(schema.fields()) {
+            for leaf in parquet::arrow::arrow_writer::compute_leaves(field, array)? {
+                let Some(writer) = w.next() else {
+                    return Err(parquet::errors::ParquetError::General("more leaf columns than writers".into()));
+                };
+                writer.write(&leaf)?;
+            }
+        }
+    }
+    writers.into_iter().map(|w| w.close()).collect()
 }

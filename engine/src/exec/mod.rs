@@ -45,6 +45,37 @@ pub struct ExecConfig {
     pub memory_limit: usize,
     /// Where spill files go (the system temp dir if `None`).
     pub spill_dir: Option<std::path::PathBuf>,
+    /// How spill files are compressed.
+    pub spill_compression: SpillCompression,
+}
+
+/// Compression of spill files. lz4 by default: on sort runs of gensort records it cut the bytes
+/// written to a third at a small CPU cost (measurements in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpillCompression {
+    None,
+    #[default]
+    Lz4,
+    Zstd,
+}
+
+impl SpillCompression {
+    pub fn parse(name: &str) -> Option<SpillCompression> {
+        match name.to_ascii_lowercase().as_str() {
+            "none" | "uncompressed" => Some(SpillCompression::None),
+            "lz4" => Some(SpillCompression::Lz4),
+            "zstd" => Some(SpillCompression::Zstd),
+            _ => None,
+        }
+    }
+
+    fn ipc(self) -> Option<arrow::ipc::CompressionType> {
+        match self {
+            SpillCompression::None => None,
+            SpillCompression::Lz4 => Some(arrow::ipc::CompressionType::LZ4_FRAME),
+            SpillCompression::Zstd => Some(arrow::ipc::CompressionType::ZSTD),
+        }
+    }
 }
 
 impl Default for ExecConfig {
@@ -55,6 +86,7 @@ impl Default for ExecConfig {
             stream: false,
             memory_limit: crate::memory::default_memory_limit(),
             spill_dir: None,
+            spill_compression: SpillCompression::default(),
         }
     }
 }
@@ -332,6 +364,9 @@ pub struct QueryStats {
     /// Compressed bytes written to spill files, and how many files.
     pub spilled_bytes: u64,
     pub spill_files: u64,
+    /// From the start of execution to the first row reaching the root (for a sort: when its input
+    /// was read and its runs formed, and the merge began).
+    pub first_row_after: Option<std::time::Duration>,
 }
 
 /// The result of running a plan.
@@ -370,16 +405,46 @@ fn run_into(
     let metrics: Vec<Arc<OpMetrics>> = (0..plan.node_count()).map(|_| Arc::new(OpMetrics::default())).collect();
     let memory = build::QueryMemory {
         pool: crate::memory::MemoryPool::new(config.memory_limit.max(1)),
-        spill: Arc::new(crate::memory::SpillManager::new(config.spill_dir.clone(), Some(arrow::ipc::CompressionType::LZ4_FRAME))),
+        spill: Arc::new(crate::memory::SpillManager::new(config.spill_dir.clone(), config.spill_compression.ipc())),
     };
-    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, &memory, root)?;
+    let started = Instant::now();
+    let first_row = Arc::new(std::sync::OnceLock::new());
+    let timed_root = |p: usize| -> Result<Box<dyn Sink>> {
+        Ok(Box::new(FirstRowSink { inner: root(p)?, started, first_row: first_row.clone() }))
+    };
+    let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, &memory, &timed_root)?;
     scheduler::run(tasks, threads, &notifier)?;
     let stats = QueryStats {
         peak_memory: memory.pool.peak(),
         spilled_bytes: memory.spill.bytes_spilled(),
         spill_files: memory.spill.files_spilled(),
+        first_row_after: first_row.get().copied(),
     };
     Ok((metrics, stats))
+}
+
+/// Notes when the first row reaches the root.
+struct FirstRowSink {
+    inner: Box<dyn Sink>,
+    started: Instant,
+    first_row: Arc<std::sync::OnceLock<std::time::Duration>>,
+}
+
+impl Sink for FirstRowSink {
+    fn push(&mut self, msg: Message) -> Result<()> {
+        if matches!(&msg, Message::Batch(b) if b.num_rows() > 0) && self.first_row.get().is_none() {
+            let _ = self.first_row.set(self.started.elapsed());
+        }
+        self.inner.push(msg)
+    }
+
+    fn has_capacity(&self) -> bool {
+        self.inner.has_capacity()
+    }
+
+    fn closed(&self) -> bool {
+        self.inner.closed()
+    }
 }
 
 /// Runs `plan` to completion and returns its rows.
