@@ -156,3 +156,28 @@ fn an_unwritable_spill_dir_is_a_clear_error() {
     assert!(err.contains("cannot create a spill directory in '/nonexistent/riffle-spill'"), "{err}");
     assert!(err.contains("--spill-dir"), "{err}");
 }
+
+#[test]
+fn spilling_aggregate_gives_the_in_memory_answer() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let csv = data.path().join("g.csv");
+    let rows: String = (0..60_000)
+        .map(|i| format!("{},{},{}{}\n", i % 7919, i, if i % 5 == 0 { "" } else { "s" }, (i * 31) % 1000))
+        .collect();
+    std::fs::write(&csv, format!("k,v,s\n{rows}")).expect("write csv");
+    let sql = "SELECT k, count(*) AS n, sum(v) AS total, avg(v) AS mean, min(s) AS lo, max(s) AS hi, \
+               count(DISTINCT s) AS kinds FROM g GROUP BY k ORDER BY k";
+    let mut reference = Session::new(ExecConfig { threads: 1, ..ExecConfig::default() });
+    reference.register_path("g", &csv.to_string_lossy()).expect("register");
+    let want = concat(&reference.sql(sql).expect("in memory"));
+    assert_eq!(want.num_rows(), 7919);
+    for threads in [1, 2] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Session::new(ExecConfig { batch_size: 500, ..config(256 << 10, threads, dir.path()) });
+        s.register_path("g", &csv.to_string_lossy()).expect("register");
+        let got = s.sql(sql).expect("spilling aggregate");
+        assert!(got.stats.spill_files > 0, "threads {threads}: {:?}", got.stats);
+        assert_eq!(concat(&got), want, "threads {threads}");
+        assert_eq!(entries(dir.path()), 0);
+    }
+}

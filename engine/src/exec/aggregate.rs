@@ -1,5 +1,10 @@
 //! Hash aggregation as a pipeline breaker: each partition aggregates into its own table; when the
 //! last partition ends, the partial states are merged and the result flows into the next pipeline.
+//!
+//! Within the memory budget: a partition whose table outgrows its reservation writes the table's
+//! partial states to disk, split by key hash into buckets, and starts a new table. At the end each
+//! bucket (from every partition, on disk and in memory) is merged on its own, so only one bucket's
+//! groups are in memory at a time.
 
 use std::sync::Arc;
 
@@ -9,12 +14,28 @@ use arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::HashMap;
 
 use super::accumulators::{self, GroupsAccumulator};
-use super::{emit_result, BarrierRelay, Exchange, OpMetrics, PartitionGather, Sink};
+use super::{emit_result, emit_rows, BarrierRelay, Exchange, OpMetrics, PartitionGather, Sink};
 use crate::cse::ExprList;
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
 use crate::logical::{AggCall, Expr};
+use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
 use crate::message::Message;
+
+/// Hash buckets a spilling aggregate splits its groups into; each is merged on its own at the end.
+const BUCKETS: usize = 16;
+
+/// Times a bucket too big for the budget is split again into buckets, by other bits of the hash.
+const MAX_DEPTH: usize = 4;
+
+/// The bucket of a group at split `depth`, from its row-encoded key (FNV-1a; 4 bits per depth).
+fn bucket_of(key: &[u8], depth: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h >> (60 - 4 * depth)) as usize % BUCKETS
+}
 
 /// What to aggregate, shared by every partition.
 pub struct AggSpec {
@@ -47,6 +68,36 @@ struct Partial {
     keys: Vec<ArrayRef>,
     states: Vec<Vec<ArrayRef>>,
     num_groups: usize,
+}
+
+impl Partial {
+    /// Keys, then every accumulator's state columns, as one batch (to spill).
+    fn into_batch(self) -> Result<(RecordBatch, Vec<usize>)> {
+        let widths = self.states.iter().map(|s| s.len()).collect();
+        let columns: Vec<ArrayRef> = self.keys.into_iter().chain(self.states.into_iter().flatten()).collect();
+        let fields: Vec<arrow::datatypes::Field> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| arrow::datatypes::Field::new(format!("c{i}"), c.data_type().clone(), true))
+            .collect();
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(self.num_groups));
+        Ok((RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), columns, &options)?, widths))
+    }
+
+    /// The inverse of `into_batch`, given the key count and each accumulator's state width.
+    fn from_batch(batch: &RecordBatch, keys: usize, widths: &[usize]) -> Partial {
+        let columns = batch.columns();
+        let mut at = keys;
+        let states = widths
+            .iter()
+            .map(|w| {
+                let s = columns[at..at + w].to_vec();
+                at += w;
+                s
+            })
+            .collect();
+        Partial { keys: columns[..keys].to_vec(), states, num_groups: batch.num_rows() }
+    }
 }
 
 impl GroupTable {
@@ -174,6 +225,74 @@ impl GroupTable {
     fn size(&self) -> usize {
         self.keys.as_ref().map_or(0, |k| k.size()) * 2 + self.accs.iter().map(|a| a.size()).sum::<usize>()
     }
+
+    /// The bucket of every group at split `depth`, in group order.
+    fn group_buckets(&self, depth: usize) -> Vec<usize> {
+        match &self.keys {
+            Some(rows) => rows.iter().map(|r| bucket_of(r.as_ref(), depth)).collect(),
+            None => vec![0; self.num_groups],
+        }
+    }
+
+    /// The bucket at split `depth` of every row of a partial's keys.
+    fn buckets_of(&self, keys: &[ArrayRef], rows: usize, depth: usize) -> Result<Vec<usize>> {
+        match &self.converter {
+            Some(c) => Ok(c.convert_columns(keys)?.iter().map(|r| bucket_of(r.as_ref(), depth)).collect()),
+            None => Ok(vec![0; rows]),
+        }
+    }
+}
+
+/// Partial states of one bucket: still in memory, or in a file.
+enum Part {
+    Memory(RecordBatch),
+    File(SpillFile),
+}
+
+/// Reads the batches of a bucket's parts in turn.
+struct PartReader {
+    parts: std::collections::VecDeque<Part>,
+    current: Option<crate::memory::SpillReader>,
+}
+
+impl PartReader {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if let Some(r) = &mut self.current {
+                match r.next_batch()? {
+                    Some(b) => return Ok(Some(b)),
+                    None => self.current = None,
+                }
+            }
+            match self.parts.pop_front() {
+                None => return Ok(None),
+                Some(Part::Memory(b)) => return Ok(Some(b)),
+                Some(Part::File(f)) => self.current = Some(f.reader(1 << 20)?),
+            }
+        }
+    }
+}
+
+/// Appends each bucket's rows of `batch` to that bucket's file.
+fn write_by_bucket(writers: &mut [SpillWriter], batch: &RecordBatch, buckets: &[usize]) -> Result<()> {
+    for (w, part) in writers.iter_mut().zip(split_by_bucket(batch, buckets)?) {
+        if part.num_rows() > 0 {
+            w.write(&part)?;
+        }
+    }
+    Ok(())
+}
+
+/// The rows of `batch` in each bucket, as separate batches.
+fn split_by_bucket(batch: &RecordBatch, buckets: &[usize]) -> Result<Vec<RecordBatch>> {
+    let mut indices: Vec<Vec<u32>> = vec![Vec::new(); BUCKETS];
+    for (row, b) in buckets.iter().enumerate() {
+        indices[*b].push(row as u32);
+    }
+    indices
+        .into_iter()
+        .map(|idx| Ok(arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(idx))?))
+        .collect()
 }
 
 /// Per-row codes of keys that are all dictionary-encoded with small dictionaries: the code combines
@@ -222,28 +341,131 @@ fn plain(array: &ArrayRef) -> Result<ArrayRef> {
     }
 }
 
+/// What one partition hands over at its end.
+enum Local {
+    Memory(Partial),
+    /// Everything it aggregated, on disk, one file per bucket.
+    Spilled(Vec<SpillFile>),
+}
+
 pub struct AggShared {
     spec: AggSpec,
-    partials: PartitionGather<Partial>,
+    partials: PartitionGather<(Local, MemoryReservation)>,
     barriers: BarrierRelay,
     output: Arc<Exchange>,
     batch_size: usize,
     metrics: Arc<OpMetrics>,
+    pool: Arc<MemoryPool>,
+    spill: Arc<SpillManager>,
+    /// How many state columns each accumulator has, known once a partition spilled.
+    state_widths: std::sync::OnceLock<Vec<usize>>,
 }
 
 impl AggShared {
-    pub fn new(spec: AggSpec, partitions: usize, output: Arc<Exchange>, batch_size: usize, metrics: Arc<OpMetrics>) -> AggShared {
+    pub fn new(
+        spec: AggSpec,
+        partitions: usize,
+        output: Arc<Exchange>,
+        batch_size: usize,
+        metrics: Arc<OpMetrics>,
+        pool: Arc<MemoryPool>,
+        spill: Arc<SpillManager>,
+    ) -> AggShared {
         let (partials, barriers) = (PartitionGather::new(partitions), BarrierRelay::new(partitions));
-        AggShared { spec, partials, barriers, output, batch_size, metrics }
+        AggShared { spec, partials, barriers, output, batch_size, metrics, pool, spill, state_widths: Default::default() }
     }
 
-    fn finish(&self, partial: Partial) -> Result<()> {
-        let Some(partials) = self.partials.arrive([partial])? else { return Ok(()) };
+    fn finish(&self, local: Local, reservation: MemoryReservation) -> Result<()> {
+        let Some(arrived) = self.partials.arrive([(local, reservation)])? else { return Ok(()) };
+        let (mut memory, mut files) = (Vec::new(), Vec::new());
+        // The partitions' reservations stay held until the partials they cover are merged.
+        let mut held = Vec::new();
+        for (local, reservation) in arrived {
+            held.push(reservation);
+            match local {
+                Local::Memory(p) => memory.push(p),
+                Local::Spilled(f) => files.push(f),
+            }
+        }
+        if files.is_empty() {
+            let mut table = GroupTable::new(&self.spec)?;
+            for p in memory {
+                table.merge(p)?;
+            }
+            self.metrics.note_bytes(table.size());
+            let batch = self.result(table)?;
+            emit_result(&self.output, &batch, self.batch_size, &self.metrics);
+            return Ok(());
+        }
+        let widths = self.state_widths.get().cloned().ok_or_else(|| RiffleError::exec("spilled aggregate without state widths"))?;
+        // The partials still in memory are split by bucket too, and merged with their bucket.
+        let splitter = GroupTable::new(&self.spec)?;
+        let mut buckets: Vec<Vec<Part>> = (0..BUCKETS).map(|_| Vec::new()).collect();
+        for p in memory {
+            let of = splitter.buckets_of(&p.keys, p.num_groups, 0)?;
+            let (batch, _) = p.into_batch()?;
+            for (b, part) in split_by_bucket(&batch, &of)?.into_iter().enumerate() {
+                buckets[b].push(Part::Memory(part));
+            }
+        }
+        for partition_files in files {
+            for (b, f) in partition_files.into_iter().enumerate() {
+                buckets[b].push(Part::File(f));
+            }
+        }
+        let mut merging = self.pool.reservation("HashAggregate merge", false);
+        for parts in buckets {
+            self.merge_bucket(parts, 0, &widths, &mut merging)?;
+        }
+        drop(held);
+        self.output.push(0, Message::End);
+        Ok(())
+    }
+
+    /// Merges one bucket's partial states and emits its groups. A bucket that outgrows the budget
+    /// is split again by other bits of the key hash (its groups so far and the rest of its input go
+    /// to disk, one file per sub-bucket) and each part merged on its own; past `MAX_DEPTH` splits, or
+    /// when a single group is left, it is merged beyond the budget.
+    fn merge_bucket(&self, parts: Vec<Part>, depth: usize, widths: &[usize], merging: &mut MemoryReservation) -> Result<()> {
+        let keys = self.spec.group.len();
+        let mut input = PartReader { parts: parts.into(), current: None };
         let mut table = GroupTable::new(&self.spec)?;
-        for p in partials {
-            table.merge(p)?;
+        while let Some(batch) = input.next_batch()? {
+            table.merge(Partial::from_batch(&batch, keys, widths))?;
+            if merging.try_resize(table.size()) {
+                continue;
+            }
+            if depth + 1 >= MAX_DEPTH || table.num_groups <= 1 {
+                merging.grow_anyway(table.size().saturating_sub(merging.size()));
+                continue;
+            }
+            let mut writers = (0..BUCKETS).map(|_| self.spill.writer(&batch.schema())).collect::<Result<Vec<_>>>()?;
+            let of = table.group_buckets(depth + 1);
+            let splitter = GroupTable::new(&self.spec)?;
+            let (groups, _) = table.into_partial()?.into_batch()?;
+            write_by_bucket(&mut writers, &groups, &of)?;
+            merging.free();
+            while let Some(rest) = input.next_batch()? {
+                let of = splitter.buckets_of(&rest.columns()[..keys], rest.num_rows(), depth + 1)?;
+                write_by_bucket(&mut writers, &rest, &of)?;
+            }
+            for w in writers {
+                self.merge_bucket(vec![Part::File(w.finish()?)], depth + 1, widths, merging)?;
+            }
+            let m = &self.metrics;
+            m.spilled_bytes.store(self.spill.bytes_spilled(), std::sync::atomic::Ordering::Relaxed);
+            m.spill_files.store(self.spill.files_spilled(), std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
         }
         self.metrics.note_bytes(table.size());
+        let result = self.result(table)?;
+        emit_rows(&self.output, &result, self.batch_size, &self.metrics);
+        merging.free();
+        Ok(())
+    }
+
+    /// The finished groups as a batch of the output schema.
+    fn result(&self, mut table: GroupTable) -> Result<RecordBatch> {
         let mut columns = table.key_arrays()?;
         for acc in table.accs.iter_mut() {
             acc.resize(table.num_groups);
@@ -255,13 +477,11 @@ impl AggShared {
             .zip(schema.fields())
             .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { Ok(arrow::compute::cast(&c, f.data_type())?) })
             .collect::<Result<Vec<_>>>()?;
-        let batch = RecordBatch::try_new_with_options(
+        Ok(RecordBatch::try_new_with_options(
             schema,
             columns,
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(table.num_groups)),
-        )?;
-        emit_result(&self.output, &batch, self.batch_size, &self.metrics);
-        Ok(())
+        )?)
     }
 }
 
@@ -270,12 +490,54 @@ pub struct AggregateSink {
     shared: Arc<AggShared>,
     partition: usize,
     table: Option<GroupTable>,
+    reservation: MemoryReservation,
+    /// Once the partition spilled: one open spill file per bucket.
+    spilled: Option<Vec<SpillWriter>>,
 }
 
 impl AggregateSink {
     pub fn new(shared: Arc<AggShared>, partition: usize) -> Result<AggregateSink> {
         let table = GroupTable::new(&shared.spec)?;
-        Ok(AggregateSink { shared, partition, table: Some(table) })
+        let reservation = shared.pool.reservation(format!("HashAggregate (partition {partition})"), true);
+        Ok(AggregateSink { shared, partition, table: Some(table), reservation, spilled: None })
+    }
+
+    /// Writes the table's groups to the bucket files and starts an empty table.
+    fn spill(&mut self) -> Result<()> {
+        let Some(table) = self.table.take() else { return Ok(()) };
+        self.table = Some(GroupTable::new(&self.shared.spec)?);
+        if table.num_groups == 0 {
+            return Ok(());
+        }
+        let buckets = table.group_buckets(0);
+        let (batch, widths) = table.into_partial()?.into_batch()?;
+        let _ = self.shared.state_widths.set(widths);
+        if self.spilled.is_none() {
+            let writers = (0..BUCKETS).map(|_| self.shared.spill.writer(&batch.schema())).collect::<Result<Vec<_>>>()?;
+            self.spilled = Some(writers);
+        }
+        let writers = self.spilled.as_mut().ok_or_else(|| RiffleError::exec("aggregate spill files missing"))?;
+        write_by_bucket(writers, &batch, &buckets)?;
+        self.reservation.free();
+        let m = &self.shared.metrics;
+        m.spilled_bytes.store(self.shared.spill.bytes_spilled(), std::sync::atomic::Ordering::Relaxed);
+        m.spill_files.store(self.shared.spill.files_spilled(), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        let local = if self.spilled.is_some() {
+            self.spill()?;
+            let writers = self.spilled.take().unwrap_or_default();
+            Local::Spilled(writers.into_iter().map(|w| w.finish()).collect::<Result<_>>()?)
+        } else {
+            let table = self.table.take().ok_or_else(|| RiffleError::exec("aggregate ended twice"))?;
+            Local::Memory(table.into_partial()?)
+        };
+        self.table = None;
+        let reservation = self.shared.pool.reservation(format!("HashAggregate (partition {})", self.partition), true);
+        let held = std::mem::replace(&mut self.reservation, reservation);
+        self.shared.finish(local, held)
     }
 }
 
@@ -286,13 +548,22 @@ impl Sink for AggregateSink {
                 let started = std::time::Instant::now();
                 let table = self.table.as_mut().ok_or_else(|| RiffleError::exec("aggregate input after its end"))?;
                 table.update(&self.shared.spec, &b)?;
-                self.shared.metrics.note_bytes(table.size());
+                let size = table.size();
+                self.shared.metrics.note_bytes(size);
+                if !self.reservation.try_resize(size) {
+                    if self.shared.spec.group.is_empty() {
+                        // One group, a few bytes: nothing to spill; it is counted all the same.
+                        self.reservation.grow_anyway(size - self.reservation.size());
+                    } else {
+                        self.spill()?;
+                    }
+                }
                 self.shared.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             Message::End => {
-                if let Some(table) = self.table.take() {
+                if self.table.is_some() {
                     self.shared.barriers.end(self.partition, &self.shared.output)?;
-                    self.shared.finish(table.into_partial()?)?;
+                    self.end()?;
                 }
             }
             Message::Barrier(epoch) => self.shared.barriers.barrier(self.partition, epoch, &self.shared.output)?,

@@ -190,7 +190,8 @@ impl Builder<'_> {
                 let open = self.open(input)?;
                 let output = self.breaker_output(self.threads);
                 let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
-                let shared = Arc::new(AggShared::new(spec, open.partitions, output.clone(), batch_size, metrics));
+                let (pool, spill) = (self.memory.pool.clone(), self.memory.spill.clone());
+                let shared = Arc::new(AggShared::new(spec, open.partitions, output.clone(), batch_size, metrics, pool, spill));
                 self.close(open, &|p| Ok(Box::new(AggregateSink::new(shared.clone(), p)?)))?;
                 Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
             }

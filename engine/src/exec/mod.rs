@@ -272,6 +272,12 @@ impl BarrierRelay {
 
 /// Emits a breaker's result into `output` in slices of `batch_size` rows, then the end.
 fn emit_result(output: &Exchange, batch: &RecordBatch, batch_size: usize, metrics: &OpMetrics) {
+    emit_rows(output, batch, batch_size, metrics);
+    output.push(0, Message::End);
+}
+
+/// Emits rows of a breaker's result into `output` in slices of `batch_size` rows.
+fn emit_rows(output: &Exchange, batch: &RecordBatch, batch_size: usize, metrics: &OpMetrics) {
     let rows = batch.num_rows();
     metrics.rows.fetch_add(rows as u64, Ordering::Relaxed);
     let mut offset = 0;
@@ -281,7 +287,6 @@ fn emit_result(output: &Exchange, batch: &RecordBatch, batch_size: usize, metric
         metrics.batches.fetch_add(1, Ordering::Relaxed);
         offset += len;
     }
-    output.push(0, Message::End);
 }
 
 /// An operator wrapped with its metrics.

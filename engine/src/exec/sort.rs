@@ -83,14 +83,28 @@ impl SortShared {
     fn finish(&self, local: Vec<Run>, reservation: MemoryReservation) -> Result<()> {
         let Some(arrived) = self.runs.arrive([(local, reservation)])? else { return Ok(()) };
         let started = std::time::Instant::now();
-        let mut runs = Vec::new();
-        let mut reservations = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
+        let mut reservations: Vec<MemoryReservation> = Vec::new();
         for (r, m) in arrived {
             runs.extend(r);
             reservations.push(m);
         }
         // Reading a spilled run back costs a batch and its keys, twice over while the next loads,
         // plus the read buffer: merge as many at once as the budget allows, in several passes if needed.
+        let spilled = runs.iter().filter(|r| matches!(r, Run::Spilled { .. })).count();
+        let cost = runs.iter().map(Run::cursor_cost).max().unwrap_or(0).max(1);
+        if spilled > self.room() / cost && runs.iter().any(|r| matches!(r, Run::Memory { .. })) {
+            // The runs still in memory take the room the merge needs to read all runs on disk at
+            // once: writing them out costs one pass over them, not another pass over everything.
+            for run in runs.iter_mut() {
+                if let Run::Memory { chunks, .. } = run {
+                    let taken = std::mem::take(chunks);
+                    *run = self.write_run(taken.into_iter().map(|(b, _)| Ok(b)))?;
+                }
+            }
+            // The partitions' reservations covered exactly those runs.
+            reservations.iter_mut().for_each(MemoryReservation::free);
+        }
         loop {
             let spilled: Vec<usize> = (0..runs.len()).filter(|i| matches!(runs[*i], Run::Spilled { .. })).collect();
             let cost = runs.iter().map(Run::cursor_cost).max().unwrap_or(0).max(1);

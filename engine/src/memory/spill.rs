@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -86,14 +86,14 @@ impl SpillManager {
     }
 
     /// Starts a new spill file for batches of `schema`.
-    pub fn writer(&self, schema: &SchemaRef) -> Result<SpillWriter<'_>> {
+    pub fn writer(self: &Arc<Self>, schema: &SchemaRef) -> Result<SpillWriter> {
         let n = self.next_file.fetch_add(1, Ordering::Relaxed);
         let path = self.dir()?.join(format!("run-{n}.arrows"));
         let file = File::create(&path).map_err(|e| write_error(&path, &e))?;
         let options = IpcWriteOptions::default().try_with_compression(self.compression)?;
         let writer = StreamWriter::try_new_with_options(BufWriter::with_capacity(WRITE_BUFFER, file), schema, options)
             .map_err(|e| write_error(&path, &e))?;
-        Ok(SpillWriter { manager: self, writer: Some(writer), file: Some(SpillFile { path, rows: 0, bytes: 0 }) })
+        Ok(SpillWriter { manager: self.clone(), writer: Some(writer), file: Some(SpillFile { path, rows: 0, bytes: 0 }) })
     }
 }
 
@@ -115,13 +115,13 @@ fn write_error(path: &Path, e: &dyn std::fmt::Display) -> RiffleError {
 }
 
 /// A spill file being written.
-pub struct SpillWriter<'a> {
-    manager: &'a SpillManager,
+pub struct SpillWriter {
+    manager: Arc<SpillManager>,
     writer: Option<StreamWriter<BufWriter<File>>>,
     file: Option<SpillFile>,
 }
 
-impl SpillWriter<'_> {
+impl SpillWriter {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let (Some(w), Some(f)) = (self.writer.as_mut(), self.file.as_mut()) else {
             return Err(RiffleError::exec("spill file written after it was finished"));
@@ -203,12 +203,11 @@ impl SpillReader {
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
-    use std::sync::Arc;
 
     #[test]
     fn spilled_batches_read_back_and_files_go_away() {
         let base = tempfile::tempdir().unwrap();
-        let manager = SpillManager::new(Some(base.path().to_path_buf()), Some(CompressionType::LZ4_FRAME));
+        let manager = Arc::new(SpillManager::new(Some(base.path().to_path_buf()), Some(CompressionType::LZ4_FRAME)));
         let batch = RecordBatch::try_from_iter([
             ("a", Arc::new(Int64Array::from_iter_values(0..1000)) as _),
             ("b", Arc::new(StringArray::from_iter_values((0..1000).map(|i| format!("row {i}")))) as _),
