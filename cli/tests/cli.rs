@@ -136,3 +136,35 @@ fn copy_writes_atomically_and_reads_back() {
     assert!(!riffle(&["sql", "-c", &bad], None).status.success());
     assert_eq!(stdout(&riffle(&["sql", "--format", "csv", "-c", &q], None)), "s\n3\n");
 }
+
+#[test]
+fn ctrl_c_during_a_spilling_sort_removes_the_spill_files() {
+    let spill = tempfile::tempdir().expect("tempdir");
+    let dir = spill.path().to_string_lossy().into_owned();
+    let sql = "SELECT count(*) FROM (SELECT * FROM gensort(50000000) ORDER BY key)";
+    let child = Command::new(env!("CARGO_BIN_EXE_riffle"))
+        .args(["sql", "--memory-limit", "20MB", "--spill-dir", &dir, "-c", sql])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("riffle starts");
+    // Wait until the sort has written spill files.
+    let has_spill_files = || {
+        std::fs::read_dir(spill.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| std::fs::read_dir(d.path()).map(|mut f| f.next().is_some()).unwrap_or(false))
+    };
+    let started = std::time::Instant::now();
+    while !has_spill_files() {
+        assert!(started.elapsed().as_secs() < 60, "no spill files after 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
+    assert!(killed.success());
+    let o = child.wait_with_output().expect("riffle exits");
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "no partial result on stdout: {}", stdout(&o));
+    assert_eq!(std::fs::read_dir(spill.path()).expect("spill dir").count(), 0, "spill directory left behind");
+}
