@@ -232,7 +232,12 @@ pub fn sort_command(args: &SortArgs) -> anyhow::Result<()> {
     let mut best: Option<(SortRun, Option<u64>)> = None;
     for run in 0..args.repeat.max(1) {
         reset_peak_rss();
-        let r = riffle_sort(&input, output.as_deref(), &args.config)?;
+        let progress = Arc::new(riffle_engine::exec::Progress::default());
+        let config = ExecConfig { progress: Some(progress.clone()), ..args.config.clone() };
+        let bar = ProgressBar::start(progress, expected.records);
+        let r = riffle_sort(&input, output.as_deref(), &config);
+        bar.finish();
+        let r = r?;
         let rss = peak_rss();
         let merge_at = r.stats.first_row_after.map_or(0.0, |d| d.as_secs_f64());
         eprintln!(
@@ -321,4 +326,43 @@ fn run_peers(args: &SortArgs, input: &Path, data_gb: f64, riffle_seconds: f64) -
         );
     }
     Ok(())
+}
+
+/// A progress bar on a terminal (stderr) while a sort runs: records read, then records merged out.
+struct ProgressBar {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressBar {
+    fn start(progress: Arc<riffle_engine::exec::Progress>, records: u64) -> ProgressBar {
+        use std::io::IsTerminal;
+        use std::sync::atomic::Ordering;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if !std::io::stderr().is_terminal() {
+            return ProgressBar { done, thread: None };
+        }
+        let stop = done.clone();
+        let thread = std::thread::spawn(move || {
+            let bar = indicatif::ProgressBar::new(records.max(1) * 2);
+            let style = indicatif::ProgressStyle::with_template("{spinner} {msg:24} [{bar:40}] {percent:>3}% {elapsed_precise} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style.progress_chars("=> "));
+            while !stop.load(Ordering::Relaxed) {
+                let (read, out) = (progress.rows_read.load(Ordering::Relaxed), progress.rows_out.load(Ordering::Relaxed));
+                bar.set_message(if out == 0 { "reading, forming runs" } else { "merging, writing" });
+                bar.set_position(read.min(records) + out.min(records));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        ProgressBar { done, thread: Some(thread) }
+    }
+
+    fn finish(mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

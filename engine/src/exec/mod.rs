@@ -47,6 +47,15 @@ pub struct ExecConfig {
     pub spill_dir: Option<std::path::PathBuf>,
     /// How spill files are compressed.
     pub spill_compression: SpillCompression,
+    /// Counters a front end may poll to show progress.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// Rows read by the query's scans and rows that reached its root, so far.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub rows_read: AtomicU64,
+    pub rows_out: AtomicU64,
 }
 
 /// Compression of spill files. lz4 by default: on sort runs of gensort records it cut the bytes
@@ -87,6 +96,7 @@ impl Default for ExecConfig {
             memory_limit: crate::memory::default_memory_limit(),
             spill_dir: None,
             spill_compression: SpillCompression::default(),
+            progress: None,
         }
     }
 }
@@ -415,7 +425,7 @@ fn run_into(
     let started = Instant::now();
     let first_row = Arc::new(std::sync::OnceLock::new());
     let timed_root = |p: usize| -> Result<Box<dyn Sink>> {
-        Ok(Box::new(FirstRowSink { inner: root(p)?, started, first_row: first_row.clone() }))
+        Ok(Box::new(FirstRowSink { inner: root(p)?, started, first_row: first_row.clone(), progress: config.progress.clone() }))
     };
     let tasks = build::build_tasks(plan, config, threads, &notifier, &metrics, &memory, &timed_root)?;
     scheduler::run(tasks, threads, &notifier)?;
@@ -428,17 +438,23 @@ fn run_into(
     Ok((metrics, stats))
 }
 
-/// Notes when the first row reaches the root.
+/// Notes when the first row reaches the root, and counts the rows that do.
 struct FirstRowSink {
     inner: Box<dyn Sink>,
     started: Instant,
     first_row: Arc<std::sync::OnceLock<std::time::Duration>>,
+    progress: Option<Arc<Progress>>,
 }
 
 impl Sink for FirstRowSink {
     fn push(&mut self, msg: Message) -> Result<()> {
-        if matches!(&msg, Message::Batch(b) if b.num_rows() > 0) && self.first_row.get().is_none() {
-            let _ = self.first_row.set(self.started.elapsed());
+        if let Message::Batch(b) = &msg {
+            if b.num_rows() > 0 && self.first_row.get().is_none() {
+                let _ = self.first_row.set(self.started.elapsed());
+            }
+            if let Some(p) = &self.progress {
+                p.rows_out.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            }
         }
         self.inner.push(msg)
     }

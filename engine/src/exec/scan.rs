@@ -111,11 +111,12 @@ pub struct ScanSource {
     batches: u64,
     ended: bool,
     pending: VecDeque<Message>,
+    progress: Option<Arc<super::Progress>>,
 }
 
 impl ScanSource {
-    pub fn new(shared: Arc<ScanShared>, stream: bool) -> ScanSource {
-        ScanSource { shared, reader: None, stream, batches: 0, ended: false, pending: VecDeque::new() }
+    pub fn new(shared: Arc<ScanShared>, stream: bool, progress: Option<Arc<super::Progress>>) -> ScanSource {
+        ScanSource { shared, reader: None, stream, batches: 0, ended: false, pending: VecDeque::new(), progress }
     }
 
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
@@ -166,6 +167,9 @@ impl Source for ScanSource {
             Some(batch) => {
                 let batch = if batch.schema() != self.shared.schema { self.shared.rename(batch)? } else { batch };
                 self.batches += 1;
+                if let Some(p) = &self.progress {
+                    p.rows_read.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                }
                 if self.stream {
                     // Control messages ride along with the data as they would from a live source.
                     self.pending.push_back(Message::Watermark(self.batches as i64));
