@@ -13,8 +13,8 @@ pub struct Mode {
 }
 
 /// Threads 1 and 2 × default and tiny batches × batch and stream (bounded input fed as a stream
-/// that ends, with watermarks and barriers interleaved), and a memory budget of one byte, which
-/// makes every sort spill every batch and merge its runs in many passes.
+/// that ends, with watermarks and barriers interleaved), and a memory budget of one byte (once as a
+/// batch, once as a stream), which makes every sort and grouped aggregate spill every batch.
 pub fn all_modes() -> Vec<Mode> {
     let mut modes = Vec::new();
     for stream in [false, true] {
@@ -25,9 +25,9 @@ pub fn all_modes() -> Vec<Mode> {
             }
         }
     }
-    for (threads, batch_size) in [(1, 8192), (2, 3)] {
-        let name = format!("spill-t{threads}-b{batch_size}");
-        let config = ExecConfig { threads, batch_size, memory_limit: 1, ..ExecConfig::default() };
+    for (threads, batch_size, stream) in [(1, 8192, false), (2, 3, true)] {
+        let name = format!("spill-{}-t{threads}-b{batch_size}", if stream { "stream" } else { "batch" });
+        let config = ExecConfig { threads, batch_size, stream, memory_limit: 1, ..ExecConfig::default() };
         modes.push(Mode { name, config });
     }
     modes

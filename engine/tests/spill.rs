@@ -177,6 +177,7 @@ fn spilling_aggregate_gives_the_in_memory_answer() {
         s.register_path("g", &csv.to_string_lossy()).expect("register");
         let got = s.sql(sql).expect("spilling aggregate");
         assert!(got.stats.spill_files > 0, "threads {threads}: {:?}", got.stats);
+        assert!(got.stats.peak_memory <= 256 << 10, "threads {threads}: pool peak over the limit: {:?}", got.stats);
         assert_eq!(concat(&got), want, "threads {threads}");
         assert_eq!(entries(dir.path()), 0);
     }

@@ -450,11 +450,10 @@ impl AggShared {
                 write_by_bucket(&mut writers, &rest, &of)?;
             }
             for w in writers {
-                self.merge_bucket(vec![Part::File(w.finish()?)], depth + 1, widths, merging)?;
+                let file = w.finish()?;
+                self.metrics.note_spill(&file);
+                self.merge_bucket(vec![Part::File(file)], depth + 1, widths, merging)?;
             }
-            let m = &self.metrics;
-            m.spilled_bytes.store(self.spill.bytes_spilled(), std::sync::atomic::Ordering::Relaxed);
-            m.spill_files.store(self.spill.files_spilled(), std::sync::atomic::Ordering::Relaxed);
             return Ok(());
         }
         self.metrics.note_bytes(table.size());
@@ -519,9 +518,6 @@ impl AggregateSink {
         let writers = self.spilled.as_mut().ok_or_else(|| RiffleError::exec("aggregate spill files missing"))?;
         write_by_bucket(writers, &batch, &buckets)?;
         self.reservation.free();
-        let m = &self.shared.metrics;
-        m.spilled_bytes.store(self.shared.spill.bytes_spilled(), std::sync::atomic::Ordering::Relaxed);
-        m.spill_files.store(self.shared.spill.files_spilled(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -529,7 +525,9 @@ impl AggregateSink {
         let local = if self.spilled.is_some() {
             self.spill()?;
             let writers = self.spilled.take().unwrap_or_default();
-            Local::Spilled(writers.into_iter().map(|w| w.finish()).collect::<Result<_>>()?)
+            let files = writers.into_iter().map(|w| w.finish()).collect::<Result<Vec<_>>>()?;
+            files.iter().for_each(|f| self.shared.metrics.note_spill(f));
+            Local::Spilled(files)
         } else {
             let table = self.table.take().ok_or_else(|| RiffleError::exec("aggregate ended twice"))?;
             Local::Memory(table.into_partial()?)

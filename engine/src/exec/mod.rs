@@ -173,6 +173,12 @@ impl OpMetrics {
         self.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// The operator wrote `file` (its bytes count once it is complete).
+    pub fn note_spill(&self, file: &crate::memory::SpillFile) {
+        self.spilled_bytes.fetch_add(file.bytes(), Ordering::Relaxed);
+        self.spill_files.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn note_bytes(&self, bytes: usize) {
         self.peak_bytes.fetch_max(bytes as u64, Ordering::Relaxed);
     }

@@ -145,8 +145,9 @@ impl SortShared {
             max_batch = max_batch.max(batch.get_array_memory_size());
             writer.write(&batch)?;
         }
-        self.note_spill();
-        Ok(Run::Spilled { file: writer.finish()?, max_batch })
+        let file = writer.finish()?;
+        self.metrics.note_spill(&file);
+        Ok(Run::Spilled { file, max_batch })
     }
 
     /// Writes the chunks of a run to disk, in order.
@@ -159,14 +160,8 @@ impl SortShared {
             writer.write(&chunk)?;
         }
         let file = writer.finish()?;
-        self.note_spill();
+        self.metrics.note_spill(&file);
         Ok(Run::Spilled { file, max_batch })
-    }
-
-    fn note_spill(&self) {
-        let m = &self.metrics;
-        m.spilled_bytes.store(self.spill.bytes_spilled(), std::sync::atomic::Ordering::Relaxed);
-        m.spill_files.store(self.spill.files_spilled(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 
