@@ -91,19 +91,32 @@ impl SortShared {
         }
         // Reading a spilled run back costs a batch and its keys, twice over while the next loads,
         // plus the read buffer: merge as many at once as the budget allows, in several passes if needed.
-        let spilled = runs.iter().filter(|r| matches!(r, Run::Spilled { .. })).count();
-        let cost = runs.iter().map(Run::cursor_cost).max().unwrap_or(0).max(1);
-        if spilled > self.room() / cost && runs.iter().any(|r| matches!(r, Run::Memory { .. })) {
-            // The runs still in memory take the room the merge needs to read all runs on disk at
-            // once: writing them out costs one pass over them, not another pass over everything.
-            for run in runs.iter_mut() {
-                if let Run::Memory { chunks, .. } = run {
-                    let taken = std::mem::take(chunks);
-                    *run = self.write_run(taken.into_iter().map(|(b, _)| Ok(b)))?;
-                }
+        let cost = runs.iter().filter(|r| matches!(r, Run::Spilled { .. })).map(Run::cursor_cost).max().unwrap_or(1);
+        loop {
+            // The runs still in memory take room the merge needs to read the runs on disk at once:
+            // write out the biggest until it fits (one pass over those runs, not another pass over all).
+            let spilled = runs.iter().filter(|r| matches!(r, Run::Spilled { .. })).count();
+            let biggest = (0..runs.len())
+                .filter_map(|i| match &runs[i] {
+                    Run::Memory { bytes, .. } => Some((*bytes, i)),
+                    Run::Spilled { .. } => None,
+                })
+                .max();
+            let Some((bytes, i)) = biggest else { break };
+            if spilled * cost <= self.room() {
+                break;
             }
-            // The partitions' reservations covered exactly those runs.
-            reservations.iter_mut().for_each(MemoryReservation::free);
+            if let Run::Memory { chunks, .. } = &mut runs[i] {
+                let taken = std::mem::take(chunks);
+                runs[i] = self.write_run(taken.into_iter().map(|(b, _)| Ok(b)))?;
+            }
+            // The partitions' reservations cover the runs in memory; give back this one's bytes.
+            let mut left = bytes;
+            for r in reservations.iter_mut() {
+                let take = left.min(r.size());
+                r.shrink(take);
+                left -= take;
+            }
         }
         loop {
             let spilled: Vec<usize> = (0..runs.len()).filter(|i| matches!(runs[*i], Run::Spilled { .. })).collect();
