@@ -540,7 +540,7 @@ impl Merger {
             merger.cursors.push(cursor);
         }
         for leaf in 0..merger.cursors.len() {
-            merger.insert(leaf);
+            merger.play(leaf, true);
         }
         Ok(merger)
     }
@@ -555,30 +555,17 @@ impl Merger {
         }
     }
 
-    /// Plays `leaf` up the tree while building it: it waits at the first empty node.
-    fn insert(&mut self, leaf: usize) {
+    /// Plays `leaf` up the tree: the winner of each match goes on, the loser stays at the node.
+    /// While the tree is being built (`building`), a leaf waits at the first empty node instead.
+    fn play(&mut self, leaf: usize, building: bool) {
         let k = self.cursors.len();
         let mut winner = leaf;
         let mut node = (leaf + k) / 2;
         while node > 0 {
-            if self.losers[node] == usize::MAX {
+            if building && self.losers[node] == usize::MAX {
                 self.losers[node] = winner;
                 return;
             }
-            if self.before(self.losers[node], winner) {
-                std::mem::swap(&mut self.losers[node], &mut winner);
-            }
-            node /= 2;
-        }
-        self.losers[0] = winner;
-    }
-
-    /// Replays the path of `leaf` after its cursor moved.
-    fn replay(&mut self, leaf: usize) {
-        let k = self.cursors.len();
-        let mut winner = leaf;
-        let mut node = (leaf + k) / 2;
-        while node > 0 {
             if self.before(self.losers[node], winner) {
                 std::mem::swap(&mut self.losers[node], &mut winner);
             }
@@ -600,7 +587,7 @@ impl Merger {
                 break;
             }
             indices.push(self.take_row(w)?);
-            self.replay(w);
+            self.play(w, false);
         }
         if indices.is_empty() {
             return Ok(None);
