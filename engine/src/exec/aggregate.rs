@@ -533,8 +533,7 @@ impl AggregateSink {
             Local::Memory(table.into_partial()?)
         };
         self.table = None;
-        let reservation = self.shared.pool.reservation(format!("HashAggregate (partition {})", self.partition), true);
-        let held = std::mem::replace(&mut self.reservation, reservation);
+        let held = self.reservation.split_off();
         self.shared.finish(local, held)
     }
 }

@@ -152,15 +152,7 @@ impl SortShared {
     /// One intermediate merge pass: `runs` into one run on disk.
     fn merge_to_disk(&self, runs: Vec<Run>) -> Result<Run> {
         let mut merger = Merger::new(self, runs, None, vec![])?;
-        let mut writer = self.spill.writer(&self.schema)?;
-        let mut max_batch = 0;
-        while let Some(batch) = merger.next_batch()? {
-            max_batch = max_batch.max(batch.get_array_memory_size());
-            writer.write(&batch)?;
-        }
-        let file = writer.finish()?;
-        self.metrics.note_spill(&file);
-        Ok(Run::Spilled { file, max_batch })
+        self.write_run(std::iter::from_fn(|| merger.next_batch().transpose()))
     }
 
     /// Writes the chunks of a run to disk, in order.
@@ -387,8 +379,7 @@ impl SortSink {
 
     fn end(&mut self) -> Result<()> {
         self.close_run()?;
-        let reservation = self.shared.pool.reservation(format!("Sort (partition {})", self.partition), true);
-        let held = std::mem::replace(&mut self.reservation, reservation);
+        let held = self.reservation.split_off();
         self.shared.finish(std::mem::take(&mut self.runs), held)
     }
 }

@@ -138,6 +138,15 @@ impl MemoryReservation {
         self.size += bytes;
     }
 
+    /// Hands what this reservation holds to a new one of the same operator (to travel with the data
+    /// it covers), leaving this one empty.
+    pub fn split_off(&mut self) -> MemoryReservation {
+        let mut other = self.pool.reservation(self.name.clone(), self.spillable);
+        // The bytes stay counted in the pool; only their owner changes.
+        other.size = std::mem::take(&mut self.size);
+        other
+    }
+
     /// Gives back `bytes` (at most what is held).
     pub fn shrink(&mut self, bytes: usize) {
         let bytes = bytes.min(self.size);
