@@ -18,6 +18,10 @@ enum Value {
 }
 
 impl Value {
+    fn is_scalar(&self) -> bool {
+        matches!(self, Value::Scalar(_))
+    }
+
     fn into_array(self, rows: usize) -> Result<ArrayRef> {
         match self {
             Value::Array(a) => Ok(a),
@@ -179,7 +183,10 @@ fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
             }
         }
         // Decimal results that provably fit 38 digits need no per-value overflow check.
-        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul if decimal_fits(op, &lt, &rt) => decimal_arith(op, l, r)?,
+        BinaryOp::Add | BinaryOp::Sub if decimal_fits(op, &lt, &rt) => decimal_arith(op, l, r)?,
+        BinaryOp::Mul if matches!((&lt, &rt), (DataType::Decimal128(..), DataType::Decimal128(..))) => {
+            decimal_arith(op, l, r)?
+        }
         BinaryOp::Add => numeric::add(ld, rd)?,
         BinaryOp::Sub => numeric::sub(ld, rd)?,
         BinaryOp::Mul => numeric::mul(ld, rd).map_err(|e| match e {
@@ -223,10 +230,11 @@ fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
     Ok(out)
 }
 
-/// `l op r` on decimals known to fit (see `decimal_fits`): plain i128 arithmetic, no checks.
+/// `l op r` on decimals in plain i128 arithmetic. Results that provably fit (see `decimal_fits`) need
+/// no checks; a product that may not fit is computed as one 64×64-bit multiply when both factors fit
+/// in 64 bits (the product then has < 38 digits) and checked only otherwise.
 fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
-    use arrow::array::{Decimal128Array, PrimitiveArray};
-    use arrow::datatypes::Decimal128Type;
+    use arrow::array::Decimal128Array;
     let (la, ra) = (l.get().0, r.get().0);
     let (DataType::Decimal128(_, s1), DataType::Decimal128(_, s2)) = (la.data_type(), ra.data_type()) else {
         return Err(RiffleError::exec("decimal arithmetic on non-decimals"));
@@ -234,35 +242,82 @@ fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
     let scale = if op == BinaryOp::Mul { s1 + s2 } else { *s1.max(s2) };
     let result = crate::types::arithmetic_result(op, la.data_type(), ra.data_type())?;
     let DataType::Decimal128(precision, _) = result else { return Err(RiffleError::exec("decimal result type")) };
+    let fits = decimal_fits(op, la.data_type(), ra.data_type());
     let (lm, rm) = if op == BinaryOp::Mul { (1, 1) } else { (10i128.pow((scale - s1) as u32), 10i128.pow((scale - s2) as u32)) };
-    let f = move |a: i128, b: i128| -> i128 {
-        match op {
-            BinaryOp::Add => a * lm + b * rm,
-            BinaryOp::Sub => a * lm - b * rm,
-            _ => a * b,
-        }
-    };
     let as_dec = |a: &dyn Array| -> Result<Decimal128Array> {
         a.as_any().downcast_ref::<Decimal128Array>().cloned().ok_or_else(|| RiffleError::exec("decimal operand"))
     };
-    let (left, right) = (as_dec(la)?, as_dec(ra)?);
-    let out: PrimitiveArray<Decimal128Type> = match (matches!(l, Value::Scalar(_)), matches!(r, Value::Scalar(_))) {
-        (false, false) => arrow::compute::binary(&left, &right, f)?,
-        (false, true) if right.is_valid(0) => {
-            let b = right.value(0);
-            left.unary(move |a| f(a, b))
-        }
-        (true, false) if left.is_valid(0) => {
-            let a = left.value(0);
-            right.unary(move |b| f(a, b))
-        }
-        (true, true) if left.is_valid(0) && right.is_valid(0) => Decimal128Array::from(vec![f(left.value(0), right.value(0))]),
-        _ => {
-            let n = if matches!(l, Value::Scalar(_)) { right.len() } else { left.len() };
-            Decimal128Array::new_null(n)
-        }
+    let operands = DecimalOperands { left: as_dec(la)?, right: as_dec(ra)?, left_scalar: l.is_scalar(), right_scalar: r.is_scalar() };
+    // Each case is its own closure so that the hot loop has no branch on `op` (and no multiply by 1).
+    let out = match op {
+        BinaryOp::Mul if !fits => operands.map(|a, b| match (i64::try_from(a), i64::try_from(b)) {
+            (Ok(a), Ok(b)) => (a as i128 * b as i128, false),
+            _ => a.checked_mul(b).filter(|p| p.unsigned_abs() < 10u128.pow(38)).map_or((0, true), |p| (p, false)),
+        }),
+        BinaryOp::Mul => operands.map(|a, b| match (i64::try_from(a), i64::try_from(b)) {
+            (Ok(a), Ok(b)) => (a as i128 * b as i128, false),
+            _ => (a * b, false),
+        }),
+        BinaryOp::Add if lm == 1 && rm == 1 => operands.map(|a, b| (a + b, false)),
+        BinaryOp::Sub if lm == 1 && rm == 1 => operands.map(|a, b| (a - b, false)),
+        BinaryOp::Add => operands.map(|a, b| (a * lm + b * rm, false)),
+        BinaryOp::Sub => operands.map(|a, b| (a * lm - b * rm, false)),
+        _ => return Err(RiffleError::exec(format!("decimal {} is not plain arithmetic", op.symbol()))),
     };
+    let out = out.ok_or_else(|| {
+        RiffleError::exec(format!(
+            "overflow in multiplication of {} and {}: cast an operand to a wider type (e.g. DOUBLE)",
+            sql_name(la.data_type()),
+            sql_name(ra.data_type())
+        ))
+    })?;
     Ok(Arc::new(out.with_precision_and_scale(precision, scale)?))
+}
+
+/// The two operands of a decimal operation, either of which may be a scalar.
+struct DecimalOperands {
+    left: arrow::array::Decimal128Array,
+    right: arrow::array::Decimal128Array,
+    left_scalar: bool,
+    right_scalar: bool,
+}
+
+impl DecimalOperands {
+    /// `f(a, b)` → (value, overflowed) for every row; `None` if it overflowed on a row that is not NULL.
+    /// Every slot is computed, also under NULLs, so the loop has no branch; only an overflow looks
+    /// at the validity.
+    fn map(&self, f: impl Fn(i128, i128) -> (i128, bool)) -> Option<arrow::array::Decimal128Array> {
+        use arrow::array::Decimal128Array;
+        use arrow::buffer::NullBuffer;
+        let (l, r) = (&self.left, &self.right);
+        let rows = if self.left_scalar { r.len() } else { l.len() };
+        if (self.left_scalar && l.is_null(0)) || (self.right_scalar && r.is_null(0)) {
+            return Some(Decimal128Array::new_null(rows));
+        }
+        let mut overflow = false;
+        let mut check = |(v, o): (i128, bool)| {
+            overflow |= o;
+            v
+        };
+        let values: Vec<i128> = match (self.left_scalar, self.right_scalar) {
+            (false, false) => l.values().iter().zip(r.values().iter()).map(|(&a, &b)| check(f(a, b))).collect(),
+            (false, true) => l.values().iter().map(|&a| check(f(a, r.value(0)))).collect(),
+            (true, false) => r.values().iter().map(|&b| check(f(l.value(0), b))).collect(),
+            (true, true) => vec![check(f(l.value(0), r.value(0)))],
+        };
+        let nulls = NullBuffer::union(
+            if self.left_scalar { None } else { l.nulls() },
+            if self.right_scalar { None } else { r.nulls() },
+        );
+        if overflow {
+            let at = |a: &Decimal128Array, scalar: bool, i: usize| a.value(if scalar { 0 } else { i });
+            let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+            if (0..values.len()).any(|i| valid(i) && f(at(l, self.left_scalar, i), at(r, self.right_scalar, i)).1) {
+                return None;
+            }
+        }
+        Some(Decimal128Array::new(values.into(), nulls))
+    }
 }
 
 /// Whether `l op r` on decimals cannot exceed 38 digits, whatever the values.

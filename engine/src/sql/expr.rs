@@ -538,11 +538,24 @@ impl Binder<'_> {
         if distinct && func != AggFunc::Count {
             return Err(RiffleError::NotSupported(format!("{name}(DISTINCT …); only count(DISTINCT …) is supported")));
         }
-        let call = AggCall { func, args: bound, distinct, ty };
         let collector = cx.aggs.as_deref_mut().ok_or_else(|| RiffleError::plan("aggregate not allowed here"))?;
         // A typed placeholder: parents can ask its type before the Aggregate node exists.
-        let ty = call.ty.clone();
-        let slot = Expr::Column(AGG_BASE + collector.add(call));
-        Ok(Expr::Cast { expr: Box::new(slot), to: ty, safe: true })
+        let mut add = |call: AggCall| {
+            let ty = call.ty.clone();
+            Expr::Cast { expr: Box::new(Expr::Column(AGG_BASE + collector.add(call))), to: ty, safe: true }
+        };
+        // avg(x) of decimals and doubles is sum(x) / count(x), so that a sum(x) beside it (TPC-H Q1 has
+        // two) is computed once. The sum is NULL exactly when the count is 0.
+        if let (AggFunc::Avg, Some(arg @ (DataType::Decimal128(..) | DataType::Float64))) = (func, &arg_ty) {
+            let sum_ty = match arg {
+                DataType::Decimal128(_, s) => DataType::Decimal128(38, *s),
+                _ => DataType::Float64,
+            };
+            let sum = add(AggCall { func: AggFunc::Sum, args: bound.clone(), distinct: false, ty: sum_ty });
+            let count = add(AggCall { func: AggFunc::Count, args: bound, distinct: false, ty: DataType::Int64 });
+            let double = |e: Expr| Expr::Cast { expr: Box::new(e), to: DataType::Float64, safe: false };
+            return Ok(Expr::binary(BinaryOp::Div, double(sum), double(count)));
+        }
+        Ok(add(AggCall { func, args: bound, distinct, ty }))
     }
 }
