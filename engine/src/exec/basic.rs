@@ -1,6 +1,6 @@
 //! Stateless streaming operators (filter, project) and LIMIT.
 
-use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::array::{BooleanArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 
@@ -11,19 +11,53 @@ use crate::eval::evaluate_predicate;
 use crate::logical::Expr;
 use crate::message::Message;
 
+/// Keeps the rows passing every conjunct of a predicate. Conjuncts are evaluated in order, each on the
+/// rows the previous ones left once those are few enough to be worth copying: a selective first
+/// condition spares the later ones most of their work (TPC-H Q6 keeps 15% of rows after its date range).
 pub struct FilterOp {
-    pub predicate: Expr,
+    conjuncts: Vec<Expr>,
+}
+
+impl FilterOp {
+    pub fn new(predicate: Expr) -> FilterOp {
+        FilterOp { conjuncts: predicate.conjuncts() }
+    }
 }
 
 impl Operator for FilterOp {
     fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        let mask = evaluate_predicate(&self.predicate, &batch)?;
-        let kept = if mask.true_count() == batch.num_rows() { batch } else { filter_record_batch(&batch, &mask)? };
-        if kept.num_rows() > 0 {
+        if let Some(kept) = filter_conjuncts(&self.conjuncts, batch)? {
             out.push(Message::Batch(kept));
         }
         Ok(())
     }
+}
+
+/// The rows of `batch` passing every one of `conjuncts` (see `FilterOp`); `None` when no row does.
+pub fn filter_conjuncts(conjuncts: &[Expr], batch: RecordBatch) -> Result<Option<RecordBatch>> {
+    let mut batch = batch;
+    // Rows of `batch` passing the conjuncts evaluated since it was last filtered.
+    let mut mask: Option<BooleanArray> = None;
+    for conjunct in conjuncts {
+        let passed = evaluate_predicate(conjunct, &batch)?;
+        let passed = match mask.take() {
+            Some(m) => arrow::compute::and(&m, &passed)?,
+            None => passed,
+        };
+        let kept = passed.true_count();
+        if kept == 0 {
+            return Ok(None);
+        }
+        if kept * 2 < batch.num_rows() {
+            batch = filter_record_batch(&batch, &passed)?;
+        } else if kept < batch.num_rows() {
+            mask = Some(passed);
+        }
+    }
+    if let Some(m) = mask {
+        batch = filter_record_batch(&batch, &m)?;
+    }
+    Ok(Some(batch))
 }
 
 pub struct ProjectOp {

@@ -142,7 +142,7 @@ impl Builder<'_> {
                 )?);
                 let mut open = Open { source: SourceSpec::Scan(shared), partitions: self.threads, ops: vec![] };
                 match filter.clone() {
-                    Some(predicate) => open.push(&metrics, move || Box::new(FilterOp { predicate: predicate.clone() })),
+                    Some(predicate) => open.push(&metrics, move || Box::new(FilterOp::new(predicate.clone()))),
                     None => open.push(&metrics, || Box::new(PassOp)),
                 }
                 open
@@ -163,7 +163,7 @@ impl Builder<'_> {
             PhysicalPlan::Filter { input, predicate } => {
                 let mut open = self.open(input)?;
                 let predicate = predicate.clone();
-                open.push(&metrics, move || Box::new(FilterOp { predicate: predicate.clone() }));
+                open.push(&metrics, move || Box::new(FilterOp::new(predicate.clone())));
                 open
             }
             PhysicalPlan::Project { input, exprs, schema } => {
