@@ -182,3 +182,83 @@ fn spilling_aggregate_gives_the_in_memory_answer() {
         assert_eq!(entries(dir.path()), 0);
     }
 }
+
+/// Two CSV tables for join tests: `a` (probe side) and `b` (build side), with duplicate and NULL keys.
+fn join_tables(dir: &Path, s: &mut Session) {
+    let a = dir.join("a.csv");
+    let b = dir.join("b.csv");
+    let rows: String = (0..30_000).map(|i| format!("{},{}\n", if i % 97 == 0 { String::new() } else { (i % 12_007).to_string() }, i)).collect();
+    std::fs::write(&a, format!("k,v\n{rows}")).expect("write csv");
+    let rows: String = (0..40_000).map(|i| format!("{},{}\n", if i % 89 == 0 { String::new() } else { ((i * 7) % 9_973).to_string() }, i * 3)).collect();
+    std::fs::write(&b, format!("k,w\n{rows}")).expect("write csv");
+    s.register_path("a", &a.to_string_lossy()).expect("register");
+    s.register_path("b", &b.to_string_lossy()).expect("register");
+}
+
+#[test]
+fn spilling_hash_join_gives_the_in_memory_answer() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let queries = [
+        "SELECT a.k, a.v, b.w FROM a JOIN b ON a.k = b.k ORDER BY a.v, b.w",
+        "SELECT count(*), sum(a.v), sum(b.w), count(b.w) FROM a LEFT JOIN b ON a.k = b.k",
+        "SELECT count(*), sum(a.v), sum(b.w), count(a.v) FROM a RIGHT JOIN b ON a.k = b.k AND b.w % 2 = 0",
+        "SELECT count(*), sum(a.v), sum(b.w), count(a.v), count(b.w) FROM a FULL JOIN b ON a.k = b.k",
+        "SELECT count(*), sum(v) FROM a WHERE k IN (SELECT k FROM b)",
+        "SELECT count(*), sum(v) FROM a WHERE NOT EXISTS (SELECT 1 FROM b WHERE b.k = a.k)",
+        "SELECT count(*), sum(v) FROM a WHERE k NOT IN (SELECT k FROM b WHERE k IS NOT NULL)",
+        "SELECT k IN (SELECT k FROM b WHERE w > 60000) AS m, count(*) FROM a GROUP BY m ORDER BY m",
+        "SELECT count(*), sum(v) FROM a WHERE k NOT IN (SELECT k FROM b)",
+    ];
+    let mut reference = Session::new(ExecConfig { threads: 1, ..ExecConfig::default() });
+    join_tables(data.path(), &mut reference);
+    for sql in queries {
+        let want = concat(&reference.sql(sql).expect("in memory"));
+        assert!(want.num_rows() > 0, "{sql}");
+        // 256 KB spills each build side into buckets; 24 KB also splits buckets again.
+        for (limit, threads) in [(256 << 10, 1), (256 << 10, 2), (24 << 10, 2)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut s = Session::new(ExecConfig { batch_size: 500, ..config(limit, threads, dir.path()) });
+            join_tables(data.path(), &mut s);
+            let got = s.sql(sql).unwrap_or_else(|e| panic!("{sql} with {limit} bytes: {e}"));
+            assert!(got.stats.spill_files >= 32, "{sql}, {limit} bytes, {threads} threads: {:?}", got.stats);
+            assert_eq!(concat(&got), want, "{sql}, {limit} bytes, {threads} threads");
+            assert_eq!(entries(dir.path()), 0);
+        }
+    }
+}
+
+#[test]
+fn spilled_join_buckets_are_split_again_and_the_pool_stays_within_the_limit() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let sql = "SELECT count(*), sum(a.v + b.w) FROM a JOIN b ON a.k = b.k";
+    let mut reference = Session::new(ExecConfig { threads: 1, ..ExecConfig::default() });
+    join_tables(data.path(), &mut reference);
+    let want = concat(&reference.sql(sql).expect("in memory"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Session::new(ExecConfig { batch_size: 500, ..config(64 << 10, 1, dir.path()) });
+    join_tables(data.path(), &mut s);
+    let got = s.sql(sql).expect("spilling join");
+    // 16 build and 16 probe buckets, then each bucket too big for 64 KB split into 16 + 16 more.
+    assert!(got.stats.spill_files > 64, "{:?}", got.stats);
+    assert!(got.stats.peak_memory <= 64 << 10, "pool peak over the limit: {:?}", got.stats);
+    assert_eq!(concat(&got), want);
+}
+
+#[test]
+fn a_single_huge_join_key_is_joined_beyond_the_budget() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (data.path().join("a.csv"), data.path().join("b.csv"));
+    std::fs::write(&a, "k,v\n7,1\n7,2\n8,3\n7,4\n").expect("write csv");
+    let rows: String = (0..20_000).map(|i| format!("7,{i}\n")).collect();
+    std::fs::write(&b, format!("k,w\n{rows}9,5\n")).expect("write csv");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Session::new(ExecConfig { batch_size: 500, ..config(16 << 10, 2, dir.path()) });
+    s.register_path("a", &a.to_string_lossy()).expect("register");
+    s.register_path("b", &b.to_string_lossy()).expect("register");
+    let got = s.sql("SELECT count(*), sum(b.w), count(DISTINCT a.v) FROM a JOIN b ON a.k = b.k").expect("huge key");
+    assert!(got.stats.spill_files > 0, "{:?}", got.stats);
+    let row = concat(&got);
+    let col = |i: usize| arrow::util::display::array_value_to_string(row.column(i), 0).expect("value");
+    assert_eq!((col(0), col(1), col(2)), ("60000".to_string(), (3 * (19_999 * 20_000 / 2)).to_string(), "3".to_string()));
+    assert_eq!(entries(dir.path()), 0);
+}

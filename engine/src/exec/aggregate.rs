@@ -23,13 +23,13 @@ use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager, Spil
 use crate::message::Message;
 
 /// Hash buckets a spilling aggregate splits its groups into; each is merged on its own at the end.
-const BUCKETS: usize = 16;
+pub(super) const BUCKETS: usize = 16;
 
 /// Times a bucket too big for the budget is split again into buckets, by other bits of the hash.
-const MAX_DEPTH: usize = 4;
+pub(super) const MAX_DEPTH: usize = 4;
 
 /// The bucket of a group at split `depth`, from its row-encoded key (FNV-1a; 4 bits per depth).
-fn bucket_of(key: &[u8], depth: usize) -> usize {
+pub(super) fn bucket_of(key: &[u8], depth: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key {
         h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
@@ -244,19 +244,19 @@ impl GroupTable {
 }
 
 /// Partial states of one bucket: still in memory, or in a file.
-enum Part {
+pub(super) enum Part {
     Memory(RecordBatch),
     File(SpillFile),
 }
 
 /// Reads the batches of a bucket's parts in turn.
-struct PartReader {
-    parts: std::collections::VecDeque<Part>,
-    current: Option<crate::memory::SpillReader>,
+pub(super) struct PartReader {
+    pub(super) parts: std::collections::VecDeque<Part>,
+    pub(super) current: Option<crate::memory::SpillReader>,
 }
 
 impl PartReader {
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    pub(super) fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if let Some(r) = &mut self.current {
                 match r.next_batch()? {
@@ -274,7 +274,7 @@ impl PartReader {
 }
 
 /// Appends each bucket's rows of `batch` to that bucket's file.
-fn write_by_bucket(writers: &mut [SpillWriter], batch: &RecordBatch, buckets: &[usize]) -> Result<()> {
+pub(super) fn write_by_bucket(writers: &mut [SpillWriter], batch: &RecordBatch, buckets: &[usize]) -> Result<()> {
     for (w, part) in writers.iter_mut().zip(split_by_bucket(batch, buckets)?) {
         if part.num_rows() > 0 {
             w.write(&part)?;

@@ -266,9 +266,17 @@ impl Builder<'_> {
             build_schema,
             output_schema: schema.clone(),
         };
-        let shared = Arc::new(JoinShared::new(spec, build_open.partitions, probe_open.partitions, self.notifier.clone(), metrics.clone()));
+        let shared = Arc::new(JoinShared::new(
+            spec,
+            build_open.partitions,
+            probe_open.partitions,
+            self.notifier.clone(),
+            metrics.clone(),
+            self.memory.pool.clone(),
+            self.memory.spill.clone(),
+        ));
         let build_shared = shared.clone();
-        self.close(build_open, &move |_| Ok(Box::new(BuildSink::new(build_shared.clone()))))?;
+        self.close(build_open, &move |p| Ok(Box::new(BuildSink::new(build_shared.clone(), p)?)))?;
         probe_open.push(&metrics, move || Box::new(ProbeOp::new(shared.clone())));
         Ok(probe_open)
     }

@@ -1,9 +1,15 @@
 //! Joins: the build side (right input) is a pipeline breaker that collects every row and, for hash
 //! joins, indexes them by key; the probe side (left input) streams through `ProbeOp`. Nested-loop joins
 //! are the same with every build row a candidate for every probe row.
+//!
+//! Within the memory budget (grace hash join): a build partition whose rows outgrow its reservation
+//! writes them to disk split into key-hash buckets, and then the whole build side goes to buckets.
+//! The probe side is then written to buckets the same way; once every probe partition has ended, the
+//! last one joins bucket by bucket (a bucket too big for the budget is split again by other hash
+//! bits, and joined beyond the budget when splitting no longer helps: one huge key).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{new_null_array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, take};
@@ -11,7 +17,9 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::HashMap;
 
+use super::aggregate::{bucket_of, write_by_bucket, Part, PartReader, BUCKETS, MAX_DEPTH};
 use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
+use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
 use crate::logical::{Expr, JoinKind};
@@ -40,24 +48,62 @@ struct JoinTable {
     /// Key bytes → first build row with that key; `next` chains the others.
     heads: HashMap<Box<[u8]>, u32>,
     next: Vec<u32>,
+    /// Of the whole build side (also when this table holds one bucket of it): rows, and whether a
+    /// key is NULL (for NOT IN and IN).
+    build_rows: usize,
     has_null_key: bool,
     /// Build rows that found a partner (right and full joins).
     visited: Vec<AtomicBool>,
+    /// The memory the table holds.
+    _reservation: MemoryReservation,
 }
 
 const NONE: u32 = u32::MAX;
 
+/// What the build side became.
+enum Built {
+    Table(JoinTable),
+    /// Buckets on disk, joined one by one after the probe side (see the module comment).
+    Spilled(SpilledBuild),
+}
+
+struct SpilledBuild {
+    /// Build rows of each bucket, from every build partition; the last probe partition takes them.
+    buckets: Mutex<Vec<Vec<SpillFile>>>,
+    build_rows: usize,
+    has_null_key: bool,
+}
+
+/// One build partition's rows at its end.
+enum LocalBuild {
+    Memory(Vec<RecordBatch>, MemoryReservation),
+    /// Bucket files, with the partition's row count and whether it met a NULL key.
+    Spilled(Vec<SpillFile>, usize, bool),
+}
+
 pub struct JoinShared {
     spec: JoinSpec,
-    pending: PartitionGather<RecordBatch>,
-    table: OnceLock<JoinTable>,
-    probes: PartitionGather<()>,
+    pending: PartitionGather<LocalBuild>,
+    table: OnceLock<Built>,
+    /// Probe partitions that ended, with their bucket files once the build side spilled.
+    probes: PartitionGather<(usize, SpillFile)>,
     notifier: Notifier,
     metrics: Arc<OpMetrics>,
+    pool: Arc<MemoryPool>,
+    spill: Arc<SpillManager>,
 }
 
 impl JoinShared {
-    pub fn new(spec: JoinSpec, build_partitions: usize, probe_partitions: usize, notifier: Notifier, metrics: Arc<OpMetrics>) -> JoinShared {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        spec: JoinSpec,
+        build_partitions: usize,
+        probe_partitions: usize,
+        notifier: Notifier,
+        metrics: Arc<OpMetrics>,
+        pool: Arc<MemoryPool>,
+        spill: Arc<SpillManager>,
+    ) -> JoinShared {
         JoinShared {
             spec,
             pending: PartitionGather::new(build_partitions),
@@ -65,7 +111,45 @@ impl JoinShared {
             probes: PartitionGather::new(probe_partitions),
             notifier,
             metrics,
+            pool,
+            spill,
         }
+    }
+
+    /// The row-encoded join keys of `batch`, a build-side batch or (`probe`) a probe-side one whose
+    /// keys are cast to the build keys' types.
+    fn key_rows(&self, conv: &RowConverter, batch: &RecordBatch, probe: bool) -> Result<(Rows, Option<Vec<bool>>)> {
+        let spec = &self.spec;
+        let keys = spec
+            .build_keys
+            .iter()
+            .zip(&spec.probe_keys)
+            .map(|(b, p)| {
+                if !probe {
+                    return evaluate(b, batch);
+                }
+                let v = evaluate(p, batch)?;
+                let want: DataType = b.data_type(&spec.build_schema);
+                Ok(if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((conv.convert_columns(&keys)?, null_mask(&keys)))
+    }
+
+    /// The bucket at split `depth` of every row of `batch`.
+    fn buckets(&self, conv: &RowConverter, batch: &RecordBatch, probe: bool, depth: usize) -> Result<Vec<usize>> {
+        let (rows, _) = self.key_rows(conv, batch, probe)?;
+        Ok(rows.iter().map(|r| bucket_of(r.as_ref(), depth)).collect())
+    }
+
+    fn bucket_writers(&self, schema: &SchemaRef) -> Result<Vec<SpillWriter>> {
+        (0..BUCKETS).map(|_| self.spill.writer(schema)).collect()
+    }
+
+    fn finish_writers(&self, writers: Vec<SpillWriter>) -> Result<Vec<SpillFile>> {
+        let files = writers.into_iter().map(|w| w.finish()).collect::<Result<Vec<_>>>()?;
+        files.iter().for_each(|f| self.metrics.note_spill(f));
+        Ok(files)
     }
 
     fn key_converter(&self) -> Result<Option<RowConverter>> {
@@ -76,18 +160,74 @@ impl JoinShared {
         Ok(Some(RowConverter::new(fields)?))
     }
 
-    fn finish_build(&self, local: Vec<RecordBatch>) -> Result<()> {
-        let Some(batches) = self.pending.arrive(local)? else { return Ok(()) };
-        let batch = concat_batches(&self.spec.build_schema, &batches)?;
-        drop(batches);
+    fn finish_build(&self, local: LocalBuild) -> Result<()> {
+        let Some(locals) = self.pending.arrive([local])? else { return Ok(()) };
+        let spilled = locals.iter().any(|l| matches!(l, LocalBuild::Spilled(..)));
+        let built = match self.key_converter()? {
+            Some(conv) if spilled => self.spill_build(&conv, locals)?,
+            _ => {
+                let mut batches = Vec::new();
+                let mut reservation = self.pool.reservation("HashJoin build", true);
+                for local in locals {
+                    if let LocalBuild::Memory(b, r) = local {
+                        batches.extend(b);
+                        reservation.merge(r);
+                    }
+                }
+                let batch = concat_batches(&self.spec.build_schema, &batches)?;
+                drop(batches);
+                Built::Table(self.build_table(batch, None, reservation)?)
+            }
+        };
+        if self.table.set(built).is_err() {
+            return Err(RiffleError::exec("join table built twice"));
+        }
+        self.notifier.bump();
+        Ok(())
+    }
+
+    /// Writes the build rows still in memory to bucket files beside the spilled ones.
+    fn spill_build(&self, conv: &RowConverter, locals: Vec<LocalBuild>) -> Result<Built> {
+        let mut buckets: Vec<Vec<SpillFile>> = (0..BUCKETS).map(|_| Vec::new()).collect();
+        let (mut build_rows, mut has_null_key) = (0, false);
+        let mut memory = Vec::new();
+        for local in locals {
+            match local {
+                LocalBuild::Spilled(files, rows, nulls) => {
+                    for (b, f) in files.into_iter().enumerate() {
+                        buckets[b].push(f);
+                    }
+                    build_rows += rows;
+                    has_null_key |= nulls;
+                }
+                LocalBuild::Memory(batches, _reservation) => memory.extend(batches),
+            }
+        }
+        if !memory.is_empty() {
+            let mut writers = self.bucket_writers(&self.spec.build_schema)?;
+            for batch in memory {
+                let (rows, nulls) = self.key_rows(conv, &batch, false)?;
+                build_rows += batch.num_rows();
+                has_null_key |= nulls.is_some_and(|n| n.iter().any(|x| *x));
+                let of: Vec<usize> = rows.iter().map(|r| bucket_of(r.as_ref(), 0)).collect();
+                write_by_bucket(&mut writers, &batch, &of)?;
+            }
+            for (b, f) in self.finish_writers(writers)?.into_iter().enumerate() {
+                buckets[b].push(f);
+            }
+        }
+        Ok(Built::Spilled(SpilledBuild { buckets: Mutex::new(buckets), build_rows, has_null_key }))
+    }
+
+    /// Indexes `batch` by key. `whole` gives the build side's row count and NULL-key flag when the
+    /// batch is one bucket of it.
+    fn build_table(&self, batch: RecordBatch, whole: Option<(usize, bool)>, mut reservation: MemoryReservation) -> Result<JoinTable> {
         let converter = self.key_converter()?;
         let mut heads: HashMap<Box<[u8]>, u32> = HashMap::new();
         let mut next = Vec::new();
         let mut has_null_key = false;
         if let Some(conv) = &converter {
-            let keys = self.spec.build_keys.iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
-            let null_rows = null_mask(&keys);
-            let rows = conv.convert_columns(&keys)?;
+            let (rows, null_rows) = self.key_rows(conv, &batch, false)?;
             next = vec![NONE; batch.num_rows()];
             heads.reserve(batch.num_rows());
             // Inserted back to front so each chain lists rows in input order.
@@ -118,13 +258,16 @@ impl JoinShared {
         } else {
             Vec::new()
         };
-        self.metrics.note_bytes(batch.get_array_memory_size() + heads.len() * 48 + next.len() * 4);
-        let table = JoinTable { batch, converter, heads, next, has_null_key, visited };
-        if self.table.set(table).is_err() {
-            return Err(RiffleError::exec("join table built twice"));
+        let bytes = batch.get_array_memory_size() + heads.len() * 48 + next.len() * 4;
+        self.metrics.note_bytes(bytes);
+        // The rows were reserved as they arrived; the index comes on top. A nested-loop join cannot
+        // spill, nor can a bucket that splitting no longer makes smaller: they are held beyond the budget.
+        let extra = bytes.saturating_sub(reservation.size());
+        if !reservation.try_grow(extra) {
+            reservation.grow_anyway(extra);
         }
-        self.notifier.bump();
-        Ok(())
+        let (build_rows, has_null_key) = whole.unwrap_or((batch.num_rows(), has_null_key));
+        Ok(JoinTable { batch, converter, heads, next, build_rows, has_null_key, visited, _reservation: reservation })
     }
 }
 
@@ -137,23 +280,68 @@ fn null_mask(keys: &[ArrayRef]) -> Option<Vec<bool>> {
     Some((0..n).map(|i| keys.iter().any(|k| k.is_null(i))).collect())
 }
 
-/// Collects the build side of one partition.
+/// Collects the build side of one partition, within its memory reservation; past it, into bucket files.
 pub struct BuildSink {
     shared: Arc<JoinShared>,
     batches: Vec<RecordBatch>,
+    reservation: MemoryReservation,
+    /// Encodes the join keys; `None` for a nested-loop join.
+    converter: Option<RowConverter>,
+    /// Bucket files once this partition spilled, with the rows written and whether a key was NULL.
+    spilled: Option<(Vec<SpillWriter>, usize, bool)>,
 }
 
 impl BuildSink {
-    pub fn new(shared: Arc<JoinShared>) -> BuildSink {
-        BuildSink { shared, batches: Vec::new() }
+    pub fn new(shared: Arc<JoinShared>, partition: usize) -> Result<BuildSink> {
+        let reservation = shared.pool.reservation(format!("HashJoin build (partition {partition})"), true);
+        let converter = shared.key_converter()?;
+        Ok(BuildSink { shared, batches: Vec::new(), reservation, converter, spilled: None })
+    }
+
+    fn add(&mut self, batch: RecordBatch) -> Result<()> {
+        let shared = self.shared.clone();
+        let conv = match &self.converter {
+            // Without keys (nested loop) the rows cannot be split: they stay in memory, counted.
+            None => {
+                self.reservation.grow_anyway(batch.get_array_memory_size());
+                self.batches.push(batch);
+                return Ok(());
+            }
+            Some(conv) => conv,
+        };
+        if self.spilled.is_none() {
+            if self.reservation.try_grow(batch.get_array_memory_size()) {
+                self.batches.push(batch);
+                return Ok(());
+            }
+            self.spilled = Some((shared.bucket_writers(&shared.spec.build_schema)?, 0, false));
+            self.reservation.free();
+        }
+        let Some((writers, rows, nulls)) = self.spilled.as_mut() else { return Err(RiffleError::exec("join spill files missing")) };
+        for batch in std::mem::take(&mut self.batches).into_iter().chain([batch]) {
+            let (keys, null_rows) = shared.key_rows(conv, &batch, false)?;
+            *rows += batch.num_rows();
+            *nulls |= null_rows.is_some_and(|n| n.iter().any(|x| *x));
+            let of: Vec<usize> = keys.iter().map(|r| bucket_of(r.as_ref(), 0)).collect();
+            write_by_bucket(writers, &batch, &of)?;
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        let local = match self.spilled.take() {
+            Some((writers, rows, nulls)) => LocalBuild::Spilled(self.shared.finish_writers(writers)?, rows, nulls),
+            None => LocalBuild::Memory(std::mem::take(&mut self.batches), self.reservation.split_off()),
+        };
+        self.shared.finish_build(local)
     }
 }
 
 impl Sink for BuildSink {
     fn push(&mut self, msg: Message) -> Result<()> {
         match msg {
-            Message::Batch(b) => self.batches.push(b),
-            Message::End => self.shared.finish_build(std::mem::take(&mut self.batches))?,
+            Message::Batch(b) => self.add(b)?,
+            Message::End => self.end()?,
             // The build side of a batch join is complete before probing starts; its control messages
             // are not forwarded (the probe side carries the stream's).
             Message::Watermark(_) | Message::Barrier(_) => {}
@@ -164,15 +352,89 @@ impl Sink for BuildSink {
 
 pub struct ProbeOp {
     shared: Arc<JoinShared>,
+    /// This partition's probe rows by bucket, when the build side spilled.
+    spilled: Option<Vec<SpillWriter>>,
+    /// The buckets left to join (the last probe partition to end does it), and the end it holds back.
+    grace: Option<GraceJoin>,
+    held_end: Option<Message>,
 }
 
 impl ProbeOp {
     pub fn new(shared: Arc<JoinShared>) -> ProbeOp {
-        ProbeOp { shared }
+        ProbeOp { shared, spilled: None, grace: None, held_end: None }
     }
+}
 
-    fn table(&self) -> Result<&JoinTable> {
-        self.shared.table.get().ok_or_else(|| RiffleError::exec("probe before the join table was built"))
+/// Joining the spilled buckets one at a time: `work` holds (split depth, build files, probe files).
+struct GraceJoin {
+    work: Vec<(usize, Vec<SpillFile>, Vec<SpillFile>)>,
+    current: Option<(JoinTable, PartReader)>,
+    build_rows: usize,
+    has_null_key: bool,
+}
+
+impl GraceJoin {
+    /// Joins one probe batch of the current bucket (or loads the next bucket); false when all are done.
+    fn step(&mut self, shared: &JoinShared, out: &mut Vec<Message>) -> Result<bool> {
+        loop {
+            if let Some((table, probe)) = &mut self.current {
+                match probe.next_batch()? {
+                    Some(batch) => {
+                        if batch.num_rows() > 0 {
+                            probe_batch(&shared.spec, table, batch, out)?;
+                        }
+                    }
+                    None => {
+                        emit_unmatched_build(&shared.spec, table, out)?;
+                        self.current = None;
+                    }
+                }
+                if !out.is_empty() {
+                    return Ok(true);
+                }
+                continue;
+            }
+            let Some((depth, build, probe)) = self.work.pop() else { return Ok(false) };
+            let mut reservation = shared.pool.reservation("HashJoin build (spilled bucket)", true);
+            let mut reader = PartReader { parts: build.into_iter().map(Part::File).collect(), current: None };
+            let mut batches = Vec::new();
+            let mut fits = true;
+            while let Some(b) = reader.next_batch()? {
+                fits &= reservation.try_grow(b.get_array_memory_size());
+                batches.push(b);
+            }
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let conv = shared.key_converter()?.ok_or_else(|| RiffleError::exec("spilled join without keys"))?;
+            if !fits && depth + 1 < MAX_DEPTH && rows > 1 {
+                // Too big for the budget: split this bucket's build and probe rows again, by other hash bits.
+                reservation.free();
+                let split = |parts: Vec<Part>, probe_side: bool, schema: &SchemaRef| -> Result<Vec<SpillFile>> {
+                    let mut writers = shared.bucket_writers(schema)?;
+                    let mut reader = PartReader { parts: parts.into(), current: None };
+                    while let Some(b) = reader.next_batch()? {
+                        let of = shared.buckets(&conv, &b, probe_side, depth + 1)?;
+                        write_by_bucket(&mut writers, &b, &of)?;
+                    }
+                    shared.finish_writers(writers)
+                };
+                let build = split(batches.into_iter().map(Part::Memory).collect(), false, &shared.spec.build_schema)?;
+                let probe = split(probe.into_iter().map(Part::File).collect(), true, &shared.spec.probe_schema)?;
+                for (b, p) in build.into_iter().zip(probe) {
+                    self.work.push((depth + 1, vec![b], vec![p]));
+                }
+                continue;
+            }
+            if !fits {
+                // One huge key: splitting cannot make it smaller, so it is joined beyond the budget.
+                let size = batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>();
+                reservation.grow_anyway(size.saturating_sub(reservation.size()));
+            }
+            let batch = concat_batches(&shared.spec.build_schema, &batches)?;
+            drop(batches);
+            let table = shared.build_table(batch, Some((self.build_rows, self.has_null_key)), reservation)?;
+            let probe = PartReader { parts: probe.into_iter().map(Part::File).collect(), current: None };
+            self.current = Some((table, probe));
+        }
     }
 }
 
@@ -206,74 +468,69 @@ fn padded(spec: &JoinSpec, side: &RecordBatch, side_is_probe: bool) -> Result<Re
     Ok(RecordBatch::try_new_with_options(spec.output_schema.clone(), cols, &RecordBatchOptions::new().with_row_count(Some(n)))?)
 }
 
-impl ProbeOp {
-    /// Which probe rows have a NULL in some key column; `None` when none has.
-    fn probe_key_nulls(&self, probe: &RecordBatch) -> Result<Option<Vec<bool>>> {
-        let keys = self.shared.spec.probe_keys.iter().map(|k| evaluate(k, probe)).collect::<Result<Vec<_>>>()?;
-        Ok(null_mask(&keys))
-    }
-
-    /// Calls `f` with chunks of candidate pairs (probe row, build row): key matches for a hash join,
-    /// every pair for a nested-loop join.
-    fn candidates(&self, probe: &RecordBatch, table: &JoinTable, f: &mut dyn FnMut(Vec<u32>, Vec<u32>) -> Result<()>) -> Result<()> {
-        let spec = &self.shared.spec;
-        let (mut pi, mut bi) = (Vec::new(), Vec::new());
-        match &table.converter {
-            Some(conv) => {
-                let keys = spec
-                    .probe_keys
-                    .iter()
-                    .zip(&spec.build_keys)
-                    .map(|(p, b)| {
-                        let v = evaluate(p, probe)?;
-                        let want: DataType = b.data_type(&spec.build_schema);
-                        Ok(if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let nulls = null_mask(&keys);
-                let rows: Rows = conv.convert_columns(&keys)?;
-                for i in 0..probe.num_rows() {
-                    if nulls.as_ref().is_some_and(|n| n[i]) {
-                        continue;
-                    }
-                    let Some(&head) = table.heads.get(rows.row(i).as_ref()) else { continue };
-                    let mut j = head;
-                    while j != NONE {
-                        pi.push(i as u32);
-                        bi.push(j);
-                        j = table.next[j as usize];
-                    }
-                    if pi.len() >= PAIRS_PER_CHUNK {
-                        f(std::mem::take(&mut pi), std::mem::take(&mut bi))?;
-                    }
-                }
-            }
-            None => {
-                let b = table.batch.num_rows() as u32;
-                for i in 0..probe.num_rows() as u32 {
-                    for j in 0..b {
-                        pi.push(i);
-                        bi.push(j);
-                    }
-                    if pi.len() >= PAIRS_PER_CHUNK {
-                        f(std::mem::take(&mut pi), std::mem::take(&mut bi))?;
-                    }
-                }
-            }
-        }
-        if !pi.is_empty() {
-            f(pi, bi)?;
-        }
-        Ok(())
-    }
+/// Which probe rows have a NULL in some key column; `None` when none has.
+fn probe_key_nulls(spec: &JoinSpec, probe: &RecordBatch) -> Result<Option<Vec<bool>>> {
+    let keys = spec.probe_keys.iter().map(|k| evaluate(k, probe)).collect::<Result<Vec<_>>>()?;
+    Ok(null_mask(&keys))
 }
 
-impl Operator for ProbeOp {
-    fn on_batch(&mut self, probe: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        let table = self.table()?;
-        let spec = &self.shared.spec;
+/// Calls `f` with chunks of candidate pairs (probe row, build row): key matches for a hash join,
+/// every pair for a nested-loop join.
+fn candidates(spec: &JoinSpec, probe: &RecordBatch, table: &JoinTable, f: &mut dyn FnMut(Vec<u32>, Vec<u32>) -> Result<()>) -> Result<()> {
+    let (mut pi, mut bi) = (Vec::new(), Vec::new());
+    match &table.converter {
+        Some(conv) => {
+            let keys = spec
+                .probe_keys
+                .iter()
+                .zip(&spec.build_keys)
+                .map(|(p, b)| {
+                    let v = evaluate(p, probe)?;
+                    let want: DataType = b.data_type(&spec.build_schema);
+                    Ok(if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let nulls = null_mask(&keys);
+            let rows: Rows = conv.convert_columns(&keys)?;
+            for i in 0..probe.num_rows() {
+                if nulls.as_ref().is_some_and(|n| n[i]) {
+                    continue;
+                }
+                let Some(&head) = table.heads.get(rows.row(i).as_ref()) else { continue };
+                let mut j = head;
+                while j != NONE {
+                    pi.push(i as u32);
+                    bi.push(j);
+                    j = table.next[j as usize];
+                }
+                if pi.len() >= PAIRS_PER_CHUNK {
+                    f(std::mem::take(&mut pi), std::mem::take(&mut bi))?;
+                }
+            }
+        }
+        None => {
+            let b = table.batch.num_rows() as u32;
+            for i in 0..probe.num_rows() as u32 {
+                for j in 0..b {
+                    pi.push(i);
+                    bi.push(j);
+                }
+                if pi.len() >= PAIRS_PER_CHUNK {
+                    f(std::mem::take(&mut pi), std::mem::take(&mut bi))?;
+                }
+            }
+        }
+    }
+    if !pi.is_empty() {
+        f(pi, bi)?;
+    }
+    Ok(())
+}
+
+/// Joins one probe batch against `table`, appending the output to `out`.
+fn probe_batch(spec: &JoinSpec, table: &JoinTable, probe: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         let n = probe.num_rows();
-        let build_rows = table.batch.num_rows();
+        let build_rows = table.build_rows;
         if spec.null_aware && spec.kind == JoinKind::Anti && build_rows > 0 && table.has_null_key {
             // x NOT IN (… NULL …) is never true.
             return Ok(());
@@ -284,7 +541,7 @@ impl Operator for ProbeOp {
         let trivial = table.converter.is_none() && spec.filter.is_none() && !emits_pairs;
         let mut matched = vec![trivial && build_rows > 0; n];
         if !trivial {
-            self.candidates(&probe, table, &mut |pi, bi| {
+            candidates(spec, &probe, table, &mut |pi, bi| {
                 let (pi, bi) = (UInt32Array::from(pi), UInt32Array::from(bi));
                 let (pi, bi, pairs) = match &spec.filter {
                     Some(filter) => {
@@ -325,7 +582,7 @@ impl Operator for ProbeOp {
             // IN over a non-empty right side is unknown for an unmatched row when a key on either side
             // is NULL.
             let in_unknown = spec.null_aware && build_rows > 0;
-            let probe_nulls = if in_unknown && !table.has_null_key { self.probe_key_nulls(&probe)? } else { None };
+            let probe_nulls = if in_unknown && !table.has_null_key { probe_key_nulls(spec, &probe)? } else { None };
             let mark: BooleanArray = (0..n)
                 .map(|i| {
                     if matched[i] {
@@ -351,7 +608,7 @@ impl Operator for ProbeOp {
             JoinKind::Semi => Some(matched.iter().copied().collect()),
             JoinKind::Anti if spec.null_aware && build_rows > 0 => {
                 // A NULL probe key makes `x NOT IN (non-empty set)` unknown: not returned.
-                let nulls = self.probe_key_nulls(&probe)?;
+                let nulls = probe_key_nulls(spec, &probe)?;
                 Some((0..n).map(|i| !matched[i] && !nulls.as_ref().is_some_and(|m| m[i])).collect())
             }
             JoinKind::Anti => Some(matched.iter().map(|m| !m).collect()),
@@ -369,27 +626,96 @@ impl Operator for ProbeOp {
             }
         }
         Ok(())
+}
+
+/// For right and full joins: the build rows of `table` no probe row matched, padded with NULLs.
+fn emit_unmatched_build(spec: &JoinSpec, table: &JoinTable, out: &mut Vec<Message>) -> Result<()> {
+    if !matches!(spec.kind, JoinKind::Right | JoinKind::Full) {
+        return Ok(());
+    }
+    let keep: BooleanArray = table.visited.iter().map(|v| !v.load(Ordering::Relaxed)).collect();
+    if keep.true_count() > 0 {
+        let rows = filter_record_batch(&table.batch, &keep)?;
+        out.push(Message::Batch(padded(spec, &rows, false)?));
+    }
+    Ok(())
+}
+
+impl Operator for ProbeOp {
+    fn on_batch(&mut self, probe: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        let shared = self.shared.clone();
+        match shared.table.get() {
+            Some(Built::Table(table)) => probe_batch(&shared.spec, table, probe, out),
+            Some(Built::Spilled(_)) => {
+                let conv = shared.key_converter()?.ok_or_else(|| RiffleError::exec("spilled join without keys"))?;
+                if self.spilled.is_none() {
+                    self.spilled = Some(shared.bucket_writers(&shared.spec.probe_schema)?);
+                }
+                let writers = self.spilled.as_mut().ok_or_else(|| RiffleError::exec("join spill files missing"))?;
+                let of = shared.buckets(&conv, &probe, true, 0)?;
+                write_by_bucket(writers, &probe, &of)
+            }
+            None => Err(RiffleError::exec("probe before the join table was built")),
+        }
     }
 
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
-        let outer_build = matches!(self.shared.spec.kind, JoinKind::Right | JoinKind::Full);
-        if matches!(msg, Message::End) && outer_build && self.shared.probes.arrive([])?.is_some() {
-            {
+        if !matches!(msg, Message::End) {
+            out.push(msg);
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let built = shared.table.get().ok_or_else(|| RiffleError::exec("probe before the join table was built"))?;
+        match built {
+            Built::Table(table) => {
+                let outer_build = matches!(shared.spec.kind, JoinKind::Right | JoinKind::Full);
                 // Every probe partition is done: the build rows nobody matched come out once.
-                let table = self.table()?;
-                let keep: BooleanArray = table.visited.iter().map(|v| !v.load(Ordering::Relaxed)).collect();
-                if keep.true_count() > 0 {
-                    let rows = filter_record_batch(&table.batch, &keep)?;
-                    out.push(Message::Batch(padded(&self.shared.spec, &rows, false)?));
+                if outer_build && shared.probes.arrive([])?.is_some() {
+                    emit_unmatched_build(&shared.spec, table, out)?;
+                }
+                out.push(msg);
+            }
+            Built::Spilled(build) => {
+                let files = match self.spilled.take() {
+                    Some(writers) => shared.finish_writers(writers)?.into_iter().enumerate().collect(),
+                    None => Vec::new(),
+                };
+                match shared.probes.arrive(files)? {
+                    // The last probe partition joins the buckets, then ends.
+                    Some(probe_files) => {
+                        let mut probe: Vec<Vec<SpillFile>> = (0..BUCKETS).map(|_| Vec::new()).collect();
+                        for (b, f) in probe_files {
+                            probe[b].push(f);
+                        }
+                        let buckets = std::mem::take(&mut *build.buckets.lock().map_err(|_| RiffleError::exec("join buckets lock poisoned"))?);
+                        let work = buckets.into_iter().zip(probe).rev().map(|(b, p)| (0, b, p)).collect();
+                        self.grace = Some(GraceJoin { work, current: None, build_rows: build.build_rows, has_null_key: build.has_null_key });
+                        self.held_end = Some(msg);
+                    }
+                    None => out.push(msg),
                 }
             }
         }
-        out.push(msg);
         Ok(())
     }
 
     fn ready(&self) -> bool {
         self.shared.table.get().is_some()
+    }
+
+    fn has_pending(&self) -> bool {
+        self.held_end.is_some()
+    }
+
+    fn drain(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        if let Some(grace) = &mut self.grace {
+            if grace.step(&self.shared, out)? {
+                return Ok(());
+            }
+        }
+        self.grace = None;
+        out.extend(self.held_end.take());
+        Ok(())
     }
 }
 

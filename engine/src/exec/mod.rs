@@ -122,6 +122,17 @@ pub trait Operator: Send {
     fn finished(&self) -> bool {
         false
     }
+
+    /// True while the operator holds output it has not emitted yet (a join whose build side spilled
+    /// joins its buckets after its input ended): the pipeline calls `drain` before reading on.
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    /// Emits some of the pending output: one step, so that backpressure applies between steps.
+    fn drain(&mut self, _out: &mut Vec<Message>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The end of a pipeline, one instance per partition.
@@ -342,19 +353,35 @@ impl PipelineTask {
         if !self.sink.has_capacity() || self.ops.iter().any(|m| !m.op.ready()) {
             return Ok(Step::Blocked);
         }
-        let Some(msg) = self.source.next()? else { return Ok(Step::Blocked) };
-        let end = matches!(msg, Message::End);
-        self.push_through(msg)?;
-        if end {
+        // Output an operator still holds goes first; the end of input it held comes out last.
+        let reached_end = if let Some(i) = self.ops.iter().position(|m| m.op.has_pending()) {
+            let mut out = Vec::new();
+            let started = Instant::now();
+            self.ops[i].op.drain(&mut out)?;
+            self.ops[i].metrics.record(&out, started);
+            self.push_from(i + 1, out)?
+        } else {
+            let Some(msg) = self.source.next()? else { return Ok(Step::Blocked) };
+            let end = matches!(msg, Message::End);
+            let reached = self.push_through(msg)?;
+            // Unless an operator now holds output (and the end with it), the source's end is the task's.
+            reached || (end && !self.ops.iter().any(|m| m.op.has_pending()))
+        };
+        if reached_end {
             self.done = true;
             return Ok(Step::Done);
         }
         Ok(Step::Progress)
     }
 
-    fn push_through(&mut self, msg: Message) -> Result<()> {
-        let mut current = vec![msg];
-        for m in &mut self.ops {
+    /// Pushes `msg` through every operator into the sink; true if the end of input reached the sink.
+    fn push_through(&mut self, msg: Message) -> Result<bool> {
+        self.push_from(0, vec![msg])
+    }
+
+    fn push_from(&mut self, first: usize, msgs: Vec<Message>) -> Result<bool> {
+        let mut current = msgs;
+        for m in &mut self.ops[first..] {
             let mut next = Vec::with_capacity(current.len());
             let started = Instant::now();
             for msg in current {
@@ -370,10 +397,12 @@ impl PipelineTask {
             m.metrics.record(&next, started);
             current = next;
         }
+        let mut end = false;
         for msg in current {
+            end |= matches!(msg, Message::End);
             self.sink.push(msg)?;
         }
-        Ok(())
+        Ok(end)
     }
 }
 

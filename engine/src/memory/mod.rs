@@ -147,6 +147,20 @@ impl MemoryReservation {
         other
     }
 
+    /// Takes over what `other` holds (the bytes stay counted in the pool; only their owner changes).
+    pub fn merge(&mut self, mut other: MemoryReservation) {
+        let bytes = std::mem::take(&mut other.size);
+        if self.spillable != other.spillable {
+            let mut st = self.pool.lock();
+            if self.spillable {
+                st.unspillable -= bytes;
+            } else {
+                st.unspillable += bytes;
+            }
+        }
+        self.size += bytes;
+    }
+
     /// Gives back `bytes` (at most what is held).
     pub fn shrink(&mut self, bytes: usize) {
         let bytes = bytes.min(self.size);
