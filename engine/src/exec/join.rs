@@ -15,7 +15,9 @@ use arrow::array::{new_null_array, ArrayRef, BooleanArray, RecordBatch, RecordBa
 use arrow::compute::{concat_batches, filter_record_batch, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
-use hashbrown::HashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::aggregate::{bucket_of, write_by_bucket, Part, PartReader, BUCKETS, MAX_DEPTH};
 use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
@@ -45,8 +47,11 @@ pub struct JoinSpec {
 struct JoinTable {
     batch: RecordBatch,
     converter: Option<RowConverter>,
-    /// Key bytes → first build row with that key; `next` chains the others.
-    heads: HashMap<Box<[u8]>, u32>,
+    /// The build rows' encoded keys; `heads` holds, for each distinct key, its first build row (by
+    /// row number: the key bytes live once, in `keys`), and `next` chains the others.
+    keys: Option<Rows>,
+    heads: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     next: Vec<u32>,
     /// Of the whole build side (also when this table holds one bucket of it): rows, and whether a
     /// key is NULL (for NOT IN and IN).
@@ -59,6 +64,14 @@ struct JoinTable {
 }
 
 const NONE: u32 = u32::MAX;
+
+impl JoinTable {
+    /// The first build row whose key is `key`.
+    fn head(&self, key: &[u8]) -> Option<u32> {
+        let keys = self.keys.as_ref()?;
+        self.heads.find(self.hasher.hash_one(key), |&j| keys.row(j as usize).as_ref() == key).copied()
+    }
+}
 
 /// What the build side became.
 enum Built {
@@ -223,23 +236,34 @@ impl JoinShared {
     /// batch is one bucket of it.
     fn build_table(&self, batch: RecordBatch, whole: Option<(usize, bool)>, mut reservation: MemoryReservation) -> Result<JoinTable> {
         let converter = self.key_converter()?;
-        let mut heads: HashMap<Box<[u8]>, u32> = HashMap::new();
+        let hasher = DefaultHashBuilder::default();
+        let mut heads: HashTable<u32> = HashTable::new();
+        let mut keys = None;
         let mut next = Vec::new();
         let mut has_null_key = false;
         if let Some(conv) = &converter {
             let (rows, null_rows) = self.key_rows(conv, &batch, false)?;
             next = vec![NONE; batch.num_rows()];
-            heads.reserve(batch.num_rows());
+            heads.reserve(batch.num_rows(), |&j| hasher.hash_one(rows.row(j as usize).as_ref()));
             // Inserted back to front so each chain lists rows in input order.
             for i in (0..batch.num_rows()).rev() {
                 if null_rows.as_ref().is_some_and(|n| n[i]) {
                     has_null_key = true;
                     continue;
                 }
-                let slot = heads.entry_ref(rows.row(i).as_ref()).or_insert(NONE);
-                next[i] = *slot;
-                *slot = i as u32;
+                let key = rows.row(i);
+                let hash = hasher.hash_one(key.as_ref());
+                match heads.find_mut(hash, |&j| rows.row(j as usize).as_ref() == key.as_ref()) {
+                    Some(head) => {
+                        next[i] = *head;
+                        *head = i as u32;
+                    }
+                    None => {
+                        heads.insert_unique(hash, i as u32, |&j| hasher.hash_one(rows.row(j as usize).as_ref()));
+                    }
+                }
             }
+            keys = Some(rows);
         }
         if self.spec.kind == JoinKind::Single {
             let duplicate = if converter.is_some() {
@@ -258,7 +282,7 @@ impl JoinShared {
         } else {
             Vec::new()
         };
-        let bytes = batch.get_array_memory_size() + heads.len() * 48 + next.len() * 4;
+        let bytes = batch.get_array_memory_size() + keys.as_ref().map_or(0, |k: &Rows| k.size()) + heads.capacity() * 5 + next.len() * 4;
         self.metrics.note_bytes(bytes);
         // The rows were reserved as they arrived; the index comes on top. A nested-loop join cannot
         // spill, nor can a bucket that splitting no longer makes smaller: they are held beyond the budget.
@@ -267,7 +291,7 @@ impl JoinShared {
             reservation.grow_anyway(extra);
         }
         let (build_rows, has_null_key) = whole.unwrap_or((batch.num_rows(), has_null_key));
-        Ok(JoinTable { batch, converter, heads, next, build_rows, has_null_key, visited, _reservation: reservation })
+        Ok(JoinTable { batch, converter, keys, heads, hasher, next, build_rows, has_null_key, visited, _reservation: reservation })
     }
 }
 
@@ -496,7 +520,7 @@ fn candidates(spec: &JoinSpec, probe: &RecordBatch, table: &JoinTable, f: &mut d
                 if nulls.as_ref().is_some_and(|n| n[i]) {
                     continue;
                 }
-                let Some(&head) = table.heads.get(rows.row(i).as_ref()) else { continue };
+                let Some(head) = table.head(rows.row(i).as_ref()) else { continue };
                 let mut j = head;
                 while j != NONE {
                     pi.push(i as u32);
