@@ -204,6 +204,8 @@ impl JoinShared {
         let mut buckets: Vec<Vec<SpillFile>> = (0..BUCKETS).map(|_| Vec::new()).collect();
         let (mut build_rows, mut has_null_key) = (0, false);
         let mut memory = Vec::new();
+        // Held until the rows they cover are written out.
+        let mut held = Vec::new();
         for local in locals {
             match local {
                 LocalBuild::Spilled(files, rows, nulls) => {
@@ -213,7 +215,10 @@ impl JoinShared {
                     build_rows += rows;
                     has_null_key |= nulls;
                 }
-                LocalBuild::Memory(batches, _reservation) => memory.extend(batches),
+                LocalBuild::Memory(batches, reservation) => {
+                    memory.extend(batches);
+                    held.push(reservation);
+                }
             }
         }
         if !memory.is_empty() {
@@ -229,6 +234,7 @@ impl JoinShared {
                 buckets[b].push(f);
             }
         }
+        drop(held);
         Ok(Built::Spilled(SpilledBuild { buckets: Mutex::new(buckets), build_rows, has_null_key }))
     }
 
