@@ -559,103 +559,103 @@ fn candidates(spec: &JoinSpec, probe: &RecordBatch, table: &JoinTable, f: &mut d
 
 /// Joins one probe batch against `table`, appending the output to `out`.
 fn probe_batch(spec: &JoinSpec, table: &JoinTable, probe: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        let n = probe.num_rows();
-        let build_rows = table.build_rows;
-        if spec.null_aware && spec.kind == JoinKind::Anti && build_rows > 0 && table.has_null_key {
-            // x NOT IN (… NULL …) is never true.
-            return Ok(());
-        }
-        let emits_pairs = spec.kind.keeps_right();
-        // Without keys or a condition a row matches when the build side has any row (EXISTS over an
-        // uncorrelated subquery): no need to list the pairs.
-        let trivial = table.converter.is_none() && spec.filter.is_none() && !emits_pairs;
-        let mut matched = vec![trivial && build_rows > 0; n];
-        if !trivial {
-            candidates(spec, &probe, table, &mut |pi, bi| {
-                let (pi, bi) = (UInt32Array::from(pi), UInt32Array::from(bi));
-                let (pi, bi, pairs) = match &spec.filter {
-                    Some(filter) => {
-                        let pairs = pair_batch(spec, &probe, &table.batch, &pi, &bi)?;
-                        let mask: BooleanArray = evaluate_predicate(filter, &pairs)?;
-                        let pi = arrow::compute::filter(&pi, &mask)?;
-                        let bi = arrow::compute::filter(&bi, &mask)?;
-                        let pairs = if emits_pairs { Some(filter_record_batch(&pairs, &mask)?) } else { None };
-                        (downcast_u32(&pi)?, downcast_u32(&bi)?, pairs)
-                    }
-                    None => {
-                        let pairs = if emits_pairs { Some(pair_batch(spec, &probe, &table.batch, &pi, &bi)?) } else { None };
-                        (pi, bi, pairs)
-                    }
-                };
-                for i in pi.values() {
-                    matched[*i as usize] = true;
+    let n = probe.num_rows();
+    let build_rows = table.build_rows;
+    if spec.null_aware && spec.kind == JoinKind::Anti && build_rows > 0 && table.has_null_key {
+        // x NOT IN (… NULL …) is never true.
+        return Ok(());
+    }
+    let emits_pairs = spec.kind.keeps_right();
+    // Without keys or a condition a row matches when the build side has any row (EXISTS over an
+    // uncorrelated subquery): no need to list the pairs.
+    let trivial = table.converter.is_none() && spec.filter.is_none() && !emits_pairs;
+    let mut matched = vec![trivial && build_rows > 0; n];
+    if !trivial {
+        candidates(spec, &probe, table, &mut |pi, bi| {
+            let (pi, bi) = (UInt32Array::from(pi), UInt32Array::from(bi));
+            let (pi, bi, pairs) = match &spec.filter {
+                Some(filter) => {
+                    let pairs = pair_batch(spec, &probe, &table.batch, &pi, &bi)?;
+                    let mask: BooleanArray = evaluate_predicate(filter, &pairs)?;
+                    let pi = arrow::compute::filter(&pi, &mask)?;
+                    let bi = arrow::compute::filter(&bi, &mask)?;
+                    let pairs = if emits_pairs { Some(filter_record_batch(&pairs, &mask)?) } else { None };
+                    (downcast_u32(&pi)?, downcast_u32(&bi)?, pairs)
                 }
-                if !table.visited.is_empty() {
-                    for j in bi.values() {
-                        table.visited[*j as usize].store(true, Ordering::Relaxed);
-                    }
+                None => {
+                    let pairs = if emits_pairs { Some(pair_batch(spec, &probe, &table.batch, &pi, &bi)?) } else { None };
+                    (pi, bi, pairs)
                 }
-                if let Some(p) = pairs {
-                    if p.num_rows() > 0 {
-                        let p = RecordBatch::try_new_with_options(
-                            spec.output_schema.clone(),
-                            p.columns().to_vec(),
-                            &RecordBatchOptions::new().with_row_count(Some(p.num_rows())),
-                        )?;
-                        out.push(Message::Batch(p));
-                    }
-                }
-                Ok(())
-            })?;
-        }
-        if spec.kind == JoinKind::Mark {
-            // IN over a non-empty right side is unknown for an unmatched row when a key on either side
-            // is NULL.
-            let in_unknown = spec.null_aware && build_rows > 0;
-            let probe_nulls = if in_unknown && !table.has_null_key { probe_key_nulls(spec, &probe)? } else { None };
-            let mark: BooleanArray = (0..n)
-                .map(|i| {
-                    if matched[i] {
-                        Some(true)
-                    } else if in_unknown && (table.has_null_key || probe_nulls.as_ref().is_some_and(|m| m[i])) {
-                        None
-                    } else {
-                        Some(false)
-                    }
-                })
-                .collect();
-            let mut cols = probe.columns().to_vec();
-            cols.push(std::sync::Arc::new(mark));
-            out.push(Message::Batch(RecordBatch::try_new_with_options(
-                spec.output_schema.clone(),
-                cols,
-                &RecordBatchOptions::new().with_row_count(Some(n)),
-            )?));
-            return Ok(());
-        }
-        let keep: Option<BooleanArray> = match spec.kind {
-            JoinKind::Left | JoinKind::Full | JoinKind::Single => Some(matched.iter().map(|m| !m).collect()),
-            JoinKind::Semi => Some(matched.iter().copied().collect()),
-            JoinKind::Anti if spec.null_aware && build_rows > 0 => {
-                // A NULL probe key makes `x NOT IN (non-empty set)` unknown: not returned.
-                let nulls = probe_key_nulls(spec, &probe)?;
-                Some((0..n).map(|i| !matched[i] && !nulls.as_ref().is_some_and(|m| m[i])).collect())
+            };
+            for i in pi.values() {
+                matched[*i as usize] = true;
             }
-            JoinKind::Anti => Some(matched.iter().map(|m| !m).collect()),
-            JoinKind::Inner | JoinKind::Right | JoinKind::Mark => None,
-        };
-        if let Some(keep) = keep {
-            if keep.true_count() > 0 {
-                let rows = filter_record_batch(&probe, &keep)?;
-                let rows = if matches!(spec.kind, JoinKind::Left | JoinKind::Full | JoinKind::Single) {
-                    padded(spec, &rows, true)?
+            if !table.visited.is_empty() {
+                for j in bi.values() {
+                    table.visited[*j as usize].store(true, Ordering::Relaxed);
+                }
+            }
+            if let Some(p) = pairs {
+                if p.num_rows() > 0 {
+                    let p = RecordBatch::try_new_with_options(
+                        spec.output_schema.clone(),
+                        p.columns().to_vec(),
+                        &RecordBatchOptions::new().with_row_count(Some(p.num_rows())),
+                    )?;
+                    out.push(Message::Batch(p));
+                }
+            }
+            Ok(())
+        })?;
+    }
+    if spec.kind == JoinKind::Mark {
+        // IN over a non-empty right side is unknown for an unmatched row when a key on either side
+        // is NULL.
+        let in_unknown = spec.null_aware && build_rows > 0;
+        let probe_nulls = if in_unknown && !table.has_null_key { probe_key_nulls(spec, &probe)? } else { None };
+        let mark: BooleanArray = (0..n)
+            .map(|i| {
+                if matched[i] {
+                    Some(true)
+                } else if in_unknown && (table.has_null_key || probe_nulls.as_ref().is_some_and(|m| m[i])) {
+                    None
                 } else {
-                    RecordBatch::try_new(spec.output_schema.clone(), rows.columns().to_vec())?
-                };
-                out.push(Message::Batch(rows));
-            }
+                    Some(false)
+                }
+            })
+            .collect();
+        let mut cols = probe.columns().to_vec();
+        cols.push(std::sync::Arc::new(mark));
+        out.push(Message::Batch(RecordBatch::try_new_with_options(
+            spec.output_schema.clone(),
+            cols,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?));
+        return Ok(());
+    }
+    let keep: Option<BooleanArray> = match spec.kind {
+        JoinKind::Left | JoinKind::Full | JoinKind::Single => Some(matched.iter().map(|m| !m).collect()),
+        JoinKind::Semi => Some(matched.iter().copied().collect()),
+        JoinKind::Anti if spec.null_aware && build_rows > 0 => {
+            // A NULL probe key makes `x NOT IN (non-empty set)` unknown: not returned.
+            let nulls = probe_key_nulls(spec, &probe)?;
+            Some((0..n).map(|i| !matched[i] && !nulls.as_ref().is_some_and(|m| m[i])).collect())
         }
-        Ok(())
+        JoinKind::Anti => Some(matched.iter().map(|m| !m).collect()),
+        JoinKind::Inner | JoinKind::Right | JoinKind::Mark => None,
+    };
+    if let Some(keep) = keep {
+        if keep.true_count() > 0 {
+            let rows = filter_record_batch(&probe, &keep)?;
+            let rows = if matches!(spec.kind, JoinKind::Left | JoinKind::Full | JoinKind::Single) {
+                padded(spec, &rows, true)?
+            } else {
+                RecordBatch::try_new(spec.output_schema.clone(), rows.columns().to_vec())?
+            };
+            out.push(Message::Batch(rows));
+        }
+    }
+    Ok(())
 }
 
 /// For right and full joins: the build rows of `table` no probe row matched, padded with NULLs.
