@@ -4,8 +4,8 @@
 //!
 //! Within the memory budget (grace hash join): a build partition whose rows outgrow its reservation
 //! writes them to disk split into key-hash buckets, and then the whole build side goes to buckets.
-//! The probe side is then written to buckets the same way; once every probe partition has ended, the
-//! last one joins bucket by bucket (a bucket too big for the budget is split again by other hash
+//! The probe side is then written to buckets the same way; once every probe partition has ended,
+//! each takes the next bucket from a shared list and joins it (a bucket too big for the budget is split again by other hash
 //! bits, and joined beyond the budget when splitting no longer helps: one huge key).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,8 +81,12 @@ enum Built {
 }
 
 struct SpilledBuild {
-    /// Build rows of each bucket, from every build partition; the last probe partition takes them.
+    /// Build rows of each bucket, from every build partition, until the probe side has ended.
     buckets: Mutex<Vec<Vec<SpillFile>>>,
+    /// Then the buckets to join, (split depth, build files, probe files): every probe partition
+    /// takes the next one until none is left.
+    work: Mutex<Vec<(usize, Vec<SpillFile>, Vec<SpillFile>)>>,
+    work_ready: AtomicBool,
     build_rows: usize,
     has_null_key: bool,
 }
@@ -235,7 +239,13 @@ impl JoinShared {
             }
         }
         drop(held);
-        Ok(Built::Spilled(SpilledBuild { buckets: Mutex::new(buckets), build_rows, has_null_key }))
+        Ok(Built::Spilled(SpilledBuild {
+            buckets: Mutex::new(buckets),
+            work: Mutex::new(Vec::new()),
+            work_ready: AtomicBool::new(false),
+            build_rows,
+            has_null_key,
+        }))
     }
 
     /// Indexes `batch` by key. `whole` gives the build side's row count and NULL-key flag when the
@@ -384,7 +394,7 @@ pub struct ProbeOp {
     shared: Arc<JoinShared>,
     /// This partition's probe rows by bucket, when the build side spilled.
     spilled: Option<Vec<SpillWriter>>,
-    /// The buckets left to join (the last probe partition to end does it), and the end it holds back.
+    /// The bucket this partition is joining once the probe side ended, and the end it holds back.
     grace: Option<GraceJoin>,
     held_end: Option<Message>,
 }
@@ -395,17 +405,14 @@ impl ProbeOp {
     }
 }
 
-/// Joining the spilled buckets one at a time: `work` holds (split depth, build files, probe files).
+/// One probe partition joining spilled buckets, one at a time, taken from the shared work list.
 struct GraceJoin {
-    work: Vec<(usize, Vec<SpillFile>, Vec<SpillFile>)>,
     current: Option<(JoinTable, PartReader)>,
-    build_rows: usize,
-    has_null_key: bool,
 }
 
 impl GraceJoin {
-    /// Joins one probe batch of the current bucket (or loads the next bucket); false when all are done.
-    fn step(&mut self, shared: &JoinShared, out: &mut Vec<Message>) -> Result<bool> {
+    /// Joins one probe batch of the current bucket (or loads the next bucket); false when none is left.
+    fn step(&mut self, shared: &JoinShared, spilled: &SpilledBuild, out: &mut Vec<Message>) -> Result<bool> {
         loop {
             if let Some((table, probe)) = &mut self.current {
                 match probe.next_batch()? {
@@ -424,7 +431,7 @@ impl GraceJoin {
                 }
                 continue;
             }
-            let Some((depth, build, probe)) = self.work.pop() else { return Ok(false) };
+            let Some((depth, build, probe)) = spilled.work.lock().map_err(poisoned)?.pop() else { return Ok(false) };
             let mut reservation = shared.pool.reservation("HashJoin build (spilled bucket)", true);
             let mut reader = PartReader { parts: build.into_iter().map(Part::File).collect(), current: None };
             let mut batches = Vec::new();
@@ -449,8 +456,9 @@ impl GraceJoin {
                 };
                 let build = split(batches.into_iter().map(Part::Memory).collect(), false, &shared.spec.build_schema)?;
                 let probe = split(probe.into_iter().map(Part::File).collect(), true, &shared.spec.probe_schema)?;
+                let mut work = spilled.work.lock().map_err(poisoned)?;
                 for (b, p) in build.into_iter().zip(probe) {
-                    self.work.push((depth + 1, vec![b], vec![p]));
+                    work.push((depth + 1, vec![b], vec![p]));
                 }
                 continue;
             }
@@ -461,7 +469,7 @@ impl GraceJoin {
             }
             let batch = concat_batches(&shared.spec.build_schema, &batches)?;
             drop(batches);
-            let table = shared.build_table(batch, Some((self.build_rows, self.has_null_key)), reservation)?;
+            let table = shared.build_table(batch, Some((spilled.build_rows, spilled.has_null_key)), reservation)?;
             let probe = PartReader { parts: probe.into_iter().map(Part::File).collect(), current: None };
             self.current = Some((table, probe));
         }
@@ -710,19 +718,18 @@ impl Operator for ProbeOp {
                     Some(writers) => shared.finish_writers(writers)?.into_iter().enumerate().collect(),
                     None => Vec::new(),
                 };
-                match shared.probes.arrive(files)? {
-                    // The last probe partition joins the buckets, then ends.
-                    Some(probe_files) => {
-                        let mut probe: Vec<Vec<SpillFile>> = (0..BUCKETS).map(|_| Vec::new()).collect();
-                        for (b, f) in probe_files {
-                            probe[b].push(f);
-                        }
-                        let buckets = std::mem::take(&mut *build.buckets.lock().map_err(|_| RiffleError::exec("join buckets lock poisoned"))?);
-                        let work = buckets.into_iter().zip(probe).rev().map(|(b, p)| (0, b, p)).collect();
-                        self.grace = Some(GraceJoin { work, current: None, build_rows: build.build_rows, has_null_key: build.has_null_key });
-                        self.held_end = Some(msg);
+                // Every probe partition joins buckets once the last one has ended, then ends itself.
+                self.grace = Some(GraceJoin { current: None });
+                self.held_end = Some(msg);
+                if let Some(probe_files) = shared.probes.arrive(files)? {
+                    let mut probe: Vec<Vec<SpillFile>> = (0..BUCKETS).map(|_| Vec::new()).collect();
+                    for (b, f) in probe_files {
+                        probe[b].push(f);
                     }
-                    None => out.push(msg),
+                    let buckets = std::mem::take(&mut *build.buckets.lock().map_err(poisoned)?);
+                    *build.work.lock().map_err(poisoned)? = buckets.into_iter().zip(probe).rev().map(|(b, p)| (0, b, p)).collect();
+                    build.work_ready.store(true, Ordering::Release);
+                    shared.notifier.bump();
                 }
             }
         }
@@ -730,7 +737,12 @@ impl Operator for ProbeOp {
     }
 
     fn ready(&self) -> bool {
-        self.shared.table.get().is_some()
+        match self.shared.table.get() {
+            None => false,
+            // A partition that ended waits for the others before joining buckets.
+            Some(Built::Spilled(b)) if self.held_end.is_some() => b.work_ready.load(Ordering::Acquire),
+            Some(_) => true,
+        }
     }
 
     fn has_pending(&self) -> bool {
@@ -738,8 +750,9 @@ impl Operator for ProbeOp {
     }
 
     fn drain(&mut self, out: &mut Vec<Message>) -> Result<()> {
-        if let Some(grace) = &mut self.grace {
-            if grace.step(&self.shared, out)? {
+        let shared = self.shared.clone();
+        if let (Some(grace), Some(Built::Spilled(spilled))) = (&mut self.grace, shared.table.get()) {
+            if grace.step(&shared, spilled, out)? {
                 return Ok(());
             }
         }
@@ -747,6 +760,10 @@ impl Operator for ProbeOp {
         out.extend(self.held_end.take());
         Ok(())
     }
+}
+
+fn poisoned<T>(_: T) -> RiffleError {
+    RiffleError::exec("join buckets lock poisoned")
 }
 
 fn downcast_u32(a: &ArrayRef) -> Result<UInt32Array> {
