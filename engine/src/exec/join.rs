@@ -5,8 +5,9 @@
 //! Within the memory budget (grace hash join): a build partition whose rows outgrow its reservation
 //! writes them to disk split into key-hash buckets, and then the whole build side goes to buckets.
 //! The probe side is then written to buckets the same way; once every probe partition has ended,
-//! each takes the next bucket from a shared list and joins it (a bucket too big for the budget is split again by other hash
-//! bits, and joined beyond the budget when splitting no longer helps: one huge key).
+//! each takes the next bucket from a shared list and joins it (a bucket too big for the budget is
+//! split again by other hash bits, and joined beyond the budget when splitting no longer helps: one
+//! huge key).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
