@@ -82,13 +82,8 @@ pub fn create(call: &AggCall, arg_type: Option<&DataType>) -> Result<Box<dyn Gro
             DataType::Decimal128(..) => Box::new(Sum::<Decimal128Type>::new(call.ty.clone())),
             other => return Err(RiffleError::NotSupported(format!("sum of {}", sql_name(other)))),
         },
-        (AggFunc::Avg, _) => {
-            let scale = match arg_type {
-                Some(DataType::Decimal128(_, s)) => Some(*s),
-                _ => None,
-            };
-            Box::new(Avg::new(scale))
-        }
+        // avg of decimals and doubles is planned as sum / count; what is left averages as doubles.
+        (AggFunc::Avg, _) => Box::new(Avg { sums: vec![], counts: vec![] }),
         (AggFunc::Min | AggFunc::Max, _) => {
             let is_min = call.func == AggFunc::Min;
             macro_rules! prim {
@@ -119,10 +114,7 @@ pub fn create(call: &AggCall, arg_type: Option<&DataType>) -> Result<Box<dyn Gro
 pub fn input_type(call: &AggCall, arg: &DataType) -> DataType {
     match call.func {
         AggFunc::Sum => call.ty.clone(),
-        AggFunc::Avg => match arg {
-            DataType::Decimal128(_, s) => DataType::Decimal128(38, *s),
-            _ => DataType::Float64,
-        },
+        AggFunc::Avg => DataType::Float64,
         AggFunc::Min | AggFunc::Max => call.ty.clone(),
         _ => arg.clone(),
     }
@@ -322,30 +314,14 @@ impl<T: CheckedSum> ValueAccumulator for Sum<T> {
 /// Average: an exact integer sum for decimals (as DuckDB), a float sum otherwise, and a count.
 struct Avg {
     sums: Vec<f64>,
-    exact: Vec<i128>,
     counts: Vec<i64>,
-    scale: Option<i8>,
 }
 
 impl Avg {
-    fn new(scale: Option<i8>) -> Avg {
-        Avg { sums: vec![], exact: vec![], counts: vec![], scale }
-    }
-
     fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef, counts: Option<&Int64Array>) -> Result<()> {
-        self.counts.resize(n, 0);
-        let ok = if self.scale.is_some() {
-            self.exact.resize(n, 0);
-            let xs = values.as_primitive::<Decimal128Type>().values();
-            scatter_add(groups, values.nulls(), &mut self.exact, |i| xs[i], i128::checked_add)
-        } else {
-            self.sums.resize(n, 0.0);
-            let xs = values.as_primitive::<Float64Type>().values();
-            scatter_add(groups, values.nulls(), &mut self.sums, |i| xs[i], |a, b| Some(a + b))
-        };
-        if !ok {
-            return Err(RiffleError::exec("overflow in avg(): cast the argument to DOUBLE"));
-        }
+        self.resize(n);
+        let xs = values.as_primitive::<Float64Type>().values();
+        scatter_add(groups, values.nulls(), &mut self.sums, |i| xs[i], |a, b| Some(a + b));
         match counts {
             None => scatter_add(groups, values.nulls(), &mut self.counts, |_| 1, i64::checked_add),
             Some(c) => scatter_add(groups, values.nulls(), &mut self.counts, |i| c.value(i), i64::checked_add),
@@ -357,11 +333,7 @@ impl Avg {
 impl GroupsAccumulator for Avg {
     fn resize(&mut self, n: usize) {
         self.counts.resize(n, 0);
-        if self.scale.is_some() {
-            self.exact.resize(n, 0);
-        } else {
-            self.sums.resize(n, 0.0);
-        }
+        self.sums.resize(n, 0.0);
     }
 
     fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
@@ -375,31 +347,19 @@ impl GroupsAccumulator for Avg {
 
     fn state(&mut self) -> Result<Vec<ArrayRef>> {
         let counts: ArrayRef = Arc::new(Int64Array::from(std::mem::take(&mut self.counts)));
-        let sums: ArrayRef = match self.scale {
-            Some(s) => Arc::new(Decimal128Array::from(std::mem::take(&mut self.exact)).with_precision_and_scale(38, s)?),
-            None => Arc::new(Float64Array::from(std::mem::take(&mut self.sums))),
-        };
+        let sums: ArrayRef = Arc::new(Float64Array::from(std::mem::take(&mut self.sums)));
         Ok(vec![sums, counts])
     }
 
     fn evaluate(&mut self) -> Result<ArrayRef> {
         let counts = std::mem::take(&mut self.counts);
-        let out: Float64Array = match self.scale {
-            Some(s) => {
-                let unit = 10f64.powi(s as i32);
-                let exact = std::mem::take(&mut self.exact);
-                exact.into_iter().zip(counts).map(|(v, c)| (c > 0).then(|| v as f64 / (c as f64 * unit))).collect()
-            }
-            None => {
-                let sums = std::mem::take(&mut self.sums);
-                sums.into_iter().zip(counts).map(|(v, c)| (c > 0).then(|| v / c as f64)).collect()
-            }
-        };
+        let sums = std::mem::take(&mut self.sums);
+        let out: Float64Array = sums.into_iter().zip(counts).map(|(v, c)| (c > 0).then(|| v / c as f64)).collect();
         Ok(Arc::new(out))
     }
 
     fn size(&self) -> usize {
-        self.sums.capacity() * 8 + self.exact.capacity() * 16 + self.counts.capacity() * 8
+        self.sums.capacity() * 8 + self.counts.capacity() * 8
     }
 }
 
