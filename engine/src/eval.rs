@@ -250,14 +250,11 @@ fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
     let operands = DecimalOperands { left: as_dec(la)?, right: as_dec(ra)?, left_scalar: l.is_scalar(), right_scalar: r.is_scalar() };
     // Each case is its own closure so that the hot loop has no branch on `op` (and no multiply by 1).
     let out = match op {
-        BinaryOp::Mul if !fits => operands.map(|a, b| match (i64::try_from(a), i64::try_from(b)) {
-            (Ok(a), Ok(b)) => (a as i128 * b as i128, false),
-            _ => a.checked_mul(b).filter(|p| p.unsigned_abs() < 10u128.pow(38)).map_or((0, true), |p| (p, false)),
+        BinaryOp::Mul if !fits => operands.map(|a, b| {
+            let p = mul_64(a, b).or_else(|| a.checked_mul(b).filter(|p| p.unsigned_abs() < 10u128.pow(38)));
+            p.map_or((0, true), |p| (p, false))
         }),
-        BinaryOp::Mul => operands.map(|a, b| match (i64::try_from(a), i64::try_from(b)) {
-            (Ok(a), Ok(b)) => (a as i128 * b as i128, false),
-            _ => (a * b, false),
-        }),
+        BinaryOp::Mul => operands.map(|a, b| (mul_64(a, b).unwrap_or_else(|| a * b), false)),
         BinaryOp::Add if lm == 1 && rm == 1 => operands.map(|a, b| (a + b, false)),
         BinaryOp::Sub if lm == 1 && rm == 1 => operands.map(|a, b| (a - b, false)),
         BinaryOp::Add => operands.map(|a, b| (a * lm + b * rm, false)),
@@ -272,6 +269,11 @@ fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
         ))
     })?;
     Ok(Arc::new(out.with_precision_and_scale(precision, scale)?))
+}
+
+/// `a * b` as one 64×64-bit multiply when both fit 64 bits (the product then has fewer than 38 digits).
+fn mul_64(a: i128, b: i128) -> Option<i128> {
+    Some(i64::try_from(a).ok()? as i128 * i64::try_from(b).ok()? as i128)
 }
 
 /// The two operands of a decimal operation, either of which may be a scalar.

@@ -45,6 +45,27 @@ pub struct JoinSpec {
     pub pair_schema: SchemaRef,
 }
 
+impl JoinSpec {
+    /// The row-encoded join keys of `batch`, a build-side batch or (`probe`) a probe-side one whose
+    /// keys are cast to the build keys' types.
+    fn key_rows(&self, conv: &RowConverter, batch: &RecordBatch, probe: bool) -> Result<(Rows, Option<Vec<bool>>)> {
+        let keys = self
+            .build_keys
+            .iter()
+            .zip(&self.probe_keys)
+            .map(|(b, p)| {
+                if !probe {
+                    return evaluate(b, batch);
+                }
+                let v = evaluate(p, batch)?;
+                let want: DataType = b.data_type(&self.build_schema);
+                Ok(if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((conv.convert_columns(&keys)?, null_mask(&keys)))
+    }
+}
+
 struct JoinTable {
     batch: RecordBatch,
     converter: Option<RowConverter>,
@@ -82,10 +103,9 @@ enum Built {
 }
 
 struct SpilledBuild {
-    /// Build rows of each bucket, from every build partition, until the probe side has ended.
-    buckets: Mutex<Vec<Vec<SpillFile>>>,
-    /// Then the buckets to join, (split depth, build files, probe files): every probe partition
-    /// takes the next one until none is left.
+    /// The buckets to join, (split depth, build files, probe files), bucket `b` at index `b` until the
+    /// probe side has ended and added its files (`work_ready`); then every probe partition takes the
+    /// next one until none is left.
     work: Mutex<Vec<(usize, Vec<SpillFile>, Vec<SpillFile>)>>,
     work_ready: AtomicBool,
     build_rows: usize,
@@ -134,30 +154,18 @@ impl JoinShared {
         }
     }
 
-    /// The row-encoded join keys of `batch`, a build-side batch or (`probe`) a probe-side one whose
-    /// keys are cast to the build keys' types.
-    fn key_rows(&self, conv: &RowConverter, batch: &RecordBatch, probe: bool) -> Result<(Rows, Option<Vec<bool>>)> {
-        let spec = &self.spec;
-        let keys = spec
-            .build_keys
-            .iter()
-            .zip(&spec.probe_keys)
-            .map(|(b, p)| {
-                if !probe {
-                    return evaluate(b, batch);
-                }
-                let v = evaluate(p, batch)?;
-                let want: DataType = b.data_type(&spec.build_schema);
-                Ok(if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((conv.convert_columns(&keys)?, null_mask(&keys)))
-    }
-
     /// The bucket at split `depth` of every row of `batch`.
     fn buckets(&self, conv: &RowConverter, batch: &RecordBatch, probe: bool, depth: usize) -> Result<Vec<usize>> {
-        let (rows, _) = self.key_rows(conv, batch, probe)?;
+        let (rows, _) = self.spec.key_rows(conv, batch, probe)?;
         Ok(rows.iter().map(|r| bucket_of(r.as_ref(), depth)).collect())
+    }
+
+    /// Writes build rows to their buckets (split depth 0); true if one of their keys is NULL.
+    fn spill_build_batch(&self, conv: &RowConverter, writers: &mut [SpillWriter], batch: &RecordBatch) -> Result<bool> {
+        let (rows, nulls) = self.spec.key_rows(conv, batch, false)?;
+        let of: Vec<usize> = rows.iter().map(|r| bucket_of(r.as_ref(), 0)).collect();
+        write_by_bucket(writers, batch, &of)?;
+        Ok(nulls.is_some_and(|n| n.contains(&true)))
     }
 
     fn bucket_writers(&self, schema: &SchemaRef) -> Result<Vec<SpillWriter>> {
@@ -229,11 +237,8 @@ impl JoinShared {
         if !memory.is_empty() {
             let mut writers = self.bucket_writers(&self.spec.build_schema)?;
             for batch in memory {
-                let (rows, nulls) = self.key_rows(conv, &batch, false)?;
                 build_rows += batch.num_rows();
-                has_null_key |= nulls.is_some_and(|n| n.iter().any(|x| *x));
-                let of: Vec<usize> = rows.iter().map(|r| bucket_of(r.as_ref(), 0)).collect();
-                write_by_bucket(&mut writers, &batch, &of)?;
+                has_null_key |= self.spill_build_batch(conv, &mut writers, &batch)?;
             }
             for (b, f) in self.finish_writers(writers)?.into_iter().enumerate() {
                 buckets[b].push(f);
@@ -241,8 +246,7 @@ impl JoinShared {
         }
         drop(held);
         Ok(Built::Spilled(SpilledBuild {
-            buckets: Mutex::new(buckets),
-            work: Mutex::new(Vec::new()),
+            work: Mutex::new(buckets.into_iter().map(|b| (0, b, Vec::new())).collect()),
             work_ready: AtomicBool::new(false),
             build_rows,
             has_null_key,
@@ -259,7 +263,7 @@ impl JoinShared {
         let mut next = Vec::new();
         let mut has_null_key = false;
         if let Some(conv) = &converter {
-            let (rows, null_rows) = self.key_rows(conv, &batch, false)?;
+            let (rows, null_rows) = self.spec.key_rows(conv, &batch, false)?;
             next = vec![NONE; batch.num_rows()];
             heads.reserve(batch.num_rows(), |&j| hasher.hash_one(rows.row(j as usize).as_ref()));
             // Inserted back to front so each chain lists rows in input order.
@@ -360,11 +364,8 @@ impl BuildSink {
         }
         let Some((writers, rows, nulls)) = self.spilled.as_mut() else { return Err(RiffleError::exec("join spill files missing")) };
         for batch in std::mem::take(&mut self.batches).into_iter().chain([batch]) {
-            let (keys, null_rows) = shared.key_rows(conv, &batch, false)?;
             *rows += batch.num_rows();
-            *nulls |= null_rows.is_some_and(|n| n.iter().any(|x| *x));
-            let of: Vec<usize> = keys.iter().map(|r| bucket_of(r.as_ref(), 0)).collect();
-            write_by_bucket(writers, &batch, &of)?;
+            *nulls |= shared.spill_build_batch(conv, writers, &batch)?;
         }
         Ok(())
     }
@@ -393,8 +394,8 @@ impl Sink for BuildSink {
 
 pub struct ProbeOp {
     shared: Arc<JoinShared>,
-    /// This partition's probe rows by bucket, when the build side spilled.
-    spilled: Option<Vec<SpillWriter>>,
+    /// This partition's probe rows by bucket (and their key encoder), when the build side spilled.
+    spilled: Option<(Vec<SpillWriter>, RowConverter)>,
     /// The bucket this partition is joining once the probe side ended, and the end it holds back.
     grace: Option<GraceJoin>,
     held_end: Option<Message>,
@@ -519,18 +520,7 @@ fn candidates(spec: &JoinSpec, probe: &RecordBatch, table: &JoinTable, f: &mut d
     let (mut pi, mut bi) = (Vec::new(), Vec::new());
     match &table.converter {
         Some(conv) => {
-            let keys = spec
-                .probe_keys
-                .iter()
-                .zip(&spec.build_keys)
-                .map(|(p, b)| {
-                    let v = evaluate(p, probe)?;
-                    let want: DataType = b.data_type(&spec.build_schema);
-                    Ok(if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let nulls = null_mask(&keys);
-            let rows: Rows = conv.convert_columns(&keys)?;
+            let (rows, nulls) = spec.key_rows(conv, probe, true)?;
             for i in 0..probe.num_rows() {
                 if nulls.as_ref().is_some_and(|n| n[i]) {
                     continue;
@@ -686,12 +676,12 @@ impl Operator for ProbeOp {
         match shared.table.get() {
             Some(Built::Table(table)) => probe_batch(&shared.spec, table, probe, out),
             Some(Built::Spilled(_)) => {
-                let conv = shared.key_converter()?.ok_or_else(|| RiffleError::exec("spilled join without keys"))?;
                 if self.spilled.is_none() {
-                    self.spilled = Some(shared.bucket_writers(&shared.spec.probe_schema)?);
+                    let conv = shared.key_converter()?.ok_or_else(|| RiffleError::exec("spilled join without keys"))?;
+                    self.spilled = Some((shared.bucket_writers(&shared.spec.probe_schema)?, conv));
                 }
-                let writers = self.spilled.as_mut().ok_or_else(|| RiffleError::exec("join spill files missing"))?;
-                let of = shared.buckets(&conv, &probe, true, 0)?;
+                let (writers, conv) = self.spilled.as_mut().ok_or_else(|| RiffleError::exec("join spill files missing"))?;
+                let of = shared.buckets(conv, &probe, true, 0)?;
                 write_by_bucket(writers, &probe, &of)
             }
             None => Err(RiffleError::exec("probe before the join table was built")),
@@ -716,19 +706,18 @@ impl Operator for ProbeOp {
             }
             Built::Spilled(build) => {
                 let files = match self.spilled.take() {
-                    Some(writers) => shared.finish_writers(writers)?.into_iter().enumerate().collect(),
+                    Some((writers, _)) => shared.finish_writers(writers)?.into_iter().enumerate().collect(),
                     None => Vec::new(),
                 };
                 // Every probe partition joins buckets once the last one has ended, then ends itself.
                 self.grace = Some(GraceJoin { current: None });
                 self.held_end = Some(msg);
                 if let Some(probe_files) = shared.probes.arrive(files)? {
-                    let mut probe: Vec<Vec<SpillFile>> = (0..BUCKETS).map(|_| Vec::new()).collect();
+                    let mut work = build.work.lock().map_err(poisoned)?;
                     for (b, f) in probe_files {
-                        probe[b].push(f);
+                        work.get_mut(b).ok_or_else(|| RiffleError::exec("probe bucket without a build bucket"))?.2.push(f);
                     }
-                    let buckets = std::mem::take(&mut *build.buckets.lock().map_err(poisoned)?);
-                    *build.work.lock().map_err(poisoned)? = buckets.into_iter().zip(probe).rev().map(|(b, p)| (0, b, p)).collect();
+                    drop(work);
                     build.work_ready.store(true, Ordering::Release);
                     shared.notifier.bump();
                 }
