@@ -243,11 +243,23 @@ fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
     let result = crate::types::arithmetic_result(op, la.data_type(), ra.data_type())?;
     let DataType::Decimal128(precision, _) = result else { return Err(RiffleError::exec("decimal result type")) };
     let fits = decimal_fits(op, la.data_type(), ra.data_type());
-    let (lm, rm) = if op == BinaryOp::Mul { (1, 1) } else { (10i128.pow((scale - s1) as u32), 10i128.pow((scale - s2) as u32)) };
+    let (mut lm, mut rm) = if op == BinaryOp::Mul { (1, 1) } else { (10i128.pow((scale - s1) as u32), 10i128.pow((scale - s2) as u32)) };
     let as_dec = |a: &dyn Array| -> Result<Decimal128Array> {
         a.as_any().downcast_ref::<Decimal128Array>().cloned().ok_or_else(|| RiffleError::exec("decimal operand"))
     };
-    let operands = DecimalOperands { left: as_dec(la)?, right: as_dec(ra)?, left_scalar: l.is_scalar(), right_scalar: r.is_scalar() };
+    // A scalar operand (`1 - l_discount`) is brought to the result's scale once, not on every row.
+    let rescale_scalar = |a: Decimal128Array, scalar: bool, m: &mut i128| -> Decimal128Array {
+        match (scalar && *m != 1 && a.is_valid(0)).then(|| a.value(0).checked_mul(*m)).flatten() {
+            Some(v) => {
+                *m = 1;
+                Decimal128Array::from(vec![v])
+            }
+            None => a,
+        }
+    };
+    let left = rescale_scalar(as_dec(la)?, l.is_scalar(), &mut lm);
+    let right = rescale_scalar(as_dec(ra)?, r.is_scalar(), &mut rm);
+    let operands = DecimalOperands { left, right, left_scalar: l.is_scalar(), right_scalar: r.is_scalar() };
     // Each case is its own closure so that the hot loop has no branch on `op` (and no multiply by 1).
     let out = match op {
         BinaryOp::Mul if !fits => operands.map(|a, b| {
@@ -303,8 +315,14 @@ impl DecimalOperands {
         };
         let values: Vec<i128> = match (self.left_scalar, self.right_scalar) {
             (false, false) => l.values().iter().zip(r.values().iter()).map(|(&a, &b)| check(f(a, b))).collect(),
-            (false, true) => l.values().iter().map(|&a| check(f(a, r.value(0)))).collect(),
-            (true, false) => r.values().iter().map(|&b| check(f(l.value(0), b))).collect(),
+            (false, true) => {
+                let b = r.value(0);
+                l.values().iter().map(|&a| check(f(a, b))).collect()
+            }
+            (true, false) => {
+                let a = l.value(0);
+                r.values().iter().map(|&b| check(f(a, b))).collect()
+            }
             (true, true) => vec![check(f(l.value(0), r.value(0)))],
         };
         let nulls = NullBuffer::union(

@@ -9,7 +9,7 @@ use arrow::array::{
     PrimitiveArray, StringArray,
 };
 use arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    ArrowNativeTypeOp, ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
     Int64Type, Int8Type, TimeUnit, TimestampMicrosecondType,
 };
 use arrow::row::{RowConverter, SortField};
@@ -163,6 +163,11 @@ impl GroupsAccumulator for Count {
 /// Addition that reports overflow instead of wrapping.
 trait CheckedSum: ArrowPrimitiveType {
     fn add_checked(a: Self::Native, b: Self::Native) -> Option<Self::Native>;
+
+    /// Whether sums of values of type `input` cannot overflow, so the hot loop may skip the checks.
+    fn cannot_overflow(_input: &DataType) -> bool {
+        false
+    }
 }
 
 impl CheckedSum for Int64Type {
@@ -181,6 +186,11 @@ impl CheckedSum for Decimal128Type {
     fn add_checked(a: i128, b: i128) -> Option<i128> {
         // i128 holds more than 38 digits; the precision is checked once, when the sum is produced.
         a.checked_add(b)
+    }
+
+    /// Values of at most 18 digits stay below 10^37 in sum over fewer than 2^63 rows: no i128 overflow.
+    fn cannot_overflow(input: &DataType) -> bool {
+        matches!(input, DataType::Decimal128(p, _) if *p <= 18)
     }
 }
 
@@ -211,7 +221,9 @@ impl<T: CheckedSum> Sum<T> {
         }
         self.sums.resize(n, T::Native::default());
         let xs = v.values();
-        if !scatter_add(groups, v.nulls(), &mut self.sums, |i| xs[i], T::add_checked) {
+        if T::cannot_overflow(values.data_type()) {
+            scatter_add(groups, v.nulls(), &mut self.sums, |i| xs[i], |a, b| Some(a.add_wrapping(b)));
+        } else if !scatter_add(groups, v.nulls(), &mut self.sums, |i| xs[i], T::add_checked) {
             return Err(RiffleError::exec(format!(
                 "overflow in sum() of {}: cast the argument to a wider type (e.g. DOUBLE)",
                 sql_name(&self.ty)
