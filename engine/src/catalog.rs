@@ -44,6 +44,7 @@ impl TableSource {
             Some(s) => s,
             None => riffle_formats::infer_schema(&format, &files)?,
         };
+        let schema = crate::types::storage_schema(&schema);
         let morsels = riffle_formats::plan_morsels(&format, &files)?;
         Ok(TableSource { schema, data: TableData::Files { format, files, morsels } })
     }
@@ -52,8 +53,27 @@ impl TableSource {
         TableSource { schema: riffle_formats::gensort::schema(), data: TableData::Generated { records, generator } }
     }
 
-    pub fn memory(schema: SchemaRef, batches: Vec<RecordBatch>) -> TableSource {
-        TableSource { schema, data: TableData::Memory(batches) }
+    /// Rows held in memory; columns not in Riffle's storage types (a narrow decimal in 128 bits) are
+    /// converted once here.
+    pub fn memory(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<TableSource> {
+        let stored = crate::types::storage_schema(&schema);
+        let batches = if stored == schema {
+            batches
+        } else {
+            batches
+                .iter()
+                .map(|b| {
+                    let columns = b
+                        .columns()
+                        .iter()
+                        .zip(stored.fields())
+                        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    Ok(RecordBatch::try_new(stored.clone(), columns)?)
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        Ok(TableSource { schema: stored, data: TableData::Memory(batches) })
     }
 }
 

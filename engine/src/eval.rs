@@ -9,7 +9,7 @@ use arrow::datatypes::DataType;
 
 use crate::error::{Result, RiffleError};
 use crate::logical::{BinaryOp, Expr};
-use crate::types::sql_name;
+use crate::types::{decimal_parts, is_decimal, sql_name};
 
 /// An operand of a kernel: a column of the batch's length, or a constant.
 enum Value {
@@ -146,11 +146,15 @@ pub fn cast_value(a: &ArrayRef, to: &DataType, options: &CastOptions) -> Result<
     if a.data_type() == to {
         return Ok(a.clone());
     }
+    if is_decimal(a.data_type()) && *to == DataType::Float64 {
+        return decimal_to_f64(a);
+    }
     // SQL rounds a fraction to the nearest integer (half away from zero); arrow truncates.
     let a = &match (a.data_type(), to.is_integer()) {
-        (DataType::Decimal128(p, s), true) if *s > 0 => {
-            let rounded = crate::functions::ScalarFunc::Round.invoke(std::slice::from_ref(a), a.len(), &DataType::Decimal128(*p, 0))?;
-            cast_with_options(&rounded, &DataType::Decimal128(*p, 0), options)?
+        (d, true) if decimal_parts(d).is_some_and(|(_, s)| s > 0) => {
+            let rounded_type = crate::types::decimal(decimal_parts(d).map_or(38, |(p, _)| p), 0);
+            let rounded = crate::functions::ScalarFunc::Round.invoke(std::slice::from_ref(a), a.len(), &rounded_type)?;
+            cast_with_options(&rounded, &rounded_type, options)?
         }
         (DataType::Float64 | DataType::Float32, true) => {
             let f = arrow::compute::cast(a, &DataType::Float64)?;
@@ -162,6 +166,21 @@ pub fn cast_value(a: &ArrayRef, to: &DataType, options: &CastOptions) -> Result<
     cast_with_options(a, to, options).map_err(|e| {
         RiffleError::exec(format!("conversion from {} to {} failed: {e}", sql_name(a.data_type()), sql_name(to)))
     })
+}
+
+/// Decimals as the nearest double. Arrow converts the unscaled integer to a double and then divides,
+/// rounding twice (10000000000000004.97 became …006); here a value of up to 2^53 is divided exactly
+/// once, and a larger one goes through its decimal text, which `parse` rounds correctly.
+fn decimal_to_f64(a: &ArrayRef) -> Result<ArrayRef> {
+    let (p, s) = decimal_parts(a.data_type()).ok_or_else(|| RiffleError::exec("decimal expected"))?;
+    let wide = arrow::compute::cast(a, &DataType::Decimal128(p, s))?;
+    let wide = wide.as_any().downcast_ref::<arrow::array::Decimal128Array>().ok_or_else(|| RiffleError::exec("decimal expected"))?;
+    let exact_divisor = (0..=22).contains(&s).then(|| 10f64.powi(s as i32));
+    let out: arrow::array::Float64Array = wide.unary(|v| match exact_divisor {
+        Some(d) if v.unsigned_abs() <= 1 << 53 => v as f64 / d,
+        _ => format!("{v}e{}", -(s as i32)).parse().unwrap_or(f64::NAN),
+    });
+    Ok(Arc::new(out))
 }
 
 fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
@@ -182,11 +201,7 @@ fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
                 arrow::compute::cast(&arrow::compute::cast(&n, &DataType::Int32)?, &DataType::Date32)?
             }
         }
-        // Decimal results that provably fit 38 digits need no per-value overflow check.
-        BinaryOp::Add | BinaryOp::Sub if decimal_fits(op, &lt, &rt) => decimal_arith(op, l, r)?,
-        BinaryOp::Mul if matches!((&lt, &rt), (DataType::Decimal128(..), DataType::Decimal128(..))) => {
-            decimal_arith(op, l, r)?
-        }
+        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul if is_decimal(&lt) && is_decimal(&rt) => decimal_arith(op, l, r)?,
         BinaryOp::Add => numeric::add(ld, rd)?,
         BinaryOp::Sub => numeric::sub(ld, rd)?,
         BinaryOp::Mul => numeric::mul(ld, rd).map_err(|e| match e {
@@ -230,57 +245,187 @@ fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
     Ok(out)
 }
 
-/// `l op r` on decimals in plain i128 arithmetic. Results that provably fit (see `decimal_fits`) need
-/// no checks; a product that may not fit is computed as one 64×64-bit multiply when both factors fit
-/// in 64 bits (the product then has < 38 digits) and checked only otherwise.
+/// `l op r` (+, -, *) on decimals of either width, computed in i128 and stored at the result's width.
+/// Results that provably fit (see `decimal_fits`) need no checks; the others are checked against 38
+/// digits, a product first tried as one 64×64-bit multiply. Both operands of 64-bit decimals run the
+/// loop on i64 inputs; a 64-bit operand beside a 128-bit one is widened first.
 fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
-    use arrow::array::Decimal128Array;
+    use arrow::datatypes::{Decimal128Type, Decimal64Type};
     let (la, ra) = (l.get().0, r.get().0);
-    let (DataType::Decimal128(_, s1), DataType::Decimal128(_, s2)) = (la.data_type(), ra.data_type()) else {
+    let (Some((_, s1)), Some((_, s2))) = (decimal_parts(la.data_type()), decimal_parts(ra.data_type())) else {
         return Err(RiffleError::exec("decimal arithmetic on non-decimals"));
     };
-    let scale = if op == BinaryOp::Mul { s1 + s2 } else { *s1.max(s2) };
     let result = crate::types::arithmetic_result(op, la.data_type(), ra.data_type())?;
-    let DataType::Decimal128(precision, _) = result else { return Err(RiffleError::exec("decimal result type")) };
+    let Some((precision, scale)) = decimal_parts(&result) else { return Err(RiffleError::exec("decimal result type")) };
     let fits = decimal_fits(op, la.data_type(), ra.data_type());
-    let (mut lm, mut rm) = if op == BinaryOp::Mul { (1, 1) } else { (10i128.pow((scale - s1) as u32), 10i128.pow((scale - s2) as u32)) };
-    let as_dec = |a: &dyn Array| -> Result<Decimal128Array> {
-        a.as_any().downcast_ref::<Decimal128Array>().cloned().ok_or_else(|| RiffleError::exec("decimal operand"))
-    };
-    // A scalar operand (`1 - l_discount`) is brought to the result's scale once, not on every row.
-    let rescale_scalar = |a: Decimal128Array, scalar: bool, m: &mut i128| -> Decimal128Array {
-        match (scalar && *m != 1 && a.is_valid(0)).then(|| a.value(0).checked_mul(*m)).flatten() {
-            Some(v) => {
-                *m = 1;
-                Decimal128Array::from(vec![v])
-            }
-            None => a,
-        }
-    };
-    let left = rescale_scalar(as_dec(la)?, l.is_scalar(), &mut lm);
-    let right = rescale_scalar(as_dec(ra)?, r.is_scalar(), &mut rm);
-    let operands = DecimalOperands { left, right, left_scalar: l.is_scalar(), right_scalar: r.is_scalar() };
-    // Each case is its own closure so that the hot loop has no branch on `op` (and no multiply by 1).
-    let out = match op {
-        BinaryOp::Mul if !fits => operands.map(|a, b| {
-            let p = mul_64(a, b).or_else(|| a.checked_mul(b).filter(|p| p.unsigned_abs() < 10u128.pow(38)));
-            p.map_or((0, true), |p| (p, false))
-        }),
-        BinaryOp::Mul => operands.map(|a, b| (mul_64(a, b).unwrap_or_else(|| a * b), false)),
-        BinaryOp::Add if lm == 1 && rm == 1 => operands.map(|a, b| (a + b, false)),
-        BinaryOp::Sub if lm == 1 && rm == 1 => operands.map(|a, b| (a - b, false)),
-        BinaryOp::Add => operands.map(|a, b| (a * lm + b * rm, false)),
-        BinaryOp::Sub => operands.map(|a, b| (a * lm - b * rm, false)),
-        _ => return Err(RiffleError::exec(format!("decimal {} is not plain arithmetic", op.symbol()))),
-    };
-    let out = out.ok_or_else(|| {
+    let (lm, rm) = if op == BinaryOp::Mul { (1, 1) } else { (10i128.pow((scale - s1) as u32), 10i128.pow((scale - s2) as u32)) };
+    let k = DecimalKernel { op, fits, lm, rm, rows: if l.is_scalar() { ra.len() } else { la.len() } };
+    let overflow = || {
         RiffleError::exec(format!(
-            "overflow in multiplication of {} and {}: cast an operand to a wider type (e.g. DOUBLE)",
+            "overflow in {} of {} and {}: cast an operand to a wider type (e.g. DOUBLE)",
+            if op == BinaryOp::Mul { "multiplication" } else { "addition" },
             sql_name(la.data_type()),
             sql_name(ra.data_type())
         ))
-    })?;
-    Ok(Arc::new(out.with_precision_and_scale(precision, scale)?))
+    };
+    let narrow = matches!((la.data_type(), ra.data_type()), (DataType::Decimal64(..), DataType::Decimal64(..)));
+    let out: ArrayRef = match (&result, narrow) {
+        (DataType::Decimal64(..), true) => Arc::new(
+            k.run::<Decimal64Type, Decimal64Type, Decimal64Type>(l, r)?.ok_or_else(overflow)?.with_precision_and_scale(precision, scale)?,
+        ),
+        (_, true) => Arc::new(
+            k.run::<Decimal64Type, Decimal64Type, Decimal128Type>(l, r)?.ok_or_else(overflow)?.with_precision_and_scale(precision, scale)?,
+        ),
+        _ => {
+            let wide = |v: &Value| -> Result<Value> {
+                let (a, _) = v.get();
+                let (p, s) = decimal_parts(a.data_type()).unwrap_or((38, 0));
+                Ok(datum_like(&arrow::compute::cast(a, &DataType::Decimal128(p, s))?, v))
+            };
+            let (l, r) = (wide(l)?, wide(r)?);
+            Arc::new(
+                k.run::<Decimal128Type, Decimal128Type, Decimal128Type>(&l, &r)?
+                    .ok_or_else(overflow)?
+                    .with_precision_and_scale(precision, scale)?,
+            )
+        }
+    };
+    Ok(out)
+}
+
+/// How decimals of one width are read into and written from the i128 the arithmetic is done in.
+trait DecimalStore: arrow::datatypes::ArrowPrimitiveType {
+    fn widen(v: Self::Native) -> i128;
+    /// Only called on values known to fit the width.
+    fn narrow(v: i128) -> Self::Native;
+}
+
+impl DecimalStore for arrow::datatypes::Decimal64Type {
+    fn widen(v: i64) -> i128 {
+        v as i128
+    }
+    fn narrow(v: i128) -> i64 {
+        v as i64
+    }
+}
+
+impl DecimalStore for arrow::datatypes::Decimal128Type {
+    fn widen(v: i128) -> i128 {
+        v
+    }
+    fn narrow(v: i128) -> i128 {
+        v
+    }
+}
+
+/// One decimal operation: the operator, whether its result provably fits, and the factors that bring
+/// each operand to the result's scale.
+struct DecimalKernel {
+    op: BinaryOp,
+    fits: bool,
+    lm: i128,
+    rm: i128,
+    rows: usize,
+}
+
+impl DecimalKernel {
+    /// The result, `None` if a row that is not NULL overflowed.
+    fn run<L: DecimalStore, R: DecimalStore, O: DecimalStore>(
+        &self,
+        l: &Value,
+        r: &Value,
+    ) -> Result<Option<arrow::array::PrimitiveArray<O>>> {
+        let (left, lm) = decimal_side::<L>(l, self.lm)?;
+        let (right, rm) = decimal_side::<R>(r, self.rm)?;
+        // Each case is its own closure so that the hot loop has no branch on `op` (and no multiply by 1).
+        Ok(match (self.op, self.fits) {
+            (BinaryOp::Mul, false) => map_decimal(&left, &right, self.rows, |a, b| {
+                let p = mul_64(a, b).or_else(|| a.checked_mul(b).filter(|p| p.unsigned_abs() < 10u128.pow(38)));
+                p.map_or((0, true), |p| (p, false))
+            }),
+            (BinaryOp::Mul, true) => map_decimal(&left, &right, self.rows, |a, b| (mul_64(a, b).unwrap_or_else(|| a * b), false)),
+            (BinaryOp::Add | BinaryOp::Sub, false) => {
+                let sign = if self.op == BinaryOp::Add { 1 } else { -1 };
+                map_decimal(&left, &right, self.rows, |a, b| {
+                    let v = a.checked_mul(lm).zip(b.checked_mul(rm)).and_then(|(a, b)| a.checked_add(sign * b));
+                    v.filter(|v| v.unsigned_abs() < 10u128.pow(38)).map_or((0, true), |v| (v, false))
+                })
+            }
+            (BinaryOp::Add, true) if lm == 1 && rm == 1 => map_decimal(&left, &right, self.rows, |a, b| (a + b, false)),
+            (BinaryOp::Sub, true) if lm == 1 && rm == 1 => map_decimal(&left, &right, self.rows, |a, b| (a - b, false)),
+            (BinaryOp::Add, true) => map_decimal(&left, &right, self.rows, |a, b| (a * lm + b * rm, false)),
+            (BinaryOp::Sub, true) => map_decimal(&left, &right, self.rows, |a, b| (a * lm - b * rm, false)),
+            (op, _) => return Err(RiffleError::exec(format!("decimal {} is not plain arithmetic", op.symbol()))),
+        })
+    }
+}
+
+/// A decimal operand: a column, or one constant already in i128 (`None` for NULL).
+enum DecimalSide<'a, T: DecimalStore> {
+    Column(&'a arrow::array::PrimitiveArray<T>),
+    Scalar(Option<i128>),
+}
+
+/// The operand `v` and the factor still to apply to it per row: a constant is brought to the result's
+/// scale here, once (`1 - l_discount`), unless that overflows.
+fn decimal_side<T: DecimalStore>(v: &Value, m: i128) -> Result<(DecimalSide<'_, T>, i128)> {
+    let (a, scalar) = v.get();
+    let a = a.as_any().downcast_ref::<arrow::array::PrimitiveArray<T>>().ok_or_else(|| RiffleError::exec("decimal operand"))?;
+    Ok(match scalar {
+        false => (DecimalSide::Column(a), m),
+        true if a.is_null(0) => (DecimalSide::Scalar(None), 1),
+        true => {
+            let v = T::widen(a.value(0));
+            match v.checked_mul(m) {
+                Some(scaled) => (DecimalSide::Scalar(Some(scaled)), 1),
+                None => (DecimalSide::Scalar(Some(v)), m),
+            }
+        }
+    })
+}
+
+/// `f(a, b)` → (value, overflowed) for every row; `None` if it overflowed on a row that is not NULL.
+/// Every slot is computed, also under NULLs, so the loop has no branch; only an overflow looks at the
+/// validity.
+fn map_decimal<L: DecimalStore, R: DecimalStore, O: DecimalStore>(
+    left: &DecimalSide<L>,
+    right: &DecimalSide<R>,
+    rows: usize,
+    f: impl Fn(i128, i128) -> (i128, bool),
+) -> Option<arrow::array::PrimitiveArray<O>> {
+    use arrow::array::PrimitiveArray;
+    use arrow::buffer::NullBuffer;
+    use DecimalSide::{Column, Scalar};
+    let mut overflow = false;
+    let mut check = |(v, o): (i128, bool)| {
+        overflow |= o;
+        O::narrow(v)
+    };
+    let (values, nulls): (Vec<O::Native>, Option<NullBuffer>) = match (left, right) {
+        (Scalar(None), _) | (_, Scalar(None)) => return Some(PrimitiveArray::new_null(rows)),
+        (Column(l), Column(r)) => (
+            l.values().iter().zip(r.values().iter()).map(|(&a, &b)| check(f(L::widen(a), R::widen(b)))).collect(),
+            NullBuffer::union(l.nulls(), r.nulls()),
+        ),
+        (Column(l), Scalar(Some(b))) => (l.values().iter().map(|&a| check(f(L::widen(a), *b))).collect(), l.nulls().cloned()),
+        (Scalar(Some(a)), Column(r)) => (r.values().iter().map(|&b| check(f(*a, R::widen(b)))).collect(), r.nulls().cloned()),
+        (Scalar(Some(a)), Scalar(Some(b))) => (vec![check(f(*a, *b))], None),
+    };
+    if overflow {
+        let lv = |i: usize| match left {
+            Column(l) => L::widen(l.value(i)),
+            Scalar(v) => v.unwrap_or(0),
+        };
+        let rv = |i: usize| match right {
+            Column(r) => R::widen(r.value(i)),
+            Scalar(v) => v.unwrap_or(0),
+        };
+        let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+        if (0..values.len()).any(|i| valid(i) && f(lv(i), rv(i)).1) {
+            return None;
+        }
+    }
+    Some(PrimitiveArray::new(values.into(), nulls))
 }
 
 /// `a * b` as one 64×64-bit multiply when both fit 64 bits (the product then has fewer than 38 digits).
@@ -288,68 +433,26 @@ fn mul_64(a: i128, b: i128) -> Option<i128> {
     Some(i64::try_from(a).ok()? as i128 * i64::try_from(b).ok()? as i128)
 }
 
-/// The two operands of a decimal operation, either of which may be a scalar.
-struct DecimalOperands {
-    left: arrow::array::Decimal128Array,
-    right: arrow::array::Decimal128Array,
-    left_scalar: bool,
-    right_scalar: bool,
-}
-
-impl DecimalOperands {
-    /// `f(a, b)` → (value, overflowed) for every row; `None` if it overflowed on a row that is not NULL.
-    /// Every slot is computed, also under NULLs, so the loop has no branch; only an overflow looks
-    /// at the validity.
-    fn map(&self, f: impl Fn(i128, i128) -> (i128, bool)) -> Option<arrow::array::Decimal128Array> {
-        use arrow::array::Decimal128Array;
-        use arrow::buffer::NullBuffer;
-        let (l, r) = (&self.left, &self.right);
-        let rows = if self.left_scalar { r.len() } else { l.len() };
-        if (self.left_scalar && l.is_null(0)) || (self.right_scalar && r.is_null(0)) {
-            return Some(Decimal128Array::new_null(rows));
-        }
-        let mut overflow = false;
-        let mut check = |(v, o): (i128, bool)| {
-            overflow |= o;
-            v
-        };
-        let values: Vec<i128> = match (self.left_scalar, self.right_scalar) {
-            (false, false) => l.values().iter().zip(r.values().iter()).map(|(&a, &b)| check(f(a, b))).collect(),
-            (false, true) => {
-                let b = r.value(0);
-                l.values().iter().map(|&a| check(f(a, b))).collect()
-            }
-            (true, false) => {
-                let a = l.value(0);
-                r.values().iter().map(|&b| check(f(a, b))).collect()
-            }
-            (true, true) => vec![check(f(l.value(0), r.value(0)))],
-        };
-        let nulls = NullBuffer::union(
-            if self.left_scalar { None } else { l.nulls() },
-            if self.right_scalar { None } else { r.nulls() },
-        );
-        if overflow {
-            let at = |a: &Decimal128Array, scalar: bool, i: usize| a.value(if scalar { 0 } else { i });
-            let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
-            if (0..values.len()).any(|i| valid(i) && f(at(l, self.left_scalar, i), at(r, self.right_scalar, i)).1) {
-                return None;
-            }
-        }
-        Some(Decimal128Array::new(values.into(), nulls))
-    }
-}
-
 /// Whether `l op r` on decimals cannot exceed 38 digits, whatever the values.
 fn decimal_fits(op: BinaryOp, l: &DataType, r: &DataType) -> bool {
-    let (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) = (l, r) else { return false };
-    let (p1, s1, p2, s2) = (*p1 as i32, *s1 as i32, *p2 as i32, *s2 as i32);
+    let (Some((p1, s1)), Some((p2, s2))) = (decimal_parts(l), decimal_parts(r)) else { return false };
+    let (p1, s1, p2, s2) = (p1 as i32, s1 as i32, p2 as i32, s2 as i32);
     let digits = match op {
         BinaryOp::Add | BinaryOp::Sub => s1.max(s2) + (p1 - s1).max(p2 - s2) + 1,
         BinaryOp::Mul => p1 + p2,
         _ => return false,
     };
     digits <= 38
+}
+
+/// A one-row decimal constant stored at the width its precision needs.
+pub fn decimal_scalar(value: i128, precision: u8, scale: i8) -> Result<ArrayRef> {
+    Ok(match crate::types::decimal(precision, scale) {
+        DataType::Decimal64(..) => Arc::new(
+            arrow::array::Decimal64Array::from(vec![value as i64]).with_precision_and_scale(precision, scale)?,
+        ),
+        _ => Arc::new(arrow::array::Decimal128Array::from(vec![value]).with_precision_and_scale(precision, scale)?),
+    })
 }
 
 fn division_error(e: arrow::error::ArrowError) -> RiffleError {

@@ -210,9 +210,9 @@ impl ScalarFunc {
             Floor | Ceil => {
                 arity(1, 1)?;
                 let t = numeric(&args[0])?;
-                let out = match &t {
-                    Decimal128(p, _) => Decimal128(*p, 0),
-                    t => t.clone(),
+                let out = match crate::types::decimal_parts(&t) {
+                    Some((p, _)) => crate::types::decimal(p, 0),
+                    None => t.clone(),
                 };
                 (vec![t], out)
             }
@@ -510,10 +510,11 @@ fn unary_f64(a: &ArrayRef, f: fn(f64) -> f64) -> ArrayRef {
 
 fn round(args: &[ArrayRef], ty: &DataType) -> Result<ArrayRef> {
     let digits = args.get(1).map(|d| d.as_primitive::<arrow::datatypes::Int64Type>());
-    match ty {
-        DataType::Decimal128(_, s) => {
-            let a = args[0].as_primitive::<arrow::datatypes::Decimal128Type>();
-            let s = *s as i64;
+    match crate::types::decimal_parts(ty) {
+        Some(_) => {
+            let wide = widen_decimal(&args[0])?;
+            let a = wide.as_primitive::<arrow::datatypes::Decimal128Type>();
+            let s = crate::types::decimal_parts(a.data_type()).map_or(0, |(_, s)| s) as i64;
             let out: arrow::array::Decimal128Array = (0..a.len())
                 .map(|i| {
                     if a.is_null(i) || digits.is_some_and(|d| d.is_null(i)) {
@@ -532,9 +533,9 @@ fn round(args: &[ArrayRef], ty: &DataType) -> Result<ArrayRef> {
                 })
                 .collect();
             // Still at the input's scale; the caller casts to the (possibly smaller) result scale.
-            Ok(Arc::new(out.with_data_type(args[0].data_type().clone())))
+            Ok(cast(&(Arc::new(out.with_data_type(wide.data_type().clone())) as ArrayRef), args[0].data_type())?)
         }
-        DataType::Float64 | DataType::Float32 => {
+        None if matches!(ty, DataType::Float64 | DataType::Float32) => {
             let a = cast(&args[0], &DataType::Float64)?;
             let a = a.as_primitive::<Float64Type>();
             let out: Float64Array = (0..a.len())
@@ -553,16 +554,24 @@ fn round(args: &[ArrayRef], ty: &DataType) -> Result<ArrayRef> {
     }
 }
 
+/// A decimal column in 128-bit storage (the width the decimal functions compute in).
+fn widen_decimal(a: &ArrayRef) -> Result<ArrayRef> {
+    let (p, s) = crate::types::decimal_parts(a.data_type()).ok_or_else(|| RiffleError::exec("decimal expected"))?;
+    Ok(cast(a, &DataType::Decimal128(p, s))?)
+}
+
 fn floor_ceil(a: &ArrayRef, floor: bool, ty: &DataType) -> Result<ArrayRef> {
     match a.data_type() {
-        DataType::Decimal128(_, s) => {
-            let unit = 10i128.pow(*s as u32);
-            let arr = a.as_primitive::<arrow::datatypes::Decimal128Type>();
+        d if crate::types::is_decimal(d) => {
+            let wide = widen_decimal(a)?;
+            let arr = wide.as_primitive::<arrow::datatypes::Decimal128Type>();
+            let unit = 10i128.pow(crate::types::decimal_parts(d).map_or(0, |(_, s)| s) as u32);
             let out: arrow::array::Decimal128Array = arr.unary(|v| {
                 let q = v.div_euclid(unit);
                 if floor || v.rem_euclid(unit) == 0 { q } else { q + 1 }
             });
-            Ok(Arc::new(out.with_data_type(ty.clone())))
+            let (p, s) = crate::types::decimal_parts(ty).unwrap_or((38, 0));
+            Ok(cast(&(Arc::new(out.with_precision_and_scale(p, s)?) as ArrayRef), ty)?)
         }
         DataType::Float64 | DataType::Float32 => {
             let f = cast(a, &DataType::Float64)?;

@@ -206,10 +206,10 @@ impl Session {
         let options = table_options(&ct.table_options)?;
         let source = if let Some(q) = &ct.query {
             let result = self.run_query(q)?;
-            TableSource::memory(result.schema, result.batches)
+            TableSource::memory(result.schema, result.batches)?
         } else if options.is_empty() {
             let schema = declared.ok_or_else(|| RiffleError::plan("CREATE TABLE needs columns, AS query, or WITH options"))?;
-            TableSource::memory(schema, vec![])
+            TableSource::memory(schema, vec![])?
         } else {
             connector_table(&options, declared)?
         };
@@ -248,7 +248,7 @@ impl Session {
                 &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
             )?);
         }
-        self.catalog.register(&name, CatalogEntry::Table(Arc::new(TableSource::memory(target, batches))));
+        self.catalog.register(&name, CatalogEntry::Table(Arc::new(TableSource::memory(target, batches)?)));
         Ok(StatementResult::command())
     }
 

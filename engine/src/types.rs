@@ -7,6 +7,48 @@ use crate::logical::BinaryOp;
 
 pub const DECIMAL_MAX_PRECISION: u8 = 38;
 
+/// Most digits a decimal stored in 64 bits holds.
+pub const DECIMAL64_MAX_PRECISION: u8 = 18;
+
+/// `DECIMAL(p, s)` as Riffle stores it: as DuckDB does, in 64-bit integers up to 18 digits (half the
+/// memory traffic, and Parquet's INT64 decimals are read without widening) and in 128-bit beyond.
+pub fn decimal(p: u8, s: i8) -> DataType {
+    if p <= DECIMAL64_MAX_PRECISION { DataType::Decimal64(p, s) } else { DataType::Decimal128(p, s) }
+}
+
+/// `schema` with every column in its storage type (see `storage_type`).
+pub fn storage_schema(schema: &arrow::datatypes::SchemaRef) -> arrow::datatypes::SchemaRef {
+    if schema.fields().iter().all(|f| storage_type(f.data_type()) == *f.data_type()) {
+        return schema.clone();
+    }
+    let fields: Vec<arrow::datatypes::Field> =
+        schema.fields().iter().map(|f| f.as_ref().clone().with_data_type(storage_type(f.data_type()))).collect();
+    std::sync::Arc::new(arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Precision and scale of a decimal type of either width.
+pub fn decimal_parts(ty: &DataType) -> Option<(u8, i8)> {
+    match ty {
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
+            Some((*p, *s))
+        }
+        _ => None,
+    }
+}
+
+pub fn is_decimal(ty: &DataType) -> bool {
+    decimal_parts(ty).is_some()
+}
+
+/// The type Riffle stores values of `ty` in: decimals at the width their precision needs (a Parquet
+/// or Arrow file may hold a narrow decimal in 128 bits), everything else as it is.
+pub fn storage_type(ty: &DataType) -> DataType {
+    match decimal_parts(ty) {
+        Some((p, s)) if p <= DECIMAL_MAX_PRECISION => decimal(p, s),
+        _ => ty.clone(),
+    }
+}
+
 /// Parses a SQL type name such as `DECIMAL(15,2)`, `VARCHAR(25)`, `TIMESTAMP(3)`, `BIGINT`.
 pub fn parse_sql_type(text: &str) -> Result<DataType> {
     let upper = text.trim().to_ascii_uppercase();
@@ -31,7 +73,7 @@ pub fn parse_sql_type(text: &str) -> Result<DataType> {
             if s as u8 > p {
                 return Err(RiffleError::plan(format!("invalid type {text}: scale {s} exceeds precision {p}")));
             }
-            DataType::Decimal128(p.max(1), s)
+            decimal(p.max(1), s)
         }
         "VARCHAR" | "CHAR" | "CHARACTER" | "CHARACTER VARYING" | "TEXT" | "STRING" | "BPCHAR" | "NVARCHAR" => {
             DataType::Utf8
@@ -58,7 +100,7 @@ pub fn sql_name(ty: &DataType) -> String {
         DataType::UInt64 => "UBIGINT".into(),
         DataType::Float32 => "FLOAT".into(),
         DataType::Float64 => "DOUBLE".into(),
-        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
+        DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "VARCHAR".into(),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
             "BLOB".into()
@@ -76,7 +118,7 @@ pub fn is_integer(ty: &DataType) -> bool {
 }
 
 pub fn is_numeric(ty: &DataType) -> bool {
-    ty.is_integer() || ty.is_floating() || matches!(ty, DataType::Decimal128(..))
+    ty.is_integer() || ty.is_floating() || is_decimal(ty)
 }
 
 pub fn is_string(ty: &DataType) -> bool {
@@ -118,14 +160,13 @@ pub fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
         (x, y) if x.is_integer() && y.is_integer() => {
             Some(if integer_rank(x) >= integer_rank(y) { widen_int(x) } else { widen_int(y) })
         }
-        (Decimal128(p1, s1), Decimal128(p2, s2)) => {
-            let s = (*s1).max(*s2);
-            let int_digits = (*p1 as i16 - *s1 as i16).max(*p2 as i16 - *s2 as i16);
-            Some(Decimal128(((int_digits + s as i16) as u8).min(DECIMAL_MAX_PRECISION), s))
+        (x, y) if is_decimal(x) && is_decimal(y) => {
+            let ((p1, s1), (p2, s2)) = (decimal_parts(x)?, decimal_parts(y)?);
+            let s = s1.max(s2);
+            let int_digits = (p1 as i16 - s1 as i16).max(p2 as i16 - s2 as i16);
+            Some(decimal(((int_digits + s as i16) as u8).min(DECIMAL_MAX_PRECISION), s))
         }
-        (Decimal128(p, s), i) | (i, Decimal128(p, s)) if i.is_integer() => {
-            common_type(&Decimal128(*p, *s), &Decimal128(integer_digits(i), 0))
-        }
+        (d, i) | (i, d) if is_decimal(d) && i.is_integer() => common_type(d, &as_decimal(i)),
         (x, y) if is_numeric(x) && is_numeric(y) => Some(Float64),
         (Date32, Timestamp(u, tz)) | (Timestamp(u, tz), Date32) => Some(Timestamp(*u, tz.clone())),
         // A string literal compared with a typed value takes the other type (`d < '1998-01-01'`).
@@ -151,16 +192,19 @@ pub fn arithmetic_result(op: BinaryOp, left: &DataType, right: &DataType) -> Res
     Ok(match (op, left, right) {
         (BinaryOp::Concat, _, _) => Utf8,
         (BinaryOp::Div, _, _) => Float64,
-        (_, Decimal128(p1, s1), Decimal128(p2, s2)) => match op {
-            BinaryOp::Add | BinaryOp::Sub => {
-                let s = (*s1).max(*s2);
-                let p = s as i16 + (*p1 as i16 - *s1 as i16).max(*p2 as i16 - *s2 as i16) + 1;
-                Decimal128((p as u8).min(DECIMAL_MAX_PRECISION), s)
+        (_, l, r) if is_decimal(l) && is_decimal(r) => {
+            let ((p1, s1), (p2, s2)) = (decimal_parts(l).unwrap_or((38, 0)), decimal_parts(r).unwrap_or((38, 0)));
+            match op {
+                BinaryOp::Add | BinaryOp::Sub => {
+                    let s = s1.max(s2);
+                    let p = s as i16 + (p1 as i16 - s1 as i16).max(p2 as i16 - s2 as i16) + 1;
+                    decimal((p as u8).min(DECIMAL_MAX_PRECISION), s)
+                }
+                BinaryOp::Mul => decimal((p1 + p2 + 1).min(DECIMAL_MAX_PRECISION), s1 + s2),
+                BinaryOp::Mod => decimal(p1.max(p2), s1.max(s2)),
+                _ => Int64,
             }
-            BinaryOp::Mul => Decimal128((p1 + p2 + 1).min(DECIMAL_MAX_PRECISION), s1 + s2),
-            BinaryOp::Mod => Decimal128(*p1.max(p2), *s1.max(s2)),
-            _ => Int64,
-        },
+        }
         (BinaryOp::Sub, Date32, Date32) => Int64,
         (BinaryOp::Sub, Timestamp(..), Timestamp(..)) => Interval(IntervalUnit::MonthDayNano),
         (_, Date32, t) | (_, t, Date32) if t.is_integer() => Date32,
@@ -204,8 +248,9 @@ pub fn arithmetic_operand_types(op: BinaryOp, left: &DataType, right: &DataType)
             let common = common_type(left, right).ok_or_else(err)?;
             match (op, left, right, &common) {
                 // Decimals keep their own scales; arrow's decimal kernels align them.
-                (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul, Decimal128(..), _, Decimal128(..))
-                | (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul, _, Decimal128(..), Decimal128(..)) => {
+                (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul, l, r, c)
+                    if is_decimal(c) && (is_decimal(l) || is_decimal(r)) =>
+                {
                     Ok((as_decimal(left), as_decimal(right)))
                 }
                 _ => Ok((common.clone(), common)),
@@ -219,7 +264,7 @@ pub fn arithmetic_operand_types(op: BinaryOp, left: &DataType, right: &DataType)
 
 fn as_decimal(ty: &DataType) -> DataType {
     match ty {
-        DataType::Decimal128(..) => ty.clone(),
-        i => DataType::Decimal128(integer_digits(i), 0),
+        d if is_decimal(d) => d.clone(),
+        i => decimal(integer_digits(i), 0),
     }
 }

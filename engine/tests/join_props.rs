@@ -15,7 +15,7 @@ fn table(rows: &[Row]) -> Arc<TableSource> {
     let k = Int32Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>());
     let v = Int32Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>());
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v)]).expect("batch");
-    Arc::new(TableSource::memory(schema, vec![batch]))
+    Arc::new(TableSource::memory(schema, vec![batch]).expect("table"))
 }
 
 fn fmt(v: Option<i32>) -> String {

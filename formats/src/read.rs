@@ -167,8 +167,7 @@ pub fn read_morsel(
                 None => ArrowReaderMetadata::load(&open(&path)?, Default::default()).map_err(not_parquet)?,
             };
             let file_cols = columns_by_name(&path, meta.schema(), &out_schema)?;
-            if dictionary.iter().any(|d| *d) {
-                let (file_schema, schema) = with_dictionaries(meta.schema(), &out_schema, &file_cols, dictionary);
+            if let Some((file_schema, schema)) = read_types(meta.schema(), &out_schema, &file_cols, dictionary) {
                 let options = ArrowReaderOptions::new().with_schema(file_schema);
                 meta = ArrowReaderMetadata::try_new(meta.metadata().clone(), options).map_err(not_parquet)?;
                 out_schema = schema;
@@ -249,23 +248,34 @@ pub fn read_morsel(
 }
 
 /// The file and output schemas with the wanted Utf8 columns turned into `Dictionary(Int32, Utf8)`.
-fn with_dictionaries(
+/// The types the Parquet reader is asked for, where they differ from the file's own: strings wanted as
+/// dictionaries stay dictionary-encoded, and a decimal the table stores in 64 bits is read as one
+/// (INT64 decimals then need no widening). `None` if the file's types serve as they are.
+fn read_types(
     file_schema: &SchemaRef,
     out_schema: &SchemaRef,
     file_cols: &[Option<usize>],
     dictionary: &[bool],
-) -> (SchemaRef, SchemaRef) {
+) -> Option<(SchemaRef, SchemaRef)> {
     let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
     let mut file_fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     let mut out_fields: Vec<Field> = out_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    for (i, want) in dictionary.iter().enumerate() {
-        let Some(Some(c)) = file_cols.get(i) else { continue };
-        if *want && file_fields[*c].data_type() == &DataType::Utf8 && out_fields[i].data_type() == &DataType::Utf8 {
+    let mut changed = false;
+    for (i, c) in file_cols.iter().enumerate() {
+        let Some(c) = c else { continue };
+        let (have, want) = (file_fields[*c].data_type().clone(), out_fields[i].data_type().clone());
+        if dictionary.get(i) == Some(&true) && have == DataType::Utf8 && want == DataType::Utf8 {
             file_fields[*c] = file_fields[*c].clone().with_data_type(dict.clone());
             out_fields[i] = out_fields[i].clone().with_data_type(dict.clone());
+            changed = true;
+        } else if let (DataType::Decimal128(p, s), DataType::Decimal64(q, t)) = (&have, &want) {
+            if (p, s) == (q, t) {
+                file_fields[*c] = file_fields[*c].clone().with_data_type(want);
+                changed = true;
+            }
         }
     }
-    (Arc::new(Schema::new(file_fields)), Arc::new(Schema::new(out_fields)))
+    changed.then(|| (Arc::new(Schema::new(file_fields)), Arc::new(Schema::new(out_fields))))
 }
 
 /// Arrow counts CSV data lines from 0; say which line of the file it is (1-based, header included).

@@ -9,7 +9,7 @@ use arrow::array::{
     PrimitiveArray, StringArray,
 };
 use arrow::datatypes::{
-    ArrowNativeTypeOp, ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    ArrowNativeTypeOp, ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, Decimal64Type, Float32Type, Float64Type, Int16Type, Int32Type,
     Int64Type, Int8Type, TimeUnit, TimestampMicrosecondType,
 };
 use arrow::row::{RowConverter, SortField};
@@ -100,6 +100,7 @@ pub fn create(call: &AggCall, arg_type: Option<&DataType>) -> Result<Box<dyn Gro
                 DataType::Float64 => prim!(Float64Type),
                 DataType::Date32 => prim!(Date32Type),
                 DataType::Timestamp(TimeUnit::Microsecond, _) => prim!(TimestampMicrosecondType),
+                DataType::Decimal64(..) => prim!(Decimal64Type),
                 DataType::Decimal128(..) => prim!(Decimal128Type),
                 DataType::Utf8 => Box::new(StrMinMax { values: vec![], is_min }),
                 DataType::Boolean => Box::new(BoolMinMax { values: vec![], is_min }),
@@ -164,6 +165,9 @@ impl GroupsAccumulator for Count {
 trait CheckedSum: ArrowPrimitiveType {
     fn add_checked(a: Self::Native, b: Self::Native) -> Option<Self::Native>;
 
+    /// A 64-bit integer (or a 64-bit decimal's unscaled value) as a summand.
+    fn from_i64(v: i64) -> Self::Native;
+
     /// Whether sums of values of type `input` cannot overflow, so the hot loop may skip the checks.
     fn cannot_overflow(_input: &DataType) -> bool {
         false
@@ -174,11 +178,19 @@ impl CheckedSum for Int64Type {
     fn add_checked(a: i64, b: i64) -> Option<i64> {
         a.checked_add(b)
     }
+
+    fn from_i64(v: i64) -> i64 {
+        v
+    }
 }
 
 impl CheckedSum for Float64Type {
     fn add_checked(a: f64, b: f64) -> Option<f64> {
         Some(a + b)
+    }
+
+    fn from_i64(v: i64) -> f64 {
+        v as f64
     }
 }
 
@@ -188,9 +200,13 @@ impl CheckedSum for Decimal128Type {
         a.checked_add(b)
     }
 
+    fn from_i64(v: i64) -> i128 {
+        v as i128
+    }
+
     /// Values of at most 18 digits stay below 10^37 in sum over fewer than 2^63 rows: no i128 overflow.
     fn cannot_overflow(input: &DataType) -> bool {
-        matches!(input, DataType::Decimal128(p, _) if *p <= 18)
+        matches!(input, DataType::Decimal64(..)) || matches!(input, DataType::Decimal128(p, _) if *p <= 18)
     }
 }
 
@@ -213,7 +229,23 @@ impl<T: CheckedSum> Sum<T> {
     }
 
     fn accumulate(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
-        let v = values.as_primitive::<T>();
+        match values.data_type() {
+            // Decimals of up to 18 digits sum into 128 bits.
+            DataType::Decimal64(..) => self.accumulate_from::<Decimal64Type>(groups, n, values, T::from_i64),
+            _ => self.accumulate_from::<T>(groups, n, values, |v| v),
+        }
+    }
+
+    fn accumulate_from<I: ArrowPrimitiveType>(
+        &mut self,
+        groups: &[u32],
+        n: usize,
+        values: &ArrayRef,
+        widen: impl Fn(I::Native) -> T::Native,
+    ) -> Result<()> {
+        let v = values.as_primitive_opt::<I>().ok_or_else(|| {
+            RiffleError::exec(format!("sum() of {} got {}", sql_name(&self.ty), sql_name(values.data_type())))
+        })?;
         // New groups come from rows of this batch, so without NULLs they all get a value; only the
         // single group of an aggregate without GROUP BY exists before any row.
         if v.null_count() > 0 || (groups.is_empty() && n > self.sums.len()) {
@@ -222,8 +254,8 @@ impl<T: CheckedSum> Sum<T> {
         self.sums.resize(n, T::Native::default());
         let xs = v.values();
         if T::cannot_overflow(values.data_type()) {
-            scatter_add(groups, v.nulls(), &mut self.sums, |i| xs[i], |a, b| Some(a.add_wrapping(b)));
-        } else if !scatter_add(groups, v.nulls(), &mut self.sums, |i| xs[i], T::add_checked) {
+            scatter_add(groups, v.nulls(), &mut self.sums, |i| widen(xs[i]), |a, b| Some(a.add_wrapping(b)));
+        } else if !scatter_add(groups, v.nulls(), &mut self.sums, |i| widen(xs[i]), T::add_checked) {
             return Err(RiffleError::exec(format!(
                 "overflow in sum() of {}: cast the argument to a wider type (e.g. DOUBLE)",
                 sql_name(&self.ty)

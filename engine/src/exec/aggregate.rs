@@ -18,7 +18,7 @@ use super::{emit_result, emit_rows, BarrierRelay, Exchange, OpMetrics, Partition
 use crate::cse::ExprList;
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
-use crate::logical::{AggCall, Expr};
+use crate::logical::{AggCall, AggFunc, Expr};
 use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
 use crate::message::Message;
 
@@ -186,7 +186,15 @@ impl GroupTable {
                     let v = values.next().ok_or_else(|| RiffleError::exec("aggregate argument count mismatch"))?;
                     let want = accumulators::input_type(call, v.data_type());
                     Ok(match (v.data_type(), &want) {
-                        // Same scale: the i128 values are already right; a cast would only re-validate them.
+                        // Same scale: the values are already right (a sum reads either width); a cast would
+                        // only widen or re-validate them.
+                        (have, want)
+                            if crate::types::is_decimal(have)
+                                && crate::types::decimal_parts(have).map(|d| d.1) == crate::types::decimal_parts(want).map(|d| d.1)
+                                && call.func == AggFunc::Sum =>
+                        {
+                            v
+                        }
                         (DataType::Decimal128(_, a), DataType::Decimal128(_, b)) if a == b => v,
                         (have, want) if have == want => v,
                         (_, want) => arrow::compute::cast(&v, want)?,

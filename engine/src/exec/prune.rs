@@ -52,6 +52,10 @@ fn excluded(b: &Bound, mins: &ArrayRef, maxes: &ArrayRef) -> Result<Option<Boole
     let conv = |a: &ArrayRef| -> Result<ArrayRef> {
         Ok(match b.cast {
             Some(t) if a.data_type() != t => arrow::compute::cast(a, t)?,
+            // The file may hold a decimal at another width than the table stores it in.
+            None if crate::types::is_decimal(a.data_type()) && a.data_type() != b.value.data_type() => {
+                arrow::compute::cast(a, b.value.data_type())?
+            }
             _ => a.clone(),
         })
     };

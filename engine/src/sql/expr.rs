@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray};
 use arrow::datatypes::DataType;
 use sqlparser::ast::{self, BinaryOperator, UnaryOperator, Value};
 
@@ -13,7 +13,9 @@ use crate::error::{closest, sql_error, Result, RiffleError};
 use crate::eval::interval_literal;
 use crate::functions::{function_names, ScalarFunc};
 use crate::logical::{AggCall, AggFunc, BinaryOp, Expr, Scalar};
-use crate::types::{arithmetic_operand_types, common_type, is_numeric, is_string, parse_sql_type, sql_name};
+use crate::types::{
+    arithmetic_operand_types, common_type, decimal, decimal_parts, is_decimal, is_numeric, is_string, parse_sql_type, sql_name,
+};
 
 /// Aggregates are bound as placeholders `TRY_CAST(Column(AGG_BASE + i) AS type)` until the Aggregate
 /// node exists.
@@ -64,7 +66,7 @@ fn parse_number(text: &str) -> Result<Scalar> {
         };
         let scale = frac.len() as u8;
         let precision = (int.len() as u8 + scale).max(1);
-        Arc::new(Decimal128Array::from(vec![value]).with_precision_and_scale(precision, scale as i8)?)
+        crate::eval::decimal_scalar(value, precision, scale as i8)?
     } else {
         let v: f64 = text.parse().map_err(|_| RiffleError::plan(format!("invalid number {text}")))?;
         Arc::new(Float64Array::from(vec![v]))
@@ -426,7 +428,7 @@ impl Binder<'_> {
         let schema = scope.schema();
         let types: Vec<DataType> = args.iter().map(|a| a.data_type(&schema)).collect();
         let (want, mut ty) = func.signature(&types)?;
-        if let (ScalarFunc::Round, DataType::Decimal128(p, s)) = (func, &ty) {
+        if let (ScalarFunc::Round, Some((p, s))) = (func, decimal_parts(&ty)) {
             // As DuckDB: rounding a decimal to n places gives scale n.
             let digits = match args.get(1) {
                 None => Some(0),
@@ -436,7 +438,7 @@ impl Binder<'_> {
                 _ => None,
             };
             if let Some(d) = digits {
-                ty = DataType::Decimal128(*p, d.clamp(0, *s as i64) as i8);
+                ty = decimal(p, d.clamp(0, s as i64) as i8);
             }
         }
         let args = args
@@ -523,7 +525,7 @@ impl Binder<'_> {
                 let t = arg_ty.clone().unwrap_or(DataType::Null);
                 numeric_arg(&t)?;
                 match t {
-                    DataType::Decimal128(_, s) => DataType::Decimal128(38, s),
+                    d if is_decimal(&d) => decimal(38, decimal_parts(&d).map_or(0, |(_, s)| s)),
                     t if t.is_integer() => DataType::Int64,
                     DataType::Null => DataType::Int64,
                     _ => DataType::Float64,
@@ -546,10 +548,10 @@ impl Binder<'_> {
         };
         // avg(x) of decimals and doubles is sum(x) / count(x), so that a sum(x) beside it (TPC-H Q1 has
         // two) is computed once. The sum is NULL exactly when the count is 0.
-        if let (AggFunc::Avg, Some(arg @ (DataType::Decimal128(..) | DataType::Float64))) = (func, &arg_ty) {
-            let sum_ty = match arg {
-                DataType::Decimal128(_, s) => DataType::Decimal128(38, *s),
-                _ => DataType::Float64,
+        if let (AggFunc::Avg, Some(arg)) = (func, arg_ty.as_ref().filter(|t| is_decimal(t) || **t == DataType::Float64)) {
+            let sum_ty = match decimal_parts(arg) {
+                Some((_, s)) => decimal(38, s),
+                None => DataType::Float64,
             };
             let sum = add(AggCall { func: AggFunc::Sum, args: bound.clone(), distinct: false, ty: sum_ty });
             let count = add(AggCall { func: AggFunc::Count, args: bound, distinct: false, ty: DataType::Int64 });
