@@ -42,6 +42,17 @@ fn open(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| FormatError::io(path, e))
 }
 
+/// The file's bytes, mapped into memory: the Parquet reader then slices its column chunks out of the
+/// page cache instead of copying them with `read` (that copy was ~8% of TPC-H Q6's time).
+fn map_file(path: &Path) -> Result<bytes::Bytes> {
+    let file = open(path)?;
+    // SAFETY: the mapping is only read. If another process truncates the file while it is mapped,
+    // reading past the new end faults (as with polars' and arrow's mapped readers); files under a
+    // running query are expected to stay as they are, as every engine here assumes.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
+    Ok(bytes::Bytes::from_owner(map))
+}
+
 /// The schema of the files of a table, read from the first file (Parquet, Arrow) or inferred from its
 /// first rows (CSV, JSON). Inferred text columns become Int64, Float64, Boolean, Date32, Timestamp or Utf8.
 pub fn infer_schema(format: &FileFormat, files: &[PathBuf]) -> Result<SchemaRef> {
@@ -172,7 +183,7 @@ pub fn read_morsel(
                 meta = ArrowReaderMetadata::try_new(meta.metadata().clone(), options).map_err(not_parquet)?;
                 out_schema = schema;
             }
-            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(open(&path)?, meta);
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(map_file(&path)?, meta);
             let mut roots: Vec<usize> = file_cols.iter().flatten().copied().collect();
             roots.sort_unstable();
             roots.dedup();
