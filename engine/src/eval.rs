@@ -247,8 +247,7 @@ fn binary(op: BinaryOp, l: &Value, r: &Value, rows: usize) -> Result<ArrayRef> {
 
 /// `l op r` (+, -, *) on decimals of either width, computed in i128 and stored at the result's width.
 /// Results that provably fit (see `decimal_fits`) need no checks; the others are checked against 38
-/// digits, a product first tried as one 64×64-bit multiply. Both operands of 64-bit decimals run the
-/// loop on i64 inputs; a 64-bit operand beside a 128-bit one is widened first.
+/// digits, a product first tried as one 64×64-bit multiply. Each operand is read at its own width.
 fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
     use arrow::datatypes::{Decimal128Type, Decimal64Type};
     let (la, ra) = (l.get().0, r.get().0);
@@ -268,27 +267,19 @@ fn decimal_arith(op: BinaryOp, l: &Value, r: &Value) -> Result<ArrayRef> {
             sql_name(ra.data_type())
         ))
     };
-    let narrow = matches!((la.data_type(), ra.data_type()), (DataType::Decimal64(..), DataType::Decimal64(..)));
-    let out: ArrayRef = match (&result, narrow) {
-        (DataType::Decimal64(..), true) => Arc::new(
-            k.run::<Decimal64Type, Decimal64Type, Decimal64Type>(l, r)?.ok_or_else(overflow)?.with_precision_and_scale(precision, scale)?,
-        ),
-        (_, true) => Arc::new(
-            k.run::<Decimal64Type, Decimal64Type, Decimal128Type>(l, r)?.ok_or_else(overflow)?.with_precision_and_scale(precision, scale)?,
-        ),
-        _ => {
-            let wide = |v: &Value| -> Result<Value> {
-                let (a, _) = v.get();
-                let (p, s) = decimal_parts(a.data_type()).unwrap_or((38, 0));
-                Ok(datum_like(&arrow::compute::cast(a, &DataType::Decimal128(p, s))?, v))
-            };
-            let (l, r) = (wide(l)?, wide(r)?);
-            Arc::new(
-                k.run::<Decimal128Type, Decimal128Type, Decimal128Type>(&l, &r)?
-                    .ok_or_else(overflow)?
-                    .with_precision_and_scale(precision, scale)?,
-            )
-        }
+    macro_rules! run {
+        ($l:ty, $r:ty, $o:ty) => {
+            Arc::new(k.run::<$l, $r, $o>(l, r)?.ok_or_else(overflow)?.with_precision_and_scale(precision, scale)?)
+        };
+    }
+    use DataType::{Decimal128 as D128, Decimal64 as D64};
+    let out: ArrayRef = match (la.data_type(), ra.data_type(), &result) {
+        (D64(..), D64(..), D64(..)) => run!(Decimal64Type, Decimal64Type, Decimal64Type),
+        (D64(..), D64(..), _) => run!(Decimal64Type, Decimal64Type, Decimal128Type),
+        (D128(..), D64(..), _) => run!(Decimal128Type, Decimal64Type, Decimal128Type),
+        (D64(..), D128(..), _) => run!(Decimal64Type, Decimal128Type, Decimal128Type),
+        (D128(..), D128(..), _) => run!(Decimal128Type, Decimal128Type, Decimal128Type),
+        (l, r, _) => return Err(RiffleError::exec(format!("decimal arithmetic on {} and {}", sql_name(l), sql_name(r)))),
     };
     Ok(out)
 }

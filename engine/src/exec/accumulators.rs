@@ -206,7 +206,7 @@ impl CheckedSum for Decimal128Type {
 
     /// Values of at most 18 digits stay below 10^37 in sum over fewer than 2^63 rows: no i128 overflow.
     fn cannot_overflow(input: &DataType) -> bool {
-        matches!(input, DataType::Decimal64(..)) || matches!(input, DataType::Decimal128(p, _) if *p <= 18)
+        matches!(input, DataType::Decimal128(p, _) if *p <= 18)
     }
 }
 
@@ -231,8 +231,26 @@ impl<T: CheckedSum> Sum<T> {
     fn accumulate(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
         match values.data_type() {
             // Decimals of up to 18 digits sum into 128 bits.
-            DataType::Decimal64(..) => self.accumulate_from::<Decimal64Type>(groups, n, values, T::from_i64),
-            _ => self.accumulate_from::<T>(groups, n, values, |v| v),
+            // Few groups, no NULLs, and the batch's sums fit 64 bits: add them there, then once into the
+            // 128-bit totals (a group the batch lacks adds 0; every group made by it got a value).
+            DataType::Decimal64(p, _)
+                if self.seen.is_none()
+                    && values.null_count() == 0
+                    && !groups.is_empty()
+                    && n <= LANED_GROUPS
+                    && fits_i64(groups.len(), *p) =>
+            {
+                let xs = values.as_primitive::<Decimal64Type>().values();
+                let mut batch = vec![0i64; n];
+                scatter_add(groups, None, &mut batch, |i| xs[i], |a, b| Some(a.wrapping_add(b)));
+                self.sums.resize(n, T::Native::default());
+                for (s, b) in self.sums.iter_mut().zip(&batch) {
+                    *s = s.add_wrapping(T::from_i64(*b));
+                }
+                Ok(())
+            }
+            DataType::Decimal64(..) => self.accumulate_from::<Decimal64Type>(groups, n, values, T::from_i64, true),
+            _ => self.accumulate_from::<T>(groups, n, values, |v| v, T::cannot_overflow(values.data_type())),
         }
     }
 
@@ -242,6 +260,7 @@ impl<T: CheckedSum> Sum<T> {
         n: usize,
         values: &ArrayRef,
         widen: impl Fn(I::Native) -> T::Native,
+        unchecked: bool,
     ) -> Result<()> {
         let v = values.as_primitive_opt::<I>().ok_or_else(|| {
             RiffleError::exec(format!("sum() of {} got {}", sql_name(&self.ty), sql_name(values.data_type())))
@@ -253,7 +272,7 @@ impl<T: CheckedSum> Sum<T> {
         }
         self.sums.resize(n, T::Native::default());
         let xs = v.values();
-        if T::cannot_overflow(values.data_type()) {
+        if unchecked {
             scatter_add(groups, v.nulls(), &mut self.sums, |i| widen(xs[i]), |a, b| Some(a.add_wrapping(b)));
         } else if !scatter_add(groups, v.nulls(), &mut self.sums, |i| widen(xs[i]), T::add_checked) {
             return Err(RiffleError::exec(format!(
@@ -269,6 +288,14 @@ impl<T: CheckedSum> Sum<T> {
     }
 }
 
+/// Up to this many groups, `scatter_add` spreads rows over lanes.
+const LANED_GROUPS: usize = 64;
+
+/// Whether `rows` values of at most `precision` digits sum within 64 bits.
+fn fits_i64(rows: usize, precision: u8) -> bool {
+    (rows as i128).saturating_mul(10i128.pow(precision as u32)) < i64::MAX as i128
+}
+
 /// Adds `value(row)` of every row not masked by `nulls` into its group's slot; false when `add`
 /// overflows. This is the aggregate's hot loop. With few groups nearly every row updates a slot the
 /// row before just updated, and each addition waits for the previous one; spreading consecutive rows
@@ -281,7 +308,6 @@ fn scatter_add<N: Copy + Default>(
     add: impl Fn(N, N) -> Option<N>,
 ) -> bool {
     const LANES: usize = 4;
-    const LANED_GROUPS: usize = 64;
     let mut ok = true;
     let mut add_into = |slot: &mut N, x: N| match add(*slot, x) {
         Some(s) => *slot = s,
