@@ -31,6 +31,19 @@ pub trait GroupsAccumulator: Send {
     /// Makes room for exactly `n` groups: adds groups that saw no rows (e.g. the one group of an empty
     /// input), or drops the last ones.
     fn resize(&mut self, n: usize);
+    /// For `count`: adds `rows[g]` to each group, in place of `update` when no argument value is NULL
+    /// (the aggregate counts a batch's rows per group once for all its counts). False if this is not
+    /// a count.
+    fn add_rows(&mut self, _rows: &[i64]) -> bool {
+        false
+    }
+}
+
+/// How many of `groups` fall in each of `n` groups.
+pub fn rows_per_group(groups: &[u32], n: usize) -> Vec<i64> {
+    let mut counts = vec![0i64; n];
+    scatter_add(groups, None, &mut counts, |_| 1, |a, b| Some(a + b));
+    counts
 }
 
 /// An accumulator whose partial state is its value (sum, min, max): merging adds states like values.
@@ -158,6 +171,12 @@ impl GroupsAccumulator for Count {
 
     fn size(&self) -> usize {
         self.counts.capacity() * 8
+    }
+
+    fn add_rows(&mut self, rows: &[i64]) -> bool {
+        self.counts.resize(rows.len().max(self.counts.len()), 0);
+        self.counts.iter_mut().zip(rows).for_each(|(c, r)| *c += r);
+        true
     }
 }
 

@@ -171,13 +171,19 @@ impl GroupTable {
         let indices = arrow::array::UInt32Array::from(first_rows);
         let distinct = keys.iter().map(|k| plain(&arrow::compute::take(k, &indices, None)?)).collect::<Result<Vec<_>>>()?;
         let group_of_slot = self.groups(&distinct, indices.len())?;
-        Ok(codes.codes.iter().map(|c| group_of_slot[slot[*c as usize] as usize]).collect())
+        // Reuse `slot` as code → group, so the last pass reads one table.
+        for s in slot.iter_mut().filter(|s| **s != UNSEEN) {
+            *s = group_of_slot[*s as usize];
+        }
+        Ok(codes.codes.iter().map(|c| slot[*c as usize]).collect())
     }
 
     fn update(&mut self, spec: &AggSpec, batch: &RecordBatch) -> Result<()> {
         let keys = spec.group.iter().map(|g| evaluate(g, batch)).collect::<Result<Vec<_>>>()?;
         let groups = self.groups(&keys, batch.num_rows())?;
         let mut values = spec.args.evaluate(batch)?.into_iter();
+        // Rows per group, counted once for every count(…) whose argument has no NULL in this batch.
+        let mut rows_per_group: Option<Vec<i64>> = None;
         for (acc, call) in self.accs.iter_mut().zip(&spec.aggs) {
             let args = call
                 .args
@@ -201,6 +207,15 @@ impl GroupTable {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            if matches!(call.func, AggFunc::Count | AggFunc::CountStar)
+                && !call.distinct
+                && args.iter().all(|a| a.logical_null_count() == 0)
+            {
+                let rows = rows_per_group.get_or_insert_with(|| accumulators::rows_per_group(&groups, self.num_groups));
+                if acc.add_rows(rows) {
+                    continue;
+                }
+            }
             acc.update(&groups, self.num_groups, &args)?;
         }
         Ok(())
