@@ -454,7 +454,7 @@ fn run_into(
     let notifier = Notifier::new();
     let metrics: Vec<Arc<OpMetrics>> = (0..plan.node_count()).map(|_| Arc::new(OpMetrics::default())).collect();
     let memory = build::QueryMemory {
-        pool: crate::memory::MemoryPool::new(config.memory_limit.max(1)),
+        pool: crate::memory::MemoryPool::for_query(config.memory_limit.max(1)),
         spill: Arc::new(crate::memory::SpillManager::new(config.spill_dir.clone(), config.spill_compression.ipc())),
     };
     let started = Instant::now();

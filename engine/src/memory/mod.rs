@@ -29,13 +29,29 @@ struct PoolState {
 /// One query's memory budget.
 #[derive(Debug)]
 pub struct MemoryPool {
+    /// What the operators' reservations may hold together.
     limit: usize,
+    /// The query's whole budget (`--memory-limit`), of which `limit` is the operators' share.
+    query_limit: usize,
     state: Mutex<PoolState>,
 }
 
+/// The operators' share of a query's memory limit, in fifths. As in Flink's memory model (managed
+/// memory is a fraction of the process's), the rest is left for what no reservation tracks: the
+/// allocator's freed-but-kept pages, file readers' and writers' buffers, thread stacks. Measured on a
+/// 10 GB sort with a 2 GB limit: a pool of the whole 2 GB peaked at 2.44 GB RSS, one of 1.6 GB at 1.98 GB.
+const OPERATOR_SHARE_FIFTHS: usize = 4;
+
 impl MemoryPool {
+    /// A pool whose reservations may hold exactly `limit` bytes.
     pub fn new(limit: usize) -> Arc<MemoryPool> {
-        Arc::new(MemoryPool { limit, state: Mutex::new(PoolState::default()) })
+        Arc::new(MemoryPool { limit, query_limit: limit, state: Mutex::new(PoolState::default()) })
+    }
+
+    /// The pool of a query run with `--memory-limit query_limit`: its operators get their share of it.
+    pub fn for_query(query_limit: usize) -> Arc<MemoryPool> {
+        let limit = (query_limit / 5).saturating_mul(OPERATOR_SHARE_FIFTHS).max(1);
+        Arc::new(MemoryPool { limit, query_limit, state: Mutex::new(PoolState::default()) })
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -113,16 +129,23 @@ impl MemoryReservation {
     /// them (or has spilled all it could).
     pub fn out_of_memory(&self, bytes: usize) -> RiffleError {
         let used = self.pool.used();
+        let share = if self.pool.query_limit == self.pool.limit {
+            String::new()
+        } else {
+            format!(", {} of it for operators", human_bytes(self.pool.limit as u64))
+        };
+        // The query limit that gives operators what they need now.
+        let needed = (used + bytes).saturating_mul(self.pool.query_limit) / self.pool.limit.max(1);
         RiffleError::OutOfMemory(format!(
-            "{} needs {} more memory but the query's memory limit is {} ({} in use, {} of it by {}); \
+            "{} needs {} more memory but the query's memory limit is {}{share} ({} in use, {} of it by {}); \
              raise the limit with --memory-limit (e.g. --memory-limit {})",
             self.name,
             human_bytes(bytes as u64),
-            human_bytes(self.pool.limit as u64),
+            human_bytes(self.pool.query_limit as u64),
             human_bytes(used as u64),
             human_bytes(self.size as u64),
             self.name,
-            suggested_limit(self.pool.limit.max(used + bytes)),
+            suggested_limit(self.pool.query_limit.max(needed)),
         ))
     }
 
@@ -276,6 +299,18 @@ mod tests {
         assert!(e.contains("HashJoin build needs 1.0MiB more memory"), "{e}");
         assert!(e.contains("--memory-limit 4MB"), "{e}");
         assert_eq!(r.size(), 1 << 19);
+    }
+
+    #[test]
+    fn a_query_pool_keeps_a_fifth_of_the_limit_outside_the_operators() {
+        let pool = MemoryPool::for_query(10_000_000);
+        assert_eq!(pool.limit(), 8_000_000);
+        let mut r = pool.reservation("HashJoin build", false);
+        r.grow(6_000_000).unwrap();
+        let e = r.grow(4_000_000).unwrap_err().to_string();
+        assert!(e.contains("the query's memory limit is 9.5MiB, 7.6MiB of it for operators"), "{e}");
+        // Operators need 10 MB, which they get from a 12.5 MB limit: twice that is suggested.
+        assert!(e.contains("--memory-limit 25MB"), "{e}");
     }
 
     #[test]
