@@ -336,9 +336,12 @@ impl DecimalKernel {
             }),
             (BinaryOp::Mul, true) => map_decimal(&left, &right, self.rows, |a, b| (mul_64(a, b).unwrap_or_else(|| a * b), false)),
             (BinaryOp::Add | BinaryOp::Sub, false) => {
-                let sign = if self.op == BinaryOp::Add { 1 } else { -1 };
+                let add = self.op == BinaryOp::Add;
                 map_decimal(&left, &right, self.rows, |a, b| {
-                    let v = a.checked_mul(lm).zip(b.checked_mul(rm)).and_then(|(a, b)| a.checked_add(sign * b));
+                    let v = a
+                        .checked_mul(lm)
+                        .zip(b.checked_mul(rm))
+                        .and_then(|(a, b)| if add { a.checked_add(b) } else { a.checked_sub(b) });
                     v.filter(|v| v.unsigned_abs() < 10u128.pow(38)).map_or((0, true), |v| (v, false))
                 })
             }
