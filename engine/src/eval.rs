@@ -172,8 +172,8 @@ pub fn cast_value(a: &ArrayRef, to: &DataType, options: &CastOptions) -> Result<
 /// rounding twice (10000000000000004.97 became …006); here a value of up to 2^53 is divided exactly
 /// once, and a larger one goes through its decimal text, which `parse` rounds correctly.
 fn decimal_to_f64(a: &ArrayRef) -> Result<ArrayRef> {
-    let (p, s) = decimal_parts(a.data_type()).ok_or_else(|| RiffleError::exec("decimal expected"))?;
-    let wide = arrow::compute::cast(a, &DataType::Decimal128(p, s))?;
+    let s = decimal_parts(a.data_type()).map_or(0, |(_, s)| s);
+    let wide = crate::functions::widen_decimal(a)?;
     let wide = wide.as_any().downcast_ref::<arrow::array::Decimal128Array>().ok_or_else(|| RiffleError::exec("decimal expected"))?;
     let exact_divisor = (0..=22).contains(&s).then(|| 10f64.powi(s as i32));
     let out: arrow::array::Float64Array = wide.unary(|v| match exact_divisor {

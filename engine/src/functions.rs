@@ -555,7 +555,7 @@ fn round(args: &[ArrayRef], ty: &DataType) -> Result<ArrayRef> {
 }
 
 /// A decimal column in 128-bit storage (the width the decimal functions compute in).
-fn widen_decimal(a: &ArrayRef) -> Result<ArrayRef> {
+pub(crate) fn widen_decimal(a: &ArrayRef) -> Result<ArrayRef> {
     let (p, s) = crate::types::decimal_parts(a.data_type()).ok_or_else(|| RiffleError::exec("decimal expected"))?;
     Ok(cast(a, &DataType::Decimal128(p, s))?)
 }

@@ -258,7 +258,6 @@ pub fn read_morsel(
     }
 }
 
-/// The file and output schemas with the wanted Utf8 columns turned into `Dictionary(Int32, Utf8)`.
 /// The types the Parquet reader is asked for, where they differ from the file's own: strings wanted as
 /// dictionaries stay dictionary-encoded, and a decimal the table stores in 64 bits is read as one
 /// (INT64 decimals then need no widening). `None` if the file's types serve as they are.

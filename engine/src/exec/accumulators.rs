@@ -127,6 +127,8 @@ pub fn create(call: &AggCall, arg_type: Option<&DataType>) -> Result<Box<dyn Gro
 /// The type an aggregate's argument is cast to before `update`.
 pub fn input_type(call: &AggCall, arg: &DataType) -> DataType {
     match call.func {
+        // A sum reads decimals of either width at its own scale.
+        AggFunc::Sum if crate::types::is_decimal(arg) => arg.clone(),
         AggFunc::Sum => call.ty.clone(),
         AggFunc::Avg => DataType::Float64,
         AggFunc::Min | AggFunc::Max => call.ty.clone(),
@@ -186,11 +188,6 @@ trait CheckedSum: ArrowPrimitiveType {
 
     /// A 64-bit integer (or a 64-bit decimal's unscaled value) as a summand.
     fn from_i64(v: i64) -> Self::Native;
-
-    /// Whether sums of values of type `input` cannot overflow, so the hot loop may skip the checks.
-    fn cannot_overflow(_input: &DataType) -> bool {
-        false
-    }
 }
 
 impl CheckedSum for Int64Type {
@@ -222,11 +219,6 @@ impl CheckedSum for Decimal128Type {
     fn from_i64(v: i64) -> i128 {
         v as i128
     }
-
-    /// Values of at most 18 digits stay below 10^37 in sum over fewer than 2^63 rows: no i128 overflow.
-    fn cannot_overflow(input: &DataType) -> bool {
-        matches!(input, DataType::Decimal128(p, _) if *p <= 18)
-    }
 }
 
 struct Sum<T: CheckedSum> {
@@ -249,7 +241,6 @@ impl<T: CheckedSum> Sum<T> {
 
     fn accumulate(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
         match values.data_type() {
-            // Decimals of up to 18 digits sum into 128 bits.
             // Few groups, no NULLs, and the batch's sums fit 64 bits: add them there, then once into the
             // 128-bit totals (a group the batch lacks adds 0; every group made by it got a value).
             DataType::Decimal64(p, _)
@@ -268,8 +259,9 @@ impl<T: CheckedSum> Sum<T> {
                 }
                 Ok(())
             }
+            // Decimals of up to 18 digits cannot overflow 128 bits below 2^63 rows (< 10^37).
             DataType::Decimal64(..) => self.accumulate_from::<Decimal64Type>(groups, n, values, T::from_i64, true),
-            _ => self.accumulate_from::<T>(groups, n, values, |v| v, T::cannot_overflow(values.data_type())),
+            _ => self.accumulate_from::<T>(groups, n, values, |v| v, false),
         }
     }
 
@@ -400,7 +392,7 @@ impl<T: CheckedSum> ValueAccumulator for Sum<T> {
     }
 }
 
-/// Average: an exact integer sum for decimals (as DuckDB), a float sum otherwise, and a count.
+/// Average of doubles: a float sum and a count (decimal averages are planned as sum / count).
 struct Avg {
     sums: Vec<f64>,
     counts: Vec<i64>,

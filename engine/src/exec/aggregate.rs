@@ -192,15 +192,7 @@ impl GroupTable {
                     let v = values.next().ok_or_else(|| RiffleError::exec("aggregate argument count mismatch"))?;
                     let want = accumulators::input_type(call, v.data_type());
                     Ok(match (v.data_type(), &want) {
-                        // Same scale: the values are already right (a sum reads either width); a cast would
-                        // only widen or re-validate them.
-                        (have, want)
-                            if crate::types::is_decimal(have)
-                                && crate::types::decimal_parts(have).map(|d| d.1) == crate::types::decimal_parts(want).map(|d| d.1)
-                                && call.func == AggFunc::Sum =>
-                        {
-                            v
-                        }
+                        // Same scale: the i128 values are already right; a cast would only re-validate them.
                         (DataType::Decimal128(_, a), DataType::Decimal128(_, b)) if a == b => v,
                         (have, want) if have == want => v,
                         (_, want) => arrow::compute::cast(&v, want)?,
