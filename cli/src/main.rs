@@ -45,6 +45,11 @@ enum Command {
         /// Directory for spill files (default: the system temp dir).
         #[arg(long, value_name = "DIR")]
         spill_dir: Option<std::path::PathBuf>,
+        /// Read tables as streams that end: sources emit watermarks (tables with WATERMARK FOR) and
+        /// checkpoint barriers between batches, and window aggregates emit each window as the
+        /// watermark passes its end. The answer is the same as without.
+        #[arg(long)]
+        stream: bool,
         /// SQL to run.
         #[arg(short = 'c', long = "command", conflicts_with = "file")]
         command: Option<String>,
@@ -67,13 +72,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Sql { format, tables, threads, memory_limit, spill_dir, command, file } => {
+        Command::Sql { format, tables, threads, memory_limit, spill_dir, stream, command, file } => {
             remove_spill_files_on_interrupt();
             let mut config = ExecConfig::default();
             if let Some(m) = memory_limit {
                 config.memory_limit = m;
             }
             config.spill_dir = spill_dir;
+            config.stream = stream;
             if let Some(t) = threads {
                 if t == 0 {
                     bail!("--threads must be at least 1");

@@ -9,6 +9,7 @@ use arrow::datatypes::SchemaRef;
 use riffle_formats::{FileFormat, Morsel};
 
 use crate::error::{closest, Result, RiffleError};
+use crate::logical::Expr;
 
 /// Where a table's rows come from.
 #[derive(Debug)]
@@ -24,6 +25,21 @@ pub enum TableData {
 pub struct TableSource {
     pub schema: SchemaRef,
     pub data: TableData,
+    /// The event-time column and its watermark, when the table declares one (`WATERMARK FOR`).
+    pub event_time: Option<EventTime>,
+}
+
+/// A table's event time, from Flink's `WATERMARK FOR column AS expr`: read as a stream, the table's
+/// sources emit, after each batch, the largest value of `watermark` seen so far: no row with an
+/// event time below it is expected any more.
+#[derive(Debug, Clone)]
+pub struct EventTime {
+    /// The event-time column (a TIMESTAMP).
+    pub column: usize,
+    /// Over the table's columns, e.g. `ts - INTERVAL '5' SECOND`.
+    pub watermark: Expr,
+    /// The expression as written, for EXPLAIN.
+    pub text: String,
 }
 
 impl TableSource {
@@ -46,11 +62,11 @@ impl TableSource {
         };
         let schema = crate::types::storage_schema(&schema);
         let morsels = riffle_formats::plan_morsels(&format, &files)?;
-        Ok(TableSource { schema, data: TableData::Files { format, files, morsels } })
+        Ok(TableSource { schema, data: TableData::Files { format, files, morsels }, event_time: None })
     }
 
     pub fn generated(records: u64, generator: riffle_formats::gensort::RecordGenerator) -> TableSource {
-        TableSource { schema: riffle_formats::gensort::schema(), data: TableData::Generated { records, generator } }
+        TableSource { schema: riffle_formats::gensort::schema(), data: TableData::Generated { records, generator }, event_time: None }
     }
 
     /// Rows held in memory; columns not in Riffle's storage types (a narrow decimal in 128 bits) are
@@ -73,7 +89,13 @@ impl TableSource {
                 })
                 .collect::<Result<Vec<_>>>()?
         };
-        Ok(TableSource { schema: stored, data: TableData::Memory(batches) })
+        Ok(TableSource { schema: stored, data: TableData::Memory(batches), event_time: None })
+    }
+}
+
+impl TableSource {
+    pub fn with_event_time(self, event_time: Option<EventTime>) -> TableSource {
+        TableSource { event_time, ..self }
     }
 }
 

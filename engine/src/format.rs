@@ -137,3 +137,13 @@ pub fn write_table(out: &mut dyn Write, schema: &arrow::datatypes::Schema, batch
     writeln!(out, "({} row{})", rows.len(), if rows.len() == 1 { "" } else { "s" }).map_err(io)?;
     Ok(())
 }
+
+/// A duration in microseconds in its largest whole unit: `10min`, `5s`, `1500ms`.
+pub fn duration(micros: i64) -> String {
+    const UNITS: [(i64, &str); 6] =
+        [(86_400_000_000, "d"), (3_600_000_000, "h"), (60_000_000, "min"), (1_000_000, "s"), (1_000, "ms"), (1, "us")];
+    match UNITS.iter().find(|(u, _)| micros != 0 && micros % u == 0) {
+        Some((u, name)) => format!("{}{name}", micros / u),
+        None => "0s".to_string(),
+    }
+}

@@ -135,6 +135,9 @@ fn map_plan(plan: LogicalPlan, f: &mut dyn FnMut(LogicalPlan) -> Result<LogicalP
         LogicalPlan::Union { inputs, schema } => {
             LogicalPlan::Union { inputs: inputs.into_iter().map(|i| map_plan(i, f)).collect::<Result<_>>()?, schema }
         }
+        LogicalPlan::WindowTvf { input, window, time, event_time, schema } => {
+            LogicalPlan::WindowTvf { input: Box::new(map_plan(*input, f)?), window, time, event_time, schema }
+        }
         leaf @ (LogicalPlan::Scan { .. } | LogicalPlan::Values { .. }) => leaf,
     };
     f(plan)
@@ -237,6 +240,14 @@ fn push_down(plan: LogicalPlan, preds: Vec<Expr>) -> Result<LogicalPlan> {
         }
         LogicalPlan::Join { left, right, kind, on, filter, null_aware, schema } => {
             push_join(*left, *right, kind, on, filter, null_aware, schema, preds)?
+        }
+        LogicalPlan::WindowTvf { input, window, time, event_time, schema } => {
+            // Conditions on the input's columns hold for a row whatever its windows.
+            let width = input.schema().fields().len();
+            let (down, keep): (Vec<_>, Vec<_>) =
+                preds.into_iter().partition(|p| p.column_set().iter().all(|c| *c < width) && !p.is_volatile());
+            let plan = LogicalPlan::WindowTvf { input: Box::new(push_down(*input, down)?), window, time, event_time, schema };
+            filter_over(plan, keep)
         }
         other => {
             // Limits, top-k, values: filters stay above; their inputs are optimized on their own.
@@ -492,6 +503,18 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
         LogicalPlan::Limit { input, skip, fetch } => {
             let (input, map) = prune(*input, required)?;
             (LogicalPlan::Limit { input: Box::new(input), skip, fetch }, map)
+        }
+        LogicalPlan::WindowTvf { input, window, time, event_time, .. } => {
+            let width = input.schema().fields().len();
+            let mut need: BTreeSet<usize> = required.iter().copied().filter(|c| *c < width).collect();
+            need.insert(time);
+            let (input, in_map) = prune(*input, &need)?;
+            let new_width = input.schema().fields().len();
+            let time = in_map[time].unwrap_or(usize::MAX);
+            let schema = crate::logical::window_schema(&input.schema());
+            let mut map = in_map;
+            map.extend((0..3).map(|k| Some(new_width + k)));
+            (LogicalPlan::WindowTvf { input: Box::new(input), window, time, event_time, schema }, map)
         }
         LogicalPlan::Union { inputs, schema } => {
             // Every input must produce exactly the kept columns, in the same order.

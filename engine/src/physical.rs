@@ -8,7 +8,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::catalog::TableSource;
 use crate::error::Result;
-use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey};
+use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey, WindowSpec};
 
 #[derive(Debug, Clone)]
 pub enum PhysicalPlan {
@@ -25,7 +25,12 @@ pub enum PhysicalPlan {
     Values { rows: Vec<Vec<Expr>>, schema: SchemaRef },
     Filter { input: Box<PhysicalPlan>, predicate: Expr },
     Project { input: Box<PhysicalPlan>, exprs: Vec<Expr>, schema: SchemaRef },
-    HashAggregate { input: Box<PhysicalPlan>, group: Vec<Expr>, aggs: Vec<AggCall>, schema: SchemaRef },
+    /// `window_end`: the group key that is an event-time window's end (GROUP BY window_start,
+    /// window_end over a window table function). Run as a stream, such an aggregate emits each
+    /// window's groups once the watermark passes its end, not at the end of input.
+    HashAggregate { input: Box<PhysicalPlan>, group: Vec<Expr>, aggs: Vec<AggCall>, window_end: Option<usize>, schema: SchemaRef },
+    /// A window table function: each row once per window it falls in, window bounds appended.
+    WindowTvf { input: Box<PhysicalPlan>, window: WindowSpec, time: usize, schema: SchemaRef },
     /// Builds a hash table on `build` (the right input), streams `probe` (the left input) through it.
     HashJoin {
         probe: Box<PhysicalPlan>,
@@ -54,7 +59,8 @@ impl PhysicalPlan {
             | PhysicalPlan::HashAggregate { schema, .. }
             | PhysicalPlan::HashJoin { schema, .. }
             | PhysicalPlan::NestedLoopJoin { schema, .. }
-            | PhysicalPlan::Union { schema, .. } => schema.clone(),
+            | PhysicalPlan::Union { schema, .. }
+            | PhysicalPlan::WindowTvf { schema, .. } => schema.clone(),
             PhysicalPlan::Filter { input, .. } | PhysicalPlan::Sort { input, .. } | PhysicalPlan::Limit { input, .. } => {
                 input.schema()
             }
@@ -68,7 +74,8 @@ impl PhysicalPlan {
             | PhysicalPlan::Project { input, .. }
             | PhysicalPlan::HashAggregate { input, .. }
             | PhysicalPlan::Sort { input, .. }
-            | PhysicalPlan::Limit { input, .. } => vec![input],
+            | PhysicalPlan::Limit { input, .. }
+            | PhysicalPlan::WindowTvf { input, .. } => vec![input],
             PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
                 vec![probe, build]
             }
@@ -87,7 +94,9 @@ impl PhysicalPlan {
             PhysicalPlan::Values { .. } => "Values",
             PhysicalPlan::Filter { .. } => "Filter",
             PhysicalPlan::Project { .. } => "Project",
+            PhysicalPlan::HashAggregate { window_end: Some(_), .. } => "WindowAggregate",
             PhysicalPlan::HashAggregate { .. } => "HashAggregate",
+            PhysicalPlan::WindowTvf { .. } => "WindowTvf",
             PhysicalPlan::HashJoin { .. } => "HashJoin",
             PhysicalPlan::NestedLoopJoin { .. } => "NestedLoopJoin",
             PhysicalPlan::Sort { fetch: Some(_), .. } => "TopK",
@@ -173,6 +182,7 @@ impl PhysicalPlan {
             }
             PhysicalPlan::Limit { skip, fetch, .. } => format!(": skip={skip} fetch={}", fetch.map(|f| f.to_string()).unwrap_or("all".into())),
             PhysicalPlan::Union { inputs, .. } => format!(": {} inputs", inputs.len()),
+            PhysicalPlan::WindowTvf { input, window, time, .. } => format!(": {}", window.describe(input.schema().field(*time).name())),
         }
     }
 }
@@ -202,6 +212,17 @@ fn dictionary_group_keys(input: &mut PhysicalPlan, group: &[Expr], aggs: &[AggCa
     }
 }
 
+/// Whether column `c` of `plan` is the `window_end` of an event-time window table function, through
+/// filters and projections.
+fn is_window_end(plan: &LogicalPlan, c: usize) -> bool {
+    match plan {
+        LogicalPlan::WindowTvf { input, event_time, .. } => *event_time && c == input.schema().fields().len() + 1,
+        LogicalPlan::Filter { input, .. } => is_window_end(input, c),
+        LogicalPlan::Project { input, exprs, .. } => matches!(exprs.get(c), Some(Expr::Column(i)) if is_window_end(input, *i)),
+        _ => false,
+    }
+}
+
 /// Chooses an algorithm for each logical node.
 pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
     Ok(match plan {
@@ -220,10 +241,14 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
         LogicalPlan::Project { input, exprs, schema } => {
             PhysicalPlan::Project { input: Box::new(plan_physical(input)?), exprs: exprs.clone(), schema: schema.clone() }
         }
-        LogicalPlan::Aggregate { input, group, aggs, schema } => {
-            let mut input = plan_physical(input)?;
+        LogicalPlan::Aggregate { input: logical_input, group, aggs, schema } => {
+            let mut input = plan_physical(logical_input)?;
             dictionary_group_keys(&mut input, group, aggs);
-            PhysicalPlan::HashAggregate { input: Box::new(input), group: group.clone(), aggs: aggs.clone(), schema: schema.clone() }
+            let window_end = group.iter().position(|g| matches!(g, Expr::Column(c) if is_window_end(logical_input, *c)));
+            PhysicalPlan::HashAggregate { input: Box::new(input), group: group.clone(), aggs: aggs.clone(), window_end, schema: schema.clone() }
+        }
+        LogicalPlan::WindowTvf { input, window, time, schema, .. } => {
+            PhysicalPlan::WindowTvf { input: Box::new(plan_physical(input)?), window: *window, time: *time, schema: schema.clone() }
         }
         LogicalPlan::Join { left, right, kind, on, filter, null_aware, schema } => {
             let probe = Box::new(plan_physical(left)?);

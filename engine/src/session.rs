@@ -11,14 +11,15 @@ use sqlparser::ast;
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::{Parser, ParserError};
 
-use crate::catalog::{Catalog, CatalogEntry, TableSource};
+use crate::catalog::{Catalog, CatalogEntry, EventTime, TableSource};
 use crate::error::{sql_error, Result, RiffleError};
 use crate::exec::{execute, ExecConfig, QueryStats};
 use crate::logical::LogicalPlan;
 use crate::optimizer::optimize;
 use crate::physical::{plan_physical, PhysicalPlan};
+use crate::sql::flink::WatermarkClause;
 use crate::sql::Binder;
-use crate::types::parse_sql_type;
+use crate::types::{parse_sql_type, sql_name};
 
 /// What a statement returned: rows (possibly none) under a schema.
 #[derive(Debug, Clone)]
@@ -54,6 +55,26 @@ impl Default for Session {
 
 /// Parses SQL text into statements, turning parser errors into positioned errors.
 pub fn parse_sql(sql: &str) -> Result<Vec<ast::Statement>> {
+    Ok(parse_statements(sql)?.into_iter().map(|(s, _)| s).collect())
+}
+
+/// Parses SQL text, Flink's `WATERMARK FOR` clauses included: each statement with the watermark
+/// clauses of its `CREATE TABLE`.
+pub fn parse_statements(sql: &str) -> Result<Vec<(ast::Statement, Vec<WatermarkClause>)>> {
+    let (text, mut watermarks) = crate::sql::flink::rewrite(sql).map_err(|e| e.with_sql(sql))?;
+    let statements = parse_rewritten(&text).map_err(|e| e.with_sql(sql))?;
+    Ok(statements
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (mine, rest) = watermarks.drain(..).partition(|w| w.statement == i);
+            watermarks = rest;
+            (s, mine)
+        })
+        .collect())
+}
+
+fn parse_rewritten(sql: &str) -> Result<Vec<ast::Statement>> {
     Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| {
         let message = match &e {
             ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
@@ -70,7 +91,7 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ast::Statement>> {
             Some(i) => message[..i].to_string(),
             None => message,
         };
-        sql_error(format!("syntax error: {clean}"), position).with_sql(sql)
+        sql_error(format!("syntax error: {clean}"), position)
     })
 }
 
@@ -88,8 +109,8 @@ impl Session {
 
     /// Runs every statement of `sql`, returning each one's result.
     pub fn execute(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
-        let statements = parse_sql(sql)?;
-        statements.iter().map(|s| self.run_statement(s).map_err(|e| e.with_sql(sql))).collect()
+        let statements = parse_statements(sql)?;
+        statements.iter().map(|(s, w)| self.run_with_watermarks(s, w).map_err(|e| e.with_sql(sql))).collect()
     }
 
     /// Runs `sql`, which must hold one statement, and returns its result.
@@ -116,6 +137,13 @@ impl Session {
     }
 
     pub fn run_statement(&mut self, stmt: &ast::Statement) -> Result<StatementResult> {
+        self.run_with_watermarks(stmt, &[])
+    }
+
+    fn run_with_watermarks(&mut self, stmt: &ast::Statement, watermarks: &[WatermarkClause]) -> Result<StatementResult> {
+        if !watermarks.is_empty() && !matches!(stmt, ast::Statement::CreateTable(_)) {
+            return Err(sql_error("WATERMARK FOR belongs in the column list of CREATE TABLE", Some(watermarks[0].position)));
+        }
         match stmt {
             ast::Statement::Query(q) => self.run_query(q),
             ast::Statement::Explain { statement, analyze, .. } => {
@@ -124,7 +152,7 @@ impl Session {
                 };
                 self.explain(q, *analyze)
             }
-            ast::Statement::CreateTable(ct) => self.create_table(ct),
+            ast::Statement::CreateTable(ct) => self.create_table(ct, watermarks),
             ast::Statement::CreateView(cv) => {
                 let name = cv.name.to_string();
                 if self.catalog.contains(&name) && !cv.or_replace && !cv.if_not_exists {
@@ -180,7 +208,7 @@ impl Session {
         Ok(StatementResult { schema, batches: vec![batch], is_query: true, stats: QueryStats::default() })
     }
 
-    fn create_table(&mut self, ct: &ast::CreateTable) -> Result<StatementResult> {
+    fn create_table(&mut self, ct: &ast::CreateTable, watermarks: &[WatermarkClause]) -> Result<StatementResult> {
         let name = ct.name.to_string();
         if self.catalog.contains(&name) {
             if ct.if_not_exists {
@@ -213,8 +241,39 @@ impl Session {
         } else {
             connector_table(&options, declared)?
         };
+        let event_time = match watermarks {
+            [] => None,
+            [w] => Some(self.event_time(&source.schema, w)?),
+            [_, second, ..] => return Err(sql_error("a table has at most one WATERMARK FOR clause", Some(second.position))),
+        };
+        let source = source.with_event_time(event_time);
         self.catalog.register(&name, CatalogEntry::Table(Arc::new(source)));
         Ok(StatementResult::command())
+    }
+
+    /// Binds `WATERMARK FOR column AS expr` against the table's columns.
+    fn event_time(&self, schema: &SchemaRef, w: &WatermarkClause) -> Result<EventTime> {
+        let at = Some(w.position);
+        let column = schema.fields().iter().position(|f| f.name().eq_ignore_ascii_case(&w.column)).ok_or_else(|| {
+            sql_error(format!("WATERMARK FOR '{}': the table has no such column", w.column), at)
+        })?;
+        if !matches!(schema.field(column).data_type(), DataType::Timestamp(..)) {
+            return Err(sql_error(
+                format!("WATERMARK FOR '{}': the event-time column must be a TIMESTAMP, not {}", w.column, sql_name(schema.field(column).data_type())),
+                at,
+            ));
+        }
+        let parsed = Parser::new(&GenericDialect {})
+            .try_with_sql(&w.expr)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|e| sql_error(format!("WATERMARK FOR '{}': cannot parse '{}': {e}", w.column, w.expr), at))?;
+        let scope = crate::sql::Scope::from_schema(schema, None);
+        let watermark = Binder::new(&self.catalog).bind_expr(&parsed, &mut crate::sql::ExprContext { scope: &scope, aggs: None })?;
+        let ty = watermark.data_type(schema);
+        if !matches!(ty, DataType::Timestamp(..)) {
+            return Err(sql_error(format!("WATERMARK FOR '{}': the watermark '{}' must be a TIMESTAMP, not {}", w.column, w.expr, sql_name(&ty)), at));
+        }
+        Ok(EventTime { column, watermark, text: w.expr.clone() })
     }
 
     fn insert(&mut self, ins: &ast::Insert) -> Result<StatementResult> {
@@ -248,7 +307,8 @@ impl Session {
                 &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
             )?);
         }
-        self.catalog.register(&name, CatalogEntry::Table(Arc::new(TableSource::memory(target, batches)?)));
+        let source = TableSource::memory(target, batches)?.with_event_time(table.event_time.clone());
+        self.catalog.register(&name, CatalogEntry::Table(Arc::new(source)));
         Ok(StatementResult::command())
     }
 

@@ -80,7 +80,8 @@ pub fn parse_sql_type(text: &str) -> Result<DataType> {
         }
         "BLOB" | "BYTEA" | "BINARY" | "VARBINARY" | "BYTES" => DataType::Binary,
         "DATE" => DataType::Date32,
-        "TIMESTAMP" | "DATETIME" | "TIMESTAMP WITHOUT TIME ZONE" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        // Flink's event-time types; Riffle's timestamps carry no zone.
+        "TIMESTAMP" | "DATETIME" | "TIMESTAMP WITHOUT TIME ZONE" | "TIMESTAMP_LTZ" | "TIMESTAMP WITH LOCAL TIME ZONE" => DataType::Timestamp(TimeUnit::Microsecond, None),
         "INTERVAL" => DataType::Interval(IntervalUnit::MonthDayNano),
         _ => return Err(RiffleError::NotSupported(format!("type {text}"))),
     })

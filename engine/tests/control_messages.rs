@@ -9,8 +9,11 @@ use riffle_engine::{ExecConfig, Session};
 fn messages(sql: &str, threads: usize) -> Vec<(usize, Message)> {
     let mut session = Session::new(ExecConfig { threads, batch_size: 2, stream: true, ..ExecConfig::default() });
     session
-        .sql("CREATE TABLE t AS SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd'), (5, 'e'), (6, 'f'), (7, 'g'), (8, 'h'), (9, 'i'), (10, 'j')) v(a, s)")
+        .sql("CREATE TABLE t (a INT, s VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)")
         .expect("create");
+    let rows: Vec<String> =
+        (1..=10).map(|i| format!("({i}, '{}', TIMESTAMP '2026-01-01 00:00:{i:02}')", (b'a' + i as u8 - 1) as char)).collect();
+    session.sql(&format!("INSERT INTO t VALUES {}", rows.join(", "))).expect("insert");
     let stmt = riffle_engine::session::parse_sql(sql).expect("parse").remove(0);
     let sqlparser::ast::Statement::Query(q) = stmt else { panic!("a query") };
     let (_, physical) = session.plan_query(&q).expect("plan");
@@ -57,7 +60,7 @@ fn check_order(msgs: &[(usize, Message)]) -> (usize, usize, usize) {
 #[test]
 fn control_messages_pass_through_stateless_operators() {
     for threads in [1, 2] {
-        let msgs = messages("SELECT a + 1, upper(s) FROM t WHERE a > 2", threads);
+        let msgs = messages("SELECT a + 1, upper(s), ts FROM t WHERE a > 2", threads);
         let (rows, watermarks, barriers) = check_order(&msgs);
         assert_eq!(rows, 8);
         assert!(watermarks >= 1, "watermarks reach the sink");
@@ -68,7 +71,7 @@ fn control_messages_pass_through_stateless_operators() {
 #[test]
 fn control_messages_pass_through_a_join_probe_and_an_exchange() {
     // LIMIT gathers two partitions into one through an exchange that aligns barriers and watermarks.
-    let msgs = messages("SELECT x.a, y.s FROM t x JOIN t y ON x.a = y.a WHERE x.a <= 9 LIMIT 100", 2);
+    let msgs = messages("SELECT x.a, y.s, x.ts FROM t x JOIN t y ON x.a = y.a WHERE x.a <= 9 LIMIT 100", 2);
     let (rows, watermarks, barriers) = check_order(&msgs);
     assert_eq!(rows, 9);
     assert!(watermarks >= 1 && barriers >= 1);

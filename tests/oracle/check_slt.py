@@ -5,7 +5,9 @@ Every `query` record is run in DuckDB (after the file's preceding `statement ok`
 answer, rendered the way the Riffle test runner renders values, must equal the expected block.
 Records DuckDB cannot run as written (Riffle-only syntax such as Flink connector DDL) are marked in
 the .slt file with a comment line `# oracle: skip` just above them; a whole file with
-`# oracle: skip-file`. Statements that fail in DuckDB are reported and their dependent queries skipped.
+`# oracle: skip-file`. Where DuckDB can compute the same answer in its own SQL (a Flink window table
+function as bucket arithmetic, say), comment lines `# oracle-sql: …` just above the record give that
+SQL, which DuckDB runs in place of the record's. Statements that fail in DuckDB are reported and their dependent queries skipped.
 
 Usage (from the repository root, with the peers' venv that has duckdb):
     ~/.cache/riffle-peers/venv/bin/python tests/oracle/check_slt.py [tests/sql/...slt ...]
@@ -64,10 +66,15 @@ def records(text: str):
     lines = text.split("\n")
     i = 0
     skip_next = False
+    oracle_sql = []
     while i < len(lines):
         line = lines[i]
         if line.strip() == "# oracle: skip":
             skip_next = True
+            i += 1
+            continue
+        if line.startswith("# oracle-sql:"):
+            oracle_sql.append(line[len("# oracle-sql:"):])
             i += 1
             continue
         if line.startswith("statement") or line.startswith("query"):
@@ -84,8 +91,10 @@ def records(text: str):
                 while i < len(lines) and lines[i].strip() != "":
                     expected.append(lines[i])
                     i += 1
-            yield header[0], header, "\n".join(sql), expected, skip_next, start + 1
+            text_sql = "\n".join(oracle_sql) if oracle_sql else "\n".join(sql)
+            yield header[0], header, text_sql, expected, skip_next, start + 1
             skip_next = False
+            oracle_sql = []
         else:
             i += 1
 

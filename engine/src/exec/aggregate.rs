@@ -39,7 +39,7 @@ pub(super) fn bucket_of(key: &[u8], depth: usize) -> usize {
 
 /// What to aggregate, shared by every partition.
 pub struct AggSpec {
-    group: Vec<Expr>,
+    pub(super) group: Vec<Expr>,
     aggs: Vec<AggCall>,
     /// Every aggregate's arguments in order, repeated subexpressions computed once.
     args: ExprList,
@@ -55,7 +55,7 @@ impl AggSpec {
     }
 }
 
-struct GroupTable {
+pub(super) struct GroupTable {
     converter: Option<RowConverter>,
     map: HashMap<Box<[u8]>, u32>,
     keys: Option<Rows>,
@@ -64,7 +64,7 @@ struct GroupTable {
 }
 
 /// Partial result of one partition: group keys and accumulator states.
-struct Partial {
+pub(super) struct Partial {
     keys: Vec<ArrayRef>,
     states: Vec<Vec<ArrayRef>>,
     num_groups: usize,
@@ -101,7 +101,7 @@ impl Partial {
 }
 
 impl GroupTable {
-    fn new(spec: &AggSpec) -> Result<GroupTable> {
+    pub(super) fn new(spec: &AggSpec) -> Result<GroupTable> {
         let key_types: Vec<DataType> = spec.group.iter().map(|g| g.data_type(&spec.input_schema)).collect();
         let converter = if key_types.is_empty() {
             None
@@ -178,7 +178,7 @@ impl GroupTable {
         Ok(codes.codes.iter().map(|c| slot[*c as usize]).collect())
     }
 
-    fn update(&mut self, spec: &AggSpec, batch: &RecordBatch) -> Result<()> {
+    pub(super) fn update(&mut self, spec: &AggSpec, batch: &RecordBatch) -> Result<()> {
         let keys = spec.group.iter().map(|g| evaluate(g, batch)).collect::<Result<Vec<_>>>()?;
         let groups = self.groups(&keys, batch.num_rows())?;
         let mut values = spec.args.evaluate(batch)?.into_iter();
@@ -213,7 +213,7 @@ impl GroupTable {
         Ok(())
     }
 
-    fn merge(&mut self, p: Partial) -> Result<()> {
+    pub(super) fn merge(&mut self, p: Partial) -> Result<()> {
         let groups = self.groups(&p.keys, p.num_groups)?;
         for (acc, states) in self.accs.iter_mut().zip(p.states) {
             acc.merge(&groups, self.num_groups, &states)?;
@@ -228,7 +228,7 @@ impl GroupTable {
         }
     }
 
-    fn into_partial(mut self) -> Result<Partial> {
+    pub(super) fn into_partial(mut self) -> Result<Partial> {
         for a in self.accs.iter_mut() {
             a.resize(self.num_groups);
         }
@@ -237,7 +237,7 @@ impl GroupTable {
         Ok(Partial { keys, states, num_groups: self.num_groups })
     }
 
-    fn size(&self) -> usize {
+    pub(super) fn size(&self) -> usize {
         self.keys.as_ref().map_or(0, |k| k.size()) * 2 + self.accs.iter().map(|a| a.size()).sum::<usize>()
     }
 
@@ -478,14 +478,20 @@ impl AggShared {
         Ok(())
     }
 
+    fn result(&self, table: GroupTable) -> Result<RecordBatch> {
+        self.spec.result(table)
+    }
+}
+
+impl AggSpec {
     /// The finished groups as a batch of the output schema.
-    fn result(&self, mut table: GroupTable) -> Result<RecordBatch> {
+    pub(super) fn result(&self, mut table: GroupTable) -> Result<RecordBatch> {
         let mut columns = table.key_arrays()?;
         for acc in table.accs.iter_mut() {
             acc.resize(table.num_groups);
             columns.push(acc.evaluate()?);
         }
-        let schema = self.spec.output_schema.clone();
+        let schema = self.output_schema.clone();
         let columns = columns
             .into_iter()
             .zip(schema.fields())

@@ -10,6 +10,8 @@ use super::basic::{FilterOp, LimitOp, ProjectOp};
 use super::join::{BuildSink, JoinShared, JoinSpec, ProbeOp};
 use super::scan::{BatchesSource, ExchangeSink, ExchangeSource, ScanShared, ScanSource};
 use super::sort::{SortShared, SortSink, SortSource};
+use super::window_aggregate::{WindowAggShared, WindowAggSink};
+use super::window_tvf::WindowTvfOp;
 use super::{ExecConfig, Exchange, Metered, Notifier, OpMetrics, Operator, PipelineTask, Sink, Source};
 use crate::error::Result;
 use crate::eval::evaluate;
@@ -172,6 +174,12 @@ impl Builder<'_> {
                 open.push(&metrics, move || Box::new(ProjectOp { exprs: exprs.clone(), schema: schema.clone() }));
                 open
             }
+            PhysicalPlan::WindowTvf { input, window, time, schema } => {
+                let mut open = self.open(input)?;
+                let (window, time, schema) = (*window, *time, schema.clone());
+                open.push(&metrics, move || Box::new(WindowTvfOp { window, time, schema: schema.clone() }));
+                open
+            }
             PhysicalPlan::Limit { input, skip, fetch } => {
                 let mut open = self.open(input)?;
                 let (skip, fetch) = (*skip, *fetch);
@@ -185,7 +193,17 @@ impl Builder<'_> {
                 open.push(&metrics, move || Box::new(LimitOp { skip, fetch }));
                 open
             }
-            PhysicalPlan::HashAggregate { input, group, aggs, schema } => {
+            PhysicalPlan::HashAggregate { input, group, aggs, window_end: Some(end), schema } if self.config.stream => {
+                let input_schema = input.schema();
+                let open = self.open(input)?;
+                let output = self.breaker_output(self.threads);
+                let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
+                let pool = self.memory.pool.clone();
+                let shared = Arc::new(WindowAggShared::new(spec, *end, open.partitions, output.clone(), batch_size, metrics, pool));
+                self.close(open, &|p| Ok(Box::new(WindowAggSink::new(shared.clone(), p))))?;
+                Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
+            }
+            PhysicalPlan::HashAggregate { input, group, aggs, schema, .. } => {
                 let input_schema = input.schema();
                 let open = self.open(input)?;
                 let output = self.breaker_output(self.threads);

@@ -17,6 +17,8 @@ mod prune;
 mod scan;
 mod scheduler;
 mod sort;
+mod window_aggregate;
+mod window_tvf;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -171,6 +173,8 @@ pub struct OpMetrics {
     /// Bytes and files the operator wrote to spill files.
     pub spilled_bytes: AtomicU64,
     pub spill_files: AtomicU64,
+    /// Rows that came after the watermark had passed their window's end, and were dropped.
+    pub late_rows: AtomicU64,
 }
 
 impl OpMetrics {
@@ -208,6 +212,10 @@ impl OpMetrics {
         let spilled = self.spilled_bytes.load(Ordering::Relaxed);
         if spilled > 0 {
             s.push_str(&format!(" spilled={} in {} files", human_bytes(spilled), self.spill_files.load(Ordering::Relaxed)));
+        }
+        let late = self.late_rows.load(Ordering::Relaxed);
+        if late > 0 {
+            s.push_str(&format!(" late_rows={late}"));
         }
         let groups = self.row_groups.load(Ordering::Relaxed);
         if groups > 0 {

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use riffle_formats::{BatchReader, FileFormat, Morsel};
 
@@ -23,6 +23,8 @@ pub struct ScanShared {
     schema: SchemaRef,
     morsels: Mutex<VecDeque<Work>>,
     batch_size: usize,
+    /// The table's watermark expression over the scanned columns, when it has one and they are read.
+    watermark: Option<Expr>,
 }
 
 enum Work {
@@ -79,7 +81,20 @@ impl ScanShared {
                 v
             }
         };
-        Ok(ScanShared { source, projection, dictionary, schema, morsels: Mutex::new(work), batch_size })
+        let watermark = source.event_time.as_ref().and_then(|et| {
+            let columns = et.watermark.column_set();
+            let position = |c: usize| projection.iter().position(|p| *p == c);
+            columns.iter().all(|c| position(*c).is_some()).then(|| et.watermark.clone().remap(&|c| position(c).unwrap_or(usize::MAX)))
+        });
+        Ok(ScanShared { source, projection, dictionary, schema, morsels: Mutex::new(work), batch_size, watermark })
+    }
+
+    /// The largest watermark `batch` allows (NULL event times allow nothing).
+    fn watermark_of(&self, batch: &RecordBatch) -> Result<Option<i64>> {
+        let Some(expr) = &self.watermark else { return Ok(None) };
+        let values = crate::eval::evaluate(expr, batch)?;
+        let micros = arrow::compute::cast(&values, &arrow::datatypes::DataType::Int64)?;
+        Ok(arrow::compute::max(micros.as_primitive::<arrow::datatypes::Int64Type>()))
     }
 
     /// The batch under the plan's column names; a column keeps its dictionary encoding if it has one.
@@ -112,11 +127,13 @@ pub struct ScanSource {
     ended: bool,
     pending: VecDeque<Message>,
     progress: Option<Arc<super::Progress>>,
+    /// The last watermark emitted (stream mode, tables with an event time).
+    watermark: i64,
 }
 
 impl ScanSource {
     pub fn new(shared: Arc<ScanShared>, stream: bool, progress: Option<Arc<super::Progress>>) -> ScanSource {
-        ScanSource { shared, reader: None, stream, batches: 0, ended: false, pending: VecDeque::new(), progress }
+        ScanSource { shared, reader: None, stream, batches: 0, ended: false, pending: VecDeque::new(), progress, watermark: i64::MIN }
     }
 
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
@@ -171,8 +188,12 @@ impl Source for ScanSource {
                     p.rows_read.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 }
                 if self.stream {
-                    // Control messages ride along with the data as they would from a live source.
-                    self.pending.push_back(Message::Watermark(self.batches as i64));
+                    // Control messages ride along with the data as they would from a live source: a
+                    // watermark when the batch moved event time on, a checkpoint barrier every other batch.
+                    if let Some(w) = self.shared.watermark_of(&batch)?.filter(|w| *w > self.watermark) {
+                        self.watermark = w;
+                        self.pending.push_back(Message::Watermark(w));
+                    }
                     if self.batches.is_multiple_of(2) {
                         self.pending.push_back(Message::Barrier(self.batches / 2));
                     }

@@ -73,6 +73,90 @@ pub struct SortKey {
     pub nulls_first: bool,
 }
 
+/// Which of Flink's window table functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Tumble,
+    Hop,
+    Cumulate,
+}
+
+/// A window table function's windows; times in microseconds. Windows are aligned to `offset`
+/// (0: the epoch), as in Flink: a TUMBLE window starts at `ts - (ts - offset) mod size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub kind: WindowKind,
+    pub size: i64,
+    /// HOP's slide, CUMULATE's step; TUMBLE's size.
+    pub step: i64,
+    pub offset: i64,
+}
+
+/// `window_time` is the window's last millisecond, as Flink's (whose event times are TIMESTAMP(3)).
+pub const WINDOW_TIME_BEFORE_END: i64 = 1_000;
+
+impl WindowSpec {
+    /// The most windows one row can fall in.
+    pub fn max_windows(&self) -> usize {
+        match self.kind {
+            WindowKind::Tumble => 1,
+            WindowKind::Hop | WindowKind::Cumulate => ((self.size + self.step - 1) / self.step).max(1) as usize,
+        }
+    }
+
+    /// Calls `each(start, end)` for every window holding event time `ts`.
+    pub fn windows(&self, ts: i64, each: &mut impl FnMut(i64, i64)) {
+        // Start of the `unit`-aligned period holding `ts`.
+        let align = |unit: i64| ts.saturating_sub(ts.saturating_sub(self.offset).rem_euclid(unit));
+        match self.kind {
+            WindowKind::Tumble => {
+                let start = align(self.size);
+                each(start, start.saturating_add(self.size));
+            }
+            WindowKind::Hop => {
+                let mut start = align(self.step);
+                while start.saturating_add(self.size) > ts {
+                    each(start, start.saturating_add(self.size));
+                    start = start.saturating_sub(self.step);
+                }
+            }
+            WindowKind::Cumulate => {
+                let start = align(self.size);
+                let last = start.saturating_add(self.size);
+                let mut end = start.saturating_add(self.step);
+                while end <= last {
+                    if end > ts {
+                        each(start, end);
+                    }
+                    end = end.saturating_add(self.step);
+                }
+            }
+        }
+    }
+
+    /// `TUMBLE(size=…)` for EXPLAIN.
+    pub fn describe(&self, time_column: &str) -> String {
+        let d = |us: i64| crate::format::duration(us);
+        let offset = if self.offset != 0 { format!(", offset={}", d(self.offset)) } else { String::new() };
+        match self.kind {
+            WindowKind::Tumble => format!("TUMBLE({time_column}, size={}{offset})", d(self.size)),
+            WindowKind::Hop => format!("HOP({time_column}, slide={}, size={}{offset})", d(self.step), d(self.size)),
+            WindowKind::Cumulate => format!("CUMULATE({time_column}, step={}, size={}{offset})", d(self.step), d(self.size)),
+        }
+    }
+}
+
+/// A window table function's output: its input's columns, then `window_start`, `window_end`,
+/// `window_time`.
+pub fn window_schema(input: &Schema) -> SchemaRef {
+    let ts = DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None);
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for name in ["window_start", "window_end", "window_time"] {
+        fields.push(Field::new(name, ts.clone(), false));
+    }
+    Arc::new(Schema::new(fields))
+}
+
 #[derive(Debug, Clone)]
 pub enum LogicalPlan {
     /// Reads columns `projection` of a table, keeping rows where every filter holds. Filters use
@@ -101,6 +185,10 @@ pub enum LogicalPlan {
     Limit { input: Box<LogicalPlan>, skip: usize, fetch: Option<usize> },
     /// UNION ALL.
     Union { inputs: Vec<LogicalPlan>, schema: SchemaRef },
+    /// Every input row once per window of `window` its column `time` falls in, with the window's
+    /// bounds appended (`window_schema`). Rows whose time is NULL fall in no window. `event_time`:
+    /// `time` is its input's event time, so watermarks tell when a window is complete.
+    WindowTvf { input: Box<LogicalPlan>, window: WindowSpec, time: usize, event_time: bool, schema: SchemaRef },
 }
 
 /// The schema of a join's output.
@@ -126,7 +214,8 @@ impl LogicalPlan {
             | LogicalPlan::Project { schema, .. }
             | LogicalPlan::Aggregate { schema, .. }
             | LogicalPlan::Join { schema, .. }
-            | LogicalPlan::Union { schema, .. } => schema.clone(),
+            | LogicalPlan::Union { schema, .. }
+            | LogicalPlan::WindowTvf { schema, .. } => schema.clone(),
             LogicalPlan::Filter { input, .. } | LogicalPlan::Sort { input, .. } | LogicalPlan::Limit { input, .. } => {
                 input.schema()
             }
@@ -140,7 +229,8 @@ impl LogicalPlan {
             | LogicalPlan::Project { input, .. }
             | LogicalPlan::Aggregate { input, .. }
             | LogicalPlan::Sort { input, .. }
-            | LogicalPlan::Limit { input, .. } => vec![input],
+            | LogicalPlan::Limit { input, .. }
+            | LogicalPlan::WindowTvf { input, .. } => vec![input],
             LogicalPlan::Join { left, right, .. } => vec![left, right],
             LogicalPlan::Union { inputs, .. } => inputs.iter().collect(),
         }
@@ -236,6 +326,30 @@ impl LogicalPlan {
                 None => format!("Limit: skip={skip}"),
             },
             LogicalPlan::Union { inputs, .. } => format!("Union: {} inputs", inputs.len()),
+            LogicalPlan::WindowTvf { input, window, time, event_time, .. } => {
+                let s = format!("WindowTvf: {}", window.describe(input.schema().field(*time).name()));
+                if *event_time { s + " event_time" } else { s }
+            }
+        }
+    }
+
+    /// The position of the event-time column among the output columns, if the plan keeps one: a
+    /// table's `WATERMARK FOR` column, through filters, projections of it and window functions.
+    pub fn event_time_column(&self) -> Option<usize> {
+        match self {
+            LogicalPlan::Scan { source, projection, .. } => {
+                let column = source.event_time.as_ref()?.column;
+                projection.iter().position(|p| *p == column)
+            }
+            LogicalPlan::Filter { input, .. }
+            | LogicalPlan::Sort { input, .. }
+            | LogicalPlan::Limit { input, .. }
+            | LogicalPlan::WindowTvf { input, .. } => input.event_time_column(),
+            LogicalPlan::Project { input, exprs, .. } => {
+                let c = input.event_time_column()?;
+                exprs.iter().position(|e| *e == Expr::Column(c))
+            }
+            _ => None,
         }
     }
 }

@@ -364,6 +364,19 @@ impl Binder<'_> {
         })
     }
 
+    /// A fixed-length `INTERVAL` in microseconds (a window's size: no months or years).
+    pub(super) fn interval_micros(&self, e: &ast::Expr) -> Result<i64> {
+        let ast::Expr::Interval(iv) = e else {
+            return Err(sql_error(format!("expected an INTERVAL such as INTERVAL '10' MINUTES, got {e}"), expr_pos(e)));
+        };
+        let value = self.interval(iv)?;
+        let v = arrow::array::AsArray::as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>(&value).value(0);
+        if v.months != 0 {
+            return Err(sql_error(format!("{e} has no fixed length: use days, hours, minutes or seconds"), expr_pos(e)));
+        }
+        Ok(v.days as i64 * 86_400_000_000 + v.nanoseconds / 1_000)
+    }
+
     fn interval(&self, iv: &ast::Interval) -> Result<ArrayRef> {
         let text = match iv.value.as_ref() {
             ast::Expr::Value(v) => match &v.value {

@@ -10,7 +10,7 @@ use super::expr::{expr_pos, span_pos};
 use super::{alias_columns, join, ExprContext, Scope};
 use crate::catalog::{CatalogEntry, TableSource};
 use crate::error::{sql_error, Result, RiffleError};
-use crate::logical::{BinaryOp, Expr, JoinKind, LogicalPlan};
+use crate::logical::{BinaryOp, Expr, JoinKind, LogicalPlan, WindowKind, WindowSpec};
 
 use super::Binder;
 
@@ -119,30 +119,17 @@ impl Binder<'_> {
     fn bind_table_factor(&mut self, f: &TableFactor) -> Result<(LogicalPlan, Scope)> {
         match f {
             TableFactor::Table { name, alias, args: None, .. } => {
-                let ident = name.0.last().and_then(|p| p.as_ident()).cloned();
-                let table = name.to_string();
-                let key = ident.as_ref().map(|i| i.value.to_ascii_lowercase()).unwrap_or_else(|| table.to_ascii_lowercase());
-                let qualifier = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| key.clone());
-                let (plan, scope) = if let Some((_, p, s)) = self.ctes.iter().rev().find(|(n, _, _)| *n == key) {
-                    (p.clone(), s.clone())
-                } else {
-                    match self.catalog.get(&key) {
-                        Some(CatalogEntry::Table(source)) => {
-                            let plan = scan(&key, source.clone());
-                            let scope = Scope::from_schema(&source.schema, None);
-                            (plan, scope)
-                        }
-                        Some(CatalogEntry::View(q)) => {
-                            let q = q.clone();
-                            self.bind_query(&q)?
-                        }
-                        None => {
-                            let pos = ident.as_ref().and_then(|i| span_pos(&i.span));
-                            return Err(sql_error(self.catalog.unknown(&table), pos));
-                        }
-                    }
-                };
+                let (plan, scope, key) = self.named_relation(name)?;
+                let qualifier = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or(key);
                 renamed(plan, scope.with_qualifier(&qualifier), alias.as_ref(), &qualifier)
+            }
+            TableFactor::TableFunction { expr: ast::Expr::Function(f), alias } => {
+                let name = f.name.to_string().to_ascii_lowercase();
+                let (plan, scope) = self.window_function(&name, f)?;
+                match alias {
+                    Some(a) => renamed(plan, scope, Some(a), &a.name.value),
+                    None => Ok((plan, scope)),
+                }
             }
             TableFactor::Table { name, alias, args: Some(args), .. } => {
                 let fname = name.to_string().to_ascii_lowercase();
@@ -171,6 +158,141 @@ impl Binder<'_> {
             }
             other => Err(RiffleError::NotSupported(format!("FROM item {other}"))),
         }
+    }
+
+    /// A table, view or CTE by name: its plan, its columns (unqualified) and the lower-cased name.
+    fn named_relation(&mut self, name: &ast::ObjectName) -> Result<(LogicalPlan, Scope, String)> {
+        let ident = name.0.last().and_then(|p| p.as_ident()).cloned();
+        let table = name.to_string();
+        let key = ident.as_ref().map(|i| i.value.to_ascii_lowercase()).unwrap_or_else(|| table.to_ascii_lowercase());
+        if let Some((_, p, s)) = self.ctes.iter().rev().find(|(n, _, _)| *n == key) {
+            return Ok((p.clone(), s.clone(), key));
+        }
+        match self.catalog.get(&key) {
+            Some(CatalogEntry::Table(source)) => {
+                let plan = scan(&key, source.clone());
+                let scope = Scope::from_schema(&source.schema, None);
+                Ok((plan, scope, key))
+            }
+            Some(CatalogEntry::View(q)) => {
+                let q = q.clone();
+                let (plan, scope) = self.bind_query(&q)?;
+                Ok((plan, scope, key))
+            }
+            None => {
+                let pos = ident.as_ref().and_then(|i| span_pos(&i.span));
+                Err(sql_error(self.catalog.unknown(&table), pos))
+            }
+        }
+    }
+
+    /// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size [, offset]))`, `HOP(…, slide, size [, offset])`,
+    /// `CUMULATE(…, step, size [, offset])`, with positional or Flink's named arguments (`DATA`,
+    /// `TIMECOL`, `SIZE`, `SLIDE`, `STEP`, `OFFSET`). The data is a table, view or CTE by name, or a
+    /// subquery.
+    fn window_function(&mut self, name: &str, f: &ast::Function) -> Result<(LogicalPlan, Scope)> {
+        let (kind, params): (WindowKind, &[&str]) = match name {
+            "tumble" => (WindowKind::Tumble, &["data", "timecol", "size", "offset"]),
+            "hop" => (WindowKind::Hop, &["data", "timecol", "slide", "size", "offset"]),
+            "cumulate" => (WindowKind::Cumulate, &["data", "timecol", "step", "size", "offset"]),
+            "session" => {
+                return Err(RiffleError::NotSupported("the SESSION window table function (TUMBLE, HOP and CUMULATE work)".into()))
+            }
+            other => {
+                let hint = crate::error::closest(other, ["tumble", "hop", "cumulate"]).map(|c| format!("; did you mean '{c}'?")).unwrap_or_default();
+                return Err(RiffleError::plan(format!("table function '{other}' does not exist{hint}")));
+            }
+        };
+        let usage = match kind {
+            WindowKind::Tumble => "TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '10' MINUTES [, offset])",
+            WindowKind::Hop => "HOP(TABLE t, DESCRIPTOR(ts), slide, size [, offset])",
+            WindowKind::Cumulate => "CUMULATE(TABLE t, DESCRIPTOR(ts), step, size [, offset])",
+        };
+        let ast::FunctionArguments::List(list) = &f.args else {
+            return Err(RiffleError::plan(format!("{} needs arguments: {usage}", name.to_uppercase())));
+        };
+        let mut args: Vec<Option<&ast::Expr>> = vec![None; params.len()];
+        for (i, a) in list.args.iter().enumerate() {
+            let (slot, e) = match a {
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => (i, e),
+                ast::FunctionArg::Named { name: n, arg: ast::FunctionArgExpr::Expr(e), .. } => (param_slot(params, &n.value, usage)?, e),
+                ast::FunctionArg::ExprNamed { name: ast::Expr::Identifier(n), arg: ast::FunctionArgExpr::Expr(e), .. } => {
+                    (param_slot(params, &n.value, usage)?, e)
+                }
+                other => return Err(RiffleError::plan(format!("unexpected argument {other}: {usage}"))),
+            };
+            let Some(place) = args.get_mut(slot) else {
+                return Err(RiffleError::plan(format!("too many arguments: {usage}")));
+            };
+            *place = Some(e);
+        }
+        let required = |k: usize| args[k].ok_or_else(|| RiffleError::plan(format!("missing argument {}: {usage}", params[k].to_uppercase())));
+        let (plan, scope) = match required(0)? {
+            ast::Expr::Identifier(id) => {
+                let (plan, scope, _) = self.named_relation(&ast::ObjectName::from(vec![id.clone()]))?;
+                (plan, scope)
+            }
+            ast::Expr::CompoundIdentifier(ids) => {
+                let (plan, scope, _) = self.named_relation(&ast::ObjectName::from(ids.clone()))?;
+                (plan, scope)
+            }
+            ast::Expr::Subquery(q) => self.bind_query(q)?,
+            other => return Err(sql_error(format!("the data of a window function is TABLE name or a subquery: {usage}"), expr_pos(other))),
+        };
+        let time = match required(1)? {
+            ast::Expr::Function(d) if d.name.to_string().eq_ignore_ascii_case("descriptor") => match &d.args {
+                ast::FunctionArguments::List(l) if l.args.len() == 1 => match &l.args[0] {
+                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Identifier(id))) => {
+                        match self.bind_expr(&ast::Expr::Identifier(id.clone()), &mut ExprContext { scope: &scope, aggs: None })? {
+                            Expr::Column(c) => c,
+                            _ => return Err(RiffleError::plan(format!("DESCRIPTOR names a column: {usage}"))),
+                        }
+                    }
+                    _ => return Err(RiffleError::plan(format!("DESCRIPTOR names one column: {usage}"))),
+                },
+                _ => return Err(RiffleError::plan(format!("DESCRIPTOR names one column: {usage}"))),
+            },
+            other => return Err(sql_error(format!("the time column is given as DESCRIPTOR(column): {usage}"), expr_pos(other))),
+        };
+        let time_type = plan.schema().field(time).data_type().clone();
+        if !matches!(time_type, arrow::datatypes::DataType::Timestamp(..)) {
+            return Err(RiffleError::plan(format!(
+                "the time column '{}' of {} must be a TIMESTAMP, not {}",
+                plan.schema().field(time).name(),
+                name.to_uppercase(),
+                crate::types::sql_name(&time_type)
+            )));
+        }
+        let duration = |k: usize| -> Result<i64> {
+            let e = required(k)?;
+            let micros = self.interval_micros(e)?;
+            if micros <= 0 && params[k] != "offset" {
+                return Err(sql_error(format!("the window {} must be positive, got {e}", params[k].to_uppercase()), expr_pos(e)));
+            }
+            Ok(micros)
+        };
+        let (size, step) = match kind {
+            WindowKind::Tumble => {
+                let size = duration(2)?;
+                (size, size)
+            }
+            WindowKind::Hop | WindowKind::Cumulate => (duration(3)?, duration(2)?),
+        };
+        let offset = if args[params.len() - 1].is_some() { duration(params.len() - 1)? } else { 0 };
+        if kind == WindowKind::Cumulate && size % step != 0 {
+            return Err(RiffleError::plan(format!(
+                "CUMULATE's size ({}) must be a whole multiple of its step ({})",
+                crate::format::duration(size),
+                crate::format::duration(step)
+            )));
+        }
+        let event_time = plan.event_time_column() == Some(time);
+        let schema = crate::logical::window_schema(&plan.schema());
+        let window = WindowSpec { kind, size, step, offset };
+        let plan = LogicalPlan::WindowTvf { input: Box::new(plan), window, time, event_time, schema: schema.clone() };
+        let mut columns = scope.columns.clone();
+        columns.extend(Scope::from_schema(&schema, None).columns.into_iter().skip(scope.columns.len()));
+        Ok((plan, Scope { columns }))
     }
 
     /// `read_parquet('glob')`, `read_csv('glob', header=true, delim='|')`, `read_json(…)`, `read_arrow(…)`.
@@ -250,6 +372,11 @@ fn gensort_table(records: Option<&str>, options: &[(String, String)]) -> Result<
         }
     }
     Ok(TableSource::generated(records, riffle_formats::gensort::RecordGenerator { seed }))
+}
+
+/// The position of a named argument among a window function's parameters.
+fn param_slot(params: &[&str], name: &str, usage: &str) -> Result<usize> {
+    params.iter().position(|p| p.eq_ignore_ascii_case(name)).ok_or_else(|| RiffleError::plan(format!("unknown argument '{name}': {usage}")))
 }
 
 /// Applies a FROM item's alias: column names from `alias`, every column qualified by `qualifier`.

@@ -2,6 +2,7 @@
 //! turns subqueries into joins.
 
 mod expr;
+pub mod flink;
 mod scope;
 
 use std::sync::Arc;
