@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -94,11 +95,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 session.register_path(name.trim(), path.trim()).with_context(|| format!("cannot register table '{name}'"))?;
             }
             if let Some(sql) = command {
-                return run_script(&mut session, &sql, format);
+                return if stream { run_stream(&mut session, &sql, format) } else { run_script(&mut session, &sql, format) };
             }
             if let Some(path) = file {
                 let sql = std::fs::read_to_string(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
-                return run_script(&mut session, &sql, format);
+                return if stream { run_stream(&mut session, &sql, format) } else { run_script(&mut session, &sql, format) };
             }
             if std::io::stdin().is_terminal() {
                 return shell(&mut session, format);
@@ -131,6 +132,47 @@ fn run_script(session: &mut Session, sql: &str, format: OutputFormat) -> anyhow:
     let mut out = std::io::stdout().lock();
     out.write_all(&buf).context("cannot write to stdout")?;
     out.flush().context("cannot write to stdout")?;
+    Ok(())
+}
+
+/// Runs every statement as a stream: a query that never ends prints its rows as they come (a table
+/// per batch, or CSV / JSON lines), until it is interrupted; other results print when done.
+fn run_stream(session: &mut Session, sql: &str, format: OutputFormat) -> anyhow::Result<()> {
+    let header_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let printer: riffle_engine::session::RowSink = Arc::new(move |schema, batch| {
+        let mut buf = Vec::new();
+        let batches = std::slice::from_ref(batch);
+        let written = match format {
+            OutputFormat::Csv => {
+                let mut text = Vec::new();
+                let result = write_csv(&mut text, schema, batches);
+                // The header once, at the top.
+                let skip = if header_done.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    text.iter().position(|c| *c == b'\n').map_or(0, |p| p + 1)
+                } else {
+                    0
+                };
+                buf.extend_from_slice(&text[skip..]);
+                result
+            }
+            OutputFormat::Json => write_json(&mut buf, batches),
+            OutputFormat::Table => write_table(&mut buf, schema, batches),
+        };
+        written?;
+        let mut out = std::io::stdout().lock();
+        match out.write_all(&buf).and_then(|_| out.flush()) {
+            // The reader went away (`| head`): stop quietly, as a pipeline's writer does.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            other => other.map_err(|e| riffle_engine::RiffleError::exec(format!("cannot write to stdout: {e}"))),
+        }
+    });
+    for r in session.execute_streaming(sql, printer)? {
+        let mut buf = Vec::new();
+        print_result(&mut buf, &r, format)?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&buf).context("cannot write to stdout")?;
+        out.flush().context("cannot write to stdout")?;
+    }
     Ok(())
 }
 

@@ -168,3 +168,35 @@ fn ctrl_c_during_a_spilling_sort_removes_the_spill_files() {
     assert!(stdout(&o).is_empty(), "no partial result on stdout: {}", stdout(&o));
     assert_eq!(std::fs::read_dir(spill.path()).expect("spill dir").count(), 0, "spill directory left behind");
 }
+
+#[test]
+fn a_stream_without_end_prints_each_window_as_it_closes() {
+    use std::io::{BufRead, BufReader};
+    let sql = "CREATE TABLE bid (price BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
+               WITH ('connector' = 'nexmark', 'table' = 'bid', 'first-event.rate' = '1000'); \
+               SELECT window_start, count(*) AS bids FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '10' SECOND)) \
+               GROUP BY window_start, window_end";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_riffle"))
+        .args(["sql", "--stream", "--threads", "2", "--format", "csv", "-c", sql])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("riffle starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first: Vec<String> = (0..4).map(|_| lines.next().expect("a line").expect("text")).collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    // 1,000 events per second, 46 in 50 of them bids: 9,200 bids in each 10-second window, in order.
+    assert_eq!(
+        first,
+        ["window_start,bids", "2026-01-01 00:00:00,9200", "2026-01-01 00:00:10,9200", "2026-01-01 00:00:20,9200"],
+    );
+}
+
+#[test]
+fn a_batch_query_over_a_table_without_end_is_refused() {
+    let sql = "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid'); SELECT price FROM bid WHERE price > 10";
+    let o = riffle(&["sql", "-c", sql], None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("table 'bid' has no end: run the query as a stream (riffle sql --stream)"), "{}", stderr(&o));
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use riffle_formats::nexmark::{NexmarkConfig, NexmarkTable};
 use riffle_formats::{FileFormat, Morsel};
 
 use crate::error::{closest, Result, RiffleError};
@@ -19,6 +20,9 @@ pub enum TableData {
     Memory(Vec<RecordBatch>),
     /// Sort-benchmark records made as they are read: `records` of them.
     Generated { records: u64, generator: riffle_formats::gensort::RecordGenerator },
+    /// Nexmark events of one table, made as they are read: events `0 .. events`, or without end.
+    /// `columns[i]` is the generator's column that the table's column `i` is.
+    Nexmark { config: NexmarkConfig, table: NexmarkTable, events: Option<u64>, columns: Vec<usize> },
 }
 
 #[derive(Debug)]
@@ -94,6 +98,33 @@ impl TableSource {
 }
 
 impl TableSource {
+    /// Nexmark's `table`; with `declared` columns, those of its columns (by name, in that order).
+    pub fn nexmark(config: NexmarkConfig, table: NexmarkTable, events: Option<u64>, declared: Option<SchemaRef>) -> Result<TableSource> {
+        let all = table.schema();
+        let (schema, columns) = match declared {
+            None => (all.clone(), (0..all.fields().len()).collect()),
+            Some(d) => {
+                let columns = d
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        all.fields().iter().position(|a| a.name().eq_ignore_ascii_case(f.name())).ok_or_else(|| {
+                            let names: Vec<&str> = all.fields().iter().map(|a| a.name().as_str()).collect();
+                            RiffleError::plan(format!("the nexmark {table:?} table has no column '{}' (it has {})", f.name(), names.join(", ")))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (crate::types::storage_schema(&d), columns)
+            }
+        };
+        Ok(TableSource { schema, data: TableData::Nexmark { config, table, events, columns }, event_time: None })
+    }
+
+    /// Whether reading the table never ends.
+    pub fn unbounded(&self) -> bool {
+        matches!(self.data, TableData::Nexmark { events: None, .. })
+    }
+
     pub fn with_event_time(self, event_time: Option<EventTime>) -> TableSource {
         TableSource { event_time, ..self }
     }

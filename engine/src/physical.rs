@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::catalog::TableSource;
-use crate::error::Result;
+use crate::error::{Result, RiffleError};
 use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey, WindowSpec};
 
 #[derive(Debug, Clone)]
@@ -81,6 +81,65 @@ impl PhysicalPlan {
             }
             PhysicalPlan::Union { inputs, .. } => inputs.iter().collect(),
         }
+    }
+
+    /// Whether the output never ends: the plan reads a table without end and nothing stops reading
+    /// (a LIMIT does, once it has its rows).
+    pub fn unbounded(&self) -> bool {
+        match self {
+            PhysicalPlan::Scan { source, .. } => source.unbounded(),
+            PhysicalPlan::Limit { fetch: Some(_), .. } => false,
+            PhysicalPlan::HashJoin { probe, .. } | PhysicalPlan::NestedLoopJoin { probe, .. } => probe.unbounded(),
+            other => other.inputs().iter().any(|i| i.unbounded()),
+        }
+    }
+
+    /// The first table without end that the plan reads.
+    fn unbounded_table(&self) -> Option<&str> {
+        match self {
+            PhysicalPlan::Scan { name, source, .. } if source.unbounded() => Some(name),
+            other => other.inputs().into_iter().find_map(|i| i.unbounded_table()),
+        }
+    }
+
+    /// Refuses a plan whose answer would never come because it reads a table without end: a batch
+    /// query whose output has no end, or any operator that emits only at the end of its input over
+    /// such an input (a sort, a join's build side, a GROUP BY, except as a stream one by an event-time
+    /// window, which emits as the watermark passes).
+    pub fn check_runnable(&self, stream: bool) -> Result<()> {
+        let Some(table) = self.unbounded_table() else { return Ok(()) };
+        self.check_blocking(table, stream)?;
+        if !stream && self.unbounded() {
+            return Err(RiffleError::plan(format!(
+                "table '{table}' has no end: run the query as a stream (riffle sql --stream) or bound the table (nexmark: 'events.num')"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_blocking(&self, table: &str, stream: bool) -> Result<()> {
+        let never = |what: &str| {
+            let instead = if stream {
+                "Group by a window instead (TUMBLE, HOP, CUMULATE on the table's event time)"
+            } else {
+                "Run it as a stream (riffle sql --stream) grouped by an event-time window"
+            };
+            Err(RiffleError::NotSupported(format!(
+                "{what} over the unbounded table '{table}': it emits only at the end of its input, which never comes. \
+                 {instead}, or bound the table (nexmark: 'events.num')"
+            )))
+        };
+        match self {
+            PhysicalPlan::HashAggregate { input, window_end, .. } if input.unbounded() && (window_end.is_none() || !stream) => {
+                return never("GROUP BY")
+            }
+            PhysicalPlan::Sort { input, .. } if input.unbounded() => return never("ORDER BY"),
+            PhysicalPlan::HashJoin { build, .. } | PhysicalPlan::NestedLoopJoin { build, .. } if build.unbounded() => {
+                return never("a join with an unbounded right side")
+            }
+            _ => {}
+        }
+        self.inputs().into_iter().try_for_each(|i| i.check_blocking(table, stream))
     }
 
     /// Node count; nodes are numbered in pre-order, which `exec` uses to attach metrics.

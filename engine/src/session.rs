@@ -42,6 +42,9 @@ impl StatementResult {
     }
 }
 
+/// Takes each batch of a streamed query's rows, with their schema, as it is produced.
+pub type RowSink = Arc<dyn Fn(&SchemaRef, &RecordBatch) -> Result<()> + Send + Sync>;
+
 pub struct Session {
     pub catalog: Catalog,
     pub config: ExecConfig,
@@ -111,6 +114,41 @@ impl Session {
     pub fn execute(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
         let statements = parse_statements(sql)?;
         statements.iter().map(|(s, w)| self.run_with_watermarks(s, w).map_err(|e| e.with_sql(sql))).collect()
+    }
+
+    /// Like [`Session::execute`], but the rows of a query that never ends (it reads a table without
+    /// end) go to `rows` batch by batch as they are produced, and its result holds none: a stream's
+    /// answer, shown while the query runs.
+    pub fn execute_streaming(&mut self, sql: &str, rows: RowSink) -> Result<Vec<StatementResult>> {
+        let statements = parse_statements(sql)?;
+        let mut results = Vec::new();
+        for (stmt, watermarks) in &statements {
+            let result = match stmt {
+                ast::Statement::Query(q) if watermarks.is_empty() => self.stream_query(q, &rows),
+                other => self.run_with_watermarks(other, watermarks),
+            };
+            results.push(result.map_err(|e| e.with_sql(sql))?);
+        }
+        Ok(results)
+    }
+
+    fn stream_query(&self, q: &ast::Query, rows: &RowSink) -> Result<StatementResult> {
+        let (_, physical) = self.plan_query(q)?;
+        if !physical.unbounded() {
+            let out = execute(&physical, &self.config)?;
+            return Ok(StatementResult { schema: physical.schema(), batches: out.batches, is_query: true, stats: out.stats });
+        }
+        let schema = physical.schema();
+        let (sink, sink_schema) = (rows.clone(), schema.clone());
+        let stats = crate::exec::execute_into(
+            &physical,
+            &self.config,
+            Arc::new(move |_, msg| match msg {
+                crate::Message::Batch(b) => sink(&sink_schema, &b),
+                _ => Ok(()),
+            }),
+        )?;
+        Ok(StatementResult { schema, batches: vec![], is_query: true, stats })
     }
 
     /// Runs `sql`, which must hold one statement, and returns its result.
@@ -474,6 +512,60 @@ fn connector_table(options: &[(String, String)], declared: Option<SchemaRef>) ->
             }
             TableSource::files(path, format, declared)
         }
-        other => Err(RiffleError::NotSupported(format!("connector '{other}' (supported: filesystem)"))),
+        "nexmark" => nexmark_table(options, declared),
+        other => Err(RiffleError::NotSupported(format!("connector '{other}' (supported: filesystem, nexmark)"))),
     }
+}
+
+/// `WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '1000000', …)`: Nexmark's generator
+/// (options named as in Flink's Nexmark suite); without 'events.num' the table never ends.
+fn nexmark_table(options: &[(String, String)], declared: Option<SchemaRef>) -> Result<TableSource> {
+    use riffle_formats::nexmark::{NexmarkConfig, NexmarkTable};
+    let mut config = NexmarkConfig::default();
+    let mut table = None;
+    let mut events = None;
+    let number = |k: &str, v: &str| -> Result<u64> {
+        v.trim().parse().map_err(|_| RiffleError::plan(format!("nexmark option '{k}' must be a whole number, got '{v}'")))
+    };
+    for (k, v) in options {
+        match k.as_str() {
+            "connector" => {}
+            "table" | "nexmark.table" => {
+                table = Some(NexmarkTable::parse(v).ok_or_else(|| {
+                    RiffleError::plan(format!("unknown nexmark table '{v}' (use person, auction or bid)"))
+                })?)
+            }
+            "events.num" => events = Some(number(k, v)?),
+            "first-event.rate" | "next-event.rate" | "events-per-second" => config.events_per_second = number(k, v)?.max(1),
+            "person.proportion" => config.person_proportion = number(k, v)?,
+            "auction.proportion" => config.auction_proportion = number(k, v)?,
+            "bid.proportion" => config.bid_proportion = number(k, v)?,
+            "seed" => config.seed = number(k, v)?,
+            "base-time" => {
+                let parsed = arrow::compute::cast(
+                    &arrow::array::StringArray::from(vec![v.as_str()]),
+                    &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+                )
+                .ok()
+                .and_then(|a| a.as_any().downcast_ref::<arrow::array::TimestampMicrosecondArray>().filter(|t| arrow::array::Array::is_valid(*t, 0)).map(|t| t.value(0)));
+                config.base_time = parsed
+                    .ok_or_else(|| RiffleError::plan(format!("nexmark option 'base-time' must be a timestamp such as '2026-01-01 00:00:00', got '{v}'")))?;
+            }
+            other => {
+                return Err(RiffleError::plan(format!(
+                    "unknown nexmark option '{other}' (known: table, events.num, first-event.rate, person.proportion, auction.proportion, bid.proportion, seed, base-time)"
+                )))
+            }
+        }
+    }
+    let table = table.ok_or_else(|| RiffleError::plan("the nexmark connector needs 'table' = 'person', 'auction' or 'bid'"))?;
+    let share = match table {
+        NexmarkTable::Person => config.person_proportion,
+        NexmarkTable::Auction => config.auction_proportion,
+        NexmarkTable::Bid => config.bid_proportion,
+    };
+    if share == 0 {
+        return Err(RiffleError::plan(format!("the nexmark {table:?} table would be empty: its proportion is 0")));
+    }
+    TableSource::nexmark(config, table, events, declared)
 }

@@ -4,6 +4,7 @@
 mod error;
 mod files;
 pub mod gensort;
+pub mod nexmark;
 mod read;
 mod write;
 

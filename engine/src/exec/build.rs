@@ -196,12 +196,16 @@ impl Builder<'_> {
             PhysicalPlan::HashAggregate { input, group, aggs, window_end: Some(end), schema } if self.config.stream => {
                 let input_schema = input.schema();
                 let open = self.open(input)?;
-                let output = self.breaker_output(self.threads);
+                // Windows leave in the order they complete, into one partition that keeps it: a
+                // window's groups are few, and what consumes them sees event time in order.
+                // A bounded queue: a slow consumer holds the partitions back (backpressure), as the
+                // stream never ends.
+                let output = Arc::new(Exchange::new(1, 1, EXCHANGE_CAPACITY, self.notifier.clone()));
                 let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
                 let pool = self.memory.pool.clone();
                 let shared = Arc::new(WindowAggShared::new(spec, *end, open.partitions, output.clone(), batch_size, metrics, pool));
                 self.close(open, &|p| Ok(Box::new(WindowAggSink::new(shared.clone(), p))))?;
-                Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
+                Open { source: SourceSpec::Exchange(output), partitions: 1, ops: vec![] }
             }
             PhysicalPlan::HashAggregate { input, group, aggs, schema, .. } => {
                 let input_schema = input.schema();

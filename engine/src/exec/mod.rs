@@ -458,6 +458,7 @@ fn run_into(
     config: &ExecConfig,
     root: &dyn Fn(usize) -> Result<Box<dyn Sink>>,
 ) -> Result<(Vec<Arc<OpMetrics>>, QueryStats)> {
+    plan.check_runnable(config.stream)?;
     let threads = config.threads.max(1);
     let notifier = Notifier::new();
     let metrics: Vec<Arc<OpMetrics>> = (0..plan.node_count()).map(|_| Arc::new(OpMetrics::default())).collect();

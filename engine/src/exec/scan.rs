@@ -25,6 +25,8 @@ pub struct ScanShared {
     batch_size: usize,
     /// The table's watermark expression over the scanned columns, when it has one and they are read.
     watermark: Option<Expr>,
+    /// A generated event table hands out event ranges as they are asked for.
+    events: Mutex<Option<EventCursor>>,
 }
 
 enum Work {
@@ -32,6 +34,15 @@ enum Work {
     Batch(RecordBatch),
     /// Records `start..start + n` of a generated table.
     Generate(u64, usize),
+    /// Nexmark events `start..start + n`.
+    Events(u64, u64),
+}
+
+/// The next Nexmark events to hand out, up to `end` (none: without end).
+struct EventCursor {
+    next: u64,
+    end: Option<u64>,
+    chunk: u64,
 }
 
 impl ScanShared {
@@ -67,6 +78,7 @@ impl ScanShared {
                 }
                 v
             }
+            TableData::Nexmark { .. } => VecDeque::new(),
             TableData::Memory(batches) => {
                 let mut v = VecDeque::new();
                 for b in batches {
@@ -86,7 +98,22 @@ impl ScanShared {
             let position = |c: usize| projection.iter().position(|p| *p == c);
             columns.iter().all(|c| position(*c).is_some()).then(|| et.watermark.clone().remap(&|c| position(c).unwrap_or(usize::MAX)))
         });
-        Ok(ScanShared { source, projection, dictionary, schema, morsels: Mutex::new(work), batch_size, watermark })
+        let events = match &source.data {
+            TableData::Nexmark { config, table, events, .. } => {
+                Some(EventCursor { next: 0, end: *events, chunk: config.events_for_rows(*table, batch_size) })
+            }
+            _ => None,
+        };
+        Ok(ScanShared {
+            source,
+            projection,
+            dictionary,
+            schema,
+            morsels: Mutex::new(work),
+            batch_size,
+            watermark,
+            events: Mutex::new(events),
+        })
     }
 
     /// The largest watermark `batch` allows (NULL event times allow nothing).
@@ -113,7 +140,37 @@ impl ScanShared {
     }
 
     fn take(&self) -> Option<Work> {
-        self.morsels.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+        if let Some(w) = self.morsels.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+            return Some(w);
+        }
+        let mut cursor = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let c = cursor.as_mut()?;
+        let n = match c.end {
+            Some(end) => end.saturating_sub(c.next).min(c.chunk),
+            None => c.chunk,
+        };
+        let start = c.next;
+        c.next += n;
+        (n > 0).then_some(Work::Events(start, n))
+    }
+
+    /// Nexmark events `start..start + n`: the rows of the table's event kind, its columns.
+    fn events(&self, start: u64, n: u64) -> Result<RecordBatch> {
+        let TableData::Nexmark { config, table, columns, .. } = &self.source.data else {
+            return Err(RiffleError::exec("event range for a table that is not generated"));
+        };
+        let all = config.batch(*table, start, n)?;
+        let schema = &self.source.schema;
+        let columns = columns
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| {
+                let col = all.column(*c);
+                if col.data_type() == f.data_type() { Ok(col.clone()) } else { Ok(arrow::compute::cast(col, f.data_type())?) }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(all.num_rows()));
+        Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?.project(&self.projection)?)
     }
 }
 
@@ -153,6 +210,7 @@ impl ScanSource {
                     };
                     return Ok(Some(generator.batch(start, n).project(&self.shared.projection)?));
                 }
+                Some(Work::Events(start, n)) => return Ok(Some(self.shared.events(start, n)?)),
                 Some(Work::File(m)) => {
                     let TableData::Files { format, .. } = &self.shared.source.data else {
                         return Err(RiffleError::exec("file morsel for an in-memory table"));

@@ -154,17 +154,18 @@ fn worker(slots: &[Mutex<Option<PipelineTask>>], notifier: &Notifier) {
                 if st.error.is_some() || st.remaining == 0 {
                     return;
                 }
-                if let Some(id) = st.runnable.pop_front() {
-                    let v = st.version;
-                    st.running += 1;
-                    break (id, v);
-                }
+                // Tasks whose wait may be over queue up behind the runnable ones first: with sources
+                // that never block (an endless generator), waking them only when nothing else can run
+                // would starve their consumers.
                 let v = st.version;
-                let (wake, keep): (Vec<_>, Vec<_>) = st.blocked.iter().partition(|(_, seen)| *seen < v);
-                if !wake.is_empty() {
+                if st.blocked.iter().any(|(_, seen)| *seen < v) {
+                    let (wake, keep): (Vec<_>, Vec<_>) = st.blocked.iter().partition(|(_, seen)| *seen < v);
                     st.blocked = keep;
                     st.runnable.extend(wake.into_iter().map(|(id, _)| id));
-                    continue;
+                }
+                if let Some(id) = st.runnable.pop_front() {
+                    st.running += 1;
+                    break (id, v);
                 }
                 if st.running == 0 && st.blocked.len() == st.remaining {
                     // Every task waits and nothing runs that could wake one: a bug, not a slow query.

@@ -177,6 +177,11 @@ impl WindowAggSink {
 }
 
 impl Sink for WindowAggSink {
+    /// Emitted windows wait in a bounded queue; while it is full the partitions stop reading.
+    fn has_capacity(&self) -> bool {
+        self.shared.output.has_capacity(0)
+    }
+
     fn push(&mut self, msg: Message) -> Result<()> {
         if self.ended {
             return Ok(());

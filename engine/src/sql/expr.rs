@@ -487,6 +487,17 @@ impl Binder<'_> {
         if is_aggregate_name(&name) {
             return self.aggregate(&name, &args, distinct, star, e, cx);
         }
+        if name == "mod" {
+            // Flink's and DuckDB's mod(a, b) is a % b.
+            let [a, b] = args.as_slice() else {
+                return Err(sql_error("mod() takes two arguments: mod(a, b)", expr_pos(e)));
+            };
+            let (a, b) = (self.bind_expr(a, cx)?, self.bind_expr(b, cx)?);
+            return self.binary(BinaryOp::Mod, a, b, cx.scope).map_err(|err| match err {
+                RiffleError::Plan(m) => sql_error(m, expr_pos(e)),
+                other => other,
+            });
+        }
         let Some(func) = ScalarFunc::from_name(&name) else {
             let known = function_names().chain(AGGREGATES.iter().copied());
             let hint = closest(&name, known).map(|c| format!("; did you mean '{c}'?")).unwrap_or_default();
