@@ -51,6 +51,14 @@ enum Command {
         /// watermark passes its end. The answer is the same as without.
         #[arg(long)]
         stream: bool,
+        /// With --stream: the directory of the job's checkpoints. An `INSERT INTO` a directory table
+        /// then writes its rows exactly once: killed and started again with the same directory, the
+        /// job resumes from its last complete checkpoint.
+        #[arg(long, value_name = "DIR", requires = "stream")]
+        checkpoint_dir: Option<std::path::PathBuf>,
+        /// How often to checkpoint, e.g. 500ms, 10s, 1m.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+        checkpoint_interval: std::time::Duration,
         /// SQL to run.
         #[arg(short = 'c', long = "command", conflicts_with = "file")]
         command: Option<String>,
@@ -73,7 +81,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Sql { format, tables, threads, memory_limit, spill_dir, stream, command, file } => {
+        Command::Sql { format, tables, threads, memory_limit, spill_dir, stream, checkpoint_dir, checkpoint_interval, command, file } => {
             remove_spill_files_on_interrupt();
             let mut config = ExecConfig::default();
             if let Some(m) = memory_limit {
@@ -88,6 +96,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.threads = t;
             }
             let mut session = Session::new(config);
+            session.checkpoint = checkpoint_dir
+                .map(|dir| riffle_engine::exec::checkpoint::CheckpointConfig { dir, interval: checkpoint_interval });
             for t in &tables {
                 let (name, path) = t
                     .split_once('=')
@@ -243,4 +253,20 @@ fn shell(session: &mut Session, format: OutputFormat) -> anyhow::Result<()> {
         let _ = rl.save_history(h);
     }
     Ok(())
+}
+
+/// `500ms`, `10s`, `2m`, `1h`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number.parse().map_err(|_| format!("expected a duration such as 500ms, 10s or 1m, got '{text}'"))?;
+    let seconds = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit '{other}' in '{text}' (use ms, s, m or h)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }

@@ -15,7 +15,8 @@ use crate::logical::Expr;
 /// Where a table's rows come from.
 #[derive(Debug)]
 pub enum TableData {
-    Files { format: FileFormat, files: Vec<PathBuf>, morsels: Vec<Morsel> },
+    /// `root`: the directory the table is (when it is one), where `INSERT INTO` adds files.
+    Files { format: FileFormat, files: Vec<PathBuf>, morsels: Vec<Morsel>, root: Option<PathBuf> },
     /// Rows held in memory (e.g. `CREATE TABLE t AS …`, `INSERT INTO`).
     Memory(Vec<RecordBatch>),
     /// Sort-benchmark records made as they are read: `records` of them.
@@ -50,7 +51,15 @@ impl TableSource {
     /// A table over files: `path` is a file, a directory or a glob; the format comes from the option or
     /// the extension; the schema is given (DDL) or inferred.
     pub fn files(path: &str, format: Option<FileFormat>, schema: Option<SchemaRef>) -> Result<TableSource> {
-        let files = riffle_formats::list_files(path)?;
+        let as_dir = std::path::Path::new(path);
+        let directory = !path.contains(['*', '?', '[']) && (as_dir.is_dir() || !as_dir.exists());
+        let files = match riffle_formats::list_files(path) {
+            Ok(files) => files,
+            // A directory without files yet (a sink's): the declared columns and format say what it holds.
+            Err(riffle_formats::FormatError::NoFiles { .. }) if directory && schema.is_some() && format.is_some() => vec![],
+            Err(e) => return Err(e.into()),
+        };
+        let root = directory.then(|| PathBuf::from(path));
         let format = match format {
             Some(f) => f,
             None => FileFormat::from_path(&files[0]).ok_or_else(|| {
@@ -66,7 +75,7 @@ impl TableSource {
         };
         let schema = crate::types::storage_schema(&schema);
         let morsels = riffle_formats::plan_morsels(&format, &files)?;
-        Ok(TableSource { schema, data: TableData::Files { format, files, morsels }, event_time: None })
+        Ok(TableSource { schema, data: TableData::Files { format, files, morsels, root }, event_time: None })
     }
 
     pub fn generated(records: u64, generator: riffle_formats::gensort::RecordGenerator) -> TableSource {

@@ -142,6 +142,30 @@ impl PhysicalPlan {
         self.inputs().into_iter().try_for_each(|i| i.check_blocking(table, stream))
     }
 
+    /// Refuses what checkpoints cannot restore yet: only scans (not literal rows), filters,
+    /// projections, window table functions, window aggregates and unions are checkpointed.
+    pub fn check_checkpointable(&self) -> Result<()> {
+        let what = match self {
+            PhysicalPlan::Scan { .. }
+            | PhysicalPlan::Filter { .. }
+            | PhysicalPlan::Project { .. }
+            | PhysicalPlan::WindowTvf { .. }
+            | PhysicalPlan::Union { .. }
+            | PhysicalPlan::HashAggregate { window_end: Some(_), .. } => None,
+            PhysicalPlan::HashAggregate { .. } => Some("a GROUP BY other than by an event-time window"),
+            PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => Some("a join"),
+            PhysicalPlan::Sort { .. } => Some("ORDER BY"),
+            PhysicalPlan::Limit { .. } => Some("LIMIT"),
+            PhysicalPlan::Values { .. } => Some("literal rows (VALUES)"),
+        };
+        if let Some(what) = what {
+            return Err(RiffleError::NotSupported(format!(
+                "checkpoints of a job with {what} (checkpointed so far: scans, filters, projections, window table functions and window aggregates); run it without --checkpoint-dir"
+            )));
+        }
+        self.inputs().into_iter().try_for_each(|i| i.check_checkpointable())
+    }
+
     /// Node count; nodes are numbered in pre-order, which `exec` uses to attach metrics.
     pub fn node_count(&self) -> usize {
         1 + self.inputs().iter().map(|i| i.node_count()).sum::<usize>()

@@ -48,6 +48,8 @@ pub type RowSink = Arc<dyn Fn(&SchemaRef, &RecordBatch) -> Result<()> + Send + S
 pub struct Session {
     pub catalog: Catalog,
     pub config: ExecConfig,
+    /// Checkpoints of a streaming `INSERT INTO` (with `config.stream`): where and how often.
+    pub checkpoint: Option<crate::exec::checkpoint::CheckpointConfig>,
 }
 
 impl Default for Session {
@@ -100,7 +102,7 @@ fn parse_rewritten(sql: &str) -> Result<Vec<ast::Statement>> {
 
 impl Session {
     pub fn new(config: ExecConfig) -> Session {
-        Session { catalog: Catalog::default(), config }
+        Session { catalog: Catalog::default(), config, checkpoint: None }
     }
 
     /// Registers the files at `path` (a file, directory or glob) as table `name`.
@@ -319,10 +321,15 @@ impl Session {
         let Some(CatalogEntry::Table(table)) = self.catalog.get(&name).cloned() else {
             return Err(RiffleError::plan(self.catalog.unknown(&name)));
         };
-        let crate::catalog::TableData::Memory(existing) = &table.data else {
-            return Err(RiffleError::NotSupported(format!("INSERT into the file table '{name}' (use COPY … TO)")));
-        };
         let q = ins.source.as_ref().ok_or_else(|| RiffleError::plan("INSERT needs VALUES or a query"))?;
+        let existing = match &table.data {
+            crate::catalog::TableData::Memory(existing) => existing,
+            crate::catalog::TableData::Files { format, root: Some(dir), .. } => {
+                let (format, dir) = (format.clone(), dir.clone());
+                return self.insert_files(&name, &table, &format, &dir, q, !ins.columns.is_empty());
+            }
+            _ => return Err(RiffleError::NotSupported(format!("INSERT into '{name}': only tables in memory and directory tables take rows"))),
+        };
         let result = self.run_query(q)?;
         let target = table.schema.clone();
         if result.schema.fields().len() != target.fields().len() || !ins.columns.is_empty() {
@@ -348,6 +355,71 @@ impl Session {
         let source = TableSource::memory(target, batches)?.with_event_time(table.event_time.clone());
         self.catalog.register(&name, CatalogEntry::Table(Arc::new(source)));
         Ok(StatementResult::command())
+    }
+
+    /// `INSERT INTO` a directory table: the query's rows go to new files in the directory, made
+    /// visible only when the query succeeded, or, run as a stream with checkpoints, each checkpoint's
+    /// rows once the checkpoint is complete (exactly once across crashes and restarts).
+    fn insert_files(
+        &mut self,
+        name: &str,
+        table: &Arc<TableSource>,
+        format: &FileFormat,
+        dir: &Path,
+        q: &ast::Query,
+        named_columns: bool,
+    ) -> Result<StatementResult> {
+        let (_, physical) = self.plan_query(q)?;
+        let target = table.schema.clone();
+        let have = physical.schema();
+        if have.fields().len() != target.fields().len() || named_columns {
+            return Err(RiffleError::plan(format!("INSERT into '{name}' must give all {} columns in order", target.fields().len())));
+        }
+        // The rows in the table's own types.
+        let exprs = have
+            .fields()
+            .iter()
+            .zip(target.fields())
+            .enumerate()
+            .map(|(i, (h, t))| crate::sql::cast_to(crate::logical::Expr::Column(i), h.data_type(), t.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let physical = PhysicalPlan::Project { input: Box::new(physical), exprs, schema: target.clone() };
+        let coordinator = match (&self.checkpoint, self.config.stream) {
+            (Some(c), true) => {
+                physical.check_checkpointable()?;
+                Some(crate::exec::checkpoint::Coordinator::open(c)?)
+            }
+            _ => None,
+        };
+        let sink = crate::exec::file_sink::FileSinkShared::new(dir, format.clone(), target.clone(), coordinator.clone())?;
+        let finished = coordinator.as_ref().is_some_and(|c| c.finished);
+        let stats = if finished {
+            // An earlier run completed the job; its files are all committed now.
+            QueryStats::default()
+        } else {
+            let config = ExecConfig { checkpoint: coordinator.clone(), ..self.config.clone() };
+            match crate::exec::execute_with_sinks(&physical, &config, &|p| sink.partition(p)) {
+                Ok(stats) => stats,
+                Err(e) => {
+                    // Checkpointed files stay for the restart to commit or delete.
+                    if coordinator.is_none() {
+                        sink.abort();
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        match &coordinator {
+            Some(c) if !finished => c.finish()?,
+            Some(_) => {}
+            None => sink.commit(u64::MAX)?,
+        }
+        let path = dir.to_string_lossy();
+        let source = TableSource::files(&path, Some(format.clone()), Some(target))?.with_event_time(table.event_time.clone());
+        self.catalog.register(name, CatalogEntry::Table(Arc::new(source)));
+        let schema = Arc::new(Schema::new(vec![Field::new("rows", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow::array::Int64Array::from(vec![sink.rows() as i64]))])?;
+        Ok(StatementResult { schema, batches: vec![batch], is_query: false, stats })
     }
 
     fn copy(

@@ -14,7 +14,7 @@ pub use read::{
     infer_schema, parquet_metadata_with_page_index, parquet_page_stats, parquet_stats, plan_morsels, read_morsel, BatchReader,
     ColumnStats, Morsel, PageStats,
 };
-pub use write::{write_atomic, AtomicWriter};
+pub use write::{commit_staged, write_atomic, AtomicWriter};
 
 use std::path::Path;
 
@@ -50,6 +50,17 @@ impl FileFormat {
     pub fn from_path(path: &Path) -> Option<FileFormat> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         Self::from_name(&ext)
+    }
+
+    /// The file name extension of the format.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            FileFormat::Parquet => "parquet",
+            FileFormat::Csv(_) => "csv",
+            FileFormat::Json => "json",
+            FileFormat::Arrow => "arrow",
+            FileFormat::Gensort => "gensort",
+        }
     }
 
     /// The format a name such as `parquet`, `csv`, `json` or `arrow` stands for.

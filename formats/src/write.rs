@@ -39,7 +39,13 @@ enum Inner {
 
 impl AtomicWriter {
     pub fn create(format: &FileFormat, path: &Path, schema: &SchemaRef) -> Result<AtomicWriter> {
-        let staging = staging_path(path);
+        AtomicWriter::create_staged(format, path, &staging_path(path), schema)
+    }
+
+    /// Like `create`, staging under a name of the caller's (which must not be a data file's: a name
+    /// starting with a dot is hidden from table scans).
+    pub fn create_staged(format: &FileFormat, path: &Path, staging: &Path, schema: &SchemaRef) -> Result<AtomicWriter> {
+        let staging = staging.to_path_buf();
         let err = |e: &dyn std::fmt::Display| FormatError::write(path, e);
         let file = File::create(&staging).map_err(|e| FormatError::io(&staging, e))?;
         let mut header = false;
@@ -84,7 +90,14 @@ impl AtomicWriter {
     }
 
     /// Completes the file, syncs it and renames it into place.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        let (staging, path) = self.prepare()?;
+        commit_staged(&staging, &path)
+    }
+
+    /// Completes and syncs the file under its staging name, not renaming it yet: the first phase of a
+    /// two-phase commit, which `commit_staged(staging, path)` completes.
+    pub fn prepare(mut self) -> Result<(PathBuf, PathBuf)> {
         if !self.wrote && self.header {
             // Arrow's CSV writer emits the header with the first batch; an empty result still has one.
             let empty = RecordBatch::new_empty(self.schema.clone());
@@ -94,7 +107,7 @@ impl AtomicWriter {
         if result.is_err() {
             let _ = std::fs::remove_file(&self.staging);
         }
-        result
+        result.map(|()| (self.staging.clone(), self.path.clone()))
     }
 
     fn complete(&mut self) -> Result<()> {
@@ -117,10 +130,19 @@ impl AtomicWriter {
         let mut file = file;
         file.flush().map_err(|e| FormatError::io(&self.staging, e))?;
         file.sync_all().map_err(|e| FormatError::io(&self.staging, e))?;
-        drop(file);
-        std::fs::rename(&self.staging, &self.path).map_err(|e| FormatError::write(&self.path, e))?;
         Ok(())
     }
+}
+
+/// Renames a prepared file into place and syncs its directory, so the rename survives a crash.
+pub fn commit_staged(staging: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(staging, path).map_err(|e| FormatError::write(path, e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 impl Drop for AtomicWriter {

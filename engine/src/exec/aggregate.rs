@@ -64,15 +64,16 @@ pub(super) struct GroupTable {
 }
 
 /// Partial result of one partition: group keys and accumulator states.
+#[derive(Clone)]
 pub(super) struct Partial {
     keys: Vec<ArrayRef>,
-    states: Vec<Vec<ArrayRef>>,
+    pub(super) states: Vec<Vec<ArrayRef>>,
     num_groups: usize,
 }
 
 impl Partial {
     /// Keys, then every accumulator's state columns, as one batch (to spill).
-    fn into_batch(self) -> Result<(RecordBatch, Vec<usize>)> {
+    pub(super) fn into_batch(self) -> Result<(RecordBatch, Vec<usize>)> {
         let widths = self.states.iter().map(|s| s.len()).collect();
         let columns: Vec<ArrayRef> = self.keys.into_iter().chain(self.states.into_iter().flatten()).collect();
         let fields: Vec<arrow::datatypes::Field> = columns
@@ -85,7 +86,7 @@ impl Partial {
     }
 
     /// The inverse of `into_batch`, given the key count and each accumulator's state width.
-    fn from_batch(batch: &RecordBatch, keys: usize, widths: &[usize]) -> Partial {
+    pub(super) fn from_batch(batch: &RecordBatch, keys: usize, widths: &[usize]) -> Partial {
         let columns = batch.columns();
         let mut at = keys;
         let states = widths

@@ -90,7 +90,7 @@ impl Builder<'_> {
     fn close(&mut self, open: Open, sink: &dyn Fn(usize) -> Result<Box<dyn Sink>>) -> Result<()> {
         for p in 0..open.partitions {
             let source: Box<dyn Source> = match &open.source {
-                SourceSpec::Scan(shared) => Box::new(ScanSource::new(shared.clone(), self.config.stream, self.config.progress.clone())),
+                SourceSpec::Scan(shared) => Box::new(ScanSource::new(shared.clone(), p, self.config.stream, self.config.progress.clone())),
                 SourceSpec::Exchange(x) => Box::new(ExchangeSource::new(x.clone(), p)),
                 SourceSpec::Batches(b) => Box::new(BatchesSource::new(if p == 0 { b.clone() } else { vec![] })),
                 SourceSpec::Sort(shared) => Box::new(SortSource::new(shared.clone())),
@@ -141,6 +141,7 @@ impl Builder<'_> {
                     batch_size,
                     filter.as_ref(),
                     &metrics,
+                    self.config.checkpoint.clone().map(|c| (c, id, self.threads)),
                 )?);
                 let mut open = Open { source: SourceSpec::Scan(shared), partitions: self.threads, ops: vec![] };
                 match filter.clone() {
@@ -203,7 +204,9 @@ impl Builder<'_> {
                 let output = Arc::new(Exchange::new(1, 1, EXCHANGE_CAPACITY, self.notifier.clone()));
                 let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
                 let pool = self.memory.pool.clone();
-                let shared = Arc::new(WindowAggShared::new(spec, *end, open.partitions, output.clone(), batch_size, metrics, pool));
+                let checkpoint = self.config.checkpoint.clone().map(|c| (c, id));
+                let shared =
+                    Arc::new(WindowAggShared::new(spec, *end, open.partitions, output.clone(), batch_size, metrics, pool, checkpoint)?);
                 self.close(open, &|p| Ok(Box::new(WindowAggSink::new(shared.clone(), p))))?;
                 Open { source: SourceSpec::Exchange(output), partitions: 1, ops: vec![] }
             }

@@ -10,7 +10,9 @@ mod accumulators;
 mod aggregate;
 mod basic;
 mod build;
+pub mod checkpoint;
 mod exchange;
+pub mod file_sink;
 mod gather;
 mod join;
 mod prune;
@@ -51,6 +53,9 @@ pub struct ExecConfig {
     pub spill_compression: SpillCompression,
     /// Counters a front end may poll to show progress.
     pub progress: Option<Arc<Progress>>,
+    /// A streaming job's checkpoints (sources inject barriers on its clock, state is saved and
+    /// restored through it).
+    pub checkpoint: Option<Arc<checkpoint::Coordinator>>,
 }
 
 /// Rows read by the query's scans and rows that reached its root, so far.
@@ -99,6 +104,7 @@ impl Default for ExecConfig {
             spill_dir: None,
             spill_compression: SpillCompression::default(),
             progress: None,
+            checkpoint: None,
         }
     }
 }
@@ -449,6 +455,11 @@ pub fn execute_into(
         }
     }
     run_into(plan, config, &move |p| Ok(Box::new(FnSink(p, each.clone())) as Box<dyn Sink>)).map(|(_, stats)| stats)
+}
+
+/// Runs `plan` into the sinks `root(p)` makes for each root partition `p`.
+pub fn execute_with_sinks(plan: &PhysicalPlan, config: &ExecConfig, root: &dyn Fn(usize) -> Result<Box<dyn Sink>>) -> Result<QueryStats> {
+    run_into(plan, config, root).map(|(_, stats)| stats)
 }
 
 /// Builds the pipelines of `plan` with `root` as the sink of the last one and runs them; returns the

@@ -9,6 +9,7 @@ use riffle_formats::{BatchReader, FileFormat, Morsel};
 
 use std::sync::atomic::Ordering;
 
+use super::checkpoint::{EpochTracker, RangeSet};
 use super::{Exchange, OpMetrics, Sink, Source};
 use crate::logical::Expr;
 use crate::catalog::{TableData, TableSource};
@@ -21,12 +22,32 @@ pub struct ScanShared {
     projection: Vec<usize>,
     dictionary: Vec<bool>,
     schema: SchemaRef,
-    morsels: Mutex<VecDeque<Work>>,
+    /// Work still to hand out, each with its number (its place in the whole table's work).
+    morsels: Mutex<VecDeque<(u64, Work)>>,
     batch_size: usize,
     /// The table's watermark expression over the scanned columns, when it has one and they are read.
     watermark: Option<Expr>,
     /// A generated event table hands out event ranges as they are asked for.
     events: Mutex<Option<EventCursor>>,
+    checkpoint: Option<ScanCheckpoint>,
+}
+
+/// A checkpointed scan's positions: which work each partition took (all of it completed whenever the
+/// partition is between two pieces of work, where it injects barriers).
+struct ScanCheckpoint {
+    coordinator: Arc<super::checkpoint::Coordinator>,
+    component: usize,
+    file: String,
+    state: Mutex<ScanPositions>,
+}
+
+struct ScanPositions {
+    taken: Vec<RangeSet>,
+    /// Per epoch not done yet: the work of the partitions that passed it.
+    at: std::collections::BTreeMap<u64, RangeSet>,
+    /// The work of partitions that ended, and of the checkpoint the job restarted from.
+    settled: RangeSet,
+    tracker: EpochTracker,
 }
 
 enum Work {
@@ -54,6 +75,7 @@ impl ScanShared {
         batch_size: usize,
         filter: Option<&Expr>,
         metrics: &OpMetrics,
+        checkpoint: Option<(Arc<super::checkpoint::Coordinator>, usize, usize)>,
     ) -> Result<ScanShared> {
         let work: VecDeque<Work> = match &source.data {
             TableData::Files { morsels, format: FileFormat::Parquet, .. } => {
@@ -104,16 +126,71 @@ impl ScanShared {
             }
             _ => None,
         };
+        let chunk = events.as_ref().map_or(0, |c| c.chunk);
+        let mut numbered: VecDeque<(u64, Work)> = work.into_iter().enumerate().map(|(i, w)| (i as u64, w)).collect();
+        let checkpoint = match checkpoint {
+            None => None,
+            Some((coordinator, node, partitions)) => {
+                let file = format!("scan-{node}.json");
+                let mut settled = RangeSet::default();
+                if let Some(dir) = coordinator.restore_dir() {
+                    let saved = super::checkpoint::read_json(&dir.join(&file))?
+                        .ok_or_else(|| RiffleError::exec(format!("checkpoint {} has no {file}: it was taken by another query", dir.display())))?;
+                    if saved.get("chunk").and_then(|c| c.as_u64()) != Some(chunk) {
+                        return Err(RiffleError::plan("the checkpoint was taken with another batch size: run the job as it was started"));
+                    }
+                    settled = saved.get("work").and_then(RangeSet::from_json).unwrap_or_default();
+                    // Work the checkpoint covers is not read again.
+                    numbered.retain(|(n, _)| !settled.contains(*n));
+                }
+                let component = coordinator.register()?;
+                let tracker = EpochTracker::new(partitions, coordinator.restored);
+                let state = ScanPositions { taken: vec![RangeSet::default(); partitions], at: Default::default(), settled, tracker };
+                Some(ScanCheckpoint { coordinator, component, file, state: Mutex::new(state) })
+            }
+        };
         Ok(ScanShared {
             source,
             projection,
             dictionary,
             schema,
-            morsels: Mutex::new(work),
+            morsels: Mutex::new(numbered),
             batch_size,
             watermark,
             events: Mutex::new(events),
+            checkpoint,
         })
+    }
+
+    /// Partition `p` injected the barrier of epoch `e` (or ended, `u64::MAX`): saves the positions of
+    /// every epoch all partitions have now passed.
+    fn passed(&self, p: usize, e: u64) -> Result<()> {
+        let Some(ck) = &self.checkpoint else { return Ok(()) };
+        // Taken before the positions' lock: `next_work` takes the two in the other order.
+        let chunk = self.events.lock().map_err(|_| RiffleError::exec("scan lock poisoned"))?.as_ref().map_or(0, |c| c.chunk);
+        let mut st = ck.state.lock().map_err(|_| RiffleError::exec("scan checkpoint lock poisoned"))?;
+        let taken = st.taken.get(p).cloned().unwrap_or_default();
+        if e == u64::MAX {
+            st.settled.union(&taken);
+        } else {
+            st.at.entry(e).or_default().union(&taken);
+        }
+        for epoch in st.tracker.pass(p, e) {
+            let mut work = st.at.remove(&epoch).unwrap_or_default();
+            work.union(&st.settled);
+            let doc = serde_json::json!({ "work": work.to_json(), "chunk": chunk });
+            super::checkpoint::write_synced(&ck.coordinator.epoch_dir(epoch)?.join(&ck.file), doc.to_string().as_bytes())?;
+            ck.coordinator.ack(ck.component, epoch)?;
+        }
+        if st.tracker.all_ended() {
+            ck.coordinator.retire(ck.component)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the job checkpoints (barriers then come from its clock, between pieces of work).
+    fn checkpointed(&self) -> Option<&Arc<super::checkpoint::Coordinator>> {
+        self.checkpoint.as_ref().map(|c| &c.coordinator)
     }
 
     /// The largest watermark `batch` allows (NULL event times allow nothing).
@@ -139,19 +216,39 @@ impl ScanShared {
         Ok(RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), batch.columns().to_vec())?)
     }
 
-    fn take(&self) -> Option<Work> {
+    /// The next piece of work for partition `p`.
+    fn take(&self, p: usize) -> Option<Work> {
+        let (number, work) = self.next_work()?;
+        if let Some(ck) = &self.checkpoint {
+            if let Some(t) = ck.state.lock().unwrap_or_else(|e| e.into_inner()).taken.get_mut(p) {
+                t.insert(number);
+            }
+        }
+        Some(work)
+    }
+
+    fn next_work(&self) -> Option<(u64, Work)> {
         if let Some(w) = self.morsels.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
             return Some(w);
         }
         let mut cursor = self.events.lock().unwrap_or_else(|p| p.into_inner());
         let c = cursor.as_mut()?;
-        let n = match c.end {
-            Some(end) => end.saturating_sub(c.next).min(c.chunk),
-            None => c.chunk,
-        };
-        let start = c.next;
-        c.next += n;
-        (n > 0).then_some(Work::Events(start, n))
+        loop {
+            let n = match c.end {
+                Some(end) => end.saturating_sub(c.next).min(c.chunk),
+                None => c.chunk,
+            };
+            if n == 0 {
+                return None;
+            }
+            let (start, number) = (c.next, c.next / c.chunk.max(1));
+            c.next += n;
+            // Event ranges a restored checkpoint covers are skipped.
+            let done = self.checkpoint.as_ref().is_some_and(|ck| ck.state.lock().unwrap_or_else(|e| e.into_inner()).settled.contains(number));
+            if !done {
+                return Some((number, Work::Events(start, n)));
+            }
+        }
     }
 
     /// Nexmark events `start..start + n`: the rows of the table's event kind, its columns.
@@ -186,13 +283,43 @@ pub struct ScanSource {
     progress: Option<Arc<super::Progress>>,
     /// The last watermark emitted (stream mode, tables with an event time).
     watermark: i64,
+    partition: usize,
+    /// The last checkpoint epoch whose barrier this partition injected.
+    epoch: u64,
 }
 
 impl ScanSource {
-    pub fn new(shared: Arc<ScanShared>, stream: bool, progress: Option<Arc<super::Progress>>) -> ScanSource {
-        ScanSource { shared, reader: None, stream, batches: 0, ended: false, pending: VecDeque::new(), progress, watermark: i64::MIN }
+    pub fn new(shared: Arc<ScanShared>, partition: usize, stream: bool, progress: Option<Arc<super::Progress>>) -> ScanSource {
+        let epoch = shared.checkpointed().map_or(0, |c| c.restored);
+        ScanSource {
+            shared,
+            partition,
+            reader: None,
+            stream,
+            batches: 0,
+            ended: false,
+            pending: VecDeque::new(),
+            progress,
+            watermark: i64::MIN,
+            epoch,
+        }
     }
 
+    /// Between two pieces of work: the barriers of the epochs the checkpoint clock has started.
+    fn barriers_due(&mut self) -> Result<bool> {
+        let Some(due) = self.shared.checkpointed().map(|c| c.due_epoch()) else { return Ok(false) };
+        if due <= self.epoch {
+            return Ok(false);
+        }
+        for e in self.epoch + 1..=due {
+            self.shared.passed(self.partition, e)?;
+            self.pending.push_back(Message::Barrier(e));
+        }
+        self.epoch = due;
+        Ok(true)
+    }
+
+    /// The next batch; `Ok(None)` at the end, or when barriers were queued between pieces of work.
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if let Some(reader) = &mut self.reader {
@@ -201,7 +328,10 @@ impl ScanSource {
                     None => self.reader = None,
                 }
             }
-            match self.shared.take() {
+            if self.barriers_due()? {
+                return Ok(None);
+            }
+            match self.shared.take(self.partition) {
                 None => return Ok(None),
                 Some(Work::Batch(b)) => return Ok(Some(b)),
                 Some(Work::Generate(start, n)) => {
@@ -252,14 +382,16 @@ impl Source for ScanSource {
                         self.watermark = w;
                         self.pending.push_back(Message::Watermark(w));
                     }
-                    if self.batches.is_multiple_of(2) {
+                    if self.shared.checkpoint.is_none() && self.batches.is_multiple_of(2) {
                         self.pending.push_back(Message::Barrier(self.batches / 2));
                     }
                 }
                 Ok(Some(Message::Batch(batch)))
             }
+            None if !self.pending.is_empty() => Ok(self.pending.pop_front()),
             None => {
                 self.ended = true;
+                self.shared.passed(self.partition, u64::MAX)?;
                 Ok(Some(Message::End))
             }
         }

@@ -9,6 +9,13 @@
 //! watermark has passed its end (every partition has handed its part over), then forwards the
 //! smallest watermark, so operators downstream see event time advance. At the end of input every
 //! open window is emitted.
+//!
+//! Checkpoints: a partition that reaches barrier `e` writes its open windows' partial groups and waits
+//! until every partition reached it (aligned barriers: nothing it does after the barrier can mix
+//! into the checkpoint); then the windows handed over but not emitted yet and the watermarks are
+//! written, barrier `e` goes downstream and the epoch is acked. Restored, all saved partial groups
+//! wait in the shared state for their windows to complete, and every partition starts from the
+//! watermark all of them had passed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -18,7 +25,8 @@ use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Int64Type};
 
 use super::aggregate::{AggSpec, GroupTable, Partial};
-use super::{emit_rows, BarrierRelay, Exchange, OpMetrics, Sink};
+use super::checkpoint::{Coordinator, EpochTracker};
+use super::{emit_rows, Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
 use crate::memory::{MemoryPool, MemoryReservation};
@@ -29,8 +37,8 @@ pub struct WindowAggShared {
     /// Which group key is the window's end.
     window_end: usize,
     state: Mutex<WindowState>,
-    barriers: BarrierRelay,
     output: Arc<Exchange>,
+    checkpoint: Option<WindowCheckpoint>,
     batch_size: usize,
     metrics: Arc<OpMetrics>,
     pool: Arc<MemoryPool>,
@@ -45,9 +53,21 @@ struct WindowState {
     forwarded: i64,
     /// Partitions whose input ended.
     ended: usize,
+    /// Checkpoint barriers: each is forwarded once every partition passed it.
+    epochs: EpochTracker,
+}
+
+struct WindowCheckpoint {
+    coordinator: Arc<Coordinator>,
+    component: usize,
+    /// The directory of this operator's state inside each checkpoint.
+    name: String,
+    /// State columns of each accumulator, to read partial groups back.
+    widths: Vec<usize>,
 }
 
 impl WindowAggShared {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         spec: AggSpec,
         window_end: usize,
@@ -56,25 +76,86 @@ impl WindowAggShared {
         batch_size: usize,
         metrics: Arc<OpMetrics>,
         pool: Arc<MemoryPool>,
-    ) -> WindowAggShared {
-        let state = WindowState { watermarks: vec![i64::MIN; partitions], pending: BTreeMap::new(), forwarded: i64::MIN, ended: 0 };
-        WindowAggShared {
-            spec,
-            window_end,
-            state: Mutex::new(state),
-            barriers: BarrierRelay::new(partitions),
-            output,
-            batch_size,
-            metrics,
-            pool,
+        checkpoint: Option<(Arc<Coordinator>, usize)>,
+    ) -> Result<WindowAggShared> {
+        let restored = checkpoint.as_ref().map_or(0, |(c, _)| c.restored);
+        let mut state = WindowState {
+            watermarks: vec![i64::MIN; partitions],
+            pending: BTreeMap::new(),
+            forwarded: i64::MIN,
+            ended: 0,
+            epochs: EpochTracker::new(partitions, restored),
+        };
+        let checkpoint = match checkpoint {
+            None => None,
+            Some((coordinator, node)) => {
+                let widths = GroupTable::new(&spec)?.into_partial()?.states.iter().map(|s| s.len()).collect();
+                let ck = WindowCheckpoint { component: coordinator.register()?, coordinator, name: format!("window-{node}"), widths };
+                if let Some(dir) = ck.coordinator.restore_dir() {
+                    restore(&spec, window_end, &ck, &dir.join(&ck.name), &mut state)?;
+                }
+                Some(ck)
+            }
+        };
+        Ok(WindowAggShared { spec, window_end, state: Mutex::new(state), output, checkpoint, batch_size, metrics, pool })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, WindowState>> {
+        self.state.lock().map_err(|_| RiffleError::exec("window aggregate lock poisoned"))
+    }
+
+    /// The watermark partition `p` starts from (restored from a checkpoint, or none).
+    fn start_watermark(&self, p: usize) -> i64 {
+        self.lock().ok().and_then(|st| st.watermarks.get(p).copied()).unwrap_or(i64::MIN)
+    }
+
+    /// Partition `p` reached barrier `e` (or ended: `u64::MAX`) with the partial groups of its open
+    /// windows; forwards, after saving the shared state, every epoch all partitions have passed.
+    fn barrier(&self, p: usize, e: u64, open: Vec<RecordBatch>) -> Result<()> {
+        let mut st = self.lock()?;
+        if let (Some(ck), false) = (&self.checkpoint, open.is_empty()) {
+            let dir = ck.coordinator.epoch_dir(e)?.join(&ck.name);
+            std::fs::create_dir_all(&dir).map_err(|err| RiffleError::exec(format!("checkpoint: {}: {err}", dir.display())))?;
+            super::checkpoint::write_batches(&dir.join(format!("partition-{p}.arrow")), &open)?;
         }
+        for epoch in st.epochs.pass(p, e) {
+            if let Some(ck) = &self.checkpoint {
+                self.save_shared(ck, epoch, &st)?;
+                ck.coordinator.ack(ck.component, epoch)?;
+            }
+            self.output.push(0, Message::Barrier(epoch));
+        }
+        if st.epochs.all_ended() {
+            if let Some(ck) = &self.checkpoint {
+                ck.coordinator.retire(ck.component)?;
+            }
+            self.output.push(0, Message::End);
+        }
+        Ok(())
+    }
+
+    /// The windows handed over but not emitted yet, and the watermarks, as of epoch `e`.
+    fn save_shared(&self, ck: &WindowCheckpoint, e: u64, st: &WindowState) -> Result<()> {
+        let dir = ck.coordinator.epoch_dir(e)?.join(&ck.name);
+        std::fs::create_dir_all(&dir).map_err(|err| RiffleError::exec(format!("checkpoint: {}: {err}", dir.display())))?;
+        let batches =
+            st.pending.values().flatten().map(|p| Ok(p.clone().into_batch()?.0)).collect::<Result<Vec<RecordBatch>>>()?;
+        super::checkpoint::write_batches(&dir.join("pending.arrow"), &batches)?;
+        let live: Vec<i64> = st.watermarks.iter().copied().filter(|w| *w != i64::MAX).collect();
+        let doc = serde_json::json!({ "watermark": live.iter().min().copied().unwrap_or(st.forwarded), "forwarded": st.forwarded });
+        super::checkpoint::write_synced(&dir.join("state.json"), doc.to_string().as_bytes())
+    }
+
+    /// Whether partition `p` must wait: it passed a barrier the others have not all reached.
+    fn aligning(&self, p: usize) -> bool {
+        self.checkpoint.is_some() && self.lock().is_ok_and(|st| st.epochs.ahead(p))
     }
 
     /// Partition `partition` reached `watermark` and hands over the windows it closed; emits every
     /// window all partitions have closed, then the watermark they all passed, and the end once every
     /// partition ended.
     fn advance(&self, partition: usize, watermark: i64, closed: Vec<(i64, Partial)>, ended: bool) -> Result<()> {
-        let mut st = self.state.lock().map_err(|_| RiffleError::exec("window aggregate lock poisoned"))?;
+        let mut st = self.lock()?;
         st.ended += usize::from(ended);
         for (end, partial) in closed {
             st.pending.entry(end).or_default().push(partial);
@@ -97,7 +178,7 @@ impl WindowAggShared {
             emit_rows(&self.output, &batch, self.batch_size, &self.metrics);
         }
         if st.ended == st.watermarks.len() {
-            self.output.push(0, Message::End);
+            // The end leaves after the last barriers (see `barrier`).
         } else if passed > st.forwarded && passed < i64::MAX {
             st.forwarded = passed;
             self.output.push(0, Message::Watermark(passed));
@@ -121,7 +202,19 @@ pub struct WindowAggSink {
 impl WindowAggSink {
     pub fn new(shared: Arc<WindowAggShared>, partition: usize) -> WindowAggSink {
         let reservation = shared.pool.reservation(format!("WindowAggregate (partition {partition})"), false);
-        WindowAggSink { shared, partition, windows: BTreeMap::new(), watermark: i64::MIN, reservation, ended: false }
+        let watermark = shared.start_watermark(partition);
+        WindowAggSink { shared, partition, windows: BTreeMap::new(), watermark, reservation, ended: false }
+    }
+
+    /// The partial groups of the open windows, as batches, the windows kept open.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::with_capacity(self.windows.len());
+        for table in self.windows.values_mut() {
+            let partial = std::mem::replace(table, GroupTable::new(&self.shared.spec)?).into_partial()?;
+            out.push(partial.clone().into_batch()?.0);
+            table.merge(partial)?;
+        }
+        Ok(out)
     }
 
     fn add(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -177,9 +270,10 @@ impl WindowAggSink {
 }
 
 impl Sink for WindowAggSink {
-    /// Emitted windows wait in a bounded queue; while it is full the partitions stop reading.
+    /// Emitted windows wait in a bounded queue; while it is full the partitions stop reading. While
+    /// a checkpoint's barriers align, a partition past the barrier waits for the others.
     fn has_capacity(&self) -> bool {
-        self.shared.output.has_capacity(0)
+        self.shared.output.has_capacity(0) && !self.shared.aligning(self.partition)
     }
 
     fn push(&mut self, msg: Message) -> Result<()> {
@@ -198,15 +292,50 @@ impl Sink for WindowAggSink {
                 self.shared.advance(self.partition, w, closed, false)?;
             }
             Message::Watermark(_) => {}
-            Message::Barrier(epoch) => self.shared.barriers.barrier(self.partition, epoch, &self.shared.output)?,
+            Message::Barrier(epoch) => {
+                let open = if self.shared.checkpoint.is_some() { self.snapshot()? } else { vec![] };
+                self.shared.barrier(self.partition, epoch, open)?;
+            }
             Message::End => {
                 self.ended = true;
                 let closed = self.close(i64::MAX)?;
                 self.reservation.free();
-                self.shared.barriers.end(self.partition, &self.shared.output)?;
+                // Handed over first: a checkpoint the end completes must hold these windows.
                 self.shared.advance(self.partition, i64::MAX, closed, true)?;
+                self.shared.barrier(self.partition, u64::MAX, vec![])?;
             }
         }
         Ok(())
     }
+}
+
+/// Reads a checkpoint's partial groups into the shared state: they wait for their windows to
+/// complete like groups handed over by a partition.
+fn restore(spec: &AggSpec, window_end: usize, ck: &WindowCheckpoint, dir: &std::path::Path, st: &mut WindowState) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let keys = spec.group.len();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|x| x != "arrow") {
+            continue;
+        }
+        for batch in super::checkpoint::read_batches(&path)? {
+            let ends = arrow::compute::cast(batch.column(window_end), &DataType::Int64)?;
+            let ends = ends.as_primitive::<Int64Type>();
+            let mut by_end: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+            for (row, end) in ends.iter().enumerate() {
+                by_end.entry(end.unwrap_or(i64::MIN)).or_default().push(row as u32);
+            }
+            for (end, rows) in by_end {
+                let part = arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?;
+                st.pending.entry(end).or_default().push(Partial::from_batch(&part, keys, &ck.widths));
+            }
+        }
+    }
+    if let Some(doc) = super::checkpoint::read_json(&dir.join("state.json"))? {
+        let watermark = doc.get("watermark").and_then(|w| w.as_i64()).unwrap_or(i64::MIN);
+        st.watermarks.iter_mut().for_each(|w| *w = watermark);
+        st.forwarded = doc.get("forwarded").and_then(|w| w.as_i64()).unwrap_or(i64::MIN);
+    }
+    Ok(())
 }

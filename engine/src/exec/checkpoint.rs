@@ -1,0 +1,335 @@
+//! Exactly-once checkpoints by aligned barriers, as in Flink.
+//!
+//! Every `interval`, sources inject the next epoch's barrier at their next work boundary (between
+//! morsels or event ranges) and record which work they have completed. Each stateful component
+//! writes its state as of the barrier into `dir/chk-<epoch>/` and acks the epoch once all its
+//! partitions passed it: a source the work it completed, a window aggregate its open windows, a file
+//! sink its files of the epoch (written and synced, not yet visible). When every component acked an
+//! epoch, the coordinator writes `dir/MANIFEST` (atomically) naming it: the checkpoint is complete, and
+//! the sinks make the epoch's files visible (rename). After a crash, the same job with the same `dir`
+//! starts from the manifest's epoch: sources skip the work it covers, state is read back, sinks
+//! finish the renames of epochs up to it and delete the files of later ones. Output therefore holds
+//! every result exactly once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Result, RiffleError};
+
+/// Where and how often a streaming job checkpoints.
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    pub dir: PathBuf,
+    pub interval: Duration,
+}
+
+/// Work items a source completed, as sorted disjoint ranges `[a, b)` of work numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeSet(Vec<(u64, u64)>);
+
+impl RangeSet {
+    pub fn insert(&mut self, w: u64) {
+        // The first range that does not end before `w`.
+        let i = self.0.partition_point(|(_, b)| *b < w);
+        match self.0.get(i).copied() {
+            Some((a, b)) if a <= w && w < b => {}
+            Some((_, b)) if b == w => {
+                self.0[i].1 = w + 1;
+                if self.0.get(i + 1).is_some_and(|(a, _)| *a == w + 1) {
+                    self.0[i].1 = self.0[i + 1].1;
+                    self.0.remove(i + 1);
+                }
+            }
+            Some((a, _)) if a == w + 1 => self.0[i].0 = w,
+            _ => self.0.insert(i, (w, w + 1)),
+        }
+    }
+
+    pub fn contains(&self, w: u64) -> bool {
+        let i = self.0.partition_point(|(_, b)| *b <= w);
+        self.0.get(i).is_some_and(|(a, _)| *a <= w)
+    }
+
+    pub fn union(&mut self, other: &RangeSet) {
+        for (a, b) in &other.0 {
+            for w in *a..*b {
+                self.insert(w);
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(self.0.iter().map(|(a, b)| serde_json::json!([a, b])).collect())
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Option<RangeSet> {
+        let ranges = v
+            .as_array()?
+            .iter()
+            .map(|r| Some((r.get(0)?.as_u64()?, r.get(1)?.as_u64()?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(RangeSet(ranges))
+    }
+}
+
+/// Called with an epoch once its checkpoint is complete (a sink making that epoch's files visible).
+pub type Committer = Box<dyn Fn(u64) -> Result<()> + Send + Sync>;
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Coordinator({}, every {:?}, from epoch {})", self.dir.display(), self.interval, self.restored)
+    }
+}
+
+pub struct Coordinator {
+    dir: PathBuf,
+    interval: Duration,
+    started: Instant,
+    /// The last complete checkpoint when the job started (0: none).
+    pub restored: u64,
+    /// Whether the manifest says the job already ran to its end.
+    pub finished: bool,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Per component: the last epoch it acked, `u64::MAX` once it ended.
+    acked: Vec<u64>,
+    /// The highest epoch any component acked.
+    highest: u64,
+    completed: u64,
+    committers: Vec<Committer>,
+}
+
+fn io(path: &Path, e: std::io::Error) -> RiffleError {
+    RiffleError::exec(format!("checkpoint: {}: {e}", path.display()))
+}
+
+impl Coordinator {
+    /// Opens (or creates) a job's checkpoint directory and reads its manifest, if any.
+    pub fn open(config: &CheckpointConfig) -> Result<Arc<Coordinator>> {
+        std::fs::create_dir_all(&config.dir).map_err(|e| io(&config.dir, e))?;
+        let manifest = config.dir.join("MANIFEST");
+        let (restored, finished) = match std::fs::read_to_string(&manifest) {
+            Ok(text) => {
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| RiffleError::exec(format!("checkpoint: {} is damaged ({e}); remove the directory to start afresh", manifest.display())))?;
+                let epoch = v.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0);
+                (epoch, v.get("finished").and_then(|f| f.as_bool()).unwrap_or(false))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, false),
+            Err(e) => return Err(io(&manifest, e)),
+        };
+        Ok(Arc::new(Coordinator {
+            dir: config.dir.clone(),
+            interval: config.interval.max(Duration::from_millis(1)),
+            started: Instant::now(),
+            restored,
+            finished,
+            state: Mutex::new(State { acked: vec![], highest: restored, completed: restored, committers: vec![] }),
+        }))
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| RiffleError::exec("checkpoint coordinator lock poisoned"))
+    }
+
+    /// A component whose acks every checkpoint needs; its number.
+    pub fn register(&self) -> Result<usize> {
+        let mut st = self.lock()?;
+        let restored = self.restored;
+        st.acked.push(restored);
+        Ok(st.acked.len() - 1)
+    }
+
+    pub fn add_committer(&self, c: Committer) -> Result<()> {
+        self.lock()?.committers.push(c);
+        Ok(())
+    }
+
+    /// The epoch sources should have started by now: one more every interval.
+    pub fn due_epoch(&self) -> u64 {
+        self.restored + (self.started.elapsed().as_nanos() / self.interval.as_nanos().max(1)) as u64
+    }
+
+    /// The directory of epoch `e`'s state (created).
+    pub fn epoch_dir(&self, e: u64) -> Result<PathBuf> {
+        let d = self.dir.join(format!("chk-{e}"));
+        std::fs::create_dir_all(&d).map_err(|err| io(&d, err))?;
+        Ok(d)
+    }
+
+    /// The state of the checkpoint the job restarts from.
+    pub fn restore_dir(&self) -> Option<PathBuf> {
+        (self.restored > 0).then(|| self.dir.join(format!("chk-{}", self.restored)))
+    }
+
+    /// Component `c` wrote its state for epoch `e`.
+    pub fn ack(&self, c: usize, e: u64) -> Result<()> {
+        let mut st = self.lock()?;
+        if let Some(a) = st.acked.get_mut(c) {
+            *a = (*a).max(e);
+        }
+        st.highest = st.highest.max(e);
+        self.complete(&mut st)
+    }
+
+    /// Component `c` ended: it holds nothing any later checkpoint needs.
+    pub fn retire(&self, c: usize) -> Result<()> {
+        let mut st = self.lock()?;
+        if let Some(a) = st.acked.get_mut(c) {
+            *a = u64::MAX;
+        }
+        self.complete(&mut st)
+    }
+
+    fn complete(&self, st: &mut State) -> Result<()> {
+        let all = st.acked.iter().copied().min().unwrap_or(u64::MAX).min(st.highest);
+        if all <= st.completed {
+            return Ok(());
+        }
+        self.write_manifest(all, false)?;
+        st.completed = all;
+        for c in &st.committers {
+            c(all)?;
+        }
+        // Older checkpoints are not needed any more.
+        for old in self.restored.max(1)..all {
+            let _ = std::fs::remove_dir_all(self.dir.join(format!("chk-{old}")));
+        }
+        Ok(())
+    }
+
+    /// The job ran to its end: a last checkpoint, marked finished, commits everything.
+    pub fn finish(&self) -> Result<()> {
+        let mut st = self.lock()?;
+        let last = st.highest.max(st.completed) + 1;
+        self.write_manifest(last, true)?;
+        st.completed = last;
+        for c in &st.committers {
+            c(last)?;
+        }
+        for old in self.restored.max(1)..last {
+            let _ = std::fs::remove_dir_all(self.dir.join(format!("chk-{old}")));
+        }
+        Ok(())
+    }
+
+    fn write_manifest(&self, epoch: u64, finished: bool) -> Result<()> {
+        let path = self.dir.join("MANIFEST");
+        let staging = self.dir.join(".MANIFEST.staging");
+        let text = serde_json::json!({ "epoch": epoch, "finished": finished }).to_string();
+        write_synced(&staging, text.as_bytes())?;
+        riffle_formats::commit_staged(&staging, &path)?;
+        Ok(())
+    }
+}
+
+/// Writes a file and syncs it to disk.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| io(path, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io(path, e))
+}
+
+/// What a component writes for an epoch: a JSON document beside its Arrow files.
+pub fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| RiffleError::exec(format!("checkpoint: {} is damaged ({e}); remove the checkpoint directory to start afresh", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path, e)),
+    }
+}
+
+/// Arrow IPC files of checkpointed batches.
+pub fn write_batches(path: &Path, batches: &[arrow::array::RecordBatch]) -> Result<()> {
+    let Some(first) = batches.first() else { return Ok(()) };
+    let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
+    let mut w = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), &first.schema())?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    let file = w.into_inner()?.into_inner().map_err(|e| RiffleError::exec(format!("checkpoint: {}: {e}", path.display())))?;
+    file.sync_all().map_err(|e| io(path, e))
+}
+
+pub fn read_batches(path: &Path) -> Result<Vec<arrow::array::RecordBatch>> {
+    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?;
+    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+/// Per-epoch bookkeeping of a component with several partitions: an epoch is done once every
+/// partition passed it or ended.
+#[derive(Debug)]
+pub struct EpochTracker {
+    /// Per partition, the last epoch it passed (`u64::MAX` once ended).
+    passed: Vec<u64>,
+    done: u64,
+}
+
+impl EpochTracker {
+    pub fn new(partitions: usize, restored: u64) -> EpochTracker {
+        EpochTracker { passed: vec![restored; partitions], done: restored }
+    }
+
+    /// Partition `p` passed epoch `e` (or ended, with `u64::MAX`); the epochs now done by all.
+    pub fn pass(&mut self, p: usize, e: u64) -> std::ops::Range<u64> {
+        if let Some(slot) = self.passed.get_mut(p) {
+            *slot = (*slot).max(e);
+        }
+        let all = self.passed.iter().copied().min().unwrap_or(u64::MAX);
+        let highest = self.passed.iter().copied().filter(|x| *x != u64::MAX).max().unwrap_or(self.done);
+        let to = all.min(highest.max(self.done));
+        let range = self.done + 1..to + 1;
+        self.done = self.done.max(to);
+        range
+    }
+
+    pub fn all_ended(&self) -> bool {
+        self.passed.iter().all(|p| *p == u64::MAX)
+    }
+
+    /// Whether partition `p` is past an epoch the others have not all passed yet.
+    pub fn ahead(&self, p: usize) -> bool {
+        self.passed.get(p).is_some_and(|x| *x != u64::MAX && *x > self.done)
+    }
+}
+
+/// Checkpointed state a component keeps per epoch until all its partitions passed it.
+pub type PerEpoch<T> = BTreeMap<u64, T>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_sets_merge_neighbours() {
+        let mut r = RangeSet::default();
+        for w in [3, 1, 2, 7, 5, 6, 0] {
+            r.insert(w);
+        }
+        assert_eq!(r.0, vec![(0, 4), (5, 8)]);
+        assert!(r.contains(3) && !r.contains(4) && r.contains(7) && !r.contains(8));
+        r.insert(4);
+        assert_eq!(r.0, vec![(0, 8)]);
+        assert_eq!(RangeSet::from_json(&r.to_json()), Some(r));
+    }
+
+    #[test]
+    fn an_epoch_is_done_when_every_partition_passed_it_or_ended() {
+        let mut t = EpochTracker::new(2, 0);
+        assert_eq!(t.pass(0, 1), 1..1);
+        assert!(t.ahead(0) && !t.ahead(1));
+        assert_eq!(t.pass(1, 2), 1..2);
+        assert_eq!(t.pass(0, u64::MAX), 2..3);
+        assert!(!t.all_ended());
+        assert_eq!(t.pass(1, u64::MAX), 3..3);
+        assert!(t.all_ended());
+    }
+}
