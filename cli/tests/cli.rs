@@ -200,3 +200,81 @@ fn a_batch_query_over_a_table_without_end_is_refused() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("table 'bid' has no end: run the query as a stream (riffle sql --stream)"), "{}", stderr(&o));
 }
+
+/// The kill test: a checkpointed streaming job (Nexmark bids counted per auction and 10-second window,
+/// into a CSV directory table) killed with SIGKILL at 20 random moments and started again each time
+/// with the same checkpoint directory ends with output identical to the batch answer on the same
+/// events: nothing lost, nothing twice.
+#[test]
+fn a_checkpointed_job_killed_twenty_times_writes_every_result_exactly_once() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let job = |out: &str| {
+        format!(
+            "CREATE TABLE bid (auction BIGINT, price BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
+             WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '16000000', 'first-event.rate' = '20000'); \
+             CREATE TABLE out (ws TIMESTAMP(3), auction BIGINT, bids BIGINT, top BIGINT) \
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv'); \
+             INSERT INTO out SELECT window_start, auction, count(*), max(price) \
+             FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '10' SECOND)) GROUP BY window_start, window_end, auction",
+            work.path().join(out).display()
+        )
+    };
+    let o = riffle(&["sql", "-c", &job("batch")], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let checkpoints = work.path().join("checkpoints");
+    let stream_args = |sql: &str| -> Vec<String> {
+        ["sql", "--stream", "--checkpoint-dir", checkpoints.to_str().unwrap_or_default(), "--checkpoint-interval", "50ms", "-c", sql]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let seed: u64 = std::env::var("RIFFLE_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64));
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (mut killed, mut resumed) = (0, 0);
+    let sql = job("stream");
+    for _ in 0..20 {
+        let manifest = std::fs::read_to_string(checkpoints.join("MANIFEST")).unwrap_or_default();
+        if manifest.contains("\"finished\":true") {
+            break;
+        }
+        resumed += usize::from(!manifest.is_empty());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_riffle"))
+            .args(stream_args(&sql))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("riffle starts");
+        std::thread::sleep(std::time::Duration::from_millis(30 + next() % 150));
+        if child.try_wait().expect("status").is_none() {
+            child.kill().expect("SIGKILL");
+            killed += 1;
+        }
+        let _ = child.wait();
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_riffle")).args(stream_args(&sql)).output().expect("riffle runs");
+    assert!(o.status.success(), "seed {seed}: {}", stderr(&o));
+    let rows = |dir: &str| -> Vec<String> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(work.path().join(dir)).expect("output directory").flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with('.'), "seed {seed}: {name} left behind");
+            all.extend(std::fs::read_to_string(entry.path()).expect("read").lines().map(str::to_string));
+        }
+        all.sort();
+        all
+    };
+    let (want, got) = (rows("batch"), rows("stream"));
+    assert!(want.len() > 10_000, "the batch answer has {} rows", want.len());
+    assert!(killed >= 20 && resumed >= 5, "seed {seed}: killed {killed} times, resumed {resumed} times from a checkpoint");
+    assert_eq!(got.len(), want.len(), "seed {seed}: rows after {killed} kills");
+    assert!(got == want, "seed {seed}: the output differs from the batch answer after {killed} kills");
+}
