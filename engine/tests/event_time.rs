@@ -123,3 +123,37 @@ fn scans_emit_the_declared_watermark_as_event_time_advances() {
     // Batches of two rows: max event times 10, 20, 30 s, less the 5 s delay.
     assert_eq!(watermarks, vec![5, 15, 25]);
 }
+
+#[test]
+fn a_slow_consumer_holds_an_endless_source_back() {
+    let progress = Arc::new(riffle_engine::exec::Progress::default());
+    let config = ExecConfig { threads: 2, stream: true, progress: Some(progress.clone()), ..ExecConfig::default() };
+    let mut s = Session::new(config);
+    s.sql(
+        "CREATE TABLE bid (price BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
+         WITH ('connector' = 'nexmark', 'table' = 'bid', 'first-event.rate' = '1000')",
+    )
+    .expect("create");
+    let (_, physical) = s
+        .plan_sql("SELECT window_start, count(*) FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '10' SECOND)) GROUP BY window_start, window_end")
+        .expect("plan");
+    let windows = Arc::new(Mutex::new(0usize));
+    let seen = windows.clone();
+    // Takes 30 ms per window and stops the query after ten.
+    let result = execute_into(&physical, &s.config, Arc::new(move |_, m| {
+        if let Message::Batch(b) = m {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            let mut n = seen.lock().expect("lock");
+            *n += b.num_rows();
+            if *n >= 10 {
+                return Err(riffle_engine::RiffleError::exec("enough"));
+            }
+        }
+        Ok(())
+    }));
+    assert!(result.is_err(), "the consumer stopped the endless query");
+    let read = progress.rows_read.load(std::sync::atomic::Ordering::Relaxed);
+    // 9,200 bids per window: ten consumed, a few queued (the window output holds 4 batches) and the
+    // open ones. Without backpressure the generator makes millions of rows in those 300 ms.
+    assert!(read < 40 * 9_200, "the source ran ahead of its consumer: {read} rows read for 10 windows consumed");
+}
