@@ -138,6 +138,7 @@ fn map_plan(plan: LogicalPlan, f: &mut dyn FnMut(LogicalPlan) -> Result<LogicalP
         LogicalPlan::WindowTvf { input, window, time, event_time, schema } => {
             LogicalPlan::WindowTvf { input: Box::new(map_plan(*input, f)?), window, time, event_time, schema }
         }
+        LogicalPlan::Window { input, calls, schema } => LogicalPlan::Window { input: Box::new(map_plan(*input, f)?), calls, schema },
         leaf @ (LogicalPlan::Scan { .. } | LogicalPlan::Values { .. }) => leaf,
     };
     f(plan)
@@ -248,6 +249,10 @@ fn push_down(plan: LogicalPlan, preds: Vec<Expr>) -> Result<LogicalPlan> {
                 preds.into_iter().partition(|p| p.column_set().iter().all(|c| *c < width) && !p.is_volatile());
             let plan = LogicalPlan::WindowTvf { input: Box::new(push_down(*input, down)?), window, time, event_time, schema };
             filter_over(plan, keep)
+        }
+        LogicalPlan::Window { input, calls, schema } => {
+            // A filter changes the partitions a window function sees: it stays above.
+            filter_over(LogicalPlan::Window { input: Box::new(push_down(*input, vec![])?), calls, schema }, preds)
         }
         other => {
             // Limits, top-k, values: filters stay above; their inputs are optimized on their own.
@@ -515,6 +520,33 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             let mut map = in_map;
             map.extend((0..3).map(|k| Some(new_width + k)));
             (LogicalPlan::WindowTvf { input: Box::new(input), window, time, event_time, schema }, map)
+        }
+        LogicalPlan::Window { input, calls, .. } => {
+            let width = input.schema().fields().len();
+            let mut need: BTreeSet<usize> = required.iter().copied().filter(|c| *c < width).collect();
+            for c in &calls {
+                for e in c.args.iter().chain(&c.partition_by).chain(c.order_by.iter().map(|k| &k.expr)) {
+                    need.extend(e.column_set());
+                }
+            }
+            let (input, in_map) = prune(*input, &need)?;
+            let calls: Vec<crate::logical::WindowCall> = calls
+                .into_iter()
+                .map(|c| crate::logical::WindowCall {
+                    args: c.args.into_iter().map(|e| remap_with(e, &in_map)).collect(),
+                    partition_by: c.partition_by.into_iter().map(|e| remap_with(e, &in_map)).collect(),
+                    order_by: c.order_by.into_iter().map(|k| SortKey { expr: remap_with(k.expr, &in_map), ..k }).collect(),
+                    ..c
+                })
+                .collect();
+            let new_width = input.schema().fields().len();
+            let mut fields: Vec<Field> = input.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            for (i, c) in calls.iter().enumerate() {
+                fields.push(Field::new(format!("window{i}"), c.ty.clone(), true));
+            }
+            let mut map = in_map;
+            map.extend((0..calls.len()).map(|k| Some(new_width + k)));
+            (LogicalPlan::Window { input: Box::new(input), calls, schema: Arc::new(Schema::new(fields)) }, map)
         }
         LogicalPlan::Union { inputs, schema } => {
             // Every input must produce exactly the kept columns, in the same order.

@@ -8,7 +8,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::catalog::TableSource;
 use crate::error::{Result, RiffleError};
-use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey, WindowSpec};
+use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey, WindowCall, WindowSpec};
 
 #[derive(Debug, Clone)]
 pub enum PhysicalPlan {
@@ -29,6 +29,9 @@ pub enum PhysicalPlan {
     /// window_end over a window table function). Run as a stream, such an aggregate emits each
     /// window's groups once the watermark passes its end, not at the end of input.
     HashAggregate { input: Box<PhysicalPlan>, group: Vec<Expr>, aggs: Vec<AggCall>, window_end: Option<usize>, schema: SchemaRef },
+    /// Window functions over input sorted by their PARTITION BY and ORDER BY keys, in one partition:
+    /// each row with the calls' values appended.
+    Window { input: Box<PhysicalPlan>, calls: Vec<WindowCall>, schema: SchemaRef },
     /// A window table function: each row once per window it falls in, window bounds appended.
     WindowTvf { input: Box<PhysicalPlan>, window: WindowSpec, time: usize, schema: SchemaRef },
     /// Builds a hash table on `build` (the right input), streams `probe` (the left input) through it.
@@ -60,7 +63,8 @@ impl PhysicalPlan {
             | PhysicalPlan::HashJoin { schema, .. }
             | PhysicalPlan::NestedLoopJoin { schema, .. }
             | PhysicalPlan::Union { schema, .. }
-            | PhysicalPlan::WindowTvf { schema, .. } => schema.clone(),
+            | PhysicalPlan::WindowTvf { schema, .. }
+            | PhysicalPlan::Window { schema, .. } => schema.clone(),
             PhysicalPlan::Filter { input, .. } | PhysicalPlan::Sort { input, .. } | PhysicalPlan::Limit { input, .. } => {
                 input.schema()
             }
@@ -75,7 +79,8 @@ impl PhysicalPlan {
             | PhysicalPlan::HashAggregate { input, .. }
             | PhysicalPlan::Sort { input, .. }
             | PhysicalPlan::Limit { input, .. }
-            | PhysicalPlan::WindowTvf { input, .. } => vec![input],
+            | PhysicalPlan::WindowTvf { input, .. }
+            | PhysicalPlan::Window { input, .. } => vec![input],
             PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
                 vec![probe, build]
             }
@@ -134,6 +139,7 @@ impl PhysicalPlan {
                 return never("GROUP BY")
             }
             PhysicalPlan::Sort { input, .. } if input.unbounded() => return never("ORDER BY"),
+            PhysicalPlan::Window { input, .. } if input.unbounded() => return never("a window function (OVER)"),
             PhysicalPlan::HashJoin { build, .. } | PhysicalPlan::NestedLoopJoin { build, .. } if build.unbounded() => {
                 return never("a join with an unbounded right side")
             }
@@ -153,6 +159,7 @@ impl PhysicalPlan {
             | PhysicalPlan::Union { .. }
             | PhysicalPlan::HashAggregate { window_end: Some(_), .. } => None,
             PhysicalPlan::HashAggregate { .. } => Some("a GROUP BY other than by an event-time window"),
+            PhysicalPlan::Window { .. } => Some("a window function (OVER)"),
             PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => Some("a join"),
             PhysicalPlan::Sort { .. } => Some("ORDER BY"),
             PhysicalPlan::Limit { .. } => Some("LIMIT"),
@@ -180,6 +187,7 @@ impl PhysicalPlan {
             PhysicalPlan::HashAggregate { window_end: Some(_), .. } => "WindowAggregate",
             PhysicalPlan::HashAggregate { .. } => "HashAggregate",
             PhysicalPlan::WindowTvf { .. } => "WindowTvf",
+            PhysicalPlan::Window { .. } => "Window",
             PhysicalPlan::HashJoin { .. } => "HashJoin",
             PhysicalPlan::NestedLoopJoin { .. } => "NestedLoopJoin",
             PhysicalPlan::Sort { fetch: Some(_), .. } => "TopK",
@@ -266,6 +274,7 @@ impl PhysicalPlan {
             PhysicalPlan::Limit { skip, fetch, .. } => format!(": skip={skip} fetch={}", fetch.map(|f| f.to_string()).unwrap_or("all".into())),
             PhysicalPlan::Union { inputs, .. } => format!(": {} inputs", inputs.len()),
             PhysicalPlan::WindowTvf { input, window, time, .. } => format!(": {}", window.describe(input.schema().field(*time).name())),
+            PhysicalPlan::Window { input, calls, .. } => format!(": {}", crate::logical::describe_window_calls(calls, &input.schema())),
         }
     }
 }
@@ -306,6 +315,48 @@ fn is_window_end(plan: &LogicalPlan, c: usize) -> bool {
     }
 }
 
+/// Window functions: for each distinct (PARTITION BY, ORDER BY) of the calls, a sort by those keys
+/// and a Window node appending those calls; then the columns in the order the SELECT bound them.
+fn window_plan(mut input: PhysicalPlan, calls: &[WindowCall], schema: &SchemaRef) -> Result<PhysicalPlan> {
+    let width = input.schema().fields().len();
+    let mut specs: Vec<(Vec<Expr>, Vec<SortKey>)> = Vec::new();
+    for c in calls {
+        if !specs.iter().any(|(p, o)| *p == c.partition_by && *o == c.order_by) {
+            specs.push((c.partition_by.clone(), c.order_by.clone()));
+        }
+    }
+    // Where each call's column lands.
+    let mut position = vec![0; calls.len()];
+    let mut next = width;
+    for (partition_by, order_by) in specs {
+        let mut keys: Vec<SortKey> =
+            partition_by.iter().map(|e| SortKey { expr: e.clone(), descending: false, nulls_first: false }).collect();
+        keys.extend(order_by.iter().cloned());
+        let sorted = if keys.is_empty() {
+            // One partition of everything: gathered, in any order.
+            PhysicalPlan::Limit { input: Box::new(input), skip: 0, fetch: None }
+        } else {
+            PhysicalPlan::Sort { input: Box::new(input), keys, fetch: None }
+        };
+        let mine: Vec<(usize, &WindowCall)> =
+            calls.iter().enumerate().filter(|(_, c)| c.partition_by == partition_by && c.order_by == order_by).collect();
+        let mut fields: Vec<arrow::datatypes::Field> = sorted.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        for (i, c) in &mine {
+            position[*i] = next;
+            next += 1;
+            fields.push(schema.field(width + i).clone().with_data_type(c.ty.clone()));
+        }
+        let group_calls = mine.iter().map(|(_, c)| (*c).clone()).collect();
+        input = PhysicalPlan::Window { input: Box::new(sorted), calls: group_calls, schema: Arc::new(Schema::new(fields)) };
+    }
+    let in_order = position.iter().enumerate().all(|(i, p)| *p == width + i);
+    if in_order {
+        return Ok(input);
+    }
+    let exprs = (0..width).map(Expr::Column).chain(position.iter().map(|p| Expr::Column(*p))).collect();
+    Ok(PhysicalPlan::Project { input: Box::new(input), exprs, schema: schema.clone() })
+}
+
 /// Chooses an algorithm for each logical node.
 pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
     Ok(match plan {
@@ -330,6 +381,7 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             let window_end = group.iter().position(|g| matches!(g, Expr::Column(c) if is_window_end(logical_input, *c)));
             PhysicalPlan::HashAggregate { input: Box::new(input), group: group.clone(), aggs: aggs.clone(), window_end, schema: schema.clone() }
         }
+        LogicalPlan::Window { input, calls, schema } => window_plan(plan_physical(input)?, calls, schema)?,
         LogicalPlan::WindowTvf { input, window, time, schema, .. } => {
             PhysicalPlan::WindowTvf { input: Box::new(plan_physical(input)?), window: *window, time: *time, schema: schema.clone() }
         }

@@ -175,6 +175,13 @@ impl Builder<'_> {
                 open.push(&metrics, move || Box::new(ProjectOp { exprs: exprs.clone(), schema: schema.clone() }));
                 open
             }
+            PhysicalPlan::Window { input, calls, schema } => {
+                let open = self.open(input)?;
+                let mut open = self.repartition(open, 1)?;
+                let (calls, schema) = (calls.clone(), schema.clone());
+                open.push(&metrics, move || Box::new(super::window::WindowOp::new(calls.clone(), schema.clone())));
+                open
+            }
             PhysicalPlan::WindowTvf { input, window, time, schema } => {
                 let mut open = self.open(input)?;
                 let (window, time, schema) = (*window, *time, schema.clone());

@@ -19,6 +19,7 @@ mod prune;
 mod scan;
 mod scheduler;
 mod sort;
+mod window;
 mod window_aggregate;
 mod window_tvf;
 

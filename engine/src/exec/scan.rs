@@ -67,6 +67,7 @@ struct EventCursor {
 }
 
 impl ScanShared {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         source: Arc<TableSource>,
         projection: Vec<usize>,

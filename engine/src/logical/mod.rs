@@ -4,4 +4,7 @@ mod expr;
 mod plan;
 
 pub use expr::{BinaryOp, Expr, Scalar};
-pub use plan::{join_schema, window_schema, AggCall, AggFunc, JoinKind, LogicalPlan, SortKey, WindowKind, WindowSpec, WINDOW_TIME_BEFORE_END};
+pub use plan::{
+    describe_window_calls, join_schema, window_schema, AggCall, AggFunc, Frame, FrameBound, JoinKind, LogicalPlan, SortKey, WindowCall,
+    WindowFunc, WindowKind, WindowSpec, WINDOW_TIME_BEFORE_END,
+};

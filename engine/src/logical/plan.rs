@@ -73,6 +73,70 @@ pub struct SortKey {
     pub nulls_first: bool,
 }
 
+/// A window function (`… OVER (PARTITION BY … ORDER BY … frame)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowFunc {
+    RowNumber,
+    Rank,
+    DenseRank,
+    PercentRank,
+    CumeDist,
+    Ntile,
+    Lag,
+    Lead,
+    FirstValue,
+    LastValue,
+    Aggregate(AggFunc),
+}
+
+impl WindowFunc {
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowFunc::RowNumber => "row_number",
+            WindowFunc::Rank => "rank",
+            WindowFunc::DenseRank => "dense_rank",
+            WindowFunc::PercentRank => "percent_rank",
+            WindowFunc::CumeDist => "cume_dist",
+            WindowFunc::Ntile => "ntile",
+            WindowFunc::Lag => "lag",
+            WindowFunc::Lead => "lead",
+            WindowFunc::FirstValue => "first_value",
+            WindowFunc::LastValue => "last_value",
+            WindowFunc::Aggregate(a) => a.name(),
+        }
+    }
+}
+
+/// One end of a window frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameBound {
+    UnboundedPreceding,
+    Preceding(u64),
+    CurrentRow,
+    Following(u64),
+    UnboundedFollowing,
+}
+
+/// Which rows of its partition a window aggregate of a row covers. `rows`: the bounds count rows;
+/// otherwise (RANGE) `CurrentRow` means the row's peers (equal ORDER BY keys) too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    pub rows: bool,
+    pub start: FrameBound,
+    pub end: FrameBound,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowCall {
+    pub func: WindowFunc,
+    pub args: Vec<Expr>,
+    pub partition_by: Vec<Expr>,
+    pub order_by: Vec<SortKey>,
+    pub frame: Frame,
+    /// The result type.
+    pub ty: DataType,
+}
+
 /// Which of Flink's window table functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
@@ -189,6 +253,29 @@ pub enum LogicalPlan {
     /// bounds appended (`window_schema`). Rows whose time is NULL fall in no window. `event_time`:
     /// `time` is its input's event time, so watermarks tell when a window is complete.
     WindowTvf { input: Box<LogicalPlan>, window: WindowSpec, time: usize, event_time: bool, schema: SchemaRef },
+    /// The input's columns, then each window function's value for the row.
+    Window { input: Box<LogicalPlan>, calls: Vec<WindowCall>, schema: SchemaRef },
+}
+
+/// `rank() OVER (PARTITION BY a ORDER BY b DESC), …` for EXPLAIN.
+pub fn describe_window_calls(calls: &[WindowCall], schema: &Schema) -> String {
+    let list = |exprs: &[Expr]| exprs.iter().map(|e| e.display(schema).to_string()).collect::<Vec<_>>().join(", ");
+    calls
+        .iter()
+        .map(|c| {
+            let mut over = Vec::new();
+            if !c.partition_by.is_empty() {
+                over.push(format!("PARTITION BY {}", list(&c.partition_by)));
+            }
+            if !c.order_by.is_empty() {
+                let keys: Vec<String> =
+                    c.order_by.iter().map(|k| format!("{}{}", k.expr.display(schema), if k.descending { " DESC" } else { "" })).collect();
+                over.push(format!("ORDER BY {}", keys.join(", ")));
+            }
+            format!("{}({}) OVER ({})", c.func.name(), list(&c.args), over.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The schema of a join's output.
@@ -215,7 +302,8 @@ impl LogicalPlan {
             | LogicalPlan::Aggregate { schema, .. }
             | LogicalPlan::Join { schema, .. }
             | LogicalPlan::Union { schema, .. }
-            | LogicalPlan::WindowTvf { schema, .. } => schema.clone(),
+            | LogicalPlan::WindowTvf { schema, .. }
+            | LogicalPlan::Window { schema, .. } => schema.clone(),
             LogicalPlan::Filter { input, .. } | LogicalPlan::Sort { input, .. } | LogicalPlan::Limit { input, .. } => {
                 input.schema()
             }
@@ -230,7 +318,8 @@ impl LogicalPlan {
             | LogicalPlan::Aggregate { input, .. }
             | LogicalPlan::Sort { input, .. }
             | LogicalPlan::Limit { input, .. }
-            | LogicalPlan::WindowTvf { input, .. } => vec![input],
+            | LogicalPlan::WindowTvf { input, .. }
+            | LogicalPlan::Window { input, .. } => vec![input],
             LogicalPlan::Join { left, right, .. } => vec![left, right],
             LogicalPlan::Union { inputs, .. } => inputs.iter().collect(),
         }
@@ -330,6 +419,7 @@ impl LogicalPlan {
                 let s = format!("WindowTvf: {}", window.describe(input.schema().field(*time).name()));
                 if *event_time { s + " event_time" } else { s }
             }
+            LogicalPlan::Window { input, calls, .. } => format!("Window: {}", describe_window_calls(calls, &input.schema())),
         }
     }
 

@@ -12,7 +12,7 @@ use super::{AggCollector, Binder};
 use crate::error::{closest, sql_error, Result, RiffleError};
 use crate::eval::interval_literal;
 use crate::functions::{function_names, ScalarFunc};
-use crate::logical::{AggCall, AggFunc, BinaryOp, Expr, Scalar};
+use crate::logical::{AggCall, AggFunc, BinaryOp, Expr, Frame, FrameBound, Scalar, WindowCall, WindowFunc};
 use crate::types::{
     arithmetic_operand_types, common_type, decimal, decimal_parts, is_decimal, is_numeric, is_string, parse_sql_type, sql_name,
 };
@@ -20,6 +20,9 @@ use crate::types::{
 /// Aggregates are bound as placeholders `TRY_CAST(Column(AGG_BASE + i) AS type)` until the Aggregate
 /// node exists.
 pub const AGG_BASE: usize = 1 << 40;
+/// Window functions likewise: `TRY_CAST(Column(WINDOW_BASE + i) AS type)` until the Window node
+/// exists (above any aggregate's placeholders, so an aggregate's rewrite can tell them apart).
+pub const WINDOW_BASE: usize = 1 << 41;
 
 pub fn span_pos(span: &sqlparser::tokenizer::Span) -> Option<(u64, u64)> {
     (span.start.line > 0).then_some((span.start.line, span.start.column))
@@ -464,9 +467,6 @@ impl Binder<'_> {
 
     fn function(&mut self, f: &ast::Function, e: &ast::Expr, cx: &mut ExprContext) -> Result<Expr> {
         let name = f.name.to_string().to_ascii_lowercase();
-        if f.over.is_some() {
-            return Err(sql_error(format!("window function {name}() is not supported yet"), expr_pos(e)));
-        }
         let (args, distinct, star) = match &f.args {
             ast::FunctionArguments::None => (vec![], false, false),
             ast::FunctionArguments::Subquery(_) => return Err(RiffleError::NotSupported(format!("{name}(subquery)"))),
@@ -484,6 +484,9 @@ impl Binder<'_> {
                 (args, distinct, star)
             }
         };
+        if let Some(over) = &f.over {
+            return self.over_function(&name, &args, distinct, star, over, e, cx);
+        }
         if is_aggregate_name(&name) {
             return self.aggregate(&name, &args, distinct, star, e, cx);
         }
@@ -508,6 +511,138 @@ impl Binder<'_> {
             RiffleError::Plan(m) => sql_error(m, expr_pos(e)),
             other => other,
         })
+    }
+
+    /// `f(args) OVER (PARTITION BY … ORDER BY … [ROWS|RANGE frame])`, bound as a placeholder of the
+    /// Window node the SELECT gets (its arguments and keys may hold aggregates of the SELECT's GROUP BY).
+    #[allow(clippy::too_many_arguments)]
+    fn over_function(
+        &mut self,
+        name: &str,
+        args: &[ast::Expr],
+        distinct: bool,
+        star: bool,
+        over: &ast::WindowType,
+        e: &ast::Expr,
+        cx: &mut ExprContext,
+    ) -> Result<Expr> {
+        let at = expr_pos(e);
+        let ast::WindowType::WindowSpec(spec) = over else {
+            return Err(RiffleError::NotSupported("named windows (OVER w … WINDOW w AS (…))".into()));
+        };
+        if distinct {
+            return Err(RiffleError::NotSupported(format!("{name}(DISTINCT …) OVER (…)")));
+        }
+        let bound: Vec<Expr> = args.iter().map(|a| self.bind_expr(a, cx)).collect::<Result<_>>()?;
+        let partition_by = spec.partition_by.iter().map(|p| self.bind_expr(p, cx)).collect::<Result<Vec<_>>>()?;
+        let mut order_by = Vec::new();
+        for o in &spec.order_by {
+            let k = self.bind_expr(&o.expr, cx)?;
+            order_by.push(super::sort_key(k, o));
+        }
+        let schema = cx.scope.schema();
+        let arg_ty = bound.first().map(|a| a.data_type(&schema));
+        let n_args = bound.len();
+        let (func, ty) = match (name, n_args) {
+            ("row_number", 0) => (WindowFunc::RowNumber, DataType::Int64),
+            ("rank", 0) => (WindowFunc::Rank, DataType::Int64),
+            ("dense_rank", 0) => (WindowFunc::DenseRank, DataType::Int64),
+            ("percent_rank", 0) => (WindowFunc::PercentRank, DataType::Float64),
+            ("cume_dist", 0) => (WindowFunc::CumeDist, DataType::Float64),
+            ("ntile", 1) => (WindowFunc::Ntile, DataType::Int64),
+            ("lag", 1..=3) => (WindowFunc::Lag, arg_ty.clone().unwrap_or(DataType::Null)),
+            ("lead", 1..=3) => (WindowFunc::Lead, arg_ty.clone().unwrap_or(DataType::Null)),
+            ("first_value", 1) => (WindowFunc::FirstValue, arg_ty.clone().unwrap_or(DataType::Null)),
+            ("last_value", 1) => (WindowFunc::LastValue, arg_ty.clone().unwrap_or(DataType::Null)),
+            ("count", 0) if star || args.is_empty() => (WindowFunc::Aggregate(AggFunc::CountStar), DataType::Int64),
+            (agg, 1) if is_aggregate_name(agg) => {
+                let func = match agg {
+                    "count" => AggFunc::Count,
+                    "sum" => AggFunc::Sum,
+                    "avg" | "mean" => AggFunc::Avg,
+                    "min" => AggFunc::Min,
+                    "max" => AggFunc::Max,
+                    other => return Err(sql_error(format!("{other}() is not supported as a window function"), at)),
+                };
+                let t = arg_ty.clone().unwrap_or(DataType::Null);
+                let numeric = is_numeric(&t) || t == DataType::Null;
+                let ty = match func {
+                    AggFunc::Count | AggFunc::CountStar => DataType::Int64,
+                    AggFunc::Sum | AggFunc::Avg if !numeric => {
+                        return Err(sql_error(format!("{agg}() expects a number, got {}", sql_name(&t)), at))
+                    }
+                    AggFunc::Sum => match &t {
+                        d if is_decimal(d) => decimal(38, decimal_parts(d).map_or(0, |(_, s)| s)),
+                        t if t.is_integer() || *t == DataType::Null => DataType::Int64,
+                        _ => DataType::Float64,
+                    },
+                    AggFunc::Avg => DataType::Float64,
+                    AggFunc::Min | AggFunc::Max => t,
+                };
+                (WindowFunc::Aggregate(func), ty)
+            }
+            (other, _) => {
+                return Err(sql_error(
+                    format!("{other}() with {n_args} argument(s) is not a window function (row_number, rank, dense_rank, percent_rank, cume_dist, ntile, lag, lead, first_value, last_value, count, sum, avg, min, max)"),
+                    at,
+                ))
+            }
+        };
+        let constant = match func {
+            WindowFunc::Ntile => bound.first(),
+            WindowFunc::Lag | WindowFunc::Lead => bound.get(1),
+            _ => None,
+        };
+        if constant.is_some_and(|c| !matches!(c, Expr::Literal(_))) {
+            return Err(sql_error(format!("the offset or bucket count of {name}() must be a constant"), at));
+        }
+        let frame = self.window_frame(spec.window_frame.as_ref(), !order_by.is_empty())?;
+        let call = WindowCall { func, args: bound, partition_by, order_by, frame, ty: ty.clone() };
+        let k = self.window_calls.iter().position(|c| *c == call).unwrap_or_else(|| {
+            self.window_calls.push(call);
+            self.window_calls.len() - 1
+        });
+        Ok(Expr::Cast { expr: Box::new(Expr::Column(WINDOW_BASE + k)), to: ty, safe: true })
+    }
+
+    /// The frame as written, or SQL's default: with ORDER BY the rows up to the current row's last
+    /// peer, without it the whole partition.
+    fn window_frame(&self, frame: Option<&ast::WindowFrame>, ordered: bool) -> Result<Frame> {
+        let Some(f) = frame else {
+            let end = if ordered { FrameBound::CurrentRow } else { FrameBound::UnboundedFollowing };
+            return Ok(Frame { rows: false, start: FrameBound::UnboundedPreceding, end });
+        };
+        let rows = match f.units {
+            ast::WindowFrameUnits::Rows => true,
+            ast::WindowFrameUnits::Range => false,
+            ast::WindowFrameUnits::Groups => return Err(RiffleError::NotSupported("GROUPS frames".into())),
+        };
+        let offset = |e: &Option<Box<ast::Expr>>| -> Result<u64> {
+            match e.as_deref() {
+                Some(ast::Expr::Value(v)) => match &v.value {
+                    Value::Number(n, _) => n.parse().map_err(|_| RiffleError::plan(format!("a frame offset must be a whole number, got {n}"))),
+                    other => Err(RiffleError::plan(format!("a frame offset must be a whole number, got {other}"))),
+                },
+                Some(other) => Err(RiffleError::plan(format!("a frame offset must be a constant, got {other}"))),
+                None => Ok(0),
+            }
+        };
+        let bound = |b: &ast::WindowFrameBound| -> Result<FrameBound> {
+            Ok(match b {
+                ast::WindowFrameBound::CurrentRow => FrameBound::CurrentRow,
+                ast::WindowFrameBound::Preceding(None) => FrameBound::UnboundedPreceding,
+                ast::WindowFrameBound::Following(None) => FrameBound::UnboundedFollowing,
+                ast::WindowFrameBound::Preceding(e) if rows => FrameBound::Preceding(offset(e)?),
+                ast::WindowFrameBound::Following(e) if rows => FrameBound::Following(offset(e)?),
+                _ => return Err(RiffleError::NotSupported("RANGE frames with an offset (use ROWS, or UNBOUNDED / CURRENT ROW)".into())),
+            })
+        };
+        let start = bound(&f.start_bound)?;
+        let end = match &f.end_bound {
+            Some(b) => bound(b)?,
+            None => FrameBound::CurrentRow,
+        };
+        Ok(Frame { rows, start, end })
     }
 
     fn aggregate(

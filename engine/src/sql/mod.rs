@@ -16,9 +16,9 @@ pub use scope::{Scope, ScopeColumn};
 
 use crate::catalog::Catalog;
 use crate::error::{sql_error, Result, RiffleError};
-use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey};
+use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey, WindowCall};
 use crate::types::{common_type, sql_name};
-use expr::{expr_pos, is_aggregate_name, AGG_BASE};
+use expr::{expr_pos, is_aggregate_name, AGG_BASE, WINDOW_BASE};
 
 /// The aggregate calls found while binding one SELECT, without duplicates.
 #[derive(Default)]
@@ -42,6 +42,8 @@ pub struct Binder<'a> {
     ctes: Vec<(String, LogicalPlan, Scope)>,
     /// Scalar subqueries met while binding the current expression.
     subquery_joins: SubqueryJoins,
+    /// Window functions of the SELECT being bound.
+    window_calls: Vec<WindowCall>,
 }
 
 fn project(input: LogicalPlan, exprs: Vec<Expr>, names: Vec<String>) -> LogicalPlan {
@@ -82,6 +84,8 @@ fn rewrite_post_agg(e: Expr, group: &[Expr], input: &Scope) -> Result<Expr> {
     }
     match e {
         Expr::Cast { expr, safe: true, to } => match *expr {
+            // A window function's placeholder stays: the Window node comes after the aggregate.
+            Expr::Column(i) if i >= WINDOW_BASE => Ok(Expr::Cast { expr: Box::new(Expr::Column(i)), safe: true, to }),
             Expr::Column(i) if i >= AGG_BASE => Ok(Expr::Column(group.len() + i - AGG_BASE)),
             inner => Ok(Expr::Cast { expr: Box::new(rewrite_post_agg(inner, group, input)?), safe: true, to }),
         },
@@ -163,7 +167,7 @@ fn contains_aggregate(e: &ast::Expr) -> bool {
 
 impl<'a> Binder<'a> {
     pub fn new(catalog: &'a Catalog) -> Self {
-        Binder { catalog, ctes: Vec::new(), subquery_joins: SubqueryJoins::default() }
+        Binder { catalog, ctes: Vec::new(), subquery_joins: SubqueryJoins::default(), window_calls: Vec::new() }
     }
 
     pub fn bind_query(&mut self, q: &ast::Query) -> Result<(LogicalPlan, Scope)> {
@@ -367,6 +371,13 @@ impl<'a> Binder<'a> {
     }
 
     fn bind_select(&mut self, s: &ast::Select, order_by: &[&ast::OrderByExpr]) -> Result<(LogicalPlan, Scope)> {
+        let outer_windows = std::mem::take(&mut self.window_calls);
+        let result = self.bind_select_inner(s, order_by);
+        self.window_calls = outer_windows;
+        result
+    }
+
+    fn bind_select_inner(&mut self, s: &ast::Select, order_by: &[&ast::OrderByExpr]) -> Result<(LogicalPlan, Scope)> {
         let (plan, scope) = self.bind_from(&s.from)?;
         let (mut plan, mut scope) = match &s.selection {
             Some(w) => self.bind_where(plan, scope, w)?,
@@ -510,6 +521,18 @@ impl<'a> Binder<'a> {
                 .into_iter()
                 .map(|(e, o, out)| Ok((if out { e } else { rewrite(e)? }, o, out)))
                 .collect::<Result<_>>()?;
+            let calls = std::mem::take(&mut self.window_calls);
+            self.window_calls = calls
+                .into_iter()
+                .map(|c| {
+                    Ok(WindowCall {
+                        args: c.args.into_iter().map(rewrite).collect::<Result<_>>()?,
+                        partition_by: c.partition_by.into_iter().map(rewrite).collect::<Result<_>>()?,
+                        order_by: c.order_by.into_iter().map(|k| Ok(SortKey { expr: rewrite(k.expr)?, ..k })).collect::<Result<_>>()?,
+                        ..c
+                    })
+                })
+                .collect::<Result<_>>()?;
             let agg_schema: SchemaRef = Arc::new(Schema::new(fields));
             let post_scope = Scope::from_schema(&agg_schema, None);
             plan = LogicalPlan::Aggregate { input: Box::new(plan), group, aggs: collector.calls, schema: agg_schema };
@@ -517,6 +540,28 @@ impl<'a> Binder<'a> {
                 let h = self.coerce(h, &DataType::Boolean, &post_scope)?;
                 plan = LogicalPlan::Filter { input: Box::new(plan), predicate: h };
             }
+        }
+
+        // Window functions, over the rows the WHERE, GROUP BY and HAVING left.
+        if !self.window_calls.is_empty() {
+            let calls = std::mem::take(&mut self.window_calls);
+            let width = plan.schema().fields().len();
+            let mut fields: Vec<Field> = plan.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            for (i, c) in calls.iter().enumerate() {
+                fields.push(Field::new(format!("window{i}"), c.ty.clone(), true));
+            }
+            plan = LogicalPlan::Window { input: Box::new(plan), calls, schema: Arc::new(Schema::new(fields)) };
+            let place = |e: Expr| {
+                e.transform(&mut |x| match x {
+                    Expr::Cast { expr, safe: true, to } => match *expr {
+                        Expr::Column(i) if i >= WINDOW_BASE => Expr::Column(width + i - WINDOW_BASE),
+                        inner => Expr::Cast { expr: Box::new(inner), safe: true, to },
+                    },
+                    other => other,
+                })
+            };
+            select_exprs = select_exprs.into_iter().map(|(e, n)| (place(e), n)).collect();
+            sort_exprs = sort_exprs.into_iter().map(|(e, o, out)| (if out { e } else { place(e) }, o, out)).collect();
         }
 
         // Projection: the select list, then hidden ORDER BY keys.

@@ -1,0 +1,316 @@
+//! Window functions (`… OVER (PARTITION BY … ORDER BY … frame)`) over input sorted by the partition
+//! and order keys, in one partition: rows are buffered until their PARTITION BY key changes, then the
+//! partition's values are computed and it is emitted with them.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt32Array,
+};
+use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+
+use super::Operator;
+use crate::error::{Result, RiffleError};
+use crate::eval::evaluate;
+use crate::logical::{AggFunc, FrameBound, WindowCall, WindowFunc};
+use crate::message::Message;
+
+pub struct WindowOp {
+    calls: Vec<WindowCall>,
+    schema: SchemaRef,
+    /// Row-encodes the PARTITION BY keys (made with the first batch), none without PARTITION BY.
+    partition_rows: Option<RowConverter>,
+    buffer: Vec<RecordBatch>,
+    last_key: Option<OwnedRow>,
+}
+
+impl WindowOp {
+    /// `calls` share their PARTITION BY and ORDER BY.
+    pub fn new(calls: Vec<WindowCall>, schema: SchemaRef) -> WindowOp {
+        WindowOp { calls, schema, partition_rows: None, buffer: vec![], last_key: None }
+    }
+
+    fn flush(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut self.buffer);
+        let partition = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
+        if partition.num_rows() == 0 {
+            return Ok(());
+        }
+        let mut columns = partition.columns().to_vec();
+        let shape = Shape::of(&self.calls[0], &partition)?;
+        for call in &self.calls {
+            let values = compute(call, &partition, &shape)?;
+            columns.push(if values.data_type() == &call.ty { values } else { arrow::compute::cast(&values, &call.ty)? });
+        }
+        out.push(Message::Batch(RecordBatch::try_new(self.schema.clone(), columns)?));
+        Ok(())
+    }
+}
+
+impl Operator for WindowOp {
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        if self.calls[0].partition_by.is_empty() {
+            self.buffer.push(batch);
+            return Ok(());
+        }
+        let keys = self.calls[0].partition_by.iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
+        if self.partition_rows.is_none() {
+            self.partition_rows = Some(RowConverter::new(keys.iter().map(|k| SortField::new(k.data_type().clone())).collect())?);
+        }
+        let Some(converter) = &self.partition_rows else { return Ok(()) };
+        let rows = converter.convert_columns(&keys)?;
+        // Rows where a new partition starts.
+        let mut starts = Vec::new();
+        for i in 0..rows.num_rows() {
+            let new = match (i, &self.last_key) {
+                (0, Some(last)) => rows.row(0) != last.row(),
+                (0, None) => false,
+                _ => rows.row(i) != rows.row(i - 1),
+            };
+            if new {
+                starts.push(i);
+            }
+        }
+        self.last_key = Some(rows.row(rows.num_rows() - 1).owned());
+        let mut from = 0;
+        for s in starts {
+            if s > from {
+                self.buffer.push(batch.slice(from, s - from));
+            }
+            self.flush(out)?;
+            from = s;
+        }
+        self.buffer.push(batch.slice(from, batch.num_rows() - from));
+        Ok(())
+    }
+
+    fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
+        if matches!(msg, Message::End) {
+            self.flush(out)?;
+        }
+        out.push(msg);
+        Ok(())
+    }
+}
+
+/// A partition's peer groups (rows with equal ORDER BY keys): for each row, where its group starts
+/// and ends, and the group's number.
+struct Shape {
+    n: usize,
+    peer_start: Vec<usize>,
+    peer_end: Vec<usize>,
+    peer_group: Vec<usize>,
+}
+
+impl Shape {
+    fn of(call: &WindowCall, p: &RecordBatch) -> Result<Shape> {
+        let n = p.num_rows();
+        let mut peer_start = vec![0; n];
+        let mut peer_group = vec![0; n];
+        if !call.order_by.is_empty() {
+            let keys = call.order_by.iter().map(|k| evaluate(&k.expr, p)).collect::<Result<Vec<_>>>()?;
+            let converter = RowConverter::new(keys.iter().map(|k| SortField::new(k.data_type().clone())).collect())?;
+            let rows = converter.convert_columns(&keys)?;
+            for i in 1..n {
+                if rows.row(i) == rows.row(i - 1) {
+                    peer_start[i] = peer_start[i - 1];
+                    peer_group[i] = peer_group[i - 1];
+                } else {
+                    peer_start[i] = i;
+                    peer_group[i] = peer_group[i - 1] + 1;
+                }
+            }
+        }
+        // Without ORDER BY every row is a peer of every other.
+        let mut peer_end = vec![n; n];
+        if !call.order_by.is_empty() {
+            for i in (0..n).rev() {
+                peer_end[i] = if i + 1 < n && peer_start[i + 1] == peer_start[i] { peer_end[i + 1] } else { i + 1 };
+            }
+        }
+        Ok(Shape { n, peer_start, peer_end, peer_group })
+    }
+
+    /// The rows `[lo, hi)` of row `i`'s frame.
+    fn frame(&self, call: &WindowCall, i: usize) -> (usize, usize) {
+        let f = call.frame;
+        let lo = match f.start {
+            FrameBound::UnboundedPreceding => 0,
+            FrameBound::Preceding(k) => i.saturating_sub(k as usize),
+            FrameBound::CurrentRow if f.rows => i,
+            FrameBound::CurrentRow => self.peer_start[i],
+            FrameBound::Following(k) => i.saturating_add(k as usize).min(self.n),
+            FrameBound::UnboundedFollowing => self.n,
+        };
+        let hi = match f.end {
+            FrameBound::UnboundedFollowing => self.n,
+            FrameBound::Following(k) => i.saturating_add(k as usize + 1).min(self.n),
+            FrameBound::CurrentRow if f.rows => i + 1,
+            FrameBound::CurrentRow => self.peer_end[i],
+            FrameBound::Preceding(k) => (i + 1).saturating_sub(k as usize),
+            FrameBound::UnboundedPreceding => 0,
+        };
+        (lo, hi.max(lo))
+    }
+}
+
+fn int_arg(call: &WindowCall, k: usize, p: &RecordBatch, default: i64) -> Result<i64> {
+    let Some(e) = call.args.get(k) else { return Ok(default) };
+    let v = arrow::compute::cast(&evaluate(e, &p.slice(0, 1))?, &DataType::Int64)?;
+    let v = v.as_primitive::<Int64Type>();
+    if v.is_null(0) {
+        return Err(RiffleError::exec(format!("{}(): the offset or bucket count is NULL", call.func.name())));
+    }
+    Ok(v.value(0))
+}
+
+/// Rows `index[i]` of `values` (NULL where `None`).
+fn pick(values: &ArrayRef, index: impl Iterator<Item = Option<usize>>) -> Result<ArrayRef> {
+    let idx: UInt32Array = index.map(|i| i.map(|i| i as u32)).collect();
+    Ok(arrow::compute::take(values, &idx, None)?)
+}
+
+fn compute(call: &WindowCall, p: &RecordBatch, shape: &Shape) -> Result<ArrayRef> {
+    let n = shape.n;
+    let ints = |f: &dyn Fn(usize) -> i64| -> ArrayRef { Arc::new(Int64Array::from_iter_values((0..n).map(f))) };
+    Ok(match call.func {
+        WindowFunc::RowNumber => ints(&|i| i as i64 + 1),
+        WindowFunc::Rank => ints(&|i| shape.peer_start[i] as i64 + 1),
+        WindowFunc::DenseRank => ints(&|i| shape.peer_group[i] as i64 + 1),
+        WindowFunc::PercentRank => Arc::new(Float64Array::from_iter_values(
+            (0..n).map(|i| if n <= 1 { 0.0 } else { shape.peer_start[i] as f64 / (n - 1) as f64 }),
+        )),
+        WindowFunc::CumeDist => Arc::new(Float64Array::from_iter_values((0..n).map(|i| shape.peer_end[i] as f64 / n as f64))),
+        WindowFunc::Ntile => {
+            let k = int_arg(call, 0, p, 1)?;
+            if k <= 0 {
+                return Err(RiffleError::exec("ntile(): the number of buckets must be positive"));
+            }
+            let k = k as usize;
+            let (base, extra) = (n / k, n % k);
+            ints(&|i| {
+                if base == 0 {
+                    return i as i64 + 1;
+                }
+                let big = extra * (base + 1);
+                (if i < big { i / (base + 1) } else { extra + (i - big) / base }) as i64 + 1
+            })
+        }
+        WindowFunc::Lag | WindowFunc::Lead => {
+            let values = evaluate(&call.args[0], p)?;
+            let offset = int_arg(call, 1, p, 1)?;
+            let offset = if call.func == WindowFunc::Lag { -offset } else { offset };
+            let target = |i: usize| Some(i as i64 + offset).filter(|j| (0..n as i64).contains(j)).map(|j| j as usize);
+            let taken = pick(&values, (0..n).map(target))?;
+            match call.args.get(2) {
+                None => taken,
+                Some(d) => {
+                    let default = evaluate(d, p)?;
+                    let default = if default.len() == n { default } else { pick(&default, (0..n).map(|_| Some(0)))? };
+                    let default = arrow::compute::cast(&default, values.data_type())?;
+                    let inside = BooleanArray::from_iter((0..n).map(|i| Some(target(i).is_some())));
+                    arrow::compute::kernels::zip::zip(&inside, &taken, &default)?
+                }
+            }
+        }
+        WindowFunc::FirstValue | WindowFunc::LastValue => {
+            let values = evaluate(&call.args[0], p)?;
+            let first = call.func == WindowFunc::FirstValue;
+            pick(
+                &values,
+                (0..n).map(|i| {
+                    let (lo, hi) = shape.frame(call, i);
+                    (lo < hi).then_some(if first { lo } else { hi - 1 })
+                }),
+            )?
+        }
+        WindowFunc::Aggregate(f) => aggregate(call, f, p, shape)?,
+    })
+}
+
+/// An aggregate over each row's frame: sums and counts by prefix sums, min and max by extending the
+/// previous row's answer when the frame only grew (running and whole-partition frames).
+fn aggregate(call: &WindowCall, f: AggFunc, p: &RecordBatch, shape: &Shape) -> Result<ArrayRef> {
+    let n = shape.n;
+    let frames: Vec<(usize, usize)> = (0..n).map(|i| shape.frame(call, i)).collect();
+    if f == AggFunc::CountStar {
+        return Ok(Arc::new(Int64Array::from_iter_values(frames.iter().map(|(lo, hi)| (hi - lo) as i64))));
+    }
+    let values = evaluate(&call.args[0], p)?;
+    let mut valid = vec![0i64; n + 1];
+    for i in 0..n {
+        valid[i + 1] = valid[i] + i64::from(values.is_valid(i));
+    }
+    let count = |lo: usize, hi: usize| valid[hi] - valid[lo];
+    match f {
+        AggFunc::Count | AggFunc::CountStar => Ok(Arc::new(Int64Array::from_iter_values(frames.iter().map(|(lo, hi)| count(*lo, *hi))))),
+        AggFunc::Sum | AggFunc::Avg => {
+            let avg = f == AggFunc::Avg;
+            match values.data_type() {
+                DataType::Float32 | DataType::Float64 => {
+                    let v = arrow::compute::cast(&values, &DataType::Float64)?;
+                    let v = v.as_primitive::<Float64Type>();
+                    let mut sum = vec![0f64; n + 1];
+                    for i in 0..n {
+                        sum[i + 1] = sum[i] + if v.is_valid(i) { v.value(i) } else { 0.0 };
+                    }
+                    Ok(Arc::new(Float64Array::from_iter(frames.iter().map(|(lo, hi)| {
+                        let c = count(*lo, *hi);
+                        let s = sum[*hi] - sum[*lo];
+                        (c > 0).then_some(if avg { s / c as f64 } else { s })
+                    }))))
+                }
+                t => {
+                    // Integers and decimals, exactly, as unscaled 128-bit values.
+                    let scale = crate::types::decimal_parts(t).map_or(0, |(_, s)| s);
+                    let as_i128 = arrow::compute::cast(&values, &DataType::Decimal128(38, scale))?;
+                    let v = as_i128.as_primitive::<Decimal128Type>();
+                    let mut sum = vec![0i128; n + 1];
+                    for i in 0..n {
+                        let x = if v.is_valid(i) { v.value(i) } else { 0 };
+                        sum[i + 1] = sum[i].checked_add(x).ok_or_else(|| RiffleError::exec("sum() OVER (…) overflowed 38 digits"))?;
+                    }
+                    let sums = frames.iter().map(|(lo, hi)| (count(*lo, *hi) > 0).then(|| sum[*hi] - sum[*lo]));
+                    if avg {
+                        let unit = 10f64.powi(scale as i32);
+                        return Ok(Arc::new(Float64Array::from_iter(
+                            sums.zip(&frames).map(|(s, (lo, hi))| s.map(|s| s as f64 / unit / count(*lo, *hi) as f64)),
+                        )));
+                    }
+                    let d: Decimal128Array = sums.collect();
+                    Ok(Arc::new(d.with_precision_and_scale(38, scale)?))
+                }
+            }
+        }
+        AggFunc::Min | AggFunc::Max => {
+            let converter = RowConverter::new(vec![SortField::new(values.data_type().clone())])?;
+            let rows = converter.convert_columns(std::slice::from_ref(&values))?;
+            let better = |a: usize, b: usize| if f == AggFunc::Min { rows.row(a) < rows.row(b) } else { rows.row(a) > rows.row(b) };
+            let best_of = |lo: usize, hi: usize, start: Option<usize>| {
+                let mut best = start;
+                for j in lo..hi {
+                    if values.is_valid(j) && best.is_none_or(|b| better(j, b)) {
+                        best = Some(j);
+                    }
+                }
+                best
+            };
+            let mut out = Vec::with_capacity(n);
+            let mut previous: Option<(usize, usize, Option<usize>)> = None;
+            for (lo, hi) in &frames {
+                let best = match previous {
+                    // The frame only grew at its end: extend the last answer.
+                    Some((plo, phi, pbest)) if plo == *lo && phi <= *hi => best_of(phi, *hi, pbest),
+                    _ => best_of(*lo, *hi, None),
+                };
+                out.push(best);
+                previous = Some((*lo, *hi, best));
+            }
+            pick(&values, out.into_iter())
+        }
+    }
+}
