@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use riffle_engine::{ExecConfig, Session};
 
+mod nexmark;
 mod sort;
 
 #[global_allocator]
@@ -55,6 +56,30 @@ enum Command {
         /// Where the peers kit lives.
         #[arg(long, default_value = "../shared/peers")]
         peers_kit: PathBuf,
+    },
+    /// Nexmark queries (q0, q1, q2, q5, q7 as Flink's Nexmark suite writes them) run as streams into a
+    /// blackhole sink, on a bid file (from ../shared/peers/flink/gen_bids.py) or on the generator; with
+    /// --peers flink, Flink runs the same file in the same command.
+    Nexmark {
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Events the generator makes when there is no --input.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        #[arg(long, default_value = "q0,q1,q2,q5,q7")]
+        queries: String,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// `flink` to run Flink on the same file.
+        #[arg(long, default_value = "")]
+        peers: String,
+        #[arg(long, default_value = "../shared/peers")]
+        peers_kit: PathBuf,
+        /// Checkpoint every this many milliseconds (Riffle and Flink).
+        #[arg(long)]
+        checkpoint_ms: Option<u64>,
     },
     /// Writes N sort-benchmark records (100 bytes: 10-byte key, 90-byte payload) to a .gensort file,
     /// or to a .parquet file (key FixedSizeBinary(10), payload FixedSizeBinary(90)).
@@ -115,6 +140,18 @@ fn main() -> anyhow::Result<()> {
         Command::Run { data, sql, out, runs, threads } => run(&data, &sql, out.as_deref(), runs, threads),
         Command::Tpch { data, queries, peers, threads, repeat, peers_kit } => {
             tpch(&data, &queries, &peers, threads, repeat, &peers_kit)
+        }
+        Command::Nexmark { input, events, queries, threads, repeat, peers, peers_kit, checkpoint_ms } => {
+            nexmark::nexmark_command(&nexmark::NexmarkArgs {
+                input,
+                events,
+                queries,
+                threads,
+                repeat,
+                peers,
+                peers_kit,
+                checkpoint_interval: checkpoint_ms.map(std::time::Duration::from_millis),
+            })
         }
         Command::Gensort { records, out, seed } => sort::gensort_file(sort::parse_count(&records)?, seed, &out),
         Command::Valsort { file, expect_checksum } => {

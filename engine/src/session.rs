@@ -328,6 +328,7 @@ impl Session {
                 let (format, dir) = (format.clone(), dir.clone());
                 return self.insert_files(&name, &table, &format, &dir, q, !ins.columns.is_empty());
             }
+            crate::catalog::TableData::Blackhole => return self.insert_blackhole(&name, &table, q),
             _ => return Err(RiffleError::NotSupported(format!("INSERT into '{name}': only tables in memory and directory tables take rows"))),
         };
         let result = self.run_query(q)?;
@@ -355,6 +356,42 @@ impl Session {
         let source = TableSource::memory(target, batches)?.with_event_time(table.event_time.clone());
         self.catalog.register(&name, CatalogEntry::Table(Arc::new(source)));
         Ok(StatementResult::command())
+    }
+
+    /// `INSERT INTO` a blackhole table: the query runs (checkpointed if configured) and its rows are
+    /// counted.
+    fn insert_blackhole(&mut self, name: &str, table: &Arc<TableSource>, q: &ast::Query) -> Result<StatementResult> {
+        let (_, physical) = self.plan_query(q)?;
+        if physical.schema().fields().len() != table.schema.fields().len() {
+            return Err(RiffleError::plan(format!("INSERT into '{name}' must give all {} columns in order", table.schema.fields().len())));
+        }
+        let coordinator = match (&self.checkpoint, self.config.stream) {
+            (Some(c), true) => {
+                physical.check_checkpointable()?;
+                Some(crate::exec::checkpoint::Coordinator::open(c)?)
+            }
+            _ => None,
+        };
+        let rows = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = rows.clone();
+        let config = ExecConfig { checkpoint: coordinator.clone(), ..self.config.clone() };
+        let stats = crate::exec::execute_into(
+            &physical,
+            &config,
+            Arc::new(move |_, msg| {
+                if let crate::Message::Batch(b) = msg {
+                    counted.fetch_add(b.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            }),
+        )?;
+        if let Some(c) = coordinator {
+            c.finish()?;
+        }
+        let schema = Arc::new(Schema::new(vec![Field::new("rows", DataType::Int64, false)]));
+        let n = rows.load(std::sync::atomic::Ordering::Relaxed) as i64;
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow::array::Int64Array::from(vec![n]))])?;
+        Ok(StatementResult { schema, batches: vec![batch], is_query: false, stats })
     }
 
     /// `INSERT INTO` a directory table: the query's rows go to new files in the directory, made
@@ -585,7 +622,11 @@ fn connector_table(options: &[(String, String)], declared: Option<SchemaRef>) ->
             TableSource::files(path, format, declared)
         }
         "nexmark" => nexmark_table(options, declared),
-        other => Err(RiffleError::NotSupported(format!("connector '{other}' (supported: filesystem, nexmark)"))),
+        "blackhole" => {
+            let schema = declared.ok_or_else(|| RiffleError::plan("a blackhole table needs its columns declared"))?;
+            Ok(TableSource { schema: crate::types::storage_schema(&schema), data: crate::catalog::TableData::Blackhole, event_time: None })
+        }
+        other => Err(RiffleError::NotSupported(format!("connector '{other}' (supported: filesystem, nexmark, blackhole)"))),
     }
 }
 

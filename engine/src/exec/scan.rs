@@ -101,7 +101,7 @@ impl ScanShared {
                 }
                 v
             }
-            TableData::Nexmark { .. } => VecDeque::new(),
+            TableData::Nexmark { .. } | TableData::Blackhole => VecDeque::new(),
             TableData::Memory(batches) => {
                 let mut v = VecDeque::new();
                 for b in batches {

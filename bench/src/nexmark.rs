@@ -1,0 +1,193 @@
+//! `riffle-bench nexmark`: Nexmark queries run as streams into a blackhole sink, on a bid file made by
+//! `../shared/peers/flink/gen_bids.py` (or on Riffle's generator), with Flink on the same file in the
+//! same command (`../shared/peers/flink/flink_nexmark.py`), so the ratios come from one run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use riffle_engine::exec::checkpoint::CheckpointConfig;
+use riffle_engine::{ExecConfig, Session};
+
+/// The Nexmark queries as Flink's Nexmark suite writes them (sink columns, query).
+const QUERIES: [(&str, &str, &str); 5] = [
+    ("q0", "auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3), extra VARCHAR", "SELECT auction, bidder, price, date_time, extra FROM bid"),
+    (
+        "q1",
+        "auction BIGINT, bidder BIGINT, price DECIMAL(23, 3), date_time TIMESTAMP(3), extra VARCHAR",
+        "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid",
+    ),
+    ("q2", "auction BIGINT, price BIGINT", "SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0"),
+    (
+        "q5",
+        "auction BIGINT, num BIGINT, starttime TIMESTAMP(3), endtime TIMESTAMP(3)",
+        "SELECT AuctionBids.auction, AuctionBids.num, AuctionBids.starttime, AuctionBids.endtime FROM (
+           SELECT auction, count(*) AS num, window_start AS starttime, window_end AS endtime
+           FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+           GROUP BY auction, window_start, window_end
+         ) AS AuctionBids
+         JOIN (
+           SELECT max(CountBids.num) AS maxn, CountBids.starttime, CountBids.endtime FROM (
+             SELECT count(*) AS num, window_start AS starttime, window_end AS endtime
+             FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+             GROUP BY auction, window_start, window_end
+           ) AS CountBids
+           GROUP BY CountBids.starttime, CountBids.endtime
+         ) AS MaxBids
+         ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = MaxBids.endtime AND AuctionBids.num >= MaxBids.maxn",
+    ),
+    (
+        "q7",
+        "auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3), extra VARCHAR",
+        "SELECT B.auction, B.bidder, B.price, B.date_time, B.extra FROM bid B
+         JOIN (
+           SELECT MAX(price) AS maxprice, window_end AS date_time
+           FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+           GROUP BY window_start, window_end
+         ) B1
+         ON B.price = B1.maxprice
+         WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time",
+    ),
+];
+
+const BID_COLUMNS: &str = "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, date_time TIMESTAMP(3), extra VARCHAR, \
+                           WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND";
+
+pub struct NexmarkArgs {
+    pub input: Option<PathBuf>,
+    pub events: u64,
+    pub queries: String,
+    pub threads: usize,
+    pub repeat: usize,
+    pub peers: String,
+    pub peers_kit: PathBuf,
+    pub checkpoint_interval: Option<std::time::Duration>,
+}
+
+struct Measured {
+    query: String,
+    seconds: f64,
+    events: u64,
+    rows: i64,
+}
+
+pub fn nexmark_command(a: &NexmarkArgs) -> anyhow::Result<()> {
+    let wanted: Vec<&str> = a.queries.split(',').map(str::trim).filter(|q| !q.is_empty()).collect();
+    for q in &wanted {
+        if !QUERIES.iter().any(|(name, _, _)| name == q) {
+            bail!("unknown query {q} (known: q0, q1, q2, q5, q7)");
+        }
+    }
+    let source = match &a.input {
+        Some(path) => {
+            let path = std::fs::canonicalize(path).with_context(|| format!("cannot find {}", path.display()))?;
+            format!("'connector' = 'filesystem', 'path' = '{}', 'format' = 'csv'", path.display())
+        }
+        // Events of all kinds; 46 in 50 are bids.
+        None => format!("'connector' = 'nexmark', 'table' = 'bid', 'events.num' = '{}', 'first-event.rate' = '10000'", a.events),
+    };
+    // Events are the bids the source holds (a self-join reads them twice, they count once).
+    let events = {
+        let mut s = Session::new(ExecConfig { threads: a.threads.max(1), ..ExecConfig::default() });
+        s.execute(&format!("CREATE TABLE bid ({BID_COLUMNS}) WITH ({source})"))?;
+        let r = s.sql("SELECT count(*) FROM bid")?;
+        r.batches.first().and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|c| c.value(0) as u64)).unwrap_or(0)
+    };
+    let mut results = Vec::new();
+    for q in &wanted {
+        let (_, sink_columns, query) = QUERIES.iter().find(|(name, _, _)| name == q).context("query")?;
+        let mut best: Option<Measured> = None;
+        for _ in 0..a.repeat.max(1) {
+            let m = run_query(q, sink_columns, query, &source, events, a)?;
+            eprintln!("riffle {q}: {:.3} s, {} events, {:.0} events/s, {} rows", m.seconds, m.events, m.events as f64 / m.seconds, m.rows);
+            if best.as_ref().is_none_or(|b| m.seconds < b.seconds) {
+                best = Some(m);
+            }
+        }
+        results.extend(best);
+    }
+    let flink = match (a.peers.as_str(), &a.input) {
+        ("", _) => vec![],
+        ("flink", Some(input)) => run_flink(input, &wanted, a)?,
+        ("flink", None) => bail!("--peers flink needs --input: a bid file from {}/flink/gen_bids.py", a.peers_kit.display()),
+        (other, _) => bail!("unknown peer '{other}' (the Nexmark peer is flink)"),
+    };
+    println!(
+        "{:<5} {:>10} {:>13} {:>15} {:>10} | {:>10} {:>15} {:>12}",
+        "query", "riffle s", "events/s", "events/s/core", "rows", "flink s", "events/s/core", "riffle/flink"
+    );
+    for m in &results {
+        let rate = m.events as f64 / m.seconds;
+        let per_core = rate / a.threads as f64;
+        let peer = flink.iter().find(|(q, _, _)| *q == m.query);
+        let (fs, fcore, ratio) = match peer {
+            Some((_, secs, core)) => (format!("{secs:.2}"), format!("{core:.0}"), format!("{:.1}×", per_core / core)),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!("{:<5} {:>10.3} {:>13.0} {:>15.0} {:>10} | {fs:>10} {fcore:>15} {ratio:>12}", m.query, m.seconds, rate, per_core, m.rows);
+    }
+    Ok(())
+}
+
+fn run_query(q: &str, sink_columns: &str, query: &str, source: &str, events: u64, a: &NexmarkArgs) -> anyhow::Result<Measured> {
+    let config = ExecConfig { threads: a.threads.max(1), stream: true, ..ExecConfig::default() };
+    let mut session = Session::new(config);
+    let checkpoints = a.checkpoint_interval.map(|_| std::env::temp_dir().join(format!("riffle-nexmark-ck-{}-{q}", std::process::id())));
+    if let (Some(dir), Some(interval)) = (&checkpoints, a.checkpoint_interval) {
+        let _ = std::fs::remove_dir_all(dir);
+        session.checkpoint = Some(CheckpointConfig { dir: dir.clone(), interval });
+    }
+    session.execute(&format!("CREATE TABLE bid ({BID_COLUMNS}) WITH ({source})"))?;
+    session.execute(&format!("CREATE TABLE sink ({sink_columns}) WITH ('connector' = 'blackhole')"))?;
+    let started = Instant::now();
+    let result = session.sql(&format!("INSERT INTO sink {query}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(dir) = &checkpoints {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let rows = result
+        .batches
+        .first()
+        .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|c| c.value(0)))
+        .unwrap_or(0);
+    Ok(Measured { query: q.to_string(), seconds, events, rows })
+}
+
+/// Runs Flink on the same file; returns (query, wall seconds, events/s per core) of its JIT-warm runs.
+fn run_flink(input: &Path, queries: &[&str], a: &NexmarkArgs) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    let script = a.peers_kit.join("flink/flink_nexmark.py");
+    if !script.exists() {
+        bail!("{} not found: pass --peers-kit", script.display());
+    }
+    let python = "/tmp/flink-venv/bin/python";
+    if !Path::new(python).exists() {
+        bail!("Flink is not set up: run {}/flink/setup.sh", a.peers_kit.display());
+    }
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(&script).arg("--input").arg(input);
+    cmd.args(["--queries", &queries.join(","), "--parallelism", &a.threads.to_string(), "--repeat", "2"]);
+    if let Some(i) = a.checkpoint_interval {
+        cmd.args(["--checkpoint-interval", &format!("{}ms", i.as_millis())]);
+    }
+    let out = cmd.output().with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!("flink_nexmark.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (Some(q), Some(wall), Some(core), Some(label)) = (col("query"), col("wall_s"), col("ev_s_core"), col("label")) else {
+        bail!("unexpected flink_nexmark.py output: {text}");
+    };
+    let mut rows = Vec::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        // The second (warm) run of each query, as a long-running job runs.
+        if f.get(label).is_some_and(|l| l.ends_with("rep2")) {
+            let parse = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+            rows.push((f.get(q).unwrap_or(&"").to_string(), parse(wall), parse(core)));
+        }
+    }
+    Ok(rows)
+}
