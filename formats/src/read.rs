@@ -1,5 +1,5 @@
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,6 +31,8 @@ pub struct Morsel {
     /// the others cannot pass the scan's filter; `None` reads them all. Pages holding none of these
     /// rows are not read at all (given `parquet` carries the file's page index).
     pub rows_to_read: Option<Vec<std::ops::Range<usize>>>,
+    /// Bytes of a CSV file to read: whole lines, the first morsel of a file from byte 0 (its header).
+    pub bytes: Option<std::ops::Range<u64>>,
     /// Records of a gensort file to read; `None` reads them all.
     pub records: Option<std::ops::Range<u64>>,
 }
@@ -114,6 +116,7 @@ pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel
                         parquet: Some(meta.clone()),
                         rows_to_read: None,
                         records: None,
+                        bytes: None,
                     });
                 }
             }
@@ -136,8 +139,14 @@ pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel
                         parquet: None,
                         rows_to_read: None,
                         records: Some(start..end),
+                        bytes: None,
                     });
                     start = end;
+                }
+            }
+            FileFormat::Csv(opts) => {
+                for bytes in csv_splits(file, opts.quote)? {
+                    morsels.push(Morsel { file: file.clone(), row_groups: None, rows: None, parquet: None, rows_to_read: None, records: None, bytes });
                 }
             }
             _ => morsels.push(Morsel {
@@ -147,10 +156,58 @@ pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel
                 parquet: None,
                 rows_to_read: None,
                 records: None,
+                bytes: None,
             }),
         }
     }
     Ok(morsels)
+}
+
+/// A CSV file of at least this many bytes is read in pieces of about this size, in parallel.
+const CSV_MORSEL_BYTES: u64 = 32 << 20;
+
+/// The byte ranges a CSV file is read in: whole lines, cut only at line ends outside quoted fields
+/// (a quoted field may hold a line break), so each piece parses on its own. One range (`None`: the
+/// whole file) for small files.
+fn csv_splits(path: &Path, quote: u8) -> Result<Vec<Option<std::ops::Range<u64>>>> {
+    let len = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?.len();
+    if len < 2 * CSV_MORSEL_BYTES {
+        return Ok(vec![None]);
+    }
+    let data = map_file(path)?;
+    let mut cuts = vec![0u64];
+    let mut target = CSV_MORSEL_BYTES as usize;
+    if memchr::memchr(quote, &data).is_none() {
+        // No quotes at all: every line end is a record end.
+        while target < data.len() {
+            match memchr::memchr(b'\n', &data[target..]) {
+                Some(i) if target + i + 1 < data.len() => cuts.push((target + i + 1) as u64),
+                _ => break,
+            }
+            target = *cuts.last().unwrap_or(&0) as usize + CSV_MORSEL_BYTES as usize;
+        }
+    } else {
+        // Quotes toggle whether a line end ends a record ("" inside a field toggles twice).
+        let mut quoted = false;
+        for i in memchr::memchr2_iter(quote, b'\n', &data) {
+            if data[i] == quote {
+                quoted = !quoted;
+            } else if !quoted && i >= target && i + 1 < data.len() {
+                cuts.push((i + 1) as u64);
+                target = i + 1 + CSV_MORSEL_BYTES as usize;
+            }
+        }
+    }
+    cuts.push(len);
+    Ok(cuts.windows(2).map(|w| Some(w[0]..w[1])).collect())
+}
+
+/// Line breaks before byte `offset` of a file: where a piece read from there starts, for errors.
+fn lines_before(path: &Path, offset: u64) -> usize {
+    match map_file(path) {
+        Ok(data) => memchr::memchr_iter(b'\n', &data[..(offset as usize).min(data.len())]).count(),
+        Err(_) => 0,
+    }
 }
 
 /// Reads one morsel as batches of `table_schema` projected to `projection` (indices into
@@ -218,18 +275,24 @@ pub fn read_morsel(
         FileFormat::Csv(opts) => {
             // Text formats are parsed with the table's types; only projected columns are parsed.
             let mut file = open(&path)?;
-            file.seek(SeekFrom::Start(0)).map_err(|e| FormatError::io(&path, e))?;
+            let range = morsel.bytes.clone().unwrap_or(0..u64::MAX);
+            file.seek(SeekFrom::Start(range.start)).map_err(|e| FormatError::io(&path, e))?;
+            // Only the piece at the start of the file has the header line.
+            let header = opts.header && range.start == 0;
             let reader = arrow::csv::ReaderBuilder::new(table_schema.clone())
-                .with_header(opts.header)
+                .with_header(header)
                 .with_delimiter(opts.delimiter)
                 .with_quote(opts.quote)
                 .with_batch_size(batch_size.max(1))
                 .with_projection(projection.to_vec())
-                .build(BufReader::new(file))
+                .build(BufReader::with_capacity(1 << 20, file.take(range.end - range.start)))
                 .map_err(|e| FormatError::corrupt(&path, e))?;
-            let header = usize::from(opts.header);
+            let start = range.start;
             Ok(Box::new(reader.map(move |batch| {
-                batch.map_err(|e| FormatError::corrupt(&path, csv_error(&e.to_string(), header)))
+                batch.map_err(|e| {
+                    let before = if start == 0 { usize::from(header) } else { lines_before(&path, start) };
+                    FormatError::corrupt(&path, csv_error(&e.to_string(), before))
+                })
             })))
         }
         FileFormat::Gensort => {
@@ -410,4 +473,50 @@ pub fn parquet_stats(meta: &ArrowReaderMetadata, columns: &[&str]) -> Vec<Option
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod csv_split_tests {
+    use super::*;
+    use arrow::array::AsArray;
+
+    fn read_all(path: &Path, opts: &CsvOptions) -> Vec<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![
+            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, false),
+            arrow::datatypes::Field::new("text", arrow::datatypes::DataType::Utf8, true),
+        ]));
+        let format = FileFormat::Csv(opts.clone());
+        let morsels = plan_morsels(&format, &[path.to_path_buf()]).expect("morsels");
+        assert!(morsels.len() > 2, "a big file is read in pieces ({} morsels)", morsels.len());
+        morsels
+            .iter()
+            .flat_map(|m| read_morsel(&format, m, &schema, &[0, 1], &[false, false], 8192).expect("reader").map(|b| b.expect("batch")))
+            .collect()
+    }
+
+    #[test]
+    fn big_csv_files_are_cut_at_record_ends_even_inside_quoted_line_breaks() {
+        let dir = tempfile::tempdir().expect("dir");
+        for quoted in [false, true] {
+            let path = dir.path().join(format!("big-{quoted}.csv"));
+            let mut text = String::from("id,text\n");
+            let mut n = 0i64;
+            while text.len() < (5 * CSV_MORSEL_BYTES) as usize {
+                if quoted && n % 3 == 0 {
+                    text.push_str(&format!("{n},\"two\nlines, \"\"quoted\"\"\"\n"));
+                } else {
+                    text.push_str(&format!("{n},plain text of row {n}\n"));
+                }
+                n += 1;
+            }
+            std::fs::write(&path, &text).expect("write");
+            let batches = read_all(&path, &CsvOptions::default());
+            let ids: Vec<i64> = batches.iter().flat_map(|b| b.column(0).as_primitive::<arrow::datatypes::Int64Type>().values().to_vec()).collect();
+            assert_eq!(ids, (0..n).collect::<Vec<_>>(), "every row once, in order (quoted: {quoted})");
+            if quoted {
+                let first = batches[0].column(1).as_string::<i32>().value(0).to_string();
+                assert_eq!(first, "two\nlines, \"quoted\"");
+            }
+        }
+    }
 }
