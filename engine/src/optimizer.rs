@@ -139,6 +139,9 @@ fn map_plan(plan: LogicalPlan, f: &mut dyn FnMut(LogicalPlan) -> Result<LogicalP
             LogicalPlan::WindowTvf { input: Box::new(map_plan(*input, f)?), window, time, event_time, schema }
         }
         LogicalPlan::Window { input, calls, schema } => LogicalPlan::Window { input: Box::new(map_plan(*input, f)?), calls, schema },
+        LogicalPlan::SessionTvf { input, keys, time, gap, schema } => {
+            LogicalPlan::SessionTvf { input: Box::new(map_plan(*input, f)?), keys, time, gap, schema }
+        }
         leaf @ (LogicalPlan::Scan { .. } | LogicalPlan::Values { .. }) => leaf,
     };
     f(plan)
@@ -253,6 +256,10 @@ fn push_down(plan: LogicalPlan, preds: Vec<Expr>) -> Result<LogicalPlan> {
         LogicalPlan::Window { input, calls, schema } => {
             // A filter changes the partitions a window function sees: it stays above.
             filter_over(LogicalPlan::Window { input: Box::new(push_down(*input, vec![])?), calls, schema }, preds)
+        }
+        LogicalPlan::SessionTvf { input, keys, time, gap, schema } => {
+            // Likewise the sessions: a row taken out could have joined two.
+            filter_over(LogicalPlan::SessionTvf { input: Box::new(push_down(*input, vec![])?), keys, time, gap, schema }, preds)
         }
         other => {
             // Limits, top-k, values: filters stay above; their inputs are optimized on their own.
@@ -547,6 +554,22 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             let mut map = in_map;
             map.extend((0..calls.len()).map(|k| Some(new_width + k)));
             (LogicalPlan::Window { input: Box::new(input), calls, schema: Arc::new(Schema::new(fields)) }, map)
+        }
+        LogicalPlan::SessionTvf { input, keys, time, gap, .. } => {
+            let width = input.schema().fields().len();
+            let mut need: BTreeSet<usize> = required.iter().copied().filter(|c| *c < width).collect();
+            need.insert(time);
+            for k in &keys {
+                need.extend(k.column_set());
+            }
+            let (input, in_map) = prune(*input, &need)?;
+            let new_width = input.schema().fields().len();
+            let keys = keys.into_iter().map(|k| remap_with(k, &in_map)).collect();
+            let time = in_map[time].unwrap_or(usize::MAX);
+            let schema = crate::logical::window_schema(&input.schema());
+            let mut map = in_map;
+            map.extend((0..3).map(|k| Some(new_width + k)));
+            (LogicalPlan::SessionTvf { input: Box::new(input), keys, time, gap, schema }, map)
         }
         LogicalPlan::Union { inputs, schema } => {
             // Every input must produce exactly the kept columns, in the same order.

@@ -32,6 +32,8 @@ pub enum PhysicalPlan {
     /// Window functions over input sorted by their PARTITION BY and ORDER BY keys, in one partition:
     /// each row with the calls' values appended.
     Window { input: Box<PhysicalPlan>, calls: Vec<WindowCall>, schema: SchemaRef },
+    /// SESSION windows over input sorted by `keys` then `time`, in one partition.
+    SessionTvf { input: Box<PhysicalPlan>, keys: Vec<Expr>, time: usize, gap: i64, schema: SchemaRef },
     /// A window table function: each row once per window it falls in, window bounds appended.
     WindowTvf { input: Box<PhysicalPlan>, window: WindowSpec, time: usize, schema: SchemaRef },
     /// Builds a hash table on `build` (the right input), streams `probe` (the left input) through it.
@@ -64,7 +66,8 @@ impl PhysicalPlan {
             | PhysicalPlan::NestedLoopJoin { schema, .. }
             | PhysicalPlan::Union { schema, .. }
             | PhysicalPlan::WindowTvf { schema, .. }
-            | PhysicalPlan::Window { schema, .. } => schema.clone(),
+            | PhysicalPlan::Window { schema, .. }
+            | PhysicalPlan::SessionTvf { schema, .. } => schema.clone(),
             PhysicalPlan::Filter { input, .. } | PhysicalPlan::Sort { input, .. } | PhysicalPlan::Limit { input, .. } => {
                 input.schema()
             }
@@ -80,7 +83,8 @@ impl PhysicalPlan {
             | PhysicalPlan::Sort { input, .. }
             | PhysicalPlan::Limit { input, .. }
             | PhysicalPlan::WindowTvf { input, .. }
-            | PhysicalPlan::Window { input, .. } => vec![input],
+            | PhysicalPlan::Window { input, .. }
+            | PhysicalPlan::SessionTvf { input, .. } => vec![input],
             PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
                 vec![probe, build]
             }
@@ -140,6 +144,7 @@ impl PhysicalPlan {
             }
             PhysicalPlan::Sort { input, .. } if input.unbounded() => return never("ORDER BY"),
             PhysicalPlan::Window { input, .. } if input.unbounded() => return never("a window function (OVER)"),
+            PhysicalPlan::SessionTvf { input, .. } if input.unbounded() => return never("SESSION windows"),
             PhysicalPlan::HashJoin { build, .. } | PhysicalPlan::NestedLoopJoin { build, .. } if build.unbounded() => {
                 return never("a join with an unbounded right side")
             }
@@ -160,6 +165,7 @@ impl PhysicalPlan {
             | PhysicalPlan::HashAggregate { window_end: Some(_), .. } => None,
             PhysicalPlan::HashAggregate { .. } => Some("a GROUP BY other than by an event-time window"),
             PhysicalPlan::Window { .. } => Some("a window function (OVER)"),
+            PhysicalPlan::SessionTvf { .. } => Some("SESSION windows"),
             PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => Some("a join"),
             PhysicalPlan::Sort { .. } => Some("ORDER BY"),
             PhysicalPlan::Limit { .. } => Some("LIMIT"),
@@ -188,6 +194,7 @@ impl PhysicalPlan {
             PhysicalPlan::HashAggregate { .. } => "HashAggregate",
             PhysicalPlan::WindowTvf { .. } => "WindowTvf",
             PhysicalPlan::Window { .. } => "Window",
+            PhysicalPlan::SessionTvf { .. } => "SessionTvf",
             PhysicalPlan::HashJoin { .. } => "HashJoin",
             PhysicalPlan::NestedLoopJoin { .. } => "NestedLoopJoin",
             PhysicalPlan::Sort { fetch: Some(_), .. } => "TopK",
@@ -275,6 +282,9 @@ impl PhysicalPlan {
             PhysicalPlan::Union { inputs, .. } => format!(": {} inputs", inputs.len()),
             PhysicalPlan::WindowTvf { input, window, time, .. } => format!(": {}", window.describe(input.schema().field(*time).name())),
             PhysicalPlan::Window { input, calls, .. } => format!(": {}", crate::logical::describe_window_calls(calls, &input.schema())),
+            PhysicalPlan::SessionTvf { input, keys, time, gap, .. } => {
+                format!(": {}", crate::logical::describe_session(keys, *time, *gap, &input.schema()))
+            }
         }
     }
 }
@@ -382,6 +392,12 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             PhysicalPlan::HashAggregate { input: Box::new(input), group: group.clone(), aggs: aggs.clone(), window_end, schema: schema.clone() }
         }
         LogicalPlan::Window { input, calls, schema } => window_plan(plan_physical(input)?, calls, schema)?,
+        LogicalPlan::SessionTvf { input, keys, time, gap, schema } => {
+            let mut order: Vec<SortKey> = keys.iter().map(|k| SortKey { expr: k.clone(), descending: false, nulls_first: false }).collect();
+            order.push(SortKey { expr: Expr::Column(*time), descending: false, nulls_first: false });
+            let sorted = PhysicalPlan::Sort { input: Box::new(plan_physical(input)?), keys: order, fetch: None };
+            PhysicalPlan::SessionTvf { input: Box::new(sorted), keys: keys.clone(), time: *time, gap: *gap, schema: schema.clone() }
+        }
         LogicalPlan::WindowTvf { input, window, time, schema, .. } => {
             PhysicalPlan::WindowTvf { input: Box::new(plan_physical(input)?), window: *window, time: *time, schema: schema.clone() }
         }

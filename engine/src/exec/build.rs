@@ -182,6 +182,13 @@ impl Builder<'_> {
                 open.push(&metrics, move || Box::new(super::window::WindowOp::new(calls.clone(), schema.clone())));
                 open
             }
+            PhysicalPlan::SessionTvf { input, keys, time, gap, schema } => {
+                let open = self.open(input)?;
+                let mut open = self.repartition(open, 1)?;
+                let (keys, time, gap, schema) = (keys.clone(), *time, *gap, schema.clone());
+                open.push(&metrics, move || Box::new(super::window::WindowOp::sessions(keys.clone(), time, gap, schema.clone())));
+                open
+            }
             PhysicalPlan::WindowTvf { input, window, time, schema } => {
                 let mut open = self.open(input)?;
                 let (window, time, schema) = (*window, *time, schema.clone());

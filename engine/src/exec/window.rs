@@ -16,8 +16,18 @@ use crate::eval::evaluate;
 use crate::logical::{AggFunc, FrameBound, WindowCall, WindowFunc};
 use crate::message::Message;
 
+/// What a partition's rows get.
+pub enum PartitionValues {
+    /// Window functions sharing their PARTITION BY and ORDER BY.
+    Calls(Vec<WindowCall>),
+    /// SESSION windows of the time column `time` (rows sorted by it): sessions break where two rows
+    /// are `gap` or more apart; each row gets its session's start, end (last time + gap) and time.
+    Sessions { time: usize, gap: i64 },
+}
+
 pub struct WindowOp {
-    calls: Vec<WindowCall>,
+    values: PartitionValues,
+    partition_by: Vec<crate::logical::Expr>,
     schema: SchemaRef,
     /// Row-encodes the PARTITION BY keys (made with the first batch), none without PARTITION BY.
     partition_rows: Option<RowConverter>,
@@ -28,7 +38,13 @@ pub struct WindowOp {
 impl WindowOp {
     /// `calls` share their PARTITION BY and ORDER BY.
     pub fn new(calls: Vec<WindowCall>, schema: SchemaRef) -> WindowOp {
-        WindowOp { calls, schema, partition_rows: None, buffer: vec![], last_key: None }
+        let partition_by = calls.first().map(|c| c.partition_by.clone()).unwrap_or_default();
+        WindowOp { values: PartitionValues::Calls(calls), partition_by, schema, partition_rows: None, buffer: vec![], last_key: None }
+    }
+
+    /// SESSION windows per `keys`.
+    pub fn sessions(keys: Vec<crate::logical::Expr>, time: usize, gap: i64, schema: SchemaRef) -> WindowOp {
+        WindowOp { values: PartitionValues::Sessions { time, gap }, partition_by: keys, schema, partition_rows: None, buffer: vec![], last_key: None }
     }
 
     fn flush(&mut self, out: &mut Vec<Message>) -> Result<()> {
@@ -40,24 +56,32 @@ impl WindowOp {
         if partition.num_rows() == 0 {
             return Ok(());
         }
-        let mut columns = partition.columns().to_vec();
-        let shape = Shape::of(&self.calls[0], &partition)?;
-        for call in &self.calls {
-            let values = compute(call, &partition, &shape)?;
-            columns.push(if values.data_type() == &call.ty { values } else { arrow::compute::cast(&values, &call.ty)? });
+        let batch = match &self.values {
+            PartitionValues::Calls(calls) => {
+                let mut columns = partition.columns().to_vec();
+                let shape = Shape::of(&calls[0], &partition)?;
+                for call in calls {
+                    let values = compute(call, &partition, &shape)?;
+                    columns.push(if values.data_type() == &call.ty { values } else { arrow::compute::cast(&values, &call.ty)? });
+                }
+                RecordBatch::try_new(self.schema.clone(), columns)?
+            }
+            PartitionValues::Sessions { time, gap } => sessions(&partition, *time, *gap, &self.schema)?,
+        };
+        if batch.num_rows() > 0 {
+            out.push(Message::Batch(batch));
         }
-        out.push(Message::Batch(RecordBatch::try_new(self.schema.clone(), columns)?));
         Ok(())
     }
 }
 
 impl Operator for WindowOp {
     fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        if self.calls[0].partition_by.is_empty() {
+        if self.partition_by.is_empty() {
             self.buffer.push(batch);
             return Ok(());
         }
-        let keys = self.calls[0].partition_by.iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
+        let keys = self.partition_by.iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
         if self.partition_rows.is_none() {
             self.partition_rows = Some(RowConverter::new(keys.iter().map(|k| SortField::new(k.data_type().clone())).collect())?);
         }
@@ -95,6 +119,34 @@ impl Operator for WindowOp {
         out.push(msg);
         Ok(())
     }
+}
+
+/// One key's rows, sorted by time, with their sessions' bounds; rows without a time are in none.
+fn sessions(p: &RecordBatch, time: usize, gap: i64, schema: &SchemaRef) -> Result<RecordBatch> {
+    let micros = arrow::compute::cast(p.column(time), &DataType::Int64)?;
+    let micros = micros.as_primitive::<Int64Type>();
+    let rows: Vec<u32> = (0..p.num_rows()).filter(|i| micros.is_valid(*i)).map(|i| i as u32).collect();
+    let times: Vec<i64> = rows.iter().map(|i| micros.value(*i as usize)).collect();
+    let (mut starts, mut ends) = (vec![0i64; times.len()], vec![0i64; times.len()]);
+    let mut first = 0;
+    while first < times.len() {
+        let mut last = first;
+        while last + 1 < times.len() && times[last + 1] - times[last] < gap {
+            last += 1;
+        }
+        for i in first..=last {
+            starts[i] = times[first];
+            ends[i] = times[last].saturating_add(gap);
+        }
+        first = last + 1;
+    }
+    let kept = if rows.len() == p.num_rows() { p.clone() } else { arrow::compute::take_record_batch(p, &UInt32Array::from(rows))? };
+    let mut columns = kept.columns().to_vec();
+    let window_time: Vec<i64> = ends.iter().map(|e| e - crate::logical::WINDOW_TIME_BEFORE_END).collect();
+    for values in [starts, ends, window_time] {
+        columns.push(Arc::new(arrow::array::TimestampMicrosecondArray::from(values)));
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// A partition's peer groups (rows with equal ORDER BY keys): for each row, where its group starts

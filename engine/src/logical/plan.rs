@@ -255,6 +255,9 @@ pub enum LogicalPlan {
     WindowTvf { input: Box<LogicalPlan>, window: WindowSpec, time: usize, event_time: bool, schema: SchemaRef },
     /// The input's columns, then each window function's value for the row.
     Window { input: Box<LogicalPlan>, calls: Vec<WindowCall>, schema: SchemaRef },
+    /// Flink's SESSION window table function: per `keys`, rows whose times are less than `gap`
+    /// (microseconds) apart form a session; each row gets its session's bounds (`window_schema`).
+    SessionTvf { input: Box<LogicalPlan>, keys: Vec<Expr>, time: usize, gap: i64, schema: SchemaRef },
 }
 
 /// `rank() OVER (PARTITION BY a ORDER BY b DESC), …` for EXPLAIN.
@@ -276,6 +279,12 @@ pub fn describe_window_calls(calls: &[WindowCall], schema: &Schema) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `SESSION(ts, gap=5min, keys=[item])` for EXPLAIN.
+pub fn describe_session(keys: &[Expr], time: usize, gap: i64, schema: &Schema) -> String {
+    let keys: Vec<String> = keys.iter().map(|k| k.display(schema).to_string()).collect();
+    format!("SESSION({}, gap={}, keys=[{}])", schema.field(time).name(), crate::format::duration(gap), keys.join(", "))
 }
 
 /// The schema of a join's output.
@@ -303,7 +312,8 @@ impl LogicalPlan {
             | LogicalPlan::Join { schema, .. }
             | LogicalPlan::Union { schema, .. }
             | LogicalPlan::WindowTvf { schema, .. }
-            | LogicalPlan::Window { schema, .. } => schema.clone(),
+            | LogicalPlan::Window { schema, .. }
+            | LogicalPlan::SessionTvf { schema, .. } => schema.clone(),
             LogicalPlan::Filter { input, .. } | LogicalPlan::Sort { input, .. } | LogicalPlan::Limit { input, .. } => {
                 input.schema()
             }
@@ -319,7 +329,8 @@ impl LogicalPlan {
             | LogicalPlan::Sort { input, .. }
             | LogicalPlan::Limit { input, .. }
             | LogicalPlan::WindowTvf { input, .. }
-            | LogicalPlan::Window { input, .. } => vec![input],
+            | LogicalPlan::Window { input, .. }
+            | LogicalPlan::SessionTvf { input, .. } => vec![input],
             LogicalPlan::Join { left, right, .. } => vec![left, right],
             LogicalPlan::Union { inputs, .. } => inputs.iter().collect(),
         }
@@ -420,6 +431,9 @@ impl LogicalPlan {
                 if *event_time { s + " event_time" } else { s }
             }
             LogicalPlan::Window { input, calls, .. } => format!("Window: {}", describe_window_calls(calls, &input.schema())),
+            LogicalPlan::SessionTvf { input, keys, time, gap, .. } => {
+                format!("SessionTvf: {}", describe_session(keys, *time, *gap, &input.schema()))
+            }
         }
     }
 

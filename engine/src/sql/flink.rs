@@ -3,7 +3,8 @@
 //! - `WATERMARK FOR ts AS <expr>` inside `CREATE TABLE (…)` is taken out of the column list and
 //!   returned beside the statement;
 //! - `TABLE t` as an argument of a window table function (`TUMBLE(TABLE t, …)`,
-//!   `HOP(DATA => TABLE t, …)`) becomes plain `t`.
+//!   `HOP(DATA => TABLE t, …)`) becomes plain `t`;
+//! - `SESSION(TABLE t PARTITION BY k, …)` becomes `SESSION(t, SESSION_KEYS(k), …)`.
 //!
 //! Removed text is replaced by spaces (newlines kept), so parser errors still point at the line and
 //! column the user wrote.
@@ -40,6 +41,8 @@ pub fn rewrite(sql: &str) -> Result<(String, Vec<WatermarkClause>)> {
     };
     let code: Vec<&TokenWithSpan> = tokens.iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).collect();
     let mut blank: Vec<(Location, Location)> = Vec::new();
+    // Text replaced by other text (the column after shifts a little on that line).
+    let mut replace: Vec<(Location, Location, String)> = Vec::new();
     let mut clauses = Vec::new();
     let (mut statement, mut depth, mut statement_is_create) = (0usize, 0usize, false);
     let mut i = 0;
@@ -59,6 +62,48 @@ pub fn rewrite(sql: &str) -> Result<(String, Vec<WatermarkClause>)> {
             }
             Token::Word(w) if w.keyword == Keyword::TABLE && is_table_argument(&code, i) => {
                 blank.push((code[i].span.start, code[i].span.end));
+            }
+            Token::Word(w)
+                if w.keyword == Keyword::PARTITION
+                    && matches!(code.get(i + 1).map(|t| &t.token), Some(Token::Word(b)) if b.keyword == Keyword::BY)
+                    && matches!(code.get(i.wrapping_sub(2)).map(|t| &t.token), Some(Token::Word(t)) if t.keyword == Keyword::TABLE) =>
+            {
+                // `PARTITION BY k` or `PARTITION BY (k1, k2)` after the session window's table.
+                let first = i + 2;
+                let last = match code.get(first).map(|t| &t.token) {
+                    Some(Token::LParen) => {
+                        let mut depth = 0usize;
+                        let mut j = first;
+                        while let Some(t) = code.get(j) {
+                            match t.token {
+                                Token::LParen => depth += 1,
+                                Token::RParen => {
+                                    depth -= 1;
+                                    if depth == 0 {
+                                        break;
+                                    }
+                                }
+                                _ => {}
+                            }
+                            j += 1;
+                        }
+                        j
+                    }
+                    _ => {
+                        // A name, possibly qualified: words joined by periods.
+                        let mut j = first;
+                        while matches!(code.get(j + 1).map(|t| &t.token), Some(Token::Period)) {
+                            j += 2;
+                        }
+                        j
+                    }
+                };
+                if let Some(end) = code.get(last) {
+                    replace.push((code[i].span.start, code[i + 1].span.end, ", SESSION_KEYS(".to_string()));
+                    replace.push((end.span.end, end.span.end, ")".to_string()));
+                    i = last + 1;
+                    continue;
+                }
             }
             Token::Word(w)
                 if statement_is_create
@@ -85,10 +130,10 @@ pub fn rewrite(sql: &str) -> Result<(String, Vec<WatermarkClause>)> {
         }
         i += 1;
     }
-    if blank.is_empty() {
+    if blank.is_empty() && replace.is_empty() {
         return Ok((sql.to_string(), clauses));
     }
-    Ok((blank_out(sql, &blank), clauses))
+    Ok((edit(sql, &blank, &replace), clauses))
 }
 
 /// `TABLE` followed by a name, as an argument: after `WINDOW_FN(`, after a comma or after `=>`.
@@ -162,12 +207,25 @@ fn slice(sql: &str, start: Location, end: Location) -> &str {
     sql.get(a..b.max(a)).unwrap_or("")
 }
 
-/// `sql` with the characters of every range replaced by spaces, newlines kept.
-fn blank_out(sql: &str, ranges: &[(Location, Location)]) -> String {
-    let bytes: Vec<(usize, usize)> = ranges.iter().map(|(s, e)| (offset(sql, *s), offset(sql, *e))).collect();
-    sql.char_indices()
-        .map(|(i, c)| if c != '\n' && bytes.iter().any(|(s, e)| i >= *s && i < *e) { ' ' } else { c })
-        .collect()
+/// `sql` with the characters of every `blank` range replaced by spaces (newlines kept), and every
+/// `replace` range by its text.
+fn edit(sql: &str, blank: &[(Location, Location)], replace: &[(Location, Location, String)]) -> String {
+    let blank: Vec<(usize, usize)> = blank.iter().map(|(s, e)| (offset(sql, *s), offset(sql, *e))).collect();
+    let replace: Vec<(usize, usize, &str)> = replace.iter().map(|(s, e, t)| (offset(sql, *s), offset(sql, *e), t.as_str())).collect();
+    let mut out = String::with_capacity(sql.len() + 16);
+    for (i, c) in sql.char_indices() {
+        for (_, _, text) in replace.iter().filter(|(s, _, _)| *s == i) {
+            out.push_str(text);
+        }
+        if replace.iter().any(|(s, e, _)| i >= *s && i < *e) {
+            continue;
+        }
+        out.push(if c != '\n' && blank.iter().any(|(s, e)| i >= *s && i < *e) { ' ' } else { c });
+    }
+    for (_, _, text) in replace.iter().filter(|(s, _, _)| *s >= sql.len()) {
+        out.push_str(text);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -206,6 +264,16 @@ mod tests {
         // Other uses of TABLE stay.
         let create = "CREATE TABLE t (a INT); DROP TABLE t";
         assert_eq!(rewrite(create).expect("rewrites").0, create);
+    }
+
+    #[test]
+    fn session_partition_keys_become_an_argument() {
+        let sql = "SELECT * FROM TABLE(SESSION(TABLE bids PARTITION BY item, DESCRIPTOR(ts), INTERVAL '5' MINUTES))";
+        let (text, _) = rewrite(sql).expect("rewrites");
+        assert_eq!(text, "SELECT * FROM TABLE(SESSION(      bids , SESSION_KEYS( item), DESCRIPTOR(ts), INTERVAL '5' MINUTES))");
+        let many = "SELECT * FROM TABLE(SESSION(TABLE bids PARTITION BY (item, b.x), DESCRIPTOR(ts), INTERVAL '5' MINUTES))";
+        assert!(rewrite(many).expect("rewrites").0.contains("bids , SESSION_KEYS( (item, b.x)), DESCRIPTOR"));
+        crate::session::parse_sql(&rewrite(many).expect("rewrites").0).expect("parses");
     }
 
     #[test]

@@ -191,19 +191,20 @@ impl Binder<'_> {
     /// `TIMECOL`, `SIZE`, `SLIDE`, `STEP`, `OFFSET`). The data is a table, view or CTE by name, or a
     /// subquery.
     fn window_function(&mut self, name: &str, f: &ast::Function) -> Result<(LogicalPlan, Scope)> {
+        // SESSION's kind is set apart below; it takes a gap, not a size.
         let (kind, params): (WindowKind, &[&str]) = match name {
             "tumble" => (WindowKind::Tumble, &["data", "timecol", "size", "offset"]),
             "hop" => (WindowKind::Hop, &["data", "timecol", "slide", "size", "offset"]),
             "cumulate" => (WindowKind::Cumulate, &["data", "timecol", "step", "size", "offset"]),
-            "session" => {
-                return Err(RiffleError::NotSupported("the SESSION window table function (TUMBLE, HOP and CUMULATE work)".into()))
-            }
+            "session" => (WindowKind::Tumble, &["data", "timecol", "gap"]),
             other => {
                 let hint = crate::error::closest(other, ["tumble", "hop", "cumulate"]).map(|c| format!("; did you mean '{c}'?")).unwrap_or_default();
                 return Err(RiffleError::plan(format!("table function '{other}' does not exist{hint}")));
             }
         };
+        let session = name == "session";
         let usage = match kind {
+            _ if session => "SESSION(TABLE t [PARTITION BY k | PARTITION BY (k1, k2)], DESCRIPTOR(ts), gap)",
             WindowKind::Tumble => "TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '10' MINUTES [, offset])",
             WindowKind::Hop => "HOP(TABLE t, DESCRIPTOR(ts), slide, size [, offset])",
             WindowKind::Cumulate => "CUMULATE(TABLE t, DESCRIPTOR(ts), step, size [, offset])",
@@ -212,7 +213,33 @@ impl Binder<'_> {
             return Err(RiffleError::plan(format!("{} needs arguments: {usage}", name.to_uppercase())));
         };
         let mut args: Vec<Option<&ast::Expr>> = vec![None; params.len()];
-        for (i, a) in list.args.iter().enumerate() {
+        // SESSION's `PARTITION BY` arrives as a `SESSION_KEYS(…)` argument (see sql/flink.rs).
+        let is_keys = |a: &ast::FunctionArg| {
+            matches!(a, ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Function(k))) if k.name.to_string().eq_ignore_ascii_case("session_keys"))
+        };
+        let session_keys: Vec<ast::Expr> = list
+            .args
+            .iter()
+            .filter(|a| is_keys(a))
+            .flat_map(|a| match a {
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Function(k))) => match &k.args {
+                    ast::FunctionArguments::List(l) => l
+                        .args
+                        .iter()
+                        .flat_map(|x| match x {
+                            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Tuple(items))) => items.clone(),
+                            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Nested(e))) => vec![(**e).clone()],
+                            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => vec![e.clone()],
+                            _ => vec![],
+                        })
+                        .collect::<Vec<_>>(),
+                    _ => vec![],
+                },
+                _ => vec![],
+            })
+            .collect();
+        let plain_args: Vec<&ast::FunctionArg> = list.args.iter().filter(|a| !is_keys(a)).collect();
+        for (i, a) in plain_args.into_iter().enumerate() {
             let (slot, e) = match a {
                 ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => (i, e),
                 ast::FunctionArg::Named { name: n, arg: ast::FunctionArgExpr::Expr(e), .. } => (param_slot(params, &n.value, usage)?, e),
@@ -271,6 +298,18 @@ impl Binder<'_> {
             }
             Ok(micros)
         };
+        if session {
+            let gap = duration(2)?;
+            let keys = session_keys
+                .iter()
+                .map(|k| self.bind_expr(k, &mut ExprContext { scope: &scope, aggs: None }))
+                .collect::<Result<Vec<_>>>()?;
+            let schema = crate::logical::window_schema(&plan.schema());
+            let plan = LogicalPlan::SessionTvf { input: Box::new(plan), keys, time, gap, schema: schema.clone() };
+            let mut columns = scope.columns.clone();
+            columns.extend(Scope::from_schema(&schema, None).columns.into_iter().skip(scope.columns.len()));
+            return Ok((plan, Scope { columns }));
+        }
         let (size, step) = match kind {
             WindowKind::Tumble => {
                 let size = duration(2)?;
