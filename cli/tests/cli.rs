@@ -278,3 +278,21 @@ fn a_checkpointed_job_killed_twenty_times_writes_every_result_exactly_once() {
     assert_eq!(got.len(), want.len(), "seed {seed}: rows after {killed} kills");
     assert!(got == want, "seed {seed}: the output differs from the batch answer after {killed} kills");
 }
+
+#[test]
+fn explain_of_a_stream_says_how_each_operator_streams_and_what_it_holds() {
+    let sql = "CREATE TABLE bids (item INT, price INT, ts TIMESTAMP(3), bidder STRING, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+               WITH ('connector' = 'filesystem', 'path' = 'data/bids', 'format' = 'csv'); \
+               EXPLAIN SELECT window_start, count(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
+               GROUP BY window_start, window_end ORDER BY 1";
+    let o = riffle(&["sql", "--stream", "-c", sql], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for want in [
+        "WindowAggregate: group=[window_start, window_end] aggs=[count()]  [streaming: emits each window once the watermark passes its end",
+        "Sort: window_start ASC  [blocking: emits at the end of its input",
+        "Scan: bids [ts]  [source, watermarks from WATERMARK FOR]",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}

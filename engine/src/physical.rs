@@ -179,6 +179,49 @@ impl PhysicalPlan {
         self.inputs().into_iter().try_for_each(|i| i.check_checkpointable())
     }
 
+    /// For EXPLAIN of a stream, per node in pre-order: how it runs on a stream and what state it holds.
+    pub fn stream_notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.collect_notes(&mut out);
+        out
+    }
+
+    fn collect_notes(&self, out: &mut Vec<String>) {
+        let note = match self {
+            PhysicalPlan::Scan { source, .. } => {
+                let mut n = String::from("source");
+                if source.event_time.is_some() {
+                    n.push_str(", watermarks from WATERMARK FOR");
+                }
+                if source.unbounded() {
+                    n.push_str(", without end");
+                }
+                n
+            }
+            PhysicalPlan::Values { .. }
+            | PhysicalPlan::Filter { .. }
+            | PhysicalPlan::Project { .. }
+            | PhysicalPlan::WindowTvf { .. }
+            | PhysicalPlan::Union { .. }
+            | PhysicalPlan::Limit { .. } => "streaming, no state".into(),
+            PhysicalPlan::HashAggregate { window_end: Some(_), .. } => {
+                "streaming: emits each window once the watermark passes its end; state: the open windows' groups".into()
+            }
+            PhysicalPlan::HashAggregate { .. } => "blocking: emits at the end of its input; state: every group (spills)".into(),
+            PhysicalPlan::Sort { .. } => "blocking: emits at the end of its input; state: every row (spills)".into(),
+            PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => {
+                "streaming probe side; state: the build side, read to its end first".into()
+            }
+            PhysicalPlan::Window { .. } | PhysicalPlan::SessionTvf { .. } => {
+                "emits each partition once its key changes, over a sort (blocking); state: one partition's rows".into()
+            }
+        };
+        out.push(note);
+        for i in self.inputs() {
+            i.collect_notes(out);
+        }
+    }
+
     /// Node count; nodes are numbered in pre-order, which `exec` uses to attach metrics.
     pub fn node_count(&self) -> usize {
         1 + self.inputs().iter().map(|i| i.node_count()).sum::<usize>()

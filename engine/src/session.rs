@@ -237,10 +237,12 @@ impl Session {
                 self.config.threads
             )
         } else {
+            // Run as a stream, each operator says how it streams and what state it holds.
+            let notes = if self.config.stream { physical.stream_notes() } else { vec![] };
             format!(
                 "Logical plan:\n{}\nPhysical plan:\n{}",
                 logical.display_indent().trim_end(),
-                physical.display_indent(&|_| String::new()).trim_end()
+                physical.display_indent(&|id| notes.get(id).map(|n| format!("  [{n}]")).unwrap_or_default()).trim_end()
             )
         };
         let schema = Arc::new(Schema::new(vec![Field::new("plan", DataType::Utf8, false)]));
