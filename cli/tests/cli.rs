@@ -296,3 +296,41 @@ fn explain_of_a_stream_says_how_each_operator_streams_and_what_it_holds() {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
 }
+
+#[test]
+fn insert_into_a_directory_table_shows_files_only_when_the_query_succeeded() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let dir = work.path().join("out");
+    let create = format!(
+        "CREATE TABLE out (name VARCHAR, salary DOUBLE) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv');",
+        dir.display()
+    );
+    let ok = format!("{create} INSERT INTO out SELECT name, salary FROM emp WHERE salary > 80000; SELECT count(*) FROM out");
+    let o = riffle(&["sql", "--table", "emp=data/emp.csv", "--format", "csv", "-c", &ok], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).ends_with("count(*)\n4\n"), "{}", stdout(&o));
+    let files: Vec<String> = std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].starts_with("part-") && files[0].ends_with(".csv"), "{files:?}");
+    // A query that fails half-way leaves nothing behind, not even a pending file.
+    let bad = format!("{create} INSERT INTO out SELECT name, CAST(name AS DOUBLE) FROM emp");
+    let o = riffle(&["sql", "--table", "emp=data/emp.csv", "-c", &bad], None);
+    assert!(!o.status.success());
+    let after: Vec<String> = std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(after, files, "the failed INSERT added nothing");
+}
+
+#[test]
+fn checkpoints_refuse_what_they_cannot_restore() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let sql = format!(
+        "CREATE TABLE bid (auction BIGINT, price BIGINT) WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '1000'); \
+         CREATE TABLE out (auction BIGINT, n BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv'); \
+         INSERT INTO out SELECT auction, count(*) FROM bid GROUP BY auction",
+        work.path().join("out").display()
+    );
+    let ck = work.path().join("ck");
+    let o = riffle(&["sql", "--stream", "--checkpoint-dir", ck.to_str().unwrap_or_default(), "-c", &sql], None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("checkpoints of a job with a GROUP BY other than by an event-time window"), "{}", stderr(&o));
+}
