@@ -144,8 +144,14 @@ pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel
                     start = end;
                 }
             }
+            // JSON lines escape line breaks inside strings: every line end is a record end.
+            FileFormat::Json => {
+                for bytes in line_splits(file, None)? {
+                    morsels.push(Morsel { file: file.clone(), row_groups: None, rows: None, parquet: None, rows_to_read: None, records: None, bytes });
+                }
+            }
             FileFormat::Csv(opts) => {
-                for bytes in csv_splits(file, opts.quote)? {
+                for bytes in line_splits(file, Some(opts.quote))? {
                     morsels.push(Morsel { file: file.clone(), row_groups: None, rows: None, parquet: None, rows_to_read: None, records: None, bytes });
                 }
             }
@@ -163,13 +169,13 @@ pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel
     Ok(morsels)
 }
 
-/// A CSV file of at least this many bytes is read in pieces of about this size, in parallel.
+/// A CSV or JSON lines file of at least this many bytes is read in pieces of about this size, in parallel.
 const CSV_MORSEL_BYTES: u64 = 32 << 20;
 
-/// The byte ranges a CSV file is read in: whole lines, cut only at line ends outside quoted fields
-/// (a quoted field may hold a line break), so each piece parses on its own. One range (`None`: the
-/// whole file) for small files.
-fn csv_splits(path: &Path, quote: u8) -> Result<Vec<Option<std::ops::Range<u64>>>> {
+/// The byte ranges a text file of records is read in: whole lines, for CSV (`quote`) cut only at line
+/// ends outside quoted fields (a quoted field may hold a line break), so each piece parses on its own.
+/// One range (`None`: the whole file) for small files.
+fn line_splits(path: &Path, quote: Option<u8>) -> Result<Vec<Option<std::ops::Range<u64>>>> {
     let len = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?.len();
     if len < 2 * CSV_MORSEL_BYTES {
         return Ok(vec![None]);
@@ -177,16 +183,8 @@ fn csv_splits(path: &Path, quote: u8) -> Result<Vec<Option<std::ops::Range<u64>>
     let data = map_file(path)?;
     let mut cuts = vec![0u64];
     let mut target = CSV_MORSEL_BYTES as usize;
-    if memchr::memchr(quote, &data).is_none() {
-        // No quotes at all: every line end is a record end.
-        while target < data.len() {
-            match memchr::memchr(b'\n', &data[target..]) {
-                Some(i) if target + i + 1 < data.len() => cuts.push((target + i + 1) as u64),
-                _ => break,
-            }
-            target = *cuts.last().unwrap_or(&0) as usize + CSV_MORSEL_BYTES as usize;
-        }
-    } else {
+    let quote = quote.filter(|q| memchr::memchr(*q, &data).is_some());
+    if let Some(quote) = quote {
         // Quotes toggle whether a line end ends a record ("" inside a field toggles twice).
         let mut quoted = false;
         for i in memchr::memchr2_iter(quote, b'\n', &data) {
@@ -196,6 +194,15 @@ fn csv_splits(path: &Path, quote: u8) -> Result<Vec<Option<std::ops::Range<u64>>
                 cuts.push((i + 1) as u64);
                 target = i + 1 + CSV_MORSEL_BYTES as usize;
             }
+        }
+    } else {
+        // No quotes at all: every line end is a record end.
+        while target < data.len() {
+            match memchr::memchr(b'\n', &data[target..]) {
+                Some(i) if target + i + 1 < data.len() => cuts.push((target + i + 1) as u64),
+                _ => break,
+            }
+            target = *cuts.last().unwrap_or(&0) as usize + CSV_MORSEL_BYTES as usize;
         }
     }
     cuts.push(len);
@@ -307,10 +314,12 @@ pub fn read_morsel(
             })))
         }
         FileFormat::Json => {
-            let file = open(&path)?;
+            let mut file = open(&path)?;
+            let range = morsel.bytes.clone().unwrap_or(0..u64::MAX);
+            file.seek(SeekFrom::Start(range.start)).map_err(|e| FormatError::io(&path, e))?;
             let reader = arrow::json::ReaderBuilder::new(table_schema.clone())
                 .with_batch_size(batch_size.max(1))
-                .build(BufReader::new(file))
+                .build(BufReader::with_capacity(1 << 20, file.take(range.end - range.start)))
                 .map_err(|e| FormatError::corrupt(&path, e))?;
             let identity: Vec<Option<usize>> = projection.iter().map(|i| Some(*i)).collect();
             Ok(Box::new(reader.map(move |batch| {
@@ -492,6 +501,31 @@ mod csv_split_tests {
             .iter()
             .flat_map(|m| read_morsel(&format, m, &schema, &[0, 1], &[false, false], 8192).expect("reader").map(|b| b.expect("batch")))
             .collect()
+    }
+
+    #[test]
+    fn big_json_lines_files_are_read_in_pieces() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("big.jsonl");
+        let mut text = String::new();
+        let mut n = 0i64;
+        while text.len() < (5 * CSV_MORSEL_BYTES) as usize {
+            text.push_str(&format!("{{\"id\": {n}, \"text\": \"line\\nbreak, \\\"quoted\\\" {n}\"}}\n"));
+            n += 1;
+        }
+        std::fs::write(&path, &text).expect("write");
+        let schema = Arc::new(Schema::new(vec![
+            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, false),
+            arrow::datatypes::Field::new("text", arrow::datatypes::DataType::Utf8, true),
+        ]));
+        let morsels = plan_morsels(&FileFormat::Json, &[path.clone()]).expect("morsels");
+        assert!(morsels.len() > 2, "{} morsels", morsels.len());
+        let ids: Vec<i64> = morsels
+            .iter()
+            .flat_map(|m| read_morsel(&FileFormat::Json, m, &schema, &[0, 1], &[false, false], 8192).expect("reader").map(|b| b.expect("batch")))
+            .flat_map(|b| b.column(0).as_primitive::<arrow::datatypes::Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(ids, (0..n).collect::<Vec<_>>());
     }
 
     #[test]
