@@ -306,17 +306,17 @@ impl ScanSource {
         }
     }
 
-    /// Between two pieces of work: the barriers of the epochs the checkpoint clock has started.
+    /// Between two pieces of work: the next epoch's barrier, if the checkpoint clock has started it.
+    /// One per piece of work at most: a checkpoint slower than the interval then delays the next one
+    /// instead of piling barriers up (epochs never skip, so every component sees each one).
     fn barriers_due(&mut self) -> Result<bool> {
         let Some(due) = self.shared.checkpointed().map(|c| c.due_epoch()) else { return Ok(false) };
         if due <= self.epoch {
             return Ok(false);
         }
-        for e in self.epoch + 1..=due {
-            self.shared.passed(self.partition, e)?;
-            self.pending.push_back(Message::Barrier(e));
-        }
-        self.epoch = due;
+        self.epoch += 1;
+        self.shared.passed(self.partition, self.epoch)?;
+        self.pending.push_back(Message::Barrier(self.epoch));
         Ok(true)
     }
 
