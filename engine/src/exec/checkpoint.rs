@@ -190,28 +190,25 @@ impl Coordinator {
         if all <= st.completed {
             return Ok(());
         }
-        self.write_manifest(all, false)?;
-        st.completed = all;
-        for c in &st.committers {
-            c(all)?;
-        }
-        // Older checkpoints are not needed any more.
-        for old in self.restored.max(1)..all {
-            let _ = std::fs::remove_dir_all(self.dir.join(format!("chk-{old}")));
-        }
-        Ok(())
+        self.commit_epoch(st, all, false)
     }
 
     /// The job ran to its end: a last checkpoint, marked finished, commits everything.
     pub fn finish(&self) -> Result<()> {
         let mut st = self.lock()?;
         let last = st.highest.max(st.completed) + 1;
-        self.write_manifest(last, true)?;
-        st.completed = last;
+        self.commit_epoch(&mut st, last, true)
+    }
+
+    /// Epoch `epoch` is complete: the manifest names it, sinks commit up to it, and the checkpoints
+    /// since the last complete one (which it supersedes) are deleted.
+    fn commit_epoch(&self, st: &mut State, epoch: u64, finished: bool) -> Result<()> {
+        self.write_manifest(epoch, finished)?;
+        let previous = std::mem::replace(&mut st.completed, epoch);
         for c in &st.committers {
-            c(last)?;
+            c(epoch)?;
         }
-        for old in self.restored.max(1)..last {
+        for old in previous.max(1)..epoch {
             let _ = std::fs::remove_dir_all(self.dir.join(format!("chk-{old}")));
         }
         Ok(())
