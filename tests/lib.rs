@@ -14,7 +14,9 @@ pub struct Mode {
 
 /// Threads 1 and 2 × default and tiny batches × batch and stream (bounded input fed as a stream
 /// that ends, with watermarks and barriers interleaved), and a memory budget of one byte (once as a
-/// batch, once as a stream), which makes every sort and grouped aggregate spill every batch.
+/// batch, once as a stream), which makes every sort and grouped aggregate spill every batch; and twice
+/// as a stream whose every GROUP BY updates (a changelog, applied before any operator that needs final
+/// rows, and at the result).
 pub fn all_modes() -> Vec<Mode> {
     let mut modes = Vec::new();
     for stream in [false, true] {
@@ -29,6 +31,10 @@ pub fn all_modes() -> Vec<Mode> {
         let name = format!("spill-{}-t{threads}-b{batch_size}", if stream { "stream" } else { "batch" });
         let config = ExecConfig { threads, batch_size, stream, memory_limit: 1, ..ExecConfig::default() };
         modes.push(Mode { name, config });
+    }
+    for (threads, batch_size) in [(1, 8192), (2, 3)] {
+        let name = format!("changelog-t{threads}-b{batch_size}");
+        modes.push(Mode { name, config: ExecConfig { threads, batch_size, stream: true, changelog: true, ..ExecConfig::default() } });
     }
     modes
 }

@@ -36,7 +36,11 @@ fn main() -> ExitCode {
     files.sort();
     files.retain(|f| filters.is_empty() || filters.iter().any(|x| f.to_string_lossy().contains(x.as_str())));
 
-    let modes = all_modes();
+    let mut modes = all_modes();
+    // RIFFLE_SLT_MODES=changelog,spill runs only the modes whose names contain one of these.
+    if let Ok(only) = std::env::var("RIFFLE_SLT_MODES") {
+        modes.retain(|m| only.split(',').any(|o| m.name.contains(o.trim())));
+    }
     if complete {
         for f in &files {
             let config = modes[0].config.clone();

@@ -51,6 +51,12 @@ enum Command {
         /// watermark passes its end. The answer is the same as without.
         #[arg(long)]
         stream: bool,
+        /// With --stream: every GROUP BY updates, as in Flink's streaming mode: it prints each
+        /// group's row as it changes, a changelog with the row kind first (+I, -U, +U, -D), where
+        /// by default a GROUP BY over bounded input prints its final rows once. (Over a table
+        /// without end a GROUP BY always updates.)
+        #[arg(long, requires = "stream")]
+        changelog: bool,
         /// With --stream: the directory of the job's checkpoints. An `INSERT INTO` a directory table
         /// then writes its rows exactly once: killed and started again with the same directory, the
         /// job resumes from its last complete checkpoint.
@@ -81,7 +87,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Sql { format, tables, threads, memory_limit, spill_dir, stream, checkpoint_dir, checkpoint_interval, command, file } => {
+        Command::Sql { format, tables, threads, memory_limit, spill_dir, stream, changelog, checkpoint_dir, checkpoint_interval, command, file } => {
             remove_spill_files_on_interrupt();
             let mut config = ExecConfig::default();
             if let Some(m) = memory_limit {
@@ -89,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             config.spill_dir = spill_dir;
             config.stream = stream;
+            config.changelog = changelog;
             if let Some(t) = threads {
                 if t == 0 {
                     bail!("--threads must be at least 1");

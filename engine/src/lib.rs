@@ -2,6 +2,7 @@
 //! that process Arrow record batches, bounded or not.
 
 pub mod catalog;
+pub mod changelog;
 pub mod cse;
 pub mod error;
 pub mod eval;

@@ -29,6 +29,13 @@ pub enum PhysicalPlan {
     /// window_end over a window table function). Run as a stream, such an aggregate emits each
     /// window's groups once the watermark passes its end, not at the end of input.
     HashAggregate { input: Box<PhysicalPlan>, group: Vec<Expr>, aggs: Vec<AggCall>, window_end: Option<usize>, schema: SchemaRef },
+    /// A GROUP BY of a stream that emits, after each batch, the rows of the groups the batch changed,
+    /// as a changelog (`crate::changelog`): its schema is the aggregate's plus the `op` column.
+    /// `input_changelog`: the input is a changelog too, whose retractions it takes back.
+    UpdateAggregate { input: Box<PhysicalPlan>, group: Vec<Expr>, aggs: Vec<AggCall>, input_changelog: bool, schema: SchemaRef },
+    /// Applies a changelog (the input's last column is `op`) and emits the rows that remain at the end
+    /// of input, in one partition.
+    Materialize { input: Box<PhysicalPlan>, schema: SchemaRef },
     /// Window functions over input sorted by their PARTITION BY and ORDER BY keys, in one partition:
     /// each row with the calls' values appended.
     Window { input: Box<PhysicalPlan>, calls: Vec<WindowCall>, schema: SchemaRef },
@@ -62,6 +69,8 @@ impl PhysicalPlan {
             | PhysicalPlan::Values { schema, .. }
             | PhysicalPlan::Project { schema, .. }
             | PhysicalPlan::HashAggregate { schema, .. }
+            | PhysicalPlan::UpdateAggregate { schema, .. }
+            | PhysicalPlan::Materialize { schema, .. }
             | PhysicalPlan::HashJoin { schema, .. }
             | PhysicalPlan::NestedLoopJoin { schema, .. }
             | PhysicalPlan::Union { schema, .. }
@@ -80,6 +89,8 @@ impl PhysicalPlan {
             PhysicalPlan::Filter { input, .. }
             | PhysicalPlan::Project { input, .. }
             | PhysicalPlan::HashAggregate { input, .. }
+            | PhysicalPlan::UpdateAggregate { input, .. }
+            | PhysicalPlan::Materialize { input, .. }
             | PhysicalPlan::Sort { input, .. }
             | PhysicalPlan::Limit { input, .. }
             | PhysicalPlan::WindowTvf { input, .. }
@@ -89,6 +100,36 @@ impl PhysicalPlan {
                 vec![probe, build]
             }
             PhysicalPlan::Union { inputs, .. } => inputs.iter().collect(),
+        }
+    }
+
+    pub fn inputs_mut(&mut self) -> Vec<&mut PhysicalPlan> {
+        match self {
+            PhysicalPlan::Scan { .. } | PhysicalPlan::Values { .. } => vec![],
+            PhysicalPlan::Filter { input, .. }
+            | PhysicalPlan::Project { input, .. }
+            | PhysicalPlan::HashAggregate { input, .. }
+            | PhysicalPlan::UpdateAggregate { input, .. }
+            | PhysicalPlan::Materialize { input, .. }
+            | PhysicalPlan::Sort { input, .. }
+            | PhysicalPlan::Limit { input, .. }
+            | PhysicalPlan::WindowTvf { input, .. }
+            | PhysicalPlan::Window { input, .. }
+            | PhysicalPlan::SessionTvf { input, .. } => vec![input],
+            PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
+                vec![probe, build]
+            }
+            PhysicalPlan::Union { inputs, .. } => inputs.iter_mut().collect(),
+        }
+    }
+
+    /// Whether the output is a changelog (its last column the row kind), not rows that are final.
+    pub fn changelog(&self) -> bool {
+        match self {
+            PhysicalPlan::UpdateAggregate { .. } => true,
+            PhysicalPlan::Filter { input, .. } | PhysicalPlan::Project { input, .. } => input.changelog(),
+            PhysicalPlan::Union { inputs, .. } => inputs.iter().any(|i| i.changelog()),
+            _ => false,
         }
     }
 
@@ -131,7 +172,8 @@ impl PhysicalPlan {
             let instead = if stream {
                 "Group by a window instead (TUMBLE, HOP, CUMULATE on the table's event time)"
             } else {
-                "Run it as a stream (riffle sql --stream) grouped by an event-time window"
+                "Run it as a stream (riffle sql --stream): grouped by an event-time window it emits each window's rows once, \
+                 otherwise each group's row again as it changes"
             };
             Err(RiffleError::NotSupported(format!(
                 "{what} over the unbounded table '{table}': it emits only at the end of its input, which never comes. \
@@ -142,6 +184,7 @@ impl PhysicalPlan {
             PhysicalPlan::HashAggregate { input, window_end, .. } if input.unbounded() && (window_end.is_none() || !stream) => {
                 return never("GROUP BY")
             }
+            PhysicalPlan::Materialize { input, .. } if input.unbounded() => return never("the final rows of an updating result"),
             PhysicalPlan::Sort { input, .. } if input.unbounded() => return never("ORDER BY"),
             PhysicalPlan::Window { input, .. } if input.unbounded() => return never("a window function (OVER)"),
             PhysicalPlan::SessionTvf { input, .. } if input.unbounded() => return never("SESSION windows"),
@@ -163,7 +206,10 @@ impl PhysicalPlan {
             | PhysicalPlan::WindowTvf { .. }
             | PhysicalPlan::Union { .. }
             | PhysicalPlan::HashAggregate { window_end: Some(_), .. } => None,
-            PhysicalPlan::HashAggregate { .. } => Some("a GROUP BY other than by an event-time window"),
+            PhysicalPlan::HashAggregate { .. } | PhysicalPlan::UpdateAggregate { .. } => {
+                Some("a GROUP BY other than by an event-time window")
+            }
+            PhysicalPlan::Materialize { .. } => Some("the final rows of an updating GROUP BY"),
             PhysicalPlan::Window { .. } => Some("a window function (OVER)"),
             PhysicalPlan::SessionTvf { .. } => Some("SESSION windows"),
             PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => Some("a join"),
@@ -208,6 +254,11 @@ impl PhysicalPlan {
                 "streaming: emits each window once the watermark passes its end; state: the open windows' groups".into()
             }
             PhysicalPlan::HashAggregate { .. } => "blocking: emits at the end of its input; state: every group (spills)".into(),
+            PhysicalPlan::UpdateAggregate { input_changelog, .. } => format!(
+                "streaming: emits a changelog (+I, -U, +U, -D) of the groups each batch changes{}; state: every group",
+                if *input_changelog { ", taking back the input's retractions" } else { "" }
+            ),
+            PhysicalPlan::Materialize { .. } => "blocking: applies the changelog, emits the final rows at the end of its input; state: every row".into(),
             PhysicalPlan::Sort { .. } => "blocking: emits at the end of its input; state: every row (spills)".into(),
             PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => {
                 "streaming probe side; state: the build side, read to its end first".into()
@@ -235,6 +286,8 @@ impl PhysicalPlan {
             PhysicalPlan::Project { .. } => "Project",
             PhysicalPlan::HashAggregate { window_end: Some(_), .. } => "WindowAggregate",
             PhysicalPlan::HashAggregate { .. } => "HashAggregate",
+            PhysicalPlan::UpdateAggregate { .. } => "UpdateAggregate",
+            PhysicalPlan::Materialize { .. } => "Materialize",
             PhysicalPlan::WindowTvf { .. } => "WindowTvf",
             PhysicalPlan::Window { .. } => "Window",
             PhysicalPlan::SessionTvf { .. } => "SessionTvf",
@@ -283,9 +336,10 @@ impl PhysicalPlan {
                 out
             }
             PhysicalPlan::Values { rows, .. } => format!(": {} rows", rows.len()),
+            PhysicalPlan::Materialize { .. } => String::new(),
             PhysicalPlan::Filter { input, predicate } => format!(": {}", predicate.display(&input.schema())),
             PhysicalPlan::Project { input, exprs, .. } => format!(": {}", list(exprs, &input.schema())),
-            PhysicalPlan::HashAggregate { input, group, aggs, .. } => {
+            PhysicalPlan::HashAggregate { input, group, aggs, .. } | PhysicalPlan::UpdateAggregate { input, group, aggs, .. } => {
                 let schema = input.schema();
                 let aggs: Vec<String> = aggs
                     .iter()

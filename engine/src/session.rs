@@ -135,22 +135,28 @@ impl Session {
     }
 
     fn stream_query(&self, q: &ast::Query, rows: &RowSink) -> Result<StatementResult> {
-        let (_, physical) = self.plan_query(q)?;
-        if !physical.unbounded() {
+        let (_, physical) = self.plan_updates(q)?;
+        let changelog = physical.changelog();
+        if !physical.unbounded() && !changelog {
             let out = execute(&physical, &self.config)?;
             return Ok(StatementResult { schema: physical.schema(), batches: out.batches, is_query: true, stats: out.stats });
         }
-        let schema = physical.schema();
-        let (sink, sink_schema) = (rows.clone(), schema.clone());
+        // A changelog shows each row's kind first, as Flink's SQL client does.
+        let sink = rows.clone();
         let stats = crate::exec::execute_into(
             &physical,
             &self.config,
             Arc::new(move |_, msg| match msg {
-                crate::Message::Batch(b) => sink(&sink_schema, &b),
+                crate::Message::Batch(b) if changelog => {
+                    let shown = crate::changelog::for_display(&b)?;
+                    sink(&shown.schema(), &shown)
+                }
+                crate::Message::Batch(b) => sink(&b.schema(), &b),
                 _ => Ok(()),
             }),
         )?;
-        Ok(StatementResult { schema, batches: vec![], is_query: true, stats })
+        // The rows went to `rows`; nothing is left to show.
+        Ok(StatementResult { schema: Arc::new(Schema::empty()), batches: vec![], is_query: false, stats })
     }
 
     /// Runs `sql`, which must hold one statement, and returns its result.
@@ -162,11 +168,22 @@ impl Session {
         }
     }
 
+    /// The query's plans; its result are final rows, unless they never end (a changelog then).
     pub fn plan_query(&self, q: &ast::Query) -> Result<(LogicalPlan, PhysicalPlan)> {
+        let (plan, physical) = self.plan_updates(q)?;
+        let physical = if physical.unbounded() { physical } else { crate::changelog::final_rows(physical, "a query's result")? };
+        Ok((plan, physical))
+    }
+
+    /// The query's plans; run as a stream, its result may be a changelog (`crate::changelog`).
+    fn plan_updates(&self, q: &ast::Query) -> Result<(LogicalPlan, PhysicalPlan)> {
         let mut binder = Binder::new(&self.catalog);
         let (plan, _) = binder.bind_query(q)?;
         let plan = optimize(plan)?;
-        let physical = plan_physical(&plan)?;
+        let mut physical = plan_physical(&plan)?;
+        if self.config.stream {
+            physical = crate::changelog::plan(physical, self.config.changelog)?;
+        }
         Ok((plan, physical))
     }
 
@@ -364,7 +381,9 @@ impl Session {
     /// counted.
     fn insert_blackhole(&mut self, name: &str, table: &Arc<TableSource>, q: &ast::Query) -> Result<StatementResult> {
         let (_, physical) = self.plan_query(q)?;
-        if physical.schema().fields().len() != table.schema.fields().len() {
+        // A blackhole takes a changelog's rows as they come; their row kind is not a column.
+        let width = physical.schema().fields().len() - usize::from(physical.changelog());
+        if width != table.schema.fields().len() {
             return Err(RiffleError::plan(format!("INSERT into '{name}' must give all {} columns in order", table.schema.fields().len())));
         }
         let coordinator = match (&self.checkpoint, self.config.stream) {
@@ -409,6 +428,13 @@ impl Session {
         named_columns: bool,
     ) -> Result<StatementResult> {
         let (_, physical) = self.plan_query(q)?;
+        if physical.changelog() {
+            return Err(RiffleError::NotSupported(format!(
+                "INSERT into the filesystem table '{name}' of an updating result: files take appended rows only, \
+                 and this query's GROUP BY over a table without end emits each group's row again as it changes. \
+                 Group by an event-time window instead (TUMBLE, HOP, CUMULATE): its rows are final once emitted"
+            )));
+        }
         let target = table.schema.clone();
         let have = physical.schema();
         if have.fields().len() != target.fields().len() || named_columns {

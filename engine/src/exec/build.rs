@@ -96,7 +96,7 @@ impl Builder<'_> {
                 SourceSpec::Sort(shared) => Box::new(SortSource::new(shared.clone())),
             };
             let ops = open.ops.iter().map(|(f, m)| Metered { op: f(), metrics: m.clone() }).collect();
-            self.tasks.push(PipelineTask { source, ops, sink: sink(p)?, done: false });
+            self.tasks.push(PipelineTask { source, ops, sink: sink(p)?, ending: false, done: false });
         }
         Ok(())
     }
@@ -233,6 +233,28 @@ impl Builder<'_> {
                 let shared = Arc::new(AggShared::new(spec, open.partitions, output.clone(), batch_size, metrics, pool, spill));
                 self.close(open, &|p| Ok(Box::new(AggregateSink::new(shared.clone(), p)?)))?;
                 Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
+            }
+            PhysicalPlan::UpdateAggregate { input, group, aggs, input_changelog, schema } => {
+                let input_schema = input.schema();
+                let open = self.open(input)?;
+                let mut open = self.repartition(open, 1)?;
+                let spec = Arc::new(super::update_aggregate::UpdateAggSpec {
+                    group: group.clone(),
+                    aggs: aggs.clone(),
+                    input_changelog: *input_changelog,
+                    input_schema,
+                    schema: schema.clone(),
+                });
+                let pool = self.memory.pool.clone();
+                open.push(&metrics, move || Box::new(super::update_aggregate::UpdateAggregateOp::new(spec.clone(), pool.clone())));
+                open
+            }
+            PhysicalPlan::Materialize { input, schema } => {
+                let open = self.open(input)?;
+                let mut open = self.repartition(open, 1)?;
+                let (schema, pool) = (schema.clone(), self.memory.pool.clone());
+                open.push(&metrics, move || Box::new(super::materialize::MaterializeOp::new(schema.clone(), batch_size, pool.clone())));
+                open
             }
             PhysicalPlan::Sort { input, keys, fetch } => {
                 let schema = input.schema();

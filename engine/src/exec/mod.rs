@@ -15,10 +15,13 @@ mod exchange;
 pub mod file_sink;
 mod gather;
 mod join;
+mod materialize;
 mod prune;
+mod retract;
 mod scan;
 mod scheduler;
 mod sort;
+mod update_aggregate;
 mod window;
 mod window_aggregate;
 mod window_tvf;
@@ -46,6 +49,11 @@ pub struct ExecConfig {
     /// Feed bounded sources as unbounded streams that end: interleave watermarks and checkpoint
     /// barriers with the data. The answer must not change.
     pub stream: bool,
+    /// Run as a stream, every GROUP BY updates: it emits a changelog of its groups' rows as they
+    /// change (what Flink's streaming mode does over any input), not one final row per group at the
+    /// end. Over tables without end a GROUP BY always runs so; over bounded input by default it uses
+    /// the batch strategy, since the planner knows the input ends.
+    pub changelog: bool,
     /// The query's memory budget in bytes; sorts spill to stay within it.
     pub memory_limit: usize,
     /// Where spill files go (the system temp dir if `None`).
@@ -101,6 +109,7 @@ impl Default for ExecConfig {
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             batch_size: 8192,
             stream: false,
+            changelog: false,
             memory_limit: crate::memory::default_memory_limit(),
             spill_dir: None,
             spill_compression: SpillCompression::default(),
@@ -342,6 +351,8 @@ pub struct PipelineTask {
     source: Box<dyn Source>,
     ops: Vec<Metered>,
     sink: Box<dyn Sink>,
+    /// The source is no longer read: an operator finished early.
+    ending: bool,
     done: bool,
 }
 
@@ -359,14 +370,22 @@ impl PipelineTask {
         if self.done {
             return Ok(Step::Done);
         }
-        if self.sink.closed() || self.ops.iter().any(|m| m.op.finished()) {
-            // Nothing downstream needs more: end the pipeline without reading the rest.
-            self.push_through(Message::End)?;
-            self.done = true;
-            return Ok(Step::Done);
+        if !self.ending && (self.sink.closed() || self.ops.iter().any(|m| m.op.finished())) {
+            // Nothing downstream needs more: end the pipeline without reading the rest (an operator
+            // after a satisfied LIMIT may still hold output to drain).
+            self.ending = true;
+            if self.push_through(Message::End)? || !self.ops.iter().any(|m| m.op.has_pending()) {
+                self.done = true;
+                return Ok(Step::Done);
+            }
+            return Ok(Step::Progress);
         }
         if !self.sink.has_capacity() || self.ops.iter().any(|m| !m.op.ready()) {
             return Ok(Step::Blocked);
+        }
+        if self.ending && !self.ops.iter().any(|m| m.op.has_pending()) {
+            self.done = true;
+            return Ok(Step::Done);
         }
         // Output an operator still holds goes first; the end of input it held comes out last.
         let reached_end = if let Some(i) = self.ops.iter().position(|m| m.op.has_pending()) {

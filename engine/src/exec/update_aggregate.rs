@@ -1,0 +1,330 @@
+//! An updating GROUP BY: after each input batch it emits, for every group the batch changed, the
+//! change as a changelog (`crate::changelog`): `+I` for a new group, `-U` old row and `+U` new row for
+//! a group whose values changed, `-D` for a group whose last row was taken back. The rows it emitted,
+//! applied in order, are at every moment the GROUP BY's answer over the input so far.
+//!
+//! One partition holds every group (the input is gathered into it), so a group's rows leave in the
+//! order they changed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int8Array, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+
+use super::retract::{self, RetractAccumulator};
+use super::Operator;
+use crate::changelog::{self, RowKind};
+use crate::cse::ExprList;
+use crate::error::{Result, RiffleError};
+use crate::eval::evaluate;
+use crate::logical::{AggCall, Expr};
+use crate::memory::{MemoryPool, MemoryReservation};
+use crate::message::Message;
+
+/// What to aggregate, fixed at planning.
+pub struct UpdateAggSpec {
+    pub group: Vec<Expr>,
+    pub aggs: Vec<AggCall>,
+    /// The input's last column is a row kind whose retractions are taken back.
+    pub input_changelog: bool,
+    pub input_schema: SchemaRef,
+    /// The output: group keys, aggregates, `op`.
+    pub schema: SchemaRef,
+}
+
+pub struct UpdateAggregateOp {
+    spec: Arc<UpdateAggSpec>,
+    args: ExprList,
+    pool: Arc<MemoryPool>,
+    /// Made on first use (making it can fail).
+    state: Option<Groups>,
+}
+
+/// Every live group: its key, its live input rows, whether a row of it stands emitted, its aggregates.
+struct Groups {
+    keys: Option<RowConverter>,
+    slot_of: HashMap<Box<[u8]>, u32>,
+    key_of: Vec<Box<[u8]>>,
+    rows: Vec<i64>,
+    emitted: Vec<bool>,
+    free: Vec<u32>,
+    accs: Vec<Box<dyn RetractAccumulator>>,
+    /// Encodes aggregate values to tell whether an update changed them.
+    values: Option<RowConverter>,
+    touched: Vec<bool>,
+    key_bytes: usize,
+    reservation: MemoryReservation,
+}
+
+impl UpdateAggregateOp {
+    pub fn new(spec: Arc<UpdateAggSpec>, pool: Arc<MemoryPool>) -> UpdateAggregateOp {
+        let args: Vec<Expr> = spec.aggs.iter().flat_map(|a| a.args.iter().cloned()).collect();
+        let args = ExprList::new(&args, spec.input_schema.fields().len());
+        UpdateAggregateOp { spec, args, pool, state: None }
+    }
+
+    fn groups(&mut self) -> Result<&mut Groups> {
+        if self.state.is_none() {
+            self.state = Some(Groups::new(&self.spec, &self.pool)?);
+        }
+        self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))
+    }
+}
+
+impl Groups {
+    fn new(spec: &UpdateAggSpec, pool: &Arc<MemoryPool>) -> Result<Groups> {
+        let key_types: Vec<DataType> = spec.group.iter().map(|g| g.data_type(&spec.input_schema)).collect();
+        let keys = if key_types.is_empty() { None } else { Some(RowConverter::new(key_types.into_iter().map(SortField::new).collect())?) };
+        let accs = spec
+            .aggs
+            .iter()
+            .map(|a| {
+                let arg = a.args.first().map(|e| retract::argument_type(a, &e.data_type(&spec.input_schema)));
+                retract::create(a, arg.as_ref())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let value_types: Vec<SortField> = spec.aggs.iter().map(|a| SortField::new(a.ty.clone())).collect();
+        let values = if value_types.is_empty() { None } else { Some(RowConverter::new(value_types)?) };
+        let mut groups = Groups {
+            keys,
+            slot_of: HashMap::new(),
+            key_of: vec![],
+            rows: vec![],
+            emitted: vec![],
+            free: vec![],
+            accs,
+            values,
+            touched: vec![],
+            key_bytes: 0,
+            reservation: pool.reservation("UpdateAggregate", false),
+        };
+        if groups.keys.is_none() {
+            // Without GROUP BY there is one group, always there.
+            groups.grow_to(1);
+        }
+        Ok(groups)
+    }
+
+    fn grow_to(&mut self, n: usize) {
+        self.key_of.resize_with(n, Default::default);
+        self.rows.resize(n, 0);
+        self.emitted.resize(n, false);
+        self.touched.resize(n, false);
+        for a in &mut self.accs {
+            a.resize(n);
+        }
+    }
+
+    /// The slot of every row's group, making slots for new groups.
+    fn slots(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
+        let Some(converter) = &self.keys else { return Ok(vec![0; rows]) };
+        let encoded = converter.convert_columns(keys)?;
+        let mut out = Vec::with_capacity(rows);
+        for row in encoded.iter() {
+            let slot = match self.slot_of.get(row.as_ref()) {
+                Some(s) => *s,
+                None => {
+                    let s = match self.free.pop() {
+                        Some(s) => s,
+                        None => {
+                            let s = self.key_of.len() as u32;
+                            self.grow_to(s as usize + 1);
+                            s
+                        }
+                    };
+                    let key: Box<[u8]> = row.as_ref().into();
+                    self.key_bytes += key.len() * 2 + 32;
+                    self.slot_of.insert(key.clone(), s);
+                    self.key_of[s as usize] = key;
+                    s
+                }
+            };
+            out.push(slot);
+        }
+        Ok(out)
+    }
+
+    /// The slot holds no group any more.
+    fn release(&mut self, slot: u32) {
+        let s = slot as usize;
+        self.emitted[s] = false;
+        self.rows[s] = 0;
+        for a in &mut self.accs {
+            a.reset(slot);
+        }
+        if self.keys.is_some() {
+            let key = std::mem::take(&mut self.key_of[s]);
+            self.key_bytes -= key.len() * 2 + 32;
+            self.slot_of.remove(&key);
+            self.free.push(slot);
+        }
+    }
+
+    fn evaluate(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
+        self.accs.iter().map(|a| a.evaluate(slots)).collect()
+    }
+
+    fn encode_values(&self, values: &[ArrayRef]) -> Result<Option<Rows>> {
+        Ok(match &self.values {
+            Some(c) => Some(c.convert_columns(values)?),
+            None => None,
+        })
+    }
+
+    fn size(&self) -> usize {
+        self.key_bytes + self.key_of.capacity() * 40 + self.accs.iter().map(|a| a.size()).sum::<usize>()
+    }
+}
+
+/// Where an output row's aggregate values come from.
+#[derive(Clone, Copy)]
+enum From {
+    Old(usize),
+    New(usize),
+}
+
+impl UpdateAggregateOp {
+    /// The rows of `changes` (slot, values, kind) as one output batch.
+    fn output(&self, groups: &Groups, changes: &[(u32, From, RowKind)], old: &[ArrayRef], new: &[ArrayRef]) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.spec.schema.fields().len());
+        if let Some(converter) = &groups.keys {
+            let parser = converter.parser();
+            let rows = changes.iter().map(|(slot, _, _)| parser.parse(&groups.key_of[*slot as usize]));
+            columns.extend(converter.convert_rows(rows)?);
+        }
+        let old_len = old.first().map_or(0, |a| a.len());
+        let indices = UInt32Array::from_iter_values(changes.iter().map(|(_, from, _)| match from {
+            From::Old(i) => *i as u32,
+            From::New(j) => (old_len + j) as u32,
+        }));
+        for (o, n) in old.iter().zip(new) {
+            let both = arrow::compute::concat(&[o.as_ref(), n.as_ref()])?;
+            columns.push(arrow::compute::take(&both, &indices, None)?);
+        }
+        columns.push(Arc::new(Int8Array::from_iter_values(changes.iter().map(|(_, _, k)| k.code()))));
+        let columns = columns
+            .into_iter()
+            .zip(self.spec.schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { Ok(arrow::compute::cast(&c, f.data_type())?) })
+            .collect::<Result<Vec<_>>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(changes.len()));
+        Ok(RecordBatch::try_new_with_options(self.spec.schema.clone(), columns, &options)?)
+    }
+}
+
+impl Operator for UpdateAggregateOp {
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        let n = batch.num_rows();
+        let signs = if self.spec.input_changelog { changelog::signs(&batch)? } else { vec![1; n] };
+        let keys = self
+            .spec
+            .group
+            .iter()
+            .map(|g| {
+                // Keys a scan hands out dictionary-encoded are grouped by value here.
+                let key = evaluate(g, &batch)?;
+                let want = g.data_type(&self.spec.input_schema);
+                Ok(if key.data_type() == &want { key } else { arrow::compute::cast(&key, &want)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let values = self.args.evaluate(&batch)?;
+        let spec = self.spec.clone();
+        let groups = self.groups()?;
+        let slots = groups.slots(&keys, n)?;
+
+        let mut touched = Vec::new();
+        for s in &slots {
+            if !std::mem::replace(&mut groups.touched[*s as usize], true) {
+                touched.push(*s);
+            }
+        }
+        for s in &touched {
+            groups.touched[*s as usize] = false;
+        }
+        let was_emitted: Vec<u32> = touched.iter().copied().filter(|s| groups.emitted[*s as usize]).collect();
+        let old = groups.evaluate(&was_emitted)?;
+
+        for (s, sign) in slots.iter().zip(&signs) {
+            groups.rows[*s as usize] += sign;
+        }
+        let mut values = values.into_iter();
+        for (acc, call) in groups.accs.iter_mut().zip(&spec.aggs) {
+            let arg = match call.args.len() {
+                0 => None,
+                _ => {
+                    let v = values.next().ok_or_else(|| RiffleError::exec("aggregate argument count mismatch"))?;
+                    let want = retract::argument_type(call, v.data_type());
+                    Some(if v.data_type() == &want { v } else { arrow::compute::cast(&v, &want)? })
+                }
+            };
+            acc.update(&slots, &signs, arg.as_ref())?;
+        }
+
+        let live: Vec<u32> = touched.iter().copied().filter(|s| groups.rows[*s as usize] > 0).collect();
+        let new = groups.evaluate(&live)?;
+        let (old_rows, new_rows) = (groups.encode_values(&old)?, groups.encode_values(&new)?);
+        let mut changes = Vec::new();
+        let mut released = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        for s in touched {
+            let had = groups.emitted[s as usize];
+            let has = groups.rows[s as usize] > 0;
+            match (had, has) {
+                (true, true) => {
+                    let same = match (&old_rows, &new_rows) {
+                        (Some(o), Some(nw)) => o.row(i) == nw.row(j),
+                        _ => true,
+                    };
+                    if !same {
+                        changes.push((s, From::Old(i), RowKind::UpdateBefore));
+                        changes.push((s, From::New(j), RowKind::UpdateAfter));
+                    }
+                }
+                (true, false) => changes.push((s, From::Old(i), RowKind::Delete)),
+                (false, true) => changes.push((s, From::New(j), RowKind::Insert)),
+                (false, false) => {}
+            }
+            i += usize::from(had);
+            j += usize::from(has);
+            if has {
+                groups.emitted[s as usize] = true;
+            } else {
+                released.push(s);
+            }
+        }
+        let groups = self.state.as_ref().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
+        if !changes.is_empty() {
+            out.push(Message::Batch(self.output(groups, &changes, &old, &new)?));
+        }
+        let groups = self.groups()?;
+        for s in released {
+            groups.release(s);
+        }
+        let size = groups.size();
+        if !groups.reservation.try_resize(size) {
+            return Err(groups.reservation.out_of_memory(size.saturating_sub(groups.reservation.size())));
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
+        match msg {
+            // Updates carry no event time: what follows cannot wait on it.
+            Message::Watermark(_) => {}
+            Message::End => {
+                // Over a bounded input, a GROUP BY without keys has its one row even when no row came.
+                let groups = self.groups()?;
+                if groups.keys.is_none() && !groups.emitted[0] {
+                    let (none, initial) = (groups.evaluate(&[])?, groups.evaluate(&[0])?);
+                    let groups = self.state.as_ref().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
+                    out.push(Message::Batch(self.output(groups, &[(0, From::New(0), RowKind::Insert)], &none, &initial)?));
+                }
+                out.push(Message::End);
+            }
+            other => out.push(other),
+        }
+        Ok(())
+    }
+}

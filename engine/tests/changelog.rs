@@ -1,0 +1,125 @@
+//! Updating GROUP BYs run as a stream: the exact changelog each input row causes (+I, -U/+U, -D),
+//! retractions taken back by an aggregate over another, filters over a changelog, and refusals of
+//! what needs final rows over a table without end.
+
+use std::sync::{Arc, Mutex};
+
+use riffle_engine::format::format_value;
+use riffle_engine::{ExecConfig, Session};
+
+/// A session whose GROUP BYs update, one row per batch, with table `t(k, v)` holding `rows`.
+fn session(rows: &[(&str, i64)]) -> Session {
+    let mut s = Session::new(ExecConfig { threads: 1, batch_size: 1, stream: true, changelog: true, ..ExecConfig::default() });
+    s.sql("CREATE TABLE t (k VARCHAR, v BIGINT)").expect("create");
+    if !rows.is_empty() {
+        let values: Vec<String> = rows.iter().map(|(k, v)| format!("('{k}', {v})")).collect();
+        s.sql(&format!("INSERT INTO t VALUES {}", values.join(", "))).expect("insert");
+    }
+    s
+}
+
+/// Every row the query emits, in order, as space-separated values (the row kind first).
+fn changelog(s: &mut Session, sql: &str) -> Vec<String> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    s.execute_streaming(
+        sql,
+        Arc::new(move |_, batch| {
+            let mut lines = sink.lock().expect("lock");
+            for row in 0..batch.num_rows() {
+                let cells: Vec<String> = batch
+                    .columns()
+                    .iter()
+                    .map(|c| format_value(c, row).map(|v| v.unwrap_or_else(|| "NULL".into())))
+                    .collect::<riffle_engine::Result<_>>()?;
+                lines.push(cells.join(" "));
+            }
+            Ok(())
+        }),
+    )
+    .expect("runs");
+    let out = lines.lock().expect("lock").clone();
+    out
+}
+
+#[test]
+fn each_row_updates_its_group() {
+    let mut s = session(&[("a", 1), ("b", 2), ("a", 3), ("b", -2)]);
+    assert_eq!(
+        changelog(&mut s, "SELECT k, count(*), sum(v) FROM t GROUP BY k"),
+        ["+I a 1 1", "+I b 1 2", "-U a 1 1", "+U a 2 4", "-U b 1 2", "+U b 2 0"]
+    );
+}
+
+#[test]
+fn an_aggregate_over_an_updating_one_takes_its_retractions_back() {
+    let mut s = session(&[("a", 0), ("b", 0), ("a", 0)]);
+    // The inner update of a (1 → 2) is one batch of -U and +U: the outer groups change together.
+    assert_eq!(
+        changelog(&mut s, "SELECT c, count(*) FROM (SELECT k, count(*) AS c FROM t GROUP BY k) GROUP BY c"),
+        ["+I 1 1", "-U 1 1", "+U 1 2", "-U 1 2", "+U 1 1", "+I 2 1"]
+    );
+    let mut s = session(&[("a", 0), ("a", 0)]);
+    // Group c = 1 loses its only row: it is deleted.
+    assert_eq!(
+        changelog(&mut s, "SELECT c, count(*) FROM (SELECT k, count(*) AS c FROM t GROUP BY k) GROUP BY c"),
+        ["+I 1 1", "-D 1 1", "+I 2 1"]
+    );
+}
+
+#[test]
+fn min_and_max_recover_when_their_extreme_is_taken_back() {
+    // Counts per key go a:1, b:1, b:2, b:3, a:2; the min and max over them move both ways. The second
+    // row changes no value (b:1 beside a:1), so it emits nothing.
+    let mut s = session(&[("a", 0), ("b", 0), ("b", 0), ("b", 0), ("a", 0)]);
+    assert_eq!(
+        changelog(&mut s, "SELECT min(c), max(c), count(DISTINCT c) FROM (SELECT k, count(*) AS c FROM t GROUP BY k)"),
+        ["+I 1 1 1", "-U 1 1 1", "+U 1 2 2", "-U 1 2 2", "+U 1 3 2", "-U 1 3 2", "+U 2 3 2"]
+    );
+}
+
+#[test]
+fn having_filters_each_changelog_row() {
+    let mut s = session(&[("a", 0), ("a", 0), ("a", 0)]);
+    assert_eq!(
+        changelog(&mut s, "SELECT k, count(*) FROM t GROUP BY k HAVING count(*) > 1"),
+        ["+U a 2", "-U a 2", "+U a 3"]
+    );
+}
+
+#[test]
+fn a_global_aggregate_over_no_rows_has_its_row_at_the_end() {
+    let mut s = session(&[]);
+    assert_eq!(changelog(&mut s, "SELECT count(*), sum(v) FROM t"), ["+I 0 NULL"]);
+    let mut s = session(&[("a", 5)]);
+    assert_eq!(changelog(&mut s, "SELECT count(*), sum(v) FROM t"), ["+I 1 5"]);
+}
+
+#[test]
+fn final_answers_apply_the_changelog() {
+    // Run to its end as a query, the changelog is applied: the batch answer.
+    let mut s = session(&[("a", 1), ("b", 2), ("a", 3), ("b", -2)]);
+    let r = s.sql("SELECT k, count(*), sum(v) FROM t GROUP BY k ORDER BY k").expect("runs");
+    let mut rows = Vec::new();
+    for b in &r.batches {
+        for row in 0..b.num_rows() {
+            let cells: Vec<String> = b.columns().iter().map(|c| format_value(c, row).expect("formats").unwrap_or_default()).collect();
+            rows.push(cells.join(" "));
+        }
+    }
+    assert_eq!(rows, ["a 2 4", "b 2 0"]);
+}
+
+#[test]
+fn what_needs_final_rows_of_an_endless_update_is_refused() {
+    let mut s = Session::new(ExecConfig { threads: 1, stream: true, ..ExecConfig::default() });
+    s.sql("CREATE TABLE bid (auction BIGINT, price BIGINT) WITH ('connector' = 'nexmark', 'table' = 'bid')").expect("create");
+    for (sql, what) in [
+        ("SELECT auction, count(*) FROM bid GROUP BY auction ORDER BY auction", "ORDER BY"),
+        ("SELECT * FROM (SELECT auction, count(*) FROM bid GROUP BY auction) LIMIT 3", "LIMIT"),
+    ] {
+        let err = s.sql(sql).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(&format!("{what} over an updating result")), "{sql}: {err}");
+        assert!(err.contains("event-time window"), "{err}");
+    }
+}
