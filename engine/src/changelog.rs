@@ -154,7 +154,7 @@ fn operator_words(plan: &PhysicalPlan) -> &'static str {
         PhysicalPlan::Sort { fetch: Some(_), .. } => "ORDER BY … LIMIT",
         PhysicalPlan::Sort { .. } => "ORDER BY",
         PhysicalPlan::Limit { .. } => "LIMIT",
-        PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => "a join",
+        PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } | PhysicalPlan::StreamJoin { .. } => "a join",
         PhysicalPlan::Window { .. } => "a window function (OVER)",
         PhysicalPlan::SessionTvf { .. } => "SESSION windows",
         PhysicalPlan::WindowTvf { .. } => "a window table function",

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
+use arrow::array::Array;
 use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::catalog::TableSource;
@@ -54,12 +55,41 @@ pub enum PhysicalPlan {
         null_aware: bool,
         schema: SchemaRef,
     },
+    /// The inner join of two inputs without end: each row is stored on its side and joined with the
+    /// other side's rows so far. With `interval`, rows leave as the watermarks pass (interval join).
+    StreamJoin {
+        left: Box<PhysicalPlan>,
+        right: Box<PhysicalPlan>,
+        left_keys: Vec<Expr>,
+        right_keys: Vec<Expr>,
+        filter: Option<Expr>,
+        interval: Option<IntervalBounds>,
+        schema: SchemaRef,
+    },
     /// Joins every probe row with every build row, keeping pairs where `filter` holds.
     NestedLoopJoin { probe: Box<PhysicalPlan>, build: Box<PhysicalPlan>, kind: JoinKind, filter: Option<Expr>, schema: SchemaRef },
     /// Full sort, or top-k when `fetch` is set.
     Sort { input: Box<PhysicalPlan>, keys: Vec<SortKey>, fetch: Option<usize> },
     Limit { input: Box<PhysicalPlan>, skip: usize, fetch: Option<usize> },
     Union { inputs: Vec<PhysicalPlan>, schema: SchemaRef },
+}
+
+/// The time bounds of an interval join: `left.left_time - right.right_time` lies in `[lo, hi]`
+/// microseconds for every joined pair (from conditions like `l.ts BETWEEN r.ts - a AND r.ts + b`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntervalBounds {
+    pub left_time: usize,
+    /// A column of the right input.
+    pub right_time: usize,
+    pub lo: i64,
+    pub hi: i64,
+}
+
+impl IntervalBounds {
+    /// How far before the watermark a joined row's time can lie.
+    pub fn reach(&self) -> i64 {
+        0i64.max(self.lo.saturating_neg()).max(self.hi)
+    }
 }
 
 impl PhysicalPlan {
@@ -72,6 +102,7 @@ impl PhysicalPlan {
             | PhysicalPlan::UpdateAggregate { schema, .. }
             | PhysicalPlan::Materialize { schema, .. }
             | PhysicalPlan::HashJoin { schema, .. }
+            | PhysicalPlan::StreamJoin { schema, .. }
             | PhysicalPlan::NestedLoopJoin { schema, .. }
             | PhysicalPlan::Union { schema, .. }
             | PhysicalPlan::WindowTvf { schema, .. }
@@ -99,6 +130,7 @@ impl PhysicalPlan {
             PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
                 vec![probe, build]
             }
+            PhysicalPlan::StreamJoin { left, right, .. } => vec![left, right],
             PhysicalPlan::Union { inputs, .. } => inputs.iter().collect(),
         }
     }
@@ -119,6 +151,7 @@ impl PhysicalPlan {
             PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
                 vec![probe, build]
             }
+            PhysicalPlan::StreamJoin { left, right, .. } => vec![left, right],
             PhysicalPlan::Union { inputs, .. } => inputs.iter_mut().collect(),
         }
     }
@@ -167,6 +200,18 @@ impl PhysicalPlan {
         Ok(())
     }
 
+    /// Refuses to collect a result that never ends (the rows of a stream are shown as they come).
+    pub fn check_ends(&self) -> Result<()> {
+        match self.unbounded_table() {
+            Some(table) if self.unbounded() => Err(RiffleError::plan(format!(
+                "the result of this query over the unbounded table '{table}' never ends, so it cannot be collected: \
+                 run it with riffle sql --stream, which prints its rows as they come, INSERT it INTO a table, \
+                 or bound the table (nexmark: 'events.num')"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn check_blocking(&self, table: &str, stream: bool) -> Result<()> {
         let never = |what: &str| {
             let instead = if stream {
@@ -188,8 +233,18 @@ impl PhysicalPlan {
             PhysicalPlan::Sort { input, .. } if input.unbounded() => return never("ORDER BY"),
             PhysicalPlan::Window { input, .. } if input.unbounded() => return never("a window function (OVER)"),
             PhysicalPlan::SessionTvf { input, .. } if input.unbounded() => return never("SESSION windows"),
-            PhysicalPlan::HashJoin { build, .. } | PhysicalPlan::NestedLoopJoin { build, .. } if build.unbounded() => {
-                return never("a join with an unbounded right side")
+            PhysicalPlan::HashJoin { build, kind, .. } | PhysicalPlan::NestedLoopJoin { build, kind, .. } if build.unbounded() => {
+                return if stream && *kind != JoinKind::Inner {
+                    Err(RiffleError::NotSupported(format!(
+                        "a {kind:?} join of two inputs without end (the table '{table}'): only inner joins of two streams are supported yet"
+                    )))
+                } else if stream {
+                    Err(RiffleError::NotSupported(format!(
+                        "a join of two inputs without end (the table '{table}') without an equality condition: give it one (ON a.k = b.k)"
+                    )))
+                } else {
+                    never("a join with an unbounded right side")
+                }
             }
             _ => {}
         }
@@ -212,7 +267,7 @@ impl PhysicalPlan {
             PhysicalPlan::Materialize { .. } => Some("the final rows of an updating GROUP BY"),
             PhysicalPlan::Window { .. } => Some("a window function (OVER)"),
             PhysicalPlan::SessionTvf { .. } => Some("SESSION windows"),
-            PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => Some("a join"),
+            PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } | PhysicalPlan::StreamJoin { .. } => Some("a join"),
             PhysicalPlan::Sort { .. } => Some("ORDER BY"),
             PhysicalPlan::Limit { .. } => Some("LIMIT"),
             PhysicalPlan::Values { .. } => Some("literal rows (VALUES)"),
@@ -263,6 +318,12 @@ impl PhysicalPlan {
             PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => {
                 "streaming probe side; state: the build side, read to its end first".into()
             }
+            PhysicalPlan::StreamJoin { interval: Some(_), .. } => {
+                "streaming: joins each row with the other side's rows so far; state: both sides' rows within the interval, dropped as the watermarks pass".into()
+            }
+            PhysicalPlan::StreamJoin { .. } => {
+                "streaming: joins each row with the other side's rows so far; state: every row of both sides (no time bound); output without event time".into()
+            }
             PhysicalPlan::Window { .. } | PhysicalPlan::SessionTvf { .. } => {
                 "emits each partition once its key changes, over a sort (blocking); state: one partition's rows".into()
             }
@@ -292,6 +353,8 @@ impl PhysicalPlan {
             PhysicalPlan::Window { .. } => "Window",
             PhysicalPlan::SessionTvf { .. } => "SessionTvf",
             PhysicalPlan::HashJoin { .. } => "HashJoin",
+            PhysicalPlan::StreamJoin { interval: Some(_), .. } => "IntervalJoin",
+            PhysicalPlan::StreamJoin { .. } => "StreamJoin",
             PhysicalPlan::NestedLoopJoin { .. } => "NestedLoopJoin",
             PhysicalPlan::Sort { fetch: Some(_), .. } => "TopK",
             PhysicalPlan::Sort { .. } => "Sort",
@@ -357,6 +420,20 @@ impl PhysicalPlan {
                 let mut s = format!(": {kind:?}{} on=[{}]", if *null_aware { " null-aware" } else { "" }, keys.join(", "));
                 if let Some(f) = filter {
                     s.push_str(&format!(" filter={}", f.display(&join_schema(&ps, &bs, JoinKind::Inner))));
+                }
+                s
+            }
+            PhysicalPlan::StreamJoin { left, right, left_keys, right_keys, filter, interval, .. } => {
+                let (ls, rs) = (left.schema(), right.schema());
+                let keys: Vec<String> =
+                    left_keys.iter().zip(right_keys).map(|(l, r)| format!("{} = {}", l.display(&ls), r.display(&rs))).collect();
+                let mut s = format!(": on=[{}]", keys.join(", "));
+                if let Some(b) = interval {
+                    let secs = |us: i64| format!("{}s", us as f64 / 1e6);
+                    let _ = write!(s, " interval={} - {} in [{}, {}]", ls.field(b.left_time).name(), rs.field(b.right_time).name(), secs(b.lo), secs(b.hi));
+                }
+                if let Some(f) = filter {
+                    let _ = write!(s, " filter={}", f.display(&join_schema(&ls, &rs, JoinKind::Inner)));
                 }
                 s
             }
@@ -527,4 +604,99 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             schema: schema.clone(),
         },
     })
+}
+
+/// Run as a stream, an inner join whose right input never ends cannot build a table of it first:
+/// it becomes a stream join, an interval join when its condition bounds the two sides' times. With
+/// `every_join`, inner joins of bounded inputs do too (as in Flink's streaming mode).
+pub fn plan_stream_joins(plan: PhysicalPlan, every_join: bool) -> PhysicalPlan {
+    let mut plan = match plan {
+        PhysicalPlan::HashJoin { probe, build, kind: JoinKind::Inner, probe_keys, build_keys, filter, schema, .. }
+            if build.unbounded() || every_join =>
+        {
+            let interval = filter.as_ref().and_then(|f| interval_bounds(f, &probe.schema(), &build.schema()));
+            PhysicalPlan::StreamJoin { left: probe, right: build, left_keys: probe_keys, right_keys: build_keys, filter, interval, schema }
+        }
+        other => other,
+    };
+    for input in plan.inputs_mut() {
+        let taken = std::mem::replace(input, PhysicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) });
+        *input = plan_stream_joins(taken, every_join);
+    }
+    plan
+}
+
+/// The bounds on `l.t - r.t` that the conjuncts of `filter` (over left ++ right) set, if they set both
+/// a lower and an upper one on the same two timestamp columns.
+fn interval_bounds(filter: &Expr, left: &Schema, right: &Schema) -> Option<IntervalBounds> {
+    use crate::logical::BinaryOp;
+    let width = left.fields().len();
+    let is_time = |c: usize| {
+        let f = if c < width { left.field(c) } else { right.field(c - width) };
+        matches!(f.data_type(), arrow::datatypes::DataType::Timestamp(..))
+    };
+    // `column ± constant` as (column, offset in µs).
+    let term = |e: &Expr| -> Option<(usize, i64)> {
+        match e {
+            Expr::Column(c) => Some((*c, 0)),
+            Expr::Binary { op: BinaryOp::Add, left, right } => match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(c), k) | (k, Expr::Column(c)) => Some((*c, interval_micros(k)?)),
+                _ => None,
+            },
+            Expr::Binary { op: BinaryOp::Sub, left, right } => match left.as_ref() {
+                Expr::Column(c) => Some((*c, interval_micros(right)?.checked_neg()?)),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let (mut lo, mut hi, mut cols) = (None::<i64>, None::<i64>, None::<(usize, usize)>);
+    for c in filter.clone().conjuncts() {
+        let Expr::Binary { op, left: a, right: b } = &c else { continue };
+        let (Some((ca, oa)), Some((cb, ob))) = (term(a), term(b)) else { continue };
+        // a.col + oa  op  b.col + ob  ⇔  a.col - b.col  op  ob - oa
+        let (l, r, d, op) = match (ca < width, cb < width) {
+            (true, false) => (ca, cb - width, ob.checked_sub(oa)?, *op),
+            (false, true) => {
+                let flipped = match op {
+                    BinaryOp::Lt => BinaryOp::Gt,
+                    BinaryOp::LtEq => BinaryOp::GtEq,
+                    BinaryOp::Gt => BinaryOp::Lt,
+                    BinaryOp::GtEq => BinaryOp::LtEq,
+                    other => *other,
+                };
+                (cb, ca - width, oa.checked_sub(ob)?, flipped)
+            }
+            _ => continue,
+        };
+        if !is_time(l) || !is_time(r + width) || cols.is_some_and(|c| c != (l, r)) {
+            continue;
+        }
+        match op {
+            BinaryOp::Gt | BinaryOp::GtEq => lo = Some(lo.map_or(d, |x| x.max(d))),
+            BinaryOp::Lt | BinaryOp::LtEq => hi = Some(hi.map_or(d, |x| x.min(d))),
+            BinaryOp::Eq => {
+                lo = Some(d);
+                hi = Some(d);
+            }
+            _ => continue,
+        }
+        cols = Some((l, r));
+    }
+    let ((left_time, right_time), lo, hi) = (cols?, lo?, hi?);
+    Some(IntervalBounds { left_time, right_time, lo, hi })
+}
+
+/// A constant interval of days and smaller units, in microseconds.
+fn interval_micros(e: &Expr) -> Option<i64> {
+    let Expr::Literal(s) = e else { return None };
+    let v = s.0.as_any().downcast_ref::<arrow::array::IntervalMonthDayNanoArray>()?;
+    if v.is_null(0) {
+        return None;
+    }
+    let i = v.value(0);
+    if i.months != 0 {
+        return None;
+    }
+    (i.days as i64).checked_mul(86_400_000_000)?.checked_add(i.nanoseconds / 1000)
 }

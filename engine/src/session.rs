@@ -182,6 +182,7 @@ impl Session {
         let plan = optimize(plan)?;
         let mut physical = plan_physical(&plan)?;
         if self.config.stream {
+            physical = crate::physical::plan_stream_joins(physical, self.config.changelog);
             physical = crate::changelog::plan(physical, self.config.changelog)?;
         }
         Ok((plan, physical))

@@ -279,6 +279,26 @@ impl Builder<'_> {
             PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, schema } => {
                 self.join(probe, build, *kind, probe_keys.clone(), build_keys.clone(), filter.clone(), *null_aware, schema, metrics)?
             }
+            PhysicalPlan::StreamJoin { left, right, left_keys, right_keys, filter, interval, schema } => {
+                let spec = super::stream_join::StreamJoinSpec {
+                    left_keys: left_keys.clone(),
+                    right_keys: right_keys.clone(),
+                    filter: filter.clone(),
+                    interval: *interval,
+                    left_schema: left.schema(),
+                    schema: schema.clone(),
+                };
+                let left_open = self.open(left)?;
+                let right_open = self.open(right)?;
+                let (lp, rp) = (left_open.partitions, right_open.partitions);
+                // A bounded queue: a slow consumer holds both inputs back.
+                let output = Arc::new(Exchange::new(lp + rp, self.threads, EXCHANGE_CAPACITY, self.notifier.clone()));
+                let shared = Arc::new(super::stream_join::StreamJoinShared::new(spec, lp, rp, output.clone(), metrics, &self.memory.pool)?);
+                let ls = shared.clone();
+                self.close(left_open, &move |p| Ok(Box::new(super::stream_join::StreamJoinSink::new(ls.clone(), 0, p))))?;
+                self.close(right_open, &move |p| Ok(Box::new(super::stream_join::StreamJoinSink::new(shared.clone(), 1, p))))?;
+                Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
+            }
             PhysicalPlan::NestedLoopJoin { probe, build, kind, filter, schema } => {
                 self.join(probe, build, *kind, vec![], vec![], filter.clone(), false, schema, metrics)?
             }

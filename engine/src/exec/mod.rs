@@ -21,6 +21,7 @@ mod retract;
 mod scan;
 mod scheduler;
 mod sort;
+mod stream_join;
 mod update_aggregate;
 mod window;
 mod window_aggregate;
@@ -49,10 +50,11 @@ pub struct ExecConfig {
     /// Feed bounded sources as unbounded streams that end: interleave watermarks and checkpoint
     /// barriers with the data. The answer must not change.
     pub stream: bool,
-    /// Run as a stream, every GROUP BY updates: it emits a changelog of its groups' rows as they
-    /// change (what Flink's streaming mode does over any input), not one final row per group at the
-    /// end. Over tables without end a GROUP BY always runs so; over bounded input by default it uses
-    /// the batch strategy, since the planner knows the input ends.
+    /// Run as a stream, plan every input as if it had no end (what Flink's streaming mode does): a
+    /// GROUP BY emits a changelog of its groups' rows as they change, not one final row per group at
+    /// the end, and an inner join stores both sides' rows instead of building a table of one first.
+    /// Over tables without end this is what happens anyway; over bounded input by default the planner
+    /// uses the batch strategies, since it knows the input ends.
     pub changelog: bool,
     /// The query's memory budget in bytes; sorts spill to stay within it.
     pub memory_limit: usize,
@@ -545,6 +547,8 @@ impl Sink for FirstRowSink {
 
 /// Runs `plan` to completion and returns its rows.
 pub fn execute(plan: &PhysicalPlan, config: &ExecConfig) -> Result<QueryOutput> {
+    plan.check_runnable(config.stream)?;
+    plan.check_ends()?;
     let results = Arc::new(Mutex::new(Vec::new()));
     let sink_results = results.clone();
     let (metrics, stats) =
