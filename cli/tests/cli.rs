@@ -169,13 +169,9 @@ fn ctrl_c_during_a_spilling_sort_removes_the_spill_files() {
     assert_eq!(std::fs::read_dir(spill.path()).expect("spill dir").count(), 0, "spill directory left behind");
 }
 
-#[test]
-fn a_stream_without_end_prints_each_window_as_it_closes() {
+/// The first `n` lines `riffle sql --stream --format csv` prints for an endless query, then kills it.
+fn first_lines_of_stream(sql: &str, n: usize) -> Vec<String> {
     use std::io::{BufRead, BufReader};
-    let sql = "CREATE TABLE bid (price BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
-               WITH ('connector' = 'nexmark', 'table' = 'bid', 'first-event.rate' = '1000'); \
-               SELECT window_start, count(*) AS bids FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '10' SECOND)) \
-               GROUP BY window_start, window_end";
     let mut child = Command::new(env!("CARGO_BIN_EXE_riffle"))
         .args(["sql", "--stream", "--threads", "2", "--format", "csv", "-c", sql])
         .stdout(Stdio::piped())
@@ -183,9 +179,19 @@ fn a_stream_without_end_prints_each_window_as_it_closes() {
         .spawn()
         .expect("riffle starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first: Vec<String> = (0..4).map(|_| lines.next().expect("a line").expect("text")).collect();
+    let first: Vec<String> = (0..n).map(|_| lines.next().expect("a line").expect("text")).collect();
     let _ = child.kill();
     let _ = child.wait();
+    first
+}
+
+#[test]
+fn a_stream_without_end_prints_each_window_as_it_closes() {
+    let sql = "CREATE TABLE bid (price BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
+               WITH ('connector' = 'nexmark', 'table' = 'bid', 'first-event.rate' = '1000'); \
+               SELECT window_start, count(*) AS bids FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '10' SECOND)) \
+               GROUP BY window_start, window_end";
+    let first = first_lines_of_stream(sql, 4);
     // 1,000 events per second, 46 in 50 of them bids: 9,200 bids in each 10-second window, in order.
     assert_eq!(
         first,
@@ -333,4 +339,48 @@ fn checkpoints_refuse_what_they_cannot_restore() {
     let o = riffle(&["sql", "--stream", "--checkpoint-dir", ck.to_str().unwrap_or_default(), "-c", &sql], None);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("checkpoints of a job with a GROUP BY other than by an event-time window"), "{}", stderr(&o));
+}
+
+#[test]
+fn an_endless_group_by_prints_its_changelog() {
+    let sql = "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid'); \
+               SELECT auction, count(*) AS bids FROM bid GROUP BY auction";
+    let got = first_lines_of_stream(sql, 3000);
+    assert_eq!(got[0], "op,auction,bids");
+    // Each update is the group's old row, then its new one with a higher count.
+    let mut updates = 0;
+    for (i, line) in got.iter().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert!(matches!(f[0], "+I" | "-U" | "+U"), "{line}");
+        if f[0] == "-U" {
+            let next: Vec<&str> = got[i + 1].split(',').collect();
+            assert_eq!((next[0], next[1]), ("+U", f[1]), "{line} then {}", got[i + 1]);
+            let (old, new): (u64, u64) = (f[2].parse().expect("count"), next[2].parse().expect("count"));
+            assert!(new > old, "{line} then {}", got[i + 1]);
+            updates += 1;
+        }
+    }
+    assert!(updates > 100, "{updates} updates in {} lines", got.len());
+}
+
+#[test]
+fn changelog_prints_a_bounded_group_by_as_it_updates() {
+    let o = riffle(
+        &["sql", "--stream", "--changelog", "--threads", "1", "--format", "csv", "--table", "t=data/emp.csv", "-c",
+          "SELECT dept, count(*) FROM t GROUP BY dept"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "op,dept,count(*)\n+I,eng,3\n+I,sales,2\n+I,,1\n+I,ops,2\n");
+    // Without --changelog the planner knows the input ends: the final rows, once.
+    let o = riffle(&["sql", "--stream", "--format", "csv", "--table", "t=data/emp.csv", "-c", "SELECT count(*) FROM t"], None);
+    assert_eq!(stdout(&o), "count(*)\n8\n");
+    // An updating result cannot go into files.
+    let sql = "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid'); \
+               CREATE TABLE out (auction BIGINT, n BIGINT) WITH ('connector' = 'filesystem', 'path' = 'unused-out/', 'format' = 'csv'); \
+               INSERT INTO out SELECT auction, count(*) FROM bid GROUP BY auction";
+    let o = riffle(&["sql", "--stream", "-c", sql], None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("files take appended rows only"), "{}", stderr(&o));
+    assert!(!std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/unused-out")).exists());
 }

@@ -70,7 +70,7 @@ impl Side {
             if let Some(c) = self.chunks.remove(&id) {
                 self.live_rows -= c.rows;
                 self.dead_rows += c.rows;
-                self.bytes -= c.batch.get_array_memory_size();
+                self.bytes -= batch_bytes(&c.batch) + c.rows * 16;
             }
         }
         if self.dead_rows > self.live_rows.max(1024) {
@@ -176,7 +176,7 @@ impl StreamJoinShared {
             }
         }
         if stored > 0 {
-            me.bytes += batch.get_array_memory_size() + stored * 16;
+            me.bytes += batch_bytes(&batch) + stored * 16;
             me.live_rows += stored;
             me.chunks.insert(id, Chunk { batch, max_time, rows: stored });
         }
@@ -247,6 +247,11 @@ impl StreamJoinShared {
         // minimum over every input partition.
         Ok(Some(w.saturating_sub(bounds.reach())))
     }
+}
+
+/// The bytes of the rows of `batch` (a slice of a larger batch counts its share only).
+fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size())).sum()
 }
 
 /// One input partition of a stream join.

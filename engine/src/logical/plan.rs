@@ -453,6 +453,9 @@ impl LogicalPlan {
                 let c = input.event_time_column()?;
                 exprs.iter().position(|e| *e == Expr::Column(c))
             }
+            // Joined rows keep the left row's time (an interval join holds its watermark back so they
+            // are not late; a hash join's probe side streams in order).
+            LogicalPlan::Join { left, kind: JoinKind::Inner, .. } => left.event_time_column(),
             _ => None,
         }
     }
