@@ -80,6 +80,11 @@ enum Command {
         /// Checkpoint every this many milliseconds (Riffle and Flink).
         #[arg(long)]
         checkpoint_ms: Option<u64>,
+        /// Measure latency instead: the generator hands out this many events per second on the wall
+        /// clock (--events of them), and each result row's latency is the time from its last input
+        /// event's due time to the row reaching the sink; prints p50, p99 and max per query.
+        #[arg(long)]
+        rate: Option<u64>,
     },
     /// Writes N sort-benchmark records (100 bytes: 10-byte key, 90-byte payload) to a .gensort file,
     /// or to a .parquet file (key FixedSizeBinary(10), payload FixedSizeBinary(90)).
@@ -141,7 +146,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tpch { data, queries, peers, threads, repeat, peers_kit } => {
             tpch(&data, &queries, &peers, threads, repeat, &peers_kit)
         }
-        Command::Nexmark { input, events, queries, threads, repeat, peers, peers_kit, checkpoint_ms } => {
+        Command::Nexmark { input, events, queries, threads, repeat, peers, peers_kit, checkpoint_ms, rate } => {
             nexmark::nexmark_command(&nexmark::NexmarkArgs {
                 input,
                 events,
@@ -151,6 +156,7 @@ fn main() -> anyhow::Result<()> {
                 peers,
                 peers_kit,
                 checkpoint_interval: checkpoint_ms.map(std::time::Duration::from_millis),
+                rate,
             })
         }
         Command::Gensort { records, out, seed } => sort::gensort_file(sort::parse_count(&records)?, seed, &out),

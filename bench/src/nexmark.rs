@@ -62,6 +62,7 @@ pub struct NexmarkArgs {
     pub peers: String,
     pub peers_kit: PathBuf,
     pub checkpoint_interval: Option<std::time::Duration>,
+    pub rate: Option<u64>,
 }
 
 struct Measured {
@@ -77,6 +78,9 @@ pub fn nexmark_command(a: &NexmarkArgs) -> anyhow::Result<()> {
         if !QUERIES.iter().any(|(name, _, _)| name == q) {
             bail!("unknown query {q} (known: q0, q1, q2, q5, q7)");
         }
+    }
+    if let Some(rate) = a.rate {
+        return latency_command(&wanted, rate, a);
     }
     let source = match &a.input {
         Some(path) => {
@@ -190,4 +194,100 @@ fn run_flink(input: &Path, queries: &[&str], a: &NexmarkArgs) -> anyhow::Result<
         }
     }
     Ok(rows)
+}
+
+/// For latency: each query with a column that tells when its rows could first exist, and how long
+/// after that column's time: a bid's own time, or a window's end plus the watermark delay (a window
+/// closes once the watermark passed its end). q2 and q7 also return that column here.
+const LATENCY: [(&str, Option<&str>, usize, i64); 5] = [
+    ("q0", None, 3, 0),
+    ("q1", None, 3, 0),
+    ("q2", Some("SELECT auction, price, date_time FROM bid WHERE MOD(auction, 123) = 0"), 2, 0),
+    ("q5", None, 3, WATERMARK_DELAY_US),
+    (
+        "q7",
+        Some(
+            "SELECT B.auction, B.bidder, B.price, B.date_time, B1.date_time FROM bid B
+             JOIN (
+               SELECT MAX(price) AS maxprice, window_end AS date_time
+               FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+               GROUP BY window_start, window_end
+             ) B1
+             ON B.price = B1.maxprice
+             WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time",
+        ),
+        4,
+        WATERMARK_DELAY_US,
+    ),
+];
+
+const BUCKET_US: i64 = 100;
+const BUCKETS: usize = 600_000;
+
+/// `BID_COLUMNS`' watermark delay.
+const WATERMARK_DELAY_US: i64 = 1_000_000;
+
+/// Latency at a given event rate: the generator paces itself on the wall clock (event time runs as
+/// wall time does, from the start), the plans are Flink streaming mode's (every join a stream join),
+/// and each row's latency is its arrival at the root minus the wall time its input was complete.
+fn latency_command(wanted: &[&str], rate: u64, a: &NexmarkArgs) -> anyhow::Result<()> {
+    use arrow::array::AsArray;
+    use std::sync::{Arc, Mutex};
+    let base = riffle_formats::nexmark::NexmarkConfig::default().base_time;
+    let source = format!(
+        "'connector' = 'nexmark', 'table' = 'bid', 'events.num' = '{}', 'first-event.rate' = '{rate}', 'rate-limited' = 'true'",
+        a.events
+    );
+    println!("{:<5} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}", "query", "events/s", "rows", "p50 ms", "p99 ms", "max ms", "seconds");
+    for q in wanted {
+        let (_, _, query) = QUERIES.iter().find(|(name, _, _)| name == q).context("query")?;
+        let (_, variant, column, delay) = LATENCY.iter().find(|(name, ..)| name == q).context("latency column")?;
+        let config = ExecConfig { threads: a.threads.max(1), stream: true, changelog: true, ..ExecConfig::default() };
+        let mut session = Session::new(config);
+        session.execute(&format!("CREATE TABLE bid ({BID_COLUMNS}) WITH ({source})"))?;
+        let (_, plan) = session.plan_sql(variant.unwrap_or(query))?;
+        // A histogram of 100 µs buckets up to 60 s: recording never stalls the stream it measures.
+        let histogram = Arc::new(Mutex::new(vec![0u64; BUCKETS]));
+        let sink = histogram.clone();
+        let (column, delay) = (*column, *delay);
+        let input_end = (a.events as f64 / rate as f64 * 1e6) as i64;
+        let started = Instant::now();
+        riffle_engine::exec::execute_into(
+            &plan,
+            &session.config,
+            Arc::new(move |_, msg| {
+                let riffle_engine::Message::Batch(b) = msg else { return Ok(()) };
+                let now = started.elapsed().as_micros() as i64;
+                let times = arrow::compute::cast(b.column(column), &arrow::datatypes::DataType::Int64)?;
+                let times = times.as_primitive::<arrow::datatypes::Int64Type>();
+                let mut h = sink.lock().map_err(|_| riffle_engine::RiffleError::exec("latency lock poisoned"))?;
+                // Windows still open when the input ended are flushed then, early: not a latency.
+                for due in times.iter().flatten().map(|t| t - base + delay).filter(|due| *due <= input_end) {
+                    h[((now - due).max(0) / BUCKET_US) .min(BUCKETS as i64 - 1) as usize] += 1;
+                }
+                Ok(())
+            }),
+        )?;
+        let seconds = started.elapsed().as_secs_f64();
+        let h = histogram.lock().map_err(|_| anyhow::anyhow!("latency lock poisoned"))?.clone();
+        let total: u64 = h.iter().sum();
+        let at = |p: f64| {
+            let want = ((total as f64 * p).ceil() as u64).max(1);
+            let mut seen = 0;
+            h.iter().position(|n| {
+                seen += n;
+                seen >= want
+            })
+            .map_or(f64::NAN, |b| (b as i64 + 1) as f64 * BUCKET_US as f64 / 1e3)
+        };
+        println!(
+            "{q:<5} {:>12.0} {:>12} {:>10.1} {:>10.1} {:>10.1} {seconds:>10.2}",
+            a.events as f64 / seconds,
+            total,
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+    }
+    Ok(())
 }

@@ -23,7 +23,9 @@ pub enum TableData {
     Generated { records: u64, generator: riffle_formats::gensort::RecordGenerator },
     /// Nexmark events of one table, made as they are read: events `0 .. events`, or without end.
     /// `columns[i]` is the generator's column that the table's column `i` is.
-    Nexmark { config: NexmarkConfig, table: NexmarkTable, events: Option<u64>, columns: Vec<usize> },
+    /// `paced`: events are handed out on the wall clock, event `n` once `n / events_per_second`
+    /// seconds have passed since the first (as a live source would), not as fast as they are read.
+    Nexmark { config: NexmarkConfig, table: NexmarkTable, events: Option<u64>, columns: Vec<usize>, paced: bool },
     /// Flink's `blackhole` connector: rows inserted are counted and dropped; it reads as empty.
     Blackhole,
 }
@@ -110,7 +112,13 @@ impl TableSource {
 
 impl TableSource {
     /// Nexmark's `table`; with `declared` columns, those of its columns (by name, in that order).
-    pub fn nexmark(config: NexmarkConfig, table: NexmarkTable, events: Option<u64>, declared: Option<SchemaRef>) -> Result<TableSource> {
+    pub fn nexmark(
+        config: NexmarkConfig,
+        table: NexmarkTable,
+        events: Option<u64>,
+        paced: bool,
+        declared: Option<SchemaRef>,
+    ) -> Result<TableSource> {
         let all = table.schema();
         let (schema, columns) = match declared {
             None => (all.clone(), (0..all.fields().len()).collect()),
@@ -130,7 +138,7 @@ impl TableSource {
                 (crate::types::storage_schema(&d), columns)
             }
         };
-        Ok(TableSource { schema, data: TableData::Nexmark { config, table, events, columns }, event_time: None })
+        Ok(TableSource { schema, data: TableData::Nexmark { config, table, events, columns, paced }, event_time: None })
     }
 
     /// Whether reading the table never ends.

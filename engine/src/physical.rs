@@ -334,6 +334,27 @@ impl PhysicalPlan {
         }
     }
 
+    /// The output column that is the rows' event time, the one the watermarks are about: a table's
+    /// `WATERMARK FOR` column, kept through row-wise operators and joins (the left row's), and a
+    /// window aggregate's `window_end` (its rows leave once the watermark passed it).
+    pub fn event_time_column(&self) -> Option<usize> {
+        match self {
+            PhysicalPlan::Scan { source, projection, .. } => {
+                let c = source.event_time.as_ref()?.column;
+                projection.iter().position(|p| *p == c)
+            }
+            PhysicalPlan::Filter { input, .. } | PhysicalPlan::WindowTvf { input, .. } => input.event_time_column(),
+            PhysicalPlan::Project { input, exprs, .. } => {
+                let c = input.event_time_column()?;
+                exprs.iter().position(|e| *e == Expr::Column(c))
+            }
+            PhysicalPlan::HashAggregate { window_end: Some(end), .. } => Some(*end),
+            PhysicalPlan::StreamJoin { left, .. } => left.event_time_column(),
+            PhysicalPlan::HashJoin { probe, kind: JoinKind::Inner, .. } => probe.event_time_column(),
+            _ => None,
+        }
+    }
+
     /// Node count; nodes are numbered in pre-order, which `exec` uses to attach metrics.
     pub fn node_count(&self) -> usize {
         1 + self.inputs().iter().map(|i| i.node_count()).sum::<usize>()
@@ -495,6 +516,9 @@ fn is_window_end(plan: &LogicalPlan, c: usize) -> bool {
         LogicalPlan::WindowTvf { input, event_time, .. } => *event_time && c == input.schema().fields().len() + 1,
         LogicalPlan::Filter { input, .. } => is_window_end(input, c),
         LogicalPlan::Project { input, exprs, .. } => matches!(exprs.get(c), Some(Expr::Column(i)) if is_window_end(input, *i)),
+        // A window aggregate's window_end stays one (cascading window aggregates, as in Flink): its
+        // windows leave before the watermark that closed them.
+        LogicalPlan::Aggregate { input, group, .. } => matches!(group.get(c), Some(Expr::Column(i)) if is_window_end(input, *i)),
         _ => false,
     }
 }
@@ -614,7 +638,22 @@ pub fn plan_stream_joins(plan: PhysicalPlan, every_join: bool) -> PhysicalPlan {
         PhysicalPlan::HashJoin { probe, build, kind: JoinKind::Inner, probe_keys, build_keys, filter, schema, .. }
             if build.unbounded() || every_join =>
         {
-            let interval = filter.as_ref().and_then(|f| interval_bounds(f, &probe.schema(), &build.schema()));
+            let (ls, rs) = (probe.schema(), build.schema());
+            // Only the inputs' event times bound what can still match: a future row's is at least
+            // the watermark (a window_start is not: later windows may start before it).
+            let times = (probe.event_time_column(), build.event_time_column());
+            // Equal event times as a join key (windows joined by their ends) bound the times as well.
+            let equal_times = probe_keys.iter().zip(&build_keys).find_map(|(l, r)| match (l, r, times) {
+                (Expr::Column(l), Expr::Column(r), (Some(lt), Some(rt))) if *l == lt && *r == rt => {
+                    Some(IntervalBounds { left_time: lt, right_time: rt, lo: 0, hi: 0 })
+                }
+                _ => None,
+            });
+            let interval = filter
+                .as_ref()
+                .and_then(|f| interval_bounds(f, &ls, &rs))
+                .filter(|b| times == (Some(b.left_time), Some(b.right_time)))
+                .or(equal_times);
             PhysicalPlan::StreamJoin { left: probe, right: build, left_keys: probe_keys, right_keys: build_keys, filter, interval, schema }
         }
         other => other,

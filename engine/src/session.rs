@@ -666,6 +666,7 @@ fn nexmark_table(options: &[(String, String)], declared: Option<SchemaRef>) -> R
     let mut config = NexmarkConfig::default();
     let mut table = None;
     let mut events = None;
+    let mut paced = false;
     let number = |k: &str, v: &str| -> Result<u64> {
         v.trim().parse().map_err(|_| RiffleError::plan(format!("nexmark option '{k}' must be a whole number, got '{v}'")))
     };
@@ -678,6 +679,13 @@ fn nexmark_table(options: &[(String, String)], declared: Option<SchemaRef>) -> R
                 })?)
             }
             "events.num" => events = Some(number(k, v)?),
+            "rate-limited" => {
+                paced = match v.to_ascii_lowercase().as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(RiffleError::plan(format!("nexmark option 'rate-limited' must be 'true' or 'false', got '{v}'"))),
+                }
+            }
             "first-event.rate" | "next-event.rate" | "events-per-second" => config.events_per_second = number(k, v)?.max(1),
             "person.proportion" => config.person_proportion = number(k, v)?,
             "auction.proportion" => config.auction_proportion = number(k, v)?,
@@ -695,7 +703,7 @@ fn nexmark_table(options: &[(String, String)], declared: Option<SchemaRef>) -> R
             }
             other => {
                 return Err(RiffleError::plan(format!(
-                    "unknown nexmark option '{other}' (known: table, events.num, first-event.rate, person.proportion, auction.proportion, bid.proportion, seed, base-time)"
+                    "unknown nexmark option '{other}' (known: table, events.num, first-event.rate, rate-limited, person.proportion, auction.proportion, bid.proportion, seed, base-time)"
                 )))
             }
         }
@@ -709,5 +717,5 @@ fn nexmark_table(options: &[(String, String)], declared: Option<SchemaRef>) -> R
     if share == 0 {
         return Err(RiffleError::plan(format!("the nexmark {table:?} table would be empty: its proportion is 0")));
     }
-    TableSource::nexmark(config, table, events, declared)
+    TableSource::nexmark(config, table, events, paced, declared)
 }

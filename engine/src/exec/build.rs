@@ -142,6 +142,7 @@ impl Builder<'_> {
                     filter.as_ref(),
                     &metrics,
                     self.config.checkpoint.clone().map(|c| (c, id, self.threads)),
+                    self.notifier,
                 )?);
                 let mut open = Open { source: SourceSpec::Scan(shared), partitions: self.threads, ops: vec![] };
                 match filter.clone() {

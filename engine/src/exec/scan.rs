@@ -29,7 +29,17 @@ pub struct ScanShared {
     watermark: Option<Expr>,
     /// A generated event table hands out event ranges as they are asked for.
     events: Mutex<Option<EventCursor>>,
+    /// A rate-limited generator's clock.
+    pace: Option<Pace>,
     checkpoint: Option<ScanCheckpoint>,
+}
+
+/// Hands generated events out on the wall clock: a range once its last event's time (`n / rate`
+/// seconds after the first event was asked for) has come.
+struct Pace {
+    rate: f64,
+    start: std::sync::OnceLock<std::time::Instant>,
+    notifier: super::Notifier,
 }
 
 /// A checkpointed scan's positions: which work each partition took (all of it completed whenever the
@@ -77,6 +87,7 @@ impl ScanShared {
         filter: Option<&Expr>,
         metrics: &OpMetrics,
         checkpoint: Option<(Arc<super::checkpoint::Coordinator>, usize, usize)>,
+        notifier: &super::Notifier,
     ) -> Result<ScanShared> {
         let work: VecDeque<Work> = match &source.data {
             TableData::Files { morsels, format: FileFormat::Parquet, .. } => {
@@ -122,8 +133,19 @@ impl ScanShared {
             columns.iter().all(|c| position(*c).is_some()).then(|| et.watermark.clone().remap(&|c| position(c).unwrap_or(usize::MAX)))
         });
         let events = match &source.data {
-            TableData::Nexmark { config, table, events, .. } => {
-                Some(EventCursor { next: 0, end: *events, chunk: config.events_for_rows(*table, batch_size) })
+            TableData::Nexmark { config, table, events, paced, .. } => {
+                let mut chunk = config.events_for_rows(*table, batch_size);
+                if *paced {
+                    // A range waits for its last event's time: ranges of 5 ms keep that wait short.
+                    chunk = chunk.min((config.events_per_second / 200).max(16));
+                }
+                Some(EventCursor { next: 0, end: *events, chunk })
+            }
+            _ => None,
+        };
+        let pace = match &source.data {
+            TableData::Nexmark { config, paced: true, .. } => {
+                Some(Pace { rate: config.events_per_second as f64, start: Default::default(), notifier: notifier.clone() })
             }
             _ => None,
         };
@@ -159,8 +181,29 @@ impl ScanShared {
             batch_size,
             watermark,
             events: Mutex::new(events),
+            pace,
             checkpoint,
         })
+    }
+
+    /// For a rate-limited generator: whether the next event range's time has not come yet (the
+    /// scheduler then wakes the partition when it has).
+    fn not_yet(&self) -> bool {
+        let Some(pace) = &self.pace else { return false };
+        let last = {
+            let cursor = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            match cursor.as_ref() {
+                Some(c) if c.end.is_none_or(|e| c.next < e) => c.next + c.chunk,
+                _ => return false,
+            }
+        };
+        let start = *pace.start.get_or_init(std::time::Instant::now);
+        let due = start + std::time::Duration::from_secs_f64(last as f64 / pace.rate);
+        if std::time::Instant::now() >= due {
+            return false;
+        }
+        pace.notifier.wake_at(due);
+        true
     }
 
     /// Partition `p` injected the barrier of epoch `e` (or ended, `u64::MAX`): saves the positions of
@@ -287,6 +330,8 @@ pub struct ScanSource {
     partition: usize,
     /// The last checkpoint epoch whose barrier this partition injected.
     epoch: u64,
+    /// The next work's time has not come (a rate-limited source).
+    waiting: bool,
 }
 
 impl ScanSource {
@@ -303,6 +348,7 @@ impl ScanSource {
             progress,
             watermark: i64::MIN,
             epoch,
+            waiting: false,
         }
     }
 
@@ -330,6 +376,10 @@ impl ScanSource {
                 }
             }
             if self.barriers_due()? {
+                return Ok(None);
+            }
+            if self.shared.not_yet() {
+                self.waiting = true;
                 return Ok(None);
             }
             match self.shared.take(self.partition) {
@@ -390,6 +440,7 @@ impl Source for ScanSource {
                 Ok(Some(Message::Batch(batch)))
             }
             None if !self.pending.is_empty() => Ok(self.pending.pop_front()),
+            None if std::mem::take(&mut self.waiting) => Ok(None),
             None => {
                 self.ended = true;
                 self.shared.passed(self.partition, u64::MAX)?;

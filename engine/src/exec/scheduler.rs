@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{PipelineTask, Step};
 use crate::error::{Result, RiffleError};
@@ -21,6 +21,8 @@ struct State {
     remaining: usize,
     running: usize,
     version: u64,
+    /// The earliest time a blocked task asked to be woken at (a source pacing itself on the clock).
+    timer: Option<Instant>,
     error: Option<RiffleError>,
 }
 
@@ -34,7 +36,7 @@ impl Notifier {
     pub fn new() -> Notifier {
         Notifier {
             inner: Arc::new((
-                Mutex::new(State { runnable: VecDeque::new(), blocked: Vec::new(), remaining: 0, running: 0, version: 0, error: None }),
+                Mutex::new(State { runnable: VecDeque::new(), blocked: Vec::new(), remaining: 0, running: 0, version: 0, timer: None, error: None }),
                 Condvar::new(),
             )),
         }
@@ -43,6 +45,14 @@ impl Notifier {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock means a worker panicked; the panic is reported as an error elsewhere.
         self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes blocked tasks at `when` (or earlier, if something else changes first).
+    pub fn wake_at(&self, when: Instant) {
+        let mut st = self.lock();
+        st.timer = Some(st.timer.map_or(when, |t| t.min(when)));
+        drop(st);
+        self.inner.1.notify_all();
     }
 
     /// Something a blocked task may wait for has changed.
@@ -157,6 +167,10 @@ fn worker(slots: &[Mutex<Option<PipelineTask>>], notifier: &Notifier) {
                 // Tasks whose wait may be over queue up behind the runnable ones first: with sources
                 // that never block (an endless generator), waking them only when nothing else can run
                 // would starve their consumers.
+                if st.timer.is_some_and(|t| t <= Instant::now()) {
+                    st.timer = None;
+                    st.version += 1;
+                }
                 let v = st.version;
                 if st.blocked.iter().any(|(_, seen)| *seen < v) {
                     let (wake, keep): (Vec<_>, Vec<_>) = st.blocked.iter().partition(|(_, seen)| *seen < v);
@@ -167,17 +181,18 @@ fn worker(slots: &[Mutex<Option<PipelineTask>>], notifier: &Notifier) {
                     st.running += 1;
                     break (id, v);
                 }
-                if st.running == 0 && st.blocked.len() == st.remaining {
+                if st.running == 0 && st.blocked.len() == st.remaining && st.timer.is_none() {
                     // Every task waits and nothing runs that could wake one: a bug, not a slow query.
                     st.error = Some(RiffleError::exec("internal error (a bug in Riffle, please report it): pipelines deadlocked"));
                     drop(st);
                     notifier.inner.1.notify_all();
                     return;
                 }
+                let wait = st.timer.map_or(Duration::from_millis(50), |t| t.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)));
                 let (guard, _) = notifier
                     .inner
                     .1
-                    .wait_timeout(st, Duration::from_millis(50))
+                    .wait_timeout(st, wait)
                     .unwrap_or_else(|p| p.into_inner());
                 st = guard;
             }
