@@ -349,7 +349,8 @@ impl PhysicalPlan {
                 exprs.iter().position(|e| *e == Expr::Column(c))
             }
             PhysicalPlan::HashAggregate { window_end: Some(end), .. } => Some(*end),
-            PhysicalPlan::StreamJoin { left, .. } => left.event_time_column(),
+            // A regular stream join emits no watermarks: its rows have no event time downstream.
+            PhysicalPlan::StreamJoin { left, interval: Some(_), .. } => left.event_time_column(),
             PhysicalPlan::HashJoin { probe, kind: JoinKind::Inner, .. } => probe.event_time_column(),
             _ => None,
         }
