@@ -23,18 +23,18 @@ pub fn all_modes() -> Vec<Mode> {
         for threads in [1, 2] {
             for batch_size in [8192, 3] {
                 let name = format!("{}-t{threads}-b{batch_size}", if stream { "stream" } else { "batch" });
-                modes.push(Mode { name, config: ExecConfig { threads, batch_size, stream, ..ExecConfig::default() } });
+                modes.push(Mode { name, config: ExecConfig { threads, batch_size, stream, test_barriers: stream, ..ExecConfig::default() } });
             }
         }
     }
     for (threads, batch_size, stream) in [(1, 8192, false), (2, 3, true)] {
         let name = format!("spill-{}-t{threads}-b{batch_size}", if stream { "stream" } else { "batch" });
-        let config = ExecConfig { threads, batch_size, stream, memory_limit: 1, ..ExecConfig::default() };
+        let config = ExecConfig { threads, batch_size, stream, test_barriers: stream, memory_limit: 1, ..ExecConfig::default() };
         modes.push(Mode { name, config });
     }
     for (threads, batch_size) in [(1, 8192), (2, 3)] {
         let name = format!("changelog-t{threads}-b{batch_size}");
-        modes.push(Mode { name, config: ExecConfig { threads, batch_size, stream: true, changelog: true, ..ExecConfig::default() } });
+        modes.push(Mode { name, config: ExecConfig { threads, batch_size, stream: true, changelog: true, test_barriers: true, ..ExecConfig::default() } });
     }
     modes
 }

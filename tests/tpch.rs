@@ -79,7 +79,7 @@ fn tpch_sf001_two_threads() {
 
 #[test]
 fn tpch_sf001_one_thread_small_batches_as_stream() {
-    check(ExecConfig { threads: 1, batch_size: 1000, stream: true, ..ExecConfig::default() });
+    check(ExecConfig { threads: 1, batch_size: 1000, stream: true, test_barriers: true, ..ExecConfig::default() });
 }
 
 #[test]

@@ -46,9 +46,9 @@ enum Command {
         /// Directory for spill files (default: the system temp dir).
         #[arg(long, value_name = "DIR")]
         spill_dir: Option<std::path::PathBuf>,
-        /// Read tables as streams that end: sources emit watermarks (tables with WATERMARK FOR) and
-        /// checkpoint barriers between batches, and window aggregates emit each window as the
-        /// watermark passes its end. The answer is the same as without.
+        /// Read tables as streams: sources emit watermarks (tables with WATERMARK FOR), window
+        /// aggregates emit each window as the watermark passes its end, a GROUP BY over a table
+        /// without end prints its changelog. Over bounded tables the answer is the same as without.
         #[arg(long)]
         stream: bool,
         /// With --stream: every GROUP BY updates, as in Flink's streaming mode: it prints each

@@ -7,7 +7,7 @@ use riffle_engine::message::Message;
 use riffle_engine::{ExecConfig, Session};
 
 fn messages(sql: &str, threads: usize) -> Vec<(usize, Message)> {
-    let mut session = Session::new(ExecConfig { threads, batch_size: 2, stream: true, ..ExecConfig::default() });
+    let mut session = Session::new(ExecConfig { threads, batch_size: 2, stream: true, test_barriers: true, ..ExecConfig::default() });
     session
         .sql("CREATE TABLE t (a INT, s VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)")
         .expect("create");

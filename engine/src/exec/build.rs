@@ -90,7 +90,7 @@ impl Builder<'_> {
     fn close(&mut self, open: Open, sink: &dyn Fn(usize) -> Result<Box<dyn Sink>>) -> Result<()> {
         for p in 0..open.partitions {
             let source: Box<dyn Source> = match &open.source {
-                SourceSpec::Scan(shared) => Box::new(ScanSource::new(shared.clone(), p, self.config.stream, self.config.progress.clone())),
+                SourceSpec::Scan(shared) => Box::new(ScanSource::new(shared.clone(), p, self.config.stream, self.config.test_barriers, self.config.progress.clone())),
                 SourceSpec::Exchange(x) => Box::new(ExchangeSource::new(x.clone(), p)),
                 SourceSpec::Batches(b) => Box::new(BatchesSource::new(if p == 0 { b.clone() } else { vec![] })),
                 SourceSpec::Sort(shared) => Box::new(SortSource::new(shared.clone())),

@@ -332,10 +332,18 @@ pub struct ScanSource {
     epoch: u64,
     /// The next work's time has not come (a rate-limited source).
     waiting: bool,
+    /// Without checkpoints, a barrier every other batch anyway (`ExecConfig::test_barriers`).
+    test_barriers: bool,
 }
 
 impl ScanSource {
-    pub fn new(shared: Arc<ScanShared>, partition: usize, stream: bool, progress: Option<Arc<super::Progress>>) -> ScanSource {
+    pub fn new(
+        shared: Arc<ScanShared>,
+        partition: usize,
+        stream: bool,
+        test_barriers: bool,
+        progress: Option<Arc<super::Progress>>,
+    ) -> ScanSource {
         let epoch = shared.checkpointed().map_or(0, |c| c.restored);
         ScanSource {
             shared,
@@ -349,6 +357,7 @@ impl ScanSource {
             watermark: i64::MIN,
             epoch,
             waiting: false,
+            test_barriers,
         }
     }
 
@@ -433,7 +442,7 @@ impl Source for ScanSource {
                         self.watermark = w;
                         self.pending.push_back(Message::Watermark(w));
                     }
-                    if self.shared.checkpoint.is_none() && self.batches.is_multiple_of(2) {
+                    if self.test_barriers && self.shared.checkpoint.is_none() && self.batches.is_multiple_of(2) {
                         self.pending.push_back(Message::Barrier(self.batches / 2));
                     }
                 }
