@@ -139,7 +139,7 @@ pub fn plan(plan: PhysicalPlan, every_group_by: bool) -> Result<PhysicalPlan> {
             let what = operator_words(&other);
             let mut other = other;
             for input in other.inputs_mut() {
-                let planned = self::plan(std::mem::replace(input, placeholder()), every_group_by)?;
+                let planned = self::plan(input.take(), every_group_by)?;
                 *input = final_rows(planned, what)?;
             }
             other
@@ -185,8 +185,4 @@ pub fn final_rows(plan: PhysicalPlan, what: &str) -> Result<PhysicalPlan> {
     }
     let schema = without_op(&plan.schema());
     Ok(PhysicalPlan::Materialize { input: Box::new(plan), schema })
-}
-
-fn placeholder() -> PhysicalPlan {
-    PhysicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) }
 }

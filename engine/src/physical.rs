@@ -135,6 +135,11 @@ impl PhysicalPlan {
         }
     }
 
+    /// Moves the node out, leaving an empty placeholder (to rebuild a tree in place).
+    pub fn take(&mut self) -> PhysicalPlan {
+        std::mem::replace(self, PhysicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) })
+    }
+
     pub fn inputs_mut(&mut self) -> Vec<&mut PhysicalPlan> {
         match self {
             PhysicalPlan::Scan { .. } | PhysicalPlan::Values { .. } => vec![],
@@ -639,42 +644,35 @@ pub fn plan_stream_joins(plan: PhysicalPlan, every_join: bool) -> PhysicalPlan {
         PhysicalPlan::HashJoin { probe, build, kind: JoinKind::Inner, probe_keys, build_keys, filter, schema, .. }
             if build.unbounded() || every_join =>
         {
-            let (ls, rs) = (probe.schema(), build.schema());
             // Only the inputs' event times bound what can still match: a future row's is at least
             // the watermark (a window_start is not: later windows may start before it).
-            let times = (probe.event_time_column(), build.event_time_column());
-            // Equal event times as a join key (windows joined by their ends) bound the times as well.
-            let equal_times = probe_keys.iter().zip(&build_keys).find_map(|(l, r)| match (l, r, times) {
-                (Expr::Column(l), Expr::Column(r), (Some(lt), Some(rt))) if *l == lt && *r == rt => {
-                    Some(IntervalBounds { left_time: lt, right_time: rt, lo: 0, hi: 0 })
+            let interval = match (probe.event_time_column(), build.event_time_column()) {
+                (Some(lt), Some(rt)) => {
+                    let width = probe.schema().fields().len();
+                    // Equal event times as a join key (windows joined by their ends) bound them too.
+                    let equal_times = probe_keys
+                        .iter()
+                        .zip(&build_keys)
+                        .any(|(l, r)| *l == Expr::Column(lt) && *r == Expr::Column(rt))
+                        .then_some(IntervalBounds { left_time: lt, right_time: rt, lo: 0, hi: 0 });
+                    filter.as_ref().and_then(|f| interval_bounds(f, width, lt, rt)).or(equal_times)
                 }
                 _ => None,
-            });
-            let interval = filter
-                .as_ref()
-                .and_then(|f| interval_bounds(f, &ls, &rs))
-                .filter(|b| times == (Some(b.left_time), Some(b.right_time)))
-                .or(equal_times);
+            };
             PhysicalPlan::StreamJoin { left: probe, right: build, left_keys: probe_keys, right_keys: build_keys, filter, interval, schema }
         }
         other => other,
     };
     for input in plan.inputs_mut() {
-        let taken = std::mem::replace(input, PhysicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) });
-        *input = plan_stream_joins(taken, every_join);
+        *input = plan_stream_joins(input.take(), every_join);
     }
     plan
 }
 
-/// The bounds on `l.t - r.t` that the conjuncts of `filter` (over left ++ right) set, if they set both
-/// a lower and an upper one on the same two timestamp columns.
-fn interval_bounds(filter: &Expr, left: &Schema, right: &Schema) -> Option<IntervalBounds> {
+/// The bounds on `l.left_time - r.right_time` that the conjuncts of `filter` (over left ++ right, the
+/// left input `width` columns wide) set, if they set both a lower and an upper one.
+fn interval_bounds(filter: &Expr, width: usize, left_time: usize, right_time: usize) -> Option<IntervalBounds> {
     use crate::logical::BinaryOp;
-    let width = left.fields().len();
-    let is_time = |c: usize| {
-        let f = if c < width { left.field(c) } else { right.field(c - width) };
-        matches!(f.data_type(), arrow::datatypes::DataType::Timestamp(..))
-    };
     // `column ± constant` as (column, offset in µs).
     let term = |e: &Expr| -> Option<(usize, i64)> {
         match e {
@@ -690,7 +688,7 @@ fn interval_bounds(filter: &Expr, left: &Schema, right: &Schema) -> Option<Inter
             _ => None,
         }
     };
-    let (mut lo, mut hi, mut cols) = (None::<i64>, None::<i64>, None::<(usize, usize)>);
+    let (mut lo, mut hi) = (None::<i64>, None::<i64>);
     for c in filter.clone().conjuncts() {
         let Expr::Binary { op, left: a, right: b } = &c else { continue };
         let (Some((ca, oa)), Some((cb, ob))) = (term(a), term(b)) else { continue };
@@ -709,7 +707,7 @@ fn interval_bounds(filter: &Expr, left: &Schema, right: &Schema) -> Option<Inter
             }
             _ => continue,
         };
-        if !is_time(l) || !is_time(r + width) || cols.is_some_and(|c| c != (l, r)) {
+        if (l, r) != (left_time, right_time) {
             continue;
         }
         match op {
@@ -721,10 +719,8 @@ fn interval_bounds(filter: &Expr, left: &Schema, right: &Schema) -> Option<Inter
             }
             _ => continue,
         }
-        cols = Some((l, r));
     }
-    let ((left_time, right_time), lo, hi) = (cols?, lo?, hi?);
-    Some(IntervalBounds { left_time, right_time, lo, hi })
+    Some(IntervalBounds { left_time, right_time, lo: lo?, hi: hi? })
 }
 
 /// A constant interval of days and smaller units, in microseconds.

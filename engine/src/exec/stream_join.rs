@@ -91,6 +91,8 @@ struct State {
 
 pub struct StreamJoinShared {
     spec: StreamJoinSpec,
+    /// The left keys' types; right keys are cast to them.
+    key_types: Vec<DataType>,
     converter: RowConverter,
     state: Mutex<State>,
     output: Arc<Exchange>,
@@ -107,13 +109,13 @@ impl StreamJoinShared {
         metrics: Arc<OpMetrics>,
         pool: &Arc<MemoryPool>,
     ) -> Result<StreamJoinShared> {
-        let types: Vec<SortField> = spec.left_keys.iter().map(|k| SortField::new(k.data_type(&spec.left_schema))).collect();
-        let converter = RowConverter::new(types)?;
+        let key_types: Vec<DataType> = spec.left_keys.iter().map(|k| k.data_type(&spec.left_schema)).collect();
+        let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?;
         let mut sides: [Side; 2] = Default::default();
         sides[0].watermarks = vec![None; left_partitions];
         sides[1].watermarks = vec![None; right_partitions];
         let state = Mutex::new(State { sides, reservation: pool.reservation("StreamJoin", false) });
-        Ok(StreamJoinShared { spec, converter, state, output, left_partitions, metrics })
+        Ok(StreamJoinShared { spec, key_types, converter, state, output, left_partitions, metrics })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -131,10 +133,9 @@ impl StreamJoinShared {
     /// Stores `batch` on `side` and returns its rows joined with the other side's.
     fn insert_and_probe(&self, side: usize, batch: RecordBatch) -> Result<Option<RecordBatch>> {
         let keys = if side == 0 { &self.spec.left_keys } else { &self.spec.right_keys };
-        let key_types: Vec<DataType> = self.spec.left_keys.iter().map(|k| k.data_type(&self.spec.left_schema)).collect();
         let columns = keys
             .iter()
-            .zip(&key_types)
+            .zip(&self.key_types)
             .map(|(k, t)| {
                 let v = evaluate(k, &batch)?;
                 Ok(if v.data_type() == t { v } else { arrow::compute::cast(&v, t)? })
