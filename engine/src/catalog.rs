@@ -36,6 +36,8 @@ pub struct TableSource {
     pub data: TableData,
     /// The event-time column and its watermark, when the table declares one (`WATERMARK FOR`).
     pub event_time: Option<EventTime>,
+    /// Row-count, selectivity and distinct-count measurements, made when a plan first needs them.
+    pub stats: crate::stats::TableStats,
 }
 
 /// A table's event time, from Flink's `WATERMARK FOR column AS expr`: read as a stream, the table's
@@ -79,11 +81,11 @@ impl TableSource {
         };
         let schema = crate::types::storage_schema(&schema);
         let morsels = riffle_formats::plan_morsels(&format, &files)?;
-        Ok(TableSource { schema, data: TableData::Files { format, files, morsels, root }, event_time: None })
+        Ok(TableSource { schema, data: TableData::Files { format, files, morsels, root }, event_time: None, stats: Default::default() })
     }
 
     pub fn generated(records: u64, generator: riffle_formats::gensort::RecordGenerator) -> TableSource {
-        TableSource { schema: riffle_formats::gensort::schema(), data: TableData::Generated { records, generator }, event_time: None }
+        TableSource { schema: riffle_formats::gensort::schema(), data: TableData::Generated { records, generator }, event_time: None, stats: Default::default() }
     }
 
     /// Rows held in memory; columns not in Riffle's storage types (a narrow decimal in 128 bits) are
@@ -106,7 +108,7 @@ impl TableSource {
                 })
                 .collect::<Result<Vec<_>>>()?
         };
-        Ok(TableSource { schema: stored, data: TableData::Memory(batches), event_time: None })
+        Ok(TableSource { schema: stored, data: TableData::Memory(batches), event_time: None, stats: Default::default() })
     }
 }
 
@@ -138,7 +140,7 @@ impl TableSource {
                 (crate::types::storage_schema(&d), columns)
             }
         };
-        Ok(TableSource { schema, data: TableData::Nexmark { config, table, events, columns, paced }, event_time: None })
+        Ok(TableSource { schema, data: TableData::Nexmark { config, table, events, columns, paced }, event_time: None, stats: Default::default() })
     }
 
     /// Whether reading the table never ends.

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod exec;
 pub mod format;
 pub mod functions;
+pub mod join_order;
 pub mod logical;
 pub mod memory;
 pub mod message;
@@ -16,6 +17,7 @@ pub mod optimizer;
 pub mod physical;
 pub mod session;
 pub mod sql;
+pub mod stats;
 pub mod types;
 
 pub use error::{Result, RiffleError};

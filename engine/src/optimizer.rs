@@ -2,6 +2,7 @@
 //! 1. constant folding and predicate simplification;
 //! 2. filter pushdown (through projections, joins, aggregates, unions, sorts) into scans, with
 //!    equi-join key extraction from join conditions;
+//!    then each region of inner joins is reordered by estimated cost (`join_order`);
 //! 3. projection pushdown: every node keeps only the columns someone above reads, down to the scans;
 //! 4. limit pushdown: ORDER BY … LIMIT becomes a top-k sort.
 
@@ -17,7 +18,8 @@ use crate::logical::{join_schema, BinaryOp, Expr, JoinKind, LogicalPlan, Scalar,
 
 pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let plan = fold_plan(plan)?;
-    let plan = push_filters(plan)?;
+    let mut plan = push_filters(plan)?;
+    crate::join_order::reorder_joins(&mut plan);
     let schema = plan.schema();
     let all: BTreeSet<usize> = (0..schema.fields().len()).collect();
     let (plan, map) = prune(plan, &all)?;

@@ -653,7 +653,7 @@ fn connector_table(options: &[(String, String)], declared: Option<SchemaRef>) ->
         "nexmark" => nexmark_table(options, declared),
         "blackhole" => {
             let schema = declared.ok_or_else(|| RiffleError::plan("a blackhole table needs its columns declared"))?;
-            Ok(TableSource { schema: crate::types::storage_schema(&schema), data: crate::catalog::TableData::Blackhole, event_time: None })
+            Ok(TableSource { schema: crate::types::storage_schema(&schema), data: crate::catalog::TableData::Blackhole, event_time: None, stats: Default::default() })
         }
         other => Err(RiffleError::NotSupported(format!("connector '{other}' (supported: filesystem, nexmark, blackhole)"))),
     }

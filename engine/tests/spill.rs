@@ -248,7 +248,10 @@ fn spilled_join_buckets_are_split_again_and_the_pool_stays_within_the_limit() {
 fn a_single_huge_join_key_is_joined_beyond_the_budget() {
     let data = tempfile::tempdir().expect("tempdir");
     let (a, b) = (data.path().join("a.csv"), data.path().join("b.csv"));
-    std::fs::write(&a, "k,v\n7,1\n7,2\n8,3\n7,4\n").expect("write csv");
+    // `a` also holds many rows that match nothing, so that it is the larger input (the probe side)
+    // and `b`, with its one huge key, is built.
+    let unmatched: String = (0..60_000).map(|_| "1,0\n").collect();
+    std::fs::write(&a, format!("k,v\n7,1\n7,2\n8,3\n7,4\n{unmatched}")).expect("write csv");
     let rows: String = (0..20_000).map(|i| format!("7,{i}\n")).collect();
     std::fs::write(&b, format!("k,w\n{rows}9,5\n")).expect("write csv");
     let dir = tempfile::tempdir().expect("tempdir");

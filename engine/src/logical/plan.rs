@@ -336,6 +336,22 @@ impl LogicalPlan {
         }
     }
 
+    pub fn inputs_mut(&mut self) -> Vec<&mut LogicalPlan> {
+        match self {
+            LogicalPlan::Scan { .. } | LogicalPlan::Values { .. } => vec![],
+            LogicalPlan::Filter { input, .. }
+            | LogicalPlan::Project { input, .. }
+            | LogicalPlan::Aggregate { input, .. }
+            | LogicalPlan::Sort { input, .. }
+            | LogicalPlan::Limit { input, .. }
+            | LogicalPlan::WindowTvf { input, .. }
+            | LogicalPlan::Window { input, .. }
+            | LogicalPlan::SessionTvf { input, .. } => vec![input],
+            LogicalPlan::Join { left, right, .. } => vec![left, right],
+            LogicalPlan::Union { inputs, .. } => inputs.iter_mut().collect(),
+        }
+    }
+
     /// An indented, one-node-per-line rendering for EXPLAIN.
     pub fn display_indent(&self) -> String {
         let mut out = String::new();

@@ -1,0 +1,375 @@
+//! Cost-based join order. A tree of inner joins is flattened into its relations (the region's leaves)
+//! and its conditions; the cheapest tree is chosen by dynamic programming over sets of relations
+//! (greedily for large regions), never joining two sets that no condition connects while another
+//! choice exists; each join builds its hash table on the smaller side. The cost of a tree is the rows
+//! every join outputs plus the rows every join builds, from `stats`' estimates.
+//!
+//! Joins of other kinds (outer, semi, anti, mark) are region boundaries: their inputs are ordered on
+//! their own. Regions reading a stream with event time keep the order written, as the stream
+//! planner finds interval joins in it.
+
+use std::sync::Arc;
+
+use arrow::datatypes::Schema;
+
+use crate::catalog::TableData;
+use crate::logical::{join_schema, BinaryOp, Expr, JoinKind, LogicalPlan};
+use crate::stats;
+
+/// Regions of up to this many relations are ordered by dynamic programming (3^n steps), larger ones
+/// greedily.
+const MAX_DP_RELATIONS: usize = 12;
+
+/// Reorders every region of inner joins in `plan`.
+pub fn reorder_joins(plan: &mut LogicalPlan) {
+    if is_inner_join(plan) && orderable(plan) {
+        let region = std::mem::replace(plan, LogicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) });
+        *plan = reorder_region(region);
+        return;
+    }
+    for input in plan.inputs_mut() {
+        reorder_joins(input);
+    }
+}
+
+fn is_inner_join(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Join { kind: JoinKind::Inner, null_aware: false, .. })
+}
+
+/// Whether a plan reads only bounded tables without event time (so no stream semantics depend on
+/// the shape of its joins).
+fn orderable(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Scan { source, .. } => {
+            source.event_time.is_none() && !matches!(source.data, TableData::Nexmark { events: None, .. })
+        }
+        LogicalPlan::WindowTvf { .. } | LogicalPlan::SessionTvf { .. } => false,
+        other => other.inputs().into_iter().all(orderable),
+    }
+}
+
+/// A region's relations and conditions. Conditions are over the relations' columns side by side in
+/// the order written (the original join tree's output).
+struct Region {
+    leaves: Vec<LogicalPlan>,
+    /// The first column of each leaf in the region's columns.
+    starts: Vec<usize>,
+    width: usize,
+    conditions: Vec<Expr>,
+}
+
+impl Region {
+    fn flatten(&mut self, plan: LogicalPlan) {
+        match plan {
+            LogicalPlan::Join { left, right, kind: JoinKind::Inner, on, filter, null_aware: false, .. } => {
+                let base = self.width;
+                let nl = left.schema().fields().len();
+                self.flatten(*left);
+                self.flatten(*right);
+                for (l, r) in on {
+                    self.conditions.push(Expr::binary(BinaryOp::Eq, l.remap(&|c| c + base), r.remap(&|c| c + base + nl)));
+                }
+                for c in filter.map(Expr::conjuncts).unwrap_or_default() {
+                    self.conditions.push(c.remap(&|c| c + base));
+                }
+            }
+            mut leaf => {
+                reorder_joins(&mut leaf);
+                self.starts.push(self.width);
+                self.width += leaf.schema().fields().len();
+                self.leaves.push(leaf);
+            }
+        }
+    }
+
+    fn leaf_of(&self, column: usize) -> usize {
+        self.starts.partition_point(|s| *s <= column) - 1
+    }
+
+    /// The set of leaves an expression reads (a bit per leaf).
+    fn mask(&self, e: &Expr) -> u64 {
+        e.column_set().iter().fold(0, |m, c| m | 1 << self.leaf_of(*c))
+    }
+}
+
+/// A condition's leaves and how selective it is.
+struct Condition {
+    mask: u64,
+    selectivity: f64,
+}
+
+/// A join tree over leaves.
+enum Tree {
+    Leaf(usize),
+    Join(Box<Tree>, Box<Tree>),
+}
+
+fn reorder_region(plan: LogicalPlan) -> LogicalPlan {
+    let schema = plan.schema();
+    let mut region = Region { leaves: vec![], starts: vec![], width: 0, conditions: vec![] };
+    region.flatten(plan);
+    let n = region.leaves.len();
+    if n > 64 {
+        // Not expected from SQL; join them as written.
+        return rebuild(region, &left_deep(n), &schema, &|_| 1.0);
+    }
+    let estimator = stats::Estimator::default();
+    let mut rows: Vec<f64> = region.leaves.iter().map(|l| estimator.rows(l)).collect();
+    let masks: Vec<u64> = region.conditions.iter().map(|c| region.mask(c)).collect();
+    for (c, m) in region.conditions.iter().zip(&masks) {
+        if m.count_ones() == 1 {
+            rows[m.trailing_zeros() as usize] *= stats::guess_selectivity(c);
+        }
+    }
+    let conditions = selectivities(&estimator, &region, &masks);
+    let card = |set: u64| -> f64 {
+        let mut c: f64 = (0..n).filter(|i| set & (1 << i) != 0).map(|i| rows[i]).product();
+        for cond in &conditions {
+            if cond.mask & set == cond.mask {
+                c *= cond.selectivity;
+            }
+        }
+        c.max(1.0)
+    };
+    let connected = |a: u64, b: u64| conditions.iter().any(|c| c.mask & a != 0 && c.mask & b != 0 && c.mask & !(a | b) == 0);
+    let tree = if n <= MAX_DP_RELATIONS { dynamic_programming(n, &card, &connected) } else { greedy(n, &card, &connected) };
+    // The estimator's results are per node address: the leaves are moved from here on.
+    drop(estimator);
+    rebuild(region, &tree, &schema, &card)
+}
+
+/// Selectivities of the region's conditions over two or more leaves. Equalities between columns of
+/// the same two leaves count together, as one key over both leaves' column sets (a composite key is
+/// as selective as its distinct combinations, not as the product of its parts).
+fn selectivities(estimator: &stats::Estimator, region: &Region, masks: &[u64]) -> Vec<Condition> {
+    let mut out: Vec<Condition> = Vec::new();
+    // (leaf a, leaf b) with a < b, a's columns, b's columns.
+    type KeyPair = ((usize, usize), Vec<usize>, Vec<usize>);
+    let mut pairs: Vec<KeyPair> = Vec::new();
+    for (c, m) in region.conditions.iter().zip(masks) {
+        if m.count_ones() < 2 {
+            continue;
+        }
+        let column = |e: &Expr| match e {
+            Expr::Column(c) => Some(*c),
+            Expr::Cast { expr, .. } => match expr.as_ref() {
+                Expr::Column(c) => Some(*c),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Expr::Binary { op: BinaryOp::Eq, left, right } = c {
+            if let (Some(x), Some(y)) = (column(left), column(right)) {
+                let (lx, ly) = (region.leaf_of(x), region.leaf_of(y));
+                let ((a, ca), (b, cb)) = if lx < ly { ((lx, x), (ly, y)) } else { ((ly, y), (lx, x)) };
+                let local_a = ca - region.starts[a];
+                let local_b = cb - region.starts[b];
+                match pairs.iter_mut().find(|p| p.0 == (a, b)) {
+                    Some(p) => {
+                        p.1.push(local_a);
+                        p.2.push(local_b);
+                    }
+                    None => pairs.push(((a, b), vec![local_a], vec![local_b])),
+                }
+                continue;
+            }
+        }
+        out.push(Condition { mask: *m, selectivity: stats::guess_selectivity(c) });
+    }
+    for ((a, b), ca, cb) in pairs {
+        let da = estimator.distinct(&region.leaves[a], &ca);
+        let db = estimator.distinct(&region.leaves[b], &cb);
+        out.push(Condition { mask: 1 << a | 1 << b, selectivity: 1.0 / da.max(db).max(1.0) });
+    }
+    out
+}
+
+/// The cost of joining two sets: the rows the join outputs and the rows it builds (the smaller side).
+fn join_cost(card: &dyn Fn(u64) -> f64, a: u64, b: u64) -> f64 {
+    card(a | b) + card(a).min(card(b))
+}
+
+/// The cheapest tree over all `n` leaves, considering every split of every set.
+fn dynamic_programming(n: usize, card: &dyn Fn(u64) -> f64, connected: &dyn Fn(u64, u64) -> bool) -> Tree {
+    let full: usize = (1 << n) - 1;
+    let mut cost = vec![f64::INFINITY; 1 << n];
+    let mut split = vec![0usize; 1 << n];
+    // Whether the conditions connect the set's leaves: a connected set is only made of connected
+    // halves, so no cross product hides inside it.
+    let mut linked = vec![false; 1 << n];
+    for i in 0..n {
+        cost[1 << i] = 0.0;
+        linked[1 << i] = true;
+    }
+    for set in 1..=full {
+        if set.count_ones() < 2 {
+            continue;
+        }
+        let low = set & set.wrapping_neg();
+        // Splits joining connected halves first; cross products only where the set has no other.
+        for allow_cross in [false, true] {
+            let mut sub = (set - 1) & set;
+            while sub > 0 {
+                let rest = set ^ sub;
+                // Each split once: the half holding the lowest leaf is `sub`.
+                if sub & low != 0
+                    && cost[sub].is_finite()
+                    && cost[rest].is_finite()
+                    && (allow_cross || (linked[sub] && linked[rest] && connected(sub as u64, rest as u64)))
+                {
+                    let c = cost[sub] + cost[rest] + join_cost(card, sub as u64, rest as u64);
+                    if c < cost[set] {
+                        cost[set] = c;
+                        split[set] = sub;
+                    }
+                }
+                sub = (sub - 1) & set;
+            }
+            if cost[set].is_finite() {
+                linked[set] = !allow_cross;
+                break;
+            }
+        }
+    }
+    fn tree(set: usize, split: &[usize]) -> Tree {
+        if set.count_ones() == 1 {
+            return Tree::Leaf(set.trailing_zeros() as usize);
+        }
+        let a = split[set];
+        Tree::Join(Box::new(tree(a, split)), Box::new(tree(set ^ a, split)))
+    }
+    tree(full, &split)
+}
+
+/// Joins, step by step, the two connected sets whose join costs least (any two when none connect).
+fn greedy(n: usize, card: &dyn Fn(u64) -> f64, connected: &dyn Fn(u64, u64) -> bool) -> Tree {
+    let mut sets: Vec<(u64, Tree)> = (0..n).map(|i| (1u64 << i, Tree::Leaf(i))).collect();
+    while sets.len() > 1 {
+        let mut best: Option<(bool, f64, usize, usize)> = None;
+        for i in 0..sets.len() {
+            for j in i + 1..sets.len() {
+                let (a, b) = (sets[i].0, sets[j].0);
+                let cand = (connected(a, b), join_cost(card, a, b), i, j);
+                let better = match best {
+                    None => true,
+                    Some((bc, bcost, ..)) => (cand.0 && !bc) || (cand.0 == bc && cand.1 < bcost),
+                };
+                if better {
+                    best = Some(cand);
+                }
+            }
+        }
+        let Some((_, _, i, j)) = best else { break };
+        let (b_mask, b_tree) = sets.remove(j);
+        let (a_mask, a_tree) = sets.remove(i);
+        sets.push((a_mask | b_mask, Tree::Join(Box::new(a_tree), Box::new(b_tree))));
+    }
+    match sets.pop() {
+        Some((_, t)) => t,
+        None => Tree::Leaf(0),
+    }
+}
+
+fn left_deep(n: usize) -> Tree {
+    (1..n).fold(Tree::Leaf(0), |t, i| Tree::Join(Box::new(t), Box::new(Tree::Leaf(i))))
+}
+
+/// A subtree built: its plan, which region columns it outputs in which order, and its leaves.
+struct Built {
+    plan: LogicalPlan,
+    columns: Vec<usize>,
+    mask: u64,
+}
+
+/// The plan of `tree`, each condition at the lowest join that has its columns, and a projection
+/// giving the region's columns in the order written.
+fn rebuild(region: Region, tree: &Tree, schema: &arrow::datatypes::SchemaRef, card: &dyn Fn(u64) -> f64) -> LogicalPlan {
+    let masks: Vec<u64> = region.conditions.iter().map(|c| region.mask(c)).collect();
+    let widths: Vec<usize> = region.leaves.iter().map(|l| l.schema().fields().len()).collect();
+    let starts = region.starts.clone();
+    let mut pending: Vec<Option<Expr>> = region.conditions.into_iter().map(Some).collect();
+    let mut leaves: Vec<Option<LogicalPlan>> = region.leaves.into_iter().map(Some).collect();
+
+    fn build(
+        tree: &Tree,
+        leaves: &mut [Option<LogicalPlan>],
+        pending: &mut [Option<Expr>],
+        masks: &[u64],
+        starts: &[usize],
+        widths: &[usize],
+        card: &dyn Fn(u64) -> f64,
+    ) -> Built {
+        match tree {
+            Tree::Leaf(i) => {
+                let columns: Vec<usize> = (starts[*i]..starts[*i] + widths[*i]).collect();
+                let mut plan = leaves[*i].take().unwrap_or(LogicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) });
+                let own: Vec<Expr> = (0..pending.len())
+                    .filter(|k| masks[*k] == 1 << i)
+                    .filter_map(|k| pending[k].take())
+                    .map(|c| c.remap(&|g| g - starts[*i]))
+                    .collect();
+                if let Some(p) = Expr::conjunction(own) {
+                    plan = LogicalPlan::Filter { input: Box::new(plan), predicate: p };
+                }
+                Built { plan, columns, mask: 1 << i }
+            }
+            Tree::Join(a, b) => {
+                let a = build(a, leaves, pending, masks, starts, widths, card);
+                let b = build(b, leaves, pending, masks, starts, widths, card);
+                // The larger side probes, the smaller builds.
+                let (probe, build_side) = if card(b.mask) > card(a.mask) { (b, a) } else { (a, b) };
+                let mask = probe.mask | build_side.mask;
+                let position = |cols: &[usize], g: usize| cols.iter().position(|c| *c == g).unwrap_or(usize::MAX);
+                let mut columns = probe.columns.clone();
+                columns.extend(&build_side.columns);
+                let (mut on, mut residual) = (Vec::new(), Vec::new());
+                for k in 0..pending.len() {
+                    if masks[k] & !mask != 0 || masks[k] & probe.mask == masks[k] || masks[k] & build_side.mask == masks[k] {
+                        continue;
+                    }
+                    let Some(c) = pending[k].take() else { continue };
+                    let side_mask = |e: &Expr| e.column_set().iter().fold(0u64, |m, g| m | 1 << starts.partition_point(|s| s <= g).saturating_sub(1));
+                    match c {
+                        Expr::Binary { op: BinaryOp::Eq, left, right } => {
+                            let (lm, rm) = (side_mask(&left), side_mask(&right));
+                            let within = |m: u64, side: u64| m != 0 && m & side == m;
+                            if within(lm, probe.mask) && within(rm, build_side.mask) {
+                                on.push((left.remap(&|g| position(&probe.columns, g)), right.remap(&|g| position(&build_side.columns, g))));
+                            } else if within(rm, probe.mask) && within(lm, build_side.mask) {
+                                on.push((right.remap(&|g| position(&probe.columns, g)), left.remap(&|g| position(&build_side.columns, g))));
+                            } else {
+                                residual.push(Expr::Binary { op: BinaryOp::Eq, left, right }.remap(&|g| position(&columns, g)));
+                            }
+                        }
+                        other => residual.push(other.remap(&|g| position(&columns, g))),
+                    }
+                }
+                let schema = join_schema(&probe.plan.schema(), &build_side.plan.schema(), JoinKind::Inner);
+                let plan = LogicalPlan::Join {
+                    left: Box::new(probe.plan),
+                    right: Box::new(build_side.plan),
+                    kind: JoinKind::Inner,
+                    on,
+                    filter: Expr::conjunction(residual),
+                    null_aware: false,
+                    schema,
+                };
+                Built { plan, columns, mask }
+            }
+        }
+    }
+
+    let built = build(tree, &mut leaves, &mut pending, &masks, &starts, &widths, card);
+    let mut plan = built.plan;
+    // Conditions over no leaf (constants) hold or not for every row.
+    let constant: Vec<Expr> = pending.iter_mut().filter_map(Option::take).collect();
+    if let Some(p) = Expr::conjunction(constant) {
+        plan = LogicalPlan::Filter { input: Box::new(plan), predicate: p };
+    }
+    let in_order = built.columns.iter().enumerate().all(|(i, c)| i == *c);
+    if in_order {
+        return plan;
+    }
+    let exprs = (0..region.width).map(|g| Expr::Column(built.columns.iter().position(|c| *c == g).unwrap_or(usize::MAX))).collect();
+    LogicalPlan::Project { input: Box::new(plan), exprs, schema: schema.clone() }
+}
