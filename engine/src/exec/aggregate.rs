@@ -11,7 +11,9 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
-use hashbrown::HashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::accumulators::{self, GroupsAccumulator};
 use super::{emit_result, emit_rows, BarrierRelay, Exchange, OpMetrics, PartitionGather, Sink};
@@ -57,7 +59,12 @@ impl AggSpec {
 
 pub(super) struct GroupTable {
     converter: Option<RowConverter>,
-    map: HashMap<Box<[u8]>, u32>,
+    /// Group ids, found by comparing a row's key with the group's key in `keys` (no key is stored
+    /// twice, and a new group allocates nothing of its own).
+    map: HashTable<u32>,
+    /// Each group's key hash, to move the groups when the table grows.
+    hashes: Vec<u64>,
+    hasher: DefaultHashBuilder,
     keys: Option<Rows>,
     accs: Vec<Box<dyn GroupsAccumulator>>,
     num_groups: usize,
@@ -120,7 +127,7 @@ impl GroupTable {
             .collect::<Result<_>>()?;
         // Without GROUP BY there is exactly one group, even over no rows.
         let num_groups = usize::from(converter.is_none());
-        Ok(GroupTable { converter, map: HashMap::new(), keys, accs, num_groups })
+        Ok(GroupTable { converter, map: HashTable::new(), hashes: vec![], hasher: DefaultHashBuilder::default(), keys, accs, num_groups })
     }
 
     /// The group index of every row of `keys`.
@@ -143,14 +150,19 @@ impl GroupTable {
                     continue;
                 }
             }
-            let next = self.num_groups as u32;
-            let g = *self.map.entry_ref(row.as_ref()).or_insert_with(|| {
-                stored.push(row);
-                next
-            });
-            if g == next {
-                self.num_groups += 1;
-            }
+            let hash = self.hasher.hash_one(row.as_ref());
+            let (map, hashes) = (&mut self.map, &mut self.hashes);
+            let g = match map.find(hash, |&g| stored.row(g as usize) == row) {
+                Some(&g) => g,
+                None => {
+                    let g = self.num_groups as u32;
+                    stored.push(row);
+                    hashes.push(hash);
+                    map.insert_unique(hash, g, |&k| hashes[k as usize]);
+                    self.num_groups += 1;
+                    g
+                }
+            };
             groups.push(g);
             previous = Some((row, g));
         }
@@ -239,7 +251,9 @@ impl GroupTable {
     }
 
     pub(super) fn size(&self) -> usize {
-        self.keys.as_ref().map_or(0, |k| k.size()) * 2 + self.accs.iter().map(|a| a.size()).sum::<usize>()
+        // The map: a 4-byte id and a control byte per slot; each group's hash.
+        let map = self.map.capacity() * 5 + self.hashes.capacity() * 8;
+        self.keys.as_ref().map_or(0, |k| k.size()) + map + self.accs.iter().map(|a| a.size()).sum::<usize>()
     }
 
     /// The bucket of every group at split `depth`, in group order.
