@@ -53,6 +53,10 @@ pub enum PhysicalPlan {
         build_keys: Vec<Expr>,
         filter: Option<Expr>,
         null_aware: bool,
+        /// Semi and anti joins only: the output is the build rows that have (semi) or lack (anti) a
+        /// match, not the probe rows. Chosen when the input whose rows are kept is the smaller one,
+        /// so that it is the one hashed.
+        keep_build: bool,
         schema: SchemaRef,
     },
     /// The inner join of two inputs without end: each row is stored on its side and joined with the
@@ -437,14 +441,15 @@ impl PhysicalPlan {
                     .collect();
                 format!(": group=[{}] aggs=[{}]", list(group, &schema), aggs.join(", "))
             }
-            PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, .. } => {
+            PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, keep_build, .. } => {
                 let (ps, bs) = (probe.schema(), build.schema());
                 let keys: Vec<String> = probe_keys
                     .iter()
                     .zip(build_keys)
                     .map(|(p, b)| format!("{} = {}", p.display(&ps), b.display(&bs)))
                     .collect();
-                let mut s = format!(": {kind:?}{} on=[{}]", if *null_aware { " null-aware" } else { "" }, keys.join(", "));
+                let side = if *keep_build { " (build rows kept)" } else { "" };
+                let mut s = format!(": {kind:?}{side}{} on=[{}]", if *null_aware { " null-aware" } else { "" }, keys.join(", "));
                 if let Some(f) = filter {
                     s.push_str(&format!(" filter={}", f.display(&join_schema(&ps, &bs, JoinKind::Inner))));
                 }
@@ -610,6 +615,21 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             let build = Box::new(plan_physical(right)?);
             if on.is_empty() {
                 PhysicalPlan::NestedLoopJoin { probe, build, kind: *kind, filter: filter.clone(), schema: schema.clone() }
+            } else if keeps_smaller_build(left, right, *kind, *null_aware) && !probe.unbounded() && !build.unbounded() {
+                // Hash the rows to keep (the smaller input) and mark those the other side matches.
+                let (nl, nr) = (left.schema().fields().len(), right.schema().fields().len());
+                let swap = |c: usize| if c < nl { c + nr } else { c - nl };
+                PhysicalPlan::HashJoin {
+                    probe: build,
+                    build: probe,
+                    kind: *kind,
+                    probe_keys: on.iter().map(|(_, r)| r.clone()).collect(),
+                    build_keys: on.iter().map(|(l, _)| l.clone()).collect(),
+                    filter: filter.clone().map(|f| f.remap(&swap)),
+                    null_aware: false,
+                    keep_build: true,
+                    schema: schema.clone(),
+                }
             } else {
                 PhysicalPlan::HashJoin {
                     probe,
@@ -619,6 +639,7 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
                     build_keys: on.iter().map(|(_, r)| r.clone()).collect(),
                     filter: filter.clone(),
                     null_aware: *null_aware,
+                    keep_build: false,
                     schema: schema.clone(),
                 }
             }
@@ -634,6 +655,16 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             schema: schema.clone(),
         },
     })
+}
+
+/// Whether a semi or anti join should hash its left input (the rows it keeps) rather than its right:
+/// when the left is estimated smaller. NOT IN (null-aware) keeps the usual sides.
+fn keeps_smaller_build(left: &LogicalPlan, right: &LogicalPlan, kind: JoinKind, null_aware: bool) -> bool {
+    if !matches!(kind, JoinKind::Semi | JoinKind::Anti) || null_aware {
+        return false;
+    }
+    let estimator = crate::stats::Estimator::default();
+    estimator.rows(left) < estimator.rows(right)
 }
 
 /// Run as a stream, an inner join whose right input never ends cannot build a table of it first:

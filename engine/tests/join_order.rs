@@ -96,3 +96,41 @@ fn a_long_chain_of_joins_is_ordered_greedily_with_the_same_answer() {
     // Every row of t0 follows one path (next < 10 ≤ rows of every table).
     assert_eq!(text(&mut s, &q), "10");
 }
+
+#[test]
+fn semi_and_anti_joins_hash_the_smaller_side_whose_rows_they_keep() {
+    let (_dir, mut s) = star();
+    // dim_b (50 rows) keeps its rows by whether fact (20,000 rows) has a match: dim_b is hashed.
+    let cases = [
+        ("EXISTS (SELECT 1 FROM fact WHERE f_b = b_key AND f_id > 19000)", "Semi"),
+        ("NOT EXISTS (SELECT 1 FROM fact WHERE f_b = b_key AND f_id > 10000 AND f_a = 3)", "Anti"),
+        // A condition over both sides (as TPC-H Q21's l2.l_suppkey <> l1.l_suppkey).
+        ("EXISTS (SELECT 1 FROM fact WHERE f_b = b_key AND f_a < b_size)", "Semi"),
+        ("NOT EXISTS (SELECT 1 FROM fact WHERE f_b = b_key AND f_a + 60 < b_size)", "Anti"),
+    ];
+    let fact: Vec<(i64, i64, i64)> = (0..20_000i64).map(|i| (i, i % 100, (i * 7) % 50)).collect();
+    let expected = |k: usize, key: i64| -> bool {
+        let size = key;
+        match k {
+            0 => fact.iter().any(|f| f.2 == key && f.0 > 19000),
+            1 => !fact.iter().any(|f| f.2 == key && f.0 > 10000 && f.1 == 3),
+            2 => fact.iter().any(|f| f.2 == key && f.1 < size),
+            _ => !fact.iter().any(|f| f.2 == key && f.1 + 60 < size),
+        }
+    };
+    for (k, (cond, kind)) in cases.iter().enumerate() {
+        let q = format!("SELECT count(*), sum(b_key) FROM dim_b WHERE {cond}");
+        let plan = physical(&mut s, &q);
+        assert!(plan.contains(&format!("HashJoin: {kind} (build rows kept)")), "{cond}:\n{plan}");
+        let keys: Vec<i64> = (0..50).filter(|key| expected(k, *key)).collect();
+        let r = s.sql(&q).expect("runs");
+        let got = |c: usize| riffle_engine::format::format_value(r.batches[0].column(c), 0).expect("format");
+        assert_eq!(got(0), Some(keys.len().to_string()), "{cond}");
+        if !keys.is_empty() {
+            assert_eq!(got(1), Some(keys.iter().sum::<i64>().to_string()), "{cond}");
+        }
+    }
+    // The larger side kept: its rows are the probe side, as usual.
+    let plan = physical(&mut s, "SELECT count(*) FROM fact WHERE EXISTS (SELECT 1 FROM dim_b WHERE f_b = b_key)");
+    assert!(plan.contains("HashJoin: Semi on="), "{plan}");
+}

@@ -277,8 +277,9 @@ impl Builder<'_> {
                 // two workers, with the exchange between them keeping the order.
                 self.handoff(merged)?
             }
-            PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, schema } => {
-                self.join(probe, build, *kind, probe_keys.clone(), build_keys.clone(), filter.clone(), *null_aware, schema, metrics)?
+            PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, keep_build, schema } => {
+                let sides = (*null_aware, *keep_build);
+                self.join(probe, build, *kind, probe_keys.clone(), build_keys.clone(), filter.clone(), sides, schema, metrics)?
             }
             PhysicalPlan::StreamJoin { left, right, left_keys, right_keys, filter, interval, schema } => {
                 let spec = super::stream_join::StreamJoinSpec {
@@ -301,7 +302,7 @@ impl Builder<'_> {
                 Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
             }
             PhysicalPlan::NestedLoopJoin { probe, build, kind, filter, schema } => {
-                self.join(probe, build, *kind, vec![], vec![], filter.clone(), false, schema, metrics)?
+                self.join(probe, build, *kind, vec![], vec![], filter.clone(), (false, false), schema, metrics)?
             }
             PhysicalPlan::Union { inputs, .. } => {
                 let opens = inputs.iter().map(|i| self.open(i)).collect::<Result<Vec<_>>>()?;
@@ -330,7 +331,7 @@ impl Builder<'_> {
         probe_keys: Vec<Expr>,
         build_keys: Vec<Expr>,
         filter: Option<Expr>,
-        null_aware: bool,
+        (null_aware, keep_build): (bool, bool),
         schema: &arrow::datatypes::SchemaRef,
         metrics: Arc<OpMetrics>,
     ) -> Result<Open> {
@@ -343,6 +344,7 @@ impl Builder<'_> {
             build_keys,
             filter,
             null_aware,
+            keep_build,
             pair_schema: join_schema(&probe_schema, &build_schema, JoinKind::Inner),
             probe_schema,
             build_schema,

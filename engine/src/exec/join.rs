@@ -38,6 +38,9 @@ pub struct JoinSpec {
     pub build_keys: Vec<Expr>,
     pub filter: Option<Expr>,
     pub null_aware: bool,
+    /// Semi/anti: the build rows with (without) a match are the output, emitted once every probe
+    /// partition has ended.
+    pub keep_build: bool,
     pub probe_schema: SchemaRef,
     pub build_schema: SchemaRef,
     pub output_schema: SchemaRef,
@@ -46,6 +49,11 @@ pub struct JoinSpec {
 }
 
 impl JoinSpec {
+    /// Whether build rows are output at the end (by whether a probe row matched them).
+    fn emits_build_rows(&self) -> bool {
+        self.keep_build || matches!(self.kind, JoinKind::Right | JoinKind::Full)
+    }
+
     /// The row-encoded join keys of `batch`, a build-side batch or (`probe`) a probe-side one whose
     /// keys are cast to the build keys' types.
     fn key_rows(&self, conv: &RowConverter, batch: &RecordBatch, probe: bool) -> Result<(Rows, Option<Vec<bool>>)> {
@@ -298,7 +306,7 @@ impl JoinShared {
                 ));
             }
         }
-        let visited = if matches!(self.spec.kind, JoinKind::Right | JoinKind::Full) {
+        let visited = if self.spec.emits_build_rows() {
             (0..batch.num_rows()).map(|_| AtomicBool::new(false)).collect()
         } else {
             Vec::new()
@@ -607,6 +615,10 @@ fn probe_batch(spec: &JoinSpec, table: &JoinTable, probe: RecordBatch, out: &mut
             Ok(())
         })?;
     }
+    if spec.keep_build {
+        // The build rows are the output, once every probe row was seen.
+        return Ok(());
+    }
     if spec.kind == JoinKind::Mark {
         // IN over a non-empty right side is unknown for an unmatched row when a key on either side
         // is NULL.
@@ -657,15 +669,22 @@ fn probe_batch(spec: &JoinSpec, table: &JoinTable, probe: RecordBatch, out: &mut
     Ok(())
 }
 
-/// For right and full joins: the build rows of `table` no probe row matched, padded with NULLs.
+/// The build rows output at the end: for right and full joins those no probe row matched, padded
+/// with NULLs; for semi (anti) joins keeping build rows, those some (no) probe row matched.
 fn emit_unmatched_build(spec: &JoinSpec, table: &JoinTable, out: &mut Vec<Message>) -> Result<()> {
-    if !matches!(spec.kind, JoinKind::Right | JoinKind::Full) {
+    if !spec.emits_build_rows() {
         return Ok(());
     }
-    let keep: BooleanArray = table.visited.iter().map(|v| !v.load(Ordering::Relaxed)).collect();
+    let wanted = spec.keep_build && spec.kind == JoinKind::Semi;
+    let keep: BooleanArray = table.visited.iter().map(|v| v.load(Ordering::Relaxed) == wanted).collect();
     if keep.true_count() > 0 {
         let rows = filter_record_batch(&table.batch, &keep)?;
-        out.push(Message::Batch(padded(spec, &rows, false)?));
+        let rows = if spec.keep_build {
+            RecordBatch::try_new_with_options(spec.output_schema.clone(), rows.columns().to_vec(), &RecordBatchOptions::new().with_row_count(Some(rows.num_rows())))?
+        } else {
+            padded(spec, &rows, false)?
+        };
+        out.push(Message::Batch(rows));
     }
     Ok(())
 }
@@ -697,7 +716,7 @@ impl Operator for ProbeOp {
         let built = shared.table.get().ok_or_else(|| RiffleError::exec("probe before the join table was built"))?;
         match built {
             Built::Table(table) => {
-                let outer_build = matches!(shared.spec.kind, JoinKind::Right | JoinKind::Full);
+                let outer_build = shared.spec.emits_build_rows();
                 // Every probe partition is done: the build rows nobody matched come out once.
                 if outer_build && shared.probes.arrive([])?.is_some() {
                     emit_unmatched_build(&shared.spec, table, out)?;
