@@ -145,14 +145,14 @@ impl GroupTable {
         for row in encoded.iter() {
             // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
             if let Some((p, g)) = previous {
-                if p == row {
+                if super::same_key(p.as_ref(), row.as_ref()) {
                     groups.push(g);
                     continue;
                 }
             }
             let hash = self.hasher.hash_one(row.as_ref());
             let (map, hashes) = (&mut self.map, &mut self.hashes);
-            let g = match map.find(hash, |&g| stored.row(g as usize) == row) {
+            let g = match map.find(hash, |&g| super::same_key(stored.row(g as usize).as_ref(), row.as_ref())) {
                 Some(&g) => g,
                 None => {
                     let g = self.num_groups as u32;
@@ -212,8 +212,11 @@ impl GroupTable {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            // Counting rows per group costs a pass over all groups: worth it while they are fewer than
+            // the batch's rows.
             if matches!(call.func, AggFunc::Count | AggFunc::CountStar)
                 && !call.distinct
+                && self.num_groups <= batch.num_rows()
                 && args.iter().all(|a| a.logical_null_count() == 0)
             {
                 let rows = rows_per_group.get_or_insert_with(|| accumulators::rows_per_group(&groups, self.num_groups));

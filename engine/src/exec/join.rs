@@ -99,7 +99,7 @@ impl JoinTable {
     /// The first build row whose key is `key`.
     fn head(&self, key: &[u8]) -> Option<u32> {
         let keys = self.keys.as_ref()?;
-        self.heads.find(self.hasher.hash_one(key), |&j| keys.row(j as usize).as_ref() == key).copied()
+        self.heads.find(self.hasher.hash_one(key), |&j| super::same_key(keys.row(j as usize).as_ref(), key)).copied()
     }
 }
 
@@ -282,7 +282,7 @@ impl JoinShared {
                 }
                 let key = rows.row(i);
                 let hash = hasher.hash_one(key.as_ref());
-                match heads.find_mut(hash, |&j| rows.row(j as usize).as_ref() == key.as_ref()) {
+                match heads.find_mut(hash, |&j| super::same_key(rows.row(j as usize).as_ref(), key.as_ref())) {
                     Some(head) => {
                         next[i] = *head;
                         *head = i as u32;

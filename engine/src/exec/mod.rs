@@ -562,3 +562,16 @@ pub fn execute(plan: &PhysicalPlan, config: &ExecConfig) -> Result<QueryOutput> 
     let batches = std::mem::take(&mut *results.lock().map_err(|_| crate::RiffleError::exec("result lock poisoned"))?);
     Ok(QueryOutput { batches, metrics, stats })
 }
+
+/// Whether two row-encoded keys are equal. Short keys (most are one or two numbers) are compared
+/// byte by byte in line: a call to `memcmp` per hash-table probe costs more than the comparison.
+#[inline]
+pub(crate) fn same_key(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() <= 24 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    a == b
+}
