@@ -5,7 +5,8 @@
 //! every join outputs plus the rows every join builds, from `stats`' estimates.
 //!
 //! Joins of other kinds (outer, semi, anti, mark) are region boundaries: their inputs are ordered on
-//! their own. Regions reading a stream with event time keep the order written, as the stream
+//! their own. A semi or anti join over a region whose condition reads one relation may move into the
+//! region as a filter on that relation (`push_semi_join`). Regions reading a stream with event time keep the order written, as the stream
 //! planner finds interval joins in it.
 
 use std::sync::Arc;
@@ -26,6 +27,13 @@ pub fn reorder_joins(plan: &mut LogicalPlan) {
         let region = std::mem::replace(plan, LogicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) });
         *plan = reorder_region(region);
         return;
+    }
+    if let LogicalPlan::Join { left, kind: JoinKind::Semi | JoinKind::Anti, .. } = plan {
+        if is_inner_join(left) && orderable(plan) {
+            let join = std::mem::replace(plan, LogicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) });
+            *plan = push_semi_join(join);
+            return;
+        }
     }
     for input in plan.inputs_mut() {
         reorder_joins(input);
@@ -108,34 +116,94 @@ fn reorder_region(plan: LogicalPlan) -> LogicalPlan {
     let schema = plan.schema();
     let mut region = Region { leaves: vec![], starts: vec![], width: 0, conditions: vec![] };
     region.flatten(plan);
-    let n = region.leaves.len();
-    if n > 64 {
-        // Not expected from SQL; join them as written.
-        return rebuild(region, &left_deep(n), &schema, &|_| 1.0);
-    }
-    let estimator = stats::Estimator::default();
-    let mut rows: Vec<f64> = region.leaves.iter().map(|l| estimator.rows(l)).collect();
-    let masks: Vec<u64> = region.conditions.iter().map(|c| region.mask(c)).collect();
-    for (c, m) in region.conditions.iter().zip(&masks) {
-        if m.count_ones() == 1 {
-            rows[m.trailing_zeros() as usize] *= stats::guess_selectivity(c);
+    order(region, &schema)
+}
+
+/// Estimated rows of each leaf and selectivities of the conditions over several leaves.
+struct Estimates {
+    rows: Vec<f64>,
+    conditions: Vec<Condition>,
+}
+
+impl Estimates {
+    fn of(region: &Region) -> Estimates {
+        let estimator = stats::Estimator::default();
+        let mut rows: Vec<f64> = region.leaves.iter().map(|l| estimator.rows(l)).collect();
+        let masks: Vec<u64> = region.conditions.iter().map(|c| region.mask(c)).collect();
+        for (c, m) in region.conditions.iter().zip(&masks) {
+            if m.count_ones() == 1 {
+                rows[m.trailing_zeros() as usize] *= stats::guess_selectivity(c);
+            }
         }
+        let conditions = selectivities(&estimator, region, &masks);
+        Estimates { rows, conditions }
     }
-    let conditions = selectivities(&estimator, &region, &masks);
-    let card = |set: u64| -> f64 {
-        let mut c: f64 = (0..n).filter(|i| set & (1 << i) != 0).map(|i| rows[i]).product();
-        for cond in &conditions {
+
+    /// The estimated rows of the join of a set of leaves.
+    fn card(&self, set: u64) -> f64 {
+        let mut c: f64 = (0..self.rows.len()).filter(|i| set & (1 << i) != 0).map(|i| self.rows[i]).product();
+        for cond in &self.conditions {
             if cond.mask & set == cond.mask {
                 c *= cond.selectivity;
             }
         }
         c.max(1.0)
-    };
+    }
+}
+
+/// The region's leaves joined in the cheapest order found, giving `schema`'s columns.
+fn order(region: Region, schema: &arrow::datatypes::SchemaRef) -> LogicalPlan {
+    let n = region.leaves.len();
+    if n > 64 {
+        // Not expected from SQL; join them as written.
+        return rebuild(region, &left_deep(n), schema, &|_| 1.0);
+    }
+    let estimates = Estimates::of(&region);
+    let card = |set: u64| estimates.card(set);
+    let conditions = &estimates.conditions;
     let connected = |a: u64, b: u64| conditions.iter().any(|c| c.mask & a != 0 && c.mask & b != 0 && c.mask & !(a | b) == 0);
     let tree = if n <= MAX_DP_RELATIONS { dynamic_programming(n, &card, &connected) } else { greedy(n, &card, &connected) };
-    // The estimator's results are per node address: the leaves are moved from here on.
-    drop(estimator);
-    rebuild(region, &tree, &schema, &card)
+    rebuild(region, &tree, schema, &card)
+}
+
+/// A semi or anti join over a region of inner joins whose condition reads one of the region's
+/// relations only: it is a filter on that relation's rows, so it runs there, before the inner
+/// joins, when that relation is estimated no larger than the region's result (the rows it would
+/// otherwise probe). TPC-H Q18's `o_orderkey IN (…)` thus filters orders before orders meet lineitem.
+fn push_semi_join(plan: LogicalPlan) -> LogicalPlan {
+    let LogicalPlan::Join { left, mut right, kind, on, filter, null_aware, schema } = plan else { return plan };
+    reorder_joins(&mut right);
+    let region_schema = left.schema();
+    let mut region = Region { leaves: vec![], starts: vec![], width: 0, conditions: vec![] };
+    region.flatten(*left);
+    let width = region.width;
+    let mut reads: Vec<usize> = on.iter().flat_map(|(l, _)| l.column_set()).collect();
+    reads.extend(filter.iter().flat_map(|f| f.column_set()).filter(|c| *c < width));
+    let leaves = reads.iter().fold(0u64, |m, c| m | 1 << region.leaf_of(*c));
+    let pushed = region.leaves.len() <= 64 && leaves.count_ones() == 1 && {
+        let estimates = Estimates::of(&region);
+        let leaf = leaves.trailing_zeros() as usize;
+        estimates.rows[leaf] <= estimates.card((1u64 << region.leaves.len()) - 1)
+    };
+    if !pushed {
+        let left = order(region, &region_schema);
+        return LogicalPlan::Join { left: Box::new(left), right, kind, on, filter, null_aware, schema };
+    }
+    let leaf = leaves.trailing_zeros() as usize;
+    let (start, leaf_width) = (region.starts[leaf], region.leaves[leaf].schema().fields().len());
+    let local = move |c: usize| if c >= width { c - width + leaf_width } else { c - start };
+    let target = std::mem::replace(&mut region.leaves[leaf], LogicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) });
+    let leaf_schema = join_schema(&target.schema(), &right.schema(), kind);
+    region.leaves[leaf] = LogicalPlan::Join {
+        left: Box::new(target),
+        right,
+        kind,
+        on: on.into_iter().map(|(l, r)| (l.remap(&local), r)).collect(),
+        filter: filter.map(|f| f.remap(&local)),
+        null_aware,
+        schema: leaf_schema,
+    };
+    order(region, &region_schema)
 }
 
 /// Selectivities of the region's conditions over two or more leaves. Equalities between columns of

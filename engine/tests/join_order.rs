@@ -134,3 +134,22 @@ fn semi_and_anti_joins_hash_the_smaller_side_whose_rows_they_keep() {
     let plan = physical(&mut s, "SELECT count(*) FROM fact WHERE EXISTS (SELECT 1 FROM dim_b WHERE f_b = b_key)");
     assert!(plan.contains("HashJoin: Semi on="), "{plan}");
 }
+
+#[test]
+fn a_semi_join_on_one_relation_of_a_join_filters_that_relation_first() {
+    let (_dir, mut s) = star();
+    // `a_key IN (…)` reads dim_a only: it filters dim_a's 100 rows before they meet fact's 20,000.
+    let q = "SELECT count(*) FROM fact, dim_a WHERE f_a = a_key AND a_key IN (SELECT b_key FROM dim_b WHERE b_size < 3)";
+    let plan = physical(&mut s, q);
+    assert!(line_of(&plan, "HashJoin: Inner") < line_of(&plan, "HashJoin: Semi"), "the semi join runs below the inner join:\n{plan}");
+    assert_eq!(text(&mut s, q), "600");
+    // Not when the relation is larger than the join's result: fact's 20,000 rows against 10.
+    let q = "SELECT count(*) FROM fact, dim_a WHERE f_a = a_key AND a_key = 7 AND f_id IN (SELECT b_key FROM dim_b)";
+    let plan = physical(&mut s, q);
+    assert!(line_of(&plan, "HashJoin: Semi") < line_of(&plan, "HashJoin: Inner"), "the semi join stays above:\n{plan}");
+    assert_eq!(text(&mut s, q), "1");
+}
+
+fn line_of(plan: &str, needle: &str) -> usize {
+    plan.lines().position(|l| l.contains(needle)).unwrap_or(usize::MAX)
+}
