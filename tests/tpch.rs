@@ -1,5 +1,6 @@
 //! All 22 TPC-H queries at SF 0.01 (data and DuckDB's answers in `data/tpch-sf0.01`, made by
-//! `../shared/peers/gen_tpch.sh 0.01`), in two execution modes, compared with the answers.
+//! `../shared/peers/gen_tpch.sh 0.01`), in several execution modes, compared with the answers; and
+//! the same queries on data `riffle-tpcds` generates.
 
 use std::path::Path;
 
@@ -42,15 +43,21 @@ fn same_cell(a: &str, b: &str) -> bool {
 
 fn check(config: ExecConfig) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tpch-sf0.01");
+    check_data(config, &dir, &dir.join("answers"));
+}
+
+/// Runs the 22 queries on the tables in `data` (`<table>.parquet` files or `<table>/` directories)
+/// and compares the results with DuckDB's answers in `answers`.
+fn check_data(config: ExecConfig, data: &Path, answers: &Path) {
     let mut session = Session::new(config.clone());
     for t in ["customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier"] {
-        session.register_path(t, &dir.join(format!("{t}.parquet")).to_string_lossy()).expect("register");
+        let table_dir = data.join(t);
+        let path = if table_dir.is_dir() { table_dir } else { data.join(format!("{t}.parquet")) };
+        session.register_path(t, &path.to_string_lossy()).expect("register");
     }
     let mut failures = Vec::new();
-    for q in 1..=22 {
-        let name = format!("q{q:02}");
-        let sql = std::fs::read_to_string(dir.join(format!("queries/{name}.sql"))).expect("query file");
-        let result = match session.sql(&sql) {
+    for (name, sql) in riffle_tpcds::TPCH_QUERIES {
+        let result = match session.sql(sql) {
             Ok(r) => r,
             Err(e) => {
                 failures.push(format!("{name}: {e}"));
@@ -60,7 +67,7 @@ fn check(config: ExecConfig) {
         let mut out = Vec::new();
         write_csv(&mut out, &result.schema, &result.batches).expect("csv");
         let mut got = parse_csv(&String::from_utf8_lossy(&out));
-        let mut want = parse_csv(&std::fs::read_to_string(dir.join(format!("answers/{name}.csv"))).expect("answer"));
+        let mut want = parse_csv(&std::fs::read_to_string(answers.join(format!("{name}.csv"))).expect("answer"));
         got.sort();
         want.sort();
         let same = got.len() == want.len()
@@ -86,4 +93,21 @@ fn tpch_sf001_one_thread_small_batches_as_stream() {
 fn tpch_sf001_two_threads_sorts_spilling() {
     // 256 KB: every sort over more than a few thousand rows spills and merges from disk.
     check(ExecConfig { threads: 2, batch_size: 1000, memory_limit: 256 << 10, ..ExecConfig::default() });
+}
+
+#[test]
+fn tpch_sf001_generated_by_riffle_tpcds_gives_duckdbs_answers() {
+    // Our data's text columns (comments, addresses) differ from DuckDB's dbgen, so its answers are
+    // DuckDB's on our data (`../shared/peers/answers.sh`), kept in `tpcds/answers/tpch-sf0.01`.
+    let out = tempfile::tempdir().expect("tempdir");
+    let tables = riffle_tpcds::generate_tpch(0.01, out.path(), 2, &|_| {}).expect("generate");
+    let rows = |t: &str| tables.iter().find(|(name, _)| name == t).map(|(_, r)| *r);
+    assert_eq!(rows("lineitem"), Some(60_175));
+    assert_eq!(rows("orders"), Some(15_000));
+    assert!(out.path().join("queries/q22.sql").is_file());
+    // No staging files left behind.
+    let partial = std::fs::read_dir(out.path()).expect("list").flatten().any(|e| e.path().to_string_lossy().ends_with(".partial"));
+    assert!(!partial);
+    let answers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tpcds/answers/tpch-sf0.01");
+    check_data(ExecConfig { threads: 2, ..ExecConfig::default() }, out.path(), &answers);
 }

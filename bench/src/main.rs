@@ -86,6 +86,21 @@ enum Command {
         #[arg(long)]
         rate: Option<u64>,
     },
+    /// Generates benchmark data as Parquet: `gen tpch --sf 1 --out DIR` writes the 8 TPC-H tables
+    /// (a table of more than 2 M rows as a directory of parts made in parallel) and the 22 queries
+    /// in DIR/queries.
+    Gen {
+        /// The benchmark: tpch.
+        benchmark: String,
+        /// Scale factor (1 is about 1 GB of text, 8.7 M rows).
+        #[arg(long)]
+        sf: f64,
+        #[arg(long)]
+        out: PathBuf,
+        /// Threads generating parts (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Writes N sort-benchmark records (100 bytes: 10-byte key, 90-byte payload) to a .gensort file,
     /// or to a .parquet file (key FixedSizeBinary(10), payload FixedSizeBinary(90)).
     Gensort {
@@ -159,6 +174,7 @@ fn main() -> anyhow::Result<()> {
                 rate,
             })
         }
+        Command::Gen { benchmark, sf, out, threads } => generate(&benchmark, sf, &out, threads),
         Command::Gensort { records, out, seed } => sort::gensort_file(sort::parse_count(&records)?, seed, &out),
         Command::Valsort { file, expect_checksum } => {
             let v = sort::valsort_file(&file, true)?;
@@ -194,6 +210,29 @@ fn main() -> anyhow::Result<()> {
             sort::sort_command(&args)
         }
     }
+}
+
+fn generate(benchmark: &str, sf: f64, out: &Path, threads: Option<usize>) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if benchmark != "tpch" {
+        bail!("unknown benchmark '{benchmark}': `gen tpch` (TPC-DS generation is not built yet)");
+    }
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let total = riffle_tpcds::tpch_rows(sf);
+    let bar = if std::io::stderr().is_terminal() { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    let style = indicatif::ProgressStyle::with_template("{spinner} TPC-H SF{msg} [{bar:40}] {human_pos}/{human_len} rows {elapsed_precise} eta {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_message(sf.to_string());
+    let started = Instant::now();
+    let tables = riffle_tpcds::generate_tpch(sf, out, threads, &|rows| bar.set_position(rows as u64))
+        .with_context(|| format!("generating TPC-H SF{sf} into {}", out.display()))?;
+    bar.finish_and_clear();
+    for (table, rows) in &tables {
+        println!("{table:<10} {rows:>12} rows");
+    }
+    println!("TPC-H SF{sf} in {} ({:.1} s, {threads} threads); queries in {}", out.display(), started.elapsed().as_secs_f64(), out.join("queries").display());
+    Ok(())
 }
 
 /// Registers every `DIR/<name>.parquet` and every `DIR/<name>/` of parquet files as table `name`.
