@@ -101,18 +101,18 @@ pub fn for_display(batch: &RecordBatch) -> Result<RecordBatch> {
 /// update too (as in Flink's streaming mode), not only those over tables without end.
 pub fn plan(plan: PhysicalPlan, every_group_by: bool) -> Result<PhysicalPlan> {
     let plan = match plan {
-        PhysicalPlan::HashAggregate { input, group, aggs, window_end, schema } => {
+        PhysicalPlan::HashAggregate { input, group, aggs, window_end, schema, estimated_rows } => {
             let input = self::plan(*input, every_group_by)?;
             let input_changelog = input.changelog();
             match window_end {
                 // A window aggregate's rows are final once emitted, over rows that are.
                 Some(end) if !input_changelog => {
-                    PhysicalPlan::HashAggregate { input: Box::new(input), group, aggs, window_end: Some(end), schema }
+                    PhysicalPlan::HashAggregate { input: Box::new(input), group, aggs, window_end: Some(end), schema, estimated_rows }
                 }
                 _ if input_changelog || every_group_by || input.unbounded() => {
                     PhysicalPlan::UpdateAggregate { input: Box::new(input), group, aggs, input_changelog, schema: with_op(&schema) }
                 }
-                _ => PhysicalPlan::HashAggregate { input: Box::new(input), group, aggs, window_end, schema },
+                _ => PhysicalPlan::HashAggregate { input: Box::new(input), group, aggs, window_end, schema, estimated_rows },
             }
         }
         PhysicalPlan::Filter { input, predicate } => {

@@ -46,7 +46,7 @@ fn is_inner_join(plan: &LogicalPlan) -> bool {
 
 /// Whether a plan reads only bounded tables without event time (so no stream semantics depend on
 /// the shape of its joins).
-fn orderable(plan: &LogicalPlan) -> bool {
+pub(crate) fn orderable(plan: &LogicalPlan) -> bool {
     match plan {
         LogicalPlan::Scan { source, .. } => {
             source.event_time.is_none() && !matches!(source.data, TableData::Nexmark { events: None, .. })

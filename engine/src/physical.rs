@@ -22,6 +22,8 @@ pub enum PhysicalPlan {
         filter: Option<Expr>,
         dictionary: Vec<bool>,
         schema: SchemaRef,
+        /// The optimizer's estimate of the rows out (EXPLAIN shows it beside the actual count).
+        estimated_rows: Option<u64>,
     },
     Values { rows: Vec<Vec<Expr>>, schema: SchemaRef },
     Filter { input: Box<PhysicalPlan>, predicate: Expr },
@@ -29,7 +31,14 @@ pub enum PhysicalPlan {
     /// `window_end`: the group key that is an event-time window's end (GROUP BY window_start,
     /// window_end over a window table function). Run as a stream, such an aggregate emits each
     /// window's groups once the watermark passes its end, not at the end of input.
-    HashAggregate { input: Box<PhysicalPlan>, group: Vec<Expr>, aggs: Vec<AggCall>, window_end: Option<usize>, schema: SchemaRef },
+    HashAggregate {
+        input: Box<PhysicalPlan>,
+        group: Vec<Expr>,
+        aggs: Vec<AggCall>,
+        window_end: Option<usize>,
+        schema: SchemaRef,
+        estimated_rows: Option<u64>,
+    },
     /// A GROUP BY of a stream that emits, after each batch, the rows of the groups the batch changed,
     /// as a changelog (`crate::changelog`): its schema is the aggregate's plus the `op` column.
     /// `input_changelog`: the input is a changelog too, whose retractions it takes back.
@@ -58,6 +67,7 @@ pub enum PhysicalPlan {
         /// so that it is the one hashed.
         keep_build: bool,
         schema: SchemaRef,
+        estimated_rows: Option<u64>,
     },
     /// The inner join of two inputs without end: each row is stored on its side and joined with the
     /// other side's rows so far. With `interval`, rows leave as the watermarks pass (interval join).
@@ -71,7 +81,14 @@ pub enum PhysicalPlan {
         schema: SchemaRef,
     },
     /// Joins every probe row with every build row, keeping pairs where `filter` holds.
-    NestedLoopJoin { probe: Box<PhysicalPlan>, build: Box<PhysicalPlan>, kind: JoinKind, filter: Option<Expr>, schema: SchemaRef },
+    NestedLoopJoin {
+        probe: Box<PhysicalPlan>,
+        build: Box<PhysicalPlan>,
+        kind: JoinKind,
+        filter: Option<Expr>,
+        schema: SchemaRef,
+        estimated_rows: Option<u64>,
+    },
     /// Full sort, or top-k when `fetch` is set.
     Sort { input: Box<PhysicalPlan>, keys: Vec<SortKey>, fetch: Option<usize> },
     Limit { input: Box<PhysicalPlan>, skip: usize, fetch: Option<usize> },
@@ -407,7 +424,14 @@ impl PhysicalPlan {
         *id += 1;
         let detail = self.detail();
         let extra = annotate(my_id);
-        let _ = writeln!(out, "{}{}{}{}", "  ".repeat(depth), self.name(), detail, extra);
+        let estimate = match self {
+            PhysicalPlan::Scan { estimated_rows: Some(n), .. }
+            | PhysicalPlan::HashAggregate { estimated_rows: Some(n), .. }
+            | PhysicalPlan::HashJoin { estimated_rows: Some(n), .. }
+            | PhysicalPlan::NestedLoopJoin { estimated_rows: Some(n), .. } => format!("  est_rows={n}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "{}{}{}{}{}", "  ".repeat(depth), self.name(), detail, extra, estimate);
         for input in self.inputs() {
             input.fmt_node(out, depth + 1, id, annotate);
         }
@@ -586,6 +610,7 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             filter: Expr::conjunction(filters.clone()),
             dictionary: vec![false; projection.len()],
             schema: schema.clone(),
+            estimated_rows: estimate(plan),
         },
         LogicalPlan::Values { rows, schema } => PhysicalPlan::Values { rows: rows.clone(), schema: schema.clone() },
         LogicalPlan::Filter { input, predicate } => {
@@ -598,7 +623,14 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             let mut input = plan_physical(logical_input)?;
             dictionary_group_keys(&mut input, group, aggs);
             let window_end = group.iter().position(|g| matches!(g, Expr::Column(c) if is_window_end(logical_input, *c)));
-            PhysicalPlan::HashAggregate { input: Box::new(input), group: group.clone(), aggs: aggs.clone(), window_end, schema: schema.clone() }
+            PhysicalPlan::HashAggregate {
+                input: Box::new(input),
+                group: group.clone(),
+                aggs: aggs.clone(),
+                window_end,
+                schema: schema.clone(),
+                estimated_rows: estimate(plan),
+            }
         }
         LogicalPlan::Window { input, calls, schema } => window_plan(plan_physical(input)?, calls, schema)?,
         LogicalPlan::SessionTvf { input, keys, time, gap, schema } => {
@@ -614,7 +646,7 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             let probe = Box::new(plan_physical(left)?);
             let build = Box::new(plan_physical(right)?);
             if on.is_empty() {
-                PhysicalPlan::NestedLoopJoin { probe, build, kind: *kind, filter: filter.clone(), schema: schema.clone() }
+                PhysicalPlan::NestedLoopJoin { probe, build, kind: *kind, filter: filter.clone(), schema: schema.clone(), estimated_rows: estimate(plan) }
             } else if keeps_smaller_build(left, right, *kind, *null_aware) && !probe.unbounded() && !build.unbounded() {
                 // Hash the rows to keep (the smaller input) and mark those the other side matches.
                 let (nl, nr) = (left.schema().fields().len(), right.schema().fields().len());
@@ -629,6 +661,7 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
                     null_aware: false,
                     keep_build: true,
                     schema: schema.clone(),
+                    estimated_rows: estimate(plan),
                 }
             } else {
                 PhysicalPlan::HashJoin {
@@ -641,6 +674,7 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
                     null_aware: *null_aware,
                     keep_build: false,
                     schema: schema.clone(),
+                    estimated_rows: estimate(plan),
                 }
             }
         }
@@ -655,6 +689,26 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             schema: schema.clone(),
         },
     })
+}
+
+thread_local! {
+    /// Set while EXPLAIN plans a query: only then are estimates of every scan and aggregate worth
+    /// their measurements (an aggregate's estimate may sketch a whole key column).
+    static EXPLAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (planning a query) with row estimates recorded on the physical plan, for EXPLAIN.
+pub fn with_estimates<T>(f: impl FnOnce() -> T) -> T {
+    EXPLAINING.with(|e| e.set(true));
+    let out = f();
+    EXPLAINING.with(|e| e.set(false));
+    out
+}
+
+/// The optimizer's row estimate of a node, when EXPLAIN asks; none for streams without end.
+fn estimate(plan: &LogicalPlan) -> Option<u64> {
+    let wanted = EXPLAINING.with(|e| e.get()) && crate::join_order::orderable(plan);
+    wanted.then(|| crate::stats::Estimator::default().rows(plan).round() as u64)
 }
 
 /// Whether a semi or anti join should hash its left input (the rows it keeps) rather than its right:

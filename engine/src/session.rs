@@ -241,7 +241,7 @@ impl Session {
     }
 
     fn explain(&self, q: &ast::Query, analyze: bool) -> Result<StatementResult> {
-        let (logical, physical) = self.plan_query(q)?;
+        let (logical, physical) = crate::physical::with_estimates(|| self.plan_query(q))?;
         let text = if analyze {
             let started = Instant::now();
             let out = execute(&physical, &self.config)?;

@@ -209,7 +209,7 @@ impl Builder<'_> {
                 open.push(&metrics, move || Box::new(LimitOp { skip, fetch }));
                 open
             }
-            PhysicalPlan::HashAggregate { input, group, aggs, window_end: Some(end), schema } if self.config.stream => {
+            PhysicalPlan::HashAggregate { input, group, aggs, window_end: Some(end), schema, .. } if self.config.stream => {
                 let input_schema = input.schema();
                 let open = self.open(input)?;
                 // Windows leave in the order they complete, into one partition that keeps it: a
@@ -277,7 +277,7 @@ impl Builder<'_> {
                 // two workers, with the exchange between them keeping the order.
                 self.handoff(merged)?
             }
-            PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, keep_build, schema } => {
+            PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, keep_build, schema, .. } => {
                 let sides = (*null_aware, *keep_build);
                 self.join(probe, build, *kind, probe_keys.clone(), build_keys.clone(), filter.clone(), sides, schema, metrics)?
             }
@@ -301,7 +301,7 @@ impl Builder<'_> {
                 self.close(right_open, &move |p| Ok(Box::new(super::stream_join::StreamJoinSink::new(shared.clone(), 1, p))))?;
                 Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
             }
-            PhysicalPlan::NestedLoopJoin { probe, build, kind, filter, schema } => {
+            PhysicalPlan::NestedLoopJoin { probe, build, kind, filter, schema, .. } => {
                 self.join(probe, build, *kind, vec![], vec![], filter.clone(), (false, false), schema, metrics)?
             }
             PhysicalPlan::Union { inputs, .. } => {
