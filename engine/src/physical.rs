@@ -647,6 +647,31 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
             let build = Box::new(plan_physical(right)?);
             if on.is_empty() {
                 PhysicalPlan::NestedLoopJoin { probe, build, kind: *kind, filter: filter.clone(), schema: schema.clone(), estimated_rows: estimate(plan) }
+            } else if outer_swaps(left, right, *kind) && !probe.unbounded() && !build.unbounded() {
+                // Hash the smaller left input: the join the other way round, then a projection putting
+                // the columns back in the query's order.
+                let (nl, nr) = (left.schema().fields().len(), right.schema().fields().len());
+                let swap = |c: usize| if c < nl { c + nr } else { c - nl };
+                let flipped = match kind {
+                    JoinKind::Left => JoinKind::Right,
+                    JoinKind::Right => JoinKind::Left,
+                    _ => JoinKind::Full,
+                };
+                let (ls, rs) = (left.schema(), right.schema());
+                let join = PhysicalPlan::HashJoin {
+                    probe: build,
+                    build: probe,
+                    kind: flipped,
+                    probe_keys: on.iter().map(|(_, r)| r.clone()).collect(),
+                    build_keys: on.iter().map(|(l, _)| l.clone()).collect(),
+                    filter: filter.clone().map(|f| f.remap(&swap)),
+                    null_aware: false,
+                    keep_build: false,
+                    schema: join_schema(&rs, &ls, flipped),
+                    estimated_rows: estimate(plan),
+                };
+                let exprs = (0..nl + nr).map(|c| Expr::Column(swap(c))).collect();
+                PhysicalPlan::Project { input: Box::new(join), exprs, schema: schema.clone() }
             } else if keeps_smaller_build(left, right, *kind, *null_aware) && !probe.unbounded() && !build.unbounded() {
                 // Hash the rows to keep (the smaller input) and mark those the other side matches.
                 let (nl, nr) = (left.schema().fields().len(), right.schema().fields().len());
@@ -709,6 +734,17 @@ pub fn with_estimates<T>(f: impl FnOnce() -> T) -> T {
 fn estimate(plan: &LogicalPlan) -> Option<u64> {
     let wanted = EXPLAINING.with(|e| e.get()) && crate::join_order::orderable(plan);
     wanted.then(|| crate::stats::Estimator::default().rows(plan).round() as u64)
+}
+
+/// Whether an outer join should hash its left input rather than its right: when the left is
+/// estimated smaller (a left join then runs as a right join the other way round, a right join as a
+/// left join, a full join as a full join).
+fn outer_swaps(left: &LogicalPlan, right: &LogicalPlan, kind: JoinKind) -> bool {
+    if !matches!(kind, JoinKind::Left | JoinKind::Right | JoinKind::Full) {
+        return false;
+    }
+    let estimator = crate::stats::Estimator::default();
+    estimator.rows(left) < estimator.rows(right)
 }
 
 /// Whether a semi or anti join should hash its left input (the rows it keeps) rather than its right:

@@ -168,3 +168,29 @@ fn explain_analyze_shows_estimates_beside_actual_rows() {
     let est: f64 = join.rsplit("est_rows=").next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
     assert!(join.contains("rows=2000 ") && (est - 2000.0).abs() < 200.0, "{plan}");
 }
+
+#[test]
+fn an_outer_join_hashes_its_smaller_side() {
+    let (_dir, mut s) = star();
+    // dim_b (50 rows) LEFT JOIN fact: dim_b is hashed, the join runs as a right join.
+    let q = "SELECT b_key, count(f_id) FROM dim_b LEFT JOIN fact ON f_b = b_key AND f_id < 100 GROUP BY b_key ORDER BY b_key";
+    let plan = physical(&mut s, q);
+    assert!(plan.contains("HashJoin: Right"), "{plan}");
+    let r = s.sql(q).expect("runs");
+    let rows: usize = r.batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 50, "every dim_b row, matched or not");
+    let fact: Vec<i64> = (0..100i64).map(|i| (i * 7) % 50).collect();
+    let col = |c: usize, i: usize| riffle_engine::format::format_value(r.batches[0].column(c), i).expect("format");
+    for key in [0usize, 1, 7, 49] {
+        let want = fact.iter().filter(|b| **b == key as i64).count();
+        assert_eq!((col(0, key), col(1, key)), (Some(key.to_string()), Some(want.to_string())));
+    }
+    // Columns in the query's order, the unmatched side NULL.
+    let q = "SELECT * FROM dim_b FULL JOIN fact ON f_b = b_key AND f_id < 0 ORDER BY b_key NULLS LAST, f_id LIMIT 1";
+    assert!(physical(&mut s, q).contains("HashJoin: Full"));
+    let r = s.sql(q).expect("runs");
+    let names: Vec<&str> = r.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["b_key", "b_size", "f_id", "f_a", "f_b"]);
+    assert_eq!(riffle_engine::format::format_value(r.batches[0].column(2), 0).expect("format"), None);
+    assert_eq!(text(&mut s, "SELECT count(*) FROM dim_b FULL JOIN fact ON f_b = b_key AND f_id < 0"), "20050");
+}
