@@ -334,6 +334,33 @@ fn push_join(
             _ => cond.push(p),
         }
     }
+    // A disjunction over both sides whose every branch also restricts one side alone implies, for
+    // that side, the disjunction of those restrictions (TPC-H Q19: each branch's brand and size on
+    // part, its quantity range on lineitem): the side is filtered before the join, the whole
+    // condition still applies to the pairs.
+    if kind == JoinKind::Inner {
+        for p in &cond {
+            if !matches!(p, Expr::Binary { op: BinaryOp::Or, .. }) {
+                continue;
+            }
+            let branches: Vec<Vec<Expr>> = disjuncts(p.clone()).into_iter().map(Expr::conjuncts).collect();
+            for left_side in [true, false] {
+                let parts: Option<Vec<Expr>> = branches
+                    .iter()
+                    .map(|b| {
+                        let own: Vec<Expr> = b.iter().filter(|c| side(c) == (left_side, !left_side)).cloned().collect();
+                        Expr::conjunction(own)
+                    })
+                    .collect();
+                let Some(implied) = parts.and_then(|ps| ps.into_iter().reduce(|a, b| Expr::binary(BinaryOp::Or, a, b))) else { continue };
+                if left_side {
+                    to_left.push(implied);
+                } else {
+                    to_right.push(shift_down(implied));
+                }
+            }
+        }
+    }
     // Equalities between the two sides become hash keys.
     let mut residual = Vec::new();
     for p in cond {
