@@ -155,8 +155,23 @@ enum Command {
     },
 }
 
+/// What this binary was compiled for: benchmark numbers depend on it, so every comparison says it.
+fn build_target() -> &'static str {
+    if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "bmi2", target_feature = "fma")) {
+        "x86-64-v3 (AVX2)"
+    } else if cfg!(target_arch = "x86_64") {
+        "baseline x86-64 (build with RUSTFLAGS=\"-C target-cpu=x86-64-v3\" for the README's numbers)"
+    } else {
+        std::env::consts::ARCH
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    if matches!(command, Command::Tpch { .. } | Command::Nexmark { .. } | Command::Sort { .. }) {
+        eprintln!("riffle-bench compiled for {}", build_target());
+    }
+    match command {
         Command::Run { data, sql, out, runs, threads } => run(&data, &sql, out.as_deref(), runs, threads),
         Command::Tpch { data, queries, peers, threads, repeat, peers_kit } => {
             tpch(&data, &queries, &peers, threads, repeat, &peers_kit)
@@ -263,11 +278,13 @@ fn run(data: &Path, sql: &Path, out: Option<&Path>, runs: usize, threads: Option
         println!("ELAPSED_S={:.6}", started.elapsed().as_secs_f64());
         if run == 0 {
             if let Some(dir) = out {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 let queries = results.iter().filter(|r| r.is_query);
                 for (k, r) in queries.enumerate() {
                     let mut buf = Vec::new();
                     riffle_engine::format::write_csv(&mut buf, &r.schema, &r.batches)?;
-                    std::fs::write(dir.join(format!("{}.csv", k + 1)), buf)?;
+                    let file = dir.join(format!("{}.csv", k + 1));
+                    std::fs::write(&file, buf).with_context(|| format!("cannot write {}", file.display()))?;
                 }
             }
         }
