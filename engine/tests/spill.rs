@@ -228,6 +228,32 @@ fn spilling_hash_join_gives_the_in_memory_answer() {
 }
 
 #[test]
+fn a_spilling_join_keeps_the_buckets_that_fit_in_memory() {
+    // Hybrid hash join: the build side outgrows 256 KB and spills, but its smallest buckets fit a
+    // share of the memory then free and stay; their probe rows join without touching the disk.
+    let data = tempfile::tempdir().expect("tempdir");
+    let sql = "SELECT count(*), sum(a.v + b.w) FROM a JOIN b ON a.k = b.k";
+    let mut reference = Session::new(ExecConfig { threads: 1, ..ExecConfig::default() });
+    join_tables(data.path(), &mut reference);
+    let want = concat(&reference.sql(sql).expect("in memory"));
+    for threads in [1, 2] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Session::new(ExecConfig { batch_size: 500, ..config(256 << 10, threads, dir.path()) });
+        join_tables(data.path(), &mut s);
+        assert_eq!(concat(&s.sql(sql).expect("spilling join")), want);
+        let plan = concat(&s.sql(&format!("EXPLAIN ANALYZE {sql}")).expect("explain analyze"));
+        let text = arrow::util::pretty::pretty_format_batches(&[plan]).expect("format").to_string();
+        let kept: Vec<u32> = text
+            .split("buckets_in_memory=")
+            .skip(1)
+            .filter_map(|rest| rest.split('/').next()?.parse().ok())
+            .collect();
+        assert!(text.contains("spilled="), "{text}");
+        assert!(kept.len() == 1 && kept[0] > 0 && kept[0] < 16, "{threads} threads: {text}");
+    }
+}
+
+#[test]
 fn spilled_join_buckets_are_split_again_and_the_pool_stays_within_the_limit() {
     let data = tempfile::tempdir().expect("tempdir");
     let sql = "SELECT count(*), sum(a.v + b.w) FROM a JOIN b ON a.k = b.k";

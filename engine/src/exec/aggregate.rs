@@ -317,7 +317,7 @@ pub(super) fn write_by_bucket(writers: &mut [SpillWriter], batch: &RecordBatch, 
 }
 
 /// The rows of `batch` in each bucket, as separate batches.
-fn split_by_bucket(batch: &RecordBatch, buckets: &[usize]) -> Result<Vec<RecordBatch>> {
+pub(super) fn split_by_bucket(batch: &RecordBatch, buckets: &[usize]) -> Result<Vec<RecordBatch>> {
     let mut indices: Vec<Vec<u32>> = vec![Vec::new(); BUCKETS];
     for (row, b) in buckets.iter().enumerate() {
         indices[*b].push(row as u32);

@@ -7,7 +7,9 @@
 //! The probe side is then written to buckets the same way; once every probe partition has ended,
 //! each takes the next bucket from a shared list and joins it (a bucket too big for the budget is
 //! split again by other hash bits, and joined beyond the budget when splitting no longer helps: one
-//! huge key).
+//! huge key). Hybrid: the smallest buckets that fit a third of the memory still free when the build
+//! side ends stay in memory, indexed, and the probe rows of those buckets join as they arrive; only
+//! the other buckets' probe rows are written out.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,7 +22,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::aggregate::{bucket_of, write_by_bucket, Part, PartReader, BUCKETS, MAX_DEPTH};
+use super::aggregate::{bucket_of, split_by_bucket, write_by_bucket, Part, PartReader, BUCKETS, MAX_DEPTH};
 use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
 use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
 use crate::error::{Result, RiffleError};
@@ -111,6 +113,10 @@ enum Built {
 }
 
 struct SpilledBuild {
+    /// The buckets kept in memory (hybrid hash join): their build rows, indexed, which probe rows of
+    /// those buckets join as they arrive instead of going to disk.
+    resident: Option<JoinTable>,
+    is_resident: [bool; BUCKETS],
     /// The buckets to join, (split depth, build files, probe files), bucket `b` at index `b` until the
     /// probe side has ended and added its files (`work_ready`); then every probe partition takes the
     /// next one until none is left.
@@ -220,41 +226,101 @@ impl JoinShared {
         Ok(())
     }
 
-    /// Writes the build rows still in memory to bucket files beside the spilled ones.
+    /// Writes the build side to bucket files, except for the buckets that fit a share of the memory
+    /// still free: those stay in memory, indexed (hybrid hash join), so their probe rows never touch
+    /// the disk. Smallest buckets first, so that as many as possible stay.
     fn spill_build(&self, conv: &RowConverter, locals: Vec<LocalBuild>) -> Result<Built> {
-        let mut buckets: Vec<Vec<SpillFile>> = (0..BUCKETS).map(|_| Vec::new()).collect();
+        let mut files: Vec<Vec<SpillFile>> = (0..BUCKETS).map(|_| Vec::new()).collect();
+        let mut memory: Vec<Vec<RecordBatch>> = (0..BUCKETS).map(|_| Vec::new()).collect();
         let (mut build_rows, mut has_null_key) = (0, false);
-        let mut memory = Vec::new();
-        // Held until the rows they cover are written out.
+        // Held until the rows they cover are written out or kept.
         let mut held = Vec::new();
         for local in locals {
             match local {
-                LocalBuild::Spilled(files, rows, nulls) => {
-                    for (b, f) in files.into_iter().enumerate() {
-                        buckets[b].push(f);
+                LocalBuild::Spilled(parts, rows, nulls) => {
+                    for (b, f) in parts.into_iter().enumerate() {
+                        files[b].push(f);
                     }
                     build_rows += rows;
                     has_null_key |= nulls;
                 }
                 LocalBuild::Memory(batches, reservation) => {
-                    memory.extend(batches);
+                    for batch in batches {
+                        build_rows += batch.num_rows();
+                        let (rows, nulls) = self.spec.key_rows(conv, &batch, false)?;
+                        has_null_key |= nulls.is_some_and(|n| n.contains(&true));
+                        let of: Vec<usize> = rows.iter().map(|r| bucket_of(r.as_ref(), 0)).collect();
+                        for (b, part) in split_by_bucket(&batch, &of)?.into_iter().enumerate() {
+                            if part.num_rows() > 0 {
+                                memory[b].push(part);
+                            }
+                        }
+                    }
                     held.push(reservation);
                 }
             }
         }
-        if !memory.is_empty() {
-            let mut writers = self.bucket_writers(&self.spec.build_schema)?;
-            for batch in memory {
-                build_rows += batch.num_rows();
-                has_null_key |= self.spill_build_batch(conv, &mut writers, &batch)?;
+        let rows_of = |b: usize| files[b].iter().map(|f| f.rows()).sum::<usize>() + memory[b].iter().map(|m| m.num_rows()).sum::<usize>();
+        let mut order: Vec<usize> = (0..BUCKETS).collect();
+        order.sort_by_key(|&b| rows_of(b));
+        // A third of what is free: the index comes on top of the rows, and the probe side's own
+        // operators need memory too.
+        let budget = self.pool.limit().saturating_sub(self.pool.used()) / 3;
+        let mut reservation = self.pool.reservation("HashJoin build (resident buckets)", true);
+        let mut is_resident = [false; BUCKETS];
+        let mut resident = Vec::new();
+        for b in order {
+            let mem_size: usize = memory[b].iter().map(|m| m.get_array_memory_size()).sum();
+            let mut loaded = Vec::new();
+            let mut fits = reservation.size() + mem_size <= budget && reservation.try_grow(mem_size);
+            let mut grant = if fits { mem_size } else { 0 };
+            for file in &files[b] {
+                let mut reader = file.reader(1 << 20)?;
+                while fits {
+                    let Some(batch) = reader.next_batch()? else { break };
+                    let size = batch.get_array_memory_size();
+                    fits = reservation.size() + size <= budget && reservation.try_grow(size);
+                    grant += if fits { size } else { 0 };
+                    loaded.push(batch);
+                }
             }
-            for (b, f) in self.finish_writers(writers)?.into_iter().enumerate() {
-                buckets[b].push(f);
+            if !fits {
+                // Over the budget: this bucket and the bigger ones go to disk (its files, read back in
+                // part, stay as they are).
+                reservation.shrink(grant);
+                break;
+            }
+            is_resident[b] = true;
+            self.metrics.buckets_in_memory.fetch_add(1, Ordering::Relaxed);
+            files[b].clear();
+            resident.extend(loaded);
+            resident.append(&mut memory[b]);
+        }
+        // Every bucket not kept: its rows still in memory go to a file of their own.
+        let mut writers = self.bucket_writers(&self.spec.build_schema)?;
+        for (b, parts) in memory.iter().enumerate() {
+            for part in parts {
+                writers[b].write(part)?;
             }
         }
+        for (b, f) in self.finish_writers(writers)?.into_iter().enumerate() {
+            if !is_resident[b] {
+                files[b].push(f);
+            }
+        }
+        drop(memory);
         drop(held);
+        let resident = if resident.is_empty() && !is_resident.contains(&true) {
+            None
+        } else {
+            let batch = concat_batches(&self.spec.build_schema, &resident)?;
+            drop(resident);
+            Some(self.build_table(batch, Some((build_rows, has_null_key)), reservation)?)
+        };
         Ok(Built::Spilled(SpilledBuild {
-            work: Mutex::new(buckets.into_iter().map(|b| (0, b, Vec::new())).collect()),
+            resident,
+            is_resident,
+            work: Mutex::new(files.into_iter().map(|b| (0, b, Vec::new())).collect()),
             work_ready: AtomicBool::new(false),
             build_rows,
             has_null_key,
@@ -694,14 +760,26 @@ impl Operator for ProbeOp {
         let shared = self.shared.clone();
         match shared.table.get() {
             Some(Built::Table(table)) => probe_batch(&shared.spec, table, probe, out),
-            Some(Built::Spilled(_)) => {
+            Some(Built::Spilled(spilled)) => {
                 if self.spilled.is_none() {
                     let conv = shared.key_converter()?.ok_or_else(|| RiffleError::exec("spilled join without keys"))?;
                     self.spilled = Some((shared.bucket_writers(&shared.spec.probe_schema)?, conv));
                 }
                 let (writers, conv) = self.spilled.as_mut().ok_or_else(|| RiffleError::exec("join spill files missing"))?;
                 let of = shared.buckets(conv, &probe, true, 0)?;
-                write_by_bucket(writers, &probe, &of)
+                let Some(table) = &spilled.resident else { return write_by_bucket(writers, &probe, &of) };
+                // Rows of buckets kept in memory join now; the others wait on disk for their bucket.
+                for (b, part) in split_by_bucket(&probe, &of)?.into_iter().enumerate() {
+                    if part.num_rows() == 0 {
+                        continue;
+                    }
+                    if spilled.is_resident[b] {
+                        probe_batch(&shared.spec, table, part, out)?;
+                    } else {
+                        writers[b].write(&part)?;
+                    }
+                }
+                Ok(())
             }
             None => Err(RiffleError::exec("probe before the join table was built")),
         }
@@ -732,10 +810,20 @@ impl Operator for ProbeOp {
                 self.grace = Some(GraceJoin { current: None });
                 self.held_end = Some(msg);
                 if let Some(probe_files) = shared.probes.arrive(files)? {
+                    if let Some(table) = &build.resident {
+                        // Every probe row of the buckets kept in memory has been seen.
+                        emit_unmatched_build(&shared.spec, table, out)?;
+                    }
                     let mut work = build.work.lock().map_err(poisoned)?;
                     for (b, f) in probe_files {
                         work.get_mut(b).ok_or_else(|| RiffleError::exec("probe bucket without a build bucket"))?.2.push(f);
                     }
+                    // Buckets kept in memory are done; they leave the list (indexed by bucket until now).
+                    let mut b = 0;
+                    work.retain(|_| {
+                        b += 1;
+                        !build.is_resident[b - 1]
+                    });
                     drop(work);
                     build.work_ready.store(true, Ordering::Release);
                     shared.notifier.bump();

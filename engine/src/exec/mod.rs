@@ -197,6 +197,8 @@ pub struct OpMetrics {
     /// Bytes and files the operator wrote to spill files.
     pub spilled_bytes: AtomicU64,
     pub spill_files: AtomicU64,
+    /// Hash buckets a spilling join kept in memory (hybrid hash join), of `BUCKETS`.
+    pub buckets_in_memory: AtomicU64,
     /// Rows that came after the watermark had passed their window's end, and were dropped.
     pub late_rows: AtomicU64,
 }
@@ -236,6 +238,10 @@ impl OpMetrics {
         let spilled = self.spilled_bytes.load(Ordering::Relaxed);
         if spilled > 0 {
             s.push_str(&format!(" spilled={} in {} files", human_bytes(spilled), self.spill_files.load(Ordering::Relaxed)));
+        }
+        let kept = self.buckets_in_memory.load(Ordering::Relaxed);
+        if kept > 0 {
+            s.push_str(&format!(" buckets_in_memory={kept}/{}", aggregate::BUCKETS));
         }
         let late = self.late_rows.load(Ordering::Relaxed);
         if late > 0 {
