@@ -12,7 +12,7 @@
 //! the other buckets' probe rows are written out.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use arrow::array::{new_null_array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, take};
@@ -114,8 +114,9 @@ enum Built {
 
 struct SpilledBuild {
     /// The buckets kept in memory (hybrid hash join): their build rows, indexed, which probe rows of
-    /// those buckets join as they arrive instead of going to disk.
-    resident: Option<JoinTable>,
+    /// those buckets join as they arrive instead of going to disk. Dropped once the probe side has
+    /// ended, so that the buckets on disk get its memory.
+    resident: RwLock<Option<JoinTable>>,
     is_resident: [bool; BUCKETS],
     /// The buckets to join, (split depth, build files, probe files), bucket `b` at index `b` until the
     /// probe side has ended and added its files (`work_ready`); then every probe partition takes the
@@ -318,7 +319,7 @@ impl JoinShared {
             Some(self.build_table(batch, Some((build_rows, has_null_key)), reservation)?)
         };
         Ok(Built::Spilled(SpilledBuild {
-            resident,
+            resident: RwLock::new(resident),
             is_resident,
             work: Mutex::new(files.into_iter().map(|b| (0, b, Vec::new())).collect()),
             work_ready: AtomicBool::new(false),
@@ -767,7 +768,8 @@ impl Operator for ProbeOp {
                 }
                 let (writers, conv) = self.spilled.as_mut().ok_or_else(|| RiffleError::exec("join spill files missing"))?;
                 let of = shared.buckets(conv, &probe, true, 0)?;
-                let Some(table) = &spilled.resident else { return write_by_bucket(writers, &probe, &of) };
+                let resident = spilled.resident.read().map_err(poisoned)?;
+                let Some(table) = resident.as_ref() else { return write_by_bucket(writers, &probe, &of) };
                 // Rows of buckets kept in memory join now; the others wait on disk for their bucket.
                 for (b, part) in split_by_bucket(&probe, &of)?.into_iter().enumerate() {
                     if part.num_rows() == 0 {
@@ -810,9 +812,10 @@ impl Operator for ProbeOp {
                 self.grace = Some(GraceJoin { current: None });
                 self.held_end = Some(msg);
                 if let Some(probe_files) = shared.probes.arrive(files)? {
-                    if let Some(table) = &build.resident {
+                    let resident = build.resident.write().map_err(poisoned)?.take();
+                    if let Some(table) = resident {
                         // Every probe row of the buckets kept in memory has been seen.
-                        emit_unmatched_build(&shared.spec, table, out)?;
+                        emit_unmatched_build(&shared.spec, &table, out)?;
                     }
                     let mut work = build.work.lock().map_err(poisoned)?;
                     for (b, f) in probe_files {
