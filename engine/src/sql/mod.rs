@@ -280,8 +280,13 @@ impl<'a> Binder<'a> {
                         rs.len()
                     )));
                 }
-                if !matches!(op, ast::SetOperator::Union) {
-                    return Err(RiffleError::NotSupported(format!("{op}")));
+                let all = matches!(set_quantifier, ast::SetQuantifier::All | ast::SetQuantifier::AllByName);
+                match op {
+                    ast::SetOperator::Union => {}
+                    ast::SetOperator::Intersect | ast::SetOperator::Except | ast::SetOperator::Minus if all => {
+                        return Err(RiffleError::NotSupported(format!("{op} ALL (only {op} without ALL, which removes duplicates)")));
+                    }
+                    ast::SetOperator::Intersect | ast::SetOperator::Except | ast::SetOperator::Minus => {}
                 }
                 let mut types = Vec::new();
                 for (l, r) in ls.columns.iter().zip(&rs.columns) {
@@ -316,9 +321,12 @@ impl<'a> Binder<'a> {
                     .collect();
                 let schema: SchemaRef = Arc::new(Schema::new(fields));
                 let scope = Scope::from_schema(&schema, None);
+                if !matches!(op, ast::SetOperator::Union) {
+                    let intersect = matches!(op, ast::SetOperator::Intersect);
+                    return Ok((intersect_or_except(lp, rp, &schema, intersect), scope));
+                }
                 let union = LogicalPlan::Union { inputs: vec![lp, rp], schema };
-                let distinct = !matches!(set_quantifier, ast::SetQuantifier::All | ast::SetQuantifier::AllByName);
-                Ok((if distinct { distinct_plan(union) } else { union }, scope))
+                Ok((if all { union } else { distinct_plan(union) }, scope))
             }
             other => Err(RiffleError::NotSupported(format!("{other}"))),
         }
@@ -718,6 +726,38 @@ fn sort_key(expr: Expr, o: &ast::OrderByExpr) -> SortKey {
 }
 
 /// SELECT DISTINCT: group by every column.
+/// `l INTERSECT r` or `l EXCEPT r` (duplicates removed; NULLs equal, as in GROUP BY): each row tagged
+/// with its side (1 or 2), both sides in one aggregate grouped by every column, and a group kept when
+/// both sides (INTERSECT) or only the left side (EXCEPT) have it. One hash aggregate instead of a
+/// join: the sides need not be told apart by a join key, and NULLs group together.
+fn intersect_or_except(lp: LogicalPlan, rp: LogicalPlan, schema: &SchemaRef, intersect: bool) -> LogicalPlan {
+    use crate::logical::{AggFunc, BinaryOp, Scalar};
+    let n = schema.fields().len();
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let side = |v: i32| Expr::lit(Scalar(Arc::new(arrow::array::Int32Array::from(vec![v]))));
+    let tag = |p: LogicalPlan, v: i32| {
+        let exprs = (0..n).map(Expr::Column).chain([side(v)]).collect();
+        project(p, exprs, names.iter().cloned().chain(["side".to_string()]).collect())
+    };
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("side", DataType::Int32, false));
+    let tagged = LogicalPlan::Union { inputs: vec![tag(lp, 1), tag(rp, 2)], schema: Arc::new(Schema::new(fields.clone())) };
+    let call = |func| AggCall { func, args: vec![Expr::Column(n)], distinct: false, ty: DataType::Int32 };
+    fields.pop();
+    fields.push(Field::new("min_side", DataType::Int32, true));
+    fields.push(Field::new("max_side", DataType::Int32, true));
+    let aggregate = LogicalPlan::Aggregate {
+        input: Box::new(tagged),
+        group: (0..n).map(Expr::Column).collect(),
+        aggs: vec![call(AggFunc::Min), call(AggFunc::Max)],
+        schema: Arc::new(Schema::new(fields)),
+    };
+    let is = |col: usize, v: i32| Expr::binary(BinaryOp::Eq, Expr::Column(col), side(v));
+    let predicate = if intersect { is(n, 1).and(is(n + 1, 2)) } else { is(n + 1, 1) };
+    let kept = LogicalPlan::Filter { input: Box::new(aggregate), predicate };
+    project(kept, (0..n).map(Expr::Column).collect(), names)
+}
+
 pub fn distinct_plan(plan: LogicalPlan) -> LogicalPlan {
     let schema = plan.schema();
     let group = (0..schema.fields().len()).map(Expr::Column).collect();
