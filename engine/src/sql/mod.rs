@@ -283,9 +283,6 @@ impl<'a> Binder<'a> {
                 let all = matches!(set_quantifier, ast::SetQuantifier::All | ast::SetQuantifier::AllByName);
                 match op {
                     ast::SetOperator::Union => {}
-                    ast::SetOperator::Intersect | ast::SetOperator::Except | ast::SetOperator::Minus if all => {
-                        return Err(RiffleError::NotSupported(format!("{op} ALL (only {op} without ALL, which removes duplicates)")));
-                    }
                     ast::SetOperator::Intersect | ast::SetOperator::Except | ast::SetOperator::Minus => {}
                 }
                 let mut types = Vec::new();
@@ -323,7 +320,7 @@ impl<'a> Binder<'a> {
                 let scope = Scope::from_schema(&schema, None);
                 if !matches!(op, ast::SetOperator::Union) {
                     let intersect = matches!(op, ast::SetOperator::Intersect);
-                    return Ok((intersect_or_except(lp, rp, &schema, intersect), scope));
+                    return Ok((intersect_or_except(lp, rp, &schema, intersect, all), scope));
                 }
                 let union = LogicalPlan::Union { inputs: vec![lp, rp], schema };
                 Ok((if all { union } else { distinct_plan(union) }, scope))
@@ -726,12 +723,14 @@ fn sort_key(expr: Expr, o: &ast::OrderByExpr) -> SortKey {
 }
 
 /// SELECT DISTINCT: group by every column.
-/// `l INTERSECT r` or `l EXCEPT r` (duplicates removed; NULLs equal, as in GROUP BY): each row tagged
-/// with its side (1 or 2), both sides in one aggregate grouped by every column, and a group kept when
-/// both sides (INTERSECT) or only the left side (EXCEPT) have it. One hash aggregate instead of a
-/// join: the sides need not be told apart by a join key, and NULLs group together.
-fn intersect_or_except(lp: LogicalPlan, rp: LogicalPlan, schema: &SchemaRef, intersect: bool) -> LogicalPlan {
-    use crate::logical::{AggFunc, BinaryOp, Scalar};
+/// `l INTERSECT r` or `l EXCEPT r` (NULLs equal, as in GROUP BY): each row tagged with its side (1 or
+/// 2), both sides in one aggregate grouped by every column, and a group kept when both sides
+/// (INTERSECT) or only the left side (EXCEPT) have it. One hash aggregate instead of a join: NULLs
+/// group together and no key is needed. With ALL, each row is numbered among its equals on its side
+/// first and the number joins the group: the k-th copy of a row survives INTERSECT ALL when both
+/// sides have k copies, EXCEPT ALL when only the left has.
+fn intersect_or_except(lp: LogicalPlan, rp: LogicalPlan, schema: &SchemaRef, intersect: bool, all: bool) -> LogicalPlan {
+    use crate::logical::{AggFunc, BinaryOp, Frame, FrameBound, Scalar, WindowFunc};
     let n = schema.fields().len();
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let side = |v: i32| Expr::lit(Scalar(Arc::new(arrow::array::Int32Array::from(vec![v]))));
@@ -741,19 +740,38 @@ fn intersect_or_except(lp: LogicalPlan, rp: LogicalPlan, schema: &SchemaRef, int
     };
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("side", DataType::Int32, false));
-    let tagged = LogicalPlan::Union { inputs: vec![tag(lp, 1), tag(rp, 2)], schema: Arc::new(Schema::new(fields.clone())) };
-    let call = |func| AggCall { func, args: vec![Expr::Column(n)], distinct: false, ty: DataType::Int32 };
+    let mut tagged = LogicalPlan::Union { inputs: vec![tag(lp, 1), tag(rp, 2)], schema: Arc::new(Schema::new(fields.clone())) };
+    // Grouped by the columns, and with ALL by the copy number too (after the side tag).
+    let mut group: Vec<Expr> = (0..n).map(Expr::Column).collect();
+    let side_col = n;
     fields.pop();
+    if all {
+        let number = WindowCall {
+            func: WindowFunc::RowNumber,
+            args: vec![],
+            partition_by: (0..=n).map(Expr::Column).collect(),
+            order_by: vec![],
+            frame: Frame { rows: true, start: FrameBound::UnboundedPreceding, end: FrameBound::CurrentRow },
+            ty: DataType::Int64,
+        };
+        let mut window_fields: Vec<Field> = tagged.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        window_fields.push(Field::new("copy", DataType::Int64, true));
+        tagged = LogicalPlan::Window { input: Box::new(tagged), calls: vec![number], schema: Arc::new(Schema::new(window_fields)) };
+        group.push(Expr::Column(n + 1));
+        fields.push(Field::new("copy", DataType::Int64, true));
+    }
+    let call = |func| AggCall { func, args: vec![Expr::Column(side_col)], distinct: false, ty: DataType::Int32 };
+    let k = fields.len();
     fields.push(Field::new("min_side", DataType::Int32, true));
     fields.push(Field::new("max_side", DataType::Int32, true));
     let aggregate = LogicalPlan::Aggregate {
         input: Box::new(tagged),
-        group: (0..n).map(Expr::Column).collect(),
+        group,
         aggs: vec![call(AggFunc::Min), call(AggFunc::Max)],
         schema: Arc::new(Schema::new(fields)),
     };
     let is = |col: usize, v: i32| Expr::binary(BinaryOp::Eq, Expr::Column(col), side(v));
-    let predicate = if intersect { is(n, 1).and(is(n + 1, 2)) } else { is(n + 1, 1) };
+    let predicate = if intersect { is(k, 1).and(is(k + 1, 2)) } else { is(k + 1, 1) };
     let kept = LogicalPlan::Filter { input: Box::new(aggregate), predicate };
     project(kept, (0..n).map(Expr::Column).collect(), names)
 }
