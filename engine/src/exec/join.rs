@@ -175,12 +175,17 @@ impl JoinShared {
         Ok(rows.iter().map(|r| bucket_of(r.as_ref(), depth)).collect())
     }
 
+    /// The bucket (split depth 0) of every build row of `batch`, and whether one of their keys is NULL.
+    fn build_buckets(&self, conv: &RowConverter, batch: &RecordBatch) -> Result<(Vec<usize>, bool)> {
+        let (rows, nulls) = self.spec.key_rows(conv, batch, false)?;
+        Ok((rows.iter().map(|r| bucket_of(r.as_ref(), 0)).collect(), nulls.is_some_and(|n| n.contains(&true))))
+    }
+
     /// Writes build rows to their buckets (split depth 0); true if one of their keys is NULL.
     fn spill_build_batch(&self, conv: &RowConverter, writers: &mut [SpillWriter], batch: &RecordBatch) -> Result<bool> {
-        let (rows, nulls) = self.spec.key_rows(conv, batch, false)?;
-        let of: Vec<usize> = rows.iter().map(|r| bucket_of(r.as_ref(), 0)).collect();
+        let (of, null_key) = self.build_buckets(conv, batch)?;
         write_by_bucket(writers, batch, &of)?;
-        Ok(nulls.is_some_and(|n| n.contains(&true)))
+        Ok(null_key)
     }
 
     fn bucket_writers(&self, schema: &SchemaRef) -> Result<Vec<SpillWriter>> {
@@ -248,9 +253,8 @@ impl JoinShared {
                 LocalBuild::Memory(batches, reservation) => {
                     for batch in batches {
                         build_rows += batch.num_rows();
-                        let (rows, nulls) = self.spec.key_rows(conv, &batch, false)?;
-                        has_null_key |= nulls.is_some_and(|n| n.contains(&true));
-                        let of: Vec<usize> = rows.iter().map(|r| bucket_of(r.as_ref(), 0)).collect();
+                        let (of, null_key) = self.build_buckets(conv, &batch)?;
+                        has_null_key |= null_key;
                         for (b, part) in split_by_bucket(&batch, &of)?.into_iter().enumerate() {
                             if part.num_rows() > 0 {
                                 memory[b].push(part);
@@ -276,6 +280,9 @@ impl JoinShared {
             let mut fits = reservation.size() + mem_size <= budget && reservation.try_grow(mem_size);
             let mut grant = if fits { mem_size } else { 0 };
             for file in &files[b] {
+                if !fits {
+                    break;
+                }
                 let mut reader = file.reader(1 << 20)?;
                 while fits {
                     let Some(batch) = reader.next_batch()? else { break };
@@ -311,7 +318,7 @@ impl JoinShared {
         }
         drop(memory);
         drop(held);
-        let resident = if resident.is_empty() && !is_resident.contains(&true) {
+        let resident = if !is_resident.contains(&true) {
             None
         } else {
             let batch = concat_batches(&self.spec.build_schema, &resident)?;

@@ -281,10 +281,6 @@ impl<'a> Binder<'a> {
                     )));
                 }
                 let all = matches!(set_quantifier, ast::SetQuantifier::All | ast::SetQuantifier::AllByName);
-                match op {
-                    ast::SetOperator::Union => {}
-                    ast::SetOperator::Intersect | ast::SetOperator::Except | ast::SetOperator::Minus => {}
-                }
                 let mut types = Vec::new();
                 for (l, r) in ls.columns.iter().zip(&rs.columns) {
                     types.push(common_type(&l.ty, &r.ty).ok_or_else(|| {
@@ -722,7 +718,6 @@ fn sort_key(expr: Expr, o: &ast::OrderByExpr) -> SortKey {
     SortKey { expr, descending, nulls_first }
 }
 
-/// SELECT DISTINCT: group by every column.
 /// `l INTERSECT r` or `l EXCEPT r` (NULLs equal, as in GROUP BY): each row tagged with its side (1 or
 /// 2), both sides in one aggregate grouped by every column, and a group kept when both sides
 /// (INTERSECT) or only the left side (EXCEPT) have it. One hash aggregate instead of a join: NULLs
@@ -743,7 +738,6 @@ fn intersect_or_except(lp: LogicalPlan, rp: LogicalPlan, schema: &SchemaRef, int
     let mut tagged = LogicalPlan::Union { inputs: vec![tag(lp, 1), tag(rp, 2)], schema: Arc::new(Schema::new(fields.clone())) };
     // Grouped by the columns, and with ALL by the copy number too (after the side tag).
     let mut group: Vec<Expr> = (0..n).map(Expr::Column).collect();
-    let side_col = n;
     fields.pop();
     if all {
         let number = WindowCall {
@@ -760,7 +754,7 @@ fn intersect_or_except(lp: LogicalPlan, rp: LogicalPlan, schema: &SchemaRef, int
         group.push(Expr::Column(n + 1));
         fields.push(Field::new("copy", DataType::Int64, true));
     }
-    let call = |func| AggCall { func, args: vec![Expr::Column(side_col)], distinct: false, ty: DataType::Int32 };
+    let call = |func| AggCall { func, args: vec![Expr::Column(n)], distinct: false, ty: DataType::Int32 };
     let k = fields.len();
     fields.push(Field::new("min_side", DataType::Int32, true));
     fields.push(Field::new("max_side", DataType::Int32, true));
@@ -776,6 +770,7 @@ fn intersect_or_except(lp: LogicalPlan, rp: LogicalPlan, schema: &SchemaRef, int
     project(kept, (0..n).map(Expr::Column).collect(), names)
 }
 
+/// SELECT DISTINCT: group by every column.
 pub fn distinct_plan(plan: LogicalPlan) -> LogicalPlan {
     let schema = plan.schema();
     let group = (0..schema.fields().len()).map(Expr::Column).collect();
