@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -20,17 +20,31 @@ use crate::error::{Result, RiffleError};
 const WRITE_BUFFER: usize = 1 << 20;
 
 /// Spill directories of running queries, for the Ctrl-C handler.
-fn live_dirs() -> &'static Mutex<Vec<PathBuf>> {
-    static DIRS: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
-    DIRS.get_or_init(|| Mutex::new(Vec::new()))
+#[derive(Default)]
+struct LiveDirs {
+    dirs: Vec<PathBuf>,
+    /// Set once the process is being interrupted: no new spill directory may appear after that.
+    closed: bool,
+}
+
+fn live_dirs() -> MutexGuard<'static, LiveDirs> {
+    static DIRS: OnceLock<Mutex<LiveDirs>> = OnceLock::new();
+    DIRS.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Removes the spill directory of every query still running (call it when the process is being
-/// interrupted, where destructors will not run).
+/// interrupted, where destructors will not run). Workers keep running meanwhile, so each directory is
+/// first renamed away: a spill file a worker opens after that fails (its directory is gone) instead of
+/// landing in a directory being emptied, which `remove_dir_all` would then fail to remove.
 pub fn remove_live_spill_dirs() {
-    let dirs = std::mem::take(&mut *live_dirs().lock().unwrap_or_else(|p| p.into_inner()));
-    for d in dirs {
-        let _ = std::fs::remove_dir_all(d);
+    let mut live = live_dirs();
+    live.closed = true;
+    for d in std::mem::take(&mut live.dirs) {
+        let mut doomed = d.clone().into_os_string();
+        doomed.push(".removing");
+        let doomed = PathBuf::from(doomed);
+        let gone = if std::fs::rename(&d, &doomed).is_ok() { doomed } else { d };
+        let _ = std::fs::remove_dir_all(gone);
     }
 }
 
@@ -73,6 +87,10 @@ impl SpillManager {
         if let Some(d) = dir.as_ref() {
             return Ok(d.path().to_path_buf());
         }
+        let mut live = live_dirs();
+        if live.closed {
+            return Err(RiffleError::exec("the process is being interrupted: no new spill files"));
+        }
         let made = tempfile::Builder::new().prefix("riffle-spill-").tempdir_in(&self.base).map_err(|e| {
             RiffleError::exec(format!(
                 "cannot create a spill directory in '{}': {e}; choose a writable directory with --spill-dir",
@@ -80,7 +98,7 @@ impl SpillManager {
             ))
         })?;
         let path = made.path().to_path_buf();
-        live_dirs().lock().unwrap_or_else(|p| p.into_inner()).push(path.clone());
+        live.dirs.push(path.clone());
         *dir = Some(made);
         Ok(path)
     }
@@ -101,7 +119,7 @@ impl Drop for SpillManager {
     fn drop(&mut self) {
         let dir = self.dir.get_mut().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(d) = dir {
-            live_dirs().lock().unwrap_or_else(|p| p.into_inner()).retain(|p| p != d.path());
+            live_dirs().dirs.retain(|p| p != d.path());
             // TempDir removes the directory and whatever is left in it.
         }
     }
