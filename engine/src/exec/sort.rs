@@ -442,12 +442,14 @@ impl Source for SortSource {
 }
 
 /// One run being merged: its current batch (at `slot` in the merger's batch list), that batch's
-/// keys, and the next row.
+/// keys, the next row, and that row's key prefix.
 struct Cursor {
     source: RunSource,
     slot: usize,
     keys: Option<Rows>,
     pos: usize,
+    /// `prefix` of the next row's key: most of the merge's comparisons end here.
+    head: u64,
 }
 
 enum RunSource {
@@ -458,6 +460,10 @@ enum RunSource {
 impl Cursor {
     fn key(&self) -> Option<&[u8]> {
         self.keys.as_ref().map(|k| k.row(self.pos).data())
+    }
+
+    fn set_head(&mut self) {
+        self.head = self.key().map_or(u64::MAX, prefix);
     }
 
     fn next_chunk(&mut self, encoder: &KeyEncoder) -> Result<Option<(RecordBatch, Rows)>> {
@@ -522,12 +528,13 @@ impl Merger {
                 Run::Memory { chunks, .. } => RunSource::Memory(chunks),
                 Run::Spilled { file, .. } => RunSource::Spilled { reader: Box::new(file.reader(read_buffer)?), _file: file },
             };
-            let mut cursor = Cursor { source, slot: usize::MAX, keys: None, pos: 0 };
+            let mut cursor = Cursor { source, slot: usize::MAX, keys: None, pos: 0, head: u64::MAX };
             if let Some((b, keys)) = cursor.next_chunk(&merger.encoder)? {
                 merger.batches.push(b);
                 cursor.slot = merger.batches.len() - 1;
                 cursor.keys = Some(keys);
             }
+            cursor.set_head();
             merger.cursors.push(cursor);
         }
         for leaf in 0..merger.cursors.len() {
@@ -538,7 +545,13 @@ impl Merger {
 
     /// Whether cursor `a`'s row comes before cursor `b`'s; an exhausted cursor comes after all.
     fn before(&self, a: usize, b: usize) -> bool {
-        match (self.cursors[a].key(), self.cursors[b].key()) {
+        let (x, y) = (&self.cursors[a], &self.cursors[b]);
+        if x.head != y.head {
+            // Different prefixes order the keys, an exhausted cursor's (u64::MAX) included: a
+            // live key with an all-0xFF prefix has the same head and is compared in full below.
+            return x.head < y.head;
+        }
+        match (x.key(), y.key()) {
             (Some(x), Some(y)) => x < y || (x == y && a < b),
             (Some(_), None) => true,
             (None, Some(_)) => false,
@@ -607,6 +620,7 @@ impl Merger {
                 cursor.keys = Some(keys);
             }
         }
+        cursor.set_head();
         Ok(at)
     }
 
