@@ -278,7 +278,7 @@ impl PhysicalPlan {
     }
 
     /// Refuses what checkpoints cannot restore yet: only scans (not literal rows), filters,
-    /// projections, window table functions, window aggregates and unions are checkpointed.
+    /// projections, window table functions, window aggregates, stream joins and unions are checkpointed.
     pub fn check_checkpointable(&self) -> Result<()> {
         let what = match self {
             PhysicalPlan::Scan { .. }
@@ -286,6 +286,7 @@ impl PhysicalPlan {
             | PhysicalPlan::Project { .. }
             | PhysicalPlan::WindowTvf { .. }
             | PhysicalPlan::Union { .. }
+            | PhysicalPlan::StreamJoin { .. }
             | PhysicalPlan::HashAggregate { window_end: Some(_), .. } => None,
             PhysicalPlan::HashAggregate { .. } | PhysicalPlan::UpdateAggregate { .. } => {
                 Some("a GROUP BY other than by an event-time window")
@@ -293,14 +294,14 @@ impl PhysicalPlan {
             PhysicalPlan::Materialize { .. } => Some("the final rows of an updating GROUP BY"),
             PhysicalPlan::Window { .. } => Some("a window function (OVER)"),
             PhysicalPlan::SessionTvf { .. } => Some("SESSION windows"),
-            PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } | PhysicalPlan::StreamJoin { .. } => Some("a join"),
+            PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => Some("a join other than an inner equi-join"),
             PhysicalPlan::Sort { .. } => Some("ORDER BY"),
             PhysicalPlan::Limit { .. } => Some("LIMIT"),
             PhysicalPlan::Values { .. } => Some("literal rows (VALUES)"),
         };
         if let Some(what) = what {
             return Err(RiffleError::NotSupported(format!(
-                "checkpoints of a job with {what} (checkpointed so far: scans, filters, projections, window table functions and window aggregates); run it without --checkpoint-dir"
+                "checkpoints of a job with {what} (checkpointed so far: scans, filters, projections, window table functions, window aggregates and inner equi-joins); run it without --checkpoint-dir"
             )));
         }
         self.inputs().into_iter().try_for_each(|i| i.check_checkpointable())

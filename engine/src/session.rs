@@ -182,7 +182,10 @@ impl Session {
         let plan = optimize(plan)?;
         let mut physical = plan_physical(&plan)?;
         if self.config.stream {
-            physical = crate::physical::plan_stream_joins(physical, self.config.changelog);
+            // A checkpointed job keeps its joins' rows in its checkpoints: every inner equi-join is
+            // a stream join then (a hash join's build side would not be restored), as in Flink.
+            let every_join = self.config.changelog || self.checkpoint.is_some();
+            physical = crate::physical::plan_stream_joins(physical, every_join);
             physical = crate::changelog::plan(physical, self.config.changelog)?;
         }
         Ok((plan, physical))

@@ -295,7 +295,9 @@ impl Builder<'_> {
                 let (lp, rp) = (left_open.partitions, right_open.partitions);
                 // A bounded queue: a slow consumer holds both inputs back.
                 let output = Arc::new(Exchange::new(lp + rp, self.threads, EXCHANGE_CAPACITY, self.notifier.clone()));
-                let shared = Arc::new(super::stream_join::StreamJoinShared::new(spec, lp, rp, output.clone(), metrics, &self.memory.pool)?);
+                let checkpoint = self.config.checkpoint.clone().map(|c| (c, id));
+                let shared =
+                    Arc::new(super::stream_join::StreamJoinShared::new(spec, lp, rp, output.clone(), metrics, &self.memory.pool, checkpoint)?);
                 let ls = shared.clone();
                 self.close(left_open, &move |p| Ok(Box::new(super::stream_join::StreamJoinSink::new(ls.clone(), 0, p))))?;
                 self.close(right_open, &move |p| Ok(Box::new(super::stream_join::StreamJoinSink::new(shared.clone(), 1, p))))?;

@@ -86,7 +86,6 @@ impl std::fmt::Debug for Coordinator {
 pub struct Coordinator {
     dir: PathBuf,
     interval: Duration,
-    started: Instant,
     /// The last complete checkpoint when the job started (0: none).
     pub restored: u64,
     /// Whether the manifest says the job already ran to its end.
@@ -100,7 +99,14 @@ struct State {
     /// The highest epoch any component acked.
     highest: u64,
     completed: u64,
+    /// The last epoch sources were told to start.
+    triggered: u64,
+    /// When the next epoch may start.
+    next_trigger: Instant,
     committers: Vec<Committer>,
+    /// The last state of components that ended, written into every checkpoint after the last one
+    /// they acked themselves: (after epoch, file, bytes).
+    ended_state: Vec<(u64, String, Vec<u8>)>,
 }
 
 fn io(path: &Path, e: std::io::Error) -> RiffleError {
@@ -122,13 +128,29 @@ impl Coordinator {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, false),
             Err(e) => return Err(io(&manifest, e)),
         };
+        // A crashed run may have left checkpoints it never completed: their numbers are taken again
+        // from the restored one on, and a stale file among new ones would restore state twice.
+        for entry in std::fs::read_dir(&config.dir).map_err(|e| io(&config.dir, e))?.flatten() {
+            let name = entry.file_name();
+            let epoch = name.to_str().and_then(|n| n.strip_prefix("chk-")).and_then(|n| n.parse::<u64>().ok());
+            if epoch.is_some_and(|e| e != restored) {
+                std::fs::remove_dir_all(entry.path()).map_err(|e| io(&entry.path(), e))?;
+            }
+        }
         Ok(Arc::new(Coordinator {
             dir: config.dir.clone(),
             interval: config.interval.max(Duration::from_millis(1)),
-            started: Instant::now(),
             restored,
             finished,
-            state: Mutex::new(State { acked: vec![], highest: restored, completed: restored, committers: vec![] }),
+            state: Mutex::new(State {
+                acked: vec![],
+                highest: restored,
+                completed: restored,
+                triggered: restored,
+                next_trigger: Instant::now() + config.interval,
+                committers: vec![],
+                ended_state: vec![],
+            }),
         }))
     }
 
@@ -149,9 +171,21 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The epoch sources should have started by now: one more every interval.
+    /// The epoch sources should have started by now: one more every interval, but only one
+    /// checkpoint at a time, and after one that took longer than the interval, half an interval of
+    /// processing before the next (as Flink's minimum pause): otherwise a job whose checkpoints are
+    /// slower than its interval would do little but checkpoint.
     pub fn due_epoch(&self) -> u64 {
-        self.restored + (self.started.elapsed().as_nanos() / self.interval.as_nanos().max(1)) as u64
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.triggered > st.completed {
+            return st.triggered;
+        }
+        let now = Instant::now();
+        if now >= st.next_trigger {
+            st.triggered += 1;
+            st.next_trigger = now + self.interval;
+        }
+        st.triggered
     }
 
     /// The directory of epoch `e`'s state (created).
@@ -178,7 +212,16 @@ impl Coordinator {
 
     /// Component `c` ended: it holds nothing any later checkpoint needs.
     pub fn retire(&self, c: usize) -> Result<()> {
+        self.retire_with(c, None)
+    }
+
+    /// Component `c` ended, its last state `(file, bytes)`: every later checkpoint holds that file,
+    /// so a job restored from one knows the component ran to its end (a source that ended while
+    /// another goes on reads nothing again).
+    pub fn retire_with(&self, c: usize, last: Option<(String, Vec<u8>)>) -> Result<()> {
         let mut st = self.lock()?;
+        let own = st.acked.get(c).copied().unwrap_or(0);
+        st.ended_state.extend(last.map(|(file, bytes)| (own, file, bytes)));
         if let Some(a) = st.acked.get_mut(c) {
             *a = u64::MAX;
         }
@@ -203,8 +246,17 @@ impl Coordinator {
     /// Epoch `epoch` is complete: the manifest names it, sinks commit up to it, and the checkpoints
     /// since the last complete one (which it supersedes) are deleted.
     fn commit_epoch(&self, st: &mut State, epoch: u64, finished: bool) -> Result<()> {
+        if !finished {
+            for (after, file, bytes) in &st.ended_state {
+                if epoch > *after {
+                    write_synced(&self.epoch_dir(epoch)?.join(file), bytes)?;
+                }
+            }
+        }
         self.write_manifest(epoch, finished)?;
         let previous = std::mem::replace(&mut st.completed, epoch);
+        st.triggered = st.triggered.max(epoch);
+        st.next_trigger = st.next_trigger.max(Instant::now() + self.interval / 2);
         for c in &st.committers {
             c(epoch)?;
         }

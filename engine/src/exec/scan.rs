@@ -227,7 +227,8 @@ impl ScanShared {
             ck.coordinator.ack(ck.component, epoch)?;
         }
         if st.tracker.all_ended() {
-            ck.coordinator.retire(ck.component)?;
+            let doc = serde_json::json!({ "work": st.settled.to_json(), "chunk": chunk });
+            ck.coordinator.retire_with(ck.component, Some((ck.file.clone(), doc.to_string().into_bytes())))?;
         }
         Ok(())
     }

@@ -7,6 +7,14 @@
 //! the other side's watermark shows no future row can match it, so its state stays bounded; its
 //! output watermark is held back by the interval so that joined rows are never late. A regular join
 //! keeps every row (no time bounds its state) and its output carries no event time: watermarks stop.
+//!
+//! Checkpoints: a producer that delivered barrier `e` gets no credit from the output exchange until
+//! every producer of both inputs delivered it (aligned barriers), so when the last one arrives the
+//! stored rows are exactly those before the barrier: they are written then (each side's rows as one
+//! Arrow file), before that last barrier goes on, and the epoch is acked. Restored, the rows are
+//! stored again (not probed: their pairs were emitted before the checkpoint) and the rows replayed
+//! after it probe them, so every pair comes out once. Watermarks are not saved: the sources send
+//! theirs again, and until then nothing is dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +24,7 @@ use arrow::compute::{filter_record_batch, interleave, take};
 use arrow::datatypes::{DataType, SchemaRef, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
 
+use super::checkpoint::{Coordinator, EpochTracker};
 use super::{Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
@@ -87,6 +96,15 @@ impl Side {
 struct State {
     sides: [Side; 2],
     reservation: MemoryReservation,
+    /// Checkpoint barriers of every producer (left partitions, then right ones).
+    epochs: EpochTracker,
+}
+
+struct JoinCheckpoint {
+    coordinator: Arc<Coordinator>,
+    component: usize,
+    /// The directory of this operator's state inside each checkpoint.
+    name: String,
 }
 
 pub struct StreamJoinShared {
@@ -98,9 +116,11 @@ pub struct StreamJoinShared {
     output: Arc<Exchange>,
     left_partitions: usize,
     metrics: Arc<OpMetrics>,
+    checkpoint: Option<JoinCheckpoint>,
 }
 
 impl StreamJoinShared {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         spec: StreamJoinSpec,
         left_partitions: usize,
@@ -108,14 +128,74 @@ impl StreamJoinShared {
         output: Arc<Exchange>,
         metrics: Arc<OpMetrics>,
         pool: &Arc<MemoryPool>,
+        checkpoint: Option<(Arc<Coordinator>, usize)>,
     ) -> Result<StreamJoinShared> {
         let key_types: Vec<DataType> = spec.left_keys.iter().map(|k| k.data_type(&spec.left_schema)).collect();
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?;
         let mut sides: [Side; 2] = Default::default();
         sides[0].watermarks = vec![None; left_partitions];
         sides[1].watermarks = vec![None; right_partitions];
-        let state = Mutex::new(State { sides, reservation: pool.reservation("StreamJoin", false) });
-        Ok(StreamJoinShared { spec, key_types, converter, state, output, left_partitions, metrics })
+        let restored = checkpoint.as_ref().map_or(0, |(c, _)| c.restored);
+        let epochs = EpochTracker::new(left_partitions + right_partitions, restored);
+        let state = Mutex::new(State { sides, reservation: pool.reservation("StreamJoin", false), epochs });
+        let checkpoint = match checkpoint {
+            None => None,
+            Some((coordinator, node)) => Some(JoinCheckpoint { component: coordinator.register()?, coordinator, name: format!("join-{node}") }),
+        };
+        let shared = StreamJoinShared { spec, key_types, converter, state, output, left_partitions, metrics, checkpoint };
+        shared.restore()?;
+        Ok(shared)
+    }
+
+    /// Stores the rows of the checkpoint the job restarts from, if any.
+    fn restore(&self) -> Result<()> {
+        let Some(ck) = &self.checkpoint else { return Ok(()) };
+        let Some(dir) = ck.coordinator.restore_dir() else { return Ok(()) };
+        for (side, file) in SIDE_FILES.iter().enumerate() {
+            let path = dir.join(&ck.name).join(file);
+            if !path.exists() {
+                continue;
+            }
+            for batch in super::checkpoint::read_batches(&path)? {
+                let (encoded, valid, max_time) = self.keys(side, &batch)?;
+                let mut st = self.lock()?;
+                store(&mut st.sides[side], batch, &encoded, &valid, max_time);
+                self.account(&mut st)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Producer `producer` passed barrier `e` (or ended: `u64::MAX`): once every producer has, the
+    /// stored rows are those before the barrier; they are written and the epoch acked.
+    fn barrier(&self, producer: usize, e: u64) -> Result<()> {
+        let Some(ck) = &self.checkpoint else { return Ok(()) };
+        let mut st = self.lock()?;
+        for epoch in st.epochs.pass(producer, e) {
+            let dir = ck.coordinator.epoch_dir(epoch)?.join(&ck.name);
+            std::fs::create_dir_all(&dir).map_err(|err| RiffleError::exec(format!("checkpoint: {}: {err}", dir.display())))?;
+            for (side, file) in SIDE_FILES.iter().enumerate() {
+                let mut ids: Vec<&u64> = st.sides[side].chunks.keys().collect();
+                ids.sort();
+                let batches: Vec<RecordBatch> = ids.into_iter().map(|id| st.sides[side].chunks[id].batch.clone()).collect();
+                super::checkpoint::write_batches(&dir.join(file), &batches)?;
+            }
+            ck.coordinator.ack(ck.component, epoch)?;
+        }
+        if st.epochs.all_ended() {
+            ck.coordinator.retire(ck.component)?;
+        }
+        Ok(())
+    }
+
+    /// The budget covers both sides' stored rows.
+    fn account(&self, st: &mut State) -> Result<()> {
+        let size = st.sides.iter().map(|s| s.bytes).sum::<usize>();
+        if !st.reservation.try_resize(size) {
+            return Err(st.reservation.out_of_memory(size.saturating_sub(st.reservation.size())));
+        }
+        self.metrics.note_bytes(size);
+        Ok(())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -130,22 +210,27 @@ impl StreamJoinShared {
         Some((0..times.len()).map(|i| if times.is_valid(i) { times.value(i) } else { Timestamp::MIN }).collect())
     }
 
-    /// Stores `batch` on `side` and returns its rows joined with the other side's.
-    fn insert_and_probe(&self, side: usize, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+    /// A batch of `side`'s join keys (encoded), which rows have no NULL key, and its latest event time.
+    fn keys(&self, side: usize, batch: &RecordBatch) -> Result<(arrow::row::Rows, Vec<bool>, Timestamp)> {
         let keys = if side == 0 { &self.spec.left_keys } else { &self.spec.right_keys };
         let columns = keys
             .iter()
             .zip(&self.key_types)
             .map(|(k, t)| {
-                let v = evaluate(k, &batch)?;
+                let v = evaluate(k, batch)?;
                 Ok(if v.data_type() == t { v } else { arrow::compute::cast(&v, t)? })
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
         // A NULL key matches nothing: such rows are neither stored nor probed.
         let valid: Vec<bool> = (0..batch.num_rows()).map(|r| columns.iter().all(|c| c.is_valid(r))).collect();
         let encoded = self.converter.convert_columns(&columns)?;
-        let max_time = self.times(side, &batch).and_then(|t| t.into_iter().max()).unwrap_or(Timestamp::MAX);
+        let max_time = self.times(side, batch).and_then(|t| t.into_iter().max()).unwrap_or(Timestamp::MAX);
+        Ok((encoded, valid, max_time))
+    }
 
+    /// Stores `batch` on `side` and returns its rows joined with the other side's.
+    fn insert_and_probe(&self, side: usize, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+        let (encoded, valid, max_time) = self.keys(side, &batch)?;
         let mut st = self.lock()?;
         let other = &st.sides[1 - side];
         // Pairs (this row, other chunk, other row).
@@ -166,26 +251,8 @@ impl StreamJoinShared {
         }
         let joined = if mine.is_empty() { None } else { Some(self.pairs(side, &batch, &mine, other, &theirs)?) };
 
-        let me = &mut st.sides[side];
-        let id = me.next_chunk;
-        me.next_chunk += 1;
-        let mut stored = 0;
-        for (row, key) in encoded.iter().enumerate() {
-            if valid[row] {
-                me.index.entry(key.as_ref().into()).or_default().push((id, row as u32));
-                stored += 1;
-            }
-        }
-        if stored > 0 {
-            me.bytes += batch_bytes(&batch) + stored * 16;
-            me.live_rows += stored;
-            me.chunks.insert(id, Chunk { batch, max_time, rows: stored });
-        }
-        let size = st.sides.iter().map(|s| s.bytes).sum::<usize>();
-        if !st.reservation.try_resize(size) {
-            return Err(st.reservation.out_of_memory(size.saturating_sub(st.reservation.size())));
-        }
-        self.metrics.note_bytes(size);
+        store(&mut st.sides[side], batch, &encoded, &valid, max_time);
+        self.account(&mut st)?;
         drop(st);
 
         let Some(pairs) = joined else { return Ok(None) };
@@ -250,6 +317,27 @@ impl StreamJoinShared {
     }
 }
 
+/// What each side's stored rows are checkpointed as.
+const SIDE_FILES: [&str; 2] = ["left.arrow", "right.arrow"];
+
+/// Stores the rows of `batch` with a key (`valid`) on `side`, indexed by their `encoded` keys.
+fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid: &[bool], max_time: Timestamp) {
+    let id = side.next_chunk;
+    side.next_chunk += 1;
+    let mut stored = 0;
+    for (row, key) in encoded.iter().enumerate() {
+        if valid[row] {
+            side.index.entry(key.as_ref().into()).or_default().push((id, row as u32));
+            stored += 1;
+        }
+    }
+    if stored > 0 {
+        side.bytes += batch_bytes(&batch) + stored * 16;
+        side.live_rows += stored;
+        side.chunks.insert(id, Chunk { batch, max_time, rows: stored });
+    }
+}
+
 /// The bytes of the rows of `batch` (a slice of a larger batch counts its share only).
 fn batch_bytes(batch: &RecordBatch) -> usize {
     batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size())).sum()
@@ -289,11 +377,17 @@ impl Sink for StreamJoinSink {
                 }
             }
             Message::End => {
-                // An ended input holds back nothing.
+                // An ended input holds back nothing (and no checkpoint waits for it).
                 self.shared.watermark(self.side, self.partition, Timestamp::MAX)?;
+                self.shared.barrier(producer, u64::MAX)?;
                 self.shared.output.push(producer, Message::End);
             }
-            barrier => self.shared.output.push(producer, barrier),
+            Message::Barrier(epoch) => {
+                // Saved before this barrier reaches the exchange: until the last one does, the
+                // producers past it are held back (no credit), so no later row is stored yet.
+                self.shared.barrier(producer, epoch)?;
+                self.shared.output.push(producer, Message::Barrier(epoch));
+            }
         }
         Ok(())
     }
