@@ -195,6 +195,13 @@ impl Coordinator {
         Ok(d)
     }
 
+    /// The directory of operator `name`'s state in epoch `e` (created).
+    pub fn state_dir(&self, e: u64, name: &str) -> Result<PathBuf> {
+        let d = self.epoch_dir(e)?.join(name);
+        std::fs::create_dir_all(&d).map_err(|err| io(&d, err))?;
+        Ok(d)
+    }
+
     /// The state of the checkpoint the job restarts from.
     pub fn restore_dir(&self) -> Option<PathBuf> {
         (self.restored > 0).then(|| self.dir.join(format!("chk-{}", self.restored)))

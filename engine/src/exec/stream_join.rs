@@ -172,8 +172,7 @@ impl StreamJoinShared {
         let Some(ck) = &self.checkpoint else { return Ok(()) };
         let mut st = self.lock()?;
         for epoch in st.epochs.pass(producer, e) {
-            let dir = ck.coordinator.epoch_dir(epoch)?.join(&ck.name);
-            std::fs::create_dir_all(&dir).map_err(|err| RiffleError::exec(format!("checkpoint: {}: {err}", dir.display())))?;
+            let dir = ck.coordinator.state_dir(epoch, &ck.name)?;
             for (side, file) in SIDE_FILES.iter().enumerate() {
                 let mut ids: Vec<&u64> = st.sides[side].chunks.keys().collect();
                 ids.sort();

@@ -114,8 +114,7 @@ impl WindowAggShared {
     fn barrier(&self, p: usize, e: u64, open: Vec<RecordBatch>) -> Result<()> {
         let mut st = self.lock()?;
         if let (Some(ck), false) = (&self.checkpoint, open.is_empty()) {
-            let dir = ck.coordinator.epoch_dir(e)?.join(&ck.name);
-            std::fs::create_dir_all(&dir).map_err(|err| RiffleError::exec(format!("checkpoint: {}: {err}", dir.display())))?;
+            let dir = ck.coordinator.state_dir(e, &ck.name)?;
             super::checkpoint::write_batches(&dir.join(format!("partition-{p}.arrow")), &open)?;
         }
         for epoch in st.epochs.pass(p, e) {
@@ -136,8 +135,7 @@ impl WindowAggShared {
 
     /// The windows handed over but not emitted yet, and the watermarks, as of epoch `e`.
     fn save_shared(&self, ck: &WindowCheckpoint, e: u64, st: &WindowState) -> Result<()> {
-        let dir = ck.coordinator.epoch_dir(e)?.join(&ck.name);
-        std::fs::create_dir_all(&dir).map_err(|err| RiffleError::exec(format!("checkpoint: {}: {err}", dir.display())))?;
+        let dir = ck.coordinator.state_dir(e, &ck.name)?;
         let batches =
             st.pending.values().flatten().map(|p| Ok(p.clone().into_batch()?.0)).collect::<Result<Vec<RecordBatch>>>()?;
         super::checkpoint::write_batches(&dir.join("pending.arrow"), &batches)?;
