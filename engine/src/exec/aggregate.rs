@@ -300,7 +300,7 @@ impl PartReader {
             match self.parts.pop_front() {
                 None => return Ok(None),
                 Some(Part::Memory(b)) => return Ok(Some(b)),
-                Some(Part::File(f)) => self.current = Some(f.reader(1 << 20)?),
+                Some(Part::File(f)) => self.current = Some(f.reader()?),
             }
         }
     }

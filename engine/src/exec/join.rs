@@ -24,7 +24,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::aggregate::{bucket_of, split_by_bucket, write_by_bucket, Part, PartReader, BUCKETS, MAX_DEPTH};
 use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
-use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
+use crate::memory::{batch_bytes, MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
 use crate::logical::{Expr, JoinKind};
@@ -283,10 +283,10 @@ impl JoinShared {
                 if !fits {
                     break;
                 }
-                let mut reader = file.reader(1 << 20)?;
+                let mut reader = file.reader()?;
                 while fits {
                     let Some(batch) = reader.next_batch()? else { break };
-                    let size = batch.get_array_memory_size();
+                    let size = batch_bytes(&batch);
                     fits = reservation.size() + size <= budget && reservation.try_grow(size);
                     grant += if fits { size } else { 0 };
                     loaded.push(batch);
@@ -521,7 +521,7 @@ impl GraceJoin {
             let mut batches = Vec::new();
             let mut fits = true;
             while let Some(b) = reader.next_batch()? {
-                fits &= reservation.try_grow(b.get_array_memory_size());
+                fits &= reservation.try_grow(batch_bytes(&b));
                 batches.push(b);
             }
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -548,7 +548,7 @@ impl GraceJoin {
             }
             if !fits {
                 // One huge key: splitting cannot make it smaller, so it is joined beyond the budget.
-                let size = batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>();
+                let size = batches.iter().map(batch_bytes).sum::<usize>();
                 reservation.grow_anyway(size.saturating_sub(reservation.size()));
             }
             let batch = concat_batches(&shared.spec.build_schema, &batches)?;

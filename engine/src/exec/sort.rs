@@ -238,18 +238,14 @@ enum Run {
 
 impl Run {
     /// Memory a merge needs to read this run, beyond what the run holds already: its current and
-    /// its next batch, and a read buffer.
+    /// its next batch, and the frame being read.
     fn cursor_cost(&self) -> usize {
         match self {
             Run::Memory { .. } => 0,
-            Run::Spilled { max_batch, .. } => 2 * max_batch + MIN_READ_BUFFER,
+            Run::Spilled { max_batch, file } => 2 * max_batch + file.read_buffer(),
         }
     }
 }
-
-/// Read buffers of the spilled runs a merge reads: 1 MB each when the budget allows.
-const MIN_READ_BUFFER: usize = 64 << 10;
-const MAX_READ_BUFFER: usize = 1 << 20;
 
 /// Unsorted bytes a partition gathers before sorting them into a run: runs this size sort fast
 /// (their rows stay close in memory) and merge in few enough ways.
@@ -503,14 +499,10 @@ struct Merger {
 
 impl Merger {
     fn new(shared: &SortShared, runs: Vec<Run>, fetch: Option<usize>, mut reservations: Vec<MemoryReservation>) -> Result<Merger> {
-        // Budget the spilled runs' read buffers and batches; the merge must go on, so this only
+        // Budget the spilled runs' batches and read buffers; the merge must go on, so this only
         // records what it holds (the pass count was chosen to fit).
         let mut reading = shared.pool.reservation("Sort merge", false);
-        let cost: usize = runs.iter().map(Run::cursor_cost).sum();
-        let spilled = runs.iter().filter(|r| matches!(r, Run::Spilled { .. })).count().max(1);
-        let spare = shared.room().saturating_sub(cost) / spilled;
-        let read_buffer = (MIN_READ_BUFFER + spare / 2).min(MAX_READ_BUFFER);
-        reading.grow_anyway(cost + spilled * (read_buffer - MIN_READ_BUFFER));
+        reading.grow_anyway(runs.iter().map(Run::cursor_cost).sum());
         reservations.push(reading);
         let encoder = shared.encoder.clone();
         let mut merger = Merger {
@@ -526,7 +518,7 @@ impl Merger {
         for run in runs {
             let source = match run {
                 Run::Memory { chunks, .. } => RunSource::Memory(chunks),
-                Run::Spilled { file, .. } => RunSource::Spilled { reader: Box::new(file.reader(read_buffer)?), _file: file },
+                Run::Spilled { file, .. } => RunSource::Spilled { reader: Box::new(file.reader()?), _file: file },
             };
             let mut cursor = Cursor { source, slot: usize::MAX, keys: None, pos: 0, head: u64::MAX };
             if let Some((b, keys)) = cursor.next_chunk(&merger.encoder)? {

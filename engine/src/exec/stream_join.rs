@@ -29,7 +29,7 @@ use super::{Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
 use crate::logical::Expr;
-use crate::memory::{MemoryPool, MemoryReservation};
+use crate::memory::{batch_bytes, MemoryPool, MemoryReservation};
 use crate::message::{Message, Timestamp};
 use crate::physical::IntervalBounds;
 
@@ -335,11 +335,6 @@ fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid:
         side.live_rows += stored;
         side.chunks.insert(id, Chunk { batch, max_time, rows: stored });
     }
-}
-
-/// The bytes of the rows of `batch` (a slice of a larger batch counts its share only).
-fn batch_bytes(batch: &RecordBatch) -> usize {
-    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size())).sum()
 }
 
 /// One input partition of a stream join.
