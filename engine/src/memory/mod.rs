@@ -231,8 +231,6 @@ fn suggested_limit(bytes: usize) -> String {
     }
 }
 
-/// Parses a memory size such as `2GB`, `512MB`, `1.5GiB`, `100000` (bytes). As in DuckDB's
-/// memory_limit, KB/MB/GB are powers of 1000 and KiB/MiB/GiB powers of 1024.
 /// The bytes of the rows of `batch`: a slice of a larger batch counts its share only, and so do the
 /// columns of a batch read back from a spill file, which all point into the one buffer its frame was
 /// decompressed into (`get_array_memory_size` would count that whole buffer once per column).
@@ -240,6 +238,8 @@ pub fn batch_bytes(batch: &arrow::array::RecordBatch) -> usize {
     batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size())).sum()
 }
 
+/// Parses a memory size such as `2GB`, `512MB`, `1.5GiB`, `100000` (bytes). As in DuckDB's
+/// memory_limit, KB/MB/GB are powers of 1000 and KiB/MiB/GiB powers of 1024.
 pub fn parse_memory_size(text: &str) -> std::result::Result<usize, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
