@@ -1,6 +1,7 @@
 //! Riffle's sources and sinks: finding files, inferring their schema, splitting them into morsels that
 //! worker threads read in parallel, and writing results atomically.
 
+mod direct;
 mod error;
 mod files;
 pub mod gensort;
@@ -8,6 +9,7 @@ pub mod nexmark;
 mod read;
 mod write;
 
+pub use direct::{set_direct, AlignedBuf, DirectWriter, ALIGN};
 pub use error::{FormatError, Result};
 pub use files::list_files;
 pub use read::{

@@ -1,11 +1,11 @@
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
-use crate::{FileFormat, FormatError, Result};
+use crate::{DirectWriter, FileFormat, FormatError, Result};
 
 /// Writes `batches` to `path` atomically (see [`AtomicWriter`]).
 pub fn write_atomic(format: &FileFormat, path: &Path, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
@@ -31,10 +31,10 @@ pub struct AtomicWriter {
 
 enum Inner {
     Parquet(ParquetWriter),
-    Csv(arrow::csv::Writer<BufWriter<File>>),
-    Json(arrow::json::LineDelimitedWriter<BufWriter<File>>),
-    Arrow(arrow::ipc::writer::FileWriter<BufWriter<File>>),
-    Gensort(crate::gensort::GensortWriter<BufWriter<File>>),
+    Csv(arrow::csv::Writer<DirectWriter>),
+    Json(arrow::json::LineDelimitedWriter<DirectWriter>),
+    Arrow(arrow::ipc::writer::FileWriter<DirectWriter>),
+    Gensort(crate::gensort::GensortWriter<DirectWriter>),
 }
 
 impl AtomicWriter {
@@ -59,16 +59,16 @@ impl AtomicWriter {
                         .with_delimiter(opts.delimiter)
                         .with_quote(opts.quote)
                         .with_timestamp_format("%Y-%m-%d %H:%M:%S%.f".to_string())
-                        .build(BufWriter::new(file)),
+                        .build(DirectWriter::new(file)),
                 )
             }
-            FileFormat::Json => Inner::Json(arrow::json::LineDelimitedWriter::new(BufWriter::new(file))),
+            FileFormat::Json => Inner::Json(arrow::json::LineDelimitedWriter::new(DirectWriter::new(file))),
             FileFormat::Arrow => {
-                Inner::Arrow(arrow::ipc::writer::FileWriter::try_new(BufWriter::new(file), schema).map_err(|e| err(&e))?)
+                Inner::Arrow(arrow::ipc::writer::FileWriter::try_new(DirectWriter::new(file), schema).map_err(|e| err(&e))?)
             }
             FileFormat::Gensort => {
                 crate::gensort::check_schema(schema).map_err(|e| err(&e))?;
-                Inner::Gensort(crate::gensort::GensortWriter::new(BufWriter::with_capacity(1 << 20, file)))
+                Inner::Gensort(crate::gensort::GensortWriter::new(DirectWriter::new(file)))
             }
         };
         let writer = AtomicWriter { path: path.to_path_buf(), staging, inner: Some(inner), schema: schema.clone(), header, wrote: false };
@@ -115,16 +115,16 @@ impl AtomicWriter {
         let err = |e: &dyn std::fmt::Display| FormatError::write(&path, e);
         let file = match self.inner.take() {
             Some(Inner::Parquet(w)) => w.finish().map_err(|e| err(&e))?,
-            Some(Inner::Csv(w)) => w.into_inner().into_inner().map_err(|e| err(&e))?,
+            Some(Inner::Csv(w)) => w.into_inner().finish().map_err(|e| err(&e))?,
             Some(Inner::Json(mut w)) => {
                 w.finish().map_err(|e| err(&e))?;
-                w.into_inner().into_inner().map_err(|e| err(&e))?
+                w.into_inner().finish().map_err(|e| err(&e))?
             }
             Some(Inner::Arrow(mut w)) => {
                 w.finish().map_err(|e| err(&e))?;
-                w.into_inner().map_err(|e| err(&e))?.into_inner().map_err(|e| err(&e))?
+                w.into_inner().map_err(|e| err(&e))?.finish().map_err(|e| err(&e))?
             }
-            Some(Inner::Gensort(w)) => w.into_inner().map_err(|e| err(&e))?.into_inner().map_err(|e| err(&e))?,
+            Some(Inner::Gensort(w)) => w.into_inner().map_err(|e| err(&e))?.finish().map_err(|e| err(&e))?,
             None => return Err(err(&"finished twice")),
         };
         let mut file = file;
@@ -174,7 +174,7 @@ type EncodeJob = (Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>, Vec<Reco
 /// file in order. The encoder threads live as long as the writer, so their allocations are reused
 /// from one row group to the next.
 struct ParquetWriter {
-    writer: parquet::file::writer::SerializedFileWriter<File>,
+    writer: parquet::file::writer::SerializedFileWriter<DirectWriter>,
     factory: parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
     schema: SchemaRef,
     pending: Vec<RecordBatch>,
@@ -195,7 +195,7 @@ impl ParquetWriter {
         parquet::arrow::add_encoded_arrow_schema_to_metadata(schema, &mut props);
         let props = std::sync::Arc::new(props);
         let parquet_schema = parquet::arrow::ArrowSchemaConverter::new().with_coerce_types(props.coerce_types()).convert(schema)?;
-        let writer = parquet::file::writer::SerializedFileWriter::new(file, parquet_schema.root_schema_ptr(), props)?;
+        let writer = parquet::file::writer::SerializedFileWriter::new(DirectWriter::new(file), parquet_schema.root_schema_ptr(), props)?;
         let factory = parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory::new(&writer, schema.clone());
         Ok(ParquetWriter {
             writer,
@@ -282,7 +282,7 @@ impl ParquetWriter {
         while !self.encoding.is_empty() {
             self.append_oldest()?;
         }
-        self.writer.into_inner()
+        self.writer.into_inner()?.finish().map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
     }
 }
 
