@@ -42,10 +42,17 @@ impl AlignedBuf {
     pub fn new(cap: usize) -> AlignedBuf {
         let cap = cap.max(1).div_ceil(ALIGN) * ALIGN;
         let layout = Self::layout(cap);
+        // Zeroed once, so every byte is initialised and reads may fill any part of it; the
+        // buffers are reused, so that is paid once per buffer.
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         let Some(ptr) = std::ptr::NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
         AlignedBuf { ptr, len: 0, cap }
+    }
+
+    /// A buffer of no bytes (allocates nothing).
+    fn empty() -> AlignedBuf {
+        AlignedBuf { ptr: std::ptr::NonNull::dangling(), len: 0, cap: 0 }
     }
 
     fn layout(cap: usize) -> Layout {
@@ -71,8 +78,32 @@ impl AlignedBuf {
 
     /// The filled bytes.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the first `len` bytes were written by `extend`.
+        // SAFETY: the whole buffer is initialised (zeroed in `new`); `len <= cap`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Fills the buffer from `file` at `offset` (a multiple of `ALIGN`) up to its capacity or the
+    /// file's end; the bytes read.
+    fn fill_from(&mut self, file: &File, offset: u64) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        self.len = 0;
+        // SAFETY: the whole buffer is initialised (zeroed in `new`) and owned by `self`.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) };
+        while self.len < self.cap {
+            let n = match file.read_at(&mut all[self.len..], offset + self.len as u64) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // The file system turned down a direct read: read it the ordinary way.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput && set_direct(file, false) => continue,
+                Err(e) => return Err(e),
+            };
+            self.len += n;
+            // A short read is the file's end (a direct read cannot go on from an unaligned offset).
+            if n == 0 || self.len % ALIGN != 0 {
+                break;
+            }
+        }
+        Ok(self.len)
     }
 
     /// Appends as much of `data` as fits; how much that was.
@@ -87,6 +118,9 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.cap == 0 {
+            return;
+        }
         // SAFETY: allocated in `new` with this layout.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
     }
@@ -131,10 +165,11 @@ struct Device {
     in_flight: usize,
     /// Emptied chunks to fill again.
     spare: Vec<AlignedBuf>,
+    chunk_bytes: usize,
 }
 
 impl Device {
-    fn start(file: Arc<File>) -> std::io::Result<Device> {
+    fn start(file: Arc<File>, chunk_bytes: usize) -> std::io::Result<Device> {
         let (jobs, queue) = sync_channel::<(AlignedBuf, u64)>(IN_FLIGHT);
         let (report, done) = sync_channel(IN_FLIGHT + 1);
         let thread = std::thread::Builder::new().name("riffle-file-writer".into()).spawn(move || {
@@ -148,7 +183,7 @@ impl Device {
                 }
             }
         })?;
-        Ok(Device { jobs: Some(jobs), done, thread: Some(thread), in_flight: 0, spare: Vec::new() })
+        Ok(Device { jobs: Some(jobs), done, thread: Some(thread), in_flight: 0, spare: Vec::new(), chunk_bytes })
     }
 
     fn stopped() -> std::io::Error {
@@ -177,7 +212,7 @@ impl Device {
             return Ok(c);
         }
         if self.in_flight < IN_FLIGHT {
-            return Ok(AlignedBuf::new(CHUNK));
+            return Ok(AlignedBuf::new(self.chunk_bytes));
         }
         self.wait_one()?;
         self.spare.pop().ok_or_else(Self::stopped)
@@ -225,7 +260,18 @@ pub struct DirectWriter {
 impl DirectWriter {
     /// Writes into `file` from its start (the file is expected empty).
     pub fn new(file: File) -> DirectWriter {
-        DirectWriter { file: Arc::new(file), chunk: AlignedBuf::new(CHUNK), offset: 0, device: None, ordinary: false }
+        DirectWriter::with_chunk(file, CHUNK)
+    }
+
+    /// Like `new`, gathering `chunk_bytes` (rounded up to `ALIGN`) per write; it holds three chunks
+    /// at most.
+    pub fn with_chunk(file: File, chunk_bytes: usize) -> DirectWriter {
+        DirectWriter { file: Arc::new(file), chunk: AlignedBuf::new(chunk_bytes), offset: 0, device: None, ordinary: false }
+    }
+
+    /// Whether the file's bytes went past the page cache (all but the unaligned tail).
+    pub fn went_direct(&self) -> bool {
+        self.device.is_some()
     }
 
     /// Bytes written so far.
@@ -237,7 +283,7 @@ impl DirectWriter {
     fn flush_chunk(&mut self) -> std::io::Result<()> {
         if self.device.is_none() && !self.ordinary {
             if set_direct(&self.file, true) {
-                self.device = Some(Device::start(self.file.clone())?);
+                self.device = Some(Device::start(self.file.clone(), self.chunk.capacity())?);
             } else {
                 self.ordinary = true;
             }
@@ -301,6 +347,143 @@ impl Write for DirectWriter {
     }
 }
 
+/// A chunk to read: the file, where, into which buffer, and where to send it filled.
+type ReadJob = (Arc<File>, u64, AlignedBuf, SyncSender<std::io::Result<AlignedBuf>>);
+
+/// The thread that reads ahead for every [`PrefetchReader`], started on first use. One thread is
+/// enough: it mostly waits on the device, and the readers ask for chunks long before they need them.
+fn read_ahead_thread() -> std::io::Result<SyncSender<ReadJob>> {
+    static JOBS: std::sync::OnceLock<std::sync::Mutex<Option<SyncSender<ReadJob>>>> = std::sync::OnceLock::new();
+    let slot = JOBS.get_or_init(Default::default);
+    let mut jobs = slot.lock().map_err(|_| std::io::Error::other("the read-ahead thread's lock is poisoned"))?;
+    if let Some(j) = jobs.as_ref() {
+        return Ok(j.clone());
+    }
+    // Unbounded in effect: each reader has at most one chunk on its way.
+    let (send, queue) = sync_channel::<ReadJob>(1 << 16);
+    std::thread::Builder::new().name("riffle-read-ahead".into()).spawn(move || {
+        for (file, offset, mut chunk, reply) in queue {
+            let result = chunk.fill_from(&file, offset).map(|_| chunk);
+            // A reader dropped meanwhile no longer wants its chunk.
+            let _ = reply.send(result);
+        }
+    })?;
+    *jobs = Some(send.clone());
+    Ok(send)
+}
+
+/// Reads a file from its start. A file written past the page cache is read past it too, in aligned
+/// chunks with `O_DIRECT` (no page-cache pages to fill), the next chunk always on its way so the
+/// reader seldom waits on the device; it holds two chunks. A file in the page cache is read straight
+/// from there (a direct read would first wait for the kernel to write the cached pages out).
+pub struct PrefetchReader {
+    file: Arc<File>,
+    /// Reading from the page cache: no chunks, no read-ahead.
+    cached: bool,
+    chunk: AlignedBuf,
+    /// Bytes of `chunk` already handed out.
+    pos: usize,
+    /// The chunk after `chunk`, on its way; `None` once the file's last chunk is `chunk`.
+    next: Option<std::sync::mpsc::Receiver<std::io::Result<AlignedBuf>>>,
+    /// Where in the file the chunk after `next` starts.
+    offset: u64,
+    /// Bytes that straddle chunks, or read from the page cache, copied together.
+    joined: Vec<u8>,
+}
+
+impl PrefetchReader {
+    /// Reads `file` (from its start), in chunks of `chunk_bytes` (rounded up to `ALIGN`) if `direct`.
+    pub fn new(file: File, chunk_bytes: usize, direct: bool) -> std::io::Result<PrefetchReader> {
+        let direct = direct && set_direct(&file, true);
+        let mut reader =
+            PrefetchReader { file: Arc::new(file), cached: !direct, chunk: AlignedBuf::empty(), pos: 0, next: None, offset: 0, joined: Vec::new() };
+        if direct {
+            // No second chunk until the first turns out full: a file that fits one chunk needs one.
+            reader.request(AlignedBuf::new(chunk_bytes))?;
+        }
+        Ok(reader)
+    }
+
+    /// Memory a reader holds beside what `read` returns, for a file of `file_bytes`.
+    pub fn memory(chunk_bytes: usize, file_bytes: u64, direct: bool) -> usize {
+        let chunk = chunk_bytes.max(1).div_ceil(ALIGN) * ALIGN;
+        match (direct, file_bytes < chunk as u64) {
+            (false, _) => 0,
+            (true, true) => chunk,
+            (true, false) => 2 * chunk,
+        }
+    }
+
+    /// `read` from the page cache.
+    fn read_cached(&mut self, n: usize) -> std::io::Result<Option<&[u8]>> {
+        use std::os::unix::fs::FileExt;
+        self.joined.resize(n, 0);
+        let mut got = 0;
+        while got < n {
+            match self.file.read_at(&mut self.joined[got..], self.offset + got as u64) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ends early")),
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.offset += n as u64;
+        Ok(Some(&self.joined))
+    }
+
+    fn request(&mut self, buf: AlignedBuf) -> std::io::Result<()> {
+        let (reply, next) = sync_channel(1);
+        let at = self.offset;
+        self.offset += buf.cap as u64;
+        read_ahead_thread()?.send((self.file.clone(), at, buf, reply)).map_err(|_| Device::stopped())?;
+        self.next = Some(next);
+        Ok(())
+    }
+
+    /// Makes the chunk on its way current and asks for the one after; false at the file's end.
+    fn advance(&mut self) -> std::io::Result<bool> {
+        let Some(next) = self.next.take() else { return Ok(false) };
+        let filled = next.recv().map_err(|_| std::io::Error::other("the read-ahead thread stopped"))??;
+        let full = filled.len == filled.cap;
+        let cap = filled.cap;
+        let used = std::mem::replace(&mut self.chunk, filled);
+        self.pos = 0;
+        if full {
+            self.request(if used.cap == cap { used } else { AlignedBuf::new(cap) })?;
+        }
+        Ok(!self.chunk.is_empty())
+    }
+
+    /// The next `n` bytes; `None` if the file ends right here, an `UnexpectedEof` error if it ends
+    /// within them.
+    pub fn read(&mut self, n: usize) -> std::io::Result<Option<&[u8]>> {
+        if n == 0 {
+            return Ok(Some(&[]));
+        }
+        if self.cached {
+            return self.read_cached(n);
+        }
+        if self.pos == self.chunk.len && !self.advance()? {
+            return Ok(None);
+        }
+        if self.pos + n <= self.chunk.len {
+            self.pos += n;
+            return Ok(Some(&self.chunk.as_slice()[self.pos - n..self.pos]));
+        }
+        self.joined.clear();
+        while self.joined.len() < n {
+            if self.pos == self.chunk.len && !self.advance()? {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ends early"));
+            }
+            let take = (n - self.joined.len()).min(self.chunk.len - self.pos);
+            self.joined.extend_from_slice(&self.chunk.as_slice()[self.pos..self.pos + take]);
+            self.pos += take;
+        }
+        Ok(Some(&self.joined))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +505,33 @@ mod tests {
             let mut want = data;
             want.push(b'!');
             assert_eq!(std::fs::read(&path).unwrap(), want, "size {size}");
+        }
+    }
+
+    #[test]
+    fn a_prefetched_file_reads_back_in_any_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        for size in [0usize, 5, ALIGN, 3 * ALIGN + 1, (1 << 20) + 77] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+            let path = dir.path().join(format!("r{size}"));
+            std::fs::write(&path, &data).unwrap();
+            for (chunk, direct) in [(ALIGN, true), (3 * ALIGN, false), (3 * ALIGN, true), (1 << 20, true)] {
+                let mut r = PrefetchReader::new(File::open(&path).unwrap(), chunk, direct).unwrap();
+                let mut got = Vec::new();
+                let mut piece = 1;
+                while got.len() + piece <= size {
+                    got.extend_from_slice(r.read(piece).unwrap().unwrap());
+                    piece = piece * 3 % 10_007 + 1;
+                }
+                assert_eq!(got, data[..got.len()], "size {size}, chunk {chunk}");
+                let rest = size - got.len();
+                if rest > 0 {
+                    // Asking for more than is left is an error, not a short read.
+                    assert!(r.read(rest + 1).is_err(), "size {size}, chunk {chunk}");
+                } else {
+                    assert!(r.read(1).unwrap().is_none());
+                }
+            }
         }
     }
 }

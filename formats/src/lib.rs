@@ -9,7 +9,7 @@ pub mod nexmark;
 mod read;
 mod write;
 
-pub use direct::{set_direct, AlignedBuf, DirectWriter, ALIGN};
+pub use direct::{DirectWriter, PrefetchReader};
 pub use error::{FormatError, Result};
 pub use files::list_files;
 pub use read::{

@@ -9,7 +9,7 @@
 //! ([`remove_live_spill_dirs`]).
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -21,9 +21,14 @@ use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::writer::StreamEncoder;
 use arrow::ipc::CompressionType;
 
+use riffle_formats::{DirectWriter, PrefetchReader};
+
 use crate::error::{Result, RiffleError};
 
-const WRITE_BUFFER: usize = 1 << 20;
+/// Bytes a spill file gathers per write, and reads per read: written and read past the page cache
+/// (see `riffle_formats::DirectWriter`), as big as a merge of hundreds of runs can hold per run.
+const WRITE_CHUNK: usize = 1 << 20;
+const READ_CHUNK: usize = 256 << 10;
 
 /// Spill directories of running queries, for the Ctrl-C handler.
 #[derive(Default)]
@@ -117,11 +122,11 @@ impl SpillManager {
         let codec = Codec::of(self.compression);
         Ok(SpillWriter {
             manager: self.clone(),
-            out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            out: Some(DirectWriter::with_chunk(file, WRITE_CHUNK)),
             encoder: StreamEncoder::try_new(schema)?,
             messages: Vec::new(),
             frame: Vec::new(),
-            file: Some(SpillFile { path, codec, rows: 0, bytes: 0, max_frame: 0 }),
+            file: Some(SpillFile { path, codec, rows: 0, bytes: 0, max_frame: 0, direct: false }),
         })
     }
 }
@@ -167,7 +172,7 @@ const FRAME_HEADER: usize = 8;
 /// A spill file being written.
 pub struct SpillWriter {
     manager: Arc<SpillManager>,
-    out: Option<BufWriter<File>>,
+    out: Option<DirectWriter>,
     encoder: StreamEncoder,
     /// One batch's IPC messages, gathered for compression (reused).
     messages: Vec<u8>,
@@ -215,7 +220,8 @@ impl SpillWriter {
         let (Some(out), Some(mut f)) = (self.out.take(), self.file.take()) else {
             return Err(RiffleError::exec("spill file finished twice"));
         };
-        drop(out.into_inner().map_err(|e| write_error(&f.path, &e))?);
+        f.direct = out.went_direct();
+        drop(out.finish().map_err(|e| write_error(&f.path, &e))?);
         f.bytes = std::fs::metadata(&f.path).map_err(|e| write_error(&f.path, &e))?.len();
         self.manager.bytes_spilled.fetch_add(f.bytes, Ordering::Relaxed);
         self.manager.files_spilled.fetch_add(1, Ordering::Relaxed);
@@ -232,6 +238,8 @@ pub struct SpillFile {
     bytes: u64,
     /// The largest frame as stored: what reading it back buffers beside the batch.
     max_frame: usize,
+    /// Written past the page cache (a big file), so read past it too.
+    direct: bool,
 }
 
 impl SpillFile {
@@ -247,9 +255,15 @@ impl SpillFile {
         &self.path
     }
 
-    /// Memory a reader holds beside the batch it returns: the stored frame it reads.
+    /// Memory a reader holds beside the batch it returns: a frame, and its read-ahead chunks if the
+    /// file went past the page cache.
     pub fn read_buffer(&self) -> usize {
-        self.max_frame
+        PrefetchReader::memory(self.read_chunk(), self.bytes, self.direct) + self.max_frame
+    }
+
+    /// Bytes read at once: a small file in one read.
+    fn read_chunk(&self) -> usize {
+        usize::try_from(self.bytes).unwrap_or(usize::MAX).clamp(1, READ_CHUNK)
     }
 
     /// Reads the batches back, in the order they were written.
@@ -257,7 +271,8 @@ impl SpillFile {
         let file = File::open(&self.path).map_err(|e| {
             RiffleError::exec(format!("cannot read spill file '{}': {e} (was the spill directory removed?)", self.path.display()))
         })?;
-        Ok(SpillReader { file, codec: self.codec, decoder: StreamDecoder::new(), stored: Vec::new(), path: self.path.clone() })
+        let input = PrefetchReader::new(file, self.read_chunk(), self.direct).map_err(|e| RiffleError::exec(format!("cannot read spill file '{}': {e}", self.path.display())))?;
+        Ok(SpillReader { input, codec: self.codec, decoder: StreamDecoder::new(), path: self.path.clone() })
     }
 }
 
@@ -269,30 +284,29 @@ impl Drop for SpillFile {
 
 /// The batches of one spill file.
 pub struct SpillReader {
-    file: File,
+    input: PrefetchReader,
     codec: Codec,
     decoder: StreamDecoder,
-    /// The frame as stored (reused; it only grows, so it is zero-filled once).
-    stored: Vec<u8>,
     path: PathBuf,
 }
 
 impl SpillReader {
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         let error = |e: &dyn std::fmt::Display| RiffleError::exec(format!("cannot read spill file '{}': {e}", self.path.display()));
-        let mut header = [0u8; FRAME_HEADER];
-        match read_full(&mut self.file, &mut header).map_err(|e| error(&e))? {
-            0 => return Ok(None),
-            FRAME_HEADER => {}
-            _ => return Err(error(&"the file ends inside a frame header")),
-        }
+        let header = match self.input.read(FRAME_HEADER) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(error(&"the file ends inside a frame header")),
+            Err(e) => return Err(error(&e)),
+        };
         let raw = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        if self.stored.len() < size {
-            self.stored.resize(size, 0);
-        }
-        let stored = &mut self.stored[..size];
-        self.file.read_exact(stored).map_err(|e| error(&e))?;
+        let stored = match self.input.read(size) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(error(&"the file ends inside a frame")),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(error(&"the file ends inside a frame")),
+            Err(e) => return Err(error(&e)),
+        };
         let messages = match self.codec {
             Codec::None => stored.to_vec(),
             // Decompresses into fresh, uninitialised memory that becomes the batch's buffers.
@@ -319,20 +333,6 @@ impl SpillReader {
             _ => Err(error(&"a frame holds no batch")),
         }
     }
-}
-
-/// Reads until `buf` is full or the file ends; the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
