@@ -201,6 +201,10 @@ pub struct SortArgs {
 }
 
 pub fn sort_command(args: &SortArgs) -> anyhow::Result<()> {
+    if !args.peers.is_empty() {
+        // Found missing before the input is generated and sorted, not after.
+        peers_script(args)?;
+    }
     let expected = input_validation(&args.input)?;
     print_validation("input", &expected);
     let data_gb = expected.records as f64 * gensort::RECORD_LEN as f64 / 1e9;
@@ -285,11 +289,17 @@ pub fn sort_command(args: &SortArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_peers(args: &SortArgs, input: &Path, data_gb: f64, riffle_seconds: f64) -> anyhow::Result<()> {
+/// The peers' sort benchmark script, which must exist.
+fn peers_script(args: &SortArgs) -> anyhow::Result<PathBuf> {
     let script = args.peers_kit.join("sort_bench.py");
     if !script.exists() {
-        bail!("{} not found: pass --peers-kit", script.display());
+        bail!("{} not found: run from the project directory (beside ../shared) or pass --peers-kit DIR", script.display());
     }
+    Ok(script)
+}
+
+fn run_peers(args: &SortArgs, input: &Path, data_gb: f64, riffle_seconds: f64) -> anyhow::Result<()> {
+    let script = peers_script(args)?;
     let csv = args.work_dir.join("peers.csv");
     let _ = std::fs::remove_file(&csv);
     let status = std::process::Command::new(&script)

@@ -24,6 +24,9 @@ pub const ALIGN: usize = 4096;
 /// Bytes gathered before a chunk goes to the device.
 const CHUNK: usize = 4 << 20;
 
+/// The first chunk's size; it doubles while the file grows.
+const FIRST_CHUNK: usize = 64 << 10;
+
 /// Chunks on their way to the device at once, beside the one being filled.
 const IN_FLIGHT: usize = 2;
 
@@ -255,6 +258,8 @@ pub struct DirectWriter {
     device: Option<Device>,
     /// The file refused `O_DIRECT`: chunks are written here, the ordinary way.
     ordinary: bool,
+    /// Bytes per chunk: `chunk` starts small and doubles up to this, so a small file costs little.
+    chunk_bytes: usize,
 }
 
 impl DirectWriter {
@@ -266,7 +271,9 @@ impl DirectWriter {
     /// Like `new`, gathering `chunk_bytes` (rounded up to `ALIGN`) per write; it holds three chunks
     /// at most.
     pub fn with_chunk(file: File, chunk_bytes: usize) -> DirectWriter {
-        DirectWriter { file: Arc::new(file), chunk: AlignedBuf::new(chunk_bytes), offset: 0, device: None, ordinary: false }
+        let chunk_bytes = chunk_bytes.max(1).div_ceil(ALIGN) * ALIGN;
+        let first = AlignedBuf::new(chunk_bytes.min(FIRST_CHUNK));
+        DirectWriter { file: Arc::new(file), chunk: first, offset: 0, device: None, ordinary: false, chunk_bytes }
     }
 
     /// Whether the file's bytes went past the page cache (all but the unaligned tail).
@@ -283,7 +290,7 @@ impl DirectWriter {
     fn flush_chunk(&mut self) -> std::io::Result<()> {
         if self.device.is_none() && !self.ordinary {
             if set_direct(&self.file, true) {
-                self.device = Some(Device::start(self.file.clone(), self.chunk.capacity())?);
+                self.device = Some(Device::start(self.file.clone(), self.chunk_bytes)?);
             } else {
                 self.ordinary = true;
             }
@@ -336,7 +343,13 @@ impl Write for DirectWriter {
         }
         let n = self.chunk.extend(data);
         if self.chunk.len() == self.chunk.capacity() {
-            self.flush_chunk()?;
+            if self.chunk.capacity() < self.chunk_bytes {
+                let mut bigger = AlignedBuf::new((2 * self.chunk.capacity()).min(self.chunk_bytes));
+                bigger.extend(self.chunk.as_slice());
+                self.chunk = bigger;
+            } else {
+                self.flush_chunk()?;
+            }
         }
         Ok(n)
     }

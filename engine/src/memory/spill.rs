@@ -28,7 +28,7 @@ use crate::error::{Result, RiffleError};
 /// Bytes a spill file gathers per write, and reads per read: written and read past the page cache
 /// (see `riffle_formats::DirectWriter`), as big as a merge of hundreds of runs can hold per run.
 const WRITE_CHUNK: usize = 1 << 20;
-const READ_CHUNK: usize = 256 << 10;
+pub const READ_CHUNK: usize = 256 << 10;
 
 /// Spill directories of running queries, for the Ctrl-C handler.
 #[derive(Default)]
@@ -257,21 +257,27 @@ impl SpillFile {
 
     /// Memory a reader holds beside the batch it returns: a frame, and its read-ahead chunks if the
     /// file went past the page cache.
-    pub fn read_buffer(&self) -> usize {
-        PrefetchReader::memory(self.read_chunk(), self.bytes, self.direct) + self.max_frame
+    pub fn read_buffer(&self, chunk: usize) -> usize {
+        PrefetchReader::memory(self.read_chunk(chunk), self.bytes, self.direct) + self.max_frame
     }
 
-    /// Bytes read at once: a small file in one read.
-    fn read_chunk(&self) -> usize {
-        usize::try_from(self.bytes).unwrap_or(usize::MAX).clamp(1, READ_CHUNK)
+    /// Bytes read at once, at most `chunk`: a small file in one read.
+    fn read_chunk(&self, chunk: usize) -> usize {
+        usize::try_from(self.bytes).unwrap_or(usize::MAX).clamp(1, chunk.max(1))
     }
 
     /// Reads the batches back, in the order they were written.
     pub fn reader(&self) -> Result<SpillReader> {
+        self.reader_with(READ_CHUNK)
+    }
+
+    /// Like `reader`, reading `chunk` bytes at once (where the file went past the page cache): a
+    /// merge of many runs reads smaller chunks to read them all at once.
+    pub fn reader_with(&self, chunk: usize) -> Result<SpillReader> {
         let file = File::open(&self.path).map_err(|e| {
             RiffleError::exec(format!("cannot read spill file '{}': {e} (was the spill directory removed?)", self.path.display()))
         })?;
-        let input = PrefetchReader::new(file, self.read_chunk(), self.direct).map_err(|e| RiffleError::exec(format!("cannot read spill file '{}': {e}", self.path.display())))?;
+        let input = PrefetchReader::new(file, self.read_chunk(chunk), self.direct).map_err(|e| RiffleError::exec(format!("cannot read spill file '{}': {e}", self.path.display())))?;
         Ok(SpillReader { input, codec: self.codec, decoder: StreamDecoder::new(), path: self.path.clone() })
     }
 }
