@@ -31,7 +31,7 @@ const FIRST_CHUNK: usize = 64 << 10;
 const IN_FLIGHT: usize = 2;
 
 /// A heap buffer whose start is `ALIGN`-aligned, filled from the front.
-pub struct AlignedBuf {
+struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
     cap: usize,
@@ -42,7 +42,7 @@ unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
     /// A buffer of `cap` bytes (rounded up to `ALIGN`), none of them filled yet.
-    pub fn new(cap: usize) -> AlignedBuf {
+    fn new(cap: usize) -> AlignedBuf {
         let cap = cap.max(1).div_ceil(ALIGN) * ALIGN;
         let layout = Self::layout(cap);
         // Zeroed once, so every byte is initialised and reads may fill any part of it; the
@@ -53,47 +53,48 @@ impl AlignedBuf {
         AlignedBuf { ptr, len: 0, cap }
     }
 
-    /// A buffer of no bytes (allocates nothing).
-    fn empty() -> AlignedBuf {
-        AlignedBuf { ptr: std::ptr::NonNull::dangling(), len: 0, cap: 0 }
-    }
-
     fn layout(cap: usize) -> Layout {
         // A multiple of ALIGN far below isize::MAX: always a valid layout.
         Layout::from_size_align(cap, ALIGN).unwrap_or_else(|_| Layout::new::<u8>())
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn capacity(&self) -> usize {
+    fn capacity(&self) -> usize {
         self.cap
     }
 
-    pub fn clear(&mut self) {
+    fn clear(&mut self) {
         self.len = 0;
     }
 
     /// The filled bytes.
-    pub fn as_slice(&self) -> &[u8] {
+    fn as_slice(&self) -> &[u8] {
         // SAFETY: the whole buffer is initialised (zeroed in `new`); `len <= cap`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    /// Fills the buffer from `file` at `offset` (a multiple of `ALIGN`) up to its capacity or the
-    /// file's end; the bytes read.
-    fn fill_from(&mut self, file: &File, offset: u64) -> std::io::Result<usize> {
+    /// Appends as much of `data` as fits; how much that was.
+    fn extend(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.cap - self.len);
+        // SAFETY: `n` bytes fit after `len`; the source is a different allocation.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(self.len), n) };
+        self.len += n;
+        n
+    }
+
+    /// Fills the buffer from `file` at `offset` (a multiple of `ALIGN`) with `want` bytes (at most
+    /// its capacity), fewer at the file's end; the bytes read.
+    fn fill_from(&mut self, file: &File, offset: u64, want: usize) -> std::io::Result<usize> {
         use std::os::unix::fs::FileExt;
+        let want = want.min(self.cap);
         self.len = 0;
         // SAFETY: the whole buffer is initialised (zeroed in `new`) and owned by `self`.
         let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) };
-        while self.len < self.cap {
-            let n = match file.read_at(&mut all[self.len..], offset + self.len as u64) {
+        while self.len < want {
+            let n = match file.read_at(&mut all[self.len..want], offset + self.len as u64) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // The file system turned down a direct read: read it the ordinary way.
@@ -102,28 +103,16 @@ impl AlignedBuf {
             };
             self.len += n;
             // A short read is the file's end (a direct read cannot go on from an unaligned offset).
-            if n == 0 || self.len % ALIGN != 0 {
+            if n == 0 || !self.len.is_multiple_of(ALIGN) {
                 break;
             }
         }
         Ok(self.len)
     }
-
-    /// Appends as much of `data` as fits; how much that was.
-    pub fn extend(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(self.cap - self.len);
-        // SAFETY: `n` bytes fit after `len`; the source is a different allocation.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(self.len), n) };
-        self.len += n;
-        n
-    }
 }
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.cap == 0 {
-            return;
-        }
         // SAFETY: allocated in `new` with this layout.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
     }
@@ -360,11 +349,12 @@ impl Write for DirectWriter {
     }
 }
 
-/// A chunk to read: the file, where, into which buffer, and where to send it filled.
-type ReadJob = (Arc<File>, u64, AlignedBuf, SyncSender<std::io::Result<AlignedBuf>>);
+/// A range to read: the file, from where, how many bytes, into which buffer, and where to send it.
+type ReadJob = (Arc<File>, u64, usize, AlignedBuf, SyncSender<std::io::Result<AlignedBuf>>);
 
 /// The thread that reads ahead for every [`PrefetchReader`], started on first use. One thread is
-/// enough: it mostly waits on the device, and the readers ask for chunks long before they need them.
+/// enough: it mostly waits on the device, and the readers ask for their next range long before
+/// they need it.
 fn read_ahead_thread() -> std::io::Result<SyncSender<ReadJob>> {
     static JOBS: std::sync::OnceLock<std::sync::Mutex<Option<SyncSender<ReadJob>>>> = std::sync::OnceLock::new();
     let slot = JOBS.get_or_init(Default::default);
@@ -372,12 +362,12 @@ fn read_ahead_thread() -> std::io::Result<SyncSender<ReadJob>> {
     if let Some(j) = jobs.as_ref() {
         return Ok(j.clone());
     }
-    // Unbounded in effect: each reader has at most one chunk on its way.
+    // Unbounded in effect: each reader has at most one range on its way.
     let (send, queue) = sync_channel::<ReadJob>(1 << 16);
     std::thread::Builder::new().name("riffle-read-ahead".into()).spawn(move || {
-        for (file, offset, mut chunk, reply) in queue {
-            let result = chunk.fill_from(&file, offset).map(|_| chunk);
-            // A reader dropped meanwhile no longer wants its chunk.
+        for (file, offset, want, mut buf, reply) in queue {
+            let result = buf.fill_from(&file, offset, want).map(|_| buf);
+            // A reader dropped meanwhile no longer wants its range.
             let _ = reply.send(result);
         }
     })?;
@@ -385,115 +375,83 @@ fn read_ahead_thread() -> std::io::Result<SyncSender<ReadJob>> {
     Ok(send)
 }
 
-/// Reads a file from its start. A file written past the page cache is read past it too, in aligned
-/// chunks with `O_DIRECT` (no page-cache pages to fill), the next chunk always on its way so the
-/// reader seldom waits on the device; it holds two chunks. A file in the page cache is read straight
-/// from there (a direct read would first wait for the kernel to write the cached pages out).
+/// Reads given byte ranges of a file (a spill file's frames), in order. A file written past the page
+/// cache is read past it too, with `O_DIRECT` (no page-cache pages to fill), by the read-ahead thread:
+/// the next range is on its way while the caller works on this one, so the caller seldom waits on
+/// the device. One buffer, as big as the biggest range, serves both: the next range is asked for
+/// once the caller is done with this one. A file in the page cache is read straight from there (a
+/// direct read would first wait for the kernel to write the cached pages out).
 pub struct PrefetchReader {
     file: Arc<File>,
-    /// Reading from the page cache: no chunks, no read-ahead.
+    /// Reading from the page cache: no read-ahead.
     cached: bool,
-    chunk: AlignedBuf,
-    /// Bytes of `chunk` already handed out.
-    pos: usize,
-    /// The chunk after `chunk`, on its way; `None` once the file's last chunk is `chunk`.
-    next: Option<std::sync::mpsc::Receiver<std::io::Result<AlignedBuf>>>,
-    /// Where in the file the chunk after `next` starts.
-    offset: u64,
-    /// Bytes that straddle chunks, or read from the page cache, copied together.
-    joined: Vec<u8>,
+    ranges: Vec<std::ops::Range<u64>>,
+    /// The range `with_next` hands out next.
+    next: usize,
+    /// Range `next`, on its way (direct reads).
+    pending: Option<Receiver<std::io::Result<AlignedBuf>>>,
+    /// The range read from the page cache.
+    cached_bytes: Vec<u8>,
 }
 
 impl PrefetchReader {
-    /// Reads `file` (from its start), in chunks of `chunk_bytes` (rounded up to `ALIGN`) if `direct`.
-    pub fn new(file: File, chunk_bytes: usize, direct: bool) -> std::io::Result<PrefetchReader> {
+    /// Reads `ranges` of `file`, with `O_DIRECT` if `direct` (and the file system allows it).
+    pub fn new(file: File, ranges: Vec<std::ops::Range<u64>>, direct: bool) -> std::io::Result<PrefetchReader> {
         let direct = direct && set_direct(&file, true);
+        let biggest = ranges.iter().map(|r| (r.end - r.start) as usize).max().unwrap_or(0);
         let mut reader =
-            PrefetchReader { file: Arc::new(file), cached: !direct, chunk: AlignedBuf::empty(), pos: 0, next: None, offset: 0, joined: Vec::new() };
-        if direct {
-            // No second chunk until the first turns out full: a file that fits one chunk needs one.
-            reader.request(AlignedBuf::new(chunk_bytes))?;
+            PrefetchReader { file: Arc::new(file), cached: !direct, ranges, next: 0, pending: None, cached_bytes: Vec::new() };
+        if direct && !reader.ranges.is_empty() {
+            reader.request(AlignedBuf::new(Self::memory(biggest, true)))?;
         }
         Ok(reader)
     }
 
-    /// Memory a reader holds beside what `read` returns, for a file of `file_bytes`.
-    pub fn memory(chunk_bytes: usize, file_bytes: u64, direct: bool) -> usize {
-        let chunk = chunk_bytes.max(1).div_ceil(ALIGN) * ALIGN;
-        match (direct, file_bytes < chunk as u64) {
-            (false, _) => 0,
-            (true, true) => chunk,
-            (true, false) => 2 * chunk,
+    /// Memory a reader whose biggest range is `biggest` bytes holds.
+    pub fn memory(biggest: usize, direct: bool) -> usize {
+        // An aligned read of a range starts up to a block before it and ends up to a block after.
+        if direct {
+            biggest.div_ceil(ALIGN) * ALIGN + 2 * ALIGN
+        } else {
+            biggest
         }
     }
 
-    /// `read` from the page cache.
-    fn read_cached(&mut self, n: usize) -> std::io::Result<Option<&[u8]>> {
-        use std::os::unix::fs::FileExt;
-        self.joined.resize(n, 0);
-        let mut got = 0;
-        while got < n {
-            match self.file.read_at(&mut self.joined[got..], self.offset + got as u64) {
-                Ok(0) if got == 0 => return Ok(None),
-                Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ends early")),
-                Ok(k) => got += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.offset += n as u64;
-        Ok(Some(&self.joined))
-    }
-
+    /// Asks for range `next` into `buf`.
     fn request(&mut self, buf: AlignedBuf) -> std::io::Result<()> {
-        let (reply, next) = sync_channel(1);
-        let at = self.offset;
-        self.offset += buf.cap as u64;
-        read_ahead_thread()?.send((self.file.clone(), at, buf, reply)).map_err(|_| Device::stopped())?;
-        self.next = Some(next);
+        let r = &self.ranges[self.next];
+        let from = r.start / ALIGN as u64 * ALIGN as u64;
+        let want = (r.end - from).div_ceil(ALIGN as u64) * ALIGN as u64;
+        let (reply, pending) = sync_channel(1);
+        read_ahead_thread()?.send((self.file.clone(), from, want as usize, buf, reply)).map_err(|_| Device::stopped())?;
+        self.pending = Some(pending);
         Ok(())
     }
 
-    /// Makes the chunk on its way current and asks for the one after; false at the file's end.
-    fn advance(&mut self) -> std::io::Result<bool> {
-        let Some(next) = self.next.take() else { return Ok(false) };
-        let filled = next.recv().map_err(|_| std::io::Error::other("the read-ahead thread stopped"))??;
-        let full = filled.len == filled.cap;
-        let cap = filled.cap;
-        let used = std::mem::replace(&mut self.chunk, filled);
-        self.pos = 0;
-        if full {
-            self.request(if used.cap == cap { used } else { AlignedBuf::new(cap) })?;
-        }
-        Ok(!self.chunk.is_empty())
-    }
-
-    /// The next `n` bytes; `None` if the file ends right here, an `UnexpectedEof` error if it ends
-    /// within them.
-    pub fn read(&mut self, n: usize) -> std::io::Result<Option<&[u8]>> {
-        if n == 0 {
-            return Ok(Some(&[]));
-        }
+    /// Calls `use_range` with the next range's bytes and returns what it returns; `None` after the
+    /// last range; an `UnexpectedEof` error if the file ends inside the range.
+    pub fn with_next<R>(&mut self, use_range: impl FnOnce(&[u8]) -> R) -> std::io::Result<Option<R>> {
+        let Some(r) = self.ranges.get(self.next).cloned() else { return Ok(None) };
+        let early = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ends early");
+        self.next += 1;
         if self.cached {
-            return self.read_cached(n);
+            use std::os::unix::fs::FileExt;
+            self.cached_bytes.resize((r.end - r.start) as usize, 0);
+            self.file.read_exact_at(&mut self.cached_bytes, r.start).map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { early() } else { e })?;
+            return Ok(Some(use_range(&self.cached_bytes)));
         }
-        if self.pos == self.chunk.len && !self.advance()? {
-            return Ok(None);
+        let pending = self.pending.take().ok_or_else(Device::stopped)?;
+        let buf = pending.recv().map_err(|_| std::io::Error::other("the read-ahead thread stopped"))??;
+        let from = r.start / ALIGN as u64 * ALIGN as u64;
+        let (lo, hi) = ((r.start - from) as usize, (r.end - from) as usize);
+        if buf.len() < hi {
+            return Err(early());
         }
-        if self.pos + n <= self.chunk.len {
-            self.pos += n;
-            return Ok(Some(&self.chunk.as_slice()[self.pos - n..self.pos]));
+        let out = use_range(&buf.as_slice()[lo..hi]);
+        if self.next < self.ranges.len() {
+            self.request(buf)?;
         }
-        self.joined.clear();
-        while self.joined.len() < n {
-            if self.pos == self.chunk.len && !self.advance()? {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ends early"));
-            }
-            let take = (n - self.joined.len()).min(self.chunk.len - self.pos);
-            self.joined.extend_from_slice(&self.chunk.as_slice()[self.pos..self.pos + take]);
-            self.pos += take;
-        }
-        Ok(Some(&self.joined))
+        Ok(Some(out))
     }
 }
 
@@ -522,29 +480,27 @@ mod tests {
     }
 
     #[test]
-    fn a_prefetched_file_reads_back_in_any_pieces() {
+    fn prefetched_ranges_read_back_and_a_short_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        for size in [0usize, 5, ALIGN, 3 * ALIGN + 1, (1 << 20) + 77] {
-            let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
-            let path = dir.path().join(format!("r{size}"));
-            std::fs::write(&path, &data).unwrap();
-            for (chunk, direct) in [(ALIGN, true), (3 * ALIGN, false), (3 * ALIGN, true), (1 << 20, true)] {
-                let mut r = PrefetchReader::new(File::open(&path).unwrap(), chunk, direct).unwrap();
-                let mut got = Vec::new();
-                let mut piece = 1;
-                while got.len() + piece <= size {
-                    got.extend_from_slice(r.read(piece).unwrap().unwrap());
-                    piece = piece * 3 % 10_007 + 1;
-                }
-                assert_eq!(got, data[..got.len()], "size {size}, chunk {chunk}");
-                let rest = size - got.len();
-                if rest > 0 {
-                    // Asking for more than is left is an error, not a short read.
-                    assert!(r.read(rest + 1).is_err(), "size {size}, chunk {chunk}");
-                } else {
-                    assert!(r.read(1).unwrap().is_none());
-                }
+        let size = 3 * ALIGN + 1234;
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+        let path = dir.path().join("r");
+        std::fs::write(&path, &data).unwrap();
+        // Ranges that start and end inside blocks, span several, and end at the file's end.
+        let cuts = [0usize, 5, 4000, 4096, 9000, 3 * ALIGN, size];
+        let ranges: Vec<std::ops::Range<u64>> = cuts.windows(2).map(|w| w[0] as u64..w[1] as u64).collect();
+        for direct in [true, false] {
+            let mut r = PrefetchReader::new(File::open(&path).unwrap(), ranges.clone(), direct).unwrap();
+            for w in cuts.windows(2) {
+                let got = r.with_next(|b| b.to_vec()).unwrap().unwrap();
+                assert_eq!(got, data[w[0]..w[1]], "direct {direct}");
             }
+            assert!(r.with_next(|b| b.len()).unwrap().is_none());
+            let past = vec![0..10, size as u64 - 10..size as u64 + 1];
+            let mut r = PrefetchReader::new(File::open(&path).unwrap(), past, direct).unwrap();
+            assert_eq!(r.with_next(|b| b.to_vec()).unwrap().unwrap(), data[..10]);
+            let err = r.with_next(|b| b.len()).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "direct {direct}");
         }
     }
 }

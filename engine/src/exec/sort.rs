@@ -21,11 +21,8 @@ use super::{BarrierRelay, Exchange, Notifier, OpMetrics, PartitionGather, Sink, 
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
 use crate::logical::SortKey;
-use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillReader, READ_CHUNK};
+use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillReader};
 use crate::message::Message;
-
-/// The smallest read a merge makes of a run on disk: below it, direct reads would be too many.
-const MIN_READ_CHUNK: usize = 64 << 10;
 
 /// Bytes of the (prefix, batch, row) entry each buffered row needs while its run is sorted.
 const ORDER_ENTRY: usize = 16;
@@ -93,15 +90,8 @@ impl SortShared {
             reservations.push(m);
         }
         // Reading a spilled run back costs a batch and its keys, twice over while the next loads,
-        // plus the read buffers: merge as many at once as the budget allows, in several passes if
-        // needed. Smaller read chunks first (more reads, no extra pass over the data).
-        let spilled = runs.iter().filter(|r| matches!(r, Run::Spilled { .. })).count();
-        let max_cost = |chunk: usize| runs.iter().filter(|r| matches!(r, Run::Spilled { .. })).map(|r| r.cursor_cost(chunk)).max().unwrap_or(1);
-        let mut chunk = READ_CHUNK;
-        while chunk > MIN_READ_CHUNK && spilled * max_cost(chunk) > self.room() {
-            chunk /= 2;
-        }
-        let cost = max_cost(chunk);
+        // plus the read buffer: merge as many at once as the budget allows, in several passes if needed.
+        let cost = runs.iter().filter(|r| matches!(r, Run::Spilled { .. })).map(Run::cursor_cost).max().unwrap_or(1);
         loop {
             // The runs still in memory take room the merge needs to read the runs on disk at once:
             // write out the biggest until it fits (one pass over those runs, not another pass over all).
@@ -130,7 +120,7 @@ impl SortShared {
         }
         loop {
             let spilled: Vec<usize> = (0..runs.len()).filter(|i| matches!(runs[*i], Run::Spilled { .. })).collect();
-            let cost = runs.iter().map(|r| r.cursor_cost(chunk)).max().unwrap_or(0).max(1);
+            let cost = runs.iter().map(Run::cursor_cost).max().unwrap_or(0).max(1);
             let fan_in = (self.room() / cost).max(2);
             if spilled.len() <= fan_in {
                 break;
@@ -144,10 +134,10 @@ impl SortShared {
                 taken.push(runs.remove(*i));
             }
             taken.reverse();
-            let merged = self.merge_to_disk(taken, chunk)?;
+            let merged = self.merge_to_disk(taken)?;
             runs.insert(first, merged);
         }
-        let merger = Merger::new(self, runs, self.fetch, reservations, chunk)?;
+        let merger = Merger::new(self, runs, self.fetch, reservations)?;
         self.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         *self.merge.lock().map_err(|_| RiffleError::exec("sort merge lock poisoned"))? = MergeState::Ready(Box::new(merger));
         self.notifier.bump();
@@ -160,8 +150,8 @@ impl SortShared {
     }
 
     /// One intermediate merge pass: `runs` into one run on disk.
-    fn merge_to_disk(&self, runs: Vec<Run>, chunk: usize) -> Result<Run> {
-        let mut merger = Merger::new(self, runs, None, vec![], chunk)?;
+    fn merge_to_disk(&self, runs: Vec<Run>) -> Result<Run> {
+        let mut merger = Merger::new(self, runs, None, vec![])?;
         self.write_run(std::iter::from_fn(|| merger.next_batch().transpose()))
     }
 
@@ -247,12 +237,12 @@ enum Run {
 }
 
 impl Run {
-    /// Memory a merge needs to read this run (in `chunk`-byte reads), beyond what the run holds
-    /// already: its current and its next batch, and the reader's buffers.
-    fn cursor_cost(&self, chunk: usize) -> usize {
+    /// Memory a merge needs to read this run, beyond what the run holds already: its current and
+    /// its next batch, and the frame being read.
+    fn cursor_cost(&self) -> usize {
         match self {
             Run::Memory { .. } => 0,
-            Run::Spilled { max_batch, file } => 2 * max_batch + file.read_buffer(chunk),
+            Run::Spilled { max_batch, file } => 2 * max_batch + file.read_buffer(),
         }
     }
 }
@@ -508,11 +498,11 @@ struct Merger {
 }
 
 impl Merger {
-    fn new(shared: &SortShared, runs: Vec<Run>, fetch: Option<usize>, mut reservations: Vec<MemoryReservation>, chunk: usize) -> Result<Merger> {
+    fn new(shared: &SortShared, runs: Vec<Run>, fetch: Option<usize>, mut reservations: Vec<MemoryReservation>) -> Result<Merger> {
         // Budget the spilled runs' batches and read buffers; the merge must go on, so this only
         // records what it holds (the pass count was chosen to fit).
         let mut reading = shared.pool.reservation("Sort merge", false);
-        reading.grow_anyway(runs.iter().map(|r| r.cursor_cost(chunk)).sum());
+        reading.grow_anyway(runs.iter().map(Run::cursor_cost).sum());
         reservations.push(reading);
         let encoder = shared.encoder.clone();
         let mut merger = Merger {
@@ -528,7 +518,7 @@ impl Merger {
         for run in runs {
             let source = match run {
                 Run::Memory { chunks, .. } => RunSource::Memory(chunks),
-                Run::Spilled { file, .. } => RunSource::Spilled { reader: Box::new(file.reader_with(chunk)?), _file: file },
+                Run::Spilled { file, .. } => RunSource::Spilled { reader: Box::new(file.reader()?), _file: file },
             };
             let mut cursor = Cursor { source, slot: usize::MAX, keys: None, pos: 0, head: u64::MAX };
             if let Some((b, keys)) = cursor.next_chunk(&merger.encoder)? {

@@ -11,7 +11,7 @@ mod spill;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use spill::{remove_live_spill_dirs, SpillFile, SpillManager, SpillReader, SpillWriter, READ_CHUNK};
+pub use spill::{remove_live_spill_dirs, SpillFile, SpillManager, SpillReader, SpillWriter};
 
 use crate::error::{Result, RiffleError};
 use crate::exec::human_bytes;

@@ -25,10 +25,9 @@ use riffle_formats::{DirectWriter, PrefetchReader};
 
 use crate::error::{Result, RiffleError};
 
-/// Bytes a spill file gathers per write, and reads per read: written and read past the page cache
-/// (see `riffle_formats::DirectWriter`), as big as a merge of hundreds of runs can hold per run.
+/// Bytes a spill file gathers per write: a big file goes past the page cache (see
+/// `riffle_formats::DirectWriter`) and is read back frame by frame the same way.
 const WRITE_CHUNK: usize = 1 << 20;
-pub const READ_CHUNK: usize = 256 << 10;
 
 /// Spill directories of running queries, for the Ctrl-C handler.
 #[derive(Default)]
@@ -126,7 +125,7 @@ impl SpillManager {
             encoder: StreamEncoder::try_new(schema)?,
             messages: Vec::new(),
             frame: Vec::new(),
-            file: Some(SpillFile { path, codec, rows: 0, bytes: 0, max_frame: 0, direct: false }),
+            file: Some(SpillFile { path, codec, rows: 0, bytes: 0, max_frame: 0, direct: false, frame_ends: Vec::new() }),
         })
     }
 }
@@ -211,7 +210,8 @@ impl SpillWriter {
         header[4..].copy_from_slice(&size.to_le_bytes());
         out.write_all(&header).and_then(|_| out.write_all(stored)).map_err(|e| write_error(&f.path, &e))?;
         f.rows += batch.num_rows();
-        f.max_frame = f.max_frame.max(stored.len());
+        f.max_frame = f.max_frame.max(FRAME_HEADER + stored.len());
+        f.frame_ends.push(out.position());
         Ok(())
     }
 
@@ -240,6 +240,9 @@ pub struct SpillFile {
     max_frame: usize,
     /// Written past the page cache (a big file), so read past it too.
     direct: bool,
+    /// Where each frame ends in the file: the reader asks for the next frame while the caller
+    /// works on this one.
+    frame_ends: Vec<u64>,
 }
 
 impl SpillFile {
@@ -255,29 +258,20 @@ impl SpillFile {
         &self.path
     }
 
-    /// Memory a reader holds beside the batch it returns: a frame, and its read-ahead chunks if the
-    /// file went past the page cache.
-    pub fn read_buffer(&self, chunk: usize) -> usize {
-        PrefetchReader::memory(self.read_chunk(chunk), self.bytes, self.direct) + self.max_frame
-    }
-
-    /// Bytes read at once, at most `chunk`: a small file in one read.
-    fn read_chunk(&self, chunk: usize) -> usize {
-        usize::try_from(self.bytes).unwrap_or(usize::MAX).clamp(1, chunk.max(1))
+    /// Memory a reader holds beside the batch it returns: the biggest frame as stored (its next
+    /// frame is read into the same buffer once it is done with this one).
+    pub fn read_buffer(&self) -> usize {
+        PrefetchReader::memory(self.max_frame, self.direct)
     }
 
     /// Reads the batches back, in the order they were written.
     pub fn reader(&self) -> Result<SpillReader> {
-        self.reader_with(READ_CHUNK)
-    }
-
-    /// Like `reader`, reading `chunk` bytes at once (where the file went past the page cache): a
-    /// merge of many runs reads smaller chunks to read them all at once.
-    pub fn reader_with(&self, chunk: usize) -> Result<SpillReader> {
         let file = File::open(&self.path).map_err(|e| {
             RiffleError::exec(format!("cannot read spill file '{}': {e} (was the spill directory removed?)", self.path.display()))
         })?;
-        let input = PrefetchReader::new(file, self.read_chunk(chunk), self.direct).map_err(|e| RiffleError::exec(format!("cannot read spill file '{}': {e}", self.path.display())))?;
+        let starts = std::iter::once(0).chain(self.frame_ends.iter().copied());
+        let frames = starts.zip(self.frame_ends.iter().copied()).map(|(a, b)| a..b).collect();
+        let input = PrefetchReader::new(file, frames, self.direct).map_err(|e| RiffleError::exec(format!("cannot read spill file '{}': {e}", self.path.display())))?;
         Ok(SpillReader { input, codec: self.codec, decoder: StreamDecoder::new(), path: self.path.clone() })
     }
 }
@@ -286,6 +280,26 @@ impl Drop for SpillFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// A frame's IPC messages: its header checked, its bytes decompressed.
+fn decode_frame(codec: Codec, frame: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let Some((header, stored)) = frame.split_first_chunk::<FRAME_HEADER>() else { return Err("a frame without its header".into()) };
+    let raw = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if size != stored.len() {
+        return Err(format!("a frame's header says {size} bytes, the file holds {}", stored.len()));
+    }
+    let messages = match codec {
+        Codec::None => stored.to_vec(),
+        // Decompresses into fresh, uninitialised memory that becomes the batch's buffers.
+        Codec::Lz4 => lz4_flex::block::decompress(stored, raw).map_err(|e| format!("lz4: {e}"))?,
+        Codec::Zstd => zstd::bulk::decompress(stored, raw).map_err(|e| e.to_string())?,
+    };
+    if messages.len() != raw {
+        return Err(format!("a frame decompressed to {} bytes, not {raw}", messages.len()));
+    }
+    Ok(messages)
 }
 
 /// The batches of one spill file.
@@ -299,29 +313,13 @@ pub struct SpillReader {
 impl SpillReader {
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         let error = |e: &dyn std::fmt::Display| RiffleError::exec(format!("cannot read spill file '{}': {e}", self.path.display()));
-        let header = match self.input.read(FRAME_HEADER) {
-            Ok(Some(h)) => h,
+        let codec = self.codec;
+        let messages = match self.input.with_next(|frame| decode_frame(codec, frame)) {
             Ok(None) => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(error(&"the file ends inside a frame header")),
-            Err(e) => return Err(error(&e)),
-        };
-        let raw = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        let stored = match self.input.read(size) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Err(error(&"the file ends inside a frame")),
+            Ok(Some(decoded)) => decoded.map_err(|e| error(&e))?,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(error(&"the file ends inside a frame")),
             Err(e) => return Err(error(&e)),
         };
-        let messages = match self.codec {
-            Codec::None => stored.to_vec(),
-            // Decompresses into fresh, uninitialised memory that becomes the batch's buffers.
-            Codec::Lz4 => lz4_flex::block::decompress(stored, raw).map_err(|e| error(&format!("lz4: {e}")))?,
-            Codec::Zstd => zstd::bulk::decompress(stored, raw).map_err(|e| error(&e))?,
-        };
-        if messages.len() != raw {
-            return Err(error(&format!("a frame decompressed to {} bytes, not {raw}", messages.len())));
-        }
         let mut messages = Buffer::from_vec(messages);
         while !messages.is_empty() {
             if let Some(batch) = self.decoder.decode(&mut messages).map_err(|e| error(&e))? {
@@ -387,6 +385,37 @@ mod tests {
         assert!(!path.exists());
         drop(manager);
         assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0, "the spill directory is removed");
+    }
+
+    #[test]
+    fn a_big_spill_file_goes_past_the_page_cache_and_reads_back_frame_by_frame() {
+        let base = tempfile::tempdir().unwrap();
+        let manager = Arc::new(SpillManager::new(Some(base.path().to_path_buf()), None));
+        let batches: Vec<RecordBatch> = (0..40)
+            .map(|k| {
+                let n = 1000 + 997 * k;
+                RecordBatch::try_from_iter([("a", Arc::new(Int64Array::from_iter_values(k as i64..(k + n) as i64)) as _)]).unwrap()
+            })
+            .collect();
+        let mut w = manager.writer(&batches[0].schema()).unwrap();
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+        let file = w.finish().unwrap();
+        // Over 3 MB uncompressed: past one write chunk, so direct where the file system allows it.
+        assert!(file.bytes() > 3 << 20, "{}", file.bytes());
+        let mut r = file.reader().unwrap();
+        for b in &batches {
+            assert_eq!(&r.next_batch().unwrap().unwrap(), b);
+        }
+        assert!(r.next_batch().unwrap().is_none());
+        // Dropped halfway, with the next frame on its way: no hang, and the file goes.
+        let mut r = file.reader().unwrap();
+        r.next_batch().unwrap();
+        drop(r);
+        let path = file.path().to_path_buf();
+        drop(file);
+        assert!(!path.exists());
     }
 
     #[test]
