@@ -291,3 +291,18 @@ fn a_single_huge_join_key_is_joined_beyond_the_budget() {
     assert_eq!((col(0), col(1), col(2)), ("60000".to_string(), (3 * (19_999 * 20_000 / 2)).to_string(), "3".to_string()));
     assert_eq!(entries(dir.path()), 0);
 }
+
+#[test]
+fn a_spill_merges_the_runs_held_in_memory_into_one_file() {
+    // A 1 MB budget makes runs of about 50 KB (a sixteenth of the operators' share of it): some 150
+    // runs of 100-row batches here, several of which fit in memory at once. A spill merges those
+    // into one file, so the files are far fewer than the runs.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let session = Session::new(ExecConfig { batch_size: 100, ..config(1 << 20, 1, dir.path()) });
+    let (got, stats) = validate(&session, "SELECT * FROM gensort(60000, seed = 5) ORDER BY key");
+    let want = expected(60_000, 5);
+    assert!(got.sorted(), "out of order at record {:?}", got.first_unsorted);
+    assert_eq!((got.records, got.checksum), (want.records, want.checksum));
+    assert!((3..=40).contains(&stats.spill_files), "{stats:?}");
+    assert_eq!(entries(dir.path()), 0, "spill files left behind");
+}

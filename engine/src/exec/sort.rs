@@ -39,6 +39,8 @@ pub struct SortShared {
     merge: Mutex<MergeState>,
     notifier: Notifier,
     batch_size: usize,
+    /// Unsorted bytes per run (`RUN_BYTES` or less).
+    run_bytes: usize,
     metrics: Arc<OpMetrics>,
     pool: Arc<MemoryPool>,
     spill: Arc<SpillManager>,
@@ -73,6 +75,7 @@ impl SortShared {
             merge: Mutex::new(MergeState::Waiting),
             notifier,
             batch_size,
+            run_bytes: RUN_BYTES.min(pool.limit() / 16),
             metrics,
             pool,
             spill,
@@ -99,7 +102,7 @@ impl SortShared {
             let biggest = (0..runs.len())
                 .filter_map(|i| match &runs[i] {
                     Run::Memory { bytes, .. } => Some((*bytes, i)),
-                    Run::Spilled { .. } => None,
+                    _ => None,
                 })
                 .max();
             let Some((bytes, i)) = biggest else { break };
@@ -207,18 +210,33 @@ impl RunBuffer {
         order
     }
 
-    /// The buffered rows in key order (the first `limit`), `batch_size` rows per batch.
-    fn sorted_chunks(&self, limit: Option<usize>, batch_size: usize) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+    /// The buffered rows in key order (the first `limit`), `batch_size` rows per batch, gathered as
+    /// they are asked for.
+    fn into_sorted_chunks(self, limit: Option<usize>, batch_size: usize) -> SortedChunks {
         let order = self.sorted_order(limit);
-        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
-        let chunks: Vec<Vec<(usize, usize)>> =
-            order.chunks(batch_size).map(|c| c.iter().map(|(_, b, r)| (*b as usize, *r as usize)).collect()).collect();
-        drop(order);
-        chunks.into_iter().map(move |idx| gather(&batches, &idx))
+        let chunks: VecDeque<Vec<(usize, usize)>> =
+            order.chunks(batch_size.max(1)).map(|c| c.iter().map(|(_, b, r)| (*b as usize, *r as usize)).collect()).collect();
+        SortedChunks { batches: self.batches, chunks }
     }
 
     fn take(&mut self) -> RunBuffer {
         std::mem::take(self)
+    }
+}
+
+/// A sorted buffer's batches and, per chunk still to come, the (batch, row) of its rows.
+struct SortedChunks {
+    batches: Vec<RecordBatch>,
+    chunks: VecDeque<Vec<(usize, usize)>>,
+}
+
+impl Iterator for SortedChunks {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        let idx = self.chunks.pop_front()?;
+        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
+        Some(gather(&batches, &idx))
     }
 }
 
@@ -230,10 +248,12 @@ fn prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(p)
 }
 
-/// A sorted run: batches in key order (with their keys) in memory, or on disk.
+/// A sorted run: batches in key order (with their keys) in memory, or on disk; or, only on its way
+/// into a spill, a sorted buffer whose batches are gathered as the merge reads them.
 enum Run {
     Memory { chunks: VecDeque<(RecordBatch, Rows)>, bytes: usize },
     Spilled { file: SpillFile, max_batch: usize },
+    Sorted(SortedChunks),
 }
 
 impl Run {
@@ -241,14 +261,16 @@ impl Run {
     /// its next batch, and the frame being read.
     fn cursor_cost(&self) -> usize {
         match self {
-            Run::Memory { .. } => 0,
+            Run::Memory { .. } | Run::Sorted(_) => 0,
             Run::Spilled { max_batch, file } => 2 * max_batch + file.read_buffer(),
         }
     }
 }
 
 /// Unsorted bytes a partition gathers before sorting them into a run: runs this size sort fast
-/// (their rows stay close in memory) and merge in few enough ways.
+/// (their rows stay close in memory) and merge in few enough ways. A small budget makes runs
+/// smaller (a sixteenth of it), so that a partition's share still holds several runs, which a
+/// spill merges into one file.
 const RUN_BYTES: usize = 64 << 20;
 
 pub struct SortSink {
@@ -269,8 +291,8 @@ impl SortSink {
     fn buffer_batch(&mut self, batch: RecordBatch) -> Result<()> {
         let keys = self.shared.encoder.encode(&batch)?;
         let bytes = batch.get_array_memory_size() + keys.size() + batch.num_rows() * ORDER_ENTRY;
-        if self.buffer.bytes + bytes > RUN_BYTES && self.shared.fetch.is_none() {
-            self.close_run()?;
+        if self.buffer.bytes + bytes > self.shared.run_bytes && self.shared.fetch.is_none() {
+            self.close_run(false)?;
         }
         if !self.reservation.try_grow(bytes) {
             if let Some(k) = self.shared.fetch {
@@ -283,9 +305,8 @@ impl SortSink {
                 self.spill_all()?;
                 if !self.reservation.try_grow(bytes) {
                     // Not even this one batch fits: it becomes a run of its own, on disk at once.
-                    let mut lone = RunBuffer { rows: batch.num_rows(), batches: vec![batch], keys: vec![keys], bytes: 0 };
-                    let run = self.shared.write_run(lone.sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
-                    lone.batches.clear();
+                    let lone = RunBuffer { rows: batch.num_rows(), batches: vec![batch], keys: vec![keys], bytes: 0 };
+                    let run = self.shared.write_run(lone.into_sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
                     self.runs.push(run);
                     return Ok(());
                 }
@@ -305,62 +326,80 @@ impl SortSink {
         Ok(())
     }
 
-    /// Sorts the buffer into a run: kept in memory if the sorted copy fits the budget beside it,
-    /// written to disk if not.
-    fn close_run(&mut self) -> Result<()> {
+    /// Sorts the buffer into a run kept in memory if the sorted copy fits the budget beside it; if
+    /// not, the buffer and the runs in memory go to disk as one run, or, for the `last` run, only
+    /// the buffer (the runs in memory save the merge a read).
+    fn close_run(&mut self, last: bool) -> Result<()> {
         if self.buffer.rows == 0 {
             return Ok(());
         }
+        let copy = self.buffer.bytes.saturating_sub(self.buffer.rows * ORDER_ENTRY);
+        if !self.reservation.try_grow(copy) {
+            if !last {
+                return self.spill_all();
+            }
+            let buffer = self.buffer.take();
+            let held = buffer.bytes;
+            let run = self.shared.write_run(buffer.into_sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
+            self.reservation.shrink(held);
+            self.runs.push(run);
+            return Ok(());
+        }
         let buffer = self.buffer.take();
-        let copy = buffer.bytes.saturating_sub(buffer.rows * ORDER_ENTRY);
-        let run = if self.reservation.try_grow(copy) {
-            let mut chunks = VecDeque::new();
-            let mut bytes = 0;
-            for chunk in buffer.sorted_chunks(self.shared.fetch, self.shared.batch_size) {
-                let chunk = chunk?;
-                let keys = self.shared.encoder.encode(&chunk)?;
-                bytes += chunk.get_array_memory_size() + keys.size();
-                chunks.push_back((chunk, keys));
-            }
-            // The run's own size replaces the estimate; the unsorted buffer goes.
-            self.reservation.shrink(copy + buffer.bytes);
-            if !self.reservation.try_grow(bytes) {
-                self.reservation.grow_anyway(bytes);
-            }
-            Run::Memory { chunks, bytes }
-        } else {
-            let run = self.shared.write_run(buffer.sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
-            self.reservation.shrink(buffer.bytes);
-            run
-        };
-        self.runs.push(run);
+        let held = buffer.bytes;
+        let mut chunks = VecDeque::new();
+        let mut bytes = 0;
+        for chunk in buffer.into_sorted_chunks(self.shared.fetch, self.shared.batch_size) {
+            let chunk = chunk?;
+            let keys = self.shared.encoder.encode(&chunk)?;
+            bytes += chunk.get_array_memory_size() + keys.size();
+            chunks.push_back((chunk, keys));
+        }
+        // The run's own size replaces the estimate; the unsorted buffer goes.
+        self.reservation.shrink(copy + held);
+        if !self.reservation.try_grow(bytes) {
+            self.reservation.grow_anyway(bytes);
+        }
+        self.runs.push(Run::Memory { chunks, bytes });
         Ok(())
     }
 
-    /// Writes every run held in memory, and the buffer, to disk: frees this partition's memory.
+    /// Merges the runs held in memory and the buffer into one run on disk: frees this partition's
+    /// memory. One file per spill rather than one per 64 MB run leaves the final merge, which runs
+    /// on one thread, a few big runs instead of hundreds: fewer comparisons per row there, more here,
+    /// while every partition reads and sorts in parallel.
     fn spill_all(&mut self) -> Result<()> {
-        for run in self.runs.iter_mut() {
-            if let Run::Memory { chunks, bytes } = run {
-                let (taken, held) = (std::mem::take(chunks), *bytes);
-                *run = self.shared.write_run(taken.into_iter().map(|(b, _)| Ok(b)))?;
-                self.reservation.shrink(held);
-            }
-        }
+        // From the first run in memory on (a lone batch written at once may lie among them: it is
+        // read back and merged too, so runs stay in input order and equal keys keep their order).
+        let first = self.runs.iter().position(|r| matches!(r, Run::Memory { .. })).unwrap_or(self.runs.len());
+        let mut merging: Vec<Run> = self.runs.drain(first..).collect();
+        let mut held: usize = merging.iter().map(|r| if let Run::Memory { bytes, .. } = r { *bytes } else { 0 }).sum();
         if self.buffer.rows > 0 {
             let buffer = self.buffer.take();
-            let run = self.shared.write_run(buffer.sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
-            self.reservation.shrink(buffer.bytes);
-            self.runs.push(run);
+            held += buffer.bytes;
+            merging.push(Run::Sorted(buffer.into_sorted_chunks(self.shared.fetch, self.shared.batch_size)));
         }
+        let run = match merging.len() {
+            0 => return Ok(()),
+            1 => match merging.pop() {
+                Some(Run::Memory { chunks, .. }) => self.shared.write_run(chunks.into_iter().map(|(b, _)| Ok(b)))?,
+                Some(Run::Sorted(chunks)) => self.shared.write_run(chunks)?,
+                Some(spilled) => spilled,
+                None => return Ok(()),
+            },
+            _ => self.shared.merge_to_disk(merging)?,
+        };
+        self.reservation.shrink(held);
+        self.runs.push(run);
         Ok(())
     }
 
     /// Keeps only the best `k` buffered rows (top-k), as one batch.
     fn keep_best(&mut self, k: usize) -> Result<()> {
         let buffer = self.buffer.take();
-        let best: Vec<RecordBatch> = buffer.sorted_chunks(Some(k), usize::MAX).collect::<Result<_>>()?;
-        self.reservation.shrink(buffer.bytes);
-        drop(buffer);
+        let held = buffer.bytes;
+        let best: Vec<RecordBatch> = buffer.into_sorted_chunks(Some(k), usize::MAX).collect::<Result<_>>()?;
+        self.reservation.shrink(held);
         for b in best {
             let keys = self.shared.encoder.encode(&b)?;
             let bytes = b.get_array_memory_size() + keys.size() + b.num_rows() * ORDER_ENTRY;
@@ -374,7 +413,7 @@ impl SortSink {
     }
 
     fn end(&mut self) -> Result<()> {
-        self.close_run()?;
+        self.close_run(true)?;
         let held = self.reservation.split_off();
         self.shared.finish(std::mem::take(&mut self.runs), held)
     }
@@ -451,6 +490,7 @@ struct Cursor {
 enum RunSource {
     Memory(VecDeque<(RecordBatch, Rows)>),
     Spilled { reader: Box<SpillReader>, _file: SpillFile },
+    Sorted(SortedChunks),
 }
 
 impl Cursor {
@@ -463,16 +503,12 @@ impl Cursor {
     }
 
     fn next_chunk(&mut self, encoder: &KeyEncoder) -> Result<Option<(RecordBatch, Rows)>> {
+        let with_keys = |b: Option<RecordBatch>| b.map(|b| encoder.encode(&b).map(|keys| (b, keys))).transpose();
         loop {
             let next = match &mut self.source {
                 RunSource::Memory(chunks) => chunks.pop_front(),
-                RunSource::Spilled { reader, .. } => match reader.next_batch()? {
-                    Some(b) => {
-                        let keys = encoder.encode(&b)?;
-                        Some((b, keys))
-                    }
-                    None => None,
-                },
+                RunSource::Spilled { reader, .. } => with_keys(reader.next_batch()?)?,
+                RunSource::Sorted(chunks) => with_keys(chunks.next().transpose()?)?,
             };
             match next {
                 Some((b, _)) if b.num_rows() == 0 => continue,
@@ -519,6 +555,7 @@ impl Merger {
             let source = match run {
                 Run::Memory { chunks, .. } => RunSource::Memory(chunks),
                 Run::Spilled { file, .. } => RunSource::Spilled { reader: Box::new(file.reader()?), _file: file },
+                Run::Sorted(chunks) => RunSource::Sorted(chunks),
             };
             let mut cursor = Cursor { source, slot: usize::MAX, keys: None, pos: 0, head: u64::MAX };
             if let Some((b, keys)) = cursor.next_chunk(&merger.encoder)? {
