@@ -305,10 +305,8 @@ impl SortSink {
                 self.spill_all()?;
                 if !self.reservation.try_grow(bytes) {
                     // Not even this one batch fits: it becomes a run of its own, on disk at once.
-                    let lone = RunBuffer { rows: batch.num_rows(), batches: vec![batch], keys: vec![keys], bytes: 0 };
-                    let run = self.shared.write_run(lone.into_sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
-                    self.runs.push(run);
-                    return Ok(());
+                    self.buffer = RunBuffer { rows: batch.num_rows(), batches: vec![batch], keys: vec![keys], bytes: 0 };
+                    return self.write_buffer();
                 }
             }
         }
@@ -335,15 +333,7 @@ impl SortSink {
         }
         let copy = self.buffer.bytes.saturating_sub(self.buffer.rows * ORDER_ENTRY);
         if !self.reservation.try_grow(copy) {
-            if !last {
-                return self.spill_all();
-            }
-            let buffer = self.buffer.take();
-            let held = buffer.bytes;
-            let run = self.shared.write_run(buffer.into_sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
-            self.reservation.shrink(held);
-            self.runs.push(run);
-            return Ok(());
+            return if last { self.write_buffer() } else { self.spill_all() };
         }
         let buffer = self.buffer.take();
         let held = buffer.bytes;
@@ -371,7 +361,7 @@ impl SortSink {
     fn spill_all(&mut self) -> Result<()> {
         // From the first run in memory on (a lone batch written at once may lie among them: it is
         // read back and merged too, so runs stay in input order and equal keys keep their order).
-        let first = self.runs.iter().position(|r| matches!(r, Run::Memory { .. })).unwrap_or(self.runs.len());
+        let Some(first) = self.runs.iter().position(|r| matches!(r, Run::Memory { .. })) else { return self.write_buffer() };
         let mut merging: Vec<Run> = self.runs.drain(first..).collect();
         let mut held: usize = merging.iter().map(|r| if let Run::Memory { bytes, .. } = r { *bytes } else { 0 }).sum();
         if self.buffer.rows > 0 {
@@ -379,16 +369,20 @@ impl SortSink {
             held += buffer.bytes;
             merging.push(Run::Sorted(buffer.into_sorted_chunks(self.shared.fetch, self.shared.batch_size)));
         }
-        let run = match merging.len() {
-            0 => return Ok(()),
-            1 => match merging.pop() {
-                Some(Run::Memory { chunks, .. }) => self.shared.write_run(chunks.into_iter().map(|(b, _)| Ok(b)))?,
-                Some(Run::Sorted(chunks)) => self.shared.write_run(chunks)?,
-                Some(spilled) => spilled,
-                None => return Ok(()),
-            },
-            _ => self.shared.merge_to_disk(merging)?,
-        };
+        let run = self.shared.merge_to_disk(merging)?;
+        self.reservation.shrink(held);
+        self.runs.push(run);
+        Ok(())
+    }
+
+    /// Sorts the buffer straight into a run on disk, of its own.
+    fn write_buffer(&mut self) -> Result<()> {
+        if self.buffer.rows == 0 {
+            return Ok(());
+        }
+        let buffer = self.buffer.take();
+        let held = buffer.bytes;
+        let run = self.shared.write_run(buffer.into_sorted_chunks(self.shared.fetch, self.shared.batch_size))?;
         self.reservation.shrink(held);
         self.runs.push(run);
         Ok(())
