@@ -167,6 +167,7 @@ fn build_target() -> &'static str {
 }
 
 fn main() -> anyhow::Result<()> {
+    riffle_engine::memory::keep_freed_memory();
     let command = Cli::parse().command;
     if matches!(command, Command::Tpch { .. } | Command::Nexmark { .. } | Command::Sort { .. }) {
         eprintln!("riffle-bench compiled for {}", build_target());

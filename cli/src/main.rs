@@ -75,6 +75,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    riffle_engine::memory::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -460,7 +460,9 @@ impl Session {
             }
             _ => None,
         };
-        let sink = crate::exec::file_sink::FileSinkShared::new(dir, format.clone(), target.clone(), coordinator.clone())?;
+        // The writers get an eighth of the memory limit, as COPY's does (`copy_query`).
+        let writer_buffer = self.config.memory_limit / 8 / self.config.threads.max(1);
+        let sink = crate::exec::file_sink::FileSinkShared::new(dir, format.clone(), target.clone(), coordinator.clone(), writer_buffer)?;
         let finished = coordinator.as_ref().is_some_and(|c| c.finished);
         let stats = if finished {
             // An earlier run completed the job; its files are all committed now.
@@ -559,7 +561,7 @@ impl Session {
     /// row count. On error nothing is left at `path`.
     pub fn copy_query(&self, query: &ast::Query, format: &FileFormat, path: &Path) -> Result<(usize, QueryStats)> {
         let (_, physical) = self.plan_query(query)?;
-        let writer = riffle_formats::AtomicWriter::create(format, path, &physical.schema())?;
+        let writer = riffle_formats::AtomicWriter::create(format, path, &physical.schema())?.with_buffer_limit(self.config.memory_limit / 8);
         let state = Arc::new(std::sync::Mutex::new((Some(writer), 0usize)));
         let sink_state = state.clone();
         let stats = crate::exec::execute_into(

@@ -75,6 +75,17 @@ impl AtomicWriter {
         Ok(writer)
     }
 
+    /// Caps the memory the writer holds for rows on their way into the file at about `bytes`: a Parquet
+    /// writer holds the row group it gathers and the ones its encoder threads encode, each as Arrow
+    /// rows and as encoded pages, so under a small memory limit it writes smaller row groups (at most
+    /// the usual 32 MB, at least 1 MB). Other formats hold a chunk or two and need no cap.
+    pub fn with_buffer_limit(mut self, bytes: usize) -> AtomicWriter {
+        if let Some(Inner::Parquet(w)) = &mut self.inner {
+            w.row_group_bytes = (bytes / ((ENCODERS + 1) * 2)).clamp(1 << 20, ROW_GROUP_BYTES);
+        }
+        self
+    }
+
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let path = &self.path;
         let err = |e: &dyn std::fmt::Display| FormatError::write(path, e);
@@ -180,6 +191,8 @@ struct ParquetWriter {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     pending_bytes: usize,
+    /// Bytes of Arrow rows that make a row group (`ROW_GROUP_BYTES` unless capped).
+    row_group_bytes: usize,
     row_groups: usize,
     encoders: Vec<std::sync::mpsc::Sender<EncodeJob>>,
     /// Row groups being encoded, oldest first.
@@ -204,6 +217,7 @@ impl ParquetWriter {
             pending: Vec::new(),
             pending_rows: 0,
             pending_bytes: 0,
+            row_group_bytes: ROW_GROUP_BYTES,
             row_groups: 0,
             encoders: Vec::new(),
             encoding: Default::default(),
@@ -219,7 +233,7 @@ impl ParquetWriter {
             self.pending_rows += part.num_rows();
             self.pending_bytes += part.get_array_memory_size();
             self.pending.push(part);
-            if self.pending_rows >= ROW_GROUP_ROWS || self.pending_bytes >= ROW_GROUP_BYTES {
+            if self.pending_rows >= ROW_GROUP_ROWS || self.pending_bytes >= self.row_group_bytes {
                 self.encode_pending()?;
             }
         }

@@ -26,6 +26,8 @@ pub struct FileSinkShared {
     /// Tells this query's files from other queries' in the same directory.
     run: String,
     coordinator: Option<(Arc<Coordinator>, usize)>,
+    /// What each partition's writer may hold of rows on their way into its file.
+    writer_buffer: usize,
     state: Mutex<SinkState>,
 }
 
@@ -48,7 +50,14 @@ fn pending_target(name: &str) -> Option<(String, u64)> {
 impl FileSinkShared {
     /// A sink writing into `dir`; with a checkpoint coordinator, files left by an earlier run of the
     /// job are committed or deleted according to its last complete checkpoint.
-    pub fn new(dir: &Path, format: FileFormat, schema: SchemaRef, coordinator: Option<Arc<Coordinator>>) -> Result<Arc<FileSinkShared>> {
+    /// A sink into the files of `dir`; its partitions' writers hold about `writer_buffer` bytes each.
+    pub fn new(
+        dir: &Path,
+        format: FileFormat,
+        schema: SchemaRef,
+        coordinator: Option<Arc<Coordinator>>,
+        writer_buffer: usize,
+    ) -> Result<Arc<FileSinkShared>> {
         std::fs::create_dir_all(dir).map_err(|e| RiffleError::exec(format!("cannot create '{}': {e}", dir.display())))?;
         let restored = coordinator.as_ref().map_or(0, |c| c.restored);
         if let Some(c) = &coordinator {
@@ -61,7 +70,7 @@ impl FileSinkShared {
             None => None,
         };
         let state = SinkState { partitions: 0, epochs: EpochTracker::new(0, restored), prepared: vec![], rows: 0 };
-        let shared = Arc::new(FileSinkShared { dir: dir.to_path_buf(), format, schema, run, coordinator: component, state: Mutex::new(state) });
+        let shared = Arc::new(FileSinkShared { dir: dir.to_path_buf(), format, schema, run, coordinator: component, writer_buffer, state: Mutex::new(state) });
         if let Some((c, _)) = &shared.coordinator {
             let me = Arc::downgrade(&shared);
             c.add_committer(Box::new(move |epoch| match me.upgrade() {
@@ -160,7 +169,7 @@ impl FileSink {
             let s = &self.shared;
             let name = format!("part-{}-{}-{}.{}", s.run, self.partition, self.epoch, s.format.extension());
             let (path, staging) = (s.dir.join(&name), s.dir.join(format!(".{name}.pending")));
-            self.writer = Some(AtomicWriter::create_staged(&s.format, &path, &staging, &s.schema)?);
+            self.writer = Some(AtomicWriter::create_staged(&s.format, &path, &staging, &s.schema)?.with_buffer_limit(s.writer_buffer));
         }
         if let Some(w) = self.writer.as_mut() {
             w.write(batch)?;
