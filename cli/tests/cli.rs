@@ -371,16 +371,27 @@ fn insert_into_a_directory_table_shows_files_only_when_the_query_succeeded() {
 #[test]
 fn checkpoints_refuse_what_they_cannot_restore() {
     let work = tempfile::tempdir().expect("temp dir");
-    let sql = format!(
-        "CREATE TABLE bid (auction BIGINT, price BIGINT) WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '1000'); \
-         CREATE TABLE out (auction BIGINT, n BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv'); \
-         INSERT INTO out SELECT auction, count(*) FROM bid GROUP BY auction",
-        work.path().join("out").display()
-    );
-    let ck = work.path().join("ck");
-    let o = riffle(&["sql", "--stream", "--checkpoint-dir", ck.to_str().unwrap_or_default(), "-c", &sql], None);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("checkpoints of a job with a GROUP BY other than by an event-time window"), "{}", stderr(&o));
+    let jobs = [
+        ("SELECT auction, count(*) FROM bid GROUP BY auction", "a GROUP BY other than by an event-time window"),
+        (
+            "SELECT auction, count(*) FROM TABLE(SESSION(TABLE bid PARTITION BY auction, DESCRIPTOR(dateTime), INTERVAL '10' SECOND)) \
+             GROUP BY auction, window_start, window_end",
+            "SESSION windows",
+        ),
+    ];
+    for (query, refused) in jobs {
+        let sql = format!(
+            "CREATE TABLE bid (auction BIGINT, price BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime) \
+             WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '1000'); \
+             CREATE TABLE out (auction BIGINT, n BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv'); \
+             INSERT INTO out {query}",
+            work.path().join("out").display()
+        );
+        let ck = work.path().join("ck");
+        let o = riffle(&["sql", "--stream", "--checkpoint-dir", ck.to_str().unwrap_or_default(), "-c", &sql], None);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(&format!("checkpoints of a job with {refused}")), "{}", stderr(&o));
+    }
 }
 
 #[test]

@@ -156,7 +156,7 @@ fn operator_words(plan: &PhysicalPlan) -> &'static str {
         PhysicalPlan::Limit { .. } => "LIMIT",
         PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } | PhysicalPlan::StreamJoin { .. } => "a join",
         PhysicalPlan::Window { .. } => "a window function (OVER)",
-        PhysicalPlan::SessionTvf { .. } => "SESSION windows",
+        PhysicalPlan::SessionTvf { .. } | PhysicalPlan::SessionAggregate { .. } => "SESSION windows",
         PhysicalPlan::WindowTvf { .. } => "a window table function",
         PhysicalPlan::HashAggregate { .. } => "a window aggregate",
         _ => "this operator",

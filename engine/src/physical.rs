@@ -49,6 +49,18 @@ pub enum PhysicalPlan {
     /// Window functions over input sorted by their PARTITION BY and ORDER BY keys, in one partition:
     /// each row with the calls' values appended.
     Window { input: Box<PhysicalPlan>, calls: Vec<WindowCall>, schema: SchemaRef },
+    /// `GROUP BY window_start, window_end, <keys>` over SESSION windows on `input`'s event time `time`
+    /// (`keys` and `aggs` over `input`), run as a stream: each session's row leaves once the watermark
+    /// passes its end (`exec/session_aggregate.rs`). `group` says what each group column is.
+    SessionAggregate {
+        input: Box<PhysicalPlan>,
+        keys: Vec<Expr>,
+        time: usize,
+        gap: i64,
+        group: Vec<SessionColumn>,
+        aggs: Vec<AggCall>,
+        schema: SchemaRef,
+    },
     /// SESSION windows over input sorted by `keys` then `time`, in one partition.
     SessionTvf { input: Box<PhysicalPlan>, keys: Vec<Expr>, time: usize, gap: i64, schema: SchemaRef },
     /// A window table function: each row once per window it falls in, window bounds appended.
@@ -95,6 +107,17 @@ pub enum PhysicalPlan {
     Union { inputs: Vec<PhysicalPlan>, schema: SchemaRef },
 }
 
+/// What a group column of a [`PhysicalPlan::SessionAggregate`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionColumn {
+    /// The session's partition key number `k` (of `SESSION(… PARTITION BY …)`).
+    Key(usize),
+    Start,
+    End,
+    /// `window_time`: the session's last millisecond.
+    Time,
+}
+
 /// The time bounds of an interval join: `left.left_time - right.right_time` lies in `[lo, hi]`
 /// microseconds for every joined pair (from conditions like `l.ts BETWEEN r.ts - a AND r.ts + b`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +151,7 @@ impl PhysicalPlan {
             | PhysicalPlan::Union { schema, .. }
             | PhysicalPlan::WindowTvf { schema, .. }
             | PhysicalPlan::Window { schema, .. }
+            | PhysicalPlan::SessionAggregate { schema, .. }
             | PhysicalPlan::SessionTvf { schema, .. } => schema.clone(),
             PhysicalPlan::Filter { input, .. } | PhysicalPlan::Sort { input, .. } | PhysicalPlan::Limit { input, .. } => {
                 input.schema()
@@ -147,6 +171,7 @@ impl PhysicalPlan {
             | PhysicalPlan::Limit { input, .. }
             | PhysicalPlan::WindowTvf { input, .. }
             | PhysicalPlan::Window { input, .. }
+            | PhysicalPlan::SessionAggregate { input, .. }
             | PhysicalPlan::SessionTvf { input, .. } => vec![input],
             PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
                 vec![probe, build]
@@ -173,6 +198,7 @@ impl PhysicalPlan {
             | PhysicalPlan::Limit { input, .. }
             | PhysicalPlan::WindowTvf { input, .. }
             | PhysicalPlan::Window { input, .. }
+            | PhysicalPlan::SessionAggregate { input, .. }
             | PhysicalPlan::SessionTvf { input, .. } => vec![input],
             PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
                 vec![probe, build]
@@ -293,7 +319,7 @@ impl PhysicalPlan {
             }
             PhysicalPlan::Materialize { .. } => Some("the final rows of an updating GROUP BY"),
             PhysicalPlan::Window { .. } => Some("a window function (OVER)"),
-            PhysicalPlan::SessionTvf { .. } => Some("SESSION windows"),
+            PhysicalPlan::SessionTvf { .. } | PhysicalPlan::SessionAggregate { .. } => Some("SESSION windows"),
             PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => Some("a join other than an inner equi-join"),
             PhysicalPlan::Sort { .. } => Some("ORDER BY"),
             PhysicalPlan::Limit { .. } => Some("LIMIT"),
@@ -336,6 +362,9 @@ impl PhysicalPlan {
                 "streaming: emits each window once the watermark passes its end; state: the open windows' groups".into()
             }
             PhysicalPlan::HashAggregate { .. } => "blocking: emits at the end of its input; state: every group (spills)".into(),
+            PhysicalPlan::SessionAggregate { .. } => {
+                "streaming: emits each session once the watermark passes its end; state: the open sessions' groups".into()
+            }
             PhysicalPlan::UpdateAggregate { input_changelog, .. } => format!(
                 "streaming: emits a changelog (+I, -U, +U, -D) of the groups each batch changes{}; state: every group",
                 if *input_changelog { ", taking back the input's retractions" } else { "" }
@@ -376,6 +405,7 @@ impl PhysicalPlan {
                 exprs.iter().position(|e| *e == Expr::Column(c))
             }
             PhysicalPlan::HashAggregate { window_end: Some(end), .. } => Some(*end),
+            PhysicalPlan::SessionAggregate { group, .. } => group.iter().position(|g| *g == SessionColumn::End),
             // A regular stream join emits no watermarks: its rows have no event time downstream.
             PhysicalPlan::StreamJoin { left, interval: Some(_), .. } => left.event_time_column(),
             PhysicalPlan::HashJoin { probe, kind: JoinKind::Inner, .. } => probe.event_time_column(),
@@ -401,6 +431,7 @@ impl PhysicalPlan {
             PhysicalPlan::WindowTvf { .. } => "WindowTvf",
             PhysicalPlan::Window { .. } => "Window",
             PhysicalPlan::SessionTvf { .. } => "SessionTvf",
+            PhysicalPlan::SessionAggregate { .. } => "SessionAggregate",
             PhysicalPlan::HashJoin { .. } => "HashJoin",
             PhysicalPlan::StreamJoin { interval: Some(_), .. } => "IntervalJoin",
             PhysicalPlan::StreamJoin { .. } => "StreamJoin",
@@ -460,11 +491,7 @@ impl PhysicalPlan {
             PhysicalPlan::Project { input, exprs, .. } => format!(": {}", list(exprs, &input.schema())),
             PhysicalPlan::HashAggregate { input, group, aggs, .. } | PhysicalPlan::UpdateAggregate { input, group, aggs, .. } => {
                 let schema = input.schema();
-                let aggs: Vec<String> = aggs
-                    .iter()
-                    .map(|a| format!("{}({}{})", a.func.name(), if a.distinct { "DISTINCT " } else { "" }, list(&a.args, &schema)))
-                    .collect();
-                format!(": group=[{}] aggs=[{}]", list(group, &schema), aggs.join(", "))
+                format!(": group=[{}] aggs=[{}]", list(group, &schema), describe_aggs(aggs, &schema))
             }
             PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, keep_build, .. } => {
                 let (ps, bs) = (probe.schema(), build.schema());
@@ -516,8 +543,27 @@ impl PhysicalPlan {
             PhysicalPlan::SessionTvf { input, keys, time, gap, .. } => {
                 format!(": {}", crate::logical::describe_session(keys, *time, *gap, &input.schema()))
             }
+            PhysicalPlan::SessionAggregate { input, keys, time, gap, group, aggs, schema } => {
+                let input_schema = input.schema();
+                let group: Vec<&str> = schema.fields().iter().take(group.len()).map(|f| f.name().as_str()).collect();
+                format!(
+                    ": {} group=[{}] aggs=[{}]",
+                    crate::logical::describe_session(keys, *time, *gap, &input_schema),
+                    group.join(", "),
+                    describe_aggs(aggs, &input_schema)
+                )
+            }
         }
     }
+}
+
+/// `count(x), sum(DISTINCT y)` for EXPLAIN.
+fn describe_aggs(aggs: &[AggCall], schema: &Schema) -> String {
+    let call = |a: &AggCall| {
+        let args: Vec<String> = a.args.iter().map(|e| e.display(schema).to_string()).collect();
+        format!("{}({}{})", a.func.name(), if a.distinct { "DISTINCT " } else { "" }, args.join(", "))
+    };
+    aggs.iter().map(call).collect::<Vec<_>>().join(", ")
 }
 
 /// Lets a scan that feeds an aggregate directly hand out string group keys dictionary-encoded: the
@@ -761,6 +807,67 @@ fn keeps_smaller_build(left: &LogicalPlan, right: &LogicalPlan, kind: JoinKind, 
 /// Run as a stream, an inner join whose right input never ends cannot build a table of it first:
 /// it becomes a stream join, an interval join when its condition bounds the two sides' times. With
 /// `every_join`, inner joins of bounded inputs do too (as in Flink's streaming mode).
+/// Run as a stream, a GROUP BY of SESSION windows on an input's event time, grouped by
+/// `window_start`, `window_end` and every partition key of the sessions (as Flink requires), becomes a
+/// `SessionAggregate`, which emits each session as the watermark passes its end, instead of sorting
+/// the whole input and aggregating at its end.
+pub fn plan_session_aggregates(plan: PhysicalPlan) -> PhysicalPlan {
+    let mut plan = match plan {
+        PhysicalPlan::HashAggregate { input, group, aggs, window_end, schema, estimated_rows } => {
+            let aggregate = |input: PhysicalPlan, group, aggs, schema| PhysicalPlan::HashAggregate {
+                input: Box::new(input),
+                group,
+                aggs,
+                window_end,
+                schema,
+                estimated_rows,
+            };
+            match (session_columns(&input, &group, &aggs), *input) {
+                (Some(columns), PhysicalPlan::SessionTvf { input: sorted, keys, time, gap, schema: tvf_schema }) => match *sorted {
+                    PhysicalPlan::Sort { input: rows, .. } => {
+                        PhysicalPlan::SessionAggregate { input: rows, keys, time, gap, group: columns, aggs, schema }
+                    }
+                    other => {
+                        aggregate(PhysicalPlan::SessionTvf { input: Box::new(other), keys, time, gap, schema: tvf_schema }, group, aggs, schema)
+                    }
+                },
+                (_, input) => aggregate(input, group, aggs, schema),
+            }
+        }
+        other => other,
+    };
+    for input in plan.inputs_mut() {
+        *input = plan_session_aggregates(input.take());
+    }
+    plan
+}
+
+/// What each group key is, when `group` and `aggs` over `input` make a session window aggregate.
+fn session_columns(input: &PhysicalPlan, group: &[Expr], aggs: &[AggCall]) -> Option<Vec<SessionColumn>> {
+    let PhysicalPlan::SessionTvf { input: sorted, keys, time, .. } = input else { return None };
+    let PhysicalPlan::Sort { input: rows, .. } = sorted.as_ref() else { return None };
+    if rows.event_time_column() != Some(*time) || rows.changelog() {
+        return None;
+    }
+    let width = rows.schema().fields().len();
+    let columns = group
+        .iter()
+        .map(|g| match g {
+            Expr::Column(c) if *c == width => Some(SessionColumn::Start),
+            Expr::Column(c) if *c == width + 1 => Some(SessionColumn::End),
+            Expr::Column(c) if *c == width + 2 => Some(SessionColumn::Time),
+            other => keys.iter().position(|k| k == other).map(SessionColumn::Key),
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let has = |c: SessionColumn| columns.contains(&c);
+    let all_keys = (0..keys.len()).all(|k| has(SessionColumn::Key(k)));
+    let mut used = vec![];
+    for a in aggs {
+        a.args.iter().for_each(|e| e.columns(&mut used));
+    }
+    (has(SessionColumn::Start) && has(SessionColumn::End) && all_keys && used.iter().all(|c| *c < width)).then_some(columns)
+}
+
 pub fn plan_stream_joins(plan: PhysicalPlan, every_join: bool) -> PhysicalPlan {
     let mut plan = match plan {
         PhysicalPlan::HashJoin { probe, build, kind: JoinKind::Inner, probe_keys, build_keys, filter, schema, .. }

@@ -186,6 +186,7 @@ impl Session {
             // a stream join then (a hash join's build side would not be restored), as in Flink.
             let every_join = self.config.changelog || self.checkpoint.is_some();
             physical = crate::physical::plan_stream_joins(physical, every_join);
+            physical = crate::physical::plan_session_aggregates(physical);
             physical = crate::changelog::plan(physical, self.config.changelog)?;
         }
         Ok((plan, physical))

@@ -157,3 +157,136 @@ fn a_slow_consumer_holds_an_endless_source_back() {
     // open ones. Without backpressure the generator makes millions of rows in those 300 ms.
     assert!(read < 40 * 9_200, "the source ran ahead of its consumer: {read} rows read for 10 windows consumed");
 }
+
+/// Session rows (window_start, window_end as seconds, count) of a result, sorted.
+fn sessions_of(batches: &[RecordBatch]) -> Vec<(i64, i64, i64)> {
+    let mut out: Vec<(i64, i64, i64)> = batches
+        .iter()
+        .flat_map(|b| {
+            let at = |c: usize| b.column(c).as_primitive::<TimestampMicrosecondType>().values().iter().map(|v| (v - EPOCH_2026) / SECOND).collect::<Vec<_>>();
+            let counts = b.column(2).as_primitive::<Int64Type>().values().to_vec();
+            at(0).into_iter().zip(at(1)).zip(counts).map(|((s, e), n)| (s, e, n)).collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+const SESSIONS: &str = "SELECT window_start, window_end, count(*) FROM TABLE(SESSION(TABLE ev, DESCRIPTOR(ts), INTERVAL '3' SECOND)) \
+                        GROUP BY window_start, window_end";
+
+#[test]
+fn session_aggregate_emits_each_session_once_the_watermark_passes_its_end() {
+    // Sessions with a 3 s gap: [0, 5) of three rows, [10, 14), [20, 25), [40, 43).
+    let seconds = [0, 1, 2, 10, 11, 20, 21, 22, 40];
+    for threads in [1, 2] {
+        let s = session(threads, 1, true, "0", &seconds);
+        let msgs = messages(&s, SESSIONS);
+        let mut seen = vec![];
+        let mut before_end = 0;
+        let mut last_watermark = i64::MIN;
+        for (i, (_, m)) in msgs.iter().enumerate() {
+            match m {
+                Message::Batch(b) => {
+                    let rows = sessions_of(std::slice::from_ref(b));
+                    for (_, end, _) in &rows {
+                        assert!(end * SECOND + EPOCH_2026 > last_watermark, "a session came out after a watermark past its end");
+                        // Emitted once a watermark at or past its end arrived, before that watermark goes on.
+                        let next = msgs[i..].iter().find_map(|(_, m)| match m {
+                            Message::Watermark(w) => Some(*w),
+                            _ => None,
+                        });
+                        if let Some(w) = next {
+                            assert!(end * SECOND + EPOCH_2026 <= w, "a session came out before the watermark passed its end");
+                            before_end += 1;
+                        }
+                    }
+                    seen.extend(rows);
+                }
+                Message::Watermark(w) => last_watermark = *w,
+                _ => {}
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, vec![(0, 5, 3), (10, 14, 2), (20, 25, 3), (40, 43, 1)], "{threads} threads");
+        if threads == 1 {
+            assert_eq!(before_end, 3, "the sessions before the last close before the end of input");
+        }
+        let explain = s.plan_sql(SESSIONS).expect("plan").1.display_indent(&|_| String::new());
+        assert!(explain.contains("SessionAggregate") && !explain.contains("Sort"), "{explain}");
+    }
+}
+
+#[test]
+fn a_row_that_bridges_two_open_sessions_merges_them() {
+    // 0 s and 4 s start two sessions (gap 3 s); 2 s, within the 5 s watermark delay, joins them.
+    for seconds in [[0, 4, 2, 30], [4, 0, 2, 30], [2, 0, 4, 30]] {
+        let mut batch = session(1, 1, false, "5", &seconds);
+        let mut stream = session(1, 1, true, "5", &seconds);
+        let want = sessions_of(&batch.sql(SESSIONS).expect("batch").batches);
+        assert_eq!(want, vec![(0, 7, 3), (30, 33, 1)]);
+        assert_eq!(sessions_of(&stream.sql(SESSIONS).expect("stream").batches), want, "{seconds:?}");
+    }
+}
+
+#[test]
+fn a_row_whose_session_ended_behind_the_watermark_is_dropped_and_counted() {
+    // No delay: when 2 s arrives the watermark is at 10 s, and [1 s, 4 s) was emitted.
+    let seconds = [1, 10, 2];
+    let mut batch = session(1, 1, false, "0", &seconds);
+    assert_eq!(sessions_of(&batch.sql(SESSIONS).expect("batch").batches), vec![(1, 5, 2), (10, 13, 1)]);
+    let mut stream = session(1, 1, true, "0", &seconds);
+    assert_eq!(sessions_of(&stream.sql(SESSIONS).expect("stream").batches), vec![(1, 4, 1), (10, 13, 1)]);
+    let plan = stream.sql(&format!("EXPLAIN ANALYZE {SESSIONS}")).expect("explain");
+    let text = plan.batches[0].column(0).as_string::<i32>().value(0).to_string();
+    assert!(text.contains("SessionAggregate") && text.contains("late_rows=1"), "{text}");
+}
+
+#[test]
+fn sessions_over_a_stream_without_end_come_out_as_they_close() {
+    let table = |bound: &str| {
+        format!(
+            "CREATE TABLE bid (bidder BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
+             WITH ('connector' = 'nexmark', 'table' = 'bid', 'first-event.rate' = '1000'{bound})"
+        )
+    };
+    let query = "SELECT bidder, window_start, window_end, count(*) FROM TABLE(SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(dateTime), \
+                 INTERVAL '2' SECOND)) GROUP BY bidder, window_start, window_end";
+    let rows = |batches: &[RecordBatch]| -> Vec<(i64, i64, i64, i64)> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let ts = |c: usize| b.column(c).as_primitive::<TimestampMicrosecondType>().values().to_vec();
+                let (bidders, starts, ends) = (b.column(0).as_primitive::<Int64Type>().values().to_vec(), ts(1), ts(2));
+                let counts = b.column(3).as_primitive::<Int64Type>().values().to_vec();
+                (0..b.num_rows()).map(move |i| (bidders[i], starts[i], ends[i], counts[i])).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut s = Session::new(ExecConfig { threads: 2, stream: true, ..ExecConfig::default() });
+    s.sql(&table("")).expect("create");
+    let (_, physical) = s.plan_sql(query).expect("plan");
+    let seen = Arc::new(Mutex::new(Vec::<RecordBatch>::new()));
+    let sink = seen.clone();
+    let result = execute_into(&physical, &s.config, Arc::new(move |_, m| {
+        if let Message::Batch(b) = m {
+            let mut got = sink.lock().expect("lock");
+            got.push(b);
+            if got.iter().map(|b| b.num_rows()).sum::<usize>() >= 200 {
+                return Err(riffle_engine::RiffleError::exec("enough"));
+            }
+        }
+        Ok(())
+    }));
+    assert!(result.is_err(), "the consumer stopped the endless query");
+    let streamed = rows(&seen.lock().expect("lock"));
+    assert!(streamed.len() >= 200);
+    // The same events, bounded (the first 100 s of them): every session that closed in the stream is
+    // one of the batch answer's.
+    let mut b = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    b.sql(&table(", 'events.num' = '100000'")).expect("create");
+    let batch: std::collections::HashSet<_> = rows(&b.sql(query).expect("batch").batches).into_iter().collect();
+    for r in &streamed {
+        assert!(batch.contains(r), "session {r:?} of the stream is not in the batch answer");
+    }
+}

@@ -92,6 +92,21 @@ impl Partial {
         Ok((RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), columns, &options)?, widths))
     }
 
+    pub(super) fn keys(&self) -> &[ArrayRef] {
+        &self.keys
+    }
+
+    /// The groups where `mask` holds, keyed by `keys` instead (a row per kept group): to move groups
+    /// into other tables under other keys.
+    pub(super) fn select(&self, mask: &arrow::array::BooleanArray, keys: Vec<ArrayRef>) -> Result<Partial> {
+        let states = self
+            .states
+            .iter()
+            .map(|s| s.iter().map(|a| Ok(arrow::compute::filter(a, mask)?)).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Partial { keys, states, num_groups: mask.true_count() })
+    }
+
     /// The inverse of `into_batch`, given the key count and each accumulator's state width.
     pub(super) fn from_batch(batch: &RecordBatch, keys: usize, widths: &[usize]) -> Partial {
         let columns = batch.columns();

@@ -190,6 +190,25 @@ impl Builder<'_> {
                 open.push(&metrics, move || Box::new(super::window::WindowOp::sessions(keys.clone(), time, gap, schema.clone())));
                 open
             }
+            PhysicalPlan::SessionAggregate { input, keys, time, gap, group, aggs, schema } => {
+                let spec = Arc::new(super::session_aggregate::SessionAggSpec {
+                    keys: keys.clone(),
+                    time: *time,
+                    gap: *gap,
+                    group: group.clone(),
+                    aggs: aggs.clone(),
+                    input_schema: input.schema(),
+                    schema: schema.clone(),
+                });
+                let open = self.open(input)?;
+                // Every key's sessions in one partition, which sees the smallest watermark of all.
+                let mut open = self.repartition(open, 1)?;
+                let (pool, op_metrics) = (self.memory.pool.clone(), metrics.clone());
+                open.push(&metrics, move || {
+                    Box::new(super::session_aggregate::SessionAggregateOp::new(spec.clone(), pool.clone(), op_metrics.clone()))
+                });
+                open
+            }
             PhysicalPlan::WindowTvf { input, window, time, schema } => {
                 let mut open = self.open(input)?;
                 let (window, time, schema) = (*window, *time, schema.clone());

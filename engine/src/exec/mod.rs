@@ -20,6 +20,7 @@ mod prune;
 mod retract;
 mod scan;
 mod scheduler;
+mod session_aggregate;
 mod sort;
 mod stream_join;
 mod update_aggregate;
