@@ -306,3 +306,14 @@ fn a_spill_merges_the_runs_held_in_memory_into_one_file() {
     assert!((3..=40).contains(&stats.spill_files), "{stats:?}");
     assert_eq!(entries(dir.path()), 0, "spill files left behind");
 }
+
+#[test]
+fn a_window_partition_is_counted_in_the_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let session = Session::new(config(1 << 30, 2, dir.path()));
+    // OVER () is one partition of every row: 100,000 keys of 10 bytes buffered at once.
+    let sql = "SELECT max(n), count(k) FROM (SELECT key AS k, row_number() OVER () AS n FROM gensort(100000))";
+    let (_, physical) = session.plan_sql(sql).expect("plan");
+    let out = riffle_engine::exec::execute(&physical, &session.config).expect("runs");
+    assert!(out.stats.peak_memory >= 1_000_000, "the buffered partition is not counted: {:?}", out.stats);
+}

@@ -179,15 +179,15 @@ impl Builder<'_> {
             PhysicalPlan::Window { input, calls, schema } => {
                 let open = self.open(input)?;
                 let mut open = self.repartition(open, 1)?;
-                let (calls, schema) = (calls.clone(), schema.clone());
-                open.push(&metrics, move || Box::new(super::window::WindowOp::new(calls.clone(), schema.clone())));
+                let (calls, schema, pool) = (calls.clone(), schema.clone(), self.memory.pool.clone());
+                open.push(&metrics, move || Box::new(super::window::WindowOp::new(calls.clone(), schema.clone(), &pool)));
                 open
             }
             PhysicalPlan::SessionTvf { input, keys, time, gap, schema } => {
                 let open = self.open(input)?;
                 let mut open = self.repartition(open, 1)?;
-                let (keys, time, gap, schema) = (keys.clone(), *time, *gap, schema.clone());
-                open.push(&metrics, move || Box::new(super::window::WindowOp::sessions(keys.clone(), time, gap, schema.clone())));
+                let (keys, time, gap, schema, pool) = (keys.clone(), *time, *gap, schema.clone(), self.memory.pool.clone());
+                open.push(&metrics, move || Box::new(super::window::WindowOp::sessions(keys.clone(), time, gap, schema.clone(), &pool)));
                 open
             }
             PhysicalPlan::SessionAggregate { input, keys, time, gap, group, aggs, schema } => {

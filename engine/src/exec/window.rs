@@ -14,6 +14,7 @@ use super::Operator;
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
 use crate::logical::{AggFunc, FrameBound, WindowCall, WindowFunc};
+use crate::memory::{batch_bytes, MemoryPool, MemoryReservation};
 use crate::message::Message;
 
 /// What a partition's rows get.
@@ -33,18 +34,34 @@ pub struct WindowOp {
     partition_rows: Option<RowConverter>,
     buffer: Vec<RecordBatch>,
     last_key: Option<OwnedRow>,
+    /// Holds the buffered partition's bytes in the pool. A partition cannot spill (yet): beyond the
+    /// budget it is counted anyway, so that spilling operators see less room.
+    reservation: MemoryReservation,
 }
 
 impl WindowOp {
     /// `calls` share their PARTITION BY and ORDER BY.
-    pub fn new(calls: Vec<WindowCall>, schema: SchemaRef) -> WindowOp {
+    pub fn new(calls: Vec<WindowCall>, schema: SchemaRef, pool: &Arc<MemoryPool>) -> WindowOp {
         let partition_by = calls.first().map(|c| c.partition_by.clone()).unwrap_or_default();
-        WindowOp { values: PartitionValues::Calls(calls), partition_by, schema, partition_rows: None, buffer: vec![], last_key: None }
+        WindowOp::of(PartitionValues::Calls(calls), partition_by, schema, pool.reservation("Window", false))
+    }
+
+    fn of(values: PartitionValues, partition_by: Vec<crate::logical::Expr>, schema: SchemaRef, reservation: MemoryReservation) -> WindowOp {
+        WindowOp { values, partition_by, schema, partition_rows: None, buffer: vec![], last_key: None, reservation }
+    }
+
+    /// Buffers rows of the current partition, counted in the pool.
+    fn hold(&mut self, batch: RecordBatch) {
+        let bytes = batch_bytes(&batch);
+        if !self.reservation.try_grow(bytes) {
+            self.reservation.grow_anyway(bytes);
+        }
+        self.buffer.push(batch);
     }
 
     /// SESSION windows per `keys`.
-    pub fn sessions(keys: Vec<crate::logical::Expr>, time: usize, gap: i64, schema: SchemaRef) -> WindowOp {
-        WindowOp { values: PartitionValues::Sessions { time, gap }, partition_by: keys, schema, partition_rows: None, buffer: vec![], last_key: None }
+    pub fn sessions(keys: Vec<crate::logical::Expr>, time: usize, gap: i64, schema: SchemaRef, pool: &Arc<MemoryPool>) -> WindowOp {
+        WindowOp::of(PartitionValues::Sessions { time, gap }, keys, schema, pool.reservation("SessionTvf", false))
     }
 
     fn flush(&mut self, out: &mut Vec<Message>) -> Result<()> {
@@ -53,6 +70,9 @@ impl WindowOp {
         }
         let batches = std::mem::take(&mut self.buffer);
         let partition = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
+        drop(batches);
+        // The concatenated copy replaces the buffered batches (slices of the input's batches).
+        self.reservation.free();
         if partition.num_rows() == 0 {
             return Ok(());
         }
@@ -78,7 +98,7 @@ impl WindowOp {
 impl Operator for WindowOp {
     fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         if self.partition_by.is_empty() {
-            self.buffer.push(batch);
+            self.hold(batch);
             return Ok(());
         }
         let keys = self.partition_by.iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
@@ -103,12 +123,12 @@ impl Operator for WindowOp {
         let mut from = 0;
         for s in starts {
             if s > from {
-                self.buffer.push(batch.slice(from, s - from));
+                self.hold(batch.slice(from, s - from));
             }
             self.flush(out)?;
             from = s;
         }
-        self.buffer.push(batch.slice(from, batch.num_rows() - from));
+        self.hold(batch.slice(from, batch.num_rows() - from));
         Ok(())
     }
 
