@@ -437,3 +437,14 @@ fn changelog_prints_a_bounded_group_by_as_it_updates() {
     assert!(stderr(&o).contains("files take appended rows only"), "{}", stderr(&o));
     assert!(!std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/unused-out")).exists());
 }
+
+#[test]
+fn an_impossible_memory_budget_is_a_clear_error() {
+    // An updating GROUP BY keeps every group and cannot spill: 200,000 groups do not fit in 1 MB.
+    let sql = "SELECT key, count(*) AS n FROM gensort(200000) GROUP BY key";
+    let o = riffle(&["sql", "--stream", "--changelog", "--memory-limit", "1MB", "--format", "csv", "-c", sql], None);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("out of memory: UpdateAggregate needs") && err.contains("raise the limit with --memory-limit"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
