@@ -304,7 +304,8 @@ impl PhysicalPlan {
     }
 
     /// Refuses what checkpoints cannot restore yet: only scans (not literal rows), filters,
-    /// projections, window table functions, window aggregates, stream joins and unions are checkpointed.
+    /// projections, window table functions, window and session aggregates, stream joins and unions are
+    /// checkpointed.
     pub fn check_checkpointable(&self) -> Result<()> {
         let what = match self {
             PhysicalPlan::Scan { .. }
@@ -313,13 +314,14 @@ impl PhysicalPlan {
             | PhysicalPlan::WindowTvf { .. }
             | PhysicalPlan::Union { .. }
             | PhysicalPlan::StreamJoin { .. }
+            | PhysicalPlan::SessionAggregate { .. }
             | PhysicalPlan::HashAggregate { window_end: Some(_), .. } => None,
             PhysicalPlan::HashAggregate { .. } | PhysicalPlan::UpdateAggregate { .. } => {
                 Some("a GROUP BY other than by an event-time window")
             }
             PhysicalPlan::Materialize { .. } => Some("the final rows of an updating GROUP BY"),
             PhysicalPlan::Window { .. } => Some("a window function (OVER)"),
-            PhysicalPlan::SessionTvf { .. } | PhysicalPlan::SessionAggregate { .. } => Some("SESSION windows"),
+            PhysicalPlan::SessionTvf { .. } => Some("SESSION windows other than a GROUP BY of their bounds and keys"),
             PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => Some("a join other than an inner equi-join"),
             PhysicalPlan::Sort { .. } => Some("ORDER BY"),
             PhysicalPlan::Limit { .. } => Some("LIMIT"),
@@ -327,7 +329,7 @@ impl PhysicalPlan {
         };
         if let Some(what) = what {
             return Err(RiffleError::NotSupported(format!(
-                "checkpoints of a job with {what} (checkpointed so far: scans, filters, projections, window table functions, window aggregates and inner equi-joins); run it without --checkpoint-dir"
+                "checkpoints of a job with {what} (checkpointed so far: scans, filters, projections, window table functions, window and session aggregates and inner equi-joins); run it without --checkpoint-dir"
             )));
         }
         self.inputs().into_iter().try_for_each(|i| i.check_checkpointable())

@@ -203,9 +203,18 @@ impl Builder<'_> {
                 let open = self.open(input)?;
                 // Every key's sessions in one partition, which sees the smallest watermark of all.
                 let mut open = self.repartition(open, 1)?;
+                let checkpoint = match &self.config.checkpoint {
+                    Some(c) => Some(super::session_aggregate::SessionCheckpoint {
+                        coordinator: c.clone(),
+                        component: c.register()?,
+                        name: format!("session-{id}"),
+                    }),
+                    None => None,
+                };
                 let (pool, op_metrics) = (self.memory.pool.clone(), metrics.clone());
                 open.push(&metrics, move || {
-                    Box::new(super::session_aggregate::SessionAggregateOp::new(spec.clone(), pool.clone(), op_metrics.clone()))
+                    let (spec, pool, metrics) = (spec.clone(), pool.clone(), op_metrics.clone());
+                    Box::new(super::session_aggregate::SessionAggregateOp::new(spec, pool, metrics, checkpoint.clone()))
                 });
                 open
             }

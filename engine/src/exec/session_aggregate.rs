@@ -12,18 +12,22 @@
 //! that merges with no open session and whose own interval ends at or before the watermark is late:
 //! dropped and counted (`late_rows`). One partition holds every key (the input is gathered into it).
 //!
-//! Not checkpointed yet: a job with `--checkpoint-dir` is refused (`PhysicalPlan::check_checkpointable`).
+//!
+//! Checkpoints: at barrier `e` (aligned by the exchange in front) the merges are folded in as above
+//! and the open sessions (key, start, end), their partial states and the watermark are written; a
+//! restored job reads them back before its first row.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::row::{RowConverter, SortField};
 
-use super::aggregate::{AggSpec, GroupTable};
+use super::aggregate::{AggSpec, GroupTable, Partial};
+use super::checkpoint::Coordinator;
 use super::{OpMetrics, Operator};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
@@ -48,8 +52,18 @@ pub struct SessionAggSpec {
     pub schema: SchemaRef,
 }
 
+/// Where a session aggregate's state goes in each checkpoint.
+#[derive(Clone)]
+pub struct SessionCheckpoint {
+    pub coordinator: Arc<Coordinator>,
+    pub component: usize,
+    /// The directory of this operator's state inside each checkpoint.
+    pub name: String,
+}
+
 pub struct SessionAggregateOp {
     spec: Arc<SessionAggSpec>,
+    checkpoint: Option<SessionCheckpoint>,
     /// Aggregates the input with the session number appended as the one group key.
     by_session: Arc<AggSpec>,
     /// The input's schema with the session number appended.
@@ -83,7 +97,12 @@ struct Sessions {
 }
 
 impl SessionAggregateOp {
-    pub fn new(spec: Arc<SessionAggSpec>, pool: Arc<MemoryPool>, metrics: Arc<OpMetrics>) -> SessionAggregateOp {
+    pub fn new(
+        spec: Arc<SessionAggSpec>,
+        pool: Arc<MemoryPool>,
+        metrics: Arc<OpMetrics>,
+        checkpoint: Option<SessionCheckpoint>,
+    ) -> SessionAggregateOp {
         let width = spec.input_schema.fields().len();
         let mut fields: Vec<Field> = spec.input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new("session", DataType::UInt32, false));
@@ -92,7 +111,7 @@ impl SessionAggregateOp {
         let aggs = spec.schema.fields().iter().skip(spec.group.len()).map(|f| f.as_ref().clone());
         let out = Arc::new(Schema::new(std::iter::once(Field::new("session", DataType::UInt32, false)).chain(aggs).collect::<Vec<_>>()));
         let by_session = Arc::new(AggSpec::new(vec![Expr::Column(width)], spec.aggs.clone(), numbered.clone(), out));
-        SessionAggregateOp { spec, by_session, numbered, pool, metrics, state: None, watermark: i64::MIN }
+        SessionAggregateOp { spec, checkpoint, by_session, numbered, pool, metrics, state: None, watermark: i64::MIN }
     }
 
     fn sessions(&mut self) -> Result<&mut Sessions> {
@@ -110,8 +129,64 @@ impl SessionAggregateOp {
                 key_bytes: 0,
                 reservation: self.pool.reservation("SessionAggregate", false),
             });
+            let restore = self.checkpoint.as_ref().and_then(|c| Some(c.coordinator.restore_dir()?.join(&c.name)));
+            if let Some(dir) = restore {
+                self.restore(&dir)?;
+            }
         }
         self.state.as_mut().ok_or_else(|| RiffleError::exec("session state missing"))
+    }
+
+    /// Writes the open sessions, their partial states and the watermark as of barrier `e`.
+    fn snapshot(&mut self, ck: &SessionCheckpoint, e: u64) -> Result<()> {
+        let (spec, by_session, watermark) = (self.spec.clone(), self.by_session.clone(), self.watermark);
+        let st = self.sessions()?;
+        // Merged sessions folded in, so that each open session is one group.
+        st.rebuild(&spec, &by_session, vec![])?;
+        let partial = std::mem::replace(&mut st.table, GroupTable::new(&by_session)?).into_partial()?;
+        st.table.merge(partial.clone())?;
+        let sessions = RecordBatch::try_from_iter([
+            ("key", Arc::new(BinaryArray::from_iter_values(st.sessions.iter().map(|s| &s.key[..]))) as ArrayRef),
+            ("start", Arc::new(Int64Array::from_iter_values(st.sessions.iter().map(|s| s.start))) as ArrayRef),
+            ("end", Arc::new(Int64Array::from_iter_values(st.sessions.iter().map(|s| s.end))) as ArrayRef),
+        ])?;
+        let dir = ck.coordinator.state_dir(e, &ck.name)?;
+        super::checkpoint::write_batches(&dir.join("sessions.arrow"), &[sessions])?;
+        super::checkpoint::write_batches(&dir.join("groups.arrow"), &[partial.into_batch()?.0])?;
+        super::checkpoint::write_synced(&dir.join("state.json"), serde_json::json!({ "watermark": watermark }).to_string().as_bytes())
+    }
+
+    /// Reads a checkpoint's sessions back into the (new, empty) state.
+    fn restore(&mut self, dir: &std::path::Path) -> Result<()> {
+        let widths: Vec<usize> = GroupTable::new(&self.by_session)?.into_partial()?.states.iter().map(|s| s.len()).collect();
+        if let Some(doc) = super::checkpoint::read_json(&dir.join("state.json"))? {
+            self.watermark = doc.get("watermark").and_then(|w| w.as_i64()).unwrap_or(i64::MIN);
+        }
+        let Some(st) = self.state.as_mut() else { return Ok(()) };
+        let (sessions, groups) = (dir.join("sessions.arrow"), dir.join("groups.arrow"));
+        if !sessions.exists() {
+            return Ok(());
+        }
+        for b in super::checkpoint::read_batches(&sessions)? {
+            let corrupt = || RiffleError::exec(format!("checkpoint: {} is not a session aggregate's state", dir.display()));
+            let keys = b.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(corrupt)?;
+            let starts = b.column_by_name("start").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(corrupt)?;
+            let ends = b.column_by_name("end").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(corrupt)?;
+            for i in 0..b.num_rows() {
+                let id = st.sessions.len() as u32;
+                let key: Box<[u8]> = keys.value(i).into();
+                st.key_bytes += key.len();
+                st.open.entry(key.clone()).or_default().push(id);
+                st.sessions.push(Session { key, start: starts.value(i), end: ends.value(i) });
+                st.merged_into.push(id);
+                st.ends.push(Reverse((ends.value(i), id)));
+            }
+        }
+        for b in super::checkpoint::read_batches(&groups)? {
+            st.table.merge(Partial::from_batch(&b, 1, &widths))?;
+        }
+        st.account();
+        Ok(())
     }
 
     /// Emits every session that ends at or before `watermark`.
@@ -132,6 +207,18 @@ impl SessionAggregateOp {
         if closed.is_empty() {
             return Ok(());
         }
+        if let Some(batch) = st.rebuild(&spec, &by_session, closed)? {
+            out.push(Message::Batch(batch));
+        }
+        Ok(())
+    }
+}
+
+impl Sessions {
+    /// Takes the `closed` sessions out and returns their rows (none when there are none), and folds
+    /// merged sessions' groups together, numbering the open sessions afresh.
+    fn rebuild(&mut self, spec: &SessionAggSpec, by_session: &AggSpec, closed: Vec<u32>) -> Result<Option<RecordBatch>> {
+        let st = self;
         // Each session number's new place: its closed session's row, or its open session's new number.
         const NONE: u32 = u32::MAX;
         let mut closed_row = vec![NONE; st.sessions.len()];
@@ -153,7 +240,7 @@ impl SessionAggregateOp {
         }
         st.open.retain(|_, list| !list.is_empty());
         // Split the partial states by where each part's session went.
-        let table = std::mem::replace(&mut st.table, GroupTable::new(&by_session)?);
+        let table = std::mem::replace(&mut st.table, GroupTable::new(by_session)?);
         let partial = table.into_partial()?;
         let ids = partial.keys().first().ok_or_else(|| RiffleError::exec("session numbers missing"))?.as_primitive::<UInt32Type>().clone();
         let (mut to_closed, mut to_open) = (vec![], vec![]);
@@ -170,22 +257,23 @@ impl SessionAggregateOp {
         }
         let mask = BooleanArray::from(closing);
         let open_mask = arrow::compute::not(&mask)?;
-        let mut open_table = GroupTable::new(&by_session)?;
+        let mut open_table = GroupTable::new(by_session)?;
         open_table.merge(partial.select(&open_mask, vec![Arc::new(UInt32Array::from(to_open))])?)?;
-        let mut closed_table = GroupTable::new(&by_session)?;
-        closed_table.merge(partial.select(&mask, vec![Arc::new(UInt32Array::from(to_closed))])?)?;
-        let result = by_session.result(closed_table)?;
-        let batch = output(&spec, st.keys.as_ref(), &st.sessions, &closed, &result)?;
+        let batch = if closed.is_empty() {
+            None
+        } else {
+            let mut closed_table = GroupTable::new(by_session)?;
+            closed_table.merge(partial.select(&mask, vec![Arc::new(UInt32Array::from(to_closed))])?)?;
+            let result = by_session.result(closed_table)?;
+            Some(output(spec, st.keys.as_ref(), &st.sessions, &closed, &result)?).filter(|b| b.num_rows() > 0)
+        };
         st.table = open_table;
         st.ends = sessions.iter().enumerate().map(|(i, s)| Reverse((s.end, i as u32))).collect();
         st.merged_into = (0..sessions.len() as u32).collect();
         st.sessions = sessions;
         st.key_bytes = key_bytes;
         st.account();
-        if batch.num_rows() > 0 {
-            out.push(Message::Batch(batch));
-        }
-        Ok(())
+        Ok(batch)
     }
 }
 
@@ -331,6 +419,8 @@ impl Operator for SessionAggregateOp {
     }
 
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
+        // A restored job's state and watermark are back before anything else happens.
+        self.sessions()?;
         match msg {
             Message::Watermark(w) if w > self.watermark => {
                 self.watermark = w;
@@ -338,8 +428,18 @@ impl Operator for SessionAggregateOp {
                 out.push(Message::Watermark(w));
             }
             Message::Watermark(_) => {}
+            Message::Barrier(e) => {
+                if let Some(ck) = self.checkpoint.clone() {
+                    self.snapshot(&ck, e)?;
+                    ck.coordinator.ack(ck.component, e)?;
+                }
+                out.push(Message::Barrier(e));
+            }
             Message::End => {
                 self.close(i64::MAX, out)?;
+                if let Some(ck) = &self.checkpoint {
+                    ck.coordinator.retire(ck.component)?;
+                }
                 out.push(Message::End);
             }
             other => out.push(other),
