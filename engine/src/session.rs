@@ -240,8 +240,49 @@ impl Session {
                 self.copy(source, target, options, legacy_options)
             }
             ast::Statement::Insert(ins) => self.insert(ins),
+            ast::Statement::Set(ast::Set::SingleAssignment { variable, values, .. }) => {
+                let key = variable.to_string().trim_matches(|c| c == '\'' || c == '"' || c == '`').to_string();
+                let value = match values.as_slice() {
+                    [ast::Expr::Value(v)] => match &v.value {
+                        ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                    [other] => other.to_string(),
+                    _ => return Err(RiffleError::plan(format!("SET '{key}' takes one value: SET '{key}' = '…'"))),
+                };
+                self.set_option(&key, &value)?;
+                Ok(StatementResult::command())
+            }
             other => Err(RiffleError::NotSupported(format!("statement {}", first_words(&other.to_string())))),
         }
+    }
+
+    /// Flink's `SET 'key' = 'value'` for the options Riffle has: `table.exec.state.ttl` (how long a
+    /// regular stream join keeps a row; `0` keeps them all), `execution.runtime-mode` (`streaming` or
+    /// `batch`, as `--stream`); Flink SQL client display options (`sql-client.*`) are accepted and
+    /// have no effect.
+    fn set_option(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "table.exec.state.ttl" => {
+                let ttl = parse_flink_duration(value).map_err(|e| RiffleError::plan(format!("SET '{key}': {e}")))?;
+                self.config.state_ttl = (!ttl.is_zero()).then_some(ttl);
+            }
+            "execution.runtime-mode" => {
+                self.config.stream = match value.to_ascii_lowercase().as_str() {
+                    "streaming" => true,
+                    "batch" => false,
+                    other => return Err(RiffleError::plan(format!("SET '{key}': '{other}' is neither 'streaming' nor 'batch'"))),
+                }
+            }
+            k if k.starts_with("sql-client.") => {}
+            other => {
+                return Err(RiffleError::NotSupported(format!(
+                    "SET '{other}': the options Riffle has are 'table.exec.state.ttl' and 'execution.runtime-mode' \
+                     (and Flink SQL client display options, 'sql-client.*', which change nothing here)"
+                )))
+            }
+        }
+        Ok(())
     }
 
     fn explain(&self, q: &ast::Query, analyze: bool) -> Result<StatementResult> {
@@ -596,6 +637,24 @@ fn single_query(sql: &str) -> Result<Box<ast::Query>> {
     }
 }
 
+/// A duration as Flink writes its options: a number and a unit (`ms` when none): `500 ms`, `30 s`,
+/// `5 min`, `1 h`, `1 d` (and the units' long names).
+fn parse_flink_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let n: u64 = number.parse().map_err(|_| format!("'{text}' is not a duration (e.g. '1 h', '30 min', '500 ms')"))?;
+    let millis_per = match unit {
+        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
+        other => return Err(format!("'{other}' in '{text}' is not a unit of time (ms, s, min, h, d)")),
+    };
+    n.checked_mul(millis_per).map(std::time::Duration::from_millis).ok_or_else(|| format!("'{text}' is too long"))
+}
+
 fn first_words(s: &str) -> String {
     s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
@@ -724,4 +783,35 @@ fn nexmark_table(options: &[(String, String)], declared: Option<SchemaRef>) -> R
         return Err(RiffleError::plan(format!("the nexmark {table:?} table would be empty: its proportion is 0")));
     }
     TableSource::nexmark(config, table, events, paced, declared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flink_durations_parse() {
+        let ms = |t: &str| parse_flink_duration(t).map(|d| d.as_millis());
+        assert_eq!(ms("1 h"), Ok(3_600_000));
+        assert_eq!(ms("30min"), Ok(1_800_000));
+        assert_eq!(ms("500"), Ok(500));
+        assert_eq!(ms("2 days"), Ok(172_800_000));
+        assert_eq!(ms("0"), Ok(0));
+        assert!(ms("1 week").unwrap_err().contains("not a unit of time"));
+        assert!(ms("soon").unwrap_err().contains("is not a duration"));
+    }
+
+    #[test]
+    fn set_takes_flinks_options_and_refuses_others() {
+        let mut s = Session::new(ExecConfig::default());
+        s.sql("SET 'table.exec.state.ttl' = '90 s'").expect("ttl");
+        assert_eq!(s.config.state_ttl, Some(std::time::Duration::from_secs(90)));
+        s.sql("SET 'execution.runtime-mode' = 'streaming'").expect("mode");
+        assert!(s.config.stream);
+        s.sql("SET 'sql-client.execution.result-mode' = 'tableau'").expect("client option");
+        let e = s.sql("SET 'table.exec.mini-batch.enabled' = 'true'").unwrap_err().to_string();
+        assert!(e.contains("the options Riffle has are 'table.exec.state.ttl'"), "{e}");
+        let e = s.sql("SET 'table.exec.state.ttl' = '1 fortnight'").unwrap_err().to_string();
+        assert!(e.contains("'fortnight' in '1 fortnight' is not a unit of time"), "{e}");
+    }
 }

@@ -99,3 +99,29 @@ fn windows_over_an_interval_join_close_before_the_input_ends() {
     assert_eq!(got, expected);
     assert_eq!(got.len(), 6);
 }
+
+#[test]
+fn a_state_ttl_forgets_the_rows_a_regular_stream_join_stored_that_long_ago() {
+    // Bids made on the wall clock, 2,000 a second for half a second, joined with themselves by auction:
+    // with a 1 ms TTL a bid meets only the bids stored in the millisecond before it (and itself).
+    let pairs = |ttl: Option<&str>| -> usize {
+        let config = ExecConfig { threads: 2, stream: true, changelog: true, ..ExecConfig::default() };
+        let mut s = Session::new(config);
+        s.sql(
+            "CREATE TABLE bid (auction BIGINT, price BIGINT) WITH ('connector' = 'nexmark', 'table' = 'bid', \
+             'events.num' = '1000', 'first-event.rate' = '2000', 'rate-limited' = 'true')",
+        )
+        .expect("create");
+        if let Some(ttl) = ttl {
+            s.sql(&format!("SET 'table.exec.state.ttl' = '{ttl}'")).expect("set");
+        }
+        let r = s.sql("SELECT a.auction FROM bid a JOIN bid b ON a.auction = b.auction").expect("join");
+        r.batches.iter().map(|b| b.num_rows()).sum()
+    };
+    let all = pairs(None);
+    assert!(all > 2_000, "{all} pairs without a TTL");
+    assert_eq!(pairs(Some("1 h")), all, "a TTL longer than the job forgets nothing");
+    assert_eq!(pairs(Some("0")), all, "a TTL of 0 is none (as in Flink)");
+    let short = pairs(Some("1 ms"));
+    assert!(short < all / 2, "with a 1 ms TTL {short} of {all} pairs");
+}

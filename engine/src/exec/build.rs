@@ -317,6 +317,7 @@ impl Builder<'_> {
                     interval: *interval,
                     left_schema: left.schema(),
                     schema: schema.clone(),
+                    state_ttl: self.config.state_ttl,
                 };
                 let left_open = self.open(left)?;
                 let right_open = self.open(right)?;

@@ -73,6 +73,9 @@ pub struct ExecConfig {
     /// A streaming job's checkpoints (sources inject barriers on its clock, state is saved and
     /// restored through it).
     pub checkpoint: Option<Arc<checkpoint::Coordinator>>,
+    /// How long a regular stream join keeps a stored row (Flink's `table.exec.state.ttl`, processing
+    /// time since the row was stored); `None` keeps every row.
+    pub state_ttl: Option<std::time::Duration>,
 }
 
 /// Rows read by the query's scans and rows that reached its root, so far.
@@ -124,6 +127,7 @@ impl Default for ExecConfig {
             spill_compression: SpillCompression::default(),
             progress: None,
             checkpoint: None,
+            state_ttl: None,
         }
     }
 }

@@ -6,7 +6,9 @@
 //! An interval join (`l.ts BETWEEN r.ts - a AND r.ts + b`, see [`IntervalBounds`]) forgets a row once
 //! the other side's watermark shows no future row can match it, so its state stays bounded; its
 //! output watermark is held back by the interval so that joined rows are never late. A regular join
-//! keeps every row (no time bounds its state) and its output carries no event time: watermarks stop.
+//! keeps every row (no time bounds its state), unless a state TTL is set (Flink's
+//! `table.exec.state.ttl`): then a row is forgotten that long after it was stored (processing time),
+//! as Flink's state TTL does. Its output carries no event time: watermarks stop.
 //!
 //! Checkpoints: a producer that delivered barrier `e` gets no credit from the output exchange until
 //! every producer of both inputs delivered it (aligned barriers), so when the last one arrives the
@@ -42,6 +44,8 @@ pub struct StreamJoinSpec {
     pub left_schema: SchemaRef,
     /// left ++ right: the output.
     pub schema: SchemaRef,
+    /// How long a stored row may match (processing time); `None`: as long as the time bounds allow.
+    pub state_ttl: Option<std::time::Duration>,
 }
 
 /// One input's stored rows.
@@ -58,6 +62,8 @@ struct Side {
     /// Per partition of this input, its last watermark (`i64::MAX` once it ended).
     watermarks: Vec<Option<Timestamp>>,
     bytes: usize,
+    /// When each chunk was stored, oldest first (for the state TTL).
+    stored: std::collections::VecDeque<(std::time::Instant, u64)>,
 }
 
 struct Chunk {
@@ -75,7 +81,24 @@ impl Side {
     /// Drops the chunks whose every row is older than `cutoff`.
     fn evict_before(&mut self, cutoff: Timestamp) {
         let old: Vec<u64> = self.chunks.iter().filter(|(_, c)| c.max_time < cutoff).map(|(id, _)| *id).collect();
-        for id in old {
+        self.remove(old);
+    }
+
+    /// Drops the chunks stored `ttl` or longer before `now`.
+    fn expire(&mut self, now: std::time::Instant, ttl: std::time::Duration) {
+        let mut old = vec![];
+        while let Some((at, id)) = self.stored.front().copied() {
+            if now.saturating_duration_since(at) < ttl {
+                break;
+            }
+            self.stored.pop_front();
+            old.push(id);
+        }
+        self.remove(old);
+    }
+
+    fn remove(&mut self, ids: Vec<u64>) {
+        for id in ids {
             if let Some(c) = self.chunks.remove(&id) {
                 self.live_rows -= c.rows;
                 self.dead_rows += c.rows;
@@ -231,6 +254,11 @@ impl StreamJoinShared {
     fn insert_and_probe(&self, side: usize, batch: RecordBatch) -> Result<Option<RecordBatch>> {
         let (encoded, valid, max_time) = self.keys(side, &batch)?;
         let mut st = self.lock()?;
+        if let Some(ttl) = self.spec.state_ttl {
+            // Expired rows never match (as Flink's state TTL never returns expired state).
+            let now = std::time::Instant::now();
+            st.sides.iter_mut().for_each(|s| s.expire(now, ttl));
+        }
         let other = &st.sides[1 - side];
         // Pairs (this row, other chunk, other row).
         let mut mine: Vec<u32> = Vec::new();
@@ -334,6 +362,7 @@ fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid:
         side.bytes += batch_bytes(&batch) + stored * 16;
         side.live_rows += stored;
         side.chunks.insert(id, Chunk { batch, max_time, rows: stored });
+        side.stored.push_back((std::time::Instant::now(), id));
     }
 }
 
