@@ -123,3 +123,30 @@ fn what_needs_final_rows_of_an_endless_update_is_refused() {
         assert!(err.contains("event-time window"), "{err}");
     }
 }
+
+#[test]
+fn a_state_ttl_forgets_groups_unchanged_that_long() {
+    // Bids made on the wall clock over half a second, counted per auction: with a 1 ms TTL an
+    // auction's group is forgotten between its bids and its next bid inserts it anew (+I), as Flink's
+    // state TTL does; without one (or with one longer than the job) each auction is inserted once.
+    let inserts = |ttl: Option<&str>| -> (usize, usize) {
+        let mut s = Session::new(ExecConfig { threads: 1, stream: true, changelog: true, ..ExecConfig::default() });
+        s.sql(
+            "CREATE TABLE bid (auction BIGINT) WITH ('connector' = 'nexmark', 'table' = 'bid', \
+             'events.num' = '1000', 'first-event.rate' = '2000', 'rate-limited' = 'true')",
+        )
+        .expect("create");
+        if let Some(ttl) = ttl {
+            s.sql(&format!("SET 'table.exec.state.ttl' = '{ttl}'")).expect("set");
+        }
+        let log = changelog(&mut s, "SELECT auction, count(*) FROM bid GROUP BY auction");
+        let inserts: Vec<&String> = log.iter().filter(|l| l.starts_with("+I ")).collect();
+        let auctions: std::collections::HashSet<&str> = inserts.iter().filter_map(|l| l.split(' ').nth(1)).collect();
+        (inserts.len(), auctions.len())
+    };
+    let (all, auctions) = inserts(None);
+    assert_eq!(all, auctions, "one +I per auction without a TTL");
+    assert_eq!(inserts(Some("1 h")), (all, auctions));
+    let (again, _) = inserts(Some("1 ms"));
+    assert!(again > auctions, "with a 1 ms TTL, {again} inserts for {auctions} auctions");
+}

@@ -273,6 +273,7 @@ impl Builder<'_> {
                     input_changelog: *input_changelog,
                     input_schema,
                     schema: schema.clone(),
+                    state_ttl: self.config.state_ttl,
                 });
                 let pool = self.memory.pool.clone();
                 open.push(&metrics, move || Box::new(super::update_aggregate::UpdateAggregateOp::new(spec.clone(), pool.clone())));

@@ -32,6 +32,9 @@ pub struct UpdateAggSpec {
     pub input_schema: SchemaRef,
     /// The output: group keys, aggregates, `op`.
     pub schema: SchemaRef,
+    /// How long a group is kept after its last change (Flink's `table.exec.state.ttl`, processing
+    /// time); `None` keeps every group.
+    pub state_ttl: Option<std::time::Duration>,
 }
 
 pub struct UpdateAggregateOp {
@@ -56,6 +59,10 @@ struct Groups {
     touched: Vec<bool>,
     key_bytes: usize,
     reservation: MemoryReservation,
+    /// With a state TTL: when each slot's group last changed, and the changes in order (a slot
+    /// expires when its oldest entry here is still its last change).
+    changed: Vec<Option<std::time::Instant>>,
+    changes: std::collections::VecDeque<(std::time::Instant, u32)>,
 }
 
 impl UpdateAggregateOp {
@@ -99,6 +106,8 @@ impl Groups {
             touched: vec![],
             key_bytes: 0,
             reservation: pool.reservation("UpdateAggregate", false),
+            changed: vec![],
+            changes: Default::default(),
         };
         if groups.keys.is_none() {
             // Without GROUP BY there is one group, always there.
@@ -112,6 +121,7 @@ impl Groups {
         self.rows.resize(n, 0);
         self.emitted.resize(n, false);
         self.touched.resize(n, false);
+        self.changed.resize(n, None);
         for a in &mut self.accs {
             a.resize(n);
         }
@@ -146,9 +156,24 @@ impl Groups {
         Ok(out)
     }
 
+    /// Forgets, without a word downstream, every group unchanged for `ttl` (as Flink's state TTL
+    /// clears state: a later row of the group starts it anew, with `+I`).
+    fn expire(&mut self, now: std::time::Instant, ttl: std::time::Duration) {
+        while let Some((at, slot)) = self.changes.front().copied() {
+            if now.saturating_duration_since(at) < ttl {
+                break;
+            }
+            self.changes.pop_front();
+            if self.changed[slot as usize] == Some(at) {
+                self.release(slot);
+            }
+        }
+    }
+
     /// The slot holds no group any more.
     fn release(&mut self, slot: u32) {
         let s = slot as usize;
+        self.changed[s] = None;
         self.emitted[s] = false;
         self.rows[s] = 0;
         for a in &mut self.accs {
@@ -174,7 +199,10 @@ impl Groups {
     }
 
     fn size(&self) -> usize {
-        self.key_bytes + self.key_of.capacity() * 40 + self.accs.iter().map(|a| a.size()).sum::<usize>()
+        self.key_bytes
+            + self.key_of.capacity() * 40
+            + self.accs.iter().map(|a| a.size()).sum::<usize>()
+            + (self.changed.capacity() + self.changes.capacity()) * 24
     }
 }
 
@@ -232,6 +260,11 @@ impl Operator for UpdateAggregateOp {
         let values = self.args.evaluate(&batch)?;
         let spec = self.spec.clone();
         let groups = self.groups()?;
+        let now = std::time::Instant::now();
+        let ttl = spec.state_ttl.filter(|_| groups.keys.is_some());
+        if let Some(ttl) = ttl {
+            groups.expire(now, ttl);
+        }
         let slots = groups.slots(&keys, n)?;
 
         let mut touched = Vec::new();
@@ -242,6 +275,12 @@ impl Operator for UpdateAggregateOp {
         }
         for s in &touched {
             groups.touched[*s as usize] = false;
+        }
+        if ttl.is_some() {
+            for s in &touched {
+                groups.changed[*s as usize] = Some(now);
+                groups.changes.push_back((now, *s));
+            }
         }
         let was_emitted: Vec<u32> = touched.iter().copied().filter(|s| groups.emitted[*s as usize]).collect();
         let old = groups.evaluate(&was_emitted)?;
