@@ -15,6 +15,7 @@ mod exchange;
 pub mod file_sink;
 mod gather;
 mod join;
+mod key_index;
 mod materialize;
 mod prune;
 mod retract;

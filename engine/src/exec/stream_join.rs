@@ -27,6 +27,7 @@ use arrow::datatypes::{DataType, SchemaRef, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
 
 use super::checkpoint::{Coordinator, EpochTracker};
+use super::key_index::KeyIndex;
 use super::{Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
@@ -56,11 +57,12 @@ struct Side {
     next_chunk: u64,
     /// Key → (chunk, row) of every stored row with that key; entries of dropped chunks are skipped
     /// and swept out once they are the majority.
-    index: HashMap<Box<[u8]>, Vec<(u64, u32)>>,
+    index: KeyIndex,
     live_rows: usize,
     dead_rows: usize,
     /// Per partition of this input, its last watermark (`i64::MAX` once it ended).
     watermarks: Vec<Option<Timestamp>>,
+    /// Bytes of the stored batches.
     bytes: usize,
     /// When each chunk was stored, oldest first (for the state TTL).
     stored: std::collections::VecDeque<(std::time::Instant, u64)>,
@@ -74,6 +76,11 @@ struct Chunk {
 }
 
 impl Side {
+    /// Bytes held: the stored batches and their index.
+    fn size(&self) -> usize {
+        self.bytes + self.index.size()
+    }
+
     fn watermark(&self) -> Option<Timestamp> {
         self.watermarks.iter().copied().collect::<Option<Vec<_>>>().and_then(|w| w.into_iter().min())
     }
@@ -102,15 +109,12 @@ impl Side {
             if let Some(c) = self.chunks.remove(&id) {
                 self.live_rows -= c.rows;
                 self.dead_rows += c.rows;
-                self.bytes -= batch_bytes(&c.batch) + c.rows * 16;
+                self.bytes -= batch_bytes(&c.batch);
             }
         }
-        if self.dead_rows > self.live_rows.max(1024) {
+        if self.dead_rows > self.live_rows.max(256) {
             let chunks = &self.chunks;
-            self.index.retain(|_, rows| {
-                rows.retain(|(c, _)| chunks.contains_key(c));
-                !rows.is_empty()
-            });
+            self.index.retain(|(c, _)| chunks.contains_key(&c));
             self.dead_rows = 0;
         }
     }
@@ -212,7 +216,7 @@ impl StreamJoinShared {
 
     /// The budget covers both sides' stored rows.
     fn account(&self, st: &mut State) -> Result<()> {
-        let size = st.sides.iter().map(|s| s.bytes).sum::<usize>();
+        let size = st.sides.iter().map(Side::size).sum::<usize>();
         if !st.reservation.try_resize(size) {
             return Err(st.reservation.out_of_memory(size.saturating_sub(st.reservation.size())));
         }
@@ -267,12 +271,10 @@ impl StreamJoinShared {
             if !valid[row] {
                 continue;
             }
-            if let Some(rows) = other.index.get(key.as_ref()) {
-                for (chunk, r) in rows {
-                    if other.chunks.contains_key(chunk) {
-                        mine.push(row as u32);
-                        theirs.push((*chunk, *r));
-                    }
+            for (chunk, r) in other.index.get(key.as_ref()) {
+                if other.chunks.contains_key(&chunk) {
+                    mine.push(row as u32);
+                    theirs.push((chunk, r));
                 }
             }
         }
@@ -336,7 +338,7 @@ impl StreamJoinShared {
                 st.sides[0].evict_before(wm.saturating_add(bounds.lo));
             }
         }
-        let size = st.sides.iter().map(|s| s.bytes).sum::<usize>();
+        let size = st.sides.iter().map(Side::size).sum::<usize>();
         let _ = st.reservation.try_resize(size);
         // Joined rows have times ≥ (the watermark) − (the interval's reach): the exchange takes the
         // minimum over every input partition.
@@ -354,12 +356,12 @@ fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid:
     let mut stored = 0;
     for (row, key) in encoded.iter().enumerate() {
         if valid[row] {
-            side.index.entry(key.as_ref().into()).or_default().push((id, row as u32));
+            side.index.insert(key.as_ref(), (id, row as u32));
             stored += 1;
         }
     }
     if stored > 0 {
-        side.bytes += batch_bytes(&batch) + stored * 16;
+        side.bytes += batch_bytes(&batch);
         side.live_rows += stored;
         side.chunks.insert(id, Chunk { batch, max_time, rows: stored });
         side.stored.push_back((std::time::Instant::now(), id));
