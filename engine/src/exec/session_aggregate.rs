@@ -75,6 +75,7 @@ pub struct SessionAggregateOp {
     watermark: i64,
 }
 
+#[derive(Clone)]
 struct Session {
     key: Box<[u8]>,
     start: i64,
@@ -92,6 +93,7 @@ struct Sessions {
     /// Open sessions by end (a merged or extended session leaves a stale entry behind).
     ends: BinaryHeap<Reverse<(i64, u32)>>,
     table: GroupTable,
+    /// Bytes of the keys: each open session's and each key of `open`.
     key_bytes: usize,
     reservation: MemoryReservation,
 }
@@ -176,7 +178,11 @@ impl SessionAggregateOp {
                 let id = st.sessions.len() as u32;
                 let key: Box<[u8]> = keys.value(i).into();
                 st.key_bytes += key.len();
-                st.open.entry(key.clone()).or_default().push(id);
+                let list = st.open.entry(key.clone()).or_insert_with(|| {
+                    st.key_bytes += key.len();
+                    vec![]
+                });
+                list.push(id);
                 st.sessions.push(Session { key, start: starts.value(i), end: ends.value(i) });
                 st.merged_into.push(id);
                 st.ends.push(Reverse((ends.value(i), id)));
@@ -234,11 +240,12 @@ impl Sessions {
                 let s = &st.sessions[*id as usize];
                 renumbered[*id as usize] = sessions.len() as u32;
                 key_bytes += s.key.len();
-                sessions.push(Session { key: s.key.clone(), start: s.start, end: s.end });
+                sessions.push(s.clone());
                 *id = renumbered[*id as usize];
             }
         }
         st.open.retain(|_, list| !list.is_empty());
+        key_bytes += st.open.keys().map(|k| k.len()).sum::<usize>();
         // Split the partial states by where each part's session went.
         let table = std::mem::replace(&mut st.table, GroupTable::new(by_session)?);
         let partial = table.into_partial()?;
@@ -331,10 +338,11 @@ impl Sessions {
             self.sessions.push(Session { key: key.into(), start: lo, end: hi });
             self.merged_into.push(id);
             self.ends.push(Reverse((hi, id)));
+            self.key_bytes += key.len();
             match list {
                 Some(l) => l.push(id),
                 None => {
-                    self.key_bytes += 2 * key.len();
+                    self.key_bytes += key.len();
                     self.open.insert(key.into(), vec![id]);
                 }
             }
@@ -369,9 +377,7 @@ impl Sessions {
             + self.sessions.capacity() * std::mem::size_of::<Session>()
             + self.merged_into.capacity() * 4
             + self.ends.capacity() * 16;
-        if !self.reservation.try_resize(bytes) {
-            self.reservation.grow_anyway(bytes.saturating_sub(self.reservation.size()));
-        }
+        self.reservation.resize_anyway(bytes);
     }
 }
 

@@ -64,7 +64,7 @@ struct Side {
     watermarks: Vec<Option<Timestamp>>,
     /// Bytes of the stored batches.
     bytes: usize,
-    /// When each chunk was stored, oldest first (for the state TTL).
+    /// With a state TTL, when each chunk was stored, oldest first.
     stored: std::collections::VecDeque<(std::time::Instant, u64)>,
 }
 
@@ -186,7 +186,8 @@ impl StreamJoinShared {
             for batch in super::checkpoint::read_batches(&path)? {
                 let (encoded, valid, max_time) = self.keys(side, &batch)?;
                 let mut st = self.lock()?;
-                store(&mut st.sides[side], batch, &encoded, &valid, max_time);
+                let now = self.spec.state_ttl.map(|_| std::time::Instant::now());
+                store(&mut st.sides[side], batch, &encoded, &valid, max_time, now);
                 self.account(&mut st)?;
             }
         }
@@ -258,11 +259,12 @@ impl StreamJoinShared {
     fn insert_and_probe(&self, side: usize, batch: RecordBatch) -> Result<Option<RecordBatch>> {
         let (encoded, valid, max_time) = self.keys(side, &batch)?;
         let mut st = self.lock()?;
-        if let Some(ttl) = self.spec.state_ttl {
+        let now = self.spec.state_ttl.map(|ttl| {
             // Expired rows never match (as Flink's state TTL never returns expired state).
             let now = std::time::Instant::now();
             st.sides.iter_mut().for_each(|s| s.expire(now, ttl));
-        }
+            now
+        });
         let other = &st.sides[1 - side];
         // Pairs (this row, other chunk, other row).
         let mut mine: Vec<u32> = Vec::new();
@@ -280,7 +282,7 @@ impl StreamJoinShared {
         }
         let joined = if mine.is_empty() { None } else { Some(self.pairs(side, &batch, &mine, other, &theirs)?) };
 
-        store(&mut st.sides[side], batch, &encoded, &valid, max_time);
+        store(&mut st.sides[side], batch, &encoded, &valid, max_time, now);
         self.account(&mut st)?;
         drop(st);
 
@@ -350,7 +352,8 @@ impl StreamJoinShared {
 const SIDE_FILES: [&str; 2] = ["left.arrow", "right.arrow"];
 
 /// Stores the rows of `batch` with a key (`valid`) on `side`, indexed by their `encoded` keys.
-fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid: &[bool], max_time: Timestamp) {
+/// `now`: when it is stored, with a state TTL (without one, the time is not kept).
+fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid: &[bool], max_time: Timestamp, now: Option<std::time::Instant>) {
     let id = side.next_chunk;
     side.next_chunk += 1;
     let mut stored = 0;
@@ -364,7 +367,7 @@ fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid:
         side.bytes += batch_bytes(&batch);
         side.live_rows += stored;
         side.chunks.insert(id, Chunk { batch, max_time, rows: stored });
-        side.stored.push_back((std::time::Instant::now(), id));
+        side.stored.extend(now.map(|at| (at, id)));
     }
 }
 

@@ -52,10 +52,7 @@ impl WindowOp {
 
     /// Buffers rows of the current partition, counted in the pool.
     fn hold(&mut self, batch: RecordBatch) {
-        let bytes = batch_bytes(&batch);
-        if !self.reservation.try_grow(bytes) {
-            self.reservation.grow_anyway(bytes);
-        }
+        self.reservation.grow_anyway(batch_bytes(&batch));
         self.buffer.push(batch);
     }
 

@@ -250,9 +250,7 @@ impl WindowAggSink {
         // Window state cannot spill yet: it is counted against the budget all the same.
         let size: usize = self.windows.values().map(|t| t.size()).sum();
         self.shared.metrics.note_bytes(size);
-        if !self.reservation.try_resize(size) {
-            self.reservation.grow_anyway(size.saturating_sub(self.reservation.size()));
-        }
+        self.reservation.resize_anyway(size);
         Ok(())
     }
 

@@ -173,6 +173,16 @@ impl MemoryReservation {
         self.size += bytes;
     }
 
+    /// Sets the size to `bytes`, beyond the budget if need be: for state an operator must keep and
+    /// cannot spill (it is then counted, and others see less room).
+    pub fn resize_anyway(&mut self, bytes: usize) {
+        if bytes <= self.size {
+            self.shrink(self.size - bytes);
+        } else {
+            self.grow_anyway(bytes - self.size);
+        }
+    }
+
     /// Hands what this reservation holds to a new one of the same operator (to travel with the data
     /// it covers), leaving this one empty.
     pub fn split_off(&mut self) -> MemoryReservation {
