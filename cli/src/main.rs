@@ -157,6 +157,7 @@ fn run_script(session: &mut Session, sql: &str, format: OutputFormat) -> anyhow:
 /// per batch, or CSV / JSON lines), until it is interrupted; other results print when done.
 fn run_stream(session: &mut Session, sql: &str, format: OutputFormat) -> anyhow::Result<()> {
     let header_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let next_statement = header_done.clone();
     let printer: riffle_engine::session::RowSink = Arc::new(move |schema, batch| {
         let mut buf = Vec::new();
         let batches = std::slice::from_ref(batch);
@@ -184,13 +185,15 @@ fn run_stream(session: &mut Session, sql: &str, format: OutputFormat) -> anyhow:
             other => other.map_err(|e| riffle_engine::RiffleError::exec(format!("cannot write to stdout: {e}"))),
         }
     });
-    for r in session.execute_streaming(sql, printer)? {
+    session.execute_streaming_each(sql, printer, &mut |r| {
+        // The next query's rows get a header of their own.
+        next_statement.store(false, std::sync::atomic::Ordering::Relaxed);
         let mut buf = Vec::new();
-        print_result(&mut buf, &r, format)?;
+        let printed = print_result(&mut buf, &r, format).map_err(|e| riffle_engine::RiffleError::exec(e.to_string()));
         let mut out = std::io::stdout().lock();
-        out.write_all(&buf).context("cannot write to stdout")?;
-        out.flush().context("cannot write to stdout")?;
-    }
+        printed?;
+        out.write_all(&buf).and_then(|_| out.flush()).map_err(|e| riffle_engine::RiffleError::exec(format!("cannot write to stdout: {e}")))
+    })?;
     Ok(())
 }
 

@@ -148,6 +148,12 @@ impl TableSource {
         matches!(self.data, TableData::Nexmark { events: None, .. })
     }
 
+    /// Whether its rows are a changelog (a `debezium-json` table): read, they carry their row kinds in
+    /// a last `op` column.
+    pub fn changelog(&self) -> bool {
+        matches!(&self.data, TableData::Files { format, .. } if format.is_changelog())
+    }
+
     pub fn with_event_time(self, event_time: Option<EventTime>) -> TableSource {
         TableSource { event_time, ..self }
     }

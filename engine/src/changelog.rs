@@ -118,6 +118,9 @@ pub fn plan(plan: PhysicalPlan, every_group_by: bool) -> Result<PhysicalPlan> {
         PhysicalPlan::Filter { input, predicate } => {
             PhysicalPlan::Filter { input: Box::new(self::plan(*input, every_group_by)?), predicate }
         }
+        // A changelog table read as a stream hands its changes on; where final rows are needed they
+        // are applied again (`final_rows`).
+        PhysicalPlan::Materialize { input, .. } if matches!(input.as_ref(), PhysicalPlan::Scan { .. }) && input.changelog() => *input,
         PhysicalPlan::Project { input, mut exprs, schema } => {
             let input = self::plan(*input, every_group_by)?;
             if !input.changelog() {
@@ -164,7 +167,7 @@ fn operator_words(plan: &PhysicalPlan) -> &'static str {
 }
 
 /// `plan`'s rows as a changelog of inserts.
-fn inserts(plan: PhysicalPlan) -> PhysicalPlan {
+pub fn inserts(plan: PhysicalPlan) -> PhysicalPlan {
     let schema = plan.schema();
     let mut exprs: Vec<Expr> = (0..schema.fields().len()).map(Expr::Column).collect();
     exprs.push(Expr::Literal(crate::logical::Scalar(Arc::new(Int8Array::from(vec![RowKind::Insert.code()])))));

@@ -212,6 +212,7 @@ impl PhysicalPlan {
     pub fn changelog(&self) -> bool {
         match self {
             PhysicalPlan::UpdateAggregate { .. } => true,
+            PhysicalPlan::Scan { source, .. } => source.changelog(),
             PhysicalPlan::Filter { input, .. } | PhysicalPlan::Project { input, .. } => input.changelog(),
             PhysicalPlan::Union { inputs, .. } => inputs.iter().any(|i| i.changelog()),
             _ => false,
@@ -304,8 +305,8 @@ impl PhysicalPlan {
     }
 
     /// Refuses what checkpoints cannot restore yet: only scans (not literal rows), filters,
-    /// projections, window table functions, window and session aggregates, stream joins and unions are
-    /// checkpointed.
+    /// projections, window table functions, window, session and updating aggregates, stream joins and
+    /// unions are checkpointed.
     pub fn check_checkpointable(&self) -> Result<()> {
         let what = match self {
             PhysicalPlan::Scan { .. }
@@ -315,10 +316,9 @@ impl PhysicalPlan {
             | PhysicalPlan::Union { .. }
             | PhysicalPlan::StreamJoin { .. }
             | PhysicalPlan::SessionAggregate { .. }
+            | PhysicalPlan::UpdateAggregate { .. }
             | PhysicalPlan::HashAggregate { window_end: Some(_), .. } => None,
-            PhysicalPlan::HashAggregate { .. } | PhysicalPlan::UpdateAggregate { .. } => {
-                Some("a GROUP BY other than by an event-time window")
-            }
+            PhysicalPlan::HashAggregate { .. } => Some("a GROUP BY that is neither updating nor by an event-time window"),
             PhysicalPlan::Materialize { .. } => Some("the final rows of an updating GROUP BY"),
             PhysicalPlan::Window { .. } => Some("a window function (OVER)"),
             PhysicalPlan::SessionTvf { .. } => Some("SESSION windows other than a GROUP BY of their bounds and keys"),
@@ -329,7 +329,7 @@ impl PhysicalPlan {
         };
         if let Some(what) = what {
             return Err(RiffleError::NotSupported(format!(
-                "checkpoints of a job with {what} (checkpointed so far: scans, filters, projections, window table functions, window and session aggregates and inner equi-joins); run it without --checkpoint-dir"
+                "checkpoints of a job with {what} (checkpointed so far: scans, filters, projections, window table functions, window, session and updating aggregates and inner equi-joins); run it without --checkpoint-dir"
             )));
         }
         self.inputs().into_iter().try_for_each(|i| i.check_checkpointable())
@@ -652,15 +652,24 @@ fn window_plan(mut input: PhysicalPlan, calls: &[WindowCall], schema: &SchemaRef
 /// Chooses an algorithm for each logical node.
 pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
     Ok(match plan {
-        LogicalPlan::Scan { name, source, projection, filters, schema } => PhysicalPlan::Scan {
-            name: name.clone(),
-            source: source.clone(),
-            projection: projection.clone(),
-            filter: Expr::conjunction(filters.clone()),
-            dictionary: vec![false; projection.len()],
-            schema: schema.clone(),
-            estimated_rows: estimate(plan),
-        },
+        LogicalPlan::Scan { name, source, projection, filters, schema } => {
+            let scan = |schema: SchemaRef| PhysicalPlan::Scan {
+                name: name.clone(),
+                source: source.clone(),
+                projection: projection.clone(),
+                filter: Expr::conjunction(filters.clone()),
+                dictionary: vec![false; projection.len()],
+                schema,
+                estimated_rows: estimate(plan),
+            };
+            if source.changelog() {
+                // A changelog table's rows are the changelog applied (a stream takes the changes
+                // themselves: `changelog::plan`).
+                PhysicalPlan::Materialize { input: Box::new(scan(crate::changelog::with_op(schema))), schema: schema.clone() }
+            } else {
+                scan(schema.clone())
+            }
+        }
         LogicalPlan::Values { rows, schema } => PhysicalPlan::Values { rows: rows.clone(), schema: schema.clone() },
         LogicalPlan::Filter { input, predicate } => {
             PhysicalPlan::Filter { input: Box::new(plan_physical(input)?), predicate: predicate.clone() }

@@ -122,16 +122,26 @@ impl Session {
     /// end) go to `rows` batch by batch as they are produced, and its result holds none: a stream's
     /// answer, shown while the query runs.
     pub fn execute_streaming(&mut self, sql: &str, rows: RowSink) -> Result<Vec<StatementResult>> {
-        let statements = parse_statements(sql)?;
         let mut results = Vec::new();
+        self.execute_streaming_each(sql, rows, &mut |r| {
+            results.push(r);
+            Ok(())
+        })?;
+        Ok(results)
+    }
+
+    /// Like `execute_streaming`, handing each statement's result to `each` as soon as the statement
+    /// is done (so that what a script prints comes in the order of its statements).
+    pub fn execute_streaming_each(&mut self, sql: &str, rows: RowSink, each: &mut dyn FnMut(StatementResult) -> Result<()>) -> Result<()> {
+        let statements = parse_statements(sql)?;
         for (stmt, watermarks) in &statements {
             let result = match stmt {
                 ast::Statement::Query(q) if watermarks.is_empty() => self.stream_query(q, &rows),
                 other => self.run_with_watermarks(other, watermarks),
             };
-            results.push(result.map_err(|e| e.with_sql(sql))?);
+            each(result.map_err(|e| e.with_sql(sql))?)?;
         }
-        Ok(results)
+        Ok(())
     }
 
     fn stream_query(&self, q: &ast::Query, rows: &RowSink) -> Result<StatementResult> {
@@ -184,10 +194,11 @@ impl Session {
         if self.config.stream {
             // A checkpointed job keeps its joins' rows in its checkpoints: every inner equi-join is
             // a stream join then (a hash join's build side would not be restored), as in Flink.
-            let every_join = self.config.changelog || self.checkpoint.is_some();
-            physical = crate::physical::plan_stream_joins(physical, every_join);
+            let as_flink = self.config.changelog || self.checkpoint.is_some();
+            physical = crate::physical::plan_stream_joins(physical, as_flink);
             physical = crate::physical::plan_session_aggregates(physical);
-            physical = crate::changelog::plan(physical, self.config.changelog)?;
+            // Likewise every GROUP BY updates (a hash aggregate's table would not be restored).
+            physical = crate::changelog::plan(physical, as_flink)?;
         }
         Ok((plan, physical))
     }
@@ -426,7 +437,7 @@ impl Session {
     /// `INSERT INTO` a blackhole table: the query runs (checkpointed if configured) and its rows are
     /// counted.
     fn insert_blackhole(&mut self, name: &str, table: &Arc<TableSource>, q: &ast::Query) -> Result<StatementResult> {
-        let (_, physical) = self.plan_query(q)?;
+        let (_, physical) = self.plan_updates(q)?;
         // A blackhole takes a changelog's rows as they come; their row kind is not a column.
         let width = physical.schema().fields().len() - usize::from(physical.changelog());
         if width != table.schema.fields().len() {
@@ -473,28 +484,44 @@ impl Session {
         q: &ast::Query,
         named_columns: bool,
     ) -> Result<StatementResult> {
-        let (_, physical) = self.plan_query(q)?;
-        if physical.changelog() {
+        // Files of changes take a changelog as it comes; others the final rows, which a changelog
+        // has only at its end (and a checkpointed job's cannot be restored).
+        let (_, mut physical) = self.plan_updates(q)?;
+        let checkpointed = self.checkpoint.is_some() && self.config.stream;
+        if physical.changelog() && !format.is_changelog() && !physical.unbounded() && !checkpointed {
+            physical = crate::changelog::final_rows(physical, "a query's result")?;
+        }
+        let changelog = physical.changelog();
+        if changelog && !format.is_changelog() {
             return Err(RiffleError::NotSupported(format!(
-                "INSERT into the filesystem table '{name}' of an updating result: files take appended rows only, \
-                 and this query's GROUP BY over a table without end emits each group's row again as it changes. \
-                 Group by an event-time window instead (TUMBLE, HOP, CUMULATE): its rows are final once emitted"
+                "INSERT into the filesystem table '{name}' of an updating result: {} files take appended rows only, \
+                 and this query's GROUP BY emits each group's row again as it changes. Declare the table with \
+                 'format' = 'debezium-json' (files of changes, as Flink writes them), or group by an event-time window \
+                 (TUMBLE, HOP, CUMULATE): its rows are final once emitted",
+                format.name()
             )));
         }
         let target = table.schema.clone();
         let have = physical.schema();
-        if have.fields().len() != target.fields().len() || named_columns {
+        let width = have.fields().len() - usize::from(changelog);
+        if width != target.fields().len() || named_columns {
             return Err(RiffleError::plan(format!("INSERT into '{name}' must give all {} columns in order", target.fields().len())));
         }
-        // The rows in the table's own types.
-        let exprs = have
+        // The rows in the table's own types (and a changelog table's row kinds: appended rows are inserts).
+        let mut exprs = have
             .fields()
             .iter()
             .zip(target.fields())
             .enumerate()
             .map(|(i, (h, t))| crate::sql::cast_to(crate::logical::Expr::Column(i), h.data_type(), t.data_type()))
             .collect::<Result<Vec<_>>>()?;
-        let physical = PhysicalPlan::Project { input: Box::new(physical), exprs, schema: target.clone() };
+        let mut written = target.clone();
+        if format.is_changelog() {
+            written = crate::changelog::with_op(&target);
+            exprs.push(crate::logical::Expr::Column(width));
+        }
+        let input = if format.is_changelog() && !changelog { crate::changelog::inserts(physical) } else { physical };
+        let physical = PhysicalPlan::Project { input: Box::new(input), exprs, schema: written.clone() };
         let coordinator = match (&self.checkpoint, self.config.stream) {
             (Some(c), true) => {
                 physical.check_checkpointable()?;
@@ -504,7 +531,7 @@ impl Session {
         };
         // The writers get an eighth of the memory limit, as COPY's does (`copy_query`).
         let writer_buffer = self.config.memory_limit / 8 / self.config.threads.max(1);
-        let sink = crate::exec::file_sink::FileSinkShared::new(dir, format.clone(), target.clone(), coordinator.clone(), writer_buffer)?;
+        let sink = crate::exec::file_sink::FileSinkShared::new(dir, format.clone(), written, coordinator.clone(), writer_buffer)?;
         let finished = coordinator.as_ref().is_some_and(|c| c.finished);
         let stats = if finished {
             // An earlier run completed the job; its files are all committed now.
@@ -706,12 +733,12 @@ fn connector_table(options: &[(String, String)], declared: Option<SchemaRef>) ->
                     Some(FileFormat::Csv(o))
                 }
                 Some(f) => Some(FileFormat::from_name(f).ok_or_else(|| {
-                    RiffleError::plan(format!("unknown format '{f}' (use parquet, csv, json or arrow)"))
+                    RiffleError::plan(format!("unknown format '{f}' (use parquet, csv, json, debezium-json or arrow)"))
                 })?),
                 None => None,
             };
-            if matches!(format, Some(FileFormat::Csv(_)) | Some(FileFormat::Json)) && declared.is_none() {
-                return Err(RiffleError::plan("a csv or json filesystem table needs its columns declared"));
+            if matches!(format, Some(FileFormat::Csv(_) | FileFormat::Json | FileFormat::DebeziumJson)) && declared.is_none() {
+                return Err(RiffleError::plan("a csv, json or debezium-json filesystem table needs its columns declared"));
             }
             TableSource::files(path, format, declared)
         }

@@ -1,6 +1,7 @@
 //! Riffle's sources and sinks: finding files, inferring their schema, splitting them into morsels that
 //! worker threads read in parallel, and writing results atomically.
 
+pub mod debezium;
 mod direct;
 mod error;
 mod files;
@@ -45,6 +46,9 @@ pub enum FileFormat {
     Arrow,
     /// The sort benchmark's 100-byte records (key + payload), no header.
     Gensort,
+    /// A changelog in Debezium's JSON envelope, one change per line (Flink's `debezium-json`): read
+    /// and written as the rows' columns plus a last column of row kinds (`debezium`).
+    DebeziumJson,
 }
 
 impl FileFormat {
@@ -62,7 +66,13 @@ impl FileFormat {
             FileFormat::Json => "json",
             FileFormat::Arrow => "arrow",
             FileFormat::Gensort => "gensort",
+            FileFormat::DebeziumJson => "json",
         }
+    }
+
+    /// Whether its rows are a changelog (a last column of row kinds, read and written).
+    pub fn is_changelog(&self) -> bool {
+        matches!(self, FileFormat::DebeziumJson)
     }
 
     /// The format a name such as `parquet`, `csv`, `json` or `arrow` stands for.
@@ -76,6 +86,7 @@ impl FileFormat {
             "json" | "jsonl" | "ndjson" => Some(FileFormat::Json),
             "arrow" | "ipc" | "feather" => Some(FileFormat::Arrow),
             "gensort" => Some(FileFormat::Gensort),
+            "debezium-json" => Some(FileFormat::DebeziumJson),
             _ => None,
         }
     }
@@ -87,6 +98,7 @@ impl FileFormat {
             FileFormat::Json => "json",
             FileFormat::Arrow => "arrow",
             FileFormat::Gensort => "gensort",
+            FileFormat::DebeziumJson => "debezium-json",
         }
     }
 }

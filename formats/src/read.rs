@@ -87,6 +87,9 @@ pub fn infer_schema(format: &FileFormat, files: &[PathBuf]) -> Result<SchemaRef>
             reader.schema()
         }
         FileFormat::Gensort => return Ok(gensort::schema()),
+        FileFormat::DebeziumJson => {
+            return Err(FormatError::corrupt(path, "a debezium-json table's columns cannot be inferred: declare them (CREATE TABLE t (…) WITH ('format' = 'debezium-json', …))"))
+        }
     };
     // Columns are nullable: one file of a table may hold nulls where another holds none.
     let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
@@ -145,7 +148,7 @@ pub fn plan_morsels(format: &FileFormat, files: &[PathBuf]) -> Result<Vec<Morsel
                 }
             }
             // JSON lines escape line breaks inside strings: every line end is a record end.
-            FileFormat::Json => {
+            FileFormat::Json | FileFormat::DebeziumJson => {
                 for bytes in line_splits(file, None)? {
                     morsels.push(Morsel { file: file.clone(), row_groups: None, rows: None, parquet: None, rows_to_read: None, records: None, bytes });
                 }
@@ -311,6 +314,23 @@ pub fn read_morsel(
                 Ok(None) => None,
                 Ok(Some(b)) => Some(b.project(&projection).map_err(|e| FormatError::corrupt(&path, e))),
                 Err(e) => Some(Err(FormatError::corrupt(&path, format!("cannot read gensort records ({e})")))),
+            })))
+        }
+        FileFormat::DebeziumJson => {
+            let mut file = open(&path)?;
+            let range = morsel.bytes.clone().unwrap_or(0..u64::MAX);
+            file.seek(SeekFrom::Start(range.start)).map_err(|e| FormatError::io(&path, e))?;
+            let reader = arrow::json::ReaderBuilder::new(crate::debezium::envelope_schema(table_schema))
+                .with_batch_size(batch_size.max(1))
+                .build(BufReader::with_capacity(1 << 20, file.take(range.end - range.start)))
+                .map_err(|e| FormatError::corrupt(&path, e))?;
+            let mut fields: Vec<Field> = out_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new("op", DataType::Int8, false));
+            let out_schema: SchemaRef = Arc::new(Schema::new(fields));
+            let projection = projection.to_vec();
+            Ok(Box::new(reader.map(move |batch| {
+                let batch = batch.map_err(|e| FormatError::corrupt(&path, e))?;
+                crate::debezium::decode(&batch, &projection, &out_schema).map_err(|e| FormatError::corrupt(&path, e))
             })))
         }
         FileFormat::Json => {

@@ -33,6 +33,8 @@ enum Inner {
     Parquet(ParquetWriter),
     Csv(arrow::csv::Writer<DirectWriter>),
     Json(arrow::json::LineDelimitedWriter<DirectWriter>),
+    /// Changelog batches, written as Debezium envelopes (NULLs spelled out, as Flink writes them).
+    DebeziumJson(arrow::json::LineDelimitedWriter<DirectWriter>),
     Arrow(arrow::ipc::writer::FileWriter<DirectWriter>),
     Gensort(crate::gensort::GensortWriter<DirectWriter>),
 }
@@ -63,6 +65,9 @@ impl AtomicWriter {
                 )
             }
             FileFormat::Json => Inner::Json(arrow::json::LineDelimitedWriter::new(DirectWriter::new(file))),
+            FileFormat::DebeziumJson => Inner::DebeziumJson(
+                arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow::json::writer::LineDelimited>(DirectWriter::new(file)),
+            ),
             FileFormat::Arrow => {
                 Inner::Arrow(arrow::ipc::writer::FileWriter::try_new(DirectWriter::new(file), schema).map_err(|e| err(&e))?)
             }
@@ -94,6 +99,7 @@ impl AtomicWriter {
             Some(Inner::Parquet(w)) => w.write(batch).map_err(|e| err(&e)),
             Some(Inner::Csv(w)) => w.write(batch).map_err(|e| err(&e)),
             Some(Inner::Json(w)) => w.write(batch).map_err(|e| err(&e)),
+            Some(Inner::DebeziumJson(w)) => w.write(&crate::debezium::encode(batch).map_err(|e| err(&e))?).map_err(|e| err(&e)),
             Some(Inner::Arrow(w)) => w.write(batch).map_err(|e| err(&e)),
             Some(Inner::Gensort(w)) => w.write(batch).map_err(|e| err(&e)),
             None => Err(err(&"written after it was finished")),
@@ -127,7 +133,7 @@ impl AtomicWriter {
         let file = match self.inner.take() {
             Some(Inner::Parquet(w)) => w.finish().map_err(|e| err(&e))?,
             Some(Inner::Csv(w)) => w.into_inner().finish().map_err(|e| err(&e))?,
-            Some(Inner::Json(mut w)) => {
+            Some(Inner::Json(mut w)) | Some(Inner::DebeziumJson(mut w)) => {
                 w.finish().map_err(|e| err(&e))?;
                 w.into_inner().finish().map_err(|e| err(&e))?
             }

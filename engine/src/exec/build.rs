@@ -101,6 +101,11 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// A one-partition operator's place in the job's checkpoints, if it has them.
+    fn operator_checkpoint(&self, name: String) -> Result<Option<super::checkpoint::OperatorCheckpoint>> {
+        self.config.checkpoint.as_ref().map(|c| super::checkpoint::OperatorCheckpoint::register(c, name)).transpose()
+    }
+
     /// Ends `open` in an exchange read by `partitions` consumers.
     fn repartition(&mut self, open: Open, partitions: usize) -> Result<Open> {
         if open.partitions == partitions {
@@ -203,14 +208,7 @@ impl Builder<'_> {
                 let open = self.open(input)?;
                 // Every key's sessions in one partition, which sees the smallest watermark of all.
                 let mut open = self.repartition(open, 1)?;
-                let checkpoint = match &self.config.checkpoint {
-                    Some(c) => Some(super::session_aggregate::SessionCheckpoint {
-                        coordinator: c.clone(),
-                        component: c.register()?,
-                        name: format!("session-{id}"),
-                    }),
-                    None => None,
-                };
+                let checkpoint = self.operator_checkpoint(format!("session-{id}"))?;
                 let (pool, op_metrics) = (self.memory.pool.clone(), metrics.clone());
                 open.push(&metrics, move || {
                     let (spec, pool, metrics) = (spec.clone(), pool.clone(), op_metrics.clone());
@@ -276,7 +274,10 @@ impl Builder<'_> {
                     state_ttl: self.config.state_ttl,
                 });
                 let pool = self.memory.pool.clone();
-                open.push(&metrics, move || Box::new(super::update_aggregate::UpdateAggregateOp::new(spec.clone(), pool.clone())));
+                let checkpoint = self.operator_checkpoint(format!("update-{id}"))?;
+                open.push(&metrics, move || {
+                    Box::new(super::update_aggregate::UpdateAggregateOp::new(spec.clone(), pool.clone(), checkpoint.clone()))
+                });
                 open
             }
             PhysicalPlan::Materialize { input, schema } => {

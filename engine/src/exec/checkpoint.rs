@@ -320,6 +320,27 @@ pub fn read_batches(path: &Path) -> Result<Vec<arrow::array::RecordBatch>> {
     Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
+/// Where an operator that runs in one partition (behind an exchange that aligns the barriers) puts
+/// its state in each checkpoint.
+#[derive(Clone)]
+pub struct OperatorCheckpoint {
+    pub coordinator: Arc<Coordinator>,
+    pub component: usize,
+    /// The directory of the operator's state inside each checkpoint.
+    pub name: String,
+}
+
+impl OperatorCheckpoint {
+    pub fn register(coordinator: &Arc<Coordinator>, name: String) -> Result<OperatorCheckpoint> {
+        Ok(OperatorCheckpoint { coordinator: coordinator.clone(), component: coordinator.register()?, name })
+    }
+
+    /// Its state in the checkpoint the job restarts from, if any.
+    pub fn restore_dir(&self) -> Option<PathBuf> {
+        Some(self.coordinator.restore_dir()?.join(&self.name))
+    }
+}
+
 /// Per-epoch bookkeeping of a component with several partitions: an epoch is done once every
 /// partition passed it or ended.
 #[derive(Debug)]

@@ -64,7 +64,10 @@ impl FileSinkShared {
             let keep_to = if c.finished { u64::MAX } else { c.restored };
             recover(dir, keep_to)?;
         }
-        let run = format!("{}{:x}", chrono::Utc::now().format("%Y%m%d%H%M%S"), std::process::id());
+        // Unique per sink: two INSERTs of one process in the same second must not write the same names.
+        static SINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let sink = SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let run = format!("{}{:x}-{sink}", chrono::Utc::now().format("%Y%m%d%H%M%S"), std::process::id());
         let component = match &coordinator {
             Some(c) => Some((c.clone(), c.register()?)),
             None => None,

@@ -27,7 +27,7 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type
 use arrow::row::{RowConverter, SortField};
 
 use super::aggregate::{AggSpec, GroupTable, Partial};
-use super::checkpoint::Coordinator;
+use super::checkpoint::OperatorCheckpoint;
 use super::{OpMetrics, Operator};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
@@ -52,18 +52,9 @@ pub struct SessionAggSpec {
     pub schema: SchemaRef,
 }
 
-/// Where a session aggregate's state goes in each checkpoint.
-#[derive(Clone)]
-pub struct SessionCheckpoint {
-    pub coordinator: Arc<Coordinator>,
-    pub component: usize,
-    /// The directory of this operator's state inside each checkpoint.
-    pub name: String,
-}
-
 pub struct SessionAggregateOp {
     spec: Arc<SessionAggSpec>,
-    checkpoint: Option<SessionCheckpoint>,
+    checkpoint: Option<OperatorCheckpoint>,
     /// Aggregates the input with the session number appended as the one group key.
     by_session: Arc<AggSpec>,
     /// The input's schema with the session number appended.
@@ -103,7 +94,7 @@ impl SessionAggregateOp {
         spec: Arc<SessionAggSpec>,
         pool: Arc<MemoryPool>,
         metrics: Arc<OpMetrics>,
-        checkpoint: Option<SessionCheckpoint>,
+        checkpoint: Option<OperatorCheckpoint>,
     ) -> SessionAggregateOp {
         let width = spec.input_schema.fields().len();
         let mut fields: Vec<Field> = spec.input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -131,7 +122,7 @@ impl SessionAggregateOp {
                 key_bytes: 0,
                 reservation: self.pool.reservation("SessionAggregate", false),
             });
-            let restore = self.checkpoint.as_ref().and_then(|c| Some(c.coordinator.restore_dir()?.join(&c.name)));
+            let restore = self.checkpoint.as_ref().and_then(|c| c.restore_dir());
             if let Some(dir) = restore {
                 self.restore(&dir)?;
             }
@@ -140,7 +131,7 @@ impl SessionAggregateOp {
     }
 
     /// Writes the open sessions, their partial states and the watermark as of barrier `e`.
-    fn snapshot(&mut self, ck: &SessionCheckpoint, e: u64) -> Result<()> {
+    fn snapshot(&mut self, ck: &OperatorCheckpoint, e: u64) -> Result<()> {
         let (spec, by_session, watermark) = (self.spec.clone(), self.by_session.clone(), self.watermark);
         let st = self.sessions()?;
         // Merged sessions folded in, so that each open session is one group.

@@ -5,14 +5,20 @@
 //!
 //! One partition holds every group (the input is gathered into it), so a group's rows leave in the
 //! order they changed.
+//!
+//! Checkpoints: at barrier `e` (aligned by the exchange in front) every live group is written — its
+//! key, how many input rows it holds, whether its row stands emitted, its accumulators' states — and
+//! read back into the empty table when a job restarts from that checkpoint. A restored group's row is
+//! known downstream (the sink committed it with the checkpoint), so its next change is `-U`/`+U`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int8Array, RecordBatch, RecordBatchOptions, UInt32Array};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, Int8Array, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 
+use super::checkpoint::OperatorCheckpoint;
 use super::retract::{self, RetractAccumulator};
 use super::Operator;
 use crate::changelog::{self, RowKind};
@@ -41,6 +47,7 @@ pub struct UpdateAggregateOp {
     spec: Arc<UpdateAggSpec>,
     args: ExprList,
     pool: Arc<MemoryPool>,
+    checkpoint: Option<OperatorCheckpoint>,
     /// Made on first use (making it can fail).
     state: Option<Groups>,
 }
@@ -66,15 +73,20 @@ struct Groups {
 }
 
 impl UpdateAggregateOp {
-    pub fn new(spec: Arc<UpdateAggSpec>, pool: Arc<MemoryPool>) -> UpdateAggregateOp {
+    pub fn new(spec: Arc<UpdateAggSpec>, pool: Arc<MemoryPool>, checkpoint: Option<OperatorCheckpoint>) -> UpdateAggregateOp {
         let args: Vec<Expr> = spec.aggs.iter().flat_map(|a| a.args.iter().cloned()).collect();
         let args = ExprList::new(&args, spec.input_schema.fields().len());
-        UpdateAggregateOp { spec, args, pool, state: None }
+        UpdateAggregateOp { spec, args, pool, checkpoint, state: None }
     }
 
+    /// The groups, made on first use, with a restarted job's checkpointed ones read back.
     fn groups(&mut self) -> Result<&mut Groups> {
         if self.state.is_none() {
-            self.state = Some(Groups::new(&self.spec, &self.pool)?);
+            let mut groups = Groups::new(&self.spec, &self.pool)?;
+            if let Some(dir) = self.checkpoint.as_ref().and_then(|c| c.restore_dir()) {
+                groups.restore(&dir.join("groups.arrow"), self.spec.state_ttl)?;
+            }
+            self.state = Some(groups);
         }
         self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))
     }
@@ -196,6 +208,90 @@ impl Groups {
             Some(c) => Some(c.convert_columns(values)?),
             None => None,
         })
+    }
+
+    /// Every live group's slot, in slot order.
+    fn live(&self) -> Vec<u32> {
+        if self.keys.is_none() {
+            return vec![0];
+        }
+        let mut free = vec![false; self.key_of.len()];
+        for s in &self.free {
+            free[*s as usize] = true;
+        }
+        (0..self.key_of.len() as u32).filter(|s| !free[*s as usize]).collect()
+    }
+
+    /// Writes every live group (key, input rows, emitted, accumulator states) to `path`.
+    fn save(&self, path: &std::path::Path) -> Result<()> {
+        let live = self.live();
+        let mut columns: Vec<(String, ArrayRef)> = vec![
+            ("key".into(), Arc::new(BinaryArray::from_iter_values(live.iter().map(|s| &self.key_of[*s as usize][..])))),
+            ("rows".into(), Arc::new(Int64Array::from_iter_values(live.iter().map(|s| self.rows[*s as usize])))),
+            ("emitted".into(), Arc::new(BooleanArray::from_iter(live.iter().map(|s| Some(self.emitted[*s as usize]))))),
+        ];
+        for (i, acc) in self.accs.iter().enumerate() {
+            for (j, c) in acc.save(&live)?.into_iter().enumerate() {
+                columns.push((format!("agg{i}_{j}"), c));
+            }
+        }
+        let batch = RecordBatch::try_from_iter(columns)?;
+        super::checkpoint::write_batches(path, &[batch])
+    }
+
+    /// Reads the groups `save` wrote into the (new, empty) table.
+    fn restore(&mut self, path: &std::path::Path, ttl: Option<std::time::Duration>) -> Result<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        let damaged = || {
+            RiffleError::exec(format!(
+                "checkpoint: {} is not this updating aggregate's state; remove the checkpoint directory to start afresh",
+                path.display()
+            ))
+        };
+        let now = std::time::Instant::now();
+        for b in super::checkpoint::read_batches(path)? {
+            let keys = b.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(damaged)?;
+            let rows = b.column_by_name("rows").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(damaged)?;
+            let emitted = b.column_by_name("emitted").and_then(|c| c.as_boolean_opt()).ok_or_else(damaged)?;
+            let slots: Vec<u32> = match self.keys {
+                None if b.num_rows() == 1 => vec![0],
+                None => return Err(damaged()),
+                Some(_) => {
+                    let start = self.key_of.len();
+                    self.grow_to(start + b.num_rows());
+                    for i in 0..b.num_rows() {
+                        let key: Box<[u8]> = keys.value(i).into();
+                        self.key_bytes += key.len() * 2 + 32;
+                        self.slot_of.insert(key.clone(), (start + i) as u32);
+                        self.key_of[start + i] = key;
+                    }
+                    (start as u32..(start + b.num_rows()) as u32).collect()
+                }
+            };
+            for (i, s) in slots.iter().enumerate() {
+                self.rows[*s as usize] = rows.value(i);
+                self.emitted[*s as usize] = emitted.value(i);
+                if ttl.is_some() {
+                    // Processing time does not survive a restart: a restored group's clock starts anew.
+                    self.changed[*s as usize] = Some(now);
+                    self.changes.push_back((now, *s));
+                }
+            }
+            let mut column = 3;
+            for acc in &mut self.accs {
+                let width = acc.width();
+                let state = b.columns().get(column..column + width).ok_or_else(damaged)?;
+                acc.load(&slots, state)?;
+                column += width;
+            }
+        }
+        let size = self.size();
+        if !self.reservation.try_resize(size) {
+            return Err(self.reservation.out_of_memory(size.saturating_sub(self.reservation.size())));
+        }
+        Ok(())
     }
 
     fn size(&self) -> usize {
@@ -352,6 +448,14 @@ impl Operator for UpdateAggregateOp {
         match msg {
             // Updates carry no event time: what follows cannot wait on it.
             Message::Watermark(_) => {}
+            Message::Barrier(e) => {
+                if let Some(ck) = self.checkpoint.clone() {
+                    let dir = ck.coordinator.state_dir(e, &ck.name)?;
+                    self.groups()?.save(&dir.join("groups.arrow"))?;
+                    ck.coordinator.ack(ck.component, e)?;
+                }
+                out.push(Message::Barrier(e));
+            }
             Message::End => {
                 // Over a bounded input, a GROUP BY without keys has its one row even when no row came.
                 let groups = self.groups()?;
@@ -359,6 +463,9 @@ impl Operator for UpdateAggregateOp {
                     let (none, initial) = (groups.evaluate(&[])?, groups.evaluate(&[0])?);
                     let groups = self.state.as_ref().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
                     out.push(Message::Batch(self.output(groups, &[(0, From::New(0), RowKind::Insert)], &none, &initial)?));
+                }
+                if let Some(ck) = &self.checkpoint {
+                    ck.coordinator.retire(ck.component)?;
                 }
                 out.push(Message::End);
             }
