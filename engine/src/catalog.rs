@@ -16,7 +16,9 @@ use crate::logical::Expr;
 #[derive(Debug)]
 pub enum TableData {
     /// `root`: the directory the table is (when it is one), where `INSERT INTO` adds files.
-    Files { format: FileFormat, files: Vec<PathBuf>, morsels: Vec<Morsel>, root: Option<PathBuf> },
+    /// `monitor`: the table has no end: every interval the scan lists `pattern` again and reads the
+    /// files that appeared since (Flink's `'source.monitor-interval'`).
+    Files { format: FileFormat, files: Vec<PathBuf>, morsels: Vec<Morsel>, root: Option<PathBuf>, pattern: String, monitor: Option<std::time::Duration> },
     /// Rows held in memory (e.g. `CREATE TABLE t AS …`, `INSERT INTO`).
     Memory(Vec<RecordBatch>),
     /// Sort-benchmark records made as they are read: `records` of them.
@@ -81,7 +83,8 @@ impl TableSource {
         };
         let schema = crate::types::storage_schema(&schema);
         let morsels = riffle_formats::plan_morsels(&format, &files)?;
-        Ok(TableSource { schema, data: TableData::Files { format, files, morsels, root }, event_time: None, stats: Default::default() })
+        let data = TableData::Files { format, files, morsels, root, pattern: path.to_string(), monitor: None };
+        Ok(TableSource { schema, data, event_time: None, stats: Default::default() })
     }
 
     pub fn generated(records: u64, generator: riffle_formats::gensort::RecordGenerator) -> TableSource {
@@ -145,7 +148,15 @@ impl TableSource {
 
     /// Whether reading the table never ends.
     pub fn unbounded(&self) -> bool {
-        matches!(self.data, TableData::Nexmark { events: None, .. })
+        matches!(self.data, TableData::Nexmark { events: None, .. } | TableData::Files { monitor: Some(_), .. })
+    }
+
+    /// A file table read without end: its files, and every `interval` those that appeared since.
+    pub fn monitored(mut self, interval: std::time::Duration) -> TableSource {
+        if let TableData::Files { monitor, .. } = &mut self.data {
+            *monitor = Some(interval);
+        }
+        self
     }
 
     /// Whether its rows are a changelog (a `debezium-json` table): read, they carry their row kinds in

@@ -349,8 +349,14 @@ impl PhysicalPlan {
                 if source.event_time.is_some() {
                     n.push_str(", watermarks from WATERMARK FOR");
                 }
+                if let crate::catalog::TableData::Files { monitor: Some(interval), .. } = &source.data {
+                    let _ = write!(n, ", new files every {interval:?}");
+                }
                 if source.unbounded() {
                     n.push_str(", without end");
+                }
+                if source.changelog() {
+                    n.push_str(", a changelog");
                 }
                 n
             }

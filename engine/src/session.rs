@@ -555,7 +555,10 @@ impl Session {
             None => sink.commit(u64::MAX)?,
         }
         let path = dir.to_string_lossy();
-        let source = TableSource::files(&path, Some(format.clone()), Some(target))?.with_event_time(table.event_time.clone());
+        let mut source = TableSource::files(&path, Some(format.clone()), Some(target))?.with_event_time(table.event_time.clone());
+        if let crate::catalog::TableData::Files { monitor: Some(interval), .. } = &table.data {
+            source = source.monitored(*interval);
+        }
         self.catalog.register(name, CatalogEntry::Table(Arc::new(source)));
         let schema = Arc::new(Schema::new(vec![Field::new("rows", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow::array::Int64Array::from(vec![sink.rows() as i64]))])?;
@@ -740,7 +743,13 @@ fn connector_table(options: &[(String, String)], declared: Option<SchemaRef>) ->
             if matches!(format, Some(FileFormat::Csv(_) | FileFormat::Json | FileFormat::DebeziumJson)) && declared.is_none() {
                 return Err(RiffleError::plan("a csv, json or debezium-json filesystem table needs its columns declared"));
             }
-            TableSource::files(path, format, declared)
+            let table = TableSource::files(path, format, declared)?;
+            // Flink's option: a directory read without end, its new files picked up every interval.
+            match get("source.monitor-interval").map(parse_flink_duration).transpose() {
+                Ok(Some(interval)) if !interval.is_zero() => Ok(table.monitored(interval)),
+                Ok(_) => Ok(table),
+                Err(e) => Err(RiffleError::plan(format!("'source.monitor-interval': {e}"))),
+            }
         }
         "nexmark" => nexmark_table(options, declared),
         "blackhole" => {

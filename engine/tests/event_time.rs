@@ -290,3 +290,64 @@ fn sessions_over_a_stream_without_end_come_out_as_they_close() {
         assert!(batch.contains(r), "session {r:?} of the stream is not in the batch answer");
     }
 }
+
+/// Writes `rows` (Flink csv: no header) as `dir/name`, whole: staged under a hidden name, then renamed
+/// in, as a producer of files for a monitored directory must.
+fn drop_file(dir: &std::path::Path, name: &str, rows: &[String]) {
+    let staged = dir.join(format!(".{name}.staging"));
+    std::fs::write(&staged, rows.join("\n") + "\n").expect("write");
+    std::fs::rename(&staged, dir.join(name)).expect("rename");
+}
+
+#[test]
+fn a_monitored_directory_is_read_without_end_as_files_appear() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let csv = |item: i32, seconds: std::ops::Range<i32>| -> Vec<String> {
+        seconds.map(|t| format!("{item},{t},2026-01-01 00:00:{t:02}")).collect()
+    };
+    drop_file(dir.path(), "a.csv", &csv(1, 0..13));
+    // Two partitions and one file: the partition that finds nothing must not hold event time back.
+    let mut s = Session::new(ExecConfig { threads: 2, stream: true, ..ExecConfig::default() });
+    s.sql(&format!(
+        "CREATE TABLE bids (item INT, price INT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+         WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv', 'source.monitor-interval' = '20 ms')",
+        dir.path().display()
+    ))
+    .expect("create");
+    let windows = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = windows.clone();
+    let sink: riffle_engine::session::RowSink = Arc::new(move |_, b| {
+        let mut seen = seen.lock().expect("lock");
+        for row in 0..b.num_rows() {
+            let cells: Vec<String> = b.columns().iter().map(|c| riffle_engine::format::format_value(c, row).ok().flatten().unwrap_or_default()).collect();
+            seen.push(cells.join(" "));
+        }
+        // The query has no end: the test stops it once the second file's window came.
+        if seen.len() == 2 { Err(riffle_engine::RiffleError::exec("seen enough")) } else { Ok(()) }
+    });
+    let job = std::thread::spawn(move || {
+        s.execute_streaming(
+            "SELECT window_start, count(*), sum(price) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
+             GROUP BY window_start, window_end",
+            sink,
+        )
+        .err()
+        .map(|e| e.to_string())
+    });
+    let wait_for = |n: usize| {
+        let start = std::time::Instant::now();
+        while windows.lock().expect("lock").len() < n {
+            assert!(start.elapsed() < std::time::Duration::from_secs(30), "no window {n} after 30 s: {:?}", windows.lock().expect("lock"));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    // The first file closes the window [0 s, 10 s) (its watermark reaches 11 s) ...
+    wait_for(1);
+    assert_eq!(windows.lock().expect("lock").clone(), ["2026-01-01 00:00:00 10 45"]);
+    // ... and a file that appears later is read too, and closes the next one.
+    drop_file(dir.path(), "b.csv", &csv(2, 13..25));
+    wait_for(2);
+    let err = job.join().expect("job thread");
+    assert!(err.is_some_and(|e| e.contains("seen enough")));
+    assert_eq!(windows.lock().expect("lock").clone(), ["2026-01-01 00:00:00 10 45", "2026-01-01 00:00:10 10 145"]);
+}

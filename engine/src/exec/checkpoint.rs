@@ -52,6 +52,11 @@ impl RangeSet {
         self.0.get(i).is_some_and(|(a, _)| *a <= w)
     }
 
+    /// Every number in the set, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().flat_map(|(a, b)| *a..*b)
+    }
+
     pub fn union(&mut self, other: &RangeSet) {
         for (a, b) in &other.0 {
             for w in *a..*b {

@@ -31,8 +31,35 @@ pub struct ScanShared {
     events: Mutex<Option<EventCursor>>,
     /// A rate-limited generator's clock.
     pace: Option<Pace>,
+    /// A directory read without end.
+    monitor: Option<Monitor>,
+    /// The highest watermark any partition emitted: a partition waiting for new files emits it, so
+    /// that it does not hold event time back (the others' watermarks still bound their own rows).
+    high_watermark: std::sync::atomic::AtomicI64,
     checkpoint: Option<ScanCheckpoint>,
 }
+
+/// A directory (or glob) read without end (Flink's `'source.monitor-interval'`): listed again every
+/// interval once the work found so far is handed out. A file's morsels are work numbered
+/// `file << MORSEL_BITS | morsel`, files numbered in the order they were found; checkpoints name the
+/// files, so a restarted job (which may find them in another order) skips what they cover.
+struct Monitor {
+    pattern: String,
+    format: FileFormat,
+    interval: std::time::Duration,
+    notifier: super::Notifier,
+    found: Mutex<Found>,
+}
+
+struct Found {
+    known: std::collections::HashSet<std::path::PathBuf>,
+    count: u64,
+    next_list: std::time::Instant,
+    /// Per file, the morsels the checkpoint the job restarted from covers.
+    restored: std::collections::HashMap<String, RangeSet>,
+}
+
+const MORSEL_BITS: u32 = 24;
 
 /// Hands generated events out on the wall clock: a range once its last event's time (`n / rate`
 /// seconds after the first event was asked for) has come.
@@ -58,6 +85,8 @@ struct ScanPositions {
     /// The work of partitions that ended, and of the checkpoint the job restarted from.
     settled: RangeSet,
     tracker: EpochTracker,
+    /// A monitored directory's files, by number (checkpoints name them).
+    files: Vec<String>,
 }
 
 enum Work {
@@ -90,7 +119,7 @@ impl ScanShared {
         notifier: &super::Notifier,
     ) -> Result<ScanShared> {
         let work: VecDeque<Work> = match &source.data {
-            TableData::Files { morsels, format: FileFormat::Parquet, .. } => {
+            TableData::Files { morsels, format: FileFormat::Parquet, monitor: None, .. } => {
                 let total = morsels.len();
                 let pruned = match filter {
                     Some(f) => super::prune::prune(morsels.clone(), f, &source.schema, &projection)?,
@@ -101,6 +130,8 @@ impl ScanShared {
                 metrics.rows_skipped_by_pages.fetch_add(pruned.rows_skipped as u64, Ordering::Relaxed);
                 pruned.morsels.into_iter().map(Work::File).collect()
             }
+            // A monitored directory's files are found below, numbered its own way.
+            TableData::Files { monitor: Some(_), .. } => VecDeque::new(),
             TableData::Files { morsels, .. } => morsels.iter().cloned().map(Work::File).collect(),
             TableData::Generated { records, .. } => {
                 let mut v = VecDeque::new();
@@ -151,6 +182,7 @@ impl ScanShared {
         };
         let chunk = events.as_ref().map_or(0, |c| c.chunk);
         let mut numbered: VecDeque<(u64, Work)> = work.into_iter().enumerate().map(|(i, w)| (i as u64, w)).collect();
+        let mut restored_files = std::collections::HashMap::new();
         let checkpoint = match checkpoint {
             None => None,
             Some((coordinator, node, partitions)) => {
@@ -163,16 +195,40 @@ impl ScanShared {
                         return Err(RiffleError::plan("the checkpoint was taken with another batch size: run the job as it was started"));
                     }
                     settled = saved.get("work").and_then(RangeSet::from_json).unwrap_or_default();
+                    if let Some(names) = saved.get("files").and_then(|f| f.as_array()) {
+                        // A monitored directory's files are numbered anew as they are found again.
+                        for n in std::mem::take(&mut settled).iter() {
+                            if let Some(name) = names.get((n >> MORSEL_BITS) as usize).and_then(|v| v.as_str()) {
+                                restored_files.entry(name.to_string()).or_insert_with(RangeSet::default).insert(n & ((1 << MORSEL_BITS) - 1));
+                            }
+                        }
+                    }
                     // Work the checkpoint covers is not read again.
                     numbered.retain(|(n, _)| !settled.contains(*n));
                 }
                 let component = coordinator.register()?;
                 let tracker = EpochTracker::new(partitions, coordinator.restored);
-                let state = ScanPositions { taken: vec![RangeSet::default(); partitions], at: Default::default(), settled, tracker };
+                let state =
+                    ScanPositions { taken: vec![RangeSet::default(); partitions], at: Default::default(), settled, tracker, files: vec![] };
                 Some(ScanCheckpoint { coordinator, component, file, state: Mutex::new(state) })
             }
         };
-        Ok(ScanShared {
+        let monitor = match &source.data {
+            TableData::Files { monitor: Some(interval), pattern, format, .. } => Some(Monitor {
+                pattern: pattern.clone(),
+                format: format.clone(),
+                interval: *interval,
+                notifier: notifier.clone(),
+                found: Mutex::new(Found {
+                    known: Default::default(),
+                    count: 0,
+                    next_list: std::time::Instant::now(),
+                    restored: restored_files,
+                }),
+            }),
+            _ => None,
+        };
+        let shared = ScanShared {
             source,
             projection,
             dictionary,
@@ -182,8 +238,75 @@ impl ScanShared {
             watermark,
             events: Mutex::new(events),
             pace,
+            monitor,
+            high_watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             checkpoint,
-        })
+        };
+        // The files there are now are found before anything is read (or checkpointed).
+        shared.discover()?;
+        Ok(shared)
+    }
+
+    /// A monitored directory, once its interval has passed: lists it and queues the morsels of the
+    /// files that appeared since (less those the restored checkpoint covers). Whether work was queued.
+    fn discover(&self) -> Result<bool> {
+        let Some(m) = &self.monitor else { return Ok(false) };
+        let mut found = m.found.lock().map_err(|_| RiffleError::exec("scan lock poisoned"))?;
+        let now = std::time::Instant::now();
+        if now < found.next_list {
+            return Ok(false);
+        }
+        found.next_list = now + m.interval;
+        let files = match riffle_formats::list_files(&m.pattern) {
+            Ok(files) => files,
+            Err(riffle_formats::FormatError::NoFiles { .. }) => vec![],
+            Err(e) => return Err(e.into()),
+        };
+        let mut work = Vec::new();
+        let (mut names, mut settled) = (Vec::new(), Vec::new());
+        for file in files {
+            if found.known.contains(&file) {
+                continue;
+            }
+            let morsels = riffle_formats::plan_morsels(&m.format, std::slice::from_ref(&file))?;
+            let number = found.count;
+            found.count += 1;
+            let name = file.to_string_lossy().into_owned();
+            let done = found.restored.remove(&name).unwrap_or_default();
+            for (i, morsel) in morsels.into_iter().enumerate() {
+                let n = (number << MORSEL_BITS) | i as u64;
+                if done.contains(i as u64) {
+                    settled.push(n);
+                } else {
+                    work.push((n, Work::File(morsel)));
+                }
+            }
+            names.push(name);
+            found.known.insert(file);
+        }
+        // Named (and what the restored checkpoint covers settled) before any of it can be taken, so
+        // that every checkpoint can name the file of each piece of work it holds.
+        if let Some(ck) = &self.checkpoint {
+            let mut st = ck.state.lock().map_err(|_| RiffleError::exec("scan checkpoint lock poisoned"))?;
+            st.files.extend(names);
+            for n in settled {
+                st.settled.insert(n);
+            }
+        }
+        let queued = !work.is_empty();
+        self.morsels.lock().map_err(|_| RiffleError::exec("scan lock poisoned"))?.extend(work);
+        Ok(queued)
+    }
+
+    /// Whether a monitored directory has no work now: the partition waits (woken at the next listing).
+    fn no_new_files(&self) -> Result<bool> {
+        let Some(m) = &self.monitor else { return Ok(false) };
+        if !self.morsels.lock().map_err(|_| RiffleError::exec("scan lock poisoned"))?.is_empty() || self.discover()? {
+            return Ok(false);
+        }
+        let next = m.found.lock().map_err(|_| RiffleError::exec("scan lock poisoned"))?.next_list;
+        m.notifier.wake_at(next);
+        Ok(true)
     }
 
     /// For a rate-limited generator: whether the next event range's time has not come yet (the
@@ -219,10 +342,14 @@ impl ScanShared {
         } else {
             st.at.entry(e).or_default().union(&taken);
         }
+        let monitored = self.monitor.is_some();
         for epoch in st.tracker.pass(p, e) {
             let mut work = st.at.remove(&epoch).unwrap_or_default();
             work.union(&st.settled);
-            let doc = serde_json::json!({ "work": work.to_json(), "chunk": chunk });
+            let mut doc = serde_json::json!({ "work": work.to_json(), "chunk": chunk });
+            if monitored {
+                doc["files"] = serde_json::json!(st.files);
+            }
             super::checkpoint::write_synced(&ck.coordinator.epoch_dir(epoch)?.join(&ck.file), doc.to_string().as_bytes())?;
             ck.coordinator.ack(ck.component, epoch)?;
         }
@@ -388,7 +515,7 @@ impl ScanSource {
             if self.barriers_due()? {
                 return Ok(None);
             }
-            if self.shared.not_yet() {
+            if self.shared.not_yet() || self.shared.no_new_files()? {
                 self.waiting = true;
                 return Ok(None);
             }
@@ -441,6 +568,7 @@ impl Source for ScanSource {
                     // watermark when the batch moved event time on, a checkpoint barrier every other batch.
                     if let Some(w) = self.shared.watermark_of(&batch)?.filter(|w| *w > self.watermark) {
                         self.watermark = w;
+                        self.shared.high_watermark.fetch_max(w, Ordering::Relaxed);
                         self.pending.push_back(Message::Watermark(w));
                     }
                     if self.test_barriers && self.shared.checkpoint.is_none() && self.batches.is_multiple_of(2) {
@@ -450,7 +578,16 @@ impl Source for ScanSource {
                 Ok(Some(Message::Batch(batch)))
             }
             None if !self.pending.is_empty() => Ok(self.pending.pop_front()),
-            None if std::mem::take(&mut self.waiting) => Ok(None),
+            None if std::mem::take(&mut self.waiting) => {
+                // Waiting for new files, nothing of this partition in flight: it need not hold event
+                // time back behind the others.
+                let high = self.shared.high_watermark.load(Ordering::Relaxed);
+                if self.shared.monitor.is_some() && high > self.watermark {
+                    self.watermark = high;
+                    return Ok(Some(Message::Watermark(high)));
+                }
+                Ok(None)
+            }
             None => {
                 self.ended = true;
                 self.shared.passed(self.partition, u64::MAX)?;
