@@ -96,7 +96,14 @@ pub struct Coordinator {
     /// Whether the manifest says the job already ran to its end.
     pub finished: bool,
     state: Mutex<State>,
+    /// The snapshot writer's queue: state taken at a barrier is written (and acked) there while the
+    /// operators go on; a component's retirement queues behind its writes.
+    writer: Mutex<std::sync::mpsc::Sender<WriteJob>>,
+    /// The first write that failed: the job fails with it.
+    failed: Mutex<Option<String>>,
 }
+
+type WriteJob = Box<dyn FnOnce(&Coordinator) -> Result<()> + Send>;
 
 struct State {
     /// Per component: the last epoch it acked, `u64::MAX` once it ended.
@@ -142,7 +149,8 @@ impl Coordinator {
                 std::fs::remove_dir_all(entry.path()).map_err(|e| io(&entry.path(), e))?;
             }
         }
-        Ok(Arc::new(Coordinator {
+        let (sender, jobs) = std::sync::mpsc::channel::<WriteJob>();
+        let coordinator = Arc::new(Coordinator {
             dir: config.dir.clone(),
             interval: config.interval.max(Duration::from_millis(1)),
             restored,
@@ -156,7 +164,67 @@ impl Coordinator {
                 committers: vec![],
                 ended_state: vec![],
             }),
+            writer: Mutex::new(sender),
+            failed: Mutex::new(None),
+        });
+        // The writer holds the coordinator weakly: it ends once the job let go of it.
+        let weak = Arc::downgrade(&coordinator);
+        std::thread::Builder::new()
+            .name("riffle-snapshots".into())
+            .spawn(move || {
+                for job in jobs {
+                    let Some(c) = weak.upgrade() else { return };
+                    if c.failure().is_none() {
+                        if let Err(e) = job(&c) {
+                            *c.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        }
+                    }
+                }
+            })
+            .map_err(|e| RiffleError::exec(format!("cannot start the checkpoint writer: {e}")))?;
+        Ok(coordinator)
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Queues `job` behind the snapshots already queued; fails if a write already failed.
+    fn enqueue(&self, job: WriteJob) -> Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(RiffleError::exec(e));
+        }
+        let sender = self.writer.lock().map_err(|_| RiffleError::exec("checkpoint writer lock poisoned"))?;
+        sender.send(job).map_err(|_| RiffleError::exec("the checkpoint writer stopped"))
+    }
+
+    /// Component `c`'s state as of barrier `e`, taken: `write` puts it into the checkpoint on the
+    /// writer thread (processing goes on meanwhile), then the epoch is acked for `c`.
+    pub fn save_async(&self, c: usize, e: u64, write: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+        self.enqueue(Box::new(move |coordinator| {
+            write()?;
+            coordinator.ack(c, e)
         }))
+    }
+
+    /// Queues a write of state that a later `save_async` of the same epoch acks.
+    pub fn write_async(&self, write: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+        self.enqueue(Box::new(move |_| write()))
+    }
+
+    /// Waits until every queued write is done; the first failure, if any.
+    pub fn drain(&self) -> Result<()> {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.enqueue(Box::new(move |_| {
+            let _ = done.send(());
+            Ok(())
+        }))?;
+        // A failed write skips the jobs behind it: the sender is dropped unsent.
+        let _ = wait.recv();
+        match self.failure() {
+            Some(e) => Err(RiffleError::exec(e)),
+            None => Ok(()),
+        }
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -230,7 +298,13 @@ impl Coordinator {
     /// Component `c` ended, its last state `(file, bytes)`: every later checkpoint holds that file,
     /// so a job restored from one knows the component ran to its end (a source that ended while
     /// another goes on reads nothing again).
+    /// Queued behind the component's snapshot writes: an epoch it saved asynchronously must not
+    /// complete without its state.
     pub fn retire_with(&self, c: usize, last: Option<(String, Vec<u8>)>) -> Result<()> {
+        self.enqueue(Box::new(move |coordinator| coordinator.retire_now(c, last)))
+    }
+
+    fn retire_now(&self, c: usize, last: Option<(String, Vec<u8>)>) -> Result<()> {
         let mut st = self.lock()?;
         let own = st.acked.get(c).copied().unwrap_or(0);
         st.ended_state.extend(last.map(|(file, bytes)| (own, file, bytes)));
@@ -250,6 +324,7 @@ impl Coordinator {
 
     /// The job ran to its end: a last checkpoint, marked finished, commits everything.
     pub fn finish(&self) -> Result<()> {
+        self.drain()?;
         let mut st = self.lock()?;
         let last = st.highest.max(st.completed) + 1;
         self.commit_epoch(&mut st, last, true)
@@ -401,6 +476,33 @@ mod tests {
         r.insert(4);
         assert_eq!(r.0, vec![(0, 8)]);
         assert_eq!(RangeSet::from_json(&r.to_json()), Some(r));
+    }
+
+    #[test]
+    fn snapshots_are_written_behind_the_operators_and_acked_when_written() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = CheckpointConfig { dir: dir.path().to_path_buf(), interval: Duration::from_secs(1) };
+        let c = Coordinator::open(&config).expect("open");
+        let component = c.register().expect("register");
+        let state = c.state_dir(1, "op").expect("dir").join("state");
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        c.save_async(component, 1, move || {
+            // The operator went on before this write (held back here) was done.
+            let _ = wait.recv();
+            write_synced(&state, b"saved")
+        })
+        .expect("queued");
+        assert!(!dir.path().join("MANIFEST").exists(), "epoch 1 complete before its state was written");
+        go.send(()).expect("send");
+        c.drain().expect("written");
+        assert_eq!(std::fs::read_to_string(dir.path().join("MANIFEST")).expect("manifest"), r#"{"epoch":1,"finished":false}"#);
+        assert_eq!(std::fs::read(dir.path().join("chk-1/op/state")).expect("state"), b"saved");
+        // A failed write fails the job: the next save and the end say why; the epoch never completes.
+        c.save_async(component, 2, || Err(RiffleError::exec("disk full"))).expect("queued");
+        assert!(c.drain().is_err_and(|e| e.to_string().contains("disk full")));
+        assert!(c.save_async(component, 3, || Ok(())).is_err());
+        assert!(c.finish().is_err());
+        assert_eq!(std::fs::read_to_string(dir.path().join("MANIFEST")).expect("manifest"), r#"{"epoch":1,"finished":false}"#);
     }
 
     #[test]

@@ -130,7 +130,8 @@ impl SessionAggregateOp {
         self.state.as_mut().ok_or_else(|| RiffleError::exec("session state missing"))
     }
 
-    /// Writes the open sessions, their partial states and the watermark as of barrier `e`.
+    /// Saves the open sessions, their partial states and the watermark as of barrier `e` (written
+    /// asynchronously, then the epoch acked).
     fn snapshot(&mut self, ck: &OperatorCheckpoint, e: u64) -> Result<()> {
         let (spec, by_session, watermark) = (self.spec.clone(), self.by_session.clone(), self.watermark);
         let st = self.sessions()?;
@@ -144,9 +145,13 @@ impl SessionAggregateOp {
             ("end", Arc::new(Int64Array::from_iter_values(st.sessions.iter().map(|s| s.end))) as ArrayRef),
         ])?;
         let dir = ck.coordinator.state_dir(e, &ck.name)?;
-        super::checkpoint::write_batches(&dir.join("sessions.arrow"), &[sessions])?;
-        super::checkpoint::write_batches(&dir.join("groups.arrow"), &[partial.into_batch()?.0])?;
-        super::checkpoint::write_synced(&dir.join("state.json"), serde_json::json!({ "watermark": watermark }).to_string().as_bytes())
+        let groups = partial.into_batch()?.0;
+        // Taken now, written while the next rows are aggregated.
+        ck.coordinator.save_async(ck.component, e, move || {
+            super::checkpoint::write_batches(&dir.join("sessions.arrow"), &[sessions])?;
+            super::checkpoint::write_batches(&dir.join("groups.arrow"), &[groups])?;
+            super::checkpoint::write_synced(&dir.join("state.json"), serde_json::json!({ "watermark": watermark }).to_string().as_bytes())
+        })
     }
 
     /// Reads a checkpoint's sessions back into the (new, empty) state.
@@ -428,7 +433,6 @@ impl Operator for SessionAggregateOp {
             Message::Barrier(e) => {
                 if let Some(ck) = self.checkpoint.clone() {
                     self.snapshot(&ck, e)?;
-                    ck.coordinator.ack(ck.component, e)?;
                 }
                 out.push(Message::Barrier(e));
             }

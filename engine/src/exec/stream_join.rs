@@ -201,13 +201,22 @@ impl StreamJoinShared {
         let mut st = self.lock()?;
         for epoch in st.epochs.pass(producer, e) {
             let dir = ck.coordinator.state_dir(epoch, &ck.name)?;
-            for (side, file) in SIDE_FILES.iter().enumerate() {
-                let mut ids: Vec<&u64> = st.sides[side].chunks.keys().collect();
-                ids.sort();
-                let batches: Vec<RecordBatch> = ids.into_iter().map(|id| st.sides[side].chunks[id].batch.clone()).collect();
-                super::checkpoint::write_batches(&dir.join(file), &batches)?;
-            }
-            ck.coordinator.ack(ck.component, epoch)?;
+            // The stored batches are shared, not copied: they are written while the join goes on.
+            let sides: Vec<Vec<RecordBatch>> = st
+                .sides
+                .iter()
+                .map(|side| {
+                    let mut ids: Vec<&u64> = side.chunks.keys().collect();
+                    ids.sort();
+                    ids.into_iter().map(|id| side.chunks[id].batch.clone()).collect()
+                })
+                .collect();
+            ck.coordinator.save_async(ck.component, epoch, move || {
+                for (batches, file) in sides.iter().zip(SIDE_FILES) {
+                    super::checkpoint::write_batches(&dir.join(file), batches)?;
+                }
+                Ok(())
+            })?;
         }
         if st.epochs.all_ended() {
             ck.coordinator.retire(ck.component)?;

@@ -222,8 +222,8 @@ impl Groups {
         (0..self.key_of.len() as u32).filter(|s| !free[*s as usize]).collect()
     }
 
-    /// Writes every live group (key, input rows, emitted, accumulator states) to `path`.
-    fn save(&self, path: &std::path::Path) -> Result<()> {
+    /// Every live group (key, input rows, emitted, accumulator states), as one batch.
+    fn save(&self) -> Result<RecordBatch> {
         let live = self.live();
         let mut columns: Vec<(String, ArrayRef)> = vec![
             ("key".into(), Arc::new(BinaryArray::from_iter_values(live.iter().map(|s| &self.key_of[*s as usize][..])))),
@@ -235,8 +235,7 @@ impl Groups {
                 columns.push((format!("agg{i}_{j}"), c));
             }
         }
-        let batch = RecordBatch::try_from_iter(columns)?;
-        super::checkpoint::write_batches(path, &[batch])
+        Ok(RecordBatch::try_from_iter(columns)?)
     }
 
     /// Reads the groups `save` wrote into the (new, empty) table.
@@ -450,9 +449,10 @@ impl Operator for UpdateAggregateOp {
             Message::Watermark(_) => {}
             Message::Barrier(e) => {
                 if let Some(ck) = self.checkpoint.clone() {
-                    let dir = ck.coordinator.state_dir(e, &ck.name)?;
-                    self.groups()?.save(&dir.join("groups.arrow"))?;
-                    ck.coordinator.ack(ck.component, e)?;
+                    let path = ck.coordinator.state_dir(e, &ck.name)?.join("groups.arrow");
+                    // Taken now, written while the next rows are aggregated.
+                    let groups = self.groups()?.save()?;
+                    ck.coordinator.save_async(ck.component, e, move || super::checkpoint::write_batches(&path, &[groups]))?;
                 }
                 out.push(Message::Barrier(e));
             }

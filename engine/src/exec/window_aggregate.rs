@@ -114,13 +114,13 @@ impl WindowAggShared {
     fn barrier(&self, p: usize, e: u64, open: Vec<RecordBatch>) -> Result<()> {
         let mut st = self.lock()?;
         if let (Some(ck), false) = (&self.checkpoint, open.is_empty()) {
-            let dir = ck.coordinator.state_dir(e, &ck.name)?;
-            super::checkpoint::write_batches(&dir.join(format!("partition-{p}.arrow")), &open)?;
+            // Written while processing goes on, before the epoch's ack (one queue).
+            let path = ck.coordinator.state_dir(e, &ck.name)?.join(format!("partition-{p}.arrow"));
+            ck.coordinator.write_async(move || super::checkpoint::write_batches(&path, &open))?;
         }
         for epoch in st.epochs.pass(p, e) {
             if let Some(ck) = &self.checkpoint {
                 self.save_shared(ck, epoch, &st)?;
-                ck.coordinator.ack(ck.component, epoch)?;
             }
             self.output.push(0, Message::Barrier(epoch));
         }
@@ -133,15 +133,18 @@ impl WindowAggShared {
         Ok(())
     }
 
-    /// The windows handed over but not emitted yet, and the watermarks, as of epoch `e`.
+    /// The windows handed over but not emitted yet, and the watermarks, as of epoch `e` (written
+    /// asynchronously, then the epoch acked).
     fn save_shared(&self, ck: &WindowCheckpoint, e: u64, st: &WindowState) -> Result<()> {
         let dir = ck.coordinator.state_dir(e, &ck.name)?;
         let batches =
             st.pending.values().flatten().map(|p| Ok(p.clone().into_batch()?.0)).collect::<Result<Vec<RecordBatch>>>()?;
-        super::checkpoint::write_batches(&dir.join("pending.arrow"), &batches)?;
         let live: Vec<i64> = st.watermarks.iter().copied().filter(|w| *w != i64::MAX).collect();
         let doc = serde_json::json!({ "watermark": live.iter().min().copied().unwrap_or(st.forwarded), "forwarded": st.forwarded });
-        super::checkpoint::write_synced(&dir.join("state.json"), doc.to_string().as_bytes())
+        ck.coordinator.save_async(ck.component, e, move || {
+            super::checkpoint::write_batches(&dir.join("pending.arrow"), &batches)?;
+            super::checkpoint::write_synced(&dir.join("state.json"), doc.to_string().as_bytes())
+        })
     }
 
     /// Whether partition `p` must wait: it passed a barrier the others have not all reached.
