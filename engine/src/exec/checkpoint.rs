@@ -400,6 +400,63 @@ pub fn read_batches(path: &Path) -> Result<Vec<arrow::array::RecordBatch>> {
     Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
+/// The files of an operator's incremental checkpoints, in `DIR/shared/<name>/`: each is written
+/// once, by the epoch that made it, named by every later checkpoint that still needs its rows, and
+/// deleted once the last complete checkpoint no longer names it (as Flink's incremental RocksDB
+/// checkpoints share SST files).
+pub struct SharedFiles {
+    dir: PathBuf,
+    /// Per epoch taken but not complete yet, the files it names.
+    pending: Mutex<BTreeMap<u64, Vec<String>>>,
+}
+
+impl SharedFiles {
+    /// Opens the operator's shared directory; of the files there, those the checkpoint the job
+    /// restarts from does not name (`restored`) are left by checkpoints that never completed, and go.
+    pub fn open(coordinator: &Arc<Coordinator>, name: &str, restored: &[String]) -> Result<Arc<SharedFiles>> {
+        let dir = coordinator.dir.join("shared").join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        remove_other_files(&dir, restored)?;
+        let files = Arc::new(SharedFiles { dir, pending: Mutex::new(BTreeMap::new()) });
+        let me = Arc::downgrade(&files);
+        coordinator.add_committer(Box::new(move |epoch| match me.upgrade() {
+            Some(files) => files.completed(epoch),
+            None => Ok(()),
+        }))?;
+        Ok(files)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// Epoch `e`'s snapshot names `files`.
+    pub fn taken(&self, e: u64, files: Vec<String>) {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(e, files);
+    }
+
+    /// Epoch `e` is complete: what it does not name is needed no more.
+    fn completed(&self, e: u64) -> Result<()> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(named) = pending.remove(&e) else { return Ok(()) };
+        pending.retain(|epoch, _| *epoch > e);
+        let later: Vec<String> = pending.values().flatten().cloned().collect();
+        drop(pending);
+        remove_other_files(&self.dir, &[named, later].concat())
+    }
+}
+
+/// Deletes the files of `dir` not in `keep`.
+fn remove_other_files(dir: &Path, keep: &[String]) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !keep.contains(&name) {
+            std::fs::remove_file(entry.path()).map_err(|e| io(&entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Where an operator that runs in one partition (behind an exchange that aligns the barriers) puts
 /// its state in each checkpoint.
 #[derive(Clone)]

@@ -12,8 +12,11 @@
 //!
 //! Checkpoints: a producer that delivered barrier `e` gets no credit from the output exchange until
 //! every producer of both inputs delivered it (aligned barriers), so when the last one arrives the
-//! stored rows are exactly those before the barrier: they are written then (each side's rows as one
-//! Arrow file), before that last barrier goes on, and the epoch is acked. Restored, the rows are
+//! stored rows are exactly those before the barrier: they are taken then (incrementally: the chunks
+//! stored since the last checkpoint go into one new shared file, and a checkpoint names the files
+//! holding live chunks with their positions; a file with fewer live chunks than dropped ones has its
+//! live ones written again and is dropped), written while the join goes on, and the epoch acked
+//! once they are. Restored, the rows are
 //! stored again (not probed: their pairs were emitted before the checkpoint) and the rows replayed
 //! after it probe them, so every pair comes out once. Watermarks are not saved: the sources send
 //! theirs again, and until then nothing is dropped.
@@ -26,7 +29,7 @@ use arrow::compute::{filter_record_batch, interleave, take};
 use arrow::datatypes::{DataType, SchemaRef, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
 
-use super::checkpoint::{Coordinator, EpochTracker};
+use super::checkpoint::{Coordinator, EpochTracker, SharedFiles};
 use super::key_index::KeyIndex;
 use super::{Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
@@ -66,6 +69,17 @@ struct Side {
     bytes: usize,
     /// With a state TTL, when each chunk was stored, oldest first.
     stored: std::collections::VecDeque<(std::time::Instant, u64)>,
+    /// Incremental checkpoints: the shared files holding stored chunks, and which chunks are in one.
+    files: Vec<SavedFile>,
+    saved: std::collections::HashSet<u64>,
+}
+
+/// A shared checkpoint file of stored chunks: how many it holds, and those it holds that were stored
+/// (position in the file, chunk id).
+struct SavedFile {
+    name: String,
+    total: usize,
+    chunks: Vec<(u32, u64)>,
 }
 
 struct Chunk {
@@ -76,6 +90,39 @@ struct Chunk {
 }
 
 impl Side {
+    /// The stored chunks as of barrier `e`, incrementally: those stored since the last checkpoint go
+    /// into one new shared file (`<prefix>-<e>.arrow`), and so do the live chunks of a file that
+    /// holds fewer live chunks than dropped ones (compaction: the files named hold at most about twice
+    /// the stored rows). Returns the file to write, and the files the checkpoint names with the
+    /// positions of their live chunks.
+    fn snapshot(&mut self, prefix: &str, e: u64) -> (Option<(String, Vec<RecordBatch>)>, Vec<(String, Vec<u32>)>) {
+        let chunks = &self.chunks;
+        let mut rewrite = Vec::new();
+        self.files.retain_mut(|f| {
+            f.chunks.retain(|(_, id)| chunks.contains_key(id));
+            if f.chunks.len() * 2 < f.total {
+                rewrite.extend(f.chunks.iter().map(|(_, id)| *id));
+                false
+            } else {
+                true
+            }
+        });
+        for id in &rewrite {
+            self.saved.remove(id);
+        }
+        let mut new: Vec<u64> = self.chunks.keys().copied().filter(|id| !self.saved.contains(id)).collect();
+        new.sort_unstable();
+        let write = (!new.is_empty()).then(|| {
+            let name = format!("{prefix}-{e}.arrow");
+            let batches = new.iter().map(|id| self.chunks[id].batch.clone()).collect();
+            self.saved.extend(new.iter().copied());
+            self.files.push(SavedFile { name: name.clone(), total: new.len(), chunks: new.iter().enumerate().map(|(i, id)| (i as u32, *id)).collect() });
+            (name, batches)
+        });
+        let named = self.files.iter().map(|f| (f.name.clone(), f.chunks.iter().map(|(p, _)| *p).collect())).collect();
+        (write, named)
+    }
+
     /// Bytes held: the stored batches and their index.
     fn size(&self) -> usize {
         self.bytes + self.index.size()
@@ -107,6 +154,7 @@ impl Side {
     fn remove(&mut self, ids: Vec<u64>) {
         for id in ids {
             if let Some(c) = self.chunks.remove(&id) {
+                self.saved.remove(&id);
                 self.live_rows -= c.rows;
                 self.dead_rows += c.rows;
                 self.bytes -= batch_bytes(&c.batch);
@@ -132,6 +180,9 @@ struct JoinCheckpoint {
     component: usize,
     /// The directory of this operator's state inside each checkpoint.
     name: String,
+    files: Arc<SharedFiles>,
+    /// What the checkpoint the job restarts from names: per side, files and live positions.
+    restored: Vec<Vec<(String, Vec<u32>)>>,
 }
 
 pub struct StreamJoinShared {
@@ -167,28 +218,42 @@ impl StreamJoinShared {
         let state = Mutex::new(State { sides, reservation: pool.reservation("StreamJoin", false), epochs });
         let checkpoint = match checkpoint {
             None => None,
-            Some((coordinator, node)) => Some(JoinCheckpoint { component: coordinator.register()?, coordinator, name: format!("join-{node}") }),
+            Some((coordinator, node)) => {
+                let name = format!("join-{node}");
+                let restored = match coordinator.restore_dir() {
+                    Some(dir) => read_named(&dir.join(&name).join("state.json"))?,
+                    None => vec![vec![], vec![]],
+                };
+                let names: Vec<String> = restored.iter().flatten().map(|(f, _)| f.clone()).collect();
+                let files = SharedFiles::open(&coordinator, &name, &names)?;
+                Some(JoinCheckpoint { component: coordinator.register()?, coordinator, name, files, restored })
+            }
         };
         let shared = StreamJoinShared { spec, key_types, converter, state, output, left_partitions, metrics, checkpoint };
         shared.restore()?;
         Ok(shared)
     }
 
-    /// Stores the rows of the checkpoint the job restarts from, if any.
+    /// Stores the rows of the checkpoint the job restarts from, if any: the live chunks of the files
+    /// it names, which later checkpoints name again instead of writing them anew.
     fn restore(&self) -> Result<()> {
         let Some(ck) = &self.checkpoint else { return Ok(()) };
-        let Some(dir) = ck.coordinator.restore_dir() else { return Ok(()) };
-        for (side, file) in SIDE_FILES.iter().enumerate() {
-            let path = dir.join(&ck.name).join(file);
-            if !path.exists() {
-                continue;
-            }
-            for batch in super::checkpoint::read_batches(&path)? {
-                let (encoded, valid, max_time) = self.keys(side, &batch)?;
-                let mut st = self.lock()?;
-                let now = self.spec.state_ttl.map(|_| std::time::Instant::now());
-                store(&mut st.sides[side], batch, &encoded, &valid, max_time, now);
-                self.account(&mut st)?;
+        for (side, files) in ck.restored.iter().enumerate() {
+            for (name, live) in files {
+                let batches = super::checkpoint::read_batches(&ck.files.path(name))?;
+                let mut saved = SavedFile { name: name.clone(), total: batches.len(), chunks: vec![] };
+                for p in live {
+                    let batch = batches.get(*p as usize).cloned().ok_or_else(|| damaged(&ck.files.path(name)))?;
+                    let (encoded, valid, max_time) = self.keys(side, &batch)?;
+                    let mut st = self.lock()?;
+                    let now = self.spec.state_ttl.map(|_| std::time::Instant::now());
+                    if let Some(id) = store(&mut st.sides[side], batch, &encoded, &valid, max_time, now) {
+                        st.sides[side].saved.insert(id);
+                        saved.chunks.push((*p, id));
+                    }
+                    self.account(&mut st)?;
+                }
+                self.lock()?.sides[side].files.push(saved);
             }
         }
         Ok(())
@@ -200,22 +265,22 @@ impl StreamJoinShared {
         let Some(ck) = &self.checkpoint else { return Ok(()) };
         let mut st = self.lock()?;
         for epoch in st.epochs.pass(producer, e) {
-            let dir = ck.coordinator.state_dir(epoch, &ck.name)?;
+            let state = ck.coordinator.state_dir(epoch, &ck.name)?.join("state.json");
             // The stored batches are shared, not copied: they are written while the join goes on.
-            let sides: Vec<Vec<RecordBatch>> = st
-                .sides
-                .iter()
-                .map(|side| {
-                    let mut ids: Vec<&u64> = side.chunks.keys().collect();
-                    ids.sort();
-                    ids.into_iter().map(|id| side.chunks[id].batch.clone()).collect()
-                })
-                .collect();
+            let mut writes = Vec::new();
+            let mut named = Vec::new();
+            for (side, prefix) in st.sides.iter_mut().zip(["left", "right"]) {
+                let (write, files) = side.snapshot(prefix, epoch);
+                writes.extend(write.map(|(name, batches)| (ck.files.path(&name), batches)));
+                named.push(files);
+            }
+            ck.files.taken(epoch, named.iter().flatten().map(|(f, _)| f.clone()).collect());
+            let doc = serde_json::json!({ "sides": named.iter().map(|files| files.iter().map(|(f, live)| serde_json::json!({ "file": f, "live": live })).collect::<Vec<_>>()).collect::<Vec<_>>() });
             ck.coordinator.save_async(ck.component, epoch, move || {
-                for (batches, file) in sides.iter().zip(SIDE_FILES) {
-                    super::checkpoint::write_batches(&dir.join(file), batches)?;
+                for (path, batches) in &writes {
+                    super::checkpoint::write_batches(path, batches)?;
                 }
-                Ok(())
+                super::checkpoint::write_synced(&state, doc.to_string().as_bytes())
             })?;
         }
         if st.epochs.all_ended() {
@@ -357,12 +422,36 @@ impl StreamJoinShared {
     }
 }
 
-/// What each side's stored rows are checkpointed as.
-const SIDE_FILES: [&str; 2] = ["left.arrow", "right.arrow"];
+/// Per side, the shared files a checkpoint's `state.json` names and the positions of their live chunks.
+fn read_named(path: &std::path::Path) -> Result<Vec<Vec<(String, Vec<u32>)>>> {
+    let Some(doc) = super::checkpoint::read_json(path)? else { return Ok(vec![vec![], vec![]]) };
+    let sides = doc.get("sides").and_then(|s| s.as_array()).filter(|s| s.len() == 2).ok_or_else(|| damaged(path))?;
+    sides
+        .iter()
+        .map(|files| {
+            files
+                .as_array()
+                .ok_or_else(|| damaged(path))?
+                .iter()
+                .map(|f| {
+                    let name = f.get("file").and_then(|n| n.as_str()).ok_or_else(|| damaged(path))?;
+                    let live = f.get("live").and_then(|l| l.as_array()).ok_or_else(|| damaged(path))?;
+                    let live = live.iter().map(|p| p.as_u64().map(|p| p as u32).ok_or_else(|| damaged(path))).collect::<Result<Vec<u32>>>()?;
+                    Ok((name.to_string(), live))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn damaged(path: &std::path::Path) -> RiffleError {
+    RiffleError::exec(format!("checkpoint: {} is not this join's state; remove the checkpoint directory to start afresh", path.display()))
+}
 
 /// Stores the rows of `batch` with a key (`valid`) on `side`, indexed by their `encoded` keys.
 /// `now`: when it is stored, with a state TTL (without one, the time is not kept).
-fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid: &[bool], max_time: Timestamp, now: Option<std::time::Instant>) {
+/// The chunk's id, if a row was stored.
+fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid: &[bool], max_time: Timestamp, now: Option<std::time::Instant>) -> Option<u64> {
     let id = side.next_chunk;
     side.next_chunk += 1;
     let mut stored = 0;
@@ -372,12 +461,14 @@ fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid:
             stored += 1;
         }
     }
-    if stored > 0 {
-        side.bytes += batch_bytes(&batch);
-        side.live_rows += stored;
-        side.chunks.insert(id, Chunk { batch, max_time, rows: stored });
-        side.stored.extend(now.map(|at| (at, id)));
+    if stored == 0 {
+        return None;
     }
+    side.bytes += batch_bytes(&batch);
+    side.live_rows += stored;
+    side.chunks.insert(id, Chunk { batch, max_time, rows: stored });
+    side.stored.extend(now.map(|at| (at, id)));
+    Some(id)
 }
 
 /// One input partition of a stream join.

@@ -6,10 +6,13 @@
 //! One partition holds every group (the input is gathered into it), so a group's rows leave in the
 //! order they changed.
 //!
-//! Checkpoints: at barrier `e` (aligned by the exchange in front) every live group is written — its
-//! key, how many input rows it holds, whether its row stands emitted, its accumulators' states — and
-//! read back into the empty table when a job restarts from that checkpoint. A restored group's row is
-//! known downstream (the sink committed it with the checkpoint), so its next change is `-U`/`+U`.
+//! Checkpoints: at barrier `e` (aligned by the exchange in front) groups are saved — each one's key,
+//! how many input rows it holds, whether its row stands emitted, its accumulators' states —
+//! incrementally: the groups changed and the keys released since the last checkpoint go into new
+//! shared files, which a checkpoint names after the earlier ones it still needs; a full snapshot
+//! replaces the chain when it would hold more than twice the live groups or `MAX_CHAIN` files. A
+//! restart applies the chain in order to the empty table. A restored group's row is known downstream
+//! (the sink committed it with the checkpoint), so its next change is `-U`/`+U`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Arr
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 
-use super::checkpoint::OperatorCheckpoint;
+use super::checkpoint::{OperatorCheckpoint, SharedFiles};
 use super::retract::{self, RetractAccumulator};
 use super::Operator;
 use crate::changelog::{self, RowKind};
@@ -70,6 +73,13 @@ struct Groups {
     /// expires when its oldest entry here is still its last change).
     changed: Vec<Option<std::time::Instant>>,
     changes: std::collections::VecDeque<(std::time::Instant, u32)>,
+    /// Incremental checkpoints: the slots changed and the keys released since the last one, and
+    /// the shared files the last one named, in the order a restore applies them, with their rows.
+    dirty: Vec<bool>,
+    dirty_slots: Vec<u32>,
+    released: Vec<Box<[u8]>>,
+    chain: Vec<(String, usize)>,
+    shared: Option<Arc<SharedFiles>>,
 }
 
 impl UpdateAggregateOp {
@@ -83,8 +93,20 @@ impl UpdateAggregateOp {
     fn groups(&mut self) -> Result<&mut Groups> {
         if self.state.is_none() {
             let mut groups = Groups::new(&self.spec, &self.pool)?;
-            if let Some(dir) = self.checkpoint.as_ref().and_then(|c| c.restore_dir()) {
-                groups.restore(&dir.join("groups.arrow"), self.spec.state_ttl)?;
+            if let Some(ck) = &self.checkpoint {
+                let chain = match ck.restore_dir() {
+                    Some(dir) => match super::checkpoint::read_json(&dir.join("state.json"))? {
+                        Some(doc) => doc
+                            .get("files")
+                            .and_then(|f| f.as_array())
+                            .map(|f| f.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
+                            .ok_or_else(|| damaged(&dir))?,
+                        None => vec![],
+                    },
+                    None => vec![],
+                };
+                groups.shared = Some(SharedFiles::open(&ck.coordinator, &ck.name, &chain)?);
+                groups.restore(&chain, self.spec.state_ttl)?;
             }
             self.state = Some(groups);
         }
@@ -120,6 +142,11 @@ impl Groups {
             reservation: pool.reservation("UpdateAggregate", false),
             changed: vec![],
             changes: Default::default(),
+            dirty: vec![],
+            dirty_slots: vec![],
+            released: vec![],
+            chain: vec![],
+            shared: None,
         };
         if groups.keys.is_none() {
             // Without GROUP BY there is one group, always there.
@@ -134,6 +161,7 @@ impl Groups {
         self.emitted.resize(n, false);
         self.touched.resize(n, false);
         self.changed.resize(n, None);
+        self.dirty.resize(n, false);
         for a in &mut self.accs {
             a.resize(n);
         }
@@ -191,11 +219,15 @@ impl Groups {
         for a in &mut self.accs {
             a.reset(slot);
         }
+        self.dirty[s] = false;
         if self.keys.is_some() {
             let key = std::mem::take(&mut self.key_of[s]);
             self.key_bytes -= key.len() * 2 + 32;
             self.slot_of.remove(&key);
             self.free.push(slot);
+            if self.shared.is_some() {
+                self.released.push(key);
+            }
         }
     }
 
@@ -222,51 +254,129 @@ impl Groups {
         (0..self.key_of.len() as u32).filter(|s| !free[*s as usize]).collect()
     }
 
-    /// Every live group (key, input rows, emitted, accumulator states), as one batch.
-    fn save(&self) -> Result<RecordBatch> {
-        let live = self.live();
+    /// Marks `slot` changed since the last checkpoint.
+    fn touch(&mut self, slot: u32) {
+        if self.shared.is_some() && !std::mem::replace(&mut self.dirty[slot as usize], true) {
+            self.dirty_slots.push(slot);
+        }
+    }
+
+    /// The state as of barrier `e`, incrementally: the groups changed and the keys released since the
+    /// last checkpoint go into new shared files (released keys first: a key released and then made
+    /// again is the later group), named after those of the last checkpoint; once the files named
+    /// would hold more than twice the live groups, all live groups go into one new file instead
+    /// (compaction), as they do once there are `MAX_CHAIN` files. Returns the files to write and the names the checkpoint lists, in order.
+    fn snapshot(&mut self, e: u64) -> Result<(Vec<(String, RecordBatch)>, Vec<String>)> {
+        let live_groups = if self.keys.is_some() { self.key_of.len() - self.free.len() } else { 1 };
+        let dirty: Vec<u32> = std::mem::take(&mut self.dirty_slots).into_iter().filter(|s| std::mem::take(&mut self.dirty[*s as usize])).collect();
+        let released = std::mem::take(&mut self.released);
+        let named: usize = self.chain.iter().map(|(_, rows)| rows).sum();
+        let mut write = Vec::new();
+        if self.chain.is_empty() || self.chain.len() >= MAX_CHAIN || named + dirty.len() + released.len() > 2 * live_groups {
+            let live = self.live();
+            self.chain.clear();
+            let file = format!("groups-{e}.arrow");
+            self.chain.push((file.clone(), live.len()));
+            write.push((file, self.save(&live)?));
+        } else {
+            if !released.is_empty() {
+                let file = format!("released-{e}.arrow");
+                let keys = RecordBatch::try_from_iter([("key", Arc::new(BinaryArray::from_iter_values(released.iter())) as ArrayRef)])?;
+                self.chain.push((file.clone(), released.len()));
+                write.push((file, keys));
+            }
+            if !dirty.is_empty() {
+                let file = format!("groups-{e}.arrow");
+                self.chain.push((file.clone(), dirty.len()));
+                write.push((file, self.save(&dirty)?));
+            }
+        }
+        Ok((write, self.chain.iter().map(|(f, _)| f.clone()).collect()))
+    }
+
+    /// The groups of `slots` (key, input rows, emitted, accumulator states), as one batch.
+    fn save(&self, live: &[u32]) -> Result<RecordBatch> {
         let mut columns: Vec<(String, ArrayRef)> = vec![
             ("key".into(), Arc::new(BinaryArray::from_iter_values(live.iter().map(|s| &self.key_of[*s as usize][..])))),
             ("rows".into(), Arc::new(Int64Array::from_iter_values(live.iter().map(|s| self.rows[*s as usize])))),
             ("emitted".into(), Arc::new(BooleanArray::from_iter(live.iter().map(|s| Some(self.emitted[*s as usize]))))),
         ];
         for (i, acc) in self.accs.iter().enumerate() {
-            for (j, c) in acc.save(&live)?.into_iter().enumerate() {
+            for (j, c) in acc.save(live)?.into_iter().enumerate() {
                 columns.push((format!("agg{i}_{j}"), c));
             }
         }
         Ok(RecordBatch::try_from_iter(columns)?)
     }
 
-    /// Reads the groups `save` wrote into the (new, empty) table.
-    fn restore(&mut self, path: &std::path::Path, ttl: Option<std::time::Duration>) -> Result<()> {
-        if !path.exists() {
-            return Ok(());
+    /// Applies the shared files a checkpoint names, in order, to the (new, empty) table.
+    fn restore(&mut self, chain: &[String], ttl: Option<std::time::Duration>) -> Result<()> {
+        let Some(shared) = self.shared.clone() else { return Ok(()) };
+        for file in chain {
+            let path = shared.path(file);
+            let rows = if file.starts_with("released-") { self.restore_released(&path)? } else { self.restore_groups(&path, ttl)? };
+            self.chain.push((file.clone(), rows));
         }
-        let damaged = || {
-            RiffleError::exec(format!(
-                "checkpoint: {} is not this updating aggregate's state; remove the checkpoint directory to start afresh",
-                path.display()
-            ))
-        };
+        let size = self.size();
+        if !self.reservation.try_resize(size) {
+            return Err(self.reservation.out_of_memory(size.saturating_sub(self.reservation.size())));
+        }
+        Ok(())
+    }
+
+    /// Forgets the groups whose keys `path` lists; how many it lists.
+    fn restore_released(&mut self, path: &std::path::Path) -> Result<usize> {
+        let mut n = 0;
+        for b in super::checkpoint::read_batches(path)? {
+            let keys = b.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| damaged(path))?;
+            for key in keys.iter().flatten() {
+                if let Some(slot) = self.slot_of.get(key).copied() {
+                    self.release(slot);
+                }
+            }
+            n += b.num_rows();
+        }
+        Ok(n)
+    }
+
+    /// Reads the groups of `path` into the table, replacing those of the same keys; how many.
+    fn restore_groups(&mut self, path: &std::path::Path, ttl: Option<std::time::Duration>) -> Result<usize> {
+        let damaged = || damaged(path);
+        let mut n = 0;
         let now = std::time::Instant::now();
         for b in super::checkpoint::read_batches(path)? {
             let keys = b.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(damaged)?;
             let rows = b.column_by_name("rows").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(damaged)?;
             let emitted = b.column_by_name("emitted").and_then(|c| c.as_boolean_opt()).ok_or_else(damaged)?;
             let slots: Vec<u32> = match self.keys {
-                None if b.num_rows() == 1 => vec![0],
+                None if b.num_rows() == 1 => {
+                    self.release(0);
+                    vec![0]
+                }
                 None => return Err(damaged()),
                 Some(_) => {
-                    let start = self.key_of.len();
-                    self.grow_to(start + b.num_rows());
-                    for i in 0..b.num_rows() {
-                        let key: Box<[u8]> = keys.value(i).into();
+                    let mut slots = Vec::with_capacity(b.num_rows());
+                    for key in keys.iter() {
+                        let key = key.ok_or_else(damaged)?;
+                        // A later file's group replaces an earlier one's.
+                        if let Some(old) = self.slot_of.get(key).copied() {
+                            self.release(old);
+                        }
+                        let slot = match self.free.pop() {
+                            Some(s) => s,
+                            None => {
+                                let s = self.key_of.len() as u32;
+                                self.grow_to(s as usize + 1);
+                                s
+                            }
+                        };
+                        let key: Box<[u8]> = key.into();
                         self.key_bytes += key.len() * 2 + 32;
-                        self.slot_of.insert(key.clone(), (start + i) as u32);
-                        self.key_of[start + i] = key;
+                        self.slot_of.insert(key.clone(), slot);
+                        self.key_of[slot as usize] = key;
+                        slots.push(slot);
                     }
-                    (start as u32..(start + b.num_rows()) as u32).collect()
+                    slots
                 }
             };
             for (i, s) in slots.iter().enumerate() {
@@ -285,12 +395,11 @@ impl Groups {
                 acc.load(&slots, state)?;
                 column += width;
             }
+            n += b.num_rows();
         }
-        let size = self.size();
-        if !self.reservation.try_resize(size) {
-            return Err(self.reservation.out_of_memory(size.saturating_sub(self.reservation.size())));
-        }
-        Ok(())
+        // Replaced and released keys of the restore are no changes of this run.
+        self.released.clear();
+        Ok(n)
     }
 
     fn size(&self) -> usize {
@@ -299,6 +408,14 @@ impl Groups {
             + self.accs.iter().map(|a| a.size()).sum::<usize>()
             + (self.changed.capacity() + self.changes.capacity()) * 24
     }
+}
+
+/// At most this many files make a checkpoint's groups: a restore reads them all, and a job whose
+/// groups only grow would otherwise add one every checkpoint forever.
+const MAX_CHAIN: usize = 32;
+
+fn damaged(path: &std::path::Path) -> RiffleError {
+    RiffleError::exec(format!("checkpoint: {} is not this updating aggregate's state; remove the checkpoint directory to start afresh", path.display()))
 }
 
 /// Where an output row's aggregate values come from.
@@ -370,6 +487,7 @@ impl Operator for UpdateAggregateOp {
         }
         for s in &touched {
             groups.touched[*s as usize] = false;
+            groups.touch(*s);
         }
         if ttl.is_some() {
             for s in &touched {
@@ -449,10 +567,18 @@ impl Operator for UpdateAggregateOp {
             Message::Watermark(_) => {}
             Message::Barrier(e) => {
                 if let Some(ck) = self.checkpoint.clone() {
-                    let path = ck.coordinator.state_dir(e, &ck.name)?.join("groups.arrow");
+                    let state = ck.coordinator.state_dir(e, &ck.name)?.join("state.json");
                     // Taken now, written while the next rows are aggregated.
-                    let groups = self.groups()?.save()?;
-                    ck.coordinator.save_async(ck.component, e, move || super::checkpoint::write_batches(&path, &[groups]))?;
+                    let groups = self.groups()?;
+                    let (write, named) = groups.snapshot(e)?;
+                    let shared = groups.shared.clone().ok_or_else(|| RiffleError::exec("checkpoint files missing"))?;
+                    shared.taken(e, named.clone());
+                    ck.coordinator.save_async(ck.component, e, move || {
+                        for (file, batch) in &write {
+                            super::checkpoint::write_batches(&shared.path(file), std::slice::from_ref(batch))?;
+                        }
+                        super::checkpoint::write_synced(&state, serde_json::json!({ "files": named }).to_string().as_bytes())
+                    })?;
                 }
                 out.push(Message::Barrier(e));
             }
@@ -472,5 +598,132 @@ impl Operator for UpdateAggregateOp {
             other => out.push(other),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::checkpoint::{CheckpointConfig, Coordinator};
+    use crate::logical::AggFunc;
+    use arrow::array::StringArray;
+    use arrow::datatypes::{Field, Schema};
+
+    fn spec() -> Arc<UpdateAggSpec> {
+        let input = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+            crate::changelog::op_field(),
+        ]));
+        let output = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+            Field::new("total", DataType::Int64, true),
+            crate::changelog::op_field(),
+        ]));
+        Arc::new(UpdateAggSpec {
+            group: vec![Expr::Column(0)],
+            aggs: vec![
+                AggCall { func: AggFunc::CountStar, args: vec![], distinct: false, ty: DataType::Int64 },
+                AggCall { func: AggFunc::Sum, args: vec![Expr::Column(1)], distinct: false, ty: DataType::Int64 },
+            ],
+            input_changelog: true,
+            input_schema: input,
+            schema: output,
+            state_ttl: None,
+        })
+    }
+
+    /// Changes `(kind, key, value)` as an input batch.
+    fn changes(rows: &[(RowKind, &str, i64)]) -> RecordBatch {
+        let spec = spec();
+        RecordBatch::try_new(
+            spec.input_schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(Int8Array::from_iter_values(rows.iter().map(|r| r.0.code()))),
+            ],
+        )
+        .expect("batch")
+    }
+
+    /// What the operator emits for `batch`, one `kind key n total` line per row.
+    fn emit(op: &mut UpdateAggregateOp, batch: RecordBatch) -> Vec<String> {
+        let mut out = vec![];
+        op.on_batch(batch, &mut out).expect("batch");
+        let mut lines = vec![];
+        for m in out {
+            let Message::Batch(b) = m else { continue };
+            let shown = crate::changelog::for_display(&b).expect("display");
+            for row in 0..shown.num_rows() {
+                let cells: Vec<String> =
+                    shown.columns().iter().map(|c| crate::format::format_value(c, row).expect("format").unwrap_or_default()).collect();
+                lines.push(cells.join(" "));
+            }
+        }
+        lines
+    }
+
+    fn checkpointed(dir: &std::path::Path) -> (Arc<Coordinator>, UpdateAggregateOp) {
+        let coordinator = Coordinator::open(&CheckpointConfig { dir: dir.to_path_buf(), interval: std::time::Duration::from_secs(60) }).expect("open");
+        let ck = OperatorCheckpoint::register(&coordinator, "update-0".into()).expect("register");
+        (coordinator, UpdateAggregateOp::new(spec(), MemoryPool::new(1 << 30), Some(ck)))
+    }
+
+    fn barrier(c: &Coordinator, op: &mut UpdateAggregateOp, e: u64) {
+        op.on_control(Message::Barrier(e), &mut vec![]).expect("barrier");
+        c.drain().expect("written");
+    }
+
+    /// A restored aggregate carries on exactly as one that never stopped, across a full snapshot, a
+    /// delta and a released group that comes back (and across the compaction that the chain's growth
+    /// forces).
+    #[test]
+    fn a_restored_update_aggregate_carries_on_as_if_it_never_stopped() {
+        use RowKind::*;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut never_stopped = UpdateAggregateOp::new(spec(), MemoryPool::new(1 << 30), None);
+        let (c, mut op) = checkpointed(dir.path());
+        let first = changes(&[(Insert, "a", 1), (Insert, "b", 2)]);
+        // Then a's only row is taken back (a is released) and c arrives.
+        let second = changes(&[(Delete, "a", 1), (Insert, "c", 3)]);
+        for batch in [first, second] {
+            assert_eq!(emit(&mut op, batch.clone()), emit(&mut never_stopped, batch));
+        }
+        barrier(&c, &mut op, 1);
+        let third = changes(&[(Insert, "d", 4)]);
+        assert_eq!(emit(&mut op, third.clone()), emit(&mut never_stopped, third));
+        barrier(&c, &mut op, 2);
+        let files = |d: &std::path::Path| -> Vec<String> {
+            let mut f: Vec<String> = std::fs::read_dir(d.join("shared/update-0")).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            f.sort();
+            f
+        };
+        assert_eq!(files(dir.path()), ["groups-1.arrow", "groups-2.arrow"], "a full snapshot, then a delta");
+        // Released and changed again before a crash: the restart must apply the release, then the group.
+        let fourth = changes(&[(Delete, "b", 2), (Insert, "e", 5)]);
+        assert_eq!(emit(&mut op, fourth.clone()), emit(&mut never_stopped, fourth));
+        barrier(&c, &mut op, 3);
+        assert_eq!(files(dir.path()), ["groups-1.arrow", "groups-2.arrow", "groups-3.arrow", "released-3.arrow"]);
+        drop((c, op));
+        let (c, mut op) = checkpointed(dir.path());
+        assert_eq!(c.restored, 3);
+        // a and b come back (+I, as they were released), c changes (-U/+U), d and e stay.
+        let fifth = changes(&[(Insert, "a", 10), (Insert, "b", 20), (Insert, "c", 30)]);
+        let want = emit(&mut never_stopped, fifth.clone());
+        assert_eq!(want, ["+I a 1 10", "+I b 1 20", "-U c 1 3", "+U c 2 33"]);
+        assert_eq!(emit(&mut op, fifth), want);
+        // More checkpoints than the chain may hold: compacted into one full snapshot on the way.
+        for e in 4..40 {
+            let batch = changes(&[(Insert, "d", e as i64)]);
+            assert_eq!(emit(&mut op, batch.clone()), emit(&mut never_stopped, batch));
+            barrier(&c, &mut op, e);
+        }
+        assert!(files(dir.path()).len() <= MAX_CHAIN, "{:?}", files(dir.path()));
+        drop((c, op));
+        let (_c, mut op) = checkpointed(dir.path());
+        let last = changes(&[(Insert, "d", 1), (Delete, "e", 5)]);
+        assert_eq!(emit(&mut op, last.clone()), emit(&mut never_stopped, last));
     }
 }
