@@ -339,6 +339,7 @@ fn kill_test_read(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<&
     }
     let o = Command::new(env!("CARGO_BIN_EXE_riffle")).args(stream_args(&sql)).output().expect("riffle runs");
     assert!(o.status.success(), "seed {seed}: {}", stderr(&o));
+    assert!(!checkpoints.join("shared").exists(), "seed {seed}: a finished job left its checkpoints' shared state");
     let rows = |dir: &str| -> Vec<String> {
         if let Some(read) = read {
             let sql = read.replace("{out}", &work.path().join(dir).display().to_string());

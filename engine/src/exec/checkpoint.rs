@@ -350,6 +350,10 @@ impl Coordinator {
         for old in previous.max(1)..epoch {
             let _ = std::fs::remove_dir_all(self.dir.join(format!("chk-{old}")));
         }
+        if finished {
+            // A finished job is not restored: the state its checkpoints shared is needed no more.
+            let _ = std::fs::remove_dir_all(self.dir.join("shared"));
+        }
         Ok(())
     }
 
