@@ -50,8 +50,16 @@ pub fn argument_type(call: &AggCall, arg: &DataType) -> DataType {
     }
 }
 
-pub fn create(call: &AggCall, arg: Option<&DataType>) -> Result<Box<dyn RetractAccumulator>> {
+/// The state of `call`; with `retracts` false (the input only adds rows), min and max keep just
+/// their extreme instead of every value's count.
+pub fn create(call: &AggCall, arg: Option<&DataType>, retracts: bool) -> Result<Box<dyn RetractAccumulator>> {
     Ok(match (call.func, call.distinct) {
+        (AggFunc::Min | AggFunc::Max, _) if !retracts => {
+            let converter = RowConverter::new(vec![SortField::new(call.ty.clone())])?;
+            let nulls = converter.convert_columns(&[arrow::array::new_null_array(&call.ty, 1)])?;
+            let null_row = nulls.row(0).as_ref().to_vec();
+            Box::new(Extreme { converter, values: vec![], min: call.func == AggFunc::Min, null_row, bytes: 0 })
+        }
         (AggFunc::CountStar, _) => Box::new(Count { counts: vec![], star: true }),
         (AggFunc::Count, false) => Box::new(Count { counts: vec![], star: false }),
         (AggFunc::Count, true) => {
@@ -254,6 +262,80 @@ impl RetractAccumulator for Avg {
     }
 }
 
+/// min or max of rows that are only added: each group's extreme so far, row-encoded (empty: none).
+struct Extreme {
+    converter: RowConverter,
+    values: Vec<Vec<u8>>,
+    min: bool,
+    null_row: Vec<u8>,
+    bytes: usize,
+}
+
+impl RetractAccumulator for Extreme {
+    fn update(&mut self, groups: &[u32], signs: &[i64], value: Option<&ArrayRef>) -> Result<()> {
+        let value = value.ok_or_else(|| RiffleError::exec("min/max without its argument"))?;
+        let rows = self.converter.convert_columns(std::slice::from_ref(value))?;
+        let (values, min, bytes) = (&mut self.values, self.min, &mut self.bytes);
+        for_valid(groups, signs, Some(value), |row, g, s| {
+            if s < 0 {
+                return Err(RiffleError::exec("min/max of rows that are only added was asked to take one back"));
+            }
+            let v = rows.row(row);
+            let current = &mut values[g];
+            let better = current.is_empty() || if min { v.as_ref() < current.as_slice() } else { v.as_ref() > current.as_slice() };
+            if better {
+                *bytes = *bytes + v.as_ref().len() - current.len();
+                current.clear();
+                current.extend_from_slice(v.as_ref());
+            }
+            Ok(())
+        })
+    }
+
+    fn resize(&mut self, n: usize) {
+        self.values.resize_with(n, Vec::new);
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
+        let parser = self.converter.parser();
+        let rows = groups.iter().map(|g| {
+            let v = &self.values[*g as usize];
+            parser.parse(if v.is_empty() { &self.null_row } else { v })
+        });
+        let mut arrays = self.converter.convert_rows(rows)?;
+        arrays.pop().ok_or_else(|| RiffleError::exec("min/max decoded no column"))
+    }
+
+    fn reset(&mut self, g: u32) {
+        let v = std::mem::take(&mut self.values[g as usize]);
+        self.bytes -= v.len();
+    }
+
+    fn size(&self) -> usize {
+        self.values.capacity() * std::mem::size_of::<Vec<u8>>() + self.bytes
+    }
+
+    fn save(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        let values = groups.iter().map(|g| Some(self.values[*g as usize].as_slice()).filter(|v| !v.is_empty()));
+        Ok(vec![Arc::new(arrow::array::BinaryArray::from_iter(values))])
+    }
+
+    fn width(&self) -> usize {
+        1
+    }
+
+    fn load(&mut self, groups: &[u32], state: &[ArrayRef]) -> Result<()> {
+        let saved = state.first().and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| RiffleError::exec("checkpoint: an updating aggregate's min/max state is damaged; remove the checkpoint directory to start afresh"))?;
+        for (i, g) in groups.iter().enumerate() {
+            let v = if saved.is_valid(i) { saved.value(i).to_vec() } else { vec![] };
+            self.bytes += v.len();
+            self.bytes -= self.values[*g as usize].len();
+            self.values[*g as usize] = v;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Min,
@@ -389,20 +471,31 @@ mod tests {
             (AggFunc::Min, false, DataType::Utf8, Arc::new(StringArray::from(vec!["m", "b", "z", "a"]))),
             (AggFunc::Max, false, DataType::Int64, Arc::new(Int64Array::from(vec![Some(3), None, Some(9), Some(7)]))),
         ];
-        for (func, distinct, ty, values) in cases {
+        let extremes = cases.iter().filter(|c| matches!(c.0, AggFunc::Min | AggFunc::Max)).map(|c| (c.clone(), false));
+        let cases: Vec<_> = cases.iter().map(|c| (c.clone(), true)).chain(extremes.collect::<Vec<_>>()).collect();
+        for ((func, distinct, ty, values), retracts) in cases {
             let call = AggCall { func, args: vec![], distinct, ty: ty.clone() };
             let arg_type = argument_type(&call, values.data_type());
             let values = arrow::compute::cast(&values, &arg_type).expect("cast");
-            let mut acc = create(&call, Some(&arg_type)).expect("accumulator");
+            let mut acc = create(&call, Some(&arg_type), retracts).expect("accumulator");
             acc.resize(2);
             acc.update(&[0, 1, 0, 0], &[1, 1, 1, 1], Some(&values)).expect("update");
             let saved = acc.save(&[0, 1]).expect("save");
             assert_eq!(saved.len(), acc.width());
-            let mut back = create(&call, Some(&arg_type)).expect("accumulator");
+            let mut back = create(&call, Some(&arg_type), retracts).expect("accumulator");
             back.resize(5);
             back.load(&[4, 2], &saved).expect("load");
             let want = acc.evaluate(&[0, 1]).expect("evaluate");
             assert_eq!(back.evaluate(&[4, 2]).expect("evaluate").as_ref(), want.as_ref(), "{func:?}");
+            if !retracts {
+                // Only added rows: a later value updates both alike; none can be taken back.
+                let more = values.slice(0, 1);
+                acc.update(&[0], &[1], Some(&more)).expect("update");
+                back.update(&[4], &[1], Some(&more)).expect("update");
+                assert_eq!(back.evaluate(&[4]).expect("evaluate").as_ref(), acc.evaluate(&[0]).expect("evaluate").as_ref(), "{func:?}");
+                assert!(back.update(&[4], &[-1], Some(&more)).is_err(), "a retraction is refused");
+                continue;
+            }
             // Taking the last row of group 0 back works on the loaded state as on the original.
             let last = values.slice(3, 1);
             acc.update(&[0], &[-1], Some(&last)).expect("retract");
@@ -412,7 +505,7 @@ mod tests {
         }
         // A state of other columns than the query's is a clear error, not a panic.
         let call = AggCall { func: AggFunc::Sum, args: vec![], distinct: false, ty: DataType::Int64 };
-        let mut acc = create(&call, Some(&DataType::Int64)).expect("accumulator");
+        let mut acc = create(&call, Some(&DataType::Int64), true).expect("accumulator");
         acc.resize(1);
         let wrong: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["x"]))];
         assert!(acc.load(&[0], &wrong).is_err());

@@ -123,7 +123,7 @@ impl Groups {
             .iter()
             .map(|a| {
                 let arg = a.args.first().map(|e| retract::argument_type(a, &e.data_type(&spec.input_schema)));
-                retract::create(a, arg.as_ref())
+                retract::create(a, arg.as_ref(), spec.input_changelog)
             })
             .collect::<Result<Vec<_>>>()?;
         let value_types: Vec<SortField> = spec.aggs.iter().map(|a| SortField::new(a.ty.clone())).collect();
