@@ -354,3 +354,20 @@ fn a_monitored_directory_is_read_without_end_as_files_appear() {
     assert!(err.is_some_and(|e| e.contains("seen enough")));
     assert_eq!(windows.lock().expect("lock").clone(), ["2026-01-01 00:00:00 10 45", "2026-01-01 00:00:10 10 145"]);
 }
+
+#[test]
+fn explain_analyze_shows_the_state_a_session_aggregate_held() {
+    let mut s = session(1, 2, true, "1", &[0, 1, 5, 6, 30]);
+    let r = s
+        .sql("EXPLAIN ANALYZE SELECT k, window_start, count(*) FROM TABLE(SESSION(TABLE ev PARTITION BY k, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
+              GROUP BY k, window_start, window_end")
+        .expect("explain");
+    let mut lines = vec![];
+    for b in &r.batches {
+        for row in 0..b.num_rows() {
+            lines.push(riffle_engine::format::format_value(b.column(0), row).expect("format").unwrap_or_default());
+        }
+    }
+    let line = lines.iter().find(|l| l.contains("SessionAggregate")).unwrap_or_else(|| panic!("no SessionAggregate in {lines:?}"));
+    assert!(line.contains("peak_mem="), "{line}");
+}

@@ -367,13 +367,15 @@ impl Sessions {
     /// Holds the memory the state takes in the pool. The open sessions cannot spill (yet) and must be
     /// kept, so beyond the budget they are counted anyway, as a window aggregate's open windows are:
     /// other operators then see less room.
-    fn account(&mut self) {
+    /// Counts the state in the pool; its size, for EXPLAIN ANALYZE's peak_mem.
+    fn account(&mut self) -> usize {
         let bytes = self.table.size()
             + self.key_bytes
             + self.sessions.capacity() * std::mem::size_of::<Session>()
             + self.merged_into.capacity() * 4
             + self.ends.capacity() * 16;
         self.reservation.resize_anyway(bytes);
+        bytes
     }
 }
 
@@ -416,7 +418,8 @@ impl Operator for SessionAggregateOp {
         let by_session = self.by_session.clone();
         let st = self.sessions()?;
         st.table.update(&by_session, &numbered)?;
-        st.account();
+        let bytes = st.account();
+        self.metrics.note_bytes(bytes);
         Ok(())
     }
 
