@@ -582,7 +582,7 @@ impl Session {
             match o {
                 ast::CopyOption::Format(f) => {
                     format = Some(FileFormat::from_name(&f.value).ok_or_else(|| {
-                        RiffleError::plan(format!("unknown COPY format '{}' (use parquet, csv, json, arrow or gensort)", f.value))
+                        RiffleError::plan(format!("unknown COPY format '{}' (use parquet, csv, json, arrow, gensort or debezium-json)", f.value))
                     })?)
                 }
                 ast::CopyOption::Header(h) => csv.header = *h,
@@ -632,7 +632,11 @@ impl Session {
     /// Runs `query`, streaming its rows into `path` as they come (staged, then renamed); returns the
     /// row count. On error nothing is left at `path`.
     pub fn copy_query(&self, query: &ast::Query, format: &FileFormat, path: &Path) -> Result<(usize, QueryStats)> {
-        let (_, physical) = self.plan_query(query)?;
+        let (_, mut physical) = self.plan_query(query)?;
+        if format.is_changelog() {
+            // A file of changes: the query's final rows, each an insert.
+            physical = crate::changelog::inserts(physical);
+        }
         let writer = riffle_formats::AtomicWriter::create(format, path, &physical.schema())?.with_buffer_limit(self.config.memory_limit / 8);
         let state = Arc::new(std::sync::Mutex::new((Some(writer), 0usize)));
         let sink_state = state.clone();

@@ -156,9 +156,13 @@ fn a_debezium_json_table_holds_the_changes_and_reads_back_as_their_result() {
     // last change, b's new row with total 0, leaves the sum as it was: nothing).
     assert_eq!(changelog(&mut s, "SELECT k, n FROM out WHERE k = 'a'"), ["+I a 1", "-D a 1", "+I a 2"]);
     assert_eq!(changelog(&mut s, "SELECT sum(total) FROM out"), ["+I 1", "-U 1", "+U 3", "-U 3", "+U 2", "-U 2", "+U 6", "-U 6", "+U 4"]);
-    // Appended rows (a batch INSERT) are inserts.
+    // Appended rows (a batch INSERT, a COPY) are inserts.
     batch.sql("INSERT INTO out VALUES ('c', 1, 9)").expect("insert");
     assert_eq!(rows(&mut batch, "SELECT k, total FROM out ORDER BY k"), ["a 4", "b 0", "c 9"]);
+    let copy = tempfile::tempdir().expect("temp dir");
+    let path = copy.path().join("changes.json");
+    batch.sql(&format!("COPY (SELECT k, n FROM out WHERE k = 'c') TO '{}' (FORMAT 'debezium-json')", path.display())).expect("copy");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), "{\"before\":null,\"after\":{\"k\":\"c\",\"n\":1},\"op\":\"c\"}\n");
 }
 
 #[test]
