@@ -181,8 +181,34 @@ impl ScanShared {
             _ => None,
         };
         let chunk = events.as_ref().map_or(0, |c| c.chunk);
-        let mut numbered: VecDeque<(u64, Work)> = work.into_iter().enumerate().map(|(i, w)| (i as u64, w)).collect();
-        let mut restored_files = std::collections::HashMap::new();
+        // A file table's work is numbered `file << MORSEL_BITS | morsel` (a Parquet morsel by its row
+        // group, others by their place in the file), and checkpoints name the files: a job restarted
+        // after files were added (or removed) still skips exactly what it read.
+        let mut file_names: Vec<String> = vec![];
+        let mut numbered: VecDeque<(u64, Work)> = match &source.data {
+            TableData::Files { .. } => {
+                let mut number_of: std::collections::HashMap<std::path::PathBuf, (u64, u64)> = Default::default();
+                work.into_iter()
+                    .map(|w| {
+                        let n = match &w {
+                            Work::File(m) => {
+                                let (file, next) = number_of.entry(m.file.clone()).or_insert_with(|| {
+                                    file_names.push(m.file.to_string_lossy().into_owned());
+                                    ((file_names.len() - 1) as u64, 0)
+                                });
+                                let i = m.row_groups.as_ref().and_then(|r| r.first()).map_or(*next, |rg| *rg as u64);
+                                *next += 1;
+                                (*file << MORSEL_BITS) | i
+                            }
+                            _ => 0,
+                        };
+                        (n, w)
+                    })
+                    .collect()
+            }
+            _ => work.into_iter().enumerate().map(|(i, w)| (i as u64, w)).collect(),
+        };
+        let mut restored_files: std::collections::HashMap<String, RangeSet> = std::collections::HashMap::new();
         let checkpoint = match checkpoint {
             None => None,
             Some((coordinator, node, partitions)) => {
@@ -196,10 +222,19 @@ impl ScanShared {
                     }
                     settled = saved.get("work").and_then(RangeSet::from_json).unwrap_or_default();
                     if let Some(names) = saved.get("files").and_then(|f| f.as_array()) {
-                        // A monitored directory's files are numbered anew as they are found again.
+                        // Files are numbered anew (found in another order, or others beside them).
                         for n in std::mem::take(&mut settled).iter() {
                             if let Some(name) = names.get((n >> MORSEL_BITS) as usize).and_then(|v| v.as_str()) {
                                 restored_files.entry(name.to_string()).or_insert_with(RangeSet::default).insert(n & ((1 << MORSEL_BITS) - 1));
+                            }
+                        }
+                        let done = |n: u64| {
+                            let name = file_names.get((n >> MORSEL_BITS) as usize);
+                            name.and_then(|f| restored_files.get(f)).is_some_and(|r| r.contains(n & ((1 << MORSEL_BITS) - 1)))
+                        };
+                        for (n, _) in &numbered {
+                            if done(*n) {
+                                settled.insert(*n);
                             }
                         }
                     }
@@ -208,8 +243,8 @@ impl ScanShared {
                 }
                 let component = coordinator.register()?;
                 let tracker = EpochTracker::new(partitions, coordinator.restored);
-                let state =
-                    ScanPositions { taken: vec![RangeSet::default(); partitions], at: Default::default(), settled, tracker, files: vec![] };
+                let files = std::mem::take(&mut file_names);
+                let state = ScanPositions { taken: vec![RangeSet::default(); partitions], at: Default::default(), settled, tracker, files };
                 Some(ScanCheckpoint { coordinator, component, file, state: Mutex::new(state) })
             }
         };
@@ -342,19 +377,22 @@ impl ScanShared {
         } else {
             st.at.entry(e).or_default().union(&taken);
         }
-        let monitored = self.monitor.is_some();
+        let named = matches!(self.source.data, TableData::Files { .. });
         for epoch in st.tracker.pass(p, e) {
             let mut work = st.at.remove(&epoch).unwrap_or_default();
             work.union(&st.settled);
             let mut doc = serde_json::json!({ "work": work.to_json(), "chunk": chunk });
-            if monitored {
+            if named {
                 doc["files"] = serde_json::json!(st.files);
             }
             super::checkpoint::write_synced(&ck.coordinator.epoch_dir(epoch)?.join(&ck.file), doc.to_string().as_bytes())?;
             ck.coordinator.ack(ck.component, epoch)?;
         }
         if st.tracker.all_ended() {
-            let doc = serde_json::json!({ "work": st.settled.to_json(), "chunk": chunk });
+            let mut doc = serde_json::json!({ "work": st.settled.to_json(), "chunk": chunk });
+            if named {
+                doc["files"] = serde_json::json!(st.files);
+            }
             ck.coordinator.retire_with(ck.component, Some((ck.file.clone(), doc.to_string().into_bytes())))?;
         }
         Ok(())
