@@ -80,7 +80,7 @@ impl RangeSet {
 }
 
 /// Called with an epoch once its checkpoint is complete (a sink making that epoch's files visible).
-pub type Committer = Box<dyn Fn(u64) -> Result<()> + Send + Sync>;
+type Committer = Box<dyn Fn(u64) -> Result<()> + Send + Sync>;
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -239,8 +239,15 @@ impl Coordinator {
         Ok(st.acked.len() - 1)
     }
 
-    pub fn add_committer(&self, c: Committer) -> Result<()> {
-        self.lock()?.committers.push(c);
+    /// Calls `commit(target, epoch)` once each epoch is complete, for as long as `target` lives (the
+    /// coordinator does not keep it alive).
+    pub fn commit_to<T: Send + Sync + 'static>(&self, target: &Arc<T>, commit: fn(&T, u64) -> Result<()>) -> Result<()> {
+        let target = Arc::downgrade(target);
+        let committer: Committer = Box::new(move |epoch| match target.upgrade() {
+            Some(t) => commit(&t, epoch),
+            None => Ok(()),
+        });
+        self.lock()?.committers.push(committer);
         Ok(())
     }
 
@@ -298,6 +305,7 @@ impl Coordinator {
     /// Component `c` ended, its last state `(file, bytes)`: every later checkpoint holds that file,
     /// so a job restored from one knows the component ran to its end (a source that ended while
     /// another goes on reads nothing again).
+    ///
     /// Queued behind the component's snapshot writes: an epoch it saved asynchronously must not
     /// complete without its state.
     pub fn retire_with(&self, c: usize, last: Option<(String, Vec<u8>)>) -> Result<()> {
@@ -422,11 +430,7 @@ impl SharedFiles {
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         remove_other_files(&dir, restored)?;
         let files = Arc::new(SharedFiles { dir, pending: Mutex::new(BTreeMap::new()) });
-        let me = Arc::downgrade(&files);
-        coordinator.add_committer(Box::new(move |epoch| match me.upgrade() {
-            Some(files) => files.completed(epoch),
-            None => Ok(()),
-        }))?;
+        coordinator.commit_to(&files, SharedFiles::completed)?;
         Ok(files)
     }
 

@@ -75,11 +75,7 @@ impl FileSinkShared {
         let state = SinkState { partitions: 0, epochs: EpochTracker::new(0, restored), prepared: vec![], rows: 0 };
         let shared = Arc::new(FileSinkShared { dir: dir.to_path_buf(), format, schema, run, coordinator: component, writer_buffer, state: Mutex::new(state) });
         if let Some((c, _)) = &shared.coordinator {
-            let me = Arc::downgrade(&shared);
-            c.add_committer(Box::new(move |epoch| match me.upgrade() {
-                Some(s) => s.commit(epoch),
-                None => Ok(()),
-            }))?;
+            c.commit_to(&shared, FileSinkShared::commit)?;
         }
         Ok(shared)
     }

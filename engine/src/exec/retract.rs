@@ -55,9 +55,7 @@ pub fn argument_type(call: &AggCall, arg: &DataType) -> DataType {
 pub fn create(call: &AggCall, arg: Option<&DataType>, retracts: bool) -> Result<Box<dyn RetractAccumulator>> {
     Ok(match (call.func, call.distinct) {
         (AggFunc::Min | AggFunc::Max, _) if !retracts => {
-            let converter = RowConverter::new(vec![SortField::new(call.ty.clone())])?;
-            let nulls = converter.convert_columns(&[arrow::array::new_null_array(&call.ty, 1)])?;
-            let null_row = nulls.row(0).as_ref().to_vec();
+            let (converter, null_row) = extreme_encoding(&call.ty)?;
             Box::new(Extreme { converter, values: vec![], min: call.func == AggFunc::Min, null_row, bytes: 0 })
         }
         (AggFunc::CountStar, _) => Box::new(Count { counts: vec![], star: true }),
@@ -74,13 +72,21 @@ pub fn create(call: &AggCall, arg: Option<&DataType>, retracts: bool) -> Result<
         },
         (AggFunc::Avg, _) => Box::new(Avg { sums: vec![], counts: vec![] }),
         (AggFunc::Min | AggFunc::Max, _) => {
-            let converter = RowConverter::new(vec![SortField::new(call.ty.clone())])?;
-            let nulls = converter.convert_columns(&[arrow::array::new_null_array(&call.ty, 1)])?;
-            let null_row = Some(nulls.row(0).as_ref().into());
+            let (converter, null_row) = extreme_encoding(&call.ty)?;
+            let null_row = Some(null_row);
             let kind = if call.func == AggFunc::Min { Kind::Min } else { Kind::Max };
             Box::new(Occurrences { converter, groups: vec![], kind, null_row, bytes: 0 })
         }
     })
+}
+
+/// How min and max hold values of `ty`: row-encoded (which sorts as the values do), and NULL's
+/// encoding, their value for a group without values.
+fn extreme_encoding(ty: &DataType) -> Result<(RowConverter, Box<[u8]>)> {
+    let converter = RowConverter::new(vec![SortField::new(ty.clone())])?;
+    let nulls = converter.convert_columns(&[arrow::array::new_null_array(ty, 1)])?;
+    let null_row = nulls.row(0).as_ref().into();
+    Ok((converter, null_row))
 }
 
 /// Calls `f(row, group, sign)` for every row whose value is not NULL.
@@ -183,8 +189,7 @@ impl<T: ArrowPrimitiveType> RetractAccumulator for Sum<T> {
     }
 
     fn save(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
-        let sums = PrimitiveArray::<T>::from_iter_values(groups.iter().map(|g| self.sums[*g as usize])).with_data_type(self.ty.clone());
-        Ok(vec![Arc::new(sums), counts_of(&self.counts, groups)])
+        Ok(save_sums::<T>(&self.sums, &self.counts, groups, &self.ty))
     }
 
     fn width(&self) -> usize {
@@ -192,17 +197,25 @@ impl<T: ArrowPrimitiveType> RetractAccumulator for Sum<T> {
     }
 
     fn load(&mut self, groups: &[u32], state: &[ArrayRef]) -> Result<()> {
-        let (sums, counts) = (saved::<T>(state, 0)?, saved::<Int64Type>(state, 1)?);
-        for (i, g) in groups.iter().enumerate() {
-            self.sums[*g as usize] = sums.value(i);
-            self.counts[*g as usize] = counts.value(i);
-        }
-        Ok(())
+        load_sums::<T>(&mut self.sums, &mut self.counts, groups, state)
     }
 }
 
-fn counts_of(counts: &[i64], groups: &[u32]) -> ArrayRef {
-    Arc::new(Int64Array::from_iter_values(groups.iter().map(|g| counts[*g as usize])))
+/// A sum-and-count state (sum, avg) of `groups` as two columns: the sums as `ty`, the counts.
+fn save_sums<T: ArrowPrimitiveType>(sums: &[T::Native], counts: &[i64], groups: &[u32], ty: &DataType) -> Vec<ArrayRef> {
+    let sums = PrimitiveArray::<T>::from_iter_values(groups.iter().map(|g| sums[*g as usize])).with_data_type(ty.clone());
+    let counts = Int64Array::from_iter_values(groups.iter().map(|g| counts[*g as usize]));
+    vec![Arc::new(sums), Arc::new(counts)]
+}
+
+/// Sets `groups` to the sum-and-count state `save_sums` gave.
+fn load_sums<T: ArrowPrimitiveType>(sums: &mut [T::Native], counts: &mut [i64], groups: &[u32], state: &[ArrayRef]) -> Result<()> {
+    let (saved_sums, saved_counts) = (saved::<T>(state, 0)?, saved::<Int64Type>(state, 1)?);
+    for (i, g) in groups.iter().enumerate() {
+        sums[*g as usize] = saved_sums.value(i);
+        counts[*g as usize] = saved_counts.value(i);
+    }
+    Ok(())
 }
 
 /// avg() of integers, as a double: a sum and a count.
@@ -244,8 +257,7 @@ impl RetractAccumulator for Avg {
     }
 
     fn save(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
-        let sums = Float64Array::from_iter_values(groups.iter().map(|g| self.sums[*g as usize]));
-        Ok(vec![Arc::new(sums), counts_of(&self.counts, groups)])
+        Ok(save_sums::<Float64Type>(&self.sums, &self.counts, groups, &DataType::Float64))
     }
 
     fn width(&self) -> usize {
@@ -253,12 +265,7 @@ impl RetractAccumulator for Avg {
     }
 
     fn load(&mut self, groups: &[u32], state: &[ArrayRef]) -> Result<()> {
-        let (sums, counts) = (saved::<Float64Type>(state, 0)?, saved::<Int64Type>(state, 1)?);
-        for (i, g) in groups.iter().enumerate() {
-            self.sums[*g as usize] = sums.value(i);
-            self.counts[*g as usize] = counts.value(i);
-        }
-        Ok(())
+        load_sums::<Float64Type>(&mut self.sums, &mut self.counts, groups, state)
     }
 }
 
@@ -267,7 +274,7 @@ struct Extreme {
     converter: RowConverter,
     values: Vec<Vec<u8>>,
     min: bool,
-    null_row: Vec<u8>,
+    null_row: Box<[u8]>,
     bytes: usize,
 }
 

@@ -69,9 +69,8 @@ struct Side {
     bytes: usize,
     /// With a state TTL, when each chunk was stored, oldest first.
     stored: std::collections::VecDeque<(std::time::Instant, u64)>,
-    /// Incremental checkpoints: the shared files holding stored chunks, and which chunks are in one.
+    /// Incremental checkpoints: the shared files holding stored chunks.
     files: Vec<SavedFile>,
-    saved: std::collections::HashSet<u64>,
 }
 
 /// A shared checkpoint file of stored chunks: how many it holds, and those it holds that were stored
@@ -97,25 +96,17 @@ impl Side {
     /// positions of their live chunks.
     fn snapshot(&mut self, prefix: &str, e: u64) -> (Option<(String, Vec<RecordBatch>)>, Vec<(String, Vec<u32>)>) {
         let chunks = &self.chunks;
-        let mut rewrite = Vec::new();
         self.files.retain_mut(|f| {
             f.chunks.retain(|(_, id)| chunks.contains_key(id));
-            if f.chunks.len() * 2 < f.total {
-                rewrite.extend(f.chunks.iter().map(|(_, id)| *id));
-                false
-            } else {
-                true
-            }
+            // Compacted: its live chunks are written again below.
+            f.chunks.len() * 2 >= f.total
         });
-        for id in &rewrite {
-            self.saved.remove(id);
-        }
-        let mut new: Vec<u64> = self.chunks.keys().copied().filter(|id| !self.saved.contains(id)).collect();
+        let saved: std::collections::HashSet<u64> = self.files.iter().flat_map(|f| f.chunks.iter().map(|(_, id)| *id)).collect();
+        let mut new: Vec<u64> = self.chunks.keys().copied().filter(|id| !saved.contains(id)).collect();
         new.sort_unstable();
         let write = (!new.is_empty()).then(|| {
             let name = format!("{prefix}-{e}.arrow");
             let batches = new.iter().map(|id| self.chunks[id].batch.clone()).collect();
-            self.saved.extend(new.iter().copied());
             self.files.push(SavedFile { name: name.clone(), total: new.len(), chunks: new.iter().enumerate().map(|(i, id)| (i as u32, *id)).collect() });
             (name, batches)
         });
@@ -154,7 +145,6 @@ impl Side {
     fn remove(&mut self, ids: Vec<u64>) {
         for id in ids {
             if let Some(c) = self.chunks.remove(&id) {
-                self.saved.remove(&id);
                 self.live_rows -= c.rows;
                 self.dead_rows += c.rows;
                 self.bytes -= batch_bytes(&c.batch);
@@ -248,7 +238,6 @@ impl StreamJoinShared {
                     let mut st = self.lock()?;
                     let now = self.spec.state_ttl.map(|_| std::time::Instant::now());
                     if let Some(id) = store(&mut st.sides[side], batch, &encoded, &valid, max_time, now) {
-                        st.sides[side].saved.insert(id);
                         saved.chunks.push((*p, id));
                     }
                     self.account(&mut st)?;

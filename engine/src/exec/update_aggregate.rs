@@ -175,25 +175,27 @@ impl Groups {
         for row in encoded.iter() {
             let slot = match self.slot_of.get(row.as_ref()) {
                 Some(s) => *s,
-                None => {
-                    let s = match self.free.pop() {
-                        Some(s) => s,
-                        None => {
-                            let s = self.key_of.len() as u32;
-                            self.grow_to(s as usize + 1);
-                            s
-                        }
-                    };
-                    let key: Box<[u8]> = row.as_ref().into();
-                    self.key_bytes += key.len() * 2 + 32;
-                    self.slot_of.insert(key.clone(), s);
-                    self.key_of[s as usize] = key;
-                    s
-                }
+                None => self.new_slot(row.as_ref().into()),
             };
             out.push(slot);
         }
         Ok(out)
+    }
+
+    /// A slot (a free one, or a new one) for the group of `key`, which has none.
+    fn new_slot(&mut self, key: Box<[u8]>) -> u32 {
+        let s = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = self.key_of.len() as u32;
+                self.grow_to(s as usize + 1);
+                s
+            }
+        };
+        self.key_bytes += key.len() * 2 + 32;
+        self.slot_of.insert(key.clone(), s);
+        self.key_of[s as usize] = key;
+        s
     }
 
     /// Forgets, without a word downstream, every group unchanged for `ttl` (as Flink's state TTL
@@ -264,8 +266,9 @@ impl Groups {
     /// The state as of barrier `e`, incrementally: the groups changed and the keys released since the
     /// last checkpoint go into new shared files (released keys first: a key released and then made
     /// again is the later group), named after those of the last checkpoint; once the files named
-    /// would hold more than twice the live groups, all live groups go into one new file instead
-    /// (compaction), as they do once there are `MAX_CHAIN` files. Returns the files to write and the names the checkpoint lists, in order.
+    /// would hold more than twice the live groups, or there are `MAX_CHAIN` of them, all live groups
+    /// go into one new file instead (compaction). Returns the files to write and the names the
+    /// checkpoint lists, in order.
     fn snapshot(&mut self, e: u64) -> Result<(Vec<(String, RecordBatch)>, Vec<String>)> {
         let live_groups = if self.keys.is_some() { self.key_of.len() - self.free.len() } else { 1 };
         let dirty: Vec<u32> = std::mem::take(&mut self.dirty_slots).into_iter().filter(|s| std::mem::take(&mut self.dirty[*s as usize])).collect();
@@ -317,6 +320,8 @@ impl Groups {
             let rows = if file.starts_with("released-") { self.restore_released(&path)? } else { self.restore_groups(&path, ttl)? };
             self.chain.push((file.clone(), rows));
         }
+        // Replaced and released keys of the restore are no changes of this run.
+        self.released.clear();
         let size = self.size();
         if !self.reservation.try_resize(size) {
             return Err(self.reservation.out_of_memory(size.saturating_sub(self.reservation.size())));
@@ -362,19 +367,7 @@ impl Groups {
                         if let Some(old) = self.slot_of.get(key).copied() {
                             self.release(old);
                         }
-                        let slot = match self.free.pop() {
-                            Some(s) => s,
-                            None => {
-                                let s = self.key_of.len() as u32;
-                                self.grow_to(s as usize + 1);
-                                s
-                            }
-                        };
-                        let key: Box<[u8]> = key.into();
-                        self.key_bytes += key.len() * 2 + 32;
-                        self.slot_of.insert(key.clone(), slot);
-                        self.key_of[slot as usize] = key;
-                        slots.push(slot);
+                        slots.push(self.new_slot(key.into()));
                     }
                     slots
                 }
@@ -397,8 +390,6 @@ impl Groups {
             }
             n += b.num_rows();
         }
-        // Replaced and released keys of the restore are no changes of this run.
-        self.released.clear();
         Ok(n)
     }
 
