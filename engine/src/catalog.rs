@@ -55,6 +55,14 @@ pub struct EventTime {
     pub text: String,
 }
 
+/// A table is equal only to itself: two scans are the same subplan when they read the same table
+/// (`crate::share`), not another with the same definition.
+impl PartialEq for TableSource {
+    fn eq(&self, other: &TableSource) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
 impl TableSource {
     /// A table over files: `path` is a file, a directory or a glob; the format comes from the option or
     /// the extension; the schema is given (DDL) or inferred.

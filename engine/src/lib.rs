@@ -16,6 +16,7 @@ pub mod message;
 pub mod optimizer;
 pub mod physical;
 pub mod session;
+pub mod share;
 pub mod sql;
 pub mod stats;
 pub mod types;

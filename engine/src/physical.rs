@@ -11,7 +11,7 @@ use crate::catalog::TableSource;
 use crate::error::{Result, RiffleError};
 use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey, WindowCall, WindowSpec};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PhysicalPlan {
     /// Morsel-parallel scan of `projection`; rows failing `filter` are dropped as they are read.
     /// `dictionary[i]` lets projected column `i` arrive dictionary-encoded, where its consumer takes it so.
@@ -105,6 +105,13 @@ pub enum PhysicalPlan {
     Sort { input: Box<PhysicalPlan>, keys: Vec<SortKey>, fetch: Option<usize> },
     Limit { input: Box<PhysicalPlan>, skip: usize, fetch: Option<usize> },
     Union { inputs: Vec<PhysicalPlan>, schema: SchemaRef },
+    /// One use of subplan `id`, which occurs more than once in the plan (Nexmark q5's per-auction
+    /// window counts, TPC-H Q15's revenue view): it runs once, at its first use in pre-order, and
+    /// every use reads all its rows (`crate::share`). Each use holds the whole subplan, so every use
+    /// prints and knows its schema. `buffered`: this use may have to wait until another use has read
+    /// every row (it is on a join's probe side, and the join's build side reads the subplan too), so
+    /// its queue has no bound.
+    Shared { input: Box<PhysicalPlan>, id: usize, buffered: bool },
 }
 
 /// What a group column of a [`PhysicalPlan::SessionAggregate`] is.
@@ -153,9 +160,10 @@ impl PhysicalPlan {
             | PhysicalPlan::Window { schema, .. }
             | PhysicalPlan::SessionAggregate { schema, .. }
             | PhysicalPlan::SessionTvf { schema, .. } => schema.clone(),
-            PhysicalPlan::Filter { input, .. } | PhysicalPlan::Sort { input, .. } | PhysicalPlan::Limit { input, .. } => {
-                input.schema()
-            }
+            PhysicalPlan::Filter { input, .. }
+            | PhysicalPlan::Sort { input, .. }
+            | PhysicalPlan::Limit { input, .. }
+            | PhysicalPlan::Shared { input, .. } => input.schema(),
         }
     }
 
@@ -172,7 +180,8 @@ impl PhysicalPlan {
             | PhysicalPlan::WindowTvf { input, .. }
             | PhysicalPlan::Window { input, .. }
             | PhysicalPlan::SessionAggregate { input, .. }
-            | PhysicalPlan::SessionTvf { input, .. } => vec![input],
+            | PhysicalPlan::SessionTvf { input, .. }
+            | PhysicalPlan::Shared { input, .. } => vec![input],
             PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
                 vec![probe, build]
             }
@@ -199,7 +208,8 @@ impl PhysicalPlan {
             | PhysicalPlan::WindowTvf { input, .. }
             | PhysicalPlan::Window { input, .. }
             | PhysicalPlan::SessionAggregate { input, .. }
-            | PhysicalPlan::SessionTvf { input, .. } => vec![input],
+            | PhysicalPlan::SessionTvf { input, .. }
+            | PhysicalPlan::Shared { input, .. } => vec![input],
             PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } => {
                 vec![probe, build]
             }
@@ -213,7 +223,9 @@ impl PhysicalPlan {
         match self {
             PhysicalPlan::UpdateAggregate { .. } => true,
             PhysicalPlan::Scan { source, .. } => source.changelog(),
-            PhysicalPlan::Filter { input, .. } | PhysicalPlan::Project { input, .. } => input.changelog(),
+            PhysicalPlan::Filter { input, .. } | PhysicalPlan::Project { input, .. } | PhysicalPlan::Shared { input, .. } => {
+                input.changelog()
+            }
             PhysicalPlan::Union { inputs, .. } => inputs.iter().any(|i| i.changelog()),
             _ => false,
         }
@@ -314,6 +326,7 @@ impl PhysicalPlan {
             | PhysicalPlan::Project { .. }
             | PhysicalPlan::WindowTvf { .. }
             | PhysicalPlan::Union { .. }
+            | PhysicalPlan::Shared { .. }
             | PhysicalPlan::StreamJoin { .. }
             | PhysicalPlan::SessionAggregate { .. }
             | PhysicalPlan::UpdateAggregate { .. }
@@ -366,6 +379,10 @@ impl PhysicalPlan {
             | PhysicalPlan::WindowTvf { .. }
             | PhysicalPlan::Union { .. }
             | PhysicalPlan::Limit { .. } => "streaming, no state".into(),
+            PhysicalPlan::Shared { buffered: false, .. } => "streaming: the subplan runs once, each use reads its rows; no state".into(),
+            PhysicalPlan::Shared { buffered: true, .. } => {
+                "the subplan runs once; state: its rows, kept until this use reads them (it waits for another use)".into()
+            }
             PhysicalPlan::HashAggregate { window_end: Some(_), .. } => {
                 "streaming: emits each window once the watermark passes its end; state: the open windows' groups".into()
             }
@@ -407,7 +424,9 @@ impl PhysicalPlan {
                 let c = source.event_time.as_ref()?.column;
                 projection.iter().position(|p| *p == c)
             }
-            PhysicalPlan::Filter { input, .. } | PhysicalPlan::WindowTvf { input, .. } => input.event_time_column(),
+            PhysicalPlan::Filter { input, .. } | PhysicalPlan::WindowTvf { input, .. } | PhysicalPlan::Shared { input, .. } => {
+                input.event_time_column()
+            }
             PhysicalPlan::Project { input, exprs, .. } => {
                 let c = input.event_time_column()?;
                 exprs.iter().position(|e| *e == Expr::Column(c))
@@ -448,6 +467,7 @@ impl PhysicalPlan {
             PhysicalPlan::Sort { .. } => "Sort",
             PhysicalPlan::Limit { .. } => "Limit",
             PhysicalPlan::Union { .. } => "Union",
+            PhysicalPlan::Shared { .. } => "Shared",
         }
     }
 
@@ -455,13 +475,22 @@ impl PhysicalPlan {
     pub fn display_indent(&self, annotate: &dyn Fn(usize) -> String) -> String {
         let mut out = String::new();
         let mut id = 0;
-        self.fmt_node(&mut out, 0, &mut id, annotate);
+        self.fmt_node(&mut out, 0, &mut id, &mut vec![], annotate);
         out
     }
 
-    fn fmt_node(&self, out: &mut String, depth: usize, id: &mut usize, annotate: &dyn Fn(usize) -> String) {
+    /// `shown`: the shared subplans printed so far (a later use prints only that it reads them).
+    fn fmt_node(&self, out: &mut String, depth: usize, id: &mut usize, shown: &mut Vec<usize>, annotate: &dyn Fn(usize) -> String) {
         let my_id = *id;
         *id += 1;
+        if let PhysicalPlan::Shared { input, id: shared, .. } = self {
+            if shown.contains(shared) {
+                let _ = writeln!(out, "{}{}{}: reads the rows of its first use{}", "  ".repeat(depth), self.name(), self.detail(), annotate(my_id));
+                *id += input.node_count();
+                return;
+            }
+            shown.push(*shared);
+        }
         let detail = self.detail();
         let extra = annotate(my_id);
         let estimate = match self {
@@ -473,7 +502,7 @@ impl PhysicalPlan {
         };
         let _ = writeln!(out, "{}{}{}{}{}", "  ".repeat(depth), self.name(), detail, extra, estimate);
         for input in self.inputs() {
-            input.fmt_node(out, depth + 1, id, annotate);
+            input.fmt_node(out, depth + 1, id, shown, annotate);
         }
     }
 
@@ -546,6 +575,7 @@ impl PhysicalPlan {
             }
             PhysicalPlan::Limit { skip, fetch, .. } => format!(": skip={skip} fetch={}", fetch.map(|f| f.to_string()).unwrap_or("all".into())),
             PhysicalPlan::Union { inputs, .. } => format!(": {} inputs", inputs.len()),
+            PhysicalPlan::Shared { id, buffered, .. } => format!(" #{id}{}", if *buffered { " (buffered: waits for another use)" } else { "" }),
             PhysicalPlan::WindowTvf { input, window, time, .. } => format!(": {}", window.describe(input.schema().field(*time).name())),
             PhysicalPlan::Window { input, calls, .. } => format!(": {}", crate::logical::describe_window_calls(calls, &input.schema())),
             PhysicalPlan::SessionTvf { input, keys, time, gap, .. } => {

@@ -200,7 +200,7 @@ impl Session {
             // Likewise every GROUP BY updates (a hash aggregate's table would not be restored).
             physical = crate::changelog::plan(physical, as_flink)?;
         }
-        Ok((plan, physical))
+        Ok((plan, crate::share::share_subplans(physical)))
     }
 
     fn run_query(&self, q: &ast::Query) -> Result<StatementResult> {

@@ -1,5 +1,6 @@
 //! Cuts a physical plan into pipelines and instantiates one task per pipeline partition.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
@@ -10,6 +11,7 @@ use super::basic::{FilterOp, LimitOp, ProjectOp};
 use super::join::{BuildSink, JoinShared, JoinSpec, ProbeOp};
 use super::scan::{BatchesSource, ExchangeSink, ExchangeSource, ScanShared, ScanSource};
 use super::sort::{SortShared, SortSink, SortSource};
+use super::tee::TeeSink;
 use super::window_aggregate::{WindowAggShared, WindowAggSink};
 use super::window_tvf::WindowTvfOp;
 use super::{ExecConfig, Exchange, Metered, Notifier, OpMetrics, Operator, PipelineTask, Sink, Source};
@@ -69,6 +71,11 @@ struct Builder<'a> {
     memory: &'a QueryMemory,
     next_id: usize,
     tasks: Vec<PipelineTask>,
+    /// Per shared subplan, whether each use (in pre-order) is buffered.
+    shared_uses: HashMap<usize, Vec<bool>>,
+    /// Per shared subplan built so far, each use's queue and their partitions; and the uses opened.
+    shared_queues: HashMap<usize, (Vec<Arc<Exchange>>, usize)>,
+    uses_opened: HashMap<usize, usize>,
 }
 
 pub fn build_tasks(
@@ -80,10 +87,31 @@ pub fn build_tasks(
     memory: &QueryMemory,
     root_sink: &dyn Fn(usize) -> Result<Box<dyn Sink>>,
 ) -> Result<Vec<PipelineTask>> {
-    let mut b = Builder { config, threads, notifier, metrics, memory, next_id: 0, tasks: Vec::new() };
+    let mut shared_uses = HashMap::new();
+    collect_shared_uses(plan, &mut shared_uses);
+    let mut b = Builder {
+        config,
+        threads,
+        notifier,
+        metrics,
+        memory,
+        next_id: 0,
+        tasks: Vec::new(),
+        shared_uses,
+        shared_queues: HashMap::new(),
+        uses_opened: HashMap::new(),
+    };
     let root = b.open(plan)?;
     b.close(root, root_sink)?;
     Ok(b.tasks)
+}
+
+/// Each shared subplan's uses in pre-order (the order `open` meets them), whether each is buffered.
+fn collect_shared_uses(plan: &PhysicalPlan, out: &mut HashMap<usize, Vec<bool>>) {
+    match plan {
+        PhysicalPlan::Shared { id, buffered, .. } => out.entry(*id).or_default().push(*buffered),
+        other => other.inputs().into_iter().for_each(|i| collect_shared_uses(i, out)),
+    }
 }
 
 impl Builder<'_> {
@@ -337,6 +365,37 @@ impl Builder<'_> {
             PhysicalPlan::NestedLoopJoin { probe, build, kind, filter, schema, .. } => {
                 self.join(probe, build, *kind, vec![], vec![], filter.clone(), (false, false), schema, metrics)?
             }
+            PhysicalPlan::Shared { input, id: shared, .. } => {
+                let opened = self.uses_opened.entry(*shared).or_default();
+                let this_use = *opened;
+                *opened += 1;
+                if this_use == 0 {
+                    // The first use runs the subplan into one queue per use.
+                    let open = self.open(input)?;
+                    let partitions = open.partitions;
+                    let queues: Vec<Arc<Exchange>> = self.shared_uses.get(shared).map_or(&[][..], |u| &u[..])
+                        .iter()
+                        .map(|buffered| {
+                            let capacity = if *buffered { usize::MAX } else { EXCHANGE_CAPACITY };
+                            Arc::new(Exchange::new(partitions, partitions, capacity, self.notifier.clone()))
+                        })
+                        .collect();
+                    let tee = queues.clone();
+                    self.close(open, &move |p| Ok(Box::new(TeeSink::new(tee.clone(), p))))?;
+                    self.shared_queues.insert(*shared, (queues, partitions));
+                } else {
+                    // Its nodes were numbered at the first use.
+                    self.next_id += input.node_count();
+                }
+                let (queue, partitions) = self
+                    .shared_queues
+                    .get(shared)
+                    .and_then(|(queues, partitions)| Some((queues.get(this_use)?.clone(), *partitions)))
+                    .ok_or_else(|| crate::error::RiffleError::exec(format!("shared subplan #{shared} has no queue for use {this_use}")))?;
+                let mut open = Open { source: SourceSpec::Exchange(queue), partitions, ops: vec![] };
+                open.push(&metrics, || Box::new(PassOp));
+                open
+            }
             PhysicalPlan::Union { inputs, .. } => {
                 let opens = inputs.iter().map(|i| self.open(i)).collect::<Result<Vec<_>>>()?;
                 let producers: usize = opens.iter().map(|o| o.partitions).sum();
@@ -387,6 +446,7 @@ impl Builder<'_> {
             spec,
             build_open.partitions,
             probe_open.partitions,
+            !self.config.stream,
             self.notifier.clone(),
             metrics.clone(),
             self.memory.pool.clone(),

@@ -140,6 +140,12 @@ pub struct JoinShared {
     table: OnceLock<Built>,
     /// Probe partitions that ended, with their bucket files once the build side spilled.
     probes: PartitionGather<(usize, SpillFile)>,
+    /// Whether a probe partition that ended holds its end back to join spilled buckets beside the
+    /// others once all ended. Not in a stream: exchanges downstream align barriers over the producers
+    /// that have not ended, and a partition holding its end passes none of the barriers its siblings
+    /// still pass, which would wait for it while it waits for them. There a partition ends at once
+    /// and the last one joins every bucket.
+    hold_end: bool,
     notifier: Notifier,
     metrics: Arc<OpMetrics>,
     pool: Arc<MemoryPool>,
@@ -152,6 +158,7 @@ impl JoinShared {
         spec: JoinSpec,
         build_partitions: usize,
         probe_partitions: usize,
+        hold_end: bool,
         notifier: Notifier,
         metrics: Arc<OpMetrics>,
         pool: Arc<MemoryPool>,
@@ -162,6 +169,7 @@ impl JoinShared {
             pending: PartitionGather::new(build_partitions),
             table: OnceLock::new(),
             probes: PartitionGather::new(probe_partitions),
+            hold_end,
             notifier,
             metrics,
             pool,
@@ -816,9 +824,18 @@ impl Operator for ProbeOp {
                     None => Vec::new(),
                 };
                 // Every probe partition joins buckets once the last one has ended, then ends itself.
+                let Some(probe_files) = shared.probes.arrive(files)? else {
+                    if shared.hold_end {
+                        self.grace = Some(GraceJoin { current: None });
+                        self.held_end = Some(msg);
+                    } else {
+                        out.push(msg);
+                    }
+                    return Ok(());
+                };
                 self.grace = Some(GraceJoin { current: None });
                 self.held_end = Some(msg);
-                if let Some(probe_files) = shared.probes.arrive(files)? {
+                {
                     let resident = build.resident.write().map_err(poisoned)?.take();
                     if let Some(table) = resident {
                         // Every probe row of the buckets kept in memory has been seen.

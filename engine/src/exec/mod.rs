@@ -24,6 +24,7 @@ mod scheduler;
 mod session_aggregate;
 mod sort;
 mod stream_join;
+mod tee;
 mod update_aggregate;
 mod window;
 mod window_aggregate;

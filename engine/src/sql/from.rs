@@ -133,9 +133,19 @@ impl Binder<'_> {
             }
             TableFactor::Table { name, alias, args: Some(args), .. } => {
                 let fname = name.to_string().to_ascii_lowercase();
-                let source = self.table_function(&fname, &args.args)?;
+                // The same call twice in a statement (a view used twice) reads one table: the same
+                // files, and a subplan over it can be shared (`crate::share`).
+                let call = format!("{fname}({})", args.args.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
+                let source = match self.table_functions.iter().find(|(c, _)| *c == call) {
+                    Some((_, source)) => source.clone(),
+                    None => {
+                        let source = Arc::new(self.table_function(&fname, &args.args)?);
+                        self.table_functions.push((call, source.clone()));
+                        source
+                    }
+                };
                 let qualifier = alias.as_ref().map(|a| a.name.value.clone()).unwrap_or_else(|| fname.clone());
-                let plan = scan(&fname, Arc::new(source));
+                let plan = scan(&fname, source);
                 let scope = Scope::from_schema(&plan.schema(), Some(&qualifier));
                 renamed(plan, scope, alias.as_ref(), &qualifier)
             }

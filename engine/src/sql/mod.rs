@@ -44,6 +44,8 @@ pub struct Binder<'a> {
     subquery_joins: SubqueryJoins,
     /// Window functions of the SELECT being bound.
     window_calls: Vec<WindowCall>,
+    /// The tables of the table function calls bound so far (`read_csv('f')`), by call.
+    table_functions: Vec<(String, Arc<crate::catalog::TableSource>)>,
 }
 
 fn project(input: LogicalPlan, exprs: Vec<Expr>, names: Vec<String>) -> LogicalPlan {
@@ -167,7 +169,7 @@ fn contains_aggregate(e: &ast::Expr) -> bool {
 
 impl<'a> Binder<'a> {
     pub fn new(catalog: &'a Catalog) -> Self {
-        Binder { catalog, ctes: Vec::new(), subquery_joins: SubqueryJoins::default(), window_calls: Vec::new() }
+        Binder { catalog, ctes: Vec::new(), subquery_joins: SubqueryJoins::default(), window_calls: Vec::new(), table_functions: Vec::new() }
     }
 
     pub fn bind_query(&mut self, q: &ast::Query) -> Result<(LogicalPlan, Scope)> {

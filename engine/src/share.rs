@@ -1,0 +1,147 @@
+//! Shared subplans: a subplan that occurs more than once in a plan runs once, and each of its uses
+//! reads all its rows (Flink's sub-plan reuse; DuckDB materializes CTEs for the same reason). Nexmark
+//! q5 counts bids per auction and window twice, once to join and once to find each window's maximum;
+//! TPC-H Q15 aggregates its revenue view twice. The uses are marked [`PhysicalPlan::Shared`]; the
+//! executor runs the subplan at its first use and hands every message to each use's queue.
+//!
+//! A use that may wait for another use to read every row would stop the subplan, and with it the
+//! other use, if its queue were bounded: on a join's probe side when the build side reads the
+//! subplan too (the probe waits for the whole build). Such a use is `buffered` (its queue has no
+//! bound), and is only allowed under an aggregate, whose rows are few next to its input's; other
+//! subplans with such a use run once per use as before.
+
+use crate::physical::PhysicalPlan;
+
+/// `plan` with every subplan that occurs more than once (and is worth it) marked as shared.
+pub fn share_subplans(plan: PhysicalPlan) -> PhysicalPlan {
+    let mut chosen = vec![];
+    choose(&plan, &plan, &mut chosen);
+    if chosen.is_empty() {
+        return plan;
+    }
+    let mut plan = mark_uses(plan, &chosen);
+    mark_buffered(&mut plan);
+    let unsafe_ids: Vec<usize> = (0..chosen.len()).filter(|id| buffered_use(&plan, *id) && !is_aggregate(&chosen[*id])).collect();
+    if unsafe_ids.is_empty() {
+        plan
+    } else {
+        unmark(plan, &unsafe_ids)
+    }
+}
+
+/// The subplans to share, largest first: each occurs at least twice outside those chosen before.
+fn choose(node: &PhysicalPlan, root: &PhysicalPlan, chosen: &mut Vec<PhysicalPlan>) {
+    if chosen.contains(node) {
+        return;
+    }
+    if worth_sharing(node) && occurrences(root, node, chosen) >= 2 {
+        chosen.push(node.clone());
+        return;
+    }
+    for input in node.inputs() {
+        choose(input, root, chosen);
+    }
+}
+
+/// How often `node` occurs in `plan`, not counting inside subplans chosen already.
+fn occurrences(plan: &PhysicalPlan, node: &PhysicalPlan, chosen: &[PhysicalPlan]) -> usize {
+    if plan == node {
+        return 1;
+    }
+    if chosen.contains(plan) {
+        return 0;
+    }
+    plan.inputs().into_iter().map(|i| occurrences(i, node, chosen)).sum()
+}
+
+/// A subplan worth running once: it reads a table and does work beyond reading it (rows read twice
+/// in parallel cost little, and the scans' morsels spread over the threads without a queue between).
+fn worth_sharing(plan: &PhysicalPlan) -> bool {
+    fn reads_table(p: &PhysicalPlan) -> bool {
+        matches!(p, PhysicalPlan::Scan { .. }) || p.inputs().into_iter().any(reads_table)
+    }
+    fn works(p: &PhysicalPlan) -> bool {
+        matches!(
+            p,
+            PhysicalPlan::HashAggregate { .. }
+                | PhysicalPlan::UpdateAggregate { .. }
+                | PhysicalPlan::SessionAggregate { .. }
+                | PhysicalPlan::HashJoin { .. }
+                | PhysicalPlan::StreamJoin { .. }
+                | PhysicalPlan::NestedLoopJoin { .. }
+                | PhysicalPlan::Window { .. }
+                | PhysicalPlan::Sort { .. }
+        ) || p.inputs().into_iter().any(works)
+    }
+    reads_table(plan) && works(plan)
+}
+
+/// An aggregate's rows, maybe projected, filtered, sorted or limited.
+fn is_aggregate(plan: &PhysicalPlan) -> bool {
+    match plan {
+        PhysicalPlan::HashAggregate { .. } | PhysicalPlan::SessionAggregate { .. } => true,
+        PhysicalPlan::Project { input, .. }
+        | PhysicalPlan::Filter { input, .. }
+        | PhysicalPlan::Sort { input, .. }
+        | PhysicalPlan::Limit { input, .. } => is_aggregate(input),
+        _ => false,
+    }
+}
+
+/// Wraps each occurrence of a chosen subplan in its `Shared` node (numbered by place in `chosen`).
+fn mark_uses(mut plan: PhysicalPlan, chosen: &[PhysicalPlan]) -> PhysicalPlan {
+    if let Some(id) = chosen.iter().position(|c| *c == plan) {
+        return PhysicalPlan::Shared { input: Box::new(plan), id, buffered: false };
+    }
+    for input in plan.inputs_mut() {
+        *input = mark_uses(input.take(), chosen);
+    }
+    plan
+}
+
+/// Marks the uses on a join's probe side whose subplan its build side reads too.
+fn mark_buffered(plan: &mut PhysicalPlan) {
+    if let PhysicalPlan::HashJoin { probe, build, .. } | PhysicalPlan::NestedLoopJoin { probe, build, .. } = plan {
+        let mut built = vec![];
+        shared_ids(build, &mut built);
+        set_buffered(probe, &built);
+    }
+    for input in plan.inputs_mut() {
+        mark_buffered(input);
+    }
+}
+
+fn shared_ids(plan: &PhysicalPlan, out: &mut Vec<usize>) {
+    match plan {
+        PhysicalPlan::Shared { id, .. } => out.push(*id),
+        other => other.inputs().into_iter().for_each(|i| shared_ids(i, out)),
+    }
+}
+
+fn set_buffered(plan: &mut PhysicalPlan, ids: &[usize]) {
+    match plan {
+        PhysicalPlan::Shared { id, buffered, .. } => *buffered |= ids.contains(id),
+        other => other.inputs_mut().into_iter().for_each(|i| set_buffered(i, ids)),
+    }
+}
+
+fn buffered_use(plan: &PhysicalPlan, shared: usize) -> bool {
+    match plan {
+        PhysicalPlan::Shared { id, buffered, .. } => *id == shared && *buffered,
+        other => other.inputs().into_iter().any(|i| buffered_use(i, shared)),
+    }
+}
+
+/// Runs subplans `ids` once per use again.
+fn unmark(mut plan: PhysicalPlan, ids: &[usize]) -> PhysicalPlan {
+    match plan {
+        PhysicalPlan::Shared { input, id, .. } if ids.contains(&id) => *input,
+        PhysicalPlan::Shared { .. } => plan,
+        _ => {
+            for input in plan.inputs_mut() {
+                *input = unmark(input.take(), ids);
+            }
+            plan
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! A subplan that occurs more than once runs once, each use reading all its rows (`share.rs`).
+
+use riffle_engine::{ExecConfig, Session};
+
+const TPCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tpch-sf0.01");
+
+fn text(s: &mut Session, sql: &str) -> String {
+    let r = s.sql(sql).expect("runs");
+    riffle_engine::format::format_value(r.batches[0].column(0), 0).expect("format").unwrap_or_default()
+}
+
+fn rows(s: &mut Session, sql: &str) -> Vec<String> {
+    let r = s.sql(sql).expect("runs");
+    let mut out = vec![];
+    for b in &r.batches {
+        for i in 0..b.num_rows() {
+            let row: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| riffle_engine::format::format_value(c, i).expect("format").unwrap_or_else(|| "NULL".into()))
+                .collect();
+            out.push(row.join("|"));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The `rows=` of EXPLAIN ANALYZE's lines that start (after indentation) with `node`.
+fn counts(plan: &str, node: &str) -> Vec<u64> {
+    plan.lines()
+        .filter(|l| l.trim_start().starts_with(node))
+        .filter_map(|l| l.split("rows=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn tpch_q15_aggregates_its_revenue_view_once_and_both_uses_read_it() {
+    let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    for t in ["lineitem", "supplier"] {
+        s.register_path(t, &format!("{TPCH}/{t}.parquet")).expect("register");
+    }
+    let q = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tpcds/queries/tpch/q15.sql")).expect("q15");
+    let plan = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    // One lineitem scan and one aggregate of it; the second use reads the first one's rows.
+    assert_eq!(counts(&plan, "Scan: lineitem").len(), 1, "{plan}");
+    assert!(plan.contains("Shared #0 (buffered: waits for another use)"), "{plan}");
+    let uses = counts(&plan, "Shared #0");
+    assert_eq!(uses.len(), 2, "{plan}");
+    assert_eq!(uses[0], uses[1], "both uses read every row: {plan}");
+    assert_eq!(uses[0], 100, "one row per supplier with revenue: {plan}");
+    let answer = rows(&mut s, &q);
+    assert_eq!(answer.len(), 1);
+    assert!(answer[0].starts_with("21|Supplier#000000021|"), "{answer:?}");
+}
+
+#[test]
+fn nexmark_q5_counts_each_windows_bids_once_as_a_stream() {
+    let ddl = "CREATE TABLE bid (auction BIGINT, price BIGINT, date_time TIMESTAMP(3), \
+               WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND) \
+               WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '300000', 'first-event.rate' = '10000')";
+    let q5 = "SELECT AuctionBids.auction, AuctionBids.num, AuctionBids.starttime FROM (
+           SELECT auction, count(*) AS num, window_start AS starttime, window_end AS endtime
+           FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+           GROUP BY auction, window_start, window_end) AS AuctionBids
+         JOIN (
+           SELECT max(CountBids.num) AS maxn, CountBids.starttime, CountBids.endtime FROM (
+             SELECT count(*) AS num, window_start AS starttime, window_end AS endtime
+             FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+             GROUP BY auction, window_start, window_end) AS CountBids
+           GROUP BY CountBids.starttime, CountBids.endtime) AS MaxBids
+         ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = MaxBids.endtime AND AuctionBids.num >= MaxBids.maxn";
+    let mut batch = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    batch.execute(ddl).expect("ddl");
+    let expected = rows(&mut batch, q5);
+    assert!(expected.len() > 10, "{expected:?}");
+    // As a stream, and as Flink's streaming mode plans it (interval join, updating nothing here).
+    for changelog in [false, true] {
+        let mut stream = Session::new(ExecConfig { threads: 2, stream: true, changelog, ..ExecConfig::default() });
+        stream.execute(ddl).expect("ddl");
+        let plan = text(&mut stream, &format!("EXPLAIN ANALYZE {q5}"));
+        assert_eq!(counts(&plan, "Scan: bid").len(), 1, "{plan}");
+        assert_eq!(counts(&plan, "WindowAggregate: group=[auction, window_start, window_end]").len(), 1, "{plan}");
+        let uses = counts(&plan, "Shared #0");
+        assert_eq!(uses.len(), 2, "{plan}");
+        assert_eq!(uses[0], uses[1], "{plan}");
+        assert_eq!(rows(&mut stream, q5), expected, "changelog={changelog}");
+    }
+}
