@@ -246,7 +246,7 @@ fn session_windows_killed_twenty_times_write_every_result_exactly_once() {
 fn nexmark_q5_killed_twenty_times_writes_every_result_exactly_once() {
     kill_test(
         "CREATE TABLE bid (auction BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
-         WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '2000000', 'first-event.rate' = '200'); \
+         WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '12000000', 'first-event.rate' = '200'); \
          CREATE TABLE out (auction BIGINT, num BIGINT, starttime TIMESTAMP(3)) \
          WITH ('connector' = 'filesystem', 'path' = '{out}', 'format' = 'csv'); \
          INSERT INTO out SELECT AuctionBids.auction, AuctionBids.num, AuctionBids.starttime FROM ( \

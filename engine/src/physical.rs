@@ -114,7 +114,7 @@ pub enum PhysicalPlan {
     Shared { input: Box<PhysicalPlan>, id: usize, buffered: bool },
 }
 
-/// What a group column of a [`PhysicalPlan::SessionAggregate`] is.
+/// What a group column of a [`PhysicalPlan::SessionAggregate`] (or of a sliced HOP window aggregate) is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionColumn {
     /// The session's partition key number `k` (of `SESSION(… PARTITION BY …)`).
@@ -382,6 +382,11 @@ impl PhysicalPlan {
             PhysicalPlan::Shared { buffered: false, .. } => "streaming: the subplan runs once, each use reads its rows; no state".into(),
             PhysicalPlan::Shared { buffered: true, .. } => {
                 "the subplan runs once; state: its rows, kept until this use reads them (it waits for another use)".into()
+            }
+            PhysicalPlan::HashAggregate { window_end: Some(_), input, group, aggs, .. } if hop_slices(input, group, aggs).is_some() => {
+                "streaming: emits each window once the watermark passes its end; state: the groups of each slide (a row updates \
+                 its slide's, a window merges its slides' when it closes)"
+                    .into()
             }
             PhysicalPlan::HashAggregate { window_end: Some(_), .. } => {
                 "streaming: emits each window once the watermark passes its end; state: the open windows' groups".into()
@@ -913,6 +918,38 @@ fn session_columns(input: &PhysicalPlan, group: &[Expr], aggs: &[AggCall]) -> Op
         a.args.iter().for_each(|e| e.columns(&mut used));
     }
     (has(SessionColumn::Start) && has(SessionColumn::End) && all_keys && used.iter().all(|c| *c < width)).then_some(columns)
+}
+
+/// HOP windows a stream's window aggregate can aggregate by slices (`exec/window_aggregate.rs`):
+/// `input` is HOP over `rows` with a size that is a multiple of the slide, and neither the keys nor
+/// the aggregates read the window's columns other than as group keys. Returns `rows`, the group keys
+/// that are not window columns (over `rows`), and what each group column is.
+pub fn hop_slices<'a>(input: &'a PhysicalPlan, group: &[Expr], aggs: &[AggCall]) -> Option<(&'a PhysicalPlan, Vec<Expr>, Vec<SessionColumn>)> {
+    let PhysicalPlan::WindowTvf { input: rows, window, .. } = input else { return None };
+    if window.kind != crate::logical::WindowKind::Hop || window.step <= 0 || window.size <= window.step || window.size % window.step != 0 {
+        return None;
+    }
+    let width = rows.schema().fields().len();
+    let of_rows = |e: &Expr| {
+        let mut used = vec![];
+        e.columns(&mut used);
+        used.iter().all(|c| *c < width)
+    };
+    let mut keys = vec![];
+    let columns = group
+        .iter()
+        .map(|g| match g {
+            Expr::Column(c) if *c == width => Some(SessionColumn::Start),
+            Expr::Column(c) if *c == width + 1 => Some(SessionColumn::End),
+            Expr::Column(c) if *c == width + 2 => Some(SessionColumn::Time),
+            key if of_rows(key) => {
+                keys.push(key.clone());
+                Some(SessionColumn::Key(keys.len() - 1))
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (aggs.iter().all(|a| a.args.iter().all(of_rows)) && columns.contains(&SessionColumn::End)).then_some((rows.as_ref(), keys, columns))
 }
 
 pub fn plan_stream_joins(plan: PhysicalPlan, every_join: bool) -> PhysicalPlan {

@@ -96,6 +96,20 @@ impl Partial {
         &self.keys
     }
 
+    pub(super) fn num_groups(&self) -> usize {
+        self.num_groups
+    }
+
+    /// The same groups under other keys (a row per group).
+    pub(super) fn with_keys(self, keys: Vec<ArrayRef>) -> Partial {
+        Partial { keys, ..self }
+    }
+
+    /// Bytes of its arrays.
+    pub(super) fn size(&self) -> usize {
+        self.keys.iter().chain(self.states.iter().flatten()).map(|a| a.get_array_memory_size()).sum()
+    }
+
     /// The groups where `mask` holds, keyed by `keys` instead (a row per kept group): to move groups
     /// into other tables under other keys.
     pub(super) fn select(&self, mask: &arrow::array::BooleanArray, keys: Vec<ArrayRef>) -> Result<Partial> {

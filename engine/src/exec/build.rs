@@ -265,7 +265,19 @@ impl Builder<'_> {
             }
             PhysicalPlan::HashAggregate { input, group, aggs, window_end: Some(end), schema, .. } if self.config.stream => {
                 let input_schema = input.schema();
-                let open = self.open(input)?;
+                let (open, slicing) = match (crate::physical::hop_slices(input, group, aggs), input.as_ref()) {
+                    (Some((rows, keys, columns)), PhysicalPlan::WindowTvf { window, time, .. }) => {
+                        // HOP by slides: the rows go in as they are; the window table function's
+                        // node counts them (each once, not once per window).
+                        let tvf_metrics = self.metrics[self.next_id].clone();
+                        self.next_id += 1;
+                        let mut open = self.open(rows)?;
+                        open.push(&tvf_metrics, || Box::new(PassOp));
+                        let spec = AggSpec::new(keys, aggs.clone(), rows.schema(), schema.clone());
+                        (open, Some(super::window_aggregate::Slicing { spec, time: *time, window: *window, columns }))
+                    }
+                    _ => (self.open(input)?, None),
+                };
                 // Windows leave in the order they complete, into one partition that keeps it: a
                 // window's groups are few, and what consumes them sees event time in order.
                 // A bounded queue: a slow consumer holds the partitions back (backpressure), as the
@@ -275,7 +287,7 @@ impl Builder<'_> {
                 let pool = self.memory.pool.clone();
                 let checkpoint = self.config.checkpoint.clone().map(|c| (c, id));
                 let shared =
-                    Arc::new(WindowAggShared::new(spec, *end, open.partitions, output.clone(), batch_size, metrics, pool, checkpoint)?);
+                    Arc::new(WindowAggShared::new(spec, *end, open.partitions, output.clone(), batch_size, metrics, pool, checkpoint, slicing)?);
                 self.close(open, &|p| Ok(Box::new(WindowAggSink::new(shared.clone(), p))))?;
                 Open { source: SourceSpec::Exchange(output), partitions: 1, ops: vec![] }
             }

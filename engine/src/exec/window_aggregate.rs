@@ -10,6 +10,12 @@
 //! smallest watermark, so operators downstream see event time advance. At the end of input every
 //! open window is emitted.
 //!
+//! HOP windows whose size is a multiple of their slide are aggregated by slices (Flink's slice
+//! sharing, `Slicing`): a row updates the groups of the one slide its time falls in, not those of each
+//! of its `size / slide` windows (Nexmark q5: five), and a window's groups are the merge of its
+//! slides' when it closes. A row late for some of its windows but not all still counts in the others,
+//! as each of its window rows would.
+//!
 //! Checkpoints: a partition that reaches barrier `e` writes its open windows' partial groups and waits
 //! until every partition reached it (aligned barriers: nothing it does after the barrier can mix
 //! into the checkpoint); then the windows handed over but not emitted yet and the watermarks are
@@ -24,7 +30,11 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Int64Type};
 
+use arrow::array::{ArrayRef, TimestampMicrosecondArray};
+
 use super::aggregate::{AggSpec, GroupTable, Partial};
+use crate::logical::{WindowSpec, WINDOW_TIME_BEFORE_END};
+use crate::physical::SessionColumn;
 use super::checkpoint::{Coordinator, EpochTracker};
 use super::{emit_rows, Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
@@ -32,8 +42,61 @@ use crate::eval::evaluate;
 use crate::memory::{MemoryPool, MemoryReservation};
 use crate::message::Message;
 
+/// How a HOP window aggregate keeps its groups by slide (see the module's doc).
+pub struct Slicing {
+    /// The aggregate over the rows before the window table function, grouped by the keys that are
+    /// not window columns.
+    pub spec: AggSpec,
+    /// The rows' event-time column.
+    pub time: usize,
+    pub window: WindowSpec,
+    /// What each group key of the window aggregate is (`Key(k)`: `spec`'s key `k`).
+    pub columns: Vec<SessionColumn>,
+}
+
+impl Slicing {
+    /// Slides per window.
+    fn slides(&self) -> i64 {
+        self.window.size / self.window.step
+    }
+
+    /// The end of the last window of the slide ending at `end`.
+    fn last_window(&self, end: i64) -> i64 {
+        end.saturating_add((self.slides() - 1).saturating_mul(self.window.step))
+    }
+
+    /// The window aggregate's partial groups of the window ending at `end`, from those of its slides
+    /// keyed by the other keys.
+    fn window_partial(&self, end: i64, groups: Partial) -> Partial {
+        let n = groups.num_groups();
+        let constant = |t: i64| -> ArrayRef { Arc::new(TimestampMicrosecondArray::from_value(t, n)) };
+        let keys = self
+            .columns
+            .iter()
+            .map(|c| match c {
+                SessionColumn::Key(k) => groups.keys()[*k].clone(),
+                SessionColumn::Start => constant(end.saturating_sub(self.window.size)),
+                SessionColumn::End => constant(end),
+                SessionColumn::Time => constant(end.saturating_sub(WINDOW_TIME_BEFORE_END)),
+            })
+            .collect();
+        groups.with_keys(keys)
+    }
+}
+
+/// One slide's groups in a partition: `closed`, taken out once a window it is part of closed (each of
+/// its windows merges them), and `open`, the groups of rows that arrived since.
+#[derive(Default)]
+struct Slide {
+    closed: Vec<Partial>,
+    closed_bytes: usize,
+    open: Option<GroupTable>,
+}
+
 pub struct WindowAggShared {
     spec: AggSpec,
+    /// Set when the windows are aggregated by slide.
+    slicing: Option<Slicing>,
     /// Which group key is the window's end.
     window_end: usize,
     state: Mutex<WindowState>,
@@ -77,6 +140,7 @@ impl WindowAggShared {
         metrics: Arc<OpMetrics>,
         pool: Arc<MemoryPool>,
         checkpoint: Option<(Arc<Coordinator>, usize)>,
+        slicing: Option<Slicing>,
     ) -> Result<WindowAggShared> {
         let restored = checkpoint.as_ref().map_or(0, |(c, _)| c.restored);
         let mut state = WindowState {
@@ -97,7 +161,7 @@ impl WindowAggShared {
                 Some(ck)
             }
         };
-        Ok(WindowAggShared { spec, window_end, state: Mutex::new(state), output, checkpoint, batch_size, metrics, pool })
+        Ok(WindowAggShared { spec, slicing, window_end, state: Mutex::new(state), output, checkpoint, batch_size, metrics, pool })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, WindowState>> {
@@ -194,6 +258,10 @@ pub struct WindowAggSink {
     partition: usize,
     /// Open windows by end, each with its groups.
     windows: BTreeMap<i64, GroupTable>,
+    /// With slicing: the slides by end, each with its groups, and the watermark up to which their
+    /// windows were emitted.
+    slides: BTreeMap<i64, Slide>,
+    emitted: i64,
     /// The watermark this partition's input has passed: windows ending at or before it are closed.
     watermark: i64,
     reservation: MemoryReservation,
@@ -204,11 +272,15 @@ impl WindowAggSink {
     pub fn new(shared: Arc<WindowAggShared>, partition: usize) -> WindowAggSink {
         let reservation = shared.pool.reservation(format!("WindowAggregate (partition {partition})"), false);
         let watermark = shared.start_watermark(partition);
-        WindowAggSink { shared, partition, windows: BTreeMap::new(), watermark, reservation, ended: false }
+        WindowAggSink { shared, partition, windows: BTreeMap::new(), slides: BTreeMap::new(), emitted: watermark, watermark, reservation, ended: false }
     }
 
     /// The partial groups of the open windows, as batches, the windows kept open.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        if self.shared.slicing.is_some() {
+            let open = self.sliced_windows(self.watermark, i64::MAX)?;
+            return open.into_iter().map(|(_, p)| Ok(p.into_batch()?.0)).collect();
+        }
         let mut out = Vec::with_capacity(self.windows.len());
         for table in self.windows.values_mut() {
             let partial = std::mem::replace(table, GroupTable::new(&self.shared.spec)?).into_partial()?;
@@ -219,6 +291,9 @@ impl WindowAggSink {
     }
 
     fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        if self.shared.slicing.is_some() {
+            return self.add_to_slides(batch);
+        }
         let spec = &self.shared.spec;
         let ends = evaluate(&spec.group[self.shared.window_end], batch)?;
         let ends = arrow::compute::cast(&ends, &DataType::Int64)?;
@@ -257,8 +332,100 @@ impl WindowAggSink {
         Ok(())
     }
 
+    /// Adds each row to the groups of its slide (rows are in the window table function's input).
+    fn add_to_slides(&mut self, batch: &RecordBatch) -> Result<()> {
+        let shared = self.shared.clone();
+        let Some(slicing) = &shared.slicing else { return Ok(()) };
+        let (step, offset) = (slicing.window.step, slicing.window.offset);
+        let times = arrow::compute::cast(batch.column(slicing.time), &DataType::Int64)?;
+        let times = times.as_primitive::<Int64Type>();
+        let mut by_end: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, t) in times.iter().enumerate() {
+            // A row without a time is in no window.
+            if let Some(t) = t {
+                let start = t.saturating_sub(t.saturating_sub(offset).rem_euclid(step));
+                by_end.entry(start.saturating_add(step)).or_default().push(row as u32);
+            }
+        }
+        let whole = by_end.len() == 1 && times.null_count() == 0;
+        let mut late = 0;
+        for (end, rows) in by_end {
+            // Its windows end at `end`, `end + step`, …; those at or before the watermark were emitted.
+            if end <= self.watermark {
+                let emitted = ((self.watermark - end) / step).saturating_add(1).min(slicing.slides());
+                late += rows.len() as u64 * emitted as u64;
+                if slicing.last_window(end) <= self.watermark {
+                    continue;
+                }
+            }
+            let slide = self.slides.entry(end).or_default();
+            let table = match &mut slide.open {
+                Some(t) => t,
+                None => slide.open.insert(GroupTable::new(&slicing.spec)?),
+            };
+            if whole {
+                table.update(&slicing.spec, batch)?;
+            } else {
+                table.update(&slicing.spec, &arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?)?;
+            }
+        }
+        if late > 0 {
+            self.shared.metrics.late_rows.fetch_add(late, Ordering::Relaxed);
+        }
+        let size: usize = self.slides.values().map(|s| s.closed_bytes + s.open.as_ref().map_or(0, |t| t.size())).sum();
+        self.shared.metrics.note_bytes(size);
+        self.reservation.resize_anyway(size);
+        Ok(())
+    }
+
+    /// The partial groups of every window ending after `after` and at or before `upto` that holds a
+    /// slide with rows, each merged from its slides.
+    fn sliced_windows(&mut self, after: i64, upto: i64) -> Result<Vec<(i64, Partial)>> {
+        let shared = self.shared.clone();
+        let Some(slicing) = &shared.slicing else { return Ok(vec![]) };
+        let step = slicing.window.step;
+        let mut ends = std::collections::BTreeSet::new();
+        for &end in self.slides.keys() {
+            let mut e = end;
+            while e <= slicing.last_window(end) {
+                if e > after && e <= upto {
+                    ends.insert(e);
+                }
+                match e.checked_add(step) {
+                    Some(next) => e = next,
+                    None => break,
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(ends.len());
+        for end in ends {
+            let first = end.saturating_sub(slicing.window.size);
+            let mut table = GroupTable::new(&slicing.spec)?;
+            for (_, slide) in self.slides.range_mut(first.saturating_add(1)..=end) {
+                if let Some(open) = slide.open.take() {
+                    let partial = open.into_partial()?;
+                    slide.closed_bytes += partial.size();
+                    slide.closed.push(partial);
+                }
+                for p in &slide.closed {
+                    table.merge(p.clone())?;
+                }
+            }
+            out.push((end, slicing.window_partial(end, table.into_partial()?)));
+        }
+        Ok(out)
+    }
+
     /// Takes the windows ending at or before `watermark` out as partial groups.
     fn close(&mut self, watermark: i64) -> Result<Vec<(i64, Partial)>> {
+        let shared = self.shared.clone();
+        if let Some(slicing) = &shared.slicing {
+            let closed = self.sliced_windows(self.emitted, watermark)?;
+            let last_window = |end: i64| slicing.last_window(end);
+            self.slides.retain(|end, _| last_window(*end) > watermark);
+            self.emitted = watermark;
+            return Ok(closed);
+        }
         let open = match watermark.checked_add(1) {
             Some(next) => self.windows.split_off(&next),
             None => BTreeMap::new(),
