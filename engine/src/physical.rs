@@ -894,6 +894,20 @@ pub fn plan_session_aggregates(plan: PhysicalPlan) -> PhysicalPlan {
     plan
 }
 
+/// What each group key over a window table function's output is: the window columns it appends to
+/// rows `width` wide, or the key number `key` gives any other expression.
+fn window_group_columns(group: &[Expr], width: usize, mut key: impl FnMut(&Expr) -> Option<usize>) -> Option<Vec<SessionColumn>> {
+    group
+        .iter()
+        .map(|g| match g {
+            Expr::Column(c) if *c == width => Some(SessionColumn::Start),
+            Expr::Column(c) if *c == width + 1 => Some(SessionColumn::End),
+            Expr::Column(c) if *c == width + 2 => Some(SessionColumn::Time),
+            other => key(other).map(SessionColumn::Key),
+        })
+        .collect()
+}
+
 /// What each group key is, when `group` and `aggs` over `input` make a session window aggregate.
 fn session_columns(input: &PhysicalPlan, group: &[Expr], aggs: &[AggCall]) -> Option<Vec<SessionColumn>> {
     let PhysicalPlan::SessionTvf { input: sorted, keys, time, .. } = input else { return None };
@@ -902,15 +916,7 @@ fn session_columns(input: &PhysicalPlan, group: &[Expr], aggs: &[AggCall]) -> Op
         return None;
     }
     let width = rows.schema().fields().len();
-    let columns = group
-        .iter()
-        .map(|g| match g {
-            Expr::Column(c) if *c == width => Some(SessionColumn::Start),
-            Expr::Column(c) if *c == width + 1 => Some(SessionColumn::End),
-            Expr::Column(c) if *c == width + 2 => Some(SessionColumn::Time),
-            other => keys.iter().position(|k| k == other).map(SessionColumn::Key),
-        })
-        .collect::<Option<Vec<_>>>()?;
+    let columns = window_group_columns(group, width, |other| keys.iter().position(|k| k == other))?;
     let has = |c: SessionColumn| columns.contains(&c);
     let all_keys = (0..keys.len()).all(|k| has(SessionColumn::Key(k)));
     let mut used = vec![];
@@ -936,19 +942,12 @@ pub fn hop_slices<'a>(input: &'a PhysicalPlan, group: &[Expr], aggs: &[AggCall])
         used.iter().all(|c| *c < width)
     };
     let mut keys = vec![];
-    let columns = group
-        .iter()
-        .map(|g| match g {
-            Expr::Column(c) if *c == width => Some(SessionColumn::Start),
-            Expr::Column(c) if *c == width + 1 => Some(SessionColumn::End),
-            Expr::Column(c) if *c == width + 2 => Some(SessionColumn::Time),
-            key if of_rows(key) => {
-                keys.push(key.clone());
-                Some(SessionColumn::Key(keys.len() - 1))
-            }
-            _ => None,
+    let columns = window_group_columns(group, width, |key| {
+        of_rows(key).then(|| {
+            keys.push(key.clone());
+            keys.len() - 1
         })
-        .collect::<Option<Vec<_>>>()?;
+    })?;
     (aggs.iter().all(|a| a.args.iter().all(of_rows)) && columns.contains(&SessionColumn::End)).then_some((rows.as_ref(), keys, columns))
 }
 
