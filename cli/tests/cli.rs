@@ -267,6 +267,28 @@ fn nexmark_q5_killed_twenty_times_writes_every_result_exactly_once() {
     );
 }
 
+/// The kill test on a hash join whose build side ends (bids enriched with their bidder's state, a
+/// bounded person table): the build side is not in the checkpoints; a restarted job computes it again
+/// and the probe side (the bids, restored) streams through it. (Nexmark q7 is planned so too, but its
+/// build side reads all its bids before the first checkpoint can complete, so restarts every ~200 ms
+/// would never resume.)
+#[test]
+fn a_join_with_a_bounded_build_side_killed_twenty_times_writes_every_result_exactly_once() {
+    kill_test(
+        "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, dateTime TIMESTAMP(3), \
+           WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
+         WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '40000000', 'first-event.rate' = '2000'); \
+         CREATE TABLE person (id BIGINT, name VARCHAR, state VARCHAR) \
+         WITH ('connector' = 'nexmark', 'table' = 'person', 'events.num' = '20000'); \
+         CREATE TABLE out (auction BIGINT, bidder BIGINT, price BIGINT, state VARCHAR) \
+         WITH ('connector' = 'filesystem', 'path' = '{out}', 'format' = 'csv'); \
+         INSERT INTO out SELECT B.auction, B.bidder, B.price, P.state FROM bid B JOIN person P ON MOD(B.bidder, 1000) = MOD(P.id, 1000) \
+         WHERE MOD(B.auction, 1000) = 0",
+        10_000,
+        120,
+    );
+}
+
 /// The kill test on updating GROUP BYs: bids counted per auction (a changelog), then auctions per
 /// count (an aggregate taking the changelog's retractions back: counts, sums, averages, min, max and
 /// count(DISTINCT) move back and forth), written as Debezium changes. Both aggregates' groups are
@@ -527,7 +549,9 @@ fn insert_into_a_directory_table_shows_files_only_when_the_query_succeeded() {
 fn checkpoints_refuse_what_they_cannot_restore() {
     let work = tempfile::tempdir().expect("temp dir");
     let jobs = [
-        ("SELECT a.auction, b.price FROM bid a LEFT JOIN bid b ON a.auction = b.price", "a join other than an inner equi-join"),
+        // A join whose build side ends is computed again on restore, but the build rows nobody matched
+        // come out at its end.
+        ("SELECT a.auction, b.price FROM bid a FULL JOIN bid b ON a.auction = b.price", "a right or full outer join"),
         ("SELECT auction, count(*) FROM bid GROUP BY auction ORDER BY 2 DESC LIMIT 3", "LIMIT"),
         (
             "SELECT auction, price FROM TABLE(SESSION(TABLE bid PARTITION BY auction, DESCRIPTOR(dateTime), INTERVAL '10' SECOND))",

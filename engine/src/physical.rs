@@ -317,8 +317,9 @@ impl PhysicalPlan {
     }
 
     /// Refuses what checkpoints cannot restore yet: only scans (not literal rows), filters,
-    /// projections, window table functions, window, session and updating aggregates, stream joins and
-    /// unions are checkpointed.
+    /// projections, window table functions, window, session and updating aggregates, stream joins,
+    /// unions and joins whose build side ends (it is computed again on restore; the probe side streams
+    /// through it) are checkpointed.
     pub fn check_checkpointable(&self) -> Result<()> {
         let what = match self {
             PhysicalPlan::Scan { .. }
@@ -331,18 +332,26 @@ impl PhysicalPlan {
             | PhysicalPlan::SessionAggregate { .. }
             | PhysicalPlan::UpdateAggregate { .. }
             | PhysicalPlan::HashAggregate { window_end: Some(_), .. } => None,
+            PhysicalPlan::HashJoin { probe, build, kind, keep_build: false, .. } | PhysicalPlan::NestedLoopJoin { probe, build, kind, .. }
+                if !build.unbounded() && !matches!(kind, JoinKind::Right | JoinKind::Full) =>
+            {
+                // Only the probe side is restored.
+                return probe.check_checkpointable();
+            }
             PhysicalPlan::HashAggregate { .. } => Some("a GROUP BY that is neither updating nor by an event-time window"),
             PhysicalPlan::Materialize { .. } => Some("the final rows of an updating GROUP BY"),
             PhysicalPlan::Window { .. } => Some("a window function (OVER)"),
             PhysicalPlan::SessionTvf { .. } => Some("SESSION windows other than a GROUP BY of their bounds and keys"),
-            PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => Some("a join other than an inner equi-join"),
+            PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => {
+                Some("a right or full outer join, or a semi join keeping the right side's rows (they come out at its end)")
+            }
             PhysicalPlan::Sort { .. } => Some("ORDER BY"),
             PhysicalPlan::Limit { .. } => Some("LIMIT"),
             PhysicalPlan::Values { .. } => Some("literal rows (VALUES)"),
         };
         if let Some(what) = what {
             return Err(RiffleError::NotSupported(format!(
-                "checkpoints of a job with {what} (checkpointed so far: scans, filters, projections, window table functions, window, session and updating aggregates and inner equi-joins); run it without --checkpoint-dir"
+                "checkpoints of a job with {what} (checkpointed so far: scans, filters, projections, window table functions, window, session and updating aggregates, inner equi-joins of streams and joins whose right side ends); run it without --checkpoint-dir"
             )));
         }
         self.inputs().into_iter().try_for_each(|i| i.check_checkpointable())
@@ -953,32 +962,34 @@ pub fn hop_slices<'a>(input: &'a PhysicalPlan, group: &[Expr], aggs: &[AggCall])
 
 pub fn plan_stream_joins(plan: PhysicalPlan, every_join: bool) -> PhysicalPlan {
     let mut plan = match plan {
-        PhysicalPlan::HashJoin { probe, build, kind: JoinKind::Inner, probe_keys, build_keys, filter, schema, .. }
-            if build.unbounded() || every_join =>
-        {
-            // Only the inputs' event times bound what can still match: a future row's is at least
-            // the watermark (a window_start is not: later windows may start before it).
-            let interval = match (probe.event_time_column(), build.event_time_column()) {
-                (Some(lt), Some(rt)) => {
-                    let width = probe.schema().fields().len();
-                    // Equal event times as a join key (windows joined by their ends) bound them too.
-                    let equal_times = probe_keys
-                        .iter()
-                        .zip(&build_keys)
-                        .any(|(l, r)| *l == Expr::Column(lt) && *r == Expr::Column(rt))
-                        .then_some(IntervalBounds { left_time: lt, right_time: rt, lo: 0, hi: 0 });
-                    filter.as_ref().and_then(|f| interval_bounds(f, width, lt, rt)).or(equal_times)
-                }
-                _ => None,
-            };
-            PhysicalPlan::StreamJoin { left: probe, right: build, left_keys: probe_keys, right_keys: build_keys, filter, interval, schema }
-        }
+        PhysicalPlan::HashJoin { ref build, kind: JoinKind::Inner, .. } if build.unbounded() || every_join => into_stream_join(plan),
         other => other,
     };
     for input in plan.inputs_mut() {
         *input = plan_stream_joins(input.take(), every_join);
     }
     plan
+}
+
+/// An inner hash join as a stream join of the same inputs (anything else as it is).
+pub fn into_stream_join(plan: PhysicalPlan) -> PhysicalPlan {
+    let PhysicalPlan::HashJoin { probe, build, kind: JoinKind::Inner, probe_keys, build_keys, filter, schema, .. } = plan else { return plan };
+    // Only the inputs' event times bound what can still match: a future row's is at least
+    // the watermark (a window_start is not: later windows may start before it).
+    let interval = match (probe.event_time_column(), build.event_time_column()) {
+        (Some(lt), Some(rt)) => {
+            let width = probe.schema().fields().len();
+            // Equal event times as a join key (windows joined by their ends) bound them too.
+            let equal_times = probe_keys
+                .iter()
+                .zip(&build_keys)
+                .any(|(l, r)| *l == Expr::Column(lt) && *r == Expr::Column(rt))
+                .then_some(IntervalBounds { left_time: lt, right_time: rt, lo: 0, hi: 0 });
+            filter.as_ref().and_then(|f| interval_bounds(f, width, lt, rt)).or(equal_times)
+        }
+        _ => None,
+    };
+    PhysicalPlan::StreamJoin { left: probe, right: build, left_keys: probe_keys, right_keys: build_keys, filter, interval, schema }
 }
 
 /// The bounds on `l.left_time - r.right_time` that the conjuncts of `filter` (over left ++ right, the

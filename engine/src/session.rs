@@ -191,16 +191,19 @@ impl Session {
         let (plan, _) = binder.bind_query(q)?;
         let plan = optimize(plan)?;
         let mut physical = plan_physical(&plan)?;
+        let checkpointed = self.config.stream && self.checkpoint.is_some();
         if self.config.stream {
-            // A checkpointed job keeps its joins' rows in its checkpoints: every inner equi-join is
-            // a stream join then (a hash join's build side would not be restored), as in Flink.
-            let as_flink = self.config.changelog || self.checkpoint.is_some();
-            physical = crate::physical::plan_stream_joins(physical, as_flink);
+            // Flink's streaming mode joins every input as a stream. A checkpointed job keeps a hash
+            // join whose build side ends: that side is not in its checkpoints but computed again when
+            // the job restarts (exec::build), and the probe side streams through it.
+            physical = crate::physical::plan_stream_joins(physical, self.config.changelog);
             physical = crate::physical::plan_session_aggregates(physical);
-            // Likewise every GROUP BY updates (a hash aggregate's table would not be restored).
-            physical = crate::changelog::plan(physical, as_flink)?;
+            // A checkpointed job's GROUP BYs update, as in Flink (a hash aggregate's table would not
+            // be restored).
+            physical = crate::changelog::plan(physical, self.config.changelog || checkpointed)?;
         }
-        Ok((plan, crate::share::share_subplans(physical)))
+        let physical = crate::share::share_subplans(physical);
+        Ok((plan, if checkpointed { crate::share::checkpointable_joins(physical) } else { physical }))
     }
 
     fn run_query(&self, q: &ast::Query) -> Result<StatementResult> {

@@ -10,6 +10,9 @@
 //! bound), and is only allowed under an aggregate, whose rows are few next to its input's; other
 //! subplans with such a use run once per use as before.
 
+use std::collections::HashMap;
+
+use crate::logical::JoinKind;
 use crate::physical::PhysicalPlan;
 
 /// `plan` with every subplan that occurs more than once (and is worth it) marked as shared.
@@ -144,4 +147,58 @@ fn unmark(mut plan: PhysicalPlan, ids: &[usize]) -> PhysicalPlan {
             plan
         }
     }
+}
+
+/// A checkpointed job computes a hash join's build side again when it restarts (that side is not in
+/// its checkpoints: it ends before probing starts; `exec::build`), while a shared subplan's state is
+/// restored: a join whose build side reads a subplan that is also read outside it becomes a stream
+/// join (both sides restored) if it is inner; otherwise the subplan runs once per use.
+pub fn checkpointable_joins(plan: PhysicalPlan) -> PhysicalPlan {
+    let mut uses = HashMap::new();
+    count_uses(&plan, &mut uses);
+    if uses.is_empty() {
+        return plan;
+    }
+    let mut unshare = vec![];
+    let mut plan = split_builds(plan, &uses, &mut unshare);
+    if !unshare.is_empty() {
+        plan = unmark(plan, &unshare);
+    }
+    // Uses that waited for a build side that is now a stream join's input no longer wait.
+    clear_buffered(&mut plan);
+    mark_buffered(&mut plan);
+    plan
+}
+
+fn count_uses(plan: &PhysicalPlan, uses: &mut HashMap<usize, usize>) {
+    match plan {
+        PhysicalPlan::Shared { id, .. } => *uses.entry(*id).or_default() += 1,
+        other => other.inputs().into_iter().for_each(|i| count_uses(i, uses)),
+    }
+}
+
+fn split_builds(mut plan: PhysicalPlan, uses: &HashMap<usize, usize>, unshare: &mut Vec<usize>) -> PhysicalPlan {
+    if let PhysicalPlan::HashJoin { build, .. } | PhysicalPlan::NestedLoopJoin { build, .. } = &plan {
+        let mut inside = HashMap::new();
+        count_uses(build, &mut inside);
+        let crossing: Vec<usize> = inside.iter().filter(|(id, n)| uses.get(*id).is_some_and(|all| all > *n)).map(|(id, _)| *id).collect();
+        if !crossing.is_empty() {
+            if matches!(plan, PhysicalPlan::HashJoin { kind: JoinKind::Inner, .. }) {
+                plan = crate::physical::into_stream_join(plan);
+            } else {
+                unshare.extend(crossing);
+            }
+        }
+    }
+    for input in plan.inputs_mut() {
+        *input = split_builds(input.take(), uses, unshare);
+    }
+    plan
+}
+
+fn clear_buffered(plan: &mut PhysicalPlan) {
+    if let PhysicalPlan::Shared { buffered, .. } = plan {
+        *buffered = false;
+    }
+    plan.inputs_mut().into_iter().for_each(clear_buffered);
 }

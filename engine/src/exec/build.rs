@@ -76,6 +76,9 @@ struct Builder<'a> {
     /// Per shared subplan built so far, each use's queue and their partitions; and the uses opened.
     shared_queues: HashMap<usize, (Vec<Arc<Exchange>>, usize)>,
     uses_opened: HashMap<usize, usize>,
+    /// Above zero while building a join's build side: it is not checkpointed (it ends before probing
+    /// starts and runs again when a checkpointed job restarts).
+    unsaved: usize,
 }
 
 pub fn build_tasks(
@@ -100,6 +103,7 @@ pub fn build_tasks(
         shared_uses,
         shared_queues: HashMap::new(),
         uses_opened: HashMap::new(),
+        unsaved: 0,
     };
     let root = b.open(plan)?;
     b.close(root, root_sink)?;
@@ -129,9 +133,18 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// The job's checkpoints, if it has them and the operators being built are in them.
+    fn checkpoint(&self) -> Option<Arc<super::checkpoint::Coordinator>> {
+        if self.unsaved > 0 {
+            None
+        } else {
+            self.config.checkpoint.clone()
+        }
+    }
+
     /// A one-partition operator's place in the job's checkpoints, if it has them.
     fn operator_checkpoint(&self, name: String) -> Result<Option<super::checkpoint::OperatorCheckpoint>> {
-        self.config.checkpoint.as_ref().map(|c| super::checkpoint::OperatorCheckpoint::register(c, name)).transpose()
+        self.checkpoint().map(|c| super::checkpoint::OperatorCheckpoint::register(&c, name)).transpose()
     }
 
     /// Ends `open` in an exchange read by `partitions` consumers.
@@ -174,7 +187,7 @@ impl Builder<'_> {
                     batch_size,
                     filter.as_ref(),
                     &metrics,
-                    self.config.checkpoint.clone().map(|c| (c, id, self.threads)),
+                    self.checkpoint().map(|c| (c, id, self.threads)),
                     self.notifier,
                 )?);
                 let mut open = Open { source: SourceSpec::Scan(shared), partitions: self.threads, ops: vec![] };
@@ -285,7 +298,7 @@ impl Builder<'_> {
                 let output = Arc::new(Exchange::new(1, 1, EXCHANGE_CAPACITY, self.notifier.clone()));
                 let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
                 let pool = self.memory.pool.clone();
-                let checkpoint = self.config.checkpoint.clone().map(|c| (c, id));
+                let checkpoint = self.checkpoint().map(|c| (c, id));
                 let shared =
                     Arc::new(WindowAggShared::new(spec, *end, open.partitions, output.clone(), batch_size, metrics, pool, checkpoint, slicing)?);
                 self.close(open, &|p| Ok(Box::new(WindowAggSink::new(shared.clone(), p))))?;
@@ -366,7 +379,7 @@ impl Builder<'_> {
                 let (lp, rp) = (left_open.partitions, right_open.partitions);
                 // A bounded queue: a slow consumer holds both inputs back.
                 let output = Arc::new(Exchange::new(lp + rp, self.threads, EXCHANGE_CAPACITY, self.notifier.clone()));
-                let checkpoint = self.config.checkpoint.clone().map(|c| (c, id));
+                let checkpoint = self.checkpoint().map(|c| (c, id));
                 let shared =
                     Arc::new(super::stream_join::StreamJoinShared::new(spec, lp, rp, output.clone(), metrics, &self.memory.pool, checkpoint)?);
                 let ls = shared.clone();
@@ -441,7 +454,11 @@ impl Builder<'_> {
     ) -> Result<Open> {
         let (probe_schema, build_schema) = (probe.schema(), build.schema());
         let mut probe_open = self.open(probe)?;
-        let build_open = self.open(build)?;
+        // A checkpointed job computes the build side again when it restarts (`crate::share::checkpointable_joins`).
+        self.unsaved += 1;
+        let build_open = self.open(build);
+        self.unsaved -= 1;
+        let build_open = build_open?;
         let spec = JoinSpec {
             kind,
             probe_keys,
@@ -459,6 +476,7 @@ impl Builder<'_> {
             build_open.partitions,
             probe_open.partitions,
             !self.config.stream,
+            self.checkpoint().is_none(),
             self.notifier.clone(),
             metrics.clone(),
             self.memory.pool.clone(),

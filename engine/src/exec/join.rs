@@ -146,6 +146,9 @@ pub struct JoinShared {
     /// still pass, which would wait for it while it waits for them. There a partition ends at once
     /// and the last one joins every bucket.
     hold_end: bool,
+    /// Whether the build side may spill. Not in a checkpointed job: the probe rows of spilled
+    /// buckets would wait in files, in no checkpoint, until the probe side ends.
+    may_spill: bool,
     notifier: Notifier,
     metrics: Arc<OpMetrics>,
     pool: Arc<MemoryPool>,
@@ -159,6 +162,7 @@ impl JoinShared {
         build_partitions: usize,
         probe_partitions: usize,
         hold_end: bool,
+        may_spill: bool,
         notifier: Notifier,
         metrics: Arc<OpMetrics>,
         pool: Arc<MemoryPool>,
@@ -170,6 +174,7 @@ impl JoinShared {
             table: OnceLock::new(),
             probes: PartitionGather::new(probe_partitions),
             hold_end,
+            may_spill,
             notifier,
             metrics,
             pool,
@@ -445,6 +450,11 @@ impl BuildSink {
             Some(conv) => conv,
         };
         if self.spilled.is_none() {
+            if !shared.may_spill {
+                self.reservation.grow_anyway(batch.get_array_memory_size());
+                self.batches.push(batch);
+                return Ok(());
+            }
             if self.reservation.try_grow(batch.get_array_memory_size()) {
                 self.batches.push(batch);
                 return Ok(());
