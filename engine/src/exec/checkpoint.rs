@@ -465,8 +465,8 @@ fn remove_other_files(dir: &Path, keep: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Where an operator that runs in one partition (behind an exchange that aligns the barriers) puts
-/// its state in each checkpoint.
+/// Where an operator puts its state in each checkpoint: its component (whose acks complete an
+/// epoch) and its directory.
 #[derive(Clone)]
 pub struct OperatorCheckpoint {
     pub coordinator: Arc<Coordinator>,

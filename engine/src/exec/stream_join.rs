@@ -29,7 +29,7 @@ use arrow::compute::{filter_record_batch, interleave, take};
 use arrow::datatypes::{DataType, SchemaRef, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
 
-use super::checkpoint::{Coordinator, EpochTracker, SharedFiles};
+use super::checkpoint::{Coordinator, EpochTracker, OperatorCheckpoint, SharedFiles};
 use super::key_index::KeyIndex;
 use super::{Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
@@ -166,10 +166,7 @@ struct State {
 }
 
 struct JoinCheckpoint {
-    coordinator: Arc<Coordinator>,
-    component: usize,
-    /// The directory of this operator's state inside each checkpoint.
-    name: String,
+    op: OperatorCheckpoint,
     files: Arc<SharedFiles>,
     /// What the checkpoint the job restarts from names: per side, files and live positions.
     restored: Vec<Vec<(String, Vec<u32>)>>,
@@ -216,7 +213,7 @@ impl StreamJoinShared {
                 };
                 let names: Vec<String> = restored.iter().flatten().map(|(f, _)| f.clone()).collect();
                 let files = SharedFiles::open(&coordinator, &name, &names)?;
-                Some(JoinCheckpoint { component: coordinator.register()?, coordinator, name, files, restored })
+                Some(JoinCheckpoint { op: OperatorCheckpoint::register(&coordinator, name)?, files, restored })
             }
         };
         let shared = StreamJoinShared { spec, key_types, converter, state, output, left_partitions, metrics, checkpoint };
@@ -254,7 +251,7 @@ impl StreamJoinShared {
         let Some(ck) = &self.checkpoint else { return Ok(()) };
         let mut st = self.lock()?;
         for epoch in st.epochs.pass(producer, e) {
-            let state = ck.coordinator.state_dir(epoch, &ck.name)?.join("state.json");
+            let state = ck.op.coordinator.state_dir(epoch, &ck.op.name)?.join("state.json");
             // The stored batches are shared, not copied: they are written while the join goes on.
             let mut writes = Vec::new();
             let mut named = Vec::new();
@@ -265,7 +262,7 @@ impl StreamJoinShared {
             }
             ck.files.taken(epoch, named.iter().flatten().map(|(f, _)| f.clone()).collect());
             let doc = serde_json::json!({ "sides": named.iter().map(|files| files.iter().map(|(f, live)| serde_json::json!({ "file": f, "live": live })).collect::<Vec<_>>()).collect::<Vec<_>>() });
-            ck.coordinator.save_async(ck.component, epoch, move || {
+            ck.op.coordinator.save_async(ck.op.component, epoch, move || {
                 for (path, batches) in &writes {
                     super::checkpoint::write_batches(path, batches)?;
                 }
@@ -273,7 +270,7 @@ impl StreamJoinShared {
             })?;
         }
         if st.epochs.all_ended() {
-            ck.coordinator.retire(ck.component)?;
+            ck.op.coordinator.retire(ck.op.component)?;
         }
         Ok(())
     }

@@ -35,7 +35,7 @@ use arrow::array::{ArrayRef, TimestampMicrosecondArray};
 use super::aggregate::{AggSpec, GroupTable, Partial};
 use crate::logical::{WindowSpec, WINDOW_TIME_BEFORE_END};
 use crate::physical::SessionColumn;
-use super::checkpoint::{Coordinator, EpochTracker};
+use super::checkpoint::{Coordinator, EpochTracker, OperatorCheckpoint};
 use super::{emit_rows, Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
@@ -121,10 +121,7 @@ struct WindowState {
 }
 
 struct WindowCheckpoint {
-    coordinator: Arc<Coordinator>,
-    component: usize,
-    /// The directory of this operator's state inside each checkpoint.
-    name: String,
+    op: OperatorCheckpoint,
     /// State columns of each accumulator, to read partial groups back.
     widths: Vec<usize>,
 }
@@ -154,9 +151,9 @@ impl WindowAggShared {
             None => None,
             Some((coordinator, node)) => {
                 let widths = GroupTable::new(&spec)?.into_partial()?.states.iter().map(|s| s.len()).collect();
-                let ck = WindowCheckpoint { component: coordinator.register()?, coordinator, name: format!("window-{node}"), widths };
-                if let Some(dir) = ck.coordinator.restore_dir() {
-                    restore(&spec, window_end, &ck, &dir.join(&ck.name), &mut state)?;
+                let ck = WindowCheckpoint { op: OperatorCheckpoint::register(&coordinator, format!("window-{node}"))?, widths };
+                if let Some(dir) = ck.op.restore_dir() {
+                    restore(&spec, window_end, &ck, &dir, &mut state)?;
                 }
                 Some(ck)
             }
@@ -179,8 +176,8 @@ impl WindowAggShared {
         let mut st = self.lock()?;
         if let (Some(ck), false) = (&self.checkpoint, open.is_empty()) {
             // Written while processing goes on, before the epoch's ack (one queue).
-            let path = ck.coordinator.state_dir(e, &ck.name)?.join(format!("partition-{p}.arrow"));
-            ck.coordinator.write_async(move || super::checkpoint::write_batches(&path, &open))?;
+            let path = ck.op.coordinator.state_dir(e, &ck.op.name)?.join(format!("partition-{p}.arrow"));
+            ck.op.coordinator.write_async(move || super::checkpoint::write_batches(&path, &open))?;
         }
         for epoch in st.epochs.pass(p, e) {
             if let Some(ck) = &self.checkpoint {
@@ -190,7 +187,7 @@ impl WindowAggShared {
         }
         if st.epochs.all_ended() {
             if let Some(ck) = &self.checkpoint {
-                ck.coordinator.retire(ck.component)?;
+                ck.op.coordinator.retire(ck.op.component)?;
             }
             self.output.push(0, Message::End);
         }
@@ -200,12 +197,12 @@ impl WindowAggShared {
     /// The windows handed over but not emitted yet, and the watermarks, as of epoch `e` (written
     /// asynchronously, then the epoch acked).
     fn save_shared(&self, ck: &WindowCheckpoint, e: u64, st: &WindowState) -> Result<()> {
-        let dir = ck.coordinator.state_dir(e, &ck.name)?;
+        let dir = ck.op.coordinator.state_dir(e, &ck.op.name)?;
         let batches =
             st.pending.values().flatten().map(|p| Ok(p.clone().into_batch()?.0)).collect::<Result<Vec<RecordBatch>>>()?;
         let live: Vec<i64> = st.watermarks.iter().copied().filter(|w| *w != i64::MAX).collect();
         let doc = serde_json::json!({ "watermark": live.iter().min().copied().unwrap_or(st.forwarded), "forwarded": st.forwarded });
-        ck.coordinator.save_async(ck.component, e, move || {
+        ck.op.coordinator.save_async(ck.op.component, e, move || {
             super::checkpoint::write_batches(&dir.join("pending.arrow"), &batches)?;
             super::checkpoint::write_synced(&dir.join("state.json"), doc.to_string().as_bytes())
         })
