@@ -97,6 +97,7 @@ pub fn create(call: &AggCall, arg_type: Option<&DataType>) -> Result<Box<dyn Gro
         },
         // avg of decimals and doubles is planned as sum / count; what is left averages as doubles.
         (AggFunc::Avg, _) => Box::new(Avg { sums: vec![], counts: vec![] }),
+        (AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop, _) => Box::new(Variance::new(call.func)),
         (AggFunc::Min | AggFunc::Max, _) => {
             let is_min = call.func == AggFunc::Min;
             macro_rules! prim {
@@ -130,7 +131,7 @@ pub fn input_type(call: &AggCall, arg: &DataType) -> DataType {
         // A sum reads decimals of either width at its own scale.
         AggFunc::Sum if crate::types::is_decimal(arg) => arg.clone(),
         AggFunc::Sum => call.ty.clone(),
-        AggFunc::Avg => DataType::Float64,
+        AggFunc::Avg | AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop => DataType::Float64,
         AggFunc::Min | AggFunc::Max => call.ty.clone(),
         _ => arg.clone(),
     }
@@ -442,6 +443,108 @@ impl GroupsAccumulator for Avg {
     fn size(&self) -> usize {
         self.sums.capacity() * 8 + self.counts.capacity() * 8
     }
+}
+
+/// Variance (or its square root) by Welford's running mean and sum of squared deviations per
+/// group; partial states merge by Chan's formula, so parallel partitions give the same answer
+/// without the cancellation of a sum-of-squares formula. (An updating aggregate runs Welford's
+/// update backwards to take a row back: `retract.rs`.)
+pub(super) struct Variance {
+    pub(super) counts: Vec<i64>,
+    pub(super) means: Vec<f64>,
+    pub(super) m2s: Vec<f64>,
+    /// Of a sample (n - 1; NULL below two rows) or of the population (n; NULL without rows).
+    pub(super) sample: bool,
+    pub(super) root: bool,
+}
+
+impl Variance {
+    /// The state of `func`, one of the variance and standard deviation functions.
+    pub(super) fn new(func: AggFunc) -> Variance {
+        Variance {
+            counts: vec![],
+            means: vec![],
+            m2s: vec![],
+            sample: matches!(func, AggFunc::VarSamp | AggFunc::StddevSamp),
+            root: matches!(func, AggFunc::StddevSamp | AggFunc::StddevPop),
+        }
+    }
+
+    /// Folds a part of `n` rows with mean `mean` and squared deviations `m2` into group `g`.
+    fn fold(&mut self, g: usize, n: i64, mean: f64, m2: f64) {
+        let (count, own_mean) = (self.counts[g], self.means[g]);
+        let total = count + n;
+        if total == 0 {
+            return;
+        }
+        let delta = mean - own_mean;
+        self.means[g] = own_mean + delta * n as f64 / total as f64;
+        self.m2s[g] += m2 + delta * delta * count as f64 * n as f64 / total as f64;
+        self.counts[g] = total;
+    }
+}
+
+impl GroupsAccumulator for Variance {
+    fn resize(&mut self, n: usize) {
+        self.counts.resize(n, 0);
+        self.means.resize(n, 0.0);
+        self.m2s.resize(n, 0.0);
+    }
+
+    fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {
+        self.resize(n);
+        let values = values[0].as_primitive::<Float64Type>();
+        for (i, g) in groups.iter().enumerate() {
+            if values.is_valid(i) {
+                self.fold(*g as usize, 1, values.value(i), 0.0);
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&mut self, groups: &[u32], n: usize, states: &[ArrayRef]) -> Result<()> {
+        self.resize(n);
+        let (counts, means, m2s) =
+            (states[0].as_primitive::<Int64Type>(), states[1].as_primitive::<Float64Type>(), states[2].as_primitive::<Float64Type>());
+        for (i, g) in groups.iter().enumerate() {
+            self.fold(*g as usize, counts.value(i), means.value(i), m2s.value(i));
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ArrayRef>> {
+        Ok(vec![
+            Arc::new(Int64Array::from(std::mem::take(&mut self.counts))),
+            Arc::new(Float64Array::from(std::mem::take(&mut self.means))),
+            Arc::new(Float64Array::from(std::mem::take(&mut self.m2s))),
+        ])
+    }
+
+    fn evaluate(&mut self) -> Result<ArrayRef> {
+        let (counts, m2s) = (std::mem::take(&mut self.counts), std::mem::take(&mut self.m2s));
+        self.means.clear();
+        let (sample, root) = (self.sample, self.root);
+        let out: Float64Array = counts.into_iter().zip(m2s).map(|(n, m2)| variance_value(n, m2, sample, root)).collect();
+        Ok(Arc::new(out))
+    }
+
+    fn size(&self) -> usize {
+        (self.counts.capacity() + self.means.capacity() + self.m2s.capacity()) * 8
+    }
+}
+
+/// The variance (or standard deviation, `root`) of `n` values whose squared deviations from their
+/// mean sum to `m2`: of a sample (NULL below two values) or of the population (NULL without any).
+pub(super) fn variance_value(n: i64, m2: f64, sample: bool, root: bool) -> Option<f64> {
+    let divisor = if sample { n - 1 } else { n };
+    (divisor > 0).then(|| {
+        let v = (m2 / divisor as f64).max(0.0);
+        if root {
+            v.sqrt()
+        } else {
+            v
+        }
+    })
 }
 
 struct MinMax<T: ArrowPrimitiveType> {

@@ -9,6 +9,7 @@ use arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, Float64Array, Int64A
 use arrow::datatypes::{ArrowNativeTypeOp, ArrowPrimitiveType, DataType, Decimal128Type, Float64Type, Int64Type};
 use arrow::row::{RowConverter, SortField};
 
+use super::accumulators::Variance;
 use crate::error::{Result, RiffleError};
 use crate::logical::{AggCall, AggFunc};
 use crate::types::sql_name;
@@ -45,7 +46,7 @@ fn saved<T: ArrowPrimitiveType>(state: &[ArrayRef], i: usize) -> Result<&Primiti
 pub fn argument_type(call: &AggCall, arg: &DataType) -> DataType {
     match call.func {
         AggFunc::Sum | AggFunc::Min | AggFunc::Max => call.ty.clone(),
-        AggFunc::Avg => DataType::Float64,
+        AggFunc::Avg | AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop => DataType::Float64,
         AggFunc::Count | AggFunc::CountStar => arg.clone(),
     }
 }
@@ -71,6 +72,7 @@ pub fn create(call: &AggCall, arg: Option<&DataType>, retracts: bool) -> Result<
             other => return Err(RiffleError::NotSupported(format!("sum of {} in an updating GROUP BY", sql_name(other)))),
         },
         (AggFunc::Avg, _) => Box::new(Avg { sums: vec![], counts: vec![] }),
+        (AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop, _) => Box::new(Variance::new(call.func)),
         (AggFunc::Min | AggFunc::Max, _) => {
             let (converter, null_row) = extreme_encoding(&call.ty)?;
             let null_row = Some(null_row);
@@ -266,6 +268,74 @@ impl RetractAccumulator for Avg {
 
     fn load(&mut self, groups: &[u32], state: &[ArrayRef]) -> Result<()> {
         load_sums::<Float64Type>(&mut self.sums, &mut self.counts, groups, state)
+    }
+}
+
+/// Variance and standard deviation: each group's count, mean and sum of squared deviations, kept by
+/// Welford's update, which a retraction runs backwards.
+impl RetractAccumulator for Variance {
+    fn update(&mut self, groups: &[u32], signs: &[i64], value: Option<&ArrayRef>) -> Result<()> {
+        let values = value.ok_or_else(|| RiffleError::exec("variance without its argument"))?.as_primitive::<Float64Type>();
+        for_valid(groups, signs, value, |row, g, s| {
+            let x = values.value(row);
+            for _ in 0..s.unsigned_abs() {
+                let (n, mean) = (self.counts[g], self.means[g]);
+                if s > 0 {
+                    let mean2 = mean + (x - mean) / (n + 1) as f64;
+                    self.m2s[g] += (x - mean) * (x - mean2);
+                    (self.counts[g], self.means[g]) = (n + 1, mean2);
+                } else if n <= 1 {
+                    (self.counts[g], self.means[g], self.m2s[g]) = (0, 0.0, 0.0);
+                } else {
+                    let mean2 = (mean * n as f64 - x) / (n - 1) as f64;
+                    self.m2s[g] = (self.m2s[g] - (x - mean) * (x - mean2)).max(0.0);
+                    (self.counts[g], self.means[g]) = (n - 1, mean2);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn resize(&mut self, n: usize) {
+        self.counts.resize(n, 0);
+        self.means.resize(n, 0.0);
+        self.m2s.resize(n, 0.0);
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
+        let values = groups.iter().map(|g| {
+            let g = *g as usize;
+            super::accumulators::variance_value(self.counts[g], self.m2s[g], self.sample, self.root)
+        });
+        Ok(Arc::new(Float64Array::from_iter(values)))
+    }
+
+    fn reset(&mut self, g: u32) {
+        let g = g as usize;
+        (self.counts[g], self.means[g], self.m2s[g]) = (0, 0.0, 0.0);
+    }
+
+    fn size(&self) -> usize {
+        self.counts.capacity() * 24
+    }
+
+    fn save(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        let column = |v: &[f64]| -> ArrayRef { Arc::new(Float64Array::from_iter_values(groups.iter().map(|g| v[*g as usize]))) };
+        let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(groups.iter().map(|g| self.counts[*g as usize])));
+        Ok(vec![counts, column(&self.means), column(&self.m2s)])
+    }
+
+    fn width(&self) -> usize {
+        3
+    }
+
+    fn load(&mut self, groups: &[u32], state: &[ArrayRef]) -> Result<()> {
+        let (counts, means, m2s) = (saved::<Int64Type>(state, 0)?, saved::<Float64Type>(state, 1)?, saved::<Float64Type>(state, 2)?);
+        for (i, g) in groups.iter().enumerate() {
+            let g = *g as usize;
+            (self.counts[g], self.means[g], self.m2s[g]) = (counts.value(i), means.value(i), m2s.value(i));
+        }
+        Ok(())
     }
 }
 

@@ -355,6 +355,10 @@ fn aggregate(call: &WindowCall, f: AggFunc, p: &RecordBatch, shape: &Shape) -> R
                 }
             }
         }
+        // The binder lets only count, sum, avg, min and max be window functions.
+        AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop => {
+            Err(RiffleError::NotSupported(format!("{}() as a window function", f.name())))
+        }
         AggFunc::Min | AggFunc::Max => {
             let converter = RowConverter::new(vec![SortField::new(values.data_type().clone())])?;
             let rows = converter.convert_columns(std::slice::from_ref(&values))?;

@@ -16,6 +16,11 @@ pub enum AggFunc {
     Avg,
     Min,
     Max,
+    /// Variance and standard deviation, of a sample (divided by n - 1) or of the population (by n).
+    VarSamp,
+    VarPop,
+    StddevSamp,
+    StddevPop,
 }
 
 impl AggFunc {
@@ -26,6 +31,10 @@ impl AggFunc {
             AggFunc::Avg => "avg",
             AggFunc::Min => "min",
             AggFunc::Max => "max",
+            AggFunc::VarSamp => "var_samp",
+            AggFunc::VarPop => "var_pop",
+            AggFunc::StddevSamp => "stddev_samp",
+            AggFunc::StddevPop => "stddev_pop",
         }
     }
 }

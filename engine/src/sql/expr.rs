@@ -84,7 +84,8 @@ fn date_literal(text: &str) -> Result<Scalar> {
     Ok(Scalar(Arc::new(Date32Array::from(vec![days]))))
 }
 
-const AGGREGATES: &[&str] = &["count", "sum", "avg", "min", "max", "mean"];
+const AGGREGATES: &[&str] =
+    &["count", "sum", "avg", "min", "max", "mean", "stddev", "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop"];
 
 pub fn is_aggregate_name(name: &str) -> bool {
     AGGREGATES.contains(&name.to_ascii_lowercase().as_str())
@@ -576,8 +577,8 @@ impl Binder<'_> {
                         t if t.is_integer() || *t == DataType::Null => DataType::Int64,
                         _ => DataType::Float64,
                     },
-                    AggFunc::Avg => DataType::Float64,
                     AggFunc::Min | AggFunc::Max => t,
+                    _ => DataType::Float64,
                 };
                 (WindowFunc::Aggregate(func), ty)
             }
@@ -669,6 +670,11 @@ impl Binder<'_> {
             ("avg" | "mean", false, 1) => AggFunc::Avg,
             ("min", false, 1) => AggFunc::Min,
             ("max", false, 1) => AggFunc::Max,
+            // As in DuckDB and PostgreSQL, stddev and variance are of a sample.
+            ("stddev" | "stddev_samp", false, 1) => AggFunc::StddevSamp,
+            ("stddev_pop", false, 1) => AggFunc::StddevPop,
+            ("variance" | "var_samp", false, 1) => AggFunc::VarSamp,
+            ("var_pop", false, 1) => AggFunc::VarPop,
             _ => return Err(sql_error(format!("wrong arguments for aggregate {name}()"), expr_pos(e))),
         };
         let numeric_arg = |t: &DataType| -> Result<()> {
@@ -690,7 +696,7 @@ impl Binder<'_> {
                     _ => DataType::Float64,
                 }
             }
-            AggFunc::Avg => {
+            AggFunc::Avg | AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop => {
                 numeric_arg(arg_ty.as_ref().unwrap_or(&DataType::Null))?;
                 DataType::Float64
             }
