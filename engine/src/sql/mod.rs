@@ -48,6 +48,38 @@ pub struct Binder<'a> {
     table_functions: Vec<(String, Arc<crate::catalog::TableSource>)>,
 }
 
+/// `GROUP BY …, ROLLUP (…)` as the union of one aggregate per grouping set, each with the keys it
+/// does not group by as NULLs: the keys `rolled` (places in `group`, in ROLLUP order) are dropped from
+/// the last one by one. The same input under each aggregate runs once when it is worth it (shared
+/// subplans).
+fn rollup(input: LogicalPlan, group: &[Expr], rolled: &[usize], aggs: Vec<AggCall>, schema: &SchemaRef) -> LogicalPlan {
+    let branches = (0..=rolled.len())
+        .rev()
+        .map(|kept| {
+            let dropped = &rolled[kept..];
+            let keys: Vec<usize> = (0..group.len()).filter(|g| !dropped.contains(g)).collect();
+            let mut fields: Vec<Field> = keys.iter().map(|k| schema.field(*k).clone()).collect();
+            fields.extend(schema.fields()[group.len()..].iter().map(|f| f.as_ref().clone()));
+            let aggregate = LogicalPlan::Aggregate {
+                input: Box::new(input.clone()),
+                group: keys.iter().map(|k| group[*k].clone()).collect(),
+                aggs: aggs.clone(),
+                schema: Arc::new(Schema::new(fields)),
+            };
+            let mut exprs: Vec<Expr> = (0..group.len())
+                .map(|g| match keys.iter().position(|k| *k == g) {
+                    Some(at) => Expr::Column(at),
+                    None => Expr::Literal(crate::logical::Scalar(arrow::array::new_null_array(schema.field(g).data_type(), 1))),
+                })
+                .collect();
+            exprs.extend((0..aggs.len()).map(|a| Expr::Column(keys.len() + a)));
+            let names = schema.fields().iter().map(|f| f.name().clone()).collect();
+            project(aggregate, exprs, names)
+        })
+        .collect();
+    LogicalPlan::Union { inputs: branches, schema: schema.clone() }
+}
+
 fn project(input: LogicalPlan, exprs: Vec<Expr>, names: Vec<String>) -> LogicalPlan {
     let in_schema = input.schema();
     let fields: Vec<Field> = exprs
@@ -430,15 +462,32 @@ impl<'a> Binder<'a> {
             }
         }
 
-        // GROUP BY items may name select aliases or positions.
+        // GROUP BY items may name select aliases or positions. `ROLLUP (b, c)` among them groups by
+        // every prefix of its keys too: the grouping sets (…, b, c), (…, b) and (…).
+        let mut rollup_from: Option<usize> = None;
         let group_asts: Vec<ast::Expr> = match &s.group_by {
             ast::GroupByExpr::Expressions(list, mods) => {
                 if !mods.is_empty() {
                     return Err(RiffleError::NotSupported("GROUP BY modifiers".into()));
                 }
-                list.iter()
-                    .map(|g| self.group_item(g, &items, &scope))
-                    .collect::<Result<_>>()?
+                let mut out = Vec::new();
+                for g in list {
+                    let ast::Expr::Rollup(keys) = g else {
+                        out.push(self.group_item(g, &items, &scope)?);
+                        continue;
+                    };
+                    if rollup_from.is_some() {
+                        return Err(RiffleError::NotSupported("more than one ROLLUP in a GROUP BY".into()));
+                    }
+                    rollup_from = Some(out.len());
+                    for key in keys {
+                        let [key] = key.as_slice() else {
+                            return Err(RiffleError::NotSupported("ROLLUP of parenthesized column lists".into()));
+                        };
+                        out.push(self.group_item(key, &items, &scope)?);
+                    }
+                }
+                out
             }
             ast::GroupByExpr::All(_) => items
                 .iter()
@@ -453,10 +502,19 @@ impl<'a> Binder<'a> {
 
         let mut collector = AggCollector::default();
         let mut group: Vec<Expr> = Vec::new();
-        for g in &group_asts {
+        // With ROLLUP: per rolled-up key (in order), its place in `group`.
+        let mut rolled: Vec<usize> = Vec::new();
+        for (i, g) in group_asts.iter().enumerate() {
             let e = self.bind_expr_with_subqueries(g, &mut plan, &mut scope, None)?;
-            if !group.contains(&e) {
-                group.push(e);
+            let at = match group.iter().position(|x| *x == e) {
+                Some(at) => at,
+                None => {
+                    group.push(e);
+                    group.len() - 1
+                }
+            };
+            if rollup_from.is_some_and(|r| i >= r) {
+                rolled.push(at);
             }
         }
         let aggs = if is_aggregate { Some(&mut collector) } else { None };
@@ -538,7 +596,10 @@ impl<'a> Binder<'a> {
                 .collect::<Result<_>>()?;
             let agg_schema: SchemaRef = Arc::new(Schema::new(fields));
             let post_scope = Scope::from_schema(&agg_schema, None);
-            plan = LogicalPlan::Aggregate { input: Box::new(plan), group, aggs: collector.calls, schema: agg_schema };
+            plan = match rollup_from {
+                None => LogicalPlan::Aggregate { input: Box::new(plan), group, aggs: collector.calls, schema: agg_schema },
+                Some(_) => rollup(plan, &group, &rolled, collector.calls, &agg_schema),
+            };
             if let Some(h) = having {
                 let h = self.coerce(h, &DataType::Boolean, &post_scope)?;
                 plan = LogicalPlan::Filter { input: Box::new(plan), predicate: h };
