@@ -98,6 +98,7 @@ pub fn create(call: &AggCall, arg_type: Option<&DataType>) -> Result<Box<dyn Gro
         // avg of decimals and doubles is planned as sum / count; what is left averages as doubles.
         (AggFunc::Avg, _) => Box::new(Avg { sums: vec![], counts: vec![] }),
         (AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop, _) => Box::new(Variance::new(call.func)),
+        (AggFunc::Grouping, _) => return Err(RiffleError::exec("grouping() reached an aggregate: it is planned as a constant per grouping set")),
         (AggFunc::Min | AggFunc::Max, _) => {
             let is_min = call.func == AggFunc::Min;
             macro_rules! prim {

@@ -47,7 +47,7 @@ pub fn argument_type(call: &AggCall, arg: &DataType) -> DataType {
     match call.func {
         AggFunc::Sum | AggFunc::Min | AggFunc::Max => call.ty.clone(),
         AggFunc::Avg | AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop => DataType::Float64,
-        AggFunc::Count | AggFunc::CountStar => arg.clone(),
+        AggFunc::Count | AggFunc::CountStar | AggFunc::Grouping => arg.clone(),
     }
 }
 
@@ -73,6 +73,7 @@ pub fn create(call: &AggCall, arg: Option<&DataType>, retracts: bool) -> Result<
         },
         (AggFunc::Avg, _) => Box::new(Avg { sums: vec![], counts: vec![] }),
         (AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop, _) => Box::new(Variance::new(call.func)),
+        (AggFunc::Grouping, _) => return Err(RiffleError::exec("grouping() reached an updating aggregate: it is planned as a constant per grouping set")),
         (AggFunc::Min | AggFunc::Max, _) => {
             let (converter, null_row) = extreme_encoding(&call.ty)?;
             let null_row = Some(null_row);

@@ -21,6 +21,10 @@ pub enum AggFunc {
     VarPop,
     StddevSamp,
     StddevPop,
+    /// `grouping(key, …)`: per key a bit (the first key highest), set in the rows of a grouping set
+    /// without that key. Never computed by an accumulator: planning turns it into a constant per
+    /// grouping set (`sql::rollup`).
+    Grouping,
 }
 
 impl AggFunc {
@@ -35,6 +39,7 @@ impl AggFunc {
             AggFunc::VarPop => "var_pop",
             AggFunc::StddevSamp => "stddev_samp",
             AggFunc::StddevPop => "stddev_pop",
+            AggFunc::Grouping => "grouping",
         }
     }
 }

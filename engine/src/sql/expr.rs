@@ -85,7 +85,7 @@ fn date_literal(text: &str) -> Result<Scalar> {
 }
 
 const AGGREGATES: &[&str] =
-    &["count", "sum", "avg", "min", "max", "mean", "stddev", "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop"];
+    &["count", "sum", "avg", "min", "max", "mean", "stddev", "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop", "grouping"];
 
 pub fn is_aggregate_name(name: &str) -> bool {
     AGGREGATES.contains(&name.to_ascii_lowercase().as_str())
@@ -675,6 +675,7 @@ impl Binder<'_> {
             ("stddev_pop", false, 1) => AggFunc::StddevPop,
             ("variance" | "var_samp", false, 1) => AggFunc::VarSamp,
             ("var_pop", false, 1) => AggFunc::VarPop,
+            ("grouping", false, n) if n > 0 => AggFunc::Grouping,
             _ => return Err(sql_error(format!("wrong arguments for aggregate {name}()"), expr_pos(e))),
         };
         let numeric_arg = |t: &DataType| -> Result<()> {
@@ -685,7 +686,7 @@ impl Binder<'_> {
             }
         };
         let ty = match func {
-            AggFunc::CountStar | AggFunc::Count => DataType::Int64,
+            AggFunc::CountStar | AggFunc::Count | AggFunc::Grouping => DataType::Int64,
             AggFunc::Sum => {
                 let t = arg_ty.clone().unwrap_or(DataType::Null);
                 numeric_arg(&t)?;

@@ -16,7 +16,7 @@ pub use scope::{Scope, ScopeColumn};
 
 use crate::catalog::Catalog;
 use crate::error::{sql_error, Result, RiffleError};
-use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey, WindowCall};
+use crate::logical::{join_schema, AggCall, AggFunc, Expr, JoinKind, LogicalPlan, SortKey, WindowCall};
 use crate::types::{common_type, sql_name};
 use expr::{expr_pos, is_aggregate_name, AGG_BASE, WINDOW_BASE};
 
@@ -50,20 +50,22 @@ pub struct Binder<'a> {
 
 /// `GROUP BY …, ROLLUP (…)` as the union of one aggregate per grouping set, each with the keys it
 /// does not group by as NULLs: the keys `rolled` (places in `group`, in ROLLUP order) are dropped from
-/// the last one by one. The same input under each aggregate runs once when it is worth it (shared
-/// subplans).
-fn rollup(input: LogicalPlan, group: &[Expr], rolled: &[usize], aggs: Vec<AggCall>, schema: &SchemaRef) -> LogicalPlan {
-    let branches = (0..=rolled.len())
+/// the last one by one. `grouping(key)` is a constant per set: 1 where the set leaves `key` out. The
+/// same input under each aggregate runs once when it is worth it (shared subplans).
+fn rollup(input: LogicalPlan, group: &[Expr], rolled: &[usize], aggs: Vec<AggCall>, schema: &SchemaRef) -> Result<LogicalPlan> {
+    let computed: Vec<AggCall> = aggs.iter().filter(|a| a.func != AggFunc::Grouping).cloned().collect();
+    let mut branches = (0..=rolled.len())
         .rev()
         .map(|kept| {
             let dropped = &rolled[kept..];
             let keys: Vec<usize> = (0..group.len()).filter(|g| !dropped.contains(g)).collect();
             let mut fields: Vec<Field> = keys.iter().map(|k| schema.field(*k).clone()).collect();
-            fields.extend(schema.fields()[group.len()..].iter().map(|f| f.as_ref().clone()));
+            let agg_fields = schema.fields()[group.len()..].iter().zip(&aggs).filter(|(_, a)| a.func != AggFunc::Grouping);
+            fields.extend(agg_fields.map(|(f, _)| f.as_ref().clone()));
             let aggregate = LogicalPlan::Aggregate {
                 input: Box::new(input.clone()),
                 group: keys.iter().map(|k| group[*k].clone()).collect(),
-                aggs: aggs.clone(),
+                aggs: computed.clone(),
                 schema: Arc::new(Schema::new(fields)),
             };
             let mut exprs: Vec<Expr> = (0..group.len())
@@ -72,12 +74,32 @@ fn rollup(input: LogicalPlan, group: &[Expr], rolled: &[usize], aggs: Vec<AggCal
                     None => Expr::Literal(crate::logical::Scalar(arrow::array::new_null_array(schema.field(g).data_type(), 1))),
                 })
                 .collect();
-            exprs.extend((0..aggs.len()).map(|a| Expr::Column(keys.len() + a)));
+            let mut next = keys.len();
+            for a in &aggs {
+                if a.func != AggFunc::Grouping {
+                    exprs.push(Expr::Column(next));
+                    next += 1;
+                    continue;
+                }
+                // As in PostgreSQL and DuckDB, grouping(a, b, …) is a bit mask, its first argument the
+                // highest bit.
+                let mut value = 0i64;
+                for arg in &a.args {
+                    let key = group.iter().position(|g| g == arg).ok_or_else(|| {
+                        RiffleError::plan("grouping() takes GROUP BY keys, e.g. grouping(k) in GROUP BY ROLLUP (k)")
+                    })?;
+                    value = value << 1 | i64::from(dropped.contains(&key));
+                }
+                exprs.push(Expr::Literal(crate::logical::Scalar(Arc::new(arrow::array::Int64Array::from(vec![value])))));
+            }
             let names = schema.fields().iter().map(|f| f.name().clone()).collect();
-            project(aggregate, exprs, names)
+            Ok(project(aggregate, exprs, names))
         })
-        .collect();
-    LogicalPlan::Union { inputs: branches, schema: schema.clone() }
+        .collect::<Result<Vec<_>>>()?;
+    Ok(match branches.len() {
+        1 => branches.remove(0),
+        _ => LogicalPlan::Union { inputs: branches, schema: schema.clone() },
+    })
 }
 
 fn project(input: LogicalPlan, exprs: Vec<Expr>, names: Vec<String>) -> LogicalPlan {
@@ -168,6 +190,27 @@ fn conjuncts(e: &ast::Expr) -> Vec<&ast::Expr> {
 
 fn and_all(parts: Vec<ast::Expr>) -> Option<ast::Expr> {
     parts.into_iter().reduce(|a, b| ast::Expr::BinaryOp { left: Box::new(a), op: ast::BinaryOperator::And, right: Box::new(b) })
+}
+
+/// `e` with the select aliases it names replaced by their expressions, as DuckDB reads an ORDER BY
+/// expression (`ORDER BY CASE WHEN total = 0 THEN …`). An input column wins over an alias of the same
+/// name; an expression holding a subquery is left as it is (its names may be the subquery's own).
+fn with_select_aliases(e: &ast::Expr, items: &[(ast::Expr, String)], scope: &Scope) -> ast::Expr {
+    let mut copy = e.clone();
+    if without_subqueries(e) != *e {
+        return copy;
+    }
+    let _ = ast::visit_expressions_mut(&mut copy, |x: &mut ast::Expr| {
+        if let ast::Expr::Identifier(id) = x {
+            if matches!(scope.lookup(None, &id.value), scope::Lookup::NotFound) {
+                if let Some((aliased, _)) = items.iter().find(|(_, n)| n.eq_ignore_ascii_case(&id.value)) {
+                    *x = ast::Expr::Nested(Box::new(aliased.clone()));
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    copy
 }
 
 /// A copy of `e` with nested subqueries replaced by NULL, so that walks see only `e`'s own level.
@@ -547,7 +590,8 @@ impl<'a> Binder<'a> {
             if let Some(Expr::Column(k)) = self.output_ref(&o.expr, &output_scope) {
                 sort_exprs.push((Expr::Column(k), o, true));
             } else {
-                let b = self.bind_expr_with_subqueries(&o.expr, &mut plan, &mut scope, agg_slot.as_deref_mut())?;
+                let e = with_select_aliases(&o.expr, &items, &scope);
+                let b = self.bind_expr_with_subqueries(&e, &mut plan, &mut scope, agg_slot.as_deref_mut())?;
                 sort_exprs.push((b, o, false));
             }
         }
@@ -596,9 +640,11 @@ impl<'a> Binder<'a> {
                 .collect::<Result<_>>()?;
             let agg_schema: SchemaRef = Arc::new(Schema::new(fields));
             let post_scope = Scope::from_schema(&agg_schema, None);
-            plan = match rollup_from {
-                None => LogicalPlan::Aggregate { input: Box::new(plan), group, aggs: collector.calls, schema: agg_schema },
-                Some(_) => rollup(plan, &group, &rolled, collector.calls, &agg_schema),
+            let grouping = collector.calls.iter().any(|c| c.func == AggFunc::Grouping);
+            plan = if rollup_from.is_some() || grouping {
+                rollup(plan, &group, &rolled, collector.calls, &agg_schema)?
+            } else {
+                LogicalPlan::Aggregate { input: Box::new(plan), group, aggs: collector.calls, schema: agg_schema }
             };
             if let Some(h) = having {
                 let h = self.coerce(h, &DataType::Boolean, &post_scope)?;
