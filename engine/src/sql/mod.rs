@@ -175,17 +175,52 @@ fn resolves_in(e: &ast::Expr, scope: &Scope) -> bool {
 }
 
 fn conjuncts(e: &ast::Expr) -> Vec<&ast::Expr> {
+    split_by(e, &ast::BinaryOperator::And)
+}
+
+fn disjuncts(e: &ast::Expr) -> Vec<&ast::Expr> {
+    split_by(e, &ast::BinaryOperator::Or)
+}
+
+/// The operands of a chain of `op` (AND or OR), through parentheses.
+fn split_by<'e>(e: &'e ast::Expr, op: &ast::BinaryOperator) -> Vec<&'e ast::Expr> {
     match e {
-        ast::Expr::BinaryOp { left, op: ast::BinaryOperator::And, right } => {
-            let mut v = conjuncts(left);
-            v.extend(conjuncts(right));
+        ast::Expr::BinaryOp { left, op: o, right } if o == op => {
+            let mut v = split_by(left, op);
+            v.extend(split_by(right, op));
             v
         }
-        ast::Expr::Nested(inner) if matches!(inner.as_ref(), ast::Expr::BinaryOp { op: ast::BinaryOperator::And, .. }) => {
-            conjuncts(inner)
-        }
+        ast::Expr::Nested(inner) if matches!(inner.as_ref(), ast::Expr::BinaryOp { op: o, .. } if o == op) => split_by(inner, op),
         other => vec![other],
     }
+}
+
+/// The conjuncts of `e`, with what every branch of an OR repeats pulled out of it: `(a AND b) OR
+/// (a AND c)` is `a AND (b OR c)` (true in SQL's three-valued logic too), so that a correlated `a`
+/// of a subquery (TPC-DS q41) stands alone. The optimizer does the same for filters it pushes down.
+fn factored_conjuncts(e: &ast::Expr) -> Vec<ast::Expr> {
+    let mut out = Vec::new();
+    for c in conjuncts(e) {
+        let branches: Vec<Vec<&ast::Expr>> = disjuncts(c).into_iter().map(conjuncts).collect();
+        let common: Vec<&ast::Expr> = match branches.as_slice() {
+            [first, rest @ ..] if !rest.is_empty() => first.iter().filter(|x| rest.iter().all(|b| b.contains(x))).copied().collect(),
+            _ => vec![],
+        };
+        if common.is_empty() {
+            out.push(c.clone());
+            continue;
+        }
+        out.extend(common.iter().map(|x| (*x).clone()));
+        // A branch of nothing but common conjuncts is true, and so is the OR of the rest.
+        let rest: Option<Vec<ast::Expr>> = branches
+            .iter()
+            .map(|b| and_all(b.iter().filter(|x| !common.contains(x)).map(|x| (*x).clone()).collect()))
+            .collect();
+        if let Some(or) = rest.and_then(|r| r.into_iter().reduce(|a, b| ast::Expr::BinaryOp { left: Box::new(a), op: ast::BinaryOperator::Or, right: Box::new(b) })) {
+            out.push(ast::Expr::Nested(Box::new(or)));
+        }
+    }
+    out
 }
 
 fn and_all(parts: Vec<ast::Expr>) -> Option<ast::Expr> {

@@ -5,7 +5,7 @@
 use sqlparser::ast::{self, SetExpr};
 
 use super::expr::expr_pos;
-use super::{and_all, conjuncts, contains_aggregate, join, resolves_in, Binder, ExprContext, Scope, ScopeColumn, SubqueryJoin};
+use super::{and_all, conjuncts, factored_conjuncts, contains_aggregate, join, resolves_in, Binder, ExprContext, Scope, ScopeColumn, SubqueryJoin};
 use crate::error::{sql_error, Result, RiffleError};
 use crate::functions::ScalarFunc;
 use crate::logical::{BinaryOp, Expr, JoinKind, LogicalPlan};
@@ -69,11 +69,11 @@ impl Binder<'_> {
         let (_, from_scope) = self.bind_from(&select.from)?;
         let both = outer.join(&from_scope);
         let (mut local, mut correlated) = (Vec::new(), Vec::new());
-        for c in conjuncts(selection) {
-            if resolves_in(c, &from_scope) {
-                local.push(c.clone());
-            } else if resolves_in(c, &both) {
-                correlated.push(c.clone());
+        for c in factored_conjuncts(selection) {
+            if resolves_in(&c, &from_scope) {
+                local.push(c);
+            } else if resolves_in(&c, &both) {
+                correlated.push(c);
             } else {
                 return Err(err);
             }
