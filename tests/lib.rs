@@ -109,3 +109,5 @@ impl sqllogictest::DB for RiffleDb {
         "riffle"
     }
 }
+
+pub mod answers;

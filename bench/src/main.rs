@@ -37,26 +37,12 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// TPC-H queries on Parquet data (made by `../shared/peers/gen_tpch.sh SF DIR`), with peers measured
-    /// in the same command.
-    Tpch {
-        /// Data directory holding <table>.parquet and queries/qNN.sql.
-        #[arg(long)]
-        data: PathBuf,
-        /// Queries to run, e.g. q01,q06.
-        #[arg(long, default_value = "q01,q06")]
-        queries: String,
-        /// Peer engines to run beside Riffle (empty for none).
-        #[arg(long, default_value = "duckdb,datafusion")]
-        peers: String,
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-        /// Where the peers kit lives.
-        #[arg(long, default_value = "../shared/peers")]
-        peers_kit: PathBuf,
-    },
+    /// TPC-H queries on Parquet data (made by `gen tpch` or `../shared/peers/gen_tpch.sh SF DIR`), with
+    /// peers measured in the same command.
+    Tpch(SuiteArgs),
+    /// TPC-DS queries on Parquet data (made by `gen tpcds` or `../shared/peers/gen_tpcds.sh SF DIR`),
+    /// with peers measured in the same command.
+    Tpcds(SuiteArgs),
     /// Nexmark queries (q0, q1, q2, q5, q7 as Flink's Nexmark suite writes them) run as streams into a
     /// blackhole sink, on a bid file (from ../shared/peers/flink/gen_bids.py) or on the generator; with
     /// --peers flink, Flink runs the same file in the same command.
@@ -88,9 +74,10 @@ enum Command {
     },
     /// Generates benchmark data as Parquet: `gen tpch --sf 1 --out DIR` writes the 8 TPC-H tables
     /// (a table of more than 2 M rows as a directory of parts made in parallel) and the 22 queries
-    /// in DIR/queries.
+    /// in DIR/queries; `gen tpcds` the 24 TPC-DS tables (one file each, made in parallel) and the
+    /// 99 queries.
     Gen {
-        /// The benchmark: tpch.
+        /// The benchmark: tpch or tpcds.
         benchmark: String,
         /// Scale factor (1 is about 1 GB of text, 8.7 M rows).
         #[arg(long)]
@@ -166,17 +153,37 @@ fn build_target() -> &'static str {
     }
 }
 
+/// A query suite run on Riffle and its peers by `../shared/peers/sql_bench.py`, answers checked.
+#[derive(clap::Args)]
+struct SuiteArgs {
+    /// Data directory holding <table>.parquet (or <table>/ of parts), queries/qNN.sql and the
+    /// answers/ to check against (`../shared/peers/answers.sh DIR DIR/queries DIR/answers`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Queries to run, e.g. q01,q06 (default: all in DIR/queries).
+    #[arg(long)]
+    queries: Option<String>,
+    /// Peer engines to run beside Riffle (empty for none).
+    #[arg(long, default_value = "duckdb,datafusion")]
+    peers: String,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Where the peers kit lives.
+    #[arg(long, default_value = "../shared/peers")]
+    peers_kit: PathBuf,
+}
+
 fn main() -> anyhow::Result<()> {
     riffle_engine::memory::keep_freed_memory();
     let command = Cli::parse().command;
-    if matches!(command, Command::Tpch { .. } | Command::Nexmark { .. } | Command::Sort { .. }) {
+    if matches!(command, Command::Tpch(_) | Command::Tpcds(_) | Command::Nexmark { .. } | Command::Sort { .. }) {
         eprintln!("riffle-bench compiled for {}", build_target());
     }
     match command {
         Command::Run { data, sql, out, runs, threads } => run(&data, &sql, out.as_deref(), runs, threads),
-        Command::Tpch { data, queries, peers, threads, repeat, peers_kit } => {
-            tpch(&data, &queries, &peers, threads, repeat, &peers_kit)
-        }
+        Command::Tpch(args) | Command::Tpcds(args) => suite(&args),
         Command::Nexmark { input, events, queries, threads, repeat, peers, peers_kit, checkpoint_ms, rate } => {
             nexmark::nexmark_command(&nexmark::NexmarkArgs {
                 input,
@@ -230,24 +237,28 @@ fn main() -> anyhow::Result<()> {
 
 fn generate(benchmark: &str, sf: f64, out: &Path, threads: Option<usize>) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    if benchmark != "tpch" {
-        bail!("unknown benchmark '{benchmark}': `gen tpch` (TPC-DS generation is not built yet)");
-    }
+    let Some(which) = riffle_tpcds::Benchmark::parse(benchmark) else {
+        bail!("unknown benchmark '{benchmark}': `gen tpch` or `gen tpcds`");
+    };
+    let title = match which {
+        riffle_tpcds::Benchmark::Tpch => "TPC-H",
+        riffle_tpcds::Benchmark::Tpcds => "TPC-DS",
+    };
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let total = riffle_tpcds::tpch_rows(sf);
+    let total = which.rows(sf);
     let bar = if std::io::stderr().is_terminal() { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
-    let style = indicatif::ProgressStyle::with_template("{spinner} TPC-H SF{msg} [{bar:40}] {human_pos}/{human_len} rows {elapsed_precise} eta {eta}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let template = format!("{{spinner}} {title} SF{{msg}} [{{bar:40}}] {{human_pos}}/{{human_len}} rows {{elapsed_precise}} eta {{eta}}");
+    let style = indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style.progress_chars("=> "));
     bar.set_message(sf.to_string());
     let started = Instant::now();
-    let tables = riffle_tpcds::generate_tpch(sf, out, threads, &|rows| bar.set_position(rows as u64))
-        .with_context(|| format!("generating TPC-H SF{sf} into {}", out.display()))?;
+    let tables = riffle_tpcds::generate(which, sf, out, threads, &|rows| bar.set_position(rows as u64))
+        .with_context(|| format!("generating {title} SF{sf} into {}", out.display()))?;
     bar.finish_and_clear();
     for (table, rows) in &tables {
-        println!("{table:<10} {rows:>12} rows");
+        println!("{table:<22} {rows:>12} rows");
     }
-    println!("TPC-H SF{sf} in {} ({:.1} s, {threads} threads); queries in {}", out.display(), started.elapsed().as_secs_f64(), out.join("queries").display());
+    println!("{title} SF{sf} in {} ({:.1} s, {threads} threads); queries in {}", out.display(), started.elapsed().as_secs_f64(), out.join("queries").display());
     Ok(())
 }
 
@@ -293,27 +304,32 @@ fn run(data: &Path, sql: &Path, out: Option<&Path>, runs: usize, threads: Option
     Ok(())
 }
 
-fn tpch(data: &Path, queries: &str, peers: &str, threads: usize, repeat: usize, kit: &Path) -> anyhow::Result<()> {
-    let script = kit.join("sql_bench.py");
+fn suite(args: &SuiteArgs) -> anyhow::Result<()> {
+    let script = args.peers_kit.join("sql_bench.py");
     if !script.exists() {
         bail!("{} not found: pass --peers-kit", script.display());
     }
     let me = std::env::current_exe()?;
-    let engines: Vec<&str> = std::iter::once("riffle").chain(peers.split(',').filter(|p| !p.is_empty())).collect();
+    let engines: Vec<&str> = std::iter::once("riffle").chain(args.peers.split(',').filter(|p| !p.is_empty())).collect();
     let cmd = format!(
         "riffle={} run --data {{data}} --sql {{sql}} --out {{out}} --runs {{runs}} --threads {{threads}}",
         me.display()
     );
-    let status = std::process::Command::new(&script)
+    let mut bench = std::process::Command::new(&script);
+    bench
         .args(["--engine", &engines.join(",")])
         .args(["--cmd", &cmd])
         .arg("--data")
-        .arg(data)
+        .arg(&args.data)
         .arg("--queries")
-        .arg(data.join("queries"))
+        .arg(args.data.join("queries"))
         .arg("--answers")
-        .arg(data.join("answers"))
-        .args(["--only", queries, "--threads", &threads.to_string(), "--repeat", &repeat.to_string()])
+        .arg(args.data.join("answers"))
+        .args(["--threads", &args.threads.to_string(), "--repeat", &args.repeat.to_string()]);
+    if let Some(only) = &args.queries {
+        bench.args(["--only", only]);
+    }
+    let status = bench
         .status()
         .with_context(|| format!("cannot run {}", script.display()))?;
     if !status.success() {

@@ -1,11 +1,11 @@
-//! Benchmark data and queries: TPC-H data generated as Parquet at any scale factor (by
-//! `tpchgen-arrow`, a Rust port of dbgen), in parallel parts, and the 22 TPC-H queries with their
-//! standard qualification parameters.
+//! Benchmark data and queries: TPC-H (by `tpchgen-arrow`, a Rust port of dbgen) and TPC-DS (by
+//! `tpcdsgen-arrow`, a Rust port of dsdgen) generated as Parquet at any scale factor, files made in
+//! parallel, with the 22 and 99 queries and their standard qualification parameters.
 //!
-//! Layout of a generated directory (what `riffle-bench tpch` and `../shared/peers` read): a table
-//! made in one part is `<table>.parquet`, a larger one the directory `<table>/` of
-//! `part-<k>.parquet` files; `queries/q01.sql … q22.sql`. Each file is written under a staging name
-//! and renamed when complete, so an interrupted run leaves no truncated table behind.
+//! Layout of a generated directory (what `riffle-bench tpch|tpcds` and `../shared/peers` read): a
+//! table made in one part is `<table>.parquet`, a larger one the directory `<table>/` of
+//! `part-<k>.parquet` files; `queries/q01.sql …`. Each file is written under a staging name and
+//! renamed when complete, so an interrupted run leaves no truncated table behind.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,11 +16,73 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use tpchgen::generators::{
-    CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator, PartSuppGenerator, RegionGenerator,
-    SupplierGenerator,
-};
-use tpchgen_arrow::{CustomerArrow, LineItemArrow, NationArrow, OrderArrow, PartArrow, PartSuppArrow, RegionArrow, SupplierArrow};
+
+pub mod tpcds;
+pub mod tpch;
+
+pub use tpch::QUERIES as TPCH_QUERIES;
+pub use tpcds::QUERIES as TPCDS_QUERIES;
+
+/// `(name, sql)` of queries `dir/qNN.sql` in the crate's `queries/` folder.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! queries {
+    ($dir:literal, $($q:ident),* $(,)?) => {
+        [$((stringify!($q), include_str!(concat!("../queries/", $dir, "/", stringify!($q), ".sql")))),*]
+    };
+}
+
+/// The benchmarks whose data and queries this crate makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Benchmark {
+    Tpch,
+    Tpcds,
+}
+
+impl Benchmark {
+    pub fn parse(name: &str) -> Option<Benchmark> {
+        match name.to_ascii_lowercase().as_str() {
+            "tpch" | "tpc-h" => Some(Benchmark::Tpch),
+            "tpcds" | "tpc-ds" => Some(Benchmark::Tpcds),
+            _ => None,
+        }
+    }
+
+    pub fn queries(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Benchmark::Tpch => &tpch::QUERIES,
+            Benchmark::Tpcds => &tpcds::QUERIES,
+        }
+    }
+
+    /// The files the data at `sf` is made of under `out`.
+    pub fn parts(self, sf: f64, out: &Path) -> Result<Vec<Part>> {
+        if !(sf > 0.0 && sf.is_finite()) {
+            return Err(GenError::BadScale(sf));
+        }
+        Ok(match self {
+            Benchmark::Tpch => tpch::parts(sf, out),
+            Benchmark::Tpcds => tpcds::parts(sf, out),
+        })
+    }
+
+    /// Rows of every table at `sf` (about: a progress bar's total).
+    pub fn rows(self, sf: f64) -> usize {
+        match self {
+            Benchmark::Tpch => tpch::rows(sf),
+            Benchmark::Tpcds => tpcds::rows(sf),
+        }
+    }
+
+    fn batches(self, sf: f64, p: &Part) -> Result<Batches> {
+        match self {
+            Benchmark::Tpch => tpch::batches(sf, p),
+            Benchmark::Tpcds => tpcds::batches(sf, p),
+        }
+    }
+}
+
+type Batches = Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>> + Send>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenError {
@@ -30,50 +92,12 @@ pub enum GenError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
+    #[error("the data generator failed: {0}")]
+    Generator(String),
 }
 
 pub type Result<T> = std::result::Result<T, GenError>;
 
-/// The 22 TPC-H queries (qualification parameters), as `(name, sql)`.
-pub const TPCH_QUERIES: [(&str, &str); 22] = [
-    ("q01", include_str!("../queries/tpch/q01.sql")),
-    ("q02", include_str!("../queries/tpch/q02.sql")),
-    ("q03", include_str!("../queries/tpch/q03.sql")),
-    ("q04", include_str!("../queries/tpch/q04.sql")),
-    ("q05", include_str!("../queries/tpch/q05.sql")),
-    ("q06", include_str!("../queries/tpch/q06.sql")),
-    ("q07", include_str!("../queries/tpch/q07.sql")),
-    ("q08", include_str!("../queries/tpch/q08.sql")),
-    ("q09", include_str!("../queries/tpch/q09.sql")),
-    ("q10", include_str!("../queries/tpch/q10.sql")),
-    ("q11", include_str!("../queries/tpch/q11.sql")),
-    ("q12", include_str!("../queries/tpch/q12.sql")),
-    ("q13", include_str!("../queries/tpch/q13.sql")),
-    ("q14", include_str!("../queries/tpch/q14.sql")),
-    ("q15", include_str!("../queries/tpch/q15.sql")),
-    ("q16", include_str!("../queries/tpch/q16.sql")),
-    ("q17", include_str!("../queries/tpch/q17.sql")),
-    ("q18", include_str!("../queries/tpch/q18.sql")),
-    ("q19", include_str!("../queries/tpch/q19.sql")),
-    ("q20", include_str!("../queries/tpch/q20.sql")),
-    ("q21", include_str!("../queries/tpch/q21.sql")),
-    ("q22", include_str!("../queries/tpch/q22.sql")),
-];
-
-/// The TPC-H tables and their rows at scale factor 1 (lineitem about four per order).
-const TPCH_TABLES: [(&str, f64); 8] = [
-    ("lineitem", 6_001_215.0),
-    ("orders", 1_500_000.0),
-    ("partsupp", 800_000.0),
-    ("part", 200_000.0),
-    ("customer", 150_000.0),
-    ("supplier", 10_000.0),
-    ("nation", 25.0),
-    ("region", 5.0),
-];
-
-/// Rows per part: parts are generated (and their files written) in parallel.
-const ROWS_PER_PART: f64 = 2_000_000.0;
 /// Rows per Parquet row group (as DuckDB writes them), the unit scans read in parallel.
 const ROW_GROUP_ROWS: usize = 122_880;
 
@@ -86,36 +110,11 @@ pub struct Part {
     pub path: PathBuf,
 }
 
-/// The files TPC-H data at `sf` is made of under `out`.
-pub fn tpch_parts(sf: f64, out: &Path) -> Result<Vec<Part>> {
-    if !(sf > 0.0 && sf.is_finite()) {
-        return Err(GenError::BadScale(sf));
-    }
-    let mut parts = Vec::new();
-    for (table, rows) in TPCH_TABLES {
-        // Nation and region do not grow with the scale factor.
-        let rows = if matches!(table, "nation" | "region") { rows } else { rows * sf };
-        let n = (rows / ROWS_PER_PART).ceil().max(1.0) as i32;
-        for part in 1..=n {
-            let path = if n == 1 { out.join(format!("{table}.parquet")) } else { out.join(table).join(format!("part-{part}.parquet")) };
-            parts.push(Part { table, part, parts: n, path });
-        }
-    }
-    Ok(parts)
-}
-
-/// The batches of one part of a table.
-fn batches(sf: f64, p: &Part) -> Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>> + Send> {
-    let (part, n) = (p.part, p.parts);
-    match p.table {
-        "lineitem" => Box::new(LineItemArrow::new(LineItemGenerator::new(sf, part, n))),
-        "orders" => Box::new(OrderArrow::new(OrderGenerator::new(sf, part, n))),
-        "partsupp" => Box::new(PartSuppArrow::new(PartSuppGenerator::new(sf, part, n))),
-        "part" => Box::new(PartArrow::new(PartGenerator::new(sf, part, n))),
-        "customer" => Box::new(CustomerArrow::new(CustomerGenerator::new(sf, part, n))),
-        "supplier" => Box::new(SupplierArrow::new(SupplierGenerator::new(sf, part, n))),
-        "nation" => Box::new(NationArrow::new(NationGenerator::new(sf, part, n))),
-        _ => Box::new(RegionArrow::new(RegionGenerator::new(sf, part, n))),
+impl Part {
+    /// Part `part` of `parts` of `table` under `out`: `<table>.parquet` when it is the only one.
+    fn new(out: &Path, table: &'static str, part: i32, parts: i32) -> Part {
+        let path = if parts == 1 { out.join(format!("{table}.parquet")) } else { out.join(table).join(format!("part-{part}.parquet")) };
+        Part { table, part, parts, path }
     }
 }
 
@@ -129,7 +128,7 @@ fn plain_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-fn write_part(sf: f64, p: &Part, rows_done: &AtomicUsize) -> Result<usize> {
+fn write_part(benchmark: Benchmark, sf: f64, p: &Part, rows_done: &AtomicUsize) -> Result<usize> {
     let fail = |message: String| GenError::Write { path: p.path.clone(), message };
     if let Some(dir) = p.path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| GenError::Io { path: dir.to_path_buf(), source })?;
@@ -140,7 +139,7 @@ fn write_part(sf: f64, p: &Part, rows_done: &AtomicUsize) -> Result<usize> {
     let mut writer: Option<ArrowWriter<std::fs::File>> = None;
     let mut file = Some(file);
     let mut rows = 0;
-    for batch in batches(sf, p) {
+    for batch in benchmark.batches(sf, p)? {
         let batch = batch.map_err(|e| fail(e.to_string()))?;
         let schema = plain_schema(&batch.schema());
         let columns = batch
@@ -168,15 +167,17 @@ fn write_part(sf: f64, p: &Part, rows_done: &AtomicUsize) -> Result<usize> {
     Ok(rows)
 }
 
-/// Rows of every table at `sf`, for a progress bar's total.
-pub fn tpch_rows(sf: f64) -> usize {
-    TPCH_TABLES.iter().map(|(t, rows)| if matches!(*t, "nation" | "region") { *rows } else { rows * sf }).sum::<f64>() as usize
-}
-
-/// Generates TPC-H at `sf` into `out` on `threads` threads, the queries beside it; `progress` is
-/// called with the rows written so far now and then. Returns the rows written per table.
-pub fn generate_tpch(sf: f64, out: &Path, threads: usize, progress: &(dyn Fn(usize) + Sync)) -> Result<Vec<(String, usize)>> {
-    let parts = tpch_parts(sf, out)?;
+/// Generates `benchmark`'s data at `sf` into `out` on `threads` threads, the queries beside it;
+/// `progress` is called with the rows written so far now and then. Returns the rows written per
+/// table.
+pub fn generate(
+    benchmark: Benchmark,
+    sf: f64,
+    out: &Path,
+    threads: usize,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Vec<(String, usize)>> {
+    let parts = benchmark.parts(sf, out)?;
     std::fs::create_dir_all(out).map_err(|source| GenError::Io { path: out.to_path_buf(), source })?;
     // Taken from the end: the biggest tables' parts first, so the last ones to finish are short.
     let queue = Mutex::new(parts.into_iter().rev().collect::<Vec<Part>>());
@@ -191,7 +192,7 @@ pub fn generate_tpch(sf: f64, out: &Path, threads: usize, progress: &(dyn Fn(usi
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.pop());
                     let Some(p) = next else { break };
-                    match write_part(sf, &p, &rows_done) {
+                    match write_part(benchmark, sf, &p, &rows_done) {
                         Ok(rows) => {
                             if let Ok(mut w) = written.lock() {
                                 w.push((p.table.to_string(), rows));
@@ -223,7 +224,7 @@ pub fn generate_tpch(sf: f64, out: &Path, threads: usize, progress: &(dyn Fn(usi
     progress(rows_done.load(Ordering::Relaxed));
     let queries = out.join("queries");
     std::fs::create_dir_all(&queries).map_err(|source| GenError::Io { path: queries.clone(), source })?;
-    for (name, sql) in TPCH_QUERIES {
+    for (name, sql) in benchmark.queries() {
         let path = queries.join(format!("{name}.sql"));
         std::fs::write(&path, sql).map_err(|source| GenError::Io { path, source })?;
     }
@@ -245,20 +246,34 @@ mod tests {
     #[test]
     fn large_tables_are_made_in_parts_in_a_directory() {
         let out = Path::new("/data");
-        let parts = tpch_parts(1.0, out).expect("parts");
+        let parts = Benchmark::Tpch.parts(1.0, out).expect("parts");
         let of = |t: &str| parts.iter().filter(|p| p.table == t).collect::<Vec<_>>();
         assert_eq!(of("lineitem").len(), 4);
         assert_eq!(of("lineitem")[3].path, out.join("lineitem/part-4.parquet"));
         assert_eq!(of("nation").len(), 1);
         assert_eq!(of("nation")[0].path, out.join("nation.parquet"));
         assert_eq!(of("orders")[0].path, out.join("orders.parquet"));
-        assert_eq!(tpch_parts(10.0, out).expect("parts").iter().filter(|p| p.table == "lineitem").count(), 31);
+        assert_eq!(Benchmark::Tpch.parts(10.0, out).expect("parts").iter().filter(|p| p.table == "lineitem").count(), 31);
+    }
+
+    #[test]
+    fn tpcds_tables_are_one_file_each_biggest_first() {
+        let out = Path::new("/data");
+        let parts = Benchmark::Tpcds.parts(1.0, out).expect("parts");
+        assert_eq!(parts.len(), 24);
+        assert_eq!(parts[0].path, out.join("inventory.parquet"));
+        assert!(parts.iter().all(|p| p.parts == 1 && p.path == out.join(format!("{}.parquet", p.table))));
+        assert!(!parts.iter().any(|p| p.table == "dbgen_version"));
+        assert_eq!(Benchmark::Tpcds.queries().len(), 99);
+        assert_eq!(Benchmark::parse("TPC-DS"), Some(Benchmark::Tpcds));
     }
 
     #[test]
     fn a_scale_factor_must_be_positive() {
         for sf in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-            assert!(matches!(tpch_parts(sf, Path::new("/x")), Err(GenError::BadScale(_))), "{sf}");
+            for b in [Benchmark::Tpch, Benchmark::Tpcds] {
+                assert!(matches!(b.parts(sf, Path::new("/x")), Err(GenError::BadScale(_))), "{sf}");
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use super::{BarrierRelay, Exchange, Notifier, OpMetrics, PartitionGather, Sink, 
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
 use crate::logical::SortKey;
-use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillReader};
+use crate::memory::{retained_bytes, MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillReader};
 use crate::message::Message;
 
 /// Bytes of the (prefix, batch, row) entry each buffered row needs while its run is sorted.
@@ -164,7 +164,7 @@ impl SortShared {
         let mut max_batch = 0;
         for chunk in chunks {
             let chunk = chunk?;
-            max_batch = max_batch.max(chunk.get_array_memory_size());
+            max_batch = max_batch.max(retained_bytes(&chunk));
             writer.write(&chunk)?;
         }
         let file = writer.finish()?;
@@ -290,7 +290,7 @@ impl SortSink {
 
     fn buffer_batch(&mut self, batch: RecordBatch) -> Result<()> {
         let keys = self.shared.encoder.encode(&batch)?;
-        let bytes = batch.get_array_memory_size() + keys.size() + batch.num_rows() * ORDER_ENTRY;
+        let bytes = retained_bytes(&batch) + keys.size() + batch.num_rows() * ORDER_ENTRY;
         if self.buffer.bytes + bytes > self.shared.run_bytes && self.shared.fetch.is_none() {
             self.close_run(false)?;
         }
@@ -342,7 +342,7 @@ impl SortSink {
         for chunk in buffer.into_sorted_chunks(self.shared.fetch, self.shared.batch_size) {
             let chunk = chunk?;
             let keys = self.shared.encoder.encode(&chunk)?;
-            bytes += chunk.get_array_memory_size() + keys.size();
+            bytes += retained_bytes(&chunk) + keys.size();
             chunks.push_back((chunk, keys));
         }
         // The run's own size replaces the estimate; the unsorted buffer goes.
@@ -396,7 +396,7 @@ impl SortSink {
         self.reservation.shrink(held);
         for b in best {
             let keys = self.shared.encoder.encode(&b)?;
-            let bytes = b.get_array_memory_size() + keys.size() + b.num_rows() * ORDER_ENTRY;
+            let bytes = retained_bytes(&b) + keys.size() + b.num_rows() * ORDER_ENTRY;
             self.reservation.grow_anyway(bytes);
             self.buffer.rows += b.num_rows();
             self.buffer.bytes += bytes;

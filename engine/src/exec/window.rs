@@ -33,6 +33,8 @@ pub struct WindowOp {
     /// Row-encodes the PARTITION BY keys (made with the first batch), none without PARTITION BY.
     partition_rows: Option<RowConverter>,
     buffer: Vec<RecordBatch>,
+    /// Finished partitions' rows with their window values, sent as one batch by `emit`.
+    ready: Vec<RecordBatch>,
     last_key: Option<OwnedRow>,
     /// Holds the buffered partition's bytes in the pool. A partition cannot spill (yet): beyond the
     /// budget it is counted anyway, so that spilling operators see less room.
@@ -47,7 +49,7 @@ impl WindowOp {
     }
 
     fn of(values: PartitionValues, partition_by: Vec<crate::logical::Expr>, schema: SchemaRef, reservation: MemoryReservation) -> WindowOp {
-        WindowOp { values, partition_by, schema, partition_rows: None, buffer: vec![], last_key: None, reservation }
+        WindowOp { values, partition_by, schema, partition_rows: None, buffer: vec![], ready: vec![], last_key: None, reservation }
     }
 
     /// Buffers rows of the current partition, counted in the pool.
@@ -61,7 +63,8 @@ impl WindowOp {
         WindowOp::of(PartitionValues::Sessions { time, gap }, keys, schema, pool.reservation("SessionTvf", false))
     }
 
-    fn flush(&mut self, out: &mut Vec<Message>) -> Result<()> {
+    /// Computes the buffered partition's window values; its rows wait in `ready`.
+    fn flush(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
@@ -86,8 +89,22 @@ impl WindowOp {
             PartitionValues::Sessions { time, gap } => sessions(&partition, *time, *gap, &self.schema)?,
         };
         if batch.num_rows() > 0 {
-            out.push(Message::Batch(batch));
+            self.ready.push(batch);
         }
+        Ok(())
+    }
+
+    /// Sends the finished partitions' rows as one batch. One batch per partition would be small
+    /// when partitions are, and a partition within one input batch is a slice holding that whole
+    /// batch's buffers (a sort downstream counting each slice as the whole spilled every few rows);
+    /// the copy is one compact batch per input batch.
+    fn emit(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        if self.ready.is_empty() {
+            return Ok(());
+        }
+        let batch = arrow::compute::concat_batches(&self.schema, &self.ready)?;
+        self.ready.clear();
+        out.push(Message::Batch(batch));
         Ok(())
     }
 }
@@ -122,16 +139,17 @@ impl Operator for WindowOp {
             if s > from {
                 self.hold(batch.slice(from, s - from));
             }
-            self.flush(out)?;
+            self.flush()?;
             from = s;
         }
         self.hold(batch.slice(from, batch.num_rows() - from));
-        Ok(())
+        self.emit(out)
     }
 
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
         if matches!(msg, Message::End) {
-            self.flush(out)?;
+            self.flush()?;
+            self.emit(out)?;
         }
         out.push(msg);
         Ok(())

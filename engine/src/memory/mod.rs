@@ -253,6 +253,30 @@ fn suggested_limit(bytes: usize) -> String {
     }
 }
 
+/// The bytes `batch` keeps allocated, each allocation counted once however many columns or slices
+/// point into it: what an operator holding the batch holds. A batch read back from a spill file
+/// counts its one frame buffer once (where `get_array_memory_size` counts it once per column), and a
+/// slice counts the whole buffers it keeps alive.
+pub fn retained_bytes(batch: &arrow::array::RecordBatch) -> usize {
+    fn add(data: &arrow::array::ArrayData, seen: &mut std::collections::HashSet<usize>, total: &mut usize) {
+        let nulls = data.nulls().map(|n| n.buffer());
+        for buffer in data.buffers().iter().chain(nulls) {
+            if seen.insert(buffer.data_ptr().as_ptr() as usize) {
+                *total += buffer.capacity();
+            }
+        }
+        for child in data.child_data() {
+            add(child, seen, total);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for c in batch.columns() {
+        add(&c.to_data(), &mut seen, &mut total);
+    }
+    total
+}
+
 /// The bytes of the rows of `batch`: a slice of a larger batch counts its share only, and so do the
 /// columns of a batch read back from a spill file, which all point into the one buffer its frame was
 /// decompressed into (`get_array_memory_size` would count that whole buffer once per column).
