@@ -8,41 +8,47 @@
 //! other use, if its queue were bounded: on a join's probe side when the build side reads the
 //! subplan too (the probe waits for the whole build). Such a use is `buffered` (its queue has no
 //! bound), and is only allowed under an aggregate, whose rows are few next to its input's; other
-//! subplans with such a use run once per use as before.
+//! subplans with such a use run once per use, and what they share inside is looked at in turn.
 
 use std::collections::HashMap;
 
 use crate::logical::JoinKind;
 use crate::physical::PhysicalPlan;
 
-/// `plan` with every subplan that occurs more than once (and is worth it) marked as shared.
+/// `plan` with every subplan that occurs more than once (and is worth it) marked as shared. A
+/// subplan that would need a buffered use but is no aggregate is left to run once per use, and the
+/// subplans inside it are considered instead (TPC-DS q47 reads its windowed CTE three times, one of
+/// them on a probe side: the aggregate under the windows runs once).
 pub fn share_subplans(plan: PhysicalPlan) -> PhysicalPlan {
-    let mut chosen = vec![];
-    choose(&plan, &plan, &mut chosen);
-    if chosen.is_empty() {
-        return plan;
-    }
-    let mut plan = mark_uses(plan, &chosen);
-    mark_buffered(&mut plan);
-    let unsafe_ids: Vec<usize> = (0..chosen.len()).filter(|id| buffered_use(&plan, *id) && !is_aggregate(&chosen[*id])).collect();
-    if unsafe_ids.is_empty() {
-        plan
-    } else {
-        unmark(plan, &unsafe_ids)
+    let mut rejected = vec![];
+    loop {
+        let mut chosen = vec![];
+        choose(&plan, &plan, &rejected, &mut chosen);
+        if chosen.is_empty() {
+            return plan;
+        }
+        let mut marked = mark_uses(plan.clone(), &chosen);
+        mark_buffered(&mut marked);
+        let unsafe_ids: Vec<usize> = (0..chosen.len()).filter(|id| buffered_use(&marked, *id) && !is_aggregate(&chosen[*id])).collect();
+        if unsafe_ids.is_empty() {
+            return marked;
+        }
+        rejected.extend(unsafe_ids.into_iter().map(|id| chosen[id].clone()));
     }
 }
 
-/// The subplans to share, largest first: each occurs at least twice outside those chosen before.
-fn choose(node: &PhysicalPlan, root: &PhysicalPlan, chosen: &mut Vec<PhysicalPlan>) {
+/// The subplans to share, largest first: each occurs at least twice outside those chosen before,
+/// and is not `rejected`.
+fn choose(node: &PhysicalPlan, root: &PhysicalPlan, rejected: &[PhysicalPlan], chosen: &mut Vec<PhysicalPlan>) {
     if chosen.contains(node) {
         return;
     }
-    if worth_sharing(node) && occurrences(root, node, chosen) >= 2 {
+    if worth_sharing(node) && !rejected.contains(node) && occurrences(root, node, chosen) >= 2 {
         chosen.push(node.clone());
         return;
     }
     for input in node.inputs() {
-        choose(input, root, chosen);
+        choose(input, root, rejected, chosen);
     }
 }
 

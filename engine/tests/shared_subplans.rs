@@ -87,3 +87,41 @@ fn nexmark_q5_counts_each_windows_bids_once_as_a_stream() {
         assert_eq!(rows(&mut stream, q5), expected, "changelog={changelog}");
     }
 }
+
+#[test]
+fn a_windowed_view_read_three_times_one_on_a_probe_side_aggregates_once() {
+    // TPC-DS q47's shape: the view's windows cannot be buffered for the probe side (as many rows as
+    // their input), so the view runs once per use, but the aggregate under them runs once.
+    let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    s.register_path("lineitem", &format!("{TPCH}/lineitem.parquet")).expect("register");
+    let q = "WITH v AS (SELECT l_suppkey, l_linestatus, sum(l_quantity) AS q, \
+               rank() OVER (PARTITION BY l_suppkey ORDER BY l_linestatus) AS rn \
+             FROM lineitem GROUP BY l_suppkey, l_linestatus) \
+             SELECT a.l_suppkey, a.q, b.q, c.q FROM v a JOIN v b ON a.l_suppkey = b.l_suppkey AND a.rn = b.rn + 1 \
+             JOIN v c ON a.l_suppkey = c.l_suppkey AND a.rn = c.rn";
+    let plan = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert_eq!(counts(&plan, "Scan: lineitem").len(), 1, "{plan}");
+    assert_eq!(counts(&plan, "HashAggregate").len(), 1, "{plan}");
+    let uses = counts(&plan, "Shared #0");
+    assert_eq!(uses.len(), 3, "{plan}");
+    assert!(uses.iter().all(|n| *n == uses[0]), "every use reads every row: {plan}");
+    // The same answer as three views that differ (so nothing is shared), each aggregating on its own.
+    let view = |k: usize| {
+        format!(
+            "v{k} AS (SELECT l_suppkey, l_linestatus, sum(l_quantity + {k} - {k}) AS q, \
+             rank() OVER (PARTITION BY l_suppkey ORDER BY l_linestatus) AS rn FROM lineitem GROUP BY l_suppkey, l_linestatus)"
+        )
+    };
+    let apart = format!(
+        "WITH {}, {}, {} SELECT a.l_suppkey, a.q, b.q, c.q FROM v1 a JOIN v2 b ON a.l_suppkey = b.l_suppkey AND a.rn = b.rn + 1 \
+         JOIN v3 c ON a.l_suppkey = c.l_suppkey AND a.rn = c.rn",
+        view(1),
+        view(2),
+        view(3)
+    );
+    let apart_plan = text(&mut s, &format!("EXPLAIN ANALYZE {apart}"));
+    assert_eq!(counts(&apart_plan, "HashAggregate").len(), 3, "{apart_plan}");
+    let answer = rows(&mut s, q);
+    assert_eq!(answer.len(), 100, "one row per supplier");
+    assert_eq!(answer, rows(&mut s, &apart));
+}
