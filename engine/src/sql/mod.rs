@@ -48,16 +48,38 @@ pub struct Binder<'a> {
     table_functions: Vec<(String, Arc<crate::catalog::TableSource>)>,
 }
 
-/// `GROUP BY …, ROLLUP (…)` as the union of one aggregate per grouping set, each with the keys it
-/// does not group by as NULLs: the keys `rolled` (places in `group`, in ROLLUP order) are dropped from
-/// the last one by one. `grouping(key)` is a constant per set: 1 where the set leaves `key` out. The
-/// same input under each aggregate runs once when it is worth it (shared subplans).
-fn rollup(input: LogicalPlan, group: &[Expr], rolled: &[usize], aggs: Vec<AggCall>, schema: &SchemaRef) -> Result<LogicalPlan> {
+/// Grouping sets at most (CUBE of 12 keys makes 4,096).
+const MAX_GROUPING_SETS: usize = 4096;
+
+/// The grouping sets one GROUP BY item stands for, each a list of keys.
+fn grouping_sets_of(g: &ast::Expr) -> Result<Vec<Vec<ast::Expr>>> {
+    Ok(match g {
+        // ROLLUP (a, (b, c)): the prefixes, longest first.
+        ast::Expr::Rollup(elements) => (0..=elements.len()).rev().map(|n| elements[..n].concat()).collect(),
+        ast::Expr::Cube(elements) => {
+            if elements.len() > 12 {
+                return Err(RiffleError::NotSupported(format!("CUBE of {} keys (at most 12)", elements.len())));
+            }
+            let all = (1usize << elements.len()) - 1;
+            (0..=all)
+                .rev()
+                .map(|mask| elements.iter().enumerate().filter(|(i, _)| mask >> (elements.len() - 1 - i) & 1 == 1).flat_map(|(_, e)| e.clone()).collect())
+                .collect()
+        }
+        ast::Expr::GroupingSets(sets) => sets.clone(),
+        other => vec![vec![other.clone()]],
+    })
+}
+
+/// GROUP BY with grouping sets as the union of one aggregate per set, each with the keys it leaves
+/// out (`left_out`, places in `group`) as NULLs. `grouping(key)` is a constant per set: 1 where the
+/// set leaves `key` out. The same input under each aggregate runs once when it is worth it (shared
+/// subplans).
+fn grouping_sets(input: LogicalPlan, group: &[Expr], left_out: &[Vec<usize>], aggs: Vec<AggCall>, schema: &SchemaRef) -> Result<LogicalPlan> {
     let computed: Vec<AggCall> = aggs.iter().filter(|a| a.func != AggFunc::Grouping).cloned().collect();
-    let mut branches = (0..=rolled.len())
-        .rev()
-        .map(|kept| {
-            let dropped = &rolled[kept..];
+    let mut branches = left_out
+        .iter()
+        .map(|dropped| {
             let keys: Vec<usize> = (0..group.len()).filter(|g| !dropped.contains(g)).collect();
             let mut fields: Vec<Field> = keys.iter().map(|k| schema.field(*k).clone()).collect();
             let agg_fields = schema.fields()[group.len()..].iter().zip(&aggs).filter(|(_, a)| a.func != AggFunc::Grouping);
@@ -540,61 +562,68 @@ impl<'a> Binder<'a> {
             }
         }
 
-        // GROUP BY items may name select aliases or positions. `ROLLUP (b, c)` among them groups by
-        // every prefix of its keys too: the grouping sets (…, b, c), (…, b) and (…).
-        let mut rollup_from: Option<usize> = None;
-        let group_asts: Vec<ast::Expr> = match &s.group_by {
+        // GROUP BY items may name select aliases or positions. Each item is a list of grouping sets (a
+        // plain key the one set of itself; ROLLUP (b, c) the sets (b, c), (b), (); CUBE every subset;
+        // GROUPING SETS those listed); the query's grouping sets are their cross product.
+        let mut sets: Vec<Vec<ast::Expr>> = vec![vec![]];
+        let mut plain = true;
+        match &s.group_by {
             ast::GroupByExpr::Expressions(list, mods) => {
                 if !mods.is_empty() {
                     return Err(RiffleError::NotSupported("GROUP BY modifiers".into()));
                 }
-                let mut out = Vec::new();
                 for g in list {
-                    let ast::Expr::Rollup(keys) = g else {
-                        out.push(self.group_item(g, &items, &scope)?);
-                        continue;
-                    };
-                    if rollup_from.is_some() {
-                        return Err(RiffleError::NotSupported("more than one ROLLUP in a GROUP BY".into()));
+                    let item_sets = grouping_sets_of(g)?;
+                    plain &= item_sets.len() == 1;
+                    let mut product = Vec::new();
+                    for set in &sets {
+                        for more in &item_sets {
+                            let mut combined = set.clone();
+                            for key in more {
+                                combined.push(self.group_item(key, &items, &scope)?);
+                            }
+                            product.push(combined);
+                        }
                     }
-                    rollup_from = Some(out.len());
-                    for key in keys {
-                        let [key] = key.as_slice() else {
-                            return Err(RiffleError::NotSupported("ROLLUP of parenthesized column lists".into()));
-                        };
-                        out.push(self.group_item(key, &items, &scope)?);
+                    if product.len() > MAX_GROUPING_SETS {
+                        return Err(RiffleError::NotSupported(format!("more than {MAX_GROUPING_SETS} grouping sets")));
                     }
+                    sets = product;
                 }
-                out
             }
-            ast::GroupByExpr::All(_) => items
-                .iter()
-                .filter(|(e, _)| !contains_aggregate(e))
-                .map(|(e, _)| e.clone())
-                .collect(),
+            ast::GroupByExpr::All(_) => {
+                sets = vec![items.iter().filter(|(e, _)| !contains_aggregate(e)).map(|(e, _)| e.clone()).collect()];
+            }
+        }
+        let has_group_by = match &s.group_by {
+            ast::GroupByExpr::Expressions(list, _) => !list.is_empty(),
+            ast::GroupByExpr::All(_) => true,
         };
-        let is_aggregate = !group_asts.is_empty()
+        let is_aggregate = has_group_by
             || s.having.is_some()
             || items.iter().any(|(e, _)| contains_aggregate(e))
             || order_by.iter().any(|o| contains_aggregate(&o.expr));
 
         let mut collector = AggCollector::default();
+        // Every key of any grouping set, once; per set, the keys it leaves out (places in `group`).
         let mut group: Vec<Expr> = Vec::new();
-        // With ROLLUP: per rolled-up key (in order), its place in `group`.
-        let mut rolled: Vec<usize> = Vec::new();
-        for (i, g) in group_asts.iter().enumerate() {
-            let e = self.bind_expr_with_subqueries(g, &mut plan, &mut scope, None)?;
-            let at = match group.iter().position(|x| *x == e) {
-                Some(at) => at,
-                None => {
-                    group.push(e);
-                    group.len() - 1
-                }
-            };
-            if rollup_from.is_some_and(|r| i >= r) {
-                rolled.push(at);
+        let mut set_keys: Vec<Vec<usize>> = Vec::new();
+        for set in &sets {
+            let mut keys = Vec::new();
+            for g in set {
+                let e = self.bind_expr_with_subqueries(g, &mut plan, &mut scope, None)?;
+                let at = match group.iter().position(|x| *x == e) {
+                    Some(at) => at,
+                    None => {
+                        group.push(e);
+                        group.len() - 1
+                    }
+                };
+                keys.push(at);
             }
+            set_keys.push(keys);
         }
+        let left_out: Vec<Vec<usize>> = set_keys.iter().map(|keys| (0..group.len()).filter(|k| !keys.contains(k)).collect()).collect();
         let aggs = if is_aggregate { Some(&mut collector) } else { None };
         let mut agg_slot = aggs;
         let mut select_exprs: Vec<(Expr, String)> = Vec::new();
@@ -676,8 +705,8 @@ impl<'a> Binder<'a> {
             let agg_schema: SchemaRef = Arc::new(Schema::new(fields));
             let post_scope = Scope::from_schema(&agg_schema, None);
             let grouping = collector.calls.iter().any(|c| c.func == AggFunc::Grouping);
-            plan = if rollup_from.is_some() || grouping {
-                rollup(plan, &group, &rolled, collector.calls, &agg_schema)?
+            plan = if !plain || grouping {
+                grouping_sets(plan, &group, &left_out, collector.calls, &agg_schema)?
             } else {
                 LogicalPlan::Aggregate { input: Box::new(plan), group, aggs: collector.calls, schema: agg_schema }
             };
