@@ -24,7 +24,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::aggregate::{bucket_of, split_by_bucket, write_by_bucket, Part, PartReader, BUCKETS, MAX_DEPTH};
 use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
-use crate::memory::{batch_bytes, MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
+use crate::memory::{batch_bytes, retained_bytes, MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
 use crate::logical::{Expr, JoinKind};
@@ -288,7 +288,7 @@ impl JoinShared {
         let mut is_resident = [false; BUCKETS];
         let mut resident = Vec::new();
         for b in order {
-            let mem_size: usize = memory[b].iter().map(|m| m.get_array_memory_size()).sum();
+            let mem_size: usize = memory[b].iter().map(retained_bytes).sum();
             let mut loaded = Vec::new();
             let mut fits = reservation.size() + mem_size <= budget && reservation.try_grow(mem_size);
             let mut grant = if fits { mem_size } else { 0 };
@@ -398,7 +398,7 @@ impl JoinShared {
         } else {
             Vec::new()
         };
-        let bytes = batch.get_array_memory_size() + keys.as_ref().map_or(0, |k: &Rows| k.size()) + heads.capacity() * 5 + next.len() * 4;
+        let bytes = retained_bytes(&batch) + keys.as_ref().map_or(0, |k: &Rows| k.size()) + heads.capacity() * 5 + next.len() * 4;
         self.metrics.note_bytes(bytes);
         // The rows were reserved as they arrived; the index comes on top. A nested-loop join cannot
         // spill, nor can a bucket that splitting no longer makes smaller: they are held beyond the budget.
@@ -443,7 +443,7 @@ impl BuildSink {
         let conv = match &self.converter {
             // Without keys (nested loop) the rows cannot be split: they stay in memory, counted.
             None => {
-                self.reservation.grow_anyway(batch.get_array_memory_size());
+                self.reservation.grow_anyway(retained_bytes(&batch));
                 self.batches.push(batch);
                 return Ok(());
             }
@@ -451,11 +451,11 @@ impl BuildSink {
         };
         if self.spilled.is_none() {
             if !shared.may_spill {
-                self.reservation.grow_anyway(batch.get_array_memory_size());
+                self.reservation.grow_anyway(retained_bytes(&batch));
                 self.batches.push(batch);
                 return Ok(());
             }
-            if self.reservation.try_grow(batch.get_array_memory_size()) {
+            if self.reservation.try_grow(retained_bytes(&batch)) {
                 self.batches.push(batch);
                 return Ok(());
             }
