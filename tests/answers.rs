@@ -47,14 +47,7 @@ fn same_cell(a: &str, b: &str) -> bool {
 /// Panics listing every query that failed or differed.
 pub fn check_answers(config: ExecConfig, data: &Path, queries: &[(&str, &str)], answers: &Path) {
     let mut session = Session::new(config.clone());
-    for entry in std::fs::read_dir(data).expect("list the data directory").flatten() {
-        let path = entry.path();
-        let Some(table) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
-        let is_table = path.extension().is_some_and(|e| e == "parquet") || (path.is_dir() && table != "queries" && table != "answers");
-        if is_table {
-            session.register_path(&table, &path.to_string_lossy()).expect("register");
-        }
-    }
+    session.register_parquet_dir(data).expect("register the tables");
     let mut failures = Vec::new();
     for (name, sql) in queries {
         let result = match session.sql(sql) {

@@ -262,27 +262,13 @@ fn generate(benchmark: &str, sf: f64, out: &Path, threads: Option<usize>) -> any
     Ok(())
 }
 
-/// Registers every `DIR/<name>.parquet` and every `DIR/<name>/` of parquet files as table `name`.
-fn register_tables(session: &mut Session, data: &Path) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(data).with_context(|| format!("cannot list {}", data.display()))? {
-        let path = entry?.path();
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        let is_table = (path.is_file() && path.extension().is_some_and(|e| e == "parquet"))
-            || (path.is_dir() && std::fs::read_dir(&path)?.flatten().any(|f| f.path().extension().is_some_and(|e| e == "parquet")));
-        if is_table {
-            session.register_path(&name, &path.to_string_lossy())?;
-        }
-    }
-    Ok(())
-}
-
 fn run(data: &Path, sql: &Path, out: Option<&Path>, runs: usize, threads: Option<usize>) -> anyhow::Result<()> {
     let mut config = ExecConfig::default();
     if let Some(t) = threads {
         config.threads = t.max(1);
     }
     let mut session = Session::new(config);
-    register_tables(&mut session, data)?;
+    session.register_parquet_dir(data)?;
     let text = std::fs::read_to_string(sql).with_context(|| format!("cannot read {}", sql.display()))?;
     for run in 0..runs.max(1) {
         let started = Instant::now();

@@ -112,6 +112,23 @@ impl Session {
         Ok(())
     }
 
+    /// Registers every `dir/<name>.parquet` file and every `dir/<name>/` directory of Parquet files
+    /// (a table made in parts) as table `name`, as benchmark data directories hold them.
+    pub fn register_parquet_dir(&mut self, dir: &std::path::Path) -> Result<()> {
+        let cannot_list = |e: std::io::Error| RiffleError::exec(format!("cannot list {}: {e}", dir.display()));
+        let is_parquet = |p: &std::path::Path| p.extension().is_some_and(|e| e == "parquet");
+        for entry in std::fs::read_dir(dir).map_err(cannot_list)? {
+            let path = entry.map_err(cannot_list)?.path();
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+            let is_table = (path.is_file() && is_parquet(&path))
+                || (path.is_dir() && std::fs::read_dir(&path).map_err(cannot_list)?.flatten().any(|f| is_parquet(&f.path())));
+            if is_table {
+                self.register_path(name, &path.to_string_lossy())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs every statement of `sql`, returning each one's result.
     pub fn execute(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
         let statements = parse_statements(sql)?;

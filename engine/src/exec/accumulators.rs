@@ -471,6 +471,13 @@ impl Variance {
         }
     }
 
+    /// Makes room for `n` groups (new ones empty).
+    pub(super) fn groups(&mut self, n: usize) {
+        self.counts.resize(n, 0);
+        self.means.resize(n, 0.0);
+        self.m2s.resize(n, 0.0);
+    }
+
     /// Folds a part of `n` rows with mean `mean` and squared deviations `m2` into group `g`.
     fn fold(&mut self, g: usize, n: i64, mean: f64, m2: f64) {
         let (count, own_mean) = (self.counts[g], self.means[g]);
@@ -487,9 +494,7 @@ impl Variance {
 
 impl GroupsAccumulator for Variance {
     fn resize(&mut self, n: usize) {
-        self.counts.resize(n, 0);
-        self.means.resize(n, 0.0);
-        self.m2s.resize(n, 0.0);
+        self.groups(n);
     }
 
     fn update(&mut self, groups: &[u32], n: usize, values: &[ArrayRef]) -> Result<()> {

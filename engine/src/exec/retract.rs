@@ -298,9 +298,7 @@ impl RetractAccumulator for Variance {
     }
 
     fn resize(&mut self, n: usize) {
-        self.counts.resize(n, 0);
-        self.means.resize(n, 0.0);
-        self.m2s.resize(n, 0.0);
+        self.groups(n);
     }
 
     fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {

@@ -23,7 +23,7 @@ pub enum AggFunc {
     StddevPop,
     /// `grouping(key, …)`: per key a bit (the first key highest), set in the rows of a grouping set
     /// without that key. Never computed by an accumulator: planning turns it into a constant per
-    /// grouping set (`sql::rollup`).
+    /// grouping set (`sql::grouping_sets`).
     Grouping,
 }
 

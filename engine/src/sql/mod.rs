@@ -250,8 +250,8 @@ fn and_all(parts: Vec<ast::Expr>) -> Option<ast::Expr> {
 }
 
 /// `e` with the select aliases it names replaced by their expressions, as DuckDB reads an ORDER BY
-/// expression (`ORDER BY CASE WHEN total = 0 THEN …`). An input column wins over an alias of the same
-/// name; an expression holding a subquery is left as it is (its names may be the subquery's own).
+/// expression (`ORDER BY CASE WHEN total = 0 THEN …`); an expression holding a subquery is left as it
+/// is (its names may be the subquery's own).
 fn with_select_aliases(e: &ast::Expr, items: &[(ast::Expr, String)], scope: &Scope) -> ast::Expr {
     let mut copy = e.clone();
     if without_subqueries(e) != *e {
@@ -259,15 +259,22 @@ fn with_select_aliases(e: &ast::Expr, items: &[(ast::Expr, String)], scope: &Sco
     }
     let _ = ast::visit_expressions_mut(&mut copy, |x: &mut ast::Expr| {
         if let ast::Expr::Identifier(id) = x {
-            if matches!(scope.lookup(None, &id.value), scope::Lookup::NotFound) {
-                if let Some((aliased, _)) = items.iter().find(|(_, n)| n.eq_ignore_ascii_case(&id.value)) {
-                    *x = ast::Expr::Nested(Box::new(aliased.clone()));
-                }
+            if let Some(aliased) = select_alias(&id.value, items, scope) {
+                *x = ast::Expr::Nested(Box::new(aliased.clone()));
             }
         }
         std::ops::ControlFlow::<()>::Continue(())
     });
     copy
+}
+
+/// The select item that `name` names as its alias, unless an input column has that name (an input
+/// column wins, as in PostgreSQL).
+fn select_alias<'i>(name: &str, items: &'i [(ast::Expr, String)], scope: &Scope) -> Option<&'i ast::Expr> {
+    if !matches!(scope.lookup(None, name), scope::Lookup::NotFound) {
+        return None;
+    }
+    items.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)).map(|(e, _)| e)
 }
 
 /// A copy of `e` with nested subqueries replaced by NULL, so that walks see only `e`'s own level.
@@ -605,25 +612,25 @@ impl<'a> Binder<'a> {
             || order_by.iter().any(|o| contains_aggregate(&o.expr));
 
         let mut collector = AggCollector::default();
-        // Every key of any grouping set, once; per set, the keys it leaves out (places in `group`).
+        // Every key of any grouping set, bound once (a key in many sets may hold a subquery, which
+        // binding joins in); per set, the keys it leaves out (places in `group`).
+        let mut key_asts: Vec<&ast::Expr> = Vec::new();
         let mut group: Vec<Expr> = Vec::new();
-        let mut set_keys: Vec<Vec<usize>> = Vec::new();
-        for set in &sets {
-            let mut keys = Vec::new();
-            for g in set {
-                let e = self.bind_expr_with_subqueries(g, &mut plan, &mut scope, None)?;
-                let at = match group.iter().position(|x| *x == e) {
-                    Some(at) => at,
-                    None => {
-                        group.push(e);
-                        group.len() - 1
-                    }
-                };
-                keys.push(at);
+        let mut key_places: Vec<usize> = Vec::new();
+        for g in sets.iter().flatten() {
+            if key_asts.contains(&g) {
+                continue;
             }
-            set_keys.push(keys);
+            key_asts.push(g);
+            let e = self.bind_expr_with_subqueries(g, &mut plan, &mut scope, None)?;
+            key_places.push(group.iter().position(|x| *x == e).unwrap_or_else(|| {
+                group.push(e);
+                group.len() - 1
+            }));
         }
-        let left_out: Vec<Vec<usize>> = set_keys.iter().map(|keys| (0..group.len()).filter(|k| !keys.contains(k)).collect()).collect();
+        let place = |g: &ast::Expr| key_asts.iter().position(|k| *k == g).map(|i| key_places[i]);
+        let left_out: Vec<Vec<usize>> =
+            sets.iter().map(|set| (0..group.len()).filter(|k| !set.iter().any(|g| place(g) == Some(*k))).collect()).collect();
         let aggs = if is_aggregate { Some(&mut collector) } else { None };
         let mut agg_slot = aggs;
         let mut select_exprs: Vec<(Expr, String)> = Vec::new();
@@ -791,11 +798,8 @@ impl<'a> Binder<'a> {
             }
         }
         if let ast::Expr::Identifier(id) = g {
-            // An input column wins over a select alias of the same name, as in PostgreSQL.
-            if matches!(scope.lookup(None, &id.value), scope::Lookup::NotFound) {
-                if let Some((e, _)) = items.iter().find(|(_, n)| n.eq_ignore_ascii_case(&id.value)) {
-                    return Ok(e.clone());
-                }
+            if let Some(e) = select_alias(&id.value, items, scope) {
+                return Ok(e.clone());
             }
         }
         Ok(g.clone())
