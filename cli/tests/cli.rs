@@ -306,6 +306,32 @@ fn updating_group_bys_killed_twenty_times_write_every_change_exactly_once() {
     kill_test_read(&job, 50, 30, Some(&format!("{table}; SELECT * FROM out ORDER BY bids")));
 }
 
+/// The kill test on outer joins of two streams, planned as Flink's streaming mode plans them
+/// (`--changelog`): an interval left join (bids with the next second's bids on their auction, NULLs
+/// when none came: a row without match leaves as the watermark passes it) into CSV, and a regular
+/// full join (auctions with their sellers: padded rows taken back at their first match) into
+/// Debezium changes. Which stored rows matched is checkpointed with them.
+#[test]
+fn outer_joins_of_streams_killed_twenty_times_write_every_result_exactly_once() {
+    let interval = "CREATE TABLE bid (auction BIGINT, price BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
+         WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '6000000', 'first-event.rate' = '20000'); \
+         CREATE TABLE out (auction BIGINT, price BIGINT, ts TIMESTAMP(3), next BIGINT) \
+         WITH ('connector' = 'filesystem', 'path' = '{out}', 'format' = 'csv'); \
+         INSERT INTO out SELECT a.auction, a.price, a.dateTime, b.price FROM bid a LEFT JOIN bid b ON a.auction = b.auction \
+           AND b.dateTime BETWEEN a.dateTime + INTERVAL '1' MILLISECOND AND a.dateTime + INTERVAL '1' SECOND AND MOD(b.auction, 50) = 7 \
+         WHERE MOD(a.auction, 50) = 7";
+    kill_test_flags(interval, 10_000, 30, None, &["--changelog"]);
+    let table = "CREATE TABLE out (id BIGINT, name VARCHAR, auction BIGINT, reserve BIGINT) \
+                 WITH ('connector' = 'filesystem', 'path' = '{out}', 'format' = 'debezium-json')";
+    let regular = format!(
+        "CREATE TABLE person (id BIGINT, name VARCHAR) WITH ('connector' = 'nexmark', 'table' = 'person', 'events.num' = '3000000'); \
+         CREATE TABLE auction (id BIGINT, seller BIGINT, reserve BIGINT) WITH ('connector' = 'nexmark', 'table' = 'auction', 'events.num' = '3000000'); \
+         {table}; \
+         INSERT INTO out SELECT P.id, P.name, A.id, A.reserve FROM person P FULL JOIN auction A ON P.id = A.seller AND A.reserve > 5000000"
+    );
+    kill_test_flags(&regular, 10_000, 30, Some(&format!("{table}; SELECT * FROM out ORDER BY id, auction")), &["--changelog"]);
+}
+
 /// Runs `job` (SQL writing into `{out}`) once as a batch query, then as a checkpointed stream
 /// killed with SIGKILL at 20 random moments (`first_kill_ms` to 150 ms later after each start) and
 /// restarted each time, and checks both wrote the same rows (at least `min_rows`).
@@ -316,14 +342,21 @@ fn kill_test(job: &str, min_rows: usize, first_kill_ms: u64) {
 /// `kill_test`, comparing what `read` (SQL reading `{out}`) prints of each output if given, else
 /// the lines of the output files.
 fn kill_test_read(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<&str>) {
+    kill_test_flags(job, min_rows, first_kill_ms, read, &[])
+}
+
+/// `kill_test_read`, the stream run with `riffle sql` flags `flags` too.
+fn kill_test_flags(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<&str>, flags: &[&str]) {
     let work = tempfile::tempdir().expect("temp dir");
     let job = |out: &str| job.replace("{out}", &work.path().join(out).display().to_string());
     let o = riffle(&["sql", "-c", &job("batch")], None);
     assert!(o.status.success(), "{}", stderr(&o));
     let checkpoints = work.path().join("checkpoints");
     let stream_args = |sql: &str| -> Vec<String> {
-        ["sql", "--stream", "--checkpoint-dir", checkpoints.to_str().unwrap_or_default(), "--checkpoint-interval", "50ms", "-c", sql]
+        ["sql", "--stream", "--checkpoint-dir", checkpoints.to_str().unwrap_or_default(), "--checkpoint-interval", "50ms"]
             .iter()
+            .chain(flags)
+            .chain(&["-c", sql])
             .map(|s| s.to_string())
             .collect()
     };

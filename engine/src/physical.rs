@@ -81,11 +81,15 @@ pub enum PhysicalPlan {
         schema: SchemaRef,
         estimated_rows: Option<u64>,
     },
-    /// The inner join of two inputs without end: each row is stored on its side and joined with the
+    /// The join of two inputs without end: each row is stored on its side and joined with the
     /// other side's rows so far. With `interval`, rows leave as the watermarks pass (interval join).
+    /// Inner, left, right or full: an outer interval join emits a row without match when it leaves;
+    /// an outer join without one emits it at once and takes it back (`-D`) at its first match, so its
+    /// output is a changelog (`schema` ends with the `op` column).
     StreamJoin {
         left: Box<PhysicalPlan>,
         right: Box<PhysicalPlan>,
+        kind: JoinKind,
         left_keys: Vec<Expr>,
         right_keys: Vec<Expr>,
         filter: Option<Expr>,
@@ -222,6 +226,7 @@ impl PhysicalPlan {
     pub fn changelog(&self) -> bool {
         match self {
             PhysicalPlan::UpdateAggregate { .. } => true,
+            PhysicalPlan::StreamJoin { kind, interval: None, .. } => *kind != JoinKind::Inner,
             PhysicalPlan::Scan { source, .. } => source.changelog(),
             PhysicalPlan::Filter { input, .. } | PhysicalPlan::Project { input, .. } | PhysicalPlan::Shared { input, .. } => {
                 input.changelog()
@@ -299,9 +304,9 @@ impl PhysicalPlan {
             PhysicalPlan::Window { input, .. } if input.unbounded() => return never("a window function (OVER)"),
             PhysicalPlan::SessionTvf { input, .. } if input.unbounded() => return never("SESSION windows"),
             PhysicalPlan::HashJoin { build, kind, .. } | PhysicalPlan::NestedLoopJoin { build, kind, .. } if build.unbounded() => {
-                return if stream && *kind != JoinKind::Inner {
+                return if stream && !matches!(kind, JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full) {
                     Err(RiffleError::NotSupported(format!(
-                        "a {kind:?} join of two inputs without end (the table '{table}'): only inner joins of two streams are supported yet"
+                        "EXISTS, IN or a scalar subquery over an input without end (the table '{table}'): only inner and outer joins of two streams are supported yet"
                     )))
                 } else if stream {
                     Err(RiffleError::NotSupported(format!(
@@ -413,12 +418,18 @@ impl PhysicalPlan {
             PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => {
                 "streaming probe side; state: the build side, read to its end first".into()
             }
-            PhysicalPlan::StreamJoin { interval: Some(_), .. } => {
-                "streaming: joins each row with the other side's rows so far; state: both sides' rows within the interval, dropped as the watermarks pass".into()
-            }
-            PhysicalPlan::StreamJoin { .. } => {
-                "streaming: joins each row with the other side's rows so far; state: every row of both sides (no time bound); output without event time".into()
-            }
+            PhysicalPlan::StreamJoin { interval: Some(_), kind, .. } => format!(
+                "streaming: joins each row with the other side's rows so far{}; state: both sides' rows within the interval, dropped as the watermarks pass",
+                if *kind == JoinKind::Inner { "" } else { ", a row without match leaves padded with NULLs as it is dropped" }
+            ),
+            PhysicalPlan::StreamJoin { kind, .. } => format!(
+                "streaming: joins each row with the other side's rows so far{}; state: every row of both sides (no time bound); output without event time",
+                if *kind == JoinKind::Inner {
+                    ""
+                } else {
+                    ", emits a changelog: a row without match at once padded with NULLs (+I), taken back (-D) at its first match"
+                }
+            ),
             PhysicalPlan::Window { .. } | PhysicalPlan::SessionTvf { .. } => {
                 "emits each partition once its key changes, over a sort (blocking); state: one partition's rows".into()
             }
@@ -447,9 +458,13 @@ impl PhysicalPlan {
             }
             PhysicalPlan::HashAggregate { window_end: Some(end), .. } => Some(*end),
             PhysicalPlan::SessionAggregate { group, .. } => group.iter().position(|g| *g == SessionColumn::End),
-            // A regular stream join emits no watermarks: its rows have no event time downstream.
-            PhysicalPlan::StreamJoin { left, interval: Some(_), .. } => left.event_time_column(),
-            PhysicalPlan::HashJoin { probe, kind: JoinKind::Inner, .. } => probe.event_time_column(),
+            // A regular stream join emits no watermarks: its rows have no event time downstream. An
+            // interval join's rows keep the time of the side whose every row has one.
+            PhysicalPlan::StreamJoin { left, interval: Some(_), kind: JoinKind::Inner | JoinKind::Left, .. } => left.event_time_column(),
+            PhysicalPlan::StreamJoin { left, right, interval: Some(_), kind: JoinKind::Right, .. } => {
+                Some(left.schema().fields().len() + right.event_time_column()?)
+            }
+            PhysicalPlan::HashJoin { probe, kind: JoinKind::Inner | JoinKind::Left, .. } => probe.event_time_column(),
             _ => None,
         }
     }
@@ -558,11 +573,12 @@ impl PhysicalPlan {
                 }
                 s
             }
-            PhysicalPlan::StreamJoin { left, right, left_keys, right_keys, filter, interval, .. } => {
+            PhysicalPlan::StreamJoin { left, right, kind, left_keys, right_keys, filter, interval, .. } => {
                 let (ls, rs) = (left.schema(), right.schema());
                 let keys: Vec<String> =
                     left_keys.iter().zip(right_keys).map(|(l, r)| format!("{} = {}", l.display(&ls), r.display(&rs))).collect();
-                let mut s = format!(": on=[{}]", keys.join(", "));
+                let kind = if *kind == JoinKind::Inner { String::new() } else { format!(" {kind:?}") };
+                let mut s = format!(":{kind} on=[{}]", keys.join(", "));
                 if let Some(b) = interval {
                     let secs = |us: i64| format!("{}s", us as f64 / 1e6);
                     let _ = write!(s, " interval={} - {} in [{}, {}]", ls.field(b.left_time).name(), rs.field(b.right_time).name(), secs(b.lo), secs(b.hi));
@@ -962,7 +978,14 @@ pub fn hop_slices<'a>(input: &'a PhysicalPlan, group: &[Expr], aggs: &[AggCall])
 
 pub fn plan_stream_joins(plan: PhysicalPlan, every_join: bool) -> PhysicalPlan {
     let mut plan = match plan {
-        PhysicalPlan::HashJoin { ref build, kind: JoinKind::Inner, .. } if build.unbounded() || every_join => into_stream_join(plan),
+        // An outer join keeping the build side's rows emits those without match at its end: over a
+        // probe side without end, only a stream join can.
+        PhysicalPlan::HashJoin { ref probe, ref build, kind, keep_build: false, null_aware: false, .. }
+            if stream_joinable(kind)
+                && (build.unbounded() || every_join || (probe.unbounded() && matches!(kind, JoinKind::Right | JoinKind::Full))) =>
+        {
+            into_stream_join(plan)
+        }
         other => other,
     };
     for input in plan.inputs_mut() {
@@ -971,9 +994,21 @@ pub fn plan_stream_joins(plan: PhysicalPlan, every_join: bool) -> PhysicalPlan {
     plan
 }
 
-/// An inner hash join as a stream join of the same inputs (anything else as it is).
+/// The joins a stream join runs: inner and outer ones.
+fn stream_joinable(kind: JoinKind) -> bool {
+    matches!(kind, JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full)
+}
+
+/// An inner or outer hash join as a stream join of the same inputs (anything else as it is).
 pub fn into_stream_join(plan: PhysicalPlan) -> PhysicalPlan {
-    let PhysicalPlan::HashJoin { probe, build, kind: JoinKind::Inner, probe_keys, build_keys, filter, schema, .. } = plan else { return plan };
+    let (probe, build, kind, probe_keys, build_keys, filter, schema) = match plan {
+        PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, schema, keep_build: false, null_aware: false, .. }
+            if stream_joinable(kind) =>
+        {
+            (probe, build, kind, probe_keys, build_keys, filter, schema)
+        }
+        other => return other,
+    };
     // Only the inputs' event times bound what can still match: a future row's is at least
     // the watermark (a window_start is not: later windows may start before it).
     let interval = match (probe.event_time_column(), build.event_time_column()) {
@@ -989,7 +1024,10 @@ pub fn into_stream_join(plan: PhysicalPlan) -> PhysicalPlan {
         }
         _ => None,
     };
-    PhysicalPlan::StreamJoin { left: probe, right: build, left_keys: probe_keys, right_keys: build_keys, filter, interval, schema }
+    // Without a time bound, an outer join's rows without match leave at once and are taken back at
+    // their first match: a changelog.
+    let schema = if kind != JoinKind::Inner && interval.is_none() { crate::changelog::with_op(&schema) } else { schema };
+    PhysicalPlan::StreamJoin { left: probe, right: build, kind, left_keys: probe_keys, right_keys: build_keys, filter, interval, schema }
 }
 
 /// The bounds on `l.left_time - r.right_time` that the conjuncts of `filter` (over left ++ right, the

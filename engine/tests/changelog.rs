@@ -2,10 +2,11 @@
 //! retractions taken back by an aggregate over another, filters over a changelog, and refusals of
 //! what needs final rows over a table without end.
 
-use std::sync::{Arc, Mutex};
-
 use riffle_engine::format::format_value;
 use riffle_engine::{ExecConfig, Session};
+
+mod common;
+use common::emitted;
 
 /// A session whose GROUP BYs update, one row per batch, with table `t(k, v)` holding `rows`.
 fn session(rows: &[(&str, i64)]) -> Session {
@@ -18,35 +19,11 @@ fn session(rows: &[(&str, i64)]) -> Session {
     s
 }
 
-/// Every row the query emits, in order, as space-separated values (the row kind first).
-fn changelog(s: &mut Session, sql: &str) -> Vec<String> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    s.execute_streaming(
-        sql,
-        Arc::new(move |_, batch| {
-            let mut lines = sink.lock().expect("lock");
-            for row in 0..batch.num_rows() {
-                let cells: Vec<String> = batch
-                    .columns()
-                    .iter()
-                    .map(|c| format_value(c, row).map(|v| v.unwrap_or_else(|| "NULL".into())))
-                    .collect::<riffle_engine::Result<_>>()?;
-                lines.push(cells.join(" "));
-            }
-            Ok(())
-        }),
-    )
-    .expect("runs");
-    let out = lines.lock().expect("lock").clone();
-    out
-}
-
 #[test]
 fn each_row_updates_its_group() {
     let mut s = session(&[("a", 1), ("b", 2), ("a", 3), ("b", -2)]);
     assert_eq!(
-        changelog(&mut s, "SELECT k, count(*), sum(v) FROM t GROUP BY k"),
+        emitted(&mut s, "SELECT k, count(*), sum(v) FROM t GROUP BY k"),
         ["+I a 1 1", "+I b 1 2", "-U a 1 1", "+U a 2 4", "-U b 1 2", "+U b 2 0"]
     );
 }
@@ -56,13 +33,13 @@ fn an_aggregate_over_an_updating_one_takes_its_retractions_back() {
     let mut s = session(&[("a", 0), ("b", 0), ("a", 0)]);
     // The inner update of a (1 → 2) is one batch of -U and +U: the outer groups change together.
     assert_eq!(
-        changelog(&mut s, "SELECT c, count(*) FROM (SELECT k, count(*) AS c FROM t GROUP BY k) GROUP BY c"),
+        emitted(&mut s, "SELECT c, count(*) FROM (SELECT k, count(*) AS c FROM t GROUP BY k) GROUP BY c"),
         ["+I 1 1", "-U 1 1", "+U 1 2", "-U 1 2", "+U 1 1", "+I 2 1"]
     );
     let mut s = session(&[("a", 0), ("a", 0)]);
     // Group c = 1 loses its only row: it is deleted.
     assert_eq!(
-        changelog(&mut s, "SELECT c, count(*) FROM (SELECT k, count(*) AS c FROM t GROUP BY k) GROUP BY c"),
+        emitted(&mut s, "SELECT c, count(*) FROM (SELECT k, count(*) AS c FROM t GROUP BY k) GROUP BY c"),
         ["+I 1 1", "-D 1 1", "+I 2 1"]
     );
 }
@@ -73,7 +50,7 @@ fn min_and_max_recover_when_their_extreme_is_taken_back() {
     // row changes no value (b:1 beside a:1), so it emits nothing.
     let mut s = session(&[("a", 0), ("b", 0), ("b", 0), ("b", 0), ("a", 0)]);
     assert_eq!(
-        changelog(&mut s, "SELECT min(c), max(c), count(DISTINCT c) FROM (SELECT k, count(*) AS c FROM t GROUP BY k)"),
+        emitted(&mut s, "SELECT min(c), max(c), count(DISTINCT c) FROM (SELECT k, count(*) AS c FROM t GROUP BY k)"),
         ["+I 1 1 1", "-U 1 1 1", "+U 1 2 2", "-U 1 2 2", "+U 1 3 2", "-U 1 3 2", "+U 2 3 2"]
     );
 }
@@ -82,7 +59,7 @@ fn min_and_max_recover_when_their_extreme_is_taken_back() {
 fn having_filters_each_changelog_row() {
     let mut s = session(&[("a", 0), ("a", 0), ("a", 0)]);
     assert_eq!(
-        changelog(&mut s, "SELECT k, count(*) FROM t GROUP BY k HAVING count(*) > 1"),
+        emitted(&mut s, "SELECT k, count(*) FROM t GROUP BY k HAVING count(*) > 1"),
         ["+U a 2", "-U a 2", "+U a 3"]
     );
 }
@@ -90,9 +67,9 @@ fn having_filters_each_changelog_row() {
 #[test]
 fn a_global_aggregate_over_no_rows_has_its_row_at_the_end() {
     let mut s = session(&[]);
-    assert_eq!(changelog(&mut s, "SELECT count(*), sum(v) FROM t"), ["+I 0 NULL"]);
+    assert_eq!(emitted(&mut s, "SELECT count(*), sum(v) FROM t"), ["+I 0 NULL"]);
     let mut s = session(&[("a", 5)]);
-    assert_eq!(changelog(&mut s, "SELECT count(*), sum(v) FROM t"), ["+I 1 5"]);
+    assert_eq!(emitted(&mut s, "SELECT count(*), sum(v) FROM t"), ["+I 1 5"]);
 }
 
 #[test]
@@ -154,8 +131,8 @@ fn a_debezium_json_table_holds_the_changes_and_reads_back_as_their_result() {
     assert_eq!(rows(&mut batch, "SELECT sum(n) FROM out WHERE total > 0"), ["2"]);
     // ... and read as a stream they are a changelog, which an aggregate takes back as it goes (the
     // last change, b's new row with total 0, leaves the sum as it was: nothing).
-    assert_eq!(changelog(&mut s, "SELECT k, n FROM out WHERE k = 'a'"), ["+I a 1", "-D a 1", "+I a 2"]);
-    assert_eq!(changelog(&mut s, "SELECT sum(total) FROM out"), ["+I 1", "-U 1", "+U 3", "-U 3", "+U 2", "-U 2", "+U 6", "-U 6", "+U 4"]);
+    assert_eq!(emitted(&mut s, "SELECT k, n FROM out WHERE k = 'a'"), ["+I a 1", "-D a 1", "+I a 2"]);
+    assert_eq!(emitted(&mut s, "SELECT sum(total) FROM out"), ["+I 1", "-U 1", "+U 3", "-U 3", "+U 2", "-U 2", "+U 6", "-U 6", "+U 4"]);
     // Appended rows (a batch INSERT, a COPY) are inserts.
     batch.sql("INSERT INTO out VALUES ('c', 1, 9)").expect("insert");
     assert_eq!(rows(&mut batch, "SELECT k, total FROM out ORDER BY k"), ["a 4", "b 0", "c 9"]);
@@ -194,7 +171,7 @@ fn a_state_ttl_forgets_groups_unchanged_that_long() {
         if let Some(ttl) = ttl {
             s.sql(&format!("SET 'table.exec.state.ttl' = '{ttl}'")).expect("set");
         }
-        let log = changelog(&mut s, "SELECT auction, count(*) FROM bid GROUP BY auction");
+        let log = emitted(&mut s, "SELECT auction, count(*) FROM bid GROUP BY auction");
         let inserts: Vec<&String> = log.iter().filter(|l| l.starts_with("+I ")).collect();
         let auctions: std::collections::HashSet<&str> = inserts.iter().filter_map(|l| l.split(' ').nth(1)).collect();
         (inserts.len(), auctions.len())

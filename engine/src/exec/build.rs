@@ -364,28 +364,31 @@ impl Builder<'_> {
                 let sides = (*null_aware, *keep_build);
                 self.join(probe, build, *kind, probe_keys.clone(), build_keys.clone(), filter.clone(), sides, schema, metrics)?
             }
-            PhysicalPlan::StreamJoin { left, right, left_keys, right_keys, filter, interval, schema } => {
+            PhysicalPlan::StreamJoin { left, right, kind, left_keys, right_keys, filter, interval, schema } => {
                 let spec = super::stream_join::StreamJoinSpec {
+                    kind: *kind,
                     left_keys: left_keys.clone(),
                     right_keys: right_keys.clone(),
                     filter: filter.clone(),
                     interval: *interval,
                     left_schema: left.schema(),
-                    schema: schema.clone(),
+                    schema: if plan.changelog() { crate::changelog::without_op(schema) } else { schema.clone() },
                     state_ttl: self.config.state_ttl,
                 };
                 let left_open = self.open(left)?;
                 let right_open = self.open(right)?;
                 let (lp, rp) = (left_open.partitions, right_open.partitions);
-                // A bounded queue: a slow consumer holds both inputs back.
-                let output = Arc::new(Exchange::new(lp + rp, self.threads, EXCHANGE_CAPACITY, self.notifier.clone()));
+                // A bounded queue: a slow consumer holds both inputs back. A changelog goes to one
+                // consumer, in the order the join decided it.
+                let consumers = if spec.changelog() { 1 } else { self.threads };
+                let output = Arc::new(Exchange::new(lp + rp, consumers, EXCHANGE_CAPACITY, self.notifier.clone()));
                 let checkpoint = self.checkpoint().map(|c| (c, id));
                 let shared =
                     Arc::new(super::stream_join::StreamJoinShared::new(spec, lp, rp, output.clone(), metrics, &self.memory.pool, checkpoint)?);
                 let ls = shared.clone();
                 self.close(left_open, &move |p| Ok(Box::new(super::stream_join::StreamJoinSink::new(ls.clone(), 0, p))))?;
                 self.close(right_open, &move |p| Ok(Box::new(super::stream_join::StreamJoinSink::new(shared.clone(), 1, p))))?;
-                Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
+                Open { source: SourceSpec::Exchange(output), partitions: consumers, ops: vec![] }
             }
             PhysicalPlan::NestedLoopJoin { probe, build, kind, filter, schema, .. } => {
                 self.join(probe, build, *kind, vec![], vec![], filter.clone(), (false, false), schema, metrics)?

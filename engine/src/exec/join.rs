@@ -813,9 +813,16 @@ impl Operator for ProbeOp {
     }
 
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
-        if !matches!(msg, Message::End) {
-            out.push(msg);
-            return Ok(());
+        // Once the build side spilled, probe rows of spilled buckets join at the end: a watermark
+        // passed on now would make them late (a window aggregate above would drop them).
+        let deferring = matches!(self.shared.table.get(), Some(Built::Spilled(_)));
+        match msg {
+            Message::End => {}
+            Message::Watermark(_) if deferring => return Ok(()),
+            other => {
+                out.push(other);
+                return Ok(());
+            }
         }
         let shared = self.shared.clone();
         let built = shared.table.get().ok_or_else(|| RiffleError::exec("probe before the join table was built"))?;

@@ -1,7 +1,15 @@
-//! The inner join of two streams: each arriving row is stored on its side and joined with the other
+//! The join of two streams: each arriving row is stored on its side and joined with the other
 //! side's rows stored so far, so every matching pair is emitted once, by whichever of its two rows
-//! came second (insert and probe happen under one lock). Both inputs feed one output exchange, which
-//! aligns their barriers and ends once both ended.
+//! came second (insert, probe and the join condition happen under one lock). Both inputs feed one
+//! output exchange, which aligns their barriers and ends once both ended.
+//!
+//! Outer joins (left, right, full) also emit each row of a kept side that matches nothing, padded with
+//! NULLs, as Flink does. An interval join emits it when the row is dropped (no future row can match
+//! it), so its output stays append-only. A regular join cannot know that: it emits the padded row at
+//! once and takes it back (`-D`) when the row's first match arrives, so its output is a changelog
+//! (pushed under the lock, in the order decided, to one consumer). A stored row of a kept side knows
+//! whether it matched; checkpoints save that too. Once one side ended, the other side's rows are
+//! no longer stored (nothing can match them): an outer row of it without match leaves at once.
 //!
 //! An interval join (`l.ts BETWEEN r.ts - a AND r.ts + b`, see [`IntervalBounds`]) forgets a row once
 //! the other side's watermark shows no future row can match it, so its state stays bounded; its
@@ -24,9 +32,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::{filter_record_batch, interleave, take};
-use arrow::datatypes::{DataType, SchemaRef, TimestampMicrosecondType};
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch};
+use arrow::compute::{filter_record_batch, interleave};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
 
 use super::checkpoint::{Coordinator, EpochTracker, OperatorCheckpoint, SharedFiles};
@@ -34,22 +42,37 @@ use super::key_index::KeyIndex;
 use super::{Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
-use crate::logical::Expr;
+use crate::changelog::RowKind;
+use crate::logical::{Expr, JoinKind};
 use crate::memory::{batch_bytes, MemoryPool, MemoryReservation};
 use crate::message::{Message, Timestamp};
 use crate::physical::IntervalBounds;
 
 pub struct StreamJoinSpec {
+    /// Inner, left, right or full.
+    pub kind: JoinKind,
     pub left_keys: Vec<Expr>,
     pub right_keys: Vec<Expr>,
     /// Over left ++ right; includes the interval condition.
     pub filter: Option<Expr>,
     pub interval: Option<IntervalBounds>,
     pub left_schema: SchemaRef,
-    /// left ++ right: the output.
+    /// left ++ right: the output (without the `op` column of a changelog).
     pub schema: SchemaRef,
     /// How long a stored row may match (processing time); `None`: as long as the time bounds allow.
     pub state_ttl: Option<std::time::Duration>,
+}
+
+impl StreamJoinSpec {
+    /// Whether `side`'s rows without match are kept (padded with NULLs).
+    fn outer(&self, side: usize) -> bool {
+        matches!((self.kind, side), (JoinKind::Left, 0) | (JoinKind::Right, 1) | (JoinKind::Full, _))
+    }
+
+    /// Whether the output is a changelog: an outer join without time bounds takes rows back.
+    pub fn changelog(&self) -> bool {
+        self.kind != JoinKind::Inner && self.interval.is_none()
+    }
 }
 
 /// One input's stored rows.
@@ -65,6 +88,8 @@ struct Side {
     dead_rows: usize,
     /// Per partition of this input, its last watermark (`i64::MAX` once it ended).
     watermarks: Vec<Option<Timestamp>>,
+    /// Per partition of this input, whether it ended.
+    ended: Vec<bool>,
     /// Bytes of the stored batches.
     bytes: usize,
     /// With a state TTL, when each chunk was stored, oldest first.
@@ -86,6 +111,12 @@ struct Chunk {
     /// The latest event time in the batch (interval joins).
     max_time: Timestamp,
     rows: usize,
+    /// On a side whose rows without match are kept, per row: whether it matched (or, in an
+    /// interval join, left already); empty on other sides.
+    matched: Vec<bool>,
+    /// In an outer interval join, the earliest time of a row not matched (`MAX`: none): the
+    /// watermarks may let it leave before the chunk does.
+    pending: Timestamp,
 }
 
 impl Side {
@@ -123,14 +154,16 @@ impl Side {
         self.watermarks.iter().copied().collect::<Option<Vec<_>>>().and_then(|w| w.into_iter().min())
     }
 
-    /// Drops the chunks whose every row is older than `cutoff`.
-    fn evict_before(&mut self, cutoff: Timestamp) {
-        let old: Vec<u64> = self.chunks.iter().filter(|(_, c)| c.max_time < cutoff).map(|(id, _)| *id).collect();
-        self.remove(old);
+    /// Drops the chunks whose every row is older than `cutoff`, and returns them.
+    fn evict_before(&mut self, cutoff: Timestamp) -> Vec<Chunk> {
+        let mut old: Vec<u64> = self.chunks.iter().filter(|(_, c)| c.max_time < cutoff).map(|(id, _)| *id).collect();
+        // In the order stored: rows without match leave in that order.
+        old.sort_unstable();
+        self.remove(old)
     }
 
-    /// Drops the chunks stored `ttl` or longer before `now`.
-    fn expire(&mut self, now: std::time::Instant, ttl: std::time::Duration) {
+    /// Drops the chunks stored `ttl` or longer before `now`, and returns them.
+    fn expire(&mut self, now: std::time::Instant, ttl: std::time::Duration) -> Vec<Chunk> {
         let mut old = vec![];
         while let Some((at, id)) = self.stored.front().copied() {
             if now.saturating_duration_since(at) < ttl {
@@ -139,15 +172,17 @@ impl Side {
             self.stored.pop_front();
             old.push(id);
         }
-        self.remove(old);
+        self.remove(old)
     }
 
-    fn remove(&mut self, ids: Vec<u64>) {
+    fn remove(&mut self, ids: Vec<u64>) -> Vec<Chunk> {
+        let mut removed = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(c) = self.chunks.remove(&id) {
                 self.live_rows -= c.rows;
                 self.dead_rows += c.rows;
-                self.bytes -= batch_bytes(&c.batch);
+                self.bytes -= chunk_bytes(&c);
+                removed.push(c);
             }
         }
         if self.dead_rows > self.live_rows.max(256) {
@@ -155,7 +190,31 @@ impl Side {
             self.index.retain(|(c, _)| chunks.contains_key(&c));
             self.dead_rows = 0;
         }
+        removed
     }
+
+    /// Drops every chunk, and returns them in the order stored.
+    fn clear(&mut self) -> Vec<Chunk> {
+        let mut all: Vec<u64> = self.chunks.keys().copied().collect();
+        all.sort_unstable();
+        self.remove(all)
+    }
+
+    /// Whether every partition of this input ended: no row of it will come.
+    fn ended(&self) -> bool {
+        self.ended.iter().all(|e| *e)
+    }
+
+    /// The matched flags of the chunks the last snapshot named, in the order named.
+    fn matched_flags(&self) -> BooleanArray {
+        let flags = self.files.iter().flat_map(|f| f.chunks.iter()).flat_map(|(_, id)| self.chunks[id].matched.iter().copied());
+        BooleanArray::from(flags.collect::<Vec<bool>>())
+    }
+}
+
+/// Bytes of a stored chunk: its batch and its matched flags.
+fn chunk_bytes(c: &Chunk) -> usize {
+    batch_bytes(&c.batch) + c.matched.len()
 }
 
 struct State {
@@ -179,10 +238,15 @@ pub struct StreamJoinShared {
     converter: RowConverter,
     state: Mutex<State>,
     output: Arc<Exchange>,
+    /// The output's schema: `spec.schema`, with the `op` column of a changelog.
+    output_schema: SchemaRef,
     left_partitions: usize,
     metrics: Arc<OpMetrics>,
     checkpoint: Option<JoinCheckpoint>,
 }
+
+/// The name of a checkpoint's file of matched flags (outer joins), beside its `state.json`.
+const MATCHED_FILE: &str = "matched.arrow";
 
 impl StreamJoinShared {
     #[allow(clippy::too_many_arguments)]
@@ -198,8 +262,10 @@ impl StreamJoinShared {
         let key_types: Vec<DataType> = spec.left_keys.iter().map(|k| k.data_type(&spec.left_schema)).collect();
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())?;
         let mut sides: [Side; 2] = Default::default();
-        sides[0].watermarks = vec![None; left_partitions];
-        sides[1].watermarks = vec![None; right_partitions];
+        for (side, partitions) in sides.iter_mut().zip([left_partitions, right_partitions]) {
+            side.watermarks = vec![None; partitions];
+            side.ended = vec![false; partitions];
+        }
         let restored = checkpoint.as_ref().map_or(0, |(c, _)| c.restored);
         let epochs = EpochTracker::new(left_partitions + right_partitions, restored);
         let state = Mutex::new(State { sides, reservation: pool.reservation("StreamJoin", false), epochs });
@@ -216,25 +282,41 @@ impl StreamJoinShared {
                 Some(JoinCheckpoint { op: OperatorCheckpoint::register(&coordinator, name)?, files, restored })
             }
         };
-        let shared = StreamJoinShared { spec, key_types, converter, state, output, left_partitions, metrics, checkpoint };
+        let output_schema = if spec.changelog() { crate::changelog::with_op(&spec.schema) } else { spec.schema.clone() };
+        let shared = StreamJoinShared { spec, key_types, converter, state, output, output_schema, left_partitions, metrics, checkpoint };
         shared.restore()?;
         Ok(shared)
     }
 
     /// Stores the rows of the checkpoint the job restarts from, if any: the live chunks of the files
-    /// it names, which later checkpoints name again instead of writing them anew.
+    /// it names, which later checkpoints name again instead of writing them anew, with their rows'
+    /// matched flags (outer joins).
     fn restore(&self) -> Result<()> {
         let Some(ck) = &self.checkpoint else { return Ok(()) };
+        let flags = match ck.op.restore_dir().map(|d| d.join(MATCHED_FILE)) {
+            Some(path) if path.exists() => {
+                let batches = super::checkpoint::read_batches(&path)?;
+                let flags = |b: &RecordBatch| b.column(0).as_boolean_opt().map(|f| f.values().iter().collect::<Vec<bool>>());
+                batches.iter().map(flags).collect::<Option<Vec<_>>>().filter(|f| f.len() == 2).ok_or_else(|| damaged(&path))?
+            }
+            _ => vec![vec![], vec![]],
+        };
         for (side, files) in ck.restored.iter().enumerate() {
+            let mut flags = flags[side].iter().copied();
             for (name, live) in files {
                 let batches = super::checkpoint::read_batches(&ck.files.path(name))?;
                 let mut saved = SavedFile { name: name.clone(), total: batches.len(), chunks: vec![] };
                 for p in live {
                     let batch = batches.get(*p as usize).cloned().ok_or_else(|| damaged(&ck.files.path(name)))?;
                     let (encoded, valid, max_time) = self.keys(side, &batch)?;
+                    let matched: Vec<bool> = if self.spec.outer(side) { flags.by_ref().take(batch.num_rows()).collect() } else { vec![] };
+                    if matched.len() != if self.spec.outer(side) { batch.num_rows() } else { 0 } {
+                        return Err(damaged(&ck.files.path(name)));
+                    }
+                    let pending = self.pending(side, &batch, &matched);
                     let mut st = self.lock()?;
                     let now = self.spec.state_ttl.map(|_| std::time::Instant::now());
-                    if let Some(id) = store(&mut st.sides[side], batch, &encoded, &valid, max_time, now) {
+                    if let Some(id) = store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, &encoded, &valid, now) {
                         saved.chunks.push((*p, id));
                     }
                     self.account(&mut st)?;
@@ -251,7 +333,7 @@ impl StreamJoinShared {
         let Some(ck) = &self.checkpoint else { return Ok(()) };
         let mut st = self.lock()?;
         for epoch in st.epochs.pass(producer, e) {
-            let state = ck.op.coordinator.state_dir(epoch, &ck.op.name)?.join("state.json");
+            let dir = ck.op.coordinator.state_dir(epoch, &ck.op.name)?;
             // The stored batches are shared, not copied: they are written while the join goes on.
             let mut writes = Vec::new();
             let mut named = Vec::new();
@@ -260,8 +342,19 @@ impl StreamJoinShared {
                 writes.extend(write.map(|(name, batches)| (ck.files.path(&name), batches)));
                 named.push(files);
             }
+            if self.spec.kind != JoinKind::Inner {
+                // The flags change as rows match: copied whole at every checkpoint (a bit per row).
+                let schema = Arc::new(Schema::new(vec![Field::new("matched", DataType::Boolean, false)]));
+                let flags = st
+                    .sides
+                    .iter()
+                    .map(|s| Ok(RecordBatch::try_new(schema.clone(), vec![Arc::new(s.matched_flags()) as ArrayRef])?))
+                    .collect::<Result<Vec<_>>>()?;
+                writes.push((dir.join(MATCHED_FILE), flags));
+            }
             ck.files.taken(epoch, named.iter().flatten().map(|(f, _)| f.clone()).collect());
             let doc = serde_json::json!({ "sides": named.iter().map(|files| files.iter().map(|(f, live)| serde_json::json!({ "file": f, "live": live })).collect::<Vec<_>>()).collect::<Vec<_>>() });
+            let state = dir.join("state.json");
             ck.op.coordinator.save_async(ck.op.component, epoch, move || {
                 for (path, batches) in &writes {
                     super::checkpoint::write_batches(path, batches)?;
@@ -315,16 +408,23 @@ impl StreamJoinShared {
         Ok((encoded, valid, max_time))
     }
 
-    /// Stores `batch` on `side` and returns its rows joined with the other side's.
-    fn insert_and_probe(&self, side: usize, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+    /// Stores `batch` on `side`, joins its rows with the other side's and pushes the output.
+    fn insert_and_probe(&self, side: usize, producer: usize, batch: RecordBatch) -> Result<()> {
         let (encoded, valid, max_time) = self.keys(side, &batch)?;
+        let mut out = Vec::new();
         let mut st = self.lock()?;
-        let now = self.spec.state_ttl.map(|ttl| {
+        let now = match self.spec.state_ttl {
             // Expired rows never match (as Flink's state TTL never returns expired state).
-            let now = std::time::Instant::now();
-            st.sides.iter_mut().for_each(|s| s.expire(now, ttl));
-            now
-        });
+            Some(ttl) => {
+                let now = std::time::Instant::now();
+                for s in 0..2 {
+                    let expired = st.sides[s].expire(now, ttl);
+                    self.unmatched(s, &expired, &mut out)?;
+                }
+                Some(now)
+            }
+            None => None,
+        };
         let other = &st.sides[1 - side];
         // Pairs (this row, other chunk, other row).
         let mut mine: Vec<u32> = Vec::new();
@@ -340,27 +440,94 @@ impl StreamJoinShared {
                 }
             }
         }
-        let joined = if mine.is_empty() { None } else { Some(self.pairs(side, &batch, &mine, other, &theirs)?) };
-
-        store(&mut st.sides[side], batch, &encoded, &valid, max_time, now);
-        self.account(&mut st)?;
-        drop(st);
-
-        let Some(pairs) = joined else { return Ok(None) };
-        let kept = match &self.spec.filter {
-            Some(f) => {
-                let mask = evaluate_predicate(f, &pairs)?;
-                filter_record_batch(&pairs, &mask)?
+        // The condition is evaluated under the lock: a stored row of an outer side must know it
+        // matched before another thread could drop it as unmatched.
+        let mut matched = vec![false; if self.spec.outer(side) { batch.num_rows() } else { 0 }];
+        if !mine.is_empty() {
+            let pairs = self.pairs(side, &batch, &mine, other, &theirs)?;
+            let (pairs, kept) = match &self.spec.filter {
+                Some(f) => {
+                    let mask = evaluate_predicate(f, &pairs)?;
+                    let kept: Vec<usize> = (0..mask.len()).filter(|i| mask.is_valid(*i) && mask.value(*i)).collect();
+                    (filter_record_batch(&pairs, &mask)?, kept)
+                }
+                None => (pairs, (0..mine.len()).collect()),
+            };
+            if self.spec.kind != JoinKind::Inner {
+                let other_outer = self.spec.outer(1 - side);
+                let other = &mut st.sides[1 - side];
+                let mut first: Vec<(u64, u32)> = Vec::new();
+                for i in kept {
+                    if let Some(m) = matched.get_mut(mine[i] as usize) {
+                        *m = true;
+                    }
+                    let (c, r) = theirs[i];
+                    if let Some(flag) = other.chunks.get_mut(&c).and_then(|c| c.matched.get_mut(r as usize)).filter(|_| other_outer) {
+                        if !*flag {
+                            *flag = true;
+                            first.push((c, r));
+                        }
+                    }
+                }
+                // A changelog takes back the padded rows it emitted for rows matched the first time.
+                if self.spec.changelog() && !first.is_empty() {
+                    let chunks: Vec<&RecordBatch> = first.iter().map(|(c, _)| &other.chunks[c].batch).collect();
+                    let picks: Vec<(usize, usize)> = first.iter().enumerate().map(|(i, (_, r))| (i, *r as usize)).collect();
+                    out.push(self.output(self.padded(1 - side, &chunks, &picks)?, RowKind::Delete)?);
+                }
             }
-            None => pairs,
-        };
-        Ok((kept.num_rows() > 0).then_some(kept))
+            if pairs.num_rows() > 0 {
+                out.push(self.output(pairs, RowKind::Insert)?);
+            }
+        }
+        let other_ended = st.sides[1 - side].ended();
+        if self.spec.outer(side) {
+            // Rows without match that leave now: all of them in a changelog (a match takes them
+            // back); in an interval join those that nothing can match any more.
+            let interval = self.spec.interval.is_some();
+            let leaving: Vec<(usize, usize)> =
+                (0..batch.num_rows()).filter(|r| !matched[*r] && (!interval || !valid[*r] || other_ended)).map(|r| (0, r)).collect();
+            if !leaving.is_empty() {
+                out.push(self.output(self.padded(side, &[&batch], &leaving)?, RowKind::Insert)?);
+                if interval {
+                    leaving.iter().for_each(|(_, r)| matched[*r] = true);
+                }
+            }
+        }
+        // Once the other side ended, nothing can match this batch's rows: they are not kept.
+        if !other_ended {
+            let pending = self.pending(side, &batch, &matched);
+            store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, &encoded, &valid, now);
+            self.account(&mut st)?;
+        }
+        // A changelog's order matters (a row is taken back after it was emitted): pushed under the lock.
+        let guard = if self.spec.changelog() { Some(st) } else { None };
+        for b in out {
+            self.push(producer, b);
+        }
+        drop(guard);
+        Ok(())
+    }
+
+    fn push(&self, producer: usize, batch: RecordBatch) {
+        self.metrics.rows.fetch_add(batch.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.output.push(producer, Message::Batch(batch));
+    }
+
+    /// `batch` as output rows of `kind`: with the `op` column in a changelog.
+    fn output(&self, batch: RecordBatch, kind: RowKind) -> Result<RecordBatch> {
+        if !self.spec.changelog() {
+            return Ok(batch);
+        }
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(Int8Array::from(vec![kind.code(); batch.num_rows()])));
+        Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?)
     }
 
     /// The output rows of the pairs: this batch's rows `mine`, the other side's stored rows `theirs`.
     fn pairs(&self, side: usize, batch: &RecordBatch, mine: &[u32], other: &Side, theirs: &[(u64, u32)]) -> Result<RecordBatch> {
-        let indices = UInt32Array::from(mine.to_vec());
-        let mine_cols = batch.columns().iter().map(|c| Ok(take(c.as_ref(), &indices, None)?)).collect::<Result<Vec<ArrayRef>>>()?;
+        let mine_cols = gather(&[batch], &mine.iter().map(|r| (0, *r as usize)).collect::<Vec<_>>())?;
         // The other side's rows come from many chunks: number the chunks involved and interleave.
         let mut slot_of: HashMap<u64, usize> = HashMap::new();
         let mut chunks: Vec<&RecordBatch> = Vec::new();
@@ -374,38 +541,127 @@ impl StreamJoinShared {
                 (slot, *r as usize)
             })
             .collect();
-        let width = chunks.first().map_or(0, |b| b.num_columns());
-        let theirs_cols = (0..width)
-            .map(|col| {
-                let arrays: Vec<&dyn Array> = chunks.iter().map(|b| b.column(col).as_ref()).collect();
-                Ok(interleave(&arrays, &picks)?)
-            })
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let theirs_cols = gather(&chunks, &picks)?;
         let columns = if side == 0 { [mine_cols, theirs_cols].concat() } else { [theirs_cols, mine_cols].concat() };
         Ok(RecordBatch::try_new(self.spec.schema.clone(), columns)?)
     }
 
-    /// Partition `p` of `side` reached watermark `w`: forget what can no longer match, and return
-    /// the output watermark, if it moved.
-    fn watermark(&self, side: usize, p: usize, w: Timestamp) -> Result<Option<Timestamp>> {
-        let Some(bounds) = self.spec.interval else { return Ok(None) };
+    /// Rows of `side` (`picks` of `batches`) padded with NULLs for the other side's columns.
+    fn padded(&self, side: usize, batches: &[&RecordBatch], picks: &[(usize, usize)]) -> Result<RecordBatch> {
+        let width = self.spec.left_schema.fields().len();
+        let fields = self.spec.schema.fields();
+        let others = if side == 0 { width..fields.len() } else { 0..width };
+        let nulls: Vec<ArrayRef> = fields[others].iter().map(|f| new_null_array(f.data_type(), picks.len())).collect();
+        let mine = gather(batches, picks)?;
+        let columns = if side == 0 { [mine, nulls].concat() } else { [nulls, mine].concat() };
+        Ok(RecordBatch::try_new(self.spec.schema.clone(), columns)?)
+    }
+
+    /// The earliest time of the rows of `side` not `matched`, in an outer interval join.
+    fn pending(&self, side: usize, batch: &RecordBatch, matched: &[bool]) -> Timestamp {
+        let Some(times) = self.times(side, batch).filter(|_| self.spec.outer(side)) else { return Timestamp::MAX };
+        times.iter().zip(matched).filter(|(_, m)| !**m).map(|(t, _)| *t).min().unwrap_or(Timestamp::MAX)
+    }
+
+    /// Appends the rows of `side`'s stored chunks that never matched and are older than `cutoff`
+    /// (no future row can match them), padded with NULLs, and marks them gone: in an outer interval
+    /// join a row leaves as soon as the watermark passes it, not when its whole chunk does (later,
+    /// the watermark below it would have moved past it).
+    fn leave_before(&self, side: usize, st: &mut State, cutoff: Timestamp, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if !self.spec.outer(side) || self.spec.changelog() {
+            return Ok(());
+        }
+        let mut ids: Vec<u64> = st.sides[side].chunks.iter().filter(|(_, c)| c.pending < cutoff).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        let mut picks: Vec<(usize, usize)> = Vec::new();
+        for (slot, id) in ids.iter().enumerate() {
+            let Some(chunk) = st.sides[side].chunks.get_mut(id) else { continue };
+            let times = self.times(side, &chunk.batch).unwrap_or_default();
+            let mut pending = Timestamp::MAX;
+            for (r, (m, t)) in chunk.matched.iter_mut().zip(times).enumerate() {
+                if *m {
+                    continue;
+                }
+                if t < cutoff {
+                    *m = true;
+                    picks.push((slot, r));
+                } else {
+                    pending = pending.min(t);
+                }
+            }
+            chunk.pending = pending;
+        }
+        if !picks.is_empty() {
+            let batches: Vec<&RecordBatch> = ids.iter().filter_map(|id| st.sides[side].chunks.get(id).map(|c| &c.batch)).collect();
+            out.push(self.padded(side, &batches, &picks)?);
+        }
+        Ok(())
+    }
+
+    /// Appends the rows of dropped `chunks` of `side` that never matched (an outer interval join's
+    /// rows without match leave so), padded with NULLs.
+    fn unmatched(&self, side: usize, chunks: &[Chunk], out: &mut Vec<RecordBatch>) -> Result<()> {
+        if !self.spec.outer(side) || self.spec.changelog() {
+            return Ok(());
+        }
+        let batches: Vec<&RecordBatch> = chunks.iter().map(|c| &c.batch).collect();
+        let picks: Vec<(usize, usize)> =
+            chunks.iter().enumerate().flat_map(|(i, c)| c.matched.iter().enumerate().filter(|(_, m)| !**m).map(move |(r, _)| (i, r))).collect();
+        if !picks.is_empty() {
+            out.push(self.padded(side, &batches, &picks)?);
+        }
+        Ok(())
+    }
+
+    /// Partition `p` of `side` reached watermark `w` (`None`: ended): forgets what can no longer
+    /// match and pushes the rows without match that leave with it, then the output watermark.
+    fn watermark(&self, side: usize, p: usize, producer: usize, w: Option<Timestamp>) -> Result<()> {
+        let mut out = Vec::new();
         let mut st = self.lock()?;
+        st.sides[side].ended[p] |= w.is_none();
+        let (pushed, w) = (w.is_some(), w.unwrap_or(Timestamp::MAX));
+        let Some(bounds) = self.spec.interval else { return Ok(()) };
         st.sides[side].watermarks[p] = Some(w);
         if let Some(wm) = st.sides[side].watermark() {
             // A future row of this side has time ≥ wm; a stored row of the other side can still
             // match it only within the interval (l - r ∈ [lo, hi]).
-            if side == 0 {
-                st.sides[1].evict_before(wm.saturating_sub(bounds.hi));
-            } else {
-                st.sides[0].evict_before(wm.saturating_add(bounds.lo));
+            let cutoff = if side == 0 { wm.saturating_sub(bounds.hi) } else { wm.saturating_add(bounds.lo) };
+            let dropped = st.sides[1 - side].evict_before(cutoff);
+            self.unmatched(1 - side, &dropped, &mut out)?;
+            self.leave_before(1 - side, &mut st, cutoff, &mut out)?;
+        }
+        if st.sides.iter().all(Side::ended) {
+            // Both inputs ended: whatever is left leaves.
+            for s in 0..2 {
+                let rest = st.sides[s].clear();
+                self.unmatched(s, &rest, &mut out)?;
             }
         }
         let size = st.sides.iter().map(Side::size).sum::<usize>();
         let _ = st.reservation.try_resize(size);
+        drop(st);
+        // Before the watermark: rows left now are not late for it.
+        for b in out {
+            self.push(producer, b);
+        }
         // Joined rows have times ≥ (the watermark) − (the interval's reach): the exchange takes the
         // minimum over every input partition.
-        Ok(Some(w.saturating_sub(bounds.reach())))
+        if pushed {
+            self.output.push(producer, Message::Watermark(w.saturating_sub(bounds.reach())));
+        }
+        Ok(())
     }
+}
+
+/// The columns of rows `picks` (batch, row) of `batches`, which share a schema.
+fn gather(batches: &[&RecordBatch], picks: &[(usize, usize)]) -> Result<Vec<ArrayRef>> {
+    let width = batches.first().map_or(0, |b| b.num_columns());
+    (0..width)
+        .map(|col| {
+            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(col).as_ref()).collect();
+            Ok(interleave(&arrays, picks)?)
+        })
+        .collect()
 }
 
 /// Per side, the shared files a checkpoint's `state.json` names and the positions of their live chunks.
@@ -434,10 +690,10 @@ fn damaged(path: &std::path::Path) -> RiffleError {
     RiffleError::exec(format!("checkpoint: {} is not this join's state; remove the checkpoint directory to start afresh", path.display()))
 }
 
-/// Stores the rows of `batch` with a key (`valid`) on `side`, indexed by their `encoded` keys.
+/// Stores the rows of `chunk` with a key (`valid`) on `side`, indexed by their `encoded` keys.
 /// `now`: when it is stored, with a state TTL (without one, the time is not kept).
 /// The chunk's id, if a row was stored.
-fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid: &[bool], max_time: Timestamp, now: Option<std::time::Instant>) -> Option<u64> {
+fn store(side: &mut Side, mut chunk: Chunk, encoded: &arrow::row::Rows, valid: &[bool], now: Option<std::time::Instant>) -> Option<u64> {
     let id = side.next_chunk;
     side.next_chunk += 1;
     let mut stored = 0;
@@ -450,9 +706,10 @@ fn store(side: &mut Side, batch: RecordBatch, encoded: &arrow::row::Rows, valid:
     if stored == 0 {
         return None;
     }
-    side.bytes += batch_bytes(&batch);
+    chunk.rows = stored;
+    side.bytes += chunk_bytes(&chunk);
     side.live_rows += stored;
-    side.chunks.insert(id, Chunk { batch, max_time, rows: stored });
+    side.chunks.insert(id, chunk);
     side.stored.extend(now.map(|at| (at, id)));
     Some(id)
 }
@@ -478,21 +735,11 @@ impl Sink for StreamJoinSink {
     fn push(&mut self, msg: Message) -> Result<()> {
         let producer = self.producer();
         match msg {
-            Message::Batch(b) => {
-                if let Some(out) = self.shared.insert_and_probe(self.side, b)? {
-                    self.shared.metrics.rows.fetch_add(out.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
-                    self.shared.metrics.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.shared.output.push(producer, Message::Batch(out));
-                }
-            }
-            Message::Watermark(w) => {
-                if let Some(out) = self.shared.watermark(self.side, self.partition, w)? {
-                    self.shared.output.push(producer, Message::Watermark(out));
-                }
-            }
+            Message::Batch(b) => self.shared.insert_and_probe(self.side, producer, b)?,
+            Message::Watermark(w) => self.shared.watermark(self.side, self.partition, producer, Some(w))?,
             Message::End => {
                 // An ended input holds back nothing (and no checkpoint waits for it).
-                self.shared.watermark(self.side, self.partition, Timestamp::MAX)?;
+                self.shared.watermark(self.side, self.partition, producer, None)?;
                 self.shared.barrier(producer, u64::MAX)?;
                 self.shared.output.push(producer, Message::End);
             }

@@ -484,8 +484,8 @@ impl LogicalPlan {
                 exprs.iter().position(|e| *e == Expr::Column(c))
             }
             // Joined rows keep the left row's time (an interval join holds its watermark back so they
-            // are not late; a hash join's probe side streams in order).
-            LogicalPlan::Join { left, kind: JoinKind::Inner, .. } => left.event_time_column(),
+            // are not late; a hash join's probe side streams in order); so do a left join's.
+            LogicalPlan::Join { left, kind: JoinKind::Inner | JoinKind::Left, .. } => left.event_time_column(),
             _ => None,
         }
     }
