@@ -259,6 +259,10 @@ impl GroupTable {
     }
 
     pub(super) fn merge(&mut self, p: Partial) -> Result<()> {
+        // Room for every group of the partial at once, rather than growing the table step by step.
+        let hashes = &self.hashes;
+        self.map.reserve(p.num_groups, |&k| hashes[k as usize]);
+        self.hashes.reserve(p.num_groups);
         let groups = self.groups(&p.keys, p.num_groups)?;
         for (acc, states) in self.accs.iter_mut().zip(p.states) {
             acc.merge(&groups, self.num_groups, &states)?;

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch};
-use arrow::compute::{filter_record_batch, interleave};
+use arrow::compute::interleave;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
 
@@ -444,39 +444,34 @@ impl StreamJoinShared {
         // matched before another thread could drop it as unmatched.
         let mut matched = vec![false; if self.spec.outer(side) { batch.num_rows() } else { 0 }];
         if !mine.is_empty() {
-            let pairs = self.pairs(side, &batch, &mine, other, &theirs)?;
-            let (pairs, kept) = match &self.spec.filter {
-                Some(f) => {
-                    let mask = evaluate_predicate(f, &pairs)?;
-                    let kept: Vec<usize> = (0..mask.len()).filter(|i| mask.is_valid(*i) && mask.value(*i)).collect();
-                    (filter_record_batch(&pairs, &mask)?, kept)
-                }
-                None => (pairs, (0..mine.len()).collect()),
-            };
+            let kept = self.condition(side, &batch, &mine, other, &theirs)?;
+            if kept.len() < mine.len() {
+                mine = kept.iter().map(|i| mine[*i]).collect();
+                theirs = kept.iter().map(|i| theirs[*i]).collect();
+            }
+            let pairs = if mine.is_empty() { None } else { Some(self.pairs(side, &batch, &mine, other, &theirs)?) };
             if self.spec.kind != JoinKind::Inner {
                 let other_outer = self.spec.outer(1 - side);
                 let other = &mut st.sides[1 - side];
                 let mut first: Vec<(u64, u32)> = Vec::new();
-                for i in kept {
-                    if let Some(m) = matched.get_mut(mine[i] as usize) {
+                for (m, (c, r)) in mine.iter().zip(&theirs) {
+                    if let Some(m) = matched.get_mut(*m as usize) {
                         *m = true;
                     }
-                    let (c, r) = theirs[i];
-                    if let Some(flag) = other.chunks.get_mut(&c).and_then(|c| c.matched.get_mut(r as usize)).filter(|_| other_outer) {
+                    if let Some(flag) = other.chunks.get_mut(c).and_then(|c| c.matched.get_mut(*r as usize)).filter(|_| other_outer) {
                         if !*flag {
                             *flag = true;
-                            first.push((c, r));
+                            first.push((*c, *r));
                         }
                     }
                 }
                 // A changelog takes back the padded rows it emitted for rows matched the first time.
                 if self.spec.changelog() && !first.is_empty() {
-                    let chunks: Vec<&RecordBatch> = first.iter().map(|(c, _)| &other.chunks[c].batch).collect();
-                    let picks: Vec<(usize, usize)> = first.iter().enumerate().map(|(i, (_, r))| (i, *r as usize)).collect();
+                    let (chunks, picks) = slots(other, &first);
                     out.push(self.output(self.padded(1 - side, &chunks, &picks)?, RowKind::Delete)?);
                 }
             }
-            if pairs.num_rows() > 0 {
+            if let Some(pairs) = pairs {
                 out.push(self.output(pairs, RowKind::Insert)?);
             }
         }
@@ -525,25 +520,58 @@ impl StreamJoinShared {
         Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?)
     }
 
+    /// Which candidate pairs (this batch's rows `mine`, the other side's stored rows `theirs`) meet
+    /// the join condition, by position. It is evaluated over the columns it reads only, so pairs
+    /// it rejects are never built whole (Nexmark q5 joins each window's counts with its maximum:
+    /// every count is a candidate, a few are kept).
+    fn condition(&self, side: usize, batch: &RecordBatch, mine: &[u32], other: &Side, theirs: &[(u64, u32)]) -> Result<Vec<usize>> {
+        let Some(filter) = &self.spec.filter else { return Ok((0..mine.len()).collect()) };
+        let mut used = Vec::new();
+        filter.columns(&mut used);
+        used.sort_unstable();
+        used.dedup();
+        let narrow = self.pair_columns(side, batch, mine, other, theirs, &used)?;
+        let fields: Vec<Field> = used.iter().map(|c| self.spec.schema.field(*c).clone()).collect();
+        let narrow = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            narrow,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(mine.len())),
+        )?;
+        let at = |c: usize| used.iter().position(|u| *u == c).unwrap_or(0);
+        let mask = evaluate_predicate(&filter.clone().remap(&at), &narrow)?;
+        Ok((0..mask.len()).filter(|i| mask.is_valid(*i) && mask.value(*i)).collect())
+    }
+
     /// The output rows of the pairs: this batch's rows `mine`, the other side's stored rows `theirs`.
     fn pairs(&self, side: usize, batch: &RecordBatch, mine: &[u32], other: &Side, theirs: &[(u64, u32)]) -> Result<RecordBatch> {
-        let mine_cols = gather(&[batch], &mine.iter().map(|r| (0, *r as usize)).collect::<Vec<_>>())?;
-        // The other side's rows come from many chunks: number the chunks involved and interleave.
-        let mut slot_of: HashMap<u64, usize> = HashMap::new();
-        let mut chunks: Vec<&RecordBatch> = Vec::new();
-        let picks: Vec<(usize, usize)> = theirs
+        let all: Vec<usize> = (0..self.spec.schema.fields().len()).collect();
+        let columns = self.pair_columns(side, batch, mine, other, theirs, &all)?;
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(mine.len()));
+        Ok(RecordBatch::try_new_with_options(self.spec.schema.clone(), columns, &options)?)
+    }
+
+    /// Columns `which` (of left ++ right) of the pairs.
+    fn pair_columns(&self, side: usize, batch: &RecordBatch, mine: &[u32], other: &Side, theirs: &[(u64, u32)], which: &[usize]) -> Result<Vec<ArrayRef>> {
+        let width = self.spec.left_schema.fields().len();
+        let mine_picks: Vec<(usize, usize)> = mine.iter().map(|r| (0, *r as usize)).collect();
+        let (chunks, their_picks) = slots(other, theirs);
+        which
             .iter()
-            .map(|(c, r)| {
-                let slot = *slot_of.entry(*c).or_insert_with(|| {
-                    chunks.push(&other.chunks[c].batch);
-                    chunks.len() - 1
-                });
-                (slot, *r as usize)
+            .map(|&c| {
+                // Column `c` of the output is this batch's or the stored side's.
+                let (of_mine, col) = match (side, c < width) {
+                    (0, true) => (true, c),
+                    (0, false) => (false, c - width),
+                    (_, true) => (false, c),
+                    (_, false) => (true, c - width),
+                };
+                if of_mine {
+                    gather_column(&[batch], &mine_picks, col)
+                } else {
+                    gather_column(&chunks, &their_picks, col)
+                }
             })
-            .collect();
-        let theirs_cols = gather(&chunks, &picks)?;
-        let columns = if side == 0 { [mine_cols, theirs_cols].concat() } else { [theirs_cols, mine_cols].concat() };
-        Ok(RecordBatch::try_new(self.spec.schema.clone(), columns)?)
+            .collect()
     }
 
     /// Rows of `side` (`picks` of `batches`) padded with NULLs for the other side's columns.
@@ -656,12 +684,46 @@ impl StreamJoinShared {
 /// The columns of rows `picks` (batch, row) of `batches`, which share a schema.
 fn gather(batches: &[&RecordBatch], picks: &[(usize, usize)]) -> Result<Vec<ArrayRef>> {
     let width = batches.first().map_or(0, |b| b.num_columns());
-    (0..width)
-        .map(|col| {
-            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(col).as_ref()).collect();
-            Ok(interleave(&arrays, picks)?)
+    (0..width).map(|col| gather_column(batches, picks, col)).collect()
+}
+
+/// Column `col` of rows `picks` (batch, row) of `batches`.
+fn gather_column(batches: &[&RecordBatch], picks: &[(usize, usize)], col: usize) -> Result<ArrayRef> {
+    if let [only] = batches {
+        // One batch: a take, without interleave's per-row batch lookups.
+        let indices = arrow::array::UInt32Array::from_iter_values(picks.iter().map(|(_, r)| *r as u32));
+        return Ok(arrow::compute::take(only.column(col).as_ref(), &indices, None)?);
+    }
+    let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(col).as_ref()).collect();
+    Ok(interleave(&arrays, picks)?)
+}
+
+/// Stored rows of several chunks, numbered for `interleave`: the chunks involved, and each row as
+/// (chunk number, row).
+fn slots<'a>(side: &'a Side, rows: &[(u64, u32)]) -> (Vec<&'a RecordBatch>, Vec<(usize, usize)>) {
+    let mut slot_of: hashbrown::HashMap<u64, usize> = hashbrown::HashMap::new();
+    let mut chunks: Vec<&RecordBatch> = Vec::new();
+    let mut last: Option<(u64, usize)> = None;
+    let picks = rows
+        .iter()
+        .filter_map(|(c, r)| {
+            // Consecutive rows are often of one chunk: no lookup then.
+            let slot = match last {
+                Some((id, slot)) if id == *c => slot,
+                _ => {
+                    let chunk = side.chunks.get(c)?;
+                    let slot = *slot_of.entry(*c).or_insert_with(|| {
+                        chunks.push(&chunk.batch);
+                        chunks.len() - 1
+                    });
+                    last = Some((*c, slot));
+                    slot
+                }
+            };
+            Some((slot, *r as usize))
         })
-        .collect()
+        .collect();
+    (chunks, picks)
 }
 
 /// Per side, the shared files a checkpoint's `state.json` names and the positions of their live chunks.
