@@ -495,8 +495,14 @@ impl StreamJoinShared {
             store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, &encoded, &valid, now);
             self.account(&mut st)?;
         }
-        // A changelog's order matters (a row is taken back after it was emitted): pushed under the lock.
-        let guard = if self.spec.changelog() { Some(st) } else { None };
+        // A changelog's order matters (a row is taken back after it was emitted): pushed under the
+        // lock. Other output leaves after it is released.
+        let guard = if self.spec.changelog() {
+            Some(st)
+        } else {
+            drop(st);
+            None
+        };
         for b in out {
             self.push(producer, b);
         }
