@@ -79,7 +79,7 @@ impl WindowOp {
         let batch = match &self.values {
             PartitionValues::Calls(calls) => {
                 let mut columns = partition.columns().to_vec();
-                let shape = Shape::of(&calls[0], &partition)?;
+                let shape = Shape::of(&calls[0], &partition, calls.iter().any(|c| c.frame.range_offsets()))?;
                 for call in calls {
                     let values = compute(call, &partition, &shape)?;
                     columns.push(if values.data_type() == &call.ty { values } else { arrow::compute::cast(&values, &call.ty)? });
@@ -191,10 +191,62 @@ struct Shape {
     peer_start: Vec<usize>,
     peer_end: Vec<usize>,
     peer_group: Vec<usize>,
+    /// For RANGE frames with offsets: the one ORDER BY key as integers (days, microseconds).
+    range: Option<RangeKeys>,
+}
+
+/// A partition's ORDER BY key as integers, sorted (descending when `descending`), for RANGE
+/// offsets: the rows `[lo, hi)` are those whose key is not NULL.
+struct RangeKeys {
+    keys: Vec<i64>,
+    valid: Vec<bool>,
+    lo: usize,
+    hi: usize,
+    descending: bool,
+}
+
+impl RangeKeys {
+    fn of(call: &WindowCall, p: &RecordBatch) -> Result<Option<RangeKeys>> {
+        let [key] = call.order_by.as_slice() else { return Ok(None) };
+        let values = evaluate(&key.expr, p)?;
+        let t = values.data_type();
+        if !(t.is_integer() || matches!(t, DataType::Date32 | DataType::Timestamp(_, _))) {
+            return Ok(None);
+        }
+        let as_int = arrow::compute::cast(&values, &DataType::Int64)?;
+        let ints = as_int.as_primitive::<Int64Type>();
+        let valid: Vec<bool> = (0..ints.len()).map(|i| ints.is_valid(i)).collect();
+        let lo = valid.iter().position(|v| *v).unwrap_or(valid.len());
+        let hi = valid.iter().rposition(|v| *v).map_or(lo, |i| i + 1);
+        Ok(Some(RangeKeys { keys: ints.values().to_vec(), valid, lo, hi, descending: key.descending }))
+    }
+
+    /// The first row of the non-NULL rows whose key lies past `bound` in the key's order (`after`:
+    /// strictly past it; otherwise at or past it).
+    fn first_past(&self, bound: i128, after: bool) -> usize {
+        let keys = &self.keys[self.lo..self.hi];
+        let before = |k: &i64| {
+            let k = *k as i128;
+            match (self.descending, after) {
+                (false, false) => k < bound,
+                (false, true) => k <= bound,
+                (true, false) => k > bound,
+                (true, true) => k >= bound,
+            }
+        };
+        self.lo + keys.partition_point(before)
+    }
+
+    /// `k` units before (`-1`) or after (`1`) row `i`'s key, in the key's order.
+    fn shifted(&self, i: usize, k: u64, direction: i128) -> i128 {
+        let sign = if self.descending { -direction } else { direction };
+        self.keys[i] as i128 + sign * k as i128
+    }
 }
 
 impl Shape {
-    fn of(call: &WindowCall, p: &RecordBatch) -> Result<Shape> {
+    /// `range`: whether a call has a RANGE frame with offsets (the calls share their ORDER BY).
+    fn of(call: &WindowCall, p: &RecordBatch, range: bool) -> Result<Shape> {
         let n = p.num_rows();
         let mut peer_start = vec![0; n];
         let mut peer_group = vec![0; n];
@@ -219,12 +271,16 @@ impl Shape {
                 peer_end[i] = if i + 1 < n && peer_start[i + 1] == peer_start[i] { peer_end[i + 1] } else { i + 1 };
             }
         }
-        Ok(Shape { n, peer_start, peer_end, peer_group })
+        let range = if range { RangeKeys::of(call, p)? } else { None };
+        Ok(Shape { n, peer_start, peer_end, peer_group, range })
     }
 
     /// The rows `[lo, hi)` of row `i`'s frame.
     fn frame(&self, call: &WindowCall, i: usize) -> (usize, usize) {
         let f = call.frame;
+        if let (false, Some(r)) = (f.rows, &self.range) {
+            return self.range_frame(f, r, i);
+        }
         let lo = match f.start {
             FrameBound::UnboundedPreceding => 0,
             FrameBound::Preceding(k) => i.saturating_sub(k as usize),
@@ -240,6 +296,31 @@ impl Shape {
             FrameBound::CurrentRow => self.peer_end[i],
             FrameBound::Preceding(k) => (i + 1).saturating_sub(k as usize),
             FrameBound::UnboundedPreceding => 0,
+        };
+        (lo, hi.max(lo))
+    }
+}
+
+impl Shape {
+    /// Row `i`'s RANGE frame: offsets move along the key's values (a row whose key is NULL has its
+    /// NULL peers for an offset bound, as in PostgreSQL and DuckDB).
+    fn range_frame(&self, f: crate::logical::Frame, r: &RangeKeys, i: usize) -> (usize, usize) {
+        let null = !r.valid[i];
+        let lo = match f.start {
+            FrameBound::UnboundedPreceding => 0,
+            FrameBound::CurrentRow => self.peer_start[i],
+            FrameBound::UnboundedFollowing => self.n,
+            FrameBound::Preceding(_) | FrameBound::Following(_) if null => self.peer_start[i],
+            FrameBound::Preceding(k) => r.first_past(r.shifted(i, k, -1), false),
+            FrameBound::Following(k) => r.first_past(r.shifted(i, k, 1), false),
+        };
+        let hi = match f.end {
+            FrameBound::UnboundedFollowing => self.n,
+            FrameBound::CurrentRow => self.peer_end[i],
+            FrameBound::UnboundedPreceding => 0,
+            FrameBound::Preceding(_) | FrameBound::Following(_) if null => self.peer_end[i],
+            FrameBound::Preceding(k) => r.first_past(r.shifted(i, k, -1), true),
+            FrameBound::Following(k) => r.first_past(r.shifted(i, k, 1), true),
         };
         (lo, hi.max(lo))
     }

@@ -140,6 +140,14 @@ pub struct Frame {
     pub end: FrameBound,
 }
 
+impl Frame {
+    /// Whether this is a RANGE frame with an offset bound (`k PRECEDING` / `k FOLLOWING`).
+    pub fn range_offsets(&self) -> bool {
+        let offset = |b: FrameBound| matches!(b, FrameBound::Preceding(_) | FrameBound::Following(_));
+        !self.rows && (offset(self.start) || offset(self.end))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowCall {
     pub func: WindowFunc,

@@ -597,7 +597,12 @@ impl Binder<'_> {
         if constant.is_some_and(|c| !matches!(c, Expr::Literal(_))) {
             return Err(sql_error(format!("the offset or bucket count of {name}() must be a constant"), at));
         }
-        let frame = self.window_frame(spec.window_frame.as_ref(), !order_by.is_empty())?;
+        // RANGE offsets are in the units of the one ORDER BY key.
+        let key_type = match order_by.as_slice() {
+            [k] => Some(k.expr.data_type(&schema)),
+            _ => None,
+        };
+        let frame = self.window_frame(spec.window_frame.as_ref(), !order_by.is_empty(), key_type.as_ref())?;
         let call = WindowCall { func, args: bound, partition_by, order_by, frame, ty: ty.clone() };
         let k = self.window_calls.iter().position(|c| *c == call).unwrap_or_else(|| {
             self.window_calls.push(call);
@@ -608,7 +613,7 @@ impl Binder<'_> {
 
     /// The frame as written, or SQL's default: with ORDER BY the rows up to the current row's last
     /// peer, without it the whole partition.
-    fn window_frame(&self, frame: Option<&ast::WindowFrame>, ordered: bool) -> Result<Frame> {
+    fn window_frame(&self, frame: Option<&ast::WindowFrame>, ordered: bool, key_type: Option<&DataType>) -> Result<Frame> {
         let Some(f) = frame else {
             let end = if ordered { FrameBound::CurrentRow } else { FrameBound::UnboundedFollowing };
             return Ok(Frame { rows: false, start: FrameBound::UnboundedPreceding, end });
@@ -628,6 +633,28 @@ impl Binder<'_> {
                 None => Ok(0),
             }
         };
+        // A RANGE offset in the key's units: a number for an integer key, an INTERVAL of whole days
+        // for a DATE key, any fixed INTERVAL (in microseconds) for a TIMESTAMP key.
+        let range_offset = |e: &Option<Box<ast::Expr>>| -> Result<u64> {
+            let unsupported = |t: &str| {
+                RiffleError::NotSupported(format!(
+                    "RANGE frames with an offset over {t} (supported: one ORDER BY key, an integer with a number, a DATE or TIMESTAMP with an INTERVAL; or use ROWS)"
+                ))
+            };
+            let Some(t) = key_type else { return Err(unsupported("several ORDER BY keys")) };
+            let day = 86_400_000_000i64;
+            match (t, e.as_deref()) {
+                (t, Some(ast::Expr::Value(_))) if t.is_integer() => offset(e),
+                (DataType::Date32, Some(iv @ ast::Expr::Interval(_))) => match self.interval_micros(iv)? {
+                    us if us >= 0 && us % day == 0 => Ok((us / day) as u64),
+                    _ => Err(RiffleError::plan(format!("a RANGE offset over a DATE must be whole days, not negative; got {iv}"))),
+                },
+                (DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _), Some(iv @ ast::Expr::Interval(_))) => {
+                    u64::try_from(self.interval_micros(iv)?).map_err(|_| RiffleError::plan(format!("a RANGE offset must not be negative, got {iv}")))
+                }
+                (t, _) => Err(unsupported(&format!("{} with this offset", sql_name(t)))),
+            }
+        };
         let bound = |b: &ast::WindowFrameBound| -> Result<FrameBound> {
             Ok(match b {
                 ast::WindowFrameBound::CurrentRow => FrameBound::CurrentRow,
@@ -635,7 +662,8 @@ impl Binder<'_> {
                 ast::WindowFrameBound::Following(None) => FrameBound::UnboundedFollowing,
                 ast::WindowFrameBound::Preceding(e) if rows => FrameBound::Preceding(offset(e)?),
                 ast::WindowFrameBound::Following(e) if rows => FrameBound::Following(offset(e)?),
-                _ => return Err(RiffleError::NotSupported("RANGE frames with an offset (use ROWS, or UNBOUNDED / CURRENT ROW)".into())),
+                ast::WindowFrameBound::Preceding(e) => FrameBound::Preceding(range_offset(e)?),
+                ast::WindowFrameBound::Following(e) => FrameBound::Following(range_offset(e)?),
             })
         };
         let start = bound(&f.start_bound)?;
