@@ -309,8 +309,9 @@ impl StreamJoinShared {
                 for p in live {
                     let batch = batches.get(*p as usize).cloned().ok_or_else(|| damaged(&ck.files.path(name)))?;
                     let (encoded, valid, max_time) = self.keys(side, &batch)?;
-                    let matched: Vec<bool> = if self.spec.outer(side) { flags.by_ref().take(batch.num_rows()).collect() } else { vec![] };
-                    if matched.len() != if self.spec.outer(side) { batch.num_rows() } else { 0 } {
+                    let want = if self.spec.outer(side) { batch.num_rows() } else { 0 };
+                    let matched: Vec<bool> = flags.by_ref().take(want).collect();
+                    if matched.len() != want {
                         return Err(damaged(&ck.files.path(name)));
                     }
                     let pending = self.pending(side, &batch, &matched);
@@ -444,12 +445,15 @@ impl StreamJoinShared {
         // matched before another thread could drop it as unmatched.
         let mut matched = vec![false; if self.spec.outer(side) { batch.num_rows() } else { 0 }];
         if !mine.is_empty() {
-            let kept = self.condition(side, &batch, &mine, other, &theirs)?;
+            // The stored rows' chunks are numbered once, for the condition and the pairs.
+            let (chunks, mut picks) = slots(other, &theirs);
+            let kept = self.condition(side, &batch, &mine, &chunks, &picks)?;
             if kept.len() < mine.len() {
                 mine = kept.iter().map(|i| mine[*i]).collect();
                 theirs = kept.iter().map(|i| theirs[*i]).collect();
+                picks = kept.iter().map(|i| picks[*i]).collect();
             }
-            let pairs = if mine.is_empty() { None } else { Some(self.pairs(side, &batch, &mine, other, &theirs)?) };
+            let pairs = if mine.is_empty() { None } else { Some(self.pairs(side, &batch, &mine, &chunks, &picks)?) };
             if self.spec.kind != JoinKind::Inner {
                 let other_outer = self.spec.outer(1 - side);
                 let other = &mut st.sides[1 - side];
@@ -530,13 +534,13 @@ impl StreamJoinShared {
     /// the join condition, by position. It is evaluated over the columns it reads only, so pairs
     /// it rejects are never built whole (Nexmark q5 joins each window's counts with its maximum:
     /// every count is a candidate, a few are kept).
-    fn condition(&self, side: usize, batch: &RecordBatch, mine: &[u32], other: &Side, theirs: &[(u64, u32)]) -> Result<Vec<usize>> {
+    fn condition(&self, side: usize, batch: &RecordBatch, mine: &[u32], chunks: &[&RecordBatch], theirs: &[(usize, usize)]) -> Result<Vec<usize>> {
         let Some(filter) = &self.spec.filter else { return Ok((0..mine.len()).collect()) };
         let mut used = Vec::new();
         filter.columns(&mut used);
         used.sort_unstable();
         used.dedup();
-        let narrow = self.pair_columns(side, batch, mine, other, theirs, &used)?;
+        let narrow = self.pair_columns(side, batch, mine, chunks, theirs, &used)?;
         let fields: Vec<Field> = used.iter().map(|c| self.spec.schema.field(*c).clone()).collect();
         let narrow = RecordBatch::try_new_with_options(
             Arc::new(Schema::new(fields)),
@@ -548,19 +552,28 @@ impl StreamJoinShared {
         Ok((0..mask.len()).filter(|i| mask.is_valid(*i) && mask.value(*i)).collect())
     }
 
-    /// The output rows of the pairs: this batch's rows `mine`, the other side's stored rows `theirs`.
-    fn pairs(&self, side: usize, batch: &RecordBatch, mine: &[u32], other: &Side, theirs: &[(u64, u32)]) -> Result<RecordBatch> {
+    /// The output rows of the pairs: this batch's rows `mine`, the other side's stored rows `theirs`
+    /// (numbered `chunks`, see [`slots`]).
+    fn pairs(&self, side: usize, batch: &RecordBatch, mine: &[u32], chunks: &[&RecordBatch], theirs: &[(usize, usize)]) -> Result<RecordBatch> {
         let all: Vec<usize> = (0..self.spec.schema.fields().len()).collect();
-        let columns = self.pair_columns(side, batch, mine, other, theirs, &all)?;
+        let columns = self.pair_columns(side, batch, mine, chunks, theirs, &all)?;
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(mine.len()));
         Ok(RecordBatch::try_new_with_options(self.spec.schema.clone(), columns, &options)?)
     }
 
     /// Columns `which` (of left ++ right) of the pairs.
-    fn pair_columns(&self, side: usize, batch: &RecordBatch, mine: &[u32], other: &Side, theirs: &[(u64, u32)], which: &[usize]) -> Result<Vec<ArrayRef>> {
+    #[allow(clippy::too_many_arguments)]
+    fn pair_columns(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        mine: &[u32],
+        chunks: &[&RecordBatch],
+        theirs: &[(usize, usize)],
+        which: &[usize],
+    ) -> Result<Vec<ArrayRef>> {
         let width = self.spec.left_schema.fields().len();
         let mine_picks: Vec<(usize, usize)> = mine.iter().map(|r| (0, *r as usize)).collect();
-        let (chunks, their_picks) = slots(other, theirs);
         which
             .iter()
             .map(|&c| {
@@ -574,7 +587,7 @@ impl StreamJoinShared {
                 if of_mine {
                     gather_column(&[batch], &mine_picks, col)
                 } else {
-                    gather_column(&chunks, &their_picks, col)
+                    gather_column(chunks, theirs, col)
                 }
             })
             .collect()
