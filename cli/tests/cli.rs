@@ -352,8 +352,10 @@ fn kill_test_flags(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<
     let o = riffle(&["sql", "-c", &job("batch")], None);
     assert!(o.status.success(), "{}", stderr(&o));
     let checkpoints = work.path().join("checkpoints");
-    let stream_args = |sql: &str| -> Vec<String> {
-        ["sql", "--stream", "--checkpoint-dir", checkpoints.to_str().unwrap_or_default(), "--checkpoint-interval", "50ms"]
+    // Runs alternate between 2 threads and 1: state saved by either is restored into the other.
+    let stream_args = |sql: &str, run: usize| -> Vec<String> {
+        let threads = if run % 2 == 0 { "2" } else { "1" };
+        ["sql", "--stream", "--threads", threads, "--checkpoint-dir", checkpoints.to_str().unwrap_or_default(), "--checkpoint-interval", "50ms"]
             .iter()
             .chain(flags)
             .chain(&["-c", sql])
@@ -373,14 +375,14 @@ fn kill_test_flags(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<
     };
     let (mut killed, mut resumed) = (0, 0);
     let sql = job("stream");
-    for _ in 0..20 {
+    for run in 0..20 {
         let manifest = std::fs::read_to_string(checkpoints.join("MANIFEST")).unwrap_or_default();
         if manifest.contains("\"finished\":true") {
             break;
         }
         resumed += usize::from(!manifest.is_empty());
         let mut child = Command::new(env!("CARGO_BIN_EXE_riffle"))
-            .args(stream_args(&sql))
+            .args(stream_args(&sql, run))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -392,7 +394,7 @@ fn kill_test_flags(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<
         }
         let _ = child.wait();
     }
-    let o = Command::new(env!("CARGO_BIN_EXE_riffle")).args(stream_args(&sql)).output().expect("riffle runs");
+    let o = Command::new(env!("CARGO_BIN_EXE_riffle")).args(stream_args(&sql, 0)).output().expect("riffle runs");
     assert!(o.status.success(), "seed {seed}: {}", stderr(&o));
     assert!(!checkpoints.join("shared").exists(), "seed {seed}: a finished job left its checkpoints' shared state");
     let rows = |dir: &str| -> Vec<String> {
@@ -536,7 +538,9 @@ fn explain_of_a_stream_says_how_each_operator_streams_and_what_it_holds() {
     let sql = "CREATE TABLE bids (item INT, price INT, ts TIMESTAMP(3), bidder STRING, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
                WITH ('connector' = 'filesystem', 'path' = 'data/bids', 'format' = 'csv'); \
                EXPLAIN SELECT window_start, count(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
-               GROUP BY window_start, window_end ORDER BY 1";
+               GROUP BY window_start, window_end ORDER BY 1; \
+               EXPLAIN SELECT item, window_start, max(price) FROM TABLE(HOP(TABLE bids, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) \
+               GROUP BY item, window_start, window_end";
     let o = riffle(&["sql", "--stream", "-c", sql], None);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
@@ -544,6 +548,7 @@ fn explain_of_a_stream_says_how_each_operator_streams_and_what_it_holds() {
         "WindowAggregate: group=[window_start, window_end] aggs=[count()]  [streaming: emits each window once the watermark passes its end",
         "Sort: window_start ASC  [blocking: emits at the end of its input",
         "Scan: bids [ts]  [source, watermarks from WATERMARK FOR]",
+        "the groups of each slide (a row updates its slide's, a window merges its slides' when it closes), partitioned by item]",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }

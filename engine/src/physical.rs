@@ -397,13 +397,21 @@ impl PhysicalPlan {
             PhysicalPlan::Shared { buffered: true, .. } => {
                 "the subplan runs once; state: its rows, kept until this use reads them (it waits for another use)".into()
             }
-            PhysicalPlan::HashAggregate { window_end: Some(_), input, group, aggs, .. } if hop_slices(input, group, aggs).is_some() => {
-                "streaming: emits each window once the watermark passes its end; state: the groups of each slide (a row updates \
-                 its slide's, a window merges its slides' when it closes)"
-                    .into()
-            }
-            PhysicalPlan::HashAggregate { window_end: Some(_), .. } => {
-                "streaming: emits each window once the watermark passes its end; state: the open windows' groups".into()
+            PhysicalPlan::HashAggregate { window_end: Some(_), input, group, aggs, .. } => {
+                let state = if hop_slices(input, group, aggs).is_some() {
+                    "the groups of each slide (a row updates its slide's, a window merges its slides' when it closes)"
+                } else {
+                    "the open windows' groups"
+                };
+                let keys = window_partition_keys(input, group);
+                let partitioned = if keys.is_empty() {
+                    String::new()
+                } else {
+                    let schema = input.schema();
+                    let names: Vec<String> = keys.iter().map(|k| group[*k].display(&schema).to_string()).collect();
+                    format!(", partitioned by {}", names.join(", "))
+                };
+                format!("streaming: emits each window once the watermark passes its end; state: {state}{partitioned}")
             }
             PhysicalPlan::HashAggregate { .. } => "blocking: emits at the end of its input; state: every group (spills)".into(),
             PhysicalPlan::SessionAggregate { .. } => {
@@ -931,6 +939,16 @@ fn window_group_columns(group: &[Expr], width: usize, mut key: impl FnMut(&Expr)
             other => key(other).map(SessionColumn::Key),
         })
         .collect()
+}
+
+/// The group keys (positions in `group`) a window aggregate over `input` partitions its rows by: those
+/// that are not window columns, when `input` is a window table function (none otherwise: its groups
+/// are then merged across partitions when a window closes).
+pub fn window_partition_keys(input: &PhysicalPlan, group: &[Expr]) -> Vec<usize> {
+    let PhysicalPlan::WindowTvf { input: rows, .. } = input else { return vec![] };
+    let width = rows.schema().fields().len();
+    let columns = window_group_columns(group, width, |_| Some(0)).unwrap_or_default();
+    columns.iter().enumerate().filter(|(_, c)| matches!(c, SessionColumn::Key(_))).map(|(k, _)| k).collect()
 }
 
 /// What each group key is, when `group` and `aggs` over `input` make a session window aggregate.

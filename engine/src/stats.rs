@@ -416,8 +416,9 @@ impl HyperLogLog {
 }
 
 /// A fixed-seed 64-bit hash (so that estimates, and the plans chosen from them, are the same in every
-/// run): 8-byte words mixed in by multiplication, finished with splitmix64's avalanche.
-fn hash(bytes: &[u8]) -> u64 {
+/// run, and a key belongs to the same partition after a restart): 8-byte words mixed in by
+/// multiplication, finished with splitmix64's avalanche.
+pub(crate) fn hash(bytes: &[u8]) -> u64 {
     let mix = |mut z: u64| {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -524,7 +524,7 @@ impl AggShared {
         }
         self.metrics.note_bytes(table.size());
         let result = self.result(table)?;
-        emit_rows(&self.output, &result, self.batch_size, &self.metrics);
+        emit_rows(&self.output, 0, &result, self.batch_size, &self.metrics);
         merging.free();
         Ok(())
     }
@@ -536,8 +536,14 @@ impl AggShared {
 
 impl AggSpec {
     /// The finished groups as a batch of the output schema.
-    pub(super) fn result(&self, mut table: GroupTable) -> Result<RecordBatch> {
-        let mut columns = table.key_arrays()?;
+    pub(super) fn result(&self, table: GroupTable) -> Result<RecordBatch> {
+        self.result_rekeyed(table, |keys, _| keys)
+    }
+
+    /// The finished groups as a batch of the output schema, their key columns made by `rekey` from
+    /// the table's keys and the group count.
+    pub(super) fn result_rekeyed(&self, mut table: GroupTable, rekey: impl FnOnce(Vec<ArrayRef>, usize) -> Vec<ArrayRef>) -> Result<RecordBatch> {
+        let mut columns = rekey(table.key_arrays()?, table.num_groups);
         for acc in table.accs.iter_mut() {
             acc.resize(table.num_groups);
             columns.push(acc.evaluate()?);

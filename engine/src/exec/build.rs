@@ -9,6 +9,7 @@ use arrow::datatypes::Schema;
 use super::aggregate::{AggShared, AggSpec, AggregateSink};
 use super::basic::{FilterOp, LimitOp, ProjectOp};
 use super::join::{BuildSink, JoinShared, JoinSpec, ProbeOp};
+use super::key_partition::KeyedExchangeSink;
 use super::scan::{BatchesSource, ExchangeSink, ExchangeSource, ScanShared, ScanSource};
 use super::sort::{SortShared, SortSink, SortSource};
 use super::tee::TeeSink;
@@ -158,6 +159,16 @@ impl Builder<'_> {
         Ok(Open { source: SourceSpec::Exchange(x), partitions, ops: vec![] })
     }
 
+    /// Ends `open` in an exchange that sends each row to the one of `self.threads` consumers owning
+    /// its `keys`' values.
+    fn partition_by_key(&mut self, open: Open, keys: Arc<Vec<crate::logical::Expr>>) -> Result<Open> {
+        let partitions = self.threads;
+        let x = Arc::new(Exchange::new(open.partitions, partitions, EXCHANGE_CAPACITY, self.notifier.clone()));
+        let xs = x.clone();
+        self.close(open, &move |p| Ok(Box::new(KeyedExchangeSink::new(xs.clone(), p, keys.clone(), partitions))))?;
+        Ok(Open { source: SourceSpec::Exchange(x), partitions, ops: vec![] })
+    }
+
     /// Ends single-partition `open` in an exchange read by one consumer: the same rows in the same
     /// order, in a task of their own.
     fn handoff(&mut self, open: Open) -> Result<Open> {
@@ -291,16 +302,36 @@ impl Builder<'_> {
                     }
                     _ => (self.open(input)?, None),
                 };
-                // Windows leave in the order they complete, into one partition that keeps it: a
-                // window's groups are few, and what consumes them sees event time in order.
-                // A bounded queue: a slow consumer holds the partitions back (backpressure), as the
-                // stream never ends.
-                let output = Arc::new(Exchange::new(1, 1, EXCHANGE_CAPACITY, self.notifier.clone()));
+                // Each key's rows to one partition, which emits its groups of a window itself.
+                let keys = crate::physical::window_partition_keys(input, group);
+                let keyed = !keys.is_empty();
+                let open = if keyed && self.threads > 1 {
+                    let exprs = Arc::new(keys.iter().map(|k| group[*k].clone()).collect::<Vec<_>>());
+                    self.partition_by_key(open, exprs)?
+                } else {
+                    open
+                };
+                // Windows leave in the order they complete, into one partition: what consumes them
+                // sees event time in order. A bounded queue: a slow consumer holds the partitions back
+                // (backpressure), as the stream never ends.
+                let producers = if keyed { open.partitions } else { 1 };
+                let output = Arc::new(Exchange::new(producers, 1, EXCHANGE_CAPACITY, self.notifier.clone()));
                 let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
                 let pool = self.memory.pool.clone();
                 let checkpoint = self.checkpoint().map(|c| (c, id));
-                let shared =
-                    Arc::new(WindowAggShared::new(spec, *end, open.partitions, output.clone(), batch_size, metrics, pool, checkpoint, slicing)?);
+                let keyed = keyed.then_some(keys);
+                let shared = Arc::new(WindowAggShared::new(
+                    spec,
+                    *end,
+                    open.partitions,
+                    output.clone(),
+                    batch_size,
+                    metrics,
+                    pool,
+                    checkpoint,
+                    slicing,
+                    keyed,
+                )?);
                 self.close(open, &|p| Ok(Box::new(WindowAggSink::new(shared.clone(), p))))?;
                 Open { source: SourceSpec::Exchange(output), partitions: 1, ops: vec![] }
             }

@@ -1,6 +1,7 @@
 //! The queue between pipelines: N producer partitions, M consumer partitions, bounded.
 //!
-//! Data batches go round-robin to the consumers. Control messages are aligned across producers before
+//! Data batches go round-robin to the consumers, or to the consumer a producer names (`push_to`: a
+//! hash partitioning sends each key's rows to one consumer). Control messages are aligned across producers before
 //! they are broadcast to every consumer: a watermark advances to the minimum over live producers; a
 //! barrier is forwarded once every live producer delivered it, and a producer that delivered it waits
 //! (no credit) until then, so no post-barrier row overtakes the barrier (aligned checkpoints); `End`
@@ -100,6 +101,17 @@ impl Exchange {
                     broadcast(&mut st, Message::End);
                 }
             }
+        }
+        drop(st);
+        self.notifier.bump();
+    }
+
+    /// A batch for `consumer` (dropped if it stopped reading).
+    pub fn push_to(&self, consumer: usize, batch: arrow::array::RecordBatch) {
+        let mut st = self.lock();
+        if !st.consumers_closed[consumer] {
+            st.queues[consumer].push_back(Message::Batch(batch));
+            st.queued_batches += 1;
         }
         drop(st);
         self.notifier.bump();

@@ -16,6 +16,7 @@ pub mod file_sink;
 mod gather;
 mod join;
 mod key_index;
+mod key_partition;
 mod materialize;
 mod prune;
 mod retract;
@@ -344,18 +345,18 @@ impl BarrierRelay {
 
 /// Emits a breaker's result into `output` in slices of `batch_size` rows, then the end.
 fn emit_result(output: &Exchange, batch: &RecordBatch, batch_size: usize, metrics: &OpMetrics) {
-    emit_rows(output, batch, batch_size, metrics);
+    emit_rows(output, 0, batch, batch_size, metrics);
     output.push(0, Message::End);
 }
 
 /// Emits rows of a breaker's result into `output` in slices of `batch_size` rows.
-fn emit_rows(output: &Exchange, batch: &RecordBatch, batch_size: usize, metrics: &OpMetrics) {
+fn emit_rows(output: &Exchange, producer: usize, batch: &RecordBatch, batch_size: usize, metrics: &OpMetrics) {
     let rows = batch.num_rows();
     metrics.rows.fetch_add(rows as u64, Ordering::Relaxed);
     let mut offset = 0;
     while offset < rows {
         let len = batch_size.min(rows - offset);
-        output.push(0, Message::Batch(batch.slice(offset, len)));
+        output.push(producer, Message::Batch(batch.slice(offset, len)));
         metrics.batches.fetch_add(1, Ordering::Relaxed);
         offset += len;
     }

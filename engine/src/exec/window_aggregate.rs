@@ -16,12 +16,20 @@
 //! slides' when it closes. A row late for some of its windows but not all still counts in the others,
 //! as each of its window rows would.
 //!
+//! Keyed: when the input is partitioned by the group keys that are not window columns (Flink's
+//! keyBy: `key_partition.rs`), each partition owns its keys' groups, so it emits its part of a
+//! window itself when its watermark passes the window's end, into an output exchange it is one
+//! producer of (which forwards the smallest watermark of all). Nothing is merged across partitions:
+//! Nexmark q5's ~588,000 auctions per window were merged serially from every partition's part
+//! before, the largest part of its latency.
+//!
 //! Checkpoints: a partition that reaches barrier `e` writes its open windows' partial groups and waits
 //! until every partition reached it (aligned barriers: nothing it does after the barrier can mix
 //! into the checkpoint); then the windows handed over but not emitted yet and the watermarks are
 //! written, barrier `e` goes downstream and the epoch is acked. Restored, all saved partial groups
 //! wait in the shared state for their windows to complete, and every partition starts from the
-//! watermark all of them had passed.
+//! watermark all of them had passed; keyed, they are dealt to the partitions owning their keys (the
+//! thread count may have changed) and merged into those windows when they close.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -65,22 +73,38 @@ impl Slicing {
         end.saturating_add((self.slides() - 1).saturating_mul(self.window.step))
     }
 
-    /// The window aggregate's partial groups of the window ending at `end`, from those of its slides
-    /// keyed by the other keys.
-    fn window_partial(&self, end: i64, groups: Partial) -> Partial {
-        let n = groups.num_groups();
+    /// The window aggregate's key columns for `n` groups of the window ending at `end`, from their
+    /// keys that are not window columns.
+    fn window_keys(&self, end: i64, keys: &[ArrayRef], n: usize) -> Vec<ArrayRef> {
         let constant = |t: i64| -> ArrayRef { Arc::new(TimestampMicrosecondArray::from_value(t, n)) };
-        let keys = self
-            .columns
+        self.columns
             .iter()
             .map(|c| match c {
-                SessionColumn::Key(k) => groups.keys()[*k].clone(),
+                SessionColumn::Key(k) => keys[*k].clone(),
                 SessionColumn::Start => constant(end.saturating_sub(self.window.size)),
                 SessionColumn::End => constant(end),
                 SessionColumn::Time => constant(end.saturating_sub(WINDOW_TIME_BEFORE_END)),
             })
-            .collect();
+            .collect()
+    }
+
+    /// The window aggregate's partial groups of the window ending at `end`, from those of its slides
+    /// keyed by the other keys.
+    fn window_partial(&self, end: i64, groups: Partial) -> Partial {
+        let keys = self.window_keys(end, groups.keys(), groups.num_groups());
         groups.with_keys(keys)
+    }
+
+    /// A window's partial groups keyed as its slides' are (by the keys that are not window columns).
+    fn slide_partial(&self, window: Partial) -> Partial {
+        let mut keys = vec![None; self.spec.group.len()];
+        for (column, c) in self.columns.iter().enumerate() {
+            if let SessionColumn::Key(k) = c {
+                keys[*k] = window.keys().get(column).cloned();
+            }
+        }
+        let keys = keys.into_iter().flatten().collect();
+        window.with_keys(keys)
     }
 }
 
@@ -105,6 +129,9 @@ pub struct WindowAggShared {
     batch_size: usize,
     metrics: Arc<OpMetrics>,
     pool: Arc<MemoryPool>,
+    /// Set when each partition owns its keys' groups: the positions of the group keys the input is
+    /// partitioned by. Each partition then emits its windows itself, as producer of `output`.
+    keyed: Option<Vec<usize>>,
 }
 
 struct WindowState {
@@ -118,6 +145,8 @@ struct WindowState {
     ended: usize,
     /// Checkpoint barriers: each is forwarded once every partition passed it.
     epochs: EpochTracker,
+    /// Keyed: per partition, the restored partial groups of its keys by window end, until it takes them.
+    restored: Vec<BTreeMap<i64, Vec<Partial>>>,
 }
 
 struct WindowCheckpoint {
@@ -138,6 +167,7 @@ impl WindowAggShared {
         pool: Arc<MemoryPool>,
         checkpoint: Option<(Arc<Coordinator>, usize)>,
         slicing: Option<Slicing>,
+        keyed: Option<Vec<usize>>,
     ) -> Result<WindowAggShared> {
         let restored = checkpoint.as_ref().map_or(0, |(c, _)| c.restored);
         let mut state = WindowState {
@@ -146,6 +176,7 @@ impl WindowAggShared {
             forwarded: i64::MIN,
             ended: 0,
             epochs: EpochTracker::new(partitions, restored),
+            restored: (0..partitions).map(|_| BTreeMap::new()).collect(),
         };
         let checkpoint = match checkpoint {
             None => None,
@@ -153,21 +184,28 @@ impl WindowAggShared {
                 let widths = GroupTable::new(&spec)?.into_partial()?.states.iter().map(|s| s.len()).collect();
                 let ck = WindowCheckpoint { op: OperatorCheckpoint::register(&coordinator, format!("window-{node}"))?, widths };
                 if let Some(dir) = ck.op.restore_dir() {
-                    restore(&spec, window_end, &ck, &dir, &mut state)?;
+                    restore(&spec, window_end, keyed.as_deref(), &ck, &dir, &mut state)?;
                 }
                 Some(ck)
             }
         };
-        Ok(WindowAggShared { spec, slicing, window_end, state: Mutex::new(state), output, checkpoint, batch_size, metrics, pool })
+        Ok(WindowAggShared { spec, slicing, window_end, state: Mutex::new(state), output, checkpoint, batch_size, metrics, pool, keyed })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, WindowState>> {
         self.state.lock().map_err(|_| RiffleError::exec("window aggregate lock poisoned"))
     }
 
-    /// The watermark partition `p` starts from (restored from a checkpoint, or none).
-    fn start_watermark(&self, p: usize) -> i64 {
-        self.lock().ok().and_then(|st| st.watermarks.get(p).copied()).unwrap_or(i64::MIN)
+    /// The watermark partition `p` starts from (restored from a checkpoint, or none), and keyed, the
+    /// restored groups of its keys.
+    fn start(&self, p: usize) -> (i64, BTreeMap<i64, Vec<Partial>>) {
+        match self.lock() {
+            Ok(mut st) => {
+                let restored = st.restored.get_mut(p).map(std::mem::take).unwrap_or_default();
+                (st.watermarks.get(p).copied().unwrap_or(i64::MIN), restored)
+            }
+            Err(_) => (i64::MIN, BTreeMap::new()),
+        }
     }
 
     /// Partition `p` reached barrier `e` (or ended: `u64::MAX`) with the partial groups of its open
@@ -179,17 +217,25 @@ impl WindowAggShared {
             let path = ck.op.coordinator.state_dir(e, &ck.op.name)?.join(format!("partition-{p}.arrow"));
             ck.op.coordinator.write_async(move || super::checkpoint::write_batches(&path, &open))?;
         }
+        if self.keyed.is_some() && e != u64::MAX {
+            // Each partition forwards its barrier; the output exchange aligns them.
+            self.output.push(p, Message::Barrier(e));
+        }
         for epoch in st.epochs.pass(p, e) {
             if let Some(ck) = &self.checkpoint {
                 self.save_shared(ck, epoch, &st)?;
             }
-            self.output.push(0, Message::Barrier(epoch));
+            if self.keyed.is_none() {
+                self.output.push(0, Message::Barrier(epoch));
+            }
         }
         if st.epochs.all_ended() {
             if let Some(ck) = &self.checkpoint {
                 ck.op.coordinator.retire(ck.op.component)?;
             }
-            self.output.push(0, Message::End);
+            if self.keyed.is_none() {
+                self.output.push(0, Message::End);
+            }
         }
         Ok(())
     }
@@ -216,6 +262,7 @@ impl WindowAggShared {
     /// Partition `partition` reached `watermark` and hands over the windows it closed; emits every
     /// window all partitions have closed, then the watermark they all passed, and the end once every
     /// partition ended.
+    /// Keyed, a partition emitted its windows itself: only its watermark is noted (for checkpoints).
     fn advance(&self, partition: usize, watermark: i64, closed: Vec<(i64, Partial)>, ended: bool) -> Result<()> {
         let mut st = self.lock()?;
         st.ended += usize::from(ended);
@@ -224,6 +271,9 @@ impl WindowAggShared {
         }
         let slot = st.watermarks.get_mut(partition).ok_or_else(|| RiffleError::exec("watermark from an unknown partition"))?;
         *slot = (*slot).max(watermark);
+        if self.keyed.is_some() {
+            return Ok(());
+        }
         let passed = st.watermarks.iter().copied().min().unwrap_or(i64::MAX);
         let still_open = match passed.checked_add(1) {
             Some(next) => st.pending.split_off(&next),
@@ -237,7 +287,7 @@ impl WindowAggShared {
                 table.merge(p)?;
             }
             let batch = self.spec.result(table)?;
-            emit_rows(&self.output, &batch, self.batch_size, &self.metrics);
+            emit_rows(&self.output, 0, &batch, self.batch_size, &self.metrics);
         }
         if st.ended == st.watermarks.len() {
             // The end leaves after the last barriers (see `barrier`).
@@ -261,6 +311,9 @@ pub struct WindowAggSink {
     emitted: i64,
     /// The watermark this partition's input has passed: windows ending at or before it are closed.
     watermark: i64,
+    /// Keyed: restored partial groups of this partition's keys by window end, merged into their
+    /// windows when they close.
+    restored: BTreeMap<i64, Vec<Partial>>,
     reservation: MemoryReservation,
     ended: bool,
 }
@@ -268,21 +321,38 @@ pub struct WindowAggSink {
 impl WindowAggSink {
     pub fn new(shared: Arc<WindowAggShared>, partition: usize) -> WindowAggSink {
         let reservation = shared.pool.reservation(format!("WindowAggregate (partition {partition})"), false);
-        let watermark = shared.start_watermark(partition);
-        WindowAggSink { shared, partition, windows: BTreeMap::new(), slides: BTreeMap::new(), emitted: watermark, watermark, reservation, ended: false }
+        let (watermark, restored) = shared.start(partition);
+        WindowAggSink {
+            shared,
+            partition,
+            windows: BTreeMap::new(),
+            slides: BTreeMap::new(),
+            emitted: watermark,
+            watermark,
+            restored,
+            reservation,
+            ended: false,
+        }
     }
 
     /// The partial groups of the open windows, as batches, the windows kept open.
+    /// Keyed, the restored groups not emitted yet are part of it.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        if self.shared.slicing.is_some() {
-            let open = self.sliced_windows(self.watermark, i64::MAX)?;
-            return open.into_iter().map(|(_, p)| Ok(p.into_batch()?.0)).collect();
+        let shared = self.shared.clone();
+        let mut out = Vec::new();
+        if let Some(slicing) = &shared.slicing {
+            for (end, table) in self.sliced_tables(self.watermark, i64::MAX)? {
+                out.push(slicing.window_partial(end, table.into_partial()?).into_batch()?.0);
+            }
+        } else {
+            for table in self.windows.values_mut() {
+                let partial = std::mem::replace(table, GroupTable::new(&shared.spec)?).into_partial()?;
+                out.push(partial.clone().into_batch()?.0);
+                table.merge(partial)?;
+            }
         }
-        let mut out = Vec::with_capacity(self.windows.len());
-        for table in self.windows.values_mut() {
-            let partial = std::mem::replace(table, GroupTable::new(&self.shared.spec)?).into_partial()?;
-            out.push(partial.clone().into_batch()?.0);
-            table.merge(partial)?;
+        for p in self.restored.values().flatten() {
+            out.push(p.clone().into_batch()?.0);
         }
         Ok(out)
     }
@@ -375,9 +445,9 @@ impl WindowAggSink {
         Ok(())
     }
 
-    /// The partial groups of every window ending after `after` and at or before `upto` that holds a
-    /// slide with rows, each merged from its slides.
-    fn sliced_windows(&mut self, after: i64, upto: i64) -> Result<Vec<(i64, Partial)>> {
+    /// The groups of every window ending after `after` and at or before `upto` that holds a slide
+    /// with rows, each merged from its slides (keyed by the keys that are not window columns).
+    fn sliced_tables(&mut self, after: i64, upto: i64) -> Result<Vec<(i64, GroupTable)>> {
         let shared = self.shared.clone();
         let Some(slicing) = &shared.slicing else { return Ok(vec![]) };
         let step = slicing.window.step;
@@ -408,16 +478,17 @@ impl WindowAggSink {
                     table.merge(p.clone())?;
                 }
             }
-            out.push((end, slicing.window_partial(end, table.into_partial()?)));
+            out.push((end, table));
         }
         Ok(out)
     }
 
-    /// Takes the windows ending at or before `watermark` out as partial groups.
-    fn close(&mut self, watermark: i64) -> Result<Vec<(i64, Partial)>> {
+    /// Takes the windows ending at or before `watermark` out, each as a group table (of the slides'
+    /// keys when sliced).
+    fn close(&mut self, watermark: i64) -> Result<Vec<(i64, GroupTable)>> {
         let shared = self.shared.clone();
         if let Some(slicing) = &shared.slicing {
-            let closed = self.sliced_windows(self.emitted, watermark)?;
+            let closed = self.sliced_tables(self.emitted, watermark)?;
             let last_window = |end: i64| slicing.last_window(end);
             self.slides.retain(|end, _| last_window(*end) > watermark);
             self.emitted = watermark;
@@ -427,8 +498,56 @@ impl WindowAggSink {
             Some(next) => self.windows.split_off(&next),
             None => BTreeMap::new(),
         };
-        let closed = std::mem::replace(&mut self.windows, open);
-        closed.into_iter().map(|(end, table)| Ok((end, table.into_partial()?))).collect()
+        Ok(std::mem::replace(&mut self.windows, open).into_iter().collect())
+    }
+
+    /// Closes the windows ending at or before `watermark` and passes them on: keyed, this partition
+    /// emits them with its restored groups, then the watermark; otherwise the shared state gets them.
+    fn pass(&mut self, watermark: i64, ended: bool) -> Result<()> {
+        let shared = self.shared.clone();
+        let closed = self.close(watermark)?;
+        if shared.keyed.is_none() {
+            let partials = closed
+                .into_iter()
+                .map(|(end, table)| {
+                    let partial = table.into_partial()?;
+                    Ok((end, match &shared.slicing {
+                        Some(slicing) => slicing.window_partial(end, partial),
+                        None => partial,
+                    }))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return shared.advance(self.partition, watermark, partials, ended);
+        }
+        let mut windows: BTreeMap<i64, Option<GroupTable>> = closed.into_iter().map(|(end, t)| (end, Some(t))).collect();
+        let still_open = match watermark.checked_add(1) {
+            Some(next) => self.restored.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        let mut restored = std::mem::replace(&mut self.restored, still_open);
+        windows.extend(restored.keys().filter(|end| !windows.contains_key(end)).map(|end| (*end, None)).collect::<Vec<_>>());
+        for (end, table) in windows {
+            let spec = shared.slicing.as_ref().map_or(&shared.spec, |s| &s.spec);
+            let mut table = match table {
+                Some(t) => t,
+                None => GroupTable::new(spec)?,
+            };
+            for partial in restored.remove(&end).unwrap_or_default() {
+                table.merge(match &shared.slicing {
+                    Some(slicing) => slicing.slide_partial(partial),
+                    None => partial,
+                })?;
+            }
+            let batch = match &shared.slicing {
+                Some(slicing) => slicing.spec.result_rekeyed(table, |keys, n| slicing.window_keys(end, &keys, n))?,
+                None => shared.spec.result(table)?,
+            };
+            emit_rows(&shared.output, self.partition, &batch, shared.batch_size, &shared.metrics);
+        }
+        if !ended {
+            shared.output.push(self.partition, Message::Watermark(watermark));
+        }
+        shared.advance(self.partition, watermark, vec![], ended)
     }
 }
 
@@ -436,7 +555,8 @@ impl Sink for WindowAggSink {
     /// Emitted windows wait in a bounded queue; while it is full the partitions stop reading. While
     /// a checkpoint's barriers align, a partition past the barrier waits for the others.
     fn has_capacity(&self) -> bool {
-        self.shared.output.has_capacity(0) && !self.shared.aligning(self.partition)
+        let producer = if self.shared.keyed.is_some() { self.partition } else { 0 };
+        self.shared.output.has_capacity(producer) && !self.shared.aligning(self.partition)
     }
 
     fn push(&mut self, msg: Message) -> Result<()> {
@@ -451,8 +571,7 @@ impl Sink for WindowAggSink {
             }
             Message::Watermark(w) if w > self.watermark => {
                 self.watermark = w;
-                let closed = self.close(w)?;
-                self.shared.advance(self.partition, w, closed, false)?;
+                self.pass(w, false)?;
             }
             Message::Watermark(_) => {}
             Message::Barrier(epoch) => {
@@ -461,11 +580,13 @@ impl Sink for WindowAggSink {
             }
             Message::End => {
                 self.ended = true;
-                let closed = self.close(i64::MAX)?;
-                self.reservation.free();
                 // Handed over first: a checkpoint the end completes must hold these windows.
-                self.shared.advance(self.partition, i64::MAX, closed, true)?;
+                self.pass(i64::MAX, true)?;
+                self.reservation.free();
                 self.shared.barrier(self.partition, u64::MAX, vec![])?;
+                if self.shared.keyed.is_some() {
+                    self.shared.output.push(self.partition, Message::End);
+                }
             }
         }
         Ok(())
@@ -474,7 +595,7 @@ impl Sink for WindowAggSink {
 
 /// Reads a checkpoint's partial groups into the shared state: they wait for their windows to
 /// complete like groups handed over by a partition.
-fn restore(spec: &AggSpec, window_end: usize, ck: &WindowCheckpoint, dir: &std::path::Path, st: &mut WindowState) -> Result<()> {
+fn restore(spec: &AggSpec, window_end: usize, keyed: Option<&[usize]>, ck: &WindowCheckpoint, dir: &std::path::Path, st: &mut WindowState) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
     let keys = spec.group.len();
     for entry in entries.flatten() {
@@ -491,7 +612,17 @@ fn restore(spec: &AggSpec, window_end: usize, ck: &WindowCheckpoint, dir: &std::
             }
             for (end, rows) in by_end {
                 let part = arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?;
-                st.pending.entry(end).or_default().push(Partial::from_batch(&part, keys, &ck.widths));
+                let Some(routing) = keyed else {
+                    st.pending.entry(end).or_default().push(Partial::from_batch(&part, keys, &ck.widths));
+                    continue;
+                };
+                // Dealt to the partitions owning the keys now.
+                let partitions = st.restored.len();
+                let columns: Vec<ArrayRef> = routing.iter().map(|k| part.column(*k).clone()).collect();
+                let owner = super::key_partition::owners(&columns, partitions)?;
+                for (p, mine) in super::key_partition::split_by_owner(&part, &owner, partitions)? {
+                    st.restored[p].entry(end).or_default().push(Partial::from_batch(&mine, keys, &ck.widths));
+                }
             }
         }
     }
