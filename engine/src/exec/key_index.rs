@@ -23,8 +23,20 @@ pub struct KeyIndex {
     hashes: Vec<u64>,
     /// Per key, its newest entry.
     heads: Vec<u32>,
-    /// Each entry: the row, and the key's next older entry.
-    entries: Vec<(RowRef, u32)>,
+    /// Each entry: a run of consecutive rows of one chunk under one key, and the key's next older
+    /// entry. Rows of a key often come together (Nexmark q5 stores each window's counts under the
+    /// window's bounds: a whole chunk is one run), so an entry holds a run, not a row.
+    entries: Vec<Run>,
+    /// The key of the last row inserted: the next row with the same bytes needs no hash lookup.
+    last: Option<u32>,
+}
+
+#[derive(Clone, Copy)]
+struct Run {
+    chunk: u64,
+    first: u32,
+    len: u32,
+    older: u32,
 }
 
 impl KeyIndex {
@@ -38,26 +50,40 @@ impl KeyIndex {
         self.table.find(hash, |&k| self.key(k) == key).copied()
     }
 
-    pub fn insert(&mut self, key: &[u8], row: RowRef) {
-        let hash = self.hasher.hash_one(key);
-        let k = match self.find(hash, key) {
+    pub fn insert(&mut self, key: &[u8], (chunk, row): RowRef) {
+        let k = match self.last.filter(|k| self.key(*k) == key) {
             Some(k) => k,
             None => {
-                let k = self.heads.len() as u32;
-                self.bytes.extend_from_slice(key);
-                self.ends.push(self.bytes.len());
-                self.hashes.push(hash);
-                self.heads.push(NONE);
-                let hashes = &self.hashes;
-                self.table.insert_unique(hash, k, |&x| hashes[x as usize]);
+                let hash = self.hasher.hash_one(key);
+                let k = match self.find(hash, key) {
+                    Some(k) => k,
+                    None => {
+                        let k = self.heads.len() as u32;
+                        self.bytes.extend_from_slice(key);
+                        self.ends.push(self.bytes.len());
+                        self.hashes.push(hash);
+                        self.heads.push(NONE);
+                        let hashes = &self.hashes;
+                        self.table.insert_unique(hash, k, |&x| hashes[x as usize]);
+                        k
+                    }
+                };
+                self.last = Some(k);
                 k
             }
         };
-        self.entries.push((row, self.heads[k as usize]));
+        let head = self.heads[k as usize];
+        if let Some(run) = self.entries.get_mut(head as usize) {
+            if run.chunk == chunk && run.first + run.len == row {
+                run.len += 1;
+                return;
+            }
+        }
+        self.entries.push(Run { chunk, first: row, len: 1, older: head });
         self.heads[k as usize] = (self.entries.len() - 1) as u32;
     }
 
-    /// The rows stored under `key`, newest first.
+    /// The rows stored under `key`: newest run first, each run's rows in order.
     pub fn get(&self, key: &[u8]) -> impl Iterator<Item = RowRef> + '_ {
         self.walk(self.find(self.hasher.hash_one(key), key).map_or(NONE, |k| self.heads[k as usize]))
     }
@@ -66,20 +92,28 @@ impl KeyIndex {
     fn walk(&self, first: u32) -> impl Iterator<Item = RowRef> + '_ {
         let mut next = first;
         std::iter::from_fn(move || {
-            let (row, older) = *self.entries.get(next as usize)?;
-            next = older;
-            Some(row)
+            let run = *self.entries.get(next as usize)?;
+            next = run.older;
+            Some((run.first..run.first + run.len).map(move |r| (run.chunk, r)))
         })
+        .flatten()
     }
 
     /// Keeps the rows for which `keep` holds (and the keys that still have one), in the same order.
     pub fn retain(&mut self, keep: impl Fn(RowRef) -> bool) {
         let mut kept = KeyIndex { hasher: self.hasher.clone(), ..KeyIndex::default() };
         for k in 0..self.heads.len() as u32 {
-            let mut rows: Vec<RowRef> = self.walk(self.heads[k as usize]).filter(|r| keep(*r)).collect();
-            rows.reverse();
-            for r in rows {
-                kept.insert(self.key(k), r);
+            let mut runs: Vec<Run> = Vec::new();
+            let mut next = self.heads[k as usize];
+            while let Some(run) = self.entries.get(next as usize) {
+                runs.push(*run);
+                next = run.older;
+            }
+            // Oldest first, as they were inserted.
+            for run in runs.iter().rev() {
+                for r in (run.first..run.first + run.len).filter(|r| keep((run.chunk, *r))) {
+                    kept.insert(self.key(k), (run.chunk, r));
+                }
             }
         }
         *self = kept;
@@ -91,7 +125,7 @@ impl KeyIndex {
             + self.bytes.capacity()
             + (self.ends.capacity() + self.hashes.capacity()) * 8
             + self.heads.capacity() * 4
-            + self.entries.capacity() * std::mem::size_of::<(RowRef, u32)>()
+            + self.entries.capacity() * std::mem::size_of::<Run>()
     }
 }
 
@@ -112,5 +146,27 @@ mod tests {
         assert_eq!(ix.get(b"a").collect::<Vec<_>>(), vec![(2, 4), (0, 0)]);
         assert_eq!(ix.get(b"c").count(), 0, "a key whose rows all went is gone");
         assert_eq!(ix.heads.len(), 2);
+    }
+
+    #[test]
+    fn consecutive_rows_of_a_key_are_one_run() {
+        let mut ix = KeyIndex::default();
+        for r in 0..1000 {
+            ix.insert(b"w", (7, r));
+        }
+        ix.insert(b"v", (7, 1000));
+        for r in 0..10 {
+            ix.insert(b"w", (8, r));
+        }
+        ix.insert(b"w", (8, 20));
+        assert_eq!(ix.entries.len(), 4, "a run per chunk and gap");
+        let rows: Vec<RowRef> = ix.get(b"w").collect();
+        assert_eq!(rows.len(), 1011);
+        assert_eq!(rows[0], (8, 20));
+        assert_eq!(&rows[1..3], &[(8, 0), (8, 1)]);
+        assert_eq!(rows[11], (7, 0));
+        ix.retain(|(chunk, r)| chunk == 8 || r % 2 == 0);
+        assert_eq!(ix.get(b"w").count(), 511);
+        assert_eq!(ix.get(b"v").count(), 1);
     }
 }

@@ -430,12 +430,22 @@ impl StreamJoinShared {
         // Pairs (this row, other chunk, other row).
         let mut mine: Vec<u32> = Vec::new();
         let mut theirs: Vec<(u64, u32)> = Vec::new();
+        // Whether the chunk of the previous candidate is live: a key's rows come in runs of a chunk.
+        let mut last: Option<(u64, bool)> = None;
         for (row, key) in encoded.iter().enumerate() {
             if !valid[row] {
                 continue;
             }
             for (chunk, r) in other.index.get(key.as_ref()) {
-                if other.chunks.contains_key(&chunk) {
+                let live = match last {
+                    Some((c, live)) if c == chunk => live,
+                    _ => {
+                        let live = other.chunks.contains_key(&chunk);
+                        last = Some((chunk, live));
+                        live
+                    }
+                };
+                if live {
                     mine.push(row as u32);
                     theirs.push((chunk, r));
                 }
@@ -712,6 +722,24 @@ fn gather_column(batches: &[&RecordBatch], picks: &[(usize, usize)], col: usize)
         // One batch: a take, without interleave's per-row batch lookups.
         let indices = arrow::array::UInt32Array::from_iter_values(picks.iter().map(|(_, r)| *r as u32));
         return Ok(arrow::compute::take(only.column(col).as_ref(), &indices, None)?);
+    }
+    // Runs of rows of one batch (a key's stored rows, chunk by chunk): a take per run, concatenated.
+    let runs = 1 + picks.windows(2).filter(|w| w[0].0 != w[1].0).count();
+    if runs * 64 <= picks.len() {
+        let mut parts: Vec<ArrayRef> = Vec::with_capacity(runs);
+        for run in picks.chunk_by(|a, b| a.0 == b.0) {
+            let column = batches[run[0].0].column(col);
+            let (first, last) = (run[0].1, run[run.len() - 1].1);
+            if last + 1 == first + run.len() && run.windows(2).all(|w| w[0].1 + 1 == w[1].1) {
+                // Consecutive rows (a run of the key index): a slice, nothing copied.
+                parts.push(column.slice(first, run.len()));
+            } else {
+                let indices = arrow::array::UInt32Array::from_iter_values(run.iter().map(|(_, r)| *r as u32));
+                parts.push(arrow::compute::take(column.as_ref(), &indices, None)?);
+            }
+        }
+        let parts: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        return Ok(arrow::compute::concat(&parts)?);
     }
     let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(col).as_ref()).collect();
     Ok(interleave(&arrays, picks)?)
