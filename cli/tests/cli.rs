@@ -354,7 +354,7 @@ fn kill_test_flags(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<
     let checkpoints = work.path().join("checkpoints");
     // Runs alternate between 2 threads and 1: state saved by either is restored into the other.
     let stream_args = |sql: &str, run: usize| -> Vec<String> {
-        let threads = if run % 2 == 0 { "2" } else { "1" };
+        let threads = if run.is_multiple_of(2) { "2" } else { "1" };
         ["sql", "--stream", "--threads", threads, "--checkpoint-dir", checkpoints.to_str().unwrap_or_default(), "--checkpoint-interval", "50ms"]
             .iter()
             .chain(flags)

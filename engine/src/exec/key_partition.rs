@@ -91,12 +91,12 @@ mod tests {
     fn each_key_has_one_owner_in_every_batch() {
         let a: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3, 1, 2, 3, 100, 200]));
         let b: ArrayRef = Arc::new(Int64Array::from(vec![3, 1, 2, 100, 1, 3, 200, 2]));
-        let (oa, ob) = (owners(&[a.clone()], 4).expect("owners"), owners(&[b.clone()], 4).expect("owners"));
-        for i in 0..a.len() {
-            for j in 0..b.len() {
-                let (x, y) = (a.as_any().downcast_ref::<Int64Array>().expect("i64"), b.as_any().downcast_ref::<Int64Array>().expect("i64"));
+        let (oa, ob) = (owners(std::slice::from_ref(&a), 4).expect("owners"), owners(std::slice::from_ref(&b), 4).expect("owners"));
+        let (x, y) = (a.as_any().downcast_ref::<Int64Array>().expect("i64"), b.as_any().downcast_ref::<Int64Array>().expect("i64"));
+        for (i, owner_a) in oa.iter().enumerate() {
+            for (j, owner_b) in ob.iter().enumerate() {
                 if x.value(i) == y.value(j) {
-                    assert_eq!(oa[i], ob[j], "key {} owned by two partitions", x.value(i));
+                    assert_eq!(owner_a, owner_b, "key {} owned by two partitions", x.value(i));
                 }
             }
         }
