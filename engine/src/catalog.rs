@@ -17,8 +17,17 @@ use crate::logical::Expr;
 pub enum TableData {
     /// `root`: the directory the table is (when it is one), where `INSERT INTO` adds files.
     /// `monitor`: the table has no end: every interval the scan lists `pattern` again and reads the
-    /// files that appeared since (Flink's `'source.monitor-interval'`).
-    Files { format: FileFormat, files: Vec<PathBuf>, morsels: Vec<Morsel>, root: Option<PathBuf>, pattern: String, monitor: Option<std::time::Duration> },
+    /// files that appeared since (Flink's `'source.monitor-interval'`). `idle_timeout`: once no new
+    /// rows came for that long, the scan says it is idle (Flink's `'scan.watermark.idle-timeout'`).
+    Files {
+        format: FileFormat,
+        files: Vec<PathBuf>,
+        morsels: Vec<Morsel>,
+        root: Option<PathBuf>,
+        pattern: String,
+        monitor: Option<std::time::Duration>,
+        idle_timeout: Option<std::time::Duration>,
+    },
     /// Rows held in memory (e.g. `CREATE TABLE t AS …`, `INSERT INTO`).
     Memory(Vec<RecordBatch>),
     /// Sort-benchmark records made as they are read: `records` of them.
@@ -91,7 +100,7 @@ impl TableSource {
         };
         let schema = crate::types::storage_schema(&schema);
         let morsels = riffle_formats::plan_morsels(&format, &files)?;
-        let data = TableData::Files { format, files, morsels, root, pattern: path.to_string(), monitor: None };
+        let data = TableData::Files { format, files, morsels, root, pattern: path.to_string(), monitor: None, idle_timeout: None };
         Ok(TableSource { schema, data, event_time: None, stats: Default::default() })
     }
 
@@ -165,6 +174,23 @@ impl TableSource {
             *monitor = Some(interval);
         }
         self
+    }
+
+    /// A monitored file table that says it is idle once no new rows came for `timeout`.
+    pub fn idle_after(mut self, timeout: Option<std::time::Duration>) -> TableSource {
+        if let TableData::Files { idle_timeout, .. } = &mut self.data {
+            *idle_timeout = timeout;
+        }
+        self
+    }
+
+    /// How long a table without end may send nothing before its scan says it is idle: its own
+    /// option, else the session's (`default`).
+    pub fn idle_timeout(&self, default: Option<std::time::Duration>) -> Option<std::time::Duration> {
+        match &self.data {
+            TableData::Files { monitor: Some(_), idle_timeout, .. } => idle_timeout.or(default),
+            _ => None,
+        }
     }
 
     /// Whether its rows are a changelog (a `debezium-json` table): read, they carry their row kinds in

@@ -16,6 +16,10 @@ pub enum Message {
     Watermark(Timestamp),
     /// Everything before this belongs to checkpoint `Epoch`; everything after to the next.
     Barrier(Epoch),
+    /// The input sends nothing for a while (an idle source, Flink's `WatermarkStatus.IDLE`): until
+    /// its next batch or watermark, operators combining inputs do not wait for its watermark. Rows it
+    /// sends later behind the others' watermark are late.
+    Idle,
     /// The input ended: a bounded stream is complete.
     End,
 }

@@ -376,8 +376,11 @@ impl PhysicalPlan {
                 if source.event_time.is_some() {
                     n.push_str(", watermarks from WATERMARK FOR");
                 }
-                if let crate::catalog::TableData::Files { monitor: Some(interval), .. } = &source.data {
+                if let crate::catalog::TableData::Files { monitor: Some(interval), idle_timeout, .. } = &source.data {
                     let _ = write!(n, ", new files every {interval:?}");
+                    if let Some(t) = idle_timeout {
+                        let _ = write!(n, ", idle after {t:?} without rows");
+                    }
                 }
                 if source.unbounded() {
                     n.push_str(", without end");
@@ -473,6 +476,7 @@ impl PhysicalPlan {
                 Some(left.schema().fields().len() + right.event_time_column()?)
             }
             PhysicalPlan::HashJoin { probe, kind: JoinKind::Inner | JoinKind::Left, .. } => probe.event_time_column(),
+            PhysicalPlan::Union { inputs, .. } => crate::logical::same_column(inputs.iter().map(|i| i.event_time_column())),
             _ => None,
         }
     }

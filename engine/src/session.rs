@@ -289,7 +289,9 @@ impl Session {
     }
 
     /// Flink's `SET 'key' = 'value'` for the options Riffle has: `table.exec.state.ttl` (how long a
-    /// regular stream join keeps a row; `0` keeps them all), `execution.runtime-mode` (`streaming` or
+    /// regular stream join keeps a row; `0` keeps them all), `table.exec.source.idle-timeout` (how long
+    /// a table without end may send no rows before the operators combining it with others stop
+    /// waiting for its watermark; `0`: never), `execution.runtime-mode` (`streaming` or
     /// `batch`, as `--stream`); Flink SQL client display options (`sql-client.*`) are accepted and
     /// have no effect.
     fn set_option(&mut self, key: &str, value: &str) -> Result<()> {
@@ -297,6 +299,10 @@ impl Session {
             "table.exec.state.ttl" => {
                 let ttl = parse_flink_duration(value).map_err(|e| RiffleError::plan(format!("SET '{key}': {e}")))?;
                 self.config.state_ttl = (!ttl.is_zero()).then_some(ttl);
+            }
+            "table.exec.source.idle-timeout" => {
+                let timeout = parse_flink_duration(value).map_err(|e| RiffleError::plan(format!("SET '{key}': {e}")))?;
+                self.config.source_idle_timeout = (!timeout.is_zero()).then_some(timeout);
             }
             "execution.runtime-mode" => {
                 self.config.stream = match value.to_ascii_lowercase().as_str() {
@@ -308,7 +314,7 @@ impl Session {
             k if k.starts_with("sql-client.") => {}
             other => {
                 return Err(RiffleError::NotSupported(format!(
-                    "SET '{other}': the options Riffle has are 'table.exec.state.ttl' and 'execution.runtime-mode' \
+                    "SET '{other}': the options Riffle has are 'table.exec.state.ttl', 'table.exec.source.idle-timeout' and 'execution.runtime-mode' \
                      (and Flink SQL client display options, 'sql-client.*', which change nothing here)"
                 )))
             }
@@ -579,6 +585,9 @@ impl Session {
         if let crate::catalog::TableData::Files { monitor: Some(interval), .. } = &table.data {
             source = source.monitored(*interval);
         }
+        if let crate::catalog::TableData::Files { idle_timeout, .. } = &table.data {
+            source = source.idle_after(*idle_timeout);
+        }
         self.catalog.register(name, CatalogEntry::Table(Arc::new(source)));
         let schema = Arc::new(Schema::new(vec![Field::new("rows", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow::array::Int64Array::from(vec![sink.rows() as i64]))])?;
@@ -769,10 +778,14 @@ fn connector_table(options: &[(String, String)], declared: Option<SchemaRef>) ->
             }
             let table = TableSource::files(path, format, declared)?;
             // Flink's option: a directory read without end, its new files picked up every interval.
-            match get("source.monitor-interval").map(parse_flink_duration).transpose() {
-                Ok(Some(interval)) if !interval.is_zero() => Ok(table.monitored(interval)),
-                Ok(_) => Ok(table),
-                Err(e) => Err(RiffleError::plan(format!("'source.monitor-interval': {e}"))),
+            let table = match get("source.monitor-interval").map(parse_flink_duration).transpose() {
+                Ok(Some(interval)) if !interval.is_zero() => table.monitored(interval),
+                Ok(_) => table,
+                Err(e) => return Err(RiffleError::plan(format!("'source.monitor-interval': {e}"))),
+            };
+            match get("scan.watermark.idle-timeout").map(parse_flink_duration).transpose() {
+                Ok(timeout) => Ok(table.idle_after(timeout.filter(|t| !t.is_zero()))),
+                Err(e) => Err(RiffleError::plan(format!("'scan.watermark.idle-timeout': {e}"))),
             }
         }
         "nexmark" => nexmark_table(options, declared),

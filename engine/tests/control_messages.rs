@@ -49,6 +49,7 @@ fn check_order(msgs: &[(usize, Message)]) -> (usize, usize, usize) {
                     epoch = *e;
                     barriers += 1;
                 }
+                Message::Idle => {}
                 Message::End => assert_eq!(i, mine.len() - 1, "End must be last"),
             }
         }

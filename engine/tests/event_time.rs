@@ -352,57 +352,171 @@ fn drop_file(dir: &std::path::Path, name: &str, rows: &[String]) {
     std::fs::rename(&staged, dir.join(name)).expect("rename");
 }
 
+/// A query without end run on its own thread, its rows collected (cells joined by spaces) until
+/// `enough` came: then the sink stops the job.
+struct Job {
+    rows: Arc<Mutex<Vec<String>>>,
+    thread: std::thread::JoinHandle<Option<String>>,
+}
+
+impl Job {
+    fn start(mut s: Session, sql: &str, enough: usize) -> Job {
+        let rows = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = rows.clone();
+        let sink: riffle_engine::session::RowSink = Arc::new(move |_, b| {
+            let mut seen = seen.lock().expect("lock");
+            for row in 0..b.num_rows() {
+                let cells: Vec<String> =
+                    b.columns().iter().map(|c| riffle_engine::format::format_value(c, row).ok().flatten().unwrap_or_default()).collect();
+                seen.push(cells.join(" "));
+            }
+            if seen.len() >= enough { Err(riffle_engine::RiffleError::exec("seen enough")) } else { Ok(()) }
+        });
+        let sql = sql.to_string();
+        let thread = std::thread::spawn(move || s.execute_streaming(&sql, sink).err().map(|e| e.to_string()));
+        Job { rows, thread }
+    }
+
+    fn rows(&self) -> Vec<String> {
+        self.rows.lock().expect("lock").clone()
+    }
+
+    /// Waits (30 s at most) until `n` rows came.
+    fn wait_for(&self, n: usize) {
+        let start = std::time::Instant::now();
+        while self.rows().len() < n {
+            assert!(start.elapsed() < std::time::Duration::from_secs(30), "no row {n} after 30 s: {:?}", self.rows());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// The rows, once `n` came and the job stopped itself.
+    fn finish(self, n: usize) -> Vec<String> {
+        self.wait_for(n);
+        let err = self.thread.join().expect("job thread");
+        assert!(err.as_deref().is_some_and(|e| e.contains("seen enough")), "{err:?}");
+        self.rows.lock().expect("lock").clone()
+    }
+}
+
+/// `item, price, ts` rows of Flink csv, one per second of `seconds`.
+fn csv_rows(item: i32, seconds: std::ops::Range<i32>) -> Vec<String> {
+    seconds.map(|t| format!("{item},{t},2026-01-01 00:00:{t:02}")).collect()
+}
+
+/// A monitored directory as table `name`, with a 1 s watermark delay and more `options`.
+fn create_monitored(s: &mut Session, name: &str, dir: &std::path::Path, options: &str) {
+    s.sql(&format!(
+        "CREATE TABLE {name} (item INT, price INT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+         WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv', 'source.monitor-interval' = '20 ms'{options})",
+        dir.display()
+    ))
+    .expect("create");
+}
+
+const TUMBLE_10S: &str = "SELECT window_start, count(*), sum(price) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
+                          GROUP BY window_start, window_end";
+
 #[test]
 fn a_monitored_directory_is_read_without_end_as_files_appear() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let csv = |item: i32, seconds: std::ops::Range<i32>| -> Vec<String> {
-        seconds.map(|t| format!("{item},{t},2026-01-01 00:00:{t:02}")).collect()
-    };
-    drop_file(dir.path(), "a.csv", &csv(1, 0..13));
+    drop_file(dir.path(), "a.csv", &csv_rows(1, 0..13));
     // Two partitions and one file: the partition that finds nothing must not hold event time back.
     let mut s = Session::new(ExecConfig { threads: 2, stream: true, ..ExecConfig::default() });
-    s.sql(&format!(
-        "CREATE TABLE bids (item INT, price INT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
-         WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv', 'source.monitor-interval' = '20 ms')",
-        dir.path().display()
-    ))
-    .expect("create");
-    let windows = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen = windows.clone();
-    let sink: riffle_engine::session::RowSink = Arc::new(move |_, b| {
-        let mut seen = seen.lock().expect("lock");
-        for row in 0..b.num_rows() {
-            let cells: Vec<String> = b.columns().iter().map(|c| riffle_engine::format::format_value(c, row).ok().flatten().unwrap_or_default()).collect();
-            seen.push(cells.join(" "));
-        }
-        // The query has no end: the test stops it once the second file's window came.
-        if seen.len() == 2 { Err(riffle_engine::RiffleError::exec("seen enough")) } else { Ok(()) }
-    });
-    let job = std::thread::spawn(move || {
-        s.execute_streaming(
-            "SELECT window_start, count(*), sum(price) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
-             GROUP BY window_start, window_end",
-            sink,
-        )
-        .err()
-        .map(|e| e.to_string())
-    });
-    let wait_for = |n: usize| {
-        let start = std::time::Instant::now();
-        while windows.lock().expect("lock").len() < n {
-            assert!(start.elapsed() < std::time::Duration::from_secs(30), "no window {n} after 30 s: {:?}", windows.lock().expect("lock"));
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    };
+    create_monitored(&mut s, "bids", dir.path(), "");
+    // The query has no end: the job stops once the second file's window came.
+    let job = Job::start(s, TUMBLE_10S, 2);
     // The first file closes the window [0 s, 10 s) (its watermark reaches 11 s) ...
-    wait_for(1);
-    assert_eq!(windows.lock().expect("lock").clone(), ["2026-01-01 00:00:00 10 45"]);
+    job.wait_for(1);
+    assert_eq!(job.rows(), ["2026-01-01 00:00:00 10 45"]);
     // ... and a file that appears later is read too, and closes the next one.
-    drop_file(dir.path(), "b.csv", &csv(2, 13..25));
-    wait_for(2);
-    let err = job.join().expect("job thread");
-    assert!(err.is_some_and(|e| e.contains("seen enough")));
-    assert_eq!(windows.lock().expect("lock").clone(), ["2026-01-01 00:00:00 10 45", "2026-01-01 00:00:10 10 145"]);
+    drop_file(dir.path(), "b.csv", &csv_rows(2, 13..25));
+    assert_eq!(job.finish(2), ["2026-01-01 00:00:00 10 45", "2026-01-01 00:00:10 10 145"]);
+}
+
+#[test]
+fn a_query_runs_beside_a_job_without_end() {
+    // The job holds its workers while it waits for files; a query started meanwhile, in the same
+    // process, gets workers of its own instead of queueing behind it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    drop_file(dir.path(), "a.csv", &csv_rows(1, 0..5));
+    let mut s = Session::new(ExecConfig { threads: 2, stream: true, ..ExecConfig::default() });
+    create_monitored(&mut s, "bids", dir.path(), "");
+    let job = Job::start(s, TUMBLE_10S, 1);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (done, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut batch = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+        let _ = done.send(batch.sql("SELECT sum(x) FROM (VALUES (1), (2), (3)) AS t(x)").map(|r| r.batches));
+    });
+    let batches = answer.recv_timeout(std::time::Duration::from_secs(30)).expect("the query finished beside the job").expect("query");
+    let sum = riffle_engine::format::format_value(batches[0].column(0), 0).expect("format");
+    assert_eq!(sum.as_deref(), Some("6"));
+    drop_file(dir.path(), "b.csv", &csv_rows(1, 5..13));
+    assert_eq!(job.finish(1), ["2026-01-01 00:00:00 10 45"]);
+}
+
+/// Two monitored directories, `a` and `b`, feed one window aggregate through `sql` (a union, or an
+/// interval join); `b` gets a few early rows only. Idle after 200 ms (`how`: the session's option,
+/// or both tables' option), `b` no longer holds the first window back; never idle (`never`), it does
+/// until `b` gets more rows. Returns the job, stopping after `enough` rows, once `first` came.
+fn two_directories_one_goes_quiet(how: &str, sql: &str, first: &str, enough: usize) -> (Job, [tempfile::TempDir; 2]) {
+    let (a, b) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
+    drop_file(a.path(), "a1.csv", &csv_rows(1, 0..13));
+    drop_file(b.path(), "b1.csv", &csv_rows(1, 0..5));
+    let mut s = Session::new(ExecConfig { threads: 2, stream: true, ..ExecConfig::default() });
+    let options = if how == "table" { ", 'scan.watermark.idle-timeout' = '200 ms'" } else { "" };
+    create_monitored(&mut s, "a", a.path(), options);
+    create_monitored(&mut s, "b", b.path(), options);
+    if how == "session" {
+        s.sql("SET 'table.exec.source.idle-timeout' = '200 ms'").expect("set");
+    }
+    let job = Job::start(s, sql, enough);
+    if how == "never" {
+        // b's watermark (3 s) holds the first window back while a waits for files.
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        assert_eq!(job.rows(), Vec::<String>::new(), "a window closed while b's watermark was at 3 s");
+        drop_file(b.path(), "b2.csv", &csv_rows(1, 5..13));
+    }
+    job.wait_for(1);
+    assert_eq!(job.rows(), [first]);
+    (job, [a, b])
+}
+
+#[test]
+fn an_idle_input_of_a_union_holds_its_windows_back_no_longer() {
+    let union = "CREATE VIEW bids AS SELECT * FROM a UNION ALL SELECT * FROM b; \
+                 SELECT window_start, count(*), sum(price) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
+                 GROUP BY window_start, window_end";
+    for how in ["session", "table"] {
+        // [0, 10): a's 0..9 (sum 45) and b's 0..4 (10).
+        let (job, [_a, b]) = two_directories_one_goes_quiet(how, union, "2026-01-01 00:00:00 15 55", 2);
+        // b wakes with rows after the watermark (11 s) while a is idle: b alone closes [10, 20),
+        // with a's 10..12 (33) and b's 15..19 (85).
+        drop_file(b.path(), "b3.csv", &csv_rows(2, 15..25));
+        assert_eq!(job.finish(2), ["2026-01-01 00:00:00 15 55", "2026-01-01 00:00:10 8 118"]);
+    }
+    // Never idle: b's second file (5..12) came before the first window closed, and a holds the
+    // second back until it gets rows too: [10, 20) holds a's 10..19 (145), b's 10..12 (33) and
+    // 15..19 (85).
+    let (job, [a, b]) = two_directories_one_goes_quiet("never", union, "2026-01-01 00:00:00 20 90", 2);
+    drop_file(b.path(), "b3.csv", &csv_rows(2, 15..25));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(job.rows().len(), 1, "a window closed while a's watermark was at 11 s");
+    drop_file(a.path(), "a2.csv", &csv_rows(2, 13..25));
+    assert_eq!(job.finish(2), ["2026-01-01 00:00:00 20 90", "2026-01-01 00:00:10 18 263"]);
+}
+
+#[test]
+fn an_idle_side_of_an_interval_join_holds_its_windows_back_no_longer() {
+    // a's rows joined with b's of the same second: [0, 10) has b's 0..4, or, never idle, 0..9.
+    let join = "CREATE VIEW bids AS SELECT a.item, a.price, a.ts FROM a JOIN b ON a.price = b.price AND a.ts BETWEEN b.ts AND b.ts + INTERVAL '0' SECOND; \
+                SELECT window_start, count(*), sum(price) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
+                GROUP BY window_start, window_end";
+    let (job, _dirs) = two_directories_one_goes_quiet("session", join, "2026-01-01 00:00:00 5 10", 1);
+    job.finish(1);
+    let (job, _dirs) = two_directories_one_goes_quiet("never", join, "2026-01-01 00:00:00 10 45", 1);
+    job.finish(1);
 }
 
 #[test]

@@ -643,7 +643,7 @@ impl Sink for AggregateSink {
             }
             Message::Barrier(epoch) => self.shared.barriers.barrier(self.partition, epoch, &self.shared.output)?,
             // A batch aggregate emits only at the end: event time cannot advance past its rows before.
-            Message::Watermark(_) => {}
+            Message::Watermark(_) | Message::Idle => {}
         }
         Ok(())
     }

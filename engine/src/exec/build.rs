@@ -200,6 +200,7 @@ impl Builder<'_> {
                     &metrics,
                     self.checkpoint().map(|c| (c, id, self.threads)),
                     self.notifier,
+                    source.idle_timeout(self.config.source_idle_timeout),
                 )?);
                 let mut open = Open { source: SourceSpec::Scan(shared), partitions: self.threads, ops: vec![] };
                 match filter.clone() {

@@ -5,7 +5,10 @@
 //! they are broadcast to every consumer: a watermark advances to the minimum over live producers; a
 //! barrier is forwarded once every live producer delivered it, and a producer that delivered it waits
 //! (no credit) until then, so no post-barrier row overtakes the barrier (aligned checkpoints); `End`
-//! follows the last producer's end.
+//! follows the last producer's end. A producer that said it is idle does not hold the watermark back
+//! until it sends a batch or a watermark again; once every live producer is idle the consumers get
+//! the highest watermark reached and are told so, and the first producer to wake tells them with
+//! the last watermark (they wake too).
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
@@ -19,6 +22,10 @@ struct State {
     next: usize,
     ended: Vec<bool>,
     watermarks: Vec<Option<Timestamp>>,
+    /// Producers idle since their last batch or watermark.
+    idle: Vec<bool>,
+    /// The consumers were told every producer is idle.
+    emitted_idle: bool,
     emitted_watermark: Option<Timestamp>,
     barriers: Vec<Option<Epoch>>,
     consumers_closed: Vec<bool>,
@@ -40,6 +47,8 @@ impl Exchange {
                 next: 0,
                 ended: vec![false; producers],
                 watermarks: vec![None; producers],
+                idle: vec![false; producers],
+                emitted_idle: false,
                 emitted_watermark: None,
                 barriers: vec![None; producers],
                 consumers_closed: vec![false; consumers],
@@ -66,6 +75,10 @@ impl Exchange {
 
     pub fn push(&self, producer: usize, msg: Message) {
         let mut st = self.lock();
+        if matches!(msg, Message::Batch(_) | Message::Watermark(_)) && st.idle[producer] {
+            st.idle[producer] = false;
+            Self::wake(&mut st);
+        }
         match msg {
             Message::Batch(b) => {
                 let n = st.queues.len();
@@ -91,6 +104,11 @@ impl Exchange {
                 st.barriers[producer] = Some(e);
                 Self::align_barrier(&mut st);
             }
+            Message::Idle => {
+                st.idle[producer] = true;
+                Self::advance_watermark(&mut st);
+                Self::tell_idle(&mut st);
+            }
             Message::End => {
                 st.ended[producer] = true;
                 st.barriers[producer] = None;
@@ -99,6 +117,8 @@ impl Exchange {
                 Self::advance_watermark(&mut st);
                 if st.ended.iter().all(|e| *e) {
                     broadcast(&mut st, Message::End);
+                } else {
+                    Self::tell_idle(&mut st);
                 }
             }
         }
@@ -109,6 +129,7 @@ impl Exchange {
     /// A batch for `consumer` (dropped if it stopped reading).
     pub fn push_to(&self, consumer: usize, batch: arrow::array::RecordBatch) {
         let mut st = self.lock();
+        // The producer is not named: a keyed sink tells its idleness and wakes through `push`.
         if !st.consumers_closed[consumer] {
             st.queues[consumer].push_back(Message::Batch(batch));
             st.queued_batches += 1;
@@ -118,7 +139,7 @@ impl Exchange {
     }
 
     fn advance_watermark(st: &mut State) {
-        let live = st.ended.iter().zip(&st.watermarks).filter(|(e, _)| !**e).map(|(_, w)| *w);
+        let live = (0..st.ended.len()).filter(|p| !st.ended[*p] && !st.idle[*p]).map(|p| st.watermarks[p]);
         let mut min: Option<Timestamp> = None;
         for w in live {
             match w {
@@ -130,6 +151,32 @@ impl Exchange {
             if st.emitted_watermark.is_none_or(|e| m > e) {
                 st.emitted_watermark = Some(m);
                 broadcast(st, Message::Watermark(m));
+            }
+        }
+    }
+
+    /// Once every live producer is idle, the consumers are told (once), after the highest watermark
+    /// any producer reached (as Flink's valve does: nothing is coming, so nothing can be late).
+    fn tell_idle(st: &mut State) {
+        let live = || (0..st.ended.len()).filter(|p| !st.ended[*p]);
+        if st.emitted_idle || !live().all(|p| st.idle[p]) {
+            return;
+        }
+        let highest = live().filter_map(|p| st.watermarks[p]).max();
+        if let Some(w) = highest.filter(|w| st.emitted_watermark.is_none_or(|e| *w > e)) {
+            st.emitted_watermark = Some(w);
+            broadcast(st, Message::Watermark(w));
+        }
+        st.emitted_idle = true;
+        broadcast(st, Message::Idle);
+    }
+
+    /// A producer woke: consumers told every producer was idle wake too, by the last watermark
+    /// again (a batch reaches one consumer only; the watermark holds nothing back that it did not).
+    fn wake(st: &mut State) {
+        if std::mem::take(&mut st.emitted_idle) {
+            if let Some(w) = st.emitted_watermark {
+                broadcast(st, Message::Watermark(w));
             }
         }
     }
@@ -195,6 +242,7 @@ mod tests {
                 Message::Batch(_) => "B".to_string(),
                 Message::Watermark(t) => format!("W{t}"),
                 Message::Barrier(e) => format!("C{e}"),
+                Message::Idle => "I".to_string(),
                 Message::End => "E".to_string(),
             })
             .collect()
@@ -228,6 +276,39 @@ mod tests {
         assert_eq!(drain(&x, 1), ["W10"]);
         x.push(0, Message::End);
         assert_eq!(drain(&x, 0), ["W10", "E"]);
+    }
+
+    #[test]
+    fn an_idle_producer_holds_no_watermark_back_until_it_wakes() {
+        let x = Exchange::new(3, 2, 100, Notifier::new());
+        x.push(0, Message::Watermark(10));
+        x.push(1, Message::Watermark(3));
+        // Producer 2 never reported a watermark: nothing moves until it is idle.
+        assert!(drain(&x, 0).is_empty());
+        x.push(2, Message::Idle);
+        assert_eq!(drain(&x, 0), ["W3"]);
+        // Producer 1 still holds the watermark at 3 ...
+        x.push(0, Message::Idle);
+        assert!(drain(&x, 0).is_empty());
+        // ... until every producer is idle: then the highest watermark, and the consumers are told.
+        x.push(1, Message::Idle);
+        assert_eq!(drain(&x, 0), ["W10", "I"]);
+        // A producer that wakes wakes the consumers (the last watermark again); the watermark
+        // follows the producers awake.
+        x.push(1, Message::Watermark(15));
+        assert_eq!(drain(&x, 0), ["W10", "W15"]);
+        // One that wakes behind holds it where its own is until it catches up.
+        x.push(0, Message::Watermark(12));
+        x.push(0, Message::Watermark(30));
+        assert!(drain(&x, 0).is_empty());
+        x.push(1, Message::Watermark(40));
+        assert_eq!(drain(&x, 1), ["W3", "W10", "I", "W10", "W15", "W30"]);
+        // Ended producers count neither as idle nor as awake; the last one's end ends the stream.
+        x.push(0, Message::End);
+        x.push(2, Message::End);
+        x.push(1, Message::Idle);
+        x.push(1, Message::End);
+        assert_eq!(drain(&x, 0), ["W30", "W40", "I", "E"]);
     }
 
     #[test]

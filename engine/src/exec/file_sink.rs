@@ -206,7 +206,7 @@ impl Sink for FileSink {
                 let file = self.prepare()?;
                 self.shared.prepared(self.partition, self.epoch, file, u64::MAX)?;
             }
-            Message::Watermark(_) => {}
+            Message::Watermark(_) | Message::Idle => {}
         }
         Ok(())
     }

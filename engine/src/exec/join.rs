@@ -486,7 +486,7 @@ impl Sink for BuildSink {
             Message::End => self.end()?,
             // The build side of a batch join is complete before probing starts; its control messages
             // are not forwarded (the probe side carries the stream's).
-            Message::Watermark(_) | Message::Barrier(_) => {}
+            Message::Watermark(_) | Message::Barrier(_) | Message::Idle => {}
         }
         Ok(())
     }
@@ -818,7 +818,7 @@ impl Operator for ProbeOp {
         let deferring = matches!(self.shared.table.get(), Some(Built::Spilled(_)));
         match msg {
             Message::End => {}
-            Message::Watermark(_) if deferring => return Ok(()),
+            Message::Watermark(_) | Message::Idle if deferring => return Ok(()),
             other => {
                 out.push(other);
                 return Ok(());

@@ -80,7 +80,7 @@ impl Operator for MaterializeOp {
 
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
         match msg {
-            Message::Watermark(_) => {}
+            Message::Watermark(_) | Message::Idle => {}
             Message::End => {
                 self.table()?;
                 self.emitting = Some(0);

@@ -79,6 +79,11 @@ pub struct ExecConfig {
     /// How long a regular stream join keeps a stored row (Flink's `table.exec.state.ttl`, processing
     /// time since the row was stored); `None` keeps every row.
     pub state_ttl: Option<std::time::Duration>,
+    /// How long a table without end may send no rows before its scan says it is idle, so that the
+    /// operators combining it with other inputs stop waiting for its watermark (Flink's
+    /// `table.exec.source.idle-timeout`; a table's `'scan.watermark.idle-timeout'` wins). `None`:
+    /// never idle.
+    pub source_idle_timeout: Option<std::time::Duration>,
 }
 
 /// Rows read by the query's scans and rows that reached its root, so far.
@@ -131,6 +136,7 @@ impl Default for ExecConfig {
             progress: None,
             checkpoint: None,
             state_ttl: None,
+            source_idle_timeout: None,
         }
     }
 }

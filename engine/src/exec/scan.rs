@@ -37,6 +37,11 @@ pub struct ScanShared {
     /// that it does not hold event time back (the others' watermarks still bound their own rows).
     high_watermark: std::sync::atomic::AtomicI64,
     checkpoint: Option<ScanCheckpoint>,
+    /// A table without end that sent no rows for this long is idle (see `idle_now`).
+    idle_timeout: Option<std::time::Duration>,
+    /// When the scan started, and nanoseconds after it that any partition last read rows.
+    started: std::time::Instant,
+    last_rows: std::sync::atomic::AtomicU64,
 }
 
 /// A directory (or glob) read without end (Flink's `'source.monitor-interval'`): listed again every
@@ -117,6 +122,7 @@ impl ScanShared {
         metrics: &OpMetrics,
         checkpoint: Option<(Arc<super::checkpoint::Coordinator>, usize, usize)>,
         notifier: &super::Notifier,
+        idle_timeout: Option<std::time::Duration>,
     ) -> Result<ScanShared> {
         let work: VecDeque<Work> = match &source.data {
             TableData::Files { morsels, format: FileFormat::Parquet, monitor: None, .. } => {
@@ -276,6 +282,9 @@ impl ScanShared {
             monitor,
             high_watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             checkpoint,
+            idle_timeout,
+            started: std::time::Instant::now(),
+            last_rows: std::sync::atomic::AtomicU64::new(0),
         };
         // The files there are now are found before anything is read (or checkpointed).
         shared.discover()?;
@@ -342,6 +351,26 @@ impl ScanShared {
         let next = m.found.lock().map_err(|_| RiffleError::exec("scan lock poisoned"))?.next_list;
         m.notifier.wake_at(next);
         Ok(true)
+    }
+
+    /// Some partition read rows now.
+    fn note_rows(&self) {
+        if self.idle_timeout.is_some() {
+            self.last_rows.fetch_max(self.started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the whole scan (not just one partition: the others' watermarks do not hold a partition
+    /// waiting for files back, see `high_watermark`) read no rows for the idle timeout; if not yet,
+    /// the waiting partition is woken when it would be.
+    fn idle_now(&self) -> bool {
+        let (Some(timeout), Some(m)) = (self.idle_timeout, &self.monitor) else { return false };
+        let idle_at = self.started + std::time::Duration::from_nanos(self.last_rows.load(Ordering::Relaxed)) + timeout;
+        if std::time::Instant::now() >= idle_at {
+            return true;
+        }
+        m.notifier.wake_at(idle_at);
+        false
     }
 
     /// For a rate-limited generator: whether the next event range's time has not come yet (the
@@ -500,6 +529,8 @@ pub struct ScanSource {
     waiting: bool,
     /// Without checkpoints, a barrier every other batch anyway (`ExecConfig::test_barriers`).
     test_barriers: bool,
+    /// This partition said it is idle and sent nothing since.
+    idle: bool,
 }
 
 impl ScanSource {
@@ -524,6 +555,7 @@ impl ScanSource {
             epoch,
             waiting: false,
             test_barriers,
+            idle: false,
         }
     }
 
@@ -598,6 +630,8 @@ impl Source for ScanSource {
             Some(batch) => {
                 let batch = if batch.schema() != self.shared.schema { self.shared.rename(batch)? } else { batch };
                 self.batches += 1;
+                self.idle = false;
+                self.shared.note_rows();
                 if let Some(p) = &self.progress {
                     p.rows_read.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 }
@@ -622,7 +656,12 @@ impl Source for ScanSource {
                 let high = self.shared.high_watermark.load(Ordering::Relaxed);
                 if self.shared.monitor.is_some() && high > self.watermark {
                     self.watermark = high;
+                    self.idle = false;
                     return Ok(Some(Message::Watermark(high)));
+                }
+                if !self.idle && self.stream && self.shared.idle_now() {
+                    self.idle = true;
+                    return Ok(Some(Message::Idle));
                 }
                 Ok(None)
             }

@@ -79,39 +79,61 @@ struct Job {
 }
 
 /// Worker threads kept for the life of the process: a query hands them its job instead of starting
-/// threads of its own, so their allocator caches stay warm from one query to the next.
+/// threads of its own, so their allocator caches stay warm from one query to the next. Queries that
+/// run at the same time (a job without end beside a batch query, in the Python package or a server)
+/// get workers of their own: the pool grows rather than queue a query behind one that never ends.
 struct Pool {
     sender: Mutex<mpsc::Sender<Arc<Job>>>,
     receiver: Arc<Mutex<mpsc::Receiver<Arc<Job>>>>,
-    size: Mutex<usize>,
+    workers: Mutex<Workers>,
+}
+
+struct Workers {
+    started: usize,
+    /// Workers handed a job that have not finished with it yet.
+    busy: usize,
 }
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
         let (sender, receiver) = mpsc::channel();
-        Pool { sender: Mutex::new(sender), receiver: Arc::new(Mutex::new(receiver)), size: Mutex::new(0) }
+        Pool { sender: Mutex::new(sender), receiver: Arc::new(Mutex::new(receiver)), workers: Mutex::new(Workers { started: 0, busy: 0 }) }
     })
 }
 
 impl Pool {
-    /// Starts workers until there are at least `n`.
-    fn ensure(&self, n: usize) -> Result<()> {
-        let mut size = self.size.lock().unwrap_or_else(|p| p.into_inner());
-        while *size < n {
+    fn workers(&self) -> MutexGuard<'_, Workers> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `job` to `n` workers that are not busy with another, starting workers where too few are free.
+    fn hand_over(&'static self, job: &Arc<Job>, n: usize) -> Result<()> {
+        let mut workers = self.workers();
+        while workers.started < workers.busy + n {
             let receiver = self.receiver.clone();
             std::thread::Builder::new()
-                .name(format!("riffle-worker-{}", *size))
+                .name(format!("riffle-worker-{}", workers.started))
                 .spawn(move || loop {
                     let job = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok(job) = job else { return };
                     worker(&job.slots, &job.notifier);
+                    self.workers().busy -= 1;
                     let (count, done) = &job.finished;
                     *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
                     done.notify_all();
                 })
                 .map_err(|e| RiffleError::exec(format!("cannot start a worker thread: {e} (lower --threads)")))?;
-            *size += 1;
+            workers.started += 1;
+        }
+        workers.busy += n;
+        drop(workers);
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..n {
+            if sender.send(job.clone()).is_err() {
+                // Never happens: the receiver lives as long as the pool.
+                return Err(RiffleError::exec("the worker pool has stopped"));
+            }
         }
         Ok(())
     }
@@ -129,14 +151,7 @@ pub fn run(tasks: Vec<PipelineTask>, threads: usize, notifier: &Notifier) -> Res
     let workers = threads.min(tasks.len()).max(1);
     let slots = tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
     let job = Arc::new(Job { slots, notifier: notifier.clone(), finished: (Mutex::new(0), Condvar::new()) });
-    let pool = pool();
-    pool.ensure(workers)?;
-    {
-        let sender = pool.sender.lock().unwrap_or_else(|p| p.into_inner());
-        for _ in 0..workers {
-            sender.send(job.clone()).map_err(|_| RiffleError::exec("the worker pool has stopped"))?;
-        }
-    }
+    pool().hand_over(&job, workers)?;
     // A worker that picks the job up after the others finished it finds nothing to do and returns.
     let (count, done) = &job.finished;
     let mut finished = count.lock().unwrap_or_else(|p| p.into_inner());

@@ -422,7 +422,7 @@ impl Sink for SortSink {
                 self.end()?;
             }
             Message::Barrier(epoch) => self.shared.barriers.barrier(self.partition, epoch, &self.shared.control)?,
-            Message::Watermark(_) => {}
+            Message::Watermark(_) | Message::Idle => {}
         }
         Ok(())
     }

@@ -858,6 +858,9 @@ impl Sink for StreamJoinSink {
                 self.shared.barrier(producer, epoch)?;
                 self.shared.output.push(producer, Message::Barrier(epoch));
             }
+            // The output exchange stops waiting for this input's watermark until it wakes. Its
+            // stored rows of the other side wait for its watermark still (they may yet match).
+            Message::Idle => self.shared.output.push(producer, Message::Idle),
         }
         Ok(())
     }

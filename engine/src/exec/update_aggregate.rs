@@ -555,7 +555,7 @@ impl Operator for UpdateAggregateOp {
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
         match msg {
             // Updates carry no event time: what follows cannot wait on it.
-            Message::Watermark(_) => {}
+            Message::Watermark(_) | Message::Idle => {}
             Message::Barrier(e) => {
                 if let Some(ck) = self.checkpoint.clone() {
                     let state = ck.coordinator.state_dir(e, &ck.name)?.join("state.json");

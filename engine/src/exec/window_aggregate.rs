@@ -154,6 +154,8 @@ struct WindowState {
     forwarded: i64,
     /// Partitions whose input ended.
     ended: usize,
+    /// Partitions whose input is idle (not keyed: once all are, the output is told).
+    idle: Vec<bool>,
     /// Checkpoint barriers: each is forwarded once every partition passed it.
     epochs: EpochTracker,
     /// Keyed: per partition, the restored partial groups of its keys by window end, until it takes them.
@@ -186,6 +188,7 @@ impl WindowAggShared {
             pending: BTreeMap::new(),
             forwarded: i64::MIN,
             ended: 0,
+            idle: vec![false; partitions],
             epochs: EpochTracker::new(partitions, restored),
             restored: (0..partitions).map(|_| BTreeMap::new()).collect(),
         };
@@ -265,6 +268,25 @@ impl WindowAggShared {
         })
     }
 
+    /// Partition `p`'s input went idle (or woke). Keyed, the partition tells the output exchange
+    /// itself; otherwise the output is told once every partition is idle (an idle partition's
+    /// watermark still bounds the windows: it may hold groups of them). The output wakes with the
+    /// next window or watermark.
+    fn idle(&self, p: usize, idle: bool) -> Result<()> {
+        if self.keyed.is_some() {
+            if idle {
+                self.output.push(p, Message::Idle);
+            }
+            return Ok(());
+        }
+        let mut st = self.lock()?;
+        st.idle[p] = idle;
+        if idle && st.idle.iter().all(|i| *i) {
+            self.output.push(0, Message::Idle);
+        }
+        Ok(())
+    }
+
     /// Whether partition `p` must wait: it passed a barrier the others have not all reached.
     fn aligning(&self, p: usize) -> bool {
         self.checkpoint.is_some() && self.lock().is_ok_and(|st| st.epochs.ahead(p))
@@ -329,6 +351,8 @@ pub struct WindowAggSink {
     restored: BTreeMap<i64, Vec<Partial>>,
     reservation: MemoryReservation,
     ended: bool,
+    /// The input said it is idle, and has sent no batch or watermark since.
+    idle: bool,
 }
 
 impl WindowAggSink {
@@ -346,6 +370,7 @@ impl WindowAggSink {
             restored,
             reservation,
             ended: false,
+            idle: false,
         }
     }
 
@@ -633,7 +658,16 @@ impl Sink for WindowAggSink {
         if self.ended {
             return Ok(());
         }
+        if self.idle && matches!(msg, Message::Batch(_) | Message::Watermark(_)) {
+            self.idle = false;
+            self.shared.idle(self.partition, false)?;
+        }
         match msg {
+            Message::Idle if !self.idle => {
+                self.idle = true;
+                self.shared.idle(self.partition, true)?;
+            }
+            Message::Idle => {}
             Message::Batch(b) => {
                 let started = std::time::Instant::now();
                 self.add(&b)?;

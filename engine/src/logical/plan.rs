@@ -494,9 +494,17 @@ impl LogicalPlan {
             // Joined rows keep the left row's time (an interval join holds its watermark back so they
             // are not late; a hash join's probe side streams in order); so do a left join's.
             LogicalPlan::Join { left, kind: JoinKind::Inner | JoinKind::Left, .. } => left.event_time_column(),
+            LogicalPlan::Union { inputs, .. } => same_column(inputs.iter().map(|i| i.event_time_column())),
             _ => None,
         }
     }
+}
+
+/// The column every input of a union has its event time in (the union's watermark is the minimum
+/// of theirs, so its rows keep that time), if they agree.
+pub fn same_column(mut columns: impl Iterator<Item = Option<usize>>) -> Option<usize> {
+    let first = columns.next()??;
+    columns.all(|c| c == Some(first)).then_some(first)
 }
 
 impl fmt::Display for LogicalPlan {
