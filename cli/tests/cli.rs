@@ -213,16 +213,28 @@ fn a_batch_query_over_a_table_without_end_is_refused() {
 /// events: nothing lost, nothing twice.
 #[test]
 fn a_checkpointed_job_killed_twenty_times_writes_every_result_exactly_once() {
-    kill_test(
+    kill_test(&bids_per_auction_and_window(20_000, 10), 10_000, 30);
+}
+
+/// The kill test on windows open across many checkpoints (3 M bids per 30-second window, about ten
+/// 50 ms checkpoints): each checkpoint writes the groups changed since the one before, and a restart
+/// reads each window back from its chain of files.
+#[test]
+fn long_windows_saved_incrementally_killed_twenty_times_write_every_result_exactly_once() {
+    kill_test(&bids_per_auction_and_window(100_000, 30), 10_000, 30);
+}
+
+/// 16 M Nexmark events, `rate` per second of event time; their bids counted (with the top price)
+/// per auction and TUMBLE window of `seconds`, into a CSV directory table.
+fn bids_per_auction_and_window(rate: u64, seconds: u64) -> String {
+    format!(
         "CREATE TABLE bid (auction BIGINT, price BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
-         WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '16000000', 'first-event.rate' = '20000'); \
+         WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '16000000', 'first-event.rate' = '{rate}'); \
          CREATE TABLE out (ws TIMESTAMP(3), auction BIGINT, bids BIGINT, top BIGINT) \
-         WITH ('connector' = 'filesystem', 'path' = '{out}', 'format' = 'csv'); \
+         WITH ('connector' = 'filesystem', 'path' = '{{out}}', 'format' = 'csv'); \
          INSERT INTO out SELECT window_start, auction, count(*), max(price) \
-         FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '10' SECOND)) GROUP BY window_start, window_end, auction",
-        10_000,
-        30,
-    );
+         FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '{seconds}' SECOND)) GROUP BY window_start, window_end, auction"
+    )
 }
 
 /// The kill test on SESSION windows: each bidder's bids less than 2 s apart are one session.
@@ -314,7 +326,7 @@ fn updating_group_bys_killed_twenty_times_write_every_change_exactly_once() {
 #[test]
 fn outer_joins_of_streams_killed_twenty_times_write_every_result_exactly_once() {
     let interval = "CREATE TABLE bid (auction BIGINT, price BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
-         WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '6000000', 'first-event.rate' = '20000'); \
+         WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '20000000', 'first-event.rate' = '20000'); \
          CREATE TABLE out (auction BIGINT, price BIGINT, ts TIMESTAMP(3), next BIGINT) \
          WITH ('connector' = 'filesystem', 'path' = '{out}', 'format' = 'csv'); \
          INSERT INTO out SELECT a.auction, a.price, a.dateTime, b.price FROM bid a LEFT JOIN bid b ON a.auction = b.auction \
@@ -324,8 +336,8 @@ fn outer_joins_of_streams_killed_twenty_times_write_every_result_exactly_once() 
     let table = "CREATE TABLE out (id BIGINT, name VARCHAR, auction BIGINT, reserve BIGINT) \
                  WITH ('connector' = 'filesystem', 'path' = '{out}', 'format' = 'debezium-json')";
     let regular = format!(
-        "CREATE TABLE person (id BIGINT, name VARCHAR) WITH ('connector' = 'nexmark', 'table' = 'person', 'events.num' = '3000000'); \
-         CREATE TABLE auction (id BIGINT, seller BIGINT, reserve BIGINT) WITH ('connector' = 'nexmark', 'table' = 'auction', 'events.num' = '3000000'); \
+        "CREATE TABLE person (id BIGINT, name VARCHAR) WITH ('connector' = 'nexmark', 'table' = 'person', 'events.num' = '20000000'); \
+         CREATE TABLE auction (id BIGINT, seller BIGINT, reserve BIGINT) WITH ('connector' = 'nexmark', 'table' = 'auction', 'events.num' = '20000000'); \
          {table}; \
          INSERT INTO out SELECT P.id, P.name, A.id, A.reserve FROM person P FULL JOIN auction A ON P.id = A.seller AND A.reserve > 5000000"
     );

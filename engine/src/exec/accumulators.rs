@@ -25,6 +25,9 @@ pub trait GroupsAccumulator: Send {
     fn merge(&mut self, groups: &[u32], num_groups: usize, states: &[ArrayRef]) -> Result<()>;
     /// The partial state of every group, as arrays.
     fn state(&mut self) -> Result<Vec<ArrayRef>>;
+    /// The partial state of `groups` (each below the group count last passed), as `state` gives
+    /// it, the groups kept: for a checkpoint of the groups changed since the last one.
+    fn state_of(&self, groups: &[u32]) -> Result<Vec<ArrayRef>>;
     /// The final value of every group.
     fn evaluate(&mut self) -> Result<ArrayRef>;
     fn size(&self) -> usize;
@@ -39,6 +42,11 @@ pub trait GroupsAccumulator: Send {
     }
 }
 
+/// The values of `groups` (a group past the end has the default: it saw no row yet).
+fn gathered<'a, V: Copy + Default>(values: &'a [V], groups: &'a [u32]) -> impl Iterator<Item = V> + 'a {
+    groups.iter().map(|g| values.get(*g as usize).copied().unwrap_or_default())
+}
+
 /// How many of `groups` fall in each of `n` groups.
 pub fn rows_per_group(groups: &[u32], n: usize) -> Vec<i64> {
     let mut counts = vec![0i64; n];
@@ -50,6 +58,8 @@ pub fn rows_per_group(groups: &[u32], n: usize) -> Vec<i64> {
 trait ValueAccumulator: Send {
     fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()>;
     fn take(&mut self) -> Result<ArrayRef>;
+    /// The values of `groups`, as `take` gives them, the groups kept.
+    fn gather(&self, groups: &[u32]) -> Result<ArrayRef>;
     fn grow(&mut self, n: usize);
     fn bytes(&self) -> usize;
 }
@@ -65,6 +75,10 @@ impl<A: ValueAccumulator> GroupsAccumulator for A {
 
     fn state(&mut self) -> Result<Vec<ArrayRef>> {
         Ok(vec![self.take()?])
+    }
+
+    fn state_of(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.gather(groups)?])
     }
 
     fn evaluate(&mut self) -> Result<ArrayRef> {
@@ -167,6 +181,10 @@ impl GroupsAccumulator for Count {
 
     fn state(&mut self) -> Result<Vec<ArrayRef>> {
         Ok(vec![self.evaluate()?])
+    }
+
+    fn state_of(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        Ok(vec![Arc::new(Int64Array::from_iter_values(gathered(&self.counts, groups)))])
     }
 
     fn evaluate(&mut self) -> Result<ArrayRef> {
@@ -373,8 +391,24 @@ impl<T: CheckedSum> ValueAccumulator for Sum<T> {
     }
 
     fn take(&mut self) -> Result<ArrayRef> {
-        let sums = std::mem::take(&mut self.sums);
-        let arr: PrimitiveArray<T> = match self.seen.take() {
+        let (sums, seen) = (std::mem::take(&mut self.sums), self.seen.take());
+        self.array(sums, seen)
+    }
+
+    fn gather(&self, groups: &[u32]) -> Result<ArrayRef> {
+        let seen = self.seen.as_ref().map(|seen| gathered(seen, groups).collect());
+        self.array(gathered(&self.sums, groups).collect(), seen)
+    }
+
+    fn bytes(&self) -> usize {
+        self.sums.capacity() * std::mem::size_of::<T::Native>() + self.seen.as_ref().map_or(0, |s| s.capacity())
+    }
+}
+
+impl<T: CheckedSum> Sum<T> {
+    /// The sums as an array of the result type (NULL where no value was seen).
+    fn array(&self, sums: Vec<T::Native>, seen: Option<Vec<bool>>) -> Result<ArrayRef> {
+        let arr: PrimitiveArray<T> = match seen {
             None => PrimitiveArray::new(sums.into(), None),
             Some(seen) => sums.into_iter().zip(seen).map(|(s, ok)| ok.then_some(s)).collect(),
         };
@@ -387,10 +421,6 @@ impl<T: CheckedSum> ValueAccumulator for Sum<T> {
                 .map_err(|_| RiffleError::exec(format!("overflow in sum(): the result does not fit {}", sql_name(&self.ty))))?;
         }
         Ok(Arc::new(arr))
-    }
-
-    fn bytes(&self) -> usize {
-        self.sums.capacity() * std::mem::size_of::<T::Native>() + self.seen.as_ref().map_or(0, |s| s.capacity())
     }
 }
 
@@ -431,6 +461,12 @@ impl GroupsAccumulator for Avg {
     fn state(&mut self) -> Result<Vec<ArrayRef>> {
         let counts: ArrayRef = Arc::new(Int64Array::from(std::mem::take(&mut self.counts)));
         let sums: ArrayRef = Arc::new(Float64Array::from(std::mem::take(&mut self.sums)));
+        Ok(vec![sums, counts])
+    }
+
+    fn state_of(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(gathered(&self.counts, groups)));
+        let sums: ArrayRef = Arc::new(Float64Array::from_iter_values(gathered(&self.sums, groups)));
         Ok(vec![sums, counts])
     }
 
@@ -526,6 +562,14 @@ impl GroupsAccumulator for Variance {
         ])
     }
 
+    fn state_of(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        Ok(vec![
+            Arc::new(Int64Array::from_iter_values(gathered(&self.counts, groups))),
+            Arc::new(Float64Array::from_iter_values(gathered(&self.means, groups))),
+            Arc::new(Float64Array::from_iter_values(gathered(&self.m2s, groups))),
+        ])
+    }
+
     fn evaluate(&mut self) -> Result<ArrayRef> {
         let (counts, m2s) = (std::mem::take(&mut self.counts), std::mem::take(&mut self.m2s));
         self.means.clear();
@@ -602,6 +646,11 @@ where
         Ok(Arc::new(arr.with_data_type(self.ty.clone())))
     }
 
+    fn gather(&self, groups: &[u32]) -> Result<ArrayRef> {
+        let arr: PrimitiveArray<T> = gathered(&self.values, groups).collect();
+        Ok(Arc::new(arr.with_data_type(self.ty.clone())))
+    }
+
     fn bytes(&self) -> usize {
         self.values.capacity() * std::mem::size_of::<Option<T::Native>>()
     }
@@ -648,6 +697,10 @@ impl ValueAccumulator for StrMinMax {
         Ok(Arc::new(StringArray::from(std::mem::take(&mut self.values))))
     }
 
+    fn gather(&self, groups: &[u32]) -> Result<ArrayRef> {
+        Ok(Arc::new(groups.iter().map(|g| self.values.get(*g as usize).and_then(|v| v.as_deref())).collect::<StringArray>()))
+    }
+
     fn bytes(&self) -> usize {
         self.values.iter().map(|v| v.as_ref().map_or(0, |s| s.capacity()) + 24).sum()
     }
@@ -683,6 +736,10 @@ impl ValueAccumulator for BoolMinMax {
 
     fn take(&mut self) -> Result<ArrayRef> {
         Ok(Arc::new(BooleanArray::from(std::mem::take(&mut self.values))))
+    }
+
+    fn gather(&self, groups: &[u32]) -> Result<ArrayRef> {
+        Ok(Arc::new(gathered(&self.values, groups).collect::<BooleanArray>()))
     }
 
     fn bytes(&self) -> usize {
@@ -729,6 +786,17 @@ impl GroupsAccumulator for CountDistinct {
         let mut b = ListBuilder::new(BinaryBuilder::new());
         for set in std::mem::take(&mut self.sets) {
             for v in set {
+                b.values().append_value(v);
+            }
+            b.append(true);
+        }
+        Ok(vec![Arc::new(b.finish())])
+    }
+
+    fn state_of(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        let mut b = ListBuilder::new(BinaryBuilder::new());
+        for g in groups {
+            for v in self.sets.get(*g as usize).into_iter().flatten() {
                 b.values().append_value(v);
             }
             b.append(true);

@@ -68,6 +68,37 @@ pub(super) struct GroupTable {
     keys: Option<Rows>,
     accs: Vec<Box<dyn GroupsAccumulator>>,
     num_groups: usize,
+    /// When tracked (a checkpointed window's groups), the groups changed since the last snapshot.
+    changed: Option<Changed>,
+}
+
+/// Groups changed since a point: a flag per group, and the flagged ones in the order they changed.
+#[derive(Default)]
+struct Changed {
+    flags: Vec<bool>,
+    groups: Vec<u32>,
+}
+
+impl Changed {
+    fn mark(&mut self, groups: &[u32], num_groups: usize) {
+        self.flags.resize(num_groups, false);
+        let mut previous = u32::MAX;
+        for &g in groups {
+            // Runs of one group are common (clustered keys): one test for the run.
+            if g != previous && !std::mem::replace(&mut self.flags[g as usize], true) {
+                self.groups.push(g);
+            }
+            previous = g;
+        }
+    }
+
+    fn take(&mut self) -> Vec<u32> {
+        let groups = std::mem::take(&mut self.groups);
+        for g in &groups {
+            self.flags[*g as usize] = false;
+        }
+        groups
+    }
 }
 
 /// Partial result of one partition: group keys and accumulator states.
@@ -156,7 +187,7 @@ impl GroupTable {
             .collect::<Result<_>>()?;
         // Without GROUP BY there is exactly one group, even over no rows.
         let num_groups = usize::from(converter.is_none());
-        Ok(GroupTable { converter, map: HashTable::new(), hashes: vec![], hasher: DefaultHashBuilder::default(), keys, accs, num_groups })
+        Ok(GroupTable { converter, map: HashTable::new(), hashes: vec![], hasher: DefaultHashBuilder::default(), keys, accs, num_groups, changed: None })
     }
 
     /// The group index of every row of `keys`.
@@ -223,6 +254,9 @@ impl GroupTable {
     pub(super) fn update(&mut self, spec: &AggSpec, batch: &RecordBatch) -> Result<()> {
         let keys = spec.group.iter().map(|g| evaluate(g, batch)).collect::<Result<Vec<_>>>()?;
         let groups = self.groups(&keys, batch.num_rows())?;
+        if let Some(changed) = &mut self.changed {
+            changed.mark(&groups, self.num_groups);
+        }
         let mut values = spec.args.evaluate(batch)?.into_iter();
         // Rows per group, counted once for every count(…) whose argument has no NULL in this batch.
         let mut rows_per_group: Option<Vec<i64>> = None;
@@ -264,6 +298,9 @@ impl GroupTable {
         self.map.reserve(p.num_groups, |&k| hashes[k as usize]);
         self.hashes.reserve(p.num_groups);
         let groups = self.groups(&p.keys, p.num_groups)?;
+        if let Some(changed) = &mut self.changed {
+            changed.mark(&groups, self.num_groups);
+        }
         for (acc, states) in self.accs.iter_mut().zip(p.states) {
             acc.merge(&groups, self.num_groups, &states)?;
         }
@@ -286,10 +323,45 @@ impl GroupTable {
         Ok(Partial { keys, states, num_groups: self.num_groups })
     }
 
+    /// From now on, notes the groups that change (see `take_changes`).
+    pub(super) fn track_changes(&mut self) {
+        self.changed.get_or_insert_with(Changed::default);
+    }
+
+    /// The groups changed since the last call (all of them, `all`, tracked or not), as a partial,
+    /// the table kept; None when there are none.
+    pub(super) fn take_changes(&mut self, all: bool) -> Result<Option<Partial>> {
+        let changed = self.changed.as_mut().map(Changed::take).unwrap_or_default();
+        let groups = if all { (0..self.num_groups as u32).collect() } else { changed };
+        if groups.is_empty() {
+            return Ok(None);
+        }
+        for a in self.accs.iter_mut() {
+            a.resize(self.num_groups);
+        }
+        let keys = match (&self.converter, &self.keys) {
+            (Some(c), Some(rows)) => c.convert_rows(groups.iter().map(|g| rows.row(*g as usize)))?,
+            _ => vec![],
+        };
+        let states = self.accs.iter().map(|a| a.state_of(&groups)).collect::<Result<_>>()?;
+        Ok(Some(Partial { keys, states, num_groups: groups.len() }))
+    }
+
+    /// Groups changed since the last `take_changes` (0 untracked).
+    pub(super) fn changes(&self) -> usize {
+        self.changed.as_ref().map_or(0, |c| c.groups.len())
+    }
+
+    /// Groups in the table.
+    pub(super) fn num_groups(&self) -> usize {
+        self.num_groups
+    }
+
     pub(super) fn size(&self) -> usize {
         // The map: a 4-byte id and a control byte per slot; each group's hash.
         let map = self.map.capacity() * 5 + self.hashes.capacity() * 8;
-        self.keys.as_ref().map_or(0, |k| k.size()) + map + self.accs.iter().map(|a| a.size()).sum::<usize>()
+        let changed = self.changed.as_ref().map_or(0, |c| c.flags.capacity() + c.groups.capacity() * 4);
+        self.keys.as_ref().map_or(0, |k| k.size()) + map + changed + self.accs.iter().map(|a| a.size()).sum::<usize>()
     }
 
     /// The bucket of every group at split `depth`, in group order.

@@ -438,9 +438,9 @@ impl SharedFiles {
         self.dir.join(file)
     }
 
-    /// Epoch `e`'s snapshot names `files`.
+    /// Epoch `e`'s snapshot names `files` (more of them, from each partition that passed its barrier).
     pub fn taken(&self, e: u64, files: Vec<String>) {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(e, files);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).entry(e).or_default().extend(files);
     }
 
     /// Epoch `e` is complete: what it does not name is needed no more.
@@ -452,6 +452,17 @@ impl SharedFiles {
         drop(pending);
         remove_other_files(&self.dir, &[named, later].concat())
     }
+}
+
+/// Files an incremental chain holds at most before it is written whole again: a restore reads them
+/// all, and state that only grows would otherwise add one every checkpoint forever.
+pub const MAX_CHAIN: usize = 32;
+
+/// Whether an incremental snapshot writes its state whole instead of what changed: the first time,
+/// and when the chain of files (`chain` of them, holding `named` rows) would otherwise hold more than
+/// twice the `live` rows, or grow past `MAX_CHAIN` (compaction, bounding what a restore reads).
+pub fn compact_now(chain: usize, named: usize, changed: usize, live: usize) -> bool {
+    chain == 0 || chain >= MAX_CHAIN || named + changed > 2 * live
 }
 
 /// Deletes the files of `dir` not in `keep`.

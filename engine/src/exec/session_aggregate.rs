@@ -137,19 +137,18 @@ impl SessionAggregateOp {
         let st = self.sessions()?;
         // Merged sessions folded in, so that each open session is one group.
         st.rebuild(&spec, &by_session, vec![])?;
-        let partial = std::mem::replace(&mut st.table, GroupTable::new(&by_session)?).into_partial()?;
-        st.table.merge(partial.clone())?;
+        let partial = st.table.take_changes(true)?;
         let sessions = RecordBatch::try_from_iter([
             ("key", Arc::new(BinaryArray::from_iter_values(st.sessions.iter().map(|s| &s.key[..]))) as ArrayRef),
             ("start", Arc::new(Int64Array::from_iter_values(st.sessions.iter().map(|s| s.start))) as ArrayRef),
             ("end", Arc::new(Int64Array::from_iter_values(st.sessions.iter().map(|s| s.end))) as ArrayRef),
         ])?;
         let dir = ck.coordinator.state_dir(e, &ck.name)?;
-        let groups = partial.into_batch()?.0;
+        let groups = partial.map(|p| Ok::<_, RiffleError>(p.into_batch()?.0)).transpose()?;
         // Taken now, written while the next rows are aggregated.
         ck.coordinator.save_async(ck.component, e, move || {
             super::checkpoint::write_batches(&dir.join("sessions.arrow"), &[sessions])?;
-            super::checkpoint::write_batches(&dir.join("groups.arrow"), &[groups])?;
+            super::checkpoint::write_batches(&dir.join("groups.arrow"), groups.as_slice())?;
             super::checkpoint::write_synced(&dir.join("state.json"), serde_json::json!({ "watermark": watermark }).to_string().as_bytes())
         })
     }
@@ -184,8 +183,11 @@ impl SessionAggregateOp {
                 st.ends.push(Reverse((ends.value(i), id)));
             }
         }
-        for b in super::checkpoint::read_batches(&groups)? {
-            st.table.merge(Partial::from_batch(&b, 1, &widths))?;
+        // Without open sessions there are no groups, and no file of them.
+        if groups.exists() {
+            for b in super::checkpoint::read_batches(&groups)? {
+                st.table.merge(Partial::from_batch(&b, 1, &widths))?;
+            }
         }
         st.account();
         Ok(())

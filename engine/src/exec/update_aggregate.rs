@@ -10,7 +10,7 @@
 //! how many input rows it holds, whether its row stands emitted, its accumulators' states —
 //! incrementally: the groups changed and the keys released since the last checkpoint go into new
 //! shared files, which a checkpoint names after the earlier ones it still needs; a full snapshot
-//! replaces the chain when it would hold more than twice the live groups or `MAX_CHAIN` files. A
+//! replaces the chain when it would hold more than twice the live groups or `checkpoint::MAX_CHAIN` files. A
 //! restart applies the chain in order to the empty table. A restored group's row is known downstream
 //! (the sink committed it with the checkpoint), so its next change is `-U`/`+U`.
 
@@ -266,7 +266,7 @@ impl Groups {
     /// The state as of barrier `e`, incrementally: the groups changed and the keys released since the
     /// last checkpoint go into new shared files (released keys first: a key released and then made
     /// again is the later group), named after those of the last checkpoint; once the files named
-    /// would hold more than twice the live groups, or there are `MAX_CHAIN` of them, all live groups
+    /// would hold more than twice the live groups, or there are `checkpoint::MAX_CHAIN` of them, all live groups
     /// go into one new file instead (compaction). Returns the files to write and the names the
     /// checkpoint lists, in order.
     fn snapshot(&mut self, e: u64) -> Result<(Vec<(String, RecordBatch)>, Vec<String>)> {
@@ -275,7 +275,7 @@ impl Groups {
         let released = std::mem::take(&mut self.released);
         let named: usize = self.chain.iter().map(|(_, rows)| rows).sum();
         let mut write = Vec::new();
-        if self.chain.is_empty() || self.chain.len() >= MAX_CHAIN || named + dirty.len() + released.len() > 2 * live_groups {
+        if super::checkpoint::compact_now(self.chain.len(), named, dirty.len() + released.len(), live_groups) {
             let live = self.live();
             self.chain.clear();
             let file = format!("groups-{e}.arrow");
@@ -400,10 +400,6 @@ impl Groups {
             + (self.changed.capacity() + self.changes.capacity()) * 24
     }
 }
-
-/// At most this many files make a checkpoint's groups: a restore reads them all, and a job whose
-/// groups only grow would otherwise add one every checkpoint forever.
-const MAX_CHAIN: usize = 32;
 
 fn damaged(path: &std::path::Path) -> RiffleError {
     RiffleError::exec(format!("checkpoint: {} is not this updating aggregate's state; remove the checkpoint directory to start afresh", path.display()))
@@ -711,7 +707,7 @@ mod tests {
             assert_eq!(emit(&mut op, batch.clone()), emit(&mut never_stopped, batch));
             barrier(&c, &mut op, e);
         }
-        assert!(files(dir.path()).len() <= MAX_CHAIN, "{:?}", files(dir.path()));
+        assert!(files(dir.path()).len() <= crate::exec::checkpoint::MAX_CHAIN, "{:?}", files(dir.path()));
         drop((c, op));
         let (_c, mut op) = checkpointed(dir.path());
         let last = changes(&[(Insert, "d", 1), (Delete, "e", 5)]);

@@ -29,7 +29,12 @@
 //! Checkpoints: a partition that reaches barrier `e` writes its open windows' partial groups and waits
 //! until every partition reached it (aligned barriers: nothing it does after the barrier can mix
 //! into the checkpoint); then the windows handed over but not emitted yet and the watermarks are
-//! written, barrier `e` goes downstream and the epoch is acked. Restored, all saved partial groups
+//! written, barrier `e` goes downstream and the epoch is acked. The open windows are written
+//! incrementally, into files shared by checkpoints (`checkpoint::SharedFiles`): a window's groups
+//! the first time, then at each barrier those changed since the last one, a restore keeping each
+//! group's last state; once a window's files would hold more than twice its groups (or
+//! `MAX_CHAIN` files) its groups are written whole again. A long window (an hour, checkpoints every
+//! ten seconds) writes what its last ten seconds changed, not the hour's groups every time. Restored, all saved partial groups
 //! wait in the shared state for their windows to complete, and every partition starts from the
 //! watermark all of them had passed; keyed, they are dealt to the partitions owning their keys (the
 //! thread count may have changed) and merged into those windows when they close.
@@ -46,7 +51,7 @@ use arrow::array::{ArrayRef, TimestampMicrosecondArray};
 use super::aggregate::{AggSpec, GroupTable, Partial};
 use crate::logical::{WindowSpec, WINDOW_TIME_BEFORE_END};
 use crate::physical::SessionColumn;
-use super::checkpoint::{Coordinator, EpochTracker, OperatorCheckpoint};
+use super::checkpoint::{Coordinator, EpochTracker, OperatorCheckpoint, SharedFiles};
 use super::{emit_rows, Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
@@ -166,6 +171,43 @@ struct WindowCheckpoint {
     op: OperatorCheckpoint,
     /// State columns of each accumulator, to read partial groups back.
     widths: Vec<usize>,
+    /// The files the partitions' open windows are written to.
+    files: Arc<SharedFiles>,
+}
+
+/// A partition's open windows at a barrier: the shared files to write, and per window the files a
+/// restore reads, in order (see `Chain`).
+#[derive(Default)]
+struct Snapshot {
+    writes: Vec<(String, Vec<RecordBatch>)>,
+    chains: Vec<Vec<String>>,
+}
+
+/// The files that hold an open window's groups as of the last checkpoint: the first has them all,
+/// each later one those changed since the file before, with their row counts.
+#[derive(Default)]
+struct Chain {
+    files: Vec<(String, usize)>,
+}
+
+impl Chain {
+    /// The groups of `table` to write into file `name`: all of them when the chain is new or has
+    /// grown too long (`checkpoint::compact_now`), otherwise those changed since the last call;
+    /// None when none changed.
+    fn next(&mut self, table: &mut GroupTable, name: String) -> Result<Option<(String, Partial)>> {
+        let named = self.files.iter().map(|(_, rows)| rows).sum();
+        let whole = super::checkpoint::compact_now(self.files.len(), named, table.changes(), table.num_groups());
+        let Some(partial) = table.take_changes(whole)? else { return Ok(None) };
+        if whole {
+            self.files.clear();
+        }
+        self.files.push((name.clone(), partial.num_groups()));
+        Ok(Some((name, partial)))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.files.iter().map(|(f, _)| f.clone()).collect()
+    }
 }
 
 impl WindowAggShared {
@@ -196,9 +238,15 @@ impl WindowAggShared {
             None => None,
             Some((coordinator, node)) => {
                 let widths = GroupTable::new(&spec)?.into_partial()?.states.iter().map(|s| s.len()).collect();
-                let ck = WindowCheckpoint { op: OperatorCheckpoint::register(&coordinator, format!("window-{node}"))?, widths };
+                let op = OperatorCheckpoint::register(&coordinator, format!("window-{node}"))?;
+                let chains = match op.restore_dir() {
+                    Some(dir) => read_chains(&dir)?,
+                    None => vec![],
+                };
+                let files = SharedFiles::open(&coordinator, &op.name, &chains.concat())?;
+                let ck = WindowCheckpoint { op, widths, files };
                 if let Some(dir) = ck.op.restore_dir() {
-                    restore(&spec, window_end, keyed.as_deref(), &ck, &dir, &mut state)?;
+                    restore(&spec, window_end, keyed.as_deref(), &ck, &dir, &chains, &mut state)?;
                 }
                 Some(ck)
             }
@@ -222,14 +270,22 @@ impl WindowAggShared {
         }
     }
 
-    /// Partition `p` reached barrier `e` (or ended: `u64::MAX`) with the partial groups of its open
+    /// Partition `p` reached barrier `e` (or ended: `u64::MAX`) with the snapshot of its open
     /// windows; forwards, after saving the shared state, every epoch all partitions have passed.
-    fn barrier(&self, p: usize, e: u64, open: Vec<RecordBatch>) -> Result<()> {
+    fn barrier(&self, p: usize, e: u64, open: Option<Snapshot>) -> Result<()> {
         let mut st = self.lock()?;
-        if let (Some(ck), false) = (&self.checkpoint, open.is_empty()) {
+        if let (Some(ck), Some(open)) = (&self.checkpoint, open) {
+            // Named before they are written: a checkpoint completing meanwhile keeps them.
+            ck.files.taken(e, open.chains.concat());
+            let files = ck.files.clone();
+            let path = ck.op.coordinator.state_dir(e, &ck.op.name)?.join(format!("partition-{p}.json"));
             // Written while processing goes on, before the epoch's ack (one queue).
-            let path = ck.op.coordinator.state_dir(e, &ck.op.name)?.join(format!("partition-{p}.arrow"));
-            ck.op.coordinator.write_async(move || super::checkpoint::write_batches(&path, &open))?;
+            ck.op.coordinator.write_async(move || {
+                for (file, batches) in &open.writes {
+                    super::checkpoint::write_batches(&files.path(file), batches)?;
+                }
+                super::checkpoint::write_synced(&path, serde_json::json!({ "chains": open.chains }).to_string().as_bytes())
+            })?;
         }
         if self.keyed.is_some() && e != u64::MAX {
             // Each partition forwards its barrier; the output exchange aligns them.
@@ -349,6 +405,10 @@ pub struct WindowAggSink {
     /// Keyed: restored partial groups of this partition's keys by window end, merged into their
     /// windows when they close.
     restored: BTreeMap<i64, Vec<Partial>>,
+    /// Checkpointed: the files holding each open window's groups, and the file each window's
+    /// restored groups were written to once.
+    saved: BTreeMap<i64, Chain>,
+    restored_saved: BTreeMap<i64, String>,
     reservation: MemoryReservation,
     ended: bool,
     /// The input said it is idle, and has sent no batch or watermark since.
@@ -368,38 +428,65 @@ impl WindowAggSink {
             emitted: watermark,
             watermark,
             restored,
+            saved: BTreeMap::new(),
+            restored_saved: BTreeMap::new(),
             reservation,
             ended: false,
             idle: false,
         }
     }
 
-    /// The partial groups of the open windows, as batches, the windows kept open.
-    /// Keyed, the restored groups not emitted yet are part of it.
-    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+    /// A new group table of an open window: a checkpointed one notes the groups that change.
+    fn window_table(&self, spec: &AggSpec) -> Result<GroupTable> {
+        let mut table = GroupTable::new(spec)?;
+        if self.shared.checkpoint.is_some() {
+            table.track_changes();
+        }
+        Ok(table)
+    }
+
+    /// The open windows at barrier `e`, incrementally (see the module's doc), the windows kept open.
+    /// Keyed, the restored groups not emitted yet are part of it, each window's written once.
+    fn snapshot(&mut self, e: u64) -> Result<Snapshot> {
         let shared = self.shared.clone();
-        let mut out = Vec::new();
+        let p = self.partition;
+        let mut snap = Snapshot::default();
+        let mut open = std::collections::BTreeSet::new();
         if let Some(slicing) = &shared.slicing {
             for end in self.window_ends(self.watermark, i64::MAX) {
                 self.seal(end.saturating_sub(slicing.window.size), end)?;
                 self.catch_up(end)?;
-                if let Some(b) = self.building.get_mut(&end) {
-                    let partial = std::mem::replace(&mut b.table, GroupTable::new(&slicing.spec)?).into_partial()?;
-                    out.push(slicing.window_partial(end, partial.clone()).into_batch()?.0);
-                    b.table.merge(partial)?;
+                let Some(b) = self.building.get_mut(&end) else { continue };
+                open.insert(end);
+                if let Some((file, partial)) = self.saved.entry(end).or_default().next(&mut b.table, format!("p{p}-w{end}-e{e}.arrow"))? {
+                    snap.writes.push((file, vec![slicing.window_partial(end, partial).into_batch()?.0]));
                 }
             }
         } else {
-            for table in self.windows.values_mut() {
-                let partial = std::mem::replace(table, GroupTable::new(&shared.spec)?).into_partial()?;
-                out.push(partial.clone().into_batch()?.0);
-                table.merge(partial)?;
+            for (end, table) in self.windows.iter_mut() {
+                open.insert(*end);
+                if let Some((file, partial)) = self.saved.entry(*end).or_default().next(table, format!("p{p}-w{end}-e{e}.arrow"))? {
+                    snap.writes.push((file, vec![partial.into_batch()?.0]));
+                }
             }
         }
-        for p in self.restored.values().flatten() {
-            out.push(p.clone().into_batch()?.0);
+        self.saved.retain(|end, chain| open.contains(end) && !chain.files.is_empty());
+        snap.chains = self.saved.values().map(Chain::names).collect();
+        self.restored_saved.retain(|end, _| self.restored.contains_key(end));
+        for (end, partials) in self.restored.iter().filter(|(_, parts)| !parts.is_empty()) {
+            let file = match self.restored_saved.get(end) {
+                Some(file) => file.clone(),
+                None => {
+                    let file = format!("p{p}-r{end}-e{e}.arrow");
+                    let batches = partials.iter().map(|part| Ok(part.clone().into_batch()?.0)).collect::<Result<Vec<_>>>()?;
+                    snap.writes.push((file.clone(), batches));
+                    self.restored_saved.insert(*end, file.clone());
+                    file
+                }
+            };
+            snap.chains.push(vec![file]);
         }
-        Ok(out)
+        Ok(snap)
     }
 
     fn add(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -424,10 +511,11 @@ impl WindowAggSink {
                 late += rows.len() as u64;
                 continue;
             }
-            let table = match self.windows.entry(end) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => v.insert(GroupTable::new(spec)?),
-            };
+            if !self.windows.contains_key(&end) {
+                let table = self.window_table(spec)?;
+                self.windows.insert(end, table);
+            }
+            let Some(table) = self.windows.get_mut(&end) else { continue };
             if whole {
                 table.update(spec, batch)?;
             } else {
@@ -532,12 +620,11 @@ impl WindowAggSink {
     fn catch_up(&mut self, end: i64) -> Result<()> {
         let shared = self.shared.clone();
         let Some(slicing) = &shared.slicing else { return Ok(()) };
-        let building = match self.building.entry(end) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(Building { table: GroupTable::new(&slicing.spec)?, merged: BTreeMap::new() })
-            }
-        };
+        if !self.building.contains_key(&end) {
+            let table = self.window_table(&slicing.spec)?;
+            self.building.insert(end, Building { table, merged: BTreeMap::new() });
+        }
+        let Some(building) = self.building.get_mut(&end) else { return Ok(()) };
         let first = end.saturating_sub(slicing.window.size);
         for (slide_end, slide) in self.slides.range(first.saturating_add(1)..=end) {
             let held = building.merged.entry(*slide_end).or_default();
@@ -679,7 +766,7 @@ impl Sink for WindowAggSink {
             }
             Message::Watermark(_) => {}
             Message::Barrier(epoch) => {
-                let open = if self.shared.checkpoint.is_some() { self.snapshot()? } else { vec![] };
+                let open = if self.shared.checkpoint.is_some() { Some(self.snapshot(epoch)?) } else { None };
                 self.shared.barrier(self.partition, epoch, open)?;
             }
             Message::End => {
@@ -687,7 +774,7 @@ impl Sink for WindowAggSink {
                 // Handed over first: a checkpoint the end completes must hold these windows.
                 self.pass(i64::MAX, true)?;
                 self.reservation.free();
-                self.shared.barrier(self.partition, u64::MAX, vec![])?;
+                self.shared.barrier(self.partition, u64::MAX, None)?;
                 if self.shared.keyed.is_some() {
                     self.shared.output.push(self.partition, Message::End);
                 }
@@ -697,37 +784,100 @@ impl Sink for WindowAggSink {
     }
 }
 
-/// Reads a checkpoint's partial groups into the shared state: they wait for their windows to
-/// complete like groups handed over by a partition.
-fn restore(spec: &AggSpec, window_end: usize, keyed: Option<&[usize]>, ck: &WindowCheckpoint, dir: &std::path::Path, st: &mut WindowState) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
-    let keys = spec.group.len();
+/// The chains of shared files the partitions' open windows were saved to at a checkpoint.
+fn read_chains(dir: &std::path::Path) -> Result<Vec<Vec<String>>> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(vec![]) };
+    let mut chains = vec![];
     for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_none_or(|x| x != "arrow") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("partition-") && name.ends_with(".json")) {
             continue;
         }
-        for batch in super::checkpoint::read_batches(&path)? {
-            let ends = arrow::compute::cast(batch.column(window_end), &DataType::Int64)?;
-            let ends = ends.as_primitive::<Int64Type>();
-            let mut by_end: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-            for (row, end) in ends.iter().enumerate() {
-                by_end.entry(end.unwrap_or(i64::MIN)).or_default().push(row as u32);
+        let Some(doc) = super::checkpoint::read_json(&entry.path())? else { continue };
+        let damaged = || RiffleError::exec(format!("checkpoint file {} is damaged: delete the checkpoint directory to start afresh", entry.path().display()));
+        for chain in doc.get("chains").and_then(|c| c.as_array()).ok_or_else(damaged)? {
+            let files = chain.as_array().ok_or_else(damaged)?;
+            chains.push(files.iter().map(|f| f.as_str().map(str::to_string).ok_or_else(damaged)).collect::<Result<Vec<_>>>()?);
+        }
+    }
+    Ok(chains)
+}
+
+/// The last row of every key (the first `keys` columns) of the batches, in order: a window's
+/// groups from its chain of files, each later file holding the groups changed since.
+fn latest_by_key(batches: &[RecordBatch], keys: usize) -> Result<Option<RecordBatch>> {
+    let Some(first) = batches.first() else { return Ok(None) };
+    let all = arrow::compute::concat_batches(&first.schema(), batches)?;
+    if keys == 0 {
+        return Ok(Some(all));
+    }
+    let fields = all.columns()[..keys].iter().map(|c| arrow::row::SortField::new(c.data_type().clone())).collect();
+    let rows = arrow::row::RowConverter::new(fields)?.convert_columns(&all.columns()[..keys])?;
+    let mut seen = std::collections::HashSet::new();
+    let mut last: Vec<u32> = (0..all.num_rows()).rev().filter(|i| seen.insert(rows.row(*i).data())).map(|i| i as u32).collect();
+    last.reverse();
+    Ok(Some(arrow::compute::take_record_batch(&all, &UInt32Array::from(last))?))
+}
+
+/// Reads a checkpoint's partial groups into the shared state: they wait for their windows to
+/// complete like groups handed over by a partition.
+fn restore(
+    spec: &AggSpec,
+    window_end: usize,
+    keyed: Option<&[usize]>,
+    ck: &WindowCheckpoint,
+    dir: &std::path::Path,
+    chains: &[Vec<String>],
+    st: &mut WindowState,
+) -> Result<()> {
+    let keys = spec.group.len();
+    let mut place = |batch: &RecordBatch| -> Result<()> {
+        let ends = arrow::compute::cast(batch.column(window_end), &DataType::Int64)?;
+        let ends = ends.as_primitive::<Int64Type>();
+        let mut by_end: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, end) in ends.iter().enumerate() {
+            by_end.entry(end.unwrap_or(i64::MIN)).or_default().push(row as u32);
+        }
+        for (end, rows) in by_end {
+            let part = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?;
+            let Some(routing) = keyed else {
+                st.pending.entry(end).or_default().push(Partial::from_batch(&part, keys, &ck.widths));
+                continue;
+            };
+            // Dealt to the partitions owning the keys now.
+            let partitions = st.restored.len();
+            let columns: Vec<ArrayRef> = routing.iter().map(|k| part.column(*k).clone()).collect();
+            let owner = super::key_partition::owners(&columns, partitions)?;
+            for (p, mine) in super::key_partition::split_by_owner(&part, &owner, partitions)? {
+                st.restored[p].entry(end).or_default().push(Partial::from_batch(&mine, keys, &ck.widths));
             }
-            for (end, rows) in by_end {
-                let part = arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?;
-                let Some(routing) = keyed else {
-                    st.pending.entry(end).or_default().push(Partial::from_batch(&part, keys, &ck.widths));
-                    continue;
-                };
-                // Dealt to the partitions owning the keys now.
-                let partitions = st.restored.len();
-                let columns: Vec<ArrayRef> = routing.iter().map(|k| part.column(*k).clone()).collect();
-                let owner = super::key_partition::owners(&columns, partitions)?;
-                for (p, mine) in super::key_partition::split_by_owner(&part, &owner, partitions)? {
-                    st.restored[p].entry(end).or_default().push(Partial::from_batch(&mine, keys, &ck.widths));
+        }
+        Ok(())
+    };
+    // The windows handed over but not emitted (and, from checkpoints before the shared files, the
+    // partitions' open windows).
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "arrow") {
+                for batch in super::checkpoint::read_batches(&path)? {
+                    place(&batch)?;
                 }
             }
+        }
+    }
+    for chain in chains {
+        let mut batches = vec![];
+        for file in chain {
+            batches.extend(super::checkpoint::read_batches(&ck.files.path(file))?);
+        }
+        if chain.len() == 1 {
+            // Whole groups (or a window's restored partials, written as they were): nothing replaced.
+            for batch in &batches {
+                place(batch)?;
+            }
+        } else if let Some(groups) = latest_by_key(&batches, keys)? {
+            place(&groups)?;
         }
     }
     if let Some(doc) = super::checkpoint::read_json(&dir.join("state.json"))? {
@@ -736,4 +886,113 @@ fn restore(spec: &AggSpec, window_end: usize, keyed: Option<&[usize]>, ck: &Wind
         st.forwarded = doc.get("forwarded").and_then(|w| w.as_i64()).unwrap_or(i64::MIN);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logical::{AggCall, AggFunc, Expr};
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    /// `GROUP BY window_end, k` with count(*), sum(v), min(k), avg(v) and count(DISTINCT v).
+    fn input() -> arrow::datatypes::SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+            Field::new("window_end", DataType::Int64, true),
+        ]))
+    }
+
+    fn spec() -> AggSpec {
+        let input = input();
+        let call = |func, args: Vec<Expr>, distinct, ty| AggCall { func, args, distinct, ty };
+        let aggs = vec![
+            call(AggFunc::CountStar, vec![], false, DataType::Int64),
+            call(AggFunc::Sum, vec![Expr::Column(1)], false, DataType::Int64),
+            call(AggFunc::Min, vec![Expr::Column(0)], false, DataType::Utf8),
+            call(AggFunc::Avg, vec![Expr::Column(1)], false, DataType::Float64),
+            call(AggFunc::Count, vec![Expr::Column(1)], true, DataType::Int64),
+        ];
+        let output = Arc::new(Schema::new(vec![
+            Field::new("window_end", DataType::Int64, true),
+            Field::new("k", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+            Field::new("total", DataType::Int64, true),
+            Field::new("least", DataType::Utf8, true),
+            Field::new("mean", DataType::Float64, true),
+            Field::new("distinct", DataType::Int64, false),
+        ]));
+        AggSpec::new(vec![Expr::Column(2), Expr::Column(0)], aggs, input, output)
+    }
+
+    fn rows(rows: &[(&str, i64)]) -> RecordBatch {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(Int64Array::from_value(10, rows.len())),
+        ];
+        RecordBatch::try_new(input(), columns).expect("batch")
+    }
+
+    /// A partial's groups as the aggregate's result rows, sorted.
+    fn result(spec: &AggSpec, batch: &RecordBatch) -> Vec<String> {
+        let widths: Vec<usize> = GroupTable::new(spec).and_then(|t| t.into_partial()).expect("table").states.iter().map(|s| s.len()).collect();
+        let mut table = GroupTable::new(spec).expect("table");
+        table.merge(Partial::from_batch(batch, 2, &widths)).expect("merge");
+        let out = spec.result(table).expect("result");
+        let mut lines: Vec<String> = (0..out.num_rows())
+            .map(|r| out.columns().iter().map(|c| crate::format::format_value(c, r).expect("format").unwrap_or_default()).collect::<Vec<_>>().join(" "))
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn a_window_is_saved_by_the_groups_changed_and_read_back_whole() {
+        let spec = spec();
+        let mut table = GroupTable::new(&spec).expect("table");
+        table.track_changes();
+        let mut chain = Chain::default();
+        let mut files = vec![];
+        fn save(table: &mut GroupTable, chain: &mut Chain, name: &str, files: &mut Vec<(String, RecordBatch)>) -> Option<usize> {
+            let (file, partial) = chain.next(table, name.to_string()).expect("snapshot")?;
+            assert_eq!(file, name);
+            let n = partial.num_groups();
+            files.push((file, partial.into_batch().expect("batch").0));
+            Some(n)
+        }
+        table.update(&spec, &rows(&[("a", 1), ("b", 2), ("c", 3), ("a", 4)])).expect("update");
+        // The first time, the window's groups whole.
+        assert_eq!(save(&mut table, &mut chain, "f1", &mut files), Some(3));
+        // Then those changed only, and nothing when nothing changed.
+        table.update(&spec, &rows(&[("b", 5), ("b", 2)])).expect("update");
+        assert_eq!(save(&mut table, &mut chain, "f2", &mut files), Some(1));
+        assert_eq!(save(&mut table, &mut chain, "f3", &mut files), None);
+        assert_eq!(chain.names(), ["f1", "f2"]);
+        // Each group's last state, from the chain, is the window's.
+        let read = |names: &[String], files: &[(String, RecordBatch)]| -> Vec<String> {
+            let batches: Vec<RecordBatch> = names.iter().filter_map(|n| files.iter().find(|(f, _)| f == n).map(|(_, b)| b.clone())).collect();
+            result(&spec, &latest_by_key(&batches, 2).expect("latest").expect("groups"))
+        };
+        let now = |table: &mut GroupTable| -> Vec<String> {
+            let whole = table.take_changes(true).expect("all").expect("groups");
+            result(&spec, &whole.into_batch().expect("batch").0)
+        };
+        let expected = ["10 a 2 5 a 2.5 2", "10 b 3 9 b 3 2", "10 c 1 3 c 3 1"];
+        assert_eq!(read(&chain.names(), &files), expected);
+        assert_eq!(now(&mut table), expected);
+        // A new group and two changed: four rows named (3 + 1) and three changed would hold more
+        // than twice the four groups: the window is written whole again, alone in its chain.
+        table.update(&spec, &rows(&[("d", 7), ("a", 1)])).expect("update");
+        assert_eq!(save(&mut table, &mut chain, "f4", &mut files), Some(2));
+        table.update(&spec, &rows(&[("a", 9), ("b", 9), ("c", 9)])).expect("update");
+        assert_eq!(save(&mut table, &mut chain, "f5", &mut files), Some(4));
+        assert_eq!(chain.names(), ["f5"]);
+        let expected = ["10 a 4 15 a 3.75 3", "10 b 4 18 b 4.5 3", "10 c 2 12 c 6 2", "10 d 1 7 d 7 1"];
+        assert_eq!(read(&chain.names(), &files), expected);
+        // The states saved without draining the table are those it hands over at the end.
+        let partial = table.into_partial().expect("partial");
+        assert_eq!(result(&spec, &partial.into_batch().expect("batch").0), expected);
+    }
 }
