@@ -385,6 +385,7 @@ impl Job {
     fn wait_for(&self, n: usize) {
         let start = std::time::Instant::now();
         while self.rows().len() < n {
+            assert!(!self.thread.is_finished(), "the job ended before row {n}: {:?}", self.rows());
             assert!(start.elapsed() < std::time::Duration::from_secs(30), "no row {n} after 30 s: {:?}", self.rows());
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -432,6 +433,38 @@ fn a_monitored_directory_is_read_without_end_as_files_appear() {
     // ... and a file that appears later is read too, and closes the next one.
     drop_file(dir.path(), "b.csv", &csv_rows(2, 13..25));
     assert_eq!(job.finish(2), ["2026-01-01 00:00:00 10 45", "2026-01-01 00:00:10 10 145"]);
+}
+
+#[test]
+fn a_rate_limited_generator_closes_windows_as_it_goes() {
+    // Two partitions take the generator's event ranges as they fall due; one may win every race.
+    // The other, waiting with nothing in flight, must not hold event time back: the first 1 s window
+    // closes at about 2 s (its end and the watermark delay), long before the 4 s of input end.
+    let mut s = Session::new(ExecConfig { threads: 2, stream: true, ..ExecConfig::default() });
+    s.sql(
+        "CREATE TABLE bid (auction BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '1' SECOND) \
+         WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '400000', 'first-event.rate' = '100000', 'rate-limited' = 'true')",
+    )
+    .expect("create");
+    let sql = "SELECT window_start, auction, count(*) FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '1' SECOND)) \
+               GROUP BY window_start, window_end, auction";
+    let (_, physical) = s.plan_sql(sql).expect("plan");
+    let started = std::time::Instant::now();
+    let arrivals = Arc::new(Mutex::new(Vec::<(std::time::Duration, usize)>::new()));
+    let seen = arrivals.clone();
+    let result = execute_into(&physical, &s.config, Arc::new(move |_, m| {
+        if let Message::Batch(b) = m {
+            seen.lock().expect("lock").push((started.elapsed(), b.num_rows()));
+        }
+        Ok(())
+    }));
+    let ended = started.elapsed();
+    result.expect("the query runs");
+    let arrivals = arrivals.lock().expect("lock").clone();
+    assert!(arrivals.len() >= 4, "{arrivals:?}");
+    let first = arrivals.first().map(|(t, _)| *t).unwrap_or(ended);
+    assert!(ended >= std::time::Duration::from_secs(3), "the generator paced 4 s of events in {ended:?}");
+    assert!(first + std::time::Duration::from_millis(800) < ended, "the first window came at {first:?}, the input ended at {ended:?}");
 }
 
 #[test]
