@@ -413,24 +413,15 @@ impl PartReader {
 
 /// Appends each bucket's rows of `batch` to that bucket's file.
 pub(super) fn write_by_bucket(writers: &mut [SpillWriter], batch: &RecordBatch, buckets: &[usize]) -> Result<()> {
-    for (w, part) in writers.iter_mut().zip(split_by_bucket(batch, buckets)?) {
-        if part.num_rows() > 0 {
-            w.write(&part)?;
-        }
+    for (b, part) in split_by_bucket(batch, buckets)? {
+        writers[b].write(&part)?;
     }
     Ok(())
 }
 
-/// The rows of `batch` in each bucket, as separate batches.
-pub(super) fn split_by_bucket(batch: &RecordBatch, buckets: &[usize]) -> Result<Vec<RecordBatch>> {
-    let mut indices: Vec<Vec<u32>> = vec![Vec::new(); BUCKETS];
-    for (row, b) in buckets.iter().enumerate() {
-        indices[*b].push(row as u32);
-    }
-    indices
-        .into_iter()
-        .map(|idx| Ok(arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(idx))?))
-        .collect()
+/// The rows of `batch` in each bucket that has some, as separate batches.
+pub(super) fn split_by_bucket(batch: &RecordBatch, buckets: &[usize]) -> Result<Vec<(usize, RecordBatch)>> {
+    super::key_partition::split_by_owner(batch, buckets, BUCKETS)
 }
 
 /// Per-row codes of keys that are all dictionary-encoded with small dictionaries: the code combines
@@ -542,7 +533,7 @@ impl AggShared {
         for p in memory {
             let of = splitter.buckets_of(&p.keys, p.num_groups, 0)?;
             let (batch, _) = p.into_batch()?;
-            for (b, part) in split_by_bucket(&batch, &of)?.into_iter().enumerate() {
+            for (b, part) in split_by_bucket(&batch, &of)? {
                 buckets[b].push(Part::Memory(part));
             }
         }

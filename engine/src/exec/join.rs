@@ -268,10 +268,8 @@ impl JoinShared {
                         build_rows += batch.num_rows();
                         let (of, null_key) = self.build_buckets(conv, &batch)?;
                         has_null_key |= null_key;
-                        for (b, part) in split_by_bucket(&batch, &of)?.into_iter().enumerate() {
-                            if part.num_rows() > 0 {
-                                memory[b].push(part);
-                            }
+                        for (b, part) in split_by_bucket(&batch, &of)? {
+                            memory[b].push(part);
                         }
                     }
                     held.push(reservation);
@@ -796,10 +794,7 @@ impl Operator for ProbeOp {
                 let resident = spilled.resident.read().map_err(poisoned)?;
                 let Some(table) = resident.as_ref() else { return write_by_bucket(writers, &probe, &of) };
                 // Rows of buckets kept in memory join now; the others wait on disk for their bucket.
-                for (b, part) in split_by_bucket(&probe, &of)?.into_iter().enumerate() {
-                    if part.num_rows() == 0 {
-                        continue;
-                    }
+                for (b, part) in split_by_bucket(&probe, &of)? {
                     if spilled.is_resident[b] {
                         probe_batch(&shared.spec, table, part, out)?;
                     } else {
