@@ -297,12 +297,10 @@ impl Session {
     fn set_option(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
             "table.exec.state.ttl" => {
-                let ttl = parse_flink_duration(value).map_err(|e| RiffleError::plan(format!("SET '{key}': {e}")))?;
-                self.config.state_ttl = (!ttl.is_zero()).then_some(ttl);
+                self.config.state_ttl = optional_flink_duration(value).map_err(|e| RiffleError::plan(format!("SET '{key}': {e}")))?;
             }
             "table.exec.source.idle-timeout" => {
-                let timeout = parse_flink_duration(value).map_err(|e| RiffleError::plan(format!("SET '{key}': {e}")))?;
-                self.config.source_idle_timeout = (!timeout.is_zero()).then_some(timeout);
+                self.config.source_idle_timeout = optional_flink_duration(value).map_err(|e| RiffleError::plan(format!("SET '{key}': {e}")))?;
             }
             "execution.runtime-mode" => {
                 self.config.stream = match value.to_ascii_lowercase().as_str() {
@@ -582,10 +580,10 @@ impl Session {
         }
         let path = dir.to_string_lossy();
         let mut source = TableSource::files(&path, Some(format.clone()), Some(target))?.with_event_time(table.event_time.clone());
-        if let crate::catalog::TableData::Files { monitor: Some(interval), .. } = &table.data {
-            source = source.monitored(*interval);
-        }
-        if let crate::catalog::TableData::Files { idle_timeout, .. } = &table.data {
+        if let crate::catalog::TableData::Files { monitor, idle_timeout, .. } = &table.data {
+            if let Some(interval) = monitor {
+                source = source.monitored(*interval);
+            }
             source = source.idle_after(*idle_timeout);
         }
         self.catalog.register(name, CatalogEntry::Table(Arc::new(source)));
@@ -718,6 +716,11 @@ fn parse_flink_duration(text: &str) -> std::result::Result<std::time::Duration, 
     n.checked_mul(millis_per).map(std::time::Duration::from_millis).ok_or_else(|| format!("'{text}' is too long"))
 }
 
+/// A Flink duration option where `0` turns the feature off (`None`).
+fn optional_flink_duration(text: &str) -> std::result::Result<Option<std::time::Duration>, String> {
+    parse_flink_duration(text).map(|d| (!d.is_zero()).then_some(d))
+}
+
 fn first_words(s: &str) -> String {
     s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
@@ -776,17 +779,15 @@ fn connector_table(options: &[(String, String)], declared: Option<SchemaRef>) ->
             if matches!(format, Some(FileFormat::Csv(_) | FileFormat::Json | FileFormat::DebeziumJson)) && declared.is_none() {
                 return Err(RiffleError::plan("a csv, json or debezium-json filesystem table needs its columns declared"));
             }
-            let table = TableSource::files(path, format, declared)?;
-            // Flink's option: a directory read without end, its new files picked up every interval.
-            let table = match get("source.monitor-interval").map(parse_flink_duration).transpose() {
-                Ok(Some(interval)) if !interval.is_zero() => table.monitored(interval),
-                Ok(_) => table,
-                Err(e) => return Err(RiffleError::plan(format!("'source.monitor-interval': {e}"))),
+            let duration = |key: &str| {
+                get(key).map(optional_flink_duration).transpose().map(Option::flatten).map_err(|e| RiffleError::plan(format!("'{key}': {e}")))
             };
-            match get("scan.watermark.idle-timeout").map(parse_flink_duration).transpose() {
-                Ok(timeout) => Ok(table.idle_after(timeout.filter(|t| !t.is_zero()))),
-                Err(e) => Err(RiffleError::plan(format!("'scan.watermark.idle-timeout': {e}"))),
+            let mut table = TableSource::files(path, format, declared)?;
+            // Flink's option: a directory read without end, its new files picked up every interval.
+            if let Some(interval) = duration("source.monitor-interval")? {
+                table = table.monitored(interval);
             }
+            Ok(table.idle_after(duration("scan.watermark.idle-timeout")?))
         }
         "nexmark" => nexmark_table(options, declared),
         "blackhole" => {

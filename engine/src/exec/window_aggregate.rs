@@ -239,13 +239,14 @@ impl WindowAggShared {
             Some((coordinator, node)) => {
                 let widths = GroupTable::new(&spec)?.into_partial()?.states.iter().map(|s| s.len()).collect();
                 let op = OperatorCheckpoint::register(&coordinator, format!("window-{node}"))?;
-                let chains = match op.restore_dir() {
-                    Some(dir) => read_chains(&dir)?,
+                let restore_dir = op.restore_dir();
+                let chains = match &restore_dir {
+                    Some(dir) => read_chains(dir)?,
                     None => vec![],
                 };
                 let files = SharedFiles::open(&coordinator, &op.name, &chains.concat())?;
                 let ck = WindowCheckpoint { op, widths, files };
-                if let Some(dir) = ck.op.restore_dir() {
+                if let Some(dir) = restore_dir {
                     restore(&spec, window_end, keyed.as_deref(), &ck, &dir, &chains, &mut state)?;
                 }
                 Some(ck)
@@ -803,14 +804,12 @@ fn read_chains(dir: &std::path::Path) -> Result<Vec<Vec<String>>> {
     Ok(chains)
 }
 
-/// The last row of every key (the first `keys` columns) of the batches, in order: a window's
-/// groups from its chain of files, each later file holding the groups changed since.
+/// The last row of every key (the first `keys` columns, the window's end among them) of the
+/// batches, in order: a window's groups from its chain of files, each later file holding the groups
+/// changed since.
 fn latest_by_key(batches: &[RecordBatch], keys: usize) -> Result<Option<RecordBatch>> {
     let Some(first) = batches.first() else { return Ok(None) };
     let all = arrow::compute::concat_batches(&first.schema(), batches)?;
-    if keys == 0 {
-        return Ok(Some(all));
-    }
     let fields = all.columns()[..keys].iter().map(|c| arrow::row::SortField::new(c.data_type().clone())).collect();
     let rows = arrow::row::RowConverter::new(fields)?.convert_columns(&all.columns()[..keys])?;
     let mut seen = std::collections::HashSet::new();
