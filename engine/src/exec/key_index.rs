@@ -83,20 +83,14 @@ impl KeyIndex {
         self.heads[k as usize] = (self.entries.len() - 1) as u32;
     }
 
-    /// The rows stored under `key`: newest run first, each run's rows in order.
-    pub fn get(&self, key: &[u8]) -> impl Iterator<Item = RowRef> + '_ {
-        self.walk(self.find(self.hasher.hash_one(key), key).map_or(NONE, |k| self.heads[k as usize]))
-    }
-
-    /// The rows of a key's list from entry `first` on.
-    fn walk(&self, first: u32) -> impl Iterator<Item = RowRef> + '_ {
-        let mut next = first;
+    /// The runs of rows stored under `key`, newest first: (chunk, consecutive rows of it).
+    pub fn runs(&self, key: &[u8]) -> impl Iterator<Item = (u64, std::ops::Range<u32>)> + '_ {
+        let mut next = self.find(self.hasher.hash_one(key), key).map_or(NONE, |k| self.heads[k as usize]);
         std::iter::from_fn(move || {
             let run = *self.entries.get(next as usize)?;
             next = run.older;
-            Some((run.first..run.first + run.len).map(move |r| (run.chunk, r)))
+            Some((run.chunk, run.first..run.first + run.len))
         })
-        .flatten()
     }
 
     /// Keeps the rows for which `keep` holds (and the keys that still have one), in the same order.
@@ -133,18 +127,23 @@ impl KeyIndex {
 mod tests {
     use super::*;
 
+    /// The rows stored under `key`: newest run first, each run's rows in order.
+    fn get(ix: &KeyIndex, key: &[u8]) -> Vec<RowRef> {
+        ix.runs(key).flat_map(|(chunk, rows)| rows.map(move |r| (chunk, r))).collect()
+    }
+
     #[test]
     fn rows_are_found_by_key_and_kept_in_order() {
         let mut ix = KeyIndex::default();
         for (i, key) in [b"a", b"b", b"a", b"c", b"a"].iter().enumerate() {
             ix.insert(&key[..], (i as u64 / 2, i as u32));
         }
-        assert_eq!(ix.get(b"a").collect::<Vec<_>>(), vec![(2, 4), (1, 2), (0, 0)]);
-        assert_eq!(ix.get(b"b").collect::<Vec<_>>(), vec![(0, 1)]);
-        assert_eq!(ix.get(b"z").count(), 0);
+        assert_eq!(get(&ix, b"a"), vec![(2, 4), (1, 2), (0, 0)]);
+        assert_eq!(get(&ix, b"b"), vec![(0, 1)]);
+        assert_eq!(get(&ix, b"z").len(), 0);
         ix.retain(|(chunk, _)| chunk != 1);
-        assert_eq!(ix.get(b"a").collect::<Vec<_>>(), vec![(2, 4), (0, 0)]);
-        assert_eq!(ix.get(b"c").count(), 0, "a key whose rows all went is gone");
+        assert_eq!(get(&ix, b"a"), vec![(2, 4), (0, 0)]);
+        assert_eq!(get(&ix, b"c").len(), 0, "a key whose rows all went is gone");
         assert_eq!(ix.heads.len(), 2);
     }
 
@@ -160,13 +159,13 @@ mod tests {
         }
         ix.insert(b"w", (8, 20));
         assert_eq!(ix.entries.len(), 4, "a run per chunk and gap");
-        let rows: Vec<RowRef> = ix.get(b"w").collect();
+        let rows: Vec<RowRef> = get(&ix, b"w");
         assert_eq!(rows.len(), 1011);
         assert_eq!(rows[0], (8, 20));
         assert_eq!(&rows[1..3], &[(8, 0), (8, 1)]);
         assert_eq!(rows[11], (7, 0));
         ix.retain(|(chunk, r)| chunk == 8 || r % 2 == 0);
-        assert_eq!(ix.get(b"w").count(), 511);
-        assert_eq!(ix.get(b"v").count(), 1);
+        assert_eq!(get(&ix, b"w").len(), 511);
+        assert_eq!(get(&ix, b"v").len(), 1);
     }
 }

@@ -427,16 +427,15 @@ impl StreamJoinShared {
             None => None,
         };
         let other = &st.sides[1 - side];
-        // Pairs (this row, other chunk, other row).
-        let mut mine: Vec<u32> = Vec::new();
-        let mut theirs: Vec<(u64, u32)> = Vec::new();
-        // Whether the chunk of the previous candidate is live: a key's rows come in runs of a chunk.
+        // Candidates: this row and a run of the other side's stored rows under its key.
+        let mut runs: Vec<(u32, u64, std::ops::Range<u32>)> = Vec::new();
+        // Whether the previous candidate's chunk is live: a key's runs are often of one chunk.
         let mut last: Option<(u64, bool)> = None;
         for (row, key) in encoded.iter().enumerate() {
             if !valid[row] {
                 continue;
             }
-            for (chunk, r) in other.index.get(key.as_ref()) {
+            for (chunk, rows) in other.index.runs(key.as_ref()) {
                 let live = match last {
                     Some((c, live)) if c == chunk => live,
                     _ => {
@@ -446,22 +445,42 @@ impl StreamJoinShared {
                     }
                 };
                 if live {
-                    mine.push(row as u32);
-                    theirs.push((chunk, r));
+                    runs.push((row as u32, chunk, rows));
                 }
             }
         }
+        let candidates: usize = runs.iter().map(|(_, _, rows)| rows.len()).sum();
+        // Pairs (this row, other chunk, other row); long runs are tested against the condition at once.
+        let (mut mine, mut theirs, tested) = match &self.spec.filter {
+            Some(filter) if candidates >= LONG_RUN * runs.len() => {
+                let (mine, theirs) = self.condition_by_run(filter, side, &batch, other, &runs)?;
+                (mine, theirs, true)
+            }
+            _ => {
+                let mut mine: Vec<u32> = Vec::with_capacity(candidates);
+                let mut theirs: Vec<(u64, u32)> = Vec::with_capacity(candidates);
+                for (row, chunk, rows) in runs {
+                    for r in rows {
+                        mine.push(row);
+                        theirs.push((chunk, r));
+                    }
+                }
+                (mine, theirs, false)
+            }
+        };
         // The condition is evaluated under the lock: a stored row of an outer side must know it
         // matched before another thread could drop it as unmatched.
         let mut matched = vec![false; if self.spec.outer(side) { batch.num_rows() } else { 0 }];
         if !mine.is_empty() {
             // The stored rows' chunks are numbered once, for the condition and the pairs.
             let (chunks, mut picks) = slots(other, &theirs);
-            let kept = self.condition(side, &batch, &mine, &chunks, &picks)?;
-            if kept.len() < mine.len() {
-                mine = kept.iter().map(|i| mine[*i]).collect();
-                theirs = kept.iter().map(|i| theirs[*i]).collect();
-                picks = kept.iter().map(|i| picks[*i]).collect();
+            if !tested {
+                let kept = self.condition(side, &batch, &mine, &chunks, &picks)?;
+                if kept.len() < mine.len() {
+                    mine = kept.iter().map(|i| mine[*i]).collect();
+                    theirs = kept.iter().map(|i| theirs[*i]).collect();
+                    picks = kept.iter().map(|i| picks[*i]).collect();
+                }
             }
             let pairs = if mine.is_empty() { None } else { Some(self.pairs(side, &batch, &mine, &chunks, &picks)?) };
             if self.spec.kind != JoinKind::Inner {
@@ -546,20 +565,56 @@ impl StreamJoinShared {
     /// every count is a candidate, a few are kept).
     fn condition(&self, side: usize, batch: &RecordBatch, mine: &[u32], chunks: &[&RecordBatch], theirs: &[(usize, usize)]) -> Result<Vec<usize>> {
         let Some(filter) = &self.spec.filter else { return Ok((0..mine.len()).collect()) };
-        let mut used = Vec::new();
-        filter.columns(&mut used);
-        used.sort_unstable();
-        used.dedup();
+        let (used, filter, schema) = narrow_condition(filter, &self.spec.schema);
         let narrow = self.pair_columns(side, batch, mine, chunks, theirs, &used)?;
-        let fields: Vec<Field> = used.iter().map(|c| self.spec.schema.field(*c).clone()).collect();
-        let narrow = RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(fields)),
-            narrow,
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(mine.len())),
-        )?;
-        let at = |c: usize| used.iter().position(|u| *u == c).unwrap_or(0);
-        let mask = evaluate_predicate(&filter.clone().remap(&at), &narrow)?;
-        Ok((0..mask.len()).filter(|i| mask.is_valid(*i) && mask.value(*i)).collect())
+        let narrow = RecordBatch::try_new_with_options(schema, narrow, &arrow::array::RecordBatchOptions::new().with_row_count(Some(mine.len())))?;
+        let mask = evaluate_predicate(&filter, &narrow)?;
+        Ok(mask.values().set_indices().collect())
+    }
+
+    /// The pairs of candidate `runs` (this batch's row, consecutive stored rows of a chunk of the
+    /// other side) that meet the condition `filter`, tested a run at a time: the stored rows' columns
+    /// as they are, this row's repeated. When one row matches many stored rows of its key (each of
+    /// Nexmark q5's window maxima matches all the window's counts, a few meet `num >= maxn`), no
+    /// candidate pair is built.
+    fn condition_by_run(
+        &self,
+        filter: &Expr,
+        side: usize,
+        batch: &RecordBatch,
+        other: &Side,
+        runs: &[(u32, u64, std::ops::Range<u32>)],
+    ) -> Result<(Vec<u32>, Vec<(u64, u32)>)> {
+        let (used, filter, schema) = narrow_condition(filter, &self.spec.schema);
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        for (row, chunk, rows) in runs {
+            let Some(stored) = other.chunks.get(chunk) else { continue };
+            let n = rows.len();
+            let columns = used
+                .iter()
+                .map(|&c| match self.column_of(side, c) {
+                    (true, col) => crate::eval::repeat(&batch.column(col).slice(*row as usize, 1), n),
+                    (false, col) => Ok(stored.batch.column(col).slice(rows.start as usize, n)),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let narrow = RecordBatch::try_new_with_options(schema.clone(), columns, &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)))?;
+            for i in evaluate_predicate(&filter, &narrow)?.values().set_indices() {
+                mine.push(*row);
+                theirs.push((*chunk, rows.start + i as u32));
+            }
+        }
+        Ok((mine, theirs))
+    }
+
+    /// Whether column `c` of the output (left ++ right) is of `side`'s batch, and its column there.
+    fn column_of(&self, side: usize, c: usize) -> (bool, usize) {
+        let width = self.spec.left_schema.fields().len();
+        match (side, c < width) {
+            (0, true) => (true, c),
+            (0, false) => (false, c - width),
+            (_, true) => (false, c),
+            (_, false) => (true, c - width),
+        }
     }
 
     /// The output rows of the pairs: this batch's rows `mine`, the other side's stored rows `theirs`
@@ -582,23 +637,12 @@ impl StreamJoinShared {
         theirs: &[(usize, usize)],
         which: &[usize],
     ) -> Result<Vec<ArrayRef>> {
-        let width = self.spec.left_schema.fields().len();
         let mine_picks: Vec<(usize, usize)> = mine.iter().map(|r| (0, *r as usize)).collect();
         which
             .iter()
-            .map(|&c| {
-                // Column `c` of the output is this batch's or the stored side's.
-                let (of_mine, col) = match (side, c < width) {
-                    (0, true) => (true, c),
-                    (0, false) => (false, c - width),
-                    (_, true) => (false, c),
-                    (_, false) => (true, c - width),
-                };
-                if of_mine {
-                    gather_column(&[batch], &mine_picks, col)
-                } else {
-                    gather_column(chunks, theirs, col)
-                }
+            .map(|&c| match self.column_of(side, c) {
+                (true, col) => gather_column(&[batch], &mine_picks, col),
+                (false, col) => gather_column(chunks, theirs, col),
             })
             .collect()
     }
@@ -708,6 +752,22 @@ impl StreamJoinShared {
         }
         Ok(())
     }
+}
+
+/// Candidates per run, on average, from which a probe tests the condition run by run.
+const LONG_RUN: usize = 64;
+
+/// The columns a join condition reads (of left ++ right, whose schema is `schema`), the condition
+/// over just those, and their schema.
+fn narrow_condition(filter: &Expr, schema: &Schema) -> (Vec<usize>, Expr, SchemaRef) {
+    let mut used = Vec::new();
+    filter.columns(&mut used);
+    used.sort_unstable();
+    used.dedup();
+    let fields: Vec<Field> = used.iter().map(|c| schema.field(*c).clone()).collect();
+    let at = |c: usize| used.iter().position(|u| *u == c).unwrap_or(0);
+    let filter = filter.clone().remap(&at);
+    (used, filter, Arc::new(Schema::new(fields)))
 }
 
 /// The columns of rows `picks` (batch, row) of `batches`, which share a schema.
