@@ -11,8 +11,12 @@ use std::time::{Duration, Instant};
 use super::{PipelineTask, Step};
 use crate::error::{Result, RiffleError};
 
-/// Steps a task takes before it yields its thread to others.
+/// Steps a task takes before it yields its thread to others, unless `SLICE` passed first.
 const QUANTUM: usize = 16;
+
+/// Time a task runs before it yields: steps can be long (a window closing, a batch of a join's
+/// build), and a task after it in the pipeline waits meanwhile (the latency of a stream).
+const SLICE: Duration = Duration::from_millis(1);
 
 struct State {
     runnable: VecDeque<usize>,
@@ -217,11 +221,12 @@ fn worker(slots: &[Mutex<Option<PipelineTask>>], notifier: &Notifier) {
             notifier.lock().running -= 1;
             continue;
         };
+        let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut step = Step::Progress;
             for _ in 0..QUANTUM {
                 step = task.step()?;
-                if step != Step::Progress {
+                if step != Step::Progress || started.elapsed() >= SLICE {
                     break;
                 }
             }
