@@ -219,7 +219,7 @@ impl GroupTable {
         };
         // Keys the same on every row (a window aggregate's input grouped by the windows only, as
         // Nexmark q5's maximum count per window): one lookup.
-        if rows > 1 && keys.iter().all(|k| constant(k)) {
+        if rows > 1 && keys.iter().all(constant) {
             let first: Vec<ArrayRef> = keys.iter().map(|k| k.slice(0, 1)).collect();
             let g = self.groups(&first, 1)?.first().copied().unwrap_or_default();
             return Ok(vec![g; rows]);

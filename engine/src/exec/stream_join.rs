@@ -428,7 +428,7 @@ impl StreamJoinShared {
         };
         let other = &st.sides[1 - side];
         // Candidates: this row and a run of the other side's stored rows under its key.
-        let mut runs: Vec<(u32, u64, std::ops::Range<u32>)> = Vec::new();
+        let mut runs: Runs = Vec::new();
         // Whether the previous candidate's chunk is live: a key's runs are often of one chunk.
         let mut last: Option<(u64, bool)> = None;
         for (row, key) in encoded.iter().enumerate() {
@@ -583,8 +583,8 @@ impl StreamJoinShared {
         side: usize,
         batch: &RecordBatch,
         other: &Side,
-        runs: &[(u32, u64, std::ops::Range<u32>)],
-    ) -> Result<(Vec<u32>, Vec<(u64, u32)>)> {
+        runs: &Runs,
+    ) -> Result<Pairs> {
         let (used, filter, schema) = narrow_condition(filter, &self.spec.schema);
         let (mut mine, mut theirs) = (Vec::new(), Vec::new());
         for (row, chunk, rows) in runs {
@@ -756,6 +756,12 @@ impl StreamJoinShared {
 
 /// Candidates per run, on average, from which a probe tests the condition run by run.
 const LONG_RUN: usize = 64;
+
+/// Candidate runs of a probe: this batch's row, a chunk of the other side and consecutive rows of it.
+type Runs = Vec<(u32, u64, std::ops::Range<u32>)>;
+
+/// Pairs of a probe: this batch's rows, and the other side's stored rows (chunk, row) they pair with.
+type Pairs = (Vec<u32>, Vec<(u64, u32)>);
 
 /// The columns a join condition reads (of left ++ right, whose schema is `schema`), the condition
 /// over just those, and their schema.
