@@ -184,12 +184,6 @@ impl Partial {
     }
 }
 
-/// Whether every value of `a` equals its first (NULLs equal each other); stops at the first that differs.
-fn constant(a: &ArrayRef) -> bool {
-    let Ok(cmp) = arrow::array::make_comparator(a.as_ref(), a.as_ref(), arrow::compute::SortOptions::default()) else { return false };
-    (1..a.len()).all(|i| cmp(0, i).is_eq())
-}
-
 impl GroupTable {
     pub(super) fn new(spec: &AggSpec) -> Result<GroupTable> {
         let key_types: Vec<DataType> = spec.group.iter().map(|g| g.data_type(&spec.input_schema)).collect();
@@ -219,7 +213,7 @@ impl GroupTable {
         };
         // Keys the same on every row (a window aggregate's input grouped by the windows only, as
         // Nexmark q5's maximum count per window): one lookup.
-        if rows > 1 && keys.iter().all(constant) {
+        if rows > 1 && keys.iter().all(super::constant) {
             let first: Vec<ArrayRef> = keys.iter().map(|k| k.slice(0, 1)).collect();
             let g = self.groups(&first, 1)?.first().copied().unwrap_or_default();
             return Ok(vec![g; rows]);

@@ -51,6 +51,14 @@ impl KeyIndex {
     }
 
     pub fn insert(&mut self, key: &[u8], (chunk, row): RowRef) {
+        self.insert_run(key, chunk, row..row + 1);
+    }
+
+    /// Stores consecutive rows of a chunk under one key.
+    pub fn insert_run(&mut self, key: &[u8], chunk: u64, rows: std::ops::Range<u32>) {
+        if rows.is_empty() {
+            return;
+        }
         let k = match self.last.filter(|k| self.key(*k) == key) {
             Some(k) => k,
             None => {
@@ -73,13 +81,14 @@ impl KeyIndex {
             }
         };
         let head = self.heads[k as usize];
+        let len = rows.end - rows.start;
         if let Some(run) = self.entries.get_mut(head as usize) {
-            if run.chunk == chunk && run.first + run.len == row {
-                run.len += 1;
+            if run.chunk == chunk && run.first + run.len == rows.start {
+                run.len += len;
                 return;
             }
         }
-        self.entries.push(Run { chunk, first: row, len: 1, older: head });
+        self.entries.push(Run { chunk, first: rows.start, len, older: head });
         self.heads[k as usize] = (self.entries.len() - 1) as u32;
     }
 
@@ -164,8 +173,14 @@ mod tests {
         assert_eq!(rows[0], (8, 20));
         assert_eq!(&rows[1..3], &[(8, 0), (8, 1)]);
         assert_eq!(rows[11], (7, 0));
-        ix.retain(|(chunk, r)| chunk == 8 || r % 2 == 0);
-        assert_eq!(get(&ix, b"w").len(), 511);
+        // A run stored at once continues the key's run as rows one by one would.
+        ix.insert_run(b"w", 8, 21..30);
+        ix.insert_run(b"u", 9, 0..0);
+        assert_eq!(ix.entries.len(), 4, "the run of rows 20.. grew");
+        assert_eq!(get(&ix, b"w")[..10], (20..30).map(|r| (8, r)).collect::<Vec<_>>()[..]);
+        assert_eq!(get(&ix, b"u").len(), 0, "no rows, no key");
+        ix.retain(|(chunk, r)| chunk == 8 && r < 20 || chunk == 7 && r % 2 == 0);
+        assert_eq!(get(&ix, b"w").len(), 510);
         assert_eq!(get(&ix, b"v").len(), 1);
     }
 }

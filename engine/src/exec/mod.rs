@@ -583,6 +583,14 @@ pub fn execute(plan: &PhysicalPlan, config: &ExecConfig) -> Result<QueryOutput> 
     Ok(QueryOutput { batches, metrics, stats })
 }
 
+/// Whether every value of `a` equals its first (NULLs equal each other); stops at the first that
+/// differs. Keys that are the same on every row of a batch (a window's results keyed by its bounds)
+/// are then encoded and looked up once.
+pub(crate) fn constant(a: &arrow::array::ArrayRef) -> bool {
+    let Ok(cmp) = arrow::array::make_comparator(a.as_ref(), a.as_ref(), arrow::compute::SortOptions::default()) else { return false };
+    (1..a.len()).all(|i| cmp(0, i).is_eq())
+}
+
 /// Whether two row-encoded keys are equal. Short keys (most are one or two numbers) are compared
 /// byte by byte in line: a call to `memcmp` per hash-table probe costs more than the comparison.
 #[inline]

@@ -308,7 +308,7 @@ impl StreamJoinShared {
                 let mut saved = SavedFile { name: name.clone(), total: batches.len(), chunks: vec![] };
                 for p in live {
                     let batch = batches.get(*p as usize).cloned().ok_or_else(|| damaged(&ck.files.path(name)))?;
-                    let (encoded, valid, max_time) = self.keys(side, &batch)?;
+                    let (keys, max_time) = self.keys(side, &batch)?;
                     let want = if self.spec.outer(side) { batch.num_rows() } else { 0 };
                     let matched: Vec<bool> = flags.by_ref().take(want).collect();
                     if matched.len() != want {
@@ -317,7 +317,7 @@ impl StreamJoinShared {
                     let pending = self.pending(side, &batch, &matched);
                     let mut st = self.lock()?;
                     let now = self.spec.state_ttl.map(|_| std::time::Instant::now());
-                    if let Some(id) = store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, &encoded, &valid, now) {
+                    if let Some(id) = store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, &keys, now) {
                         saved.chunks.push((*p, id));
                     }
                     self.account(&mut st)?;
@@ -392,7 +392,7 @@ impl StreamJoinShared {
     }
 
     /// A batch of `side`'s join keys (encoded), which rows have no NULL key, and its latest event time.
-    fn keys(&self, side: usize, batch: &RecordBatch) -> Result<(arrow::row::Rows, Vec<bool>, Timestamp)> {
+    fn keys(&self, side: usize, batch: &RecordBatch) -> Result<(BatchKeys, Timestamp)> {
         let keys = if side == 0 { &self.spec.left_keys } else { &self.spec.right_keys };
         let columns = keys
             .iter()
@@ -402,16 +402,24 @@ impl StreamJoinShared {
                 Ok(if v.data_type() == t { v } else { arrow::compute::cast(&v, t)? })
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        // A NULL key matches nothing: such rows are neither stored nor probed.
-        let valid: Vec<bool> = (0..batch.num_rows()).map(|r| columns.iter().all(|c| c.is_valid(r))).collect();
-        let encoded = self.converter.convert_columns(&columns)?;
+        let rows = batch.num_rows();
+        let same = rows > 1 && columns.iter().all(|c| c.is_valid(0)) && columns.iter().all(super::constant);
+        let keys = if same {
+            let first: Vec<ArrayRef> = columns.iter().map(|c| c.slice(0, 1)).collect();
+            BatchKeys { encoded: self.converter.convert_columns(&first)?, same, valid: vec![true; rows] }
+        } else {
+            // A NULL key matches nothing: such rows are neither stored nor probed.
+            let valid: Vec<bool> = (0..rows).map(|r| columns.iter().all(|c| c.is_valid(r))).collect();
+            BatchKeys { encoded: self.converter.convert_columns(&columns)?, same, valid }
+        };
         let max_time = self.times(side, batch).and_then(|t| t.into_iter().max()).unwrap_or(Timestamp::MAX);
-        Ok((encoded, valid, max_time))
+        Ok((keys, max_time))
     }
 
     /// Stores `batch` on `side`, joins its rows with the other side's and pushes the output.
     fn insert_and_probe(&self, side: usize, producer: usize, batch: RecordBatch) -> Result<()> {
-        let (encoded, valid, max_time) = self.keys(side, &batch)?;
+        let (keys, max_time) = self.keys(side, &batch)?;
+        let valid = &keys.valid;
         let mut out = Vec::new();
         let mut st = self.lock()?;
         let now = match self.spec.state_ttl {
@@ -431,11 +439,8 @@ impl StreamJoinShared {
         let mut runs: Runs = Vec::new();
         // Whether the previous candidate's chunk is live: a key's runs are often of one chunk.
         let mut last: Option<(u64, bool)> = None;
-        for (row, key) in encoded.iter().enumerate() {
-            if !valid[row] {
-                continue;
-            }
-            for (chunk, rows) in other.index.runs(key.as_ref()) {
+        let mut candidates = |row: usize, found: &mut dyn Iterator<Item = (u64, std::ops::Range<u32>)>| {
+            for (chunk, rows) in found {
                 let live = match last {
                     Some((c, live)) if c == chunk => live,
                     _ => {
@@ -447,6 +452,17 @@ impl StreamJoinShared {
                 if live {
                     runs.push((row as u32, chunk, rows));
                 }
+            }
+        };
+        if keys.same {
+            // One key for every row: looked up once.
+            let found: Vec<(u64, std::ops::Range<u32>)> = other.index.runs(keys.key(0)).collect();
+            for row in 0..batch.num_rows() {
+                candidates(row, &mut found.iter().cloned());
+            }
+        } else {
+            for row in (0..batch.num_rows()).filter(|r| valid[*r]) {
+                candidates(row, &mut other.index.runs(keys.key(row)));
             }
         }
         let candidates: usize = runs.iter().map(|(_, _, rows)| rows.len()).sum();
@@ -525,7 +541,7 @@ impl StreamJoinShared {
         // Once the other side ended, nothing can match this batch's rows: they are not kept.
         if !other_ended {
             let pending = self.pending(side, &batch, &matched);
-            store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, &encoded, &valid, now);
+            store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, &keys, now);
             self.account(&mut st)?;
         }
         // A changelog's order matters (a row is taken back after it was emitted): pushed under the
@@ -865,16 +881,36 @@ fn damaged(path: &std::path::Path) -> RiffleError {
     RiffleError::exec(format!("checkpoint: {} is not this join's state; remove the checkpoint directory to start afresh", path.display()))
 }
 
-/// Stores the rows of `chunk` with a key (`valid`) on `side`, indexed by their `encoded` keys.
+/// A batch's join keys, encoded, and which rows have one (no NULL in it).
+struct BatchKeys {
+    /// A key per row; or, when every row has the same (a window's results joined by the window's
+    /// bounds), that key alone: encoded, looked up and indexed once.
+    encoded: arrow::row::Rows,
+    same: bool,
+    valid: Vec<bool>,
+}
+
+impl BatchKeys {
+    fn key(&self, row: usize) -> &[u8] {
+        self.encoded.row(if self.same { 0 } else { row }).data()
+    }
+}
+
+/// Stores the rows of `chunk` with a key (`keys.valid`) on `side`, indexed by their keys.
 /// `now`: when it is stored, with a state TTL (without one, the time is not kept).
 /// The chunk's id, if a row was stored.
-fn store(side: &mut Side, mut chunk: Chunk, encoded: &arrow::row::Rows, valid: &[bool], now: Option<std::time::Instant>) -> Option<u64> {
+fn store(side: &mut Side, mut chunk: Chunk, keys: &BatchKeys, now: Option<std::time::Instant>) -> Option<u64> {
     let id = side.next_chunk;
     side.next_chunk += 1;
     let mut stored = 0;
-    for (row, key) in encoded.iter().enumerate() {
-        if valid[row] {
-            side.index.insert(key.as_ref(), (id, row as u32));
+    if keys.same {
+        // Every row under one key: one run.
+        let rows = chunk.batch.num_rows() as u32;
+        side.index.insert_run(keys.key(0), id, 0..rows);
+        stored = rows as usize;
+    } else {
+        for row in (0..keys.valid.len()).filter(|r| keys.valid[*r]) {
+            side.index.insert(keys.key(row), (id, row as u32));
             stored += 1;
         }
     }
