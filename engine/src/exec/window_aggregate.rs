@@ -507,12 +507,11 @@ impl WindowAggSink {
         let ends = evaluate(&spec.group[self.shared.window_end], batch)?;
         let ends = arrow::compute::cast(&ends, &DataType::Int64)?;
         let ends = ends.as_primitive::<Int64Type>();
-        // Rows by window end; most batches hold one or two windows, a window's results one.
+        // Rows by window end; most batches hold one or two windows, a window's results one (its
+        // rows are listed at once, without a map lookup per row).
         let mut by_end: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        let one = ends.null_count() == 0 && ends.values().first().is_some_and(|first| ends.values().iter().all(|e| e == first));
-        if one {
-            // The whole batch: no row list.
-            by_end.insert(ends.value(0), vec![]);
+        if ends.null_count() == 0 && ends.values().first().is_some_and(|first| ends.values().iter().all(|e| e == first)) {
+            by_end.insert(ends.value(0), (0..batch.num_rows() as u32).collect());
         } else {
             for (row, end) in ends.iter().enumerate() {
                 if let Some(end) = end {
@@ -520,11 +519,11 @@ impl WindowAggSink {
                 }
             }
         }
-        let whole = one || (by_end.len() == 1 && ends.null_count() == 0);
+        let whole = by_end.len() == 1 && ends.null_count() == 0;
         let mut late = 0;
         for (end, rows) in by_end {
             if end <= self.watermark {
-                late += if one { batch.num_rows() } else { rows.len() } as u64;
+                late += rows.len() as u64;
                 continue;
             }
             if !self.windows.contains_key(&end) {
@@ -712,6 +711,8 @@ impl WindowAggSink {
     fn pass(&mut self, watermark: i64, ended: bool) -> Result<()> {
         let shared = self.shared.clone();
         let closed = self.close(watermark)?;
+        // The slides the watermark sealed go into the windows still open once these left.
+        self.prebuild_due = !ended && shared.slicing.is_some();
         if shared.keyed.is_none() {
             let partials = closed
                 .into_iter()
@@ -723,9 +724,7 @@ impl WindowAggSink {
                     }))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            shared.advance(self.partition, watermark, partials, ended)?;
-            self.prebuild_due = !ended && shared.slicing.is_some();
-            return Ok(());
+            return shared.advance(self.partition, watermark, partials, ended);
         }
         let mut windows: BTreeMap<i64, Option<GroupTable>> = closed.into_iter().map(|(end, t)| (end, Some(t))).collect();
         let still_open = match watermark.checked_add(1) {
@@ -755,9 +754,7 @@ impl WindowAggSink {
         if !ended {
             shared.output.push(self.partition, Message::Watermark(watermark));
         }
-        shared.advance(self.partition, watermark, vec![], ended)?;
-        self.prebuild_due = !ended && shared.slicing.is_some();
-        Ok(())
+        shared.advance(self.partition, watermark, vec![], ended)
     }
 }
 
