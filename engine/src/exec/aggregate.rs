@@ -10,12 +10,8 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
-use arrow::row::{RowConverter, Rows, SortField};
-use std::hash::BuildHasher;
-
-use hashbrown::{DefaultHashBuilder, HashTable};
-
 use super::accumulators::{self, GroupsAccumulator};
+use super::group_keys::GroupKeys;
 use super::{emit_result, emit_rows, BarrierRelay, Exchange, OpMetrics, PartitionGather, Sink};
 use crate::cse::ExprList;
 use crate::error::{Result, RiffleError};
@@ -58,14 +54,7 @@ impl AggSpec {
 }
 
 pub(super) struct GroupTable {
-    converter: Option<RowConverter>,
-    /// Group ids, found by comparing a row's key with the group's key in `keys` (no key is stored
-    /// twice, and a new group allocates nothing of its own).
-    map: HashTable<u32>,
-    /// Each group's key hash, to move the groups when the table grows.
-    hashes: Vec<u64>,
-    hasher: DefaultHashBuilder,
-    keys: Option<Rows>,
+    keys: GroupKeys,
     accs: Vec<Box<dyn GroupsAccumulator>>,
     num_groups: usize,
     /// When tracked (a checkpointed window's groups), the groups changed since the last snapshot.
@@ -187,12 +176,7 @@ impl Partial {
 impl GroupTable {
     pub(super) fn new(spec: &AggSpec) -> Result<GroupTable> {
         let key_types: Vec<DataType> = spec.group.iter().map(|g| g.data_type(&spec.input_schema)).collect();
-        let converter = if key_types.is_empty() {
-            None
-        } else {
-            Some(RowConverter::new(key_types.into_iter().map(SortField::new).collect())?)
-        };
-        let keys = converter.as_ref().map(|c| c.empty_rows(0, 0));
+        let keys = GroupKeys::new(key_types)?;
         let accs = spec
             .aggs
             .iter()
@@ -202,15 +186,15 @@ impl GroupTable {
             })
             .collect::<Result<_>>()?;
         // Without GROUP BY there is exactly one group, even over no rows.
-        let num_groups = usize::from(converter.is_none());
-        Ok(GroupTable { converter, map: HashTable::new(), hashes: vec![], hasher: DefaultHashBuilder::default(), keys, accs, num_groups, changed: None })
+        let num_groups = usize::from(matches!(keys, GroupKeys::None));
+        Ok(GroupTable { keys, accs, num_groups, changed: None })
     }
 
     /// The group index of every row of `keys`.
     fn groups(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
-        let (Some(converter), Some(stored)) = (&self.converter, &mut self.keys) else {
+        if matches!(self.keys, GroupKeys::None) {
             return Ok(vec![0; rows]);
-        };
+        }
         // Keys the same on every row (a window aggregate's input grouped by the windows only, as
         // Nexmark q5's maximum count per window): one lookup.
         if rows > 1 && keys.iter().all(super::constant) {
@@ -222,33 +206,8 @@ impl GroupTable {
             return self.groups_by_code(&codes, keys);
         }
         let keys = keys.iter().map(plain).collect::<Result<Vec<_>>>()?;
-        let encoded = converter.convert_columns(&keys)?;
-        let mut groups = Vec::with_capacity(rows);
-        let mut previous: Option<(arrow::row::Row<'_>, u32)> = None;
-        for row in encoded.iter() {
-            // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
-            if let Some((p, g)) = previous {
-                if super::same_key(p.as_ref(), row.as_ref()) {
-                    groups.push(g);
-                    continue;
-                }
-            }
-            let hash = self.hasher.hash_one(row.as_ref());
-            let (map, hashes) = (&mut self.map, &mut self.hashes);
-            let g = match map.find(hash, |&g| super::same_key(stored.row(g as usize).as_ref(), row.as_ref())) {
-                Some(&g) => g,
-                None => {
-                    let g = self.num_groups as u32;
-                    stored.push(row);
-                    hashes.push(hash);
-                    map.insert_unique(hash, g, |&k| hashes[k as usize]);
-                    self.num_groups += 1;
-                    g
-                }
-            };
-            groups.push(g);
-            previous = Some((row, g));
-        }
+        let groups = self.keys.groups(&keys, rows)?;
+        self.num_groups = self.keys.len();
         Ok(groups)
     }
 
@@ -316,10 +275,7 @@ impl GroupTable {
     }
 
     pub(super) fn merge(&mut self, p: Partial) -> Result<()> {
-        // Room for every group of the partial at once, rather than growing the table step by step.
-        let hashes = &self.hashes;
-        self.map.reserve(p.num_groups, |&k| hashes[k as usize]);
-        self.hashes.reserve(p.num_groups);
+        self.reserve(p.num_groups);
         let groups = self.groups(&p.keys, p.num_groups)?;
         if let Some(changed) = &mut self.changed {
             changed.mark(&groups, self.num_groups);
@@ -330,11 +286,13 @@ impl GroupTable {
         Ok(())
     }
 
+    /// Room for `n` more groups, so that adding them does not grow the table step by step.
+    pub(super) fn reserve(&mut self, n: usize) {
+        self.keys.reserve(n);
+    }
+
     fn key_arrays(&mut self) -> Result<Vec<ArrayRef>> {
-        match (&self.converter, self.keys.take()) {
-            (Some(c), Some(rows)) => Ok(c.convert_rows(&rows)?),
-            _ => Ok(vec![]),
-        }
+        self.keys.take_arrays()
     }
 
     pub(super) fn into_partial(mut self) -> Result<Partial> {
@@ -362,10 +320,7 @@ impl GroupTable {
         for a in self.accs.iter_mut() {
             a.resize(self.num_groups);
         }
-        let keys = match (&self.converter, &self.keys) {
-            (Some(c), Some(rows)) => c.convert_rows(groups.iter().map(|g| rows.row(*g as usize)))?,
-            _ => vec![],
-        };
+        let keys = self.keys.arrays_of(&groups)?;
         let states = self.accs.iter().map(|a| a.state_of(&groups)).collect::<Result<_>>()?;
         Ok(Some(Partial { keys, states, num_groups: groups.len() }))
     }
@@ -381,26 +336,18 @@ impl GroupTable {
     }
 
     pub(super) fn size(&self) -> usize {
-        // The map: a 4-byte id and a control byte per slot; each group's hash.
-        let map = self.map.capacity() * 5 + self.hashes.capacity() * 8;
         let changed = self.changed.as_ref().map_or(0, |c| c.flags.capacity() + c.groups.capacity() * 4);
-        self.keys.as_ref().map_or(0, |k| k.size()) + map + changed + self.accs.iter().map(|a| a.size()).sum::<usize>()
+        self.keys.size() + changed + self.accs.iter().map(|a| a.size()).sum::<usize>()
     }
 
     /// The bucket of every group at split `depth`, in group order.
-    fn group_buckets(&self, depth: usize) -> Vec<usize> {
-        match &self.keys {
-            Some(rows) => rows.iter().map(|r| bucket_of(r.as_ref(), depth)).collect(),
-            None => vec![0; self.num_groups],
-        }
+    fn group_buckets(&self, depth: usize) -> Result<Vec<usize>> {
+        self.keys.buckets(depth)
     }
 
     /// The bucket at split `depth` of every row of a partial's keys.
     fn buckets_of(&self, keys: &[ArrayRef], rows: usize, depth: usize) -> Result<Vec<usize>> {
-        match &self.converter {
-            Some(c) => Ok(c.convert_columns(keys)?.iter().map(|r| bucket_of(r.as_ref(), depth)).collect()),
-            None => Ok(vec![0; rows]),
-        }
+        self.keys.buckets_of(keys, rows, depth)
     }
 }
 
@@ -592,7 +539,7 @@ impl AggShared {
                 continue;
             }
             let mut writers = (0..BUCKETS).map(|_| self.spill.writer(&batch.schema())).collect::<Result<Vec<_>>>()?;
-            let of = table.group_buckets(depth + 1);
+            let of = table.group_buckets(depth + 1)?;
             let splitter = GroupTable::new(&self.spec)?;
             let (groups, _) = table.into_partial()?.into_batch()?;
             write_by_bucket(&mut writers, &groups, &of)?;
@@ -623,28 +570,48 @@ impl AggShared {
 impl AggSpec {
     /// The finished groups as a batch of the output schema.
     pub(super) fn result(&self, table: GroupTable) -> Result<RecordBatch> {
-        self.result_rekeyed(table, |keys, _| keys)
+        let n = table.num_groups;
+        let mut batches = self.result_in_batches(table, n.max(1), |keys, _| keys.to_vec())?;
+        batches.pop().ok_or_else(|| RiffleError::exec("an aggregate's result has no batch"))
     }
 
-    /// The finished groups as a batch of the output schema, their key columns made by `rekey` from
-    /// the table's keys and the group count.
-    pub(super) fn result_rekeyed(&self, mut table: GroupTable, rekey: impl FnOnce(Vec<ArrayRef>, usize) -> Vec<ArrayRef>) -> Result<RecordBatch> {
-        let mut columns = rekey(table.key_arrays()?, table.num_groups);
+    /// The finished groups as batches of the output schema of at most `batch_size` rows (at least one
+    /// batch), their key columns made by `rekey` from a slice of the table's keys and its length.
+    pub(super) fn result_in_batches(
+        &self,
+        mut table: GroupTable,
+        batch_size: usize,
+        rekey: impl Fn(&[ArrayRef], usize) -> Vec<ArrayRef>,
+    ) -> Result<Vec<RecordBatch>> {
+        let n = table.num_groups;
+        let keys = table.key_arrays()?;
+        let mut values = Vec::with_capacity(table.accs.len());
         for acc in table.accs.iter_mut() {
-            acc.resize(table.num_groups);
-            columns.push(acc.evaluate()?);
+            acc.resize(n);
+            values.push(acc.evaluate()?);
         }
         let schema = self.output_schema.clone();
-        let columns = columns
-            .into_iter()
-            .zip(schema.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { Ok(arrow::compute::cast(&c, f.data_type())?) })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(RecordBatch::try_new_with_options(
-            schema,
-            columns,
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(table.num_groups)),
-        )?)
+        let size = batch_size.max(1);
+        let mut batches = Vec::with_capacity(n.div_ceil(size).max(1));
+        let mut offset = 0;
+        loop {
+            let len = size.min(n - offset);
+            let slice = |arrays: &[ArrayRef]| -> Vec<ArrayRef> {
+                if offset == 0 && len == n { arrays.to_vec() } else { arrays.iter().map(|a| a.slice(offset, len)).collect() }
+            };
+            let columns = rekey(&slice(&keys), len)
+                .into_iter()
+                .chain(slice(&values))
+                .zip(schema.fields())
+                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { Ok(arrow::compute::cast(&c, f.data_type())?) })
+                .collect::<Result<Vec<_>>>()?;
+            let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(len));
+            batches.push(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?);
+            offset += len;
+            if offset >= n {
+                return Ok(batches);
+            }
+        }
     }
 }
 
@@ -672,7 +639,7 @@ impl AggregateSink {
         if table.num_groups == 0 {
             return Ok(());
         }
-        let buckets = table.group_buckets(0);
+        let buckets = table.group_buckets(0)?;
         let (batch, widths) = table.into_partial()?.into_batch()?;
         let _ = self.shared.state_widths.set(widths);
         if self.spilled.is_none() {

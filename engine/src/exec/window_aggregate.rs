@@ -17,7 +17,10 @@
 //! every open window that holds the slide, after the windows the watermark closed are emitted: closing
 //! a window then merges only its last slide (Nexmark q5: a fifth of the work that stood between the
 //! watermark and the window's result). A row late for some of its windows but not all still counts in the others,
-//! as each of its window rows would.
+//! as each of its window rows would. A window's table starts with room for the groups the last
+//! window closed with and keeps room for a slide's more, so that it does not grow (moving every
+//! group) while its last slide is merged; its results go out in batches whose window bounds are
+//! slices of one array per bound (Nexmark q5 at 5.3 M events/s: 1.6 M counts per partition per window).
 //!
 //! Keyed: when the input is partitioned by the group keys that are not window columns (Flink's
 //! keyBy: `key_partition.rs`), each partition owns its keys' groups, so it emits its part of a
@@ -81,17 +84,26 @@ impl Slicing {
         end.saturating_add((self.slides() - 1).saturating_mul(self.window.step))
     }
 
-    /// The window aggregate's key columns for `n` groups of the window ending at `end`, from their
-    /// keys that are not window columns.
-    fn window_keys(&self, end: i64, keys: &[ArrayRef], n: usize) -> Vec<ArrayRef> {
+    /// Arrays of at least `n` rows holding the bounds of the window ending at `end`.
+    fn bounds(&self, end: i64, n: usize) -> WindowBounds {
         let constant = |t: i64| -> ArrayRef { Arc::new(TimestampMicrosecondArray::from_value(t, n)) };
+        WindowBounds {
+            start: constant(end.saturating_sub(self.window.size)),
+            end: constant(end),
+            time: constant(end.saturating_sub(WINDOW_TIME_BEFORE_END)),
+        }
+    }
+
+    /// The window aggregate's key columns for `n` groups of a window, from their keys that are not
+    /// window columns and the window's `bounds` (sliced: a window's batches share one array of each).
+    fn window_keys(&self, bounds: &WindowBounds, keys: &[ArrayRef], n: usize) -> Vec<ArrayRef> {
         self.columns
             .iter()
             .map(|c| match c {
                 SessionColumn::Key(k) => keys[*k].clone(),
-                SessionColumn::Start => constant(end.saturating_sub(self.window.size)),
-                SessionColumn::End => constant(end),
-                SessionColumn::Time => constant(end.saturating_sub(WINDOW_TIME_BEFORE_END)),
+                SessionColumn::Start => bounds.start.slice(0, n),
+                SessionColumn::End => bounds.end.slice(0, n),
+                SessionColumn::Time => bounds.time.slice(0, n),
             })
             .collect()
     }
@@ -99,7 +111,8 @@ impl Slicing {
     /// The window aggregate's partial groups of the window ending at `end`, from those of its slides
     /// keyed by the other keys.
     fn window_partial(&self, end: i64, groups: Partial) -> Partial {
-        let keys = self.window_keys(end, groups.keys(), groups.num_groups());
+        let n = groups.num_groups();
+        let keys = self.window_keys(&self.bounds(end, n), groups.keys(), n);
         groups.with_keys(keys)
     }
 
@@ -114,6 +127,13 @@ impl Slicing {
         let keys = keys.into_iter().flatten().collect();
         window.with_keys(keys)
     }
+}
+
+/// A window's bounds as constant columns (`Slicing::bounds`).
+struct WindowBounds {
+    start: ArrayRef,
+    end: ArrayRef,
+    time: ArrayRef,
 }
 
 /// One slide's groups in a partition: `closed`, sealed once the watermark passed its end or a
@@ -422,6 +442,9 @@ pub struct WindowAggSink {
     prebuild_due: bool,
     /// The input said it is idle, and has sent no batch or watermark since.
     idle: bool,
+    /// With slicing: the groups of the last window closed. A window's table starts with room for as
+    /// many, and keeps room for the largest slide held (see `prebuild`).
+    last_window_groups: usize,
 }
 
 impl WindowAggSink {
@@ -443,6 +466,7 @@ impl WindowAggSink {
             ended: false,
             prebuild_due: false,
             idle: false,
+            last_window_groups: 0,
         }
     }
 
@@ -638,7 +662,8 @@ impl WindowAggSink {
         let shared = self.shared.clone();
         let Some(slicing) = &shared.slicing else { return Ok(()) };
         if !self.building.contains_key(&end) {
-            let table = self.window_table(&slicing.spec)?;
+            let mut table = self.window_table(&slicing.spec)?;
+            table.reserve(self.last_window_groups);
             self.building.insert(end, Building { table, merged: BTreeMap::new() });
         }
         let Some(building) = self.building.get_mut(&end) else { return Ok(()) };
@@ -667,6 +692,12 @@ impl WindowAggSink {
         let lagging: Vec<i64> = self.window_ends(self.emitted, i64::MAX).into_iter().filter(|end| self.lacks(*end)).collect();
         let Some(&end) = lagging.first() else { return Ok(false) };
         self.catch_up(end, 1)?;
+        // Room for a slide's groups more, made now: a table that grows moves every group to a new
+        // one, and its last slide is merged while the window's results wait.
+        let slide_groups = self.slides.values().map(|s| s.closed.iter().map(Partial::num_groups).sum::<usize>()).max().unwrap_or(0);
+        if let Some(b) = self.building.get_mut(&end) {
+            b.table.reserve(slide_groups);
+        }
         self.account_slides();
         Ok(lagging.len() > 1 || self.lacks(end))
     }
@@ -691,6 +722,7 @@ impl WindowAggSink {
             for end in self.window_ends(self.emitted, watermark) {
                 self.catch_up(end, usize::MAX)?;
                 if let Some(b) = self.building.remove(&end) {
+                    self.last_window_groups = b.table.num_groups();
                     closed.push((end, b.table));
                 }
             }
@@ -745,11 +777,16 @@ impl WindowAggSink {
                     None => partial,
                 })?;
             }
-            let batch = match &shared.slicing {
-                Some(slicing) => slicing.spec.result_rekeyed(table, |keys, n| slicing.window_keys(end, &keys, n))?,
-                None => shared.spec.result(table)?,
+            let batches = match &shared.slicing {
+                Some(slicing) => {
+                    let bounds = slicing.bounds(end, table.num_groups().min(shared.batch_size));
+                    slicing.spec.result_in_batches(table, shared.batch_size, |keys, n| slicing.window_keys(&bounds, keys, n))?
+                }
+                None => vec![shared.spec.result(table)?],
             };
-            emit_rows(&shared.output, self.partition, &batch, shared.batch_size, &shared.metrics);
+            for batch in batches {
+                emit_rows(&shared.output, self.partition, &batch, shared.batch_size, &shared.metrics);
+            }
         }
         if !ended {
             shared.output.push(self.partition, Message::Watermark(watermark));

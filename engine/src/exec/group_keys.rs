@@ -1,0 +1,342 @@
+//! How a group table (`aggregate::GroupTable`) finds the group of each row from its key values, and
+//! gives the groups' keys back as arrays.
+//!
+//! Keys in general are encoded as rows (arrow-row) and stored once each; the hash map holds group ids,
+//! and a lookup compares the row's bytes with the stored key's. A single integer-like key (integers,
+//! dates, timestamps: most GROUP BY keys of TPC-H, TPC-DS and Nexmark) is held as an i64 beside its
+//! group id in the map itself. In a table larger than the caches, a lookup costs its cache misses:
+//! one slot here, against the slot, the stored key's offsets and its bytes for rows.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Int64Type};
+use arrow::row::{RowConverter, Rows, SortField};
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use super::aggregate::bucket_of;
+use crate::error::Result;
+
+pub(super) enum GroupKeys {
+    /// No GROUP BY: every row is in the one group.
+    None,
+    Rows(RowKeys),
+    Int(IntKeys),
+}
+
+pub(super) struct RowKeys {
+    converter: RowConverter,
+    /// Group ids, found by comparing a row's key with the group's key in `keys` (no key is stored
+    /// twice, and a new group allocates nothing of its own).
+    map: HashTable<u32>,
+    /// Each group's key hash, to move the groups when the map grows.
+    hashes: Vec<u64>,
+    hasher: DefaultHashBuilder,
+    keys: Rows,
+}
+
+pub(super) struct IntKeys {
+    data_type: DataType,
+    /// Each group's key and id.
+    map: HashTable<(i64, u32)>,
+    /// Each group's key, by id (the NULL group's is 0).
+    values: Vec<i64>,
+    /// The group of the NULL key, once a row had it.
+    null_group: Option<u32>,
+    /// To split groups into spill buckets exactly as their keys' rows would be.
+    converter: RowConverter,
+}
+
+/// Whether a single key of this type is held as an i64 (`IntKeys`): a lossless round trip.
+fn int_like(t: &DataType) -> bool {
+    use DataType::*;
+    matches!(t, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Date32 | Date64 | Timestamp(_, _))
+}
+
+/// A hash of an i64 key: a folded 128-bit multiply, so that both the low bits (the bucket) and the
+/// high ones (the map's tag) depend on every bit of the key.
+#[inline]
+fn hash_int(v: i64) -> u64 {
+    let p = (v as u64 as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl GroupKeys {
+    pub(super) fn new(types: Vec<DataType>) -> Result<GroupKeys> {
+        if types.is_empty() {
+            return Ok(GroupKeys::None);
+        }
+        if let [t] = types.as_slice() {
+            if int_like(t) {
+                let converter = RowConverter::new(vec![SortField::new(t.clone())])?;
+                return Ok(GroupKeys::Int(IntKeys { data_type: t.clone(), map: HashTable::new(), values: vec![], null_group: None, converter }));
+            }
+        }
+        GroupKeys::row_encoded(types)
+    }
+
+    /// Keys of any types, encoded as rows.
+    fn row_encoded(types: Vec<DataType>) -> Result<GroupKeys> {
+        let converter = RowConverter::new(types.into_iter().map(SortField::new).collect())?;
+        let keys = converter.empty_rows(0, 0);
+        Ok(GroupKeys::Rows(RowKeys { converter, map: HashTable::new(), hashes: vec![], hasher: DefaultHashBuilder::default(), keys }))
+    }
+
+    /// The number of groups (one without GROUP BY).
+    pub(super) fn len(&self) -> usize {
+        match self {
+            GroupKeys::None => 1,
+            GroupKeys::Rows(r) => r.keys.num_rows(),
+            GroupKeys::Int(i) => i.values.len(),
+        }
+    }
+
+    /// The group of every row of `keys` (plain arrays, no dictionaries), adding the new ones.
+    pub(super) fn groups(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
+        match self {
+            GroupKeys::None => Ok(vec![0; rows]),
+            GroupKeys::Rows(r) => r.groups(keys, rows),
+            GroupKeys::Int(i) => i.groups(&keys[0]),
+        }
+    }
+
+    /// Room for `n` more groups at once, rather than growing the map step by step.
+    pub(super) fn reserve(&mut self, n: usize) {
+        match self {
+            GroupKeys::None => {}
+            GroupKeys::Rows(r) => {
+                let hashes = &r.hashes;
+                r.map.reserve(n, |&g| hashes[g as usize]);
+                r.hashes.reserve(n);
+            }
+            GroupKeys::Int(i) => {
+                i.map.reserve(n, |&(k, _)| hash_int(k));
+                i.values.reserve(n);
+            }
+        }
+    }
+
+    /// Every group's key as arrays, in group order; the keys are taken out (the table is finished).
+    pub(super) fn take_arrays(&mut self) -> Result<Vec<ArrayRef>> {
+        match self {
+            GroupKeys::None => Ok(vec![]),
+            GroupKeys::Rows(r) => {
+                let rows = std::mem::replace(&mut r.keys, r.converter.empty_rows(0, 0));
+                Ok(r.converter.convert_rows(&rows)?)
+            }
+            GroupKeys::Int(i) => {
+                let values = std::mem::take(&mut i.values);
+                Ok(vec![i.array(values)?])
+            }
+        }
+    }
+
+    /// The keys of `groups` as arrays, the table kept.
+    pub(super) fn arrays_of(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        match self {
+            GroupKeys::None => Ok(vec![]),
+            GroupKeys::Rows(r) => Ok(r.converter.convert_rows(groups.iter().map(|g| r.keys.row(*g as usize)))?),
+            GroupKeys::Int(i) => {
+                let null = i.null_group;
+                let values: Vec<i64> = groups.iter().map(|g| i.values[*g as usize]).collect();
+                let nulls = null.map(|n| groups.iter().map(|g| *g != n).collect::<NullBuffer>());
+                Ok(vec![i.array_with(values, nulls)?])
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub(super) fn size(&self) -> usize {
+        match self {
+            GroupKeys::None => 0,
+            // The map: a 4-byte id and a control byte per slot; each group's hash.
+            GroupKeys::Rows(r) => r.keys.size() + r.map.capacity() * 5 + r.hashes.capacity() * 8,
+            // The map: a 16-byte slot and a control byte each; each group's key.
+            GroupKeys::Int(i) => i.map.capacity() * 17 + i.values.capacity() * 8,
+        }
+    }
+
+    /// The spill bucket at split `depth` of every group, in group order.
+    pub(super) fn buckets(&self, depth: usize) -> Result<Vec<usize>> {
+        match self {
+            GroupKeys::None => Ok(vec![0; self.len()]),
+            GroupKeys::Rows(r) => Ok(r.keys.iter().map(|k| bucket_of(k.as_ref(), depth)).collect()),
+            GroupKeys::Int(i) => {
+                let all: Vec<u32> = (0..i.values.len() as u32).collect();
+                self.buckets_of(&self.arrays_of(&all)?, i.values.len(), depth)
+            }
+        }
+    }
+
+    /// The spill bucket at split `depth` of every row of `keys` (as `buckets` gives a group's).
+    pub(super) fn buckets_of(&self, keys: &[ArrayRef], rows: usize, depth: usize) -> Result<Vec<usize>> {
+        let converter = match self {
+            GroupKeys::None => return Ok(vec![0; rows]),
+            GroupKeys::Rows(r) => &r.converter,
+            GroupKeys::Int(i) => &i.converter,
+        };
+        Ok(converter.convert_columns(keys)?.iter().map(|k| bucket_of(k.as_ref(), depth)).collect())
+    }
+}
+
+impl RowKeys {
+    fn groups(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
+        let encoded = self.converter.convert_columns(keys)?;
+        let mut groups = Vec::with_capacity(rows);
+        let mut previous: Option<(arrow::row::Row<'_>, u32)> = None;
+        for row in encoded.iter() {
+            // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
+            if let Some((p, g)) = previous {
+                if super::same_key(p.as_ref(), row.as_ref()) {
+                    groups.push(g);
+                    continue;
+                }
+            }
+            let hash = self.hasher.hash_one(row.as_ref());
+            let (map, hashes, stored) = (&mut self.map, &mut self.hashes, &mut self.keys);
+            let g = match map.find(hash, |&g| super::same_key(stored.row(g as usize).as_ref(), row.as_ref())) {
+                Some(&g) => g,
+                None => {
+                    let g = stored.num_rows() as u32;
+                    stored.push(row);
+                    hashes.push(hash);
+                    map.insert_unique(hash, g, |&k| hashes[k as usize]);
+                    g
+                }
+            };
+            groups.push(g);
+            previous = Some((row, g));
+        }
+        Ok(groups)
+    }
+}
+
+impl IntKeys {
+    fn groups(&mut self, keys: &ArrayRef) -> Result<Vec<u32>> {
+        let wide = arrow::compute::cast(keys, &DataType::Int64)?;
+        let wide = wide.as_primitive::<Int64Type>();
+        let mut groups = Vec::with_capacity(wide.len());
+        let mut previous: Option<(i64, u32)> = None;
+        for (row, &v) in wide.values().iter().enumerate() {
+            if wide.is_null(row) {
+                groups.push(self.null_group());
+                continue;
+            }
+            // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
+            if let Some((p, g)) = previous {
+                if p == v {
+                    groups.push(g);
+                    continue;
+                }
+            }
+            let hash = hash_int(v);
+            let g = match self.map.find(hash, |&(k, _)| k == v) {
+                Some(&(_, g)) => g,
+                None => {
+                    let g = self.values.len() as u32;
+                    self.values.push(v);
+                    self.map.insert_unique(hash, (v, g), |&(k, _)| hash_int(k));
+                    g
+                }
+            };
+            groups.push(g);
+            previous = Some((v, g));
+        }
+        Ok(groups)
+    }
+
+    fn null_group(&mut self) -> u32 {
+        *self.null_group.get_or_insert_with(|| {
+            self.values.push(0);
+            (self.values.len() - 1) as u32
+        })
+    }
+
+    /// All groups' keys (`values`, in group order) as an array of the key's type.
+    fn array(&self, values: Vec<i64>) -> Result<ArrayRef> {
+        let nulls = self.null_group.map(|n| (0..values.len() as u32).map(|g| g != n).collect::<NullBuffer>());
+        self.array_with(values, nulls)
+    }
+
+    fn array_with(&self, values: Vec<i64>, nulls: Option<NullBuffer>) -> Result<ArrayRef> {
+        let wide: ArrayRef = Arc::new(Int64Array::new(values.into(), nulls));
+        if self.data_type == DataType::Int64 {
+            return Ok(wide);
+        }
+        Ok(arrow::compute::cast(&wide, &self.data_type)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Date32Array, Int32Array, StringArray, TimestampMicrosecondArray, UInt8Array};
+
+    /// Group ids and keys given back, for a key array of any type: the same as a row-encoded key's.
+    fn round_trip(keys: ArrayRef) -> (Vec<u32>, ArrayRef) {
+        let mut table = GroupKeys::new(vec![keys.data_type().clone()]).expect("keys");
+        let groups = table.groups(&[keys.clone()], keys.len()).expect("groups");
+        let again = table.groups(&[keys.clone()], keys.len()).expect("groups again");
+        assert_eq!(groups, again, "a key seen before keeps its group");
+        let arrays = table.take_arrays().expect("arrays");
+        (groups, arrays[0].clone())
+    }
+
+    #[test]
+    fn integer_like_keys_keep_their_type_nulls_and_first_seen_order() {
+        let cases: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from(vec![Some(5), None, Some(-7), Some(5), None, Some(i32::MIN)])),
+            Arc::new(UInt8Array::from(vec![Some(255), Some(0), None, Some(255)])),
+            Arc::new(Date32Array::from(vec![Some(19000), Some(-3), Some(19000), None])),
+            Arc::new(TimestampMicrosecondArray::from(vec![Some(i64::MAX), Some(i64::MIN), None, Some(i64::MAX)]).with_timezone("+01:00")),
+        ];
+        for keys in cases {
+            let (int_groups, int_keys) = round_trip(keys.clone());
+            assert!(matches!(GroupKeys::new(vec![keys.data_type().clone()]), Ok(GroupKeys::Int(_))), "{}", keys.data_type());
+            // The row-encoded keys of the same array: the reference.
+            let mut rows = GroupKeys::row_encoded(vec![keys.data_type().clone()]).expect("row keys");
+            let row_groups = rows.groups(&[keys.clone()], keys.len()).expect("row groups");
+            assert_eq!(int_groups, row_groups, "{}", keys.data_type());
+            assert_eq!(int_keys.as_ref(), rows.take_arrays().expect("row keys")[0].as_ref(), "{}", keys.data_type());
+            assert_eq!(int_keys.data_type(), keys.data_type());
+        }
+    }
+
+    #[test]
+    fn keys_of_some_groups_and_spill_buckets_match_the_row_encoded_ones() {
+        let keys: ArrayRef = Arc::new(Int32Array::from((0..5000).map(|i| (i % 37 != 0).then_some(i * 7919 % 1009)).collect::<Vec<_>>()));
+        let mut int = GroupKeys::new(vec![DataType::Int32]).expect("keys");
+        int.groups(&[keys.clone()], keys.len()).expect("groups");
+        let mut rows = GroupKeys::row_encoded(vec![DataType::Int32]).expect("row keys");
+        rows.groups(&[keys.clone()], keys.len()).expect("row groups");
+        let picked = [3u32, 0, 1, 3];
+        let of = int.arrays_of(&picked).expect("arrays of");
+        let all = int.arrays_of(&(0..int.len() as u32).collect::<Vec<_>>()).expect("all");
+        for (i, g) in picked.iter().enumerate() {
+            assert_eq!(of[0].is_null(i), all[0].is_null(*g as usize));
+            if !of[0].is_null(i) {
+                assert_eq!(of[0].as_primitive::<arrow::datatypes::Int32Type>().value(i), all[0].as_primitive::<arrow::datatypes::Int32Type>().value(*g as usize));
+            }
+        }
+        // A group's bucket is its key row's, as a row-encoded table and a partial's keys give it:
+        // spilled parts of a group meet again.
+        for depth in 0..3 {
+            let buckets = int.buckets(depth).expect("buckets");
+            assert_eq!(buckets, rows.buckets(depth).expect("row buckets"));
+            assert_eq!(buckets, int.buckets_of(&all, int.len(), depth).expect("buckets of"));
+        }
+    }
+
+    #[test]
+    fn other_keys_are_row_encoded() {
+        assert!(matches!(GroupKeys::new(vec![DataType::Utf8]), Ok(GroupKeys::Rows(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64]), Ok(GroupKeys::Rows(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::UInt64]), Ok(GroupKeys::Rows(_))));
+        let keys: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None, Some("a")]));
+        let (groups, back) = round_trip(keys.clone());
+        assert_eq!(groups, vec![0, 1, 0]);
+        assert_eq!(back.len(), 2);
+    }
+}
