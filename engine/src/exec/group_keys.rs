@@ -277,8 +277,8 @@ mod tests {
     /// Group ids and keys given back, for a key array of any type: the same as a row-encoded key's.
     fn round_trip(keys: ArrayRef) -> (Vec<u32>, ArrayRef) {
         let mut table = GroupKeys::new(vec![keys.data_type().clone()]).expect("keys");
-        let groups = table.groups(&[keys.clone()], keys.len()).expect("groups");
-        let again = table.groups(&[keys.clone()], keys.len()).expect("groups again");
+        let groups = table.groups(std::slice::from_ref(&keys), keys.len()).expect("groups");
+        let again = table.groups(std::slice::from_ref(&keys), keys.len()).expect("groups again");
         assert_eq!(groups, again, "a key seen before keeps its group");
         let arrays = table.take_arrays().expect("arrays");
         (groups, arrays[0].clone())
@@ -297,7 +297,7 @@ mod tests {
             assert!(matches!(GroupKeys::new(vec![keys.data_type().clone()]), Ok(GroupKeys::Int(_))), "{}", keys.data_type());
             // The row-encoded keys of the same array: the reference.
             let mut rows = GroupKeys::row_encoded(vec![keys.data_type().clone()]).expect("row keys");
-            let row_groups = rows.groups(&[keys.clone()], keys.len()).expect("row groups");
+            let row_groups = rows.groups(std::slice::from_ref(&keys), keys.len()).expect("row groups");
             assert_eq!(int_groups, row_groups, "{}", keys.data_type());
             assert_eq!(int_keys.as_ref(), rows.take_arrays().expect("row keys")[0].as_ref(), "{}", keys.data_type());
             assert_eq!(int_keys.data_type(), keys.data_type());
@@ -308,9 +308,9 @@ mod tests {
     fn keys_of_some_groups_and_spill_buckets_match_the_row_encoded_ones() {
         let keys: ArrayRef = Arc::new(Int32Array::from((0..5000).map(|i| (i % 37 != 0).then_some(i * 7919 % 1009)).collect::<Vec<_>>()));
         let mut int = GroupKeys::new(vec![DataType::Int32]).expect("keys");
-        int.groups(&[keys.clone()], keys.len()).expect("groups");
+        int.groups(std::slice::from_ref(&keys), keys.len()).expect("groups");
         let mut rows = GroupKeys::row_encoded(vec![DataType::Int32]).expect("row keys");
-        rows.groups(&[keys.clone()], keys.len()).expect("row groups");
+        rows.groups(std::slice::from_ref(&keys), keys.len()).expect("row groups");
         let picked = [3u32, 0, 1, 3];
         let of = int.arrays_of(&picked).expect("arrays of");
         let all = int.arrays_of(&(0..int.len() as u32).collect::<Vec<_>>()).expect("all");

@@ -14,8 +14,15 @@
 //!
 //!
 //! Checkpoints: at barrier `e` (aligned by the exchange in front) the merges are folded in as above
-//! and the open sessions (key, start, end), their partial states and the watermark are written; a
-//! restored job reads them back before its first row.
+//! and the open sessions are written incrementally, into files shared by checkpoints
+//! (`checkpoint::SharedFiles`): each session has an id that outlives renumbering and merges; the
+//! first checkpoint writes every open session (id, key, start, end, partial states), each later one
+//! the sessions that got rows, grew or absorbed others since, and the ids of the saved ones that
+//! closed or were absorbed; once the files would hold more than twice the open sessions (or
+//! `MAX_CHAIN` files) every open session is written whole again. A restored job applies the files in
+//! order before its first row. (Checkpoints of earlier versions, the sessions whole in the epoch's
+//! directory, are still read.) Long sessions of many keys (a user's activity over hours,
+//! checkpointed every ten seconds) write what the last ten seconds changed.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -27,7 +34,7 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type
 use arrow::row::{RowConverter, SortField};
 
 use super::aggregate::{AggSpec, GroupTable, Partial};
-use super::checkpoint::OperatorCheckpoint;
+use super::checkpoint::{OperatorCheckpoint, SharedFiles};
 use super::{OpMetrics, Operator};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
@@ -71,6 +78,12 @@ struct Session {
     key: Box<[u8]>,
     start: i64,
     end: i64,
+    /// Names the session in checkpoints: numbers change at every rebuild, this does not.
+    uid: u64,
+    /// Changed since the last checkpoint (rows, bounds, a session absorbed).
+    dirty: bool,
+    /// In a checkpoint's files: its closing or absorption is written too.
+    saved: bool,
 }
 
 /// The open sessions and their partial aggregates.
@@ -87,6 +100,13 @@ struct Sessions {
     /// Bytes of the keys: each open session's and each key of `open`.
     key_bytes: usize,
     reservation: MemoryReservation,
+    /// The next session's `uid`.
+    next_uid: u64,
+    /// Incremental checkpoints: the saved sessions closed or absorbed since the last one, and the
+    /// shared files the last one named, in the order a restore applies them, with their rows.
+    removed: Vec<u64>,
+    chain: Vec<(String, usize)>,
+    shared: Option<Arc<SharedFiles>>,
 }
 
 impl SessionAggregateOp {
@@ -121,44 +141,145 @@ impl SessionAggregateOp {
                 table: GroupTable::new(&self.by_session)?,
                 key_bytes: 0,
                 reservation: self.pool.reservation("SessionAggregate", false),
+                next_uid: 0,
+                removed: vec![],
+                chain: vec![],
+                shared: None,
             });
-            let restore = self.checkpoint.as_ref().and_then(|c| c.restore_dir());
-            if let Some(dir) = restore {
-                self.restore(&dir)?;
+            if let Some(ck) = self.checkpoint.clone() {
+                let restore = ck.restore_dir();
+                let state = match &restore {
+                    Some(dir) => super::checkpoint::read_json(&dir.join("state.json"))?,
+                    None => None,
+                };
+                let files = state.as_ref().and_then(|doc| doc.get("files")).and_then(|f| f.as_array());
+                let chain: Vec<String> = files.map(|f| f.iter().filter_map(|n| n.as_str().map(str::to_string)).collect()).unwrap_or_default();
+                if let Some(doc) = &state {
+                    self.watermark = doc.get("watermark").and_then(|w| w.as_i64()).unwrap_or(i64::MIN);
+                }
+                let shared = SharedFiles::open(&ck.coordinator, &ck.name, &chain)?;
+                let st = self.state.as_mut().ok_or_else(|| RiffleError::exec("session state missing"))?;
+                st.shared = Some(shared);
+                match (restore, files.is_some()) {
+                    (Some(_), true) => self.restore(&chain)?,
+                    (Some(dir), false) => self.restore_whole(&dir)?,
+                    (None, _) => {}
+                }
+                // Ids of sessions removed since are not given out again.
+                let saved_next = state.as_ref().and_then(|doc| doc.get("next_uid")).and_then(|n| n.as_u64()).unwrap_or(0);
+                if let Some(st) = self.state.as_mut() {
+                    st.next_uid = st.next_uid.max(saved_next);
+                }
             }
         }
         self.state.as_mut().ok_or_else(|| RiffleError::exec("session state missing"))
     }
 
-    /// Saves the open sessions, their partial states and the watermark as of barrier `e` (written
-    /// asynchronously, then the epoch acked).
+    /// Saves the open sessions as of barrier `e`, incrementally (see the module's doc), and the
+    /// watermark: the files are taken now and written while the next rows are aggregated.
     fn snapshot(&mut self, ck: &OperatorCheckpoint, e: u64) -> Result<()> {
         let (spec, by_session, watermark) = (self.spec.clone(), self.by_session.clone(), self.watermark);
         let st = self.sessions()?;
-        // Merged sessions folded in, so that each open session is one group.
-        st.rebuild(&spec, &by_session, vec![])?;
-        let partial = st.table.take_changes(true)?;
-        let sessions = RecordBatch::try_from_iter([
-            ("key", Arc::new(BinaryArray::from_iter_values(st.sessions.iter().map(|s| &s.key[..]))) as ArrayRef),
-            ("start", Arc::new(Int64Array::from_iter_values(st.sessions.iter().map(|s| s.start))) as ArrayRef),
-            ("end", Arc::new(Int64Array::from_iter_values(st.sessions.iter().map(|s| s.end))) as ArrayRef),
-        ])?;
-        let dir = ck.coordinator.state_dir(e, &ck.name)?;
-        let groups = partial.map(|p| Ok::<_, RiffleError>(p.into_batch()?.0)).transpose()?;
-        // Taken now, written while the next rows are aggregated.
+        // Merged sessions folded in, so that each open session is one group (without merges since
+        // the last rebuild, each already is: the table is not rebuilt for nothing).
+        if st.merged_into.iter().enumerate().any(|(i, m)| *m != i as u32) {
+            st.rebuild(&spec, &by_session, vec![])?;
+        }
+        let removed = std::mem::take(&mut st.removed);
+        let dirty = st.sessions.iter().filter(|s| s.dirty).count();
+        let named: usize = st.chain.iter().map(|(_, rows)| rows).sum();
+        let mut write = Vec::new();
+        let whole = super::checkpoint::compact_now(st.chain.len(), named, dirty + removed.len(), st.sessions.len());
+        if whole {
+            st.chain.clear();
+        } else if !removed.is_empty() {
+            let file = format!("removed-{e}.arrow");
+            st.chain.push((file.clone(), removed.len()));
+            write.push((file, RecordBatch::try_from_iter([("uid", Arc::new(arrow::array::UInt64Array::from(removed)) as ArrayRef)])?));
+        }
+        if whole || dirty > 0 {
+            let batch = st.save(whole)?;
+            let file = format!("sessions-{e}.arrow");
+            st.chain.push((file.clone(), batch.num_rows()));
+            write.push((file, batch));
+        }
+        let named: Vec<String> = st.chain.iter().map(|(f, _)| f.clone()).collect();
+        let shared = st.shared.clone().ok_or_else(|| RiffleError::exec("checkpoint files missing"))?;
+        shared.taken(e, named.clone());
+        let state = ck.coordinator.state_dir(e, &ck.name)?.join("state.json");
+        let doc = serde_json::json!({ "watermark": watermark, "files": named, "next_uid": st.next_uid });
         ck.coordinator.save_async(ck.component, e, move || {
-            super::checkpoint::write_batches(&dir.join("sessions.arrow"), &[sessions])?;
-            super::checkpoint::write_batches(&dir.join("groups.arrow"), groups.as_slice())?;
-            super::checkpoint::write_synced(&dir.join("state.json"), serde_json::json!({ "watermark": watermark }).to_string().as_bytes())
+            for (file, batch) in &write {
+                super::checkpoint::write_batches(&shared.path(file), std::slice::from_ref(batch))?;
+            }
+            super::checkpoint::write_synced(&state, doc.to_string().as_bytes())
         })
     }
 
-    /// Reads a checkpoint's sessions back into the (new, empty) state.
-    fn restore(&mut self, dir: &std::path::Path) -> Result<()> {
+    /// Applies the shared files a checkpoint names, in order, to the (new, empty) state: each
+    /// session's last saved row, less those removed after it.
+    fn restore(&mut self, chain: &[String]) -> Result<()> {
         let widths: Vec<usize> = GroupTable::new(&self.by_session)?.into_partial()?.states.iter().map(|s| s.len()).collect();
-        if let Some(doc) = super::checkpoint::read_json(&dir.join("state.json"))? {
-            self.watermark = doc.get("watermark").and_then(|w| w.as_i64()).unwrap_or(i64::MIN);
+        let Some(st) = self.state.as_mut() else { return Ok(()) };
+        let Some(shared) = st.shared.clone() else { return Ok(()) };
+        // Per session id, the file (an index into `batches`) and row of its last saved state.
+        let mut last: std::collections::BTreeMap<u64, (usize, usize)> = std::collections::BTreeMap::new();
+        let mut batches = vec![];
+        for file in chain {
+            let path = shared.path(file);
+            let corrupt = || RiffleError::exec(format!("checkpoint: {} is not a session aggregate's state", path.display()));
+            let mut rows = 0;
+            for b in super::checkpoint::read_batches(&path)? {
+                let uids = b.column_by_name("uid").and_then(|c| c.as_primitive_opt::<arrow::datatypes::UInt64Type>()).ok_or_else(corrupt)?;
+                rows += b.num_rows();
+                if file.starts_with("removed-") {
+                    for uid in uids.values() {
+                        last.remove(uid);
+                    }
+                    continue;
+                }
+                for (row, uid) in uids.values().iter().enumerate() {
+                    last.insert(*uid, (batches.len(), row));
+                }
+                batches.push(b);
+            }
+            st.chain.push((file.clone(), rows));
         }
+        // The sessions in order of id, numbered from 0; each file's surviving rows merged as a partial.
+        let mut number: Vec<Vec<Option<u32>>> = batches.iter().map(|b| vec![None; b.num_rows()]).collect();
+        for (n, (uid, (b, row))) in last.iter().enumerate() {
+            let batch = &batches[*b];
+            let corrupt = || RiffleError::exec("checkpoint: a session aggregate's file lacks a column");
+            let key = batch.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(corrupt)?.value(*row);
+            let start = batch.column_by_name("start").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(corrupt)?.value(*row);
+            let end = batch.column_by_name("end").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(corrupt)?.value(*row);
+            st.push_restored(Session { key: key.into(), start, end, uid: *uid, dirty: false, saved: true });
+            number[*b][*row] = Some(n as u32);
+        }
+        let width = SAVED_COLUMNS + widths.iter().sum::<usize>();
+        for (batch, numbers) in batches.iter().zip(number) {
+            // A checkpoint with no open session wrote a file of no rows (and no state columns).
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            if batch.num_columns() != width {
+                return Err(RiffleError::exec("checkpoint: a session aggregate's file has other columns than its aggregates' states"));
+            }
+            let keep = BooleanArray::from(numbers.iter().map(|n| Some(n.is_some())).collect::<Vec<_>>());
+            let sessions: UInt32Array = numbers.into_iter().flatten().collect();
+            // Keyed by uid, key, start and end as saved; by the new session numbers once selected.
+            let partial = Partial::from_batch(batch, SAVED_COLUMNS, &widths);
+            st.table.merge(partial.select(&keep, vec![Arc::new(sessions)])?)?;
+        }
+        st.next_uid = last.keys().next_back().map_or(0, |u| u + 1);
+        st.account();
+        Ok(())
+    }
+
+    /// Reads the sessions of a checkpoint written whole into its epoch's directory (by earlier
+    /// versions) back into the (new, empty) state.
+    fn restore_whole(&mut self, dir: &std::path::Path) -> Result<()> {
+        let widths: Vec<usize> = GroupTable::new(&self.by_session)?.into_partial()?.states.iter().map(|s| s.len()).collect();
         let Some(st) = self.state.as_mut() else { return Ok(()) };
         let (sessions, groups) = (dir.join("sessions.arrow"), dir.join("groups.arrow"));
         if !sessions.exists() {
@@ -170,17 +291,10 @@ impl SessionAggregateOp {
             let starts = b.column_by_name("start").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(corrupt)?;
             let ends = b.column_by_name("end").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(corrupt)?;
             for i in 0..b.num_rows() {
-                let id = st.sessions.len() as u32;
-                let key: Box<[u8]> = keys.value(i).into();
-                st.key_bytes += key.len();
-                let list = st.open.entry(key.clone()).or_insert_with(|| {
-                    st.key_bytes += key.len();
-                    vec![]
-                });
-                list.push(id);
-                st.sessions.push(Session { key, start: starts.value(i), end: ends.value(i) });
-                st.merged_into.push(id);
-                st.ends.push(Reverse((ends.value(i), id)));
+                let uid = st.next_uid;
+                st.next_uid += 1;
+                // Dirty: the first checkpoint of this run writes them into its shared files.
+                st.push_restored(Session { key: keys.value(i).into(), start: starts.value(i), end: ends.value(i), uid, dirty: true, saved: false });
             }
         }
         // Without open sessions there are no groups, and no file of them.
@@ -218,7 +332,63 @@ impl SessionAggregateOp {
     }
 }
 
+/// Columns before the partial states in a checkpoint's sessions file: uid, key, start, end.
+const SAVED_COLUMNS: usize = 4;
+
 impl Sessions {
+    /// Adds a restored open session, numbered next.
+    fn push_restored(&mut self, s: Session) {
+        let id = self.sessions.len() as u32;
+        self.key_bytes += s.key.len();
+        match self.open.get_mut(&s.key) {
+            Some(list) => list.push(id),
+            None => {
+                self.key_bytes += s.key.len();
+                self.open.insert(s.key.clone(), vec![id]);
+            }
+        }
+        self.merged_into.push(id);
+        self.ends.push(Reverse((s.end, id)));
+        self.sessions.push(s);
+    }
+
+    /// The open sessions (all, or the dirty ones) as a checkpoint's rows: uid, key, start, end,
+    /// then their partial states; they are clean and saved from now on. Merges must be folded in
+    /// (`rebuild`): each open session is one group.
+    fn save(&mut self, all: bool) -> Result<RecordBatch> {
+        let partial = self.table.take_changes(true)?;
+        let picked: Vec<u32> = (0..self.sessions.len() as u32).filter(|i| all || self.sessions[*i as usize].dirty).collect();
+        // The table's groups are keyed by session number, in no particular order: the group of each.
+        let mut group_of = vec![u32::MAX; self.sessions.len()];
+        if let Some(p) = &partial {
+            let numbers = p.keys().first().ok_or_else(|| RiffleError::exec("session numbers missing"))?.as_primitive::<UInt32Type>();
+            for (g, n) in numbers.values().iter().enumerate() {
+                group_of[*n as usize] = g as u32;
+            }
+        }
+        if picked.iter().any(|i| group_of[*i as usize] == u32::MAX) {
+            return Err(RiffleError::exec("an open session has no partial state"));
+        }
+        let take = UInt32Array::from(picked.iter().map(|i| group_of[*i as usize]).collect::<Vec<_>>());
+        let of = |i: &u32| &self.sessions[*i as usize];
+        let mut columns: Vec<(String, ArrayRef)> = vec![
+            ("uid".into(), Arc::new(arrow::array::UInt64Array::from_iter_values(picked.iter().map(|i| of(i).uid)))),
+            ("key".into(), Arc::new(BinaryArray::from_iter_values(picked.iter().map(|i| &of(i).key[..])))),
+            ("start".into(), Arc::new(Int64Array::from_iter_values(picked.iter().map(|i| of(i).start)))),
+            ("end".into(), Arc::new(Int64Array::from_iter_values(picked.iter().map(|i| of(i).end)))),
+        ];
+        for (a, states) in partial.iter().flat_map(|p| p.states.iter()).enumerate() {
+            for (j, c) in states.iter().enumerate() {
+                columns.push((format!("agg{a}_{j}"), arrow::compute::take(c, &take, None)?));
+            }
+        }
+        for i in &picked {
+            let s = &mut self.sessions[*i as usize];
+            (s.dirty, s.saved) = (false, true);
+        }
+        Ok(RecordBatch::try_from_iter(columns)?)
+    }
+
     /// Takes the `closed` sessions out and returns their rows (none when there are none), and folds
     /// merged sessions' groups together, numbering the open sessions afresh.
     fn rebuild(&mut self, spec: &SessionAggSpec, by_session: &AggSpec, closed: Vec<u32>) -> Result<Option<RecordBatch>> {
@@ -228,6 +398,10 @@ impl Sessions {
         let mut closed_row = vec![NONE; st.sessions.len()];
         for (i, id) in closed.iter().enumerate() {
             closed_row[*id as usize] = i as u32;
+            let s = &st.sessions[*id as usize];
+            if s.saved {
+                st.removed.push(s.uid);
+            }
         }
         let mut renumbered = vec![NONE; st.sessions.len()];
         let mut sessions = Vec::new();
@@ -333,7 +507,8 @@ impl Sessions {
                 return None;
             }
             let id = self.sessions.len() as u32;
-            self.sessions.push(Session { key: key.into(), start: lo, end: hi });
+            self.sessions.push(Session { key: key.into(), start: lo, end: hi, uid: self.next_uid, dirty: true, saved: false });
+            self.next_uid += 1;
             self.merged_into.push(id);
             self.ends.push(Reverse((hi, id)));
             self.key_bytes += key.len();
@@ -353,11 +528,16 @@ impl Sessions {
         }
         for id in &overlapping[1..] {
             self.merged_into[*id as usize] = target;
+            let absorbed = &self.sessions[*id as usize];
+            if absorbed.saved {
+                self.removed.push(absorbed.uid);
+            }
         }
         if let Some(l) = list {
             l.retain(|id| *id == target || !overlapping.contains(id));
         }
         let s = &mut self.sessions[target as usize];
+        s.dirty = true;
         s.start = start;
         if end != s.end {
             s.end = end;
@@ -451,5 +631,144 @@ impl Operator for SessionAggregateOp {
             other => out.push(other),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::checkpoint::{CheckpointConfig, Coordinator};
+    use crate::logical::AggFunc;
+    use arrow::array::StringArray;
+    use arrow::datatypes::TimeUnit;
+
+    const GAP: i64 = 10;
+
+    fn spec() -> Arc<SessionAggSpec> {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
+        let input = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new("ts", ts.clone(), true), Field::new("v", DataType::Int64, true)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("window_start", ts.clone(), false),
+            Field::new("window_end", ts, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("total", DataType::Int64, true),
+        ]));
+        Arc::new(SessionAggSpec {
+            keys: vec![Expr::Column(0)],
+            time: 1,
+            gap: GAP,
+            group: vec![SessionColumn::Key(0), SessionColumn::Start, SessionColumn::End],
+            aggs: vec![
+                AggCall { func: AggFunc::CountStar, args: vec![], distinct: false, ty: DataType::Int64 },
+                AggCall { func: AggFunc::Sum, args: vec![Expr::Column(2)], distinct: false, ty: DataType::Int64 },
+            ],
+            input_schema: input,
+            schema,
+        })
+    }
+
+    /// Rows `(key, time µs, value)` as an input batch.
+    fn rows(rows: &[(&str, i64, i64)]) -> Message {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        ];
+        Message::Batch(RecordBatch::try_new(spec().input_schema.clone(), columns).expect("batch"))
+    }
+
+    /// The sessions `msg` closes, one `key start end n total` line each, sorted.
+    fn emit(op: &mut SessionAggregateOp, msg: Message) -> Vec<String> {
+        let mut out = vec![];
+        match msg {
+            Message::Batch(b) => op.on_batch(b, &mut out).expect("batch"),
+            other => op.on_control(other, &mut out).expect("control"),
+        }
+        let mut lines = vec![];
+        for m in out {
+            let Message::Batch(b) = m else { continue };
+            for row in 0..b.num_rows() {
+                let cells: Vec<String> =
+                    b.columns().iter().map(|c| crate::format::format_value(c, row).expect("format").unwrap_or_default()).collect();
+                lines.push(cells.join(" "));
+            }
+        }
+        lines.sort();
+        lines
+    }
+
+    fn checkpointed(dir: &std::path::Path) -> (Arc<Coordinator>, SessionAggregateOp) {
+        let coordinator = Coordinator::open(&CheckpointConfig { dir: dir.to_path_buf(), interval: std::time::Duration::from_secs(60) }).expect("open");
+        let ck = OperatorCheckpoint::register(&coordinator, "session-0".into()).expect("register");
+        (coordinator, SessionAggregateOp::new(spec(), MemoryPool::new(1 << 30), Arc::new(OpMetrics::default()), Some(ck)))
+    }
+
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        let mut f: Vec<String> =
+            std::fs::read_dir(dir.join("shared/session-0")).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        f.sort();
+        f
+    }
+
+    /// A restored session aggregate carries on exactly as one that never stopped: across a whole
+    /// snapshot, deltas of changed sessions, a saved session closed and one absorbed by a merge, and
+    /// the compaction the chain's growth forces.
+    #[test]
+    fn a_restored_session_aggregate_carries_on_as_if_it_never_stopped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut never_stopped = SessionAggregateOp::new(spec(), MemoryPool::new(1 << 30), Arc::new(OpMetrics::default()), None);
+        let (c, mut op) = checkpointed(dir.path());
+        let step = |op: &mut SessionAggregateOp, never: &mut SessionAggregateOp, msg: Message| {
+            let clone = match &msg {
+                Message::Batch(b) => Message::Batch(b.clone()),
+                Message::Watermark(w) => Message::Watermark(*w),
+                _ => unreachable!("rows and watermarks only"),
+            };
+            let got = emit(op, msg);
+            assert_eq!(got, emit(never, clone));
+            got
+        };
+        let barrier = |c: &Coordinator, op: &mut SessionAggregateOp, e: u64| {
+            emit(op, Message::Barrier(e));
+            c.drain().expect("written");
+        };
+        // Sessions that stay open and unchanged keep the chain short of compaction.
+        let quiet: Vec<(&str, i64, i64)> = ["f", "g", "h", "i", "j"].iter().map(|k| (*k, 500, 1)).collect();
+        step(&mut op, &mut never_stopped, rows(&[&[("a", 0, 1), ("b", 0, 2), ("c", 100, 3)], &quiet[..]].concat()));
+        barrier(&c, &mut op, 1);
+        assert_eq!(files(dir.path()), ["sessions-1.arrow"]);
+        // a grows, d opens, then the watermark closes b (saved: its removal is written).
+        step(&mut op, &mut never_stopped, rows(&[("a", 5, 10), ("d", 200, 4)]));
+        assert_eq!(step(&mut op, &mut never_stopped, Message::Watermark(12)).len(), 1);
+        barrier(&c, &mut op, 2);
+        assert_eq!(files(dir.path()), ["removed-2.arrow", "sessions-1.arrow", "sessions-2.arrow"]);
+        // A second session of c, saved, then a row bridging it with the first: it is absorbed.
+        step(&mut op, &mut never_stopped, rows(&[("c", 115, 5)]));
+        barrier(&c, &mut op, 3);
+        step(&mut op, &mut never_stopped, rows(&[("c", 108, 6)]));
+        barrier(&c, &mut op, 4);
+        let chain = ["removed-2.arrow", "removed-4.arrow", "sessions-1.arrow", "sessions-2.arrow", "sessions-3.arrow", "sessions-4.arrow"];
+        assert_eq!(files(dir.path()), chain);
+        // Rows after the last checkpoint are lost with the crash (the source replays them).
+        emit(&mut op, rows(&[("e", 300, 7)]));
+        drop((c, op));
+        let (c, mut op) = checkpointed(dir.path());
+        assert_eq!(c.restored, 4);
+        step(&mut op, &mut never_stopped, rows(&[("a", 9, 100)]));
+        // More checkpoints than the chain may hold: compacted into one whole snapshot on the way.
+        for e in 5..45 {
+            step(&mut op, &mut never_stopped, rows(&[("d", 200 + e, e)]));
+            barrier(&c, &mut op, e as u64);
+        }
+        assert!(files(dir.path()).len() <= crate::exec::checkpoint::MAX_CHAIN, "{:?}", files(dir.path()));
+        drop((c, op));
+        let (_c, mut op) = checkpointed(dir.path());
+        step(&mut op, &mut never_stopped, rows(&[("e", 300, 7)]));
+        let last = step(&mut op, &mut never_stopped, Message::Watermark(10_000));
+        // a (three rows), c (one session of three), d (one of 41), e, and the five quiet ones.
+        assert_eq!(last.len(), 9, "{last:?}");
+        assert!(last.iter().any(|l| l.ends_with(" 3 111")), "{last:?}");
+        assert!(last.iter().any(|l| l.ends_with(" 3 14")), "{last:?}");
     }
 }
