@@ -50,7 +50,7 @@ pub(super) struct IntKeys {
 }
 
 /// Whether a single key of this type is held as an i64 (`IntKeys`): a lossless round trip.
-fn int_like(t: &DataType) -> bool {
+pub(super) fn int_like(t: &DataType) -> bool {
     use DataType::*;
     matches!(t, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Date32 | Date64 | Timestamp(_, _))
 }
@@ -58,7 +58,7 @@ fn int_like(t: &DataType) -> bool {
 /// A hash of an i64 key: a folded 128-bit multiply, so that both the low bits (the bucket) and the
 /// high ones (the map's tag) depend on every bit of the key.
 #[inline]
-fn hash_int(v: i64) -> u64 {
+pub(super) fn hash_int(v: i64) -> u64 {
     let p = (v as u64 as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
     (p as u64) ^ ((p >> 64) as u64)
 }

@@ -14,13 +14,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use arrow::array::{new_null_array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
+
+use super::group_keys::{hash_int, int_like};
 
 use super::aggregate::{bucket_of, split_by_bucket, write_by_bucket, Part, PartReader, BUCKETS, MAX_DEPTH};
 use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
@@ -58,6 +60,23 @@ impl JoinSpec {
 
     /// The row-encoded join keys of `batch`, a build-side batch or (`probe`) a probe-side one whose
     /// keys are cast to the build keys' types.
+    /// The one join key of `batch` as i64 (a probe side's cast to the build key's type first), when
+    /// the join has one key of an integer-like type; None otherwise.
+    fn int_key(&self, batch: &RecordBatch, probe: bool) -> Result<Option<arrow::array::Int64Array>> {
+        let ([b], [p]) = (self.build_keys.as_slice(), self.probe_keys.as_slice()) else { return Ok(None) };
+        let want = b.data_type(&self.build_schema);
+        if !int_like(&want) {
+            return Ok(None);
+        }
+        let v = if probe {
+            let v = evaluate(p, batch)?;
+            if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? }
+        } else {
+            evaluate(b, batch)?
+        };
+        Ok(Some(arrow::compute::cast(&v, &DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone()))
+    }
+
     fn key_rows(&self, conv: &RowConverter, batch: &RecordBatch, probe: bool) -> Result<(Rows, Option<Vec<bool>>)> {
         let keys = self
             .build_keys
@@ -84,6 +103,10 @@ struct JoinTable {
     keys: Option<Rows>,
     heads: HashTable<u32>,
     hasher: DefaultHashBuilder,
+    /// Instead of `keys` and `heads`, for one integer-like key (ints, dates, timestamps: most join
+    /// keys): each distinct key beside its first build row in the map itself, so a probe reads one
+    /// slot, not a slot and the stored key's bytes (see `group_keys.rs`).
+    int_heads: Option<HashTable<(i64, u32)>>,
     next: Vec<u32>,
     /// Of the whole build side (also when this table holds one bucket of it): rows, and whether a
     /// key is NULL (for NOT IN and IN).
@@ -98,6 +121,11 @@ struct JoinTable {
 const NONE: u32 = u32::MAX;
 
 impl JoinTable {
+    /// The first build row whose key is the integer `key`.
+    fn int_head(&self, key: i64) -> Option<u32> {
+        self.int_heads.as_ref()?.find(hash_int(key), |(k, _)| *k == key).map(|(_, j)| *j)
+    }
+
     /// The first build row whose key is `key`.
     fn head(&self, key: &[u8]) -> Option<u32> {
         let keys = self.keys.as_ref()?;
@@ -355,7 +383,30 @@ impl JoinShared {
         let mut keys = None;
         let mut next = Vec::new();
         let mut has_null_key = false;
-        if let Some(conv) = &converter {
+        let mut int_heads = None;
+        if let Some(build) = self.spec.int_key(&batch, false)? {
+            let mut map: HashTable<(i64, u32)> = HashTable::with_capacity(batch.num_rows());
+            next = vec![NONE; batch.num_rows()];
+            // Inserted back to front so each chain lists rows in input order.
+            for i in (0..batch.num_rows()).rev() {
+                if build.is_null(i) {
+                    has_null_key = true;
+                    continue;
+                }
+                let key = build.value(i);
+                let hash = hash_int(key);
+                match map.find_mut(hash, |(k, _)| *k == key) {
+                    Some((_, head)) => {
+                        next[i] = *head;
+                        *head = i as u32;
+                    }
+                    None => {
+                        map.insert_unique(hash, (key, i as u32), |(k, _)| hash_int(*k));
+                    }
+                }
+            }
+            int_heads = Some(map);
+        } else if let Some(conv) = &converter {
             let (rows, null_rows) = self.spec.key_rows(conv, &batch, false)?;
             next = vec![NONE; batch.num_rows()];
             heads.reserve(batch.num_rows(), |&j| hasher.hash_one(rows.row(j as usize).as_ref()));
@@ -396,7 +447,8 @@ impl JoinShared {
         } else {
             Vec::new()
         };
-        let bytes = retained_bytes(&batch) + keys.as_ref().map_or(0, |k: &Rows| k.size()) + heads.capacity() * 5 + next.len() * 4;
+        let int_bytes = int_heads.as_ref().map_or(0, |m: &HashTable<(i64, u32)>| m.capacity() * 17);
+        let bytes = retained_bytes(&batch) + keys.as_ref().map_or(0, |k: &Rows| k.size()) + heads.capacity() * 5 + int_bytes + next.len() * 4;
         self.metrics.note_bytes(bytes);
         // The rows were reserved as they arrived; the index comes on top. A nested-loop join cannot
         // spill, nor can a bucket that splitting no longer makes smaller: they are held beyond the budget.
@@ -405,7 +457,7 @@ impl JoinShared {
             reservation.grow_anyway(extra);
         }
         let (build_rows, has_null_key) = whole.unwrap_or((batch.num_rows(), has_null_key));
-        Ok(JoinTable { batch, converter, keys, heads, hasher, next, build_rows, has_null_key, visited, _reservation: reservation })
+        Ok(JoinTable { batch, converter, keys, heads, hasher, int_heads, next, build_rows, has_null_key, visited, _reservation: reservation })
     }
 }
 
@@ -618,12 +670,16 @@ fn candidates(spec: &JoinSpec, probe: &RecordBatch, table: &JoinTable, f: &mut d
     let (mut pi, mut bi) = (Vec::new(), Vec::new());
     match &table.converter {
         Some(conv) => {
-            let (rows, nulls) = spec.key_rows(conv, probe, true)?;
+            // One integer-like key: looked up as i64; any other keys: by their encoded rows.
+            let int_keys = if table.int_heads.is_some() { spec.int_key(probe, true)? } else { None };
+            let rows = if int_keys.is_none() { Some(spec.key_rows(conv, probe, true)?) } else { None };
             for i in 0..probe.num_rows() {
-                if nulls.as_ref().is_some_and(|n| n[i]) {
-                    continue;
-                }
-                let Some(head) = table.head(rows.row(i).as_ref()) else { continue };
+                let head = match (&int_keys, &rows) {
+                    (Some(keys), _) => keys.is_valid(i).then(|| table.int_head(keys.value(i))).flatten(),
+                    (None, Some((rows, nulls))) => (!nulls.as_ref().is_some_and(|n| n[i])).then(|| table.head(rows.row(i).as_ref())).flatten(),
+                    (None, None) => None,
+                };
+                let Some(head) = head else { continue };
                 let mut j = head;
                 while j != NONE {
                     pi.push(i as u32);
