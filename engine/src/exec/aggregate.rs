@@ -568,6 +568,11 @@ impl AggShared {
 }
 
 impl AggSpec {
+    /// How many state columns each aggregate's partial state has (to read partials back).
+    pub(super) fn state_widths(&self) -> Result<Vec<usize>> {
+        Ok(GroupTable::new(self)?.into_partial()?.states.iter().map(|s| s.len()).collect())
+    }
+
     /// The finished groups as a batch of the output schema.
     pub(super) fn result(&self, table: GroupTable) -> Result<RecordBatch> {
         let n = table.num_groups;

@@ -22,9 +22,8 @@ use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::group_keys::{hash_int, int_like};
-
 use super::aggregate::{bucket_of, split_by_bucket, write_by_bucket, Part, PartReader, BUCKETS, MAX_DEPTH};
+use super::group_keys::{hash_int, int_like};
 use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
 use crate::memory::{batch_bytes, retained_bytes, MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
 use crate::error::{Result, RiffleError};
@@ -58,28 +57,10 @@ impl JoinSpec {
         self.keep_build || matches!(self.kind, JoinKind::Right | JoinKind::Full)
     }
 
-    /// The row-encoded join keys of `batch`, a build-side batch or (`probe`) a probe-side one whose
-    /// keys are cast to the build keys' types.
-    /// The one join key of `batch` as i64 (a probe side's cast to the build key's type first), when
-    /// the join has one key of an integer-like type; None otherwise.
-    fn int_key(&self, batch: &RecordBatch, probe: bool) -> Result<Option<arrow::array::Int64Array>> {
-        let ([b], [p]) = (self.build_keys.as_slice(), self.probe_keys.as_slice()) else { return Ok(None) };
-        let want = b.data_type(&self.build_schema);
-        if !int_like(&want) {
-            return Ok(None);
-        }
-        let v = if probe {
-            let v = evaluate(p, batch)?;
-            if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? }
-        } else {
-            evaluate(b, batch)?
-        };
-        Ok(Some(arrow::compute::cast(&v, &DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone()))
-    }
-
-    fn key_rows(&self, conv: &RowConverter, batch: &RecordBatch, probe: bool) -> Result<(Rows, Option<Vec<bool>>)> {
-        let keys = self
-            .build_keys
+    /// The join keys of `batch`, a build-side batch or (`probe`) a probe-side one whose keys are
+    /// cast to the build keys' types.
+    fn key_arrays(&self, batch: &RecordBatch, probe: bool) -> Result<Vec<ArrayRef>> {
+        self.build_keys
             .iter()
             .zip(&self.probe_keys)
             .map(|(b, p)| {
@@ -90,7 +71,23 @@ impl JoinSpec {
                 let want: DataType = b.data_type(&self.build_schema);
                 Ok(if *v.data_type() == want { v } else { arrow::compute::cast(&v, &want)? })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect()
+    }
+
+    /// The one join key of `batch` as i64 (as `key_arrays` gives it), when the join has one key of
+    /// an integer-like type; None otherwise.
+    fn int_key(&self, batch: &RecordBatch, probe: bool) -> Result<Option<arrow::array::Int64Array>> {
+        let [b] = self.build_keys.as_slice() else { return Ok(None) };
+        if !int_like(&b.data_type(&self.build_schema)) {
+            return Ok(None);
+        }
+        let Some(key) = self.key_arrays(batch, probe)?.pop() else { return Ok(None) };
+        Ok(Some(arrow::compute::cast(&key, &DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone()))
+    }
+
+    /// The row-encoded join keys of `batch` (see `key_arrays`), and which rows have a NULL key.
+    fn key_rows(&self, conv: &RowConverter, batch: &RecordBatch, probe: bool) -> Result<(Rows, Option<Vec<bool>>)> {
+        let keys = self.key_arrays(batch, probe)?;
         Ok((conv.convert_columns(&keys)?, null_mask(&keys)))
     }
 }

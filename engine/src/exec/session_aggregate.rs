@@ -219,7 +219,7 @@ impl SessionAggregateOp {
     /// Applies the shared files a checkpoint names, in order, to the (new, empty) state: each
     /// session's last saved row, less those removed after it.
     fn restore(&mut self, chain: &[String]) -> Result<()> {
-        let widths: Vec<usize> = GroupTable::new(&self.by_session)?.into_partial()?.states.iter().map(|s| s.len()).collect();
+        let widths = self.by_session.state_widths()?;
         let Some(st) = self.state.as_mut() else { return Ok(()) };
         let Some(shared) = st.shared.clone() else { return Ok(()) };
         // Per session id, the file (an index into `batches`) and row of its last saved state.
@@ -279,7 +279,7 @@ impl SessionAggregateOp {
     /// Reads the sessions of a checkpoint written whole into its epoch's directory (by earlier
     /// versions) back into the (new, empty) state.
     fn restore_whole(&mut self, dir: &std::path::Path) -> Result<()> {
-        let widths: Vec<usize> = GroupTable::new(&self.by_session)?.into_partial()?.states.iter().map(|s| s.len()).collect();
+        let widths = self.by_session.state_widths()?;
         let Some(st) = self.state.as_mut() else { return Ok(()) };
         let (sessions, groups) = (dir.join("sessions.arrow"), dir.join("groups.arrow"));
         if !sessions.exists() {

@@ -260,7 +260,7 @@ impl WindowAggShared {
         let checkpoint = match checkpoint {
             None => None,
             Some((coordinator, node)) => {
-                let widths = GroupTable::new(&spec)?.into_partial()?.states.iter().map(|s| s.len()).collect();
+                let widths = spec.state_widths()?;
                 let op = OperatorCheckpoint::register(&coordinator, format!("window-{node}"))?;
                 let restore_dir = op.restore_dir();
                 let chains = match &restore_dir {
