@@ -71,6 +71,9 @@ enum Command {
         /// event's due time to the row reaching the sink; prints p50, p99 and max per query.
         #[arg(long)]
         rate: Option<u64>,
+        /// Memory budget of each query (Riffle), e.g. 64MB: window aggregates spill beyond it.
+        #[arg(long)]
+        memory_limit: Option<String>,
     },
     /// Generates benchmark data as Parquet: `gen tpch --sf 1 --out DIR` writes the 8 TPC-H tables
     /// (a table of more than 2 M rows as a directory of parts made in parallel) and the 22 queries
@@ -184,7 +187,8 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Run { data, sql, out, runs, threads } => run(&data, &sql, out.as_deref(), runs, threads),
         Command::Tpch(args) | Command::Tpcds(args) => suite(&args),
-        Command::Nexmark { input, events, queries, threads, repeat, peers, peers_kit, checkpoint_ms, rate } => {
+        Command::Nexmark { input, events, queries, threads, repeat, peers, peers_kit, checkpoint_ms, rate, memory_limit } => {
+            let memory_limit = memory_limit.map(|m| riffle_engine::memory::parse_memory_size(&m).map_err(|e| anyhow::anyhow!(e))).transpose()?;
             nexmark::nexmark_command(&nexmark::NexmarkArgs {
                 input,
                 events,
@@ -195,6 +199,7 @@ fn main() -> anyhow::Result<()> {
                 peers_kit,
                 checkpoint_interval: checkpoint_ms.map(std::time::Duration::from_millis),
                 rate,
+                memory_limit,
             })
         }
         Command::Gen { benchmark, sf, out, threads } => generate(&benchmark, sf, &out, threads),

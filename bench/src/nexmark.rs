@@ -63,6 +63,17 @@ pub struct NexmarkArgs {
     pub peers_kit: PathBuf,
     pub checkpoint_interval: Option<std::time::Duration>,
     pub rate: Option<u64>,
+    /// The queries' memory budget (the default: ExecConfig's).
+    pub memory_limit: Option<usize>,
+}
+
+impl NexmarkArgs {
+    /// How a query of the benchmark runs: as a stream, `--changelog` as Flink's streaming mode plans it.
+    fn config(&self, changelog: bool) -> ExecConfig {
+        let base = ExecConfig::default();
+        let memory_limit = self.memory_limit.unwrap_or(base.memory_limit);
+        ExecConfig { threads: self.threads.max(1), stream: true, changelog, memory_limit, ..base }
+    }
 }
 
 struct Measured {
@@ -70,6 +81,7 @@ struct Measured {
     seconds: f64,
     events: u64,
     rows: i64,
+    stats: riffle_engine::exec::QueryStats,
 }
 
 pub fn nexmark_command(a: &NexmarkArgs) -> anyhow::Result<()> {
@@ -103,7 +115,16 @@ pub fn nexmark_command(a: &NexmarkArgs) -> anyhow::Result<()> {
         let mut best: Option<Measured> = None;
         for _ in 0..a.repeat.max(1) {
             let m = run_query(q, sink_columns, query, &source, events, a)?;
-            eprintln!("riffle {q}: {:.3} s, {} events, {:.0} events/s, {} rows", m.seconds, m.events, m.events as f64 / m.seconds, m.rows);
+            eprintln!(
+                "riffle {q}: {:.3} s, {} events, {:.0} events/s, {} rows, pool peak {:.1} MB, spilled {:.1} MB in {} files",
+                m.seconds,
+                m.events,
+                m.events as f64 / m.seconds,
+                m.rows,
+                m.stats.peak_memory as f64 / 1e6,
+                m.stats.spilled_bytes as f64 / 1e6,
+                m.stats.spill_files
+            );
             if best.as_ref().is_none_or(|b| m.seconds < b.seconds) {
                 best = Some(m);
             }
@@ -134,8 +155,7 @@ pub fn nexmark_command(a: &NexmarkArgs) -> anyhow::Result<()> {
 }
 
 fn run_query(q: &str, sink_columns: &str, query: &str, source: &str, events: u64, a: &NexmarkArgs) -> anyhow::Result<Measured> {
-    let config = ExecConfig { threads: a.threads.max(1), stream: true, ..ExecConfig::default() };
-    let mut session = Session::new(config);
+    let mut session = Session::new(a.config(false));
     let checkpoints = a.checkpoint_interval.map(|_| std::env::temp_dir().join(format!("riffle-nexmark-ck-{}-{q}", std::process::id())));
     if let (Some(dir), Some(interval)) = (&checkpoints, a.checkpoint_interval) {
         let _ = std::fs::remove_dir_all(dir);
@@ -154,7 +174,7 @@ fn run_query(q: &str, sink_columns: &str, query: &str, source: &str, events: u64
         .first()
         .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|c| c.value(0)))
         .unwrap_or(0);
-    Ok(Measured { query: q.to_string(), seconds, events, rows })
+    Ok(Measured { query: q.to_string(), seconds, events, rows, stats: result.stats })
 }
 
 /// Runs Flink on the same file; returns (query, wall seconds, events/s per core) of its JIT-warm runs.
@@ -228,8 +248,7 @@ fn latency_command(wanted: &[&str], rate: u64, a: &NexmarkArgs) -> anyhow::Resul
     for q in wanted {
         let (_, _, query) = QUERIES.iter().find(|(name, _, _)| name == q).context("query")?;
         let (_, variant, column, delay) = LATENCY.iter().find(|(name, ..)| name == q).context("latency column")?;
-        let config = ExecConfig { threads: a.threads.max(1), stream: true, changelog: true, ..ExecConfig::default() };
-        let mut session = Session::new(config);
+        let mut session = Session::new(a.config(true));
         session.execute(&format!("CREATE TABLE bid ({BID_COLUMNS}) WITH ({source})"))?;
         // The query with its time column: a select list edited (`from` → `to`).
         let sql = variant.map_or(query.to_string(), |(from, to)| query.replacen(from, to, 1));

@@ -213,7 +213,7 @@ fn a_batch_query_over_a_table_without_end_is_refused() {
 /// events: nothing lost, nothing twice.
 #[test]
 fn a_checkpointed_job_killed_twenty_times_writes_every_result_exactly_once() {
-    kill_test(&bids_per_auction_and_window(20_000, 10), 10_000, 30);
+    kill_test(&bids_per_auction_and_window(20_000, &tumble(10)), 10_000, 30);
 }
 
 /// The kill test on windows open across many checkpoints (3 M bids per 30-second window, about ten
@@ -221,19 +221,39 @@ fn a_checkpointed_job_killed_twenty_times_writes_every_result_exactly_once() {
 /// reads each window back from its chain of files.
 #[test]
 fn long_windows_saved_incrementally_killed_twenty_times_write_every_result_exactly_once() {
-    kill_test(&bids_per_auction_and_window(100_000, 30), 10_000, 30);
+    kill_test(&bids_per_auction_and_window(100_000, &tumble(30)), 10_000, 30);
+}
+
+/// The kill test within a 1 MB memory budget: a window's groups are written to disk every few
+/// batches, checkpoints copy them from there beside those in memory, and each window merges both at
+/// its close.
+#[test]
+fn spilling_windows_killed_twenty_times_write_every_result_exactly_once() {
+    kill_test_flags(&bids_per_auction_and_window(20_000, &tumble(10)), 10_000, 30, None, &["--memory-limit", "1MB"]);
+}
+
+/// The same with HOP windows, aggregated by slide: the slides' groups are written to disk, and each
+/// window merges its five slides' from there and from memory.
+#[test]
+fn spilling_hopping_windows_killed_twenty_times_write_every_result_exactly_once() {
+    let hop = "HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND)";
+    kill_test_flags(&bids_per_auction_and_window(20_000, hop), 10_000, 30, None, &["--memory-limit", "1MB"]);
+}
+
+fn tumble(seconds: u64) -> String {
+    format!("TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '{seconds}' SECOND)")
 }
 
 /// 16 M Nexmark events, `rate` per second of event time; their bids counted (with the top price)
-/// per auction and TUMBLE window of `seconds`, into a CSV directory table.
-fn bids_per_auction_and_window(rate: u64, seconds: u64) -> String {
+/// per auction and `window` (a window table function call), into a CSV directory table.
+fn bids_per_auction_and_window(rate: u64, window: &str) -> String {
     format!(
         "CREATE TABLE bid (auction BIGINT, price BIGINT, dateTime TIMESTAMP(3), WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND) \
          WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '16000000', 'first-event.rate' = '{rate}'); \
          CREATE TABLE out (ws TIMESTAMP(3), auction BIGINT, bids BIGINT, top BIGINT) \
          WITH ('connector' = 'filesystem', 'path' = '{{out}}', 'format' = 'csv'); \
          INSERT INTO out SELECT window_start, auction, count(*), max(price) \
-         FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '{seconds}' SECOND)) GROUP BY window_start, window_end, auction"
+         FROM TABLE({window}) GROUP BY window_start, window_end, auction"
     )
 }
 

@@ -12,6 +12,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use super::accumulators::{self, GroupsAccumulator};
 use super::group_keys::GroupKeys;
+use super::group_spill::{memory_buckets, BucketMerge};
 use super::{emit_result, emit_rows, BarrierRelay, Exchange, OpMetrics, PartitionGather, Sink};
 use crate::cse::ExprList;
 use crate::error::{Result, RiffleError};
@@ -341,20 +342,22 @@ impl GroupTable {
     }
 
     /// The bucket of every group at split `depth`, in group order.
-    fn group_buckets(&self, depth: usize) -> Result<Vec<usize>> {
+    pub(super) fn group_buckets(&self, depth: usize) -> Result<Vec<usize>> {
         self.keys.buckets(depth)
     }
 
     /// The bucket at split `depth` of every row of a partial's keys.
-    fn buckets_of(&self, keys: &[ArrayRef], rows: usize, depth: usize) -> Result<Vec<usize>> {
+    pub(super) fn buckets_of(&self, keys: &[ArrayRef], rows: usize, depth: usize) -> Result<Vec<usize>> {
         self.keys.buckets_of(keys, rows, depth)
     }
 }
 
-/// Partial states of one bucket: still in memory, or in a file.
+/// Partial states of one bucket: still in memory, or in a file (its own, or one shared with
+/// other readers).
 pub(super) enum Part {
     Memory(RecordBatch),
     File(SpillFile),
+    Shared(Arc<SpillFile>),
 }
 
 /// Reads the batches of a bucket's parts in turn.
@@ -376,6 +379,7 @@ impl PartReader {
                 None => return Ok(None),
                 Some(Part::Memory(b)) => return Ok(Some(b)),
                 Some(Part::File(f)) => self.current = Some(f.reader()?),
+                Some(Part::Shared(f)) => self.current = Some(f.reader()?),
             }
         }
     }
@@ -498,67 +502,23 @@ impl AggShared {
         }
         let widths = self.state_widths.get().cloned().ok_or_else(|| RiffleError::exec("spilled aggregate without state widths"))?;
         // The partials still in memory are split by bucket too, and merged with their bucket.
-        let splitter = GroupTable::new(&self.spec)?;
-        let mut buckets: Vec<Vec<Part>> = (0..BUCKETS).map(|_| Vec::new()).collect();
-        for p in memory {
-            let of = splitter.buckets_of(&p.keys, p.num_groups, 0)?;
-            let (batch, _) = p.into_batch()?;
-            for (b, part) in split_by_bucket(&batch, &of)? {
-                buckets[b].push(Part::Memory(part));
-            }
-        }
+        let mut buckets = memory_buckets(&self.spec, memory)?;
         for partition_files in files {
             for (b, f) in partition_files.into_iter().enumerate() {
                 buckets[b].push(Part::File(f));
             }
         }
         let mut merging = self.pool.reservation("HashAggregate merge", false);
+        let merge = BucketMerge { spec: &self.spec, widths: &widths, spill: &self.spill, metrics: &self.metrics };
         for parts in buckets {
-            self.merge_bucket(parts, 0, &widths, &mut merging)?;
+            merge.merge(parts, 0, &mut merging, &mut |table| {
+                let result = self.result(table)?;
+                emit_rows(&self.output, 0, &result, self.batch_size, &self.metrics);
+                Ok(())
+            })?;
         }
         drop(held);
         self.output.push(0, Message::End);
-        Ok(())
-    }
-
-    /// Merges one bucket's partial states and emits its groups. A bucket that outgrows the budget
-    /// is split again by other bits of the key hash (its groups so far and the rest of its input go
-    /// to disk, one file per sub-bucket) and each part merged on its own; past `MAX_DEPTH` splits, or
-    /// when a single group is left, it is merged beyond the budget.
-    fn merge_bucket(&self, parts: Vec<Part>, depth: usize, widths: &[usize], merging: &mut MemoryReservation) -> Result<()> {
-        let keys = self.spec.group.len();
-        let mut input = PartReader { parts: parts.into(), current: None };
-        let mut table = GroupTable::new(&self.spec)?;
-        while let Some(batch) = input.next_batch()? {
-            table.merge(Partial::from_batch(&batch, keys, widths))?;
-            if merging.try_resize(table.size()) {
-                continue;
-            }
-            if depth + 1 >= MAX_DEPTH || table.num_groups <= 1 {
-                merging.grow_anyway(table.size().saturating_sub(merging.size()));
-                continue;
-            }
-            let mut writers = (0..BUCKETS).map(|_| self.spill.writer(&batch.schema())).collect::<Result<Vec<_>>>()?;
-            let of = table.group_buckets(depth + 1)?;
-            let splitter = GroupTable::new(&self.spec)?;
-            let (groups, _) = table.into_partial()?.into_batch()?;
-            write_by_bucket(&mut writers, &groups, &of)?;
-            merging.free();
-            while let Some(rest) = input.next_batch()? {
-                let of = splitter.buckets_of(&rest.columns()[..keys], rest.num_rows(), depth + 1)?;
-                write_by_bucket(&mut writers, &rest, &of)?;
-            }
-            for w in writers {
-                let file = w.finish()?;
-                self.metrics.note_spill(&file);
-                self.merge_bucket(vec![Part::File(file)], depth + 1, widths, merging)?;
-            }
-            return Ok(());
-        }
-        self.metrics.note_bytes(table.size());
-        let result = self.result(table)?;
-        emit_rows(&self.output, 0, &result, self.batch_size, &self.metrics);
-        merging.free();
         Ok(())
     }
 

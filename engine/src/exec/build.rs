@@ -319,7 +319,7 @@ impl Builder<'_> {
                 let producers = if keyed { open.partitions } else { 1 };
                 let output = Arc::new(Exchange::new(producers, producers, EXCHANGE_CAPACITY, self.notifier.clone()));
                 let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
-                let pool = self.memory.pool.clone();
+                let memory = (self.memory.pool.clone(), self.memory.spill.clone());
                 let checkpoint = self.checkpoint().map(|c| (c, id));
                 let keyed = keyed.then_some(keys);
                 let shared = Arc::new(WindowAggShared::new(
@@ -329,7 +329,7 @@ impl Builder<'_> {
                     output.clone(),
                     batch_size,
                     metrics,
-                    pool,
+                    memory,
                     checkpoint,
                     slicing,
                     keyed,

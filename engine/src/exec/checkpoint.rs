@@ -395,11 +395,19 @@ pub fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
 
 /// Arrow IPC files of checkpointed batches.
 pub fn write_batches(path: &Path, batches: &[arrow::array::RecordBatch]) -> Result<()> {
-    let Some(first) = batches.first() else { return Ok(()) };
+    write_batches_from(path, batches.iter().cloned().map(Ok))
+}
+
+/// Writes batches made one at a time (read back from spill files, say) into one file, synced;
+/// nothing is written when there are none.
+pub fn write_batches_from(path: &Path, batches: impl IntoIterator<Item = Result<arrow::array::RecordBatch>>) -> Result<()> {
+    let mut batches = batches.into_iter();
+    let Some(first) = batches.next().transpose()? else { return Ok(()) };
     let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
     let mut w = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), &first.schema())?;
+    w.write(&first)?;
     for b in batches {
-        w.write(b)?;
+        w.write(&b?)?;
     }
     w.finish()?;
     let file = w.into_inner()?.into_inner().map_err(|e| RiffleError::exec(format!("checkpoint: {}: {e}", path.display())))?;

@@ -15,6 +15,7 @@ mod exchange;
 pub mod file_sink;
 mod gather;
 mod group_keys;
+mod group_spill;
 mod join;
 mod key_index;
 mod key_partition;

@@ -29,6 +29,13 @@
 //! Nexmark q5's ~588,000 auctions per window were merged serially from every partition's part
 //! before, the largest part of its latency.
 //!
+//! Memory: keyed, a partition whose groups outgrow its share of the budget writes them to disk by key
+//! hash (`group_spill`: each open window's, or sliced each slide's, to their own files) and starts
+//! afresh. A window some of whose groups are on disk is not merged ahead: at its close its parts on
+//! disk and in memory are merged one bucket at a time. At a checkpoint such a window is written whole
+//! (its spill files copied), not by its changes. Without keys besides the window columns a window
+//! has one group: nothing to spill.
+//!
 //! Checkpoints: a partition that reaches barrier `e` writes its open windows' partial groups and waits
 //! until every partition reached it (aligned barriers: nothing it does after the barrier can mix
 //! into the checkpoint); then the windows handed over but not emitted yet and the watermarks are
@@ -51,14 +58,15 @@ use arrow::datatypes::{DataType, Int64Type};
 
 use arrow::array::{ArrayRef, TimestampMicrosecondArray};
 
-use super::aggregate::{AggSpec, GroupTable, Partial};
+use super::aggregate::{AggSpec, GroupTable, Part, Partial};
+use super::group_spill::{memory_buckets, BucketMerge, SpilledGroups};
 use crate::logical::{WindowSpec, WINDOW_TIME_BEFORE_END};
 use crate::physical::SessionColumn;
 use super::checkpoint::{Coordinator, EpochTracker, OperatorCheckpoint, SharedFiles};
 use super::{emit_rows, Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
-use crate::memory::{MemoryPool, MemoryReservation};
+use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager};
 use crate::message::Message;
 
 /// How a HOP window aggregate keeps its groups by slide (see the module's doc).
@@ -144,6 +152,8 @@ struct Slide {
     closed: Vec<Partial>,
     closed_bytes: usize,
     open: Option<GroupTable>,
+    /// Groups written to disk when the partition outgrew its share of the budget.
+    spilled: SpilledGroups,
 }
 
 /// Groups of a sealed slide a window merges at a time ahead of its end (see `WindowAggSink::prebuild`).
@@ -168,6 +178,10 @@ pub struct WindowAggShared {
     batch_size: usize,
     metrics: Arc<OpMetrics>,
     pool: Arc<MemoryPool>,
+    spill: Arc<SpillManager>,
+    /// State columns of each accumulator of the partitions' tables (`table_spec`), to read spilled
+    /// groups back.
+    table_widths: Vec<usize>,
     /// Set when each partition owns its keys' groups: the positions of the group keys the input is
     /// partitioned by. Each partition then emits its windows itself, as producer of `output`.
     keyed: Option<Vec<usize>>,
@@ -202,8 +216,16 @@ struct WindowCheckpoint {
 /// restore reads, in order (see `Chain`).
 #[derive(Default)]
 struct Snapshot {
-    writes: Vec<(String, Vec<RecordBatch>)>,
+    writes: Vec<(String, Vec<Piece>)>,
     chains: Vec<Vec<String>>,
+}
+
+/// Rows of a window written at a checkpoint: a batch of its partial groups, or a spill file of
+/// them, read back as the file is written (of a slide's groups when sliced: keyed by the window
+/// ending at `window`).
+enum Piece {
+    Batch(RecordBatch),
+    Spilled { file: Arc<SpillFile>, window: Option<i64> },
 }
 
 /// The files that hold an open window's groups as of the last checkpoint: the first has them all,
@@ -228,6 +250,20 @@ impl Chain {
         Ok(Some((name, partial)))
     }
 
+    /// A window some of whose groups are on disk is written whole, as the partial groups it has in
+    /// memory and on disk (a group may be in several: a restore merges them), every time: a later
+    /// file could not replace a group's state, only part of it.
+    fn whole(&mut self, name: &str, pieces: &[Piece]) {
+        let rows = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Batch(b) => b.num_rows(),
+                Piece::Spilled { file, .. } => file.rows(),
+            })
+            .sum();
+        self.files = vec![(name.to_string(), rows)];
+    }
+
     fn names(&self) -> Vec<String> {
         self.files.iter().map(|(f, _)| f.clone()).collect()
     }
@@ -242,11 +278,13 @@ impl WindowAggShared {
         output: Arc<Exchange>,
         batch_size: usize,
         metrics: Arc<OpMetrics>,
-        pool: Arc<MemoryPool>,
+        memory: (Arc<MemoryPool>, Arc<SpillManager>),
         checkpoint: Option<(Arc<Coordinator>, usize)>,
         slicing: Option<Slicing>,
         keyed: Option<Vec<usize>>,
     ) -> Result<WindowAggShared> {
+        let (pool, spill) = memory;
+        let table_widths = slicing.as_ref().map_or(&spec, |s| &s.spec).state_widths()?;
         let restored = checkpoint.as_ref().map_or(0, |(c, _)| c.restored);
         let mut state = WindowState {
             watermarks: vec![i64::MIN; partitions],
@@ -275,7 +313,46 @@ impl WindowAggShared {
                 Some(ck)
             }
         };
-        Ok(WindowAggShared { spec, slicing, window_end, state: Mutex::new(state), output, checkpoint, batch_size, metrics, pool, keyed })
+        Ok(WindowAggShared {
+            spec,
+            slicing,
+            window_end,
+            state: Mutex::new(state),
+            output,
+            checkpoint,
+            batch_size,
+            metrics,
+            pool,
+            spill,
+            table_widths,
+            keyed,
+        })
+    }
+
+    /// The aggregate the partitions' group tables hold: the slides' when sliced.
+    fn table_spec(&self) -> &AggSpec {
+        self.slicing.as_ref().map_or(&self.spec, |s| &s.spec)
+    }
+
+    /// A piece's batches as written to a checkpoint (a spill file's one at a time), a slide's
+    /// spilled groups keyed by their window.
+    fn piece_batches(&self, piece: Piece) -> Box<dyn Iterator<Item = Result<RecordBatch>> + '_> {
+        let (file, window) = match piece {
+            Piece::Batch(b) => return Box::new(std::iter::once(Ok(b))),
+            Piece::Spilled { file, window } => (file, window),
+        };
+        let mut reader = match file.reader() {
+            Ok(r) => r,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        // The file stays while it is read (a window closing meanwhile drops its slides' files).
+        Box::new(std::iter::from_fn(move || (&file, reader.next_batch().transpose()).1).map(move |batch| match (window, &self.slicing) {
+            (Some(end), Some(slicing)) => {
+                let partial = Partial::from_batch(&batch?, slicing.spec.group.len(), &self.table_widths);
+                Ok(slicing.window_partial(end, partial).into_batch()?.0)
+            }
+            _ => batch,
+        }))
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, WindowState>> {
@@ -296,17 +373,19 @@ impl WindowAggShared {
 
     /// Partition `p` reached barrier `e` (or ended: `u64::MAX`) with the snapshot of its open
     /// windows; forwards, after saving the shared state, every epoch all partitions have passed.
-    fn barrier(&self, p: usize, e: u64, open: Option<Snapshot>) -> Result<()> {
+    fn barrier(self: &Arc<Self>, p: usize, e: u64, open: Option<Snapshot>) -> Result<()> {
         let mut st = self.lock()?;
         if let (Some(ck), Some(open)) = (&self.checkpoint, open) {
             // Named before they are written: a checkpoint completing meanwhile keeps them.
             ck.files.taken(e, open.chains.concat());
             let files = ck.files.clone();
             let path = ck.op.coordinator.state_dir(e, &ck.op.name)?.join(format!("partition-{p}.json"));
+            let shared = self.clone();
             // Written while processing goes on, before the epoch's ack (one queue).
             ck.op.coordinator.write_async(move || {
-                for (file, batches) in &open.writes {
-                    super::checkpoint::write_batches(&files.path(file), batches)?;
+                for (file, pieces) in open.writes {
+                    let batches = pieces.into_iter().flat_map(|piece| shared.piece_batches(piece));
+                    super::checkpoint::write_batches_from(&files.path(&file), batches)?;
                 }
                 super::checkpoint::write_synced(&path, serde_json::json!({ "chains": open.chains }).to_string().as_bytes())
             })?;
@@ -418,6 +497,10 @@ pub struct WindowAggSink {
     partition: usize,
     /// Open windows by end, each with its groups.
     windows: BTreeMap<i64, GroupTable>,
+    /// Open windows' groups written to disk when the partition outgrew its share of the budget.
+    spilled: BTreeMap<i64, SpilledGroups>,
+    /// The partition spilled: windows are no longer given room ahead for the groups to come.
+    spilled_once: bool,
     /// With slicing: the slides by end, each with its groups, and the watermark up to which their
     /// windows were emitted.
     slides: BTreeMap<i64, Slide>,
@@ -449,12 +532,16 @@ pub struct WindowAggSink {
 
 impl WindowAggSink {
     pub fn new(shared: Arc<WindowAggShared>, partition: usize) -> WindowAggSink {
-        let reservation = shared.pool.reservation(format!("WindowAggregate (partition {partition})"), false);
+        // Keyed, a partition spills its groups when they outgrow its share. Otherwise the groups are
+        // the windows' alone (one per window: no keys besides the window's), and are only counted.
+        let reservation = shared.pool.reservation(format!("WindowAggregate (partition {partition})"), shared.keyed.is_some());
         let (watermark, restored) = shared.start(partition);
         WindowAggSink {
             shared,
             partition,
             windows: BTreeMap::new(),
+            spilled: BTreeMap::new(),
+            spilled_once: false,
             slides: BTreeMap::new(),
             building: BTreeMap::new(),
             emitted: watermark,
@@ -489,18 +576,43 @@ impl WindowAggSink {
         if let Some(slicing) = &shared.slicing {
             for end in self.window_ends(self.watermark, i64::MAX) {
                 self.seal(end.saturating_sub(slicing.window.size), end)?;
+                let name = format!("p{p}-w{end}-e{e}.arrow");
+                if self.window_spilled(end) {
+                    // Its slides' groups, on disk and in memory, all of them (see `Chain::whole`).
+                    let mut pieces = vec![];
+                    for (_, slide) in self.slides_of(end) {
+                        for partial in &slide.closed {
+                            pieces.push(Piece::Batch(slicing.window_partial(end, partial.clone()).into_batch()?.0));
+                        }
+                        pieces.extend(slide.spilled.files().map(|f| Piece::Spilled { file: f.clone(), window: Some(end) }));
+                    }
+                    open.insert(end);
+                    self.saved.entry(end).or_default().whole(&name, &pieces);
+                    snap.writes.push((name, pieces));
+                    continue;
+                }
                 self.catch_up(end, usize::MAX)?;
                 let Some(b) = self.building.get_mut(&end) else { continue };
                 open.insert(end);
-                if let Some((file, partial)) = self.saved.entry(end).or_default().next(&mut b.table, format!("p{p}-w{end}-e{e}.arrow"))? {
-                    snap.writes.push((file, vec![slicing.window_partial(end, partial).into_batch()?.0]));
+                if let Some((file, partial)) = self.saved.entry(end).or_default().next(&mut b.table, name)? {
+                    snap.writes.push((file, vec![Piece::Batch(slicing.window_partial(end, partial).into_batch()?.0)]));
                 }
             }
         } else {
             for (end, table) in self.windows.iter_mut() {
                 open.insert(*end);
-                if let Some((file, partial)) = self.saved.entry(*end).or_default().next(table, format!("p{p}-w{end}-e{e}.arrow"))? {
-                    snap.writes.push((file, vec![partial.into_batch()?.0]));
+                let name = format!("p{p}-w{end}-e{e}.arrow");
+                if let Some(spilled) = self.spilled.get(end).filter(|s| !s.is_empty()) {
+                    let mut pieces: Vec<Piece> = spilled.files().map(|f| Piece::Spilled { file: f.clone(), window: None }).collect();
+                    if let Some(partial) = table.take_changes(true)? {
+                        pieces.push(Piece::Batch(partial.into_batch()?.0));
+                    }
+                    self.saved.entry(*end).or_default().whole(&name, &pieces);
+                    snap.writes.push((name, pieces));
+                    continue;
+                }
+                if let Some((file, partial)) = self.saved.entry(*end).or_default().next(table, name)? {
+                    snap.writes.push((file, vec![Piece::Batch(partial.into_batch()?.0)]));
                 }
             }
         }
@@ -512,7 +624,7 @@ impl WindowAggSink {
                 Some(file) => file.clone(),
                 None => {
                     let file = format!("p{p}-r{end}-e{e}.arrow");
-                    let batches = partials.iter().map(|part| Ok(part.clone().into_batch()?.0)).collect::<Result<Vec<_>>>()?;
+                    let batches = partials.iter().map(|part| Ok(Piece::Batch(part.clone().into_batch()?.0))).collect::<Result<Vec<_>>>()?;
                     snap.writes.push((file.clone(), batches));
                     self.restored_saved.insert(*end, file.clone());
                     file
@@ -564,11 +676,7 @@ impl WindowAggSink {
         if late > 0 {
             self.shared.metrics.late_rows.fetch_add(late, Ordering::Relaxed);
         }
-        // Window state cannot spill yet: it is counted against the budget all the same.
-        let size: usize = self.windows.values().map(|t| t.size()).sum();
-        self.shared.metrics.note_bytes(size);
-        self.reservation.resize_anyway(size);
-        Ok(())
+        self.account()
     }
 
     /// Adds each row to the groups of its slide (rows are in the window table function's input).
@@ -611,16 +719,59 @@ impl WindowAggSink {
         if late > 0 {
             self.shared.metrics.late_rows.fetch_add(late, Ordering::Relaxed);
         }
-        self.account_slides();
+        self.account()
+    }
+
+    /// Bytes of the groups in memory: the windows', or the slides' and the windows' merged ahead.
+    fn size(&self) -> usize {
+        let windows: usize = self.windows.values().map(GroupTable::size).sum();
+        let slides: usize = self.slides.values().map(|s| s.closed_bytes + s.open.as_ref().map_or(0, |t| t.size())).sum();
+        windows + slides + self.building.values().map(|b| b.table.size()).sum::<usize>()
+    }
+
+    /// Counts the groups in memory against the budget; keyed, a partition over its share writes
+    /// them to disk (`spill`).
+    fn account(&mut self) -> Result<()> {
+        let size = self.size();
+        self.shared.metrics.note_bytes(size);
+        if self.shared.keyed.is_none() || self.reservation.try_resize(size) {
+            if self.shared.keyed.is_none() {
+                self.reservation.resize_anyway(size);
+            }
+            return Ok(());
+        }
+        self.spill()?;
+        let size = self.size();
+        self.reservation.resize_anyway(size);
         Ok(())
     }
 
-    /// Counts the slides' and the windows' groups against the memory budget (they cannot spill yet).
-    fn account_slides(&mut self) {
-        let slides: usize = self.slides.values().map(|s| s.closed_bytes + s.open.as_ref().map_or(0, |t| t.size())).sum();
-        let size = slides + self.building.values().map(|b| b.table.size()).sum::<usize>();
-        self.shared.metrics.note_bytes(size);
-        self.reservation.resize_anyway(size);
+    /// Writes the groups in memory to disk by key hash, each window's (or slide's) to its own files,
+    /// and starts afresh: a window closing merges what it wrote with what it gathered since, bucket
+    /// by bucket. Sliced, the windows merged ahead go (their slides' groups are on disk: each
+    /// window merges them at its close).
+    fn spill(&mut self) -> Result<()> {
+        let shared = self.shared.clone();
+        self.spilled_once = true;
+        let spec = shared.table_spec();
+        if shared.slicing.is_some() {
+            self.building.clear();
+            for slide in self.slides.values_mut() {
+                let open = slide.open.take().map(GroupTable::into_partial).transpose()?;
+                let partials = std::mem::take(&mut slide.closed).into_iter().chain(open);
+                slide.spilled.write(spec, partials, &shared.spill, &shared.metrics)?;
+                slide.closed_bytes = 0;
+            }
+            return Ok(());
+        }
+        let ends: Vec<i64> = self.windows.iter().filter(|(_, t)| t.num_groups() > 0).map(|(end, _)| *end).collect();
+        for end in ends {
+            let fresh = self.window_table(spec)?;
+            let Some(table) = self.windows.get_mut(&end) else { continue };
+            let groups = std::mem::replace(table, fresh).into_partial()?;
+            self.spilled.entry(end).or_default().write(spec, [groups], &shared.spill, &shared.metrics)?;
+        }
+        Ok(())
     }
 
     /// The ends of the windows ending after `after` and at or before `upto` that hold a slide with rows.
@@ -663,7 +814,9 @@ impl WindowAggSink {
         let Some(slicing) = &shared.slicing else { return Ok(()) };
         if !self.building.contains_key(&end) {
             let mut table = self.window_table(&slicing.spec)?;
-            table.reserve(self.last_window_groups);
+            if !self.spilled_once {
+                table.reserve(self.last_window_groups);
+            }
             self.building.insert(end, Building { table, merged: BTreeMap::new() });
         }
         let Some(building) = self.building.get_mut(&end) else { return Ok(()) };
@@ -695,35 +848,56 @@ impl WindowAggSink {
         // Room for a slide's groups more, made now: a table that grows moves every group to a new
         // one, and its last slide is merged while the window's results wait.
         let slide_groups = self.slides.values().map(|s| s.closed.iter().map(Partial::num_groups).sum::<usize>()).max().unwrap_or(0);
-        if let Some(b) = self.building.get_mut(&end) {
+        if let (Some(b), false) = (self.building.get_mut(&end), self.spilled_once) {
             b.table.reserve(slide_groups);
         }
-        self.account_slides();
+        self.account()?;
         Ok(lagging.len() > 1 || self.lacks(end))
     }
 
-    /// Whether the window ending at `end` lacks sealed partials of its slides.
+    /// The slides of the window ending at `end`.
+    fn slides_of(&self, end: i64) -> impl Iterator<Item = (&i64, &Slide)> {
+        let first = self.shared.slicing.as_ref().map_or(end, |s| end.saturating_sub(s.window.size));
+        self.slides.range(first.saturating_add(1)..=end)
+    }
+
+    /// Whether some of the groups of the window ending at `end` are on disk: it is merged at its
+    /// close, bucket by bucket, not ahead.
+    fn window_spilled(&self, end: i64) -> bool {
+        match self.shared.slicing {
+            Some(_) => self.slides_of(end).any(|(_, slide)| !slide.spilled.is_empty()),
+            None => self.spilled.get(&end).is_some_and(|s| !s.is_empty()),
+        }
+    }
+
+    /// Whether the window ending at `end` lacks sealed partials of its slides (and is merged ahead).
     fn lacks(&self, end: i64) -> bool {
-        let Some(slicing) = &self.shared.slicing else { return false };
-        let first = end.saturating_sub(slicing.window.size);
-        self.slides.range(first.saturating_add(1)..=end).any(|(slide_end, slide)| {
+        if self.shared.slicing.is_none() || self.window_spilled(end) {
+            return false;
+        }
+        self.slides_of(end).any(|(slide_end, slide)| {
             let held = self.building.get(&end).and_then(|b| b.merged.get(slide_end)).copied().unwrap_or(0);
             slide.closed.len() > held
         })
     }
 
     /// Takes the windows ending at or before `watermark` out, each as a group table (of the slides'
-    /// keys when sliced).
-    fn close(&mut self, watermark: i64) -> Result<Vec<(i64, GroupTable)>> {
+    /// keys when sliced), or as the buckets of its groups when some are on disk.
+    fn close(&mut self, watermark: i64) -> Result<Vec<(i64, Closed)>> {
         let shared = self.shared.clone();
         if let Some(slicing) = &shared.slicing {
             self.seal(i64::MIN, watermark)?;
             let mut closed = Vec::new();
             for end in self.window_ends(self.emitted, watermark) {
+                if self.window_spilled(end) {
+                    self.building.remove(&end);
+                    closed.push((end, Closed::Buckets(self.slide_buckets(end)?)));
+                    continue;
+                }
                 self.catch_up(end, usize::MAX)?;
                 if let Some(b) = self.building.remove(&end) {
                     self.last_window_groups = b.table.num_groups();
-                    closed.push((end, b.table));
+                    closed.push((end, Closed::Table(Box::new(b.table))));
                 }
             }
             let last_window = |end: i64| slicing.last_window(end);
@@ -735,7 +909,50 @@ impl WindowAggSink {
             Some(next) => self.windows.split_off(&next),
             None => BTreeMap::new(),
         };
-        Ok(std::mem::replace(&mut self.windows, open).into_iter().collect())
+        let mut closed = Vec::new();
+        for (end, table) in std::mem::replace(&mut self.windows, open) {
+            match self.spilled.remove(&end) {
+                Some(spilled) if !spilled.is_empty() => {
+                    let mut buckets = memory_buckets(&shared.spec, [table.into_partial()?])?;
+                    for (b, parts) in buckets.iter_mut().enumerate() {
+                        parts.extend(spilled.bucket(b));
+                    }
+                    closed.push((end, Closed::Buckets(buckets)));
+                }
+                _ => closed.push((end, Closed::Table(Box::new(table)))),
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Per bucket, the groups of the window ending at `end` from its slides: those on disk and the
+    /// sealed ones in memory.
+    fn slide_buckets(&self, end: i64) -> Result<Vec<Vec<Part>>> {
+        let spec = self.shared.table_spec();
+        let mut buckets = memory_buckets(spec, self.slides_of(end).flat_map(|(_, s)| s.closed.iter().cloned()))?;
+        for (_, slide) in self.slides_of(end) {
+            for (b, parts) in buckets.iter_mut().enumerate() {
+                parts.extend(slide.spilled.bucket(b));
+            }
+        }
+        Ok(buckets)
+    }
+
+    /// Emits the groups of the window ending at `end` (its result rows: keyed sliced, with the
+    /// window's bounds).
+    fn emit_window(&self, end: i64, table: GroupTable) -> Result<()> {
+        let shared = &self.shared;
+        let batches = match &shared.slicing {
+            Some(slicing) => {
+                let bounds = slicing.bounds(end, table.num_groups().min(shared.batch_size));
+                slicing.spec.result_in_batches(table, shared.batch_size, |keys, n| slicing.window_keys(&bounds, keys, n))?
+            }
+            None => vec![shared.spec.result(table)?],
+        };
+        for batch in batches {
+            emit_rows(&shared.output, self.partition, &batch, shared.batch_size, &shared.metrics);
+        }
+        Ok(())
     }
 
     /// Closes the windows ending at or before `watermark` and passes them on: keyed, this partition
@@ -748,7 +965,9 @@ impl WindowAggSink {
         if shared.keyed.is_none() {
             let partials = closed
                 .into_iter()
-                .map(|(end, table)| {
+                .map(|(end, closed)| {
+                    // Only keyed partitions spill (see `WindowAggSink::new`).
+                    let Closed::Table(table) = closed else { return Err(RiffleError::exec("a window aggregate without keys spilled")) };
                     let partial = table.into_partial()?;
                     Ok((end, match &shared.slicing {
                         Some(slicing) => slicing.window_partial(end, partial),
@@ -758,34 +977,40 @@ impl WindowAggSink {
                 .collect::<Result<Vec<_>>>()?;
             return shared.advance(self.partition, watermark, partials, ended);
         }
-        let mut windows: BTreeMap<i64, Option<GroupTable>> = closed.into_iter().map(|(end, t)| (end, Some(t))).collect();
+        let mut windows: BTreeMap<i64, Option<Closed>> = closed.into_iter().map(|(end, c)| (end, Some(c))).collect();
         let still_open = match watermark.checked_add(1) {
             Some(next) => self.restored.split_off(&next),
             None => BTreeMap::new(),
         };
         let mut restored = std::mem::replace(&mut self.restored, still_open);
         windows.extend(restored.keys().filter(|end| !windows.contains_key(end)).map(|end| (*end, None)).collect::<Vec<_>>());
-        for (end, table) in windows {
-            let spec = shared.slicing.as_ref().map_or(&shared.spec, |s| &s.spec);
-            let mut table = match table {
-                Some(t) => t,
-                None => GroupTable::new(spec)?,
-            };
-            for partial in restored.remove(&end).unwrap_or_default() {
-                table.merge(match &shared.slicing {
-                    Some(slicing) => slicing.slide_partial(partial),
-                    None => partial,
-                })?;
-            }
-            let batches = match &shared.slicing {
-                Some(slicing) => {
-                    let bounds = slicing.bounds(end, table.num_groups().min(shared.batch_size));
-                    slicing.spec.result_in_batches(table, shared.batch_size, |keys, n| slicing.window_keys(&bounds, keys, n))?
+        let spec = shared.table_spec();
+        for (end, closed) in windows {
+            let restored = restored.remove(&end).unwrap_or_default().into_iter().map(|partial| match &shared.slicing {
+                Some(slicing) => slicing.slide_partial(partial),
+                None => partial,
+            });
+            match closed {
+                Some(Closed::Buckets(mut buckets)) => {
+                    for (b, parts) in memory_buckets(spec, restored)?.into_iter().enumerate() {
+                        buckets[b].extend(parts);
+                    }
+                    let merge = BucketMerge { spec, widths: &shared.table_widths, spill: &shared.spill, metrics: &shared.metrics };
+                    let mut merging = shared.pool.reservation(format!("WindowAggregate merge (partition {})", self.partition), false);
+                    for parts in buckets {
+                        merge.merge(parts, 0, &mut merging, &mut |table| self.emit_window(end, table))?;
+                    }
                 }
-                None => vec![shared.spec.result(table)?],
-            };
-            for batch in batches {
-                emit_rows(&shared.output, self.partition, &batch, shared.batch_size, &shared.metrics);
+                closed => {
+                    let mut table = match closed {
+                        Some(Closed::Table(t)) => *t,
+                        _ => GroupTable::new(spec)?,
+                    };
+                    for partial in restored {
+                        table.merge(partial)?;
+                    }
+                    self.emit_window(end, table)?;
+                }
             }
         }
         if !ended {
@@ -793,6 +1018,13 @@ impl WindowAggSink {
         }
         shared.advance(self.partition, watermark, vec![], ended)
     }
+}
+
+/// A closed window's groups: in one table, or, when some were written to disk, per bucket the
+/// parts to merge (`group_spill`).
+enum Closed {
+    Table(Box<GroupTable>),
+    Buckets(Vec<Vec<Part>>),
 }
 
 impl Sink for WindowAggSink {
