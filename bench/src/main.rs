@@ -67,8 +67,9 @@ enum Command {
         #[arg(long)]
         checkpoint_ms: Option<u64>,
         /// Measure latency instead: the generator hands out this many events per second on the wall
-        /// clock (--events of them), and each result row's latency is the time from its last input
-        /// event's due time to the row reaching the sink; prints p50, p99 and max per query.
+        /// clock (--events of them), or with --input the bid file is played back in event time (make
+        /// it with gen_bids.py --rate N), and each result row's latency is the time from its last
+        /// input event's due time to the row reaching the sink; prints p50, p99 and max per query.
         #[arg(long)]
         rate: Option<u64>,
         /// Memory budget of each query (Riffle), e.g. 64MB: window aggregates spill beyond it.

@@ -239,11 +239,32 @@ const WATERMARK_DELAY_US: i64 = 1_000_000;
 fn latency_command(wanted: &[&str], rate: u64, a: &NexmarkArgs) -> anyhow::Result<()> {
     use arrow::array::AsArray;
     use std::sync::{Arc, Mutex};
-    let base = riffle_formats::nexmark::NexmarkConfig::default().base_time;
-    let source = format!(
-        "'connector' = 'nexmark', 'table' = 'bid', 'events.num' = '{}', 'first-event.rate' = '{rate}', 'rate-limited' = 'true'",
-        a.events
-    );
+    // The source, the event time its first event has (the wall clock's start), the event time its
+    // input ends at (after that start), and its events.
+    let (source, base, input_end, events) = match &a.input {
+        Some(path) => {
+            // A bid file played back in event time (made by gen_bids.py with `--rate`: its events are
+            // that many per second of event time).
+            let path = std::fs::canonicalize(path).with_context(|| format!("cannot find {}", path.display()))?;
+            let file = format!("'connector' = 'filesystem', 'path' = '{}', 'format' = 'csv'", path.display());
+            let mut s = Session::new(ExecConfig { threads: a.threads.max(1), ..ExecConfig::default() });
+            s.execute(&format!("CREATE TABLE bid ({BID_COLUMNS}) WITH ({file})"))?;
+            let r = s.sql("SELECT count(*), min(date_time), max(date_time) FROM bid")?;
+            let b = r.batches.first().context("no answer")?;
+            let micros = |i: usize| b.column(i).as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>().map(|c| c.value(0));
+            let (Some(first), Some(last)) = (micros(1), micros(2)) else { bail!("{} has no bids", path.display()) };
+            let rows = b.column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0) as u64;
+            (format!("{file}, 'source.replay' = 'event-time'"), first, last - first, rows)
+        }
+        None => {
+            let source = format!(
+                "'connector' = 'nexmark', 'table' = 'bid', 'events.num' = '{}', 'first-event.rate' = '{rate}', 'rate-limited' = 'true'",
+                a.events
+            );
+            let base = riffle_formats::nexmark::NexmarkConfig::default().base_time;
+            (source, base, (a.events as f64 / rate as f64 * 1e6) as i64, a.events)
+        }
+    };
     println!("{:<5} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}", "query", "events/s", "rows", "p50 ms", "p99 ms", "max ms", "seconds");
     for q in wanted {
         let (_, _, query) = QUERIES.iter().find(|(name, _, _)| name == q).context("query")?;
@@ -257,7 +278,6 @@ fn latency_command(wanted: &[&str], rate: u64, a: &NexmarkArgs) -> anyhow::Resul
         let histogram = Arc::new(Mutex::new(vec![0u64; BUCKETS]));
         let sink = histogram.clone();
         let (column, delay) = (*column, *delay);
-        let input_end = (a.events as f64 / rate as f64 * 1e6) as i64;
         let started = Instant::now();
         riffle_engine::exec::execute_into(
             &plan,
@@ -289,7 +309,7 @@ fn latency_command(wanted: &[&str], rate: u64, a: &NexmarkArgs) -> anyhow::Resul
         };
         println!(
             "{q:<5} {:>12.0} {:>12} {:>10.1} {:>10.1} {:>10.1} {seconds:>10.2}",
-            a.events as f64 / seconds,
+            events as f64 / seconds,
             total,
             at(0.5),
             at(0.99),

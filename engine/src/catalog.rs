@@ -27,6 +27,9 @@ pub enum TableData {
         pattern: String,
         monitor: Option<std::time::Duration>,
         idle_timeout: Option<std::time::Duration>,
+        /// Read as a stream, rows are handed out as their event time comes round on the wall clock
+        /// (`'source.replay' = 'event-time'`).
+        replay: bool,
     },
     /// Rows held in memory (e.g. `CREATE TABLE t AS …`, `INSERT INTO`).
     Memory(Vec<RecordBatch>),
@@ -100,7 +103,7 @@ impl TableSource {
         };
         let schema = crate::types::storage_schema(&schema);
         let morsels = riffle_formats::plan_morsels(&format, &files)?;
-        let data = TableData::Files { format, files, morsels, root, pattern: path.to_string(), monitor: None, idle_timeout: None };
+        let data = TableData::Files { format, files, morsels, root, pattern: path.to_string(), monitor: None, idle_timeout: None, replay: false };
         Ok(TableSource { schema, data, event_time: None, stats: Default::default() })
     }
 
@@ -172,6 +175,16 @@ impl TableSource {
     pub fn monitored(mut self, interval: std::time::Duration) -> TableSource {
         if let TableData::Files { monitor, .. } = &mut self.data {
             *monitor = Some(interval);
+        }
+        self
+    }
+
+    /// A file table replayed in event time: read as a stream, a batch is handed out once the wall
+    /// clock has run from the start as far as event time runs from the earliest row to the batch's
+    /// last (a recorded stream played back as it happened, e.g. to measure latency on a bid file).
+    pub fn replayed(mut self) -> TableSource {
+        if let TableData::Files { replay, .. } = &mut self.data {
+            *replay = true;
         }
         self
     }

@@ -787,6 +787,12 @@ fn connector_table(options: &[(String, String)], declared: Option<SchemaRef>) ->
             if let Some(interval) = duration("source.monitor-interval")? {
                 table = table.monitored(interval);
             }
+            // Ours: a recorded stream played back as its event time runs (`TableSource::replayed`).
+            match get("source.replay") {
+                None | Some("none") => {}
+                Some("event-time") => table = table.replayed(),
+                Some(other) => return Err(RiffleError::plan(format!("'source.replay' must be 'event-time' or 'none', got '{other}'"))),
+            }
             Ok(table.idle_after(duration("scan.watermark.idle-timeout")?))
         }
         "nexmark" => nexmark_table(options, declared),

@@ -202,6 +202,9 @@ impl Builder<'_> {
                     self.notifier,
                     source.idle_timeout(self.config.source_idle_timeout),
                 )?);
+                if self.config.stream {
+                    shared.check_replay()?;
+                }
                 let mut open = Open { source: SourceSpec::Scan(shared), partitions: self.threads, ops: vec![] };
                 match filter.clone() {
                     Some(predicate) => open.push(&metrics, move || Box::new(FilterOp::new(predicate.clone()))),

@@ -31,6 +31,8 @@ pub struct ScanShared {
     events: Mutex<Option<EventCursor>>,
     /// A rate-limited generator's clock.
     pace: Option<Pace>,
+    /// A file table replayed in event time, when its event-time column is read.
+    replay: Option<Replay>,
     /// A directory read without end.
     monitor: Option<Monitor>,
     /// The highest watermark any partition emitted: a partition waiting for new files, or for a
@@ -74,6 +76,42 @@ struct Pace {
     rate: f64,
     start: std::sync::OnceLock<std::time::Instant>,
     notifier: super::Notifier,
+}
+
+/// The clock of a file table replayed in event time (`TableSource::replayed`): the event-time
+/// column's place in the scanned batches, when the clock started and the event time it started
+/// from (the earliest time of the first batches read).
+struct Replay {
+    column: usize,
+    clock: Mutex<Option<(std::time::Instant, i64)>>,
+    notifier: super::Notifier,
+}
+
+impl Replay {
+    /// The earliest and latest event time of a batch's rows, in microseconds.
+    fn times(&self, batch: &RecordBatch) -> Result<Option<(i64, i64)>> {
+        let column = batch.column(self.column);
+        let micros = match column.data_type() {
+            arrow::datatypes::DataType::Timestamp(_, tz) => {
+                arrow::compute::cast(column, &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, tz.clone()))?
+            }
+            _ => column.clone(),
+        };
+        let micros = arrow::compute::cast(&micros, &arrow::datatypes::DataType::Int64)?;
+        let micros = micros.as_primitive::<arrow::datatypes::Int64Type>();
+        Ok(arrow::compute::min(micros).zip(arrow::compute::max(micros)))
+    }
+
+    /// When `batch` is due: the clock's start plus how far its latest row's time is past the clock's
+    /// start time (rows earlier than that move the start time back: later rows wait longer). None:
+    /// now (no row has a time).
+    fn due(&self, batch: &RecordBatch) -> Result<Option<std::time::Instant>> {
+        let Some((first, last)) = self.times(batch)? else { return Ok(None) };
+        let mut clock = self.clock.lock().map_err(|_| RiffleError::exec("replay clock lock poisoned"))?;
+        let (start, from) = clock.get_or_insert_with(|| (std::time::Instant::now(), first));
+        *from = (*from).min(first);
+        Ok(Some(*start + std::time::Duration::from_micros(last.saturating_sub(*from).max(0) as u64)))
+    }
 }
 
 /// A checkpointed scan's positions: which work each partition took (all of it completed whenever the
@@ -188,6 +226,13 @@ impl ScanShared {
             }
             _ => None,
         };
+        let replay = match (&source.data, &source.event_time) {
+            (TableData::Files { replay: true, .. }, Some(et)) => projection
+                .iter()
+                .position(|c| *c == et.column)
+                .map(|column| Replay { column, clock: Mutex::new(None), notifier: notifier.clone() }),
+            _ => None,
+        };
         let chunk = events.as_ref().map_or(0, |c| c.chunk);
         // A file table's work is numbered `file << MORSEL_BITS | morsel` (a Parquet morsel by its row
         // group, others by their place in the file), and checkpoints name the files: a job restarted
@@ -281,6 +326,7 @@ impl ScanShared {
             watermark,
             events: Mutex::new(events),
             pace,
+            replay,
             monitor,
             high_watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             checkpoint,
@@ -393,6 +439,18 @@ impl ScanShared {
         }
         pace.notifier.wake_at(due);
         true
+    }
+
+    /// Run as a stream, a table replayed in event time needs its event time: a WATERMARK FOR, and
+    /// the query reading that column.
+    pub fn check_replay(&self) -> Result<()> {
+        if matches!(self.source.data, TableData::Files { replay: true, .. }) && self.replay.is_none() {
+            return Err(RiffleError::plan(
+                "a table replayed in event time ('source.replay' = 'event-time') needs a WATERMARK FOR, and a query \
+                 reading its event-time column",
+            ));
+        }
+        Ok(())
     }
 
     /// Partition `p` injected the barrier of epoch `e` (or ended, `u64::MAX`): saves the positions of
@@ -529,6 +587,8 @@ pub struct ScanSource {
     epoch: u64,
     /// The next work's time has not come (a rate-limited source).
     waiting: bool,
+    /// Replayed in event time: the batch read whose time has not come yet.
+    held: Option<RecordBatch>,
     /// Without checkpoints, a barrier every other batch anyway (`ExecConfig::test_barriers`).
     test_barriers: bool,
     /// This partition said it is idle and sent nothing since.
@@ -556,6 +616,7 @@ impl ScanSource {
             watermark: i64::MIN,
             epoch,
             waiting: false,
+            held: None,
             test_barriers,
             idle: false,
         }
@@ -575,12 +636,30 @@ impl ScanSource {
         Ok(true)
     }
 
+    /// Replayed in event time (as a stream): the batch if its time has come; otherwise it is held,
+    /// and the partition waits until it has.
+    fn when_due(&mut self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+        let Some(replay) = self.shared.replay.as_ref().filter(|_| self.stream) else { return Ok(Some(batch)) };
+        match replay.due(&batch)? {
+            Some(due) if due > std::time::Instant::now() => {
+                replay.notifier.wake_at(due);
+                self.held = Some(batch);
+                self.waiting = true;
+                Ok(None)
+            }
+            _ => Ok(Some(batch)),
+        }
+    }
+
     /// The next batch; `Ok(None)` at the end, or when barriers were queued between pieces of work.
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if let Some(batch) = self.held.take() {
+            return self.when_due(batch);
+        }
         loop {
             if let Some(reader) = &mut self.reader {
                 match reader.next() {
-                    Some(batch) => return Ok(Some(batch?)),
+                    Some(batch) => return self.when_due(batch?),
                     None => self.reader = None,
                 }
             }
@@ -657,8 +736,17 @@ impl Source for ScanSource {
                 // hold event time back behind the others. (A rate-limited generator's partition that
                 // lost the race for ranges held every window back until the input's end: Nexmark q5
                 // at 0.1 M events/s had p50 latencies of 4-7 s.)
-                let high = self.shared.high_watermark.load(Ordering::Relaxed);
-                if (self.shared.monitor.is_some() || self.shared.pace.is_some()) && high > self.watermark {
+                let mut high = self.shared.high_watermark.load(Ordering::Relaxed);
+                let mut follows = self.shared.monitor.is_some() || self.shared.pace.is_some();
+                if let (Some(held), Some(replay)) = (&self.held, &self.shared.replay) {
+                    // Replayed: not past the rows held (nor the watermark they bring: rows after
+                    // them may be that much earlier, as the table's watermark allows).
+                    if let (Some((first, _)), Some(w)) = (replay.times(held)?, self.shared.watermark_of(held)?) {
+                        high = high.min(first).min(w);
+                        follows = true;
+                    }
+                }
+                if follows && high > self.watermark {
                     self.watermark = high;
                     self.idle = false;
                     return Ok(Some(Message::Watermark(high)));
