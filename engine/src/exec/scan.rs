@@ -32,7 +32,7 @@ pub struct ScanShared {
     /// A rate-limited generator's clock.
     pace: Option<Pace>,
     /// A file table replayed in event time, when its event-time column is read.
-    replay: Option<Replay>,
+    replay: Option<Arc<Replay>>,
     /// A directory read without end.
     monitor: Option<Monitor>,
     /// The highest watermark any partition emitted: a partition waiting for new files, or for a
@@ -230,7 +230,7 @@ impl ScanShared {
             (TableData::Files { replay: true, .. }, Some(et)) => projection
                 .iter()
                 .position(|c| *c == et.column)
-                .map(|column| Replay { column, clock: Mutex::new(None), notifier: notifier.clone() }),
+                .map(|column| Arc::new(Replay { column, clock: Mutex::new(None), notifier: notifier.clone() })),
             _ => None,
         };
         let chunk = events.as_ref().map_or(0, |c| c.chunk);
@@ -587,8 +587,8 @@ pub struct ScanSource {
     epoch: u64,
     /// The next work's time has not come (a rate-limited source).
     waiting: bool,
-    /// Replayed in event time: the batch read whose time has not come yet.
-    held: Option<RecordBatch>,
+    /// Replayed in event time: batches read whose time has not come yet, in order.
+    held: VecDeque<RecordBatch>,
     /// Without checkpoints, a barrier every other batch anyway (`ExecConfig::test_barriers`).
     test_barriers: bool,
     /// This partition said it is idle and sent nothing since.
@@ -616,7 +616,7 @@ impl ScanSource {
             watermark: i64::MIN,
             epoch,
             waiting: false,
-            held: None,
+            held: VecDeque::new(),
             test_barriers,
             idle: false,
         }
@@ -636,30 +636,55 @@ impl ScanSource {
         Ok(true)
     }
 
-    /// Replayed in event time (as a stream): the batch if its time has come; otherwise it is held,
-    /// and the partition waits until it has.
-    fn when_due(&mut self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
-        let Some(replay) = self.shared.replay.as_ref().filter(|_| self.stream) else { return Ok(Some(batch)) };
-        match replay.due(&batch)? {
-            Some(due) if due > std::time::Instant::now() => {
-                replay.notifier.wake_at(due);
-                self.held = Some(batch);
-                self.waiting = true;
-                Ok(None)
+    /// Replayed in event time (as a stream): the next batch once its time has come. Until then the
+    /// partition reads ahead in its piece of work, a batch a step (`READ_AHEAD` at most), then
+    /// sleeps until the batch is due: one partition alone could not parse rows as fast as they fall
+    /// due, so each reads its next piece while the other's rows go out. Barriers wait until the
+    /// piece's batches are all out (they go between pieces of work).
+    fn next_replayed(&mut self, replay: &Replay) -> Result<Option<RecordBatch>> {
+        const READ_AHEAD: usize = 32;
+        loop {
+            let Some(front) = self.held.front() else {
+                match self.next_read()? {
+                    Some(batch) => self.held.push_back(batch),
+                    None => return Ok(None),
+                }
+                continue;
+            };
+            let Some(due) = replay.due(front)?.filter(|due| *due > std::time::Instant::now()) else { return Ok(self.held.pop_front()) };
+            self.waiting = true;
+            if self.held.len() < READ_AHEAD {
+                if let Some(reader) = &mut self.reader {
+                    match reader.next() {
+                        Some(batch) => {
+                            self.held.push_back(batch?);
+                            replay.notifier.bump();
+                            return Ok(None);
+                        }
+                        None => self.reader = None,
+                    }
+                }
             }
-            _ => Ok(Some(batch)),
+            replay.notifier.wake_at(due);
+            return Ok(None);
         }
     }
 
     /// The next batch; `Ok(None)` at the end, or when barriers were queued between pieces of work.
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        if let Some(batch) = self.held.take() {
-            return self.when_due(batch);
+        match self.shared.replay.clone().filter(|_| self.stream) {
+            Some(replay) => self.next_replayed(&replay),
+            None => self.next_read(),
         }
+    }
+
+    /// The next batch as read; `Ok(None)` at the end, or when barriers were queued between pieces of
+    /// work.
+    fn next_read(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if let Some(reader) = &mut self.reader {
                 match reader.next() {
-                    Some(batch) => return self.when_due(batch?),
+                    Some(batch) => return Ok(Some(batch?)),
                     None => self.reader = None,
                 }
             }
@@ -738,7 +763,7 @@ impl Source for ScanSource {
                 // at 0.1 M events/s had p50 latencies of 4-7 s.)
                 let mut high = self.shared.high_watermark.load(Ordering::Relaxed);
                 let mut follows = self.shared.monitor.is_some() || self.shared.pace.is_some();
-                if let (Some(held), Some(replay)) = (&self.held, &self.shared.replay) {
+                if let (Some(held), Some(replay)) = (self.held.front(), &self.shared.replay) {
                     // Replayed: not past the rows held (nor the watermark they bring: rows after
                     // them may be that much earlier, as the table's watermark allows).
                     if let (Some((first, _)), Some(w)) = (replay.times(held)?, self.shared.watermark_of(held)?) {
