@@ -79,12 +79,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(_) if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) => {
+            // The query failed because Ctrl-C removed its spill files under it: the handler is
+            // finishing that and exits with 130; this error is no news.
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// Set once Ctrl-C (or a termination signal) came.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -133,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// destructors that delete spill files: remove them first.
 fn remove_spill_files_on_interrupt() {
     let _ = ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         riffle_engine::memory::remove_live_spill_dirs();
         eprintln!("Interrupted");
         std::process::exit(130);
