@@ -95,10 +95,7 @@ pub fn nexmark_command(a: &NexmarkArgs) -> anyhow::Result<()> {
         return latency_command(&wanted, rate, a);
     }
     let source = match &a.input {
-        Some(path) => {
-            let path = std::fs::canonicalize(path).with_context(|| format!("cannot find {}", path.display()))?;
-            format!("'connector' = 'filesystem', 'path' = '{}', 'format' = 'csv'", path.display())
-        }
+        Some(path) => file_source(path)?,
         // Events of all kinds; 46 in 50 are bids.
         None => format!("'connector' = 'nexmark', 'table' = 'bid', 'events.num' = '{}', 'first-event.rate' = '10000'", a.events),
     };
@@ -152,6 +149,12 @@ pub fn nexmark_command(a: &NexmarkArgs) -> anyhow::Result<()> {
         println!("{:<5} {:>10.3} {:>13.0} {:>15.0} {:>10} | {fs:>10} {fcore:>15} {ratio:>12}", m.query, m.seconds, rate, per_core, m.rows);
     }
     Ok(())
+}
+
+/// The connector options of a bid file (CSV, as gen_bids.py writes it).
+fn file_source(path: &Path) -> anyhow::Result<String> {
+    let path = std::fs::canonicalize(path).with_context(|| format!("cannot find {}", path.display()))?;
+    Ok(format!("'connector' = 'filesystem', 'path' = '{}', 'format' = 'csv'", path.display()))
 }
 
 fn run_query(q: &str, sink_columns: &str, query: &str, source: &str, events: u64, a: &NexmarkArgs) -> anyhow::Result<Measured> {
@@ -245,8 +248,7 @@ fn latency_command(wanted: &[&str], rate: u64, a: &NexmarkArgs) -> anyhow::Resul
         Some(path) => {
             // A bid file played back in event time (made by gen_bids.py with `--rate`: its events are
             // that many per second of event time).
-            let path = std::fs::canonicalize(path).with_context(|| format!("cannot find {}", path.display()))?;
-            let file = format!("'connector' = 'filesystem', 'path' = '{}', 'format' = 'csv'", path.display());
+            let file = file_source(path)?;
             let mut s = Session::new(ExecConfig { threads: a.threads.max(1), ..ExecConfig::default() });
             s.execute(&format!("CREATE TABLE bid ({BID_COLUMNS}) WITH ({file})"))?;
             let r = s.sql("SELECT count(*), min(date_time), max(date_time) FROM bid")?;

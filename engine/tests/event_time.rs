@@ -435,6 +435,24 @@ fn a_monitored_directory_is_read_without_end_as_files_appear() {
     assert_eq!(job.finish(2), ["2026-01-01 00:00:00 10 45", "2026-01-01 00:00:10 10 145"]);
 }
 
+/// Runs `sql` to its end: each result batch with when it came, and when the run ended (from its start).
+fn timed_run(s: &Session, sql: &str) -> (Vec<(std::time::Duration, RecordBatch)>, std::time::Duration) {
+    let (_, physical) = s.plan_sql(sql).expect("plan");
+    let started = std::time::Instant::now();
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let seen = arrivals.clone();
+    let result = execute_into(&physical, &s.config, Arc::new(move |_, m| {
+        if let Message::Batch(b) = m {
+            seen.lock().expect("lock").push((started.elapsed(), b));
+        }
+        Ok(())
+    }));
+    let ended = started.elapsed();
+    result.expect("the query runs");
+    let arrivals = arrivals.lock().expect("lock").clone();
+    (arrivals, ended)
+}
+
 #[test]
 fn a_rate_limited_generator_closes_windows_as_it_goes() {
     // Two partitions take the generator's event ranges as they fall due; one may win every race.
@@ -448,20 +466,9 @@ fn a_rate_limited_generator_closes_windows_as_it_goes() {
     .expect("create");
     let sql = "SELECT window_start, auction, count(*) FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '1' SECOND)) \
                GROUP BY window_start, window_end, auction";
-    let (_, physical) = s.plan_sql(sql).expect("plan");
-    let started = std::time::Instant::now();
-    let arrivals = Arc::new(Mutex::new(Vec::<(std::time::Duration, usize)>::new()));
-    let seen = arrivals.clone();
-    let result = execute_into(&physical, &s.config, Arc::new(move |_, m| {
-        if let Message::Batch(b) = m {
-            seen.lock().expect("lock").push((started.elapsed(), b.num_rows()));
-        }
-        Ok(())
-    }));
-    let ended = started.elapsed();
-    result.expect("the query runs");
-    let arrivals = arrivals.lock().expect("lock").clone();
-    assert!(arrivals.len() >= 4, "{arrivals:?}");
+    let (arrivals, ended) = timed_run(&s, sql);
+    let sizes: Vec<(std::time::Duration, usize)> = arrivals.iter().map(|(t, b)| (*t, b.num_rows())).collect();
+    assert!(arrivals.len() >= 4, "{sizes:?}");
     let first = arrivals.first().map(|(t, _)| *t).unwrap_or(ended);
     assert!(ended >= std::time::Duration::from_secs(3), "the generator paced 4 s of events in {ended:?}");
     assert!(first + std::time::Duration::from_millis(800) < ended, "the first window came at {first:?}, the input ended at {ended:?}");
@@ -590,19 +597,7 @@ fn a_file_replayed_in_event_time_hands_its_rows_out_as_their_time_comes() {
 
     let mut s = Session::new(ExecConfig { threads: 2, batch_size: 100, stream: true, ..ExecConfig::default() });
     s.sql(&create).expect("create");
-    let (_, physical) = s.plan_sql(sql).expect("plan");
-    let started = std::time::Instant::now();
-    let arrivals = Arc::new(Mutex::new(Vec::<(std::time::Duration, RecordBatch)>::new()));
-    let seen = arrivals.clone();
-    let result = execute_into(&physical, &s.config, Arc::new(move |_, m| {
-        if let Message::Batch(b) = m {
-            seen.lock().expect("lock").push((started.elapsed(), b));
-        }
-        Ok(())
-    }));
-    let ended = started.elapsed();
-    result.expect("the query runs");
-    let arrivals = arrivals.lock().expect("lock").clone();
+    let (arrivals, ended) = timed_run(&s, sql);
     let first = arrivals.first().map(|(t, _)| *t).unwrap_or(ended);
     assert!(ended >= std::time::Duration::from_millis(2900), "3 s of event time played back in {ended:?}");
     assert!(first + std::time::Duration::from_millis(600) < ended, "the first window came at {first:?}, the input ended at {ended:?}");

@@ -62,9 +62,11 @@ impl SpilledGroups {
         self.buckets.iter().flatten()
     }
 
-    /// The files of bucket `b`, as parts to merge.
-    pub(super) fn bucket(&self, b: usize) -> impl Iterator<Item = Part> + '_ {
-        self.buckets.get(b).into_iter().flatten().map(|f| Part::Shared(f.clone()))
+    /// Adds each bucket's files to that bucket's parts to merge.
+    pub(super) fn add_to(&self, buckets: &mut [Vec<Part>]) {
+        for (parts, files) in buckets.iter_mut().zip(&self.buckets) {
+            parts.extend(files.iter().map(|f| Part::Shared(f.clone())));
+        }
     }
 }
 

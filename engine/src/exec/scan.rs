@@ -102,16 +102,24 @@ impl Replay {
         Ok(arrow::compute::min(micros).zip(arrow::compute::max(micros)))
     }
 
-    /// When `batch` is due: the clock's start plus how far its latest row's time is past the clock's
-    /// start time (rows earlier than that move the start time back: later rows wait longer). None:
-    /// now (no row has a time).
-    fn due(&self, batch: &RecordBatch) -> Result<Option<std::time::Instant>> {
-        let Some((first, last)) = self.times(batch)? else { return Ok(None) };
+    /// When a batch whose rows' times span `times` is due: the clock's start plus how far its latest
+    /// row's time is past the clock's start time (rows earlier than that move the start time back:
+    /// later rows wait longer). None: now (no row has a time).
+    fn due(&self, times: Option<(i64, i64)>) -> Result<Option<std::time::Instant>> {
+        let Some((first, last)) = times else { return Ok(None) };
         let mut clock = self.clock.lock().map_err(|_| RiffleError::exec("replay clock lock poisoned"))?;
         let (start, from) = clock.get_or_insert_with(|| (std::time::Instant::now(), first));
         *from = (*from).min(first);
         Ok(Some(*start + std::time::Duration::from_micros(last.saturating_sub(*from).max(0) as u64)))
     }
+}
+
+/// A batch of a replayed table read before its time (`ScanSource::next_replayed`), with what its
+/// waits ask of it again and again: its rows' earliest and latest event time, and its watermark.
+struct Held {
+    batch: RecordBatch,
+    times: Option<(i64, i64)>,
+    watermark: Option<i64>,
 }
 
 /// A checkpointed scan's positions: which work each partition took (all of it completed whenever the
@@ -588,7 +596,7 @@ pub struct ScanSource {
     /// The next work's time has not come (a rate-limited source).
     waiting: bool,
     /// Replayed in event time: batches read whose time has not come yet, in order.
-    held: VecDeque<RecordBatch>,
+    held: VecDeque<Held>,
     /// Without checkpoints, a barrier every other batch anyway (`ExecConfig::test_barriers`).
     test_barriers: bool,
     /// This partition said it is idle and sent nothing since.
@@ -643,21 +651,27 @@ impl ScanSource {
     /// piece's batches are all out (they go between pieces of work).
     fn next_replayed(&mut self, replay: &Replay) -> Result<Option<RecordBatch>> {
         const READ_AHEAD: usize = 32;
+        let shared = self.shared.clone();
+        let held = |batch: RecordBatch| -> Result<Held> {
+            Ok(Held { times: replay.times(&batch)?, watermark: shared.watermark_of(&batch)?, batch })
+        };
         loop {
             let Some(front) = self.held.front() else {
                 match self.next_read()? {
-                    Some(batch) => self.held.push_back(batch),
+                    Some(batch) => self.held.push_back(held(batch)?),
                     None => return Ok(None),
                 }
                 continue;
             };
-            let Some(due) = replay.due(front)?.filter(|due| *due > std::time::Instant::now()) else { return Ok(self.held.pop_front()) };
+            let Some(due) = replay.due(front.times)?.filter(|due| *due > std::time::Instant::now()) else {
+                return Ok(self.held.pop_front().map(|h| h.batch));
+            };
             self.waiting = true;
             if self.held.len() < READ_AHEAD {
                 if let Some(reader) = &mut self.reader {
                     match reader.next() {
                         Some(batch) => {
-                            self.held.push_back(batch?);
+                            self.held.push_back(held(batch?)?);
                             replay.notifier.bump();
                             return Ok(None);
                         }
@@ -763,10 +777,10 @@ impl Source for ScanSource {
                 // at 0.1 M events/s had p50 latencies of 4-7 s.)
                 let mut high = self.shared.high_watermark.load(Ordering::Relaxed);
                 let mut follows = self.shared.monitor.is_some() || self.shared.pace.is_some();
-                if let (Some(held), Some(replay)) = (self.held.front(), &self.shared.replay) {
+                if let Some(held) = self.held.front() {
                     // Replayed: not past the rows held (nor the watermark they bring: rows after
                     // them may be that much earlier, as the table's watermark allows).
-                    if let (Some((first, _)), Some(w)) = (replay.times(held)?, self.shared.watermark_of(held)?) {
+                    if let (Some((first, _)), Some(w)) = (held.times, held.watermark) {
                         high = high.min(first).min(w);
                         follows = true;
                     }

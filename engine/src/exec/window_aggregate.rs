@@ -345,8 +345,13 @@ impl WindowAggShared {
             Ok(r) => r,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
-        // The file stays while it is read (a window closing meanwhile drops its slides' files).
-        Box::new(std::iter::from_fn(move || (&file, reader.next_batch().transpose()).1).map(move |batch| match (window, &self.slicing) {
+        // The closure owns the file: it stays while it is read (a window closing meanwhile drops its
+        // slides' files).
+        let next = move || {
+            let _reading = &file;
+            reader.next_batch().transpose()
+        };
+        Box::new(std::iter::from_fn(next).map(move |batch| match (window, &self.slicing) {
             (Some(end), Some(slicing)) => {
                 let partial = Partial::from_batch(&batch?, slicing.spec.group.len(), &self.table_widths);
                 Ok(slicing.window_partial(end, partial).into_batch()?.0)
@@ -734,10 +739,11 @@ impl WindowAggSink {
     fn account(&mut self) -> Result<()> {
         let size = self.size();
         self.shared.metrics.note_bytes(size);
-        if self.shared.keyed.is_none() || self.reservation.try_resize(size) {
-            if self.shared.keyed.is_none() {
-                self.reservation.resize_anyway(size);
-            }
+        if self.shared.keyed.is_none() {
+            self.reservation.resize_anyway(size);
+            return Ok(());
+        }
+        if self.reservation.try_resize(size) {
             return Ok(());
         }
         self.spill()?;
@@ -914,9 +920,7 @@ impl WindowAggSink {
             match self.spilled.remove(&end) {
                 Some(spilled) if !spilled.is_empty() => {
                     let mut buckets = memory_buckets(&shared.spec, [table.into_partial()?])?;
-                    for (b, parts) in buckets.iter_mut().enumerate() {
-                        parts.extend(spilled.bucket(b));
-                    }
+                    spilled.add_to(&mut buckets);
                     closed.push((end, Closed::Buckets(buckets)));
                 }
                 _ => closed.push((end, Closed::Table(Box::new(table)))),
@@ -931,9 +935,7 @@ impl WindowAggSink {
         let spec = self.shared.table_spec();
         let mut buckets = memory_buckets(spec, self.slides_of(end).flat_map(|(_, s)| s.closed.iter().cloned()))?;
         for (_, slide) in self.slides_of(end) {
-            for (b, parts) in buckets.iter_mut().enumerate() {
-                parts.extend(slide.spilled.bucket(b));
-            }
+            slide.spilled.add_to(&mut buckets);
         }
         Ok(buckets)
     }
