@@ -16,7 +16,7 @@ pub struct Mode {
 /// that ends, with watermarks and barriers interleaved), and a memory budget of one byte (once as a
 /// batch, once as a stream), which makes every sort and grouped aggregate spill every batch; and twice
 /// as a stream whose every GROUP BY updates (a changelog, applied before any operator that needs final
-/// rows, and at the result).
+/// rows, and at the result), and once more so with every spillable operator forced to spill.
 pub fn all_modes() -> Vec<Mode> {
     let mut modes = Vec::new();
     for stream in [false, true] {
@@ -36,6 +36,10 @@ pub fn all_modes() -> Vec<Mode> {
         let name = format!("changelog-t{threads}-b{batch_size}");
         modes.push(Mode { name, config: ExecConfig { threads, batch_size, stream: true, changelog: true, test_barriers: true, ..ExecConfig::default() } });
     }
+    // Every updating GROUP BY writes its groups to disk at every batch and holds their rows (what
+    // cannot spill, such as a changelog's applied result, takes what it needs).
+    let config = ExecConfig { threads: 2, batch_size: 3, stream: true, changelog: true, test_barriers: true, force_spill: true, ..ExecConfig::default() };
+    modes.push(Mode { name: "spill-changelog-t2-b3".into(), config });
     modes
 }
 

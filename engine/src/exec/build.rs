@@ -362,10 +362,12 @@ impl Builder<'_> {
                     schema: schema.clone(),
                     state_ttl: self.config.state_ttl,
                 });
-                let pool = self.memory.pool.clone();
+                let memory = (self.memory.pool.clone(), self.memory.spill.clone());
                 let checkpoint = self.operator_checkpoint(format!("update-{id}"))?;
+                let op_metrics = metrics.clone();
                 open.push(&metrics, move || {
-                    Box::new(super::update_aggregate::UpdateAggregateOp::new(spec.clone(), pool.clone(), checkpoint.clone()))
+                    let (spec, memory, metrics) = (spec.clone(), memory.clone(), op_metrics.clone());
+                    Box::new(super::update_aggregate::UpdateAggregateOp::new(spec, memory, metrics, checkpoint.clone()))
                 });
                 open
             }

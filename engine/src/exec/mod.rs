@@ -19,6 +19,7 @@ mod group_spill;
 mod join;
 mod key_index;
 mod key_partition;
+mod keyed_spill;
 mod materialize;
 mod prune;
 mod retract;
@@ -86,6 +87,10 @@ pub struct ExecConfig {
     /// `table.exec.source.idle-timeout`; a table's `'scan.watermark.idle-timeout'` wins). `None`:
     /// never idle.
     pub source_idle_timeout: Option<std::time::Duration>,
+    /// Testing, as DuckDB's `debug_force_external`: operators that can spill get no memory, so they
+    /// spill at every batch, while those that cannot take what they need (`memory_limit` is then
+    /// ignored). For plans holding state that cannot spill, which a budget of one byte would fail.
+    pub force_spill: bool,
 }
 
 /// Rows read by the query's scans and rows that reached its root, so far.
@@ -139,6 +144,7 @@ impl Default for ExecConfig {
             checkpoint: None,
             state_ttl: None,
             source_idle_timeout: None,
+            force_spill: false,
         }
     }
 }
@@ -524,7 +530,11 @@ fn run_into(
     let notifier = Notifier::new();
     let metrics: Vec<Arc<OpMetrics>> = (0..plan.node_count()).map(|_| Arc::new(OpMetrics::default())).collect();
     let memory = build::QueryMemory {
-        pool: crate::memory::MemoryPool::for_query(config.memory_limit.max(1)),
+        pool: if config.force_spill {
+            crate::memory::MemoryPool::forcing_spill()
+        } else {
+            crate::memory::MemoryPool::for_query(config.memory_limit.max(1))
+        },
         spill: Arc::new(crate::memory::SpillManager::new(config.spill_dir.clone(), config.spill_compression.ipc())),
     };
     let started = Instant::now();

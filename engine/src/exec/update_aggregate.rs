@@ -22,14 +22,15 @@ use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 
 use super::checkpoint::{OperatorCheckpoint, SharedFiles};
+use super::keyed_spill::{batches_of, bucket_of, split_rows, SpilledBucket, BUCKETS, STATE_BATCH_ROWS, HELD_IN_MEMORY};
 use super::retract::{self, RetractAccumulator};
-use super::Operator;
+use super::{OpMetrics, Operator};
 use crate::changelog::{self, RowKind};
 use crate::cse::ExprList;
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
 use crate::logical::{AggCall, Expr};
-use crate::memory::{MemoryPool, MemoryReservation};
+use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager};
 use crate::message::Message;
 
 /// What to aggregate, fixed at planning.
@@ -50,9 +51,15 @@ pub struct UpdateAggregateOp {
     spec: Arc<UpdateAggSpec>,
     args: ExprList,
     pool: Arc<MemoryPool>,
+    spill: Arc<SpillManager>,
+    metrics: Arc<OpMetrics>,
     checkpoint: Option<OperatorCheckpoint>,
     /// Made on first use (making it can fail).
     state: Option<Groups>,
+    /// The buckets of keys whose groups are on disk (`keyed_spill`), by bucket; empty until one is.
+    spilled: Vec<Option<SpilledBucket>>,
+    /// A restored job's held input rows (files of its checkpoint), applied before anything else.
+    replay: Vec<std::path::PathBuf>,
 }
 
 /// Every live group: its key, its live input rows, whether a row of it stands emitted, its aggregates.
@@ -83,10 +90,16 @@ struct Groups {
 }
 
 impl UpdateAggregateOp {
-    pub fn new(spec: Arc<UpdateAggSpec>, pool: Arc<MemoryPool>, checkpoint: Option<OperatorCheckpoint>) -> UpdateAggregateOp {
+    pub fn new(
+        spec: Arc<UpdateAggSpec>,
+        memory: (Arc<MemoryPool>, Arc<SpillManager>),
+        metrics: Arc<OpMetrics>,
+        checkpoint: Option<OperatorCheckpoint>,
+    ) -> UpdateAggregateOp {
         let args: Vec<Expr> = spec.aggs.iter().flat_map(|a| a.args.iter().cloned()).collect();
         let args = ExprList::new(&args, spec.input_schema.fields().len());
-        UpdateAggregateOp { spec, args, pool, checkpoint, state: None }
+        let (pool, spill) = memory;
+        UpdateAggregateOp { spec, args, pool, spill, metrics, checkpoint, state: None, spilled: vec![], replay: vec![] }
     }
 
     /// The groups, made on first use, with a restarted job's checkpointed ones read back.
@@ -94,23 +107,180 @@ impl UpdateAggregateOp {
         if self.state.is_none() {
             let mut groups = Groups::new(&self.spec, &self.pool)?;
             if let Some(ck) = &self.checkpoint {
-                let chain = match ck.restore_dir() {
-                    Some(dir) => match super::checkpoint::read_json(&dir.join("state.json"))? {
-                        Some(doc) => doc
-                            .get("files")
-                            .and_then(|f| f.as_array())
-                            .map(|f| f.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
-                            .ok_or_else(|| damaged(&dir))?,
-                        None => vec![],
-                    },
-                    None => vec![],
-                };
-                groups.shared = Some(SharedFiles::open(&ck.coordinator, &ck.name, &chain)?);
+                let (mut chain, mut held) = (vec![], vec![]);
+                if let Some(dir) = ck.restore_dir() {
+                    if let Some(doc) = super::checkpoint::read_json(&dir.join("state.json"))? {
+                        let names = |field: &str| -> Option<Vec<String>> {
+                            Some(doc.get(field)?.as_array()?.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
+                        };
+                        chain = names("files").ok_or_else(|| damaged(&dir))?;
+                        // Checkpoints of earlier versions held no rows.
+                        held = names("held").unwrap_or_default();
+                    }
+                }
+                let shared = SharedFiles::open(&ck.coordinator, &ck.name, &[chain.clone(), held.clone()].concat())?;
+                self.replay = held.iter().map(|f| shared.path(f)).collect();
+                groups.shared = Some(shared);
                 groups.restore(&chain, self.spec.state_ttl)?;
             }
             self.state = Some(groups);
         }
         self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))
+    }
+
+    /// Makes the state (restoring a restarted job's), then applies the input rows its checkpoint held.
+    fn ready(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        if self.state.is_none() {
+            self.groups()?;
+            self.account()?;
+        }
+        for path in std::mem::take(&mut self.replay) {
+            for rows in super::checkpoint::read_batches(&path)? {
+                self.route(rows, out)?;
+            }
+            self.account()?;
+        }
+        Ok(())
+    }
+
+    /// The group keys of `batch`'s rows, as the spec types them.
+    fn keys(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        self.spec
+            .group
+            .iter()
+            .map(|g| {
+                // Keys a scan hands out dictionary-encoded are grouped by value here.
+                let key = evaluate(g, batch)?;
+                let want = g.data_type(&self.spec.input_schema);
+                Ok(if key.data_type() == &want { key } else { arrow::compute::cast(&key, &want)? })
+            })
+            .collect()
+    }
+
+    /// Applies the rows of groups in memory and holds those of groups on disk.
+    fn route(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        if self.spilled.iter().all(Option::is_none) {
+            return self.apply(batch, out);
+        }
+        let keys = self.keys(&batch)?;
+        let converter = self.groups()?.keys.as_ref().ok_or_else(|| RiffleError::exec("only grouped aggregates spill"))?;
+        let encoded = converter.convert_columns(&keys)?;
+        let buckets: Vec<usize> = encoded.iter().map(|k| bucket_of(k.as_ref())).collect();
+        let in_memory = BooleanArray::from_iter(buckets.iter().map(|b| Some(self.spilled[*b].is_none())));
+        let on_disk = arrow::compute::not(&in_memory)?;
+        if in_memory.true_count() > 0 {
+            self.apply(arrow::compute::filter_record_batch(&batch, &in_memory)?, out)?;
+        }
+        if on_disk.true_count() > 0 {
+            let held = arrow::compute::filter_record_batch(&batch, &on_disk)?;
+            let held_buckets: Vec<usize> = buckets.iter().copied().filter(|b| self.spilled[*b].is_some()).collect();
+            for (b, rows, bytes) in split_rows(&held, &held_buckets)? {
+                if let Some(bucket) = &mut self.spilled[b] {
+                    bucket.hold(rows, bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the state in the pool. A grouped aggregate over its share writes its biggest bucket of
+    /// groups to disk, one bucket at a time until it fits, and held rows beyond `HELD_IN_MEMORY` (or
+    /// once no group is left in memory); what it must keep is counted anyway.
+    fn account(&mut self) -> Result<()> {
+        loop {
+            let held: usize = self.spilled.iter().flatten().map(|b| b.held_in_memory()).sum();
+            let (spec, pool) = (self.spec.clone(), self.pool.clone());
+            let groups = self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
+            let size = groups.size() + held;
+            self.metrics.note_bytes(size);
+            if groups.keys.is_none() {
+                // One group, which cannot spill.
+                if !groups.reservation.try_resize(size) {
+                    return Err(groups.reservation.out_of_memory(size.saturating_sub(groups.reservation.size())));
+                }
+                return Ok(());
+            }
+            if held <= HELD_IN_MEMORY && groups.reservation.try_resize(size) {
+                return Ok(());
+            }
+            let live = groups.live_count();
+            if held > HELD_IN_MEMORY || live == 0 {
+                let biggest = self.spilled.iter_mut().flatten().max_by_key(|b| b.held_in_memory()).filter(|b| b.held_in_memory() > 0);
+                match biggest {
+                    Some(bucket) => bucket.write_held(&self.spill, &self.metrics)?,
+                    None => {
+                        groups.reservation.resize_anyway(size);
+                        return Ok(());
+                    }
+                }
+            } else if groups.free.len() > live {
+                // Slots freed by buckets written out are reused, not given back: more free than
+                // live ones, the groups move into fresh slots.
+                groups.compact(&spec, &pool)?;
+            } else {
+                self.evict()?;
+            }
+        }
+    }
+
+    /// Writes the bucket with the most groups in memory to disk.
+    fn evict(&mut self) -> Result<()> {
+        let groups = self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
+        let mut by_bucket: Vec<Vec<u32>> = vec![vec![]; BUCKETS];
+        for s in groups.live() {
+            by_bucket[bucket_of(&groups.key_of[s as usize])].push(s);
+        }
+        let Some((b, slots)) = by_bucket.iter().enumerate().max_by_key(|(_, slots)| slots.len()) else { return Ok(()) };
+        let state = slots.chunks(STATE_BATCH_ROWS).map(|c| groups.save(c)).collect::<Result<Vec<_>>>()?;
+        // Unchanged since the last checkpoint, the groups are in its files as they are.
+        let in_checkpoint = groups.shared.is_some() && slots.iter().all(|s| !groups.dirty[*s as usize]);
+        self.spilled.resize_with(BUCKETS, || None);
+        self.spilled[b] = Some(SpilledBucket::write(state, in_checkpoint, &self.spill, &self.metrics)?);
+        for s in slots {
+            groups.forget(*s);
+        }
+        Ok(())
+    }
+
+    /// Loads the buckets on disk whose held rows are due (all of them at the end of input), applying
+    /// those rows; one bucket at a time, each counted (and spilled again if need be) before the next.
+    fn load_due(&mut self, all: bool, out: &mut Vec<Message>) -> Result<()> {
+        let now = std::time::Instant::now();
+        for b in 0..self.spilled.len() {
+            let due = self.spilled[b].as_ref().is_some_and(|s| if all { s.has_held() } else { s.due(now) });
+            if !due {
+                continue;
+            }
+            let Some(bucket) = self.spilled[b].take() else { continue };
+            let in_checkpoint = bucket.in_checkpoint;
+            let (state, held_files, held) = bucket.load();
+            let ttl = self.spec.state_ttl;
+            let groups = self.groups()?;
+            for batch in batches_of(&state) {
+                let slots = groups.load_batch(&batch?, ttl)?;
+                if !in_checkpoint {
+                    for s in slots {
+                        groups.touch(s);
+                    }
+                }
+            }
+            drop(state);
+            // Applied a few thousand rows at a time, not in the slivers they were held in (each
+            // apply emits one change per group it touched).
+            let mut gathered: Vec<RecordBatch> = vec![];
+            for rows in batches_of(&held_files).chain(held.into_iter().map(Ok)) {
+                let rows = rows?;
+                if gathered.first().is_some_and(|g| g.schema() != rows.schema()) || gathered.iter().map(|g| g.num_rows()).sum::<usize>() >= APPLY_ROWS {
+                    self.apply(arrow::compute::concat_batches(&gathered[0].schema(), &std::mem::take(&mut gathered))?, out)?;
+                }
+                gathered.push(rows);
+            }
+            if let Some(first) = gathered.first() {
+                self.apply(arrow::compute::concat_batches(&first.schema(), &gathered)?, out)?;
+            }
+            self.account()?;
+        }
+        Ok(())
     }
 }
 
@@ -128,6 +298,7 @@ impl Groups {
             .collect::<Result<Vec<_>>>()?;
         let value_types: Vec<SortField> = spec.aggs.iter().map(|a| SortField::new(a.ty.clone())).collect();
         let values = if value_types.is_empty() { None } else { Some(RowConverter::new(value_types)?) };
+        let spillable = keys.is_some();
         let mut groups = Groups {
             keys,
             slot_of: HashMap::new(),
@@ -139,7 +310,8 @@ impl Groups {
             values,
             touched: vec![],
             key_bytes: 0,
-            reservation: pool.reservation("UpdateAggregate", false),
+            // Grouped, the groups can spill by bucket (`UpdateAggregateOp::evict`).
+            reservation: pool.reservation("UpdateAggregate", spillable),
             changed: vec![],
             changes: Default::default(),
             dirty: vec![],
@@ -212,8 +384,17 @@ impl Groups {
         }
     }
 
-    /// The slot holds no group any more.
+    /// The slot holds no group any more (the group is gone: a checkpoint records its key's release).
     fn release(&mut self, slot: u32) {
+        if let Some(key) = self.forget(slot) {
+            if self.shared.is_some() {
+                self.released.push(key);
+            }
+        }
+    }
+
+    /// Empties the slot (its group is gone, or was written to disk); its key, if it had one.
+    fn forget(&mut self, slot: u32) -> Option<Box<[u8]>> {
         let s = slot as usize;
         self.changed[s] = None;
         self.emitted[s] = false;
@@ -222,15 +403,12 @@ impl Groups {
             a.reset(slot);
         }
         self.dirty[s] = false;
-        if self.keys.is_some() {
-            let key = std::mem::take(&mut self.key_of[s]);
-            self.key_bytes -= key.len() * 2 + 32;
-            self.slot_of.remove(&key);
-            self.free.push(slot);
-            if self.shared.is_some() {
-                self.released.push(key);
-            }
-        }
+        self.keys.as_ref()?;
+        let key = std::mem::take(&mut self.key_of[s]);
+        self.key_bytes -= key.len() * 2 + 32;
+        self.slot_of.remove(&key);
+        self.free.push(slot);
+        Some(key)
     }
 
     fn evaluate(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
@@ -265,36 +443,62 @@ impl Groups {
 
     /// The state as of barrier `e`, incrementally: the groups changed and the keys released since the
     /// last checkpoint go into new shared files (released keys first: a key released and then made
-    /// again is the later group), named after those of the last checkpoint; once the files named
-    /// would hold more than twice the live groups, or there are `checkpoint::MAX_CHAIN` of them, all live groups
-    /// go into one new file instead (compaction). Returns the files to write and the names the
-    /// checkpoint lists, in order.
-    fn snapshot(&mut self, e: u64) -> Result<(Vec<(String, RecordBatch)>, Vec<String>)> {
-        let live_groups = if self.keys.is_some() { self.key_of.len() - self.free.len() } else { 1 };
+    /// again is the later group), named after those of the last checkpoint, and so does the state of
+    /// each bucket written to disk since (`spilled`); once the files named would hold more than twice
+    /// the live groups, or there are `checkpoint::MAX_CHAIN` of them, all live groups go into new
+    /// files instead (compaction). Input rows held for buckets on disk go into files of their own,
+    /// applied after a restore. Returns the files to write (each from spill files, then batches), the
+    /// names the checkpoint lists in order, and the held rows' files.
+    fn snapshot(&mut self, e: u64, spilled: &mut [Option<SpilledBucket>]) -> Result<(Vec<ToWrite>, Vec<String>, Vec<String>)> {
+        let on_disk = spilled.iter().flatten();
+        let live_groups = self.live_count() + on_disk.clone().map(|b| b.state_rows()).sum::<usize>();
+        let unsaved = on_disk.filter(|b| !b.in_checkpoint).map(|b| b.state_rows()).sum::<usize>();
         let dirty: Vec<u32> = std::mem::take(&mut self.dirty_slots).into_iter().filter(|s| std::mem::take(&mut self.dirty[*s as usize])).collect();
         let released = std::mem::take(&mut self.released);
         let named: usize = self.chain.iter().map(|(_, rows)| rows).sum();
-        let mut write = Vec::new();
-        if super::checkpoint::compact_now(self.chain.len(), named, dirty.len() + released.len(), live_groups) {
+        let mut write: Vec<ToWrite> = Vec::new();
+        if super::checkpoint::compact_now(self.chain.len(), named, dirty.len() + released.len() + unsaved, live_groups) {
             let live = self.live();
             self.chain.clear();
             let file = format!("groups-{e}.arrow");
             self.chain.push((file.clone(), live.len()));
-            write.push((file, self.save(&live)?));
+            write.push((file, vec![], vec![self.save(&live)?]));
+            for b in spilled.iter_mut().flatten() {
+                b.in_checkpoint = false;
+            }
         } else {
             if !released.is_empty() {
                 let file = format!("released-{e}.arrow");
                 let keys = RecordBatch::try_from_iter([("key", Arc::new(BinaryArray::from_iter_values(released.iter())) as ArrayRef)])?;
                 self.chain.push((file.clone(), released.len()));
-                write.push((file, keys));
+                write.push((file, vec![], vec![keys]));
             }
             if !dirty.is_empty() {
                 let file = format!("groups-{e}.arrow");
                 self.chain.push((file.clone(), dirty.len()));
-                write.push((file, self.save(&dirty)?));
+                write.push((file, vec![], vec![self.save(&dirty)?]));
             }
         }
-        Ok((write, self.chain.iter().map(|(f, _)| f.clone()).collect()))
+        // The buckets written to disk since, into one file (the chain grows by a few files a checkpoint).
+        let unsaved: Vec<&mut SpilledBucket> = spilled.iter_mut().flatten().filter(|b| !b.in_checkpoint).collect();
+        let rows: usize = unsaved.iter().map(|b| b.state_rows()).sum();
+        if rows > 0 {
+            let file = format!("spilled-{e}.arrow");
+            self.chain.push((file.clone(), rows));
+            write.push((file, unsaved.iter().flat_map(|b| b.state_files().iter().cloned()).collect(), vec![]));
+        }
+        let mut held = vec![];
+        for (i, bucket) in spilled.iter_mut().enumerate() {
+            let Some(bucket) = bucket else { continue };
+            bucket.in_checkpoint = true;
+            if bucket.has_held() {
+                let file = format!("held-{e}-{i}.arrow");
+                let (files, batches) = bucket.held();
+                held.push(file.clone());
+                write.push((file, files, batches));
+            }
+        }
+        Ok((write, self.chain.iter().map(|(f, _)| f.clone()).collect(), held))
     }
 
     /// The groups of `slots` (key, input rows, emitted, accumulator states), as one batch.
@@ -322,10 +526,9 @@ impl Groups {
         }
         // Replaced and released keys of the restore are no changes of this run.
         self.released.clear();
+        // Counted as it is: the first message spills what is over the share (`UpdateAggregateOp::ready`).
         let size = self.size();
-        if !self.reservation.try_resize(size) {
-            return Err(self.reservation.out_of_memory(size.saturating_sub(self.reservation.size())));
-        }
+        self.reservation.resize_anyway(size);
         Ok(())
     }
 
@@ -346,51 +549,98 @@ impl Groups {
 
     /// Reads the groups of `path` into the table, replacing those of the same keys; how many.
     fn restore_groups(&mut self, path: &std::path::Path, ttl: Option<std::time::Duration>) -> Result<usize> {
-        let damaged = || damaged(path);
         let mut n = 0;
-        let now = std::time::Instant::now();
         for b in super::checkpoint::read_batches(path)? {
-            let keys = b.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(damaged)?;
-            let rows = b.column_by_name("rows").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(damaged)?;
-            let emitted = b.column_by_name("emitted").and_then(|c| c.as_boolean_opt()).ok_or_else(damaged)?;
-            let slots: Vec<u32> = match self.keys {
-                None if b.num_rows() == 1 => {
-                    self.release(0);
-                    vec![0]
-                }
-                None => return Err(damaged()),
-                Some(_) => {
-                    let mut slots = Vec::with_capacity(b.num_rows());
-                    for key in keys.iter() {
-                        let key = key.ok_or_else(damaged)?;
-                        // A later file's group replaces an earlier one's.
-                        if let Some(old) = self.slot_of.get(key).copied() {
-                            self.release(old);
-                        }
-                        slots.push(self.new_slot(key.into()));
-                    }
-                    slots
-                }
-            };
-            for (i, s) in slots.iter().enumerate() {
-                self.rows[*s as usize] = rows.value(i);
-                self.emitted[*s as usize] = emitted.value(i);
-                if ttl.is_some() {
-                    // Processing time does not survive a restart: a restored group's clock starts anew.
-                    self.changed[*s as usize] = Some(now);
-                    self.changes.push_back((now, *s));
-                }
-            }
-            let mut column = 3;
-            for acc in &mut self.accs {
-                let width = acc.width();
-                let state = b.columns().get(column..column + width).ok_or_else(damaged)?;
-                acc.load(&slots, state)?;
-                column += width;
-            }
+            self.load_batch(&b, ttl).map_err(|_| damaged(path))?;
             n += b.num_rows();
         }
         Ok(n)
+    }
+
+    /// Reads saved groups (as `save` writes them) into the table, replacing those of the same keys;
+    /// their slots.
+    fn load_batch(&mut self, b: &RecordBatch, ttl: Option<std::time::Duration>) -> Result<Vec<u32>> {
+        let damaged = || RiffleError::exec("saved groups lack a column");
+        let keys = b.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(damaged)?;
+        let rows = b.column_by_name("rows").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(damaged)?;
+        let emitted = b.column_by_name("emitted").and_then(|c| c.as_boolean_opt()).ok_or_else(damaged)?;
+        let slots: Vec<u32> = match self.keys {
+            None if b.num_rows() == 1 => {
+                self.release(0);
+                vec![0]
+            }
+            None => return Err(damaged()),
+            Some(_) => {
+                let mut slots = Vec::with_capacity(b.num_rows());
+                for key in keys.iter() {
+                    let key = key.ok_or_else(damaged)?;
+                    // A later file's group replaces an earlier one's.
+                    if let Some(old) = self.slot_of.get(key).copied() {
+                        self.release(old);
+                    }
+                    slots.push(self.new_slot(key.into()));
+                }
+                slots
+            }
+        };
+        let now = std::time::Instant::now();
+        for (i, s) in slots.iter().enumerate() {
+            self.rows[*s as usize] = rows.value(i);
+            self.emitted[*s as usize] = emitted.value(i);
+            if ttl.is_some() {
+                // Processing time does not survive a restart or a spill: the group's clock starts anew.
+                self.changed[*s as usize] = Some(now);
+                self.changes.push_back((now, *s));
+            }
+        }
+        let mut column = 3;
+        for acc in &mut self.accs {
+            let width = acc.width();
+            let state = b.columns().get(column..column + width).ok_or_else(damaged)?;
+            acc.load(&slots, state)?;
+            column += width;
+        }
+        Ok(slots)
+    }
+
+    /// How many groups are live.
+    fn live_count(&self) -> usize {
+        if self.keys.is_some() {
+            self.key_of.len() - self.free.len()
+        } else {
+            1
+        }
+    }
+
+    /// Moves the live groups into fresh slots, numbered from 0, so that what freed slots held is
+    /// given back (slots are reused, never shrunk, otherwise). Changed-since-checkpoint marks and
+    /// last-change times go along.
+    fn compact(&mut self, spec: &UpdateAggSpec, pool: &Arc<MemoryPool>) -> Result<()> {
+        let live = self.live();
+        let mut fresh = Groups::new(spec, pool)?;
+        std::mem::swap(&mut fresh.reservation, &mut self.reservation);
+        fresh.shared = self.shared.take();
+        fresh.chain = std::mem::take(&mut self.chain);
+        fresh.released = std::mem::take(&mut self.released);
+        let mut new_slot = vec![u32::MAX; self.key_of.len()];
+        for chunk in live.chunks(super::keyed_spill::STATE_BATCH_ROWS) {
+            let slots = fresh.load_batch(&self.save(chunk)?, None)?;
+            for (old, new) in chunk.iter().zip(slots) {
+                new_slot[*old as usize] = new;
+                fresh.changed[new as usize] = self.changed[*old as usize];
+                if self.dirty[*old as usize] {
+                    fresh.touch(new);
+                }
+            }
+        }
+        fresh.changes = self
+            .changes
+            .iter()
+            .filter(|(at, slot)| self.changed[*slot as usize] == Some(*at))
+            .map(|(at, slot)| (*at, new_slot[*slot as usize]))
+            .collect();
+        *self = fresh;
+        Ok(())
     }
 
     fn size(&self) -> usize {
@@ -400,6 +650,12 @@ impl Groups {
             + (self.changed.capacity() + self.changes.capacity()) * 24
     }
 }
+
+/// Held rows are applied in batches of about this many rows.
+const APPLY_ROWS: usize = 8192;
+
+/// A checkpoint file to write: its name, and its batches (those of spill files, then these).
+type ToWrite = (String, Vec<Arc<SpillFile>>, Vec<RecordBatch>);
 
 fn damaged(path: &std::path::Path) -> RiffleError {
     RiffleError::exec(format!("checkpoint: {} is not this updating aggregate's state; remove the checkpoint directory to start afresh", path.display()))
@@ -441,21 +697,12 @@ impl UpdateAggregateOp {
     }
 }
 
-impl Operator for UpdateAggregateOp {
-    fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+impl UpdateAggregateOp {
+    /// Aggregates `batch` into the groups in memory and emits what it changed.
+    fn apply(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         let n = batch.num_rows();
         let signs = if self.spec.input_changelog { changelog::signs(&batch)? } else { vec![1; n] };
-        let keys = self
-            .spec
-            .group
-            .iter()
-            .map(|g| {
-                // Keys a scan hands out dictionary-encoded are grouped by value here.
-                let key = evaluate(g, &batch)?;
-                let want = g.data_type(&self.spec.input_schema);
-                Ok(if key.data_type() == &want { key } else { arrow::compute::cast(&key, &want)? })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let keys = self.keys(&batch)?;
         let values = self.args.evaluate(&batch)?;
         let spec = self.spec.clone();
         let groups = self.groups()?;
@@ -541,14 +788,24 @@ impl Operator for UpdateAggregateOp {
         for s in released {
             groups.release(s);
         }
-        let size = groups.size();
-        if !groups.reservation.try_resize(size) {
-            return Err(groups.reservation.out_of_memory(size.saturating_sub(groups.reservation.size())));
-        }
         Ok(())
+    }
+}
+
+impl Operator for UpdateAggregateOp {
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        self.ready(out)?;
+        self.route(batch, out)?;
+        self.account()?;
+        self.load_due(false, out)
     }
 
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
+        self.ready(out)?;
+        if matches!(msg, Message::Watermark(_) | Message::Idle) {
+            // Held rows wait at most `MAX_HELD_AGE` when no row comes either.
+            self.load_due(false, out)?;
+        }
         match msg {
             // Updates carry no event time: what follows cannot wait on it.
             Message::Watermark(_) | Message::Idle => {}
@@ -556,20 +813,22 @@ impl Operator for UpdateAggregateOp {
                 if let Some(ck) = self.checkpoint.clone() {
                     let state = ck.coordinator.state_dir(e, &ck.name)?.join("state.json");
                     // Taken now, written while the next rows are aggregated.
-                    let groups = self.groups()?;
-                    let (write, named) = groups.snapshot(e)?;
+                    let groups = self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
+                    let (write, named, held) = groups.snapshot(e, &mut self.spilled)?;
                     let shared = groups.shared.clone().ok_or_else(|| RiffleError::exec("checkpoint files missing"))?;
-                    shared.taken(e, named.clone());
+                    shared.taken(e, [named.clone(), held.clone()].concat());
                     ck.coordinator.save_async(ck.component, e, move || {
-                        for (file, batch) in &write {
-                            super::checkpoint::write_batches(&shared.path(file), std::slice::from_ref(batch))?;
+                        for (file, spilled, batches) in &write {
+                            let from_disk = batches_of(spilled);
+                            super::checkpoint::write_batches_from(&shared.path(file), from_disk.chain(batches.iter().cloned().map(Ok)))?;
                         }
-                        super::checkpoint::write_synced(&state, serde_json::json!({ "files": named }).to_string().as_bytes())
+                        super::checkpoint::write_synced(&state, serde_json::json!({ "files": named, "held": held }).to_string().as_bytes())
                     })?;
                 }
                 out.push(Message::Barrier(e));
             }
             Message::End => {
+                self.load_due(true, out)?;
                 // Over a bounded input, a GROUP BY without keys has its one row even when no row came.
                 let groups = self.groups()?;
                 if groups.keys.is_none() && !groups.emitted[0] {
@@ -639,6 +898,11 @@ mod tests {
     fn emit(op: &mut UpdateAggregateOp, batch: RecordBatch) -> Vec<String> {
         let mut out = vec![];
         op.on_batch(batch, &mut out).expect("batch");
+        lines_of(out)
+    }
+
+    /// One `kind key n total` line per row of the batches in `out`.
+    fn lines_of(out: Vec<Message>) -> Vec<String> {
         let mut lines = vec![];
         for m in out {
             let Message::Batch(b) = m else { continue };
@@ -652,10 +916,14 @@ mod tests {
         lines
     }
 
+    fn memory(limit: usize) -> (Arc<MemoryPool>, Arc<SpillManager>) {
+        (MemoryPool::new(limit), Arc::new(SpillManager::new(None, None)))
+    }
+
     fn checkpointed(dir: &std::path::Path) -> (Arc<Coordinator>, UpdateAggregateOp) {
         let coordinator = Coordinator::open(&CheckpointConfig { dir: dir.to_path_buf(), interval: std::time::Duration::from_secs(60) }).expect("open");
         let ck = OperatorCheckpoint::register(&coordinator, "update-0".into()).expect("register");
-        (coordinator, UpdateAggregateOp::new(spec(), MemoryPool::new(1 << 30), Some(ck)))
+        (coordinator, UpdateAggregateOp::new(spec(), memory(1 << 30), Arc::new(OpMetrics::default()), Some(ck)))
     }
 
     fn barrier(c: &Coordinator, op: &mut UpdateAggregateOp, e: u64) {
@@ -670,7 +938,7 @@ mod tests {
     fn a_restored_update_aggregate_carries_on_as_if_it_never_stopped() {
         use RowKind::*;
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut never_stopped = UpdateAggregateOp::new(spec(), MemoryPool::new(1 << 30), None);
+        let mut never_stopped = UpdateAggregateOp::new(spec(), memory(1 << 30), Arc::new(OpMetrics::default()), None);
         let (c, mut op) = checkpointed(dir.path());
         let first = changes(&[(Insert, "a", 1), (Insert, "b", 2)]);
         // Then a's only row is taken back (a is released) and c arrives.
@@ -712,5 +980,157 @@ mod tests {
         let (_c, mut op) = checkpointed(dir.path());
         let last = changes(&[(Insert, "d", 1), (Delete, "e", 5)]);
         assert_eq!(emit(&mut op, last.clone()), emit(&mut never_stopped, last));
+    }
+
+    /// A changelog of many keys: inserts, and now and then a delete of an earlier inserted row.
+    fn many_keys(seed: u64, batches: usize, rows_per_batch: usize, keys: u64) -> Vec<RecordBatch> {
+        use RowKind::*;
+        let mut x = seed;
+        let mut next = move || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x >> 33
+        };
+        let mut live: Vec<(String, i64)> = vec![];
+        let mut out = vec![];
+        for _ in 0..batches {
+            let mut rows: Vec<(RowKind, String, i64)> = vec![];
+            for _ in 0..rows_per_batch {
+                if !live.is_empty() && next() % 4 == 0 {
+                    let (k, v) = live.swap_remove(next() as usize % live.len());
+                    rows.push((Delete, k, v));
+                } else {
+                    let (k, v) = (format!("key{}", next() % keys), (next() % 1000) as i64);
+                    live.push((k.clone(), v));
+                    rows.push((Insert, k, v));
+                }
+            }
+            let borrowed: Vec<(RowKind, &str, i64)> = rows.iter().map(|(k, s, v)| (*k, s.as_str(), *v)).collect();
+            out.push(changes(&borrowed));
+        }
+        out
+    }
+
+    /// Applies changelog lines (`kind key values…`) to a keyed result, checking that each `-U`/`-D`
+    /// takes back the row that stands.
+    fn apply(result: &mut std::collections::BTreeMap<String, String>, lines: &[String]) {
+        for line in lines {
+            let mut parts = line.splitn(3, ' ');
+            let (kind, key, values) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+            match kind {
+                "+I" | "+U" => assert!(result.insert(key, values).is_none(), "{line}: the key's row stands already"),
+                "-U" | "-D" => assert_eq!(result.remove(&key), Some(values), "{line}: not the row that stands"),
+                other => panic!("unknown kind {other}"),
+            }
+        }
+    }
+
+    fn end(op: &mut UpdateAggregateOp) -> Vec<String> {
+        let mut out = vec![];
+        op.on_control(Message::End, &mut out).expect("end");
+        lines_of(out)
+    }
+
+    /// Within a budget far smaller than its groups, the aggregate writes buckets of them to disk and
+    /// holds their rows; its changelog, applied, is the in-memory aggregate's answer, with every
+    /// retraction taking back the row that stood.
+    #[test]
+    fn a_spilling_update_aggregate_gives_the_in_memory_answer() {
+        let metrics = Arc::new(OpMetrics::default());
+        let mut in_memory = UpdateAggregateOp::new(spec(), memory(1 << 30), Arc::new(OpMetrics::default()), None);
+        let mut spilling = UpdateAggregateOp::new(spec(), memory(64 << 10), metrics.clone(), None);
+        let (mut want, mut got) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
+        for batch in many_keys(7, 60, 200, 3000) {
+            apply(&mut want, &emit(&mut in_memory, batch.clone()));
+            apply(&mut got, &emit(&mut spilling, batch));
+        }
+        apply(&mut want, &end(&mut in_memory));
+        apply(&mut got, &end(&mut spilling));
+        assert!(metrics.spill_files.load(std::sync::atomic::Ordering::Relaxed) > 0, "it spilled");
+        assert!(want.len() > 1000, "{} groups", want.len());
+        assert_eq!(got, want);
+    }
+
+    /// Checkpointed while buckets are on disk with rows held for them, killed, restored: what the
+    /// sink committed up to the checkpoint and what the restored job emits after it are, applied,
+    /// the answer of an aggregate that never stopped.
+    #[test]
+    fn a_spilling_update_aggregate_restores_its_buckets_and_held_rows() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let coordinator = |dir: &std::path::Path| {
+            Coordinator::open(&CheckpointConfig { dir: dir.to_path_buf(), interval: std::time::Duration::from_secs(60) }).expect("open")
+        };
+        let spilling = |c: &Arc<Coordinator>| {
+            let ck = OperatorCheckpoint::register(c, "update-0".into()).expect("register");
+            UpdateAggregateOp::new(spec(), memory(64 << 10), Arc::new(OpMetrics::default()), Some(ck))
+        };
+        // Many more keys than a checkpoint's changes: checkpoints after the first are incremental;
+        // rows enough for every bucket on disk to be loaded (and written out again) between them.
+        let input = many_keys(11, 80, 1000, 50_000);
+        let mut never_stopped = UpdateAggregateOp::new(spec(), memory(1 << 30), Arc::new(OpMetrics::default()), None);
+        let mut want = std::collections::BTreeMap::new();
+        for batch in &input {
+            apply(&mut want, &emit(&mut never_stopped, batch.clone()));
+        }
+        apply(&mut want, &end(&mut never_stopped));
+
+        let mut committed = std::collections::BTreeMap::new();
+        let c = coordinator(dir.path());
+        let mut op = spilling(&c);
+        // Checkpoints every 7 batches: the first whole, then by turns incremental (the last one too).
+        for (i, batch) in input[..42].iter().enumerate() {
+            apply(&mut committed, &emit(&mut op, batch.clone()));
+            if i % 7 == 6 {
+                barrier(&c, &mut op, i as u64);
+            }
+        }
+        assert!(op.spilled.iter().flatten().any(|b| b.has_held()), "rows held at the checkpoint");
+        // Rows after the checkpoint are lost with the crash (the source replays them).
+        emit(&mut op, input[42].clone());
+        drop((c, op));
+        let c = coordinator(dir.path());
+        let mut op = spilling(&c);
+        assert_eq!(c.restored, 41);
+        for batch in &input[42..] {
+            apply(&mut committed, &emit(&mut op, batch.clone()));
+        }
+        apply(&mut committed, &end(&mut op));
+        assert_eq!(committed, want);
+    }
+
+    /// Groups changed, written to disk and loaded back between two checkpoints are saved by the
+    /// second from memory, even those no held row touched.
+    #[test]
+    fn groups_loaded_back_before_a_checkpoint_are_saved_by_it() {
+        use RowKind::*;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (c, mut op) = checkpointed(dir.path());
+        let mut never_stopped = UpdateAggregateOp::new(spec(), memory(1 << 30), Arc::new(OpMetrics::default()), None);
+        let keys: Vec<String> = (0..500).map(|k| format!("k{k}")).collect();
+        let all = |v: i64| changes(&keys.iter().map(|k| (Insert, k.as_str(), v)).collect::<Vec<_>>());
+        let (mut committed, mut want) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
+        apply(&mut committed, &emit(&mut op, all(1)));
+        apply(&mut want, &emit(&mut never_stopped, all(1)));
+        barrier(&c, &mut op, 1);
+        apply(&mut committed, &emit(&mut op, all(2)));
+        apply(&mut want, &emit(&mut never_stopped, all(2)));
+        // Every group to disk, changed since the checkpoint; then one row held for k0's bucket,
+        // which is loaded back with it.
+        while op.state.as_ref().is_some_and(|g| g.live_count() > 0) {
+            op.evict().expect("evict");
+        }
+        let one = changes(&[(Insert, "k0", 3)]);
+        apply(&mut committed, &emit(&mut op, one.clone()));
+        apply(&mut want, &emit(&mut never_stopped, one));
+        let mut out = vec![];
+        op.load_due(true, &mut out).expect("load");
+        apply(&mut committed, &lines_of(out));
+        assert!(op.state.as_ref().is_some_and(|g| g.live_count() > 1), "k0's bucket is back in memory");
+        barrier(&c, &mut op, 2);
+        drop((c, op));
+        let (_c, mut op) = checkpointed(dir.path());
+        let last = all(4);
+        apply(&mut committed, &emit(&mut op, last.clone()));
+        apply(&mut want, &emit(&mut never_stopped, last));
+        assert_eq!(committed, want);
     }
 }

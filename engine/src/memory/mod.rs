@@ -37,6 +37,8 @@ pub struct MemoryPool {
     limit: usize,
     /// The query's whole budget (`--memory-limit`), of which `limit` is the operators' share.
     query_limit: usize,
+    /// Testing (`ExecConfig::force_spill`): spillable consumers get nothing, the others what they ask.
+    force_spill: bool,
     state: Mutex<PoolState>,
 }
 
@@ -56,14 +58,21 @@ const MIN_OUTSIDE_OPERATORS: usize = 192 << 20;
 impl MemoryPool {
     /// A pool whose reservations may hold exactly `limit` bytes.
     pub fn new(limit: usize) -> Arc<MemoryPool> {
-        Arc::new(MemoryPool { limit, query_limit: limit, state: Mutex::new(PoolState::default()) })
+        Arc::new(MemoryPool { limit, query_limit: limit, force_spill: false, state: Mutex::new(PoolState::default()) })
+    }
+
+    /// A pool whose spillable consumers get no memory (they spill at every batch) and whose others
+    /// get what they ask: for tests of spilling in plans that also hold state that cannot spill.
+    pub fn forcing_spill() -> Arc<MemoryPool> {
+        let limit = usize::MAX / 2;
+        Arc::new(MemoryPool { limit, query_limit: limit, force_spill: true, state: Mutex::new(PoolState::default()) })
     }
 
     /// The pool of a query run with `--memory-limit query_limit`: its operators get their share of it.
     pub fn for_query(query_limit: usize) -> Arc<MemoryPool> {
         let outside = (query_limit / 5 * (5 - OPERATOR_SHARE_FIFTHS)).max(MIN_OUTSIDE_OPERATORS.min(query_limit / 2));
         let limit = (query_limit - outside).max(1);
-        Arc::new(MemoryPool { limit, query_limit, state: Mutex::new(PoolState::default()) })
+        Arc::new(MemoryPool { limit, query_limit, force_spill: false, state: Mutex::new(PoolState::default()) })
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -94,6 +103,9 @@ impl MemoryPool {
 
     /// What a spillable consumer may hold: an equal share of what unspillable consumers leave.
     fn fair_share(&self, st: &PoolState) -> usize {
+        if self.force_spill {
+            return 0;
+        }
         self.limit.saturating_sub(st.unspillable) / st.spillable_consumers.max(1)
     }
 }

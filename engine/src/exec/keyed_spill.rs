@@ -1,0 +1,211 @@
+//! Keyed streaming state that outgrows its memory share, on disk a bucket of keys at a time: how an
+//! updating aggregate spills.
+//!
+//! Keys are split by hash into `BUCKETS` buckets. An operator over its share writes its biggest
+//! buckets' state to a spill file each and forgets it. Input rows for a bucket on disk are held, in
+//! arrival order (in memory up to `HELD_IN_MEMORY` for all buckets together, then in files, the biggest first), until the
+//! bucket is loaded again: once they are half its state's size (reading and rewriting the state is
+//! then paid for by that much input), once the oldest has waited `MAX_HELD_AGE`, and at the
+//! end of input. Loading reads the state back and applies the held rows as if they came then: each
+//! key's rows are applied in order, and only the results of keys on disk come out later than they
+//! would have in memory (as with Flink's mini-batches), never different ones.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{RecordBatch, UInt32Array};
+
+use super::OpMetrics;
+use crate::error::Result;
+use crate::memory::{SpillFile, SpillManager, SpillReader, SpillWriter};
+
+pub(super) const BUCKETS: usize = 64;
+
+/// How long input rows of a bucket on disk may wait for it to be loaded.
+pub(super) const MAX_HELD_AGE: Duration = Duration::from_secs(1);
+
+/// Held input rows kept in memory, all buckets together, before the biggest bucket's go to a file.
+pub(super) const HELD_IN_MEMORY: usize = 1 << 20;
+
+/// Rows of state per batch when a bucket is written.
+pub(super) const STATE_BATCH_ROWS: usize = 8192;
+
+/// The bucket of an encoded key (FNV-1a, mixed; it only has to agree with itself within a run).
+pub(super) fn bucket_of(key: &[u8]) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize
+}
+
+/// The rows of `batch` by bucket (`buckets[i]` is row `i`'s): each bucket that has rows, with its
+/// rows in input order and their share of the memory they take together (the parts are slices of
+/// one batch: each alone would report all of its buffers).
+pub(super) fn split_rows(batch: &RecordBatch, buckets: &[usize]) -> Result<Vec<(usize, RecordBatch, usize)>> {
+    let mut counts = [0u32; BUCKETS];
+    for b in buckets {
+        counts[*b] += 1;
+    }
+    let mut starts = [0u32; BUCKETS];
+    let mut at = 0;
+    for (s, c) in starts.iter_mut().zip(&counts) {
+        *s = at;
+        at += c;
+    }
+    let mut next = starts;
+    let mut order = vec![0u32; buckets.len()];
+    for (row, b) in buckets.iter().enumerate() {
+        order[next[*b] as usize] = row as u32;
+        next[*b] += 1;
+    }
+    let sorted = arrow::compute::take_record_batch(batch, &UInt32Array::from(order))?;
+    let per_row = sorted.get_array_memory_size() / sorted.num_rows().max(1);
+    let part = |b: usize| (b, sorted.slice(starts[b] as usize, counts[b] as usize), per_row * counts[b] as usize);
+    Ok((0..BUCKETS).filter(|b| counts[*b] > 0).map(part).collect())
+}
+
+/// The batches of `files`, one file after another.
+pub(super) fn batches_of<'a>(files: impl IntoIterator<Item = &'a Arc<SpillFile>> + 'a) -> impl Iterator<Item = Result<RecordBatch>> + 'a {
+    let mut files = files.into_iter();
+    let mut reader: Option<SpillReader> = None;
+    std::iter::from_fn(move || loop {
+        if let Some(r) = &mut reader {
+            match r.next_batch() {
+                Ok(Some(b)) => return Some(Ok(b)),
+                Ok(None) => reader = None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        match files.next()?.reader() {
+            Ok(r) => reader = Some(r),
+            Err(e) => return Some(Err(e)),
+        }
+    })
+}
+
+/// Writes `batches` into one spill file (a new file whenever the schema changes).
+fn write_files(batches: impl IntoIterator<Item = RecordBatch>, spill: &Arc<SpillManager>, metrics: &OpMetrics) -> Result<Vec<Arc<SpillFile>>> {
+    let mut files = vec![];
+    let mut writer: Option<SpillWriter> = None;
+    let mut schema = None;
+    for b in batches {
+        if schema.as_ref() != Some(&b.schema()) {
+            if let Some(w) = writer.take() {
+                files.push(w.finish()?);
+            }
+            schema = Some(b.schema());
+        }
+        let w = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(spill.writer(&b.schema())?),
+        };
+        w.write(&b)?;
+    }
+    if let Some(w) = writer {
+        files.push(w.finish()?);
+    }
+    Ok(files
+        .into_iter()
+        .map(|f| {
+            metrics.note_spill(&f);
+            Arc::new(f)
+        })
+        .collect())
+}
+
+/// A bucket whose state is on disk, and the input rows for its keys held since.
+pub(super) struct SpilledBucket {
+    state: Vec<Arc<SpillFile>>,
+    /// The state is in the files of the last checkpoint already (no key in it changed since).
+    pub in_checkpoint: bool,
+    held_files: Vec<Arc<SpillFile>>,
+    held: Vec<RecordBatch>,
+    held_bytes: usize,
+    /// When the oldest held row came.
+    since: Option<Instant>,
+}
+
+impl SpilledBucket {
+    /// Writes `state` (the bucket's state, in batches) to disk.
+    pub fn write(state: Vec<RecordBatch>, in_checkpoint: bool, spill: &Arc<SpillManager>, metrics: &OpMetrics) -> Result<SpilledBucket> {
+        let state = write_files(state, spill, metrics)?;
+        Ok(SpilledBucket { state, in_checkpoint, held_files: vec![], held: vec![], held_bytes: 0, since: None })
+    }
+
+    pub fn state_rows(&self) -> usize {
+        self.state.iter().map(|f| f.rows()).sum()
+    }
+
+    pub fn state_files(&self) -> &[Arc<SpillFile>] {
+        &self.state
+    }
+
+    /// Holds input rows for this bucket's keys, taking `bytes` of memory, until it is loaded.
+    pub fn hold(&mut self, rows: RecordBatch, bytes: usize) {
+        self.since.get_or_insert_with(Instant::now);
+        self.held_bytes += bytes;
+        self.held.push(rows);
+    }
+
+    /// Bytes of held rows in memory.
+    pub fn held_in_memory(&self) -> usize {
+        self.held_bytes
+    }
+
+    pub fn has_held(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Moves the held rows in memory to a file.
+    pub fn write_held(&mut self, spill: &Arc<SpillManager>, metrics: &OpMetrics) -> Result<()> {
+        let held = std::mem::take(&mut self.held);
+        self.held_files.extend(write_files(held, spill, metrics)?);
+        self.held_bytes = 0;
+        Ok(())
+    }
+
+    /// The held rows, to save in a checkpoint: their files, and those still in memory.
+    pub fn held(&self) -> (Vec<Arc<SpillFile>>, Vec<RecordBatch>) {
+        (self.held_files.clone(), self.held.clone())
+    }
+
+    /// Whether the bucket should be loaded now to apply its held rows (see the module's doc).
+    pub fn due(&self, now: Instant) -> bool {
+        let Some(since) = self.since else { return false };
+        let held = self.held_bytes as u64 + self.held_files.iter().map(|f| f.bytes()).sum::<u64>();
+        let state: u64 = self.state.iter().map(|f| f.bytes()).sum();
+        now.saturating_duration_since(since) >= MAX_HELD_AGE || held.saturating_mul(2) >= state
+    }
+
+    /// The state's batches, then the held rows', in the order they came.
+    pub fn load(self) -> (Vec<Arc<SpillFile>>, Vec<Arc<SpillFile>>, Vec<RecordBatch>) {
+        (self.state, self.held_files, self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray, Int64Array};
+    use arrow::datatypes::Int64Type;
+
+    #[test]
+    fn rows_split_by_bucket_keep_their_order_and_all_come_back() {
+        let values: Vec<i64> = (0..1000).collect();
+        let batch = RecordBatch::try_from_iter([("v", Arc::new(Int64Array::from(values.clone())) as _)]).expect("batch");
+        let buckets: Vec<usize> = values.iter().map(|v| bucket_of(&v.to_le_bytes())).collect();
+        let parts = split_rows(&batch, &buckets).expect("split");
+        assert!(parts.len() > BUCKETS / 2, "keys spread over the buckets: {}", parts.len());
+        let mut seen = vec![];
+        for (b, rows, _) in parts {
+            let v = rows.column(0).as_primitive::<Int64Type>();
+            assert!(v.values().windows(2).all(|w| w[0] < w[1]), "input order within a bucket");
+            assert!(v.values().iter().all(|x| buckets[*x as usize] == b));
+            seen.extend(v.values().iter().copied());
+            assert_eq!(v.null_count(), 0);
+        }
+        seen.sort();
+        assert_eq!(seen, values);
+    }
+}
