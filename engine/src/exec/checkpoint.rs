@@ -415,9 +415,14 @@ pub fn write_batches_from(path: &Path, batches: impl IntoIterator<Item = Result<
 }
 
 pub fn read_batches(path: &Path) -> Result<Vec<arrow::array::RecordBatch>> {
+    batches_in(path)?.collect()
+}
+
+/// The batches of a file `write_batches` wrote, read one at a time.
+pub fn batches_in(path: &Path) -> Result<impl Iterator<Item = Result<arrow::array::RecordBatch>>> {
     let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
     let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)?;
-    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+    Ok(reader.map(|b| Ok(b?)))
 }
 
 /// The files of an operator's incremental checkpoints, in `DIR/shared/<name>/`: each is written

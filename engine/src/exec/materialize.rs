@@ -72,9 +72,7 @@ impl Operator for MaterializeOp {
             }
         }
         let size = table.bytes;
-        if !table.reservation.try_resize(size) {
-            return Err(table.reservation.out_of_memory(size.saturating_sub(table.reservation.size())));
-        }
+        table.reservation.resize(size)?;
         Ok(())
     }
 

@@ -372,9 +372,7 @@ impl StreamJoinShared {
     /// The budget covers both sides' stored rows.
     fn account(&self, st: &mut State) -> Result<()> {
         let size = st.sides.iter().map(Side::size).sum::<usize>();
-        if !st.reservation.try_resize(size) {
-            return Err(st.reservation.out_of_memory(size.saturating_sub(st.reservation.size())));
-        }
+        st.reservation.resize(size)?;
         self.metrics.note_bytes(size);
         Ok(())
     }

@@ -14,7 +14,7 @@
 //! restart applies the chain in order to the empty table. A restored group's row is known downstream
 //! (the sink committed it with the checkpoint), so its next change is `-U`/`+U`.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, Int8Array, RecordBatch, RecordBatchOptions, UInt32Array};
@@ -30,7 +30,7 @@ use crate::cse::ExprList;
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
 use crate::logical::{AggCall, Expr};
-use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager};
+use crate::memory::{MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
 use crate::message::Message;
 
 /// What to aggregate, fixed at planning.
@@ -74,6 +74,9 @@ struct Groups {
     /// Encodes aggregate values to tell whether an update changed them.
     values: Option<RowConverter>,
     touched: Vec<bool>,
+    /// Each slot's bucket of keys (`keyed_spill`; `NO_GROUP` for a free slot) and each bucket's groups.
+    bucket: Vec<u8>,
+    bucket_groups: [usize; BUCKETS],
     key_bytes: usize,
     reservation: MemoryReservation,
     /// With a state TTL: when each slot's group last changed, and the changes in order (a slot
@@ -121,11 +124,76 @@ impl UpdateAggregateOp {
                 let shared = SharedFiles::open(&ck.coordinator, &ck.name, &[chain.clone(), held.clone()].concat())?;
                 self.replay = held.iter().map(|f| shared.path(f)).collect();
                 groups.shared = Some(shared);
-                groups.restore(&chain, self.spec.state_ttl)?;
+                if groups.keys.is_some() {
+                    self.state = Some(groups);
+                    self.restore_by_bucket(&chain)?;
+                } else {
+                    groups.restore(&chain, self.spec.state_ttl)?;
+                    self.state = Some(groups);
+                }
+            } else {
+                self.state = Some(groups);
             }
-            self.state = Some(groups);
         }
         self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))
+    }
+
+    /// Applies the files a checkpoint names to the (new, empty) groups one bucket of keys at a time,
+    /// within the memory budget: each file's rows are first split by bucket into spill files, then
+    /// each bucket's rows are applied in the files' order and the state counted, writing buckets
+    /// already restored to disk while it is over its share. A restore needs no more memory than the
+    /// job that wrote the checkpoint.
+    fn restore_by_bucket(&mut self, chain: &[String]) -> Result<()> {
+        let groups = self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
+        let shared = groups.shared.clone().ok_or_else(|| RiffleError::exec("checkpoint files missing"))?;
+        // Per bucket, its rows of each file in order: (released keys?, their spill file).
+        let mut parts: Vec<Vec<(bool, Arc<SpillFile>)>> = (0..BUCKETS).map(|_| vec![]).collect();
+        for file in chain {
+            let path = shared.path(file);
+            let released = file.starts_with("released-");
+            let mut writers: Vec<Option<SpillWriter>> = (0..BUCKETS).map(|_| None).collect();
+            let mut rows = 0;
+            for batch in super::checkpoint::batches_in(&path)? {
+                let batch = batch?;
+                rows += batch.num_rows();
+                let keys = batch.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| damaged(&path))?;
+                let buckets: Vec<usize> = keys.iter().map(|k| bucket_of(k.unwrap_or_default())).collect();
+                for (b, part, _) in split_rows(&batch, &buckets)? {
+                    let writer = match &mut writers[b] {
+                        Some(w) => w,
+                        None => writers[b].insert(self.spill.writer(&part.schema())?),
+                    };
+                    writer.write(&part)?;
+                }
+            }
+            for (b, writer) in writers.into_iter().enumerate() {
+                if let Some(w) = writer {
+                    parts[b].push((released, Arc::new(w.finish()?)));
+                }
+            }
+            groups.chain.push((file.clone(), rows));
+        }
+        let ttl = self.spec.state_ttl;
+        for bucket in parts {
+            let groups = self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
+            for (released, file) in &bucket {
+                for batch in batches_of(std::slice::from_ref(file)) {
+                    let batch = batch?;
+                    if *released {
+                        groups.release_keys(&batch).map_err(|_| RiffleError::exec("a checkpoint's released keys lack their column"))?;
+                    } else {
+                        groups.load_batch(&batch, ttl)?;
+                    }
+                }
+            }
+            drop(bucket);
+            self.account()?;
+        }
+        // Replaced and released keys of the restore are no changes of this run.
+        if let Some(groups) = self.state.as_mut() {
+            groups.released.clear();
+        }
+        Ok(())
     }
 
     /// Makes the state (restoring a restarted job's), then applies the input rows its checkpoint held.
@@ -195,10 +263,7 @@ impl UpdateAggregateOp {
             self.metrics.note_bytes(size);
             if groups.keys.is_none() {
                 // One group, which cannot spill.
-                if !groups.reservation.try_resize(size) {
-                    return Err(groups.reservation.out_of_memory(size.saturating_sub(groups.reservation.size())));
-                }
-                return Ok(());
+                return groups.reservation.resize(size);
             }
             if held <= HELD_IN_MEMORY && groups.reservation.try_resize(size) {
                 return Ok(());
@@ -226,11 +291,8 @@ impl UpdateAggregateOp {
     /// Writes the bucket with the most groups in memory to disk.
     fn evict(&mut self) -> Result<()> {
         let groups = self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
-        let mut by_bucket: Vec<Vec<u32>> = vec![vec![]; BUCKETS];
-        for s in groups.live() {
-            by_bucket[bucket_of(&groups.key_of[s as usize])].push(s);
-        }
-        let Some((b, slots)) = by_bucket.iter().enumerate().max_by_key(|(_, slots)| slots.len()) else { return Ok(()) };
+        let Some(b) = (0..BUCKETS).max_by_key(|b| groups.bucket_groups[*b]) else { return Ok(()) };
+        let slots = &groups.bucket_slots(b);
         let state = slots.chunks(STATE_BATCH_ROWS).map(|c| groups.save(c)).collect::<Result<Vec<_>>>()?;
         // Unchanged since the last checkpoint, the groups are in its files as they are.
         let in_checkpoint = groups.shared.is_some() && slots.iter().all(|s| !groups.dirty[*s as usize]);
@@ -309,6 +371,8 @@ impl Groups {
             accs,
             values,
             touched: vec![],
+            bucket: vec![],
+            bucket_groups: [0; BUCKETS],
             key_bytes: 0,
             // Grouped, the groups can spill by bucket (`UpdateAggregateOp::evict`).
             reservation: pool.reservation("UpdateAggregate", spillable),
@@ -332,6 +396,7 @@ impl Groups {
         self.rows.resize(n, 0);
         self.emitted.resize(n, false);
         self.touched.resize(n, false);
+        self.bucket.resize(n, NO_GROUP);
         self.changed.resize(n, None);
         self.dirty.resize(n, false);
         for a in &mut self.accs {
@@ -365,6 +430,9 @@ impl Groups {
             }
         };
         self.key_bytes += key.len() * 2 + 32;
+        let b = bucket_of(&key);
+        self.bucket[s as usize] = b as u8;
+        self.bucket_groups[b] += 1;
         self.slot_of.insert(key.clone(), s);
         self.key_of[s as usize] = key;
         s
@@ -404,6 +472,8 @@ impl Groups {
         }
         self.dirty[s] = false;
         self.keys.as_ref()?;
+        self.bucket_groups[self.bucket[s] as usize] -= 1;
+        self.bucket[s] = NO_GROUP;
         let key = std::mem::take(&mut self.key_of[s]);
         self.key_bytes -= key.len() * 2 + 32;
         self.slot_of.remove(&key);
@@ -427,11 +497,12 @@ impl Groups {
         if self.keys.is_none() {
             return vec![0];
         }
-        let mut free = vec![false; self.key_of.len()];
-        for s in &self.free {
-            free[*s as usize] = true;
-        }
-        (0..self.key_of.len() as u32).filter(|s| !free[*s as usize]).collect()
+        (0..self.bucket.len() as u32).filter(|s| self.bucket[*s as usize] != NO_GROUP).collect()
+    }
+
+    /// The slots of bucket `b`'s groups.
+    fn bucket_slots(&self, b: usize) -> Vec<u32> {
+        (0..self.bucket.len() as u32).filter(|s| self.bucket[*s as usize] as usize == b).collect()
     }
 
     /// Marks `slot` changed since the last checkpoint.
@@ -536,15 +607,21 @@ impl Groups {
     fn restore_released(&mut self, path: &std::path::Path) -> Result<usize> {
         let mut n = 0;
         for b in super::checkpoint::read_batches(path)? {
-            let keys = b.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| damaged(path))?;
-            for key in keys.iter().flatten() {
-                if let Some(slot) = self.slot_of.get(key).copied() {
-                    self.release(slot);
-                }
-            }
+            self.release_keys(&b).map_err(|_| damaged(path))?;
             n += b.num_rows();
         }
         Ok(n)
+    }
+
+    /// Forgets the groups whose keys the batch's `key` column lists.
+    fn release_keys(&mut self, b: &RecordBatch) -> Result<()> {
+        let keys = b.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| RiffleError::exec("released keys missing"))?;
+        for key in keys.iter().flatten() {
+            if let Some(slot) = self.slot_of.get(key).copied() {
+                self.release(slot);
+            }
+        }
+        Ok(())
     }
 
     /// Reads the groups of `path` into the table, replacing those of the same keys; how many.
@@ -650,6 +727,9 @@ impl Groups {
             + (self.changed.capacity() + self.changes.capacity()) * 24
     }
 }
+
+/// A free slot's bucket.
+const NO_GROUP: u8 = u8::MAX;
 
 /// Held rows are applied in batches of about this many rows.
 const APPLY_ROWS: usize = 8192;
@@ -1059,9 +1139,10 @@ mod tests {
         let coordinator = |dir: &std::path::Path| {
             Coordinator::open(&CheckpointConfig { dir: dir.to_path_buf(), interval: std::time::Duration::from_secs(60) }).expect("open")
         };
-        let spilling = |c: &Arc<Coordinator>| {
+        let spilling = |c: &Arc<Coordinator>, pool: &Arc<MemoryPool>| {
             let ck = OperatorCheckpoint::register(c, "update-0".into()).expect("register");
-            UpdateAggregateOp::new(spec(), memory(64 << 10), Arc::new(OpMetrics::default()), Some(ck))
+            let memory = (pool.clone(), Arc::new(SpillManager::new(None, None)));
+            UpdateAggregateOp::new(spec(), memory, Arc::new(OpMetrics::default()), Some(ck))
         };
         // Many more keys than a checkpoint's changes: checkpoints after the first are incremental;
         // rows enough for every bucket on disk to be loaded (and written out again) between them.
@@ -1075,7 +1156,7 @@ mod tests {
 
         let mut committed = std::collections::BTreeMap::new();
         let c = coordinator(dir.path());
-        let mut op = spilling(&c);
+        let mut op = spilling(&c, &MemoryPool::new(64 << 10));
         // Checkpoints every 7 batches: the first whole, then by turns incremental (the last one too).
         for (i, batch) in input[..42].iter().enumerate() {
             apply(&mut committed, &emit(&mut op, batch.clone()));
@@ -1088,10 +1169,17 @@ mod tests {
         emit(&mut op, input[42].clone());
         drop((c, op));
         let c = coordinator(dir.path());
-        let mut op = spilling(&c);
+        let pool = MemoryPool::new(64 << 10);
+        let mut op = spilling(&c, &pool);
         assert_eq!(c.restored, 41);
+        let mut first = true;
         for batch in &input[42..] {
             apply(&mut committed, &emit(&mut op, batch.clone()));
+            if std::mem::take(&mut first) {
+                // The restore went bucket by bucket: the state it read was many times the budget.
+                let whole = op.state.as_ref().map_or(0, |g| g.size()) + op.spilled.iter().flatten().map(|b| b.state_rows() * 60).sum::<usize>();
+                assert!(pool.peak() * 4 < whole, "restoring peaked at {} bytes of a {whole}-byte state", pool.peak());
+            }
         }
         apply(&mut committed, &end(&mut op));
         assert_eq!(committed, want);

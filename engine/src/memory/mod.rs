@@ -126,8 +126,18 @@ impl MemoryReservation {
 
     /// Grows by `bytes` if the budget allows; false (and no change) if not, so the operator can spill.
     pub fn try_grow(&mut self, bytes: usize) -> bool {
+        self.grow_if(bytes, false)
+    }
+
+    /// Grows by `bytes` if the budget allows. `taking` (an unspillable consumer that fails without
+    /// the memory): it may take what spillable consumers hold, whose fair share then shrinks; each
+    /// spills down to it the next time it would grow, so the pool may be over its limit for that
+    /// long. Otherwise a join's state, say, could not grow once window aggregates had taken the
+    /// rest, though they could give it back.
+    fn grow_if(&mut self, bytes: usize, taking: bool) -> bool {
         let mut st = self.pool.lock();
-        let fits_pool = st.used + bytes <= self.pool.limit;
+        let held = if taking && !self.spillable { st.unspillable } else { st.used };
+        let fits_pool = held + bytes <= self.pool.limit;
         let fits_share = !self.spillable || self.size + bytes <= self.pool.fair_share(&st);
         if !(fits_pool && fits_share) {
             return false;
@@ -141,12 +151,22 @@ impl MemoryReservation {
         true
     }
 
-    /// Grows by `bytes` or fails the query with an out-of-memory error that names this operator.
+    /// Grows by `bytes` or fails the query with an out-of-memory error that names this operator; an
+    /// unspillable consumer may take memory spillable ones hold (`grow_if`).
     pub fn grow(&mut self, bytes: usize) -> Result<()> {
-        if self.try_grow(bytes) {
+        if self.grow_if(bytes, true) {
             return Ok(());
         }
         Err(self.out_of_memory(bytes))
+    }
+
+    /// Sets the size to `bytes` (shrinks without condition) or fails as `grow` does.
+    pub fn resize(&mut self, bytes: usize) -> Result<()> {
+        if bytes <= self.size {
+            self.shrink(self.size - bytes);
+            return Ok(());
+        }
+        self.grow(bytes - self.size)
     }
 
     /// The error for an operator that needs `bytes` more than the budget gives it and cannot spill
@@ -353,6 +373,28 @@ mod tests {
         assert!(b.try_grow(500));
         assert!(!b.try_grow(1));
         assert_eq!(pool.peak(), 1000);
+    }
+
+    #[test]
+    fn an_unspillable_consumer_takes_memory_spillable_ones_hold_and_they_give_it_back() {
+        let pool = MemoryPool::new(1000);
+        let mut window = pool.reservation("WindowAggregate", true);
+        let mut join = pool.reservation("StreamJoin", false);
+        assert!(window.try_grow(1000));
+        assert!(!join.try_grow(300), "trying, it does not take what others hold");
+        join.grow(300).expect("the spillable consumer's memory can be given back");
+        assert_eq!(pool.used(), 1300);
+        // Its next growth finds it over its share (what the join leaves): it spills down to that.
+        assert!(!window.try_grow(1));
+        window.shrink(300);
+        assert!(!window.try_grow(1));
+        assert_eq!(pool.used(), 1000);
+        // What unspillable consumers hold together is still bounded by the limit.
+        join.resize(1000).expect("the unspillable ones may hold the limit");
+        assert!(join.grow(1).is_err());
+        assert!(!window.try_grow(1), "nothing is left for the spillable consumer");
+        window.free();
+        assert_eq!(pool.used(), 1000);
     }
 
     #[test]
