@@ -4,8 +4,8 @@
 //! Keys are split by hash into `BUCKETS` buckets. An operator over its share writes its biggest
 //! buckets' state to a spill file each and forgets it. Input rows for a bucket on disk are held, in
 //! arrival order (in memory up to `HELD_IN_MEMORY` for all buckets together, then in files, the biggest first), until the
-//! bucket is loaded again: once they are half its state's size (reading and rewriting the state is
-//! then paid for by that much input), once the oldest has waited `MAX_HELD_AGE`, and at the
+//! bucket is loaded again: once they are as big as its state on disk (reading and rewriting the
+//! state is then paid for by that much input), once the oldest has waited `MAX_HELD_AGE`, and at the
 //! end of input. Loading reads the state back and applies the held rows as if they came then: each
 //! key's rows are applied in order, and only the results of keys on disk come out later than they
 //! would have in memory (as with Flink's mini-batches), never different ones.
@@ -175,7 +175,7 @@ impl SpilledBucket {
         let Some(since) = self.since else { return false };
         let held = self.held_bytes as u64 + self.held_files.iter().map(|f| f.bytes()).sum::<u64>();
         let state: u64 = self.state.iter().map(|f| f.bytes()).sum();
-        now.saturating_duration_since(since) >= MAX_HELD_AGE || held.saturating_mul(2) >= state
+        now.saturating_duration_since(since) >= MAX_HELD_AGE || held >= state
     }
 
     /// The state's batches, then the held rows', in the order they came.
