@@ -3,17 +3,17 @@
 //!
 //! Keys are split by hash into `BUCKETS` buckets. An operator over its share writes its biggest
 //! buckets' state to a spill file each and forgets it. Input rows for a bucket on disk are held, in
-//! arrival order (in memory up to `HELD_IN_MEMORY` for all buckets together, then in files, the biggest first), until the
-//! bucket is loaded again: once they are as big as its state on disk (reading and rewriting the
-//! state is then paid for by that much input), once the oldest has waited `MAX_HELD_AGE`, and at the
-//! end of input. Loading reads the state back and applies the held rows as if they came then: each
-//! key's rows are applied in order, and only the results of keys on disk come out later than they
-//! would have in memory (as with Flink's mini-batches), never different ones.
+//! arrival order (in memory up to `HELD_IN_MEMORY` for all buckets together, then in files, the
+//! biggest first), until the bucket is loaded again: once they are as big as its state on disk
+//! (reading and rewriting the state is then paid for by that much input), once the oldest has waited
+//! `MAX_HELD_AGE`, and at the end of input. Loading reads the state back and applies the held rows as
+//! if they came then: each key's rows are applied in order, and only the results of keys on disk come
+//! out later than they would have in memory (as with Flink's mini-batches), never different ones.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{RecordBatch, UInt32Array};
+use arrow::array::RecordBatch;
 
 use super::OpMetrics;
 use crate::error::Result;
@@ -30,39 +30,15 @@ pub(super) const HELD_IN_MEMORY: usize = 1 << 20;
 /// Rows of state per batch when a bucket is written.
 pub(super) const STATE_BATCH_ROWS: usize = 8192;
 
-/// The bucket of an encoded key (FNV-1a, mixed; it only has to agree with itself within a run).
+/// The bucket of an encoded key: the top bits of the hash that partitions keys (`stats::hash`).
 pub(super) fn bucket_of(key: &[u8]) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize
+    (crate::stats::hash(key) >> (64 - BUCKETS.trailing_zeros())) as usize
 }
 
 /// The rows of `batch` by bucket (`buckets[i]` is row `i`'s): each bucket that has rows, with its
-/// rows in input order and their share of the memory they take together (the parts are slices of
-/// one batch: each alone would report all of its buffers).
-pub(super) fn split_rows(batch: &RecordBatch, buckets: &[usize]) -> Result<Vec<(usize, RecordBatch, usize)>> {
-    let mut counts = [0u32; BUCKETS];
-    for b in buckets {
-        counts[*b] += 1;
-    }
-    let mut starts = [0u32; BUCKETS];
-    let mut at = 0;
-    for (s, c) in starts.iter_mut().zip(&counts) {
-        *s = at;
-        at += c;
-    }
-    let mut next = starts;
-    let mut order = vec![0u32; buckets.len()];
-    for (row, b) in buckets.iter().enumerate() {
-        order[next[*b] as usize] = row as u32;
-        next[*b] += 1;
-    }
-    let sorted = arrow::compute::take_record_batch(batch, &UInt32Array::from(order))?;
-    let per_row = sorted.get_array_memory_size() / sorted.num_rows().max(1);
-    let part = |b: usize| (b, sorted.slice(starts[b] as usize, counts[b] as usize), per_row * counts[b] as usize);
-    Ok((0..BUCKETS).filter(|b| counts[*b] > 0).map(part).collect())
+/// rows in input order, as a batch of its own.
+pub(super) fn split_rows(batch: &RecordBatch, buckets: &[usize]) -> Result<Vec<(usize, RecordBatch)>> {
+    super::key_partition::split_by_owner(batch, buckets, BUCKETS)
 }
 
 /// The batches of `files`, one file after another.
@@ -141,10 +117,10 @@ impl SpilledBucket {
         &self.state
     }
 
-    /// Holds input rows for this bucket's keys, taking `bytes` of memory, until it is loaded.
-    pub fn hold(&mut self, rows: RecordBatch, bytes: usize) {
+    /// Holds input rows for this bucket's keys until it is loaded.
+    pub fn hold(&mut self, rows: RecordBatch) {
         self.since.get_or_insert_with(Instant::now);
-        self.held_bytes += bytes;
+        self.held_bytes += rows.get_array_memory_size();
         self.held.push(rows);
     }
 
@@ -198,7 +174,7 @@ mod tests {
         let parts = split_rows(&batch, &buckets).expect("split");
         assert!(parts.len() > BUCKETS / 2, "keys spread over the buckets: {}", parts.len());
         let mut seen = vec![];
-        for (b, rows, _) in parts {
+        for (b, rows) in parts {
             let v = rows.column(0).as_primitive::<Int64Type>();
             assert!(v.values().windows(2).all(|w| w[0] < w[1]), "input order within a bucket");
             assert!(v.values().iter().all(|x| buckets[*x as usize] == b));

@@ -124,13 +124,8 @@ impl UpdateAggregateOp {
                 let shared = SharedFiles::open(&ck.coordinator, &ck.name, &[chain.clone(), held.clone()].concat())?;
                 self.replay = held.iter().map(|f| shared.path(f)).collect();
                 groups.shared = Some(shared);
-                if groups.keys.is_some() {
-                    self.state = Some(groups);
-                    self.restore_by_bucket(&chain)?;
-                } else {
-                    groups.restore(&chain, self.spec.state_ttl)?;
-                    self.state = Some(groups);
-                }
+                self.state = Some(groups);
+                self.restore_by_bucket(&chain)?;
             } else {
                 self.state = Some(groups);
             }
@@ -138,19 +133,18 @@ impl UpdateAggregateOp {
         self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))
     }
 
-    /// Applies the files a checkpoint names to the (new, empty) groups one bucket of keys at a time,
-    /// within the memory budget: each file's rows are first split by bucket into spill files, then
+    /// Applies the files a checkpoint names, in order, to the (new, empty) groups one bucket of keys
+    /// at a time, within the memory budget: each file's rows are first split by bucket into spill files, then
     /// each bucket's rows are applied in the files' order and the state counted, writing buckets
     /// already restored to disk while it is over its share. A restore needs no more memory than the
     /// job that wrote the checkpoint.
     fn restore_by_bucket(&mut self, chain: &[String]) -> Result<()> {
         let groups = self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
         let shared = groups.shared.clone().ok_or_else(|| RiffleError::exec("checkpoint files missing"))?;
-        // Per bucket, its rows of each file in order: (released keys?, their spill file).
-        let mut parts: Vec<Vec<(bool, Arc<SpillFile>)>> = (0..BUCKETS).map(|_| vec![]).collect();
+        // Per bucket, its rows of each file in order: (the file, its rows of the bucket).
+        let mut parts: Vec<Vec<(&String, Arc<SpillFile>)>> = (0..BUCKETS).map(|_| vec![]).collect();
         for file in chain {
             let path = shared.path(file);
-            let released = file.starts_with("released-");
             let mut writers: Vec<Option<SpillWriter>> = (0..BUCKETS).map(|_| None).collect();
             let mut rows = 0;
             for batch in super::checkpoint::batches_in(&path)? {
@@ -158,7 +152,7 @@ impl UpdateAggregateOp {
                 rows += batch.num_rows();
                 let keys = batch.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| damaged(&path))?;
                 let buckets: Vec<usize> = keys.iter().map(|k| bucket_of(k.unwrap_or_default())).collect();
-                for (b, part, _) in split_rows(&batch, &buckets)? {
+                for (b, part) in split_rows(&batch, &buckets)? {
                     let writer = match &mut writers[b] {
                         Some(w) => w,
                         None => writers[b].insert(self.spill.writer(&part.schema())?),
@@ -168,7 +162,7 @@ impl UpdateAggregateOp {
             }
             for (b, writer) in writers.into_iter().enumerate() {
                 if let Some(w) = writer {
-                    parts[b].push((released, Arc::new(w.finish()?)));
+                    parts[b].push((file, Arc::new(w.finish()?)));
                 }
             }
             groups.chain.push((file.clone(), rows));
@@ -176,14 +170,11 @@ impl UpdateAggregateOp {
         let ttl = self.spec.state_ttl;
         for bucket in parts {
             let groups = self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
-            for (released, file) in &bucket {
-                for batch in batches_of(std::slice::from_ref(file)) {
+            for (file, rows) in &bucket {
+                for batch in batches_of(std::slice::from_ref(rows)) {
                     let batch = batch?;
-                    if *released {
-                        groups.release_keys(&batch).map_err(|_| RiffleError::exec("a checkpoint's released keys lack their column"))?;
-                    } else {
-                        groups.load_batch(&batch, ttl)?;
-                    }
+                    let applied = if file.starts_with("released-") { groups.release_keys(&batch) } else { groups.load_batch(&batch, ttl).map(drop) };
+                    applied.map_err(|_| damaged(&shared.path(file)))?;
                 }
             }
             drop(bucket);
@@ -203,8 +194,8 @@ impl UpdateAggregateOp {
             self.account()?;
         }
         for path in std::mem::take(&mut self.replay) {
-            for rows in super::checkpoint::read_batches(&path)? {
-                self.route(rows, out)?;
+            for rows in super::checkpoint::batches_in(&path)? {
+                self.route(rows?, out)?;
             }
             self.account()?;
         }
@@ -242,9 +233,9 @@ impl UpdateAggregateOp {
         if on_disk.true_count() > 0 {
             let held = arrow::compute::filter_record_batch(&batch, &on_disk)?;
             let held_buckets: Vec<usize> = buckets.iter().copied().filter(|b| self.spilled[*b].is_some()).collect();
-            for (b, rows, bytes) in split_rows(&held, &held_buckets)? {
+            for (b, rows) in split_rows(&held, &held_buckets)? {
                 if let Some(bucket) = &mut self.spilled[b] {
-                    bucket.hold(rows, bytes);
+                    bucket.hold(rows);
                 }
             }
         }
@@ -257,7 +248,6 @@ impl UpdateAggregateOp {
     fn account(&mut self) -> Result<()> {
         loop {
             let held: usize = self.spilled.iter().flatten().map(|b| b.held_in_memory()).sum();
-            let (spec, pool) = (self.spec.clone(), self.pool.clone());
             let groups = self.state.as_mut().ok_or_else(|| RiffleError::exec("aggregate state missing"))?;
             let size = groups.size() + held;
             self.metrics.note_bytes(size);
@@ -281,7 +271,7 @@ impl UpdateAggregateOp {
             } else if groups.free.len() > live {
                 // Slots freed by buckets written out are reused, not given back: more free than
                 // live ones, the groups move into fresh slots.
-                groups.compact(&spec, &pool)?;
+                groups.compact(&self.spec, &self.pool)?;
             } else {
                 self.evict()?;
             }
@@ -329,12 +319,14 @@ impl UpdateAggregateOp {
             drop(state);
             // Applied a few thousand rows at a time, not in the slivers they were held in (each
             // apply emits one change per group it touched).
-            let mut gathered: Vec<RecordBatch> = vec![];
+            let (mut gathered, mut gathered_rows): (Vec<RecordBatch>, usize) = (vec![], 0);
             for rows in batches_of(&held_files).chain(held.into_iter().map(Ok)) {
                 let rows = rows?;
-                if gathered.first().is_some_and(|g| g.schema() != rows.schema()) || gathered.iter().map(|g| g.num_rows()).sum::<usize>() >= APPLY_ROWS {
+                if gathered.first().is_some_and(|g| g.schema() != rows.schema()) || gathered_rows >= APPLY_ROWS {
                     self.apply(arrow::compute::concat_batches(&gathered[0].schema(), &std::mem::take(&mut gathered))?, out)?;
+                    gathered_rows = 0;
                 }
+                gathered_rows += rows.num_rows();
                 gathered.push(rows);
             }
             if let Some(first) = gathered.first() {
@@ -587,32 +579,6 @@ impl Groups {
         Ok(RecordBatch::try_from_iter(columns)?)
     }
 
-    /// Applies the shared files a checkpoint names, in order, to the (new, empty) table.
-    fn restore(&mut self, chain: &[String], ttl: Option<std::time::Duration>) -> Result<()> {
-        let Some(shared) = self.shared.clone() else { return Ok(()) };
-        for file in chain {
-            let path = shared.path(file);
-            let rows = if file.starts_with("released-") { self.restore_released(&path)? } else { self.restore_groups(&path, ttl)? };
-            self.chain.push((file.clone(), rows));
-        }
-        // Replaced and released keys of the restore are no changes of this run.
-        self.released.clear();
-        // Counted as it is: the first message spills what is over the share (`UpdateAggregateOp::ready`).
-        let size = self.size();
-        self.reservation.resize_anyway(size);
-        Ok(())
-    }
-
-    /// Forgets the groups whose keys `path` lists; how many it lists.
-    fn restore_released(&mut self, path: &std::path::Path) -> Result<usize> {
-        let mut n = 0;
-        for b in super::checkpoint::read_batches(path)? {
-            self.release_keys(&b).map_err(|_| damaged(path))?;
-            n += b.num_rows();
-        }
-        Ok(n)
-    }
-
     /// Forgets the groups whose keys the batch's `key` column lists.
     fn release_keys(&mut self, b: &RecordBatch) -> Result<()> {
         let keys = b.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| RiffleError::exec("released keys missing"))?;
@@ -622,16 +588,6 @@ impl Groups {
             }
         }
         Ok(())
-    }
-
-    /// Reads the groups of `path` into the table, replacing those of the same keys; how many.
-    fn restore_groups(&mut self, path: &std::path::Path, ttl: Option<std::time::Duration>) -> Result<usize> {
-        let mut n = 0;
-        for b in super::checkpoint::read_batches(path)? {
-            self.load_batch(&b, ttl).map_err(|_| damaged(path))?;
-            n += b.num_rows();
-        }
-        Ok(n)
     }
 
     /// Reads saved groups (as `save` writes them) into the table, replacing those of the same keys;
@@ -1220,5 +1176,37 @@ mod tests {
         apply(&mut committed, &emit(&mut op, last.clone()));
         apply(&mut want, &emit(&mut never_stopped, last));
         assert_eq!(committed, want);
+    }
+
+    /// A GROUP BY without keys (one group, never spilled) is restored through the same path.
+    #[test]
+    fn a_restored_update_aggregate_without_keys_carries_on() {
+        use RowKind::*;
+        let keyless = |spec: Arc<UpdateAggSpec>| {
+            let schema = Arc::new(arrow::datatypes::Schema::new(spec.schema.fields().iter().skip(1).cloned().collect::<Vec<_>>()));
+            Arc::new(UpdateAggSpec { group: vec![], aggs: spec.aggs.clone(), input_changelog: true, input_schema: spec.input_schema.clone(), schema, state_ttl: None })
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let coordinator = Coordinator::open(&CheckpointConfig { dir: dir.path().to_path_buf(), interval: std::time::Duration::from_secs(60) }).expect("open");
+        let ck = OperatorCheckpoint::register(&coordinator, "update-0".into()).expect("register");
+        let mut op = UpdateAggregateOp::new(keyless(spec()), memory(1 << 30), Arc::new(OpMetrics::default()), Some(ck));
+        let mut out = vec![];
+        op.on_batch(changes(&[(Insert, "a", 1), (Insert, "b", 2)]), &mut out).expect("batch");
+        barrier(&coordinator, &mut op, 1);
+        drop((coordinator, op));
+        let coordinator = Coordinator::open(&CheckpointConfig { dir: dir.path().to_path_buf(), interval: std::time::Duration::from_secs(60) }).expect("open");
+        let ck = OperatorCheckpoint::register(&coordinator, "update-0".into()).expect("register");
+        let mut op = UpdateAggregateOp::new(keyless(spec()), memory(1 << 30), Arc::new(OpMetrics::default()), Some(ck));
+        let mut out = vec![];
+        op.on_batch(changes(&[(Insert, "c", 4)]), &mut out).expect("batch");
+        let shown = crate::changelog::for_display(match &out[0] {
+            Message::Batch(b) => b,
+            _ => panic!("a batch"),
+        })
+        .expect("display");
+        let cells: Vec<String> = (0..shown.num_rows())
+            .map(|r| shown.columns().iter().map(|c| crate::format::format_value(c, r).expect("format").unwrap_or_default()).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(cells, ["-U 2 3", "+U 3 7"]);
     }
 }
