@@ -422,7 +422,7 @@ impl Builder<'_> {
                 let output = Arc::new(Exchange::new(lp + rp, consumers, EXCHANGE_CAPACITY, self.notifier.clone()));
                 let checkpoint = self.checkpoint().map(|c| (c, id));
                 let shared =
-                    Arc::new(super::stream_join::StreamJoinShared::new(spec, lp, rp, output.clone(), metrics, &self.memory.pool, checkpoint)?);
+                    Arc::new(super::stream_join::StreamJoinShared::new(spec, lp, rp, output.clone(), metrics, (&self.memory.pool, self.memory.spill.clone()), checkpoint)?);
                 let ls = shared.clone();
                 self.close(left_open, &move |p| Ok(Box::new(super::stream_join::StreamJoinSink::new(ls.clone(), 0, p))))?;
                 self.close(right_open, &move |p| Ok(Box::new(super::stream_join::StreamJoinSink::new(shared.clone(), 1, p))))?;

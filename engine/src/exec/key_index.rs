@@ -94,7 +94,10 @@ impl KeyIndex {
 
     /// The runs of rows stored under `key`, newest first: (chunk, consecutive rows of it).
     pub fn runs(&self, key: &[u8]) -> impl Iterator<Item = (u64, std::ops::Range<u32>)> + '_ {
-        let mut next = self.find(self.hasher.hash_one(key), key).map_or(NONE, |k| self.heads[k as usize]);
+        self.runs_from(self.find(self.hasher.hash_one(key), key).map_or(NONE, |k| self.heads[k as usize]))
+    }
+
+    fn runs_from(&self, mut next: u32) -> impl Iterator<Item = (u64, std::ops::Range<u32>)> + '_ {
         std::iter::from_fn(move || {
             let run = *self.entries.get(next as usize)?;
             next = run.older;
@@ -102,8 +105,20 @@ impl KeyIndex {
         })
     }
 
+    /// Every key, with the runs of rows stored under it (newest first). Runs of dropped chunks are
+    /// among them until swept out.
+    pub fn keys(&self) -> impl Iterator<Item = (&[u8], impl Iterator<Item = (u64, std::ops::Range<u32>)> + '_)> + '_ {
+        (0..self.heads.len() as u32).map(|k| (self.key(k), self.runs_from(self.heads[k as usize])))
+    }
+
     /// Keeps the rows for which `keep` holds (and the keys that still have one), in the same order.
     pub fn retain(&mut self, keep: impl Fn(RowRef) -> bool) {
+        self.retain_map(|(chunk, row)| keep((chunk, row)).then_some(row));
+    }
+
+    /// Keeps the rows `place` gives a row number (in their chunk, which lost rows before them, say),
+    /// under that number, in the same order; the others go.
+    pub fn retain_map(&mut self, place: impl Fn(RowRef) -> Option<u32>) {
         let mut kept = KeyIndex { hasher: self.hasher.clone(), ..KeyIndex::default() };
         for k in 0..self.heads.len() as u32 {
             let mut runs: Vec<Run> = Vec::new();
@@ -114,7 +129,7 @@ impl KeyIndex {
             }
             // Oldest first, as they were inserted.
             for run in runs.iter().rev() {
-                for r in (run.first..run.first + run.len).filter(|r| keep((run.chunk, *r))) {
+                for r in (run.first..run.first + run.len).filter_map(|r| place((run.chunk, r))) {
                     kept.insert(self.key(k), (run.chunk, r));
                 }
             }
@@ -182,5 +197,23 @@ mod tests {
         ix.retain(|(chunk, r)| chunk == 8 && r < 20 || chunk == 7 && r % 2 == 0);
         assert_eq!(get(&ix, b"w").len(), 510);
         assert_eq!(get(&ix, b"v").len(), 1);
+    }
+
+    #[test]
+    fn rows_renumbered_in_their_chunk_keep_their_keys_and_order() {
+        // A chunk that lost rows 1 and 3 of 0..5: rows 0, 2, 4 become 0, 1, 2.
+        let mut ix = KeyIndex::default();
+        for (r, key) in [b"a", b"b", b"a", b"b", b"a"].iter().enumerate() {
+            ix.insert(&key[..], (1, r as u32));
+        }
+        ix.insert(b"c", (2, 0));
+        let keys: Vec<(Vec<u8>, usize)> = ix.keys().map(|(k, runs)| (k.to_vec(), runs.map(|(_, r)| r.len()).sum())).collect();
+        assert_eq!(keys, vec![(b"a".to_vec(), 3), (b"b".to_vec(), 2), (b"c".to_vec(), 1)]);
+        let place = [Some(0), None, Some(1), None, Some(2)];
+        ix.retain_map(|(chunk, r)| if chunk == 1 { place[r as usize] } else { Some(r) });
+        assert_eq!(get(&ix, b"a"), vec![(1, 0), (1, 1), (1, 2)], "consecutive now: one run");
+        assert_eq!(get(&ix, b"b").len(), 0);
+        assert_eq!(get(&ix, b"c"), vec![(2, 0)]);
+        assert_eq!(ix.entries.len(), 2);
     }
 }

@@ -1,5 +1,5 @@
 //! Keyed streaming state that outgrows its memory share, on disk a bucket of keys at a time: how an
-//! updating aggregate spills.
+//! updating aggregate and a stream join spill.
 //!
 //! Keys are split by hash into `BUCKETS` buckets. An operator over its share writes its biggest
 //! buckets' state to a spill file each and forgets it. Input rows for a bucket on disk are held, in
@@ -117,6 +117,17 @@ impl SpilledBucket {
         &self.state
     }
 
+    /// Adds `state` to the bucket's state on disk.
+    pub fn add_state(&mut self, state: Vec<RecordBatch>, spill: &Arc<SpillManager>, metrics: &OpMetrics) -> Result<()> {
+        self.state.extend(write_files(state, spill, metrics)?);
+        Ok(())
+    }
+
+    /// Forgets the state on disk (none of it is needed any more).
+    pub fn drop_state(&mut self) {
+        self.state.clear();
+    }
+
     /// Holds input rows for this bucket's keys until it is loaded.
     pub fn hold(&mut self, rows: RecordBatch) {
         self.since.get_or_insert_with(Instant::now);
@@ -148,10 +159,22 @@ impl SpilledBucket {
 
     /// Whether the bucket should be loaded now to apply its held rows (see the module's doc).
     pub fn due(&self, now: Instant) -> bool {
-        let Some(since) = self.since else { return false };
-        let held = self.held_bytes as u64 + self.held_files.iter().map(|f| f.bytes()).sum::<u64>();
-        let state: u64 = self.state.iter().map(|f| f.bytes()).sum();
-        now.saturating_duration_since(since) >= MAX_HELD_AGE || held >= state
+        self.has_held() && (self.waited(now) >= MAX_HELD_AGE || self.held_bytes() >= self.state_bytes())
+    }
+
+    /// Bytes of held rows, in memory and in files.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes as u64 + self.held_files.iter().map(|f| f.bytes()).sum::<u64>()
+    }
+
+    /// Bytes of the state on disk.
+    pub fn state_bytes(&self) -> u64 {
+        self.state.iter().map(|f| f.bytes()).sum()
+    }
+
+    /// How long the oldest held row has waited (zero: none held).
+    pub fn waited(&self, now: Instant) -> Duration {
+        self.since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
     /// The state's batches, then the held rows', in the order they came.

@@ -31,20 +31,22 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch};
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch, UInt32Array};
 use arrow::compute::interleave;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
 
 use super::checkpoint::{Coordinator, EpochTracker, OperatorCheckpoint, SharedFiles};
-use super::key_index::KeyIndex;
+use super::key_index::{KeyIndex, RowRef};
+use super::keyed_spill::{batches_of, bucket_of, SpilledBucket, BUCKETS, HELD_IN_MEMORY, MAX_HELD_AGE, STATE_BATCH_ROWS};
 use super::{Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
 use crate::changelog::RowKind;
 use crate::logical::{Expr, JoinKind};
-use crate::memory::{batch_bytes, MemoryPool, MemoryReservation};
+use crate::memory::{batch_bytes, MemoryPool, MemoryReservation, SpillManager};
 use crate::message::{Message, Timestamp};
 use crate::physical::IntervalBounds;
 
@@ -222,6 +224,67 @@ struct State {
     reservation: MemoryReservation,
     /// Checkpoint barriers of every producer (left partitions, then right ones).
     epochs: EpochTracker,
+    /// Per bucket of keys, its rows on disk and the input held for it (empty until the join spills).
+    spilled: Vec<Option<SpilledRows>>,
+}
+
+/// A bucket of keys whose stored rows, both sides', are on disk, and the input rows of its keys held
+/// until it is loaded again (see `keyed_spill`).
+struct SpilledRows {
+    sides: [SpilledBucket; 2],
+    /// Per side, the checkpoint file holding its rows on disk, once a checkpoint saved them.
+    saved: [Option<String>; 2],
+    /// Interval joins: the earliest time of a held row (`MAX`: none).
+    held_from: Timestamp,
+    /// Interval joins, per side: the earliest time of a row on disk that never matched, on a side
+    /// whose rows without match are kept (`MAX`: none), and the latest time of a row on disk (`MIN`:
+    /// none).
+    pending: [Timestamp; 2],
+    latest: [Timestamp; 2],
+}
+
+impl SpilledRows {
+    fn has_held(&self) -> bool {
+        self.sides.iter().any(SpilledBucket::has_held)
+    }
+
+    fn held_in_memory(&self) -> usize {
+        self.sides.iter().map(SpilledBucket::held_in_memory).sum()
+    }
+
+    /// Due as a bucket of `keyed_spill` is, both sides' rows counted together.
+    fn due(&self, now: Instant) -> bool {
+        let held: u64 = self.sides.iter().map(SpilledBucket::held_bytes).sum();
+        let state: u64 = self.sides.iter().map(SpilledBucket::state_bytes).sum();
+        self.has_held() && (held >= state || self.sides.iter().any(|s| s.waited(now) >= MAX_HELD_AGE))
+    }
+
+    /// Whether the watermarks passed a row on disk that never matched and must leave now (`cutoffs`:
+    /// per side, the time before which its rows can match nothing more).
+    fn passed(&self, cutoffs: [Option<Timestamp>; 2]) -> bool {
+        (0..2).any(|s| cutoffs[s].is_some_and(|c| self.pending[s] < c))
+    }
+
+    /// Forgets, unread, a side's rows on disk that the watermarks passed, none of which must leave
+    /// padded and none of which a held row of the other side (which came before those watermarks)
+    /// may match. True if nothing is left on disk or held.
+    fn forget_passed(&mut self, cutoffs: [Option<Timestamp>; 2]) -> bool {
+        for (s, cutoff) in cutoffs.into_iter().enumerate() {
+            let passed = cutoff.is_some_and(|c| self.latest[s] != Timestamp::MIN && self.latest[s] < c);
+            if passed && self.pending[s] == Timestamp::MAX && !self.sides[1 - s].has_held() {
+                self.sides[s].drop_state();
+                self.saved[s] = None;
+                self.latest[s] = Timestamp::MIN;
+            }
+        }
+        !self.has_held() && self.sides.iter().all(|s| s.state_rows() == 0)
+    }
+
+    /// The earliest time of a row on disk that may yet come out (held rows and their pairs are
+    /// within the interval's reach of it; rows without match leave with their own time).
+    fn earliest(&self) -> Timestamp {
+        self.held_from.min(self.pending[0]).min(self.pending[1])
+    }
 }
 
 struct JoinCheckpoint {
@@ -229,6 +292,8 @@ struct JoinCheckpoint {
     files: Arc<SharedFiles>,
     /// What the checkpoint the job restarts from names: per side, files and live positions.
     restored: Vec<Vec<(String, Vec<u32>)>>,
+    /// Per side, the files of rows that were on disk at that checkpoint.
+    restored_spilled: Vec<Vec<String>>,
 }
 
 pub struct StreamJoinShared {
@@ -242,6 +307,7 @@ pub struct StreamJoinShared {
     output_schema: SchemaRef,
     left_partitions: usize,
     metrics: Arc<OpMetrics>,
+    spill: Arc<SpillManager>,
     checkpoint: Option<JoinCheckpoint>,
 }
 
@@ -256,7 +322,7 @@ impl StreamJoinShared {
         right_partitions: usize,
         output: Arc<Exchange>,
         metrics: Arc<OpMetrics>,
-        pool: &Arc<MemoryPool>,
+        (pool, spill): (&Arc<MemoryPool>, Arc<SpillManager>),
         checkpoint: Option<(Arc<Coordinator>, usize)>,
     ) -> Result<StreamJoinShared> {
         let key_types: Vec<DataType> = spec.left_keys.iter().map(|k| k.data_type(&spec.left_schema)).collect();
@@ -268,29 +334,30 @@ impl StreamJoinShared {
         }
         let restored = checkpoint.as_ref().map_or(0, |(c, _)| c.restored);
         let epochs = EpochTracker::new(left_partitions + right_partitions, restored);
-        let state = Mutex::new(State { sides, reservation: pool.reservation("StreamJoin", false), epochs });
+        let state = Mutex::new(State { sides, reservation: pool.reservation("StreamJoin", true), epochs, spilled: vec![] });
         let checkpoint = match checkpoint {
             None => None,
             Some((coordinator, node)) => {
                 let name = format!("join-{node}");
-                let restored = match coordinator.restore_dir() {
+                let (restored, restored_spilled) = match coordinator.restore_dir() {
                     Some(dir) => read_named(&dir.join(&name).join("state.json"))?,
-                    None => vec![vec![], vec![]],
+                    None => (vec![vec![], vec![]], vec![vec![], vec![]]),
                 };
-                let names: Vec<String> = restored.iter().flatten().map(|(f, _)| f.clone()).collect();
+                let mut names: Vec<String> = restored.iter().flatten().map(|(f, _)| f.clone()).collect();
+                names.extend(restored_spilled.iter().flatten().cloned());
                 let files = SharedFiles::open(&coordinator, &name, &names)?;
-                Some(JoinCheckpoint { op: OperatorCheckpoint::register(&coordinator, name)?, files, restored })
+                Some(JoinCheckpoint { op: OperatorCheckpoint::register(&coordinator, name)?, files, restored, restored_spilled })
             }
         };
         let output_schema = if spec.changelog() { crate::changelog::with_op(&spec.schema) } else { spec.schema.clone() };
-        let shared = StreamJoinShared { spec, key_types, converter, state, output, output_schema, left_partitions, metrics, checkpoint };
+        let shared = StreamJoinShared { spec, key_types, converter, state, output, output_schema, left_partitions, metrics, spill, checkpoint };
         shared.restore()?;
         Ok(shared)
     }
 
     /// Stores the rows of the checkpoint the job restarts from, if any: the live chunks of the files
     /// it names, which later checkpoints name again instead of writing them anew, with their rows'
-    /// matched flags (outer joins).
+    /// matched flags (outer joins), then the rows that were on disk (spilling again as it goes).
     fn restore(&self) -> Result<()> {
         let Some(ck) = &self.checkpoint else { return Ok(()) };
         let flags = match ck.op.restore_dir().map(|d| d.join(MATCHED_FILE)) {
@@ -301,39 +368,101 @@ impl StreamJoinShared {
             }
             _ => vec![vec![], vec![]],
         };
+        let now = self.spec.state_ttl.map(|_| Instant::now());
         for (side, files) in ck.restored.iter().enumerate() {
             let mut flags = flags[side].iter().copied();
             for (name, live) in files {
                 let batches = super::checkpoint::read_batches(&ck.files.path(name))?;
-                let mut saved = SavedFile { name: name.clone(), total: batches.len(), chunks: vec![] };
+                // Named before its chunks are stored: a chunk that spilling changes leaves it.
+                self.lock()?.sides[side].files.push(SavedFile { name: name.clone(), total: batches.len(), chunks: vec![] });
                 for p in live {
                     let batch = batches.get(*p as usize).cloned().ok_or_else(|| damaged(&ck.files.path(name)))?;
-                    let (keys, max_time) = self.keys(side, &batch)?;
                     let want = if self.spec.outer(side) { batch.num_rows() } else { 0 };
                     let matched: Vec<bool> = flags.by_ref().take(want).collect();
                     if matched.len() != want {
                         return Err(damaged(&ck.files.path(name)));
                     }
-                    let pending = self.pending(side, &batch, &matched);
                     let mut st = self.lock()?;
-                    let now = self.spec.state_ttl.map(|_| std::time::Instant::now());
-                    if let Some(id) = store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, &keys, now) {
-                        saved.chunks.push((*p, id));
+                    let flags = if matched.is_empty() { vec![false; batch.num_rows()] } else { matched };
+                    if let Some(id) = self.restore_rows(&mut st, side, with_flags(&batch, flags)?, now)? {
+                        if let Some(saved) = st.sides[side].files.last_mut() {
+                            saved.chunks.push((*p, id));
+                        }
                     }
                     self.account(&mut st)?;
                 }
-                self.lock()?.sides[side].files.push(saved);
+            }
+        }
+        for (side, files) in ck.restored_spilled.iter().enumerate() {
+            for name in files {
+                for batch in super::checkpoint::batches_in(&ck.files.path(name))? {
+                    let mut st = self.lock()?;
+                    self.restore_rows(&mut st, side, batch?, now)?;
+                    self.account(&mut st)?;
+                }
             }
         }
         Ok(())
     }
 
+    /// Stores restored rows of `side` (with their matched flags as the last column): those of buckets
+    /// on disk (spilled while restoring) are added to the bucket's rows there, the others stored as a
+    /// chunk. The chunk's id if all were.
+    fn restore_rows(&self, st: &mut State, side: usize, saved: RecordBatch, now: Option<Instant>) -> Result<Option<u64>> {
+        if st.spilled.iter().all(Option::is_none) {
+            return self.store_saved(st, side, saved, now);
+        }
+        let keys = self.keys(side, &saved)?;
+        let here = BUCKETS;
+        let buckets: Vec<usize> = (0..saved.num_rows())
+            .map(|r| {
+                let b = bucket_of(keys.key(r));
+                if keys.valid[r] && st.spilled[b].is_some() { b } else { here }
+            })
+            .collect();
+        if buckets.iter().all(|b| *b == here) {
+            return self.store_saved(st, side, saved, now);
+        }
+        for (b, rows) in super::key_partition::split_by_owner(&saved, &buckets, BUCKETS + 1)? {
+            if b == here {
+                self.store_saved(st, side, rows, now)?;
+            } else if let Some(bucket) = &mut st.spilled[b] {
+                let (pending, latest) = self.bounds(side, std::slice::from_ref(&rows));
+                bucket.pending[side] = bucket.pending[side].min(pending);
+                bucket.latest[side] = bucket.latest[side].max(latest);
+                bucket.sides[side].add_state(vec![rows], &self.spill, &self.metrics)?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores rows of `side` saved with their matched flags (the last column) as a chunk.
+    fn store_saved(&self, st: &mut State, side: usize, mut saved: RecordBatch, now: Option<Instant>) -> Result<Option<u64>> {
+        let last = saved.num_columns().saturating_sub(1);
+        let flags = saved.columns().get(last).and_then(|c| c.as_boolean_opt()).ok_or_else(|| RiffleError::exec("stream join: saved rows lack their matched flags"))?;
+        let matched = if self.spec.outer(side) { flags.values().iter().collect() } else { vec![] };
+        saved.remove_column(last);
+        self.store_rows(st, side, saved, matched, now)
+    }
+
+    /// Stores `batch` on `side` (not probed), as a chunk with its rows' `matched` flags; its id.
+    fn store_rows(&self, st: &mut State, side: usize, batch: RecordBatch, matched: Vec<bool>, now: Option<Instant>) -> Result<Option<u64>> {
+        let keys = self.keys(side, &batch)?;
+        let max_time = self.max_time(side, &batch);
+        let pending = self.pending(side, &batch, &matched);
+        Ok(store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, &keys, now))
+    }
+
     /// Producer `producer` passed barrier `e` (or ended: `u64::MAX`): once every producer has, the
-    /// stored rows are those before the barrier; they are written and the epoch acked.
+    /// stored rows are those before the barrier; they are written and the epoch acked. Rows held for
+    /// buckets on disk are joined first (a checkpoint saves stored rows only), their output pushed
+    /// ahead of the barrier.
     fn barrier(&self, producer: usize, e: u64) -> Result<()> {
         let Some(ck) = &self.checkpoint else { return Ok(()) };
+        let mut out = Vec::new();
         let mut st = self.lock()?;
         for epoch in st.epochs.pass(producer, e) {
+            self.load_due(&mut st, true, &mut out)?;
             let dir = ck.op.coordinator.state_dir(epoch, &ck.op.name)?;
             // The stored batches are shared, not copied: they are written while the join goes on.
             let mut writes = Vec::new();
@@ -353,12 +482,38 @@ impl StreamJoinShared {
                     .collect::<Result<Vec<_>>>()?;
                 writes.push((dir.join(MATCHED_FILE), flags));
             }
-            ck.files.taken(epoch, named.iter().flatten().map(|(f, _)| f.clone()).collect());
-            let doc = serde_json::json!({ "sides": named.iter().map(|files| files.iter().map(|(f, live)| serde_json::json!({ "file": f, "live": live })).collect::<Vec<_>>()).collect::<Vec<_>>() });
+            // Rows on disk, a file per bucket and side, written once: later checkpoints name it
+            // again until the bucket is loaded.
+            let mut from_disk = Vec::new();
+            let mut spilled: [Vec<String>; 2] = Default::default();
+            for (b, bucket) in st.spilled.iter_mut().enumerate() {
+                let Some(bucket) = bucket else { continue };
+                for (side, prefix) in ["left", "right"].iter().enumerate() {
+                    if bucket.sides[side].state_rows() == 0 {
+                        continue;
+                    }
+                    let name = bucket.saved[side].get_or_insert_with(|| {
+                        let name = format!("{prefix}-b{b}-{epoch}.arrow");
+                        from_disk.push((ck.files.path(&name), bucket.sides[side].state_files().to_vec()));
+                        name
+                    });
+                    spilled[side].push(name.clone());
+                }
+            }
+            let mut names: Vec<String> = named.iter().flatten().map(|(f, _)| f.clone()).collect();
+            names.extend(spilled.iter().flatten().cloned());
+            ck.files.taken(epoch, names);
+            let doc = serde_json::json!({
+                "sides": named.iter().map(|files| files.iter().map(|(f, live)| serde_json::json!({ "file": f, "live": live })).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "spilled": spilled,
+            });
             let state = dir.join("state.json");
             ck.op.coordinator.save_async(ck.op.component, epoch, move || {
                 for (path, batches) in &writes {
                     super::checkpoint::write_batches(path, batches)?;
+                }
+                for (path, files) in &from_disk {
+                    super::checkpoint::write_batches_from(path, batches_of(files))?;
                 }
                 super::checkpoint::write_synced(&state, doc.to_string().as_bytes())
             })?;
@@ -366,15 +521,313 @@ impl StreamJoinShared {
         if st.epochs.all_ended() {
             ck.op.coordinator.retire(ck.op.component)?;
         }
+        self.push_all(producer, st, out);
         Ok(())
     }
 
-    /// The budget covers both sides' stored rows.
+    /// Pushes `out`. A changelog's order matters (a row is taken back after it was emitted): it is
+    /// pushed under the lock, in the order decided. Other output leaves after it is released.
+    fn push_all(&self, producer: usize, st: std::sync::MutexGuard<'_, State>, out: Vec<RecordBatch>) {
+        let guard = if self.spec.changelog() {
+            Some(st)
+        } else {
+            drop(st);
+            None
+        };
+        for b in out {
+            self.push(producer, b);
+        }
+        drop(guard);
+    }
+
+    /// Counts the stored rows (and held ones) in the pool. Over its share, the join writes its
+    /// biggest buckets of keys to disk until half of what it held is left; held rows beyond
+    /// `HELD_IN_MEMORY` (or once nothing is stored) go to files; what it must keep is counted anyway.
     fn account(&self, st: &mut State) -> Result<()> {
-        let size = st.sides.iter().map(Side::size).sum::<usize>();
-        st.reservation.resize(size)?;
-        self.metrics.note_bytes(size);
+        loop {
+            let held: usize = st.spilled.iter().flatten().map(SpilledRows::held_in_memory).sum();
+            let size = st.sides.iter().map(Side::size).sum::<usize>() + held;
+            self.metrics.note_bytes(size);
+            if held <= HELD_IN_MEMORY && st.reservation.try_resize(size) {
+                return Ok(());
+            }
+            let stored: usize = st.sides.iter().map(|s| s.live_rows).sum();
+            if held > HELD_IN_MEMORY || stored == 0 {
+                let biggest = st.spilled.iter_mut().flatten().flat_map(|b| b.sides.iter_mut()).max_by_key(|s| s.held_in_memory());
+                match biggest.filter(|s| s.held_in_memory() > 0) {
+                    Some(side) => side.write_held(&self.spill, &self.metrics)?,
+                    None => {
+                        st.reservation.resize_anyway(size);
+                        return Ok(());
+                    }
+                }
+            } else if !self.evict(st, size / 2)? {
+                st.reservation.resize_anyway(size);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes the buckets of keys holding the most stored rows (both sides' rows of those keys) to
+    /// disk until about `keep` bytes are left in memory; false if nothing was stored. The chunks
+    /// keep their other rows (copied), and the index is built again: a pass over the state, paid for
+    /// by the half of it that leaves.
+    fn evict(&self, st: &mut State, keep: usize) -> Result<bool> {
+        let mut rows = [[0usize; BUCKETS]; 2];
+        for (s, side) in st.sides.iter().enumerate() {
+            for (key, runs) in side.index.keys() {
+                rows[s][bucket_of(key)] += runs.filter(|(c, _)| side.chunks.contains_key(c)).map(|(_, r)| r.len()).sum::<usize>();
+            }
+        }
+        let per_row: Vec<usize> = (0..2).map(|s| st.sides[s].size() / rows[s].iter().sum::<usize>().max(1)).collect();
+        let bytes = |b: usize| rows[0][b] * per_row[0] + rows[1][b] * per_row[1];
+        // A bucket on disk has no rows in memory (its rows are held, or added to it on disk).
+        let mut order: Vec<usize> = (0..BUCKETS).filter(|b| rows[0][*b] + rows[1][*b] > 0 && st.spilled.get(*b).is_none_or(Option::is_none)).collect();
+        order.sort_by_key(|b| std::cmp::Reverse(bytes(*b)));
+        let mut left = st.sides.iter().map(Side::size).sum::<usize>();
+        let mut chosen = [false; BUCKETS];
+        for b in order {
+            if left <= keep {
+                break;
+            }
+            chosen[b] = true;
+            left = left.saturating_sub(bytes(b));
+        }
+        if !chosen.contains(&true) {
+            return Ok(false);
+        }
+        let mut parts: Vec<[Vec<RecordBatch>; 2]> = (0..BUCKETS).map(|_| Default::default()).collect();
+        for s in [0, 1] {
+            let side = &st.sides[s];
+            let mut by_bucket: Vec<Vec<RowRef>> = vec![Vec::new(); BUCKETS];
+            for (key, runs) in side.index.keys() {
+                let b = bucket_of(key);
+                if chosen[b] {
+                    for (c, r) in runs.filter(|(c, _)| side.chunks.contains_key(c)) {
+                        by_bucket[b].extend(r.map(|r| (c, r)));
+                    }
+                }
+            }
+            let mut gone: HashMap<u64, Vec<u32>> = HashMap::new();
+            for (b, mut rows) in by_bucket.into_iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+                // In the order stored (chunk ids grow): loaded back, they are stored so again.
+                rows.sort_unstable();
+                for (c, r) in &rows {
+                    gone.entry(*c).or_default().push(*r);
+                }
+                parts[b][s] = self.saved_rows(side, &rows)?;
+            }
+            self.drop_rows(s, &mut st.sides[s], gone)?;
+        }
+        st.spilled.resize_with(BUCKETS, || None);
+        for (b, [left, right]) in parts.into_iter().enumerate().filter(|(b, _)| chosen[*b]) {
+            let (l, r) = (self.bounds(0, &left), self.bounds(1, &right));
+            let sides = [SpilledBucket::write(left, false, &self.spill, &self.metrics)?, SpilledBucket::write(right, false, &self.spill, &self.metrics)?];
+            st.spilled[b] = Some(SpilledRows { sides, saved: [None, None], held_from: Timestamp::MAX, pending: [l.0, r.0], latest: [l.1, r.1] });
+        }
+        Ok(true)
+    }
+
+    /// Stored rows of `side` (chunk, row), with their matched flags as a last column, in batches.
+    fn saved_rows(&self, side: &Side, rows: &[RowRef]) -> Result<Vec<RecordBatch>> {
+        rows.chunks(STATE_BATCH_ROWS)
+            .map(|part| {
+                let (chunks, picks) = slots(side, part);
+                let schema = chunks.first().map(|c| c.schema()).ok_or_else(|| RiffleError::exec("stream join: spilled rows missing"))?;
+                let rows = RecordBatch::try_new(schema, gather(&chunks, &picks)?)?;
+                let flag = |(c, r): &RowRef| side.chunks.get(c).and_then(|c| c.matched.get(*r as usize)).copied().unwrap_or(false);
+                with_flags(&rows, part.iter().map(flag).collect())
+            })
+            .collect()
+    }
+
+    /// Interval joins: the earliest time of a row that never matched (on a side whose such rows are
+    /// kept) and the latest time, over saved rows of `side`.
+    fn bounds(&self, side: usize, saved: &[RecordBatch]) -> (Timestamp, Timestamp) {
+        let (mut pending, mut latest) = (Timestamp::MAX, Timestamp::MIN);
+        for batch in saved {
+            let Some(times) = self.times(side, batch) else { continue };
+            let flags = batch.columns().last().and_then(|c| c.as_boolean_opt());
+            for (r, t) in times.into_iter().enumerate() {
+                latest = latest.max(t);
+                if self.spec.outer(side) && !flags.is_some_and(|f| f.value(r)) {
+                    pending = pending.min(t);
+                }
+            }
+        }
+        (pending, latest)
+    }
+
+    /// Takes rows `gone` (per chunk) out of `side`'s chunks; the index keeps the other rows, under
+    /// their new row numbers.
+    fn drop_rows(&self, s: usize, side: &mut Side, gone: HashMap<u64, Vec<u32>>) -> Result<()> {
+        const GONE: u32 = u32::MAX;
+        let mut places: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (id, rows) in gone {
+            let Some(chunk) = side.chunks.get_mut(&id) else { continue };
+            let mut place = vec![0u32; chunk.batch.num_rows()];
+            for r in &rows {
+                place[*r as usize] = GONE;
+            }
+            let kept: Vec<u32> = (0..place.len() as u32).filter(|r| place[*r as usize] != GONE).collect();
+            for (i, r) in kept.iter().enumerate() {
+                place[*r as usize] = i as u32;
+            }
+            side.bytes -= chunk_bytes(chunk);
+            side.live_rows -= rows.len();
+            chunk.rows -= rows.len();
+            if chunk.rows == 0 {
+                side.chunks.remove(&id);
+            } else {
+                chunk.batch = arrow::compute::take_record_batch(&chunk.batch, &UInt32Array::from(kept.clone()))?;
+                if !chunk.matched.is_empty() {
+                    chunk.matched = kept.iter().map(|r| chunk.matched[*r as usize]).collect();
+                }
+                chunk.max_time = self.max_time(s, &chunk.batch);
+                chunk.pending = self.pending(s, &chunk.batch, &chunk.matched);
+                side.bytes += chunk_bytes(chunk);
+            }
+            places.insert(id, place);
+        }
+        // A changed chunk is no longer what its checkpoint file holds: the next one saves it anew.
+        for f in &mut side.files {
+            f.chunks.retain(|(_, id)| !places.contains_key(id));
+        }
+        let chunks = &side.chunks;
+        side.index.retain_map(|(c, r)| match places.get(&c) {
+            Some(place) => place.get(r as usize).copied().filter(|p| *p != GONE && chunks.contains_key(&c)),
+            None => chunks.contains_key(&c).then_some(r),
+        });
+        side.dead_rows = 0;
         Ok(())
+    }
+
+    /// Joins the rows of keys in memory, and holds those of keys on disk for their bucket.
+    fn route(&self, st: &mut State, side: usize, batch: RecordBatch, keys: BatchKeys, now: Option<Instant>, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if st.spilled.iter().all(Option::is_none) {
+            return self.join_rows(st, side, batch, &keys, now, false, out);
+        }
+        // Rows with a NULL key join nothing: they go on at once, with those of keys in memory.
+        let here = BUCKETS;
+        let bucket = |r: usize| {
+            let b = bucket_of(keys.key(r));
+            if keys.valid[r] && st.spilled[b].is_some() { b } else { here }
+        };
+        let buckets: Vec<usize> = if keys.same { vec![bucket(0); batch.num_rows()] } else { (0..batch.num_rows()).map(bucket).collect() };
+        if buckets.iter().all(|b| *b == here) {
+            return self.join_rows(st, side, batch, &keys, now, false, out);
+        }
+        for (b, rows) in super::key_partition::split_by_owner(&batch, &buckets, BUCKETS + 1)? {
+            if b == here {
+                let keys = self.keys(side, &rows)?;
+                self.join_rows(st, side, rows, &keys, now, false, out)?;
+            } else if let Some(bucket) = &mut st.spilled[b] {
+                if let Some(t) = self.times(side, &rows).and_then(|t| t.into_iter().min()) {
+                    bucket.held_from = bucket.held_from.min(t);
+                }
+                bucket.sides[side].hold(rows);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads bucket `b` from disk: stores its rows again, then joins the rows held for it a few
+    /// thousand at a time, the left side's first. Each key's rows of a side join in the order they
+    /// came; only later than they would have in memory.
+    fn load(&self, st: &mut State, b: usize, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let Some(bucket) = st.spilled.get_mut(b).and_then(Option::take) else { return Ok(()) };
+        let now = self.spec.state_ttl.map(|_| Instant::now());
+        let loads = bucket.sides.map(SpilledBucket::load);
+        for (side, (state, _, _)) in loads.iter().enumerate() {
+            for batch in batches_of(state) {
+                self.store_saved(st, side, batch?, now)?;
+            }
+        }
+        // The left side's held rows are stored even if the right side ended: its held rows came
+        // before it did and join them next.
+        let right_held = !loads[1].1.is_empty() || !loads[1].2.is_empty();
+        for (side, (_, files, held)) in loads.into_iter().enumerate() {
+            let mut gathered: Vec<RecordBatch> = Vec::new();
+            let mut join = |st: &mut State, gathered: &mut Vec<RecordBatch>| -> Result<()> {
+                let Some(first) = gathered.first() else { return Ok(()) };
+                let rows = arrow::compute::concat_batches(&first.schema(), gathered.iter())?;
+                gathered.clear();
+                let keys = self.keys(side, &rows)?;
+                self.join_rows(st, side, rows, &keys, now, side == 0 && right_held, out)
+            };
+            for rows in batches_of(&files).chain(held.into_iter().map(Ok)) {
+                let rows = rows?;
+                let count: usize = gathered.iter().map(|g| g.num_rows()).sum();
+                if gathered.first().is_some_and(|g| g.schema() != rows.schema()) || count >= STATE_BATCH_ROWS {
+                    join(st, &mut gathered)?;
+                }
+                gathered.push(rows);
+            }
+            join(st, &mut gathered)?;
+        }
+        // What the watermarks passed while the rows were on disk goes now.
+        for side in 0..2 {
+            self.pass_watermark(st, side, out)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the buckets on disk that are due (with `all`, every one with held rows), one at a time,
+    /// each counted (and spilled again if need be) before the next; forgets rows on disk that the
+    /// watermarks passed, unread.
+    fn load_due(&self, st: &mut State, all: bool, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let now = Instant::now();
+        for b in 0..st.spilled.len() {
+            let cutoffs = [self.cutoff(st, 0), self.cutoff(st, 1)];
+            let Some(bucket) = &mut st.spilled[b] else { continue };
+            if bucket.forget_passed(cutoffs) {
+                st.spilled[b] = None;
+                continue;
+            }
+            if if all { bucket.has_held() } else { bucket.due(now) || bucket.passed(cutoffs) } {
+                self.load(st, b, out)?;
+                self.account(st)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Both inputs ended: whatever is stored leaves (rows without match of an outer interval join,
+    /// padded), and so do the rows on disk, once the rows held for them joined.
+    fn finish(&self, st: &mut State, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let clear = |st: &mut State, out: &mut Vec<RecordBatch>| -> Result<()> {
+            for s in 0..2 {
+                let rest = st.sides[s].clear();
+                self.unmatched(s, &rest, out)?;
+            }
+            Ok(())
+        };
+        clear(st, out)?;
+        let padded = self.spec.interval.is_some() && self.spec.kind != JoinKind::Inner;
+        for b in 0..st.spilled.len() {
+            if st.spilled[b].as_ref().is_some_and(|s| s.has_held() || padded) {
+                self.load(st, b, out)?;
+                clear(st, out)?;
+            }
+            st.spilled[b] = None;
+        }
+        Ok(())
+    }
+
+    /// Interval joins: the time before which `side`'s rows can match no future row of the other side
+    /// (its watermark minus the interval's reach that way).
+    fn cutoff(&self, st: &State, side: usize) -> Option<Timestamp> {
+        let bounds = self.spec.interval?;
+        let wm = st.sides[1 - side].watermark()?;
+        Some(if side == 1 { wm.saturating_sub(bounds.hi) } else { wm.saturating_add(bounds.lo) })
+    }
+
+    /// Forgets `side`'s stored rows that can match nothing more and appends those that leave padded.
+    fn pass_watermark(&self, st: &mut State, side: usize, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let Some(cutoff) = self.cutoff(st, side) else { return Ok(()) };
+        let dropped = st.sides[side].evict_before(cutoff);
+        self.unmatched(side, &dropped, out)?;
+        self.leave_before(side, st, cutoff, out)
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -389,8 +842,13 @@ impl StreamJoinShared {
         Some((0..times.len()).map(|i| if times.is_valid(i) { times.value(i) } else { Timestamp::MIN }).collect())
     }
 
-    /// A batch of `side`'s join keys (encoded), which rows have no NULL key, and its latest event time.
-    fn keys(&self, side: usize, batch: &RecordBatch) -> Result<(BatchKeys, Timestamp)> {
+    /// The latest event time of a batch of `side` (interval joins; `MAX` otherwise).
+    fn max_time(&self, side: usize, batch: &RecordBatch) -> Timestamp {
+        self.times(side, batch).and_then(|t| t.into_iter().max()).unwrap_or(Timestamp::MAX)
+    }
+
+    /// A batch of `side`'s join keys (encoded), and which rows have no NULL key.
+    fn keys(&self, side: usize, batch: &RecordBatch) -> Result<BatchKeys> {
         let keys = if side == 0 { &self.spec.left_keys } else { &self.spec.right_keys };
         let columns = keys
             .iter()
@@ -402,28 +860,26 @@ impl StreamJoinShared {
             .collect::<Result<Vec<ArrayRef>>>()?;
         let rows = batch.num_rows();
         let same = rows > 1 && columns.iter().all(|c| c.is_valid(0)) && columns.iter().all(super::constant);
-        let keys = if same {
+        Ok(if same {
             let first: Vec<ArrayRef> = columns.iter().map(|c| c.slice(0, 1)).collect();
             BatchKeys { encoded: self.converter.convert_columns(&first)?, same, valid: vec![true; rows] }
         } else {
             // A NULL key matches nothing: such rows are neither stored nor probed.
             let valid: Vec<bool> = (0..rows).map(|r| columns.iter().all(|c| c.is_valid(r))).collect();
             BatchKeys { encoded: self.converter.convert_columns(&columns)?, same, valid }
-        };
-        let max_time = self.times(side, batch).and_then(|t| t.into_iter().max()).unwrap_or(Timestamp::MAX);
-        Ok((keys, max_time))
+        })
     }
 
-    /// Stores `batch` on `side`, joins its rows with the other side's and pushes the output.
+    /// Joins `batch` of `side` with the other side's stored rows (or holds its rows of keys on disk)
+    /// and pushes the output; buckets on disk that are due are loaded.
     fn insert_and_probe(&self, side: usize, producer: usize, batch: RecordBatch) -> Result<()> {
-        let (keys, max_time) = self.keys(side, &batch)?;
-        let valid = &keys.valid;
+        let keys = self.keys(side, &batch)?;
         let mut out = Vec::new();
         let mut st = self.lock()?;
         let now = match self.spec.state_ttl {
             // Expired rows never match (as Flink's state TTL never returns expired state).
             Some(ttl) => {
-                let now = std::time::Instant::now();
+                let now = Instant::now();
                 for s in 0..2 {
                     let expired = st.sides[s].expire(now, ttl);
                     self.unmatched(s, &expired, &mut out)?;
@@ -432,6 +888,39 @@ impl StreamJoinShared {
             }
             None => None,
         };
+        self.route(&mut st, side, batch, keys, now, &mut out)?;
+        self.load_due(&mut st, false, &mut out)?;
+        self.account(&mut st)?;
+        self.push_all(producer, st, out);
+        Ok(())
+    }
+
+    /// Loads the buckets on disk that are due.
+    fn tick(&self, producer: usize) -> Result<()> {
+        let mut out = Vec::new();
+        let mut st = self.lock()?;
+        self.load_due(&mut st, false, &mut out)?;
+        self.account(&mut st)?;
+        self.push_all(producer, st, out);
+        Ok(())
+    }
+
+    /// Stores `batch` on `side` (unless the other side ended, and `held` rows of it, which came
+    /// before it ended, are not to be joined yet) and joins its rows with the other side's stored
+    /// rows, appending the output to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn join_rows(
+        &self,
+        st: &mut State,
+        side: usize,
+        batch: RecordBatch,
+        keys: &BatchKeys,
+        now: Option<Instant>,
+        held: bool,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let valid = &keys.valid;
+        let max_time = self.max_time(side, &batch);
         let other = &st.sides[1 - side];
         // Candidates: this row and a run of the other side's stored rows under its key.
         let mut runs: Runs = Vec::new();
@@ -522,7 +1011,7 @@ impl StreamJoinShared {
                 out.push(self.output(pairs, RowKind::Insert)?);
             }
         }
-        let other_ended = st.sides[1 - side].ended();
+        let other_ended = st.sides[1 - side].ended() && !held;
         if self.spec.outer(side) {
             // Rows without match that leave now: all of them in a changelog (a match takes them
             // back); in an interval join those that nothing can match any more.
@@ -539,21 +1028,8 @@ impl StreamJoinShared {
         // Once the other side ended, nothing can match this batch's rows: they are not kept.
         if !other_ended {
             let pending = self.pending(side, &batch, &matched);
-            store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, &keys, now);
-            self.account(&mut st)?;
+            store(&mut st.sides[side], Chunk { batch, max_time, rows: 0, matched, pending }, keys, now);
         }
-        // A changelog's order matters (a row is taken back after it was emitted): pushed under the
-        // lock. Other output leaves after it is released.
-        let guard = if self.spec.changelog() {
-            Some(st)
-        } else {
-            drop(st);
-            None
-        };
-        for b in out {
-            self.push(producer, b);
-        }
-        drop(guard);
         Ok(())
     }
 
@@ -729,40 +1205,32 @@ impl StreamJoinShared {
     }
 
     /// Partition `p` of `side` reached watermark `w` (`None`: ended): forgets what can no longer
-    /// match and pushes the rows without match that leave with it, then the output watermark.
+    /// match and pushes the rows without match that leave with it, then the output watermark; loads
+    /// the buckets on disk that are due.
     fn watermark(&self, side: usize, p: usize, producer: usize, w: Option<Timestamp>) -> Result<()> {
         let mut out = Vec::new();
         let mut st = self.lock()?;
         st.sides[side].ended[p] |= w.is_none();
         let (pushed, w) = (w.is_some(), w.unwrap_or(Timestamp::MAX));
-        let Some(bounds) = self.spec.interval else { return Ok(()) };
-        st.sides[side].watermarks[p] = Some(w);
-        if let Some(wm) = st.sides[side].watermark() {
-            // A future row of this side has time ≥ wm; a stored row of the other side can still
-            // match it only within the interval (l - r ∈ [lo, hi]).
-            let cutoff = if side == 0 { wm.saturating_sub(bounds.hi) } else { wm.saturating_add(bounds.lo) };
-            let dropped = st.sides[1 - side].evict_before(cutoff);
-            self.unmatched(1 - side, &dropped, &mut out)?;
-            self.leave_before(1 - side, &mut st, cutoff, &mut out)?;
+        if self.spec.interval.is_some() {
+            st.sides[side].watermarks[p] = Some(w);
+            // A future row of this side has time ≥ its watermark: a stored row of the other side can
+            // still match it only within the interval.
+            self.pass_watermark(&mut st, 1 - side, &mut out)?;
         }
+        self.load_due(&mut st, false, &mut out)?;
         if st.sides.iter().all(Side::ended) {
-            // Both inputs ended: whatever is left leaves.
-            for s in 0..2 {
-                let rest = st.sides[s].clear();
-                self.unmatched(s, &rest, &mut out)?;
-            }
+            self.finish(&mut st, &mut out)?;
         }
-        let size = st.sides.iter().map(Side::size).sum::<usize>();
-        let _ = st.reservation.try_resize(size);
-        drop(st);
+        self.account(&mut st)?;
+        // Rows on disk that may yet come out (held ones, ones without match) hold it back.
+        let earliest = st.spilled.iter().flatten().map(SpilledRows::earliest).min().unwrap_or(Timestamp::MAX);
         // Before the watermark: rows left now are not late for it.
-        for b in out {
-            self.push(producer, b);
-        }
+        self.push_all(producer, st, out);
         // Joined rows have times ≥ (the watermark) − (the interval's reach): the exchange takes the
         // minimum over every input partition.
-        if pushed {
-            self.output.push(producer, Message::Watermark(w.saturating_sub(bounds.reach())));
+        if let Some(bounds) = self.spec.interval.filter(|_| pushed) {
+            self.output.push(producer, Message::Watermark(w.min(earliest).saturating_sub(bounds.reach())));
         }
         Ok(())
     }
@@ -853,11 +1321,32 @@ fn slots<'a>(side: &'a Side, rows: &[(u64, u32)]) -> (Vec<&'a RecordBatch>, Vec<
     (chunks, picks)
 }
 
-/// Per side, the shared files a checkpoint's `state.json` names and the positions of their live chunks.
-fn read_named(path: &std::path::Path) -> Result<Vec<Vec<(String, Vec<u32>)>>> {
-    let Some(doc) = super::checkpoint::read_json(path)? else { return Ok(vec![vec![], vec![]]) };
+/// `batch` with its rows' matched flags as a last column: stored rows as spill files and
+/// checkpoints keep them.
+fn with_flags(batch: &RecordBatch, flags: Vec<bool>) -> Result<RecordBatch> {
+    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("matched", DataType::Boolean, false));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(BooleanArray::from(flags)));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
+/// Per side, the shared files a checkpoint's `state.json` names and the positions of their live
+/// chunks; and per side, its files of rows that were on disk.
+type Named = (Vec<Vec<(String, Vec<u32>)>>, Vec<Vec<String>>);
+
+fn read_named(path: &std::path::Path) -> Result<Named> {
+    let Some(doc) = super::checkpoint::read_json(path)? else { return Ok((vec![vec![], vec![]], vec![vec![], vec![]])) };
+    let spilled = match doc.get("spilled") {
+        None => vec![vec![], vec![]],
+        Some(s) => {
+            let names = |side: &serde_json::Value| side.as_array().and_then(|f| f.iter().map(|n| n.as_str().map(String::from)).collect::<Option<Vec<_>>>());
+            let sides = s.as_array().filter(|s| s.len() == 2).ok_or_else(|| damaged(path))?;
+            sides.iter().map(names).collect::<Option<Vec<_>>>().ok_or_else(|| damaged(path))?
+        }
+    };
     let sides = doc.get("sides").and_then(|s| s.as_array()).filter(|s| s.len() == 2).ok_or_else(|| damaged(path))?;
-    sides
+    let named = sides
         .iter()
         .map(|files| {
             files
@@ -872,7 +1361,8 @@ fn read_named(path: &std::path::Path) -> Result<Vec<Vec<(String, Vec<u32>)>>> {
                 })
                 .collect()
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((named, spilled))
 }
 
 fn damaged(path: &std::path::Path) -> RiffleError {
@@ -960,7 +1450,11 @@ impl Sink for StreamJoinSink {
             }
             // The output exchange stops waiting for this input's watermark until it wakes. Its
             // stored rows of the other side wait for its watermark still (they may yet match).
-            Message::Idle => self.shared.output.push(producer, Message::Idle),
+            Message::Idle => {
+                // Rows held for buckets on disk wait no longer than they would with input flowing.
+                self.shared.tick(producer)?;
+                self.shared.output.push(producer, Message::Idle);
+            }
         }
         Ok(())
     }
