@@ -265,10 +265,10 @@ impl Builder<'_> {
                 // Every key's sessions in one partition, which sees the smallest watermark of all.
                 let mut open = self.repartition(open, 1)?;
                 let checkpoint = self.operator_checkpoint(format!("session-{id}"))?;
-                let (pool, op_metrics) = (self.memory.pool.clone(), metrics.clone());
+                let (memory, op_metrics) = ((self.memory.pool.clone(), self.memory.spill.clone()), metrics.clone());
                 open.push(&metrics, move || {
-                    let (spec, pool, metrics) = (spec.clone(), pool.clone(), op_metrics.clone());
-                    Box::new(super::session_aggregate::SessionAggregateOp::new(spec, pool, metrics, checkpoint.clone()))
+                    let (spec, memory, metrics) = (spec.clone(), memory.clone(), op_metrics.clone());
+                    Box::new(super::session_aggregate::SessionAggregateOp::new(spec, memory, metrics, checkpoint.clone()))
                 });
                 open
             }

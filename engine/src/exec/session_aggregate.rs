@@ -23,6 +23,15 @@
 //! order before its first row. (Checkpoints of earlier versions, the sessions whole in the epoch's
 //! directory, are still read.) Long sessions of many keys (a user's activity over hours,
 //! checkpointed every ten seconds) write what the last ten seconds changed.
+//!
+//! Spilling (`keyed_spill`): over its share of the memory limit, an aggregate with keys writes the
+//! open sessions of the buckets of keys with the most sessions to disk, as a checkpoint saves them,
+//! until half of what it held is left. Rows of keys on disk are held until their bucket is loaded
+//! again: when `keyed_spill` says so, and always before the watermark passes the earliest end of a
+//! session on disk (it closes on time) or a held row's time plus the gap (loaded under the watermark
+//! before, the row is not late, as it was not when it came). A checkpoint aggregates the held rows
+//! first and copies the buckets on disk not yet saved into one more file of the chain; a restore
+//! reads the chain whole, then spills again as it must.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -35,11 +44,12 @@ use arrow::row::{RowConverter, SortField};
 
 use super::aggregate::{AggSpec, GroupTable, Partial};
 use super::checkpoint::{OperatorCheckpoint, SharedFiles};
+use super::keyed_spill::{batches_of, bucket_of, split_rows, SpilledBucket, BUCKETS, HELD_IN_MEMORY};
 use super::{OpMetrics, Operator};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
 use crate::logical::{AggCall, Expr, WINDOW_TIME_BEFORE_END};
-use crate::memory::{MemoryPool, MemoryReservation};
+use crate::memory::{MemoryPool, MemoryReservation, SpillManager};
 use crate::message::Message;
 use crate::physical::SessionColumn;
 
@@ -67,10 +77,23 @@ pub struct SessionAggregateOp {
     /// The input's schema with the session number appended.
     numbered: SchemaRef,
     pool: Arc<MemoryPool>,
+    spill: Arc<SpillManager>,
     metrics: Arc<OpMetrics>,
     /// Made on first use (making it can fail).
     state: Option<Sessions>,
     watermark: i64,
+}
+
+/// A bucket of keys whose open sessions are on disk (rows as a checkpoint saves them), and the input
+/// rows of those keys held until it is loaded again (see `keyed_spill`).
+struct SpilledSessions {
+    bucket: SpilledBucket,
+    /// The earliest end of a session on disk: the bucket is loaded before the watermark passes it,
+    /// so that the session closes on time.
+    first_end: i64,
+    /// The earliest time of a held row (`MAX`: none): the bucket is loaded before the watermark
+    /// passes it plus the gap, so that the row is not late then (it was not when it came).
+    held_from: i64,
 }
 
 #[derive(Clone)]
@@ -107,12 +130,14 @@ struct Sessions {
     removed: Vec<u64>,
     chain: Vec<(String, usize)>,
     shared: Option<Arc<SharedFiles>>,
+    /// Per bucket of keys, its sessions on disk (empty until the aggregate spills).
+    spilled: Vec<Option<SpilledSessions>>,
 }
 
 impl SessionAggregateOp {
     pub fn new(
         spec: Arc<SessionAggSpec>,
-        pool: Arc<MemoryPool>,
+        (pool, spill): (Arc<MemoryPool>, Arc<SpillManager>),
         metrics: Arc<OpMetrics>,
         checkpoint: Option<OperatorCheckpoint>,
     ) -> SessionAggregateOp {
@@ -124,14 +149,15 @@ impl SessionAggregateOp {
         let aggs = spec.schema.fields().iter().skip(spec.group.len()).map(|f| f.as_ref().clone());
         let out = Arc::new(Schema::new(std::iter::once(Field::new("session", DataType::UInt32, false)).chain(aggs).collect::<Vec<_>>()));
         let by_session = Arc::new(AggSpec::new(vec![Expr::Column(width)], spec.aggs.clone(), numbered.clone(), out));
-        SessionAggregateOp { spec, checkpoint, by_session, numbered, pool, metrics, state: None, watermark: i64::MIN }
+        SessionAggregateOp { spec, checkpoint, by_session, numbered, pool, spill, metrics, state: None, watermark: i64::MIN }
     }
 
     fn sessions(&mut self) -> Result<&mut Sessions> {
         if self.state.is_none() {
             let key_types: Vec<SortField> =
                 self.spec.keys.iter().map(|k| SortField::new(k.data_type(&self.spec.input_schema))).collect();
-            let keys = if key_types.is_empty() { None } else { Some(RowConverter::new(key_types)?) };
+            let key_types_empty = key_types.is_empty();
+            let keys = if key_types_empty { None } else { Some(RowConverter::new(key_types)?) };
             self.state = Some(Sessions {
                 keys,
                 open: HashMap::new(),
@@ -140,11 +166,13 @@ impl SessionAggregateOp {
                 ends: BinaryHeap::new(),
                 table: GroupTable::new(&self.by_session)?,
                 key_bytes: 0,
-                reservation: self.pool.reservation("SessionAggregate", false),
+                // Sessions of keys spill a bucket of keys at a time; without keys they cannot.
+                reservation: self.pool.reservation("SessionAggregate", !key_types_empty),
                 next_uid: 0,
                 removed: vec![],
                 chain: vec![],
                 shared: None,
+                spilled: vec![],
             });
             if let Some(ck) = self.checkpoint.clone() {
                 let restore = ck.restore_dir();
@@ -171,27 +199,128 @@ impl SessionAggregateOp {
                     st.next_uid = st.next_uid.max(saved_next);
                 }
             }
+            self.account()?;
         }
         self.state.as_mut().ok_or_else(|| RiffleError::exec("session state missing"))
+    }
+
+    /// Counts the state (and held rows) in the pool. Over its share, a keyed aggregate writes the
+    /// buckets of keys with the most open sessions to disk until half of what it held is left, and
+    /// held rows beyond `HELD_IN_MEMORY` (or once no session is left in memory) to files; what it
+    /// must keep is counted anyway (sessions without keys, which cannot spill).
+    fn account(&mut self) -> Result<()> {
+        let (spec, by_session) = (self.spec.clone(), self.by_session.clone());
+        let Some(st) = self.state.as_mut() else { return Ok(()) };
+        loop {
+            let held: usize = st.spilled.iter().flatten().map(|b| b.bucket.held_in_memory()).sum();
+            let size = st.size() + held;
+            self.metrics.note_bytes(size);
+            if st.keys.is_none() {
+                st.reservation.resize_anyway(size);
+                return Ok(());
+            }
+            if held <= HELD_IN_MEMORY && st.reservation.try_resize(size) {
+                return Ok(());
+            }
+            if held > HELD_IN_MEMORY || st.sessions.is_empty() {
+                let biggest = st.spilled.iter_mut().flatten().map(|b| &mut b.bucket).max_by_key(|b| b.held_in_memory());
+                match biggest.filter(|b| b.held_in_memory() > 0) {
+                    Some(bucket) => bucket.write_held(&self.spill, &self.metrics)?,
+                    None => {
+                        st.reservation.resize_anyway(size);
+                        return Ok(());
+                    }
+                }
+            } else if !st.evict(&spec, &by_session, size / 2, &self.spill, &self.metrics)? {
+                st.reservation.resize_anyway(size);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Loads the buckets on disk that are due: with `all`, every one with held rows (a checkpoint
+    /// saves no held rows); else those whose held rows are due (`keyed_spill`), and, before the
+    /// watermark moves to `next`, those with a session it would close or a held row it would make
+    /// late. Loaded with the watermark as it was, one at a time, each counted before the next if
+    /// `account`.
+    fn load_due(&mut self, all: bool, next: i64, account: bool) -> Result<()> {
+        let gap = self.spec.gap;
+        let now = std::time::Instant::now();
+        let Some(st) = self.state.as_ref() else { return Ok(()) };
+        let due: Vec<usize> = (0..st.spilled.len())
+            .filter(|b| {
+                st.spilled[*b].as_ref().is_some_and(|s| {
+                    if all {
+                        s.bucket.has_held()
+                    } else {
+                        s.bucket.due(now) || s.first_end <= next || s.held_from.saturating_add(gap) <= next
+                    }
+                })
+            })
+            .collect();
+        for b in due {
+            self.load(b)?;
+            if account {
+                self.account()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads bucket `b` from disk: its sessions back into the table, then its held rows aggregated.
+    fn load(&mut self, b: usize) -> Result<()> {
+        let widths = self.by_session.state_widths()?;
+        let Some(st) = self.state.as_mut() else { return Ok(()) };
+        let Some(spilled) = st.spilled.get_mut(b).and_then(Option::take) else { return Ok(()) };
+        let in_checkpoint = spilled.bucket.in_checkpoint;
+        let (state, held_files, held) = spilled.bucket.load();
+        for batch in batches_of(&state) {
+            st.load_saved(&batch?, &widths, !in_checkpoint)?;
+        }
+        drop(state);
+        for rows in batches_of(&held_files).chain(held.into_iter().map(Ok)) {
+            self.aggregate(rows?)?;
+        }
+        Ok(())
+    }
+
+    /// Closes every session: those in memory, then a bucket on disk at a time (loaded with its held
+    /// rows, then closed).
+    fn close_all(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        self.close(i64::MAX, out)?;
+        let buckets = self.state.as_ref().map_or(0, |st| st.spilled.len());
+        for b in 0..buckets {
+            if self.state.as_ref().is_some_and(|st| st.spilled[b].is_some()) {
+                self.load(b)?;
+                self.close(i64::MAX, out)?;
+            }
+        }
+        Ok(())
     }
 
     /// Saves the open sessions as of barrier `e`, incrementally (see the module's doc), and the
     /// watermark: the files are taken now and written while the next rows are aggregated.
     fn snapshot(&mut self, ck: &OperatorCheckpoint, e: u64) -> Result<()> {
+        // Held rows are aggregated first: a checkpoint saves sessions only.
+        self.load_due(true, i64::MIN, true)?;
         let (spec, by_session, watermark) = (self.spec.clone(), self.by_session.clone(), self.watermark);
         let st = self.sessions()?;
         // Merged sessions folded in, so that each open session is one group (without merges since
         // the last rebuild, each already is: the table is not rebuilt for nothing).
         if st.merged_into.iter().enumerate().any(|(i, m)| *m != i as u32) {
-            st.rebuild(&spec, &by_session, vec![])?;
+            st.rebuild(&spec, &by_session, vec![], vec![])?;
         }
         let removed = std::mem::take(&mut st.removed);
         let dirty = st.sessions.iter().filter(|s| s.dirty).count();
         let named: usize = st.chain.iter().map(|(_, rows)| rows).sum();
+        let on_disk: usize = st.spilled.iter().flatten().map(|b| b.bucket.state_rows()).sum();
         let mut write = Vec::new();
-        let whole = super::checkpoint::compact_now(st.chain.len(), named, dirty + removed.len(), st.sessions.len());
+        let whole = super::checkpoint::compact_now(st.chain.len(), named, dirty + removed.len(), st.sessions.len() + on_disk);
         if whole {
             st.chain.clear();
+            for b in st.spilled.iter_mut().flatten() {
+                b.bucket.in_checkpoint = false;
+            }
         } else if !removed.is_empty() {
             let file = format!("removed-{e}.arrow");
             st.chain.push((file.clone(), removed.len()));
@@ -203,6 +332,19 @@ impl SessionAggregateOp {
             st.chain.push((file.clone(), batch.num_rows()));
             write.push((file, batch));
         }
+        // The sessions written to disk since, copied from their spill files into one more file.
+        let mut from_disk = Vec::new();
+        for b in st.spilled.iter_mut().flatten() {
+            if !b.bucket.in_checkpoint {
+                from_disk.extend(b.bucket.state_files().iter().cloned());
+                b.bucket.in_checkpoint = true;
+            }
+        }
+        let rows: usize = from_disk.iter().map(|f| f.rows()).sum();
+        let spilled_file = (rows > 0).then(|| format!("spilled-{e}.arrow"));
+        if let Some(file) = &spilled_file {
+            st.chain.push((file.clone(), rows));
+        }
         let named: Vec<String> = st.chain.iter().map(|(f, _)| f.clone()).collect();
         let shared = st.shared.clone().ok_or_else(|| RiffleError::exec("checkpoint files missing"))?;
         shared.taken(e, named.clone());
@@ -211,6 +353,9 @@ impl SessionAggregateOp {
         ck.coordinator.save_async(ck.component, e, move || {
             for (file, batch) in &write {
                 super::checkpoint::write_batches(&shared.path(file), std::slice::from_ref(batch))?;
+            }
+            if let Some(file) = &spilled_file {
+                super::checkpoint::write_batches_from(&shared.path(file), batches_of(&from_disk))?;
             }
             super::checkpoint::write_synced(&state, doc.to_string().as_bytes())
         })
@@ -272,7 +417,6 @@ impl SessionAggregateOp {
             st.table.merge(partial.select(&keep, vec![Arc::new(sessions)])?)?;
         }
         st.next_uid = last.keys().next_back().map_or(0, |u| u + 1);
-        st.account();
         Ok(())
     }
 
@@ -303,7 +447,6 @@ impl SessionAggregateOp {
                 st.table.merge(Partial::from_batch(&b, 1, &widths))?;
             }
         }
-        st.account();
         Ok(())
     }
 
@@ -325,7 +468,7 @@ impl SessionAggregateOp {
         if closed.is_empty() {
             return Ok(());
         }
-        if let Some(batch) = st.rebuild(&spec, &by_session, closed)? {
+        if let Some(batch) = st.rebuild(&spec, &by_session, closed, vec![])?.0 {
             out.push(Message::Batch(batch));
         }
         Ok(())
@@ -370,28 +513,87 @@ impl Sessions {
             return Err(RiffleError::exec("an open session has no partial state"));
         }
         let take = UInt32Array::from(picked.iter().map(|i| group_of[*i as usize]).collect::<Vec<_>>());
-        let of = |i: &u32| &self.sessions[*i as usize];
-        let mut columns: Vec<(String, ArrayRef)> = vec![
-            ("uid".into(), Arc::new(arrow::array::UInt64Array::from_iter_values(picked.iter().map(|i| of(i).uid)))),
-            ("key".into(), Arc::new(BinaryArray::from_iter_values(picked.iter().map(|i| &of(i).key[..])))),
-            ("start".into(), Arc::new(Int64Array::from_iter_values(picked.iter().map(|i| of(i).start)))),
-            ("end".into(), Arc::new(Int64Array::from_iter_values(picked.iter().map(|i| of(i).end)))),
-        ];
-        for (a, states) in partial.iter().flat_map(|p| p.states.iter()).enumerate() {
-            for (j, c) in states.iter().enumerate() {
-                columns.push((format!("agg{a}_{j}"), arrow::compute::take(c, &take, None)?));
-            }
-        }
+        let states = partial
+            .iter()
+            .flat_map(|p| p.states.iter())
+            .map(|states| states.iter().map(|c| Ok(arrow::compute::take(c, &take, None)?)).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
+        let batch = saved_rows(picked.iter().map(|i| &self.sessions[*i as usize]), &states)?;
         for i in &picked {
             let s = &mut self.sessions[*i as usize];
             (s.dirty, s.saved) = (false, true);
         }
-        Ok(RecordBatch::try_from_iter(columns)?)
+        Ok(batch)
     }
 
-    /// Takes the `closed` sessions out and returns their rows (none when there are none), and folds
-    /// merged sessions' groups together, numbering the open sessions afresh.
-    fn rebuild(&mut self, spec: &SessionAggSpec, by_session: &AggSpec, closed: Vec<u32>) -> Result<Option<RecordBatch>> {
+    /// Reads saved sessions (as `saved_rows` writes them) back in as open sessions, `dirty` if the
+    /// last checkpoint does not hold them as they are. They count as saved: closing them is written.
+    fn load_saved(&mut self, batch: &RecordBatch, widths: &[usize], dirty: bool) -> Result<()> {
+        let corrupt = || RiffleError::exec("session aggregate: saved sessions lack a column");
+        let uids = batch.column_by_name("uid").and_then(|c| c.as_primitive_opt::<arrow::datatypes::UInt64Type>()).ok_or_else(corrupt)?;
+        let keys = batch.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(corrupt)?;
+        let starts = batch.column_by_name("start").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(corrupt)?;
+        let ends = batch.column_by_name("end").and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(corrupt)?;
+        let first = self.sessions.len() as u32;
+        for i in 0..batch.num_rows() {
+            let session = Session { key: keys.value(i).into(), start: starts.value(i), end: ends.value(i), uid: uids.value(i), dirty, saved: true };
+            self.push_restored(session);
+        }
+        let numbers = UInt32Array::from_iter_values(first..self.sessions.len() as u32);
+        let all = BooleanArray::from(vec![true; batch.num_rows()]);
+        self.table.merge(Partial::from_batch(batch, SAVED_COLUMNS, widths).select(&all, vec![Arc::new(numbers)])?)
+    }
+
+    /// Writes the buckets of keys with the most open sessions to disk (as a checkpoint saves them)
+    /// until about `keep` bytes are left; false if no session was in memory. A rebuild of the table,
+    /// paid for by the half of it that leaves.
+    fn evict(&mut self, spec: &SessionAggSpec, by_session: &AggSpec, keep: usize, spill: &Arc<SpillManager>, metrics: &OpMetrics) -> Result<bool> {
+        let live: Vec<u32> = (0..self.sessions.len() as u32).filter(|i| self.merged_into[*i as usize] == *i).collect();
+        let bucket: Vec<usize> = live.iter().map(|i| bucket_of(&self.sessions[*i as usize].key)).collect();
+        let mut count = [0usize; BUCKETS];
+        for b in &bucket {
+            count[*b] += 1;
+        }
+        let per_session = self.size() / live.len().max(1);
+        let mut order: Vec<usize> = (0..BUCKETS).filter(|b| count[*b] > 0).collect();
+        order.sort_by_key(|b| Reverse(count[*b]));
+        let (mut left, mut chosen) = (self.size(), [false; BUCKETS]);
+        for b in order {
+            if left <= keep {
+                break;
+            }
+            chosen[b] = true;
+            left = left.saturating_sub(count[b] * per_session);
+        }
+        let evicted: Vec<u32> = live.iter().zip(&bucket).filter(|(_, b)| chosen[**b]).map(|(i, _)| *i).collect();
+        if evicted.is_empty() {
+            return Ok(false);
+        }
+        // Per bucket: whether the last checkpoint holds its sessions as they are, and the first end.
+        let (mut in_checkpoint, mut first_end) = ([true; BUCKETS], [i64::MAX; BUCKETS]);
+        for i in &evicted {
+            let s = &self.sessions[*i as usize];
+            let b = bucket_of(&s.key);
+            in_checkpoint[b] &= s.saved && !s.dirty;
+            first_end[b] = first_end[b].min(s.end);
+        }
+        let checkpointed = self.shared.is_some();
+        let (_, saved) = self.rebuild(spec, by_session, vec![], evicted)?;
+        let Some(saved) = saved else { return Ok(true) };
+        let keys = saved.column_by_name("key").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| RiffleError::exec("saved sessions lack their keys"))?;
+        let buckets: Vec<usize> = keys.iter().map(|k| bucket_of(k.unwrap_or_default())).collect();
+        self.spilled.resize_with(BUCKETS, || None);
+        for (b, rows) in split_rows(&saved, &buckets)? {
+            let bucket = SpilledBucket::write(vec![rows], checkpointed && in_checkpoint[b], spill, metrics)?;
+            self.spilled[b] = Some(SpilledSessions { bucket, first_end: first_end[b], held_from: i64::MAX });
+        }
+        Ok(true)
+    }
+
+    /// Takes the `closed` sessions out and returns their rows (none when there are none), takes the
+    /// `evicted` ones out and returns them as saved rows (`saved_rows`), and folds merged sessions'
+    /// groups together, numbering the open sessions afresh.
+    fn rebuild(&mut self, spec: &SessionAggSpec, by_session: &AggSpec, closed: Vec<u32>, evicted: Vec<u32>) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
         let st = self;
         // Each session number's new place: its closed session's row, or its open session's new number.
         const NONE: u32 = u32::MAX;
@@ -403,11 +605,15 @@ impl Sessions {
                 st.removed.push(s.uid);
             }
         }
+        let mut evicted_row = vec![NONE; st.sessions.len()];
+        for (i, id) in evicted.iter().enumerate() {
+            evicted_row[*id as usize] = i as u32;
+        }
         let mut renumbered = vec![NONE; st.sessions.len()];
         let mut sessions = Vec::new();
         let mut key_bytes = 0;
         for list in st.open.values_mut() {
-            list.retain(|id| closed_row[*id as usize] == NONE);
+            list.retain(|id| closed_row[*id as usize] == NONE && evicted_row[*id as usize] == NONE);
             for id in list.iter_mut() {
                 let s = &st.sessions[*id as usize];
                 renumbered[*id as usize] = sessions.len() as u32;
@@ -422,22 +628,36 @@ impl Sessions {
         let table = std::mem::replace(&mut st.table, GroupTable::new(by_session)?);
         let partial = table.into_partial()?;
         let ids = partial.keys().first().ok_or_else(|| RiffleError::exec("session numbers missing"))?.as_primitive::<UInt32Type>().clone();
-        let (mut to_closed, mut to_open) = (vec![], vec![]);
-        let mut closing = Vec::with_capacity(ids.len());
+        let (mut to_closed, mut to_open, mut to_evicted) = (vec![], vec![], vec![]);
+        let (mut closing, mut staying, mut leaving) = (Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
         for id in ids.values() {
-            let root = find(&st.merged_into, *id);
-            let c = closed_row[root as usize];
+            let root = find(&st.merged_into, *id) as usize;
+            let (c, e) = (closed_row[root], evicted_row[root]);
             closing.push(c != NONE);
+            leaving.push(e != NONE);
+            staying.push(c == NONE && e == NONE);
             if c != NONE {
                 to_closed.push(c);
+            } else if e != NONE {
+                to_evicted.push(e);
             } else {
-                to_open.push(renumbered[root as usize]);
+                to_open.push(renumbered[root]);
             }
         }
         let mask = BooleanArray::from(closing);
-        let open_mask = arrow::compute::not(&mask)?;
         let mut open_table = GroupTable::new(by_session)?;
-        open_table.merge(partial.select(&open_mask, vec![Arc::new(UInt32Array::from(to_open))])?)?;
+        open_table.merge(partial.select(&BooleanArray::from(staying), vec![Arc::new(UInt32Array::from(to_open))])?)?;
+        let saved = if evicted.is_empty() {
+            None
+        } else {
+            // One group per evicted session (its merged parts folded in), in the order of `evicted`.
+            let mut evicted_table = GroupTable::new(by_session)?;
+            evicted_table.merge(partial.select(&BooleanArray::from(leaving), vec![Arc::new(UInt32Array::from(to_evicted))])?)?;
+            let parts = evicted_table.into_partial()?;
+            let rows = parts.keys().first().ok_or_else(|| RiffleError::exec("session numbers missing"))?.as_primitive::<UInt32Type>().clone();
+            let sessions: Vec<&Session> = rows.values().iter().map(|r| &st.sessions[evicted[*r as usize] as usize]).collect();
+            Some(saved_rows(sessions.into_iter(), &parts.states)?)
+        };
         let batch = if closed.is_empty() {
             None
         } else {
@@ -451,9 +671,25 @@ impl Sessions {
         st.merged_into = (0..sessions.len() as u32).collect();
         st.sessions = sessions;
         st.key_bytes = key_bytes;
-        st.account();
-        Ok(batch)
+        Ok((batch, saved))
     }
+}
+
+/// Sessions as a checkpoint (and a spill file) keeps them: uid, key, start, end, then their partial
+/// states (`states`: per aggregate, its state columns, a row per session in order).
+fn saved_rows<'a>(sessions: impl Iterator<Item = &'a Session> + Clone, states: &[Vec<ArrayRef>]) -> Result<RecordBatch> {
+    let mut columns: Vec<(String, ArrayRef)> = vec![
+        ("uid".into(), Arc::new(arrow::array::UInt64Array::from_iter_values(sessions.clone().map(|s| s.uid)))),
+        ("key".into(), Arc::new(BinaryArray::from_iter_values(sessions.clone().map(|s| &s.key[..])))),
+        ("start".into(), Arc::new(Int64Array::from_iter_values(sessions.clone().map(|s| s.start)))),
+        ("end".into(), Arc::new(Int64Array::from_iter_values(sessions.map(|s| s.end)))),
+    ];
+    for (a, states) in states.iter().enumerate() {
+        for (j, c) in states.iter().enumerate() {
+            columns.push((format!("agg{a}_{j}"), c.clone()));
+        }
+    }
+    Ok(RecordBatch::try_from_iter(columns)?)
 }
 
 /// The session `id`'s rows now belong to.
@@ -546,23 +782,20 @@ impl Sessions {
         Some(target)
     }
 
-    /// Holds the memory the state takes in the pool. The open sessions cannot spill (yet) and must be
-    /// kept, so beyond the budget they are counted anyway, as a window aggregate's open windows are:
-    /// other operators then see less room.
-    /// Counts the state in the pool; its size, for EXPLAIN ANALYZE's peak_mem.
-    fn account(&mut self) -> usize {
-        let bytes = self.table.size()
+    /// Bytes the sessions in memory take.
+    fn size(&self) -> usize {
+        self.table.size()
             + self.key_bytes
             + self.sessions.capacity() * std::mem::size_of::<Session>()
             + self.merged_into.capacity() * 4
-            + self.ends.capacity() * 16;
-        self.reservation.resize_anyway(bytes);
-        bytes
+            + self.ends.capacity() * 16
     }
 }
 
-impl Operator for SessionAggregateOp {
-    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
+impl SessionAggregateOp {
+    /// Aggregates `batch`'s rows into their keys' sessions; rows of keys on disk are held for their
+    /// bucket.
+    fn aggregate(&mut self, batch: RecordBatch) -> Result<()> {
         let (spec, watermark) = (self.spec.clone(), self.watermark);
         let st = self.sessions()?;
         let keys = spec.keys.iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
@@ -573,18 +806,34 @@ impl Operator for SessionAggregateOp {
         let micros = arrow::compute::cast(batch.column(spec.time), &DataType::Int64)?;
         let micros = micros.as_primitive::<Int64Type>();
         let (mut take, mut ids, mut late) = (Vec::with_capacity(batch.num_rows()), Vec::with_capacity(batch.num_rows()), 0u64);
+        let mut held: Vec<Vec<u32>> = if st.spilled.iter().any(Option::is_some) { vec![Vec::new(); BUCKETS] } else { vec![] };
         for i in 0..batch.num_rows() {
             // A row without a time is in no session.
             if micros.is_null(i) {
                 continue;
             }
             let key: &[u8] = rows.as_ref().map_or(&[], |r| r.row(i).data());
+            if !held.is_empty() {
+                let b = bucket_of(key);
+                if st.spilled[b].is_some() {
+                    held[b].push(i as u32);
+                    continue;
+                }
+            }
             match st.assign(key, micros.value(i), spec.gap, watermark) {
                 Some(id) => {
                     take.push(i as u32);
                     ids.push(id);
                 }
                 None => late += 1,
+            }
+        }
+        for (b, rows) in held.into_iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            let from = rows.iter().map(|r| micros.value(*r as usize)).min().unwrap_or(i64::MAX);
+            let part = arrow::compute::take_record_batch(&batch, &UInt32Array::from(rows))?;
+            if let Some(spilled) = &mut st.spilled[b] {
+                spilled.held_from = spilled.held_from.min(from);
+                spilled.bucket.hold(part);
             }
         }
         if late > 0 {
@@ -598,11 +847,15 @@ impl Operator for SessionAggregateOp {
         columns.push(Arc::new(UInt32Array::from(ids)));
         let numbered = RecordBatch::try_new(self.numbered.clone(), columns)?;
         let by_session = self.by_session.clone();
-        let st = self.sessions()?;
-        st.table.update(&by_session, &numbered)?;
-        let bytes = st.account();
-        self.metrics.note_bytes(bytes);
-        Ok(())
+        self.sessions()?.table.update(&by_session, &numbered)
+    }
+}
+
+impl Operator for SessionAggregateOp {
+    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
+        self.aggregate(batch)?;
+        self.load_due(false, self.watermark, true)?;
+        self.account()
     }
 
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
@@ -610,8 +863,13 @@ impl Operator for SessionAggregateOp {
         self.sessions()?;
         match msg {
             Message::Watermark(w) if w > self.watermark => {
+                // Buckets on disk with a session this watermark closes, or a held row it would make
+                // late, are loaded first (under the watermark before it), and not written out again
+                // before the sessions closed.
+                self.load_due(false, w, false)?;
                 self.watermark = w;
                 self.close(w, out)?;
+                self.account()?;
                 out.push(Message::Watermark(w));
             }
             Message::Watermark(_) => {}
@@ -622,11 +880,17 @@ impl Operator for SessionAggregateOp {
                 out.push(Message::Barrier(e));
             }
             Message::End => {
-                self.close(i64::MAX, out)?;
+                self.close_all(out)?;
                 if let Some(ck) = &self.checkpoint {
                     ck.coordinator.retire(ck.component)?;
                 }
                 out.push(Message::End);
+            }
+            Message::Idle => {
+                // Held rows wait no longer than they would with input flowing.
+                self.load_due(false, self.watermark, true)?;
+                self.account()?;
+                out.push(Message::Idle);
             }
             other => out.push(other),
         }
@@ -698,10 +962,97 @@ mod tests {
         lines
     }
 
+    fn memory(pool: Arc<MemoryPool>) -> (Arc<MemoryPool>, Arc<SpillManager>) {
+        (pool, Arc::new(SpillManager::new(None, None)))
+    }
+
+    /// Sessions written to disk a bucket of keys at a time (every batch: no memory for them) close
+    /// at the same watermarks with the same rows as in memory, late rows are dropped alike, and a
+    /// job restored from a checkpoint taken while buckets were on disk carries on the same.
+    #[test]
+    fn spilled_sessions_close_as_they_would_in_memory_and_survive_a_restore() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut in_memory = SessionAggregateOp::new(spec(), memory(MemoryPool::new(1 << 30)), Arc::new(OpMetrics::default()), None);
+        let coordinator = Coordinator::open(&CheckpointConfig { dir: dir.path().to_path_buf(), interval: std::time::Duration::from_secs(60) }).expect("open");
+        let spilling = |c: &Arc<Coordinator>, metrics: &Arc<OpMetrics>| {
+            let ck = OperatorCheckpoint::register(c, "session-0".into()).expect("register");
+            SessionAggregateOp::new(spec(), memory(MemoryPool::forcing_spill()), metrics.clone(), Some(ck))
+        };
+        let metrics = Arc::new(OpMetrics::default());
+        let mut op = spilling(&coordinator, &metrics);
+        // 300 keys, rows a few µs apart with gaps now and then longer than GAP, slightly out of order.
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let keys: Vec<String> = (0..300).map(|k| format!("key{k}")).collect();
+        let (mut t, mut closed) = (0i64, 0usize);
+        for step in 0..120 {
+            let batch: Vec<(&str, i64, i64)> = (0..40)
+                .map(|_| {
+                    t += (next() % 3) as i64;
+                    (keys[(next() % 300) as usize].as_str(), t - (next() % 4) as i64, (next() % 100) as i64)
+                })
+                .collect();
+            let msgs = [rows(&batch), Message::Watermark(t - 6), Message::Idle];
+            for msg in msgs {
+                let copy = match &msg {
+                    Message::Batch(b) => Message::Batch(b.clone()),
+                    Message::Watermark(w) => Message::Watermark(*w),
+                    _ => Message::Idle,
+                };
+                let want = emit(&mut in_memory, copy);
+                closed += want.len();
+                assert_eq!(emit(&mut op, msg), want, "step {step}");
+            }
+            if step == 60 {
+                // A checkpoint, then the job stops and starts again from it.
+                emit(&mut op, Message::Barrier(1));
+                coordinator.drain().expect("written");
+                assert!(metrics.spilled_bytes.load(Ordering::Relaxed) > 0, "nothing spilled");
+                drop(op);
+                let c = Coordinator::open(&CheckpointConfig { dir: dir.path().to_path_buf(), interval: std::time::Duration::from_secs(60) }).expect("reopen");
+                op = spilling(&c, &metrics);
+            }
+        }
+        assert_eq!(emit(&mut op, Message::End), emit(&mut in_memory, Message::End), "at the end");
+        assert!(closed > 100, "{closed} sessions closed before the end");
+        let late = |op: &SessionAggregateOp| op.metrics.late_rows.load(Ordering::Relaxed);
+        assert_eq!(late(&op), late(&in_memory));
+    }
+
+    /// A row held for a bucket on disk whose sessions end later than the row's own would: the
+    /// bucket is loaded before the watermark passes the row's time plus the gap, so the row is not
+    /// late and its session closes at that watermark, as in memory.
+    #[test]
+    fn a_held_row_is_not_late_when_its_bucket_comes_back() {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Utf8)]).expect("converter");
+        let bucket = |k: &str| {
+            let rows = converter.convert_columns(&[Arc::new(StringArray::from(vec![k])) as ArrayRef]).expect("encode");
+            bucket_of(rows.row(0).data())
+        };
+        let other = (0..).map(|i| format!("k{i}")).find(|k| bucket(k) == bucket("a")).expect("a key in a's bucket");
+        let mut in_memory = SessionAggregateOp::new(spec(), memory(MemoryPool::new(1 << 30)), Arc::new(OpMetrics::default()), None);
+        let mut op = SessionAggregateOp::new(spec(), memory(MemoryPool::forcing_spill()), Arc::new(OpMetrics::default()), None);
+        // a's session runs to 105 (on disk); then a row of the other key at 20 is held.
+        let long: Vec<(&str, i64, i64)> = (0..20).map(|i| ("a", i * 5, 1)).collect();
+        for msg in [rows(&long), Message::Watermark(-100), rows(&[(other.as_str(), 20, 2)]), Message::Watermark(50), Message::End] {
+            let copy = match &msg {
+                Message::Batch(b) => Message::Batch(b.clone()),
+                Message::Watermark(w) => Message::Watermark(*w),
+                _ => Message::End,
+            };
+            assert_eq!(emit(&mut op, msg), emit(&mut in_memory, copy));
+        }
+    }
+
     fn checkpointed(dir: &std::path::Path) -> (Arc<Coordinator>, SessionAggregateOp) {
         let coordinator = Coordinator::open(&CheckpointConfig { dir: dir.to_path_buf(), interval: std::time::Duration::from_secs(60) }).expect("open");
         let ck = OperatorCheckpoint::register(&coordinator, "session-0".into()).expect("register");
-        (coordinator, SessionAggregateOp::new(spec(), MemoryPool::new(1 << 30), Arc::new(OpMetrics::default()), Some(ck)))
+        (coordinator, SessionAggregateOp::new(spec(), memory(MemoryPool::new(1 << 30)), Arc::new(OpMetrics::default()), Some(ck)))
     }
 
     fn files(dir: &std::path::Path) -> Vec<String> {
@@ -717,7 +1068,7 @@ mod tests {
     #[test]
     fn a_restored_session_aggregate_carries_on_as_if_it_never_stopped() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut never_stopped = SessionAggregateOp::new(spec(), MemoryPool::new(1 << 30), Arc::new(OpMetrics::default()), None);
+        let mut never_stopped = SessionAggregateOp::new(spec(), memory(MemoryPool::new(1 << 30)), Arc::new(OpMetrics::default()), None);
         let (c, mut op) = checkpointed(dir.path());
         let step = |op: &mut SessionAggregateOp, never: &mut SessionAggregateOp, msg: Message| {
             let clone = match &msg {
