@@ -125,7 +125,7 @@ impl SpillManager {
             encoder: StreamEncoder::try_new(schema)?,
             messages: Vec::new(),
             frame: Vec::new(),
-            file: Some(SpillFile { path, codec, rows: 0, bytes: 0, max_frame: 0, direct: false, frame_ends: Vec::new() }),
+            file: Some(SpillFile { path, codec, rows: 0, bytes: 0, max_frame: 0, direct: false, frame_ends: Vec::new(), _dir: self.clone() }),
         })
     }
 }
@@ -243,6 +243,9 @@ pub struct SpillFile {
     /// Where each frame ends in the file: the reader asks for the next frame while the caller
     /// works on this one.
     frame_ends: Vec<u64>,
+    /// Keeps the query's spill directory while the file lives: a checkpoint may still be copying
+    /// it when the query's operators are gone.
+    _dir: Arc<SpillManager>,
 }
 
 impl SpillFile {
