@@ -1,5 +1,5 @@
 //! Keyed streaming state that outgrows its memory share, on disk a bucket of keys at a time: how an
-//! updating aggregate and a stream join spill.
+//! updating aggregate, a stream join and a session aggregate spill.
 //!
 //! Keys are split by hash into `BUCKETS` buckets. An operator over its share writes its biggest
 //! buckets' state to a spill file each and forgets it. Input rows for a bucket on disk are held, in
@@ -39,6 +39,30 @@ pub(super) fn bucket_of(key: &[u8]) -> usize {
 /// rows in input order, as a batch of its own.
 pub(super) fn split_rows(batch: &RecordBatch, buckets: &[usize]) -> Result<Vec<(usize, RecordBatch)>> {
     super::key_partition::split_by_owner(batch, buckets, BUCKETS)
+}
+
+/// The buckets to write to disk, biggest first (`bytes[b]`: bucket `b`'s in memory; 0 for none or
+/// one on disk), until about `keep` of the `total` bytes held are left.
+pub(super) fn biggest_buckets(bytes: &[usize; BUCKETS], total: usize, keep: usize) -> [bool; BUCKETS] {
+    let mut order: Vec<usize> = (0..BUCKETS).filter(|b| bytes[*b] > 0).collect();
+    order.sort_by_key(|b| std::cmp::Reverse(bytes[*b]));
+    let (mut left, mut chosen) = (total, [false; BUCKETS]);
+    for b in order {
+        if left <= keep {
+            break;
+        }
+        chosen[b] = true;
+        left = left.saturating_sub(bytes[b]);
+    }
+    chosen
+}
+
+/// Moves to a file the held rows of the bucket holding the most in memory; false if none holds any.
+pub(super) fn write_biggest_held<'a>(buckets: impl Iterator<Item = &'a mut SpilledBucket>, spill: &Arc<SpillManager>, metrics: &OpMetrics) -> Result<bool> {
+    match buckets.max_by_key(|b| b.held_in_memory()).filter(|b| b.held_in_memory() > 0) {
+        Some(bucket) => bucket.write_held(spill, metrics).map(|_| true),
+        None => Ok(false),
+    }
 }
 
 /// The batches of `files`, one file after another.

@@ -47,7 +47,7 @@ use arrow::row::{RowConverter, SortField};
 
 use super::aggregate::{AggSpec, GroupTable, Partial};
 use super::checkpoint::{OperatorCheckpoint, SharedFiles};
-use super::keyed_spill::{batches_of, bucket_of, split_rows, SpilledBucket, BUCKETS, HELD_IN_MEMORY, MAX_HELD_AGE};
+use super::keyed_spill::{batches_of, biggest_buckets, bucket_of, split_rows, write_biggest_held, SpilledBucket, BUCKETS, HELD_IN_MEMORY, MAX_HELD_AGE};
 use super::{OpMetrics, Operator};
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
@@ -238,13 +238,9 @@ impl SessionAggregateOp {
                 return Ok(());
             }
             if held > HELD_IN_MEMORY || st.sessions.is_empty() {
-                let biggest = st.spilled.iter_mut().flatten().map(|b| &mut b.bucket).max_by_key(|b| b.held_in_memory());
-                match biggest.filter(|b| b.held_in_memory() > 0) {
-                    Some(bucket) => bucket.write_held(&self.spill, &self.metrics)?,
-                    None => {
-                        st.reservation.resize_anyway(size);
-                        return Ok(());
-                    }
+                if !write_biggest_held(st.spilled.iter_mut().flatten().map(|b| &mut b.bucket), &self.spill, &self.metrics)? {
+                    st.reservation.resize_anyway(size);
+                    return Ok(());
                 }
             } else if !st.evict(&spec, &by_session, size / 2, &self.spill, &self.metrics)? {
                 st.reservation.resize_anyway(size);
@@ -572,34 +568,26 @@ impl Sessions {
     /// until about `keep` bytes are left; false if no session was in memory. A rebuild of the table,
     /// paid for by the half of it that leaves.
     fn evict(&mut self, spec: &SessionAggSpec, by_session: &AggSpec, keep: usize, spill: &Arc<SpillManager>, metrics: &OpMetrics) -> Result<bool> {
-        let live: Vec<u32> = (0..self.sessions.len() as u32).filter(|i| self.merged_into[*i as usize] == *i).collect();
-        let bucket: Vec<usize> = live.iter().map(|i| bucket_of(&self.sessions[*i as usize].key)).collect();
-        let mut count = [0usize; BUCKETS];
-        for b in &bucket {
-            count[*b] += 1;
+        let live: Vec<(u32, usize)> =
+            (0..self.sessions.len() as u32).filter(|i| self.merged_into[*i as usize] == *i).map(|i| (i, bucket_of(&self.sessions[i as usize].key))).collect();
+        let size = self.size();
+        let per_session = size / live.len().max(1);
+        let mut bytes = [0usize; BUCKETS];
+        for (_, b) in &live {
+            bytes[*b] += per_session;
         }
-        let per_session = self.size() / live.len().max(1);
-        let mut order: Vec<usize> = (0..BUCKETS).filter(|b| count[*b] > 0).collect();
-        order.sort_by_key(|b| Reverse(count[*b]));
-        let (mut left, mut chosen) = (self.size(), [false; BUCKETS]);
-        for b in order {
-            if left <= keep {
-                break;
-            }
-            chosen[b] = true;
-            left = left.saturating_sub(count[b] * per_session);
-        }
-        let evicted: Vec<u32> = live.iter().zip(&bucket).filter(|(_, b)| chosen[**b]).map(|(i, _)| *i).collect();
-        if evicted.is_empty() {
-            return Ok(false);
-        }
-        // Per bucket: whether the last checkpoint holds its sessions as they are, and the first end.
-        let (mut in_checkpoint, mut first_end) = ([true; BUCKETS], [i64::MAX; BUCKETS]);
-        for i in &evicted {
-            let s = &self.sessions[*i as usize];
-            let b = bucket_of(&s.key);
+        let chosen = biggest_buckets(&bytes, size, keep);
+        // The sessions leaving; per bucket, whether the last checkpoint holds its sessions as they
+        // are, and the first end.
+        let (mut evicted, mut in_checkpoint, mut first_end) = (vec![], [true; BUCKETS], [i64::MAX; BUCKETS]);
+        for (i, b) in live.into_iter().filter(|(_, b)| chosen[*b]) {
+            let s = &self.sessions[i as usize];
             in_checkpoint[b] &= s.saved && !s.dirty;
             first_end[b] = first_end[b].min(s.end);
+            evicted.push(i);
+        }
+        if evicted.is_empty() {
+            return Ok(false);
         }
         let checkpointed = self.shared.is_some();
         let (_, saved) = self.rebuild(spec, by_session, vec![], evicted)?;

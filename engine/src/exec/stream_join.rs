@@ -40,7 +40,7 @@ use arrow::row::{RowConverter, SortField};
 
 use super::checkpoint::{Coordinator, EpochTracker, OperatorCheckpoint, SharedFiles};
 use super::key_index::{KeyIndex, RowRef};
-use super::keyed_spill::{batches_of, bucket_of, SpilledBucket, BUCKETS, HELD_IN_MEMORY, MAX_HELD_AGE, STATE_BATCH_ROWS};
+use super::keyed_spill::{batches_of, biggest_buckets, bucket_of, write_biggest_held, SpilledBucket, BUCKETS, HELD_IN_MEMORY, MAX_HELD_AGE, STATE_BATCH_ROWS};
 use super::{Exchange, OpMetrics, Sink};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
@@ -412,19 +412,11 @@ impl StreamJoinShared {
         if st.spilled.iter().all(Option::is_none) {
             return self.store_saved(st, side, saved, now);
         }
-        let keys = self.keys(side, &saved)?;
-        let here = BUCKETS;
-        let buckets: Vec<usize> = (0..saved.num_rows())
-            .map(|r| {
-                let b = bucket_of(keys.key(r));
-                if keys.valid[r] && st.spilled[b].is_some() { b } else { here }
-            })
-            .collect();
-        if buckets.iter().all(|b| *b == here) {
+        let Some(buckets) = on_disk(st, &self.keys(side, &saved)?, saved.num_rows()) else {
             return self.store_saved(st, side, saved, now);
-        }
+        };
         for (b, rows) in super::key_partition::split_by_owner(&saved, &buckets, BUCKETS + 1)? {
-            if b == here {
+            if b == IN_MEMORY {
                 self.store_saved(st, side, rows, now)?;
             } else if let Some(bucket) = &mut st.spilled[b] {
                 let (pending, latest) = self.bounds(side, std::slice::from_ref(&rows));
@@ -553,13 +545,9 @@ impl StreamJoinShared {
             }
             let stored: usize = st.sides.iter().map(|s| s.live_rows).sum();
             if held > HELD_IN_MEMORY || stored == 0 {
-                let biggest = st.spilled.iter_mut().flatten().flat_map(|b| b.sides.iter_mut()).max_by_key(|s| s.held_in_memory());
-                match biggest.filter(|s| s.held_in_memory() > 0) {
-                    Some(side) => side.write_held(&self.spill, &self.metrics)?,
-                    None => {
-                        st.reservation.resize_anyway(size);
-                        return Ok(());
-                    }
+                if !write_biggest_held(st.spilled.iter_mut().flatten().flat_map(|b| b.sides.iter_mut()), &self.spill, &self.metrics)? {
+                    st.reservation.resize_anyway(size);
+                    return Ok(());
                 }
             } else if !self.evict(st, size / 2)? {
                 st.reservation.resize_anyway(size);
@@ -573,26 +561,25 @@ impl StreamJoinShared {
     /// keep their other rows (copied), and the index is built again: a pass over the state, paid for
     /// by the half of it that leaves.
     fn evict(&self, st: &mut State, keep: usize) -> Result<bool> {
+        // Each side's stored rows per bucket, from the index's keys (each key's bucket kept for below).
         let mut rows = [[0usize; BUCKETS]; 2];
+        let mut key_buckets: [Vec<usize>; 2] = Default::default();
         for (s, side) in st.sides.iter().enumerate() {
             for (key, runs) in side.index.keys() {
-                rows[s][bucket_of(key)] += runs.filter(|(c, _)| side.chunks.contains_key(c)).map(|(_, r)| r.len()).sum::<usize>();
+                let b = bucket_of(key);
+                key_buckets[s].push(b);
+                rows[s][b] += runs.filter(|(c, _)| side.chunks.contains_key(c)).map(|(_, r)| r.len()).sum::<usize>();
             }
         }
         let per_row: Vec<usize> = (0..2).map(|s| st.sides[s].size() / rows[s].iter().sum::<usize>().max(1)).collect();
-        let bytes = |b: usize| rows[0][b] * per_row[0] + rows[1][b] * per_row[1];
-        // A bucket on disk has no rows in memory (its rows are held, or added to it on disk).
-        let mut order: Vec<usize> = (0..BUCKETS).filter(|b| rows[0][*b] + rows[1][*b] > 0 && st.spilled.get(*b).is_none_or(Option::is_none)).collect();
-        order.sort_by_key(|b| std::cmp::Reverse(bytes(*b)));
-        let mut left = st.sides.iter().map(Side::size).sum::<usize>();
-        let mut chosen = [false; BUCKETS];
-        for b in order {
-            if left <= keep {
-                break;
+        let mut bytes = [0usize; BUCKETS];
+        for (b, bytes) in bytes.iter_mut().enumerate() {
+            // A bucket on disk has no rows in memory (its rows are held, or added to it on disk).
+            if st.spilled.get(b).is_none_or(Option::is_none) {
+                *bytes = rows[0][b] * per_row[0] + rows[1][b] * per_row[1];
             }
-            chosen[b] = true;
-            left = left.saturating_sub(bytes(b));
         }
+        let chosen = biggest_buckets(&bytes, st.sides.iter().map(Side::size).sum::<usize>(), keep);
         if !chosen.contains(&true) {
             return Ok(false);
         }
@@ -600,8 +587,7 @@ impl StreamJoinShared {
         for s in [0, 1] {
             let side = &st.sides[s];
             let mut by_bucket: Vec<Vec<RowRef>> = vec![Vec::new(); BUCKETS];
-            for (key, runs) in side.index.keys() {
-                let b = bucket_of(key);
+            for ((_, runs), &b) in side.index.keys().zip(&key_buckets[s]) {
                 if chosen[b] {
                     for (c, r) in runs.filter(|(c, _)| side.chunks.contains_key(c)) {
                         by_bucket[b].extend(r.map(|r| (c, r)));
@@ -704,21 +690,11 @@ impl StreamJoinShared {
 
     /// Joins the rows of keys in memory, and holds those of keys on disk for their bucket.
     fn route(&self, st: &mut State, side: usize, batch: RecordBatch, keys: BatchKeys, now: Option<Instant>, out: &mut Vec<RecordBatch>) -> Result<()> {
-        if st.spilled.iter().all(Option::is_none) {
+        let Some(buckets) = on_disk(st, &keys, batch.num_rows()) else {
             return self.join_rows(st, side, batch, &keys, now, false, out);
-        }
-        // Rows with a NULL key join nothing: they go on at once, with those of keys in memory.
-        let here = BUCKETS;
-        let bucket = |r: usize| {
-            let b = bucket_of(keys.key(r));
-            if keys.valid[r] && st.spilled[b].is_some() { b } else { here }
         };
-        let buckets: Vec<usize> = if keys.same { vec![bucket(0); batch.num_rows()] } else { (0..batch.num_rows()).map(bucket).collect() };
-        if buckets.iter().all(|b| *b == here) {
-            return self.join_rows(st, side, batch, &keys, now, false, out);
-        }
         for (b, rows) in super::key_partition::split_by_owner(&batch, &buckets, BUCKETS + 1)? {
-            if b == here {
+            if b == IN_MEMORY {
                 let keys = self.keys(side, &rows)?;
                 self.join_rows(st, side, rows, &keys, now, false, out)?;
             } else if let Some(bucket) = &mut st.spilled[b] {
@@ -889,16 +865,11 @@ impl StreamJoinShared {
             None => None,
         };
         self.route(&mut st, side, batch, keys, now, &mut out)?;
-        self.load_due(&mut st, false, &mut out)?;
-        self.account(&mut st)?;
-        self.push_all(producer, st, out);
-        Ok(())
+        self.load_due_and_push(producer, st, out)
     }
 
-    /// Loads the buckets on disk that are due.
-    fn tick(&self, producer: usize) -> Result<()> {
-        let mut out = Vec::new();
-        let mut st = self.lock()?;
+    /// Loads the buckets on disk that are due and pushes `out` with what they add.
+    fn load_due_and_push(&self, producer: usize, mut st: std::sync::MutexGuard<'_, State>, mut out: Vec<RecordBatch>) -> Result<()> {
         self.load_due(&mut st, false, &mut out)?;
         self.account(&mut st)?;
         self.push_all(producer, st, out);
@@ -1321,6 +1292,24 @@ fn slots<'a>(side: &'a Side, rows: &[(u64, u32)]) -> (Vec<&'a RecordBatch>, Vec<
     (chunks, picks)
 }
 
+/// The "bucket" of rows whose key is in memory (or NULL) in `on_disk`'s answer.
+const IN_MEMORY: usize = BUCKETS;
+
+/// Per row of `keys` (`rows` of them), the bucket on disk holding its key, or `IN_MEMORY` (a NULL
+/// key joins nothing: such a row goes on at once, with those of keys in memory); `None` if every row
+/// is `IN_MEMORY`.
+fn on_disk(st: &State, keys: &BatchKeys, rows: usize) -> Option<Vec<usize>> {
+    if st.spilled.iter().all(Option::is_none) {
+        return None;
+    }
+    let bucket = |r: usize| {
+        let b = bucket_of(keys.key(r));
+        if keys.valid[r] && st.spilled[b].is_some() { b } else { IN_MEMORY }
+    };
+    let buckets: Vec<usize> = if keys.same { vec![bucket(0); rows] } else { (0..rows).map(bucket).collect() };
+    buckets.iter().any(|b| *b != IN_MEMORY).then_some(buckets)
+}
+
 /// `batch` with its rows' matched flags as a last column: stored rows as spill files and
 /// checkpoints keep them.
 fn with_flags(batch: &RecordBatch, flags: Vec<bool>) -> Result<RecordBatch> {
@@ -1452,7 +1441,7 @@ impl Sink for StreamJoinSink {
             // stored rows of the other side wait for its watermark still (they may yet match).
             Message::Idle => {
                 // Rows held for buckets on disk wait no longer than they would with input flowing.
-                self.shared.tick(producer)?;
+                self.shared.load_due_and_push(producer, self.shared.lock()?, Vec::new())?;
                 self.shared.output.push(producer, Message::Idle);
             }
         }

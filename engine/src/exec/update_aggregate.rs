@@ -22,7 +22,7 @@ use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 
 use super::checkpoint::{OperatorCheckpoint, SharedFiles};
-use super::keyed_spill::{batches_of, bucket_of, split_rows, SpilledBucket, BUCKETS, STATE_BATCH_ROWS, HELD_IN_MEMORY};
+use super::keyed_spill::{batches_of, bucket_of, split_rows, write_biggest_held, SpilledBucket, BUCKETS, HELD_IN_MEMORY, STATE_BATCH_ROWS};
 use super::retract::{self, RetractAccumulator};
 use super::{OpMetrics, Operator};
 use crate::changelog::{self, RowKind};
@@ -260,13 +260,9 @@ impl UpdateAggregateOp {
             }
             let live = groups.live_count();
             if held > HELD_IN_MEMORY || live == 0 {
-                let biggest = self.spilled.iter_mut().flatten().max_by_key(|b| b.held_in_memory()).filter(|b| b.held_in_memory() > 0);
-                match biggest {
-                    Some(bucket) => bucket.write_held(&self.spill, &self.metrics)?,
-                    None => {
-                        groups.reservation.resize_anyway(size);
-                        return Ok(());
-                    }
+                if !write_biggest_held(self.spilled.iter_mut().flatten(), &self.spill, &self.metrics)? {
+                    groups.reservation.resize_anyway(size);
+                    return Ok(());
                 }
             } else if groups.free.len() > live {
                 // Slots freed by buckets written out are reused, not given back: more free than
