@@ -447,8 +447,12 @@ fn kill_test_flags(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<
     };
     let (mut killed, mut resumed) = (0, 0);
     let sql = job("stream");
+    let read_manifest = || std::fs::read_to_string(checkpoints.join("MANIFEST")).unwrap_or_default();
+    // A run killed before it completed a checkpoint makes the next one wait longer: on a slow or
+    // busy machine (the kill tests run side by side) the first checkpoint comes later than here.
+    let mut first_kill_ms = first_kill_ms;
     for run in 0..20 {
-        let manifest = std::fs::read_to_string(checkpoints.join("MANIFEST")).unwrap_or_default();
+        let manifest = read_manifest();
         if manifest.contains("\"finished\":true") {
             break;
         }
@@ -465,6 +469,9 @@ fn kill_test_flags(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<
             killed += 1;
         }
         let _ = child.wait();
+        if read_manifest() == manifest {
+            first_kill_ms += first_kill_ms / 2 + 20;
+        }
     }
     let o = Command::new(env!("CARGO_BIN_EXE_riffle")).args(stream_args(&sql, 0)).output().expect("riffle runs");
     assert!(o.status.success(), "seed {seed}: {}", stderr(&o));
