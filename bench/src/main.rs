@@ -45,7 +45,7 @@ enum Command {
     Tpcds(SuiteArgs),
     /// Nexmark queries (q0, q1, q2, q5, q7 as Flink's Nexmark suite writes them) run as streams into a
     /// blackhole sink, on a bid file (from ../shared/peers/flink/gen_bids.py) or on the generator; with
-    /// --peers flink, Flink runs the same file in the same command. q3 and q8 (persons and auctions)
+    /// --peers flink, Flink runs the same file in the same command. q3, q4 and q8 (persons or auctions)
     /// run on the generator only.
     Nexmark {
         #[arg(long)]

@@ -7,7 +7,8 @@
 //! Joins of other kinds (outer, semi, anti, mark) are region boundaries: their inputs are ordered on
 //! their own. A semi or anti join over a region whose condition reads one relation may move into the
 //! region as a filter on that relation (`push_semi_join`). Regions reading a stream with event time keep the order written, as the stream
-//! planner finds interval joins in it.
+//! planner finds interval joins in it, except a join of two bounded inputs whose event time nothing
+//! above reads (Nexmark q4's auctions and bids: the smaller side is hashed).
 
 use std::sync::Arc;
 
@@ -23,20 +24,59 @@ const MAX_DP_RELATIONS: usize = 12;
 
 /// Reorders every region of inner joins in `plan`.
 pub fn reorder_joins(plan: &mut LogicalPlan) {
-    if is_inner_join(plan) && orderable(plan) {
-        let region = std::mem::replace(plan, LogicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) });
-        *plan = reorder_region(region);
-        return;
+    reorder(plan, false)
+}
+
+/// `reorder_joins`; `time_used` says whether an operator above reads the event time of `plan`'s
+/// rows (a window, an interval join): in a stream, a join's rows keep the time and watermarks of its
+/// left input (a hash join's probe side), so the order of their joins is the one written.
+fn reorder(plan: &mut LogicalPlan, time_used: bool) {
+    if is_inner_join(plan) {
+        // Two bounded inputs whose time nothing above reads may swap sides whatever they hold (the
+        // join's own condition reads the same two sides either way); larger regions reading event
+        // time keep the order written, as the stream planner finds interval joins in it, and so do
+        // the inputs of such a pair.
+        let leaves_time_used = if orderable(plan) {
+            Some(time_used)
+        } else {
+            (!time_used && is_bounded_pair(plan)).then_some(true)
+        };
+        if let Some(leaves_time_used) = leaves_time_used {
+            let region = std::mem::replace(plan, LogicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) });
+            *plan = reorder_region(region, leaves_time_used);
+            return;
+        }
     }
     if let LogicalPlan::Join { left, kind: JoinKind::Semi | JoinKind::Anti, .. } = plan {
         if is_inner_join(left) && orderable(plan) {
             let join = std::mem::replace(plan, LogicalPlan::Values { rows: vec![], schema: Arc::new(Schema::empty()) });
-            *plan = push_semi_join(join);
+            *plan = push_semi_join(join, time_used);
             return;
         }
     }
+    let below = time_used || reads_event_time(plan);
     for input in plan.inputs_mut() {
-        reorder_joins(input);
+        reorder(input, below);
+    }
+}
+
+/// Whether `plan` reads its inputs' event time (their watermarks, or which column holds it): windows,
+/// OVER windows, joins (interval joins bound the two sides' times).
+fn reads_event_time(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::WindowTvf { .. } | LogicalPlan::SessionTvf { .. } | LogicalPlan::Window { .. } | LogicalPlan::Join { .. })
+}
+
+/// An inner join of two inputs that are not inner joins themselves, both ending.
+fn is_bounded_pair(plan: &LogicalPlan) -> bool {
+    let LogicalPlan::Join { left, right, .. } = plan else { return false };
+    [left, right].iter().all(|side| !is_inner_join(side) && bounded(side))
+}
+
+/// Whether every table `plan` reads ends.
+fn bounded(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Scan { source, .. } => !source.unbounded(),
+        other => other.inputs().into_iter().all(bounded),
     }
 }
 
@@ -60,6 +100,8 @@ pub(crate) fn orderable(plan: &LogicalPlan) -> bool {
 /// the order written (the original join tree's output).
 struct Region {
     leaves: Vec<LogicalPlan>,
+    /// Whether the leaves' own joins are ordered as if an operator above read their event time.
+    leaves_time_used: bool,
     /// The first column of each leaf in the region's columns.
     starts: Vec<usize>,
     width: usize,
@@ -82,7 +124,7 @@ impl Region {
                 }
             }
             mut leaf => {
-                reorder_joins(&mut leaf);
+                reorder(&mut leaf, self.leaves_time_used);
                 self.starts.push(self.width);
                 self.width += leaf.schema().fields().len();
                 self.leaves.push(leaf);
@@ -112,9 +154,9 @@ enum Tree {
     Join(Box<Tree>, Box<Tree>),
 }
 
-fn reorder_region(plan: LogicalPlan) -> LogicalPlan {
+fn reorder_region(plan: LogicalPlan, leaves_time_used: bool) -> LogicalPlan {
     let schema = plan.schema();
-    let mut region = Region { leaves: vec![], starts: vec![], width: 0, conditions: vec![] };
+    let mut region = Region { leaves: vec![], leaves_time_used, starts: vec![], width: 0, conditions: vec![] };
     region.flatten(plan);
     order(region, &schema)
 }
@@ -170,11 +212,11 @@ fn order(region: Region, schema: &arrow::datatypes::SchemaRef) -> LogicalPlan {
 /// relations only: it is a filter on that relation's rows, so it runs there, before the inner
 /// joins, when that relation is estimated no larger than the region's result (the rows it would
 /// otherwise probe). TPC-H Q18's `o_orderkey IN (…)` thus filters orders before orders meet lineitem.
-fn push_semi_join(plan: LogicalPlan) -> LogicalPlan {
+fn push_semi_join(plan: LogicalPlan, time_used: bool) -> LogicalPlan {
     let LogicalPlan::Join { left, mut right, kind, on, filter, null_aware, schema } = plan else { return plan };
-    reorder_joins(&mut right);
+    reorder(&mut right, time_used);
     let region_schema = left.schema();
-    let mut region = Region { leaves: vec![], starts: vec![], width: 0, conditions: vec![] };
+    let mut region = Region { leaves: vec![], leaves_time_used: time_used, starts: vec![], width: 0, conditions: vec![] };
     region.flatten(*left);
     let width = region.width;
     let mut reads: Vec<usize> = on.iter().flat_map(|(l, _)| l.column_set()).collect();

@@ -217,7 +217,7 @@ pub fn table_rows(source: &TableSource) -> f64 {
         },
         TableData::Memory(batches) => batches.iter().map(|b| b.num_rows() as f64).sum(),
         TableData::Generated { records, .. } => *records as f64,
-        TableData::Nexmark { events, .. } => events.map_or(1e9, |e| e as f64),
+        TableData::Nexmark { config, table, events, .. } => config.rows_in(*table, events.map_or(1e9, |e| e as f64)),
         TableData::Blackhole => 0.0,
     }
 }

@@ -72,7 +72,8 @@ fn control_messages_pass_through_stateless_operators() {
 #[test]
 fn control_messages_pass_through_a_join_probe_and_an_exchange() {
     // LIMIT gathers two partitions into one through an exchange that aligns barriers and watermarks.
-    let msgs = messages("SELECT x.a, y.s, x.ts FROM t x JOIN t y ON x.a = y.a WHERE x.a <= 9 LIMIT 100", 2);
+    // The filter on the right keeps it the smaller side, hashed: x, with the time, is the probe side.
+    let msgs = messages("SELECT x.a, y.s, x.ts FROM t x JOIN t y ON x.a = y.a WHERE y.a <= 9 LIMIT 100", 2);
     let (rows, watermarks, barriers) = check_order(&msgs);
     assert_eq!(rows, 9);
     assert!(watermarks >= 1 && barriers >= 1);

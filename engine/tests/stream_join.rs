@@ -68,17 +68,15 @@ fn an_interval_join_keeps_only_rows_that_can_still_match() {
 fn windows_over_an_interval_join_close_before_the_input_ends() {
     let n = 3_000;
     let s = session(n, true);
-    let sql = format!(
-        "SELECT window_end, count(*), sum(v) FROM TABLE(TUMBLE(TABLE j, DESCRIPTOR(ts), INTERVAL '5' SECOND)) GROUP BY window_start, window_end"
-    );
+    let sql = "SELECT window_end, count(*), sum(v) FROM TABLE(TUMBLE(TABLE j, DESCRIPTOR(ts), INTERVAL '5' SECOND)) GROUP BY window_start, window_end";
     let mut s = s;
     s.sql(&format!("CREATE VIEW j AS {INTERVAL_JOIN}")).expect("view");
-    let (_, plan) = s.plan_sql(&sql).expect("plans");
+    let (_, plan) = s.plan_sql(sql).expect("plans");
     assert!(plan.display_indent(&|_| String::new()).contains("WindowAggregate"), "{}", plan.display_indent(&|_| String::new()));
     let got = windows_as_they_close(&plan, &s.config);
     let mut batch = session(n, false);
     batch.sql(&format!("CREATE VIEW j AS {INTERVAL_JOIN}")).expect("view");
-    let mut expected = rows(&mut batch, &sql);
+    let mut expected = rows(&mut batch, sql);
     expected.sort();
     assert_eq!(got, expected);
     assert_eq!(got.len(), 6);

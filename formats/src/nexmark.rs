@@ -196,14 +196,23 @@ impl NexmarkConfig {
         us - us.rem_euclid(1000)
     }
 
-    /// How many events make about `rows` rows of `table`.
-    pub fn events_for_rows(&self, table: NexmarkTable, rows: usize) -> u64 {
-        let share = match table {
+    /// How many of every `total()` events are of `table`.
+    fn share(&self, table: NexmarkTable) -> u64 {
+        match table {
             NexmarkTable::Person => self.person_proportion,
             NexmarkTable::Auction => self.auction_proportion,
             NexmarkTable::Bid => self.bid_proportion,
-        };
-        (rows as u64 * self.total()).div_ceil(share.max(1)).max(1)
+        }
+    }
+
+    /// How many events make about `rows` rows of `table`.
+    pub fn events_for_rows(&self, table: NexmarkTable, rows: usize) -> u64 {
+        (rows as u64 * self.total()).div_ceil(self.share(table).max(1)).max(1)
+    }
+
+    /// About how many rows of `table` `events` events hold (1 in 50 are persons, 3 auctions, 46 bids).
+    pub fn rows_in(&self, table: NexmarkTable, events: f64) -> f64 {
+        events * self.share(table) as f64 / self.total() as f64
     }
 
     /// The id (from 0) of the last person created at or before event `n`.

@@ -538,7 +538,7 @@ mod csv_split_tests {
             arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, false),
             arrow::datatypes::Field::new("text", arrow::datatypes::DataType::Utf8, true),
         ]));
-        let morsels = plan_morsels(&FileFormat::Json, &[path.clone()]).expect("morsels");
+        let morsels = plan_morsels(&FileFormat::Json, std::slice::from_ref(&path)).expect("morsels");
         assert!(morsels.len() > 2, "{} morsels", morsels.len());
         let ids: Vec<i64> = morsels
             .iter()

@@ -137,6 +137,9 @@ enum Built {
     Spilled(SpilledBuild),
 }
 
+/// A bucket to join: its split depth, build files and probe files.
+type BucketWork = (usize, Vec<SpillFile>, Vec<SpillFile>);
+
 struct SpilledBuild {
     /// The buckets kept in memory (hybrid hash join): their build rows, indexed, which probe rows of
     /// those buckets join as they arrive instead of going to disk. Dropped once the probe side has
@@ -146,7 +149,7 @@ struct SpilledBuild {
     /// The buckets to join, (split depth, build files, probe files), bucket `b` at index `b` until the
     /// probe side has ended and added its files (`work_ready`); then every probe partition takes the
     /// next one until none is left.
-    work: Mutex<Vec<(usize, Vec<SpillFile>, Vec<SpillFile>)>>,
+    work: Mutex<Vec<BucketWork>>,
     work_ready: AtomicBool,
     build_rows: usize,
     has_null_key: bool,

@@ -119,7 +119,7 @@ impl KeyIndex {
     /// Keeps the rows `place` gives a row number (in their chunk, which lost rows before them, say),
     /// under that number, in the same order; the others go.
     pub fn retain_map(&mut self, place: impl Fn(RowRef) -> Option<u32>) {
-        let mut kept = KeyIndex { hasher: self.hasher.clone(), ..KeyIndex::default() };
+        let mut kept = KeyIndex { hasher: self.hasher, ..KeyIndex::default() };
         for k in 0..self.heads.len() as u32 {
             let mut runs: Vec<Run> = Vec::new();
             let mut next = self.heads[k as usize];

@@ -286,7 +286,7 @@ impl ScanShared {
                         // Files are numbered anew (found in another order, or others beside them).
                         for n in std::mem::take(&mut settled).iter() {
                             if let Some(name) = names.get((n >> MORSEL_BITS) as usize).and_then(|v| v.as_str()) {
-                                restored_files.entry(name.to_string()).or_insert_with(RangeSet::default).insert(n & ((1 << MORSEL_BITS) - 1));
+                                restored_files.entry(name.to_string()).or_default().insert(n & ((1 << MORSEL_BITS) - 1));
                             }
                         }
                         let done = |n: u64| {

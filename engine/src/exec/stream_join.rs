@@ -121,13 +121,18 @@ struct Chunk {
     pending: Timestamp,
 }
 
+/// A checkpoint file to write: its name and its chunks.
+type NewFile = (String, Vec<RecordBatch>);
+/// A checkpoint file named by a checkpoint: its name and the positions of its live chunks in it.
+type NamedFile = (String, Vec<u32>);
+
 impl Side {
     /// The stored chunks as of barrier `e`, incrementally: those stored since the last checkpoint go
     /// into one new shared file (`<prefix>-<e>.arrow`), and so do the live chunks of a file that
     /// holds fewer live chunks than dropped ones (compaction: the files named hold at most about twice
     /// the stored rows). Returns the file to write, and the files the checkpoint names with the
     /// positions of their live chunks.
-    fn snapshot(&mut self, prefix: &str, e: u64) -> (Option<(String, Vec<RecordBatch>)>, Vec<(String, Vec<u32>)>) {
+    fn snapshot(&mut self, prefix: &str, e: u64) -> (Option<NewFile>, Vec<NamedFile>) {
         let chunks = &self.chunks;
         self.files.retain_mut(|f| {
             f.chunks.retain(|(_, id)| chunks.contains_key(id));
