@@ -132,8 +132,8 @@ pub fn nexmark_command(a: &NexmarkArgs) -> anyhow::Result<()> {
         if !QUERIES.iter().any(|(name, _, _)| name == q) {
             bail!("unknown query {q} (known: q0, q1, q2, q3, q4, q5, q7, q8; q6 is not valid SQL: it selects B.dateTime without grouping by it, and Flink's suite does not run it either)");
         }
-        if reads_people(q) && (a.input.is_some() || a.rate.is_some()) {
-            bail!("{q} reads persons or auctions: it runs on the generator only, without --input and --rate");
+        if reads_people(q) && a.input.is_some() {
+            bail!("{q} reads persons or auctions: it runs on the generator only, without --input");
         }
     }
     if let Some(rate) = a.rate {
@@ -211,15 +211,7 @@ fn run_query(q: &str, sink_columns: &str, query: &str, source: &str, events: u64
         let _ = std::fs::remove_dir_all(dir);
         session.checkpoint = Some(CheckpointConfig { dir: dir.clone(), interval });
     }
-    session.execute(&format!("CREATE TABLE bid ({BID_COLUMNS}) WITH ({source})"))?;
-    if reads_people(q) {
-        for (table, columns) in PEOPLE {
-            let source = source.replace("'table' = 'bid'", &format!("'table' = '{table}'"));
-            session.execute(&format!(
-                "CREATE TABLE {table} ({columns}, WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND) WITH ({source})"
-            ))?;
-        }
-    }
+    create_tables(&mut session, q, source)?;
     session.execute(&format!("CREATE TABLE sink ({sink_columns}) WITH ('connector' = 'blackhole')"))?;
     let started = Instant::now();
     let result = session.sql(&format!("INSERT INTO sink {query}"))?;
@@ -233,6 +225,20 @@ fn run_query(q: &str, sink_columns: &str, query: &str, source: &str, events: u64
         .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|c| c.value(0)))
         .unwrap_or(0);
     Ok(Measured { query: q.to_string(), seconds, events, rows, stats: result.stats })
+}
+
+/// The tables query `q` reads, from `source` (the bid table's connector options).
+fn create_tables(session: &mut Session, q: &str, source: &str) -> anyhow::Result<()> {
+    session.execute(&format!("CREATE TABLE bid ({BID_COLUMNS}) WITH ({source})"))?;
+    if reads_people(q) {
+        for (table, columns) in PEOPLE {
+            let source = source.replace("'table' = 'bid'", &format!("'table' = '{table}'"));
+            session.execute(&format!(
+                "CREATE TABLE {table} ({columns}, WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND) WITH ({source})"
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs Flink on the same file; returns (query, wall seconds, events/s per core) of its JIT-warm runs.
@@ -276,11 +282,15 @@ fn run_flink(input: &Path, queries: &[&str], a: &NexmarkArgs) -> anyhow::Result<
 
 /// For latency: each query with a column that tells when its rows could first exist, and how long
 /// after that column's time: a bid's own time, or a window's end plus the watermark delay (a window
-/// closes once the watermark passed its end). q2 and q7 also return that column here.
-const LATENCY: [(&str, Option<SelectEdit>, usize, i64); 5] = [
+/// closes once the watermark passed its end). q2, q3, q7 and q8 also return that column here (q3's
+/// pair exists once its later row came; q8's rows are windows). q4 has none: its rows are updates of
+/// running averages, each coming from many bids.
+const LATENCY: [(&str, Option<SelectEdit>, usize, i64); 7] = [
     ("q0", None, 3, 0),
     ("q1", None, 3, 0),
     ("q2", Some(("SELECT auction, price FROM", "SELECT auction, price, date_time FROM")), 2, 0),
+    ("q3", Some(("P.state, A.id FROM", "P.state, A.id, GREATEST(P.date_time, A.date_time) FROM")), 4, 0),
+    ("q8", Some(("P.name, P.starttime FROM", "P.name, P.endtime FROM")), 2, WATERMARK_DELAY_US),
     ("q5", None, 3, WATERMARK_DELAY_US),
     ("q7", Some(("B.date_time, B.extra FROM", "B.date_time, B1.date_time FROM")), 4, WATERMARK_DELAY_US),
 ];
@@ -300,6 +310,9 @@ const WATERMARK_DELAY_US: i64 = 1_000_000;
 fn latency_command(wanted: &[&str], rate: u64, a: &NexmarkArgs) -> anyhow::Result<()> {
     use arrow::array::AsArray;
     use std::sync::{Arc, Mutex};
+    if let Some(q) = wanted.iter().find(|q| !LATENCY.iter().any(|(name, ..)| name == *q)) {
+        bail!("{q} has no latency measure: its rows are updates of running averages, each from many bids (run it without --rate)");
+    }
     // The source, the event time its first event has (the wall clock's start), the event time its
     // input ends at (after that start), and its events.
     let (source, base, input_end, events) = match &a.input {
@@ -330,7 +343,7 @@ fn latency_command(wanted: &[&str], rate: u64, a: &NexmarkArgs) -> anyhow::Resul
         let (_, _, query) = QUERIES.iter().find(|(name, _, _)| name == q).context("query")?;
         let (_, variant, column, delay) = LATENCY.iter().find(|(name, ..)| name == q).context("latency column")?;
         let mut session = Session::new(a.config(true));
-        session.execute(&format!("CREATE TABLE bid ({BID_COLUMNS}) WITH ({source})"))?;
+        create_tables(&mut session, q, &source)?;
         // The query with its time column: a select list edited (`from` → `to`).
         let sql = variant.map_or(query.to_string(), |(from, to)| query.replacen(from, to, 1));
         let (_, plan) = session.plan_sql(&sql)?;

@@ -563,8 +563,9 @@ impl ScanShared {
         let TableData::Nexmark { config, table, columns, .. } = &self.source.data else {
             return Err(RiffleError::exec("event range for a table that is not generated"));
         };
-        let all = config.batch(*table, start, n)?;
         let schema = &self.source.schema;
+        let extra = table.schema().index_of("extra").ok();
+        let all = config.batch_with(*table, start, n, self.projection.iter().any(|p| columns.get(*p).copied() == extra))?;
         let columns = columns
             .iter()
             .zip(schema.fields())
