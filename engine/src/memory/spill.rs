@@ -6,7 +6,9 @@
 //! every message body, and its lz4 frame decoder every buffer, before filling them: as much time as
 //! lz4 itself in a merge of hundreds of runs), no copies. Files go when they are dropped, the directory when the query
 //! ends (success or error), and on Ctrl-C the CLI removes every live directory
-//! ([`remove_live_spill_dirs`]).
+//! ([`remove_live_spill_dirs`]). A process killed outright (SIGKILL, a crash) leaves its directory
+//! behind: directories are named `riffle-spill-<pid>-…`, and the first query of a process that spills
+//! under the same base removes those of processes that are gone (`remove_stale_dirs`).
 
 use std::fs::File;
 use std::io::Write;
@@ -58,6 +60,46 @@ pub fn remove_live_spill_dirs() {
     }
 }
 
+/// Spill directories are `<DIR_PREFIX><pid>-<random>`.
+const DIR_PREFIX: &str = "riffle-spill-";
+
+/// A directory left by a process that is gone is removed once it has not changed for this long (a
+/// process of another PID namespace sharing the directory is not seen in /proc: a live query's
+/// directory changes as it spills).
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes, once per process and base directory, the spill directories under `base` left by
+/// processes that are gone (killed before they could remove them).
+fn remove_stale_dirs(base: &Path) {
+    static SWEPT: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
+    {
+        let mut swept = SWEPT.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
+        if swept.iter().any(|b| b == base) {
+            return;
+        }
+        swept.push(base.to_path_buf());
+    }
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)).and_then(|rest| rest.split('-').next()?.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let unchanged = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if unchanged.is_some_and(|age| age >= STALE_AFTER) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` runs (where /proc cannot tell, it is taken to run).
+fn process_alive(pid: u32) -> bool {
+    !cfg!(target_os = "linux") || Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// A query's spill files.
 #[derive(Debug)]
 pub struct SpillManager {
@@ -101,7 +143,8 @@ impl SpillManager {
         if live.closed {
             return Err(RiffleError::exec("the process is being interrupted: no new spill files"));
         }
-        let made = tempfile::Builder::new().prefix("riffle-spill-").tempdir_in(&self.base).map_err(|e| {
+        remove_stale_dirs(&self.base);
+        let made = tempfile::Builder::new().prefix(&format!("{DIR_PREFIX}{}-", std::process::id())).tempdir_in(&self.base).map_err(|e| {
             RiffleError::exec(format!(
                 "cannot create a spill directory in '{}': {e}; choose a writable directory with --spill-dir",
                 self.base.display()
@@ -346,6 +389,36 @@ impl SpillReader {
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn directories_of_processes_that_are_gone_are_removed_by_the_next_to_spill() {
+        let base = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let make = |name: String, old: bool| {
+            let dir = base.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("run-0.arrows"), b"left").unwrap();
+            if old {
+                File::open(&dir).unwrap().set_modified(hour_ago).unwrap();
+            }
+            dir
+        };
+        let stale = make(format!("{DIR_PREFIX}{gone}-abc"), true);
+        let recent = make(format!("{DIR_PREFIX}{gone}-def"), false);
+        let mine = make(format!("{DIR_PREFIX}{}-ghi", std::process::id()), true);
+        let other = make("something-else".into(), true);
+        let manager = Arc::new(SpillManager::new(Some(base.path().to_path_buf()), None));
+        let batch = RecordBatch::try_from_iter([("a", Arc::new(Int64Array::from_iter_values(0..10)) as _)]).unwrap();
+        let mut w = manager.writer(&batch.schema()).unwrap();
+        w.write(&batch).unwrap();
+        assert!(!stale.exists(), "the directory of a process that is gone");
+        assert!(recent.exists() && mine.exists() && other.exists());
+        let own = std::fs::read_dir(base.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{DIR_PREFIX}{}-", std::process::id()))).count();
+        assert_eq!(own, 2, "the query's own directory is named by its process");
+    }
 
     #[test]
     fn spilled_batches_read_back_and_files_go_away() {
