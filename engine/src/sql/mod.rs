@@ -77,6 +77,9 @@ fn grouping_sets_of(g: &ast::Expr) -> Result<Vec<Vec<ast::Expr>>> {
 /// subplans).
 fn grouping_sets(input: LogicalPlan, group: &[Expr], left_out: &[Vec<usize>], aggs: Vec<AggCall>, schema: &SchemaRef) -> Result<LogicalPlan> {
     let computed: Vec<AggCall> = aggs.iter().filter(|a| a.func != AggFunc::Grouping).cloned().collect();
+    // Several sets: each aggregates the groups of every key once computed (far fewer rows than the
+    // input, which then runs once), when every aggregate merges.
+    let pre = if left_out.len() > 1 { pre_aggregate(&input, group, &computed, schema) } else { None };
     let mut branches = left_out
         .iter()
         .map(|dropped| {
@@ -84,11 +87,14 @@ fn grouping_sets(input: LogicalPlan, group: &[Expr], left_out: &[Vec<usize>], ag
             let mut fields: Vec<Field> = keys.iter().map(|k| schema.field(*k).clone()).collect();
             let agg_fields = schema.fields()[group.len()..].iter().zip(&aggs).filter(|(_, a)| a.func != AggFunc::Grouping);
             fields.extend(agg_fields.map(|(f, _)| f.as_ref().clone()));
-            let aggregate = LogicalPlan::Aggregate {
-                input: Box::new(input.clone()),
-                group: keys.iter().map(|k| group[*k].clone()).collect(),
-                aggs: computed.clone(),
-                schema: Arc::new(Schema::new(fields)),
+            let aggregate = match &pre {
+                Some((pre, merges)) => merged_set(pre, merges, &keys, fields),
+                None => LogicalPlan::Aggregate {
+                    input: Box::new(input.clone()),
+                    group: keys.iter().map(|k| group[*k].clone()).collect(),
+                    aggs: computed.clone(),
+                    schema: Arc::new(Schema::new(fields)),
+                },
             };
             let mut exprs: Vec<Expr> = (0..group.len())
                 .map(|g| match keys.iter().position(|k| *k == g) {
@@ -122,6 +128,90 @@ fn grouping_sets(input: LogicalPlan, group: &[Expr], left_out: &[Vec<usize>], ag
         1 => branches.remove(0),
         _ => LogicalPlan::Union { inputs: branches, schema: schema.clone() },
     })
+}
+
+/// How a grouping set's aggregate comes from the partial aggregates of every key's groups (columns
+/// of the pre-aggregate after its keys).
+enum Merge {
+    /// sum, min or max of the partial ones (of this type).
+    Same(AggFunc, usize, DataType),
+    /// The sum of the counts (0 where a set has no rows: the grand total of no input).
+    Count(usize),
+    /// avg of integers: the sum of the sums over the sum of the counts.
+    Avg(usize, usize),
+}
+
+/// The aggregate of `input` grouped by every key in `group` (the finest grouping set), with the
+/// partial aggregates each set merges, if every aggregate merges (not DISTINCT ones, variances).
+fn pre_aggregate(input: &LogicalPlan, group: &[Expr], computed: &[AggCall], schema: &SchemaRef) -> Option<(LogicalPlan, Vec<Merge>)> {
+    let mut calls: Vec<AggCall> = Vec::new();
+    let mut add = |call: AggCall| {
+        calls.push(call);
+        calls.len() - 1
+    };
+    let mut merges = Vec::new();
+    for a in computed {
+        if a.distinct {
+            return None;
+        }
+        merges.push(match a.func {
+            AggFunc::CountStar | AggFunc::Count => Merge::Count(add(a.clone())),
+            AggFunc::Sum | AggFunc::Min | AggFunc::Max => Merge::Same(a.func, add(a.clone()), a.ty.clone()),
+            AggFunc::Avg if a.args.first()?.data_type(&input.schema()).is_integer() => {
+                let sum = add(AggCall { func: AggFunc::Sum, args: a.args.clone(), distinct: false, ty: DataType::Int64 });
+                let count = add(AggCall { func: AggFunc::Count, args: a.args.clone(), distinct: false, ty: DataType::Int64 });
+                Merge::Avg(sum, count)
+            }
+            _ => return None,
+        });
+    }
+    let mut fields: Vec<Field> = schema.fields()[..group.len()].iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(calls.iter().enumerate().map(|(i, c)| Field::new(format!("partial{i}"), c.ty.clone(), true)));
+    let pre = LogicalPlan::Aggregate { input: Box::new(input.clone()), group: group.to_vec(), aggs: calls, schema: Arc::new(Schema::new(fields)) };
+    Some((pre, merges))
+}
+
+/// A grouping set's keys (places in the GROUP BY) and aggregates (`fields`), from `pre`.
+fn merged_set(pre: &LogicalPlan, merges: &[Merge], keys: &[usize], fields: Vec<Field>) -> LogicalPlan {
+    // The pre-aggregate's columns: every GROUP BY key, then the partial aggregates.
+    let width = pre.schema().fields().len() - merges.iter().map(|m| if matches!(m, Merge::Avg(..)) { 2 } else { 1 }).sum::<usize>();
+    let partial = |i: usize| vec![Expr::Column(width + i)];
+    let sum = |i: usize, ty: DataType| AggCall { func: AggFunc::Sum, args: partial(i), distinct: false, ty };
+    let mut calls = Vec::new();
+    for m in merges {
+        match m {
+            Merge::Same(func, i, ty) => calls.push(AggCall { func: *func, args: partial(*i), distinct: false, ty: ty.clone() }),
+            Merge::Count(i) => calls.push(sum(*i, DataType::Int64)),
+            Merge::Avg(s, c) => calls.extend([sum(*s, DataType::Int64), sum(*c, DataType::Int64)]),
+        }
+    }
+    let mut merged_fields: Vec<Field> = fields[..keys.len()].to_vec();
+    merged_fields.extend(calls.iter().enumerate().map(|(i, c)| Field::new(format!("merged{i}"), c.ty.clone(), true)));
+    let merged = LogicalPlan::Aggregate {
+        input: Box::new(pre.clone()),
+        group: keys.iter().map(|k| Expr::Column(*k)).collect(),
+        aggs: calls,
+        schema: Arc::new(Schema::new(merged_fields)),
+    };
+    let mut exprs: Vec<Expr> = (0..keys.len()).map(Expr::Column).collect();
+    let mut next = keys.len();
+    let double = |e: Expr| Expr::Cast { expr: Box::new(e), to: DataType::Float64, safe: false };
+    for m in merges {
+        exprs.push(match m {
+            Merge::Same(..) => Expr::Column(next),
+            Merge::Count(_) => Expr::Function {
+                func: crate::functions::ScalarFunc::Coalesce,
+                args: vec![Expr::Column(next), Expr::Literal(crate::logical::Scalar(Arc::new(arrow::array::Int64Array::from(vec![0]))))],
+                ty: DataType::Int64,
+            },
+            Merge::Avg(..) => {
+                next += 1;
+                Expr::binary(crate::logical::BinaryOp::Div, double(Expr::Column(next - 1)), double(Expr::Column(next)))
+            }
+        });
+        next += 1;
+    }
+    LogicalPlan::Project { input: Box::new(merged), exprs, schema: Arc::new(Schema::new(fields)) }
 }
 
 fn project(input: LogicalPlan, exprs: Vec<Expr>, names: Vec<String>) -> LogicalPlan {
