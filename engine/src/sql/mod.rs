@@ -88,7 +88,7 @@ fn grouping_sets(input: LogicalPlan, group: &[Expr], left_out: &[Vec<usize>], ag
             let agg_fields = schema.fields()[group.len()..].iter().zip(&aggs).filter(|(_, a)| a.func != AggFunc::Grouping);
             fields.extend(agg_fields.map(|(f, _)| f.as_ref().clone()));
             let aggregate = match &pre {
-                Some((pre, merges)) => merged_set(pre, merges, &keys, fields),
+                Some((pre, merges)) => merged_set(pre, group.len(), merges, &keys, fields),
                 None => LogicalPlan::Aggregate {
                     input: Box::new(input.clone()),
                     group: keys.iter().map(|k| group[*k].clone()).collect(),
@@ -118,7 +118,7 @@ fn grouping_sets(input: LogicalPlan, group: &[Expr], left_out: &[Vec<usize>], ag
                     })?;
                     value = value << 1 | i64::from(dropped.contains(&key));
                 }
-                exprs.push(Expr::Literal(crate::logical::Scalar(Arc::new(arrow::array::Int64Array::from(vec![value])))));
+                exprs.push(expr::lit_i64(value));
             }
             let names = schema.fields().iter().map(|f| f.name().clone()).collect();
             Ok(project(aggregate, exprs, names))
@@ -171,10 +171,9 @@ fn pre_aggregate(input: &LogicalPlan, group: &[Expr], computed: &[AggCall], sche
     Some((pre, merges))
 }
 
-/// A grouping set's keys (places in the GROUP BY) and aggregates (`fields`), from `pre`.
-fn merged_set(pre: &LogicalPlan, merges: &[Merge], keys: &[usize], fields: Vec<Field>) -> LogicalPlan {
-    // The pre-aggregate's columns: every GROUP BY key, then the partial aggregates.
-    let width = pre.schema().fields().len() - merges.iter().map(|m| if matches!(m, Merge::Avg(..)) { 2 } else { 1 }).sum::<usize>();
+/// A grouping set's keys (places in the GROUP BY) and aggregates (`fields`), from `pre` (its
+/// `width` GROUP BY keys, then the partial aggregates).
+fn merged_set(pre: &LogicalPlan, width: usize, merges: &[Merge], keys: &[usize], fields: Vec<Field>) -> LogicalPlan {
     let partial = |i: usize| vec![Expr::Column(width + i)];
     let sum = |i: usize, ty: DataType| AggCall { func: AggFunc::Sum, args: partial(i), distinct: false, ty };
     let mut calls = Vec::new();
@@ -201,7 +200,7 @@ fn merged_set(pre: &LogicalPlan, merges: &[Merge], keys: &[usize], fields: Vec<F
             Merge::Same(..) => Expr::Column(next),
             Merge::Count(_) => Expr::Function {
                 func: crate::functions::ScalarFunc::Coalesce,
-                args: vec![Expr::Column(next), Expr::Literal(crate::logical::Scalar(Arc::new(arrow::array::Int64Array::from(vec![0]))))],
+                args: vec![Expr::Column(next), expr::lit_i64(0)],
                 ty: DataType::Int64,
             },
             Merge::Avg(..) => {
