@@ -73,7 +73,7 @@ fn is_bounded_pair(plan: &LogicalPlan) -> bool {
 }
 
 /// Whether every table `plan` reads ends.
-fn bounded(plan: &LogicalPlan) -> bool {
+pub(crate) fn bounded(plan: &LogicalPlan) -> bool {
     match plan {
         LogicalPlan::Scan { source, .. } => !source.unbounded(),
         other => other.inputs().into_iter().all(bounded),

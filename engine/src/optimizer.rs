@@ -14,11 +14,15 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 
 use crate::error::Result;
 use crate::eval::evaluate;
+use crate::join_order::bounded;
 use crate::logical::{join_schema, BinaryOp, Expr, JoinKind, LogicalPlan, Scalar, SortKey};
 
 pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let plan = fold_plan(plan)?;
-    let mut plan = push_filters(plan)?;
+    let plan = push_filters(plan)?;
+    // Pushed-down predicates meet the constants of the projections they passed through
+    // (`sale_type = 's'` over a CTE branch that sets sale_type to 'w'): fold again.
+    let mut plan = fold_plan(plan)?;
     crate::join_order::reorder_joins(&mut plan);
     let schema = plan.schema();
     let all: BTreeSet<usize> = (0..schema.fields().len()).collect();
@@ -30,9 +34,27 @@ pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
 // ---------------------------------------------------------------------------------------------
 // 1. Constant folding
 
+/// Folds every expression, and replaces relations that can have no rows by empty `Values`, bottom
+/// up, so that a branch of a bounded query that keeps nothing is never read.
 fn fold_plan(plan: LogicalPlan) -> Result<LogicalPlan> {
     map_plan(plan, &mut |p| {
+        if let Some(schema) = empty_result(&p) {
+            return Ok(LogicalPlan::Values { rows: vec![], schema });
+        }
         Ok(match p {
+            LogicalPlan::Scan { name, source, projection, filters, schema } => {
+                let filters: Vec<Expr> = filters.into_iter().map(fold).collect::<Result<Vec<_>>>()?;
+                // An unbounded table keeps being read even if nothing passes (the job runs until
+                // cancelled, as Flink's does).
+                if filters.iter().any(never_true) && !source.unbounded() {
+                    return Ok(LogicalPlan::Values { rows: vec![], schema });
+                }
+                let filters = filters.into_iter().filter(|f| !is_true(f)).collect();
+                LogicalPlan::Scan { name, source, projection, filters, schema }
+            }
+            LogicalPlan::Union { inputs, schema } => {
+                LogicalPlan::Union { inputs: inputs.into_iter().filter(|i| !is_empty(i)).collect(), schema }
+            }
             LogicalPlan::Filter { input, predicate } => {
                 let predicate = fold(predicate)?;
                 match predicate.clone() {
@@ -61,6 +83,40 @@ fn fold_plan(plan: LogicalPlan) -> Result<LogicalPlan> {
 
 fn is_true(e: &Expr) -> bool {
     matches!(e, Expr::Literal(s) if s.as_bool() == Some(true))
+}
+
+/// A condition no row meets: FALSE or NULL.
+fn never_true(e: &Expr) -> bool {
+    matches!(e, Expr::Literal(s) if s.as_bool() != Some(true) && (s.0.is_null(0) || s.as_bool() == Some(false)))
+}
+
+fn is_empty(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Values { rows, .. } if rows.is_empty())
+}
+
+/// The schema of `plan` if its inputs (already simplified) show it has no rows. A union keeps its
+/// non-empty inputs; a global aggregate always has a row.
+fn empty_result(plan: &LogicalPlan) -> Option<SchemaRef> {
+    let empty = match plan {
+        LogicalPlan::Filter { input, predicate } => is_empty(input) || (never_true(predicate) && bounded(input)),
+        LogicalPlan::Limit { fetch: Some(0), input, .. } => is_empty(input) || bounded(input),
+        LogicalPlan::Project { input, .. }
+        | LogicalPlan::Sort { input, .. }
+        | LogicalPlan::Limit { input, .. }
+        | LogicalPlan::Window { input, .. }
+        | LogicalPlan::WindowTvf { input, .. }
+        | LogicalPlan::SessionTvf { input, .. } => is_empty(input),
+        LogicalPlan::Aggregate { input, group, .. } => !group.is_empty() && is_empty(input),
+        LogicalPlan::Union { inputs, .. } => inputs.iter().all(is_empty),
+        LogicalPlan::Join { left, right, kind, .. } => match kind {
+            JoinKind::Inner | JoinKind::Semi => is_empty(left) || is_empty(right),
+            JoinKind::Left | JoinKind::Anti | JoinKind::Single | JoinKind::Mark => is_empty(left),
+            JoinKind::Right => is_empty(right),
+            JoinKind::Full => is_empty(left) && is_empty(right),
+        },
+        LogicalPlan::Scan { .. } | LogicalPlan::Values { .. } => false,
+    };
+    empty.then(|| plan.schema())
 }
 
 /// Evaluates constant subexpressions and simplifies boolean logic.
