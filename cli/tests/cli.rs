@@ -449,28 +449,30 @@ fn kill_test_flags(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<
     let sql = job("stream");
     let read_manifest = || std::fs::read_to_string(checkpoints.join("MANIFEST")).unwrap_or_default();
     // Until a first checkpoint completed, each run waits longer before its kill: on a slow or busy
-    // machine (the kill tests run side by side) it comes later than here.
-    let mut first_kill_ms = first_kill_ms;
+    // machine (the kill tests run side by side) it comes later than here. Once there is one, runs
+    // are killed as early as at first, so that the job does not finish before its twenty kills.
+    let mut until_first_ms = first_kill_ms;
     for run in 0..20 {
         let manifest = read_manifest();
         if manifest.contains("\"finished\":true") {
             break;
         }
         resumed += usize::from(!manifest.is_empty());
+        let wait_ms = if manifest.is_empty() { until_first_ms } else { first_kill_ms };
         let mut child = Command::new(env!("CARGO_BIN_EXE_riffle"))
             .args(stream_args(&sql, run))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("riffle starts");
-        std::thread::sleep(std::time::Duration::from_millis(first_kill_ms + next() % 150));
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms + next() % 150));
         if child.try_wait().expect("status").is_none() {
             child.kill().expect("SIGKILL");
             killed += 1;
         }
         let _ = child.wait();
         if read_manifest().is_empty() {
-            first_kill_ms += first_kill_ms / 2 + 20;
+            until_first_ms += until_first_ms / 2 + 20;
         }
     }
     let o = Command::new(env!("CARGO_BIN_EXE_riffle")).args(stream_args(&sql, 0)).output().expect("riffle runs");
