@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod changelog;
 pub mod cse;
+pub mod eager_aggregate;
 pub mod error;
 pub mod eval;
 pub mod exec;
@@ -14,6 +15,7 @@ pub mod logical;
 pub mod memory;
 pub mod message;
 pub mod optimizer;
+pub mod partial_agg;
 pub mod physical;
 pub mod session;
 pub mod share;

@@ -24,6 +24,7 @@ pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     // (`sale_type = 's'` over a CTE branch that sets sale_type to 'w'): fold again.
     let mut plan = fold_plan(plan)?;
     crate::join_order::reorder_joins(&mut plan);
+    let plan = crate::eager_aggregate::push_aggregates(plan)?;
     let schema = plan.schema();
     let all: BTreeSet<usize> = (0..schema.fields().len()).collect();
     let (plan, map) = prune(plan, &all)?;
@@ -170,7 +171,7 @@ pub fn fold(e: Expr) -> Result<Expr> {
 }
 
 /// Rebuilds a plan bottom-up with `f` applied to every node.
-fn map_plan(plan: LogicalPlan, f: &mut dyn FnMut(LogicalPlan) -> Result<LogicalPlan>) -> Result<LogicalPlan> {
+pub(crate) fn map_plan(plan: LogicalPlan, f: &mut dyn FnMut(LogicalPlan) -> Result<LogicalPlan>) -> Result<LogicalPlan> {
     let plan = match plan {
         LogicalPlan::Filter { input, predicate } => LogicalPlan::Filter { input: Box::new(map_plan(*input, f)?), predicate },
         LogicalPlan::Project { input, exprs, schema } => {
@@ -262,7 +263,7 @@ fn filter_over(plan: LogicalPlan, preds: Vec<Expr>) -> LogicalPlan {
 }
 
 /// Replaces each column of `e` by the expression that computes it below a projection.
-fn substitute(e: Expr, exprs: &[Expr]) -> Expr {
+pub(crate) fn substitute(e: Expr, exprs: &[Expr]) -> Expr {
     e.transform(&mut |x| match x {
         Expr::Column(i) => exprs[i].clone(),
         other => other,

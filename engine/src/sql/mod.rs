@@ -1,7 +1,7 @@
 //! SQL → logical plan: the binder resolves names against the catalog, types every expression and
 //! turns subqueries into joins.
 
-mod expr;
+pub(crate) mod expr;
 pub mod flink;
 mod scope;
 
@@ -15,6 +15,7 @@ pub use from::single_byte;
 pub use scope::{Scope, ScopeColumn};
 
 use crate::catalog::Catalog;
+use crate::partial_agg::{self, Merge};
 use crate::error::{sql_error, Result, RiffleError};
 use crate::logical::{join_schema, AggCall, AggFunc, Expr, JoinKind, LogicalPlan, SortKey, WindowCall};
 use crate::types::{common_type, sql_name};
@@ -130,43 +131,12 @@ fn grouping_sets(input: LogicalPlan, group: &[Expr], left_out: &[Vec<usize>], ag
     })
 }
 
-/// How a grouping set's aggregate comes from the partial aggregates of every key's groups (columns
-/// of the pre-aggregate after its keys).
-enum Merge {
-    /// sum, min or max of the partial ones (of this type).
-    Same(AggFunc, usize, DataType),
-    /// The sum of the counts (0 where a set has no rows: the grand total of no input).
-    Count(usize),
-    /// avg of integers: the sum of the sums over the sum of the counts.
-    Avg(usize, usize),
-}
-
 /// The aggregate of `input` grouped by every key in `group` (the finest grouping set), with the
-/// partial aggregates each set merges, if every aggregate merges (not DISTINCT ones, variances).
+/// partial aggregates each set merges, if every aggregate merges.
 fn pre_aggregate(input: &LogicalPlan, group: &[Expr], computed: &[AggCall], schema: &SchemaRef) -> Option<(LogicalPlan, Vec<Merge>)> {
-    let mut calls: Vec<AggCall> = Vec::new();
-    let mut add = |call: AggCall| {
-        calls.push(call);
-        calls.len() - 1
-    };
-    let mut merges = Vec::new();
-    for a in computed {
-        if a.distinct {
-            return None;
-        }
-        merges.push(match a.func {
-            AggFunc::CountStar | AggFunc::Count => Merge::Count(add(a.clone())),
-            AggFunc::Sum | AggFunc::Min | AggFunc::Max => Merge::Same(a.func, add(a.clone()), a.ty.clone()),
-            AggFunc::Avg if a.args.first()?.data_type(&input.schema()).is_integer() => {
-                let sum = add(AggCall { func: AggFunc::Sum, args: a.args.clone(), distinct: false, ty: DataType::Int64 });
-                let count = add(AggCall { func: AggFunc::Count, args: a.args.clone(), distinct: false, ty: DataType::Int64 });
-                Merge::Avg(sum, count)
-            }
-            _ => return None,
-        });
-    }
+    let (calls, merges) = partial_agg::split(computed, &input.schema())?;
     let mut fields: Vec<Field> = schema.fields()[..group.len()].iter().map(|f| f.as_ref().clone()).collect();
-    fields.extend(calls.iter().enumerate().map(|(i, c)| Field::new(format!("partial{i}"), c.ty.clone(), true)));
+    fields.extend(partial_agg::partial_fields(&calls));
     let pre = LogicalPlan::Aggregate { input: Box::new(input.clone()), group: group.to_vec(), aggs: calls, schema: Arc::new(Schema::new(fields)) };
     Some((pre, merges))
 }
@@ -174,43 +144,12 @@ fn pre_aggregate(input: &LogicalPlan, group: &[Expr], computed: &[AggCall], sche
 /// A grouping set's keys (places in the GROUP BY) and aggregates (`fields`), from `pre` (its
 /// `width` GROUP BY keys, then the partial aggregates).
 fn merged_set(pre: &LogicalPlan, width: usize, merges: &[Merge], keys: &[usize], fields: Vec<Field>) -> LogicalPlan {
-    let partial = |i: usize| vec![Expr::Column(width + i)];
-    let sum = |i: usize, ty: DataType| AggCall { func: AggFunc::Sum, args: partial(i), distinct: false, ty };
-    let mut calls = Vec::new();
-    for m in merges {
-        match m {
-            Merge::Same(func, i, ty) => calls.push(AggCall { func: *func, args: partial(*i), distinct: false, ty: ty.clone() }),
-            Merge::Count(i) => calls.push(sum(*i, DataType::Int64)),
-            Merge::Avg(s, c) => calls.extend([sum(*s, DataType::Int64), sum(*c, DataType::Int64)]),
-        }
+    if keys.len() == width {
+        // The finest set: the pre-aggregate's groups are its groups.
+        return partial_agg::finish(pre.clone(), width, merges, fields);
     }
-    let mut merged_fields: Vec<Field> = fields[..keys.len()].to_vec();
-    merged_fields.extend(calls.iter().enumerate().map(|(i, c)| Field::new(format!("merged{i}"), c.ty.clone(), true)));
-    let merged = LogicalPlan::Aggregate {
-        input: Box::new(pre.clone()),
-        group: keys.iter().map(|k| Expr::Column(*k)).collect(),
-        aggs: calls,
-        schema: Arc::new(Schema::new(merged_fields)),
-    };
-    let mut exprs: Vec<Expr> = (0..keys.len()).map(Expr::Column).collect();
-    let mut next = keys.len();
-    let double = |e: Expr| Expr::Cast { expr: Box::new(e), to: DataType::Float64, safe: false };
-    for m in merges {
-        exprs.push(match m {
-            Merge::Same(..) => Expr::Column(next),
-            Merge::Count(_) => Expr::Function {
-                func: crate::functions::ScalarFunc::Coalesce,
-                args: vec![Expr::Column(next), expr::lit_i64(0)],
-                ty: DataType::Int64,
-            },
-            Merge::Avg(..) => {
-                next += 1;
-                Expr::binary(crate::logical::BinaryOp::Div, double(Expr::Column(next - 1)), double(Expr::Column(next)))
-            }
-        });
-        next += 1;
-    }
-    LogicalPlan::Project { input: Box::new(merged), exprs, schema: Arc::new(Schema::new(fields)) }
+    let partials = pre.schema().fields().len() - width;
+    partial_agg::merge(pre.clone(), keys.iter().map(|k| Expr::Column(*k)).collect(), width, partials, merges, fields)
 }
 
 fn project(input: LogicalPlan, exprs: Vec<Expr>, names: Vec<String>) -> LogicalPlan {

@@ -1,0 +1,89 @@
+//! Aggregates computed in two steps: partial aggregates over finer groups, then those partials
+//! merged into the groups asked for. Grouping sets merge the finest set's partials into every
+//! coarser set (`sql::grouping_sets`); eager aggregation merges partials computed below a join
+//! (`eager_aggregate`).
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema};
+
+use crate::functions::ScalarFunc;
+use crate::logical::{AggCall, AggFunc, BinaryOp, Expr, LogicalPlan};
+use crate::sql::expr::lit_i64;
+
+/// How one aggregate comes from partial aggregates (their places among the partial columns).
+#[derive(Debug, Clone)]
+pub enum Merge {
+    /// sum, min or max of the partial ones (of this type).
+    Same(AggFunc, usize, DataType),
+    /// The sum of the counts (0 where there are no rows: the grand total of no input).
+    Count(usize),
+    /// avg of integers: the sum of the sums over the sum of the counts.
+    Avg(usize, usize),
+}
+
+/// The partial aggregates that `aggs` (over `input_schema`) merge from, and how each merges; `None`
+/// if one does not merge (DISTINCT, variances, avg of non-integers).
+pub fn split(aggs: &[AggCall], input_schema: &Schema) -> Option<(Vec<AggCall>, Vec<Merge>)> {
+    let mut calls: Vec<AggCall> = Vec::new();
+    let mut add = |call: AggCall| {
+        calls.push(call);
+        calls.len() - 1
+    };
+    let mut merges = Vec::new();
+    for a in aggs {
+        if a.distinct {
+            return None;
+        }
+        merges.push(match a.func {
+            AggFunc::CountStar | AggFunc::Count => Merge::Count(add(a.clone())),
+            AggFunc::Sum | AggFunc::Min | AggFunc::Max => Merge::Same(a.func, add(a.clone()), a.ty.clone()),
+            AggFunc::Avg if a.args.first()?.data_type(input_schema).is_integer() => {
+                let sum = add(AggCall { func: AggFunc::Sum, args: a.args.clone(), distinct: false, ty: DataType::Int64 });
+                let count = add(AggCall { func: AggFunc::Count, args: a.args.clone(), distinct: false, ty: DataType::Int64 });
+                Merge::Avg(sum, count)
+            }
+            _ => return None,
+        });
+    }
+    Some((calls, merges))
+}
+
+/// Fields for partial aggregates, after their group keys' fields.
+pub fn partial_fields(calls: &[AggCall]) -> impl Iterator<Item = Field> + '_ {
+    calls.iter().enumerate().map(|(i, c)| Field::new(format!("partial{i}"), c.ty.clone(), true))
+}
+
+/// Groups `input` by `group` and merges its `partials` partial aggregates, columns from
+/// `partials_at` on. The result has `fields`: one per group key, then one per merged aggregate.
+pub fn merge(input: LogicalPlan, group: Vec<Expr>, partials_at: usize, partials: usize, merges: &[Merge], fields: Vec<Field>) -> LogicalPlan {
+    // Each partial merges into one column, in the same order.
+    let mut calls: Vec<AggCall> = (0..partials)
+        .map(|i| AggCall { func: AggFunc::Sum, args: vec![Expr::Column(partials_at + i)], distinct: false, ty: DataType::Int64 })
+        .collect();
+    for m in merges {
+        if let Merge::Same(func, i, ty) = m {
+            calls[*i].func = *func;
+            calls[*i].ty = ty.clone();
+        }
+    }
+    let keys = group.len();
+    let mut merged_fields: Vec<Field> = fields[..keys].to_vec();
+    merged_fields.extend(partial_fields(&calls));
+    let merged = LogicalPlan::Aggregate { input: Box::new(input), group, aggs: calls, schema: Arc::new(Schema::new(merged_fields)) };
+    finish(merged, keys, merges, fields)
+}
+
+/// The aggregates from `input`'s rows when each already is one group: its `keys` group keys, then
+/// one partial aggregate per column. The result has `fields`, as `merge`'s.
+pub fn finish(input: LogicalPlan, keys: usize, merges: &[Merge], fields: Vec<Field>) -> LogicalPlan {
+    let partial = |i: &usize| Expr::Column(keys + i);
+    let double = |e: Expr| Expr::Cast { expr: Box::new(e), to: DataType::Float64, safe: false };
+    let mut exprs: Vec<Expr> = (0..keys).map(Expr::Column).collect();
+    exprs.extend(merges.iter().map(|m| match m {
+        Merge::Same(_, i, _) => partial(i),
+        Merge::Count(i) => Expr::Function { func: ScalarFunc::Coalesce, args: vec![partial(i), lit_i64(0)], ty: DataType::Int64 },
+        Merge::Avg(s, c) => Expr::binary(BinaryOp::Div, double(partial(s)), double(partial(c))),
+    }));
+    LogicalPlan::Project { input: Box::new(input), exprs, schema: Arc::new(Schema::new(fields)) }
+}
