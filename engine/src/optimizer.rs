@@ -436,6 +436,26 @@ fn push_join(
             other => residual.push(other),
         }
     }
+    // A condition on one side's join keys holds for the other side's keys of every matching row:
+    // it filters the other side too (TPC-DS q78's `ss_sold_year = 2000` thins the web and catalog
+    // sales it is left-joined with by year), where dropping that side's rows that match nothing
+    // kept leaves the answer as it is.
+    // (Not where NULL keys count, as NOT IN's: a side left empty would change the answer.)
+    let left_to_right =
+        !null_aware && matches!(kind, JoinKind::Inner | JoinKind::Left | JoinKind::Semi | JoinKind::Anti | JoinKind::Single | JoinKind::Mark);
+    let right_to_left = !null_aware && matches!(kind, JoinKind::Inner | JoinKind::Right | JoinKind::Semi);
+    let (left_schema, right_schema) = (left.schema(), right.schema());
+    let pairs: Vec<(usize, usize)> = on
+        .iter()
+        .filter_map(|pair| match pair {
+            (Expr::Column(l), Expr::Column(r)) if same_values(left_schema.field(*l).data_type(), right_schema.field(*r).data_type()) => Some((*l, *r)),
+            _ => None,
+        })
+        .collect();
+    let to_right_more = if left_to_right { transferred(&to_left, &pairs, false) } else { vec![] };
+    let to_left_more = if right_to_left { transferred(&to_right, &pairs, true) } else { vec![] };
+    to_right.extend(to_right_more);
+    to_left.extend(to_left_more);
     let left = push_down(left, to_left)?;
     let right = push_down(right, to_right)?;
     let join = LogicalPlan::Join {
@@ -448,6 +468,23 @@ fn push_join(
         schema,
     };
     Ok(filter_over(join, above))
+}
+
+/// Whether equal keys of these types are the same value to every function (floats are not:
+/// 0.0 = -0.0).
+fn same_values(a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType) -> bool {
+    a == b && !a.is_floating()
+}
+
+/// The predicates of `preds` that read only join keys, over the other side's keys (`pairs`: left
+/// key, right key; `from_right`: the predicates are over the right side).
+fn transferred(preds: &[Expr], pairs: &[(usize, usize)], from_right: bool) -> Vec<Expr> {
+    let other = |c: usize| pairs.iter().find(|(l, r)| if from_right { *r == c } else { *l == c }).map(|(l, r)| if from_right { *l } else { *r });
+    preds
+        .iter()
+        .filter(|p| !p.is_volatile() && !p.column_set().is_empty() && p.column_set().into_iter().all(|c| other(c).is_some()))
+        .map(|p| p.clone().remap(&|c| other(c).unwrap_or(usize::MAX)))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
