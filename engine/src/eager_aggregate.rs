@@ -95,7 +95,8 @@ fn side_of(e: &Expr, left_width: usize) -> Option<Option<bool>> {
     }
 }
 
-/// Moves an expression's columns by `by` places (from one schema's positions to another's).
+/// Moves an expression's columns from positions starting at `from` to positions starting at `to`
+/// (from one schema's places to another's).
 fn shifted(e: &Expr, from: usize, to: usize) -> Expr {
     e.clone().transform(&mut |x| match x {
         Expr::Column(c) => Expr::Column(c - from + to),
