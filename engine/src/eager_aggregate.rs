@@ -44,43 +44,27 @@ pub fn push_aggregates(plan: LogicalPlan) -> Result<LogicalPlan> {
                     }
                     other => (other, group, aggs),
                 };
-                match input {
+                let rewritten = match &input {
                     LogicalPlan::Join { left, right, kind: JoinKind::Inner, on, filter: None, null_aware: false, schema: join }
                         if !on.is_empty() =>
                     {
-                        let parts = JoinParts { left: *left, right: *right, on, schema: join };
-                        match eager(&parts, &group, &aggs, &schema) {
-                            Some(rewritten) => rewritten,
-                            None => LogicalPlan::Aggregate { input: Box::new(parts.into_join()), group, aggs, schema },
-                        }
+                        eager(&JoinParts { left, right, on, schema: join }, &group, &aggs, &schema)
                     }
-                    input => LogicalPlan::Aggregate { input: Box::new(input), group, aggs, schema },
-                }
+                    _ => None,
+                };
+                rewritten.unwrap_or(LogicalPlan::Aggregate { input: Box::new(input), group, aggs, schema })
             }
             other => other,
         })
     })
 }
 
-struct JoinParts {
-    left: LogicalPlan,
-    right: LogicalPlan,
-    on: Vec<(Expr, Expr)>,
-    schema: arrow::datatypes::SchemaRef,
-}
-
-impl JoinParts {
-    fn into_join(self) -> LogicalPlan {
-        LogicalPlan::Join {
-            left: Box::new(self.left),
-            right: Box::new(self.right),
-            kind: JoinKind::Inner,
-            on: self.on,
-            filter: None,
-            null_aware: false,
-            schema: self.schema,
-        }
-    }
+/// The parts of an inner equi-join that eager aggregation reads.
+struct JoinParts<'a> {
+    left: &'a LogicalPlan,
+    right: &'a LogicalPlan,
+    on: &'a [(Expr, Expr)],
+    schema: &'a arrow::datatypes::SchemaRef,
 }
 
 /// Which columns of the join an expression reads: none, one side's only, or both sides'.
@@ -120,14 +104,14 @@ fn eager(join: &JoinParts, group: &[Expr], aggs: &[crate::logical::AggCall], sch
     let estimator = Estimator::default();
     let on_right = match reads {
         Some(r) => r,
-        None => estimator.rows(&join.right) > estimator.rows(&join.left),
+        None => estimator.rows(join.right) > estimator.rows(join.left),
     };
-    let (side, other) = if on_right { (&join.right, &join.left) } else { (&join.left, &join.right) };
+    let (side, other) = if on_right { (join.right, join.left) } else { (join.left, join.right) };
     if !orderable(side) || !orderable(other) {
         return None;
     }
     let side_at = if on_right { nl } else { 0 };
-    let (split_calls, merges) = partial_agg::split(aggs, &join.schema)?;
+    let (split_calls, merges) = partial_agg::split(aggs, join.schema)?;
 
     // The partial aggregate's keys: the side's group keys, then its join keys.
     let mut keys: Vec<Expr> = Vec::new();
@@ -154,7 +138,7 @@ fn eager(join: &JoinParts, group: &[Expr], aggs: &[crate::logical::AggCall], sch
     cols.sort_unstable();
     cols.dedup();
     let partial_groups = estimator.distinct(side, &cols);
-    let joined = estimator.rows(&join.left) * estimator.rows(&join.right) * estimator.join_selectivity(&join.left, &join.right, &join.on);
+    let joined = estimator.rows(join.left) * estimator.rows(join.right) * estimator.join_selectivity(join.left, join.right, join.on);
     if partial_groups > MAX_PARTIAL_FRACTION * side_rows || joined < MAX_PARTIAL_FRACTION * side_rows {
         return None;
     }

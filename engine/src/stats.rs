@@ -133,15 +133,14 @@ pub fn distinct(&self, plan: &LogicalPlan, cols: &[usize]) -> f64 {
         LogicalPlan::Scan { source, projection, filters, .. } => {
             let table_cols: Vec<usize> = cols.iter().map(|c| projection[*c]).collect();
             let whole = table_distinct(source, &table_cols);
-            if filters.is_empty() {
-                return whole.min(n).max(1.0);
-            }
             // Filters on the counted columns only keep or drop a value with all its rows
             // (`d_year = 2001` leaves one year): they scale the count. Other filters keep a value
             // when any of its rows passes.
             let own: Vec<Expr> = filters.iter().filter(|f| f.column_set().iter().all(|c| cols.contains(c))).cloned().collect();
             let base = table_rows(source);
-            if own.is_empty() {
+            if filters.is_empty() {
+                whole
+            } else if own.is_empty() {
                 thinned(whole, base, n)
             } else {
                 let kept = measured_selectivity(source, projection, &own).unwrap_or_else(|| own.iter().map(guess_selectivity).product());

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{physical, write_table};
+use common::{physical, rows, write_table};
 use riffle_engine::format::format_value;
 use riffle_engine::{ExecConfig, Session};
 
@@ -20,19 +20,6 @@ fn sales() -> (tempfile::TempDir, Session) {
         s.register_path(name, &path).expect("register");
     }
     (dir, s)
-}
-
-fn rows(s: &mut Session, q: &str) -> Vec<String> {
-    let r = s.sql(q).expect("runs");
-    let mut out = Vec::new();
-    for b in &r.batches {
-        for row in 0..b.num_rows() {
-            let cells: Vec<String> =
-                b.columns().iter().map(|c| format_value(c, row).expect("format").unwrap_or_else(|| "NULL".into())).collect();
-            out.push(cells.join(" "));
-        }
-    }
-    out
 }
 
 /// The aggregate line below the join line, if any (EXPLAIN lists inputs after their consumer).

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{physical, text, write_table};
+use common::{physical, rows, text, write_table};
 use riffle_engine::{ExecConfig, Session};
 
 /// A fact table with two dimensions, one of them filtered.
@@ -258,9 +258,7 @@ fn a_union_branch_a_filter_rules_out_is_not_read() {
     let plan = physical(&mut s, q);
     assert!(!plan.contains("Scan: fact") && !plan.contains("Scan: dim_a"), "the fact branch is dropped:\n{plan}");
     assert!(plan.contains("Scan: dim_b"), "{plan}");
-    let r = s.sql(q).expect("runs");
-    let sum = riffle_engine::format::format_value(r.batches[0].column(1), 0).expect("format");
-    assert_eq!((text(&mut s, q), sum), ("50".to_string(), Some((0..50).sum::<i64>().to_string())));
+    assert_eq!(rows(&mut s, q), [format!("50 {}", (0..50).sum::<i64>())]);
 }
 
 /// A condition on the left side's join key of a left join also filters the right side (TPC-DS q78:
@@ -273,10 +271,8 @@ fn a_condition_on_join_keys_filters_both_sides() {
     let plan = physical(&mut s, q);
     let dim = plan.lines().find(|l| l.contains("Scan: dim_b")).unwrap_or_default();
     assert!(dim.contains("filter=(b_key < 5)"), "the dimension is filtered by the fact's key range:\n{plan}");
-    let r = s.sql(q).expect("runs");
-    let count = riffle_engine::format::format_value(r.batches[0].column(1), 0).expect("format");
     let expected = (0..20_000i64).filter(|i| (i * 7) % 50 < 5).count();
-    assert_eq!((text(&mut s, q), count), (expected.to_string(), Some(expected.to_string())));
+    assert_eq!(rows(&mut s, q), [format!("{expected} {expected}")]);
     let not_in = physical(&mut s, "SELECT count(*) FROM dim_b WHERE b_key < 5 AND b_key NOT IN (SELECT f_b FROM fact)");
     let fact = not_in.lines().find(|l| l.contains("Scan: fact")).unwrap_or_default();
     assert!(!fact.contains("filter"), "{not_in}");

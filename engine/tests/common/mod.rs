@@ -73,3 +73,17 @@ pub fn physical(s: &mut Session, q: &str) -> String {
     plan.split("Physical plan:").nth(1).unwrap_or_default().to_string()
 }
 
+/// Every row of a query's answer, its values space-separated (NULL as `NULL`).
+#[allow(dead_code)]
+pub fn rows(s: &mut Session, q: &str) -> Vec<String> {
+    let r = s.sql(q).expect("runs");
+    let mut out = Vec::new();
+    for b in &r.batches {
+        for row in 0..b.num_rows() {
+            let cells: Vec<String> =
+                b.columns().iter().map(|c| format_value(c, row).expect("format").unwrap_or_else(|| "NULL".into())).collect();
+            out.push(cells.join(" "));
+        }
+    }
+    out
+}
