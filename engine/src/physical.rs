@@ -222,6 +222,57 @@ impl PhysicalPlan {
         }
     }
 
+    /// The scan in the same pipeline that column `column` of this plan's output comes from unchanged,
+    /// with its position in the scan's output: every row here carries the value a row of that scan
+    /// had. Through filters, projections of the column, and the probe side of joins that emit probe
+    /// rows as they are (never build rows in their place, never probe columns padded with NULL).
+    pub fn scan_of_column(&self, column: usize) -> Option<(&PhysicalPlan, usize)> {
+        match self {
+            PhysicalPlan::Scan { .. } => Some((self, column)),
+            PhysicalPlan::Filter { input, .. } => input.scan_of_column(column),
+            PhysicalPlan::Project { input, exprs, .. } => match exprs.get(column)? {
+                Expr::Column(c) => input.scan_of_column(*c),
+                _ => None,
+            },
+            PhysicalPlan::HashJoin { probe, kind, keep_build: false, .. } | PhysicalPlan::NestedLoopJoin { probe, kind, .. }
+                if matches!(kind, JoinKind::Inner | JoinKind::Left | JoinKind::Semi | JoinKind::Anti | JoinKind::Mark | JoinKind::Single)
+                    && column < probe.schema().fields().len() =>
+            {
+                probe.scan_of_column(column)
+            }
+            _ => None,
+        }
+    }
+
+    /// A hash join's runtime filters (see `exec::runtime_filter`): for each key whose probe side is a
+    /// column of a scan in the probe's pipeline, of an integer type equal to the build key's, the key's
+    /// index, that scan and the column's position in it. None unless probe rows without a match never
+    /// reach the output (inner, right and semi joins, and those that keep build rows by their matches).
+    pub fn runtime_filters(&self) -> Vec<(usize, &PhysicalPlan, usize)> {
+        let PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, null_aware: false, keep_build, .. } = self else {
+            return vec![];
+        };
+        if !(*keep_build || matches!(kind, JoinKind::Inner | JoinKind::Right | JoinKind::Semi)) {
+            return vec![];
+        }
+        let (probe_schema, build_schema) = (probe.schema(), build.schema());
+        let integer = |t: &arrow::datatypes::DataType| t.is_integer() && *t != arrow::datatypes::DataType::UInt64;
+        probe_keys
+            .iter()
+            .zip(build_keys)
+            .enumerate()
+            .filter_map(|(k, (p, b))| {
+                let Expr::Column(c) = p else { return None };
+                let t = p.data_type(&probe_schema);
+                if !integer(&t) || t != b.data_type(&build_schema) {
+                    return None;
+                }
+                let (scan, column) = probe.scan_of_column(*c)?;
+                Some((k, scan, column))
+            })
+            .collect()
+    }
+
     /// Whether the output is a changelog (its last column the row kind), not rows that are final.
     pub fn changelog(&self) -> bool {
         match self {
@@ -582,6 +633,17 @@ impl PhysicalPlan {
                 let mut s = format!(": {kind:?}{side}{} on=[{}]", if *null_aware { " null-aware" } else { "" }, keys.join(", "));
                 if let Some(f) = filter {
                     s.push_str(&format!(" filter={}", f.display(&join_schema(&ps, &bs, JoinKind::Inner))));
+                }
+                let targets: Vec<String> = self
+                    .runtime_filters()
+                    .into_iter()
+                    .filter_map(|(_, scan, column)| match scan {
+                        PhysicalPlan::Scan { name, schema, .. } => Some(format!("{name}.{}", schema.field(column).name())),
+                        _ => None,
+                    })
+                    .collect();
+                if !targets.is_empty() {
+                    let _ = write!(s, " runtime_filter=[{}]", targets.join(", "));
                 }
                 s
             }

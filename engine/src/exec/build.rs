@@ -10,6 +10,7 @@ use super::aggregate::{AggShared, AggSpec, AggregateSink};
 use super::basic::{FilterOp, LimitOp, ProjectOp};
 use super::join::{BuildSink, JoinShared, JoinSpec, ProbeOp};
 use super::key_partition::KeyedExchangeSink;
+use super::runtime_filter::{RuntimeFilter, ScanFilter};
 use super::scan::{BatchesSource, ExchangeSink, ExchangeSource, ScanShared, ScanSource};
 use super::sort::{SortShared, SortSink, SortSource};
 use super::tee::TeeSink;
@@ -80,6 +81,9 @@ struct Builder<'a> {
     /// Above zero while building a join's build side: it is not checkpointed (it ends before probing
     /// starts and runs again when a checkpointed job restarts).
     unsaved: usize,
+    /// Runtime filters of the joins opened so far, for the scans not opened yet, by the scan node's
+    /// address (the plan outlives the builder).
+    runtime_filters: HashMap<usize, Vec<ScanFilter>>,
 }
 
 pub fn build_tasks(
@@ -105,6 +109,7 @@ pub fn build_tasks(
         shared_queues: HashMap::new(),
         uses_opened: HashMap::new(),
         unsaved: 0,
+        runtime_filters: HashMap::new(),
     };
     let root = b.open(plan)?;
     b.close(root, root_sink)?;
@@ -190,7 +195,7 @@ impl Builder<'_> {
         let batch_size = self.config.batch_size.max(1);
         Ok(match plan {
             PhysicalPlan::Scan { source, projection, filter, dictionary, schema, .. } => {
-                let shared = Arc::new(ScanShared::new(
+                let shared = ScanShared::new(
                     source.clone(),
                     projection.clone(),
                     dictionary.clone(),
@@ -201,7 +206,11 @@ impl Builder<'_> {
                     self.checkpoint().map(|c| (c, id, self.threads)),
                     self.notifier,
                     source.idle_timeout(self.config.source_idle_timeout),
-                )?);
+                )?;
+                let shared = Arc::new(match self.runtime_filters.remove(&node_address(plan)) {
+                    Some(filters) => shared.with_runtime_filters(filters, metrics.clone()),
+                    None => shared,
+                });
                 if self.config.stream {
                     shared.check_replay()?;
                 }
@@ -400,7 +409,10 @@ impl Builder<'_> {
             }
             PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, keep_build, schema, .. } => {
                 let sides = (*null_aware, *keep_build);
-                self.join(probe, build, *kind, probe_keys.clone(), build_keys.clone(), filter.clone(), sides, schema, metrics)?
+                // Planned before the probe side is opened: its scans take their filters as they open.
+                let runtime = self.runtime_filters_of(plan);
+                let keys = (probe_keys.clone(), build_keys.clone());
+                self.join(probe, build, *kind, keys, filter.clone(), sides, runtime, schema, metrics)?
             }
             PhysicalPlan::StreamJoin { left, right, kind, left_keys, right_keys, filter, interval, schema } => {
                 let spec = super::stream_join::StreamJoinSpec {
@@ -429,7 +441,7 @@ impl Builder<'_> {
                 Open { source: SourceSpec::Exchange(output), partitions: consumers, ops: vec![] }
             }
             PhysicalPlan::NestedLoopJoin { probe, build, kind, filter, schema, .. } => {
-                self.join(probe, build, *kind, vec![], vec![], filter.clone(), (false, false), schema, metrics)?
+                self.join(probe, build, *kind, (vec![], vec![]), filter.clone(), (false, false), vec![], schema, metrics)?
             }
             PhysicalPlan::Shared { input, id: shared, .. } => {
                 let opened = self.uses_opened.entry(*shared).or_default();
@@ -480,16 +492,28 @@ impl Builder<'_> {
         })
     }
 
+    /// Plans `join`'s runtime filters: each goes to its scan, which takes it when it is opened.
+    fn runtime_filters_of(&mut self, join: &PhysicalPlan) -> Vec<(usize, Arc<RuntimeFilter>)> {
+        join.runtime_filters()
+            .into_iter()
+            .map(|(key, scan, column)| {
+                let filter = Arc::new(RuntimeFilter::default());
+                self.runtime_filters.entry(node_address(scan)).or_default().push(ScanFilter::new(column, filter.clone()));
+                (key, filter)
+            })
+            .collect()
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn join(
         &mut self,
         probe: &PhysicalPlan,
         build: &PhysicalPlan,
         kind: JoinKind,
-        probe_keys: Vec<Expr>,
-        build_keys: Vec<Expr>,
+        (probe_keys, build_keys): (Vec<Expr>, Vec<Expr>),
         filter: Option<Expr>,
         (null_aware, keep_build): (bool, bool),
+        runtime_filters: Vec<(usize, Arc<RuntimeFilter>)>,
         schema: &arrow::datatypes::SchemaRef,
         metrics: Arc<OpMetrics>,
     ) -> Result<Open> {
@@ -522,12 +546,18 @@ impl Builder<'_> {
             metrics.clone(),
             self.memory.pool.clone(),
             self.memory.spill.clone(),
-        ));
+        )
+        .with_runtime_filters(runtime_filters));
         let build_shared = shared.clone();
         self.close(build_open, &move |p| Ok(Box::new(BuildSink::new(build_shared.clone(), p)?)))?;
         probe_open.push(&metrics, move || Box::new(ProbeOp::new(shared.clone())));
         Ok(probe_open)
     }
+}
+
+/// A plan node's identity while the plan is being built.
+fn node_address(plan: &PhysicalPlan) -> usize {
+    plan as *const PhysicalPlan as usize
 }
 
 /// Evaluates literal rows into one batch.

@@ -24,6 +24,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::aggregate::{bucket_of, split_by_bucket, write_by_bucket, Part, PartReader, BUCKETS, MAX_DEPTH};
 use super::group_keys::{hash_int, int_like};
+use super::runtime_filter::{KeyValues, RuntimeFilter};
 use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
 use crate::memory::{batch_bytes, retained_bytes, MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
 use crate::error::{Result, RiffleError};
@@ -181,6 +182,8 @@ pub struct JoinShared {
     metrics: Arc<OpMetrics>,
     pool: Arc<MemoryPool>,
     spill: Arc<SpillManager>,
+    /// Filters on the probe side's scans, by the index of the key whose build values they hold.
+    runtime_filters: Vec<(usize, Arc<RuntimeFilter>)>,
 }
 
 impl JoinShared {
@@ -207,7 +210,27 @@ impl JoinShared {
             metrics,
             pool,
             spill,
+            runtime_filters: Vec::new(),
         }
+    }
+
+    /// Sets `filters` (key index, filter) once the build side is complete.
+    pub fn with_runtime_filters(mut self, filters: Vec<(usize, Arc<RuntimeFilter>)>) -> JoinShared {
+        self.runtime_filters = filters;
+        self
+    }
+
+    /// Sets the runtime filters to the key values of `batch`, the whole build side; or, without it
+    /// (a build side that spilled), to none.
+    fn set_runtime_filters(&self, batch: Option<&RecordBatch>) -> Result<()> {
+        for (key, filter) in &self.runtime_filters {
+            let values = match (batch, self.spec.build_keys.get(*key)) {
+                (Some(batch), Some(expr)) => Some(KeyValues::of(&evaluate(expr, batch)?)?),
+                _ => None,
+            };
+            filter.set(values);
+        }
+        Ok(())
     }
 
     /// The bucket at split `depth` of every row of `batch`.
@@ -251,7 +274,10 @@ impl JoinShared {
         let Some(locals) = self.pending.arrive([local])? else { return Ok(()) };
         let spilled = locals.iter().any(|l| matches!(l, LocalBuild::Spilled(..)));
         let built = match self.key_converter()? {
-            Some(conv) if spilled => self.spill_build(&conv, locals)?,
+            Some(conv) if spilled => {
+                self.set_runtime_filters(None)?;
+                self.spill_build(&conv, locals)?
+            }
             _ => {
                 let mut batches = Vec::new();
                 let mut reservation = self.pool.reservation("HashJoin build", true);
@@ -263,6 +289,7 @@ impl JoinShared {
                 }
                 let batch = concat_batches(&self.spec.build_schema, &batches)?;
                 drop(batches);
+                self.set_runtime_filters(Some(&batch))?;
                 Built::Table(self.build_table(batch, None, reservation)?)
             }
         };

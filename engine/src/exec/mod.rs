@@ -23,6 +23,7 @@ mod keyed_spill;
 mod materialize;
 mod prune;
 mod retract;
+mod runtime_filter;
 mod scan;
 mod scheduler;
 mod session_aggregate;
@@ -223,6 +224,8 @@ pub struct OpMetrics {
     pub buckets_in_memory: AtomicU64,
     /// Rows that came after the watermark had passed their window's end, and were dropped.
     pub late_rows: AtomicU64,
+    /// Rows a scan dropped by joins' runtime filters.
+    pub rows_runtime_filtered: AtomicU64,
 }
 
 impl OpMetrics {
@@ -277,6 +280,10 @@ impl OpMetrics {
             if skipped > 0 {
                 s.push_str(&format!(" page_index_skipped_rows={skipped}"));
             }
+        }
+        let filtered = self.rows_runtime_filtered.load(Ordering::Relaxed);
+        if filtered > 0 {
+            s.push_str(&format!(" runtime_filtered_rows={filtered}"));
         }
         s.push(']');
         s

@@ -99,48 +99,67 @@ struct FileStats {
 /// Pages of different columns cover different rows, so each conjunct excludes the row ranges of its
 /// own column's pages, and a row is read when no conjunct excludes it. Each file's footer is read once.
 pub fn prune(morsels: Vec<Morsel>, filter: &Expr, table: &Schema, projection: &[usize]) -> Result<Pruned> {
+    let (kept, pruned) = prune_each(morsels, filter, table, projection)?;
+    Ok(Pruned { morsels: kept.into_iter().flatten().collect(), ..pruned })
+}
+
+/// `prune`, morsel by morsel: each one kept (perhaps narrowed to fewer rows) or `None`, in order,
+/// and the counts (`Pruned::morsels` left empty). A morsel already narrowed stays within its rows.
+pub fn prune_each(morsels: Vec<Morsel>, filter: &Expr, table: &Schema, projection: &[usize]) -> Result<(Vec<Option<Morsel>>, Pruned)> {
     let conjuncts: Vec<Expr> = filter.clone().conjuncts();
     let bounds: Vec<Bound> = conjuncts.iter().filter_map(bound).collect();
     if bounds.is_empty() {
-        return Ok(Pruned { morsels, row_groups_pruned: 0, rows_skipped: 0 });
+        return Ok((morsels.into_iter().map(Some).collect(), Pruned { morsels: vec![], row_groups_pruned: 0, rows_skipped: 0 }));
     }
     let names: Vec<&str> = bounds.iter().map(|b| table.field(projection[b.column]).name().as_str()).collect();
     let mut files: BTreeMap<PathBuf, FileStats> = BTreeMap::new();
-    let mut out = Pruned { morsels: Vec::with_capacity(morsels.len()), row_groups_pruned: 0, rows_skipped: 0 };
+    let mut out = Vec::with_capacity(morsels.len());
+    let mut counts = Pruned { morsels: vec![], row_groups_pruned: 0, rows_skipped: 0 };
     for mut m in morsels {
         if !files.contains_key(&m.file) {
-            let stats = file_stats(&m.file, &bounds, &names)?;
+            let stats = file_stats(&m, &bounds, &names)?;
             files.insert(m.file.clone(), stats);
         }
         let file = &files[&m.file];
         if m.row_groups.as_ref().is_some_and(|rgs| rgs.iter().all(|rg| file.skip_row_group.get(*rg).copied().unwrap_or(false))) {
-            out.row_groups_pruned += 1;
+            counts.row_groups_pruned += 1;
+            out.push(None);
             continue;
         }
         let (Some([rg]), Some(total), true) = (m.row_groups.as_deref(), m.rows, file.has_page_index) else {
-            out.morsels.push(m);
+            out.push(Some(m));
             continue;
         };
         let excluded_rows = excluded_pages(&file.meta, &bounds, &names, *rg)?;
         if excluded_rows.is_empty() {
-            out.morsels.push(m);
+            out.push(Some(m));
             continue;
         }
-        let read = complement(excluded_rows, total);
+        let mut read = complement(excluded_rows, total);
+        if let Some(before) = &m.rows_to_read {
+            read = intersect(before, &read);
+        }
         let reading: usize = read.iter().map(|r| r.len()).sum();
-        out.rows_skipped += total - reading;
+        let before: usize = m.rows_to_read.as_ref().map_or(total, |r| r.iter().map(|r| r.len()).sum());
+        counts.rows_skipped += before - reading;
         if reading > 0 {
             m.rows_to_read = Some(read);
             m.parquet = Some(file.meta.clone());
-            out.morsels.push(m);
+            out.push(Some(m));
+        } else {
+            out.push(None);
         }
     }
-    Ok(out)
+    Ok((out, counts))
 }
 
-/// Reads `path`'s footer and page index and marks the row groups some bound rules out.
-fn file_stats(path: &std::path::Path, bounds: &[Bound], names: &[&str]) -> Result<FileStats> {
-    let meta = riffle_formats::parquet_metadata_with_page_index(path)?;
+/// Reads the footer and page index of `m`'s file (unless `m` carries them) and marks the row groups
+/// some bound rules out.
+fn file_stats(m: &Morsel, bounds: &[Bound], names: &[&str]) -> Result<FileStats> {
+    let meta = match &m.parquet {
+        Some(meta) if meta.metadata().column_index().is_some() => meta.clone(),
+        _ => riffle_formats::parquet_metadata_with_page_index(&m.file)?,
+    };
     let has_page_index = meta.metadata().column_index().is_some() && meta.metadata().offset_index().is_some();
     let mut skip_row_group = vec![false; meta.metadata().num_row_groups()];
     for (b, s) in bounds.iter().zip(riffle_formats::parquet_stats(&meta, names)) {
@@ -178,6 +197,23 @@ fn excluded_pages(
     Ok(out)
 }
 
+/// The rows in both `a` and `b`, each ascending and disjoint.
+fn intersect(a: &[std::ops::Range<usize>], b: &[std::ops::Range<usize>]) -> Vec<std::ops::Range<usize>> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        let (start, end) = (a[i].start.max(b[j].start), a[i].end.min(b[j].end));
+        if start < end {
+            out.push(start..end);
+        }
+        if a[i].end < b[j].end {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
 /// The parts of `0..total` outside every range of `ranges`, in order.
 fn complement(mut ranges: Vec<std::ops::Range<usize>>, total: usize) -> Vec<std::ops::Range<usize>> {
     ranges.sort_by_key(|r| r.start);
@@ -197,7 +233,13 @@ fn complement(mut ranges: Vec<std::ops::Range<usize>>, total: usize) -> Vec<std:
 
 #[cfg(test)]
 mod tests {
-    use super::complement;
+    use super::{complement, intersect};
+
+    #[test]
+    fn intersect_of_ascending_ranges() {
+        assert_eq!(intersect(&[0..4, 6..10], &[2..7, 9..12]), vec![2..4, 6..7, 9..10]);
+        assert!(intersect(&[0..2, 5..6], &[2..4, 7..9]).is_empty());
+    }
 
     #[test]
     fn complement_of_overlapping_ranges() {

@@ -10,6 +10,7 @@ use riffle_formats::{BatchReader, FileFormat, Morsel};
 use std::sync::atomic::Ordering;
 
 use super::checkpoint::{EpochTracker, RangeSet};
+use super::runtime_filter::{KeyValues, ScanFilter};
 use super::{Exchange, OpMetrics, Sink, Source};
 use crate::logical::Expr;
 use crate::catalog::{TableData, TableSource};
@@ -46,6 +47,9 @@ pub struct ScanShared {
     /// When the scan started, and nanoseconds after it that any partition last read rows.
     started: std::time::Instant,
     last_rows: std::sync::atomic::AtomicU64,
+    /// Join keys' values that rows must have, once the joins' build sides are complete.
+    runtime: Vec<ScanFilter>,
+    metrics: Option<Arc<OpMetrics>>,
 }
 
 /// A directory (or glob) read without end (Flink's `'source.monitor-interval'`): listed again every
@@ -341,10 +345,76 @@ impl ScanShared {
             idle_timeout,
             started: std::time::Instant::now(),
             last_rows: std::sync::atomic::AtomicU64::new(0),
+            runtime: Vec::new(),
+            metrics: None,
         };
         // The files there are now are found before anything is read (or checkpointed).
         shared.discover()?;
         Ok(shared)
+    }
+
+    /// Filters the rows by joins' runtime filters on its columns (see `runtime_filter`).
+    pub fn with_runtime_filters(mut self, filters: Vec<ScanFilter>, metrics: Arc<OpMetrics>) -> ScanShared {
+        self.runtime = filters;
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Drops the work not handed out yet that runtime filters set since the last call rule out: all
+    /// of it when the build side had no key, else the Parquet row groups and pages whose statistics
+    /// lie outside the build's key range.
+    fn prune_by_runtime_filters(&self) -> Result<()> {
+        for f in &self.runtime {
+            let Some(values) = f.filter.values() else { continue };
+            if f.pruned.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let mut queue = self.morsels.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut pruned, mut skipped) = (0, 0);
+            if matches!(values, KeyValues::Nothing) {
+                pruned = queue.len();
+                queue.clear();
+            } else if let TableData::Files { format: FileFormat::Parquet, .. } = &self.source.data {
+                let bounds = values.bounds(f.column, self.schema.field(f.column).data_type())?;
+                let (files, others): (Vec<_>, Vec<_>) = queue.drain(..).partition(|(_, w)| matches!(w, Work::File(_)));
+                let (numbers, morsels): (Vec<u64>, Vec<Morsel>) = files
+                    .into_iter()
+                    .filter_map(|(n, w)| match w {
+                        Work::File(m) => Some((n, m)),
+                        _ => None,
+                    })
+                    .unzip();
+                let (kept, counts) = super::prune::prune_each(morsels, &bounds, &self.source.schema, &self.projection)?;
+                (pruned, skipped) = (counts.row_groups_pruned, counts.rows_skipped);
+                queue.extend(numbers.into_iter().zip(kept).filter_map(|(n, m)| Some((n, Work::File(m?)))));
+                queue.extend(others);
+            }
+            if let Some(m) = &self.metrics {
+                m.row_groups_pruned.fetch_add(pruned as u64, Ordering::Relaxed);
+                m.rows_skipped_by_pages.fetch_add(skipped as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows of `batch` that pass the runtime filters set so far, the most selective applied first
+    /// (each looks only at the rows the ones before kept).
+    fn runtime_filtered(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let mut order: Vec<&ScanFilter> = self.runtime.iter().collect();
+        order.sort_by(|a, b| a.pass_rate().total_cmp(&b.pass_rate()));
+        let mut keep = None;
+        for f in order {
+            f.narrow(batch.column(f.column), &mut keep)?;
+        }
+        let Some(keep) = keep else { return Ok(batch) };
+        let kept = keep.iter().filter(|k| **k).count();
+        if kept == batch.num_rows() {
+            return Ok(batch);
+        }
+        if let Some(m) = &self.metrics {
+            m.rows_runtime_filtered.fetch_add((batch.num_rows() - kept) as u64, Ordering::Relaxed);
+        }
+        Ok(arrow::compute::filter_record_batch(&batch, &arrow::array::BooleanArray::from(keep))?)
     }
 
     /// A monitored directory, once its interval has passed: lists it and queues the morsels of the
@@ -693,9 +763,22 @@ impl ScanSource {
         }
     }
 
-    /// The next batch as read; `Ok(None)` at the end, or when barriers were queued between pieces of
-    /// work.
+    /// The next batch as read, less the rows runtime filters drop; `Ok(None)` at the end, or when
+    /// barriers were queued between pieces of work.
     fn next_read(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            let Some(batch) = self.next_unfiltered()? else { return Ok(None) };
+            if self.shared.runtime.is_empty() {
+                return Ok(Some(batch));
+            }
+            let batch = self.shared.runtime_filtered(batch)?;
+            if batch.num_rows() > 0 {
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    fn next_unfiltered(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if let Some(reader) = &mut self.reader {
                 match reader.next() {
@@ -709,6 +792,9 @@ impl ScanSource {
             if self.shared.not_yet() || self.shared.no_new_files()? {
                 self.waiting = true;
                 return Ok(None);
+            }
+            if !self.shared.runtime.is_empty() {
+                self.shared.prune_by_runtime_filters()?;
             }
             match self.shared.take(self.partition) {
                 None => return Ok(None),

@@ -1,0 +1,100 @@
+//! Runtime filters: a hash join's build-side key values filter the probe side's scan (rows, and
+//! Parquet row groups outside the keys' range), only where the join drops probe rows without match.
+
+mod common;
+
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use common::{physical, rows, text};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use riffle_engine::{ExecConfig, Session};
+
+/// `facts`: 10 000 rows in 10 row groups, `k` = `key(i)`, `v` = i % 7 (`k` NULL where `key` says).
+fn write_facts(path: &std::path::Path, key: &dyn Fn(i64) -> Option<i64>) {
+    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true), Field::new("v", DataType::Int64, false)]));
+    let props = WriterProperties::builder().set_max_row_group_row_count(Some(1000)).build();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).expect("create"), schema.clone(), Some(props)).expect("writer");
+    let ks: Vec<Option<i64>> = (0..10_000).map(key).collect();
+    let vs: Vec<i64> = (0..10_000).map(|i| i % 7).collect();
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(ks)), Arc::new(Int64Array::from(vs))]).expect("batch");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+}
+
+/// A session with `facts` (keys from `key`) and `dim`: 1000 rows, `d` = 2000 + 2j, `flag` = j % 2.
+fn session(key: &dyn Fn(i64) -> Option<i64>) -> (Session, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let facts = dir.path().join("facts.parquet");
+    write_facts(&facts, key);
+    let dim = common::write_table(dir.path(), "dim", 500, &[("d", &|j| 2000 + 2 * j), ("flag", &|j| j % 2)]);
+    let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    s.register_path("facts", &facts.display().to_string()).expect("register");
+    s.register_path("dim", &dim).expect("register");
+    (s, dir)
+}
+
+/// The answer of `q` with `facts` read as it is, with no join to filter it: what the join computes.
+fn expected(s: &mut Session, q: &str) -> Vec<String> {
+    let unfiltered = q.replace("FROM facts", "FROM (SELECT * FROM facts LIMIT 1000000) AS facts");
+    assert!(!physical(s, &unfiltered).contains("runtime_filter"), "{unfiltered}: {}", physical(s, &unfiltered));
+    rows(s, &unfiltered)
+}
+
+#[test]
+fn a_join_reads_only_the_probe_rows_its_build_keys_can_match() {
+    let (mut s, _dir) = session(&|i| Some(i));
+    let q = "SELECT count(*), sum(v) FROM facts JOIN dim ON k = d";
+    assert!(physical(&mut s, q).contains("runtime_filter=[facts.k]"), "{}", physical(&mut s, q));
+    // Keys 2000..2998, every other one: one row group of ten is read, half its rows pass.
+    let want: i64 = (0..500).map(|j| (2000 + 2 * j) % 7).sum();
+    assert_eq!(rows(&mut s, q), [format!("500 {want}")]);
+    let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert!(analyzed.contains("row_groups=1/10 (pruned 9)") && analyzed.contains("runtime_filtered_rows=500"), "{analyzed}");
+    // The build side's own filter narrows it further, at run time.
+    let q = "SELECT count(*), sum(v) FROM facts JOIN dim ON k = d WHERE flag = 1 AND d < 2100";
+    assert_eq!(rows(&mut s, q), expected(&mut s, q));
+    let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert!(analyzed.contains("row_groups=1/10 (pruned 9)") && analyzed.contains("runtime_filtered_rows=975"), "{analyzed}");
+}
+
+#[test]
+fn keys_out_of_order_are_filtered_row_by_row_and_null_keys_dropped() {
+    // Keys scattered over every row group, every tenth NULL.
+    let (mut s, _dir) = session(&|i| (i % 10 != 3).then_some((i * 7919) % 10_000));
+    for q in [
+        "SELECT count(*), sum(v), min(k), max(k) FROM facts JOIN dim ON k = d WHERE flag = 0",
+        "SELECT v, count(*) FROM facts WHERE k IN (SELECT d FROM dim WHERE flag = 1) GROUP BY v ORDER BY v",
+        "SELECT count(*), count(k), sum(v) FROM facts RIGHT JOIN dim ON k = d",
+    ] {
+        assert!(physical(&mut s, q).contains("runtime_filter=[facts.k]"), "{q}: {}", physical(&mut s, q));
+        assert_eq!(rows(&mut s, q), expected(&mut s, q), "{q}");
+        let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+        assert!(analyzed.contains("row_groups=10/10 (pruned 0)") && analyzed.contains("runtime_filtered_rows="), "{q}: {analyzed}");
+    }
+}
+
+#[test]
+fn joins_that_keep_probe_rows_without_match_get_no_filter() {
+    let (mut s, _dir) = session(&|i| (i % 10 != 3).then_some(i));
+    for q in [
+        "SELECT count(*), count(d), sum(v) FROM facts LEFT JOIN dim ON k = d",
+        "SELECT count(*), sum(v) FROM facts WHERE k NOT IN (SELECT d FROM dim WHERE flag = 1)",
+        "SELECT count(*), sum(v) FROM facts WHERE NOT EXISTS (SELECT 1 FROM dim WHERE d = k)",
+        "SELECT count(*), count(k), count(d) FROM facts FULL JOIN dim ON k = d",
+    ] {
+        assert!(!physical(&mut s, q).contains("runtime_filter"), "{q}: {}", physical(&mut s, q));
+        assert_eq!(rows(&mut s, q), expected(&mut s, q), "{q}");
+    }
+}
+
+#[test]
+fn a_build_side_without_rows_leaves_the_probe_scan_unread() {
+    let (mut s, _dir) = session(&|i| Some(i));
+    let q = "SELECT count(*) FROM facts JOIN dim ON k = d WHERE flag = 7";
+    assert_eq!(rows(&mut s, q), ["0"]);
+    let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert!(analyzed.contains("row_groups=0/10 (pruned 10)"), "{analyzed}");
+}
