@@ -5,6 +5,11 @@
 //! partial states to disk, split by key hash into buckets, and starts a new table. At the end each
 //! bucket (from every partition, on disk and in memory) is merged on its own, so only one bucket's
 //! groups are in memory at a time.
+//!
+//! Many groups (or a spill) are merged in parallel: each partition splits its table into the same
+//! hash buckets as it ends, and the partitions of the next pipeline take the buckets one by one, merge
+//! them and emit their groups (`AggResultSource`); few groups are merged at once by the last
+//! partition to end.
 
 use std::sync::Arc;
 
@@ -13,7 +18,7 @@ use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use super::accumulators::{self, GroupsAccumulator};
 use super::group_keys::GroupKeys;
 use super::group_spill::{memory_buckets, BucketMerge};
-use super::{emit_result, emit_rows, BarrierRelay, Exchange, OpMetrics, PartitionGather, Sink};
+use super::{emit_result, emit_slices, BarrierRelay, Exchange, OpMetrics, PartitionGather, Sink};
 use crate::cse::ExprList;
 use crate::error::{Result, RiffleError};
 use crate::eval::evaluate;
@@ -23,6 +28,10 @@ use crate::message::Message;
 
 /// Hash buckets a spilling aggregate splits its groups into; each is merged on its own at the end.
 pub(super) const BUCKETS: usize = 16;
+
+/// Groups from which a partition's table is split into buckets at its end, to be merged in parallel
+/// (below, one table merging the others costs less than splitting them).
+const PARALLEL_MERGE_GROUPS: usize = 1 << 15;
 
 /// Times a bucket too big for the budget is split again into buckets, by other bits of the hash.
 pub(super) const MAX_DEPTH: usize = 4;
@@ -447,6 +456,8 @@ fn plain(array: &ArrayRef) -> Result<ArrayRef> {
 /// What one partition hands over at its end.
 enum Local {
     Memory(Partial),
+    /// Its groups split by bucket (many groups).
+    Buckets(Vec<Vec<Part>>),
     /// Everything it aggregated, on disk, one file per bucket.
     Spilled(Vec<SpillFile>),
 }
@@ -462,6 +473,19 @@ pub struct AggShared {
     spill: Arc<SpillManager>,
     /// How many state columns each accumulator has, known once a partition spilled.
     state_widths: std::sync::OnceLock<Vec<usize>>,
+    /// The buckets left to merge, once every partition ended, when they are merged in parallel.
+    merging: std::sync::Mutex<Option<MergeQueue>>,
+}
+
+/// Buckets of partial groups that the output's consumers merge, one bucket at a time each.
+struct MergeQueue {
+    buckets: std::collections::VecDeque<Vec<Part>>,
+    /// State columns of each accumulator, to read partials back.
+    widths: Arc<Vec<usize>>,
+    /// Buckets taken or not whose merge has not finished: the last one to finish ends the output.
+    unfinished: usize,
+    /// The partitions' memory, held until every bucket is merged.
+    held: Vec<MemoryReservation>,
 }
 
 impl AggShared {
@@ -475,22 +499,23 @@ impl AggShared {
         spill: Arc<SpillManager>,
     ) -> AggShared {
         let (partials, barriers) = (PartitionGather::new(partitions), BarrierRelay::new(partitions));
-        AggShared { spec, partials, barriers, output, batch_size, metrics, pool, spill, state_widths: Default::default() }
+        AggShared { spec, partials, barriers, output, batch_size, metrics, pool, spill, state_widths: Default::default(), merging: Default::default() }
     }
 
     fn finish(&self, local: Local, reservation: MemoryReservation) -> Result<()> {
         let Some(arrived) = self.partials.arrive([(local, reservation)])? else { return Ok(()) };
-        let (mut memory, mut files) = (Vec::new(), Vec::new());
+        let (mut memory, mut split, mut files) = (Vec::new(), Vec::new(), Vec::new());
         // The partitions' reservations stay held until the partials they cover are merged.
         let mut held = Vec::new();
         for (local, reservation) in arrived {
             held.push(reservation);
             match local {
                 Local::Memory(p) => memory.push(p),
+                Local::Buckets(b) => split.push(b),
                 Local::Spilled(f) => files.push(f),
             }
         }
-        if files.is_empty() {
+        if files.is_empty() && split.is_empty() {
             let mut table = GroupTable::new(&self.spec)?;
             for p in memory {
                 table.merge(p)?;
@@ -500,26 +525,65 @@ impl AggShared {
             emit_result(&self.output, &batch, self.batch_size, &self.metrics);
             return Ok(());
         }
-        let widths = self.state_widths.get().cloned().ok_or_else(|| RiffleError::exec("spilled aggregate without state widths"))?;
-        // The partials still in memory are split by bucket too, and merged with their bucket.
+        let widths = match self.state_widths.get() {
+            Some(w) => w.clone(),
+            None => self.spec.state_widths()?,
+        };
+        // The partials not split yet are split by bucket too, and merged with their bucket.
         let mut buckets = memory_buckets(&self.spec, memory)?;
+        for partition_buckets in split {
+            for (b, parts) in partition_buckets.into_iter().enumerate() {
+                buckets[b].extend(parts);
+            }
+        }
         for partition_files in files {
             for (b, f) in partition_files.into_iter().enumerate() {
                 buckets[b].push(Part::File(f));
             }
         }
+        let buckets: std::collections::VecDeque<Vec<Part>> = buckets.into_iter().filter(|b| !b.is_empty()).collect();
+        if buckets.is_empty() {
+            self.output.push(0, Message::End);
+            return Ok(());
+        }
+        let unfinished = buckets.len();
+        *self.merging.lock().map_err(|_| RiffleError::exec("aggregate merge lock poisoned"))? =
+            Some(MergeQueue { buckets, widths: Arc::new(widths), unfinished, held });
+        // The consumers waiting for rows take the buckets.
+        self.output.notify();
+        Ok(())
+    }
+
+    /// Merges the next bucket left, if any, emitting its groups to `consumer`; false when none is left.
+    /// The last bucket merged ends the output.
+    fn merge_next(&self, consumer: usize) -> Result<bool> {
+        let lock = || self.merging.lock().map_err(|_| RiffleError::exec("aggregate merge lock poisoned"));
+        let (parts, widths) = {
+            let mut queue = lock()?;
+            let Some(q) = queue.as_mut() else { return Ok(false) };
+            let Some(parts) = q.buckets.pop_front() else { return Ok(false) };
+            (parts, q.widths.clone())
+        };
         let mut merging = self.pool.reservation("HashAggregate merge", false);
         let merge = BucketMerge { spec: &self.spec, widths: &widths, spill: &self.spill, metrics: &self.metrics };
-        for parts in buckets {
-            merge.merge(parts, 0, &mut merging, &mut |table| {
-                let result = self.result(table)?;
-                emit_rows(&self.output, 0, &result, self.batch_size, &self.metrics);
-                Ok(())
-            })?;
+        merge.merge(parts, 0, &mut merging, &mut |table| {
+            self.metrics.note_bytes(table.size());
+            let result = self.result(table)?;
+            emit_slices(&result, self.batch_size, &self.metrics, |slice| self.output.push_to(consumer, slice));
+            Ok(())
+        })?;
+        drop(merging);
+        let last = {
+            let mut queue = lock()?;
+            let q = queue.as_mut().ok_or_else(|| RiffleError::exec("aggregate merge queue missing"))?;
+            q.unfinished -= 1;
+            (q.unfinished == 0).then(|| std::mem::take(&mut q.held))
+        };
+        if let Some(held) = last {
+            drop(held);
+            self.output.push(0, Message::End);
         }
-        drop(held);
-        self.output.push(0, Message::End);
-        Ok(())
+        Ok(true)
     }
 
     fn result(&self, table: GroupTable) -> Result<RecordBatch> {
@@ -580,6 +644,34 @@ impl AggSpec {
     }
 }
 
+/// One partition of an aggregate's output: the rows in the exchange, and, while none are there, the
+/// next bucket to merge.
+pub struct AggResultSource {
+    rows: super::scan::ExchangeSource,
+    shared: Arc<AggShared>,
+    partition: usize,
+}
+
+impl AggResultSource {
+    pub fn new(shared: Arc<AggShared>, partition: usize) -> AggResultSource {
+        AggResultSource { rows: super::scan::ExchangeSource::new(shared.output.clone(), partition), shared, partition }
+    }
+}
+
+impl super::Source for AggResultSource {
+    fn next(&mut self) -> Result<Option<Message>> {
+        loop {
+            if let Some(m) = self.rows.next()? {
+                return Ok(Some(m));
+            }
+            // A bucket may merge into no rows (its files empty): then the next one.
+            if !self.shared.merge_next(self.partition)? {
+                return Ok(None);
+            }
+        }
+    }
+}
+
 /// One partition's aggregation.
 pub struct AggregateSink {
     shared: Arc<AggShared>,
@@ -626,7 +718,13 @@ impl AggregateSink {
             Local::Spilled(files)
         } else {
             let table = self.table.take().ok_or_else(|| RiffleError::exec("aggregate ended twice"))?;
-            Local::Memory(table.into_partial()?)
+            let many = !self.shared.spec.group.is_empty() && table.num_groups >= PARALLEL_MERGE_GROUPS;
+            let partial = table.into_partial()?;
+            if many {
+                Local::Buckets(memory_buckets(&self.shared.spec, [partial])?)
+            } else {
+                Local::Memory(partial)
+            }
         };
         self.table = None;
         let held = self.reservation.split_off();

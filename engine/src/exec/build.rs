@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::Schema;
 
-use super::aggregate::{AggShared, AggSpec, AggregateSink};
+use super::aggregate::{AggResultSource, AggShared, AggSpec, AggregateSink};
 use super::basic::{FilterOp, LimitOp, ProjectOp};
 use super::join::{BuildSink, JoinShared, JoinSpec, ProbeOp};
 use super::key_partition::KeyedExchangeSink;
@@ -34,6 +34,7 @@ enum SourceSpec {
     Exchange(Arc<Exchange>),
     Batches(Vec<RecordBatch>),
     Sort(Arc<SortShared>),
+    Aggregate(Arc<AggShared>),
 }
 
 /// A query's memory budget and spill files.
@@ -132,6 +133,7 @@ impl Builder<'_> {
                 SourceSpec::Exchange(x) => Box::new(ExchangeSource::new(x.clone(), p)),
                 SourceSpec::Batches(b) => Box::new(BatchesSource::new(if p == 0 { b.clone() } else { vec![] })),
                 SourceSpec::Sort(shared) => Box::new(SortSource::new(shared.clone())),
+                SourceSpec::Aggregate(shared) => Box::new(AggResultSource::new(shared.clone(), p)),
             };
             let ops = open.ops.iter().map(|(f, m)| Metered { op: f(), metrics: m.clone() }).collect();
             self.tasks.push(PipelineTask { source, ops, sink: sink(p)?, ending: false, done: false });
@@ -355,9 +357,9 @@ impl Builder<'_> {
                 let output = self.breaker_output(self.threads);
                 let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
                 let (pool, spill) = (self.memory.pool.clone(), self.memory.spill.clone());
-                let shared = Arc::new(AggShared::new(spec, open.partitions, output.clone(), batch_size, metrics, pool, spill));
+                let shared = Arc::new(AggShared::new(spec, open.partitions, output, batch_size, metrics, pool, spill));
                 self.close(open, &|p| Ok(Box::new(AggregateSink::new(shared.clone(), p)?)))?;
-                Open { source: SourceSpec::Exchange(output), partitions: self.threads, ops: vec![] }
+                Open { source: SourceSpec::Aggregate(shared), partitions: self.threads, ops: vec![] }
             }
             PhysicalPlan::UpdateAggregate { input, group, aggs, input_changelog, schema } => {
                 let input_schema = input.schema();

@@ -73,6 +73,11 @@ impl Exchange {
         self.lock().consumers_closed.iter().all(|c| *c)
     }
 
+    /// Wakes the consumers waiting: work for them appeared elsewhere.
+    pub fn notify(&self) {
+        self.notifier.bump();
+    }
+
     pub fn push(&self, producer: usize, msg: Message) {
         let mut st = self.lock();
         if matches!(msg, Message::Batch(_) | Message::Watermark(_)) && st.idle[producer] {

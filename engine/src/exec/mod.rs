@@ -372,12 +372,17 @@ fn emit_result(output: &Exchange, batch: &RecordBatch, batch_size: usize, metric
 
 /// Emits rows of a breaker's result into `output` in slices of `batch_size` rows.
 fn emit_rows(output: &Exchange, producer: usize, batch: &RecordBatch, batch_size: usize, metrics: &OpMetrics) {
+    emit_slices(batch, batch_size, metrics, |slice| output.push(producer, Message::Batch(slice)));
+}
+
+/// Hands `batch` to `emit` in slices of `batch_size` rows, counted in `metrics`.
+fn emit_slices(batch: &RecordBatch, batch_size: usize, metrics: &OpMetrics, mut emit: impl FnMut(RecordBatch)) {
     let rows = batch.num_rows();
     metrics.rows.fetch_add(rows as u64, Ordering::Relaxed);
     let mut offset = 0;
     while offset < rows {
         let len = batch_size.min(rows - offset);
-        output.push(producer, Message::Batch(batch.slice(offset, len)));
+        emit(batch.slice(offset, len));
         metrics.batches.fetch_add(1, Ordering::Relaxed);
         offset += len;
     }
