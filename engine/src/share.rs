@@ -37,30 +37,35 @@ pub fn share_subplans(plan: PhysicalPlan) -> PhysicalPlan {
     }
 }
 
-/// The subplans to share, largest first: each occurs at least twice outside those chosen before,
-/// and is not `rejected`.
+/// The subplans to share, largest first: each occurs at least twice, counting inside a subplan
+/// chosen before only once (it runs once), and is not `rejected`. Inside a chosen subplan, what
+/// occurs twice there is shared too (TPC-DS q14 reads its `cross_items` CTE once per channel, all
+/// three inside the shared union its ROLLUP reads).
 fn choose(node: &PhysicalPlan, root: &PhysicalPlan, rejected: &[PhysicalPlan], chosen: &mut Vec<PhysicalPlan>) {
     if chosen.contains(node) {
         return;
     }
-    if worth_sharing(node) && !rejected.contains(node) && occurrences(root, node, chosen) >= 2 {
+    if worth_sharing(node) && !rejected.contains(node) && occurrences(root, node, chosen, &mut vec![]) >= 2 {
         chosen.push(node.clone());
-        return;
     }
     for input in node.inputs() {
         choose(input, root, rejected, chosen);
     }
 }
 
-/// How often `node` occurs in `plan`, not counting inside subplans chosen already.
-fn occurrences(plan: &PhysicalPlan, node: &PhysicalPlan, chosen: &[PhysicalPlan]) -> usize {
+/// How often `node` occurs in `plan`, counting inside each subplan chosen already once (`seen`: the
+/// chosen subplans met so far).
+fn occurrences<'a>(plan: &'a PhysicalPlan, node: &PhysicalPlan, chosen: &[PhysicalPlan], seen: &mut Vec<&'a PhysicalPlan>) -> usize {
     if plan == node {
         return 1;
     }
     if chosen.contains(plan) {
-        return 0;
+        if seen.contains(&plan) {
+            return 0;
+        }
+        seen.push(plan);
     }
-    plan.inputs().into_iter().map(|i| occurrences(i, node, chosen)).sum()
+    plan.inputs().into_iter().map(|i| occurrences(i, node, chosen, seen)).sum()
 }
 
 /// A subplan worth running once: it reads a table and does work beyond reading it (rows read twice
@@ -97,15 +102,17 @@ fn is_aggregate(plan: &PhysicalPlan) -> bool {
     }
 }
 
-/// Wraps each occurrence of a chosen subplan in its `Shared` node (numbered by place in `chosen`).
+/// Wraps each occurrence of a chosen subplan in its `Shared` node (numbered by place in `chosen`),
+/// and the chosen subplans inside it in theirs.
 fn mark_uses(mut plan: PhysicalPlan, chosen: &[PhysicalPlan]) -> PhysicalPlan {
-    if let Some(id) = chosen.iter().position(|c| *c == plan) {
-        return PhysicalPlan::Shared { input: Box::new(plan), id, buffered: false };
-    }
+    let id = chosen.iter().position(|c| *c == plan);
     for input in plan.inputs_mut() {
         *input = mark_uses(input.take(), chosen);
     }
-    plan
+    match id {
+        Some(id) => PhysicalPlan::Shared { input: Box::new(plan), id, buffered: false },
+        None => plan,
+    }
 }
 
 /// Marks the uses on a join's probe side whose subplan its build side reads too.
@@ -120,11 +127,12 @@ fn mark_buffered(plan: &mut PhysicalPlan) {
     }
 }
 
+/// The shared subplans `plan` reads, also through the shared subplans it reads.
 fn shared_ids(plan: &PhysicalPlan, out: &mut Vec<usize>) {
-    match plan {
-        PhysicalPlan::Shared { id, .. } => out.push(*id),
-        other => other.inputs().into_iter().for_each(|i| shared_ids(i, out)),
+    if let PhysicalPlan::Shared { id, .. } = plan {
+        out.push(*id);
     }
+    plan.inputs().into_iter().for_each(|i| shared_ids(i, out));
 }
 
 fn set_buffered(plan: &mut PhysicalPlan, ids: &[usize]) {
@@ -176,9 +184,16 @@ pub fn checkpointable_joins(plan: PhysicalPlan) -> PhysicalPlan {
     plan
 }
 
+/// Uses of each shared subplan, counting those inside one at its first use only (it runs there).
 fn count_uses(plan: &PhysicalPlan, uses: &mut HashMap<usize, usize>) {
     match plan {
-        PhysicalPlan::Shared { id, .. } => *uses.entry(*id).or_default() += 1,
+        PhysicalPlan::Shared { id, input, .. } => {
+            let n = uses.entry(*id).or_default();
+            *n += 1;
+            if *n == 1 {
+                count_uses(input, uses);
+            }
+        }
         other => other.inputs().into_iter().for_each(|i| count_uses(i, uses)),
     }
 }

@@ -125,3 +125,42 @@ fn a_windowed_view_read_three_times_one_on_a_probe_side_aggregates_once() {
     assert_eq!(answer.len(), 100, "one row per supplier");
     assert_eq!(answer, rows(&mut s, &apart));
 }
+
+#[test]
+fn a_view_read_twice_inside_a_shared_view_runs_once_too() {
+    // TPC-DS q14's shape: its ROLLUP reads a union (shared) whose branches each read `cross_items`.
+    let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    s.register_path("lineitem", &format!("{TPCH}/lineitem.parquet")).expect("register");
+    // Rows of `w` twice, under two names and conditions that keep the same rows.
+    let view = |w: [&str; 2], cond: [&str; 2], v: &str| {
+        format!(
+            "{w0} AS (SELECT l_suppkey, sum(l_quantity) AS q FROM lineitem WHERE {c0} GROUP BY l_suppkey), \
+             {w1} AS (SELECT l_suppkey, sum(l_quantity) AS q FROM lineitem WHERE {c1} GROUP BY l_suppkey), \
+             {v} AS (SELECT l_suppkey, sum(q) AS s, count(*) AS n FROM \
+               (SELECT l_suppkey, q FROM {w0} UNION ALL SELECT l_suppkey, q * 2 FROM {w1}) GROUP BY l_suppkey)",
+            w0 = w[0],
+            w1 = w[1],
+            c0 = cond[0],
+            c1 = cond[1],
+        )
+    };
+    let same = ["l_linenumber < 7", "l_linenumber < 7"];
+    let q = format!("WITH {} SELECT 'a', l_suppkey, s, n FROM v UNION ALL SELECT 'b', l_suppkey, s + 1, n FROM v", view(["w", "w2"], same, "v"));
+    let plan = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert_eq!(counts(&plan, "Scan: lineitem").len(), 1, "{plan}");
+    assert_eq!(counts(&plan, "Shared #0").len(), 2, "{plan}");
+    let inner = counts(&plan, "Shared #1");
+    assert_eq!(inner.len(), 2, "{plan}");
+    assert_eq!(inner[0], inner[1], "both uses read every row: {plan}");
+    // The same answer with nothing shared: each use its own copy of the views.
+    let apart = format!(
+        "WITH {}, {} SELECT 'a', l_suppkey, s, n FROM v1 UNION ALL SELECT 'b', l_suppkey, s + 1, n FROM v2",
+        view(["w1", "w2"], ["l_linenumber < 7", "l_linenumber <= 6"], "v1"),
+        view(["w3", "w4"], ["l_linenumber - 1 < 6", "l_linenumber + 1 < 8"], "v2"),
+    );
+    let plan_apart = text(&mut s, &format!("EXPLAIN ANALYZE {apart}"));
+    assert_eq!(counts(&plan_apart, "Scan: lineitem").len(), 4, "{plan_apart}");
+    let answer = rows(&mut s, &q);
+    assert!(answer.len() > 50, "{answer:?}");
+    assert_eq!(answer, rows(&mut s, &apart));
+}

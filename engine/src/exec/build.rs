@@ -117,10 +117,17 @@ pub fn build_tasks(
     Ok(b.tasks)
 }
 
-/// Each shared subplan's uses in pre-order (the order `open` meets them), whether each is buffered.
+/// Each shared subplan's uses in pre-order (the order `open` meets them), whether each is buffered;
+/// inside a shared subplan, the uses in its first use only (the one that runs it).
 fn collect_shared_uses(plan: &PhysicalPlan, out: &mut HashMap<usize, Vec<bool>>) {
     match plan {
-        PhysicalPlan::Shared { id, buffered, .. } => out.entry(*id).or_default().push(*buffered),
+        PhysicalPlan::Shared { id, buffered, input } => {
+            let uses = out.entry(*id).or_default();
+            uses.push(*buffered);
+            if uses.len() == 1 {
+                collect_shared_uses(input, out);
+            }
+        }
         other => other.inputs().into_iter().for_each(|i| collect_shared_uses(i, out)),
     }
 }
