@@ -216,7 +216,10 @@ impl Builder<'_> {
                     self.notifier,
                     source.idle_timeout(self.config.source_idle_timeout),
                 )?;
-                let shared = Arc::new(match self.runtime_filters.remove(&node_address(plan)) {
+                // Not on a stream with event time: rows dropped at the scan would take the
+                // watermarks they bring with them, and windows downstream would wait for later rows.
+                let filters = self.runtime_filters.remove(&node_address(plan)).filter(|_| !(self.config.stream && source.event_time.is_some()));
+                let shared = Arc::new(match filters {
                     Some(filters) => shared.with_runtime_filters(filters, metrics.clone()),
                     None => shared,
                 });
