@@ -168,8 +168,7 @@ fn unmark(mut plan: PhysicalPlan, ids: &[usize]) -> PhysicalPlan {
 /// restored: a join whose build side reads a subplan that is also read outside it becomes a stream
 /// join (both sides restored) if it is inner; otherwise the subplan runs once per use.
 pub fn checkpointable_joins(plan: PhysicalPlan) -> PhysicalPlan {
-    let mut uses = HashMap::new();
-    count_uses(&plan, &mut uses);
+    let uses = shared_uses(&plan);
     if uses.is_empty() {
         return plan;
     }
@@ -184,25 +183,31 @@ pub fn checkpointable_joins(plan: PhysicalPlan) -> PhysicalPlan {
     plan
 }
 
-/// Uses of each shared subplan, counting those inside one at its first use only (it runs there).
-fn count_uses(plan: &PhysicalPlan, uses: &mut HashMap<usize, usize>) {
-    match plan {
-        PhysicalPlan::Shared { id, input, .. } => {
-            let n = uses.entry(*id).or_default();
-            *n += 1;
-            if *n == 1 {
-                count_uses(input, uses);
+/// Each shared subplan's uses in `plan`, in pre-order (the order the executor opens them), whether
+/// each is buffered; inside a shared subplan, the uses in its first use only (the one that runs it).
+pub fn shared_uses(plan: &PhysicalPlan) -> HashMap<usize, Vec<bool>> {
+    fn collect(plan: &PhysicalPlan, out: &mut HashMap<usize, Vec<bool>>) {
+        match plan {
+            PhysicalPlan::Shared { id, buffered, input } => {
+                let uses = out.entry(*id).or_default();
+                uses.push(*buffered);
+                if uses.len() == 1 {
+                    collect(input, out);
+                }
             }
+            other => other.inputs().into_iter().for_each(|i| collect(i, out)),
         }
-        other => other.inputs().into_iter().for_each(|i| count_uses(i, uses)),
     }
+    let mut out = HashMap::new();
+    collect(plan, &mut out);
+    out
 }
 
-fn split_builds(mut plan: PhysicalPlan, uses: &HashMap<usize, usize>, unshare: &mut Vec<usize>) -> PhysicalPlan {
+fn split_builds(mut plan: PhysicalPlan, uses: &HashMap<usize, Vec<bool>>, unshare: &mut Vec<usize>) -> PhysicalPlan {
     if let PhysicalPlan::HashJoin { build, .. } | PhysicalPlan::NestedLoopJoin { build, .. } = &plan {
-        let mut inside = HashMap::new();
-        count_uses(build, &mut inside);
-        let crossing: Vec<usize> = inside.iter().filter(|(id, n)| uses.get(*id).is_some_and(|all| all > *n)).map(|(id, _)| *id).collect();
+        let inside = shared_uses(build);
+        let crossing: Vec<usize> =
+            inside.iter().filter(|(id, n)| uses.get(*id).is_some_and(|all| all.len() > n.len())).map(|(id, _)| *id).collect();
         if !crossing.is_empty() {
             if matches!(plan, PhysicalPlan::HashJoin { kind: JoinKind::Inner, .. }) {
                 plan = crate::physical::into_stream_join(plan);

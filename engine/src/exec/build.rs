@@ -96,8 +96,7 @@ pub fn build_tasks(
     memory: &QueryMemory,
     root_sink: &dyn Fn(usize) -> Result<Box<dyn Sink>>,
 ) -> Result<Vec<PipelineTask>> {
-    let mut shared_uses = HashMap::new();
-    collect_shared_uses(plan, &mut shared_uses);
+    let shared_uses = crate::share::shared_uses(plan);
     let mut b = Builder {
         config,
         threads,
@@ -115,21 +114,6 @@ pub fn build_tasks(
     let root = b.open(plan)?;
     b.close(root, root_sink)?;
     Ok(b.tasks)
-}
-
-/// Each shared subplan's uses in pre-order (the order `open` meets them), whether each is buffered;
-/// inside a shared subplan, the uses in its first use only (the one that runs it).
-fn collect_shared_uses(plan: &PhysicalPlan, out: &mut HashMap<usize, Vec<bool>>) {
-    match plan {
-        PhysicalPlan::Shared { id, buffered, input } => {
-            let uses = out.entry(*id).or_default();
-            uses.push(*buffered);
-            if uses.len() == 1 {
-                collect_shared_uses(input, out);
-            }
-        }
-        other => other.inputs().into_iter().for_each(|i| collect_shared_uses(i, out)),
-    }
 }
 
 impl Builder<'_> {

@@ -77,17 +77,16 @@ impl KeyValues {
     }
 
     /// `column` (of type `data_type`) between the build side's min and max, a predicate Parquet
-    /// statistics can decide; FALSE when nothing can match.
-    pub fn bounds(&self, column: usize, data_type: &DataType) -> Result<Expr> {
-        let KeyValues::Range { min, max, .. } = self else { return Ok(Expr::lit(Scalar::boolean(false))) };
+    /// statistics can decide; `None` when nothing can match.
+    pub fn bounds(&self, column: usize, data_type: &DataType) -> Result<Option<Expr>> {
+        let KeyValues::Range { min, max, .. } = self else { return Ok(None) };
         let literal = |v: i64| -> Result<Expr> {
             let a: ArrayRef = Arc::new(Int64Array::from(vec![v]));
             Ok(Expr::lit(Scalar(arrow::compute::cast(&a, data_type)?)))
         };
-        Ok(Expr::binary(
-            BinaryOp::And,
-            Expr::binary(BinaryOp::GtEq, Expr::Column(column), literal(*min)?),
-            Expr::binary(BinaryOp::LtEq, Expr::Column(column), literal(*max)?),
+        Ok(Some(
+            Expr::binary(BinaryOp::GtEq, Expr::Column(column), literal(*min)?)
+                .and(Expr::binary(BinaryOp::LtEq, Expr::Column(column), literal(*max)?)),
         ))
     }
 }

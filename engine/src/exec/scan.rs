@@ -10,7 +10,7 @@ use riffle_formats::{BatchReader, FileFormat, Morsel};
 use std::sync::atomic::Ordering;
 
 use super::checkpoint::{EpochTracker, RangeSet};
-use super::runtime_filter::{KeyValues, ScanFilter};
+use super::runtime_filter::ScanFilter;
 use super::{Exchange, OpMetrics, Sink, Source};
 use crate::logical::Expr;
 use crate::catalog::{TableData, TableSource};
@@ -361,38 +361,50 @@ impl ScanShared {
     }
 
     /// Drops the work not handed out yet that runtime filters set since the last call rule out: all
-    /// of it when the build side had no key, else the Parquet row groups and pages whose statistics
-    /// lie outside the build's key range.
+    /// of it when a build side had no key, else the Parquet row groups and pages whose statistics
+    /// lie outside the build sides' key ranges (all new filters at once: each file's footer is read
+    /// once).
     fn prune_by_runtime_filters(&self) -> Result<()> {
+        let (mut ranges, mut nothing) = (Vec::new(), false);
         for f in &self.runtime {
             let Some(values) = f.filter.values() else { continue };
             if f.pruned.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            let mut queue = self.morsels.lock().unwrap_or_else(|p| p.into_inner());
-            let (mut pruned, mut skipped) = (0, 0);
-            if matches!(values, KeyValues::Nothing) {
-                pruned = queue.len();
-                queue.clear();
-            } else if let TableData::Files { format: FileFormat::Parquet, .. } = &self.source.data {
-                let bounds = values.bounds(f.column, self.schema.field(f.column).data_type())?;
-                let (files, others): (Vec<_>, Vec<_>) = queue.drain(..).partition(|(_, w)| matches!(w, Work::File(_)));
-                let (numbers, morsels): (Vec<u64>, Vec<Morsel>) = files
-                    .into_iter()
-                    .filter_map(|(n, w)| match w {
-                        Work::File(m) => Some((n, m)),
-                        _ => None,
-                    })
-                    .unzip();
-                let (kept, counts) = super::prune::prune_each(morsels, &bounds, &self.source.schema, &self.projection)?;
-                (pruned, skipped) = (counts.row_groups_pruned, counts.rows_skipped);
-                queue.extend(numbers.into_iter().zip(kept).filter_map(|(n, m)| Some((n, Work::File(m?)))));
-                queue.extend(others);
+            match values.bounds(f.column, self.schema.field(f.column).data_type())? {
+                Some(range) => ranges.push(range),
+                None => nothing = true,
             }
-            if let Some(m) = &self.metrics {
-                m.row_groups_pruned.fetch_add(pruned as u64, Ordering::Relaxed);
-                m.rows_skipped_by_pages.fetch_add(skipped as u64, Ordering::Relaxed);
+        }
+        if ranges.is_empty() && !nothing {
+            return Ok(());
+        }
+        let mut queue = self.morsels.lock().unwrap_or_else(|p| p.into_inner());
+        let (pruned, skipped) = if nothing {
+            let all = queue.len();
+            queue.clear();
+            (all, 0)
+        } else {
+            let parquet = matches!(&self.source.data, TableData::Files { format: FileFormat::Parquet, .. });
+            let Some(bounds) = Expr::conjunction(ranges).filter(|_| parquet) else { return Ok(()) };
+            let (mut numbers, mut morsels, mut others) = (Vec::new(), Vec::new(), Vec::new());
+            for (n, w) in queue.drain(..) {
+                match w {
+                    Work::File(m) => {
+                        numbers.push(n);
+                        morsels.push(m);
+                    }
+                    w => others.push((n, w)),
+                }
             }
+            let (kept, counts) = super::prune::prune_each(morsels, &bounds, &self.source.schema, &self.projection)?;
+            queue.extend(numbers.into_iter().zip(kept).filter_map(|(n, m)| Some((n, Work::File(m?)))));
+            queue.extend(others);
+            (counts.row_groups_pruned, counts.rows_skipped)
+        };
+        if let Some(m) = &self.metrics {
+            m.row_groups_pruned.fetch_add(pruned as u64, Ordering::Relaxed);
+            m.rows_skipped_by_pages.fetch_add(skipped as u64, Ordering::Relaxed);
         }
         Ok(())
     }
