@@ -353,6 +353,7 @@ fn push_join(
     preds: Vec<Expr>,
 ) -> Result<LogicalPlan> {
     let nl = left.schema().fields().len();
+    let (right, kind) = as_inner_join(&left, right, kind, &on, filter.as_ref(), null_aware, &preds);
     let side = |e: &Expr| -> (bool, bool) {
         let cols = e.column_set();
         (cols.iter().any(|c| *c < nl), cols.iter().any(|c| *c >= nl))
@@ -468,6 +469,112 @@ fn push_join(
         schema,
     };
     Ok(filter_over(join, above))
+}
+
+/// An outer join whose right side a condition above needs can run as an inner join, which then
+/// belongs to the region of inner joins below it: the join orderer places it beside the relation the
+/// condition reads, and the condition becomes a join key there (TPC-DS q06's
+/// `d_month_seq = (SELECT DISTINCT d_month_seq …)` thins date_dim before it meets store_sales,
+/// rather than filtering the joined rows at the top).
+/// - A left join under a condition that is never true when the right side is NULL: its unmatched
+///   rows would be dropped anyway.
+/// - A keyless single join (an uncorrelated scalar subquery): a cross join with a single join of one
+///   row with the subquery, which gives its one value (NULL if it has none; an error if several).
+/// - A keyed single join (a correlated scalar subquery) under such a condition, whose right side has
+///   one row per key at most (it is grouped by them): a row matches at most once, and a row matching
+///   none would be dropped.
+///
+/// Only over bounded tables without event time, where joins may be placed as the orderer likes.
+fn as_inner_join(
+    left: &LogicalPlan,
+    right: LogicalPlan,
+    kind: JoinKind,
+    on: &[(Expr, Expr)],
+    filter: Option<&Expr>,
+    null_aware: bool,
+    preds: &[Expr],
+) -> (LogicalPlan, JoinKind) {
+    let outer = matches!(kind, JoinKind::Left | JoinKind::Single) && !null_aware;
+    if !outer || !crate::join_order::orderable(left) || !crate::join_order::orderable(&right) {
+        return (right, kind);
+    }
+    let nl = left.schema().fields().len();
+    let is_right = |c: usize| c >= nl;
+    let rejecting = preds.iter().any(|p| !p.is_volatile() && rejects_nulls(p, &is_right));
+    match kind {
+        JoinKind::Left if rejecting => (right, JoinKind::Inner),
+        // (Not when the left side has no columns: the single join of one row made here.)
+        JoinKind::Single if on.is_empty() && filter.is_none() && nl > 0 => {
+            if !preds.iter().any(|p| p.column_set().iter().any(|c| is_right(*c))) {
+                return (right, kind);
+            }
+            let one_row = LogicalPlan::Values { rows: vec![vec![]], schema: Arc::new(Schema::empty()) };
+            let schema = join_schema(&one_row.schema(), &right.schema(), JoinKind::Single);
+            let single = LogicalPlan::Join {
+                left: Box::new(one_row),
+                right: Box::new(right),
+                kind: JoinKind::Single,
+                on: vec![],
+                filter: None,
+                null_aware: false,
+                schema,
+            };
+            (single, JoinKind::Inner)
+        }
+        JoinKind::Single if rejecting => {
+            // The right side's key columns, from the keys and the equalities of the condition.
+            let from_on = on.iter().map(|(_, r)| if let Expr::Column(c) = r { Some(*c) } else { None });
+            let from_filter = filter.cloned().map(Expr::conjuncts).unwrap_or_default().into_iter().map(|c| match c {
+                Expr::Binary { op: BinaryOp::Eq, left: a, right: b } => match (*a, *b) {
+                    (Expr::Column(r), l) | (l, Expr::Column(r)) if is_right(r) && l.column_set().iter().all(|c| !is_right(*c)) => Some(r - nl),
+                    _ => None,
+                },
+                _ => None,
+            });
+            let keys: Option<Vec<usize>> = from_on.chain(from_filter).collect();
+            if keys.is_some_and(|k| unique_on(&right, &k)) {
+                (right, JoinKind::Inner)
+            } else {
+                (right, kind)
+            }
+        }
+        _ => (right, kind),
+    }
+}
+
+/// Whether a condition is never true when every column `is_null` says is NULL.
+fn rejects_nulls(e: &Expr, is_null: &dyn Fn(usize) -> bool) -> bool {
+    match e {
+        Expr::Binary { op: BinaryOp::And, left, right } => rejects_nulls(left, is_null) || rejects_nulls(right, is_null),
+        Expr::Binary { op: BinaryOp::Or, left, right } => rejects_nulls(left, is_null) && rejects_nulls(right, is_null),
+        other => null_when(other, is_null),
+    }
+}
+
+/// Whether an expression is NULL when every column `is_null` says is NULL.
+fn null_when(e: &Expr, is_null: &dyn Fn(usize) -> bool) -> bool {
+    match e {
+        Expr::Column(c) => is_null(*c),
+        Expr::Cast { expr, .. } | Expr::Negate(expr) | Expr::Not(expr) | Expr::InList { expr, .. } => null_when(expr, is_null),
+        Expr::Binary { op, left, right } if op.is_arithmetic() || matches!(op, BinaryOp::Concat) || (op.is_comparison() && !matches!(op, BinaryOp::IsDistinctFrom | BinaryOp::IsNotDistinctFrom)) => {
+            null_when(left, is_null) || null_when(right, is_null)
+        }
+        Expr::Like { expr, pattern, .. } => null_when(expr, is_null) || null_when(pattern, is_null),
+        _ => false,
+    }
+}
+
+/// Whether `plan` has at most one row per combination of its columns `cols` (a grouping by them).
+fn unique_on(plan: &LogicalPlan, cols: &[usize]) -> bool {
+    match plan {
+        LogicalPlan::Aggregate { group, .. } => (0..group.len()).all(|g| cols.contains(&g)),
+        LogicalPlan::Project { input, exprs, .. } => {
+            let below: Vec<usize> = cols.iter().filter_map(|c| if let Expr::Column(i) = &exprs[*c] { Some(*i) } else { None }).collect();
+            unique_on(input, &below)
+        }
+        LogicalPlan::Filter { input, .. } | LogicalPlan::Sort { input, .. } | LogicalPlan::Limit { input, .. } => unique_on(input, cols),
+        _ => false,
+    }
 }
 
 /// Whether equal keys of these types are the same value to every function (floats are not:

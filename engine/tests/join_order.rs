@@ -278,3 +278,36 @@ fn a_condition_on_join_keys_filters_both_sides() {
     let fact = not_in.lines().find(|l| l.contains("Scan: fact")).unwrap_or_default();
     assert!(!fact.contains("filter"), "{not_in}");
 }
+
+/// The depth (leading spaces) of the first plan line containing `what`.
+fn depth_of(plan: &str, what: &str) -> usize {
+    let line = plan.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what} in:\n{plan}"));
+    line.len() - line.trim_start().len()
+}
+
+#[test]
+fn a_scalar_subquery_compared_with_a_dimension_joins_that_dimension_first() {
+    let (_dir, mut s) = star();
+    // Written as a filter over the whole join; planned as a hash join of dim_a with the subquery's
+    // one row, on a_group, below the join with the facts (whose scan its runtime filter thins).
+    let q = "SELECT count(*), sum(f_id) FROM fact, dim_a WHERE f_a = a_key AND a_group = (SELECT max(a_group) - 6 FROM dim_a WHERE a_key < 50)";
+    let plan = physical(&mut s, q);
+    assert!(!plan.contains("Filter:"), "no filter above the joins:\n{plan}");
+    let subquery_join = plan.lines().find(|l| l.contains("HashJoin") && l.contains("a_group")).unwrap_or_else(|| panic!("a_group is a join key:\n{plan}"));
+    assert!(depth_of(&plan, subquery_join) > depth_of(&plan, "f_a"), "dim_a meets the subquery before the facts:\n{plan}");
+    let expected: i64 = (0..20_000i64).filter(|i| (i % 100) % 10 == 3).sum();
+    assert_eq!(rows(&mut s, q), [format!("2000 {expected}")]);
+}
+
+#[test]
+fn a_correlated_scalar_subquery_joins_the_table_it_reads_first() {
+    let (_dir, mut s) = star();
+    // Each dimension row's a_key against its group's average key: a keyed single join, run as an
+    // inner join with dim_a (every group has an average) before the facts.
+    let q = "SELECT count(*) FROM fact, dim_a d WHERE f_a = d.a_key AND d.a_key > (SELECT avg(a_key) + 40 FROM dim_a x WHERE x.a_group = d.a_group)";
+    let plan = physical(&mut s, q);
+    assert!(!plan.contains("Single"), "an inner join:\n{plan}");
+    assert!(depth_of(&plan, "on=[a_group = a_group]") > depth_of(&plan, "f_a"), "dim_a meets its averages before the facts:\n{plan}");
+    // Group g holds keys g, g + 10, …, g + 90 (average g + 45): keys above g + 85 are g + 90 only.
+    assert_eq!(rows(&mut s, q), ["2000"]);
+}
