@@ -453,6 +453,12 @@ fn push_join(
             _ => None,
         })
         .collect();
+    // An inner join's keys are never NULL in its output: a left join below whose right side gives a
+    // key can run as an inner join (`as_inner_join`), told so by the key's `IS NOT NULL`.
+    if kind == JoinKind::Inner {
+        to_left.extend(not_null_keys(&left, on.iter().map(|(l, _)| l)));
+        to_right.extend(not_null_keys(&right, on.iter().map(|(_, r)| r)));
+    }
     let to_right_more = if left_to_right { transferred(&to_left, &pairs, false) } else { vec![] };
     let to_left_more = if right_to_left { transferred(&to_right, &pairs, true) } else { vec![] };
     to_right.extend(to_right_more);
@@ -542,11 +548,23 @@ fn as_inner_join(
     }
 }
 
+/// `key IS NOT NULL` for each join key over the right side of `side`, a left or single join (over
+/// tables whose joins may be reordered).
+fn not_null_keys<'a>(side: &LogicalPlan, keys: impl Iterator<Item = &'a Expr>) -> Vec<Expr> {
+    let LogicalPlan::Join { left, kind: JoinKind::Left | JoinKind::Single, null_aware: false, .. } = side else { return vec![] };
+    if !crate::join_order::orderable(side) {
+        return vec![];
+    }
+    let nl = left.schema().fields().len();
+    keys.filter(|k| null_when(k, &|c| c >= nl)).map(|k| Expr::IsNotNull(Box::new(k.clone()))).collect()
+}
+
 /// Whether a condition is never true when every column `is_null` says is NULL.
 fn rejects_nulls(e: &Expr, is_null: &dyn Fn(usize) -> bool) -> bool {
     match e {
         Expr::Binary { op: BinaryOp::And, left, right } => rejects_nulls(left, is_null) || rejects_nulls(right, is_null),
         Expr::Binary { op: BinaryOp::Or, left, right } => rejects_nulls(left, is_null) && rejects_nulls(right, is_null),
+        Expr::IsNotNull(e) => null_when(e, is_null),
         other => null_when(other, is_null),
     }
 }

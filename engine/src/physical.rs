@@ -224,8 +224,9 @@ impl PhysicalPlan {
 
     /// The scan in the same pipeline that column `column` of this plan's output comes from unchanged,
     /// with its position in the scan's output: every row here carries the value a row of that scan
-    /// had. Through filters, projections of the column, and the probe side of joins that emit probe
-    /// rows as they are (never build rows in their place, never probe columns padded with NULL).
+    /// had. Through filters, projections of the column, the probe side of joins that emit probe
+    /// rows as they are (never build rows in their place, never probe columns padded with NULL), and
+    /// inner joins' build keys (equal to their probe keys).
     pub fn scan_of_column(&self, column: usize) -> Option<(&PhysicalPlan, usize)> {
         match self {
             PhysicalPlan::Scan { .. } => Some((self, column)),
@@ -239,6 +240,16 @@ impl PhysicalPlan {
                     && column < probe.schema().fields().len() =>
             {
                 probe.scan_of_column(column)
+            }
+            // A build key of an inner join equals its probe key in every row (same type, so the same
+            // value): the probe side's column carries it.
+            PhysicalPlan::HashJoin { probe, build, kind: JoinKind::Inner, probe_keys, build_keys, keep_build: false, .. } => {
+                let (np, build_schema) = (probe.schema().fields().len(), build.schema());
+                let probe_schema = probe.schema();
+                let key = build_keys.iter().position(|b| *b == Expr::Column(column.saturating_sub(np)))?;
+                let Expr::Column(p) = probe_keys[key] else { return None };
+                let same_type = probe_schema.field(p).data_type() == build_schema.field(column - np).data_type();
+                if same_type { probe.scan_of_column(p) } else { None }
             }
             _ => None,
         }
