@@ -779,6 +779,16 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
         LogicalPlan::Window { input, calls, .. } => {
             let width = input.schema().fields().len();
             let mut need: BTreeSet<usize> = required.iter().copied().filter(|c| *c < width).collect();
+            // Only the window functions someone reads are computed; none, no window.
+            let n_calls = calls.len();
+            let kept: Vec<usize> = (0..n_calls).filter(|k| required.contains(&(width + k))).collect();
+            let calls: Vec<crate::logical::WindowCall> =
+                calls.into_iter().enumerate().filter(|(k, _)| kept.contains(k)).map(|(_, c)| c).collect();
+            if calls.is_empty() {
+                let (input, mut map) = prune(*input, &need)?;
+                map.extend((0..n_calls).map(|_| None));
+                return Ok((input, map));
+            }
             for c in &calls {
                 for e in c.args.iter().chain(&c.partition_by).chain(c.order_by.iter().map(|k| &k.expr)) {
                     need.extend(e.column_set());
@@ -800,7 +810,7 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
                 fields.push(Field::new(format!("window{i}"), c.ty.clone(), true));
             }
             let mut map = in_map;
-            map.extend((0..calls.len()).map(|k| Some(new_width + k)));
+            map.extend((0..n_calls).map(|k| kept.iter().position(|c| *c == k).map(|i| new_width + i)));
             (LogicalPlan::Window { input: Box::new(input), calls, schema: Arc::new(Schema::new(fields)) }, map)
         }
         LogicalPlan::SessionTvf { input, keys, time, gap, .. } => {

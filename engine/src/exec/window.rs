@@ -1,6 +1,8 @@
 //! Window functions (`… OVER (PARTITION BY … ORDER BY … frame)`) over input sorted by the partition
 //! and order keys, in one partition: rows are buffered until their PARTITION BY key changes, then the
-//! partition's values are computed and it is emitted with them.
+//! values of the finished partitions are computed and emitted with them. The partitions an input
+//! batch finishes are computed together (frames end at their partition's bounds), so that many small
+//! partitions cost one pass, not one each.
 
 use std::sync::Arc;
 
@@ -63,33 +65,47 @@ impl WindowOp {
         WindowOp::of(PartitionValues::Sessions { time, gap }, keys, schema, pool.reservation("SessionTvf", false))
     }
 
-    /// Computes the buffered partition's window values; its rows wait in `ready`.
-    fn flush(&mut self) -> Result<()> {
+    /// Rows buffered.
+    fn buffered(&self) -> usize {
+        self.buffer.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// Computes the window values of the buffered rows, whole partitions starting at rows `starts`
+    /// (the first at 0); their rows wait in `ready`.
+    fn flush(&mut self, starts: &[usize]) -> Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
         let batches = std::mem::take(&mut self.buffer);
-        let partition = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
+        let chunk = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
         drop(batches);
         // The concatenated copy replaces the buffered batches (slices of the input's batches).
         self.reservation.free();
-        if partition.num_rows() == 0 {
+        let n = chunk.num_rows();
+        if n == 0 {
             return Ok(());
         }
-        let batch = match &self.values {
-            PartitionValues::Calls(calls) => {
-                let mut columns = partition.columns().to_vec();
-                let shape = Shape::of(&calls[0], &partition, calls.iter().any(|c| c.frame.range_offsets()))?;
-                for call in calls {
-                    let values = compute(call, &partition, &shape)?;
-                    columns.push(if values.data_type() == &call.ty { values } else { arrow::compute::cast(&values, &call.ty)? });
+        let ends = starts.iter().skip(1).copied().chain([n]);
+        match &self.values {
+            // RANGE offsets search their partition's keys: one partition at a time.
+            PartitionValues::Calls(calls) if calls.iter().any(|c| c.frame.range_offsets()) => {
+                for (start, end) in starts.iter().zip(ends) {
+                    let batch = with_window_values(calls, &chunk.slice(*start, end - start), &[0], &self.schema)?;
+                    self.ready.push(batch);
                 }
-                RecordBatch::try_new(self.schema.clone(), columns)?
             }
-            PartitionValues::Sessions { time, gap } => sessions(&partition, *time, *gap, &self.schema)?,
-        };
-        if batch.num_rows() > 0 {
-            self.ready.push(batch);
+            PartitionValues::Calls(calls) => {
+                let batch = with_window_values(calls, &chunk, starts, &self.schema)?;
+                self.ready.push(batch);
+            }
+            PartitionValues::Sessions { time, gap } => {
+                for (start, end) in starts.iter().zip(ends) {
+                    let batch = sessions(&chunk.slice(*start, end - start), *time, *gap, &self.schema)?;
+                    if batch.num_rows() > 0 {
+                        self.ready.push(batch);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -134,26 +150,40 @@ impl Operator for WindowOp {
             }
         }
         self.last_key = Some(rows.row(rows.num_rows() - 1).owned());
-        let mut from = 0;
-        for s in starts {
-            if s > from {
-                self.hold(batch.slice(from, s - from));
-            }
-            self.flush()?;
-            from = s;
+        if let Some(&last) = starts.last() {
+            // The buffered rows and this batch's up to its last partition's start are whole
+            // partitions.
+            let buffered = self.buffered();
+            let mut chunk_starts = vec![0];
+            chunk_starts.extend(starts.iter().map(|s| buffered + s).filter(|s| *s > 0 && *s < buffered + last));
+            self.hold(batch.slice(0, last));
+            self.flush(&chunk_starts)?;
+            self.hold(batch.slice(last, batch.num_rows() - last));
+        } else {
+            self.hold(batch);
         }
-        self.hold(batch.slice(from, batch.num_rows() - from));
         self.emit(out)
     }
 
     fn on_control(&mut self, msg: Message, out: &mut Vec<Message>) -> Result<()> {
         if matches!(msg, Message::End) {
-            self.flush()?;
+            self.flush(&[0])?;
             self.emit(out)?;
         }
         out.push(msg);
         Ok(())
     }
+}
+
+/// `chunk`'s rows (partitions starting at rows `starts`) with the values of `calls` appended.
+fn with_window_values(calls: &[WindowCall], chunk: &RecordBatch, starts: &[usize], schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut columns = chunk.columns().to_vec();
+    let shape = Shape::of(&calls[0], chunk, starts, calls.iter().any(|c| c.frame.range_offsets()))?;
+    for call in calls {
+        let values = compute(call, chunk, &shape)?;
+        columns.push(if values.data_type() == &call.ty { values } else { arrow::compute::cast(&values, &call.ty)? });
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// One key's rows, sorted by time, with their sessions' bounds; rows without a time are in none.
@@ -184,10 +214,11 @@ fn sessions(p: &RecordBatch, time: usize, gap: i64, schema: &SchemaRef) -> Resul
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// A partition's peer groups (rows with equal ORDER BY keys): for each row, where its group starts
-/// and ends, and the group's number.
+/// Partitions' peer groups (rows with equal ORDER BY keys): for each row, where its partition and
+/// its group start and end, and the group's number in its partition.
 struct Shape {
-    n: usize,
+    part_start: Vec<usize>,
+    part_end: Vec<usize>,
     peer_start: Vec<usize>,
     peer_end: Vec<usize>,
     peer_group: Vec<usize>,
@@ -245,16 +276,28 @@ impl RangeKeys {
 }
 
 impl Shape {
-    /// `range`: whether a call has a RANGE frame with offsets (the calls share their ORDER BY).
-    fn of(call: &WindowCall, p: &RecordBatch, range: bool) -> Result<Shape> {
+    /// Partitions start at rows `starts` of `p` (the first at 0). `range`: whether a call has a
+    /// RANGE frame with offsets (the calls share their ORDER BY; `p` is then one partition).
+    fn of(call: &WindowCall, p: &RecordBatch, starts: &[usize], range: bool) -> Result<Shape> {
         let n = p.num_rows();
-        let mut peer_start = vec![0; n];
+        let (mut part_start, mut part_end) = (vec![0; n], vec![n; n]);
+        for (k, &start) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).copied().unwrap_or(n);
+            part_start[start..end].fill(start);
+            part_end[start..end].fill(end);
+        }
+        // Without ORDER BY every row of a partition is a peer of every other.
+        let mut peer_start = part_start.clone();
         let mut peer_group = vec![0; n];
+        let mut peer_end = part_end.clone();
         if !call.order_by.is_empty() {
             let keys = call.order_by.iter().map(|k| evaluate(&k.expr, p)).collect::<Result<Vec<_>>>()?;
             let converter = RowConverter::new(keys.iter().map(|k| SortField::new(k.data_type().clone())).collect())?;
             let rows = converter.convert_columns(&keys)?;
             for i in 1..n {
+                if part_start[i] == i {
+                    continue;
+                }
                 if rows.row(i) == rows.row(i - 1) {
                     peer_start[i] = peer_start[i - 1];
                     peer_group[i] = peer_group[i - 1];
@@ -263,16 +306,12 @@ impl Shape {
                     peer_group[i] = peer_group[i - 1] + 1;
                 }
             }
-        }
-        // Without ORDER BY every row is a peer of every other.
-        let mut peer_end = vec![n; n];
-        if !call.order_by.is_empty() {
             for i in (0..n).rev() {
-                peer_end[i] = if i + 1 < n && peer_start[i + 1] == peer_start[i] { peer_end[i + 1] } else { i + 1 };
+                peer_end[i] = if i + 1 < part_end[i] && peer_start[i + 1] == peer_start[i] { peer_end[i + 1] } else { i + 1 };
             }
         }
         let range = if range { RangeKeys::of(call, p)? } else { None };
-        Ok(Shape { n, peer_start, peer_end, peer_group, range })
+        Ok(Shape { part_start, part_end, peer_start, peer_end, peer_group, range })
     }
 
     /// The rows `[lo, hi)` of row `i`'s frame.
@@ -281,21 +320,22 @@ impl Shape {
         if let (false, Some(r)) = (f.rows, &self.range) {
             return self.range_frame(f, r, i);
         }
+        let (first, end) = (self.part_start[i], self.part_end[i]);
         let lo = match f.start {
-            FrameBound::UnboundedPreceding => 0,
-            FrameBound::Preceding(k) => i.saturating_sub(k as usize),
+            FrameBound::UnboundedPreceding => first,
+            FrameBound::Preceding(k) => i.saturating_sub(k as usize).max(first),
             FrameBound::CurrentRow if f.rows => i,
             FrameBound::CurrentRow => self.peer_start[i],
-            FrameBound::Following(k) => i.saturating_add(k as usize).min(self.n),
-            FrameBound::UnboundedFollowing => self.n,
+            FrameBound::Following(k) => i.saturating_add(k as usize).min(end),
+            FrameBound::UnboundedFollowing => end,
         };
         let hi = match f.end {
-            FrameBound::UnboundedFollowing => self.n,
-            FrameBound::Following(k) => i.saturating_add(k as usize + 1).min(self.n),
+            FrameBound::UnboundedFollowing => end,
+            FrameBound::Following(k) => i.saturating_add(k as usize + 1).min(end),
             FrameBound::CurrentRow if f.rows => i + 1,
             FrameBound::CurrentRow => self.peer_end[i],
-            FrameBound::Preceding(k) => (i + 1).saturating_sub(k as usize),
-            FrameBound::UnboundedPreceding => 0,
+            FrameBound::Preceding(k) => (i + 1).saturating_sub(k as usize).max(first),
+            FrameBound::UnboundedPreceding => first,
         };
         (lo, hi.max(lo))
     }
@@ -304,18 +344,20 @@ impl Shape {
 impl Shape {
     /// Row `i`'s RANGE frame: offsets move along the key's values (a row whose key is NULL has its
     /// NULL peers for an offset bound, as in PostgreSQL and DuckDB).
+    /// (Its partition is the whole chunk.)
     fn range_frame(&self, f: crate::logical::Frame, r: &RangeKeys, i: usize) -> (usize, usize) {
         let null = !r.valid[i];
+        let n = self.part_end[i];
         let lo = match f.start {
             FrameBound::UnboundedPreceding => 0,
             FrameBound::CurrentRow => self.peer_start[i],
-            FrameBound::UnboundedFollowing => self.n,
+            FrameBound::UnboundedFollowing => n,
             FrameBound::Preceding(_) | FrameBound::Following(_) if null => self.peer_start[i],
             FrameBound::Preceding(k) => r.first_past(r.shifted(i, k, -1), false),
             FrameBound::Following(k) => r.first_past(r.shifted(i, k, 1), false),
         };
         let hi = match f.end {
-            FrameBound::UnboundedFollowing => self.n,
+            FrameBound::UnboundedFollowing => n,
             FrameBound::CurrentRow => self.peer_end[i],
             FrameBound::UnboundedPreceding => 0,
             FrameBound::Preceding(_) | FrameBound::Following(_) if null => self.peer_end[i],
@@ -343,24 +385,29 @@ fn pick(values: &ArrayRef, index: impl Iterator<Item = Option<usize>>) -> Result
 }
 
 fn compute(call: &WindowCall, p: &RecordBatch, shape: &Shape) -> Result<ArrayRef> {
-    let n = shape.n;
+    let n = p.num_rows();
     let ints = |f: &dyn Fn(usize) -> i64| -> ArrayRef { Arc::new(Int64Array::from_iter_values((0..n).map(f))) };
+    // Row i's position in its partition, and its partition's size.
+    let (at, size) = (|i: usize| i - shape.part_start[i], |i: usize| shape.part_end[i] - shape.part_start[i]);
     Ok(match call.func {
-        WindowFunc::RowNumber => ints(&|i| i as i64 + 1),
-        WindowFunc::Rank => ints(&|i| shape.peer_start[i] as i64 + 1),
+        WindowFunc::RowNumber => ints(&|i| at(i) as i64 + 1),
+        WindowFunc::Rank => ints(&|i| at(shape.peer_start[i]) as i64 + 1),
         WindowFunc::DenseRank => ints(&|i| shape.peer_group[i] as i64 + 1),
         WindowFunc::PercentRank => Arc::new(Float64Array::from_iter_values(
-            (0..n).map(|i| if n <= 1 { 0.0 } else { shape.peer_start[i] as f64 / (n - 1) as f64 }),
+            (0..n).map(|i| if size(i) <= 1 { 0.0 } else { (shape.peer_start[i] - shape.part_start[i]) as f64 / (size(i) - 1) as f64 }),
         )),
-        WindowFunc::CumeDist => Arc::new(Float64Array::from_iter_values((0..n).map(|i| shape.peer_end[i] as f64 / n as f64))),
+        WindowFunc::CumeDist => Arc::new(Float64Array::from_iter_values(
+            (0..n).map(|i| (shape.peer_end[i] - shape.part_start[i]) as f64 / size(i) as f64),
+        )),
         WindowFunc::Ntile => {
             let k = int_arg(call, 0, p, 1)?;
             if k <= 0 {
                 return Err(RiffleError::exec("ntile(): the number of buckets must be positive"));
             }
             let k = k as usize;
-            let (base, extra) = (n / k, n % k);
             ints(&|i| {
+                let (base, extra) = (size(i) / k, size(i) % k);
+                let i = at(i);
                 if base == 0 {
                     return i as i64 + 1;
                 }
@@ -372,7 +419,10 @@ fn compute(call: &WindowCall, p: &RecordBatch, shape: &Shape) -> Result<ArrayRef
             let values = evaluate(&call.args[0], p)?;
             let offset = int_arg(call, 1, p, 1)?;
             let offset = if call.func == WindowFunc::Lag { -offset } else { offset };
-            let target = |i: usize| Some(i as i64 + offset).filter(|j| (0..n as i64).contains(j)).map(|j| j as usize);
+            let target = |i: usize| {
+                let inside = shape.part_start[i] as i64..shape.part_end[i] as i64;
+                Some(i as i64 + offset).filter(|j| inside.contains(j)).map(|j| j as usize)
+            };
             let taken = pick(&values, (0..n).map(target))?;
             match call.args.get(2) {
                 None => taken,
@@ -403,7 +453,7 @@ fn compute(call: &WindowCall, p: &RecordBatch, shape: &Shape) -> Result<ArrayRef
 /// An aggregate over each row's frame: sums and counts by prefix sums, min and max by extending the
 /// previous row's answer when the frame only grew (running and whole-partition frames).
 fn aggregate(call: &WindowCall, f: AggFunc, p: &RecordBatch, shape: &Shape) -> Result<ArrayRef> {
-    let n = shape.n;
+    let n = p.num_rows();
     let frames: Vec<(usize, usize)> = (0..n).map(|i| shape.frame(call, i)).collect();
     if f == AggFunc::CountStar {
         return Ok(Arc::new(Int64Array::from_iter_values(frames.iter().map(|(lo, hi)| (hi - lo) as i64))));
