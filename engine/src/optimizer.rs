@@ -515,17 +515,7 @@ fn as_inner_join(
                 return (right, kind);
             }
             let one_row = LogicalPlan::Values { rows: vec![vec![]], schema: Arc::new(Schema::empty()) };
-            let schema = join_schema(&one_row.schema(), &right.schema(), JoinKind::Single);
-            let single = LogicalPlan::Join {
-                left: Box::new(one_row),
-                right: Box::new(right),
-                kind: JoinKind::Single,
-                on: vec![],
-                filter: None,
-                null_aware: false,
-                schema,
-            };
-            (single, JoinKind::Inner)
+            (crate::logical::join(one_row, right, JoinKind::Single, None), JoinKind::Inner)
         }
         JoinKind::Single if rejecting => {
             // The right side's key columns, from the keys and the equalities of the condition.

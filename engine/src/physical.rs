@@ -244,11 +244,11 @@ impl PhysicalPlan {
             // A build key of an inner join equals its probe key in every row (same type, so the same
             // value): the probe side's column carries it.
             PhysicalPlan::HashJoin { probe, build, kind: JoinKind::Inner, probe_keys, build_keys, keep_build: false, .. } => {
-                let (np, build_schema) = (probe.schema().fields().len(), build.schema());
                 let probe_schema = probe.schema();
-                let key = build_keys.iter().position(|b| *b == Expr::Column(column.saturating_sub(np)))?;
+                let b = column.checked_sub(probe_schema.fields().len())?;
+                let key = build_keys.iter().position(|k| *k == Expr::Column(b))?;
                 let Expr::Column(p) = probe_keys[key] else { return None };
-                let same_type = probe_schema.field(p).data_type() == build_schema.field(column - np).data_type();
+                let same_type = probe_schema.field(p).data_type() == build.schema().field(b).data_type();
                 if same_type { probe.scan_of_column(p) } else { None }
             }
             _ => None,

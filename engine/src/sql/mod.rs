@@ -17,7 +17,7 @@ pub use scope::{Scope, ScopeColumn};
 use crate::catalog::Catalog;
 use crate::partial_agg::{self, Merge};
 use crate::error::{sql_error, Result, RiffleError};
-use crate::logical::{join_schema, AggCall, AggFunc, Expr, JoinKind, LogicalPlan, SortKey, WindowCall};
+use crate::logical::{join, join_schema, AggCall, AggFunc, Expr, JoinKind, LogicalPlan, SortKey, WindowCall};
 use crate::types::{common_type, sql_name};
 use expr::{expr_pos, is_aggregate_name, AGG_BASE, WINDOW_BASE};
 
@@ -166,11 +166,6 @@ fn project(input: LogicalPlan, exprs: Vec<Expr>, names: Vec<String>) -> LogicalP
         })
         .collect();
     LogicalPlan::Project { input: Box::new(input), exprs, schema: Arc::new(Schema::new(fields)) }
-}
-
-fn join(left: LogicalPlan, right: LogicalPlan, kind: JoinKind, filter: Option<Expr>) -> LogicalPlan {
-    let schema = join_schema(&left.schema(), &right.schema(), kind);
-    LogicalPlan::Join { left: Box::new(left), right: Box::new(right), kind, on: vec![], filter, null_aware: false, schema }
 }
 
 fn name_of(e: &ast::Expr) -> String {
