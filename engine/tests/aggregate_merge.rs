@@ -26,3 +26,45 @@ fn many_groups_merged_by_bucket_come_out_once_each() {
         assert_eq!(rows(&mut s, q), ["100000 200000 100000"], "threads={threads}");
     }
 }
+
+/// A partition whose table keeps nearly a group per row stops aggregating: its rows pass to the merge
+/// as groups of their own (`passed_rows` in EXPLAIN ANALYZE), in memory or, over the budget, on disk,
+/// and the answer is the same.
+#[test]
+fn rows_sharing_no_group_pass_to_the_merge_with_the_same_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Keys 0..150 000, then the same keys backwards: each key's two rows are far apart.
+    let key = |i: i64| if i < 150_000 { i } else { 299_999 - i };
+    let t = common::write_table(dir.path(), "t", 300_000, &[("k", &key), ("v", &|i| i), ("g", &|i| i % 10)]);
+    let by_key = "SELECT k, count(*), sum(v), min(v), max(v), avg(v) FROM t GROUP BY k";
+    for (threads, batch_size, memory_limit) in [(2, 8192, 0), (1, 8192, 0), (2, 1000, 8 << 20)] {
+        let spill = tempfile::tempdir().expect("spill dir");
+        let mut config = ExecConfig { threads, batch_size, spill_dir: Some(spill.path().to_path_buf()), ..ExecConfig::default() };
+        if memory_limit > 0 {
+            config.memory_limit = memory_limit;
+        }
+        let mut s = Session::new(config);
+        s.register_path("t", &t).expect("register");
+        let mode = format!("threads={threads} batch_size={batch_size} memory_limit={memory_limit}");
+        let got = rows(&mut s, by_key);
+        assert_eq!(got.len(), 150_000, "{mode}");
+        let mut got: Vec<(i64, String)> = got.into_iter().map(|r| (r.split(' ').next().and_then(|k| k.parse().ok()).unwrap_or(-1), r)).collect();
+        got.sort();
+        for (k, row) in got {
+            let (a, b) = (k, 299_999 - k);
+            assert_eq!(row, format!("{k} 2 {} {a} {b} {}", a + b, (a + b) as f64 / 2.0), "{mode}");
+        }
+        let analyzed = common::text(&mut s, &format!("EXPLAIN ANALYZE {by_key}"));
+        assert!(analyzed.contains("passed_rows="), "{mode}: {analyzed}");
+        let spilled = s.sql(by_key).expect("runs").stats.spill_files;
+        assert_eq!(spilled > 0, memory_limit > 0, "{mode}");
+        // Ten groups: the tables shrink their rows and keep aggregating.
+        let few = "SELECT g, count(*), sum(v) FROM t GROUP BY g";
+        let analyzed = common::text(&mut s, &format!("EXPLAIN ANALYZE {few}"));
+        assert!(!analyzed.contains("passed_rows="), "{mode}: {analyzed}");
+        let mut got = rows(&mut s, few);
+        got.sort();
+        let want: Vec<String> = (0..10).map(|g| format!("{g} 30000 {}", (0..30_000).map(|j| g + 10 * j).sum::<i64>())).collect();
+        assert_eq!(got, want, "{mode}");
+    }
+}

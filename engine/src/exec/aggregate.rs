@@ -17,7 +17,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use super::accumulators::{self, GroupsAccumulator};
 use super::group_keys::GroupKeys;
-use super::group_spill::{memory_buckets, BucketMerge};
+use super::group_spill::{by_bucket, memory_buckets, BucketMerge};
 use super::{emit_result, emit_slices, BarrierRelay, Exchange, OpMetrics, PartitionGather, Sink};
 use crate::cse::ExprList;
 use crate::error::{Result, RiffleError};
@@ -32,6 +32,14 @@ pub(super) const BUCKETS: usize = 16;
 /// Groups from which a partition's table is split into buckets at its end, to be merged in parallel
 /// (below, one table merging the others costs less than splitting them).
 const PARALLEL_MERGE_GROUPS: usize = 1 << 15;
+
+/// Input rows a partition's table aggregates before it is judged (as DataFusion probes whether
+/// partial aggregation pays).
+const PROBE_ROWS: usize = 100_000;
+
+/// A table holding more groups than this fraction of the rows it aggregated hardly shrinks its input:
+/// the partition's rows go to the merge as they are (`Passing`).
+const POOR_REDUCTION: f64 = 0.8;
 
 /// Times a bucket too big for the budget is split again into buckets, by other bits of the hash.
 pub(super) const MAX_DEPTH: usize = 4;
@@ -187,14 +195,7 @@ impl GroupTable {
     pub(super) fn new(spec: &AggSpec) -> Result<GroupTable> {
         let key_types: Vec<DataType> = spec.group.iter().map(|g| g.data_type(&spec.input_schema)).collect();
         let keys = GroupKeys::new(key_types)?;
-        let accs = spec
-            .aggs
-            .iter()
-            .map(|a| {
-                let arg = a.args.first().map(|e| accumulators::input_type(a, &e.data_type(&spec.input_schema)));
-                accumulators::create(a, arg.as_ref())
-            })
-            .collect::<Result<_>>()?;
+        let accs = spec.accumulators()?;
         // Without GROUP BY there is exactly one group, even over no rows.
         let num_groups = usize::from(matches!(keys, GroupKeys::None));
         Ok(GroupTable { keys, accs, num_groups, changed: None })
@@ -249,24 +250,9 @@ impl GroupTable {
         if let Some(changed) = &mut self.changed {
             changed.mark(&groups, self.num_groups);
         }
-        let mut values = spec.args.evaluate(batch)?.into_iter();
         // Rows per group, counted once for every count(…) whose argument has no NULL in this batch.
         let mut rows_per_group: Option<Vec<i64>> = None;
-        for (acc, call) in self.accs.iter_mut().zip(&spec.aggs) {
-            let args = call
-                .args
-                .iter()
-                .map(|_| {
-                    let v = values.next().ok_or_else(|| RiffleError::exec("aggregate argument count mismatch"))?;
-                    let want = accumulators::input_type(call, v.data_type());
-                    Ok(match (v.data_type(), &want) {
-                        // Same scale: the i128 values are already right; a cast would only re-validate them.
-                        (DataType::Decimal128(_, a), DataType::Decimal128(_, b)) if a == b => v,
-                        (have, want) if have == want => v,
-                        (_, want) => arrow::compute::cast(&v, want)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+        for ((acc, call), args) in self.accs.iter_mut().zip(&spec.aggs).zip(spec.arg_values(batch)?) {
             // Counting rows per group costs a pass over all groups: worth it while they are fewer than
             // the batch's rows.
             if matches!(call.func, AggFunc::Count | AggFunc::CountStar)
@@ -367,6 +353,16 @@ pub(super) enum Part {
     Memory(RecordBatch),
     File(SpillFile),
     Shared(Arc<SpillFile>),
+}
+
+impl Part {
+    /// Bytes it holds in memory.
+    fn size(&self) -> usize {
+        match self {
+            Part::Memory(b) => b.get_array_memory_size(),
+            Part::File(_) | Part::Shared(_) => 0,
+        }
+    }
 }
 
 /// Reads the batches of a bucket's parts in turn.
@@ -592,6 +588,62 @@ impl AggShared {
 }
 
 impl AggSpec {
+    /// Each aggregate's argument values over `batch`, of the types its accumulator takes.
+    fn arg_values(&self, batch: &RecordBatch) -> Result<Vec<Vec<ArrayRef>>> {
+        let mut values = self.args.evaluate(batch)?.into_iter();
+        self.aggs
+            .iter()
+            .map(|call| {
+                call.args
+                    .iter()
+                    .map(|_| {
+                        let v = values.next().ok_or_else(|| RiffleError::exec("aggregate argument count mismatch"))?;
+                        let want = accumulators::input_type(call, v.data_type());
+                        Ok(match (v.data_type(), &want) {
+                            // Same scale: the i128 values are already right; a cast would only re-validate them.
+                            (DataType::Decimal128(_, a), DataType::Decimal128(_, b)) if a == b => v,
+                            (have, want) if have == want => v,
+                            (_, want) => arrow::compute::cast(&v, want)?,
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Fresh accumulators, one per aggregate.
+    fn accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.aggs
+            .iter()
+            .map(|a| {
+                let arg = a.args.first().map(|e| accumulators::input_type(a, &e.data_type(&self.input_schema)));
+                accumulators::create(a, arg.as_ref())
+            })
+            .collect()
+    }
+
+    /// Every row of `batch` as a group of its own, as partial states: what a table hands over had no
+    /// two rows shared a key, without the table.
+    fn row_states(&self, batch: &RecordBatch) -> Result<Partial> {
+        let n = batch.num_rows();
+        let keys = self.group.iter().map(|g| plain(&evaluate(g, batch)?)).collect::<Result<Vec<_>>>()?;
+        let groups: Vec<u32> = (0..n as u32).collect();
+        let mut accs = self.accumulators()?;
+        let mut states = Vec::with_capacity(accs.len());
+        for (acc, args) in accs.iter_mut().zip(self.arg_values(batch)?) {
+            acc.update(&groups, n, &args)?;
+            acc.resize(n);
+            states.push(acc.state()?);
+        }
+        Ok(Partial { keys, states, num_groups: n })
+    }
+
+    /// Whether every aggregate's partial state can stand for a single row (a DISTINCT aggregate's
+    /// holds a set of values).
+    fn rows_can_pass(&self) -> bool {
+        !self.group.is_empty() && self.aggs.iter().all(|a| !a.distinct)
+    }
+
     /// How many state columns each aggregate's partial state has (to read partials back).
     pub(super) fn state_widths(&self) -> Result<Vec<usize>> {
         Ok(GroupTable::new(self)?.into_partial()?.states.iter().map(|s| s.len()).collect())
@@ -680,13 +732,97 @@ pub struct AggregateSink {
     reservation: MemoryReservation,
     /// Once the partition spilled: one open spill file per bucket.
     spilled: Option<Vec<SpillWriter>>,
+    /// Input rows the tables have aggregated, and the groups they held (those spilled too), until
+    /// they are judged.
+    rows_seen: usize,
+    groups_spilled: usize,
+    /// Once the table proved to keep nearly a group per row (TPC-DS q23's items by day): a table
+    /// only adds a second hash insert of every row before the merge, and its cache misses. Each
+    /// row then goes to its bucket as a group of its own, to be merged once.
+    passing: Option<Passing>,
+}
+
+/// Rows of a partition that aggregates no more, as partial states by bucket.
+struct Passing {
+    /// Splits rows into buckets as groups are split.
+    splitter: GroupTable,
+    /// Each bucket's rows still in memory (none once the partition spilled).
+    buckets: Vec<Vec<Part>>,
+    bytes: usize,
 }
 
 impl AggregateSink {
     pub fn new(shared: Arc<AggShared>, partition: usize) -> Result<AggregateSink> {
         let table = GroupTable::new(&shared.spec)?;
         let reservation = shared.pool.reservation(format!("HashAggregate (partition {partition})"), true);
-        Ok(AggregateSink { shared, partition, table: Some(table), reservation, spilled: None })
+        Ok(AggregateSink { shared, partition, table: Some(table), reservation, spilled: None, rows_seen: 0, groups_spilled: 0, passing: None })
+    }
+
+    /// Whether the table, judged once after `PROBE_ROWS` rows, keeps too many groups to pay.
+    fn poor_reduction(&mut self, rows: usize) -> bool {
+        if self.rows_seen >= PROBE_ROWS || !self.shared.spec.rows_can_pass() {
+            return false;
+        }
+        self.rows_seen += rows;
+        let groups = self.groups_spilled + self.table.as_ref().map_or(0, GroupTable::num_groups);
+        self.rows_seen >= PROBE_ROWS && groups as f64 > POOR_REDUCTION * self.rows_seen as f64
+    }
+
+    /// Hands the table's groups to the buckets and lets the rows pass from now on.
+    fn start_passing(&mut self) -> Result<()> {
+        let shared = self.shared.clone();
+        let spec = &shared.spec;
+        let buckets = if self.spilled.is_some() {
+            self.spill()?;
+            (0..BUCKETS).map(|_| Vec::new()).collect()
+        } else {
+            let table = self.table.replace(GroupTable::new(spec)?);
+            let partial = table.ok_or_else(|| RiffleError::exec("aggregate input after its end"))?.into_partial()?;
+            memory_buckets(spec, [partial])?
+        };
+        let bytes = buckets.iter().flatten().map(Part::size).sum();
+        self.passing = Some(Passing { splitter: GroupTable::new(spec)?, buckets, bytes });
+        self.hold_passing()
+    }
+
+    /// Each row of `batch` to its bucket, as a group of its own.
+    fn pass(&mut self, batch: &RecordBatch) -> Result<()> {
+        let partial = self.shared.spec.row_states(batch)?;
+        self.shared.metrics.rows_passed.fetch_add(batch.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+        let passing = self.passing.as_mut().ok_or_else(|| RiffleError::exec("aggregate rows passing without buckets"))?;
+        for (b, part) in by_bucket(&passing.splitter, partial)? {
+            match &mut self.spilled {
+                Some(writers) => writers[b].write(&part)?,
+                None => {
+                    passing.bytes += part.get_array_memory_size();
+                    passing.buckets[b].push(Part::Memory(part));
+                }
+            }
+        }
+        self.hold_passing()
+    }
+
+    /// Reserves the passed rows held in memory, or writes them to the bucket files.
+    fn hold_passing(&mut self) -> Result<()> {
+        let Some(passing) = self.passing.as_mut() else { return Ok(()) };
+        self.shared.metrics.note_bytes(passing.bytes);
+        if self.reservation.try_resize(passing.bytes) {
+            return Ok(());
+        }
+        for (b, parts) in passing.buckets.iter_mut().enumerate() {
+            for part in std::mem::take(parts) {
+                let Part::Memory(batch) = part else { continue };
+                if self.spilled.is_none() {
+                    let writers = (0..BUCKETS).map(|_| self.shared.spill.writer(&batch.schema())).collect::<Result<Vec<_>>>()?;
+                    self.spilled = Some(writers);
+                }
+                let writers = self.spilled.as_mut().ok_or_else(|| RiffleError::exec("aggregate spill files missing"))?;
+                writers[b].write(&batch)?;
+            }
+        }
+        passing.bytes = 0;
+        self.reservation.free();
+        Ok(())
     }
 
     /// Writes the table's groups to the bucket files and starts an empty table.
@@ -696,6 +832,7 @@ impl AggregateSink {
         if table.num_groups == 0 {
             return Ok(());
         }
+        self.groups_spilled += table.num_groups;
         let buckets = table.group_buckets(0)?;
         let (batch, widths) = table.into_partial()?.into_batch()?;
         let _ = self.shared.state_widths.set(widths);
@@ -710,7 +847,9 @@ impl AggregateSink {
     }
 
     fn end(&mut self) -> Result<()> {
-        let local = if self.spilled.is_some() {
+        let local = if let Some(passing) = self.passing.take().filter(|_| self.spilled.is_none()) {
+            Local::Buckets(passing.buckets)
+        } else if self.spilled.is_some() {
             self.spill()?;
             let writers = self.spilled.take().unwrap_or_default();
             let files = writers.into_iter().map(|w| w.finish()).collect::<Result<Vec<_>>>()?;
@@ -737,8 +876,19 @@ impl Sink for AggregateSink {
         match msg {
             Message::Batch(b) => {
                 let started = std::time::Instant::now();
+                if self.passing.is_some() {
+                    self.pass(&b)?;
+                    self.shared.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
                 let table = self.table.as_mut().ok_or_else(|| RiffleError::exec("aggregate input after its end"))?;
                 table.update(&self.shared.spec, &b)?;
+                if self.poor_reduction(b.num_rows()) {
+                    self.start_passing()?;
+                    self.shared.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
+                let table = self.table.as_mut().ok_or_else(|| RiffleError::exec("aggregate input after its end"))?;
                 let size = table.size();
                 self.shared.metrics.note_bytes(size);
                 if !self.reservation.try_resize(size) {

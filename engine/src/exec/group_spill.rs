@@ -83,7 +83,7 @@ pub(super) fn memory_buckets(spec: &AggSpec, partials: impl IntoIterator<Item = 
 }
 
 /// A partial's groups (keyed as `splitter`'s) as batches, one per bucket that has some.
-fn by_bucket(splitter: &GroupTable, partial: Partial) -> Result<Vec<(usize, RecordBatch)>> {
+pub(super) fn by_bucket(splitter: &GroupTable, partial: Partial) -> Result<Vec<(usize, RecordBatch)>> {
     if partial.num_groups() == 0 {
         return Ok(vec![]);
     }

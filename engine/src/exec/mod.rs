@@ -226,6 +226,9 @@ pub struct OpMetrics {
     pub late_rows: AtomicU64,
     /// Rows a scan dropped by joins' runtime filters.
     pub rows_runtime_filtered: AtomicU64,
+    /// Rows a hash aggregate passed to its merge unaggregated (its partitions' tables kept nearly a
+    /// group per row).
+    pub rows_passed: AtomicU64,
 }
 
 impl OpMetrics {
@@ -284,6 +287,10 @@ impl OpMetrics {
         let filtered = self.rows_runtime_filtered.load(Ordering::Relaxed);
         if filtered > 0 {
             s.push_str(&format!(" runtime_filtered_rows={filtered}"));
+        }
+        let passed = self.rows_passed.load(Ordering::Relaxed);
+        if passed > 0 {
+            s.push_str(&format!(" passed_rows={passed}"));
         }
         s.push(']');
         s
