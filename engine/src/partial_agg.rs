@@ -57,6 +57,15 @@ pub fn partial_fields(calls: &[AggCall]) -> impl Iterator<Item = Field> + '_ {
 /// Groups `input` by `group` and merges its `partials` partial aggregates, columns from
 /// `partials_at` on. The result has `fields`: one per group key, then one per merged aggregate.
 pub fn merge(input: LogicalPlan, group: Vec<Expr>, partials_at: usize, partials: usize, merges: &[Merge], fields: Vec<Field>) -> LogicalPlan {
+    let keys = group.len();
+    let merged = merge_partials(input, group, partials_at, partials, merges, &fields[..keys]);
+    finish(merged, keys, merges, fields)
+}
+
+/// Groups `input` by `group` (keys of `key_fields`) and merges its `partials` partial aggregates,
+/// columns from `partials_at` on, into partial aggregates of the coarser groups: the keys, then the
+/// partials, as a pre-aggregate's (so they can be merged again).
+pub fn merge_partials(input: LogicalPlan, group: Vec<Expr>, partials_at: usize, partials: usize, merges: &[Merge], key_fields: &[Field]) -> LogicalPlan {
     // Each partial merges into one column, in the same order.
     let mut calls: Vec<AggCall> = (0..partials)
         .map(|i| AggCall { func: AggFunc::Sum, args: vec![Expr::Column(partials_at + i)], distinct: false, ty: DataType::Int64 })
@@ -67,11 +76,9 @@ pub fn merge(input: LogicalPlan, group: Vec<Expr>, partials_at: usize, partials:
             calls[*i].ty = ty.clone();
         }
     }
-    let keys = group.len();
-    let mut merged_fields: Vec<Field> = fields[..keys].to_vec();
+    let mut merged_fields: Vec<Field> = key_fields.to_vec();
     merged_fields.extend(partial_fields(&calls));
-    let merged = LogicalPlan::Aggregate { input: Box::new(input), group, aggs: calls, schema: Arc::new(Schema::new(merged_fields)) };
-    finish(merged, keys, merges, fields)
+    LogicalPlan::Aggregate { input: Box::new(input), group, aggs: calls, schema: Arc::new(Schema::new(merged_fields)) }
 }
 
 /// The aggregates from `input`'s rows when each already is one group: its `keys` group keys, then

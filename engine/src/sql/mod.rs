@@ -81,22 +81,35 @@ fn grouping_sets(input: LogicalPlan, group: &[Expr], left_out: &[Vec<usize>], ag
     // Several sets: each aggregates the groups of every key once computed (far fewer rows than the
     // input, which then runs once), when every aggregate merges.
     let pre = if left_out.len() > 1 { pre_aggregate(&input, group, &computed, schema) } else { None };
-    let mut branches = left_out
+    let sets: Vec<Vec<usize>> = left_out.iter().map(|dropped| (0..group.len()).filter(|g| !dropped.contains(g)).collect()).collect();
+    let set_fields: Vec<Vec<Field>> = sets
         .iter()
-        .map(|dropped| {
-            let keys: Vec<usize> = (0..group.len()).filter(|g| !dropped.contains(g)).collect();
+        .map(|keys| {
             let mut fields: Vec<Field> = keys.iter().map(|k| schema.field(*k).clone()).collect();
             let agg_fields = schema.fields()[group.len()..].iter().zip(&aggs).filter(|(_, a)| a.func != AggFunc::Grouping);
             fields.extend(agg_fields.map(|(f, _)| f.as_ref().clone()));
-            let aggregate = match &pre {
-                Some((pre, merges)) => merged_set(pre, group.len(), merges, &keys, fields),
-                None => LogicalPlan::Aggregate {
-                    input: Box::new(input.clone()),
-                    group: keys.iter().map(|k| group[*k].clone()).collect(),
-                    aggs: computed.clone(),
-                    schema: Arc::new(Schema::new(fields)),
-                },
-            };
+            fields
+        })
+        .collect();
+    let mut aggregates = match &pre {
+        Some((pre, merges)) => merged_sets(pre, group.len(), merges, &sets, &set_fields)?,
+        None => sets
+            .iter()
+            .zip(&set_fields)
+            .map(|(keys, fields)| LogicalPlan::Aggregate {
+                input: Box::new(input.clone()),
+                group: keys.iter().map(|k| group[*k].clone()).collect(),
+                aggs: computed.clone(),
+                schema: Arc::new(Schema::new(fields.clone())),
+            })
+            .collect(),
+    }
+    .into_iter();
+    let mut branches = left_out
+        .iter()
+        .zip(&sets)
+        .map(|(dropped, keys)| {
+            let aggregate = aggregates.next().ok_or_else(|| RiffleError::plan("a grouping set has no aggregate"))?;
             let mut exprs: Vec<Expr> = (0..group.len())
                 .map(|g| match keys.iter().position(|k| *k == g) {
                     Some(at) => Expr::Column(at),
@@ -141,15 +154,35 @@ fn pre_aggregate(input: &LogicalPlan, group: &[Expr], computed: &[AggCall], sche
     Some((pre, merges))
 }
 
-/// A grouping set's keys (places in the GROUP BY) and aggregates (`fields`), from `pre` (its
-/// `width` GROUP BY keys, then the partial aggregates).
-fn merged_set(pre: &LogicalPlan, width: usize, merges: &[Merge], keys: &[usize], fields: Vec<Field>) -> LogicalPlan {
-    if keys.len() == width {
-        // The finest set: the pre-aggregate's groups are its groups.
-        return partial_agg::finish(pre.clone(), width, merges, fields);
-    }
+/// Each grouping set's keys (`sets`, places in the GROUP BY) and aggregates (`fields`), from `pre` (its
+/// `width` GROUP BY keys, then the partial aggregates). A set merges the partials of the set with the
+/// fewest keys, among those merged before and holding all of its keys: each level of a ROLLUP reads
+/// the groups of the level above, not all the finest groups again (TPC-DS q67's eight levels).
+fn merged_sets(pre: &LogicalPlan, width: usize, merges: &[Merge], sets: &[Vec<usize>], fields: &[Vec<Field>]) -> Result<Vec<LogicalPlan>> {
     let partials = pre.schema().fields().len() - width;
-    partial_agg::merge(pre.clone(), keys.iter().map(|k| Expr::Column(*k)).collect(), width, partials, merges, fields)
+    // Sets with more keys first, so that a set's finer sets are merged before it.
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(sets[*i].len()));
+    let mut merged: Vec<(Vec<usize>, LogicalPlan)> = vec![((0..width).collect(), pre.clone())];
+    let mut out: Vec<Option<LogicalPlan>> = vec![None; sets.len()];
+    for i in order {
+        let keys = &sets[i];
+        let (from_keys, from) = merged
+            .iter()
+            .filter(|(k, _)| keys.iter().all(|key| k.contains(key)))
+            .min_by_key(|(k, _)| k.len())
+            .ok_or_else(|| RiffleError::plan("a grouping set has a key outside the GROUP BY"))?;
+        if from_keys.len() == keys.len() {
+            // Its groups are those of the set merged already (the finest set: the pre-aggregate's).
+            out[i] = Some(partial_agg::finish(from.clone(), keys.len(), merges, fields[i].clone()));
+            continue;
+        }
+        let group = keys.iter().map(|k| Expr::Column(from_keys.iter().position(|f| f == k).unwrap_or_default())).collect();
+        let set = partial_agg::merge_partials(from.clone(), group, from_keys.len(), partials, merges, &fields[i][..keys.len()]);
+        out[i] = Some(partial_agg::finish(set.clone(), keys.len(), merges, fields[i].clone()));
+        merged.push((keys.clone(), set));
+    }
+    out.into_iter().map(|p| p.ok_or_else(|| RiffleError::plan("a grouping set has no aggregate"))).collect()
 }
 
 fn project(input: LogicalPlan, exprs: Vec<Expr>, names: Vec<String>) -> LogicalPlan {
