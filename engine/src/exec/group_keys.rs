@@ -24,6 +24,7 @@ pub(super) enum GroupKeys {
     None,
     Rows(RowKeys),
     Int(IntKeys),
+    Packed(PackedKeys),
 }
 
 pub(super) struct RowKeys {
@@ -47,6 +48,45 @@ pub(super) struct IntKeys {
     null_group: Option<u32>,
     /// To split groups into spill buckets exactly as their keys' rows would be.
     converter: RowConverter,
+}
+
+/// Several integer-like keys whose values and NULL flags fit in 128 bits together (TPC-DS's
+/// surrogate keys and ids: `(ss_item_sk, ss_customer_sk)`, `(i_brand_id, i_class_id, i_category_id)`):
+/// a group's keys are one u128 beside its id in the map, hashed and compared as a number rather than
+/// encoded as a row and compared byte by byte.
+pub(super) struct PackedKeys {
+    columns: Vec<PackedColumn>,
+    /// Each group's packed keys and id.
+    map: HashTable<(u128, u32)>,
+    /// Each group's packed keys, by id.
+    values: Vec<u128>,
+    /// To split groups into spill buckets exactly as their keys' rows would be.
+    converter: RowConverter,
+}
+
+/// Where one key sits in a packed u128: its value's low `bits` bits, the validity bit above them,
+/// `shift` bits from the bottom.
+struct PackedColumn {
+    data_type: DataType,
+    bits: u32,
+    signed: bool,
+    shift: u32,
+}
+
+/// Bits of a key of this type in a packed key, and whether its values are signed; None for types
+/// not held as integers.
+fn packed_width(t: &DataType) -> Option<(u32, bool)> {
+    use DataType::*;
+    Some(match t {
+        Int8 => (8, true),
+        UInt8 => (8, false),
+        Int16 => (16, true),
+        UInt16 => (16, false),
+        Int32 | Date32 => (32, true),
+        UInt32 => (32, false),
+        Int64 | Date64 | Timestamp(_, _) => (64, true),
+        _ => return None,
+    })
 }
 
 /// Whether a single key of this type is held as an i64 (`IntKeys`): a lossless round trip.
@@ -74,6 +114,9 @@ impl GroupKeys {
                 return Ok(GroupKeys::Int(IntKeys { data_type: t.clone(), map: HashTable::new(), values: vec![], null_group: None, converter }));
             }
         }
+        if let Some(packed) = PackedKeys::new(&types)? {
+            return Ok(GroupKeys::Packed(packed));
+        }
         GroupKeys::row_encoded(types)
     }
 
@@ -90,6 +133,7 @@ impl GroupKeys {
             GroupKeys::None => 1,
             GroupKeys::Rows(r) => r.keys.num_rows(),
             GroupKeys::Int(i) => i.values.len(),
+            GroupKeys::Packed(p) => p.values.len(),
         }
     }
 
@@ -99,6 +143,7 @@ impl GroupKeys {
             GroupKeys::None => Ok(vec![0; rows]),
             GroupKeys::Rows(r) => r.groups(keys, rows),
             GroupKeys::Int(i) => i.groups(&keys[0]),
+            GroupKeys::Packed(p) => p.groups(keys, rows),
         }
     }
 
@@ -115,6 +160,10 @@ impl GroupKeys {
                 i.map.reserve(n, |&(k, _)| hash_int(k));
                 i.values.reserve(n);
             }
+            GroupKeys::Packed(p) => {
+                p.map.reserve(n, |&(k, _)| hash_packed(k));
+                p.values.reserve(n);
+            }
         }
     }
 
@@ -130,6 +179,10 @@ impl GroupKeys {
                 let values = std::mem::take(&mut i.values);
                 Ok(vec![i.array(values)?])
             }
+            GroupKeys::Packed(p) => {
+                let values = std::mem::take(&mut p.values);
+                p.arrays(values.into_iter())
+            }
         }
     }
 
@@ -144,6 +197,7 @@ impl GroupKeys {
                 let nulls = null.map(|n| groups.iter().map(|g| *g != n).collect::<NullBuffer>());
                 Ok(vec![i.array_with(values, nulls)?])
             }
+            GroupKeys::Packed(p) => p.arrays(groups.iter().map(|g| p.values[*g as usize])),
         }
     }
 
@@ -155,6 +209,8 @@ impl GroupKeys {
             GroupKeys::Rows(r) => r.keys.size() + r.map.capacity() * 5 + r.hashes.capacity() * 8,
             // The map: a 16-byte slot and a control byte each; each group's key.
             GroupKeys::Int(i) => i.map.capacity() * 17 + i.values.capacity() * 8,
+            // The map: a 32-byte slot and a control byte each; each group's keys.
+            GroupKeys::Packed(p) => p.map.capacity() * 33 + p.values.capacity() * 16,
         }
     }
 
@@ -163,9 +219,9 @@ impl GroupKeys {
         match self {
             GroupKeys::None => Ok(vec![0; self.len()]),
             GroupKeys::Rows(r) => Ok(r.keys.iter().map(|k| bucket_of(k.as_ref(), depth)).collect()),
-            GroupKeys::Int(i) => {
-                let all: Vec<u32> = (0..i.values.len() as u32).collect();
-                self.buckets_of(&self.arrays_of(&all)?, i.values.len(), depth)
+            GroupKeys::Int(_) | GroupKeys::Packed(_) => {
+                let all: Vec<u32> = (0..self.len() as u32).collect();
+                self.buckets_of(&self.arrays_of(&all)?, self.len(), depth)
             }
         }
     }
@@ -176,6 +232,7 @@ impl GroupKeys {
             GroupKeys::None => return Ok(vec![0; rows]),
             GroupKeys::Rows(r) => &r.converter,
             GroupKeys::Int(i) => &i.converter,
+            GroupKeys::Packed(p) => &p.converter,
         };
         Ok(converter.convert_columns(keys)?.iter().map(|k| bucket_of(k.as_ref(), depth)).collect())
     }
@@ -231,16 +288,7 @@ impl IntKeys {
                     continue;
                 }
             }
-            let hash = hash_int(v);
-            let g = match self.map.find(hash, |&(k, _)| k == v) {
-                Some(&(_, g)) => g,
-                None => {
-                    let g = self.values.len() as u32;
-                    self.values.push(v);
-                    self.map.insert_unique(hash, (v, g), |&(k, _)| hash_int(k));
-                    g
-                }
-            };
+            let g = find_or_add(&mut self.map, &mut self.values, hash_int, v);
             groups.push(g);
             previous = Some((v, g));
         }
@@ -266,6 +314,118 @@ impl IntKeys {
             return Ok(wide);
         }
         Ok(arrow::compute::cast(&wide, &self.data_type)?)
+    }
+}
+
+/// The group of key `k` in a map of keys held by value, added (its key to `values`) if new.
+#[inline]
+fn find_or_add<K: Copy + PartialEq>(map: &mut HashTable<(K, u32)>, values: &mut Vec<K>, hash: fn(K) -> u64, k: K) -> u32 {
+    let h = hash(k);
+    match map.find(h, |&(stored, _)| stored == k) {
+        Some(&(_, g)) => g,
+        None => {
+            let g = values.len() as u32;
+            values.push(k);
+            map.insert_unique(h, (k, g), |&(stored, _)| hash(stored));
+            g
+        }
+    }
+}
+
+/// A hash of packed keys: the high half folded into the low one, then mixed as an i64 key is.
+#[inline]
+fn hash_packed(k: u128) -> u64 {
+    hash_int(((k as u64) ^ ((k >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as i64)
+}
+
+impl PackedKeys {
+    /// Packed keys for `types`, if there are several, all integer-like, fitting in 128 bits.
+    fn new(types: &[DataType]) -> Result<Option<PackedKeys>> {
+        if types.len() < 2 {
+            return Ok(None);
+        }
+        let Some(widths) = types.iter().map(packed_width).collect::<Option<Vec<_>>>() else { return Ok(None) };
+        if widths.iter().map(|(bits, _)| bits + 1).sum::<u32>() > 128 {
+            return Ok(None);
+        }
+        // The first key in the highest bits.
+        let mut shift = 0;
+        let mut columns: Vec<PackedColumn> = types
+            .iter()
+            .zip(widths)
+            .rev()
+            .map(|(t, (bits, signed))| {
+                let c = PackedColumn { data_type: t.clone(), bits, signed, shift };
+                shift += bits + 1;
+                c
+            })
+            .collect();
+        columns.reverse();
+        let converter = RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        Ok(Some(PackedKeys { columns, map: HashTable::new(), values: vec![], converter }))
+    }
+
+    fn groups(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
+        let mut packed = vec![0u128; rows];
+        for (column, key) in self.columns.iter().zip(keys) {
+            let wide = arrow::compute::cast(key, &DataType::Int64)?;
+            let wide = wide.as_primitive::<Int64Type>();
+            let mask = u64::MAX >> (64 - column.bits);
+            let valid = 1u128 << (column.shift + column.bits);
+            match wide.nulls().filter(|n| n.null_count() > 0) {
+                None => {
+                    for (p, v) in packed.iter_mut().zip(wide.values()) {
+                        *p |= valid | (((*v as u64) & mask) as u128) << column.shift;
+                    }
+                }
+                Some(nulls) => {
+                    for (i, (p, v)) in packed.iter_mut().zip(wide.values()).enumerate() {
+                        if nulls.is_valid(i) {
+                            *p |= valid | (((*v as u64) & mask) as u128) << column.shift;
+                        }
+                    }
+                }
+            }
+        }
+        let mut groups = Vec::with_capacity(rows);
+        let mut previous: Option<(u128, u32)> = None;
+        for k in packed {
+            // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
+            if let Some((p, g)) = previous {
+                if p == k {
+                    groups.push(g);
+                    continue;
+                }
+            }
+            let g = find_or_add(&mut self.map, &mut self.values, hash_packed, k);
+            groups.push(g);
+            previous = Some((k, g));
+        }
+        Ok(groups)
+    }
+
+    /// The keys of packed `values` as arrays of the keys' types.
+    fn arrays(&self, values: impl Iterator<Item = u128> + Clone) -> Result<Vec<ArrayRef>> {
+        self.columns
+            .iter()
+            .map(|c| {
+                let mask = u64::MAX >> (64 - c.bits);
+                let unused = 64 - c.bits;
+                let (wide, valid): (Vec<i64>, Vec<bool>) = values
+                    .clone()
+                    .map(|k| {
+                        let v = ((k >> c.shift) as u64) & mask;
+                        // Back to the i64 it was: sign-extended from its bits, or not.
+                        let v = if c.signed { ((v << unused) as i64) >> unused } else { v as i64 };
+                        (v, (k >> (c.shift + c.bits)) & 1 == 1)
+                    })
+                    .unzip();
+                let nulls = NullBuffer::from(valid);
+                let nulls = (nulls.null_count() > 0).then_some(nulls);
+                let wide: ArrayRef = Arc::new(Int64Array::new(wide.into(), nulls));
+                Ok(if c.data_type == DataType::Int64 { wide } else { arrow::compute::cast(&wide, &c.data_type)? })
+            })
+            .collect()
     }
 }
 
@@ -327,6 +487,51 @@ mod tests {
             assert_eq!(buckets, rows.buckets(depth).expect("row buckets"));
             assert_eq!(buckets, int.buckets_of(&all, int.len(), depth).expect("buckets of"));
         }
+    }
+
+    #[test]
+    fn several_integer_like_keys_packed_give_the_row_encoded_groups_keys_and_buckets() {
+        use arrow::array::{Int64Array as I64, Int8Array, UInt32Array};
+        let n = 3000;
+        let keys: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from((0..n).map(|i| (i % 11 != 0).then_some(i % 37 - 18)).collect::<Vec<_>>())),
+            Arc::new(UInt32Array::from((0..n).map(|i| (i % 13 != 0).then_some(if i % 2 == 0 { u32::MAX - (i % 5) as u32 } else { (i % 5) as u32 })).collect::<Vec<_>>())),
+            Arc::new(Int8Array::from((0..n).map(|i| Some(if i % 3 == 0 { i8::MIN } else { i8::MAX - (i % 4) as i8 })).collect::<Vec<_>>())),
+            Arc::new(Date32Array::from((0..n).map(|i| (i % 7 != 0).then_some(-(i % 9) * 1000)).collect::<Vec<_>>())),
+        ];
+        let wide: Vec<ArrayRef> = vec![
+            Arc::new(I64::from((0..n).map(|i| (i % 5 != 0).then_some(if i % 2 == 0 { i64::MIN + (i % 3) as i64 } else { i64::MAX - (i % 3) as i64 })).collect::<Vec<_>>())),
+            Arc::new(arrow::array::Int16Array::from((0..n).map(|i| (i % 4 != 0).then_some((i % 6) as i16 - 3)).collect::<Vec<_>>())),
+            Arc::new(UInt8Array::from((0..n).map(|i| Some(255 - (i % 3) as u8)).collect::<Vec<_>>())),
+        ];
+        let times: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMicrosecondArray::from((0..n).map(|i| (i % 4 != 0).then_some((i % 6) as i64 - 3)).collect::<Vec<_>>()).with_timezone("+01:00")),
+            Arc::new(Int32Array::from((0..n).map(|i| Some(i % 10 - 5)).collect::<Vec<_>>())),
+        ];
+        for keys in [keys, wide, times] {
+            let types: Vec<DataType> = keys.iter().map(|k| k.data_type().clone()).collect();
+            let mut packed = GroupKeys::new(types.clone()).expect("keys");
+            assert!(matches!(packed, GroupKeys::Packed(_)), "{types:?}");
+            let mut rows = GroupKeys::row_encoded(types.clone()).expect("row keys");
+            let groups = packed.groups(&keys, n as usize).expect("groups");
+            assert_eq!(groups, rows.groups(&keys, n as usize).expect("row groups"), "{types:?}");
+            assert_eq!(groups, packed.groups(&keys, n as usize).expect("again"), "a key seen before keeps its group");
+            assert!(packed.len() > 10, "{}", packed.len());
+            let picked: Vec<u32> = (0..packed.len() as u32).rev().step_by(3).collect();
+            let (of, row_of) = (packed.arrays_of(&picked).expect("of"), rows.arrays_of(&picked).expect("row of"));
+            for (a, b) in of.iter().zip(&row_of) {
+                assert_eq!(a.as_ref(), b.as_ref(), "{types:?}");
+            }
+            assert_eq!(packed.buckets(1).expect("buckets"), rows.buckets(1).expect("row buckets"));
+            let (all, row_all) = (packed.take_arrays().expect("all"), rows.take_arrays().expect("row all"));
+            for (a, b) in all.iter().zip(&row_all) {
+                assert_eq!(a.as_ref(), b.as_ref(), "{types:?}");
+                assert_eq!(a.data_type(), b.data_type());
+            }
+        }
+        // Past 128 bits (two i64 keys and their NULL flags): rows.
+        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64]), Ok(GroupKeys::Rows(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Utf8]), Ok(GroupKeys::Rows(_))));
     }
 
     #[test]
