@@ -55,13 +55,18 @@ pub(super) struct IntKeys {
 /// a group's keys are one u128 beside its id in the map, hashed and compared as a number rather than
 /// encoded as a row and compared byte by byte.
 pub(super) struct PackedKeys {
-    columns: Vec<PackedColumn>,
+    packing: KeyPacking,
     /// Each group's packed keys and id.
     map: HashTable<(u128, u32)>,
     /// Each group's packed keys, by id.
     values: Vec<u128>,
     /// To split groups into spill buckets exactly as their keys' rows would be.
     converter: RowConverter,
+}
+
+/// How several integer-like keys are packed into one u128 (the first key in the highest bits).
+pub(super) struct KeyPacking {
+    columns: Vec<PackedColumn>,
 }
 
 /// Where one key sits in a packed u128: its value's low `bits` bits, the validity bit above them,
@@ -334,19 +339,52 @@ fn find_or_add<K: Copy + PartialEq>(map: &mut HashTable<(K, u32)>, values: &mut 
 
 /// A hash of packed keys: the high half folded into the low one, then mixed as an i64 key is.
 #[inline]
-fn hash_packed(k: u128) -> u64 {
+pub(super) fn hash_packed(k: u128) -> u64 {
     hash_int(((k as u64) ^ ((k >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) as i64)
 }
 
 impl PackedKeys {
     /// Packed keys for `types`, if there are several, all integer-like, fitting in 128 bits.
     fn new(types: &[DataType]) -> Result<Option<PackedKeys>> {
-        if types.len() < 2 {
-            return Ok(None);
+        let Some(packing) = KeyPacking::new(types) else { return Ok(None) };
+        let converter = RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        Ok(Some(PackedKeys { packing, map: HashTable::new(), values: vec![], converter }))
+    }
+
+    fn groups(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
+        let packed = self.packing.pack(keys, rows)?;
+        let mut groups = Vec::with_capacity(rows);
+        let mut previous: Option<(u128, u32)> = None;
+        for k in packed {
+            // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
+            if let Some((p, g)) = previous {
+                if p == k {
+                    groups.push(g);
+                    continue;
+                }
+            }
+            let g = find_or_add(&mut self.map, &mut self.values, hash_packed, k);
+            groups.push(g);
+            previous = Some((k, g));
         }
-        let Some(widths) = types.iter().map(packed_width).collect::<Option<Vec<_>>>() else { return Ok(None) };
+        Ok(groups)
+    }
+
+    /// The keys of packed `values` as arrays of the keys' types.
+    fn arrays(&self, values: impl Iterator<Item = u128> + Clone) -> Result<Vec<ArrayRef>> {
+        self.packing.unpack(values)
+    }
+}
+
+impl KeyPacking {
+    /// The packing of keys of `types`, if there are several, all integer-like, fitting in 128 bits.
+    pub(super) fn new(types: &[DataType]) -> Option<KeyPacking> {
+        if types.len() < 2 {
+            return None;
+        }
+        let widths = types.iter().map(packed_width).collect::<Option<Vec<_>>>()?;
         if widths.iter().map(|(bits, _)| bits + 1).sum::<u32>() > 128 {
-            return Ok(None);
+            return None;
         }
         // The first key in the highest bits.
         let mut shift = 0;
@@ -361,11 +399,11 @@ impl PackedKeys {
             })
             .collect();
         columns.reverse();
-        let converter = RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
-        Ok(Some(PackedKeys { columns, map: HashTable::new(), values: vec![], converter }))
+        Some(KeyPacking { columns })
     }
 
-    fn groups(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
+    /// Every row's keys packed (a NULL key: its bits and flag 0).
+    pub(super) fn pack(&self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u128>> {
         let mut packed = vec![0u128; rows];
         for (column, key) in self.columns.iter().zip(keys) {
             let wide = arrow::compute::cast(key, &DataType::Int64)?;
@@ -387,25 +425,11 @@ impl PackedKeys {
                 }
             }
         }
-        let mut groups = Vec::with_capacity(rows);
-        let mut previous: Option<(u128, u32)> = None;
-        for k in packed {
-            // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
-            if let Some((p, g)) = previous {
-                if p == k {
-                    groups.push(g);
-                    continue;
-                }
-            }
-            let g = find_or_add(&mut self.map, &mut self.values, hash_packed, k);
-            groups.push(g);
-            previous = Some((k, g));
-        }
-        Ok(groups)
+        Ok(packed)
     }
 
     /// The keys of packed `values` as arrays of the keys' types.
-    fn arrays(&self, values: impl Iterator<Item = u128> + Clone) -> Result<Vec<ArrayRef>> {
+    fn unpack(&self, values: impl Iterator<Item = u128> + Clone) -> Result<Vec<ArrayRef>> {
         self.columns
             .iter()
             .map(|c| {

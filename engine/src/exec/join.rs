@@ -23,7 +23,7 @@ use std::hash::BuildHasher;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::aggregate::{bucket_of, split_by_bucket, write_by_bucket, Part, PartReader, BUCKETS, MAX_DEPTH};
-use super::group_keys::{hash_int, int_like};
+use super::group_keys::{hash_int, hash_packed, int_like, KeyPacking};
 use super::runtime_filter::{KeyValues, RuntimeFilter};
 use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
 use crate::memory::{batch_bytes, retained_bytes, MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
@@ -86,12 +86,24 @@ impl JoinSpec {
         Ok(Some(arrow::compute::cast(&key, &DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone()))
     }
 
+    /// The join keys of `batch` packed into one u128 per row (see `group_keys::KeyPacking`), when
+    /// they are several integer-like keys that fit; and which rows have a NULL key.
+    fn packed_keys(&self, batch: &RecordBatch, probe: bool) -> Result<Option<PackedKeyRows>> {
+        let types: Vec<DataType> = self.build_keys.iter().map(|b| b.data_type(&self.build_schema)).collect();
+        let Some(packing) = KeyPacking::new(&types) else { return Ok(None) };
+        let keys = self.key_arrays(batch, probe)?;
+        Ok(Some((packing.pack(&keys, batch.num_rows())?, null_mask(&keys))))
+    }
+
     /// The row-encoded join keys of `batch` (see `key_arrays`), and which rows have a NULL key.
     fn key_rows(&self, conv: &RowConverter, batch: &RecordBatch, probe: bool) -> Result<(Rows, Option<Vec<bool>>)> {
         let keys = self.key_arrays(batch, probe)?;
         Ok((conv.convert_columns(&keys)?, null_mask(&keys)))
     }
 }
+
+/// Each row's join keys packed into a u128, and which rows have a NULL key.
+type PackedKeyRows = (Vec<u128>, Option<Vec<bool>>);
 
 struct JoinTable {
     batch: RecordBatch,
@@ -105,6 +117,9 @@ struct JoinTable {
     /// keys): each distinct key beside its first build row in the map itself, so a probe reads one
     /// slot, not a slot and the stored key's bytes (see `group_keys.rs`).
     int_heads: Option<HashTable<(i64, u32)>>,
+    /// Likewise for several integer-like keys packed into one u128 (TPC-DS's returns joined to their
+    /// sales on item and ticket).
+    packed_heads: Option<HashTable<(u128, u32)>>,
     next: Vec<u32>,
     /// Of the whole build side (also when this table holds one bucket of it): rows, and whether a
     /// key is NULL (for NOT IN and IN).
@@ -122,6 +137,11 @@ impl JoinTable {
     /// The first build row whose key is the integer `key`.
     fn int_head(&self, key: i64) -> Option<u32> {
         self.int_heads.as_ref()?.find(hash_int(key), |(k, _)| *k == key).map(|(_, j)| *j)
+    }
+
+    /// The first build row whose packed keys are `key`.
+    fn packed_head(&self, key: u128) -> Option<u32> {
+        self.packed_heads.as_ref()?.find(hash_packed(key), |(k, _)| *k == key).map(|(_, j)| *j)
     }
 
     /// The first build row whose key is `key`.
@@ -410,29 +430,16 @@ impl JoinShared {
         let mut keys = None;
         let mut next = Vec::new();
         let mut has_null_key = false;
-        let mut int_heads = None;
+        let (mut int_heads, mut packed_heads) = (None, None);
         if let Some(build) = self.spec.int_key(&batch, false)? {
-            let mut map: HashTable<(i64, u32)> = HashTable::with_capacity(batch.num_rows());
-            next = vec![NONE; batch.num_rows()];
-            // Inserted back to front so each chain lists rows in input order.
-            for i in (0..batch.num_rows()).rev() {
-                if build.is_null(i) {
-                    has_null_key = true;
-                    continue;
-                }
-                let key = build.value(i);
-                let hash = hash_int(key);
-                match map.find_mut(hash, |(k, _)| *k == key) {
-                    Some((_, head)) => {
-                        next[i] = *head;
-                        *head = i as u32;
-                    }
-                    None => {
-                        map.insert_unique(hash, (key, i as u32), |(k, _)| hash_int(*k));
-                    }
-                }
-            }
+            let (map, chains, nulls) = chain_by_key(batch.num_rows(), |i| build.is_valid(i).then(|| build.value(i)), hash_int);
+            (next, has_null_key) = (chains, nulls);
             int_heads = Some(map);
+        } else if let Some((build, null_rows)) = self.spec.packed_keys(&batch, false)? {
+            let valid = |i: usize| !null_rows.as_ref().is_some_and(|n| n[i]);
+            let (map, chains, nulls) = chain_by_key(batch.num_rows(), |i| valid(i).then(|| build[i]), hash_packed);
+            (next, has_null_key) = (chains, nulls);
+            packed_heads = Some(map);
         } else if let Some(conv) = &converter {
             let (rows, null_rows) = self.spec.key_rows(conv, &batch, false)?;
             next = vec![NONE; batch.num_rows()];
@@ -474,7 +481,8 @@ impl JoinShared {
         } else {
             Vec::new()
         };
-        let int_bytes = int_heads.as_ref().map_or(0, |m: &HashTable<(i64, u32)>| m.capacity() * 17);
+        let int_bytes = int_heads.as_ref().map_or(0, |m: &HashTable<(i64, u32)>| m.capacity() * 17)
+            + packed_heads.as_ref().map_or(0, |m: &HashTable<(u128, u32)>| m.capacity() * 33);
         let bytes = retained_bytes(&batch) + keys.as_ref().map_or(0, |k: &Rows| k.size()) + heads.capacity() * 5 + int_bytes + next.len() * 4;
         self.metrics.note_bytes(bytes);
         // The rows were reserved as they arrived; the index comes on top. A nested-loop join cannot
@@ -484,7 +492,7 @@ impl JoinShared {
             reservation.grow_anyway(extra);
         }
         let (build_rows, has_null_key) = whole.unwrap_or((batch.num_rows(), has_null_key));
-        Ok(JoinTable { batch, converter, keys, heads, hasher, int_heads, next, build_rows, has_null_key, visited, _reservation: reservation })
+        Ok(JoinTable { batch, converter, keys, heads, hasher, int_heads, packed_heads, next, build_rows, has_null_key, visited, _reservation: reservation })
     }
 }
 
@@ -691,6 +699,33 @@ fn probe_key_nulls(spec: &JoinSpec, probe: &RecordBatch) -> Result<Option<Vec<bo
     Ok(null_mask(&keys))
 }
 
+/// Rows `0..n` indexed by key (`key(i)`, None for a NULL key): each distinct key beside its first row
+/// in the map, `next` chaining each row to the next with its key, in input order; and whether a key
+/// was NULL.
+fn chain_by_key<K: Copy + PartialEq>(n: usize, key: impl Fn(usize) -> Option<K>, hash: fn(K) -> u64) -> (HashTable<(K, u32)>, Vec<u32>, bool) {
+    let mut map: HashTable<(K, u32)> = HashTable::with_capacity(n);
+    let mut next = vec![NONE; n];
+    let mut has_null = false;
+    // Inserted back to front so each chain lists rows in input order.
+    for i in (0..n).rev() {
+        let Some(k) = key(i) else {
+            has_null = true;
+            continue;
+        };
+        let h = hash(k);
+        match map.find_mut(h, |(stored, _)| *stored == k) {
+            Some((_, head)) => {
+                next[i] = *head;
+                *head = i as u32;
+            }
+            None => {
+                map.insert_unique(h, (k, i as u32), |(stored, _)| hash(*stored));
+            }
+        }
+    }
+    (map, next, has_null)
+}
+
 /// Calls `f` with chunks of candidate pairs (probe row, build row): key matches for a hash join,
 /// every pair for a nested-loop join.
 fn candidates(spec: &JoinSpec, probe: &RecordBatch, table: &JoinTable, f: &mut dyn FnMut(Vec<u32>, Vec<u32>) -> Result<()>) -> Result<()> {
@@ -699,12 +734,14 @@ fn candidates(spec: &JoinSpec, probe: &RecordBatch, table: &JoinTable, f: &mut d
         Some(conv) => {
             // One integer-like key: looked up as i64; any other keys: by their encoded rows.
             let int_keys = if table.int_heads.is_some() { spec.int_key(probe, true)? } else { None };
-            let rows = if int_keys.is_none() { Some(spec.key_rows(conv, probe, true)?) } else { None };
+            let packed = if table.packed_heads.is_some() { spec.packed_keys(probe, true)? } else { None };
+            let rows = if int_keys.is_none() && packed.is_none() { Some(spec.key_rows(conv, probe, true)?) } else { None };
             for i in 0..probe.num_rows() {
-                let head = match (&int_keys, &rows) {
-                    (Some(keys), _) => keys.is_valid(i).then(|| table.int_head(keys.value(i))).flatten(),
-                    (None, Some((rows, nulls))) => (!nulls.as_ref().is_some_and(|n| n[i])).then(|| table.head(rows.row(i).as_ref())).flatten(),
-                    (None, None) => None,
+                let head = match (&int_keys, &packed, &rows) {
+                    (Some(keys), _, _) => keys.is_valid(i).then(|| table.int_head(keys.value(i))).flatten(),
+                    (None, Some((keys, nulls)), _) => (!nulls.as_ref().is_some_and(|n| n[i])).then(|| table.packed_head(keys[i])).flatten(),
+                    (None, None, Some((rows, nulls))) => (!nulls.as_ref().is_some_and(|n| n[i])).then(|| table.head(rows.row(i).as_ref())).flatten(),
+                    (None, None, None) => None,
                 };
                 let Some(head) = head else { continue };
                 let mut j = head;
