@@ -809,19 +809,38 @@ impl AggregateSink {
         if self.reservation.try_resize(passing.bytes) {
             return Ok(());
         }
-        for (b, parts) in passing.buckets.iter_mut().enumerate() {
-            for part in std::mem::take(parts) {
+        passing.bytes = 0;
+        let buckets = std::mem::replace(&mut passing.buckets, (0..BUCKETS).map(|_| Vec::new()).collect());
+        for (b, parts) in buckets.into_iter().enumerate() {
+            for part in parts {
                 let Part::Memory(batch) = part else { continue };
-                if self.spilled.is_none() {
-                    let writers = (0..BUCKETS).map(|_| self.shared.spill.writer(&batch.schema())).collect::<Result<Vec<_>>>()?;
-                    self.spilled = Some(writers);
-                }
-                let writers = self.spilled.as_mut().ok_or_else(|| RiffleError::exec("aggregate spill files missing"))?;
-                writers[b].write(&batch)?;
+                self.spill_writers(&batch.schema())?[b].write(&batch)?;
             }
         }
-        passing.bytes = 0;
         self.reservation.free();
+        Ok(())
+    }
+
+    /// Aggregates `batch` into the table (spilling it past the reservation), or passes its rows.
+    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        if self.passing.is_some() {
+            return self.pass(batch);
+        }
+        let table = self.table.as_mut().ok_or_else(|| RiffleError::exec("aggregate input after its end"))?;
+        table.update(&self.shared.spec, batch)?;
+        let size = table.size();
+        if self.poor_reduction(batch.num_rows()) {
+            return self.start_passing();
+        }
+        self.shared.metrics.note_bytes(size);
+        if !self.reservation.try_resize(size) {
+            if self.shared.spec.group.is_empty() {
+                // One group, a few bytes: nothing to spill; it is counted all the same.
+                self.reservation.grow_anyway(size - self.reservation.size());
+            } else {
+                self.spill()?;
+            }
+        }
         Ok(())
     }
 
@@ -836,14 +855,18 @@ impl AggregateSink {
         let buckets = table.group_buckets(0)?;
         let (batch, widths) = table.into_partial()?.into_batch()?;
         let _ = self.shared.state_widths.set(widths);
-        if self.spilled.is_none() {
-            let writers = (0..BUCKETS).map(|_| self.shared.spill.writer(&batch.schema())).collect::<Result<Vec<_>>>()?;
-            self.spilled = Some(writers);
-        }
-        let writers = self.spilled.as_mut().ok_or_else(|| RiffleError::exec("aggregate spill files missing"))?;
-        write_by_bucket(writers, &batch, &buckets)?;
+        write_by_bucket(self.spill_writers(&batch.schema())?, &batch, &buckets)?;
         self.reservation.free();
         Ok(())
+    }
+
+    /// The partition's bucket spill files, opened for batches of `schema` at its first spill.
+    fn spill_writers(&mut self, schema: &SchemaRef) -> Result<&mut Vec<SpillWriter>> {
+        if self.spilled.is_none() {
+            let writers = (0..BUCKETS).map(|_| self.shared.spill.writer(schema)).collect::<Result<Vec<_>>>()?;
+            self.spilled = Some(writers);
+        }
+        self.spilled.as_mut().ok_or_else(|| RiffleError::exec("aggregate spill files missing"))
     }
 
     fn end(&mut self) -> Result<()> {
@@ -876,29 +899,7 @@ impl Sink for AggregateSink {
         match msg {
             Message::Batch(b) => {
                 let started = std::time::Instant::now();
-                if self.passing.is_some() {
-                    self.pass(&b)?;
-                    self.shared.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(());
-                }
-                let table = self.table.as_mut().ok_or_else(|| RiffleError::exec("aggregate input after its end"))?;
-                table.update(&self.shared.spec, &b)?;
-                if self.poor_reduction(b.num_rows()) {
-                    self.start_passing()?;
-                    self.shared.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(());
-                }
-                let table = self.table.as_mut().ok_or_else(|| RiffleError::exec("aggregate input after its end"))?;
-                let size = table.size();
-                self.shared.metrics.note_bytes(size);
-                if !self.reservation.try_resize(size) {
-                    if self.shared.spec.group.is_empty() {
-                        // One group, a few bytes: nothing to spill; it is counted all the same.
-                        self.reservation.grow_anyway(size - self.reservation.size());
-                    } else {
-                        self.spill()?;
-                    }
-                }
+                self.add(&b)?;
                 self.shared.metrics.nanos.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             Message::End => {

@@ -96,8 +96,7 @@ fn packed_width(t: &DataType) -> Option<(u32, bool)> {
 
 /// Whether a single key of this type is held as an i64 (`IntKeys`): a lossless round trip.
 pub(super) fn int_like(t: &DataType) -> bool {
-    use DataType::*;
-    matches!(t, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Date32 | Date64 | Timestamp(_, _))
+    packed_width(t).is_some()
 }
 
 /// A hash of an i64 key: a folded 128-bit multiply, so that both the low bits (the bucket) and the
@@ -279,32 +278,7 @@ impl IntKeys {
     fn groups(&mut self, keys: &ArrayRef) -> Result<Vec<u32>> {
         let wide = arrow::compute::cast(keys, &DataType::Int64)?;
         let wide = wide.as_primitive::<Int64Type>();
-        let mut groups = Vec::with_capacity(wide.len());
-        let mut previous: Option<(i64, u32)> = None;
-        for (row, &v) in wide.values().iter().enumerate() {
-            if wide.is_null(row) {
-                groups.push(self.null_group());
-                continue;
-            }
-            // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
-            if let Some((p, g)) = previous {
-                if p == v {
-                    groups.push(g);
-                    continue;
-                }
-            }
-            let g = find_or_add(&mut self.map, &mut self.values, hash_int, v);
-            groups.push(g);
-            previous = Some((v, g));
-        }
-        Ok(groups)
-    }
-
-    fn null_group(&mut self) -> u32 {
-        *self.null_group.get_or_insert_with(|| {
-            self.values.push(0);
-            (self.values.len() - 1) as u32
-        })
+        Ok(groups_by_value(&mut self.map, &mut self.values, &mut self.null_group, hash_int, wide.iter()))
     }
 
     /// All groups' keys (`values`, in group order) as an array of the key's type.
@@ -322,19 +296,47 @@ impl IntKeys {
     }
 }
 
-/// The group of key `k` in a map of keys held by value, added (its key to `values`) if new.
-#[inline]
-fn find_or_add<K: Copy + PartialEq>(map: &mut HashTable<(K, u32)>, values: &mut Vec<K>, hash: fn(K) -> u64, k: K) -> u32 {
-    let h = hash(k);
-    match map.find(h, |&(stored, _)| stored == k) {
-        Some(&(_, g)) => g,
-        None => {
-            let g = values.len() as u32;
-            values.push(k);
-            map.insert_unique(h, (k, g), |&(stored, _)| hash(stored));
-            g
+/// The group of every key, adding the new ones, where keys are held by value: beside their group
+/// ids in `map`, and by id in `values`. A NULL key (None) is in `null_group`, made when first seen
+/// (its place in `values` holds the default).
+fn groups_by_value<K: Copy + PartialEq + Default>(
+    map: &mut HashTable<(K, u32)>,
+    values: &mut Vec<K>,
+    null_group: &mut Option<u32>,
+    hash: fn(K) -> u64,
+    keys: impl ExactSizeIterator<Item = Option<K>>,
+) -> Vec<u32> {
+    let mut groups = Vec::with_capacity(keys.len());
+    let mut previous: Option<(K, u32)> = None;
+    for key in keys {
+        let Some(k) = key else {
+            groups.push(*null_group.get_or_insert_with(|| {
+                values.push(K::default());
+                (values.len() - 1) as u32
+            }));
+            continue;
+        };
+        // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
+        if let Some((p, g)) = previous {
+            if p == k {
+                groups.push(g);
+                continue;
+            }
         }
+        let h = hash(k);
+        let g = match map.find(h, |&(stored, _)| stored == k) {
+            Some(&(_, g)) => g,
+            None => {
+                let g = values.len() as u32;
+                values.push(k);
+                map.insert_unique(h, (k, g), |&(stored, _)| hash(stored));
+                g
+            }
+        };
+        groups.push(g);
+        previous = Some((k, g));
     }
+    groups
 }
 
 /// A hash of packed keys: the high half folded into the low one, then mixed as an i64 key is.
@@ -353,21 +355,8 @@ impl PackedKeys {
 
     fn groups(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
         let packed = self.packing.pack(keys, rows)?;
-        let mut groups = Vec::with_capacity(rows);
-        let mut previous: Option<(u128, u32)> = None;
-        for k in packed {
-            // Runs of equal keys are common (sorted or clustered input): skip the hash lookup.
-            if let Some((p, g)) = previous {
-                if p == k {
-                    groups.push(g);
-                    continue;
-                }
-            }
-            let g = find_or_add(&mut self.map, &mut self.values, hash_packed, k);
-            groups.push(g);
-            previous = Some((k, g));
-        }
-        Ok(groups)
+        // A NULL among the keys is a flag inside the packed value: the packed keys are never NULL.
+        Ok(groups_by_value(&mut self.map, &mut self.values, &mut None, hash_packed, packed.into_iter().map(Some)))
     }
 
     /// The keys of packed `values` as arrays of the keys' types.

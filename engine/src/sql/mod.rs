@@ -91,7 +91,7 @@ fn grouping_sets(input: LogicalPlan, group: &[Expr], left_out: &[Vec<usize>], ag
             fields
         })
         .collect();
-    let mut aggregates = match &pre {
+    let aggregates = match &pre {
         Some((pre, merges)) => merged_sets(pre, group.len(), merges, &sets, &set_fields)?,
         None => sets
             .iter()
@@ -103,13 +103,12 @@ fn grouping_sets(input: LogicalPlan, group: &[Expr], left_out: &[Vec<usize>], ag
                 schema: Arc::new(Schema::new(fields.clone())),
             })
             .collect(),
-    }
-    .into_iter();
+    };
     let mut branches = left_out
         .iter()
         .zip(&sets)
-        .map(|(dropped, keys)| {
-            let aggregate = aggregates.next().ok_or_else(|| RiffleError::plan("a grouping set has no aggregate"))?;
+        .zip(aggregates)
+        .map(|((dropped, keys), aggregate)| {
             let mut exprs: Vec<Expr> = (0..group.len())
                 .map(|g| match keys.iter().position(|k| *k == g) {
                     Some(at) => Expr::Column(at),
