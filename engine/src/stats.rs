@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::buffer::NullBuffer;
 use arrow::row::{RowConverter, SortField};
 use riffle_formats::FileFormat;
 
@@ -328,28 +329,54 @@ fn table_distinct(source: &TableSource, cols: &[usize]) -> f64 {
     if let Some(d) = source.stats.distinct.lock().ok().and_then(|m| m.get(&key).copied()) {
         return d;
     }
-    let fields: Vec<SortField> = key.iter().map(|c| SortField::new(source.schema.field(*c).data_type().clone())).collect();
-    let Ok(converter) = RowConverter::new(fields) else { return total };
-    let mut sketch = HyperLogLog::new();
-    let all = |n: usize| (0..n).collect::<Vec<usize>>();
-    let read = read_columns(source, &key, &all, &mut |b| {
-        let rows = converter.convert_columns(b.columns())?;
-        for (i, row) in rows.iter().enumerate() {
-            // NULLs never join: they are not values.
-            if b.columns().iter().all(|c| c.is_valid(i)) {
-                sketch.add(row.as_ref());
-            }
-        }
-        Ok(true)
-    });
-    if read.is_err() {
-        return total;
-    }
+    let Ok(sketch) = sketch_columns(source, &key) else { return total };
     let d = sketch.estimate().min(total).max(1.0);
     if let Ok(mut m) = source.stats.distinct.lock() {
         m.insert(key, d);
     }
     d
+}
+
+/// A sketch of table columns `cols` over every row. This is the cost of a table's first join in a
+/// process, so the morsels are read on as many threads as the machine has, one sketch each, merged
+/// (the same sketch as one thread's: a register keeps the largest rank added, in any order).
+fn sketch_columns(source: &TableSource, cols: &[usize]) -> crate::error::Result<HyperLogLog> {
+    let morsels = match &source.data {
+        TableData::Memory(batches) => batches.len(),
+        TableData::Files { morsels, .. } => morsels.len(),
+        _ => 0,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, morsels.max(1));
+    let fields: Vec<SortField> = cols.iter().map(|c| SortField::new(source.schema.field(*c).data_type().clone())).collect();
+    let sketch_share = |share: usize| -> crate::error::Result<HyperLogLog> {
+        let converter = RowConverter::new(fields.clone())?;
+        let mut sketch = HyperLogLog::new();
+        let pick = |n: usize| (share..n).step_by(threads).collect::<Vec<usize>>();
+        read_columns(source, cols, &pick, &mut |b| {
+            let rows = converter.convert_columns(b.columns())?;
+            // NULLs never join: they are not values.
+            let nulls = b.columns().iter().fold(None, |acc: Option<NullBuffer>, c| NullBuffer::union(acc.as_ref(), c.logical_nulls().as_ref()));
+            match nulls {
+                None => rows.iter().for_each(|r| sketch.add(r.as_ref())),
+                Some(n) => n.valid_indices().for_each(|i| sketch.add(rows.row(i).as_ref())),
+            }
+            Ok(true)
+        })?;
+        Ok(sketch)
+    };
+    let shares: Vec<crate::error::Result<HyperLogLog>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads).map(|share| s.spawn(move || sketch_share(share))).collect();
+        let mut shares = vec![sketch_share(0)];
+        for h in handles {
+            shares.push(h.join().unwrap_or_else(|_| Err(crate::error::RiffleError::plan("a statistics thread failed"))));
+        }
+        shares
+    });
+    let mut merged = HyperLogLog::new();
+    for share in shares {
+        merged.merge(&share?);
+    }
+    Ok(merged)
 }
 
 /// A guess at the fraction of rows passing `p`, for filters that cannot be measured.
@@ -412,6 +439,12 @@ impl HyperLogLog {
         }
     }
 
+    fn merge(&mut self, other: &HyperLogLog) {
+        for (r, o) in self.registers.iter_mut().zip(&other.registers) {
+            *r = (*r).max(*o);
+        }
+    }
+
     fn estimate(&self) -> f64 {
         let m = self.registers.len() as f64;
         let sum: f64 = self.registers.iter().map(|r| 2f64.powi(-(*r as i32))).sum();
@@ -463,6 +496,18 @@ mod tests {
             let err = (e - n as f64).abs() / n as f64;
             assert!(err < 0.05, "{n} distinct values estimated as {e}");
         }
+    }
+
+    #[test]
+    fn sketches_of_shares_merge_into_the_sketch_of_all() {
+        let (mut all, mut even, mut odd) = (HyperLogLog::new(), HyperLogLog::new(), HyperLogLog::new());
+        for i in 0..50_000u64 {
+            all.add(&i.to_le_bytes());
+            let half = if i % 2 == 0 { &mut even } else { &mut odd };
+            half.add(&i.to_le_bytes());
+        }
+        even.merge(&odd);
+        assert_eq!(even.registers, all.registers);
     }
 
     #[test]
