@@ -139,8 +139,10 @@ fn copy_writes_atomically_and_reads_back() {
 
 #[test]
 fn ctrl_c_during_a_spilling_sort_removes_the_spill_files() {
-    let spill = tempfile::tempdir().expect("tempdir");
-    let dir = spill.path().to_string_lossy().into_owned();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A spill dir that does not exist yet is made.
+    let spill = tmp.path().join("spill");
+    let dir = spill.to_string_lossy().into_owned();
     let sql = "SELECT count(*) FROM (SELECT * FROM gensort(50000000) ORDER BY key)";
     let child = Command::new(env!("CARGO_BIN_EXE_riffle"))
         .args(["sql", "--memory-limit", "20MB", "--spill-dir", &dir, "-c", sql])
@@ -150,7 +152,7 @@ fn ctrl_c_during_a_spilling_sort_removes_the_spill_files() {
         .expect("riffle starts");
     // Wait until the sort has written spill files.
     let has_spill_files = || {
-        std::fs::read_dir(spill.path())
+        std::fs::read_dir(&spill)
             .into_iter()
             .flatten()
             .flatten()
@@ -166,7 +168,7 @@ fn ctrl_c_during_a_spilling_sort_removes_the_spill_files() {
     let o = child.wait_with_output().expect("riffle exits");
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(stdout(&o).is_empty(), "no partial result on stdout: {}", stdout(&o));
-    assert_eq!(std::fs::read_dir(spill.path()).expect("spill dir").count(), 0, "spill directory left behind");
+    assert_eq!(std::fs::read_dir(&spill).expect("spill dir").count(), 0, "spill directory left behind");
 }
 
 /// The first `n` lines `riffle sql --stream --format csv` prints for an endless query, then kills it.
@@ -425,11 +427,15 @@ fn kill_test_flags(job: &str, min_rows: usize, first_kill_ms: u64, read: Option<
     let o = riffle(&["sql", "-c", &job("batch")], None);
     assert!(o.status.success(), "{}", stderr(&o));
     let checkpoints = work.path().join("checkpoints");
+    // A killed run leaves its spill directory behind (the next run removes it): here, not in /tmp.
+    let spill = work.path().join("spill");
     // Runs alternate between 2 threads and 1: state saved by either is restored into the other.
     let stream_args = |sql: &str, run: usize| -> Vec<String> {
         let threads = if run.is_multiple_of(2) { "2" } else { "1" };
-        ["sql", "--stream", "--threads", threads, "--checkpoint-dir", checkpoints.to_str().unwrap_or_default(), "--checkpoint-interval", "50ms"]
+        let dirs = ["--checkpoint-dir", checkpoints.to_str().unwrap_or_default(), "--spill-dir", spill.to_str().unwrap_or_default()];
+        ["sql", "--stream", "--threads", threads, "--checkpoint-interval", "50ms"]
             .iter()
+            .chain(&dirs)
             .chain(flags)
             .chain(&["-c", sql])
             .map(|s| s.to_string())

@@ -144,6 +144,9 @@ impl SpillManager {
             return Err(RiffleError::exec("the process is being interrupted: no new spill files"));
         }
         remove_stale_dirs(&self.base);
+        // A spill dir that does not exist yet is made (as DuckDB makes its temp_directory); one that
+        // cannot be made fails below, saying where.
+        let _ = std::fs::create_dir_all(&self.base);
         let made = tempfile::Builder::new().prefix(&format!("{DIR_PREFIX}{}-", std::process::id())).tempdir_in(&self.base).map_err(|e| {
             RiffleError::exec(format!(
                 "cannot create a spill directory in '{}': {e}; choose a writable directory with --spill-dir",
