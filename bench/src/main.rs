@@ -36,6 +36,9 @@ enum Command {
         runs: usize,
         #[arg(long)]
         threads: Option<usize>,
+        /// The memory budget, e.g. 4GB (default: the engine's).
+        #[arg(long)]
+        memory_limit: Option<String>,
     },
     /// TPC-H queries on Parquet data (made by `gen tpch` or `../shared/peers/gen_tpch.sh SF DIR`), with
     /// peers measured in the same command.
@@ -175,6 +178,9 @@ struct SuiteArgs {
     threads: usize,
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// The memory budget of every engine, e.g. 4GB (Riffle spills past it; default: each engine's own).
+    #[arg(long)]
+    memory_limit: Option<String>,
     /// Where the peers kit lives.
     #[arg(long, default_value = "../shared/peers")]
     peers_kit: PathBuf,
@@ -187,7 +193,7 @@ fn main() -> anyhow::Result<()> {
         eprintln!("riffle-bench compiled for {}", build_target());
     }
     match command {
-        Command::Run { data, sql, out, runs, threads } => run(&data, &sql, out.as_deref(), runs, threads),
+        Command::Run { data, sql, out, runs, threads, memory_limit } => run(&data, &sql, out.as_deref(), runs, threads, memory_limit.as_deref()),
         Command::Tpch(args) | Command::Tpcds(args) => suite(&args),
         Command::Nexmark { input, events, queries, threads, repeat, peers, peers_kit, checkpoint_ms, rate, memory_limit } => {
             let memory_limit = memory_limit.map(|m| riffle_engine::memory::parse_memory_size(&m).map_err(|e| anyhow::anyhow!(e))).transpose()?;
@@ -269,10 +275,13 @@ fn generate(benchmark: &str, sf: f64, out: &Path, threads: Option<usize>) -> any
     Ok(())
 }
 
-fn run(data: &Path, sql: &Path, out: Option<&Path>, runs: usize, threads: Option<usize>) -> anyhow::Result<()> {
+fn run(data: &Path, sql: &Path, out: Option<&Path>, runs: usize, threads: Option<usize>, memory_limit: Option<&str>) -> anyhow::Result<()> {
     let mut config = ExecConfig::default();
     if let Some(t) = threads {
         config.threads = t.max(1);
+    }
+    if let Some(m) = memory_limit {
+        config.memory_limit = riffle_engine::memory::parse_memory_size(m).map_err(|e| anyhow::anyhow!(e))?;
     }
     let mut session = Session::new(config);
     session.register_parquet_dir(data)?;
@@ -304,10 +313,10 @@ fn suite(args: &SuiteArgs) -> anyhow::Result<()> {
     }
     let me = std::env::current_exe()?;
     let engines: Vec<&str> = std::iter::once("riffle").chain(args.peers.split(',').filter(|p| !p.is_empty())).collect();
-    let cmd = format!(
-        "riffle={} run --data {{data}} --sql {{sql}} --out {{out}} --runs {{runs}} --threads {{threads}}",
-        me.display()
-    );
+    let mut cmd = format!("riffle={} run --data {{data}} --sql {{sql}} --out {{out}} --runs {{runs}} --threads {{threads}}", me.display());
+    if args.memory_limit.is_some() {
+        cmd.push_str(" --memory-limit {memory_limit}");
+    }
     let mut bench = std::process::Command::new(&script);
     bench
         .args(["--engine", &engines.join(",")])
@@ -321,6 +330,9 @@ fn suite(args: &SuiteArgs) -> anyhow::Result<()> {
         .args(["--threads", &args.threads.to_string(), "--repeat", &args.repeat.to_string()]);
     if let Some(only) = &args.queries {
         bench.args(["--only", only]);
+    }
+    if let Some(limit) = &args.memory_limit {
+        bench.args(["--memory-limit", limit]);
     }
     let status = bench
         .status()
