@@ -549,14 +549,34 @@ fn round(args: &[ArrayRef], ty: &DataType) -> Result<ArrayRef> {
                     if a.is_null(i) || digits.is_some_and(|d| d.is_null(i)) {
                         return None;
                     }
-                    let d = digits.map(|d| d.value(i)).unwrap_or(0) as i32;
-                    let m = 10f64.powi(d);
-                    Some((a.value(i) * m).round() / m)
+                    Some(round_float(a.value(i), digits.map(|d| d.value(i)).unwrap_or(0)))
                 })
                 .collect();
             Ok(cast(&(Arc::new(out) as ArrayRef), ty)?)
         }
         _ => Ok(args[0].clone()),
+    }
+}
+
+/// `x` rounded to `digits` decimal places, halves away from zero, as the exact binary value of `x`
+/// rounds (as DuckDB's): 0.975 is 0.97499999999999997… and rounds to 0.97, though `x * 100` lands
+/// on 97.5; 0.125 is exact and rounds to 0.13.
+fn round_float(x: f64, digits: i64) -> f64 {
+    let d = digits.clamp(-308, 308) as i32;
+    let m = 10f64.powi(d);
+    let y = x * m;
+    if !y.is_finite() || d < 0 || (y - y.trunc()).abs() != 0.5 {
+        return y.round() / m;
+    }
+    // `y` is a tie: the digits of `x` past the kept ones decide (enough of them to tell a value of
+    // 17 significant digits from the halfway point).
+    let text = format!("{:.*}", d as usize + 40, x.abs());
+    let past = text.split_once('.').map_or("", |(_, f)| &f[(d as usize).min(f.len())..]);
+    let halfway = format!("5{}", "0".repeat(past.len().saturating_sub(1)));
+    if past < halfway.as_str() {
+        y.trunc() / m
+    } else {
+        y.round() / m
     }
 }
 
