@@ -502,6 +502,15 @@ impl Binder<'_> {
                 other => other,
             });
         }
+        if let (Some(part), [value]) = (date_part_function(&name), args.as_slice()) {
+            // DuckDB's year(d), month(d), …: date_part('year', d).
+            let part = Expr::lit(Scalar(Arc::new(StringArray::from(vec![part]))));
+            let bound = vec![part, self.bind_expr(value, cx)?];
+            return self.call(ScalarFunc::DatePart, bound, cx.scope).map_err(|err| match err {
+                RiffleError::Plan(m) => sql_error(m, expr_pos(e)),
+                other => other,
+            });
+        }
         let Some(func) = ScalarFunc::from_name(&name) else {
             let known = function_names().chain(AGGREGATES.iter().copied());
             let hint = closest(&name, known).map(|c| format!("; did you mean '{c}'?")).unwrap_or_default();
@@ -754,4 +763,27 @@ impl Binder<'_> {
         }
         Ok(add(AggCall { func, args: bound, distinct, ty }))
     }
+}
+
+/// The date part a one-argument function of DuckDB's (`year(d)`, `dayofweek(d)`, …) extracts.
+fn date_part_function(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "year" => "year",
+        "quarter" => "quarter",
+        "month" => "month",
+        "week" | "weekofyear" => "week",
+        "day" | "dayofmonth" => "day",
+        "dayofweek" => "dayofweek",
+        "isodow" => "isodow",
+        "dayofyear" => "dayofyear",
+        "hour" => "hour",
+        "minute" => "minute",
+        "second" => "second",
+        "millisecond" => "millisecond",
+        "microsecond" => "microsecond",
+        "isoyear" => "isoyear",
+        "decade" => "decade",
+        "century" => "century",
+        _ => return None,
+    })
 }
