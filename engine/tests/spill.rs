@@ -150,10 +150,13 @@ fn spill_files_are_removed_when_the_query_fails() {
 
 #[test]
 fn an_unwritable_spill_dir_is_a_clear_error() {
-    let s = Session::new(config(1, 1, Path::new("/nonexistent/riffle-spill")));
+    // A spill dir that does not exist is made, so this one is below a file (not even root can).
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let dir = file.path().join("riffle-spill");
+    let s = Session::new(config(1, 1, &dir));
     let (_, physical) = s.plan_sql("SELECT * FROM gensort(10000) ORDER BY key").expect("plans");
     let err = riffle_engine::exec::execute(&physical, &s.config).err().expect("must fail").to_string();
-    assert!(err.contains("cannot create a spill directory in '/nonexistent/riffle-spill'"), "{err}");
+    assert!(err.contains(&format!("cannot create a spill directory in '{}'", dir.display())), "{err}");
     assert!(err.contains("--spill-dir"), "{err}");
 }
 
