@@ -22,7 +22,8 @@ pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let plan = push_filters(plan)?;
     // Pushed-down predicates meet the constants of the projections they passed through
     // (`sale_type = 's'` over a CTE branch that sets sale_type to 'w'): fold again.
-    let mut plan = fold_plan(plan)?;
+    let plan = fold_plan(plan)?;
+    let mut plan = map_plan(plan, &mut |p| Ok(lift_left_join(p)))?;
     crate::join_order::reorder_joins(&mut plan);
     let plan = crate::eager_aggregate::push_aggregates(plan)?;
     let schema = plan.schema();
@@ -30,6 +31,115 @@ pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let (plan, map) = prune(plan, &all)?;
     let plan = restore(plan, &map, &schema);
     push_limits(plan)
+}
+
+/// `(A LEFT JOIN B) JOIN C` with a condition on A and C only is `(A JOIN C) LEFT JOIN B` (and so
+/// with C on the left): each row of A meets the same rows of C, then the same rows of B. Lifted, the
+/// inner joins of A are ordered together and may shrink A (TPC-DS q40's and q80's sales joined with
+/// a few weeks of dates) before the outer join hashes one side: the smaller one, which is then often
+/// A's. Bounded inputs only (a stream's outer join emits and retracts in its own order).
+fn lift_left_join(plan: LogicalPlan) -> LogicalPlan {
+    let LogicalPlan::Join { left, right, kind: JoinKind::Inner, on, filter, null_aware: false, schema } = plan else { return plan };
+    // A join lifted below puts its columns back in order with a projection: the projection goes
+    // above this join too, so that the outer join can keep rising.
+    let left = match *left {
+        LogicalPlan::Project { input, exprs, schema: project_schema } => {
+            let columns: Option<Vec<usize>> = exprs.iter().map(|e| if let Expr::Column(c) = e { Some(*c) } else { None }).collect();
+            match columns {
+                Some(columns) if matches!(input.as_ref(), LogicalPlan::Join { kind: JoinKind::Left, .. }) => {
+                    let (np, ni, nr) = (columns.len(), input.schema().fields().len(), right.schema().fields().len());
+                    let through = |c: usize| if c < np { columns[c] } else { c - np + ni };
+                    let on = on.into_iter().map(|(l, r)| (l.remap(&|c| columns[c]), r)).collect();
+                    let joined = lift_left_join(LogicalPlan::Join {
+                        schema: join_schema(&input.schema(), &right.schema(), JoinKind::Inner),
+                        left: input,
+                        right,
+                        kind: JoinKind::Inner,
+                        on,
+                        filter: filter.map(|f| f.remap(&through)),
+                        null_aware: false,
+                    });
+                    let exprs: Vec<Expr> = (0..np + nr).map(|c| Expr::Column(through(c))).collect();
+                    // One projection, not one per join the outer join rose through.
+                    return match joined {
+                        LogicalPlan::Project { input, exprs: inner, .. } if inner.iter().all(|e| matches!(e, Expr::Column(_))) => {
+                            let exprs = exprs.iter().map(|e| e.clone().remap(&|c| if let Expr::Column(i) = &inner[c] { *i } else { c })).collect();
+                            LogicalPlan::Project { input, exprs, schema }
+                        }
+                        joined => LogicalPlan::Project { input: Box::new(joined), exprs, schema },
+                    };
+                }
+                _ => Box::new(LogicalPlan::Project { input, exprs, schema: project_schema }),
+            }
+        }
+        other => Box::new(other),
+    };
+    let lifts = |outer: &LogicalPlan, other: &LogicalPlan, outer_first: bool| -> bool {
+        let LogicalPlan::Join { left: a, kind: JoinKind::Left, null_aware: false, .. } = outer else { return false };
+        let (na, nc) = (a.schema().fields().len(), other.schema().fields().len());
+        // The columns of B in the inner join's output, which its condition must not read.
+        let b_start = if outer_first { na } else { nc + na };
+        let b_end = b_start + outer.schema().fields().len() - na;
+        let outer_keys_in_a = on.iter().all(|(l, r)| {
+            let key = if outer_first { l } else { r };
+            key.column_set().iter().all(|c| *c < na)
+        });
+        let filter_avoids_b = filter.as_ref().is_none_or(|f| f.column_set().iter().all(|c| *c < b_start || *c >= b_end));
+        outer_keys_in_a && filter_avoids_b && crate::join_order::bounded(outer) && crate::join_order::bounded(other)
+    };
+    if lifts(&left, &right, true) {
+        let LogicalPlan::Join { left: a, right: b, on: on_ab, filter: filter_ab, .. } = *left else { unreachable!() };
+        let (na, nb, nc) = (a.schema().fields().len(), b.schema().fields().len(), right.schema().fields().len());
+        // [A, B, C] -> [A, C] for the inner join's filter, [A, B] -> [A, C, B] for the outer one's.
+        let filter_ac = filter.map(|f| f.remap(&|c| if c < na { c } else { c - nb }));
+        let ac = lift_left_join(LogicalPlan::Join {
+            schema: join_schema(&a.schema(), &right.schema(), JoinKind::Inner),
+            left: a,
+            right,
+            kind: JoinKind::Inner,
+            on,
+            filter: filter_ac,
+            null_aware: false,
+        });
+        let filter_acb = filter_ab.map(|f| f.remap(&|c| if c < na { c } else { c + nc }));
+        let lifted = LogicalPlan::Join {
+            schema: join_schema(&ac.schema(), &b.schema(), JoinKind::Left),
+            left: Box::new(ac),
+            right: b,
+            kind: JoinKind::Left,
+            on: on_ab,
+            filter: filter_acb,
+            null_aware: false,
+        };
+        // Back to [A, B, C].
+        let exprs = (0..na + nb + nc).map(|c| Expr::Column(if c < na { c } else if c < na + nb { c + nc } else { c - nb })).collect();
+        return LogicalPlan::Project { input: Box::new(lifted), exprs, schema };
+    }
+    if lifts(&right, &left, false) {
+        let LogicalPlan::Join { left: a, right: b, on: on_ab, filter: filter_ab, .. } = *right else { unreachable!() };
+        let nc = left.schema().fields().len();
+        // [C, A, B] keeps its order: C's and A's columns where they were.
+        let ca = lift_left_join(LogicalPlan::Join {
+            schema: join_schema(&left.schema(), &a.schema(), JoinKind::Inner),
+            left,
+            right: a,
+            kind: JoinKind::Inner,
+            on,
+            filter,
+            null_aware: false,
+        });
+        let on_cab = on_ab.into_iter().map(|(l, r)| (l.remap(&|c| c + nc), r)).collect();
+        return LogicalPlan::Join {
+            left: Box::new(ca),
+            right: b,
+            kind: JoinKind::Left,
+            on: on_cab,
+            filter: filter_ab.map(|f| f.remap(&|c| c + nc)),
+            null_aware: false,
+            schema,
+        };
+    }
+    LogicalPlan::Join { left, right, kind: JoinKind::Inner, on, filter, null_aware: false, schema }
 }
 
 // ---------------------------------------------------------------------------------------------
