@@ -15,7 +15,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use crate::error::Result;
 use crate::eval::evaluate;
 use crate::join_order::bounded;
-use crate::logical::{join_schema, BinaryOp, Expr, JoinKind, LogicalPlan, Scalar, SortKey};
+use crate::logical::{join_on, join_schema, BinaryOp, Expr, JoinKind, LogicalPlan, Scalar, SortKey};
 
 pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let plan = fold_plan(plan)?;
@@ -50,15 +50,7 @@ fn lift_left_join(plan: LogicalPlan) -> LogicalPlan {
                     let (np, ni, nr) = (columns.len(), input.schema().fields().len(), right.schema().fields().len());
                     let through = |c: usize| if c < np { columns[c] } else { c - np + ni };
                     let on = on.into_iter().map(|(l, r)| (l.remap(&|c| columns[c]), r)).collect();
-                    let joined = lift_left_join(LogicalPlan::Join {
-                        schema: join_schema(&input.schema(), &right.schema(), JoinKind::Inner),
-                        left: input,
-                        right,
-                        kind: JoinKind::Inner,
-                        on,
-                        filter: filter.map(|f| f.remap(&through)),
-                        null_aware: false,
-                    });
+                    let joined = lift_left_join(join_on(*input, *right, JoinKind::Inner, on, filter.map(|f| f.remap(&through))));
                     let exprs: Vec<Expr> = (0..np + nr).map(|c| Expr::Column(through(c))).collect();
                     // One projection, not one per join the outer join rose through.
                     return match joined {
@@ -92,25 +84,9 @@ fn lift_left_join(plan: LogicalPlan) -> LogicalPlan {
         let (na, nb, nc) = (a.schema().fields().len(), b.schema().fields().len(), right.schema().fields().len());
         // [A, B, C] -> [A, C] for the inner join's filter, [A, B] -> [A, C, B] for the outer one's.
         let filter_ac = filter.map(|f| f.remap(&|c| if c < na { c } else { c - nb }));
-        let ac = lift_left_join(LogicalPlan::Join {
-            schema: join_schema(&a.schema(), &right.schema(), JoinKind::Inner),
-            left: a,
-            right,
-            kind: JoinKind::Inner,
-            on,
-            filter: filter_ac,
-            null_aware: false,
-        });
+        let ac = lift_left_join(join_on(*a, *right, JoinKind::Inner, on, filter_ac));
         let filter_acb = filter_ab.map(|f| f.remap(&|c| if c < na { c } else { c + nc }));
-        let lifted = LogicalPlan::Join {
-            schema: join_schema(&ac.schema(), &b.schema(), JoinKind::Left),
-            left: Box::new(ac),
-            right: b,
-            kind: JoinKind::Left,
-            on: on_ab,
-            filter: filter_acb,
-            null_aware: false,
-        };
+        let lifted = join_on(ac, *b, JoinKind::Left, on_ab, filter_acb);
         // Back to [A, B, C].
         let exprs = (0..na + nb + nc).map(|c| Expr::Column(if c < na { c } else if c < na + nb { c + nc } else { c - nb })).collect();
         return LogicalPlan::Project { input: Box::new(lifted), exprs, schema };
@@ -119,25 +95,9 @@ fn lift_left_join(plan: LogicalPlan) -> LogicalPlan {
         let LogicalPlan::Join { left: a, right: b, on: on_ab, filter: filter_ab, .. } = *right else { unreachable!() };
         let nc = left.schema().fields().len();
         // [C, A, B] keeps its order: C's and A's columns where they were.
-        let ca = lift_left_join(LogicalPlan::Join {
-            schema: join_schema(&left.schema(), &a.schema(), JoinKind::Inner),
-            left,
-            right: a,
-            kind: JoinKind::Inner,
-            on,
-            filter,
-            null_aware: false,
-        });
+        let ca = lift_left_join(join_on(*left, *a, JoinKind::Inner, on, filter));
         let on_cab = on_ab.into_iter().map(|(l, r)| (l.remap(&|c| c + nc), r)).collect();
-        return LogicalPlan::Join {
-            left: Box::new(ca),
-            right: b,
-            kind: JoinKind::Left,
-            on: on_cab,
-            filter: filter_ab.map(|f| f.remap(&|c| c + nc)),
-            null_aware: false,
-            schema,
-        };
+        return join_on(ca, *b, JoinKind::Left, on_cab, filter_ab.map(|f| f.remap(&|c| c + nc)));
     }
     LogicalPlan::Join { left, right, kind: JoinKind::Inner, on, filter, null_aware: false, schema }
 }

@@ -309,13 +309,18 @@ pub fn describe_session(keys: &[Expr], time: usize, gap: i64, schema: &Schema) -
     format!("SESSION({}, gap={}, keys=[{}])", schema.field(time).name(), crate::format::duration(gap), keys.join(", "))
 }
 
-/// The schema of a join's output.
 /// A join without equi-join keys (its condition, if any, in `filter`), with its schema.
 pub fn join(left: LogicalPlan, right: LogicalPlan, kind: JoinKind, filter: Option<Expr>) -> LogicalPlan {
-    let schema = join_schema(&left.schema(), &right.schema(), kind);
-    LogicalPlan::Join { left: Box::new(left), right: Box::new(right), kind, on: vec![], filter, null_aware: false, schema }
+    join_on(left, right, kind, vec![], filter)
 }
 
+/// A join on equi-join keys `on` (each over its side's columns) and `filter`, with its schema.
+pub fn join_on(left: LogicalPlan, right: LogicalPlan, kind: JoinKind, on: Vec<(Expr, Expr)>, filter: Option<Expr>) -> LogicalPlan {
+    let schema = join_schema(&left.schema(), &right.schema(), kind);
+    LogicalPlan::Join { left: Box::new(left), right: Box::new(right), kind, on, filter, null_aware: false, schema }
+}
+
+/// The schema of a join's output.
 pub fn join_schema(left: &Schema, right: &Schema, kind: JoinKind) -> SchemaRef {
     let nullable_left = matches!(kind, JoinKind::Right | JoinKind::Full);
     let nullable_right = matches!(kind, JoinKind::Left | JoinKind::Full | JoinKind::Single);

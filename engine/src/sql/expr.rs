@@ -502,21 +502,21 @@ impl Binder<'_> {
                 other => other,
             });
         }
-        if let (Some(part), [value]) = (date_part_function(&name), args.as_slice()) {
+        let (func, bound) = match (date_part_function(&name), args.as_slice()) {
             // DuckDB's year(d), month(d), …: date_part('year', d).
-            let part = Expr::lit(Scalar(Arc::new(StringArray::from(vec![part]))));
-            let bound = vec![part, self.bind_expr(value, cx)?];
-            return self.call(ScalarFunc::DatePart, bound, cx.scope).map_err(|err| match err {
-                RiffleError::Plan(m) => sql_error(m, expr_pos(e)),
-                other => other,
-            });
-        }
-        let Some(func) = ScalarFunc::from_name(&name) else {
-            let known = function_names().chain(AGGREGATES.iter().copied());
-            let hint = closest(&name, known).map(|c| format!("; did you mean '{c}'?")).unwrap_or_default();
-            return Err(sql_error(format!("function '{name}' does not exist{hint}"), expr_pos(e)));
+            (Some(part), [value]) => {
+                let part = Expr::lit(Scalar(Arc::new(StringArray::from(vec![part]))));
+                (ScalarFunc::DatePart, vec![part, self.bind_expr(value, cx)?])
+            }
+            _ => {
+                let Some(func) = ScalarFunc::from_name(&name) else {
+                    let known = function_names().chain(AGGREGATES.iter().copied());
+                    let hint = closest(&name, known).map(|c| format!("; did you mean '{c}'?")).unwrap_or_default();
+                    return Err(sql_error(format!("function '{name}' does not exist{hint}"), expr_pos(e)));
+                };
+                (func, args.iter().map(|a| self.bind_expr(a, cx)).collect::<Result<Vec<Expr>>>()?)
+            }
         };
-        let bound: Vec<Expr> = args.iter().map(|a| self.bind_expr(a, cx)).collect::<Result<_>>()?;
         self.call(func, bound, cx.scope).map_err(|err| match err {
             RiffleError::Plan(m) => sql_error(m, expr_pos(e)),
             other => other,
