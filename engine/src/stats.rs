@@ -164,6 +164,14 @@ pub fn distinct(&self, plan: &LogicalPlan, cols: &[usize]) -> f64 {
                 _ => n,
             }
         }
+        // A semi join keeps the rows whose keys the right side holds: at most its distinct keys.
+        LogicalPlan::Join { left, right, kind: JoinKind::Semi, on, .. }
+            if columns_of(&on.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>()).is_some_and(|keys| keys == cols) =>
+        {
+            let right_keys = columns_of(&on.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>());
+            let kept = right_keys.map_or(f64::INFINITY, |keys| self.distinct(right, &keys));
+            self.distinct(left, cols).min(kept)
+        }
         LogicalPlan::Join { left, right, kind, .. } => {
             let nl = left.schema().fields().len();
             let (lc, rc): (Vec<usize>, Vec<usize>) = cols.iter().partition(|c| **c < nl);

@@ -323,3 +323,35 @@ fn a_left_join_whose_right_side_an_inner_join_keys_on_is_an_inner_join() {
     let expected: i64 = (0..20_000i64).filter(|i| (i % 100) % 10 == 3).sum();
     assert_eq!(rows(&mut s, q), [format!("2000 {expected}")]);
 }
+
+#[test]
+fn an_aggregate_joined_on_its_group_key_with_few_rows_reads_only_their_groups() {
+    let (_dir, mut s) = star();
+    // TPC-H Q17's shape: the average per f_a is needed for the ten dim_a rows of one group only. The
+    // aggregate's input keeps their rows (a semi join with dim_a's filtered rows) instead of
+    // aggregating all hundred groups.
+    let q = "SELECT count(*), sum(f_id) FROM fact, dim_a WHERE f_a = a_key AND a_group = 3 \
+             AND f_id < (SELECT avg(f_id) FROM fact x WHERE x.f_a = a_key)";
+    let plan = physical(&mut s, q);
+    let aggregate = plan.lines().position(|l| l.contains("HashAggregate") && l.contains("avg")).unwrap_or_else(|| panic!("{plan}"));
+    let semi = plan.lines().nth(aggregate + 1).unwrap_or_default();
+    assert!(semi.contains("Semi") && semi.contains("f_a = a_key"), "the aggregate reads the facts of dim_a's filtered keys:\n{plan}");
+    // Key a holds ids a, a + 100, …, a + 19,900 (average a + 9,950).
+    let kept: Vec<i64> = (0..20_000i64).filter(|i| (i % 100) % 10 == 3 && *i < i % 100 + 9_950).collect();
+    assert_eq!(rows(&mut s, q), [format!("{} {}", kept.len(), kept.iter().sum::<i64>())]);
+}
+
+#[test]
+fn an_aggregate_used_twice_stays_whole_and_shared() {
+    let (_dir, mut s) = star();
+    // The CTE's two uses run once: reducing the one joined with dim_a's few keys would make them
+    // differ, and the aggregate would run twice.
+    let q = "WITH t AS (SELECT f_a, sum(f_id) AS total FROM fact GROUP BY f_a) \
+             SELECT count(*), sum(t.total) FROM t, dim_a WHERE t.f_a = a_key AND a_group = 3 \
+             AND t.total > (SELECT avg(total) FROM t)";
+    let plan = physical(&mut s, q);
+    assert!(plan.contains("Shared #0") && !plan.contains("Semi"), "{plan}");
+    // Key a's total is 200 a + 1,990,000, above the average (a = 49.5) for a ≥ 50: 53, 63, …, 93.
+    let kept: Vec<i64> = (50..100).filter(|a| a % 10 == 3).map(|a| 200 * a + 1_990_000).collect();
+    assert_eq!(rows(&mut s, q), [format!("{} {}", kept.len(), kept.iter().sum::<i64>())]);
+}
