@@ -19,6 +19,7 @@ use crate::logical::{join_on, join_schema, BinaryOp, Expr, JoinKind, LogicalPlan
 
 pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let plan = fold_plan(plan)?;
+    let plan = map_plan(plan, &mut |p| Ok(split_distinct(p)))?;
     let plan = push_filters(plan)?;
     // Pushed-down predicates meet the constants of the projections they passed through
     // (`sale_type = 's'` over a CTE branch that sets sale_type to 'w'): fold again.
@@ -31,6 +32,18 @@ pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let (plan, map) = prune(plan, &all)?;
     let plan = restore(plan, &map, &schema);
     push_limits(plan)
+}
+
+/// A bounded input's `count(DISTINCT x)` in two aggregates (`partial_agg::distinct_in_two_steps`).
+/// A stream's aggregate keeps its sets: it updates each group as rows come.
+fn split_distinct(plan: LogicalPlan) -> LogicalPlan {
+    match plan {
+        LogicalPlan::Aggregate { input, group, aggs, schema } => {
+            let split = bounded(&input).then(|| crate::partial_agg::distinct_in_two_steps(&input, &group, &aggs, &schema)).flatten();
+            split.unwrap_or(LogicalPlan::Aggregate { input, group, aggs, schema })
+        }
+        other => other,
+    }
 }
 
 /// `(A LEFT JOIN B) JOIN C` with a condition on A and C only is `(A JOIN C) LEFT JOIN B` (and so

@@ -84,13 +84,55 @@ pub fn merge_partials(input: LogicalPlan, group: Vec<Expr>, partials_at: usize, 
 /// The aggregates from `input`'s rows when each already is one group: its `keys` group keys, then
 /// one partial aggregate per column. The result has `fields`, as `merge`'s.
 pub fn finish(input: LogicalPlan, keys: usize, merges: &[Merge], fields: Vec<Field>) -> LogicalPlan {
-    let partial = |i: &usize| Expr::Column(keys + i);
-    let double = |e: Expr| Expr::Cast { expr: Box::new(e), to: DataType::Float64, safe: false };
     let mut exprs: Vec<Expr> = (0..keys).map(Expr::Column).collect();
-    exprs.extend(merges.iter().map(|m| match m {
+    exprs.extend(merges.iter().map(|m| merged(m, keys)));
+    LogicalPlan::Project { input: Box::new(input), exprs, schema: Arc::new(Schema::new(fields)) }
+}
+
+/// The aggregate `m` makes of merged partials from column `partials_at` on.
+fn merged(m: &Merge, partials_at: usize) -> Expr {
+    let partial = |i: &usize| Expr::Column(partials_at + i);
+    let double = |e: Expr| Expr::Cast { expr: Box::new(e), to: DataType::Float64, safe: false };
+    match m {
         Merge::Same(_, i, _) => partial(i),
         Merge::Count(i) => Expr::Function { func: ScalarFunc::Coalesce, args: vec![partial(i), lit_i64(0)], ty: DataType::Int64 },
         Merge::Avg(s, c) => Expr::binary(BinaryOp::Div, double(partial(s)), double(partial(c))),
-    }));
-    LogicalPlan::Project { input: Box::new(input), exprs, schema: Arc::new(Schema::new(fields)) }
+    }
+}
+
+/// `count(DISTINCT x)` (the same x in every DISTINCT aggregate, the others merging from partial
+/// ones) in two steps, as DuckDB and DataFusion do with a single distinct argument: `input` grouped
+/// by `group` and x, with the others' partials, then by `group`, counting x (each value now once)
+/// and merging the partials. The de-duplication is then the hash aggregate's (vectorized, spilling)
+/// instead of a set of values per group. `None` if the aggregates are not of that form.
+pub fn distinct_in_two_steps(input: &LogicalPlan, group: &[Expr], aggs: &[AggCall], schema: &Schema) -> Option<LogicalPlan> {
+    let distinct: Vec<&AggCall> = aggs.iter().filter(|a| a.distinct).collect();
+    let x = distinct.first()?.args.first()?.clone();
+    if !distinct.iter().all(|a| a.func == AggFunc::Count && a.args == [x.clone()]) {
+        return None;
+    }
+    let others: Vec<AggCall> = aggs.iter().filter(|a| !a.distinct).cloned().collect();
+    let input_schema = input.schema();
+    let (calls, merges) = split(&others, &input_schema)?;
+    let keys = group.len();
+    let key_fields: Vec<Field> = schema.fields()[..keys].iter().map(|f| f.as_ref().clone()).collect();
+    let mut inner_fields = key_fields.clone();
+    inner_fields.push(Field::new("distinct_value", x.data_type(&input_schema), true));
+    inner_fields.extend(partial_fields(&calls));
+    let mut inner_group = group.to_vec();
+    inner_group.push(x);
+    let inner = LogicalPlan::Aggregate { input: Box::new(input.clone()), group: inner_group, aggs: calls.clone(), schema: Arc::new(Schema::new(inner_fields)) };
+    let outer = merge_partials(inner, (0..keys).map(Expr::Column).collect(), keys + 1, calls.len(), &merges, &key_fields);
+    let LogicalPlan::Aggregate { input: inner, group: outer_group, aggs: mut outer_aggs, schema: outer_schema } = outer else { return None };
+    outer_aggs.push(AggCall { func: AggFunc::Count, args: vec![Expr::Column(keys)], distinct: false, ty: DataType::Int64 });
+    let mut outer_fields: Vec<Field> = outer_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    outer_fields.push(Field::new("distinct_count", DataType::Int64, true));
+    let outer = LogicalPlan::Aggregate { input: inner, group: outer_group, aggs: outer_aggs, schema: Arc::new(Schema::new(outer_fields)) };
+    let count = Expr::Column(keys + calls.len());
+    let mut exprs: Vec<Expr> = (0..keys).map(Expr::Column).collect();
+    let mut merges = merges.iter();
+    for a in aggs {
+        exprs.push(if a.distinct { count.clone() } else { merged(merges.next()?, keys) });
+    }
+    Some(LogicalPlan::Project { input: Box::new(outer), exprs, schema: Arc::new(schema.clone()) })
 }

@@ -68,3 +68,25 @@ fn rows_sharing_no_group_pass_to_the_merge_with_the_same_answer() {
         assert_eq!(got, want, "{mode}");
     }
 }
+
+#[test]
+fn count_distinct_of_one_argument_runs_as_two_aggregates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = common::write_table(dir.path(), "t", 50_000, &[("g", &|i| i % 7), ("x", &|i| i % 1_000), ("v", &|i| i)]);
+    let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    s.register_path("t", &t).expect("register");
+    let q = "SELECT g, count(DISTINCT x), sum(v), count(*) FROM t GROUP BY g ORDER BY g";
+    let plan = common::physical(&mut s, q);
+    assert!(!plan.contains("DISTINCT") && plan.contains("group=[g, x]"), "grouped by g and x, then by g:\n{plan}");
+    let expected: Vec<String> = (0..7i64)
+        .map(|g| {
+            let rows: Vec<i64> = (0..50_000i64).filter(|i| i % 7 == g).collect();
+            let xs: std::collections::HashSet<i64> = rows.iter().map(|i| i % 1_000).collect();
+            format!("{g} {} {} {}", xs.len(), rows.iter().sum::<i64>(), rows.len())
+        })
+        .collect();
+    assert_eq!(rows(&mut s, q), expected);
+    // Two arguments: sets of values per group.
+    let plan = common::physical(&mut s, "SELECT g, count(DISTINCT x), count(DISTINCT v) FROM t GROUP BY g");
+    assert!(plan.contains("count(DISTINCT x)"), "{plan}");
+}
