@@ -3,7 +3,10 @@
 //!
 //! Consumers are spillable (sort runs, later aggregate and join partitions) or not. A spillable
 //! consumer may hold at most its fair share of what the unspillable ones leave, so one sort partition
-//! cannot starve the other; when a reservation cannot grow, a spillable operator writes what it holds
+//! cannot starve the other. The share is among the consumers that have taken memory (and the one
+//! asking): operators of pipelines that have not started yet take none (TPC-DS q67's ROLLUP has
+//! eight aggregates, one after another, each with a partition per thread; counted all along, each
+//! aggregate spilled at a twentieth of the budget). When a reservation cannot grow, a spillable operator writes what it holds
 //! through the [`SpillManager`] and frees it. An unspillable consumer that does not fit fails the
 //! query with an error naming it and how to raise the limit.
 
@@ -26,7 +29,7 @@ struct PoolState {
     peak: usize,
     /// Bytes held by unspillable consumers.
     unspillable: usize,
-    /// Live spillable consumers, among which the rest of the budget is shared.
+    /// Live spillable consumers that have taken memory, among which the rest of the budget is shared.
     spillable_consumers: usize,
 }
 
@@ -95,18 +98,16 @@ impl MemoryPool {
 
     /// A new, empty reservation for the operator `name`.
     pub fn reservation(self: &Arc<Self>, name: impl Into<String>, spillable: bool) -> MemoryReservation {
-        if spillable {
-            self.lock().spillable_consumers += 1;
-        }
-        MemoryReservation { pool: self.clone(), name: name.into(), spillable, size: 0 }
+        MemoryReservation { pool: self.clone(), name: name.into(), spillable, size: 0, counted: false }
     }
 
-    /// What a spillable consumer may hold: an equal share of what unspillable consumers leave.
-    fn fair_share(&self, st: &PoolState) -> usize {
+    /// What a spillable consumer may hold: an equal share of what unspillable consumers leave, among
+    /// those that have taken memory and the asking one (`counted`: whether it is one of them).
+    fn fair_share(&self, st: &PoolState, counted: bool) -> usize {
         if self.force_spill {
             return 0;
         }
-        self.limit.saturating_sub(st.unspillable) / st.spillable_consumers.max(1)
+        self.limit.saturating_sub(st.unspillable) / (st.spillable_consumers + usize::from(!counted)).max(1)
     }
 }
 
@@ -117,6 +118,8 @@ pub struct MemoryReservation {
     name: String,
     spillable: bool,
     size: usize,
+    /// A spillable reservation that has taken memory: counted among those sharing the budget.
+    counted: bool,
 }
 
 impl MemoryReservation {
@@ -138,10 +141,11 @@ impl MemoryReservation {
         let mut st = self.pool.lock();
         let held = if taking && !self.spillable { st.unspillable } else { st.used };
         let fits_pool = held + bytes <= self.pool.limit;
-        let fits_share = !self.spillable || self.size + bytes <= self.pool.fair_share(&st);
+        let fits_share = !self.spillable || self.size + bytes <= self.pool.fair_share(&st, self.counted);
         if !(fits_pool && fits_share) {
             return false;
         }
+        count(self.spillable, &mut self.counted, &mut st);
         st.used += bytes;
         st.peak = st.peak.max(st.used);
         if !self.spillable {
@@ -197,6 +201,7 @@ impl MemoryReservation {
     /// (it is then counted, and others see less room).
     pub fn grow_anyway(&mut self, bytes: usize) {
         let mut st = self.pool.lock();
+        count(self.spillable, &mut self.counted, &mut st);
         st.used += bytes;
         st.peak = st.peak.max(st.used);
         if !self.spillable {
@@ -221,6 +226,9 @@ impl MemoryReservation {
         let mut other = self.pool.reservation(self.name.clone(), self.spillable);
         // The bytes stay counted in the pool; only their owner changes.
         other.size = std::mem::take(&mut self.size);
+        if other.size > 0 {
+            count(other.spillable, &mut other.counted, &mut self.pool.lock());
+        }
         other
     }
 
@@ -265,10 +273,18 @@ impl MemoryReservation {
     }
 }
 
+/// Counts a spillable reservation taking memory for the first time among those sharing the budget.
+fn count(spillable: bool, counted: &mut bool, st: &mut PoolState) {
+    if spillable && !*counted {
+        *counted = true;
+        st.spillable_consumers += 1;
+    }
+}
+
 impl Drop for MemoryReservation {
     fn drop(&mut self) {
         self.free();
-        if self.spillable {
+        if self.counted {
             let mut st = self.pool.lock();
             st.spillable_consumers = st.spillable_consumers.saturating_sub(1);
         }
@@ -363,16 +379,23 @@ mod tests {
         let pool = MemoryPool::new(1000);
         let mut a = pool.reservation("Sort", true);
         let mut b = pool.reservation("Sort", true);
+        let mut later = pool.reservation("Sort", true);
+        assert!(b.try_grow(1));
         assert!(a.try_grow(500));
         assert!(!a.try_grow(1), "a spillable consumer gets at most its fair share");
-        assert!(b.try_grow(500));
+        assert!(b.try_grow(499));
         assert_eq!(pool.used(), 1000);
         drop(a);
         assert_eq!(pool.used(), 500);
-        // With one spillable consumer left, its share is the whole budget.
+        // With one spillable consumer left, its share is the whole budget: the one that has taken
+        // nothing yet does not count until it asks.
         assert!(b.try_grow(500));
         assert!(!b.try_grow(1));
         assert_eq!(pool.peak(), 1000);
+        b.shrink(500);
+        assert!(!later.try_grow(501), "asking, it counts: half each");
+        assert!(later.try_grow(500));
+        assert!(!b.try_grow(1));
     }
 
     #[test]
