@@ -100,15 +100,15 @@ fn merged(m: &Merge, partials_at: usize) -> Expr {
     }
 }
 
-/// `count(DISTINCT x)` (the same x in every DISTINCT aggregate, the others merging from partial
-/// ones) in two steps, as DuckDB and DataFusion do with a single distinct argument: `input` grouped
-/// by `group` and x, with the others' partials, then by `group`, counting x (each value now once)
+/// `count`, `sum` and `avg(DISTINCT x)` (the same x in every DISTINCT aggregate, the others merging
+/// from partial ones) in two steps, as DuckDB and DataFusion do with a single distinct argument: `input` grouped
+/// by `group` and x, with the others' partials, then by `group`, aggregating x (each value now once)
 /// and merging the partials. The de-duplication is then the hash aggregate's (vectorized, spilling)
 /// instead of a set of values per group. `None` if the aggregates are not of that form.
 pub fn distinct_in_two_steps(input: &LogicalPlan, group: &[Expr], aggs: &[AggCall], schema: &Schema) -> Option<LogicalPlan> {
     let distinct: Vec<&AggCall> = aggs.iter().filter(|a| a.distinct).collect();
     let x = distinct.first()?.args.first()?.clone();
-    if !distinct.iter().all(|a| a.func == AggFunc::Count && a.args == [x.clone()]) {
+    if !distinct.iter().all(|a| matches!(a.func, AggFunc::Count | AggFunc::Sum | AggFunc::Avg) && a.args == [x.clone()]) {
         return None;
     }
     let others: Vec<AggCall> = aggs.iter().filter(|a| !a.distinct).cloned().collect();
@@ -124,15 +124,22 @@ pub fn distinct_in_two_steps(input: &LogicalPlan, group: &[Expr], aggs: &[AggCal
     let inner = LogicalPlan::Aggregate { input: Box::new(input.clone()), group: inner_group, aggs: calls.clone(), schema: Arc::new(Schema::new(inner_fields)) };
     let outer = merge_partials(inner, (0..keys).map(Expr::Column).collect(), keys + 1, calls.len(), &merges, &key_fields);
     let LogicalPlan::Aggregate { input: inner, group: outer_group, aggs: mut outer_aggs, schema: outer_schema } = outer else { return None };
-    outer_aggs.push(AggCall { func: AggFunc::Count, args: vec![Expr::Column(keys)], distinct: false, ty: DataType::Int64 });
     let mut outer_fields: Vec<Field> = outer_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    outer_fields.push(Field::new("distinct_count", DataType::Int64, true));
+    // Each DISTINCT aggregate over x, now one row per value.
+    for (i, a) in distinct.iter().enumerate() {
+        outer_aggs.push(AggCall { func: a.func, args: vec![Expr::Column(keys)], distinct: false, ty: a.ty.clone() });
+        outer_fields.push(Field::new(format!("distinct{i}"), a.ty.clone(), true));
+    }
     let outer = LogicalPlan::Aggregate { input: inner, group: outer_group, aggs: outer_aggs, schema: Arc::new(Schema::new(outer_fields)) };
-    let count = Expr::Column(keys + calls.len());
     let mut exprs: Vec<Expr> = (0..keys).map(Expr::Column).collect();
-    let mut merges = merges.iter();
+    let (mut merges, mut next_distinct) = (merges.iter(), keys + calls.len());
     for a in aggs {
-        exprs.push(if a.distinct { count.clone() } else { merged(merges.next()?, keys) });
+        exprs.push(if a.distinct {
+            next_distinct += 1;
+            Expr::Column(next_distinct - 1)
+        } else {
+            merged(merges.next()?, keys)
+        });
     }
     Some(LogicalPlan::Project { input: Box::new(outer), exprs, schema: Arc::new(schema.clone()) })
 }

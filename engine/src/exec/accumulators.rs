@@ -103,6 +103,14 @@ pub fn create(call: &AggCall, arg_type: Option<&DataType>) -> Result<Box<dyn Gro
             let t = arg_type.cloned().unwrap_or(DataType::Null);
             Box::new(CountDistinct { sets: vec![], converter: RowConverter::new(vec![SortField::new(t)])?, bytes: 0 })
         }
+        // Planned as two aggregates (`partial_agg::distinct_in_two_steps`) when it is the only
+        // DISTINCT argument over bounded input; no set of values per group for these yet.
+        (AggFunc::Sum | AggFunc::Avg, true) => {
+            return Err(RiffleError::NotSupported(format!(
+                "{}(DISTINCT …) beside a DISTINCT aggregate of another argument, or over a stream; only count(DISTINCT …) is supported there",
+                call.func.name()
+            )))
+        }
         (AggFunc::Sum, _) => match &call.ty {
             DataType::Int64 => Box::new(Sum::<Int64Type>::new(call.ty.clone())),
             DataType::Float64 => Box::new(Sum::<Float64Type>::new(call.ty.clone())),

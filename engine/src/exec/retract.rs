@@ -65,6 +65,9 @@ pub fn create(call: &AggCall, arg: Option<&DataType>, retracts: bool) -> Result<
             let ty = arg.cloned().unwrap_or(DataType::Null);
             Box::new(Occurrences { converter: RowConverter::new(vec![SortField::new(ty)])?, groups: vec![], kind: Kind::Distinct, null_row: None, bytes: 0 })
         }
+        (AggFunc::Sum | AggFunc::Avg, true) => {
+            return Err(RiffleError::NotSupported(format!("{}(DISTINCT …) in an updating GROUP BY; only count(DISTINCT …) is supported there", call.func.name())))
+        }
         (AggFunc::Sum, _) => match &call.ty {
             DataType::Int64 => Box::new(Sum::<Int64Type> { sums: vec![], counts: vec![], ty: call.ty.clone() }),
             DataType::Float64 => Box::new(Sum::<Float64Type> { sums: vec![], counts: vec![], ty: call.ty.clone() }),

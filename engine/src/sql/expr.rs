@@ -740,8 +740,10 @@ impl Binder<'_> {
             }
             AggFunc::Min | AggFunc::Max => arg_ty.clone().unwrap_or(DataType::Null),
         };
-        if distinct && func != AggFunc::Count {
-            return Err(RiffleError::NotSupported(format!("{name}(DISTINCT …); only count(DISTINCT …) is supported")));
+        // min and max of the distinct values are those of all values.
+        let distinct = distinct && !matches!(func, AggFunc::Min | AggFunc::Max);
+        if distinct && !matches!(func, AggFunc::Count | AggFunc::Sum | AggFunc::Avg) {
+            return Err(RiffleError::NotSupported(format!("{name}(DISTINCT …); count, sum, avg, min and max take DISTINCT")));
         }
         let collector = cx.aggs.as_deref_mut().ok_or_else(|| RiffleError::plan("aggregate not allowed here"))?;
         // A typed placeholder: parents can ask its type before the Aggregate node exists.
@@ -756,8 +758,8 @@ impl Binder<'_> {
                 Some((_, s)) => decimal(38, s),
                 None => DataType::Float64,
             };
-            let sum = add(AggCall { func: AggFunc::Sum, args: bound.clone(), distinct: false, ty: sum_ty });
-            let count = add(AggCall { func: AggFunc::Count, args: bound, distinct: false, ty: DataType::Int64 });
+            let sum = add(AggCall { func: AggFunc::Sum, args: bound.clone(), distinct, ty: sum_ty });
+            let count = add(AggCall { func: AggFunc::Count, args: bound, distinct, ty: DataType::Int64 });
             let double = |e: Expr| Expr::Cast { expr: Box::new(e), to: DataType::Float64, safe: false };
             return Ok(Expr::binary(BinaryOp::Div, double(sum), double(count)));
         }
