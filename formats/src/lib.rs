@@ -14,7 +14,7 @@ pub use direct::{DirectWriter, PrefetchReader};
 pub use error::{FormatError, Result};
 pub use files::list_files;
 pub use read::{
-    infer_schema, parquet_metadata_with_page_index, parquet_page_stats, parquet_stats, plan_morsels, read_morsel, BatchReader,
+    dictionary_encoded, infer_schema, parquet_metadata_with_page_index, parquet_page_stats, parquet_stats, plan_morsels, read_morsel, BatchReader,
     ColumnStats, Morsel, PageStats,
 };
 pub use write::{commit_staged, write_atomic, AtomicWriter};

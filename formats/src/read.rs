@@ -8,6 +8,7 @@ use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::arrow::ProjectionMask;
+use parquet::basic::Encoding;
 
 use crate::{gensort, CsvOptions, FileFormat, FormatError, Result};
 
@@ -35,6 +36,19 @@ pub struct Morsel {
     pub bytes: Option<std::ops::Range<u64>>,
     /// Records of a gensort file to read; `None` reads them all.
     pub records: Option<std::ops::Range<u64>>,
+}
+
+/// Whether every data page of top-level column `column` is dictionary-encoded in the first row group
+/// of the first morsel's Parquet file: read as a dictionary, it then hands out the file's codes and
+/// small dictionary as they are (a column that fell back to plain pages would be hashed into one).
+pub fn dictionary_encoded(morsels: &[Morsel], column: &str) -> bool {
+    let Some(meta) = morsels.first().and_then(|m| m.parquet.as_ref()) else { return false };
+    let Some(group) = meta.metadata().row_groups().first() else { return false };
+    group.columns().iter().any(|c| {
+        c.column_path().parts() == [column]
+            && c.dictionary_page_offset().is_some()
+            && c.page_encoding_stats_mask().is_some_and(|mask| mask.is_only(Encoding::PLAIN_DICTIONARY) || mask.is_only(Encoding::RLE_DICTIONARY))
+    })
 }
 
 /// An iterator of batches read from one morsel.

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
-use arrow::datatypes::Schema;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use riffle_formats::FileFormat;
 
 use super::aggregate::{AggResultSource, AggShared, AggSpec, AggregateSink};
 use super::basic::{FilterOp, LimitOp, ProjectOp};
@@ -17,6 +18,7 @@ use super::tee::TeeSink;
 use super::window_aggregate::{WindowAggShared, WindowAggSink};
 use super::window_tvf::WindowTvfOp;
 use super::{ExecConfig, Exchange, Metered, Notifier, OpMetrics, Operator, PipelineTask, Sink, Source};
+use crate::catalog::{TableData, TableSource};
 use crate::error::Result;
 use crate::eval::evaluate;
 use crate::logical::{join_schema, Expr, JoinKind};
@@ -188,10 +190,15 @@ impl Builder<'_> {
         let batch_size = self.config.batch_size.max(1);
         Ok(match plan {
             PhysicalPlan::Scan { source, projection, filter, dictionary, schema, .. } => {
+                let for_filter = if self.config.stream { vec![] } else { filter_dictionaries(source, projection, filter.as_ref(), dictionary, schema) };
+                let mut read_dictionary = dictionary.clone();
+                for c in &for_filter {
+                    read_dictionary[*c] = true;
+                }
                 let shared = ScanShared::new(
                     source.clone(),
                     projection.clone(),
-                    dictionary.clone(),
+                    read_dictionary,
                     schema.clone(),
                     batch_size,
                     filter.as_ref(),
@@ -212,7 +219,7 @@ impl Builder<'_> {
                 }
                 let mut open = Open { source: SourceSpec::Scan(shared), partitions: self.threads, ops: vec![] };
                 match filter.clone() {
-                    Some(predicate) => open.push(&metrics, move || Box::new(FilterOp::new(predicate.clone()))),
+                    Some(predicate) => open.push(&metrics, move || Box::new(FilterOp::over_dictionaries(predicate.clone(), for_filter.clone()))),
                     None => open.push(&metrics, || Box::new(PassOp)),
                 }
                 open
@@ -579,4 +586,17 @@ fn values_batch(rows: &[Vec<Expr>], schema: &arrow::datatypes::SchemaRef) -> Res
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(rows.len())))?)
+}
+
+/// The string columns of a Parquet scan that its filter reads and that every page of the file stores
+/// dictionary-encoded (and that the scan does not hand out as dictionaries anyway): read as such, the
+/// filter's conditions on one of them run once per distinct value (`FilterOp::over_dictionaries`).
+fn filter_dictionaries(source: &TableSource, projection: &[usize], filter: Option<&Expr>, dictionary: &[bool], schema: &SchemaRef) -> Vec<usize> {
+    let (Some(filter), TableData::Files { morsels, format: FileFormat::Parquet, .. }) = (filter, &source.data) else { return vec![] };
+    filter
+        .column_set()
+        .into_iter()
+        .filter(|c| !dictionary[*c] && schema.field(*c).data_type() == &DataType::Utf8)
+        .filter(|c| riffle_formats::dictionary_encoded(morsels, source.schema.field(projection[*c]).name()))
+        .collect()
 }
