@@ -259,7 +259,7 @@ const MIN_GROUP_REDUCTION: f64 = 8.0;
 /// Valid as any row of a group has the group's key, and the join keeps no group with a NULL key.
 fn reduce_aggregates(region: &mut Region) {
     let n = region.leaves.len();
-    if n < 2 || n > 64 {
+    if !(2..=64).contains(&n) {
         return;
     }
     // Columns made equal by the region's conditions, as a union-find forest.
