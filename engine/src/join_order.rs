@@ -175,6 +175,11 @@ impl Region<'_> {
     fn mask(&self, e: &Expr) -> u64 {
         e.column_set().iter().fold(0, |m, c| m | 1 << self.leaf_of(*c))
     }
+
+    /// The conditions on leaf `leaf` alone.
+    fn own_conditions(&self, leaf: usize) -> impl Iterator<Item = &Expr> {
+        self.conditions.iter().filter(move |c| self.mask(c) == 1 << leaf)
+    }
 }
 
 /// A condition's leaves and how selective it is.
@@ -286,7 +291,7 @@ fn reduce_aggregates(region: &mut Region) {
     // Each leaf's conditions on itself alone, which a copy of it must apply too.
     let own = |region: &Region, leaf: usize| -> LogicalPlan {
         let start = region.starts[leaf];
-        let preds = region.conditions.iter().filter(|c| region.mask(c) == 1 << leaf).map(|c| c.clone().remap(&|g| g - start));
+        let preds = region.own_conditions(leaf).map(|c| c.clone().remap(&|g| g - start));
         match Expr::conjunction(preds.collect()) {
             Some(predicate) => LogicalPlan::Filter { input: Box::new(region.leaves[leaf].clone()), predicate },
             None => region.leaves[leaf].clone(),
@@ -296,10 +301,6 @@ fn reduce_aggregates(region: &mut Region) {
     // (aggregate leaf, its column, reducing relation, its key column)
     let mut reductions: Vec<(usize, usize, LogicalPlan, usize)> = vec![];
     for leaf in 0..n {
-        if reads_repeated(&region.leaves[leaf], region.repeated) {
-            // Reduced, this use would no longer be the same as the others, and would not be shared.
-            continue;
-        }
         let start = region.starts[leaf];
         let width = region.leaves[leaf].schema().fields().len();
         let mut best: Option<(f64, usize, usize, usize)> = None;
@@ -320,7 +321,9 @@ fn reduce_aggregates(region: &mut Region) {
             }
         }
         let Some((rows, col, o, key)) = best else { continue };
-        if rows * MIN_GROUP_REDUCTION <= estimator.rows(&region.leaves[leaf]) {
+        // Reduced, a use of an aggregate computed elsewhere too would no longer be the same as the
+        // others, and would not be shared.
+        if rows * MIN_GROUP_REDUCTION <= estimator.rows(&region.leaves[leaf]) && !reads_repeated(&region.leaves[leaf], region.repeated) {
             reductions.push((leaf, col, own(region, o), key));
         }
     }
@@ -339,7 +342,7 @@ fn reads_repeated(plan: &LogicalPlan, repeated: &HashSet<String>) -> bool {
 
 /// The fraction of a leaf's rows its conditions on itself alone keep (guessed, as `Estimates`).
 fn single_selectivity(region: &Region, leaf: usize) -> f64 {
-    region.conditions.iter().filter(|c| region.mask(c) == 1 << leaf).map(stats::guess_selectivity).product()
+    region.own_conditions(leaf).map(stats::guess_selectivity).product()
 }
 
 /// Where output column `col` of `plan` is a group key of an aggregate under projections of the

@@ -34,7 +34,8 @@ pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     push_limits(plan)
 }
 
-/// A bounded input's `count(DISTINCT x)` in two aggregates (`partial_agg::distinct_in_two_steps`).
+/// A bounded input's `count`, `sum` or `avg(DISTINCT x)` in two aggregates
+/// (`partial_agg::distinct_in_two_steps`).
 /// A stream's aggregate keeps its sets: it updates each group as rows come.
 fn split_distinct(plan: LogicalPlan) -> LogicalPlan {
     match plan {

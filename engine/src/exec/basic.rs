@@ -107,10 +107,7 @@ pub fn filter_conjuncts(conjuncts: &[Expr], batch: RecordBatch) -> Result<Option
             Some(p) => p,
             None => {
                 // Other conditions read the rows' values (no kernel here takes a dictionary).
-                let encoded: Vec<usize> = reads.iter().copied().filter(|c| matches!(batch.column(*c).data_type(), DataType::Dictionary(..))).collect();
-                if !encoded.is_empty() {
-                    batch = decoded(batch, &encoded)?;
-                }
+                batch = decoded(batch, &reads)?;
                 evaluate_predicate(conjunct, &batch)?
             }
         };
