@@ -17,6 +17,7 @@ pub mod message;
 pub mod optimizer;
 pub mod partial_agg;
 pub mod physical;
+pub mod runtime_filter_plan;
 pub mod session;
 pub mod share;
 pub mod sql;

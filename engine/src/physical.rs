@@ -118,6 +118,16 @@ pub enum PhysicalPlan {
     Shared { input: Box<PhysicalPlan>, id: usize, buffered: bool },
 }
 
+/// Where a join key's runtime filter could go: the scan (and its column) the probe rows' key comes
+/// from, and the GROUP BYs and shared subplans between (`PhysicalPlan::filter_target`).
+#[derive(Debug)]
+pub struct FilterTarget<'a> {
+    pub key: usize,
+    pub scan: &'a PhysicalPlan,
+    pub column: usize,
+    pub via: Vec<&'a PhysicalPlan>,
+}
+
 /// What a group column of a [`PhysicalPlan::SessionAggregate`] (or of a sliced HOP window aggregate) is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionColumn {
@@ -222,24 +232,27 @@ impl PhysicalPlan {
         }
     }
 
-    /// The scan in the same pipeline that column `column` of this plan's output comes from unchanged,
-    /// with its position in the scan's output: every row here carries the value a row of that scan
-    /// had. Through filters, projections of the column, the probe side of joins that emit probe
-    /// rows as they are (never build rows in their place, never probe columns padded with NULL), and
-    /// inner joins' build keys (equal to their probe keys).
-    pub fn scan_of_column(&self, column: usize) -> Option<(&PhysicalPlan, usize)> {
+    /// The scan that column `column` of this plan's output comes from unchanged, with its position in
+    /// the scan's output: every row here carries the value a row of that scan had, and a row of the
+    /// scan whose value is not wanted here could have been dropped at the scan. Through filters,
+    /// projections of the column, the probe side of joins that emit probe rows as they are (never
+    /// build rows in their place, never probe columns padded with NULL), and inner joins' build keys
+    /// (equal to their probe keys). With `across_breakers`, also into a GROUP BY keyed by the column
+    /// (its groups of other values are not wanted either) and into a shared subplan: those are
+    /// pushed to `via`, as the scan is then in another pipeline (and other uses read the subplan).
+    pub fn filter_target<'a>(&'a self, column: usize, across_breakers: bool, via: &mut Vec<&'a PhysicalPlan>) -> Option<(&'a PhysicalPlan, usize)> {
         match self {
             PhysicalPlan::Scan { .. } => Some((self, column)),
-            PhysicalPlan::Filter { input, .. } => input.scan_of_column(column),
+            PhysicalPlan::Filter { input, .. } => input.filter_target(column, across_breakers, via),
             PhysicalPlan::Project { input, exprs, .. } => match exprs.get(column)? {
-                Expr::Column(c) => input.scan_of_column(*c),
+                Expr::Column(c) => input.filter_target(*c, across_breakers, via),
                 _ => None,
             },
             PhysicalPlan::HashJoin { probe, kind, keep_build: false, .. } | PhysicalPlan::NestedLoopJoin { probe, kind, .. }
                 if matches!(kind, JoinKind::Inner | JoinKind::Left | JoinKind::Semi | JoinKind::Anti | JoinKind::Mark | JoinKind::Single)
                     && column < probe.schema().fields().len() =>
             {
-                probe.scan_of_column(column)
+                probe.filter_target(column, across_breakers, via)
             }
             // A build key of an inner join equals its probe key in every row (same type, so the same
             // value): the probe side's column carries it.
@@ -249,17 +262,30 @@ impl PhysicalPlan {
                 let key = build_keys.iter().position(|k| *k == Expr::Column(b))?;
                 let Expr::Column(p) = probe_keys[key] else { return None };
                 let same_type = probe_schema.field(p).data_type() == build.schema().field(b).data_type();
-                if same_type { probe.scan_of_column(p) } else { None }
+                if same_type { probe.filter_target(p, across_breakers, via) } else { None }
+            }
+            PhysicalPlan::HashAggregate { input, group, window_end: None, .. } if across_breakers => match group.get(column)? {
+                Expr::Column(c) => {
+                    via.push(self);
+                    input.filter_target(*c, across_breakers, via)
+                }
+                _ => None,
+            },
+            PhysicalPlan::Shared { input, .. } if across_breakers => {
+                via.push(self);
+                input.filter_target(column, across_breakers, via)
             }
             _ => None,
         }
     }
 
-    /// A hash join's runtime filters (see `exec::runtime_filter`): for each key whose probe side is a
-    /// column of a scan in the probe's pipeline, of an integer type equal to the build key's, the key's
-    /// index, that scan and the column's position in it. None unless probe rows without a match never
-    /// reach the output (inner, right and semi joins, and those that keep build rows by their matches).
-    pub fn runtime_filters(&self) -> Vec<(usize, &PhysicalPlan, usize)> {
+    /// Where a hash join's runtime filters could go (see `exec::runtime_filter`; which are used is
+    /// `crate::runtime_filter_plan`'s choice): for each key whose probe side is a column of a scan
+    /// (`filter_target`), of an integer type equal to the build key's, the key's index, that scan,
+    /// the column's position in it and the breakers between. None unless probe rows without a match
+    /// never reach the output (inner, right and semi joins, and those that keep build rows by their
+    /// matches).
+    pub fn runtime_filter_targets(&self, across_breakers: bool) -> Vec<FilterTarget<'_>> {
         let PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, null_aware: false, keep_build, .. } = self else {
             return vec![];
         };
@@ -272,14 +298,15 @@ impl PhysicalPlan {
             .iter()
             .zip(build_keys)
             .enumerate()
-            .filter_map(|(k, (p, b))| {
+            .filter_map(|(key, (p, b))| {
                 let Expr::Column(c) = p else { return None };
                 let t = p.data_type(&probe_schema);
                 if !integer(&t) || t != b.data_type(&build_schema) {
                     return None;
                 }
-                let (scan, column) = probe.scan_of_column(*c)?;
-                Some((k, scan, column))
+                let mut via = vec![];
+                let (scan, column) = probe.filter_target(*c, across_breakers, &mut via)?;
+                Some(FilterTarget { key, scan, column, via })
             })
             .collect()
     }
@@ -575,15 +602,25 @@ impl PhysicalPlan {
     }
 
     /// One line per node, indented; `annotate(id)` may add text (EXPLAIN ANALYZE metrics).
-    pub fn display_indent(&self, annotate: &dyn Fn(usize) -> String) -> String {
+    /// `stream`: run as a stream (which has fewer runtime filters).
+    pub fn display_indent(&self, stream: bool, annotate: &dyn Fn(usize) -> String) -> String {
         let mut out = String::new();
         let mut id = 0;
-        self.fmt_node(&mut out, 0, &mut id, &mut vec![], annotate);
+        let filters = crate::runtime_filter_plan::RuntimeFilterPlan::of(self, !stream);
+        self.fmt_node(&mut out, 0, &mut id, &mut vec![], &filters, annotate);
         out
     }
 
     /// `shown`: the shared subplans printed so far (a later use prints only that it reads them).
-    fn fmt_node(&self, out: &mut String, depth: usize, id: &mut usize, shown: &mut Vec<usize>, annotate: &dyn Fn(usize) -> String) {
+    fn fmt_node(
+        &self,
+        out: &mut String,
+        depth: usize,
+        id: &mut usize,
+        shown: &mut Vec<usize>,
+        filters: &crate::runtime_filter_plan::RuntimeFilterPlan,
+        annotate: &dyn Fn(usize) -> String,
+    ) {
         let my_id = *id;
         *id += 1;
         if let PhysicalPlan::Shared { input, id: shared, .. } = self {
@@ -594,7 +631,11 @@ impl PhysicalPlan {
             }
             shown.push(*shared);
         }
-        let detail = self.detail();
+        let mut detail = self.detail();
+        if let Some(targets) = filters.joins.get(&my_id) {
+            let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
+            let _ = write!(detail, " runtime_filter=[{}]", labels.join(", "));
+        }
         let extra = annotate(my_id);
         let estimate = match self {
             PhysicalPlan::Scan { estimated_rows: Some(n), .. }
@@ -605,7 +646,7 @@ impl PhysicalPlan {
         };
         let _ = writeln!(out, "{}{}{}{}{}", "  ".repeat(depth), self.name(), detail, extra, estimate);
         for input in self.inputs() {
-            input.fmt_node(out, depth + 1, id, shown, annotate);
+            input.fmt_node(out, depth + 1, id, shown, filters, annotate);
         }
     }
 
@@ -644,17 +685,6 @@ impl PhysicalPlan {
                 let mut s = format!(": {kind:?}{side}{} on=[{}]", if *null_aware { " null-aware" } else { "" }, keys.join(", "));
                 if let Some(f) = filter {
                     s.push_str(&format!(" filter={}", f.display(&join_schema(&ps, &bs, JoinKind::Inner))));
-                }
-                let targets: Vec<String> = self
-                    .runtime_filters()
-                    .into_iter()
-                    .filter_map(|(_, scan, column)| match scan {
-                        PhysicalPlan::Scan { name, schema, .. } => Some(format!("{name}.{}", schema.field(column).name())),
-                        _ => None,
-                    })
-                    .collect();
-                if !targets.is_empty() {
-                    let _ = write!(s, " runtime_filter=[{}]", targets.join(", "));
                 }
                 s
             }

@@ -330,7 +330,7 @@ impl Session {
             let metrics = out.metrics;
             format!(
                 "{}\nTotal: {rows} rows in {:.3} ms ({} threads)",
-                physical.display_indent(&|id| metrics.get(id).map(|m| m.summary()).unwrap_or_default()).trim_end(),
+                physical.display_indent(self.config.stream, &|id| metrics.get(id).map(|m| m.summary()).unwrap_or_default()).trim_end(),
                 elapsed.as_secs_f64() * 1e3,
                 self.config.threads
             )
@@ -340,7 +340,7 @@ impl Session {
             format!(
                 "Logical plan:\n{}\nPhysical plan:\n{}",
                 logical.display_indent().trim_end(),
-                physical.display_indent(&|id| notes.get(id).map(|n| format!("  [{n}]")).unwrap_or_default()).trim_end()
+                physical.display_indent(self.config.stream, &|id| notes.get(id).map(|n| format!("  [{n}]")).unwrap_or_default()).trim_end()
             )
         };
         let schema = Arc::new(Schema::new(vec![Field::new("plan", DataType::Utf8, false)]));

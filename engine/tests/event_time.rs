@@ -262,7 +262,7 @@ fn session_aggregate_emits_each_session_once_the_watermark_passes_its_end() {
         if threads == 1 {
             assert_eq!(before_end, 3, "the sessions before the last close before the end of input");
         }
-        let explain = s.plan_sql(SESSIONS).expect("plan").1.display_indent(&|_| String::new());
+        let explain = s.plan_sql(SESSIONS).expect("plan").1.display_indent(true, &|_| String::new());
         assert!(explain.contains("SessionAggregate") && !explain.contains("Sort"), "{explain}");
     }
 }

@@ -115,3 +115,49 @@ fn a_build_key_of_an_inner_join_below_filters_the_scan_its_probe_key_comes_from(
     let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
     assert!(analyzed.contains("runtime_filtered_rows=9834"), "{analyzed}");
 }
+
+/// The `runtime_filtered_rows` of the scan of `facts` in an EXPLAIN ANALYZE.
+fn facts_filtered(analyzed: &str) -> Option<u64> {
+    let line = analyzed.lines().find(|l| l.contains("Scan: facts"))?;
+    line.split("runtime_filtered_rows=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+#[test]
+fn a_filter_passes_a_group_by_keyed_by_the_join_key_and_waits_for_the_build_side() {
+    // The build side is itself a GROUP BY, so no semi join goes below the probe side's GROUP BY at
+    // planning: the runtime filter alone narrows what it reads, from a pipeline of its own.
+    let (mut s, _dir) = session(&|i| Some(i));
+    let q = "SELECT count(*), sum(n), sum(s) FROM (SELECT k, count(*) AS n, sum(v) AS s FROM facts GROUP BY k) g \
+             JOIN (SELECT d FROM dim WHERE flag = 1 AND d < 2100 GROUP BY d) a ON g.k = a.d";
+    let plan = physical(&mut s, q);
+    let join = plan.lines().find(|l| l.contains("HashJoin")).unwrap_or_default();
+    assert!(join.contains("runtime_filter=[facts.k]"), "{plan}");
+    assert_eq!(rows(&mut s, q), expected(&mut s, q));
+    // dim's 25 odd j below 50: keys 2002, 2006, …, 2098, all in row group 2000..2999.
+    let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert!(analyzed.contains("row_groups=1/10 (pruned 9)"), "{analyzed}");
+    assert_eq!(facts_filtered(&analyzed), Some(975), "{analyzed}");
+}
+
+#[test]
+fn a_shared_subplan_keeps_the_rows_any_use_joins() {
+    let (mut s, _dir) = session(&|i| Some(i));
+    let q = "WITH g AS (SELECT k, count(*) AS n, sum(v) AS s FROM facts GROUP BY k) \
+             SELECT count(*), sum(n), sum(s) FROM g JOIN (SELECT d FROM dim WHERE flag = 1 AND d < 2100 GROUP BY d) a ON k = a.d \
+             UNION ALL SELECT count(*), sum(n), sum(s) FROM g JOIN (SELECT d FROM dim WHERE flag = 0 AND d > 2900 GROUP BY d) b ON k = b.d";
+    let plan = physical(&mut s, q);
+    assert!(plan.contains("Shared #0"), "{plan}");
+    assert_eq!(plan.matches("runtime_filter=[facts.k]").count(), 2, "{plan}");
+    assert_eq!(rows(&mut s, q), expected(&mut s, q));
+    // 25 keys of the first use and 24 of the second (even j above 450), one row group.
+    let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert!(analyzed.contains("row_groups=1/10 (pruned 9)"), "{analyzed}");
+    assert_eq!(facts_filtered(&analyzed), Some(1000 - 49), "{analyzed}");
+    // A use that reads every group leaves the shared scan unfiltered.
+    let q = "WITH g AS (SELECT k, count(*) AS n, sum(v) AS s FROM facts GROUP BY k) \
+             SELECT count(*), sum(n), sum(s) FROM g JOIN (SELECT d FROM dim WHERE flag = 1 AND d < 2100 GROUP BY d) a ON k = a.d \
+             UNION ALL SELECT count(*), sum(n), sum(s) FROM g";
+    let plan = physical(&mut s, q);
+    assert!(plan.contains("Shared #0") && !plan.contains("runtime_filter"), "{plan}");
+    assert_eq!(rows(&mut s, q), expected(&mut s, q));
+}

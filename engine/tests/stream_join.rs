@@ -47,7 +47,7 @@ fn an_interval_join_keeps_only_rows_that_can_still_match() {
     let n = 20_000;
     let s = session(n, true);
     let (_, plan) = s.plan_sql(&format!("SELECT count(*) FROM ({INTERVAL_JOIN})")).expect("plans");
-    let text = plan.display_indent(&|_| String::new());
+    let text = plan.display_indent(true, &|_| String::new());
     let join = text.lines().position(|l| l.trim_start().starts_with("IntervalJoin")).unwrap_or_else(|| panic!("no interval join:\n{text}"));
     let out = execute(&plan, &s.config).expect("runs");
     let peak = out.metrics[join].peak_bytes.load(std::sync::atomic::Ordering::Relaxed);
@@ -72,7 +72,7 @@ fn windows_over_an_interval_join_close_before_the_input_ends() {
     let mut s = s;
     s.sql(&format!("CREATE VIEW j AS {INTERVAL_JOIN}")).expect("view");
     let (_, plan) = s.plan_sql(sql).expect("plans");
-    assert!(plan.display_indent(&|_| String::new()).contains("WindowAggregate"), "{}", plan.display_indent(&|_| String::new()));
+    assert!(plan.display_indent(true, &|_| String::new()).contains("WindowAggregate"), "{}", plan.display_indent(true, &|_| String::new()));
     let got = windows_as_they_close(&plan, &s.config);
     let mut batch = session(n, false);
     batch.sql(&format!("CREATE VIEW j AS {INTERVAL_JOIN}")).expect("view");
@@ -222,7 +222,7 @@ fn rows_matching_long_runs_of_stored_rows_meet_the_condition_as_in_batch() {
             let mut s = Session::new(config);
             setup(&mut s);
             let (_, plan) = s.plan_sql(sql).expect("plans");
-            assert!(plan.display_indent(&|_| String::new()).contains("StreamJoin"), "{sql}: not a stream join");
+            assert!(plan.display_indent(true, &|_| String::new()).contains("StreamJoin"), "{sql}: not a stream join");
             let changes = emitted(&mut s, sql);
             // The outer join's output is a changelog (rows padded, then taken back at a match).
             let got = if sql.contains("LEFT") {
@@ -275,7 +275,7 @@ fn regular_stream_joins_over_their_memory_share_spill_buckets_of_keys_and_answer
             let mut s = Session::new(config);
             wide_tables(&mut s, 4_000, 500);
             let (_, plan) = s.plan_sql(sql).expect("plans");
-            assert!(plan.display_indent(&|_| String::new()).contains("StreamJoin"), "{sql}: not a stream join");
+            assert!(plan.display_indent(true, &|_| String::new()).contains("StreamJoin"), "{sql}: not a stream join");
             // The only operator here that spills.
             let (changes, spilled) = emitted_spilling(&mut s, sql);
             assert!(spilled > 0, "{sql}, {threads} threads, forced {force_spill}: nothing spilled");
@@ -308,7 +308,7 @@ fn an_interval_join_that_spills_still_closes_windows_before_the_input_ends() {
         let sql = "SELECT window_end, count(*), sum(v) FROM TABLE(TUMBLE(TABLE j, DESCRIPTOR(ts), INTERVAL '200' MILLISECOND)) GROUP BY window_start, window_end";
         s.sql(&format!("CREATE VIEW j AS {INTERVAL_JOIN}")).expect("view");
         let (_, plan) = s.plan_sql(sql).expect("plans");
-        let text = plan.display_indent(&|_| String::new());
+        let text = plan.display_indent(true, &|_| String::new());
         let join = text.lines().position(|l| l.trim_start().starts_with("IntervalJoin")).unwrap_or_else(|| panic!("no interval join:\n{text}"));
         let out = execute(&plan, &s.config).expect("runs");
         assert!(out.metrics[join].spilled_bytes.load(std::sync::atomic::Ordering::Relaxed) > 0, "nothing spilled");

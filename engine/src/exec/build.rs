@@ -12,6 +12,7 @@ use super::basic::{FilterOp, LimitOp, ProjectOp};
 use super::join::{BuildSink, JoinShared, JoinSpec, ProbeOp};
 use super::key_partition::KeyedExchangeSink;
 use super::runtime_filter::{RuntimeFilter, ScanFilter};
+use crate::runtime_filter_plan::RuntimeFilterPlan;
 use super::scan::{BatchesSource, ExchangeSink, ExchangeSource, ScanShared, ScanSource};
 use super::sort::{SortShared, SortSink, SortSource};
 use super::tee::TeeSink;
@@ -84,9 +85,9 @@ struct Builder<'a> {
     /// Above zero while building a join's build side: it is not checkpointed (it ends before probing
     /// starts and runs again when a checkpointed job restarts).
     unsaved: usize,
-    /// Runtime filters of the joins opened so far, for the scans not opened yet, by the scan node's
-    /// address (the plan outlives the builder).
-    runtime_filters: HashMap<usize, Vec<ScanFilter>>,
+    /// Which scans the joins' runtime filters go to, and the filters by (join node, key).
+    filter_plan: RuntimeFilterPlan,
+    filters: HashMap<(usize, usize), Arc<RuntimeFilter>>,
 }
 
 pub fn build_tasks(
@@ -111,7 +112,8 @@ pub fn build_tasks(
         shared_queues: HashMap::new(),
         uses_opened: HashMap::new(),
         unsaved: 0,
-        runtime_filters: HashMap::new(),
+        filter_plan: RuntimeFilterPlan::of(plan, !config.stream),
+        filters: HashMap::new(),
     };
     let root = b.open(plan)?;
     b.close(root, root_sink)?;
@@ -209,9 +211,9 @@ impl Builder<'_> {
                 )?;
                 // Not on a stream with event time: rows dropped at the scan would take the
                 // watermarks they bring with them, and windows downstream would wait for later rows.
-                let filters = self.runtime_filters.remove(&node_address(plan)).filter(|_| !(self.config.stream && source.event_time.is_some()));
+                let filters = self.scan_filters(id).filter(|_| !(self.config.stream && source.event_time.is_some()));
                 let shared = Arc::new(match filters {
-                    Some(filters) => shared.with_runtime_filters(filters, metrics.clone()),
+                    Some(filters) => shared.with_runtime_filters(filters, metrics.clone(), self.notifier),
                     None => shared,
                 });
                 if self.config.stream {
@@ -412,8 +414,7 @@ impl Builder<'_> {
             }
             PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, keep_build, schema, .. } => {
                 let sides = (*null_aware, *keep_build);
-                // Planned before the probe side is opened: its scans take their filters as they open.
-                let runtime = self.runtime_filters_of(plan);
+                let runtime = self.join_filters(id);
                 let keys = (probe_keys.clone(), build_keys.clone());
                 self.join(probe, build, *kind, keys, filter.clone(), sides, runtime, schema, metrics)?
             }
@@ -495,16 +496,21 @@ impl Builder<'_> {
         })
     }
 
-    /// Plans `join`'s runtime filters: each goes to its scan, which takes it when it is opened.
-    fn runtime_filters_of(&mut self, join: &PhysicalPlan) -> Vec<(usize, Arc<RuntimeFilter>)> {
-        join.runtime_filters()
-            .into_iter()
-            .map(|(key, scan, column)| {
-                let filter = Arc::new(RuntimeFilter::default());
-                self.runtime_filters.entry(node_address(scan)).or_default().push(ScanFilter::new(column, filter.clone()));
-                (key, filter)
-            })
-            .collect()
+    /// The runtime filter a join sets for one of its keys.
+    fn filter(&mut self, join: usize, key: usize) -> Arc<RuntimeFilter> {
+        self.filters.entry((join, key)).or_default().clone()
+    }
+
+    /// The runtime filters join node `id` sets, by key.
+    fn join_filters(&mut self, id: usize) -> Vec<(usize, Arc<RuntimeFilter>)> {
+        let keys: Vec<usize> = self.filter_plan.joins.get(&id).map_or(vec![], |f| f.iter().map(|f| f.key).collect());
+        keys.into_iter().map(|key| (key, self.filter(id, key))).collect()
+    }
+
+    /// The runtime filters of scan node `id`, if it has any.
+    fn scan_filters(&mut self, id: usize) -> Option<Vec<ScanFilter>> {
+        let specs = self.filter_plan.scans.remove(&id)?;
+        Some(specs.into_iter().map(|s| ScanFilter::new(s.column, s.from.iter().map(|(join, key)| self.filter(*join, *key)).collect())).collect())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -559,10 +565,6 @@ impl Builder<'_> {
 }
 
 /// A plan node's identity while the plan is being built.
-fn node_address(plan: &PhysicalPlan) -> usize {
-    plan as *const PhysicalPlan as usize
-}
-
 /// Evaluates literal rows into one batch.
 fn values_batch(rows: &[Vec<Expr>], schema: &arrow::datatypes::SchemaRef) -> Result<RecordBatch> {
     let one = RecordBatch::try_new_with_options(Arc::new(Schema::empty()), vec![], &RecordBatchOptions::new().with_row_count(Some(1)))?;

@@ -3,10 +3,11 @@
 //! probe rows that cannot match leave before the other operators of the pipeline see them, and
 //! Parquet row groups and pages whose min/max lie outside the build's key range are never read.
 //!
-//! Only a plan's shape decides where a filter goes (`PhysicalPlan::runtime_filters`): the scan is in
-//! the probe's own pipeline, which reads nothing before the build side is complete (the probe
-//! operator is not ready until then), so the filter is there before the first row. The filter is an
-//! optimization only: a scan that sees none passes every row, and the join still does the matching.
+//! Only a plan's shape decides where a filter goes (`crate::runtime_filter_plan`): a scan in the
+//! probe's own pipeline, or, past a GROUP BY on the key or into a shared subplan, in a pipeline of
+//! its own. A scan reads nothing before its filters are set, so the filter is there before the first
+//! row. The filter is an optimization only: a scan that sees none passes every row, and the join
+//! still does the matching.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -75,20 +76,15 @@ impl KeyValues {
             }
         }
     }
+}
 
-    /// `column` (of type `data_type`) between the build side's min and max, a predicate Parquet
-    /// statistics can decide; `None` when nothing can match.
-    pub fn bounds(&self, column: usize, data_type: &DataType) -> Result<Option<Expr>> {
-        let KeyValues::Range { min, max, .. } = self else { return Ok(None) };
-        let literal = |v: i64| -> Result<Expr> {
-            let a: ArrayRef = Arc::new(Int64Array::from(vec![v]));
-            Ok(Expr::lit(Scalar(arrow::compute::cast(&a, data_type)?)))
-        };
-        Ok(Some(
-            Expr::binary(BinaryOp::GtEq, Expr::Column(column), literal(*min)?)
-                .and(Expr::binary(BinaryOp::LtEq, Expr::Column(column), literal(*max)?)),
-        ))
-    }
+/// `column` (of type `data_type`) in `min..=max`, a predicate Parquet statistics can decide.
+fn between(column: usize, data_type: &DataType, min: i64, max: i64) -> Result<Expr> {
+    let literal = |v: i64| -> Result<Expr> {
+        let a: ArrayRef = Arc::new(Int64Array::from(vec![v]));
+        Ok(Expr::lit(Scalar(arrow::compute::cast(&a, data_type)?)))
+    };
+    Ok(Expr::binary(BinaryOp::GtEq, Expr::Column(column), literal(min)?).and(Expr::binary(BinaryOp::LtEq, Expr::Column(column), literal(max)?)))
 }
 
 fn as_i64(a: &ArrayRef) -> Result<Int64Array> {
@@ -113,10 +109,11 @@ impl RuntimeFilter {
     }
 }
 
-/// A runtime filter as a scan applies it: to its output column `column`.
+/// A runtime filter as a scan applies it, to its output column `column`: the filters of one or more
+/// joins (the uses of a shared subplan), a row passing when any of them has its value.
 pub struct ScanFilter {
     pub column: usize,
-    pub filter: Arc<RuntimeFilter>,
+    alternatives: Vec<Arc<RuntimeFilter>>,
     /// The scan's remaining row groups were pruned by it.
     pub pruned: AtomicBool,
     rows_in: AtomicU64,
@@ -124,8 +121,31 @@ pub struct ScanFilter {
 }
 
 impl ScanFilter {
-    pub fn new(column: usize, filter: Arc<RuntimeFilter>) -> ScanFilter {
-        ScanFilter { column, filter, pruned: AtomicBool::new(false), rows_in: AtomicU64::new(0), rows_out: AtomicU64::new(0) }
+    pub fn new(column: usize, alternatives: Vec<Arc<RuntimeFilter>>) -> ScanFilter {
+        ScanFilter { column, alternatives, pruned: AtomicBool::new(false), rows_in: AtomicU64::new(0), rows_out: AtomicU64::new(0) }
+    }
+
+    /// Whether every join it comes from has set its filter (possibly to none).
+    pub fn is_set(&self) -> bool {
+        self.alternatives.iter().all(|f| f.values.get().is_some())
+    }
+
+    /// The joins' build values, once all are set; none if one join could not compute them.
+    fn values(&self) -> Option<Vec<&KeyValues>> {
+        self.alternatives.iter().map(|f| f.values()).collect()
+    }
+
+    /// `column` between the smallest and largest build value, a predicate Parquet statistics can
+    /// decide: `Some(None)` when no build side has a value (nothing can match), `None` when the
+    /// values are not known (yet).
+    pub fn bounds(&self, data_type: &DataType) -> Result<Option<Option<Expr>>> {
+        let Some(values) = self.values() else { return Ok(None) };
+        let range = values.iter().fold(None, |acc: Option<(i64, i64)>, v| match (acc, v) {
+            (acc, KeyValues::Nothing) => acc,
+            (None, KeyValues::Range { min, max, .. }) => Some((*min, *max)),
+            (Some((lo, hi)), KeyValues::Range { min, max, .. }) => Some((lo.min(*min), hi.max(*max))),
+        });
+        Ok(Some(range.map(|(min, max)| between(self.column, data_type, min, max)).transpose()?))
     }
 
     /// The share of rows it kept so far (a half before any).
@@ -134,21 +154,20 @@ impl ScanFilter {
         if seen == 0 { 0.5 } else { self.rows_out.load(Ordering::Relaxed) as f64 / seen as f64 }
     }
 
-    /// Clears `keep[i]` (all true when `None`) for the rows of `column` whose value the build side
-    /// lacks, looking only at rows still kept; nothing if the filter is not set, or no longer worth
+    /// Clears `keep[i]` (all true when `None`) for the rows of `column` whose value no build side
+    /// has, looking only at rows still kept; nothing if the filter is not set, or no longer worth
     /// its cost.
     pub fn narrow(&self, column: &ArrayRef, keep: &mut Option<Vec<bool>>) -> Result<()> {
-        let Some(values) = self.filter.values() else { return Ok(()) };
+        let Some(values) = self.values() else { return Ok(()) };
         let (seen, kept) = (self.rows_in.load(Ordering::Relaxed), self.rows_out.load(Ordering::Relaxed));
         if seen >= TRIAL_ROWS && kept * 2 > seen {
             return Ok(());
         }
         let keep = keep.get_or_insert_with(|| vec![true; column.len()]);
         let nulls = column.logical_nulls();
-        let (seen, kept) = match column.data_type() {
-            DataType::Int32 => narrow_rows(values, column.as_primitive::<arrow::datatypes::Int32Type>().values(), nulls.as_ref(), keep),
-            DataType::Int64 => narrow_rows(values, column.as_primitive::<Int64Type>().values(), nulls.as_ref(), keep),
-            _ => narrow_rows(values, as_i64(column)?.values(), nulls.as_ref(), keep),
+        let (seen, kept) = match values[..] {
+            [one] => narrow_column(column, nulls.as_ref(), keep, |v| one.holds(v))?,
+            _ => narrow_column(column, nulls.as_ref(), keep, |v| values.iter().any(|k| k.holds(v)))?,
         };
         self.rows_in.fetch_add(seen, Ordering::Relaxed);
         self.rows_out.fetch_add(kept, Ordering::Relaxed);
@@ -156,13 +175,22 @@ impl ScanFilter {
     }
 }
 
+/// `ScanFilter::narrow` over an integer column: the rows looked at and those still kept.
+fn narrow_column(column: &ArrayRef, nulls: Option<&NullBuffer>, keep: &mut [bool], holds: impl Fn(i64) -> bool) -> Result<(u64, u64)> {
+    Ok(match column.data_type() {
+        DataType::Int32 => narrow_rows(column.as_primitive::<arrow::datatypes::Int32Type>().values(), nulls, keep, holds),
+        DataType::Int64 => narrow_rows(column.as_primitive::<Int64Type>().values(), nulls, keep, holds),
+        _ => narrow_rows(as_i64(column)?.values(), nulls, keep, holds),
+    })
+}
+
 /// `ScanFilter::narrow` over a column's values: the rows looked at and those still kept.
-fn narrow_rows<T: Copy + Into<i64>>(values: &KeyValues, column: &[T], nulls: Option<&NullBuffer>, keep: &mut [bool]) -> (u64, u64) {
+fn narrow_rows<T: Copy + Into<i64>>(column: &[T], nulls: Option<&NullBuffer>, keep: &mut [bool], holds: impl Fn(i64) -> bool) -> (u64, u64) {
     let (mut seen, mut kept) = (0u64, 0u64);
     for (i, k) in keep.iter_mut().enumerate() {
         if *k {
             seen += 1;
-            *k = nulls.is_none_or(|n| n.is_valid(i)) && values.holds(column[i].into());
+            *k = nulls.is_none_or(|n| n.is_valid(i)) && holds(column[i].into());
             kept += u64::from(*k);
         }
     }
@@ -183,7 +211,7 @@ mod tests {
         let filter = Arc::new(RuntimeFilter::default());
         filter.set(Some(k));
         let mut keep = None;
-        ScanFilter::new(0, filter).narrow(&(Arc::new(Int32Array::from(v)) as ArrayRef), &mut keep).unwrap();
+        ScanFilter::new(0, vec![filter]).narrow(&(Arc::new(Int32Array::from(v)) as ArrayRef), &mut keep).unwrap();
         keep.unwrap()
     }
 

@@ -49,6 +49,7 @@ pub struct ScanShared {
     last_rows: std::sync::atomic::AtomicU64,
     /// Join keys' values that rows must have, once the joins' build sides are complete.
     runtime: Vec<ScanFilter>,
+    filters_notifier: Option<super::Notifier>,
     metrics: Option<Arc<OpMetrics>>,
 }
 
@@ -346,6 +347,7 @@ impl ScanShared {
             started: std::time::Instant::now(),
             last_rows: std::sync::atomic::AtomicU64::new(0),
             runtime: Vec::new(),
+            filters_notifier: None,
             metrics: None,
         };
         // The files there are now are found before anything is read (or checkpointed).
@@ -353,11 +355,21 @@ impl ScanShared {
         Ok(shared)
     }
 
-    /// Filters the rows by joins' runtime filters on its columns (see `runtime_filter`).
-    pub fn with_runtime_filters(mut self, filters: Vec<ScanFilter>, metrics: Arc<OpMetrics>) -> ScanShared {
+    /// Filters the rows by joins' runtime filters on its columns (see `runtime_filter`). The scan
+    /// reads nothing before they are set, unless every task of the query waits (`notifier`).
+    pub fn with_runtime_filters(mut self, filters: Vec<ScanFilter>, metrics: Arc<OpMetrics>, notifier: &super::Notifier) -> ScanShared {
         self.runtime = filters;
         self.metrics = Some(metrics);
+        self.filters_notifier = Some(notifier.clone());
         self
+    }
+
+    /// Whether a join's build side this scan's runtime filters come from is not complete yet. A scan
+    /// below a GROUP BY or in a shared subplan runs in a pipeline of its own, which the join does not
+    /// hold back as it holds its probe. Should the join wait for this scan after all (through
+    /// another filter's scan, say), the scheduler finds every task waiting and gives the waits up.
+    fn awaiting_filters(&self) -> bool {
+        !self.runtime.iter().all(|f| f.is_set()) && !self.filters_notifier.as_ref().is_some_and(|n| n.waits_given_up())
     }
 
     /// Drops the work not handed out yet that runtime filters set since the last call rule out: all
@@ -367,11 +379,11 @@ impl ScanShared {
     fn prune_by_runtime_filters(&self) -> Result<()> {
         let (mut ranges, mut nothing) = (Vec::new(), false);
         for f in &self.runtime {
-            let Some(values) = f.filter.values() else { continue };
+            let Some(bounds) = f.bounds(self.schema.field(f.column).data_type())? else { continue };
             if f.pruned.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            match values.bounds(f.column, self.schema.field(f.column).data_type())? {
+            match bounds {
                 Some(range) => ranges.push(range),
                 None => nothing = true,
             }
@@ -806,6 +818,10 @@ impl ScanSource {
                 return Ok(None);
             }
             if !self.shared.runtime.is_empty() {
+                if self.shared.awaiting_filters() {
+                    self.waiting = true;
+                    return Ok(None);
+                }
                 self.shared.prune_by_runtime_filters()?;
             }
             match self.shared.take(self.partition) {

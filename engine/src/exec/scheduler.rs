@@ -27,6 +27,8 @@ struct State {
     version: u64,
     /// The earliest time a blocked task asked to be woken at (a source pacing itself on the clock).
     timer: Option<Instant>,
+    /// Every task waited once: scans no longer wait for runtime filters (`Notifier::waits_given_up`).
+    waits_given_up: bool,
     error: Option<RiffleError>,
 }
 
@@ -40,7 +42,16 @@ impl Notifier {
     pub fn new() -> Notifier {
         Notifier {
             inner: Arc::new((
-                Mutex::new(State { runnable: VecDeque::new(), blocked: Vec::new(), remaining: 0, running: 0, version: 0, timer: None, error: None }),
+                Mutex::new(State {
+                    runnable: VecDeque::new(),
+                    blocked: Vec::new(),
+                    remaining: 0,
+                    running: 0,
+                    version: 0,
+                    timer: None,
+                    waits_given_up: false,
+                    error: None,
+                }),
                 Condvar::new(),
             )),
         }
@@ -57,6 +68,12 @@ impl Notifier {
         st.timer = Some(st.timer.map_or(when, |t| t.min(when)));
         drop(st);
         self.inner.1.notify_all();
+    }
+
+    /// Whether the query's tasks all waited at once: a scan waiting for a join's runtime filter then
+    /// reads without it (the join may wait for the scan's rows through another path).
+    pub fn waits_given_up(&self) -> bool {
+        self.lock().waits_given_up
     }
 
     /// Something a blocked task may wait for has changed.
@@ -199,6 +216,12 @@ fn worker(slots: &[Mutex<Option<PipelineTask>>], notifier: &Notifier) {
                 if let Some(id) = st.runnable.pop_front() {
                     st.running += 1;
                     break (id, v);
+                }
+                if st.running == 0 && st.blocked.len() == st.remaining && st.timer.is_none() && !st.waits_given_up {
+                    // Every task waits: scans waiting for runtime filters read without them.
+                    st.waits_given_up = true;
+                    st.version += 1;
+                    continue;
                 }
                 if st.running == 0 && st.blocked.len() == st.remaining && st.timer.is_none() {
                     // Every task waits and nothing runs that could wake one: a bug, not a slow query.
