@@ -560,6 +560,52 @@ struct Built {
     mask: u64,
 }
 
+/// What building a hash table costs per row, in rows read and aggregated.
+const BUILD_ROW_COST: f64 = 4.0;
+
+/// The input rows of the aggregate relation `side` that a runtime filter from `other`'s keys would
+/// spare, were `side` a join's probe side: the filter passes the aggregate, to its input's scan
+/// (`crate::runtime_filter_plan`), where only the groups whose key `other` has (at most its rows of
+/// the aggregate's groups) keep their rows. Zero unless `side` is one relation that is an aggregate
+/// under projections and filters, joined with `other` on one of its group keys (an integer column).
+fn filter_spares(side: &Built, other: &Built, pending: &[Option<Expr>], masks: &[u64], starts: &[usize], card: &dyn Fn(u64) -> f64) -> f64 {
+    if side.mask.count_ones() != 1 {
+        return 0.0;
+    }
+    let start = starts[side.mask.trailing_zeros() as usize];
+    let keys = pending.iter().zip(masks).filter(|(_, m)| **m & side.mask != 0 && **m & other.mask != 0 && **m & !(side.mask | other.mask) == 0);
+    let estimator = stats::Estimator::default();
+    let mut spared: f64 = 0.0;
+    for (c, _) in keys {
+        let Some(Expr::Binary { op: BinaryOp::Eq, left, right }) = c else { continue };
+        let (Expr::Column(x), Expr::Column(y)) = (left.as_ref(), right.as_ref()) else { continue };
+        let mine = if side.columns.contains(x) { *x } else if side.columns.contains(y) { *y } else { continue };
+        // Runtime filters hold integer keys.
+        if !side.plan.schema().field(mine - start).data_type().is_integer() {
+            continue;
+        }
+        let Some(aggregate) = keyed_aggregate(&side.plan, mine - start) else { continue };
+        let LogicalPlan::Aggregate { input, .. } = aggregate else { continue };
+        let kept = (card(other.mask) / estimator.rows(aggregate)).min(1.0);
+        spared = spared.max(estimator.rows(input) * (1.0 - kept));
+    }
+    spared
+}
+
+/// The aggregate whose group key output column `col` of `plan` is, under projections of the
+/// column and filters, when that key is a column of its input.
+fn keyed_aggregate(plan: &LogicalPlan, col: usize) -> Option<&LogicalPlan> {
+    match plan {
+        LogicalPlan::Project { input, exprs, .. } => match exprs.get(col) {
+            Some(Expr::Column(c)) => keyed_aggregate(input, *c),
+            _ => None,
+        },
+        LogicalPlan::Filter { input, .. } => keyed_aggregate(input, col),
+        LogicalPlan::Aggregate { group, .. } => matches!(group.get(col), Some(Expr::Column(_))).then_some(plan),
+        _ => None,
+    }
+}
+
 /// The plan of `tree`, each condition at the lowest join that has its columns, and a projection
 /// giving the region's columns in the order written.
 fn rebuild(region: Region, tree: &Tree, schema: &arrow::datatypes::SchemaRef, card: &dyn Fn(u64) -> f64) -> LogicalPlan {
@@ -595,8 +641,19 @@ fn rebuild(region: Region, tree: &Tree, schema: &arrow::datatypes::SchemaRef, ca
             Tree::Join(a, b) => {
                 let a = build(a, leaves, pending, masks, starts, widths, card);
                 let b = build(b, leaves, pending, masks, starts, widths, card);
-                // The larger side probes, the smaller builds.
-                let (probe, build_side) = if card(b.mask) > card(a.mask) { (b, a) } else { (a, b) };
+                // The larger side probes, the smaller builds; unless the smaller one's runtime filter
+                // on the larger would spare many more rows below an aggregate than it adds to the build.
+                let probes_first = |x: &Built, y: &Built| {
+                    let spared = filter_spares(x, y, pending, masks, starts, card);
+                    spared > 0.0 && spared > BUILD_ROW_COST * (card(y.mask) - card(x.mask)).max(0.0)
+                };
+                let (probe, build_side) = if probes_first(&a, &b) {
+                    (a, b)
+                } else if probes_first(&b, &a) || card(b.mask) > card(a.mask) {
+                    (b, a)
+                } else {
+                    (a, b)
+                };
                 let mask = probe.mask | build_side.mask;
                 let position = |cols: &[usize], g: usize| cols.iter().position(|c| *c == g).unwrap_or(usize::MAX);
                 let mut columns = probe.columns.clone();

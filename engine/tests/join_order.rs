@@ -355,3 +355,21 @@ fn an_aggregate_used_twice_stays_whole_and_shared() {
     let kept: Vec<i64> = (50..100).filter(|a| a % 10 == 3).map(|a| 200 * a + 1_990_000).collect();
     assert_eq!(rows(&mut s, q), [format!("{} {}", kept.len(), kept.iter().sum::<i64>())]);
 }
+
+#[test]
+fn an_aggregate_probes_when_the_runtime_filter_from_the_other_side_spares_most_of_its_input() {
+    let (_dir, mut s) = star();
+    // The HAVING leaves the aggregate estimated smaller than dim_a's 50 rows, but hashing dim_a lets
+    // its keys filter the facts below the aggregate: half of its 20,000 input rows are never read.
+    let q = "SELECT count(*), sum(t.total) FROM (SELECT f_a, sum(f_id) AS total FROM fact GROUP BY f_a HAVING sum(f_id) > 0) t \
+             JOIN dim_a ON t.f_a = a_key WHERE a_group < 5";
+    let plan = physical(&mut s, q);
+    let join = plan.lines().position(|l| l.contains("HashJoin")).unwrap_or_else(|| panic!("{plan}"));
+    assert!(plan.lines().nth(join).unwrap_or_default().contains("runtime_filter=[fact.f_a]"), "{plan}");
+    assert!(plan.lines().skip(join + 1).take_while(|l| !l.contains("dim_a")).any(|l| l.contains("HashAggregate")), "the aggregate probes:\n{plan}");
+    // Key a (a % 10 < 5) totals 200 a + 1,990,000.
+    let totals: Vec<i64> = (0..100).filter(|a| a % 10 < 5).map(|a| 200 * a + 1_990_000).collect();
+    assert_eq!(rows(&mut s, q), [format!("{} {}", totals.len(), totals.iter().sum::<i64>())]);
+    let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert!(analyzed.contains("runtime_filtered_rows=10000"), "{analyzed}");
+}
