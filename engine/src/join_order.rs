@@ -419,7 +419,8 @@ fn push_semi_join(plan: LogicalPlan, time_used: bool, repeated: &HashSet<String>
 
 /// Selectivities of the region's conditions over two or more leaves. Equalities between columns of
 /// the same two leaves count together, as one key over both leaves' column sets (a composite key is
-/// as selective as its distinct combinations, not as the product of its parts).
+/// as selective as its distinct combinations, not as the product of its parts), from the
+/// combinations both tables have where they are measured (`stats::overlap_selectivity`).
 fn selectivities(estimator: &stats::Estimator, region: &Region, masks: &[u64]) -> Vec<Condition> {
     let mut out: Vec<Condition> = Vec::new();
     // (leaf a, leaf b) with a < b, a's columns, b's columns.
@@ -456,9 +457,10 @@ fn selectivities(estimator: &stats::Estimator, region: &Region, masks: &[u64]) -
         out.push(Condition { mask: *m, selectivity: stats::guess_selectivity(c) });
     }
     for ((a, b), ca, cb) in pairs {
-        let da = estimator.distinct(&region.leaves[a], &ca);
-        let db = estimator.distinct(&region.leaves[b], &cb);
-        out.push(Condition { mask: 1 << a | 1 << b, selectivity: 1.0 / da.max(db).max(1.0) });
+        let (la, lb) = (&region.leaves[a], &region.leaves[b]);
+        let overlap = if ca.len() > 1 { stats::overlap_selectivity(la, &ca, lb, &cb) } else { None };
+        let selectivity = overlap.unwrap_or_else(|| 1.0 / estimator.distinct(la, &ca).max(estimator.distinct(lb, &cb)).max(1.0));
+        out.push(Condition { mask: 1 << a | 1 << b, selectivity });
     }
     out
 }

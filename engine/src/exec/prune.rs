@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Scalar as ArrowScalar};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Scalar as ArrowScalar};
 use arrow::compute::kernels::cmp;
 use arrow::datatypes::Schema;
 use riffle_formats::Morsel;
@@ -12,12 +12,20 @@ use riffle_formats::Morsel;
 use crate::error::Result;
 use crate::logical::{BinaryOp, Expr};
 
-/// A conjunct the statistics can decide: `column op constant`, the column possibly cast.
+/// Whether a set of integer keys (a join's build side) has one in `min..=max`.
+pub type KeysMeet<'a> = &'a (dyn Fn(i64, i64) -> bool + Sync);
+
+/// A conjunct the statistics can decide, on `column`.
 struct Bound<'a> {
     column: usize,
-    cast: Option<&'a arrow::datatypes::DataType>,
-    op: BinaryOp,
-    value: &'a ArrayRef,
+    test: Test<'a>,
+}
+
+enum Test<'a> {
+    /// `column op constant`, the column possibly cast.
+    Compare { cast: Option<&'a arrow::datatypes::DataType>, op: BinaryOp, value: &'a ArrayRef },
+    /// The column's value is one of a set of integer keys.
+    Keys(KeysMeet<'a>),
 }
 
 fn column_side(e: &Expr) -> Option<(usize, Option<&arrow::datatypes::DataType>)> {
@@ -38,34 +46,44 @@ fn bound(e: &Expr) -> Option<Bound<'_>> {
         return None;
     }
     match (column_side(left), right.as_ref(), column_side(right), left.as_ref()) {
-        (Some((column, cast)), Expr::Literal(v), _, _) => Some(Bound { column, cast, op: *op, value: &v.0 }),
-        (_, _, Some((column, cast)), Expr::Literal(v)) => Some(Bound { column, cast, op: op.swap(), value: &v.0 }),
+        (Some((column, cast)), Expr::Literal(v), _, _) => Some(Bound { column, test: Test::Compare { cast, op: *op, value: &v.0 } }),
+        (_, _, Some((column, cast)), Expr::Literal(v)) => Some(Bound { column, test: Test::Compare { cast, op: op.swap(), value: &v.0 } }),
         _ => None,
     }
 }
 
 /// Which row groups (or pages) `b` rules out, given the column's minimum and maximum in each.
 fn excluded(b: &Bound, mins: &ArrayRef, maxes: &ArrayRef) -> Result<Option<BooleanArray>> {
-    if b.value.is_null(0) {
+    let (cast, op, value) = match &b.test {
+        Test::Compare { cast, op, value } => (cast, op, value),
+        Test::Keys(meets) => {
+            let int = |a: &ArrayRef| -> Result<arrow::array::Int64Array> {
+                Ok(arrow::compute::cast(a, &arrow::datatypes::DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone())
+            };
+            let (mins, maxes) = (int(mins)?, int(maxes)?);
+            return Ok(Some(mins.iter().zip(maxes.iter()).map(|(lo, hi)| Some(!meets(lo?, hi?))).collect()));
+        }
+    };
+    if value.is_null(0) {
         return Ok(None);
     }
     let conv = |a: &ArrayRef| -> Result<ArrayRef> {
-        Ok(match b.cast {
-            Some(t) if a.data_type() != t => arrow::compute::cast(a, t)?,
+        Ok(match cast {
+            Some(t) if a.data_type() != *t => arrow::compute::cast(a, t)?,
             // The file may hold a decimal at another width than the table stores it in.
-            None if crate::types::is_decimal(a.data_type()) && a.data_type() != b.value.data_type() => {
-                arrow::compute::cast(a, b.value.data_type())?
+            None if crate::types::is_decimal(a.data_type()) && a.data_type() != value.data_type() => {
+                arrow::compute::cast(a, value.data_type())?
             }
             _ => a.clone(),
         })
     };
     let (mins, maxes) = (conv(mins)?, conv(maxes)?);
-    if mins.data_type() != b.value.data_type() {
+    if mins.data_type() != value.data_type() {
         return Ok(None);
     }
-    let v = ArrowScalar::new(b.value.clone());
+    let v = ArrowScalar::new((*value).clone());
     // NULL statistics compare as NULL, which never excludes.
-    let out = match b.op {
+    let out = match op {
         BinaryOp::Eq => arrow::compute::or_kleene(&cmp::gt(&mins, &v)?, &cmp::lt(&maxes, &v)?)?,
         BinaryOp::Lt => cmp::gt_eq(&mins, &v)?,
         BinaryOp::LtEq => cmp::gt(&mins, &v)?,
@@ -99,15 +117,24 @@ struct FileStats {
 /// Pages of different columns cover different rows, so each conjunct excludes the row ranges of its
 /// own column's pages, and a row is read when no conjunct excludes it. Each file's footer is read once.
 pub fn prune(morsels: Vec<Morsel>, filter: &Expr, table: &Schema, projection: &[usize]) -> Result<Pruned> {
-    let (kept, pruned) = prune_each(morsels, filter, table, projection)?;
+    let (kept, pruned) = prune_each(morsels, filter, &[], table, projection)?;
     Ok(Pruned { morsels: kept.into_iter().flatten().collect(), ..pruned })
 }
 
 /// `prune`, morsel by morsel: each one kept (perhaps narrowed to fewer rows) or `None`, in order,
 /// and the counts (`Pruned::morsels` left empty). A morsel already narrowed stays within its rows.
-pub fn prune_each(morsels: Vec<Morsel>, filter: &Expr, table: &Schema, projection: &[usize]) -> Result<(Vec<Option<Morsel>>, Pruned)> {
+/// `keys`: columns whose value must also be one of a set of keys (row groups and pages holding
+/// none of the keys between their min and max are skipped).
+pub fn prune_each(
+    morsels: Vec<Morsel>,
+    filter: &Expr,
+    keys: &[(usize, KeysMeet)],
+    table: &Schema,
+    projection: &[usize],
+) -> Result<(Vec<Option<Morsel>>, Pruned)> {
     let conjuncts: Vec<Expr> = filter.clone().conjuncts();
-    let bounds: Vec<Bound> = conjuncts.iter().filter_map(bound).collect();
+    let mut bounds: Vec<Bound> = conjuncts.iter().filter_map(bound).collect();
+    bounds.extend(keys.iter().map(|(column, meets)| Bound { column: *column, test: Test::Keys(*meets) }));
     if bounds.is_empty() {
         return Ok((morsels.into_iter().map(Some).collect(), Pruned { morsels: vec![], row_groups_pruned: 0, rows_skipped: 0 }));
     }

@@ -64,6 +64,25 @@ impl KeyValues {
         Ok(KeyValues::Range { min, max, bits: (set < span).then_some(bits) })
     }
 
+    /// Whether the build side has a value in `lo..=hi`.
+    pub fn any_in(&self, lo: i64, hi: i64) -> bool {
+        let KeyValues::Range { min, max, bits } = self else { return false };
+        let (lo, hi) = (lo.max(*min), hi.min(*max));
+        if lo > hi {
+            return false;
+        }
+        let Some(bits) = bits else { return true };
+        // Bits `lo - min ..= hi - min`, a word at a time.
+        let (first, last) = (lo.abs_diff(*min), hi.abs_diff(*min));
+        let (fw, lw) = ((first / 64) as usize, (last / 64) as usize);
+        let low_mask = |b: u64| !0u64 << (b % 64);
+        let high_mask = |b: u64| !0u64 >> (63 - b % 64);
+        if fw == lw {
+            return bits[fw] & low_mask(first) & high_mask(last) != 0;
+        }
+        bits[fw] & low_mask(first) != 0 || bits[fw + 1..lw].iter().any(|w| *w != 0) || bits[lw] & high_mask(last) != 0
+    }
+
     /// Whether `v` is a value of the build side.
     #[inline]
     pub fn holds(&self, v: i64) -> bool {
@@ -133,6 +152,17 @@ impl ScanFilter {
     /// The joins' build values, once all are set; none if one join could not compute them.
     fn values(&self) -> Option<Vec<&KeyValues>> {
         self.alternatives.iter().map(|f| f.values()).collect()
+    }
+
+    /// Whether the build sides' values leave gaps between their smallest and largest (a bitmap marks
+    /// those present), so that a row group within that range may still hold none of them.
+    pub fn sparse(&self) -> bool {
+        self.values().is_some_and(|values| values.iter().any(|v| matches!(v, KeyValues::Range { bits: Some(_), .. })))
+    }
+
+    /// Whether some build side has a value in `lo..=hi` (true while the values are not known).
+    pub fn meets(&self, lo: i64, hi: i64) -> bool {
+        self.values().is_none_or(|values| values.iter().any(|v| v.any_in(lo, hi)))
     }
 
     /// `column` between the smallest and largest build value, a predicate Parquet statistics can
@@ -230,6 +260,17 @@ mod tests {
         let wide = values(vec![Some(i32::MIN), Some(i32::MAX)]);
         assert!(matches!(wide, KeyValues::Range { bits: None, .. }));
         assert_eq!(kept(wide, vec![Some(0), None]), [true, false]);
+    }
+
+    #[test]
+    fn a_range_between_the_keys_holds_none_of_them() {
+        let k = values(vec![Some(10), Some(200), Some(75)]);
+        for (lo, hi, any) in [(0, 9, false), (0, 10, true), (11, 74, false), (11, 75, true), (76, 199, false), (200, 500, true), (201, 500, false), (-5, 1000, true)] {
+            assert_eq!(k.any_in(lo, hi), any, "{lo}..={hi}");
+        }
+        // Each value in range: no bitmap, any overlap meets one.
+        let full = values(vec![Some(3), Some(4), Some(5)]);
+        assert!(full.any_in(5, 9) && !full.any_in(6, 9));
     }
 
     #[test]

@@ -374,17 +374,24 @@ impl ScanShared {
 
     /// Drops the work not handed out yet that runtime filters set since the last call rule out: all
     /// of it when a build side had no key, else the Parquet row groups and pages whose statistics
-    /// lie outside the build sides' key ranges (all new filters at once: each file's footer is read
-    /// once).
+    /// lie outside the build sides' key ranges, or hold none of their keys between their min and
+    /// max (a few ticket numbers spread over a table clustered by them: TPC-DS q25 reads 145 of
+    /// store sales' 235 row groups by the range, 8 by the keys). All new filters at once: each
+    /// file's footer is read once.
     fn prune_by_runtime_filters(&self) -> Result<()> {
-        let (mut ranges, mut nothing) = (Vec::new(), false);
+        let (mut ranges, mut sets, mut nothing) = (Vec::new(), Vec::new(), false);
         for f in &self.runtime {
             let Some(bounds) = f.bounds(self.schema.field(f.column).data_type())? else { continue };
             if f.pruned.swap(true, Ordering::AcqRel) {
                 continue;
             }
             match bounds {
-                Some(range) => ranges.push(range),
+                Some(range) => {
+                    ranges.push(range);
+                    if f.sparse() {
+                        sets.push(f);
+                    }
+                }
                 None => nothing = true,
             }
         }
@@ -409,7 +416,9 @@ impl ScanShared {
                     w => others.push((n, w)),
                 }
             }
-            let (kept, counts) = super::prune::prune_each(morsels, &bounds, &self.source.schema, &self.projection)?;
+            let meets: Vec<Box<dyn Fn(i64, i64) -> bool + Sync>> = sets.iter().map(|f| Box::new(move |lo, hi| f.meets(lo, hi)) as _).collect();
+            let keys: Vec<(usize, super::prune::KeysMeet)> = sets.iter().zip(&meets).map(|(f, m)| (f.column, m.as_ref())).collect();
+            let (kept, counts) = super::prune::prune_each(morsels, &bounds, &keys, &self.source.schema, &self.projection)?;
             queue.extend(numbers.into_iter().zip(kept).filter_map(|(n, m)| Some((n, Work::File(m?)))));
             queue.extend(others);
             (counts.row_groups_pruned, counts.rows_skipped)
