@@ -118,8 +118,8 @@ pub enum PhysicalPlan {
     Shared { input: Box<PhysicalPlan>, id: usize, buffered: bool },
 }
 
-/// Where a join key's runtime filter could go: the scan (and its column) the probe rows' key comes
-/// from, and the GROUP BYs and shared subplans between (`PhysicalPlan::filter_target`).
+/// Where a join key's runtime filter could go: a scan (and its column) the probe rows' key comes
+/// from, and the GROUP BYs, shared subplans and unions between (`PhysicalPlan::filter_targets`).
 #[derive(Debug)]
 pub struct FilterTarget<'a> {
     pub key: usize,
@@ -232,56 +232,62 @@ impl PhysicalPlan {
         }
     }
 
-    /// The scan that column `column` of this plan's output comes from unchanged, with its position in
-    /// the scan's output: every row here carries the value a row of that scan had, and a row of the
-    /// scan whose value is not wanted here could have been dropped at the scan. Through filters,
+    /// The scans that column `column` of this plan's output comes from unchanged, with its position
+    /// in each scan's output, appended to `out` with the breakers crossed (`via`, plus those crossed
+    /// before): every row here carries the value a row of such a scan had, and a row of the scan
+    /// whose value is not wanted here could have been dropped at the scan. Through filters,
     /// projections of the column, the probe side of joins that emit probe rows as they are (never
     /// build rows in their place, never probe columns padded with NULL), and inner joins' build keys
     /// (equal to their probe keys). With `across_breakers`, also into a GROUP BY keyed by the column
-    /// (its groups of other values are not wanted either) and into a shared subplan: those are
-    /// pushed to `via`, as the scan is then in another pipeline (and other uses read the subplan).
-    pub fn filter_target<'a>(&'a self, column: usize, across_breakers: bool, via: &mut Vec<&'a PhysicalPlan>) -> Option<(&'a PhysicalPlan, usize)> {
+    /// (its groups of other values are not wanted either), a shared subplan and the inputs of a
+    /// union: those go in `via`, as the scan is then in another pipeline (and other uses may read
+    /// the subplan).
+    pub fn filter_targets<'a>(&'a self, column: usize, across_breakers: bool, via: &[&'a PhysicalPlan], out: &mut Vec<(&'a PhysicalPlan, usize, Vec<&'a PhysicalPlan>)>) {
+        let crossed = |node: &'a PhysicalPlan| -> Vec<&'a PhysicalPlan> { via.iter().copied().chain([node]).collect() };
         match self {
-            PhysicalPlan::Scan { .. } => Some((self, column)),
-            PhysicalPlan::Filter { input, .. } => input.filter_target(column, across_breakers, via),
-            PhysicalPlan::Project { input, exprs, .. } => match exprs.get(column)? {
-                Expr::Column(c) => input.filter_target(*c, across_breakers, via),
-                _ => None,
-            },
+            PhysicalPlan::Scan { .. } => out.push((self, column, via.to_vec())),
+            PhysicalPlan::Filter { input, .. } => input.filter_targets(column, across_breakers, via, out),
+            PhysicalPlan::Project { input, exprs, .. } => {
+                if let Some(Expr::Column(c)) = exprs.get(column) {
+                    input.filter_targets(*c, across_breakers, via, out)
+                }
+            }
             PhysicalPlan::HashJoin { probe, kind, keep_build: false, .. } | PhysicalPlan::NestedLoopJoin { probe, kind, .. }
                 if matches!(kind, JoinKind::Inner | JoinKind::Left | JoinKind::Semi | JoinKind::Anti | JoinKind::Mark | JoinKind::Single)
                     && column < probe.schema().fields().len() =>
             {
-                probe.filter_target(column, across_breakers, via)
+                probe.filter_targets(column, across_breakers, via, out)
             }
             // A build key of an inner join equals its probe key in every row (same type, so the same
             // value): the probe side's column carries it.
             PhysicalPlan::HashJoin { probe, build, kind: JoinKind::Inner, probe_keys, build_keys, keep_build: false, .. } => {
                 let probe_schema = probe.schema();
-                let b = column.checked_sub(probe_schema.fields().len())?;
-                let key = build_keys.iter().position(|k| *k == Expr::Column(b))?;
-                let Expr::Column(p) = probe_keys[key] else { return None };
-                let same_type = probe_schema.field(p).data_type() == build.schema().field(b).data_type();
-                if same_type { probe.filter_target(p, across_breakers, via) } else { None }
-            }
-            PhysicalPlan::HashAggregate { input, group, window_end: None, .. } if across_breakers => match group.get(column)? {
-                Expr::Column(c) => {
-                    via.push(self);
-                    input.filter_target(*c, across_breakers, via)
+                let Some(b) = column.checked_sub(probe_schema.fields().len()) else { return };
+                let Some(key) = build_keys.iter().position(|k| *k == Expr::Column(b)) else { return };
+                let Expr::Column(p) = probe_keys[key] else { return };
+                if probe_schema.field(p).data_type() == build.schema().field(b).data_type() {
+                    probe.filter_targets(p, across_breakers, via, out)
                 }
-                _ => None,
-            },
-            PhysicalPlan::Shared { input, .. } if across_breakers => {
-                via.push(self);
-                input.filter_target(column, across_breakers, via)
             }
-            _ => None,
+            PhysicalPlan::HashAggregate { input, group, window_end: None, .. } if across_breakers => {
+                if let Some(Expr::Column(c)) = group.get(column) {
+                    input.filter_targets(*c, across_breakers, &crossed(self), out)
+                }
+            }
+            PhysicalPlan::Shared { input, .. } if across_breakers => input.filter_targets(column, across_breakers, &crossed(self), out),
+            // Each input's rows go to this union only: any of them may be filtered.
+            PhysicalPlan::Union { inputs, .. } if across_breakers => {
+                for input in inputs {
+                    input.filter_targets(column, across_breakers, &crossed(self), out);
+                }
+            }
+            _ => {}
         }
     }
 
     /// Where a hash join's runtime filters could go (see `exec::runtime_filter`; which are used is
-    /// `crate::runtime_filter_plan`'s choice): for each key whose probe side is a column of a scan
-    /// (`filter_target`), of an integer type equal to the build key's, the key's index, that scan,
+    /// `crate::runtime_filter_plan`'s choice): for each key whose probe side is a column of scans
+    /// (`filter_targets`), of an integer type equal to the build key's, the key's index, each scan,
     /// the column's position in it and the breakers between. None unless probe rows without a match
     /// never reach the output (inner, right and semi joins, and those that keep build rows by their
     /// matches).
@@ -294,21 +300,18 @@ impl PhysicalPlan {
         }
         let (probe_schema, build_schema) = (probe.schema(), build.schema());
         let integer = |t: &arrow::datatypes::DataType| t.is_integer() && *t != arrow::datatypes::DataType::UInt64;
-        probe_keys
-            .iter()
-            .zip(build_keys)
-            .enumerate()
-            .filter_map(|(key, (p, b))| {
-                let Expr::Column(c) = p else { return None };
-                let t = p.data_type(&probe_schema);
-                if !integer(&t) || t != b.data_type(&build_schema) {
-                    return None;
-                }
-                let mut via = vec![];
-                let (scan, column) = probe.filter_target(*c, across_breakers, &mut via)?;
-                Some(FilterTarget { key, scan, column, via })
-            })
-            .collect()
+        let mut out = vec![];
+        for (key, (p, b)) in probe_keys.iter().zip(build_keys).enumerate() {
+            let Expr::Column(c) = p else { continue };
+            let t = p.data_type(&probe_schema);
+            if !integer(&t) || t != b.data_type(&build_schema) {
+                continue;
+            }
+            let mut scans = vec![];
+            probe.filter_targets(*c, across_breakers, &[], &mut scans);
+            out.extend(scans.into_iter().map(|(scan, column, via)| FilterTarget { key, scan, column, via }));
+        }
+        out
     }
 
     /// Whether the output is a changelog (its last column the row kind), not rows that are final.

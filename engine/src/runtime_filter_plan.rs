@@ -1,8 +1,9 @@
 //! Which scans each hash join's runtime filters go to (the filters themselves: `exec::runtime_filter`).
 //!
-//! A join key's filter goes to the scan its probe rows' key comes from unchanged
-//! (`PhysicalPlan::filter_target`): in the probe's own pipeline, or, in batch mode, below a GROUP BY
-//! keyed by it or inside a shared subplan, in a pipeline that may run before the join's probe. A scan
+//! A join key's filter goes to the scans its probe rows' key comes from unchanged
+//! (`PhysicalPlan::filter_targets`): in the probe's own pipeline, or, in batch mode, below a GROUP BY
+//! keyed by it, inside a shared subplan or in a union's inputs, in a pipeline that may run before
+//! the join's probe (TPC-DS q54's catalog and web sales of one month are read as such). A scan
 //! waits for its filters before it reads anything, so such a GROUP BY only sees the rows the join can
 //! use: TPC-DS q23 counts its frequent items' sales per day over the catalog and web sales' items
 //! only, as DuckDB does with its materialized CTEs. A shared subplan runs once for all its uses, so a

@@ -182,3 +182,17 @@ fn row_groups_between_a_few_scattered_keys_are_skipped() {
     assert!(analyzed.contains("row_groups=2/10 (pruned 8)"), "{analyzed}");
     assert_eq!(facts_filtered(&analyzed), Some(1998), "{analyzed}");
 }
+
+#[test]
+fn a_filter_reaches_the_scans_of_every_input_of_a_union() {
+    // As TPC-DS q54's catalog and web sales of one month: each input's scan reads only the row
+    // group with the keys.
+    let (mut s, dir) = session(&|i| Some(i));
+    s.register_path("facts2", &dir.path().join("facts.parquet").display().to_string()).expect("register");
+    let q = "SELECT count(*), sum(u.v) FROM (SELECT k, v FROM facts UNION ALL SELECT k, v * 2 AS v FROM facts2) u JOIN dim ON u.k = d WHERE flag = 1";
+    let plan = physical(&mut s, q);
+    assert!(plan.contains("runtime_filter=[facts.k, facts2.k]"), "{plan}");
+    assert_eq!(rows(&mut s, q), expected(&mut s, q));
+    let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert_eq!(analyzed.matches("row_groups=1/10 (pruned 9)").count(), 2, "{analyzed}");
+}

@@ -503,7 +503,9 @@ impl Builder<'_> {
 
     /// The runtime filters join node `id` sets, by key.
     fn join_filters(&mut self, id: usize) -> Vec<(usize, Arc<RuntimeFilter>)> {
-        let keys: Vec<usize> = self.filter_plan.joins.get(&id).map_or(vec![], |f| f.iter().map(|f| f.key).collect());
+        let mut keys: Vec<usize> = self.filter_plan.joins.get(&id).map_or(vec![], |f| f.iter().map(|f| f.key).collect());
+        // A key filters each input of a union below: its filter is set once.
+        keys.dedup();
         keys.into_iter().map(|key| (key, self.filter(id, key))).collect()
     }
 
