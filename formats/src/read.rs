@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy};
 use parquet::arrow::ProjectionMask;
 use parquet::basic::Encoding;
 
@@ -274,7 +274,11 @@ pub fn read_morsel(
                 builder = builder.with_row_groups(rgs.clone());
             }
             if let (Some(ranges), Some(rows)) = (&morsel.rows_to_read, morsel.rows) {
-                builder = builder.with_row_selection(RowSelection::from_consecutive_ranges(ranges.iter().cloned(), rows));
+                // Skipped rows are skipped, not decoded and dropped (the reader's choice for short
+                // runs, which costs more than reading every row when they are many).
+                builder = builder
+                    .with_row_selection(RowSelection::from_consecutive_ranges(ranges.iter().cloned(), rows))
+                    .with_row_selection_policy(RowSelectionPolicy::Selectors);
             }
             let reader = builder.build().map_err(|e| FormatError::corrupt(&path, e))?;
             // Position of each projected file column inside the batches the reader yields.

@@ -75,6 +75,10 @@ struct Found {
 
 const MORSEL_BITS: u32 = 24;
 
+/// Below this share of rows passing its runtime filters so far, a scan reads Parquet row groups late
+/// (`ScanShared::reads_late`).
+const LATE_PASS_RATE: f64 = 0.1;
+
 /// Hands generated events out on the wall clock: a range once its last event's time (`n / rate`
 /// seconds after the first event was asked for) has come.
 struct Pace {
@@ -430,6 +434,66 @@ impl ScanShared {
         Ok(())
     }
 
+    /// Whether to read Parquet morsel `m` late: its runtime filters' columns first, then only the
+    /// rows that pass. So when they have kept few rows so far (a row group's other columns are then
+    /// mostly never decoded: TPC-DS q54 keeps 550 of store sales' 28.8 M rows by their customers),
+    /// and the scan reads other columns too.
+    fn reads_late(&self, format: &FileFormat, m: &Morsel) -> bool {
+        let filtered: Vec<usize> = self.runtime.iter().map(|f| f.column).collect();
+        let pass: f64 = self.runtime.iter().map(|f| f.pass_rate()).product();
+        matches!(format, FileFormat::Parquet)
+            && pass < LATE_PASS_RATE
+            && m.rows.is_some()
+            && matches!(m.row_groups.as_deref(), Some([_]))
+            && (0..self.projection.len()).any(|c| !filtered.contains(&c))
+    }
+
+    /// Morsel `m` narrowed to the rows that pass the runtime filters, read from their columns alone;
+    /// `None` when none does.
+    fn rows_passing(&self, format: &FileFormat, m: Morsel) -> Result<Option<Morsel>> {
+        let mut columns: Vec<usize> = self.runtime.iter().map(|f| f.column).collect();
+        columns.sort_unstable();
+        columns.dedup();
+        let table_columns: Vec<usize> = columns.iter().map(|c| self.projection[*c]).collect();
+        let reader = riffle_formats::read_morsel(format, &m, &self.source.schema, &table_columns, &vec![false; columns.len()], self.batch_size)?;
+        let mut order: Vec<&ScanFilter> = self.runtime.iter().collect();
+        order.sort_by(|a, b| a.pass_rate().total_cmp(&b.pass_rate()));
+        let mut passing = Vec::new();
+        for batch in reader {
+            let batch = batch?;
+            let mut keep = None;
+            for f in &order {
+                let at = columns.iter().position(|c| *c == f.column).unwrap_or_default();
+                f.narrow(batch.column(at), &mut keep)?;
+            }
+            match keep {
+                Some(keep) => passing.extend(keep),
+                None => passing.extend(std::iter::repeat_n(true, batch.num_rows())),
+            }
+        }
+        // The positions read are the morsel's rows to read, in order.
+        let total = m.rows.unwrap_or_default();
+        let read = m.rows_to_read.clone().unwrap_or_else(|| vec![0..total]);
+        if read.iter().map(|r| r.len()).sum::<usize>() != passing.len() {
+            return Ok(Some(m));
+        }
+        let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
+        for (row, pass) in read.into_iter().flatten().zip(&passing) {
+            if !*pass {
+                continue;
+            }
+            match kept.last_mut() {
+                Some(last) if last.end == row => last.end += 1,
+                _ => kept.push(row..row + 1),
+            }
+        }
+        let passed: usize = kept.iter().map(|r| r.len()).sum();
+        if let Some(metrics) = &self.metrics {
+            metrics.rows_runtime_filtered.fetch_add((passing.len() - passed) as u64, Ordering::Relaxed);
+        }
+        Ok((passed > 0).then(|| Morsel { rows_to_read: Some(kept), ..m }))
+    }
+
     /// The rows of `batch` that pass the runtime filters set so far, the most selective applied first
     /// (each looks only at the rows the ones before kept).
     fn runtime_filtered(&self, batch: RecordBatch) -> Result<RecordBatch> {
@@ -705,6 +769,8 @@ pub struct ScanSource {
     test_barriers: bool,
     /// This partition said it is idle and sent nothing since.
     idle: bool,
+    /// The reader reads only rows that passed the runtime filters (`ScanShared::rows_passing`).
+    prefiltered: bool,
 }
 
 impl ScanSource {
@@ -731,6 +797,7 @@ impl ScanSource {
             held: VecDeque::new(),
             test_barriers,
             idle: false,
+            prefiltered: false,
         }
     }
 
@@ -801,7 +868,7 @@ impl ScanSource {
     fn next_read(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             let Some(batch) = self.next_unfiltered()? else { return Ok(None) };
-            if self.shared.runtime.is_empty() {
+            if self.shared.runtime.is_empty() || self.prefiltered {
                 return Ok(Some(batch));
             }
             let batch = self.shared.runtime_filtered(batch)?;
@@ -848,6 +915,15 @@ impl ScanSource {
                         return Err(RiffleError::exec("file morsel for an in-memory table"));
                     };
                     let format: &FileFormat = format;
+                    self.prefiltered = self.shared.reads_late(format, &m);
+                    let m = if self.prefiltered {
+                        match self.shared.rows_passing(format, m)? {
+                            Some(m) => m,
+                            None => continue,
+                        }
+                    } else {
+                        m
+                    };
                     self.reader = Some(riffle_formats::read_morsel(
                         format,
                         &m,
