@@ -122,6 +122,14 @@ fn sorted(mut rows: Vec<String>) -> Vec<String> {
     rows
 }
 
+/// Asserts what EXPLAIN ANALYZE of `q` shows of the scan of `facts`: the row groups it read, and the
+/// rows its runtime filters dropped.
+fn assert_facts_read(s: &mut Session, q: &str, row_groups: &str, filtered: u64) {
+    let analyzed = text(s, &format!("EXPLAIN ANALYZE {q}"));
+    assert!(analyzed.contains(row_groups), "{analyzed}");
+    assert_eq!(facts_filtered(&analyzed), Some(filtered), "{analyzed}");
+}
+
 /// The `runtime_filtered_rows` of the scan of `facts` in an EXPLAIN ANALYZE.
 fn facts_filtered(analyzed: &str) -> Option<u64> {
     let line = analyzed.lines().find(|l| l.contains("Scan: facts"))?;
@@ -140,9 +148,7 @@ fn a_filter_passes_a_group_by_keyed_by_the_join_key_and_waits_for_the_build_side
     assert!(join.contains("runtime_filter=[facts.k]"), "{plan}");
     assert_eq!(rows(&mut s, q), expected(&mut s, q));
     // dim's 25 odd j below 50: keys 2002, 2006, …, 2098, all in row group 2000..2999.
-    let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
-    assert!(analyzed.contains("row_groups=1/10 (pruned 9)"), "{analyzed}");
-    assert_eq!(facts_filtered(&analyzed), Some(975), "{analyzed}");
+    assert_facts_read(&mut s, q, "row_groups=1/10 (pruned 9)", 975);
 }
 
 #[test]
@@ -156,9 +162,7 @@ fn a_shared_subplan_keeps_the_rows_any_use_joins() {
     assert_eq!(plan.matches("runtime_filter=[facts.k]").count(), 2, "{plan}");
     assert_eq!(sorted(rows(&mut s, q)), sorted(expected(&mut s, q)));
     // 25 keys of the first use and 24 of the second (even j above 450), one row group.
-    let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
-    assert!(analyzed.contains("row_groups=1/10 (pruned 9)"), "{analyzed}");
-    assert_eq!(facts_filtered(&analyzed), Some(1000 - 49), "{analyzed}");
+    assert_facts_read(&mut s, q, "row_groups=1/10 (pruned 9)", 1000 - 49);
     // A use that reads every group leaves the shared scan unfiltered.
     let q = "WITH g AS (SELECT k, count(*) AS n, sum(v) AS s FROM facts GROUP BY k) \
              SELECT count(*), sum(n), sum(s) FROM g JOIN (SELECT d FROM dim WHERE flag = 1 AND d < 2100 GROUP BY d) a ON k = a.d \
@@ -178,9 +182,7 @@ fn row_groups_between_a_few_scattered_keys_are_skipped() {
     let q = "SELECT count(*), sum(v) FROM facts JOIN ends ON k = e_k WHERE e = 1";
     assert!(physical(&mut s, q).contains("runtime_filter=[facts.k]"), "{}", physical(&mut s, q));
     assert_eq!(rows(&mut s, q), [format!("2 {}", 5 % 7 + 9_995 % 7)]);
-    let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
-    assert!(analyzed.contains("row_groups=2/10 (pruned 8)"), "{analyzed}");
-    assert_eq!(facts_filtered(&analyzed), Some(1998), "{analyzed}");
+    assert_facts_read(&mut s, q, "row_groups=2/10 (pruned 8)", 1998);
 }
 
 #[test]
