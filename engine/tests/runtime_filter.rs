@@ -181,7 +181,8 @@ fn row_groups_between_a_few_scattered_keys_are_skipped() {
     s.register_path("ends", &ends).expect("register");
     let q = "SELECT count(*), sum(v) FROM facts JOIN ends ON k = e_k WHERE e = 1";
     assert!(physical(&mut s, q).contains("runtime_filter=[facts.k]"), "{}", physical(&mut s, q));
-    assert_eq!(rows(&mut s, q), [format!("2 {}", 5 % 7 + 9_995 % 7)]);
+    // v = i % 7: 5 and 9,995 % 7 = 6.
+    assert_eq!(rows(&mut s, q), ["2 11"]);
     assert_facts_read(&mut s, q, "row_groups=2/10 (pruned 8)", 1998);
 }
 

@@ -473,7 +473,7 @@ impl ScanShared {
         }
         // The positions read are the morsel's rows to read, in order.
         let total = m.rows.unwrap_or_default();
-        let read = m.rows_to_read.clone().unwrap_or_else(|| vec![0..total]);
+        let read: Vec<std::ops::Range<usize>> = m.rows_to_read.clone().unwrap_or_else(|| std::iter::once(0..total).collect());
         if read.iter().map(|r| r.len()).sum::<usize>() != passing.len() {
             return Ok(Some(m));
         }
