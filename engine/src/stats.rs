@@ -378,7 +378,7 @@ pub fn overlap_selectivity(left: &LogicalPlan, left_cols: &[usize], right: &Logi
     pairs.dedup();
     let (lk, rk): (Vec<usize>, Vec<usize>) = pairs.into_iter().unzip();
     let (a, b) = (table_sketch(ls, &lk)?, table_sketch(rs, &rk)?);
-    let mut union = HyperLogLog { registers: a.registers.clone() };
+    let mut union = HyperLogLog::clone(&a);
     union.merge(&b);
     let (da, db) = (a.estimate().max(1.0), b.estimate().max(1.0));
     let shared = (da + db - union.estimate()).clamp(1.0, da.min(db));
@@ -465,7 +465,7 @@ pub fn guess_selectivity(p: &Expr) -> f64 {
 }
 
 /// A HyperLogLog sketch with 2^12 registers (about 1.6% standard error).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct HyperLogLog {
     registers: Vec<u8>,
 }

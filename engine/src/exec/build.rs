@@ -213,7 +213,7 @@ impl Builder<'_> {
                 // watermarks they bring with them, and windows downstream would wait for later rows.
                 let filters = self.scan_filters(id).filter(|_| !(self.config.stream && source.event_time.is_some()));
                 let shared = Arc::new(match filters {
-                    Some(filters) => shared.with_runtime_filters(filters, metrics.clone(), self.notifier),
+                    Some(filters) => shared.with_runtime_filters(filters, metrics.clone()),
                     None => shared,
                 });
                 if self.config.stream {
@@ -566,7 +566,6 @@ impl Builder<'_> {
     }
 }
 
-/// A plan node's identity while the plan is being built.
 /// Evaluates literal rows into one batch.
 fn values_batch(rows: &[Vec<Expr>], schema: &arrow::datatypes::SchemaRef) -> Result<RecordBatch> {
     let one = RecordBatch::try_new_with_options(Arc::new(Schema::empty()), vec![], &RecordBatchOptions::new().with_row_count(Some(1)))?;

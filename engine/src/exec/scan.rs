@@ -49,7 +49,7 @@ pub struct ScanShared {
     last_rows: std::sync::atomic::AtomicU64,
     /// Join keys' values that rows must have, once the joins' build sides are complete.
     runtime: Vec<ScanFilter>,
-    filters_notifier: Option<super::Notifier>,
+    notifier: super::Notifier,
     metrics: Option<Arc<OpMetrics>>,
 }
 
@@ -351,7 +351,7 @@ impl ScanShared {
             started: std::time::Instant::now(),
             last_rows: std::sync::atomic::AtomicU64::new(0),
             runtime: Vec::new(),
-            filters_notifier: None,
+            notifier: notifier.clone(),
             metrics: None,
         };
         // The files there are now are found before anything is read (or checkpointed).
@@ -360,11 +360,10 @@ impl ScanShared {
     }
 
     /// Filters the rows by joins' runtime filters on its columns (see `runtime_filter`). The scan
-    /// reads nothing before they are set, unless every task of the query waits (`notifier`).
-    pub fn with_runtime_filters(mut self, filters: Vec<ScanFilter>, metrics: Arc<OpMetrics>, notifier: &super::Notifier) -> ScanShared {
+    /// reads nothing before they are set, unless every task of the query waits.
+    pub fn with_runtime_filters(mut self, filters: Vec<ScanFilter>, metrics: Arc<OpMetrics>) -> ScanShared {
         self.runtime = filters;
         self.metrics = Some(metrics);
-        self.filters_notifier = Some(notifier.clone());
         self
     }
 
@@ -373,7 +372,7 @@ impl ScanShared {
     /// hold back as it holds its probe. Should the join wait for this scan after all (through
     /// another filter's scan, say), the scheduler finds every task waiting and gives the waits up.
     fn awaiting_filters(&self) -> bool {
-        !self.runtime.iter().all(|f| f.is_set()) && !self.filters_notifier.as_ref().is_some_and(|n| n.waits_given_up())
+        !self.runtime.iter().all(|f| f.is_set()) && !self.notifier.waits_given_up()
     }
 
     /// Drops the work not handed out yet that runtime filters set since the last call rule out: all
@@ -456,29 +455,22 @@ impl ScanShared {
         columns.dedup();
         let table_columns: Vec<usize> = columns.iter().map(|c| self.projection[*c]).collect();
         let reader = riffle_formats::read_morsel(format, &m, &self.source.schema, &table_columns, &vec![false; columns.len()], self.batch_size)?;
-        let mut order: Vec<&ScanFilter> = self.runtime.iter().collect();
-        order.sort_by(|a, b| a.pass_rate().total_cmp(&b.pass_rate()));
-        let mut passing = Vec::new();
+        let mut passes = Vec::new();
         for batch in reader {
             let batch = batch?;
-            let mut keep = None;
-            for f in &order {
-                let at = columns.iter().position(|c| *c == f.column).unwrap_or_default();
-                f.narrow(batch.column(at), &mut keep)?;
-            }
-            match keep {
-                Some(keep) => passing.extend(keep),
-                None => passing.extend(std::iter::repeat_n(true, batch.num_rows())),
+            match self.passing(&batch, |column| columns.iter().position(|c| *c == column).unwrap_or_default())? {
+                Some(keep) => passes.extend(keep),
+                None => passes.extend(std::iter::repeat_n(true, batch.num_rows())),
             }
         }
         // The positions read are the morsel's rows to read, in order.
         let total = m.rows.unwrap_or_default();
         let read: Vec<std::ops::Range<usize>> = m.rows_to_read.clone().unwrap_or_else(|| std::iter::once(0..total).collect());
-        if read.iter().map(|r| r.len()).sum::<usize>() != passing.len() {
+        if read.iter().map(|r| r.len()).sum::<usize>() != passes.len() {
             return Ok(Some(m));
         }
         let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
-        for (row, pass) in read.into_iter().flatten().zip(&passing) {
+        for (row, pass) in read.into_iter().flatten().zip(&passes) {
             if !*pass {
                 continue;
             }
@@ -489,21 +481,27 @@ impl ScanShared {
         }
         let passed: usize = kept.iter().map(|r| r.len()).sum();
         if let Some(metrics) = &self.metrics {
-            metrics.rows_runtime_filtered.fetch_add((passing.len() - passed) as u64, Ordering::Relaxed);
+            metrics.rows_runtime_filtered.fetch_add((passes.len() - passed) as u64, Ordering::Relaxed);
         }
         Ok((passed > 0).then(|| Morsel { rows_to_read: Some(kept), ..m }))
     }
 
-    /// The rows of `batch` that pass the runtime filters set so far, the most selective applied first
-    /// (each looks only at the rows the ones before kept).
-    fn runtime_filtered(&self, batch: RecordBatch) -> Result<RecordBatch> {
+    /// Which rows of `batch` pass the runtime filters set so far (`None`: all), the most selective
+    /// applied first (each looks only at the rows the ones before kept); the scan's column `c` is
+    /// `batch`'s column `at(c)`.
+    fn passing(&self, batch: &RecordBatch, at: impl Fn(usize) -> usize) -> Result<Option<Vec<bool>>> {
         let mut order: Vec<&ScanFilter> = self.runtime.iter().collect();
         order.sort_by(|a, b| a.pass_rate().total_cmp(&b.pass_rate()));
         let mut keep = None;
         for f in order {
-            f.narrow(batch.column(f.column), &mut keep)?;
+            f.narrow(batch.column(at(f.column)), &mut keep)?;
         }
-        let Some(keep) = keep else { return Ok(batch) };
+        Ok(keep)
+    }
+
+    /// The rows of `batch` that pass the runtime filters set so far.
+    fn runtime_filtered(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let Some(keep) = self.passing(&batch, |c| c)? else { return Ok(batch) };
         let kept = keep.iter().filter(|k| **k).count();
         if kept == batch.num_rows() {
             return Ok(batch);

@@ -217,13 +217,13 @@ fn worker(slots: &[Mutex<Option<PipelineTask>>], notifier: &Notifier) {
                     st.running += 1;
                     break (id, v);
                 }
-                if st.running == 0 && st.blocked.len() == st.remaining && st.timer.is_none() && !st.waits_given_up {
-                    // Every task waits: scans waiting for runtime filters read without them.
-                    st.waits_given_up = true;
-                    st.version += 1;
-                    continue;
-                }
                 if st.running == 0 && st.blocked.len() == st.remaining && st.timer.is_none() {
+                    if !st.waits_given_up {
+                        // Every task waits: scans waiting for runtime filters read without them.
+                        st.waits_given_up = true;
+                        st.version += 1;
+                        continue;
+                    }
                     // Every task waits and nothing runs that could wake one: a bug, not a slow query.
                     st.error = Some(RiffleError::exec("internal error (a bug in Riffle, please report it): pipelines deadlocked"));
                     drop(st);
