@@ -158,7 +158,7 @@ fn operator_words(plan: &PhysicalPlan) -> &'static str {
         PhysicalPlan::Sort { .. } => "ORDER BY",
         PhysicalPlan::Limit { .. } => "LIMIT",
         PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } | PhysicalPlan::StreamJoin { .. } => "a join",
-        PhysicalPlan::Window { .. } => "a window function (OVER)",
+        PhysicalPlan::Window { .. } | PhysicalPlan::RankFilter { .. } => "a window function (OVER)",
         PhysicalPlan::SessionTvf { .. } | PhysicalPlan::SessionAggregate { .. } => "SESSION windows",
         PhysicalPlan::WindowTvf { .. } => "a window table function",
         PhysicalPlan::HashAggregate { .. } => "a window aggregate",

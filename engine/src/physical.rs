@@ -9,7 +9,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::catalog::TableSource;
 use crate::error::{Result, RiffleError};
-use crate::logical::{join_schema, AggCall, Expr, JoinKind, LogicalPlan, SortKey, WindowCall, WindowSpec};
+use crate::logical::{join_schema, AggCall, BinaryOp, Expr, JoinKind, LogicalPlan, SortKey, WindowCall, WindowFunc, WindowSpec};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PhysicalPlan {
@@ -105,6 +105,10 @@ pub enum PhysicalPlan {
         schema: SchemaRef,
         estimated_rows: Option<u64>,
     },
+    /// Drops the rows that cannot rank within the first `limit` of their partition by `order_by`
+    /// (`exec/rank_filter.rs`): a window's `rank() <= limit` filter, applied before the window's
+    /// sort as well as after. `dense`: ranks count distinct `order_by` values (dense_rank).
+    RankFilter { input: Box<PhysicalPlan>, partition_by: Vec<Expr>, order_by: Vec<SortKey>, limit: usize, dense: bool },
     /// Full sort, or top-k when `fetch` is set.
     Sort { input: Box<PhysicalPlan>, keys: Vec<SortKey>, fetch: Option<usize> },
     Limit { input: Box<PhysicalPlan>, skip: usize, fetch: Option<usize> },
@@ -175,6 +179,7 @@ impl PhysicalPlan {
             | PhysicalPlan::SessionAggregate { schema, .. }
             | PhysicalPlan::SessionTvf { schema, .. } => schema.clone(),
             PhysicalPlan::Filter { input, .. }
+            | PhysicalPlan::RankFilter { input, .. }
             | PhysicalPlan::Sort { input, .. }
             | PhysicalPlan::Limit { input, .. }
             | PhysicalPlan::Shared { input, .. } => input.schema(),
@@ -185,6 +190,7 @@ impl PhysicalPlan {
         match self {
             PhysicalPlan::Scan { .. } | PhysicalPlan::Values { .. } => vec![],
             PhysicalPlan::Filter { input, .. }
+            | PhysicalPlan::RankFilter { input, .. }
             | PhysicalPlan::Project { input, .. }
             | PhysicalPlan::HashAggregate { input, .. }
             | PhysicalPlan::UpdateAggregate { input, .. }
@@ -213,6 +219,7 @@ impl PhysicalPlan {
         match self {
             PhysicalPlan::Scan { .. } | PhysicalPlan::Values { .. } => vec![],
             PhysicalPlan::Filter { input, .. }
+            | PhysicalPlan::RankFilter { input, .. }
             | PhysicalPlan::Project { input, .. }
             | PhysicalPlan::HashAggregate { input, .. }
             | PhysicalPlan::UpdateAggregate { input, .. }
@@ -442,7 +449,7 @@ impl PhysicalPlan {
             PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => {
                 Some("a right or full outer join, or a semi join keeping the right side's rows (they come out at its end)")
             }
-            PhysicalPlan::Sort { .. } => Some("ORDER BY"),
+            PhysicalPlan::Sort { .. } | PhysicalPlan::RankFilter { .. } => Some("ORDER BY"),
             PhysicalPlan::Limit { .. } => Some("LIMIT"),
             PhysicalPlan::Values { .. } => Some("literal rows (VALUES)"),
         };
@@ -518,6 +525,7 @@ impl PhysicalPlan {
             ),
             PhysicalPlan::Materialize { .. } => "blocking: applies the changelog, emits the final rows at the end of its input; state: every row".into(),
             PhysicalPlan::Sort { .. } => "blocking: emits at the end of its input; state: every row (spills)".into(),
+            PhysicalPlan::RankFilter { limit, .. } => format!("streaming; state: each partition's {limit} best keys"),
             PhysicalPlan::HashJoin { .. } | PhysicalPlan::NestedLoopJoin { .. } => {
                 "streaming probe side; state: the build side, read to its end first".into()
             }
@@ -596,6 +604,7 @@ impl PhysicalPlan {
             PhysicalPlan::StreamJoin { interval: Some(_), .. } => "IntervalJoin",
             PhysicalPlan::StreamJoin { .. } => "StreamJoin",
             PhysicalPlan::NestedLoopJoin { .. } => "NestedLoopJoin",
+            PhysicalPlan::RankFilter { .. } => "RankFilter",
             PhysicalPlan::Sort { fetch: Some(_), .. } => "TopK",
             PhysicalPlan::Sort { .. } => "Sort",
             PhysicalPlan::Limit { .. } => "Limit",
@@ -721,6 +730,16 @@ impl PhysicalPlan {
                     None => format!(": {}", keys.join(", ")),
                 }
             }
+            PhysicalPlan::RankFilter { input, partition_by, order_by, limit, dense } => {
+                let schema = input.schema();
+                let mut over = Vec::new();
+                if !partition_by.is_empty() {
+                    over.push(format!("PARTITION BY {}", list(partition_by, &schema)));
+                }
+                let keys: Vec<String> = order_by.iter().map(|k| format!("{}{}", k.expr.display(&schema), if k.descending { " DESC" } else { "" })).collect();
+                over.push(format!("ORDER BY {}", keys.join(", ")));
+                format!(": {}() OVER ({}) <= {limit}", if *dense { "dense_rank" } else { "rank" }, over.join(" "))
+            }
             PhysicalPlan::Limit { skip, fetch, .. } => format!(": skip={skip} fetch={}", fetch.map(|f| f.to_string()).unwrap_or("all".into())),
             PhysicalPlan::Union { inputs, .. } => format!(": {} inputs", inputs.len()),
             PhysicalPlan::Shared { id, buffered, .. } => format!(" #{id}{}", if *buffered { " (buffered: waits for another use)" } else { "" }),
@@ -833,6 +852,57 @@ fn window_plan(mut input: PhysicalPlan, calls: &[WindowCall], schema: &SchemaRef
     Ok(PhysicalPlan::Project { input: Box::new(input), exprs, schema: schema.clone() })
 }
 
+/// `plan`, a filter's input, with a [`PhysicalPlan::RankFilter`] before its sort where it is a window
+/// of ranking functions and `predicate` bounds one of them (`rk <= 100`, `rk < 4`, `rk = 1`): rows
+/// that rank further down need not be sorted, and are many where a window ranks a whole rollup to keep
+/// its top few (TPC-DS q67). Only when every call of the window is a ranking function: they alone
+/// give the rows they keep the values they would have had among all (other functions, a count of
+/// the partition's rows say, would see the dropped rows missing).
+fn with_rank_filter(plan: PhysicalPlan, predicate: &Expr) -> PhysicalPlan {
+    let PhysicalPlan::Window { input, calls, schema } = plan else { return plan };
+    let ranking = |f: WindowFunc| matches!(f, WindowFunc::RowNumber | WindowFunc::Rank | WindowFunc::DenseRank);
+    let width = input.schema().fields().len();
+    let bound = predicate.clone().conjuncts().iter().filter_map(|c| rank_bound(c, width, calls.len())).min_by_key(|(_, limit)| *limit);
+    match (*input, bound) {
+        (PhysicalPlan::Sort { input: sorted, keys, fetch: None }, Some((call, limit)))
+            if calls.iter().all(|c| ranking(c.func)) && !calls[call].order_by.is_empty() =>
+        {
+            let c = &calls[call];
+            let filter = PhysicalPlan::RankFilter {
+                input: sorted,
+                partition_by: c.partition_by.clone(),
+                order_by: c.order_by.clone(),
+                limit,
+                // row_number's rows within `limit` are among rank's (ties broken any way).
+                dense: c.func == WindowFunc::DenseRank,
+            };
+            let input = Box::new(PhysicalPlan::Sort { input: Box::new(filter), keys, fetch: None });
+            PhysicalPlan::Window { input, calls, schema }
+        }
+        (input, _) => PhysicalPlan::Window { input: Box::new(input), calls, schema },
+    }
+}
+
+/// The window call (of `calls` appended at column `width`) and the rank it keeps rows within, if
+/// `conjunct` bounds one from above by a constant.
+fn rank_bound(conjunct: &Expr, width: usize, calls: usize) -> Option<(usize, usize)> {
+    let Expr::Binary { op, left, right } = conjunct else { return None };
+    let (column, op, value) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v)) => (*c, *op, v),
+        (Expr::Literal(v), Expr::Column(c)) => (*c, op.swap(), v),
+        _ => return None,
+    };
+    let call = column.checked_sub(width).filter(|i| *i < calls)?;
+    let value = arrow::compute::cast(&value.0, &arrow::datatypes::DataType::Int64).ok()?;
+    let value = value.as_any().downcast_ref::<arrow::array::Int64Array>().filter(|a| a.is_valid(0))?.value(0);
+    let limit = match op {
+        BinaryOp::LtEq | BinaryOp::Eq => value,
+        BinaryOp::Lt => value - 1,
+        _ => return None,
+    };
+    Some((call, usize::try_from(limit).ok()?.max(1)))
+}
+
 /// Chooses an algorithm for each logical node.
 pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
     Ok(match plan {
@@ -856,7 +926,7 @@ pub fn plan_physical(plan: &LogicalPlan) -> Result<PhysicalPlan> {
         }
         LogicalPlan::Values { rows, schema } => PhysicalPlan::Values { rows: rows.clone(), schema: schema.clone() },
         LogicalPlan::Filter { input, predicate } => {
-            PhysicalPlan::Filter { input: Box::new(plan_physical(input)?), predicate: predicate.clone() }
+            PhysicalPlan::Filter { input: Box::new(with_rank_filter(plan_physical(input)?, predicate)), predicate: predicate.clone() }
         }
         LogicalPlan::Project { input, exprs, schema } => {
             PhysicalPlan::Project { input: Box::new(plan_physical(input)?), exprs: exprs.clone(), schema: schema.clone() }

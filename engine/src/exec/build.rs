@@ -245,6 +245,14 @@ impl Builder<'_> {
                 open.push(&metrics, move || Box::new(FilterOp::new(predicate.clone())));
                 open
             }
+            PhysicalPlan::RankFilter { input, partition_by, order_by, limit, dense } => {
+                let mut open = self.open(input)?;
+                let (partition_by, order_by, limit, dense, pool) = (partition_by.clone(), order_by.clone(), *limit, *dense, self.memory.pool.clone());
+                open.push(&metrics, move || {
+                    Box::new(super::rank_filter::RankFilterOp::new(partition_by.clone(), order_by.clone(), limit, dense, &pool))
+                });
+                open
+            }
             PhysicalPlan::Project { input, exprs, schema } => {
                 let mut open = self.open(input)?;
                 let (exprs, schema) = (crate::cse::ExprList::new(exprs, input.schema().fields().len()), schema.clone());

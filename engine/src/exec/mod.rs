@@ -22,6 +22,7 @@ mod key_partition;
 mod keyed_spill;
 mod materialize;
 mod prune;
+mod rank_filter;
 mod retract;
 mod runtime_filter;
 mod scan;

@@ -27,6 +27,10 @@ use crate::message::Message;
 /// Bytes of the (prefix, batch, row) entry each buffered row needs while its run is sorted.
 const ORDER_ENTRY: usize = 16;
 
+/// The most spilled runs merged at once: each holds an open file, and processes commonly may open
+/// 1024 (a sort spilling at every small batch makes thousands of runs; more passes merge them).
+const MAX_FAN_IN: usize = 128;
+
 /// What a sort knows about its keys and its budget, shared by its partitions and its merge.
 pub struct SortShared {
     schema: SchemaRef,
@@ -124,7 +128,7 @@ impl SortShared {
         loop {
             let spilled: Vec<usize> = (0..runs.len()).filter(|i| matches!(runs[*i], Run::Spilled { .. })).collect();
             let cost = runs.iter().map(Run::cursor_cost).max().unwrap_or(0).max(1);
-            let fan_in = (self.room() / cost).max(2);
+            let fan_in = (self.room() / cost).clamp(2, MAX_FAN_IN);
             if spilled.len() <= fan_in {
                 break;
             }
