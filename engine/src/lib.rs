@@ -8,6 +8,7 @@ pub mod eager_aggregate;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod filtered_copies;
 pub mod format;
 pub mod functions;
 pub mod join_order;

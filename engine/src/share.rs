@@ -19,7 +19,25 @@ use crate::physical::PhysicalPlan;
 /// subplan that would need a buffered use but is no aggregate is left to run once per use, and the
 /// subplans inside it are considered instead (TPC-DS q47 reads its windowed CTE three times, one of
 /// them on a probe side: the aggregate under the windows runs once).
+///
+/// Copies differing only in their scans' filters are merged first (`crate::filtered_copies`), where
+/// the merged subplan then runs once: where it would run per use, each use would read more rows
+/// than its own copy did.
 pub fn share_subplans(plan: PhysicalPlan) -> PhysicalPlan {
+    let mut excluded = vec![];
+    loop {
+        let (merged_plan, merged) = crate::filtered_copies::merge(plan.clone(), &excluded);
+        let shared = share_equal_subplans(merged_plan);
+        let per_use: Vec<PhysicalPlan> =
+            merged.iter().filter(|m| !crate::filtered_copies::runs_once(&shared, m)).map(crate::filtered_copies::skeleton).collect();
+        if per_use.is_empty() {
+            return shared;
+        }
+        excluded.extend(per_use);
+    }
+}
+
+fn share_equal_subplans(plan: PhysicalPlan) -> PhysicalPlan {
     let mut rejected = vec![];
     loop {
         let mut chosen = vec![];
@@ -70,7 +88,7 @@ fn occurrences<'a>(plan: &'a PhysicalPlan, node: &PhysicalPlan, chosen: &[Physic
 
 /// A subplan worth running once: it reads a table and does work beyond reading it (rows read twice
 /// in parallel cost little, and the scans' morsels spread over the threads without a queue between).
-fn worth_sharing(plan: &PhysicalPlan) -> bool {
+pub(crate) fn worth_sharing(plan: &PhysicalPlan) -> bool {
     fn reads_table(p: &PhysicalPlan) -> bool {
         matches!(p, PhysicalPlan::Scan { .. }) || p.inputs().into_iter().any(reads_table)
     }

@@ -164,3 +164,44 @@ fn a_view_read_twice_inside_a_shared_view_runs_once_too() {
     assert!(answer.len() > 50, "{answer:?}");
     assert_eq!(answer, rows(&mut s, &apart));
 }
+
+/// TPC-DS q31's shape: a view read twice, each reader's condition pushed into its copy's scan.
+const BY_STATUS: &str = "WITH y AS (SELECT o_orderpriority AS p, o_orderstatus AS s, count(*) AS n, sum(o_totalprice) AS t \
+                         FROM orders GROUP BY o_orderpriority, o_orderstatus) \
+                         SELECT a.p, a.n, b.n, a.t + b.t FROM y a JOIN y b ON a.p = b.p WHERE a.s = 'F' AND b.s = 'O'";
+
+#[test]
+fn copies_differing_in_their_scans_filters_read_the_table_once_each_filtering_on_top() {
+    let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    s.register_path("orders", &format!("{TPCH}/orders.parquet")).expect("register");
+    let plan = text(&mut s, &format!("EXPLAIN ANALYZE {BY_STATUS}"));
+    let scans = counts(&plan, "Scan: orders");
+    assert_eq!(scans.len(), 1, "{plan}");
+    let either = ["filter=((o_orderstatus = 'F') OR (o_orderstatus = 'O'))", "filter=((o_orderstatus = 'O') OR (o_orderstatus = 'F'))"];
+    assert!(either.iter().any(|f| plan.contains(f)), "{plan}");
+    // Each use keeps its own status's groups of the shared aggregate.
+    assert!(plan.contains("Filter: (o_orderstatus = 'F')") && plan.contains("Filter: (o_orderstatus = 'O')"), "{plan}");
+    assert_eq!(counts(&plan, "Shared #0").len(), 2, "{plan}");
+    assert_eq!(
+        rows(&mut s, BY_STATUS),
+        [
+            "1-URGENT|1468|1488|415115255.99",
+            "2-HIGH|1483|1506|421537072.86",
+            "3-MEDIUM|1445|1421|401836969.83",
+            "4-NOT SPECIFIED|1465|1482|414483637.55",
+            "5-LOW|1443|1436|411084418.47"
+        ]
+    );
+}
+
+#[test]
+fn copies_whose_filters_cannot_go_on_top_stay_apart() {
+    // A GROUP BY without keys would give a row for no input: the conditions stay in the copies.
+    let q = "SELECT a.t, b.t FROM (SELECT sum(o_totalprice) AS t FROM orders WHERE o_orderstatus = 'F') a, \
+             (SELECT sum(o_totalprice) AS t FROM orders WHERE o_orderstatus = 'O') b";
+    let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    s.register_path("orders", &format!("{TPCH}/orders.parquet")).expect("register");
+    let plan = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert_eq!(counts(&plan, "Scan: orders").len(), 2, "{plan}");
+    assert!(!plan.contains("Shared"), "{plan}");
+}
