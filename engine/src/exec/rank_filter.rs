@@ -64,8 +64,7 @@ impl Best {
             }
         }
         self.rows += 1;
-        loop {
-            let Some((last, &n)) = self.keys.last_key_value() else { break };
+        while let Some((last, &n)) = self.keys.last_key_value() {
             let surplus = if dense { self.keys.len() > limit } else { self.rows - n >= limit };
             if !surplus {
                 break;
