@@ -99,6 +99,12 @@ fn eval(expr: &Expr, batch: &RecordBatch) -> Result<Value> {
         }
         Expr::InList { expr, list, negated } => {
             let v = eval(expr, batch)?;
+            if let Value::Array(values) = &v {
+                if let Some(found) = in_literal_set(values, list)? {
+                    let out: ArrayRef = if *negated { Arc::new(boolean::not(&found)?) } else { Arc::new(found) };
+                    return Ok(Value::Array(out));
+                }
+            }
             let mut acc: Option<ArrayRef> = None;
             for item in list {
                 let item = eval(item, batch)?;
@@ -134,6 +140,52 @@ fn map(v: Value, f: impl Fn(&ArrayRef) -> Result<ArrayRef>) -> Result<Value> {
         Value::Array(a) => Value::Array(f(&a)?),
         Value::Scalar(s) => Value::Scalar(f(&s)?),
     })
+}
+
+/// `values IN (literals…)` by a hash set of the literals' row encodings, one pass over the values,
+/// where the list is long enough that comparing with each item in turn costs more (TPC-DS q08's 400
+/// zip codes over 250 K addresses: 400 passes took 0.25 s). `None` for short lists, items that are
+/// not literals of the values' own type, and floats (kept to the comparison kernels' equality).
+fn in_literal_set(values: &ArrayRef, list: &[Expr]) -> Result<Option<BooleanArray>> {
+    const MIN_ITEMS: usize = 8;
+    let ty = values.data_type();
+    if list.len() < MIN_ITEMS || ty.is_floating() {
+        return Ok(None);
+    }
+    let mut items = Vec::with_capacity(list.len());
+    for e in list {
+        match e {
+            Expr::Literal(s) if s.data_type() == ty || s.is_null() => items.push(s),
+            _ => return Ok(None),
+        }
+    }
+    let converter = arrow::row::RowConverter::new(vec![arrow::row::SortField::new(ty.clone())])?;
+    // SQL's IN: true on a match; unknown for a NULL value, or for no match when the list holds NULL.
+    let mut list_null = false;
+    let mut set = std::collections::HashSet::with_capacity(items.len());
+    for item in items {
+        if item.is_null() {
+            list_null = true;
+            continue;
+        }
+        let rows = converter.convert_columns(std::slice::from_ref(&item.0))?;
+        set.insert(rows.row(0).as_ref().to_vec());
+    }
+    let rows = converter.convert_columns(std::slice::from_ref(values))?;
+    let miss = if list_null { None } else { Some(false) };
+    Ok(Some(
+        (0..values.len())
+            .map(|i| {
+                if values.is_null(i) {
+                    None
+                } else if set.contains(rows.row(i).as_ref()) {
+                    Some(true)
+                } else {
+                    miss
+                }
+            })
+            .collect(),
+    ))
 }
 
 fn as_bool(a: &ArrayRef) -> Result<&BooleanArray> {
