@@ -731,14 +731,8 @@ impl PhysicalPlan {
                 }
             }
             PhysicalPlan::RankFilter { input, partition_by, order_by, limit, dense } => {
-                let schema = input.schema();
-                let mut over = Vec::new();
-                if !partition_by.is_empty() {
-                    over.push(format!("PARTITION BY {}", list(partition_by, &schema)));
-                }
-                let keys: Vec<String> = order_by.iter().map(|k| format!("{}{}", k.expr.display(&schema), if k.descending { " DESC" } else { "" })).collect();
-                over.push(format!("ORDER BY {}", keys.join(", ")));
-                format!(": {}() OVER ({}) <= {limit}", if *dense { "dense_rank" } else { "rank" }, over.join(" "))
+                let over = crate::logical::describe_over(partition_by, order_by, &input.schema());
+                format!(": {}() OVER ({over}) <= {limit}", if *dense { "dense_rank" } else { "rank" })
             }
             PhysicalPlan::Limit { skip, fetch, .. } => format!(": skip={skip} fetch={}", fetch.map(|f| f.to_string()).unwrap_or("all".into())),
             PhysicalPlan::Union { inputs, .. } => format!(": {} inputs", inputs.len()),

@@ -9,23 +9,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{BooleanArray, RecordBatch};
-use arrow::compute::{filter_record_batch, SortOptions};
-use arrow::row::{RowConverter, Rows, SortField};
+use arrow::compute::filter_record_batch;
+use arrow::row::Rows;
 
+use super::sort::KeyEncoder;
 use super::Operator;
 use crate::error::Result;
-use crate::eval::evaluate;
 use crate::logical::{Expr, SortKey};
 use crate::memory::{MemoryPool, MemoryReservation};
 use crate::message::Message;
 
 pub struct RankFilterOp {
-    partition_by: Vec<Expr>,
-    order_by: Vec<SortKey>,
+    /// The PARTITION BY keys (any order: only their equality counts) and the ORDER BY keys.
+    keys: (Vec<SortKey>, Vec<SortKey>),
     limit: usize,
     dense: bool,
-    /// Row encoders of the PARTITION BY and ORDER BY keys, made with the first batch.
-    converters: Option<(RowConverter, RowConverter)>,
+    /// Row encoders of `keys`, made with the first batch.
+    encoders: Option<(KeyEncoder, KeyEncoder)>,
     partitions: hashbrown::HashMap<Box<[u8]>, Best>,
     /// The partitions' best keys in the pool. Once it is full, rows of partitions not seen before
     /// pass unfiltered (never wrong, only less sparing).
@@ -83,35 +83,29 @@ fn entry_bytes(key: usize) -> isize {
 
 impl RankFilterOp {
     pub fn new(partition_by: Vec<Expr>, order_by: Vec<SortKey>, limit: usize, dense: bool, pool: &Arc<MemoryPool>) -> RankFilterOp {
+        let partition = partition_by.into_iter().map(|expr| SortKey { expr, descending: false, nulls_first: false }).collect();
         RankFilterOp {
-            partition_by,
-            order_by,
+            keys: (partition, order_by),
             limit,
             dense,
-            converters: None,
+            encoders: None,
             partitions: hashbrown::HashMap::new(),
             reservation: pool.reservation("RankFilter", false),
             full: false,
         }
     }
 
+    /// The batch's PARTITION BY and ORDER BY keys, row-encoded.
     fn rows(&mut self, batch: &RecordBatch) -> Result<(Rows, Rows)> {
-        let partition = self.partition_by.iter().map(|e| evaluate(e, batch)).collect::<Result<Vec<_>>>()?;
-        let order = self.order_by.iter().map(|k| evaluate(&k.expr, batch)).collect::<Result<Vec<_>>>()?;
-        let (partition_rows, order_rows) = match self.converters.take() {
-            Some(converters) => converters,
+        let (partition, order) = match self.encoders.take() {
+            Some(encoders) => encoders,
             None => {
-                let fields = partition.iter().map(|a| SortField::new(a.data_type().clone())).collect();
-                let sort_fields = order
-                    .iter()
-                    .zip(&self.order_by)
-                    .map(|(a, k)| SortField::new_with_options(a.data_type().clone(), SortOptions { descending: k.descending, nulls_first: k.nulls_first }))
-                    .collect();
-                (RowConverter::new(fields)?, RowConverter::new(sort_fields)?)
+                let schema = batch.schema();
+                (KeyEncoder::new(&schema, self.keys.0.clone())?, KeyEncoder::new(&schema, self.keys.1.clone())?)
             }
         };
-        let rows = (partition_rows.convert_columns(&partition)?, order_rows.convert_columns(&order)?);
-        self.converters = Some((partition_rows, order_rows));
+        let rows = (partition.encode(batch)?, order.encode(batch)?);
+        self.encoders = Some((partition, order));
         Ok(rows)
     }
 }

@@ -670,7 +670,7 @@ pub struct KeyEncoder {
 }
 
 impl KeyEncoder {
-    fn new(schema: &SchemaRef, keys: Vec<SortKey>) -> Result<KeyEncoder> {
+    pub(super) fn new(schema: &SchemaRef, keys: Vec<SortKey>) -> Result<KeyEncoder> {
         let fields = keys
             .iter()
             .map(|k| {
@@ -681,7 +681,7 @@ impl KeyEncoder {
         Ok(KeyEncoder { keys, converter: RowConverter::new(fields)? })
     }
 
-    fn encode(&self, batch: &RecordBatch) -> Result<Rows> {
+    pub(super) fn encode(&self, batch: &RecordBatch) -> Result<Rows> {
         let columns = self.keys.iter().map(|k| evaluate(&k.expr, batch)).collect::<Result<Vec<ArrayRef>>>()?;
         Ok(self.converter.convert_columns(&columns)?)
     }

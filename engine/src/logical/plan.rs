@@ -287,20 +287,23 @@ pub fn describe_window_calls(calls: &[WindowCall], schema: &Schema) -> String {
     let list = |exprs: &[Expr]| exprs.iter().map(|e| e.display(schema).to_string()).collect::<Vec<_>>().join(", ");
     calls
         .iter()
-        .map(|c| {
-            let mut over = Vec::new();
-            if !c.partition_by.is_empty() {
-                over.push(format!("PARTITION BY {}", list(&c.partition_by)));
-            }
-            if !c.order_by.is_empty() {
-                let keys: Vec<String> =
-                    c.order_by.iter().map(|k| format!("{}{}", k.expr.display(schema), if k.descending { " DESC" } else { "" })).collect();
-                over.push(format!("ORDER BY {}", keys.join(", ")));
-            }
-            format!("{}({}) OVER ({})", c.func.name(), list(&c.args), over.join(" "))
-        })
+        .map(|c| format!("{}({}) OVER ({})", c.func.name(), list(&c.args), describe_over(&c.partition_by, &c.order_by, schema)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `PARTITION BY … ORDER BY …` of a window, for EXPLAIN.
+pub fn describe_over(partition_by: &[Expr], order_by: &[SortKey], schema: &Schema) -> String {
+    let mut over = Vec::new();
+    if !partition_by.is_empty() {
+        let keys: Vec<String> = partition_by.iter().map(|e| e.display(schema).to_string()).collect();
+        over.push(format!("PARTITION BY {}", keys.join(", ")));
+    }
+    if !order_by.is_empty() {
+        let keys: Vec<String> = order_by.iter().map(|k| format!("{}{}", k.expr.display(schema), if k.descending { " DESC" } else { "" })).collect();
+        over.push(format!("ORDER BY {}", keys.join(", ")));
+    }
+    over.join(" ")
 }
 
 /// `SESSION(ts, gap=5min, keys=[item])` for EXPLAIN.
