@@ -153,9 +153,15 @@ fn shared_ids(plan: &PhysicalPlan, out: &mut Vec<usize>) {
     plan.inputs().into_iter().for_each(|i| shared_ids(i, out));
 }
 
+/// Marks the uses of `ids` in the pipeline that waits for a join's build side. Below an operator
+/// that takes all its input before it gives any (a GROUP BY, a sort, a nested join's build side),
+/// a use is read by another pipeline, which runs while the join waits (TPC-DS q88's eight counts,
+/// cross joined, each read the one merged store_sales join).
 fn set_buffered(plan: &mut PhysicalPlan, ids: &[usize]) {
     match plan {
         PhysicalPlan::Shared { id, buffered, .. } => *buffered |= ids.contains(id),
+        PhysicalPlan::HashAggregate { window_end: None, .. } | PhysicalPlan::Sort { .. } => {}
+        PhysicalPlan::HashJoin { probe, .. } | PhysicalPlan::NestedLoopJoin { probe, .. } => set_buffered(probe, ids),
         other => other.inputs_mut().into_iter().for_each(|i| set_buffered(i, ids)),
     }
 }

@@ -205,3 +205,23 @@ fn copies_whose_filters_cannot_go_on_top_stay_apart() {
     assert_eq!(counts(&plan, "Scan: orders").len(), 2, "{plan}");
     assert!(!plan.contains("Shared"), "{plan}");
 }
+
+#[test]
+fn counts_over_one_join_with_their_own_dimension_filters_cross_joined_read_the_join_once() {
+    // TPC-DS q88's shape: each count's use is read by the count's pipeline while the cross join
+    // waits for its other side, so the merged join runs once without an unbounded queue.
+    let count = |priority: &str| {
+        format!("(SELECT count(*) AS n FROM lineitem JOIN orders ON l_orderkey = o_orderkey WHERE o_orderpriority = '{priority}')")
+    };
+    let q = format!("SELECT a.n, b.n, c.n FROM {} a, {} b, {} c", count("1-URGENT"), count("2-HIGH"), count("5-LOW"));
+    let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    for t in ["lineitem", "orders"] {
+        s.register_path(t, &format!("{TPCH}/{t}.parquet")).expect("register");
+    }
+    let plan = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
+    assert_eq!(counts(&plan, "Scan: lineitem").len(), 1, "{plan}");
+    assert_eq!(counts(&plan, "Shared #0").len(), 3, "{plan}");
+    assert!(!plan.contains("buffered"), "{plan}");
+    let alone: Vec<String> = ["1-URGENT", "2-HIGH", "5-LOW"].iter().map(|p| rows(&mut s, &format!("SELECT n FROM {}", count(p)))[0].clone()).collect();
+    assert_eq!(rows(&mut s, &q), [alone.join("|")]);
+}
