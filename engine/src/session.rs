@@ -220,7 +220,8 @@ impl Session {
             physical = crate::changelog::plan(physical, self.config.changelog || checkpointed)?;
         }
         let physical = crate::share::share_subplans(physical);
-        Ok((plan, if checkpointed { crate::share::checkpointable_joins(physical) } else { physical }))
+        let physical = if checkpointed { crate::share::checkpointable_joins(physical) } else { physical };
+        Ok((plan, crate::physical::dictionary_join_outputs(physical)))
     }
 
     fn run_query(&self, q: &ast::Query) -> Result<StatementResult> {

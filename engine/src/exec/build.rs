@@ -366,7 +366,8 @@ impl Builder<'_> {
                 let input_schema = input.schema();
                 let open = self.open(input)?;
                 let output = self.breaker_output(self.threads);
-                let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone());
+                let coded = matches!(input.as_ref(), PhysicalPlan::HashJoin { kind: JoinKind::Inner, filter: None, dictionary, .. } if dictionary.contains(&true));
+                let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone()).with_coded_keys(coded);
                 let (pool, spill) = (self.memory.pool.clone(), self.memory.spill.clone());
                 let shared = Arc::new(AggShared::new(spec, open.partitions, output, batch_size, metrics, pool, spill));
                 self.close(open, &|p| Ok(Box::new(AggregateSink::new(shared.clone(), p)?)))?;
@@ -420,11 +421,13 @@ impl Builder<'_> {
                 // two workers, with the exchange between them keeping the order.
                 self.handoff(merged)?
             }
-            PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, keep_build, schema, .. } => {
+            PhysicalPlan::HashJoin { probe, build, kind, probe_keys, build_keys, filter, null_aware, keep_build, dictionary, schema, .. } => {
                 let sides = (*null_aware, *keep_build);
                 let runtime = self.join_filters(id);
                 let keys = (probe_keys.clone(), build_keys.clone());
-                self.join(probe, build, *kind, keys, filter.clone(), sides, runtime, schema, metrics)?
+                // Only an inner join without a condition on the pairs hands out dictionaries.
+                let dictionary = if *kind == JoinKind::Inner && filter.is_none() { dictionary.clone() } else { vec![] };
+                self.join(probe, build, *kind, keys, filter.clone(), sides, runtime, (schema, dictionary), metrics)?
             }
             PhysicalPlan::StreamJoin { left, right, kind, left_keys, right_keys, filter, interval, schema } => {
                 let spec = super::stream_join::StreamJoinSpec {
@@ -453,7 +456,7 @@ impl Builder<'_> {
                 Open { source: SourceSpec::Exchange(output), partitions: consumers, ops: vec![] }
             }
             PhysicalPlan::NestedLoopJoin { probe, build, kind, filter, schema, .. } => {
-                self.join(probe, build, *kind, (vec![], vec![]), filter.clone(), (false, false), vec![], schema, metrics)?
+                self.join(probe, build, *kind, (vec![], vec![]), filter.clone(), (false, false), vec![], (schema, vec![]), metrics)?
             }
             PhysicalPlan::Shared { input, id: shared, .. } => {
                 let opened = self.uses_opened.entry(*shared).or_default();
@@ -533,7 +536,7 @@ impl Builder<'_> {
         filter: Option<Expr>,
         (null_aware, keep_build): (bool, bool),
         runtime_filters: Vec<(usize, Arc<RuntimeFilter>)>,
-        schema: &arrow::datatypes::SchemaRef,
+        (schema, dictionary): (&arrow::datatypes::SchemaRef, Vec<bool>),
         metrics: Arc<OpMetrics>,
     ) -> Result<Open> {
         let (probe_schema, build_schema) = (probe.schema(), build.schema());
@@ -554,6 +557,7 @@ impl Builder<'_> {
             probe_schema,
             build_schema,
             output_schema: schema.clone(),
+            dictionary,
         };
         let shared = Arc::new(JoinShared::new(
             spec,

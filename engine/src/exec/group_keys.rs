@@ -17,6 +17,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::aggregate::bucket_of;
+use super::coded_keys::{codable, CodedKeys};
 use crate::error::Result;
 
 pub(super) enum GroupKeys {
@@ -25,6 +26,7 @@ pub(super) enum GroupKeys {
     Rows(RowKeys),
     Int(IntKeys),
     Packed(PackedKeys),
+    Coded(CodedKeys),
 }
 
 pub(super) struct RowKeys {
@@ -108,7 +110,8 @@ pub(super) fn hash_int(v: i64) -> u64 {
 }
 
 impl GroupKeys {
-    pub(super) fn new(types: Vec<DataType>) -> Result<GroupKeys> {
+    /// The table for keys of `types`; string keys `coded` where they come dictionary-encoded.
+    pub(super) fn new(types: Vec<DataType>, coded: bool) -> Result<GroupKeys> {
         if types.is_empty() {
             return Ok(GroupKeys::None);
         }
@@ -120,6 +123,9 @@ impl GroupKeys {
         }
         if let Some(packed) = PackedKeys::new(&types)? {
             return Ok(GroupKeys::Packed(packed));
+        }
+        if coded && codable(&types) {
+            return Ok(GroupKeys::Coded(CodedKeys::new(&types)?));
         }
         GroupKeys::row_encoded(types)
     }
@@ -138,16 +144,24 @@ impl GroupKeys {
             GroupKeys::Rows(r) => r.keys.num_rows(),
             GroupKeys::Int(i) => i.values.len(),
             GroupKeys::Packed(p) => p.values.len(),
+            GroupKeys::Coded(c) => c.len(),
         }
     }
 
-    /// The group of every row of `keys` (plain arrays, no dictionaries), adding the new ones.
+    /// Whether `groups` takes dictionary-encoded keys as they are.
+    pub(super) fn takes_dictionaries(&self) -> bool {
+        matches!(self, GroupKeys::Coded(_))
+    }
+
+    /// The group of every row of `keys` (plain arrays; dictionaries where `takes_dictionaries`),
+    /// adding the new ones.
     pub(super) fn groups(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
         match self {
             GroupKeys::None => Ok(vec![0; rows]),
             GroupKeys::Rows(r) => r.groups(keys, rows),
             GroupKeys::Int(i) => i.groups(&keys[0]),
             GroupKeys::Packed(p) => p.groups(keys, rows),
+            GroupKeys::Coded(c) => c.groups(keys, rows),
         }
     }
 
@@ -168,6 +182,7 @@ impl GroupKeys {
                 p.map.reserve(n, |&(k, _)| hash_packed(k));
                 p.values.reserve(n);
             }
+            GroupKeys::Coded(c) => c.reserve(n),
         }
     }
 
@@ -187,6 +202,7 @@ impl GroupKeys {
                 let values = std::mem::take(&mut p.values);
                 p.arrays(values.into_iter())
             }
+            GroupKeys::Coded(c) => c.take_arrays(),
         }
     }
 
@@ -202,6 +218,7 @@ impl GroupKeys {
                 Ok(vec![i.array_with(values, nulls)?])
             }
             GroupKeys::Packed(p) => p.arrays(groups.iter().map(|g| p.values[*g as usize])),
+            GroupKeys::Coded(c) => c.arrays_of(groups.iter().copied()),
         }
     }
 
@@ -215,6 +232,7 @@ impl GroupKeys {
             GroupKeys::Int(i) => i.map.capacity() * 17 + i.values.capacity() * 8,
             // The map: a 32-byte slot and a control byte each; each group's keys.
             GroupKeys::Packed(p) => p.map.capacity() * 33 + p.values.capacity() * 16,
+            GroupKeys::Coded(c) => c.size(),
         }
     }
 
@@ -223,7 +241,7 @@ impl GroupKeys {
         match self {
             GroupKeys::None => Ok(vec![0; self.len()]),
             GroupKeys::Rows(r) => Ok(r.keys.iter().map(|k| bucket_of(k.as_ref(), depth)).collect()),
-            GroupKeys::Int(_) | GroupKeys::Packed(_) => {
+            GroupKeys::Int(_) | GroupKeys::Packed(_) | GroupKeys::Coded(_) => {
                 let all: Vec<u32> = (0..self.len() as u32).collect();
                 self.buckets_of(&self.arrays_of(&all)?, self.len(), depth)
             }
@@ -237,6 +255,7 @@ impl GroupKeys {
             GroupKeys::Rows(r) => &r.converter,
             GroupKeys::Int(i) => &i.converter,
             GroupKeys::Packed(p) => &p.converter,
+            GroupKeys::Coded(c) => c.converter(),
         };
         Ok(converter.convert_columns(keys)?.iter().map(|k| bucket_of(k.as_ref(), depth)).collect())
     }
@@ -256,22 +275,36 @@ impl RowKeys {
                 }
             }
             let hash = self.hasher.hash_one(row.as_ref());
-            let (map, hashes, stored) = (&mut self.map, &mut self.hashes, &mut self.keys);
-            let g = match map.find(hash, |&g| super::same_key(stored.row(g as usize).as_ref(), row.as_ref())) {
-                Some(&g) => g,
-                None => {
-                    let g = stored.num_rows() as u32;
-                    stored.push(row);
-                    hashes.push(hash);
-                    map.insert_unique(hash, g, |&k| hashes[k as usize]);
-                    g
-                }
-            };
+            let g = find_or_insert(
+                (&mut self.map, &mut self.hashes, &mut self.keys),
+                hash,
+                |stored, g| super::same_key(stored.row(g as usize).as_ref(), row.as_ref()),
+                |stored| stored.push(row),
+            );
             groups.push(g);
             previous = Some((row, g));
         }
         Ok(groups)
     }
+}
+
+/// The id `eq` finds among the ids in `map` (each hashed as `hashes` says), or the next id, its key
+/// stored by `push`: a table whose keys are stored apart from it.
+#[inline]
+pub(super) fn find_or_insert<S>(
+    (map, hashes, stored): (&mut HashTable<u32>, &mut Vec<u64>, &mut S),
+    hash: u64,
+    eq: impl Fn(&S, u32) -> bool,
+    push: impl FnOnce(&mut S),
+) -> u32 {
+    if let Some(&id) = map.find(hash, |&id| eq(stored, id)) {
+        return id;
+    }
+    let id = hashes.len() as u32;
+    push(stored);
+    hashes.push(hash);
+    map.insert_unique(hash, id, |&k| hashes[k as usize]);
+    id
 }
 
 impl IntKeys {
@@ -449,7 +482,7 @@ mod tests {
 
     /// Group ids and keys given back, for a key array of any type: the same as a row-encoded key's.
     fn round_trip(keys: ArrayRef) -> (Vec<u32>, ArrayRef) {
-        let mut table = GroupKeys::new(vec![keys.data_type().clone()]).expect("keys");
+        let mut table = GroupKeys::new(vec![keys.data_type().clone()], false).expect("keys");
         let groups = table.groups(std::slice::from_ref(&keys), keys.len()).expect("groups");
         let again = table.groups(std::slice::from_ref(&keys), keys.len()).expect("groups again");
         assert_eq!(groups, again, "a key seen before keeps its group");
@@ -467,7 +500,7 @@ mod tests {
         ];
         for keys in cases {
             let (int_groups, int_keys) = round_trip(keys.clone());
-            assert!(matches!(GroupKeys::new(vec![keys.data_type().clone()]), Ok(GroupKeys::Int(_))), "{}", keys.data_type());
+            assert!(matches!(GroupKeys::new(vec![keys.data_type().clone()], false), Ok(GroupKeys::Int(_))), "{}", keys.data_type());
             // The row-encoded keys of the same array: the reference.
             let mut rows = GroupKeys::row_encoded(vec![keys.data_type().clone()]).expect("row keys");
             let row_groups = rows.groups(std::slice::from_ref(&keys), keys.len()).expect("row groups");
@@ -480,7 +513,7 @@ mod tests {
     #[test]
     fn keys_of_some_groups_and_spill_buckets_match_the_row_encoded_ones() {
         let keys: ArrayRef = Arc::new(Int32Array::from((0..5000).map(|i| (i % 37 != 0).then_some(i * 7919 % 1009)).collect::<Vec<_>>()));
-        let mut int = GroupKeys::new(vec![DataType::Int32]).expect("keys");
+        let mut int = GroupKeys::new(vec![DataType::Int32], false).expect("keys");
         int.groups(std::slice::from_ref(&keys), keys.len()).expect("groups");
         let mut rows = GroupKeys::row_encoded(vec![DataType::Int32]).expect("row keys");
         rows.groups(std::slice::from_ref(&keys), keys.len()).expect("row groups");
@@ -523,7 +556,7 @@ mod tests {
         ];
         for keys in [keys, wide, times] {
             let types: Vec<DataType> = keys.iter().map(|k| k.data_type().clone()).collect();
-            let mut packed = GroupKeys::new(types.clone()).expect("keys");
+            let mut packed = GroupKeys::new(types.clone(), false).expect("keys");
             assert!(matches!(packed, GroupKeys::Packed(_)), "{types:?}");
             let mut rows = GroupKeys::row_encoded(types.clone()).expect("row keys");
             let groups = packed.groups(&keys, n as usize).expect("groups");
@@ -543,15 +576,17 @@ mod tests {
             }
         }
         // Past 128 bits (two i64 keys and their NULL flags): rows.
-        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64]), Ok(GroupKeys::Rows(_))));
-        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Utf8]), Ok(GroupKeys::Rows(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64], false), Ok(GroupKeys::Rows(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Utf8], false), Ok(GroupKeys::Rows(_))));
     }
 
     #[test]
     fn other_keys_are_row_encoded() {
-        assert!(matches!(GroupKeys::new(vec![DataType::Utf8]), Ok(GroupKeys::Rows(_))));
-        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64]), Ok(GroupKeys::Rows(_))));
-        assert!(matches!(GroupKeys::new(vec![DataType::UInt64]), Ok(GroupKeys::Rows(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::Utf8], false), Ok(GroupKeys::Rows(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::Utf8], true), Ok(GroupKeys::Coded(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::Utf8, DataType::Float64], false), Ok(GroupKeys::Rows(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64], false), Ok(GroupKeys::Rows(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::UInt64], false), Ok(GroupKeys::Rows(_))));
         let keys: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None, Some("a")]));
         let (groups, back) = round_trip(keys.clone());
         assert_eq!(groups, vec![0, 1, 0]);

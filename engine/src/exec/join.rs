@@ -50,6 +50,10 @@ pub struct JoinSpec {
     pub output_schema: SchemaRef,
     /// The schema `filter` is evaluated over: probe ++ build.
     pub pair_schema: SchemaRef,
+    /// Build columns that go out dictionary-encoded: the build side's column as the values, each
+    /// row's build row as its key (an inner join without filter whose aggregate above groups by
+    /// them: `crate::physical::dictionary_join_outputs`).
+    pub dictionary: Vec<bool>,
 }
 
 impl JoinSpec {
@@ -669,14 +673,39 @@ fn pair_batch(spec: &JoinSpec, probe: &RecordBatch, build: &RecordBatch, pi: &UI
     for c in probe.columns() {
         cols.push(take(c.as_ref(), pi, None)?);
     }
-    for c in build.columns() {
-        cols.push(take(c.as_ref(), bi, None)?);
+    let mut build_rows: Option<arrow::array::Int32Array> = None;
+    for (c, encoded) in build.columns().iter().zip(spec.dictionary.iter().chain(std::iter::repeat(&false))) {
+        if *encoded {
+            // The build row is the key: nothing of the string is copied.
+            // Build rows are fewer than 2^31 (a batch's rows are counted in i32 offsets).
+            let keys = build_rows.get_or_insert_with(|| bi.unary(|b| b as i32)).clone();
+            cols.push(Arc::new(arrow::array::DictionaryArray::try_new(keys, c.clone())?));
+        } else {
+            cols.push(take(c.as_ref(), bi, None)?);
+        }
     }
     Ok(RecordBatch::try_new_with_options(
-        spec.pair_schema.clone(),
+        with_column_types(&spec.pair_schema, &cols),
         cols,
         &RecordBatchOptions::new().with_row_count(Some(pi.len())),
     )?)
+}
+
+/// `schema` with the types of `columns` where they are dictionary-encoded.
+fn with_column_types(schema: &SchemaRef, columns: &[ArrayRef]) -> SchemaRef {
+    if !columns.iter().any(|c| matches!(c.data_type(), DataType::Dictionary(..))) {
+        return schema.clone();
+    }
+    let fields: Vec<arrow::datatypes::Field> = schema
+        .fields()
+        .iter()
+        .zip(columns)
+        .map(|(f, c)| match c.data_type() {
+            d @ DataType::Dictionary(..) => f.as_ref().clone().with_data_type(d.clone()),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(arrow::datatypes::Schema::new(fields))
 }
 
 /// Rows of `side` padded with NULLs for the other side's columns, in output order.
@@ -815,7 +844,7 @@ fn probe_batch(spec: &JoinSpec, table: &JoinTable, probe: RecordBatch, out: &mut
             if let Some(p) = pairs {
                 if p.num_rows() > 0 {
                     let p = RecordBatch::try_new_with_options(
-                        spec.output_schema.clone(),
+                        with_column_types(&spec.output_schema, p.columns()),
                         p.columns().to_vec(),
                         &RecordBatchOptions::new().with_row_count(Some(p.num_rows())),
                     )?;

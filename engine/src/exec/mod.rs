@@ -14,6 +14,7 @@ pub mod checkpoint;
 mod exchange;
 pub mod file_sink;
 mod gather;
+mod coded_keys;
 mod group_keys;
 mod group_spill;
 mod join;
