@@ -619,7 +619,13 @@ pub fn execute(plan: &PhysicalPlan, config: &ExecConfig) -> Result<QueryOutput> 
 /// Whether every value of `a` equals its first (NULLs equal each other). Keys that are the same on
 /// every row of a batch (a window's results keyed by its bounds) are then encoded and looked up once.
 pub(crate) fn constant(a: &arrow::array::ArrayRef) -> bool {
-    use arrow::array::Array;
+    use arrow::array::{Array, AsArray};
+    // A dictionary whose keys are all one is constant. Comparing it would compare its values, all of
+    // them: a join's build side column for a batch of a few rows (TPC-H Q12 at SF10 0.87 -> 1.57 s).
+    if let Some(dict) = a.as_dictionary_opt::<arrow::datatypes::Int32Type>() {
+        let keys: arrow::array::ArrayRef = std::sync::Arc::new(dict.keys().clone());
+        return constant(&keys);
+    }
     let Ok(cmp) = arrow::array::make_comparator(a.as_ref(), a.as_ref(), arrow::compute::SortOptions::default()) else { return false };
     let n = a.len();
     // Most keys that vary do so at once: two comparisons tell.
