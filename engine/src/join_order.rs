@@ -186,6 +186,11 @@ impl Region<'_> {
 struct Condition {
     mask: u64,
     selectivity: f64,
+    /// The equality class this condition is one equality of (`ColumnClasses`): such conditions
+    /// count only where they join leaves no other equality of their class has joined yet.
+    class: Option<usize>,
+    /// The classes a composite key's equalities belong to: they join their leaves in those classes.
+    covers: Vec<usize>,
 }
 
 /// A join tree over leaves.
@@ -204,11 +209,13 @@ fn reorder_region(plan: LogicalPlan, leaves_time_used: bool, repeated: &HashSet<
 /// Estimated rows of each leaf and selectivities of the conditions over several leaves.
 struct Estimates {
     rows: Vec<f64>,
+    /// Conditions that always count, then equalities of a class, the least selective first.
     conditions: Vec<Condition>,
+    classes: usize,
 }
 
 impl Estimates {
-    fn of(region: &Region) -> Estimates {
+    fn of(region: &Region, classes: &ColumnClasses) -> Estimates {
         let estimator = stats::Estimator::default();
         let mut rows: Vec<f64> = region.leaves.iter().map(|l| estimator.rows(l)).collect();
         let masks: Vec<u64> = region.conditions.iter().map(|c| region.mask(c)).collect();
@@ -217,20 +224,138 @@ impl Estimates {
                 rows[m.trailing_zeros() as usize] *= stats::guess_selectivity(c);
             }
         }
-        let conditions = selectivities(&estimator, region, &masks);
-        Estimates { rows, conditions }
+        let mut conditions = selectivities(&estimator, region, &masks, &classes.of_condition);
+        // A spanning tree of each class's equalities, the least selective first: k relations equal
+        // on one key keep 1 / (the product of all but the smallest of their distinct counts).
+        conditions.sort_by(|a, b| a.class.is_some().cmp(&b.class.is_some()).then(b.selectivity.total_cmp(&a.selectivity)));
+        Estimates { rows, conditions, classes: classes.count }
     }
 
     /// The estimated rows of the join of a set of leaves.
     fn card(&self, set: u64) -> f64 {
-        let mut c: f64 = (0..self.rows.len()).filter(|i| set & (1 << i) != 0).map(|i| self.rows[i]).product();
-        for cond in &self.conditions {
-            if cond.mask & set == cond.mask {
-                c *= cond.selectivity;
+        let n = self.rows.len();
+        let mut c: f64 = (0..n).filter(|i| set & (1 << i) != 0).map(|i| self.rows[i]).product();
+        // Per class, which leaves its equalities so far made one (a union-find forest per class).
+        let mut joined: Vec<usize> = (0..self.classes * n).map(|i| i % n).collect();
+        let mut union = |class: usize, mask: u64| -> bool {
+            let part = &mut joined[class * n..(class + 1) * n];
+            let (a, b) = (mask.trailing_zeros() as usize, 63 - mask.leading_zeros() as usize);
+            let (ra, rb) = (union_find_root(part, a), union_find_root(part, b));
+            part[ra] = rb;
+            ra != rb
+        };
+        for cond in self.conditions.iter().filter(|cond| cond.mask & set == cond.mask) {
+            match cond.class {
+                None => {
+                    c *= cond.selectivity;
+                    for class in &cond.covers {
+                        union(*class, cond.mask);
+                    }
+                }
+                Some(class) => {
+                    if union(class, cond.mask) {
+                        c *= cond.selectivity;
+                    }
+                }
             }
         }
         c.max(1.0)
     }
+}
+
+/// The root of `c`'s tree in a union-find forest.
+fn union_find_root(parent: &mut [usize], mut c: usize) -> usize {
+    while parent[c] != c {
+        parent[c] = parent[parent[c]];
+        c = parent[c];
+    }
+    c
+}
+
+/// Columns of different leaves the region's equalities make equal, in classes (TPC-H Q9's
+/// `p_partkey = l_partkey AND ps_partkey = l_partkey`: part, partsupp and lineitem's part keys).
+/// Any two leaves of a class may then be joined first, by the equality the class implies.
+struct ColumnClasses {
+    /// The class of each condition that is an equality of one.
+    of_condition: Vec<Option<usize>>,
+    count: usize,
+}
+
+impl ColumnClasses {
+    /// The classes of `region`'s column equalities; the equalities they imply between leaves
+    /// that no condition equates on that class are added to the region's conditions.
+    fn add_implied(region: &mut Region) -> ColumnClasses {
+        let mut parent = column_equalities(region);
+        let conditions = region.conditions.len();
+        let equality = |c: &Expr| match c {
+            Expr::Binary { op: BinaryOp::Eq, left, right } => match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(a), Expr::Column(b)) => Some((*a, *b)),
+                _ => None,
+            },
+            _ => None,
+        };
+        // Each class's column per leaf; a class with two columns of one leaf is left alone (its
+        // leaves are not known equal on one column).
+        let mut members: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
+        for k in 0..conditions {
+            let Some((a, b)) = equality(&region.conditions[k]) else { continue };
+            let root = union_find_root(&mut parent, a);
+            if region.leaf_of(a) == region.leaf_of(b) || root != union_find_root(&mut parent, b) {
+                continue;
+            }
+            let class = members.entry(root).or_default();
+            for col in [a, b] {
+                if !class.iter().any(|(_, c)| *c == col) {
+                    class.push((region.leaf_of(col), col));
+                }
+            }
+        }
+        let mut ids: HashMap<usize, usize> = HashMap::new();
+        let mut roots: Vec<usize> = members.keys().copied().collect();
+        roots.sort_unstable();
+        for root in roots {
+            let class = &members[&root];
+            let one_per_leaf = class.iter().all(|(leaf, col)| class.iter().all(|(l, c)| l != leaf || c == col));
+            if one_per_leaf {
+                ids.insert(root, ids.len());
+            }
+        }
+        let mut of_condition: Vec<Option<usize>> = region.conditions.iter().map(|c| equality(c).and_then(|(a, _)| ids.get(&union_find_root(&mut parent, a)).copied())).collect();
+        let mut classes: Vec<(usize, usize)> = ids.iter().map(|(root, id)| (*id, *root)).collect();
+        classes.sort_unstable();
+        for (id, root) in classes {
+            let class = &members[&root];
+            for (i, &(la, ca)) in class.iter().enumerate() {
+                for &(lb, cb) in &class[i + 1..] {
+                    let pair = 1u64 << la | 1u64 << lb;
+                    let stated = (0..of_condition.len()).any(|k| of_condition[k] == Some(id) && region.mask(&region.conditions[k]) == pair);
+                    if !stated {
+                        region.conditions.push(Expr::binary(BinaryOp::Eq, Expr::Column(ca), Expr::Column(cb)));
+                        of_condition.push(Some(id));
+                    }
+                }
+            }
+        }
+        ColumnClasses { of_condition, count: ids.len() }
+    }
+}
+
+/// The region's columns as a union-find forest of the equalities between columns of one type.
+fn column_equalities(region: &Region) -> Vec<usize> {
+    let mut parent: Vec<usize> = (0..region.width).collect();
+    let types: Vec<arrow::datatypes::DataType> =
+        region.leaves.iter().flat_map(|l| l.schema().fields().iter().map(|f| f.data_type().clone()).collect::<Vec<_>>()).collect();
+    for c in &region.conditions {
+        if let Expr::Binary { op: BinaryOp::Eq, left, right } = c {
+            if let (Expr::Column(a), Expr::Column(b)) = (left.as_ref(), right.as_ref()) {
+                if types[*a] == types[*b] {
+                    let (ra, rb) = (union_find_root(&mut parent, *a), union_find_root(&mut parent, *b));
+                    parent[ra] = rb;
+                }
+            }
+        }
+    }
+    parent
 }
 
 /// The region's leaves joined in the cheapest order found, giving `schema`'s columns.
@@ -238,16 +363,25 @@ fn order(region: Region, schema: &arrow::datatypes::SchemaRef) -> LogicalPlan {
     let n = region.leaves.len();
     if n > 64 {
         // Not expected from SQL; join them as written.
-        return rebuild(region, &left_deep(n), schema, &|_| 1.0);
+        return rebuild(region, &left_deep(n), schema, &|_| 1.0, &[]);
     }
     let mut region = region;
     reduce_aggregates(&mut region);
-    let estimates = Estimates::of(&region);
-    let card = |set: u64| estimates.card(set);
+    let classes = ColumnClasses::add_implied(&mut region);
+    let estimates = Estimates::of(&region, &classes);
     let conditions = &estimates.conditions;
     let connected = |a: u64, b: u64| conditions.iter().any(|c| c.mask & a != 0 && c.mask & b != 0 && c.mask & !(a | b) == 0);
-    let tree = if n <= MAX_DP_RELATIONS { dynamic_programming(n, &card, &connected) } else { greedy(n, &card, &connected) };
-    rebuild(region, &tree, schema, &card)
+    if n <= MAX_DP_RELATIONS {
+        // Dynamic programming asks for every set's rows many times.
+        let rows: Vec<f64> = (0..1u64 << n).map(|set| estimates.card(set)).collect();
+        let card = |set: u64| rows[set as usize];
+        let tree = dynamic_programming(n, &card, &connected);
+        rebuild(region, &tree, schema, &card, &classes.of_condition)
+    } else {
+        let card = |set: u64| estimates.card(set);
+        let tree = greedy(n, &card, &connected);
+        rebuild(region, &tree, schema, &card, &classes.of_condition)
+    }
 }
 
 /// An aggregate must be estimated to have this many times more groups than the relation that
@@ -267,27 +401,9 @@ fn reduce_aggregates(region: &mut Region) {
     if !(2..=64).contains(&n) {
         return;
     }
-    // Columns made equal by the region's conditions, as a union-find forest.
-    let mut parent: Vec<usize> = (0..region.width).collect();
-    fn root(parent: &mut [usize], mut c: usize) -> usize {
-        while parent[c] != c {
-            parent[c] = parent[parent[c]];
-            c = parent[c];
-        }
-        c
-    }
-    let types: Vec<arrow::datatypes::DataType> =
-        region.leaves.iter().flat_map(|l| l.schema().fields().iter().map(|f| f.data_type().clone()).collect::<Vec<_>>()).collect();
-    for c in &region.conditions {
-        if let Expr::Binary { op: BinaryOp::Eq, left, right } = c {
-            if let (Expr::Column(a), Expr::Column(b)) = (left.as_ref(), right.as_ref()) {
-                if types[*a] == types[*b] {
-                    let (ra, rb) = (root(&mut parent, *a), root(&mut parent, *b));
-                    parent[ra] = rb;
-                }
-            }
-        }
-    }
+    // Columns made equal by the region's conditions.
+    let mut parent = column_equalities(region);
+    let root = union_find_root;
     // Each leaf's conditions on itself alone, which a copy of it must apply too.
     let own = |region: &Region, leaf: usize| -> LogicalPlan {
         let start = region.starts[leaf];
@@ -392,7 +508,8 @@ fn push_semi_join(plan: LogicalPlan, time_used: bool, repeated: &HashSet<String>
     reads.extend(filter.iter().flat_map(|f| f.column_set()).filter(|c| *c < width));
     let leaves = reads.iter().fold(0u64, |m, c| m | 1 << region.leaf_of(*c));
     let pushed = region.leaves.len() <= 64 && leaves.count_ones() == 1 && {
-        let estimates = Estimates::of(&region);
+        let classes = ColumnClasses::add_implied(&mut region);
+        let estimates = Estimates::of(&region, &classes);
         let leaf = leaves.trailing_zeros() as usize;
         estimates.rows[leaf] <= estimates.card((1u64 << region.leaves.len()) - 1)
     };
@@ -421,12 +538,12 @@ fn push_semi_join(plan: LogicalPlan, time_used: bool, repeated: &HashSet<String>
 /// the same two leaves count together, as one key over both leaves' column sets (a composite key is
 /// as selective as its distinct combinations, not as the product of its parts), from the
 /// combinations both tables have where they are measured (`stats::overlap_selectivity`).
-fn selectivities(estimator: &stats::Estimator, region: &Region, masks: &[u64]) -> Vec<Condition> {
+fn selectivities(estimator: &stats::Estimator, region: &Region, masks: &[u64], classes: &[Option<usize>]) -> Vec<Condition> {
     let mut out: Vec<Condition> = Vec::new();
-    // (leaf a, leaf b) with a < b, a's columns, b's columns.
-    type KeyPair = ((usize, usize), Vec<usize>, Vec<usize>);
+    // (leaf a, leaf b) with a < b, a's columns, b's columns, the equalities' classes.
+    type KeyPair = ((usize, usize), Vec<usize>, Vec<usize>, Vec<Option<usize>>);
     let mut pairs: Vec<KeyPair> = Vec::new();
-    for (c, m) in region.conditions.iter().zip(masks) {
+    for (k, (c, m)) in region.conditions.iter().zip(masks).enumerate() {
         if m.count_ones() < 2 {
             continue;
         }
@@ -444,23 +561,29 @@ fn selectivities(estimator: &stats::Estimator, region: &Region, masks: &[u64]) -
                 let ((a, ca), (b, cb)) = if lx < ly { ((lx, x), (ly, y)) } else { ((ly, y), (lx, x)) };
                 let local_a = ca - region.starts[a];
                 let local_b = cb - region.starts[b];
+                let class = classes.get(k).copied().flatten();
                 match pairs.iter_mut().find(|p| p.0 == (a, b)) {
                     Some(p) => {
                         p.1.push(local_a);
                         p.2.push(local_b);
+                        p.3.push(class);
                     }
-                    None => pairs.push(((a, b), vec![local_a], vec![local_b])),
+                    None => pairs.push(((a, b), vec![local_a], vec![local_b], vec![class])),
                 }
                 continue;
             }
         }
-        out.push(Condition { mask: *m, selectivity: stats::guess_selectivity(c) });
+        out.push(Condition { mask: *m, selectivity: stats::guess_selectivity(c), class: None, covers: vec![] });
     }
-    for ((a, b), ca, cb) in pairs {
+    for ((a, b), ca, cb, of_class) in pairs {
         let (la, lb) = (&region.leaves[a], &region.leaves[b]);
         let overlap = if ca.len() > 1 { stats::overlap_selectivity(la, &ca, lb, &cb) } else { None };
         let selectivity = overlap.unwrap_or_else(|| 1.0 / estimator.distinct(la, &ca).max(estimator.distinct(lb, &cb)).max(1.0));
-        out.push(Condition { mask: 1 << a | 1 << b, selectivity });
+        let (class, covers) = match of_class[..] {
+            [one] => (one, vec![]),
+            _ => (None, of_class.into_iter().flatten().collect()),
+        };
+        out.push(Condition { mask: 1 << a | 1 << b, selectivity, class, covers });
     }
     out
 }
@@ -610,13 +733,14 @@ fn keyed_aggregate(plan: &LogicalPlan, col: usize) -> Option<&LogicalPlan> {
 
 /// The plan of `tree`, each condition at the lowest join that has its columns, and a projection
 /// giving the region's columns in the order written.
-fn rebuild(region: Region, tree: &Tree, schema: &arrow::datatypes::SchemaRef, card: &dyn Fn(u64) -> f64) -> LogicalPlan {
+fn rebuild(region: Region, tree: &Tree, schema: &arrow::datatypes::SchemaRef, card: &dyn Fn(u64) -> f64, classes: &[Option<usize>]) -> LogicalPlan {
     let masks: Vec<u64> = region.conditions.iter().map(|c| region.mask(c)).collect();
     let widths: Vec<usize> = region.leaves.iter().map(|l| l.schema().fields().len()).collect();
     let starts = region.starts.clone();
     let mut pending: Vec<Option<Expr>> = region.conditions.into_iter().map(Some).collect();
     let mut leaves: Vec<Option<LogicalPlan>> = region.leaves.into_iter().map(Some).collect();
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         tree: &Tree,
         leaves: &mut [Option<LogicalPlan>],
@@ -625,6 +749,7 @@ fn rebuild(region: Region, tree: &Tree, schema: &arrow::datatypes::SchemaRef, ca
         starts: &[usize],
         widths: &[usize],
         card: &dyn Fn(u64) -> f64,
+        classes: &[Option<usize>],
     ) -> Built {
         match tree {
             Tree::Leaf(i) => {
@@ -641,8 +766,8 @@ fn rebuild(region: Region, tree: &Tree, schema: &arrow::datatypes::SchemaRef, ca
                 Built { plan, columns, mask: 1 << i }
             }
             Tree::Join(a, b) => {
-                let a = build(a, leaves, pending, masks, starts, widths, card);
-                let b = build(b, leaves, pending, masks, starts, widths, card);
+                let a = build(a, leaves, pending, masks, starts, widths, card, classes);
+                let b = build(b, leaves, pending, masks, starts, widths, card, classes);
                 // The larger side probes, the smaller builds; unless the smaller one's runtime filter
                 // on the larger would spare many more rows below an aggregate than it adds to the build.
                 let probes_first = |x: &Built, y: &Built| {
@@ -661,11 +786,20 @@ fn rebuild(region: Region, tree: &Tree, schema: &arrow::datatypes::SchemaRef, ca
                 let mut columns = probe.columns.clone();
                 columns.extend(&build_side.columns);
                 let (mut on, mut residual) = (Vec::new(), Vec::new());
+                // Each side's columns of a class are equal already (every two leaves of a class
+                // have an equality of it): one equality of the class joins the two sides.
+                let mut classes_joined: Vec<usize> = Vec::new();
                 for k in 0..pending.len() {
                     if masks[k] & !mask != 0 || masks[k] & probe.mask == masks[k] || masks[k] & build_side.mask == masks[k] {
                         continue;
                     }
                     let Some(c) = pending[k].take() else { continue };
+                    if let Some(class) = classes.get(k).copied().flatten() {
+                        if classes_joined.contains(&class) {
+                            continue;
+                        }
+                        classes_joined.push(class);
+                    }
                     let side_mask = |e: &Expr| e.column_set().iter().fold(0u64, |m, g| m | 1 << starts.partition_point(|s| s <= g).saturating_sub(1));
                     match c {
                         Expr::Binary { op: BinaryOp::Eq, left, right } => {
@@ -697,7 +831,7 @@ fn rebuild(region: Region, tree: &Tree, schema: &arrow::datatypes::SchemaRef, ca
         }
     }
 
-    let built = build(tree, &mut leaves, &mut pending, &masks, &starts, &widths, card);
+    let built = build(tree, &mut leaves, &mut pending, &masks, &starts, &widths, card, classes);
     let mut plan = built.plan;
     // Conditions over no leaf (constants) hold or not for every row.
     let constant: Vec<Expr> = pending.iter_mut().filter_map(Option::take).collect();
