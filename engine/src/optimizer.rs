@@ -328,7 +328,7 @@ fn split_conjuncts(p: Expr) -> Vec<Expr> {
     out
 }
 
-fn disjuncts(e: Expr) -> Vec<Expr> {
+pub(crate) fn disjuncts(e: Expr) -> Vec<Expr> {
     match e {
         Expr::Binary { op: BinaryOp::Or, left, right } => {
             let mut v = disjuncts(*left);
