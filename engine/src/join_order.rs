@@ -320,7 +320,12 @@ impl ColumnClasses {
                 ids.insert(root, ids.len());
             }
         }
-        let mut of_condition: Vec<Option<usize>> = region.conditions.iter().map(|c| equality(c).and_then(|(a, _)| ids.get(&union_find_root(&mut parent, a)).copied())).collect();
+        // An equality of columns of two types joined no class: neither column's class is its.
+        let mut class_of = |(a, b): (usize, usize)| {
+            let root = union_find_root(&mut parent, a);
+            (root == union_find_root(&mut parent, b)).then(|| ids.get(&root).copied()).flatten()
+        };
+        let mut of_condition: Vec<Option<usize>> = region.conditions.iter().map(|c| equality(c).and_then(&mut class_of)).collect();
         let mut classes: Vec<(usize, usize)> = ids.iter().map(|(root, id)| (*id, *root)).collect();
         classes.sort_unstable();
         for (id, root) in classes {
