@@ -287,18 +287,11 @@ impl ColumnClasses {
     fn add_implied(region: &mut Region) -> ColumnClasses {
         let mut parent = column_equalities(region);
         let conditions = region.conditions.len();
-        let equality = |c: &Expr| match c {
-            Expr::Binary { op: BinaryOp::Eq, left, right } => match (left.as_ref(), right.as_ref()) {
-                (Expr::Column(a), Expr::Column(b)) => Some((*a, *b)),
-                _ => None,
-            },
-            _ => None,
-        };
         // Each class's column per leaf; a class with two columns of one leaf is left alone (its
         // leaves are not known equal on one column).
         let mut members: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
         for k in 0..conditions {
-            let Some((a, b)) = equality(&region.conditions[k]) else { continue };
+            let Some((a, b)) = column_equality(&region.conditions[k]) else { continue };
             let root = union_find_root(&mut parent, a);
             if region.leaf_of(a) == region.leaf_of(b) || root != union_find_root(&mut parent, b) {
                 continue;
@@ -325,7 +318,7 @@ impl ColumnClasses {
             let root = union_find_root(&mut parent, a);
             (root == union_find_root(&mut parent, b)).then(|| ids.get(&root).copied()).flatten()
         };
-        let mut of_condition: Vec<Option<usize>> = region.conditions.iter().map(|c| equality(c).and_then(&mut class_of)).collect();
+        let mut of_condition: Vec<Option<usize>> = region.conditions.iter().map(|c| column_equality(c).and_then(&mut class_of)).collect();
         let mut classes: Vec<(usize, usize)> = ids.iter().map(|(root, id)| (*id, *root)).collect();
         classes.sort_unstable();
         for (id, root) in classes {
@@ -345,19 +338,26 @@ impl ColumnClasses {
     }
 }
 
+/// The two columns `c` equates, if it is an equality of two columns.
+fn column_equality(c: &Expr) -> Option<(usize, usize)> {
+    match c {
+        Expr::Binary { op: BinaryOp::Eq, left, right } => match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(a), Expr::Column(b)) => Some((*a, *b)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The region's columns as a union-find forest of the equalities between columns of one type.
 fn column_equalities(region: &Region) -> Vec<usize> {
     let mut parent: Vec<usize> = (0..region.width).collect();
     let types: Vec<arrow::datatypes::DataType> =
         region.leaves.iter().flat_map(|l| l.schema().fields().iter().map(|f| f.data_type().clone()).collect::<Vec<_>>()).collect();
-    for c in &region.conditions {
-        if let Expr::Binary { op: BinaryOp::Eq, left, right } = c {
-            if let (Expr::Column(a), Expr::Column(b)) = (left.as_ref(), right.as_ref()) {
-                if types[*a] == types[*b] {
-                    let (ra, rb) = (union_find_root(&mut parent, *a), union_find_root(&mut parent, *b));
-                    parent[ra] = rb;
-                }
-            }
+    for (a, b) in region.conditions.iter().filter_map(column_equality) {
+        if types[a] == types[b] {
+            let (ra, rb) = (union_find_root(&mut parent, a), union_find_root(&mut parent, b));
+            parent[ra] = rb;
         }
     }
     parent
@@ -605,9 +605,7 @@ fn given_own_parts(region: &Region, c: &Expr, mask: u64) -> f64 {
     let branches: Vec<Vec<Expr>> = crate::optimizer::disjuncts(c.clone()).into_iter().map(Expr::conjuncts).collect();
     let mut implied = 1.0;
     for leaf in (0..region.leaves.len()).filter(|l| mask & 1 << l != 0) {
-        let parts: Option<Vec<Expr>> =
-            branches.iter().map(|b| Expr::conjunction(b.iter().filter(|e| region.mask(e) == 1 << leaf).cloned().collect())).collect();
-        if let Some(own) = parts.and_then(|ps| ps.into_iter().reduce(|a, b| Expr::binary(BinaryOp::Or, a, b))) {
+        if let Some(own) = crate::optimizer::implied_part(&branches, |e| region.mask(e) == 1 << leaf) {
             implied *= stats::guess_selectivity(&own);
         }
     }

@@ -328,6 +328,13 @@ fn split_conjuncts(p: Expr) -> Vec<Expr> {
     out
 }
 
+/// What a disjunction, as its branches' conjuncts, implies for the part of the row `own` accepts
+/// conjuncts of: the OR of each branch's own conjuncts, when every branch has some.
+pub(crate) fn implied_part(branches: &[Vec<Expr>], own: impl Fn(&Expr) -> bool) -> Option<Expr> {
+    let parts: Option<Vec<Expr>> = branches.iter().map(|b| Expr::conjunction(b.iter().filter(|c| own(c)).cloned().collect())).collect();
+    parts.and_then(|ps| ps.into_iter().reduce(|a, b| Expr::binary(BinaryOp::Or, a, b)))
+}
+
 pub(crate) fn disjuncts(e: Expr) -> Vec<Expr> {
     match e {
         Expr::Binary { op: BinaryOp::Or, left, right } => {
@@ -487,14 +494,7 @@ fn push_join(
             }
             let branches: Vec<Vec<Expr>> = disjuncts(p.clone()).into_iter().map(Expr::conjuncts).collect();
             for left_side in [true, false] {
-                let parts: Option<Vec<Expr>> = branches
-                    .iter()
-                    .map(|b| {
-                        let own: Vec<Expr> = b.iter().filter(|c| side(c) == (left_side, !left_side)).cloned().collect();
-                        Expr::conjunction(own)
-                    })
-                    .collect();
-                let Some(implied) = parts.and_then(|ps| ps.into_iter().reduce(|a, b| Expr::binary(BinaryOp::Or, a, b))) else { continue };
+                let Some(implied) = implied_part(&branches, |c| side(c) == (left_side, !left_side)) else { continue };
                 if left_side {
                     to_left.push(implied);
                 } else {
