@@ -12,14 +12,21 @@ use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use riffle_engine::{ExecConfig, Session};
 
-/// `facts`: 10 000 rows in 10 row groups, `k` = `key(i)`, `v` = i % 7 (`k` NULL where `key` says).
+/// `facts`: 10 000 rows in 10 row groups, `u` = i % 5, `k` = `key(i)`, `v` = i % 7 (`k` NULL where
+/// `key` says).
 fn write_facts(path: &std::path::Path, key: &dyn Fn(i64) -> Option<i64>) {
-    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true), Field::new("v", DataType::Int64, false)]));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("u", DataType::Int64, false),
+        Field::new("k", DataType::Int64, true),
+        Field::new("v", DataType::Int64, false),
+    ]));
     let props = WriterProperties::builder().set_max_row_group_row_count(Some(1000)).build();
     let mut w = ArrowWriter::try_new(std::fs::File::create(path).expect("create"), schema.clone(), Some(props)).expect("writer");
     let ks: Vec<Option<i64>> = (0..10_000).map(key).collect();
     let vs: Vec<i64> = (0..10_000).map(|i| i % 7).collect();
-    let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(ks)), Arc::new(Int64Array::from(vs))]).expect("batch");
+    let us: Vec<i64> = (0..10_000).map(|i| i % 5).collect();
+    let columns = vec![Arc::new(Int64Array::from(us)) as _, Arc::new(Int64Array::from(ks)) as _, Arc::new(Int64Array::from(vs)) as _];
+    let batch = RecordBatch::try_new(schema, columns).expect("batch");
     w.write(&batch).expect("write");
     w.close().expect("close");
 }
@@ -212,9 +219,12 @@ fn a_scan_passing_few_rows_reads_only_their_other_columns_with_the_same_answer()
     let mut s = Session::new(ExecConfig { threads: 2, batch_size: 64, ..ExecConfig::default() });
     s.register_path("facts", &facts.display().to_string()).expect("register");
     s.register_path("dim", &dim).expect("register");
-    let q = "SELECT count(*), sum(v), min(k), max(k), sum(k * v) FROM facts JOIN dim ON k = d";
+    // The filter column read first sits between the others in the batches the scan hands out.
+    let q = "SELECT count(*), sum(v), min(k), max(k), sum(k * v), sum(u * k), sum(u * v) FROM facts JOIN dim ON k = d";
     let want = expected(&mut s, q);
     assert_eq!(rows(&mut s, q), want);
+    let q_grouped = "SELECT u, v, count(*), sum(k) FROM facts JOIN dim ON k = d GROUP BY u, v ORDER BY u, v";
+    assert_eq!(rows(&mut s, q_grouped), expected(&mut s, q_grouped));
     let kept: Vec<i64> = (0..10_000).filter(|i| i % 10 != 3).map(|i| (i * 7919) % 10_000).filter(|k| (2000..3000).contains(k) && k % 2 == 0).collect();
     assert_eq!(want[0].split(' ').next(), Some(kept.len().to_string().as_str()));
     let analyzed = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));

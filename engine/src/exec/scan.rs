@@ -447,27 +447,36 @@ impl ScanShared {
             && (0..self.projection.len()).any(|c| !filtered.contains(&c))
     }
 
-    /// Morsel `m` narrowed to the rows that pass the runtime filters, read from their columns alone;
-    /// `None` when none does.
-    fn rows_passing(&self, format: &FileFormat, m: Morsel) -> Result<Option<Morsel>> {
+    /// Morsel `m` narrowed to the rows that pass the runtime filters, read from their columns alone,
+    /// with those columns' values for the rows that pass (the rest of the scan's columns are then
+    /// read for those rows only: reading the filter columns again would decompress all their pages
+    /// a second time); `None` when no row passes.
+    fn rows_passing(&self, format: &FileFormat, m: Morsel) -> Result<Option<(Morsel, Option<PassedColumns>)>> {
         let mut columns: Vec<usize> = self.runtime.iter().map(|f| f.column).collect();
         columns.sort_unstable();
         columns.dedup();
         let table_columns: Vec<usize> = columns.iter().map(|c| self.projection[*c]).collect();
-        let reader = riffle_formats::read_morsel(format, &m, &self.source.schema, &table_columns, &vec![false; columns.len()], self.batch_size)?;
+        let dictionary: Vec<bool> = columns.iter().map(|c| self.dictionary[*c]).collect();
+        let reader = riffle_formats::read_morsel(format, &m, &self.source.schema, &table_columns, &dictionary, self.batch_size)?;
         let mut passes = Vec::new();
+        let mut kept_values: Vec<Vec<arrow::array::ArrayRef>> = vec![Vec::new(); columns.len()];
+        let mut fields = None;
         for batch in reader {
             let batch = batch?;
-            match self.passing(&batch, |column| columns.iter().position(|c| *c == column).unwrap_or_default())? {
-                Some(keep) => passes.extend(keep),
-                None => passes.extend(std::iter::repeat_n(true, batch.num_rows())),
+            let keep = self.passing(&batch, |column| columns.iter().position(|c| *c == column).unwrap_or_default())?;
+            let keep = keep.unwrap_or_else(|| vec![true; batch.num_rows()]);
+            let mask = arrow::array::BooleanArray::from(keep.clone());
+            for (kept, column) in kept_values.iter_mut().zip(batch.columns()) {
+                kept.push(arrow::compute::filter(column, &mask)?);
             }
+            fields.get_or_insert_with(|| batch.schema().fields().clone());
+            passes.extend(keep);
         }
         // The positions read are the morsel's rows to read, in order.
         let total = m.rows.unwrap_or_default();
         let read: Vec<std::ops::Range<usize>> = m.rows_to_read.clone().unwrap_or_else(|| std::iter::once(0..total).collect());
         if read.iter().map(|r| r.len()).sum::<usize>() != passes.len() {
-            return Ok(Some(m));
+            return Ok(Some((m, None)));
         }
         let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
         for (row, pass) in read.into_iter().flatten().zip(&passes) {
@@ -483,7 +492,23 @@ impl ScanShared {
         if let Some(metrics) = &self.metrics {
             metrics.rows_runtime_filtered.fetch_add((passes.len() - passed) as u64, Ordering::Relaxed);
         }
-        Ok((passed > 0).then(|| Morsel { rows_to_read: Some(kept), ..m }))
+        if passed == 0 {
+            return Ok(None);
+        }
+        let values = kept_values
+            .iter()
+            .map(|parts| arrow::compute::concat(&parts.iter().map(|a| a.as_ref()).collect::<Vec<_>>()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let passed_columns = fields.map(|fields| PassedColumns { columns, fields: fields.iter().cloned().collect(), values, offset: 0 });
+        Ok(Some((Morsel { rows_to_read: Some(kept), ..m }, passed_columns)))
+    }
+
+    /// The scan's columns other than `passed`'s, and whether each is read dictionary-encoded.
+    fn columns_besides(&self, passed: &PassedColumns) -> (Vec<usize>, Vec<bool>) {
+        (0..self.projection.len())
+            .filter(|c| !passed.columns.contains(c))
+            .map(|c| (self.projection[c], self.dictionary[c]))
+            .unzip()
     }
 
     /// Which rows of `batch` pass the runtime filters set so far (`None`: all), the most selective
@@ -769,6 +794,49 @@ pub struct ScanSource {
     idle: bool,
     /// The reader reads only rows that passed the runtime filters (`ScanShared::rows_passing`).
     prefiltered: bool,
+    /// The filter columns' values of those rows, when the reader reads the other columns only.
+    passed: Option<PassedColumns>,
+}
+
+/// The runtime filters' columns of a morsel's rows that pass them, read ahead of its other columns:
+/// each batch of those is completed with the next rows of these.
+struct PassedColumns {
+    /// The scan's columns these are, ascending.
+    columns: Vec<usize>,
+    fields: Vec<arrow::datatypes::FieldRef>,
+    values: Vec<arrow::array::ArrayRef>,
+    /// Rows handed out so far.
+    offset: usize,
+}
+
+impl PassedColumns {
+    /// `batch` (the scan's other columns, in order) with these columns' next rows in their places.
+    fn splice(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let rows = batch.num_rows();
+        if self.values.first().is_some_and(|v| self.offset + rows > v.len()) {
+            return Err(RiffleError::exec("a Parquet row group read late has more rows than passed its runtime filters"));
+        }
+        let width = batch.num_columns() + self.columns.len();
+        let (mut fields, mut columns) = (Vec::with_capacity(width), Vec::with_capacity(width));
+        let read = batch.schema();
+        let mut others = read.fields().iter().cloned().zip(batch.columns().iter().cloned());
+        for c in 0..width {
+            match self.columns.iter().position(|p| *p == c) {
+                Some(i) => {
+                    fields.push(self.fields[i].clone());
+                    columns.push(self.values[i].slice(self.offset, rows));
+                }
+                None => {
+                    let (field, column) = others.next().ok_or_else(|| RiffleError::exec("a late read returned too few columns"))?;
+                    fields.push(field);
+                    columns.push(column);
+                }
+            }
+        }
+        self.offset += rows;
+        let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        Ok(RecordBatch::try_new_with_options(schema, columns, &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)))?)
+    }
 }
 
 impl ScanSource {
@@ -796,6 +864,7 @@ impl ScanSource {
             test_barriers,
             idle: false,
             prefiltered: false,
+            passed: None,
         }
     }
 
@@ -880,7 +949,10 @@ impl ScanSource {
         loop {
             if let Some(reader) = &mut self.reader {
                 match reader.next() {
-                    Some(batch) => return Ok(Some(batch?)),
+                    Some(batch) => match &mut self.passed {
+                        Some(passed) => return Ok(Some(passed.splice(batch?)?)),
+                        None => return Ok(Some(batch?)),
+                    },
                     None => self.reader = None,
                 }
             }
@@ -914,20 +986,28 @@ impl ScanSource {
                     };
                     let format: &FileFormat = format;
                     self.prefiltered = self.shared.reads_late(format, &m);
+                    self.passed = None;
                     let m = if self.prefiltered {
                         match self.shared.rows_passing(format, m)? {
-                            Some(m) => m,
+                            Some((m, passed)) => {
+                                self.passed = passed;
+                                m
+                            }
                             None => continue,
                         }
                     } else {
                         m
                     };
+                    let (projection, dictionary) = match &self.passed {
+                        Some(passed) => self.shared.columns_besides(passed),
+                        None => (self.shared.projection.clone(), self.shared.dictionary.clone()),
+                    };
                     self.reader = Some(riffle_formats::read_morsel(
                         format,
                         &m,
                         &self.shared.source.schema,
-                        &self.shared.projection,
-                        &self.shared.dictionary,
+                        &projection,
+                        &dictionary,
                         self.shared.batch_size,
                     )?);
                 }
