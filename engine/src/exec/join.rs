@@ -120,11 +120,13 @@ struct JoinTable {
     /// Instead of `keys` and `heads`, for one integer-like key (ints, dates, timestamps: most join
     /// keys): each distinct key beside its first build row in the map itself, so a probe reads one
     /// slot, not a slot and the stored key's bytes (see `group_keys.rs`).
-    int_heads: Option<HashTable<(i64, u32)>>,
+    int_heads: Option<IntHeads>,
     /// Likewise for several integer-like keys packed into one u128 (TPC-DS's returns joined to their
     /// sales on item and ticket).
     packed_heads: Option<HashTable<(u128, u32)>>,
     next: Vec<u32>,
+    /// No key has two build rows (`next` chains nothing: a probe need not read it).
+    unique: bool,
     /// Of the whole build side (also when this table holds one bucket of it): rows, and whether a
     /// key is NULL (for NOT IN and IN).
     build_rows: usize,
@@ -137,10 +139,70 @@ struct JoinTable {
 
 const NONE: u32 = u32::MAX;
 
+/// Build keys' first rows, for one integer-like key.
+enum IntHeads {
+    /// Keys in a range not much wider than the build side (surrogate keys: TPC-DS's dimensions,
+    /// TPC-H's parts and customers): key k's first row at `heads[k - min]` (`NONE`: no row), so a
+    /// probe reads one word and hashes nothing (DuckDB's perfect hash join).
+    Dense { min: i64, heads: Vec<u32> },
+    Hashed(HashTable<(i64, u32)>),
+}
+
+/// A dense table may take this many slots per build row (beside a few to start with): at 4 bytes a
+/// slot, no more than the hash table's (i64, u32) entries at its load factor.
+const DENSE_SLOTS_PER_ROW: usize = 3;
+
+impl IntHeads {
+    /// Chains the rows of `n` by key (see `chain_by_key`): the heads, the chains, and whether a key
+    /// is NULL.
+    fn build(n: usize, key: impl Fn(usize) -> Option<i64>) -> (IntHeads, Vec<u32>, bool) {
+        let (mut min, mut max) = (i64::MAX, i64::MIN);
+        for k in (0..n).filter_map(&key) {
+            (min, max) = (min.min(k), max.max(k));
+        }
+        let span = (max as i128 - min as i128 + 1).max(0);
+        if span > (n * DENSE_SLOTS_PER_ROW + 1024) as i128 {
+            let (map, next, has_null) = chain_by_key(n, key, hash_int);
+            return (IntHeads::Hashed(map), next, has_null);
+        }
+        let mut heads = vec![NONE; span as usize];
+        let mut next = vec![NONE; n];
+        let mut has_null = false;
+        // Back to front so each chain lists rows in input order.
+        for i in (0..n).rev() {
+            let Some(k) = key(i) else {
+                has_null = true;
+                continue;
+            };
+            let slot = &mut heads[(k - min) as usize];
+            next[i] = *slot;
+            *slot = i as u32;
+        }
+        (IntHeads::Dense { min, heads }, next, has_null)
+    }
+
+    fn head(&self, key: i64) -> Option<u32> {
+        match self {
+            IntHeads::Dense { min, heads } => {
+                let j = *heads.get(usize::try_from(key.checked_sub(*min)?).ok()?)?;
+                (j != NONE).then_some(j)
+            }
+            IntHeads::Hashed(map) => map.find(hash_int(key), |(k, _)| *k == key).map(|(_, j)| *j),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            IntHeads::Dense { heads, .. } => heads.capacity() * 4,
+            IntHeads::Hashed(map) => map.capacity() * 17,
+        }
+    }
+}
+
 impl JoinTable {
     /// The first build row whose key is the integer `key`.
     fn int_head(&self, key: i64) -> Option<u32> {
-        self.int_heads.as_ref()?.find(hash_int(key), |(k, _)| *k == key).map(|(_, j)| *j)
+        self.int_heads.as_ref()?.head(key)
     }
 
     /// The first build row whose packed keys are `key`.
@@ -436,7 +498,7 @@ impl JoinShared {
         let mut has_null_key = false;
         let (mut int_heads, mut packed_heads) = (None, None);
         if let Some(build) = self.spec.int_key(&batch, false)? {
-            let (map, chains, nulls) = chain_by_key(batch.num_rows(), |i| build.is_valid(i).then(|| build.value(i)), hash_int);
+            let (map, chains, nulls) = IntHeads::build(batch.num_rows(), |i| build.is_valid(i).then(|| build.value(i)));
             (next, has_null_key) = (chains, nulls);
             int_heads = Some(map);
         } else if let Some((build, null_rows)) = self.spec.packed_keys(&batch, false)? {
@@ -485,7 +547,7 @@ impl JoinShared {
         } else {
             Vec::new()
         };
-        let int_bytes = int_heads.as_ref().map_or(0, |m: &HashTable<(i64, u32)>| m.capacity() * 17)
+        let int_bytes = int_heads.as_ref().map_or(0, IntHeads::size)
             + packed_heads.as_ref().map_or(0, |m: &HashTable<(u128, u32)>| m.capacity() * 33);
         let bytes = retained_bytes(&batch) + keys.as_ref().map_or(0, |k: &Rows| k.size()) + heads.capacity() * 5 + int_bytes + next.len() * 4;
         self.metrics.note_bytes(bytes);
@@ -496,7 +558,8 @@ impl JoinShared {
             reservation.grow_anyway(extra);
         }
         let (build_rows, has_null_key) = whole.unwrap_or((batch.num_rows(), has_null_key));
-        Ok(JoinTable { batch, converter, keys, heads, hasher, int_heads, packed_heads, next, build_rows, has_null_key, visited, _reservation: reservation })
+        let unique = next.iter().all(|j| *j == NONE);
+        Ok(JoinTable { batch, converter, keys, heads, hasher, int_heads, packed_heads, next, unique, build_rows, has_null_key, visited, _reservation: reservation })
     }
 }
 
@@ -773,11 +836,15 @@ fn candidates(spec: &JoinSpec, probe: &RecordBatch, table: &JoinTable, f: &mut d
                     (None, None, None) => None,
                 };
                 let Some(head) = head else { continue };
-                let mut j = head;
-                while j != NONE {
-                    pi.push(i as u32);
-                    bi.push(j);
-                    j = table.next[j as usize];
+                pi.push(i as u32);
+                bi.push(head);
+                if !table.unique {
+                    let mut j = table.next[head as usize];
+                    while j != NONE {
+                        pi.push(i as u32);
+                        bi.push(j);
+                        j = table.next[j as usize];
+                    }
                 }
                 if pi.len() >= PAIRS_PER_CHUNK {
                     f(std::mem::take(&mut pi), std::mem::take(&mut bi))?;
