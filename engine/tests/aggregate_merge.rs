@@ -90,3 +90,20 @@ fn count_distinct_of_one_argument_runs_as_two_aggregates() {
     let plan = common::physical(&mut s, "SELECT g, count(DISTINCT x), count(DISTINCT v) FROM t GROUP BY g");
     assert!(plan.contains("count(DISTINCT x)"), "{plan}");
 }
+
+/// A UNION over a UNION (TPC-DS q75's three channels) removes duplicates in one aggregate, not one per
+/// UNION; a UNION ALL above keeps the inner one.
+#[test]
+fn a_union_of_unions_removes_duplicates_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = common::write_table(dir.path(), "t", 1000, &[("k", &|i| i % 300), ("v", &|i| i % 7)]);
+    let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
+    s.register_path("t", &t).expect("register");
+    let aggregates = |s: &mut Session, q: &str| common::physical(s, q).matches("HashAggregate").count();
+    let q = "SELECT k FROM t WHERE v = 1 UNION SELECT k FROM t WHERE v = 2 UNION SELECT DISTINCT k FROM t WHERE v = 3";
+    assert_eq!(aggregates(&mut s, q), 1, "{}", common::physical(&mut s, q));
+    let want = (0..300).filter(|k| (0..1000).any(|i| i % 300 == *k && (1..=3).contains(&(i % 7)))).count();
+    assert_eq!(rows(&mut s, &format!("SELECT count(*) FROM ({q}) u")), [want.to_string()]);
+    let q = "SELECT k FROM t WHERE v = 3 UNION ALL (SELECT k FROM t WHERE v = 1 UNION SELECT k FROM t WHERE v = 2)";
+    assert_eq!(aggregates(&mut s, q), 1, "{}", common::physical(&mut s, q));
+}

@@ -499,6 +499,12 @@ impl<'a> Binder<'a> {
                         .collect::<Result<Vec<_>>>()?;
                     Ok(project(p, exprs, names.clone()))
                 };
+                // UNION keeps each distinct row once: a branch's own DISTINCT (a UNION's inside it,
+                // TPC-DS q75's) would hash every row a second time.
+                let (lp, rp) = match op {
+                    ast::SetOperator::Union if !all => (without_distinct(lp), without_distinct(rp)),
+                    _ => (lp, rp),
+                };
                 let lp = conform(lp, &ls)?;
                 let rp = conform(rp, &rs)?;
                 let fields: Vec<Field> = lp
@@ -1007,6 +1013,21 @@ pub fn distinct_plan(plan: LogicalPlan) -> LogicalPlan {
     let schema = plan.schema();
     let group = (0..schema.fields().len()).map(Expr::Column).collect();
     LogicalPlan::Aggregate { input: Box::new(plan), group, aggs: vec![], schema }
+}
+
+/// `plan` less a DISTINCT on top (`distinct_plan`'s aggregate), for a consumer that removes
+/// duplicates itself.
+fn without_distinct(plan: LogicalPlan) -> LogicalPlan {
+    match plan {
+        LogicalPlan::Aggregate { input, group, aggs, .. }
+            if aggs.is_empty()
+                && group.len() == input.schema().fields().len()
+                && group.iter().enumerate().all(|(i, g)| matches!(g, Expr::Column(c) if *c == i)) =>
+        {
+            *input
+        }
+        other => other,
+    }
 }
 
 fn alias_columns(plan: LogicalPlan, scope: Scope, alias: &ast::TableAlias) -> Result<(LogicalPlan, Scope)> {
