@@ -1,6 +1,7 @@
 //! Group keys of strings and integers (TPC-DS's `GROUP BY i_category, i_brand, s_store_name, d_year,
-//! d_moy`), each key a fixed number of 64-bit words: a string's id in its column's `Interner`, an
-//! integer's value, then one word of the integers' NULL flags. A lookup hashes and compares a few
+//! d_moy`), or of integers and decimals too many to pack into 128 bits, each key a fixed number of
+//! 64-bit words: a string's id in its column's `Interner`, an integer's (or a decimal's unscaled)
+//! value, then one word of the integers' NULL flags. A lookup hashes and compares a few
 //! words instead of encoding every row's strings (arrow-row's blocks make a 20-byte brand 28 bytes)
 //! and comparing bytes.
 //!
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use arrow::buffer::NullBuffer;
-use arrow::datatypes::{DataType, Int32Type, Int64Type};
+use arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type};
 use arrow::row::{RowConverter, SortField};
 use hashbrown::{DefaultHashBuilder, HashTable};
 
@@ -42,10 +43,32 @@ enum CodedColumn {
     Int(DataType),
 }
 
-/// Keys of these types are coded: several keys (or a string) not packed into 128 bits, each a
-/// string or integer-like, at least one a string.
+/// Keys of these types can be coded: each a string, integer-like, or a decimal whose values fit in
+/// 64 bits (TPC-DS q75's `sales_amt` among five integer ids: past 128 bits, so not packed).
 pub(super) fn codable(types: &[DataType]) -> bool {
-    types.iter().all(|t| *t == DataType::Utf8 || int_like(t)) && types.contains(&DataType::Utf8)
+    types.iter().all(|t| *t == DataType::Utf8 || word_like(t))
+}
+
+/// Whether a key of this type is held losslessly in one 64-bit word.
+fn word_like(t: &DataType) -> bool {
+    int_like(t) || matches!(t, DataType::Decimal128(p, _) if *p <= 18)
+}
+
+/// A word-like key's values as i64 (a decimal's unscaled values).
+fn as_words(key: &ArrayRef) -> Result<ArrayRef> {
+    Ok(match key.data_type() {
+        DataType::Decimal128(..) => Arc::new(key.as_primitive::<Decimal128Type>().unary::<_, Int64Type>(|v| v as i64)),
+        _ => arrow::compute::cast(key, &DataType::Int64)?,
+    })
+}
+
+/// Words back as keys of `data_type` (`as_words` undone).
+fn from_words(words: Int64Array, data_type: &DataType) -> Result<ArrayRef> {
+    Ok(match data_type {
+        DataType::Int64 => Arc::new(words),
+        DataType::Decimal128(p, s) => Arc::new(words.unary::<_, Decimal128Type>(|v| v as i128).with_precision_and_scale(*p, *s)?),
+        _ => arrow::compute::cast(&words, data_type)?,
+    })
 }
 
 impl CodedKeys {
@@ -74,7 +97,7 @@ impl CodedKeys {
                     }
                 }
                 CodedColumn::Int(_) => {
-                    let wide = arrow::compute::cast(key, &DataType::Int64)?;
+                    let wide = as_words(key)?;
                     let wide = wide.as_primitive::<Int64Type>();
                     for (row, v) in wide.values().iter().enumerate() {
                         words[row * stride + c] = *v as u64;
@@ -134,8 +157,7 @@ impl CodedKeys {
                     CodedColumn::Int(data_type) => {
                         let values: Vec<i64> = groups.clone().map(|g| word(g, c) as i64).collect();
                         let valid = NullBuffer::from_iter(groups.clone().map(|g| word(g, stride - 1) & (1 << c) == 0));
-                        let wide: ArrayRef = Arc::new(Int64Array::new(values.into(), (valid.null_count() > 0).then_some(valid)));
-                        if *data_type == DataType::Int64 { wide } else { arrow::compute::cast(&wide, data_type)? }
+                        from_words(Int64Array::new(values.into(), (valid.null_count() > 0).then_some(valid)), data_type)?
                     }
                 })
             })
@@ -318,6 +340,7 @@ mod tests {
         let expected_years: ArrayRef = Arc::new(Int32Array::from(vec![Some(1999), None, Some(2000), Some(1999), Some(2000)]));
         assert_eq!(arrays[0].as_ref(), expected_strings.as_ref());
         assert_eq!(arrays[1].as_ref(), expected_years.as_ref());
-        assert!(codable(&types) && !codable(&[DataType::Int32, DataType::Int64]) && !codable(&[DataType::Utf8, DataType::Float64]));
+        assert!(codable(&types) && codable(&[DataType::Int32, DataType::Decimal128(18, 2)]));
+        assert!(!codable(&[DataType::Utf8, DataType::Float64]) && !codable(&[DataType::Int32, DataType::Decimal128(19, 2)]));
     }
 }

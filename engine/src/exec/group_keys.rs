@@ -124,7 +124,9 @@ impl GroupKeys {
         if let Some(packed) = PackedKeys::new(&types)? {
             return Ok(GroupKeys::Packed(packed));
         }
-        if coded && codable(&types) {
+        // Strings are coded when they come dictionary-encoded (interning every row's string costs
+        // more than encoding it); integers and decimals past 128 bits always are.
+        if codable(&types) && (coded || !types.contains(&DataType::Utf8)) {
             return Ok(GroupKeys::Coded(CodedKeys::new(&types)?));
         }
         GroupKeys::row_encoded(types)
@@ -575,9 +577,37 @@ mod tests {
                 assert_eq!(a.data_type(), b.data_type());
             }
         }
-        // Past 128 bits (two i64 keys and their NULL flags): rows.
-        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64], false), Ok(GroupKeys::Rows(_))));
+        // Past 128 bits (two i64 keys and their NULL flags): a word per key.
+        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64], false), Ok(GroupKeys::Coded(_))));
         assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Utf8], false), Ok(GroupKeys::Rows(_))));
+    }
+
+    #[test]
+    fn integer_and_decimal_keys_past_128_bits_group_as_their_rows_do() {
+        let n = 500i64;
+        let keys: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from((0..n).map(|i| Some((i % 3) as i32 + 1998)).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from((0..n).map(|i| (i % 5 != 0).then_some(i % 4 - 2)).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from((0..n).map(|i| Some(i64::MIN + i % 2)).collect::<Vec<_>>())),
+            Arc::new(
+                arrow::array::Decimal128Array::from((0..n).map(|i| (i % 7 != 0).then_some((i % 6) as i128 * 123_456 - 300_000)).collect::<Vec<_>>())
+                    .with_precision_and_scale(18, 2)
+                    .expect("decimal"),
+            ),
+        ];
+        let types: Vec<DataType> = keys.iter().map(|k| k.data_type().clone()).collect();
+        let mut coded = GroupKeys::new(types.clone(), false).expect("keys");
+        assert!(matches!(coded, GroupKeys::Coded(_)), "{types:?}");
+        let mut rows = GroupKeys::row_encoded(types.clone()).expect("row keys");
+        let groups = coded.groups(&keys, n as usize).expect("groups");
+        assert_eq!(groups, rows.groups(&keys, n as usize).expect("row groups"));
+        assert!(coded.len() > 30, "{}", coded.len());
+        assert_eq!(coded.buckets(2).expect("buckets"), rows.buckets(2).expect("row buckets"));
+        for (a, b) in coded.take_arrays().expect("all").iter().zip(&rows.take_arrays().expect("row all")) {
+            assert_eq!(a.as_ref(), b.as_ref(), "{types:?}");
+        }
+        // A decimal too wide for a word: rows.
+        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64, DataType::Decimal128(38, 2)], false), Ok(GroupKeys::Rows(_))));
     }
 
     #[test]
@@ -585,7 +615,7 @@ mod tests {
         assert!(matches!(GroupKeys::new(vec![DataType::Utf8], false), Ok(GroupKeys::Rows(_))));
         assert!(matches!(GroupKeys::new(vec![DataType::Utf8], true), Ok(GroupKeys::Coded(_))));
         assert!(matches!(GroupKeys::new(vec![DataType::Utf8, DataType::Float64], false), Ok(GroupKeys::Rows(_))));
-        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64], false), Ok(GroupKeys::Rows(_))));
+        assert!(matches!(GroupKeys::new(vec![DataType::Int64, DataType::Int64], false), Ok(GroupKeys::Coded(_))));
         assert!(matches!(GroupKeys::new(vec![DataType::UInt64], false), Ok(GroupKeys::Rows(_))));
         let keys: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None, Some("a")]));
         let (groups, back) = round_trip(keys.clone());
