@@ -463,14 +463,22 @@ impl ScanShared {
         let mut fields = None;
         for batch in reader {
             let batch = batch?;
-            let keep = self.passing(&batch, |column| columns.iter().position(|c| *c == column).unwrap_or_default())?;
-            let keep = keep.unwrap_or_else(|| vec![true; batch.num_rows()]);
-            let mask = arrow::array::BooleanArray::from(keep.clone());
-            for (kept, column) in kept_values.iter_mut().zip(batch.columns()) {
-                kept.push(arrow::compute::filter(column, &mask)?);
-            }
             fields.get_or_insert_with(|| batch.schema().fields().clone());
-            passes.extend(keep);
+            match self.passing(&batch, |column| columns.iter().position(|c| *c == column).unwrap_or_default())? {
+                Some(keep) => {
+                    let mask = arrow::array::BooleanArray::from(keep);
+                    for (kept, column) in kept_values.iter_mut().zip(batch.columns()) {
+                        kept.push(arrow::compute::filter(column, &mask)?);
+                    }
+                    passes.extend(mask.values().iter());
+                }
+                None => {
+                    for (kept, column) in kept_values.iter_mut().zip(batch.columns()) {
+                        kept.push(column.clone());
+                    }
+                    passes.extend(std::iter::repeat_n(true, batch.num_rows()));
+                }
+            }
         }
         // The positions read are the morsel's rows to read, in order.
         let total = m.rows.unwrap_or_default();
