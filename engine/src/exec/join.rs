@@ -166,18 +166,7 @@ impl IntHeads {
             return (IntHeads::Hashed(map), next, has_null);
         }
         let mut heads = vec![NONE; span as usize];
-        let mut next = vec![NONE; n];
-        let mut has_null = false;
-        // Back to front so each chain lists rows in input order.
-        for i in (0..n).rev() {
-            let Some(k) = key(i) else {
-                has_null = true;
-                continue;
-            };
-            let slot = &mut heads[(k - min) as usize];
-            next[i] = *slot;
-            *slot = i as u32;
-        }
+        let (next, has_null) = chain_rows(n, key, |k, i| std::mem::replace(&mut heads[(k - min) as usize], i));
         (IntHeads::Dense { min, heads }, next, has_null)
     }
 
@@ -796,26 +785,32 @@ fn probe_key_nulls(spec: &JoinSpec, probe: &RecordBatch) -> Result<Option<Vec<bo
 /// was NULL.
 fn chain_by_key<K: Copy + PartialEq>(n: usize, key: impl Fn(usize) -> Option<K>, hash: fn(K) -> u64) -> (HashTable<(K, u32)>, Vec<u32>, bool) {
     let mut map: HashTable<(K, u32)> = HashTable::with_capacity(n);
-    let mut next = vec![NONE; n];
-    let mut has_null = false;
-    // Inserted back to front so each chain lists rows in input order.
-    for i in (0..n).rev() {
-        let Some(k) = key(i) else {
-            has_null = true;
-            continue;
-        };
+    let (next, has_null) = chain_rows(n, key, |k, i| {
         let h = hash(k);
         match map.find_mut(h, |(stored, _)| *stored == k) {
-            Some((_, head)) => {
-                next[i] = *head;
-                *head = i as u32;
-            }
+            Some((_, head)) => std::mem::replace(head, i),
             None => {
-                map.insert_unique(h, (k, i as u32), |(stored, _)| hash(*stored));
+                map.insert_unique(h, (k, i), |(stored, _)| hash(*stored));
+                NONE
             }
         }
-    }
+    });
     (map, next, has_null)
+}
+
+/// Chains rows `0..n` by key (`key(i)`, None for a NULL key), back to front so that each chain lists
+/// rows in input order: `make_head(k, i)` makes row `i` the first row of key `k` and returns the row
+/// that was (`NONE`: none). The chains, and whether a key was NULL.
+fn chain_rows<K>(n: usize, key: impl Fn(usize) -> Option<K>, mut make_head: impl FnMut(K, u32) -> u32) -> (Vec<u32>, bool) {
+    let mut next = vec![NONE; n];
+    let mut has_null = false;
+    for i in (0..n).rev() {
+        match key(i) {
+            Some(k) => next[i] = make_head(k, i as u32),
+            None => has_null = true,
+        }
+    }
+    (next, has_null)
 }
 
 /// Calls `f` with chunks of candidate pairs (probe row, build row): key matches for a hash join,
