@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod changelog;
 pub mod cse;
+pub mod dependent_keys;
 pub mod eager_aggregate;
 pub mod error;
 pub mod eval;

@@ -27,6 +27,7 @@ pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let mut plan = map_plan(plan, &mut |p| Ok(lift_left_join(p)))?;
     crate::join_order::reorder_joins(&mut plan);
     let plan = crate::eager_aggregate::push_aggregates(plan)?;
+    let plan = crate::dependent_keys::carry_dependent_keys(plan)?;
     let schema = plan.schema();
     let all: BTreeSet<usize> = (0..schema.fields().len()).collect();
     let (plan, map) = prune(plan, &all)?;

@@ -37,7 +37,7 @@ pub fn split(aggs: &[AggCall], input_schema: &Schema) -> Option<(Vec<AggCall>, V
         }
         merges.push(match a.func {
             AggFunc::CountStar | AggFunc::Count => Merge::Count(add(a.clone())),
-            AggFunc::Sum | AggFunc::Min | AggFunc::Max => Merge::Same(a.func, add(a.clone()), a.ty.clone()),
+            AggFunc::Sum | AggFunc::Min | AggFunc::Max | AggFunc::AnyValue => Merge::Same(a.func, add(a.clone()), a.ty.clone()),
             AggFunc::Avg if a.args.first()?.data_type(input_schema).is_integer() => {
                 let sum = add(AggCall { func: AggFunc::Sum, args: a.args.clone(), distinct: false, ty: DataType::Int64 });
                 let count = add(AggCall { func: AggFunc::Count, args: a.args.clone(), distinct: false, ty: DataType::Int64 });

@@ -9,7 +9,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::catalog::TableSource;
 use crate::error::{Result, RiffleError};
-use crate::logical::{join_schema, AggCall, BinaryOp, Expr, JoinKind, LogicalPlan, SortKey, WindowCall, WindowFunc, WindowSpec};
+use crate::logical::{join_schema, AggCall, AggFunc, BinaryOp, Expr, JoinKind, LogicalPlan, SortKey, WindowCall, WindowFunc, WindowSpec};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PhysicalPlan {
@@ -801,8 +801,8 @@ fn dictionary_group_keys(input: &mut PhysicalPlan, group: &[Expr], aggs: &[AggCa
 /// (the build side's column as the values, each row's build row as its key) where an aggregate right
 /// above groups by them: the join copies no string, and the aggregate interns the build side's
 /// strings once instead of hashing every row's (`exec::coded_keys`; TPC-DS q47 groups 6.6 M store
-/// sales by their item's category and brand). Only columns used as bare group keys and nowhere else
-/// qualify, so no other operator sees a dictionary. Run last: the aggregate reads the join's batches
+/// sales by their item's category and brand). Only columns used as bare group keys (or bare
+/// `any_value` arguments) and nowhere else qualify, so no other operator sees a dictionary. Run last: the aggregate reads the join's batches
 /// as they are made.
 pub fn dictionary_join_outputs(mut plan: PhysicalPlan) -> PhysicalPlan {
     if let PhysicalPlan::HashAggregate { input, group, aggs, window_end: None, .. } = &mut plan {
@@ -817,7 +817,10 @@ pub fn dictionary_join_outputs(mut plan: PhysicalPlan) -> PhysicalPlan {
                 uses[c] += 1;
             }
             let mut flags = vec![false; schema.fields().len() - width];
-            for g in group.iter() {
+            // `any_value` takes a dictionary as it is too (it expands the rows it keeps only): the
+            // columns carried beside a key (`dependent_keys`).
+            let carried = aggs.iter().filter(|a| a.func == AggFunc::AnyValue).filter_map(|a| a.args.first());
+            for g in group.iter().chain(carried) {
                 if let Expr::Column(c) = g {
                     if *c >= width && uses[*c] == 1 && schema.field(*c).data_type() == &arrow::datatypes::DataType::Utf8 {
                         flags[*c - width] = true;

@@ -26,12 +26,16 @@ pub struct TableStats {
     sketches: Mutex<HashMap<Vec<usize>, Arc<HyperLogLog>>>,
     /// Fraction of rows passing each scan filter measured (keyed by the filter over table columns).
     selectivity: Mutex<HashMap<String, f64>>,
+    /// Whether each table column measured is a key: no NULL, no value twice.
+    keys: Mutex<HashMap<usize, bool>>,
 }
 
 /// Rows read at most to measure a filter's selectivity.
 const SAMPLE_ROWS: usize = 200_000;
 /// Tables with more rows get distinct counts guessed, not measured.
 const MAX_SKETCH_ROWS: f64 = 200_000_000.0;
+/// Tables with more rows are not read to find whether a column is a key.
+const MAX_KEY_ROWS: f64 = 10_000_000.0;
 
 /// Estimates over one plan while it is not changed: results are kept per plan node (by address), so
 /// that nested joins are not estimated again at every level above them.
@@ -347,6 +351,41 @@ fn table_sketch(source: &TableSource, cols: &[usize]) -> Option<Arc<HyperLogLog>
     let sketch = Arc::new(sketch_columns(source, cols).ok()?);
     source.stats.sketches.lock().ok()?.insert(cols.to_vec(), sketch.clone());
     Some(sketch)
+}
+
+/// Whether table column `col` is a key of the table: no NULL and no value twice, found by reading
+/// the column whole on first use (exact: the hashes of its values, sorted, are all different; equal
+/// hashes count as a repeat). False where the table cannot be read cheaply or is too large. The
+/// answer is kept with the table: its files are taken as they were when it was registered.
+pub fn is_key(source: &TableSource, col: usize) -> bool {
+    if !measurable(source) || table_rows(source) > MAX_KEY_ROWS || col >= source.schema.fields().len() {
+        return false;
+    }
+    if let Some(known) = source.stats.keys.lock().ok().and_then(|k| k.get(&col).copied()) {
+        return known;
+    }
+    let key = measure_key(source, col).unwrap_or(false);
+    if let Ok(mut keys) = source.stats.keys.lock() {
+        keys.insert(col, key);
+    }
+    key
+}
+
+fn measure_key(source: &TableSource, col: usize) -> crate::error::Result<bool> {
+    let converter = RowConverter::new(vec![SortField::new(source.schema.field(col).data_type().clone())])?;
+    let mut hashes: Vec<u64> = Vec::with_capacity(table_rows(source) as usize);
+    let mut nulls = false;
+    read_columns(source, &[col], &|n| (0..n).collect(), &mut |b| {
+        nulls = b.column(0).logical_null_count() > 0;
+        let rows = converter.convert_columns(b.columns())?;
+        hashes.extend(rows.iter().map(|r| hash(r.as_ref())));
+        Ok(!nulls)
+    })?;
+    if nulls {
+        return Ok(false);
+    }
+    hashes.sort_unstable();
+    Ok(hashes.windows(2).all(|w| w[0] != w[1]))
 }
 
 /// The selectivity of an equi-join of two tables' scans on several columns (`left_cols` of `left`

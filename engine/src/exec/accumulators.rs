@@ -121,6 +121,7 @@ pub fn create(call: &AggCall, arg_type: Option<&DataType>) -> Result<Box<dyn Gro
         (AggFunc::Avg, _) => Box::new(Avg { sums: vec![], counts: vec![] }),
         (AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop, _) => Box::new(Variance::new(call.func)),
         (AggFunc::Grouping, _) => return Err(RiffleError::exec("grouping() reached an aggregate: it is planned as a constant per grouping set")),
+        (AggFunc::AnyValue, _) => Box::new(AnyValue { ty: call.ty.clone(), at: vec![], chunks: vec![], bytes: 0 }),
         (AggFunc::Min | AggFunc::Max, _) => {
             let is_min = call.func == AggFunc::Min;
             macro_rules! prim {
@@ -711,6 +712,72 @@ impl ValueAccumulator for StrMinMax {
 
     fn bytes(&self) -> usize {
         self.values.iter().map(|v| v.as_ref().map_or(0, |s| s.capacity()) + 24).sum()
+    }
+}
+
+/// `any_value`: a group's first non-NULL value. The rows that give a group its value are taken
+/// from their batch (a few per batch once most groups have one) and put together at the end, so
+/// values of any type are kept as they came, never row by row. A dictionary-encoded argument (a
+/// join's build-side strings) is expanded for those rows only.
+struct AnyValue {
+    ty: DataType,
+    /// Per group, where its value is: (chunk, row in it); `None` while it has none.
+    at: Vec<Option<(u32, u32)>>,
+    chunks: Vec<ArrayRef>,
+    bytes: usize,
+}
+
+impl AnyValue {
+    /// The values of `groups` (`None`: NULL), as one array.
+    fn assemble(&self, groups: impl Iterator<Item = Option<(u32, u32)>>) -> Result<ArrayRef> {
+        let null = arrow::array::new_null_array(&self.ty, 1);
+        let mut arrays: Vec<&dyn Array> = self.chunks.iter().map(|c| c.as_ref()).collect();
+        arrays.push(null.as_ref());
+        let null_at = (self.chunks.len(), 0);
+        let indices: Vec<(usize, usize)> = groups.map(|a| a.map_or(null_at, |(c, r)| (c as usize, r as usize))).collect();
+        Ok(arrow::compute::interleave(&arrays, &indices)?)
+    }
+}
+
+impl ValueAccumulator for AnyValue {
+    fn add(&mut self, groups: &[u32], n: usize, values: &ArrayRef) -> Result<()> {
+        self.at.resize(n, None);
+        let chunk = self.chunks.len() as u32;
+        let mut rows: Vec<u32> = Vec::new();
+        let nulls = values.logical_nulls();
+        for (row, g) in groups.iter().enumerate() {
+            let slot = &mut self.at[*g as usize];
+            if slot.is_none() && nulls.as_ref().is_none_or(|n| n.is_valid(row)) {
+                *slot = Some((chunk, rows.len() as u32));
+                rows.push(row as u32);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let taken = arrow::compute::take(values, &arrow::array::UInt32Array::from(rows), None)?;
+        let taken = if taken.data_type() == &self.ty { taken } else { arrow::compute::cast(&taken, &self.ty)? };
+        self.bytes += taken.get_array_memory_size();
+        self.chunks.push(taken);
+        Ok(())
+    }
+
+    fn grow(&mut self, n: usize) {
+        self.at.resize(n, None);
+    }
+
+    fn take(&mut self) -> Result<ArrayRef> {
+        let values = self.assemble(self.at.iter().copied())?;
+        (self.at, self.chunks, self.bytes) = (vec![], vec![], 0);
+        Ok(values)
+    }
+
+    fn gather(&self, groups: &[u32]) -> Result<ArrayRef> {
+        self.assemble(groups.iter().map(|g| self.at.get(*g as usize).copied().flatten()))
+    }
+
+    fn bytes(&self) -> usize {
+        self.at.capacity() * std::mem::size_of::<Option<(u32, u32)>>() + self.bytes
     }
 }
 

@@ -45,19 +45,20 @@ fn saved<T: ArrowPrimitiveType>(state: &[ArrayRef], i: usize) -> Result<&Primiti
 /// The type the argument of `call` is cast to before `update`.
 pub fn argument_type(call: &AggCall, arg: &DataType) -> DataType {
     match call.func {
-        AggFunc::Sum | AggFunc::Min | AggFunc::Max => call.ty.clone(),
+        AggFunc::Sum | AggFunc::Min | AggFunc::Max | AggFunc::AnyValue => call.ty.clone(),
         AggFunc::Avg | AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop => DataType::Float64,
         AggFunc::Count | AggFunc::CountStar | AggFunc::Grouping => arg.clone(),
     }
 }
 
 /// The state of `call`; with `retracts` false (the input only adds rows), min and max keep just
-/// their extreme instead of every value's count.
+/// their extreme instead of every value's count. `any_value` is the smallest value here: one that
+/// stays well defined as rows are retracted.
 pub fn create(call: &AggCall, arg: Option<&DataType>, retracts: bool) -> Result<Box<dyn RetractAccumulator>> {
     Ok(match (call.func, call.distinct) {
-        (AggFunc::Min | AggFunc::Max, _) if !retracts => {
+        (AggFunc::Min | AggFunc::Max | AggFunc::AnyValue, _) if !retracts => {
             let (converter, null_row) = extreme_encoding(&call.ty)?;
-            Box::new(Extreme { converter, values: vec![], min: call.func == AggFunc::Min, null_row, bytes: 0 })
+            Box::new(Extreme { converter, values: vec![], min: call.func != AggFunc::Max, null_row, bytes: 0 })
         }
         (AggFunc::CountStar, _) => Box::new(Count { counts: vec![], star: true }),
         (AggFunc::Count, false) => Box::new(Count { counts: vec![], star: false }),
@@ -77,10 +78,10 @@ pub fn create(call: &AggCall, arg: Option<&DataType>, retracts: bool) -> Result<
         (AggFunc::Avg, _) => Box::new(Avg { sums: vec![], counts: vec![] }),
         (AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop, _) => Box::new(Variance::new(call.func)),
         (AggFunc::Grouping, _) => return Err(RiffleError::exec("grouping() reached an updating aggregate: it is planned as a constant per grouping set")),
-        (AggFunc::Min | AggFunc::Max, _) => {
+        (AggFunc::Min | AggFunc::Max | AggFunc::AnyValue, _) => {
             let (converter, null_row) = extreme_encoding(&call.ty)?;
             let null_row = Some(null_row);
-            let kind = if call.func == AggFunc::Min { Kind::Min } else { Kind::Max };
+            let kind = if call.func == AggFunc::Max { Kind::Max } else { Kind::Min };
             Box::new(Occurrences { converter, groups: vec![], kind, null_row, bytes: 0 })
         }
     })

@@ -505,7 +505,7 @@ fn aggregate(call: &WindowCall, f: AggFunc, p: &RecordBatch, shape: &Shape) -> R
             }
         }
         // The binder lets only count, sum, avg, min and max be window functions.
-        AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop | AggFunc::Grouping => {
+        AggFunc::VarSamp | AggFunc::VarPop | AggFunc::StddevSamp | AggFunc::StddevPop | AggFunc::Grouping | AggFunc::AnyValue => {
             Err(RiffleError::NotSupported(format!("{}() as a window function", f.name())))
         }
         AggFunc::Min | AggFunc::Max => {

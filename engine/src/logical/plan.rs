@@ -21,6 +21,9 @@ pub enum AggFunc {
     VarPop,
     StddevSamp,
     StddevPop,
+    /// `any_value(x)`: one of a group's values, the first non-NULL one met (DuckDB's). The
+    /// optimizer also carries keys that depend on other keys through it (`dependent_keys`).
+    AnyValue,
     /// `grouping(key, …)`: per key a bit (the first key highest), set in the rows of a grouping set
     /// without that key. Never computed by an accumulator: planning turns it into a constant per
     /// grouping set (`sql::grouping_sets`).
@@ -39,6 +42,7 @@ impl AggFunc {
             AggFunc::VarPop => "var_pop",
             AggFunc::StddevSamp => "stddev_samp",
             AggFunc::StddevPop => "stddev_pop",
+            AggFunc::AnyValue => "any_value",
             AggFunc::Grouping => "grouping",
         }
     }

@@ -85,7 +85,7 @@ fn date_literal(text: &str) -> Result<Scalar> {
 }
 
 const AGGREGATES: &[&str] =
-    &["count", "sum", "avg", "min", "max", "mean", "stddev", "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop", "grouping"];
+    &["count", "sum", "avg", "min", "max", "mean", "stddev", "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop", "any_value", "grouping"];
 
 pub fn is_aggregate_name(name: &str) -> bool {
     AGGREGATES.contains(&name.to_ascii_lowercase().as_str())
@@ -712,6 +712,7 @@ impl Binder<'_> {
             ("stddev_pop", false, 1) => AggFunc::StddevPop,
             ("variance" | "var_samp", false, 1) => AggFunc::VarSamp,
             ("var_pop", false, 1) => AggFunc::VarPop,
+            ("any_value", false, 1) => AggFunc::AnyValue,
             ("grouping", false, n) if n > 0 => AggFunc::Grouping,
             _ => return Err(sql_error(format!("wrong arguments for aggregate {name}()"), expr_pos(e))),
         };
@@ -738,10 +739,10 @@ impl Binder<'_> {
                 numeric_arg(arg_ty.as_ref().unwrap_or(&DataType::Null))?;
                 DataType::Float64
             }
-            AggFunc::Min | AggFunc::Max => arg_ty.clone().unwrap_or(DataType::Null),
+            AggFunc::Min | AggFunc::Max | AggFunc::AnyValue => arg_ty.clone().unwrap_or(DataType::Null),
         };
-        // min and max of the distinct values are those of all values.
-        let distinct = distinct && !matches!(func, AggFunc::Min | AggFunc::Max);
+        // min, max and any value of the distinct values are those of all values.
+        let distinct = distinct && !matches!(func, AggFunc::Min | AggFunc::Max | AggFunc::AnyValue);
         if distinct && !matches!(func, AggFunc::Count | AggFunc::Sum | AggFunc::Avg) {
             return Err(RiffleError::NotSupported(format!("{name}(DISTINCT …); count, sum, avg, min and max take DISTINCT")));
         }
