@@ -15,7 +15,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use crate::error::Result;
 use crate::eval::evaluate;
 use crate::join_order::bounded;
-use crate::logical::{join_on, join_schema, BinaryOp, Expr, JoinKind, LogicalPlan, Scalar, SortKey};
+use crate::logical::{join_on, join_schema, AggFunc, BinaryOp, Expr, JoinKind, LogicalPlan, Scalar, SortKey};
 
 pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let plan = fold_plan(plan)?;
@@ -763,7 +763,10 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
         }
         LogicalPlan::Aggregate { input, group, aggs, schema } => {
             let ng = group.len();
-            let kept_aggs: Vec<usize> = (0..aggs.len()).filter(|a| required.contains(&(ng + a))).collect();
+            // Carried keys (`any_value`, `dependent_keys`) stay as the keys they were would: copies
+            // of a CTE whose readers use different columns stay equal, and so shared (TPC-DS q64).
+            let kept_aggs: Vec<usize> =
+                (0..aggs.len()).filter(|a| required.contains(&(ng + a)) || aggs[*a].func == AggFunc::AnyValue).collect();
             let mut need = BTreeSet::new();
             for g in &group {
                 need.extend(g.column_set());
