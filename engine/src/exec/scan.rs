@@ -458,7 +458,8 @@ impl ScanShared {
         let table_columns: Vec<usize> = columns.iter().map(|c| self.projection[*c]).collect();
         let dictionary: Vec<bool> = columns.iter().map(|c| self.dictionary[*c]).collect();
         let reader = riffle_formats::read_morsel(format, &m, &self.source.schema, &table_columns, &dictionary, self.batch_size)?;
-        let mut passes = Vec::new();
+        // One bit per row read: whether it passes.
+        let mut passes = arrow::array::BooleanBufferBuilder::new(m.rows.unwrap_or_default());
         let mut kept_values: Vec<Vec<arrow::array::ArrayRef>> = vec![Vec::new(); columns.len()];
         let mut fields = None;
         for batch in reader {
@@ -466,37 +467,30 @@ impl ScanShared {
             fields.get_or_insert_with(|| batch.schema().fields().clone());
             match self.passing(&batch, |column| columns.iter().position(|c| *c == column).unwrap_or_default())? {
                 Some(keep) => {
-                    let mask = arrow::array::BooleanArray::from(keep);
+                    let mask = bits(&keep);
+                    passes.append_buffer(&mask);
+                    let mask = arrow::array::BooleanArray::new(mask, None);
                     for (kept, column) in kept_values.iter_mut().zip(batch.columns()) {
                         kept.push(arrow::compute::filter(column, &mask)?);
                     }
-                    passes.extend(mask.values().iter());
                 }
                 None => {
                     for (kept, column) in kept_values.iter_mut().zip(batch.columns()) {
                         kept.push(column.clone());
                     }
-                    passes.extend(std::iter::repeat_n(true, batch.num_rows()));
+                    passes.append_n(batch.num_rows(), true);
                 }
             }
         }
+        let passes = passes.finish();
         // The positions read are the morsel's rows to read, in order.
         let total = m.rows.unwrap_or_default();
         let read: Vec<std::ops::Range<usize>> = m.rows_to_read.clone().unwrap_or_else(|| std::iter::once(0..total).collect());
         if read.iter().map(|r| r.len()).sum::<usize>() != passes.len() {
             return Ok(Some((m, None)));
         }
-        let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
-        for (row, pass) in read.into_iter().flatten().zip(&passes) {
-            if !*pass {
-                continue;
-            }
-            match kept.last_mut() {
-                Some(last) if last.end == row => last.end += 1,
-                _ => kept.push(row..row + 1),
-            }
-        }
-        let passed: usize = kept.iter().map(|r| r.len()).sum();
+        let kept = rows_of_runs(&read, passes.set_slices());
+        let passed = passes.count_set_bits();
         if let Some(metrics) = &self.metrics {
             metrics.rows_runtime_filtered.fetch_add((passes.len() - passed) as u64, Ordering::Relaxed);
         }
@@ -535,14 +529,15 @@ impl ScanShared {
     /// The rows of `batch` that pass the runtime filters set so far.
     fn runtime_filtered(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let Some(keep) = self.passing(&batch, |c| c)? else { return Ok(batch) };
-        let kept = keep.iter().filter(|k| **k).count();
+        let mask = bits(&keep);
+        let kept = mask.count_set_bits();
         if kept == batch.num_rows() {
             return Ok(batch);
         }
         if let Some(m) = &self.metrics {
             m.rows_runtime_filtered.fetch_add((batch.num_rows() - kept) as u64, Ordering::Relaxed);
         }
-        Ok(arrow::compute::filter_record_batch(&batch, &arrow::array::BooleanArray::from(keep))?)
+        Ok(arrow::compute::filter_record_batch(&batch, &arrow::array::BooleanArray::new(mask, None))?)
     }
 
     /// A monitored directory, once its interval has passed: lists it and queues the morsels of the
@@ -1024,6 +1019,37 @@ impl ScanSource {
     }
 }
 
+/// Row flags as a bitmap, packed 64 at a time (`BooleanArray::from(Vec<bool>)` sets bit by bit).
+fn bits(keep: &[bool]) -> arrow::buffer::BooleanBuffer {
+    arrow::buffer::BooleanBuffer::collect_bool(keep.len(), |i| keep[i])
+}
+
+/// The rows of runs of positions (`runs`: ascending, as `BooleanBuffer::set_slices` gives them)
+/// among the rows `read` in order, as ascending ranges of rows, adjacent ones joined.
+fn rows_of_runs(read: &[std::ops::Range<usize>], runs: impl Iterator<Item = (usize, usize)>) -> Vec<std::ops::Range<usize>> {
+    let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
+    // `read[r]` holds positions `at..at + read[r].len()`.
+    let (mut r, mut at) = (0, 0);
+    for (mut start, end) in runs {
+        while start < end && r < read.len() {
+            let len = read[r].len();
+            if start >= at + len {
+                at += len;
+                r += 1;
+                continue;
+            }
+            let upto = end.min(at + len);
+            let rows = read[r].start + (start - at)..read[r].start + (upto - at);
+            match kept.last_mut() {
+                Some(last) if last.end == rows.start => last.end = rows.end,
+                _ => kept.push(rows),
+            }
+            start = upto;
+        }
+    }
+    kept
+}
+
 impl Source for ScanSource {
     fn next(&mut self) -> Result<Option<Message>> {
         if let Some(m) = self.pending.pop_front() {
@@ -1177,5 +1203,21 @@ impl Sink for CollectSink {
             self.out.lock().map_err(|_| RiffleError::exec("result lock poisoned"))?.push(b);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_positions_become_the_rows_read_there() {
+        assert_eq!(rows_of_runs(&[0..10], [(0, 3), (5, 6)].into_iter()), vec![0..3, 5..6]);
+        // Positions 0..3 are rows 2..5, 3..7 rows 10..14, 7..13 rows 14..20.
+        let read = [2..5, 10..14, 14..20];
+        assert_eq!(rows_of_runs(&read, [(1, 5), (6, 9)].into_iter()), vec![3..5, 10..12, 13..16]);
+        assert_eq!(rows_of_runs(&read, [(0, 13)].into_iter()), vec![2..5, 10..20]);
+        assert_eq!(rows_of_runs(&read, std::iter::empty()), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(bits(&[true, false, true]).set_slices().collect::<Vec<_>>(), vec![(0, 1), (2, 3)]);
     }
 }
