@@ -1212,7 +1212,8 @@ mod tests {
 
     #[test]
     fn runs_of_positions_become_the_rows_read_there() {
-        assert_eq!(rows_of_runs(&[0..10], [(0, 3), (5, 6)].into_iter()), vec![0..3, 5..6]);
+        let whole: Vec<std::ops::Range<usize>> = std::iter::once(0..10).collect();
+        assert_eq!(rows_of_runs(&whole, [(0, 3), (5, 6)].into_iter()), vec![0..3, 5..6]);
         // Positions 0..3 are rows 2..5, 3..7 rows 10..14, 7..13 rows 14..20.
         let read = [2..5, 10..14, 14..20];
         assert_eq!(rows_of_runs(&read, [(1, 5), (6, 9)].into_iter()), vec![3..5, 10..12, 13..16]);
