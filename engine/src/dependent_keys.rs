@@ -41,9 +41,12 @@ impl<'a> Lineage<'a> {
             }
             LogicalPlan::Filter { input, predicate } => {
                 let origins = self.origins(input);
+                let schema = input.schema();
                 for p in predicate.clone().conjuncts() {
                     if let Expr::Binary { op: BinaryOp::Eq, left, right } = &p {
-                        self.note_equal(origins.get(column(left)).copied().flatten(), origins.get(column(right)).copied().flatten());
+                        if exact(left, &schema) {
+                            self.note_equal(origins.get(column(left)).copied().flatten(), origins.get(column(right)).copied().flatten());
+                        }
                     }
                 }
                 origins
@@ -57,7 +60,8 @@ impl<'a> Lineage<'a> {
                 let mut origins = self.origins(left);
                 let right_origins = self.origins(right);
                 if *kind == JoinKind::Inner {
-                    for (l, r) in on {
+                    let schema = left.schema();
+                    for (l, r) in on.iter().filter(|(l, _)| exact(l, &schema)) {
                         self.note_equal(origins.get(column(l)).copied().flatten(), right_origins.get(column(r)).copied().flatten());
                     }
                 }
@@ -76,6 +80,11 @@ impl<'a> Lineage<'a> {
             self.equal.push((a, b));
         }
     }
+}
+
+/// Whether values equal to `e`'s are the same value: not floats (0.0 = -0.0).
+fn exact(e: &Expr, schema: &Schema) -> bool {
+    !e.data_type(schema).is_floating()
 }
 
 /// The column an expression is, or a position no plan has.
