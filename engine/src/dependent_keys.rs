@@ -9,7 +9,7 @@
 //! columns NULL, the key too), filters drop rows. Columns an inner join (or a filter) makes equal
 //! depend on each other. Only bounded inputs are rewritten: a stream's aggregate emits updates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema};
@@ -98,8 +98,6 @@ struct Determined<'l, 'a> {
     /// Scans whose every column is determined (a key of theirs is).
     scans: HashSet<usize>,
     columns: HashSet<Origin>,
-    /// Key measurements made, by origin.
-    keys: HashMap<Origin, bool>,
 }
 
 impl Determined<'_, '_> {
@@ -116,16 +114,23 @@ impl Determined<'_, '_> {
                 continue;
             }
             self.columns.insert(o);
-            let lineage = self.lineage;
-            let key = *self.keys.entry(o).or_insert_with(|| crate::stats::is_key(lineage.scans[o.0], o.1));
+            // Each origin is measured once: `holds` turns it away from then on (and the table keeps
+            // the measurement for later queries).
+            let key = crate::stats::is_key(self.lineage.scans[o.0], o.1);
             if key {
                 self.scans.insert(o.0);
-                // Columns of the scan equal to others now determine those.
-                pending.extend(lineage.equal.iter().filter(|(a, _)| a.0 == o.0).map(|(_, b)| *b));
-                pending.extend(lineage.equal.iter().filter(|(_, b)| b.0 == o.0).map(|(a, _)| *a));
             }
-            pending.extend(lineage.equal.iter().filter(|(a, _)| *a == o).map(|(_, b)| *b));
-            pending.extend(lineage.equal.iter().filter(|(_, b)| *b == o).map(|(a, _)| *a));
+            // What is now determined: `o`, or its whole scan when `o` is a key; columns equal to
+            // those follow.
+            let determined = |x: Origin| if key { x.0 == o.0 } else { x == o };
+            for (a, b) in &self.lineage.equal {
+                if determined(*a) {
+                    pending.push(*b);
+                }
+                if determined(*b) {
+                    pending.push(*a);
+                }
+            }
         }
     }
 }
@@ -155,7 +160,7 @@ fn dependent_keys(input: &LogicalPlan, group: &[Expr]) -> Option<Vec<usize>> {
     if group.iter().filter(|g| key_origin(g).is_some()).count() < 2 {
         return None;
     }
-    let mut determined = Determined { lineage: &lineage, scans: HashSet::new(), columns: HashSet::new(), keys: HashMap::new() };
+    let mut determined = Determined { lineage: &lineage, scans: HashSet::new(), columns: HashSet::new() };
     // Integer keys first: a table's key is mostly an integer, and once it is kept the strings of
     // its row are carried.
     let schema = input.schema();

@@ -763,7 +763,7 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
         }
         LogicalPlan::Aggregate { input, group, aggs, schema } => {
             let ng = group.len();
-            // Carried keys (`any_value`, `dependent_keys`) stay as the keys they were would: copies
+            // Carried keys (`any_value`, `dependent_keys`) stay, as the keys they were would: copies
             // of a CTE whose readers use different columns stay equal, and so shared (TPC-DS q64).
             let kept_aggs: Vec<usize> =
                 (0..aggs.len()).filter(|a| required.contains(&(ng + a)) || aggs[*a].func == AggFunc::AnyValue).collect();

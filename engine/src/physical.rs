@@ -802,8 +802,8 @@ fn dictionary_group_keys(input: &mut PhysicalPlan, group: &[Expr], aggs: &[AggCa
 /// above groups by them: the join copies no string, and the aggregate interns the build side's
 /// strings once instead of hashing every row's (`exec::coded_keys`; TPC-DS q47 groups 6.6 M store
 /// sales by their item's category and brand). Only columns used as bare group keys (or bare
-/// `any_value` arguments) and nowhere else qualify, so no other operator sees a dictionary. Run last: the aggregate reads the join's batches
-/// as they are made.
+/// `any_value` arguments) and nowhere else qualify, so no other operator sees a dictionary. Run
+/// last: the aggregate reads the join's batches as they are made.
 pub fn dictionary_join_outputs(mut plan: PhysicalPlan) -> PhysicalPlan {
     if let PhysicalPlan::HashAggregate { input, group, aggs, window_end: None, .. } = &mut plan {
         if let PhysicalPlan::HashJoin { probe, kind: JoinKind::Inner, filter: None, keep_build: false, dictionary, schema, .. } = input.as_mut() {
