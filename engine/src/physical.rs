@@ -324,6 +324,17 @@ impl PhysicalPlan {
         out
     }
 
+    /// Whether some string columns come out dictionary-encoded from joins' build sides
+    /// (`dictionary_join_outputs`): this join's, or a join's below it through probe sides.
+    pub fn joins_hand_out_dictionaries(&self) -> bool {
+        match self {
+            PhysicalPlan::HashJoin { probe, kind: JoinKind::Inner, filter: None, dictionary, .. } => {
+                dictionary.contains(&true) || probe.joins_hand_out_dictionaries()
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the output is a changelog (its last column the row kind), not rows that are final.
     pub fn changelog(&self) -> bool {
         match self {
@@ -798,39 +809,36 @@ fn dictionary_group_keys(input: &mut PhysicalPlan, group: &[Expr], aggs: &[AggCa
 }
 
 /// Lets an inner join without a condition on its pairs hand out build-side strings dictionary-encoded
-/// (the build side's column as the values, each row's build row as its key) where an aggregate right
-/// above groups by them: the join copies no string, and the aggregate interns the build side's
-/// strings once instead of hashing every row's (`exec::coded_keys`; TPC-DS q47 groups 6.6 M store
-/// sales by their item's category and brand). Only columns used as bare group keys (or bare
-/// `any_value` arguments) and nowhere else qualify, so no other operator sees a dictionary. Run
-/// last: the aggregate reads the join's batches as they are made.
+/// (the build side's column as the values, each row's build row as its key) where an aggregate above
+/// groups by them: the join copies no string, and the aggregate interns the build side's strings once
+/// instead of hashing every row's (`exec::coded_keys`; TPC-DS q47 groups 6.6 M store sales by their
+/// item's category and brand and their store's name). The join is the aggregate's input or one below
+/// it through the probe sides of such joins, whose pairs take a probe column's dictionary as it is
+/// (q47's store join sits below its item join). Only columns used as bare group keys (or bare
+/// `any_value` arguments) and nowhere else (not as a join key on the way) qualify, so no other
+/// operator sees a dictionary; a probe side that spills is written with its dictionaries expanded.
+/// Run last: the aggregate reads the joins' batches as they are made.
 pub fn dictionary_join_outputs(mut plan: PhysicalPlan) -> PhysicalPlan {
     if let PhysicalPlan::HashAggregate { input, group, aggs, window_end: None, .. } = &mut plan {
-        if let PhysicalPlan::HashJoin { probe, kind: JoinKind::Inner, filter: None, keep_build: false, dictionary, schema, .. } = input.as_mut() {
-            let width = probe.schema().fields().len();
-            let mut uses = vec![0usize; schema.fields().len()];
-            let mut cols = vec![];
-            for e in group.iter().chain(aggs.iter().flat_map(|a| &a.args)) {
-                e.columns(&mut cols);
-            }
-            for c in cols {
-                uses[c] += 1;
-            }
-            let mut flags = vec![false; schema.fields().len() - width];
-            // `any_value` takes a dictionary as it is too (it expands the rows it keeps only): the
-            // columns carried beside a key (`dependent_keys`).
-            let carried = aggs.iter().filter(|a| a.func == AggFunc::AnyValue).filter_map(|a| a.args.first());
-            for g in group.iter().chain(carried) {
-                if let Expr::Column(c) = g {
-                    if *c >= width && uses[*c] == 1 && schema.field(*c).data_type() == &arrow::datatypes::DataType::Utf8 {
-                        flags[*c - width] = true;
-                    }
-                }
-            }
-            if flags.contains(&true) {
-                *dictionary = flags;
+        let width = input.schema().fields().len();
+        let mut uses = vec![0usize; width];
+        let mut cols = vec![];
+        for e in group.iter().chain(aggs.iter().flat_map(|a| &a.args)) {
+            e.columns(&mut cols);
+        }
+        for c in cols {
+            uses[c] += 1;
+        }
+        // `any_value` takes a dictionary as it is too (it expands the rows it keeps only): the
+        // columns carried beside a key (`dependent_keys`).
+        let carried = aggs.iter().filter(|a| a.func == AggFunc::AnyValue).filter_map(|a| a.args.first());
+        let mut wanted = vec![false; width];
+        for g in group.iter().chain(carried) {
+            if let Expr::Column(c) = g {
+                wanted[*c] = uses[*c] == 1;
             }
         }
+        encode_join_outputs(input, wanted);
     }
     for input in plan.inputs_mut() {
         *input = dictionary_join_outputs(input.take());
@@ -838,6 +846,28 @@ pub fn dictionary_join_outputs(mut plan: PhysicalPlan) -> PhysicalPlan {
     plan
 }
 
+/// Marks the `wanted` string columns of `plan`'s output that an inner join (`plan`, or one below it
+/// through probe sides) takes from its build side to go out dictionary-encoded.
+fn encode_join_outputs(plan: &mut PhysicalPlan, mut wanted: Vec<bool>) {
+    let PhysicalPlan::HashJoin { probe, probe_keys, kind: JoinKind::Inner, filter: None, keep_build: false, dictionary, schema, .. } = plan else {
+        return;
+    };
+    let width = probe.schema().fields().len();
+    let utf8 = |c: usize| schema.field(c).data_type() == &arrow::datatypes::DataType::Utf8;
+    let flags: Vec<bool> = (width..schema.fields().len()).map(|c| wanted[c] && utf8(c)).collect();
+    if flags.contains(&true) {
+        *dictionary = flags;
+    }
+    let mut keys = vec![];
+    for k in probe_keys.iter() {
+        k.columns(&mut keys);
+    }
+    for c in keys {
+        wanted[c] = false;
+    }
+    wanted.truncate(width);
+    encode_join_outputs(probe, wanted);
+}
 /// Whether column `c` of `plan` is the `window_end` of an event-time window table function, through
 /// filters and projections.
 fn is_window_end(plan: &LogicalPlan, c: usize) -> bool {

@@ -366,7 +366,7 @@ impl Builder<'_> {
                 let input_schema = input.schema();
                 let open = self.open(input)?;
                 let output = self.breaker_output(self.threads);
-                let coded = matches!(input.as_ref(), PhysicalPlan::HashJoin { kind: JoinKind::Inner, filter: None, dictionary, .. } if dictionary.contains(&true));
+                let coded = input.joins_hand_out_dictionaries();
                 let spec = AggSpec::new(group.clone(), aggs.clone(), input_schema, schema.clone()).with_coded_keys(coded);
                 let (pool, spill) = (self.memory.pool.clone(), self.memory.spill.clone());
                 let shared = Arc::new(AggShared::new(spec, open.partitions, output, batch_size, metrics, pool, spill));

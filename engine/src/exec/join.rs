@@ -743,6 +743,20 @@ fn pair_batch(spec: &JoinSpec, probe: &RecordBatch, build: &RecordBatch, pi: &UI
     )?)
 }
 
+/// `batch` with its columns of `schema`'s types: dictionary-encoded ones expanded.
+fn declared_types(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())))?)
+}
+
 /// `schema` with the types of `columns` where they are dictionary-encoded.
 fn with_column_types(schema: &SchemaRef, columns: &[ArrayRef]) -> SchemaRef {
     if !columns.iter().any(|c| matches!(c.data_type(), DataType::Dictionary(..))) {
@@ -996,6 +1010,9 @@ impl Operator for ProbeOp {
         match shared.table.get() {
             Some(Built::Table(table)) => probe_batch(&shared.spec, table, probe, out),
             Some(Built::Spilled(spilled)) => {
+                // Spill files hold the declared probe schema: strings a join below handed out
+                // dictionary-encoded are written out plain.
+                let probe = declared_types(probe, &shared.spec.probe_schema)?;
                 if self.spilled.is_none() {
                     let conv = shared.key_converter()?.ok_or_else(|| RiffleError::exec("spilled join without keys"))?;
                     self.spilled = Some((shared.bucket_writers(&shared.spec.probe_schema)?, conv));
