@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, Datum, RecordBatch};
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, Datum, RecordBatch};
+use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::compute::kernels::{boolean, cmp, numeric, zip::zip};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::DataType;
@@ -628,6 +629,44 @@ pub fn interval_literal(n: f64, unit: &str) -> Result<ArrayRef> {
     Ok(Arc::new(arrow::array::IntervalMonthDayNanoArray::from(vec![IntervalMonthDayNano::new(months, days, nanos)])))
 }
 
+/// `truthy` where `mask` is set, `falsy` elsewhere. The common shapes without arrow's general `zip`
+/// (which copies run by run, slow where the mask changes every few rows): a NULL `falsy` (`CASE WHEN
+/// d_day_name = 'Sunday' THEN ss_sales_price END`: the values stay, the mask joins their validity)
+/// and two primitive columns (a select per row).
+fn select(mask: &BooleanBuffer, truthy: &ArrayRef, falsy: &ArrayRef) -> Result<ArrayRef> {
+    let valid_bits = |a: &ArrayRef| a.logical_nulls().map(|n| n.into_inner());
+    if falsy.logical_null_count() == falsy.len() && truthy.data_type() == falsy.data_type() {
+        return Ok(arrow::compute::nullif(truthy, &BooleanArray::new(!mask, None))?);
+    }
+    macro_rules! primitive {
+        ($t:ty) => {{
+            let (a, b) = (truthy.as_primitive::<$t>(), falsy.as_primitive::<$t>());
+            let (av, bv) = (a.values(), b.values());
+            let values: arrow::buffer::ScalarBuffer<_> = (0..mask.len()).map(|i| if mask.value(i) { av[i] } else { bv[i] }).collect();
+            let valid = match (valid_bits(truthy), valid_bits(falsy)) {
+                (None, None) => None,
+                (a, b) => {
+                    let all = || BooleanBuffer::new_set(mask.len());
+                    let (a, b) = (a.unwrap_or_else(all), b.unwrap_or_else(all));
+                    Some(NullBuffer::new(&(&a & mask) | &(&b & &!mask)))
+                }
+            };
+            Ok(Arc::new(arrow::array::PrimitiveArray::<$t>::new(values, valid).with_data_type(truthy.data_type().clone())) as ArrayRef)
+        }};
+    }
+    use arrow::datatypes::{Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type};
+    match (truthy.data_type(), falsy.data_type()) {
+        (a, b) if a != b => {}
+        (DataType::Int64, _) => return primitive!(Int64Type),
+        (DataType::Int32, _) => return primitive!(Int32Type),
+        (DataType::Float64, _) => return primitive!(Float64Type),
+        (DataType::Decimal128(..), _) => return primitive!(Decimal128Type),
+        (DataType::Date32, _) => return primitive!(Date32Type),
+        _ => {}
+    }
+    Ok(zip(&BooleanArray::new(mask.clone(), None), truthy, falsy)?)
+}
+
 fn case(branches: &[(Expr, Expr)], otherwise: Option<&Expr>, batch: &RecordBatch) -> Result<ArrayRef> {
     let rows = batch.num_rows();
     let ty = branches
@@ -642,20 +681,31 @@ fn case(branches: &[(Expr, Expr)], otherwise: Option<&Expr>, batch: &RecordBatch
     // Later branches are applied first so that earlier ones win.
     // Each branch is evaluated on all rows; errors in untaken branches (e.g. casts) are avoided by the
     // binder keeping branch values total where it can.
-    let mut taken = BooleanArray::from(vec![false; rows]);
+    let mut taken: Option<BooleanBuffer> = None;
     let mut conds = Vec::with_capacity(branches.len());
     for (cond, _) in branches {
+        // A NULL condition is not met.
         let c = evaluate_predicate(cond, batch)?;
-        let fresh = boolean::and(&c, &boolean::not(&taken)?)?;
-        taken = boolean::or(&taken, &c)?;
+        let c = match c.nulls() {
+            Some(valid) => c.values() & valid.inner(),
+            None => c.values().clone(),
+        };
+        let fresh = match &taken {
+            Some(t) => &c & &!t,
+            None => c.clone(),
+        };
+        taken = Some(match taken {
+            Some(t) => &t | &c,
+            None => c,
+        });
         conds.push(fresh);
     }
     for ((_, value), cond) in branches.iter().zip(conds).rev() {
-        if cond.true_count() == 0 {
+        if cond.count_set_bits() == 0 {
             continue;
         }
         let v = evaluate(value, batch)?;
-        result = zip(&cond, &v, &result)?;
+        result = select(&cond, &v, &result)?;
     }
     Ok(result)
 }
