@@ -26,7 +26,7 @@ use super::aggregate::{bucket_of, split_by_bucket, write_by_bucket, Part, PartRe
 use super::group_keys::{hash_int, hash_packed, int_like, KeyPacking};
 use super::runtime_filter::{KeyValues, RuntimeFilter};
 use super::{Notifier, OpMetrics, Operator, PartitionGather, Sink};
-use crate::memory::{batch_bytes, retained_bytes, MemoryPool, MemoryReservation, SpillFile, SpillManager, SpillWriter};
+use crate::memory::{batch_bytes, retained_bytes, MemoryPool, MemoryReservation, RetainedBuffers, SpillFile, SpillManager, SpillWriter};
 use crate::error::{Result, RiffleError};
 use crate::eval::{evaluate, evaluate_predicate};
 use crate::logical::{Expr, JoinKind};
@@ -565,6 +565,8 @@ fn null_mask(keys: &[ArrayRef]) -> Option<Vec<bool>> {
 pub struct BuildSink {
     shared: Arc<JoinShared>,
     batches: Vec<RecordBatch>,
+    /// The buffers `batches` hold, as `reservation` counts them.
+    buffers: RetainedBuffers,
     reservation: MemoryReservation,
     /// Encodes the join keys; `None` for a nested-loop join.
     converter: Option<RowConverter>,
@@ -576,7 +578,7 @@ impl BuildSink {
     pub fn new(shared: Arc<JoinShared>, partition: usize) -> Result<BuildSink> {
         let reservation = shared.pool.reservation(format!("HashJoin build (partition {partition})"), true);
         let converter = shared.key_converter()?;
-        Ok(BuildSink { shared, batches: Vec::new(), reservation, converter, spilled: None })
+        Ok(BuildSink { shared, batches: Vec::new(), buffers: RetainedBuffers::default(), reservation, converter, spilled: None })
     }
 
     fn add(&mut self, batch: RecordBatch) -> Result<()> {
@@ -584,7 +586,7 @@ impl BuildSink {
         let conv = match &self.converter {
             // Without keys (nested loop) the rows cannot be split: they stay in memory, counted.
             None => {
-                self.reservation.grow_anyway(retained_bytes(&batch));
+                self.reservation.grow_anyway(self.buffers.add(&batch));
                 self.batches.push(batch);
                 return Ok(());
             }
@@ -592,11 +594,13 @@ impl BuildSink {
         };
         if self.spilled.is_none() {
             if !shared.may_spill {
-                self.reservation.grow_anyway(retained_bytes(&batch));
+                self.reservation.grow_anyway(self.buffers.add(&batch));
                 self.batches.push(batch);
                 return Ok(());
             }
-            if self.reservation.try_grow(retained_bytes(&batch)) {
+            let mut held = std::mem::take(&mut self.buffers);
+            if self.reservation.try_grow(held.add(&batch)) {
+                self.buffers = held;
                 self.batches.push(batch);
                 return Ok(());
             }

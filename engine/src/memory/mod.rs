@@ -3,7 +3,7 @@
 //!
 //! Consumers are spillable (sort runs, later aggregate and join partitions) or not. A spillable
 //! consumer may hold at most its fair share of what the unspillable ones leave, so one sort partition
-//! cannot starve the other. The share is among the consumers that have taken memory (and the one
+//! cannot starve the other. The share is among the consumers that hold memory (and the one
 //! asking): operators of pipelines that have not started yet take none (TPC-DS q67's ROLLUP has
 //! eight aggregates, one after another, each with a partition per thread; counted all along, each
 //! aggregate spilled at a twentieth of the budget). When a reservation cannot grow, a spillable operator writes what it holds
@@ -226,9 +226,12 @@ impl MemoryReservation {
         let mut other = self.pool.reservation(self.name.clone(), self.spillable);
         // The bytes stay counted in the pool; only their owner changes.
         other.size = std::mem::take(&mut self.size);
+        let mut st = self.pool.lock();
         if other.size > 0 {
-            count(other.spillable, &mut other.counted, &mut self.pool.lock());
+            count(other.spillable, &mut other.counted, &mut st);
         }
+        uncount_if_empty(self.size, &mut self.counted, &mut st);
+        drop(st);
         other
     }
 
@@ -255,6 +258,7 @@ impl MemoryReservation {
             st.unspillable -= bytes;
         }
         self.size -= bytes;
+        uncount_if_empty(self.size, &mut self.counted, &mut st);
     }
 
     /// Gives back everything held.
@@ -281,13 +285,20 @@ fn count(spillable: bool, counted: &mut bool, st: &mut PoolState) {
     }
 }
 
+/// Holding nothing, a reservation no longer shares the budget: an operator that finished and freed
+/// its state leaves its share to those still growing (TPC-DS q78's last joins spilled while a dozen
+/// finished builds and aggregates were still counted). It is counted again when it grows.
+fn uncount_if_empty(size: usize, counted: &mut bool, st: &mut PoolState) {
+    if size == 0 && *counted {
+        *counted = false;
+        st.spillable_consumers = st.spillable_consumers.saturating_sub(1);
+    }
+}
+
 impl Drop for MemoryReservation {
     fn drop(&mut self) {
+        // Freed, it is no longer counted among the consumers sharing the budget.
         self.free();
-        if self.counted {
-            let mut st = self.pool.lock();
-            st.spillable_consumers = st.spillable_consumers.saturating_sub(1);
-        }
     }
 }
 
@@ -306,23 +317,36 @@ fn suggested_limit(bytes: usize) -> String {
 /// counts its one frame buffer once (where `get_array_memory_size` counts it once per column), and a
 /// slice counts the whole buffers it keeps alive.
 pub fn retained_bytes(batch: &arrow::array::RecordBatch) -> usize {
-    fn add(data: &arrow::array::ArrayData, seen: &mut std::collections::HashSet<usize>, total: &mut usize) {
-        let nulls = data.nulls().map(|n| n.buffer());
-        for buffer in data.buffers().iter().chain(nulls) {
-            if seen.insert(buffer.data_ptr().as_ptr() as usize) {
-                *total += buffer.capacity();
+    RetainedBuffers::default().add(batch)
+}
+
+/// The buffers held by the batches an operator keeps, each counted once: the batches an aggregate
+/// hands out are slices of its groups' arrays, and `retained_bytes` of every slice would count the
+/// whole arrays again (TPC-DS q78's join builds counted 3x what they held and spilled).
+#[derive(Default)]
+pub struct RetainedBuffers(std::collections::HashSet<usize>);
+
+impl RetainedBuffers {
+    /// The bytes of the buffers of `batch` not held already.
+    pub fn add(&mut self, batch: &arrow::array::RecordBatch) -> usize {
+        fn add(data: &arrow::array::ArrayData, seen: &mut std::collections::HashSet<usize>, total: &mut usize) {
+            let nulls = data.nulls().map(|n| n.buffer());
+            for buffer in data.buffers().iter().chain(nulls) {
+                // A slice's pointer to its allocation is the whole buffer's.
+                if seen.insert(buffer.data_ptr().as_ptr() as usize) {
+                    *total += buffer.capacity();
+                }
+            }
+            for child in data.child_data() {
+                add(child, seen, total);
             }
         }
-        for child in data.child_data() {
-            add(child, seen, total);
+        let mut total = 0;
+        for c in batch.columns() {
+            add(&c.to_data(), &mut self.0, &mut total);
         }
+        total
     }
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    for c in batch.columns() {
-        add(&c.to_data(), &mut seen, &mut total);
-    }
-    total
 }
 
 /// The bytes of the rows of `batch`: a slice of a larger batch counts its share only, and so do the
@@ -396,6 +420,30 @@ mod tests {
         assert!(!later.try_grow(501), "asking, it counts: half each");
         assert!(later.try_grow(500));
         assert!(!b.try_grow(1));
+    }
+
+    #[test]
+    fn a_consumer_that_freed_everything_leaves_its_share_to_the_others() {
+        let pool = MemoryPool::new(1000);
+        let mut finished = pool.reservation("HashAggregate", true);
+        let mut split = pool.reservation("HashJoin build", true);
+        let mut growing = pool.reservation("HashJoin build", true);
+        assert!(finished.try_grow(300));
+        assert!(split.try_grow(100));
+        assert!(growing.try_grow(300));
+        assert!(!growing.try_grow(100), "three share the budget");
+        // Still alive, but holding nothing: an operator whose state went out (split off) or was freed.
+        finished.free();
+        let moved = split.split_off();
+        assert!(growing.try_grow(100), "two share it now");
+        drop(moved);
+        assert!(growing.try_grow(600), "alone, it may take it all");
+        assert!(!growing.try_grow(1));
+        // Growing again, a freed one is counted again.
+        assert!(!finished.try_grow(1));
+        growing.shrink(500);
+        assert!(finished.try_grow(500));
+        assert!(!finished.try_grow(1));
     }
 
     #[test]
