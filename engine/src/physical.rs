@@ -868,6 +868,7 @@ fn encode_join_outputs(plan: &mut PhysicalPlan, mut wanted: Vec<bool>) {
     wanted.truncate(width);
     encode_join_outputs(probe, wanted);
 }
+
 /// Whether column `c` of `plan` is the `window_end` of an event-time window table function, through
 /// filters and projections.
 fn is_window_end(plan: &LogicalPlan, c: usize) -> bool {

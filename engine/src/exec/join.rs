@@ -598,14 +598,14 @@ impl BuildSink {
                 self.batches.push(batch);
                 return Ok(());
             }
-            let mut held = std::mem::take(&mut self.buffers);
-            if self.reservation.try_grow(held.add(&batch)) {
-                self.buffers = held;
+            if self.reservation.try_grow(self.buffers.add(&batch)) {
                 self.batches.push(batch);
                 return Ok(());
             }
             self.spilled = Some((shared.bucket_writers(&shared.spec.build_schema)?, 0, false));
             self.reservation.free();
+            // The batches go to disk: no buffer is held from here on.
+            self.buffers = RetainedBuffers::default();
         }
         let Some((writers, rows, nulls)) = self.spilled.as_mut() else { return Err(RiffleError::exec("join spill files missing")) };
         for batch in std::mem::take(&mut self.batches).into_iter().chain([batch]) {
