@@ -485,11 +485,18 @@ impl Binder<'_> {
                 (args, distinct, star)
             }
         };
+        if !f.within_group.is_empty() {
+            return Err(RiffleError::NotSupported(format!("{name}() WITHIN GROUP (ORDER BY …)")));
+        }
+        if f.filter.is_some() && (f.over.is_some() || !is_aggregate_name(&name)) {
+            let why = if f.over.is_some() { "a window function (OVER)" } else { "a function that is not an aggregate" };
+            return Err(RiffleError::NotSupported(format!("FILTER (WHERE …) on {name}(), {why}; only aggregates take FILTER")));
+        }
         if let Some(over) = &f.over {
             return self.over_function(&name, &args, distinct, star, over, e, cx);
         }
         if is_aggregate_name(&name) {
-            return self.aggregate(&name, &args, distinct, star, e, cx);
+            return self.aggregate(&name, &args, distinct, star, f.filter.as_deref(), e, cx);
         }
         if name == "mod" {
             // Flink's and DuckDB's mod(a, b) is a % b.
@@ -689,6 +696,7 @@ impl Binder<'_> {
         args: &[ast::Expr],
         distinct: bool,
         star: bool,
+        filter: Option<&ast::Expr>,
         e: &ast::Expr,
         cx: &mut ExprContext,
     ) -> Result<Expr> {
@@ -697,7 +705,23 @@ impl Binder<'_> {
         }
         // Arguments are bound over the aggregate's input, where aggregates may not nest.
         let mut inner = ExprContext { scope: cx.scope, aggs: None };
-        let bound: Vec<Expr> = args.iter().map(|a| self.bind_expr(a, &mut inner)).collect::<Result<_>>()?;
+        let mut bound: Vec<Expr> = args.iter().map(|a| self.bind_expr(a, &mut inner)).collect::<Result<_>>()?;
+        let mut star = star;
+        if let Some(filter) = filter {
+            // agg(x) FILTER (WHERE p) is agg(CASE WHEN p THEN x END): every aggregate taking FILTER
+            // skips NULL arguments, and a row p does not keep gives one. count(*) counts the rows p
+            // keeps: count(CASE WHEN p THEN 1 END).
+            if name == "grouping" {
+                return Err(sql_error("grouping() takes no FILTER", expr_pos(e)));
+            }
+            let p = self.bind_expr(filter, &mut inner)?;
+            let p = self.coerce(p, &DataType::Boolean, cx.scope).map_err(|err| sql_error(format!("FILTER (WHERE …): {err}"), expr_pos(filter)))?;
+            if bound.is_empty() && name == "count" {
+                bound.push(lit_i64(1));
+                star = false;
+            }
+            bound = bound.into_iter().map(|x| Expr::Case { branches: vec![(p.clone(), x)], otherwise: None }).collect();
+        }
         let schema = cx.scope.schema();
         let arg_ty = bound.first().map(|a| a.data_type(&schema));
         let func = match (name, star, bound.len()) {
