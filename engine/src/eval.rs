@@ -674,13 +674,8 @@ fn case(branches: &[(Expr, Expr)], otherwise: Option<&Expr>, batch: &RecordBatch
         .map(|(_, v)| v.data_type(&batch.schema()))
         .or_else(|| otherwise.map(|o| o.data_type(&batch.schema())))
         .unwrap_or(DataType::Null);
-    let mut result = match otherwise {
-        Some(o) => evaluate(o, batch)?,
-        None => new_null_array(&ty, rows),
-    };
-    // Later branches are applied first so that earlier ones win.
-    // Each branch is evaluated on all rows; errors in untaken branches (e.g. casts) are avoided by the
-    // binder keeping branch values total where it can.
+    // Later branches are applied first so that earlier ones win; each value (the ELSE's too) counts
+    // only on the rows taking its branch (`value_where`).
     let mut taken: Option<BooleanBuffer> = None;
     let mut conds = Vec::with_capacity(branches.len());
     for (cond, _) in branches {
@@ -700,12 +695,52 @@ fn case(branches: &[(Expr, Expr)], otherwise: Option<&Expr>, batch: &RecordBatch
         });
         conds.push(fresh);
     }
+    let mut result = match (otherwise, &taken) {
+        (Some(o), Some(taken)) => value_where(o, batch, || !taken)?,
+        (Some(o), None) => evaluate(o, batch)?,
+        (None, _) => new_null_array(&ty, rows),
+    };
     for ((_, value), cond) in branches.iter().zip(conds).rev() {
         if cond.count_set_bits() == 0 {
             continue;
         }
-        let v = evaluate(value, batch)?;
+        let v = value_where(value, batch, || cond.clone())?;
         result = select(&cond, &v, &result)?;
     }
     Ok(result)
+}
+
+/// `value` over `batch`, of which only the rows `taken` sets count. Evaluated on all rows, and only
+/// where that fails (`taken_rows_only`) on those rows.
+fn value_where(value: &Expr, batch: &RecordBatch, taken: impl FnOnce() -> BooleanBuffer) -> Result<ArrayRef> {
+    match evaluate(value, batch) {
+        Ok(v) => Ok(v),
+        Err(err) => {
+            let taken = taken();
+            if taken.count_set_bits() < batch.num_rows() {
+                taken_rows_only(value, batch, &taken)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// `value` over the rows of `batch` where `taken` is set, placed at those rows (NULL elsewhere). A
+/// CASE branch's value may fail on rows its condition rules out (`CASE WHEN s <> 'a' THEN CAST(s AS
+/// INT) END`, `agg(1 / x) FILTER (WHERE x <> 0)`): as in SQL, only the rows taking it count.
+fn taken_rows_only(value: &Expr, batch: &RecordBatch, taken: &BooleanBuffer) -> Result<ArrayRef> {
+    let rows = arrow::compute::filter_record_batch(batch, &BooleanArray::new(taken.clone(), None))?;
+    let values = evaluate(value, &rows)?;
+    let mut next = 0u32;
+    let places: arrow::array::UInt32Array = taken
+        .iter()
+        .map(|t| {
+            t.then(|| {
+                next += 1;
+                next - 1
+            })
+        })
+        .collect();
+    Ok(arrow::compute::take(&values, &places, None)?)
 }
