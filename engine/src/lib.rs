@@ -20,6 +20,7 @@ pub mod optimizer;
 pub mod partial_agg;
 pub mod physical;
 pub mod runtime_filter_plan;
+pub mod scalar_aggregates;
 pub mod session;
 pub mod share;
 pub mod sql;

@@ -19,6 +19,7 @@ use crate::logical::{join_on, join_schema, AggFunc, BinaryOp, Expr, JoinKind, Lo
 
 pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let plan = fold_plan(plan)?;
+    let plan = crate::scalar_aggregates::merge(plan);
     let plan = map_plan(plan, &mut |p| Ok(split_distinct(p)))?;
     let plan = push_filters(plan)?;
     // Pushed-down predicates meet the constants of the projections they passed through
