@@ -54,7 +54,9 @@ fn piece(plan: &LogicalPlan) -> Option<Piece> {
         other => (None, other),
     };
     let LogicalPlan::Aggregate { input, group, aggs, schema } = aggregate else { return None };
-    if !group.is_empty() || aggs.is_empty() || aggs.iter().any(|a| a.distinct || a.func == AggFunc::Grouping) {
+    // A DISTINCT sum or average is planned in two aggregates only when it is the one DISTINCT
+    // argument; count(DISTINCT …) keeps a set per aggregate, whatever its neighbours.
+    if !group.is_empty() || aggs.is_empty() || aggs.iter().any(|a| (a.distinct && a.func != AggFunc::Count) || a.func == AggFunc::Grouping) {
         return None;
     }
     let mut conditions = vec![];
