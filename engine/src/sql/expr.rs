@@ -41,6 +41,20 @@ pub fn lit_str(v: &str) -> Expr {
     Expr::Literal(Scalar(Arc::new(StringArray::from(vec![v]))))
 }
 
+/// A constant compared with a decimal of a narrower type than both share (`price BETWEEN 8 AND 18`:
+/// DECIMAL(7,2) against integers, compared as DECIMAL(12,2)), converted to that decimal's type if
+/// its value fits there exactly: the comparison then casts one constant, not every row.
+fn constant_in_decimal_type(constant: &Expr, constant_type: &DataType, other: &DataType, common: &DataType) -> Option<Expr> {
+    let (Some((_, scale)), Some((_, common_scale))) = (decimal_parts(other), decimal_parts(common)) else { return None };
+    if other == common || scale != common_scale || !constant.column_set().is_empty() || constant.is_volatile() {
+        return None;
+    }
+    let Ok(Expr::Literal(value)) = crate::optimizer::fold(cast_to(constant.clone(), constant_type, common).ok()?) else { return None };
+    let strict = arrow::compute::CastOptions { safe: false, ..Default::default() };
+    let narrowed = crate::eval::cast_value(&value.0, other, &strict).ok()?;
+    (narrowed.len() == 1 && narrowed.is_valid(0)).then(|| Expr::Literal(Scalar(narrowed)))
+}
+
 /// Wraps `e` in a cast to `to` unless it already has that type; constants are converted right away.
 pub fn cast_to(e: Expr, from: &DataType, to: &DataType) -> Result<Expr> {
     if from == to {
@@ -430,6 +444,12 @@ impl Binder<'_> {
                     ))
                 })?;
                 let t = if t == DataType::Null { DataType::Boolean } else { t };
+                if let Some(r) = constant_in_decimal_type(&r, &rt, &lt, &t) {
+                    return Ok(Expr::binary(op, l, r));
+                }
+                if let Some(l) = constant_in_decimal_type(&l, &lt, &rt, &t) {
+                    return Ok(Expr::binary(op, l, r));
+                }
                 (cast_to(l, &lt, &t)?, cast_to(r, &rt, &t)?)
             }
             _ => {
