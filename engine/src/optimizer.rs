@@ -732,7 +732,20 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             let new_projection: Vec<usize> = kept.iter().map(|i| projection[*i]).collect();
             let new_schema = Arc::new(Schema::new(kept.iter().map(|i| schema.field(*i).clone()).collect::<Vec<_>>()));
             let filters = filters.into_iter().map(|f| remap_with(f, &map)).collect();
-            (LogicalPlan::Scan { name, source, projection: new_projection, filters, schema: new_schema }, map)
+            let scan = LogicalPlan::Scan { name, source, projection: new_projection, filters, schema: new_schema.clone() };
+            if kept.len() == required.len() {
+                return Ok((scan, map));
+            }
+            // Columns only the filters read stay in the scan, not in its output: TPC-H Q13's
+            // `o_comment NOT LIKE …` went through the join with every order's comment.
+            let outputs: Vec<usize> = kept.iter().enumerate().filter(|(_, old)| required.contains(old)).map(|(new, _)| new).collect();
+            let mut out_map = vec![None; projection.len()];
+            for (position, new) in outputs.iter().enumerate() {
+                out_map[kept[*new]] = Some(position);
+            }
+            let exprs = outputs.iter().map(|c| Expr::Column(*c)).collect();
+            let schema = Arc::new(Schema::new(outputs.iter().map(|c| new_schema.field(*c).clone()).collect::<Vec<_>>()));
+            (LogicalPlan::Project { input: Box::new(scan), exprs, schema }, out_map)
         }
         LogicalPlan::Values { rows, schema } => {
             let n = schema.fields().len();
