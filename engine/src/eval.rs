@@ -124,6 +124,11 @@ fn eval(expr: &Expr, batch: &RecordBatch) -> Result<Value> {
             let v = eval(expr, batch)?;
             let p = eval(pattern, batch)?;
             let (l, r) = (&v, &p);
+            if let (Value::Array(values), Value::Scalar(pattern), false) = (&v, &p, *case_insensitive) {
+                if let Some(out) = like_segments(values, pattern, *negated) {
+                    return Ok(Value::Array(Arc::new(out)));
+                }
+            }
             let out = match (*negated, *case_insensitive) {
                 (false, false) => arrow::compute::kernels::comparison::like(l, r)?,
                 (true, false) => arrow::compute::kernels::comparison::nlike(l, r)?,
@@ -134,6 +139,43 @@ fn eval(expr: &Expr, batch: &RecordBatch) -> Result<Value> {
             if matches!((&v, &p), (Value::Scalar(_), Value::Scalar(_))) { Value::Scalar(out) } else { Value::Array(out) }
         }
     })
+}
+
+/// `values [NOT] LIKE pattern` for a pattern of literal pieces between `%`s with one in the middle
+/// (TPC-H Q13's `'%special%requests%'`), each piece found after the one before: arrow runs such a
+/// pattern as a regex. `None` for other patterns (no `%` inside, or `_` or `\`) and other arrays.
+fn like_segments(values: &ArrayRef, pattern: &ArrayRef, negated: bool) -> Option<BooleanArray> {
+    let pattern = pattern.as_string_opt::<i32>()?;
+    let values = values.as_string_opt::<i32>()?;
+    if pattern.len() != 1 || pattern.is_null(0) {
+        return None;
+    }
+    let pattern = pattern.value(0);
+    if pattern.contains(['_', '\\']) {
+        return None;
+    }
+    let pieces: Vec<&str> = pattern.split('%').collect();
+    // Only a first and a last piece (`a%b`, `%a%`, `a%`): arrow's prefix, suffix and substring tests.
+    if pieces.len() < 3 || pieces[1..pieces.len() - 1].iter().all(|p| p.is_empty()) {
+        return None;
+    }
+    let (first, last) = (pieces[0].as_bytes(), pieces[pieces.len() - 1].as_bytes());
+    let inner: Vec<memchr::memmem::Finder> = pieces[1..pieces.len() - 1].iter().filter(|p| !p.is_empty()).map(|p| memchr::memmem::Finder::new(p.as_bytes())).collect();
+    let matches = |s: &[u8]| -> bool {
+        if s.len() < first.len() + last.len() || !s.starts_with(first) || !s.ends_with(last) {
+            return false;
+        }
+        let mut rest = &s[first.len()..s.len() - last.len()];
+        for finder in &inner {
+            match finder.find(rest) {
+                Some(at) => rest = &rest[at + finder.needle().len()..],
+                None => return false,
+            }
+        }
+        true
+    };
+    let bits = BooleanBuffer::collect_bool(values.len(), |i| matches(values.value(i).as_bytes()) != negated);
+    Some(BooleanArray::new(bits, values.nulls().cloned()))
 }
 
 fn map(v: Value, f: impl Fn(&ArrayRef) -> Result<ArrayRef>) -> Result<Value> {
