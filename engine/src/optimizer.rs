@@ -6,7 +6,7 @@
 //! 3. projection pushdown: every node keeps only the columns someone above reads, down to the scans;
 //! 4. limit pushdown: ORDER BY … LIMIT becomes a top-k sort.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, RecordBatchOptions};
@@ -31,7 +31,13 @@ pub fn optimize(plan: LogicalPlan) -> Result<LogicalPlan> {
     let plan = crate::dependent_keys::carry_dependent_keys(plan)?;
     let schema = plan.schema();
     let all: BTreeSet<usize> = (0..schema.fields().len()).collect();
-    let (plan, map) = prune(plan, &all)?;
+    // Tables read more than once keep their filters' columns in their scans' output: copies of a
+    // subplan that differ in those filters merge only if the filters can go on top of the copies
+    // (`crate::filtered_copies`; TPC-DS q88's eight time ranges over one join).
+    let mut reads: HashMap<String, usize> = HashMap::new();
+    count_reads(&plan, &mut reads);
+    let reread: HashSet<String> = reads.into_iter().filter(|(_, n)| *n > 1).map(|(t, _)| t).collect();
+    let (plan, map) = prune(plan, &all, &reread)?;
     let plan = restore(plan, &map, &schema);
     push_limits(plan)
 }
@@ -717,7 +723,15 @@ fn restore(plan: LogicalPlan, map: &ColumnMap, schema: &SchemaRef) -> LogicalPla
 }
 
 /// Rewrites `plan` to produce (at least) the `required` columns, dropping the rest where it can.
-fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, ColumnMap)> {
+/// How many scans read each table.
+fn count_reads(plan: &LogicalPlan, reads: &mut HashMap<String, usize>) {
+    if let LogicalPlan::Scan { name, .. } = plan {
+        *reads.entry(name.clone()).or_default() += 1;
+    }
+    plan.inputs().into_iter().for_each(|i| count_reads(i, reads));
+}
+
+fn prune(plan: LogicalPlan, required: &BTreeSet<usize>, reread: &HashSet<String>) -> Result<(LogicalPlan, ColumnMap)> {
     Ok(match plan {
         LogicalPlan::Scan { name, source, projection, filters, schema } => {
             let mut keep: BTreeSet<usize> = required.clone();
@@ -732,8 +746,9 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             let new_projection: Vec<usize> = kept.iter().map(|i| projection[*i]).collect();
             let new_schema = Arc::new(Schema::new(kept.iter().map(|i| schema.field(*i).clone()).collect::<Vec<_>>()));
             let filters = filters.into_iter().map(|f| remap_with(f, &map)).collect();
+            let once = !reread.contains(&name);
             let scan = LogicalPlan::Scan { name, source, projection: new_projection, filters, schema: new_schema.clone() };
-            if kept.len() == required.len() {
+            if kept.len() == required.len() || !once {
                 return Ok((scan, map));
             }
             // Columns only the filters read stay in the scan, not in its output: TPC-H Q13's
@@ -754,7 +769,7 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
         LogicalPlan::Filter { input, predicate } => {
             let mut need = required.clone();
             need.extend(predicate.column_set());
-            let (input, map) = prune(*input, &need)?;
+            let (input, map) = prune(*input, &need, reread)?;
             let predicate = remap_with(predicate, &map);
             (LogicalPlan::Filter { input: Box::new(input), predicate }, map)
         }
@@ -764,7 +779,7 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             for i in &kept {
                 need.extend(exprs[*i].column_set());
             }
-            let (input, in_map) = prune(*input, &need)?;
+            let (input, in_map) = prune(*input, &need, reread)?;
             let mut map = vec![None; exprs.len()];
             let mut new_exprs = Vec::with_capacity(kept.len());
             let mut fields = Vec::with_capacity(kept.len());
@@ -790,7 +805,7 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
                     need.extend(arg.column_set());
                 }
             }
-            let (input, in_map) = prune(*input, &need)?;
+            let (input, in_map) = prune(*input, &need, reread)?;
             let group: Vec<Expr> = group.into_iter().map(|g| remap_with(g, &in_map)).collect();
             let mut map: ColumnMap = (0..ng).map(Some).collect();
             map.resize(ng + aggs.len(), None);
@@ -825,8 +840,8 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
                     }
                 }
             }
-            let (left, lmap) = prune(*left, &need_l)?;
-            let (right, rmap) = prune(*right, &need_r)?;
+            let (left, lmap) = prune(*left, &need_l, reread)?;
+            let (right, rmap) = prune(*right, &need_r, reread)?;
             let new_nl = left.schema().fields().len();
             let on = on.into_iter().map(|(l, r)| (remap_with(l, &lmap), remap_with(r, &rmap))).collect();
             let both: ColumnMap = lmap.iter().copied().chain(rmap.iter().map(|m| m.map(|j| j + new_nl))).collect();
@@ -845,7 +860,7 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             for k in &keys {
                 need.extend(k.expr.column_set());
             }
-            let (input, map) = prune(*input, &need)?;
+            let (input, map) = prune(*input, &need, reread)?;
             let keys = keys
                 .into_iter()
                 .map(|k| SortKey { expr: remap_with(k.expr, &map), ..k })
@@ -853,14 +868,14 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             (LogicalPlan::Sort { input: Box::new(input), keys, fetch }, map)
         }
         LogicalPlan::Limit { input, skip, fetch } => {
-            let (input, map) = prune(*input, required)?;
+            let (input, map) = prune(*input, required, reread)?;
             (LogicalPlan::Limit { input: Box::new(input), skip, fetch }, map)
         }
         LogicalPlan::WindowTvf { input, window, time, event_time, .. } => {
             let width = input.schema().fields().len();
             let mut need: BTreeSet<usize> = required.iter().copied().filter(|c| *c < width).collect();
             need.insert(time);
-            let (input, in_map) = prune(*input, &need)?;
+            let (input, in_map) = prune(*input, &need, reread)?;
             let new_width = input.schema().fields().len();
             let time = in_map[time].unwrap_or(usize::MAX);
             let schema = crate::logical::window_schema(&input.schema());
@@ -877,7 +892,7 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             let calls: Vec<crate::logical::WindowCall> =
                 calls.into_iter().enumerate().filter(|(k, _)| kept.contains(k)).map(|(_, c)| c).collect();
             if calls.is_empty() {
-                let (input, mut map) = prune(*input, &need)?;
+                let (input, mut map) = prune(*input, &need, reread)?;
                 map.extend((0..n_calls).map(|_| None));
                 return Ok((input, map));
             }
@@ -886,7 +901,7 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
                     need.extend(e.column_set());
                 }
             }
-            let (input, in_map) = prune(*input, &need)?;
+            let (input, in_map) = prune(*input, &need, reread)?;
             let calls: Vec<crate::logical::WindowCall> = calls
                 .into_iter()
                 .map(|c| crate::logical::WindowCall {
@@ -912,7 +927,7 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             for k in &keys {
                 need.extend(k.column_set());
             }
-            let (input, in_map) = prune(*input, &need)?;
+            let (input, in_map) = prune(*input, &need, reread)?;
             let new_width = input.schema().fields().len();
             let keys = keys.into_iter().map(|k| remap_with(k, &in_map)).collect();
             let time = in_map[time].unwrap_or(usize::MAX);
@@ -927,7 +942,7 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>) -> Result<(LogicalPlan, 
             let fields: Vec<Field> = kept.iter().map(|i| schema.field(*i).clone()).collect();
             let mut new_inputs = Vec::new();
             for input in inputs {
-                let (p, m) = prune(input, required)?;
+                let (p, m) = prune(input, required, reread)?;
                 let in_schema = p.schema();
                 let exact = kept.iter().enumerate().all(|(n, o)| m[*o] == Some(n)) && in_schema.fields().len() == kept.len();
                 new_inputs.push(if exact {

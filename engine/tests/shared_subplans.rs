@@ -195,15 +195,18 @@ fn copies_differing_in_their_scans_filters_read_the_table_once_each_filtering_on
 }
 
 #[test]
-fn copies_whose_filters_cannot_go_on_top_stay_apart() {
-    // A GROUP BY without keys would give a row for no input: the conditions stay in the copies.
-    let q = "SELECT a.t, b.t FROM (SELECT sum(o_totalprice) AS t FROM orders WHERE o_orderstatus = 'F') a, \
-             (SELECT sum(o_totalprice) AS t FROM orders WHERE o_orderstatus = 'O') b";
+fn scalar_aggregates_of_one_table_read_it_once() {
+    // A GROUP BY without keys gives a row for no input, so the conditions cannot go on top of shared
+    // copies; they go into one aggregate's aggregates instead (`scalar_aggregates`), over one scan.
+    let sum = |status: &str| format!("(SELECT sum(o_totalprice) AS t FROM orders WHERE o_orderstatus = '{status}')");
+    let q = format!("SELECT a.t, b.t FROM {} a, {} b", sum("F"), sum("O"));
     let mut s = Session::new(ExecConfig { threads: 2, ..ExecConfig::default() });
     s.register_path("orders", &format!("{TPCH}/orders.parquet")).expect("register");
     let plan = text(&mut s, &format!("EXPLAIN ANALYZE {q}"));
-    assert_eq!(counts(&plan, "Scan: orders").len(), 2, "{plan}");
+    assert_eq!(counts(&plan, "Scan: orders").len(), 1, "{plan}");
     assert!(!plan.contains("Shared"), "{plan}");
+    let alone: Vec<String> = ["F", "O"].iter().map(|st| rows(&mut s, &format!("SELECT t FROM {}", sum(st)))[0].clone()).collect();
+    assert_eq!(rows(&mut s, &q), [alone.join("|")]);
 }
 
 #[test]
