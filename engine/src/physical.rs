@@ -783,27 +783,48 @@ fn describe_aggs(aggs: &[AggCall], schema: &Schema) -> String {
     aggs.iter().map(call).collect::<Vec<_>>().join(", ")
 }
 
-/// Lets a scan that feeds an aggregate directly hand out string group keys dictionary-encoded: the
+/// Lets a scan that feeds an aggregate directly (or through a projection of bare columns, one that
+/// drops the columns only the scan's filter reads) hand out string group keys dictionary-encoded: the
 /// aggregate then looks up each distinct code once per batch instead of hashing every row's string.
-/// Only columns used as bare group keys and nowhere else (the scan's own filter) qualify, so no other
-/// operator ever sees a dictionary.
+/// Only columns used as bare group keys and nowhere else (the scan's own filter, another projected
+/// column) qualify, so no other operator ever sees a dictionary.
 fn dictionary_group_keys(input: &mut PhysicalPlan, group: &[Expr], aggs: &[AggCall]) {
-    let PhysicalPlan::Scan { filter, dictionary, schema, source, .. } = input else { return };
+    let (scan, projection) = match input {
+        PhysicalPlan::Project { input, exprs, .. } => (input.as_mut(), Some(&*exprs)),
+        scan => (scan, None),
+    };
+    let PhysicalPlan::Scan { filter, dictionary, schema, source, .. } = scan else { return };
     // Only Parquet keeps strings dictionary-encoded; other sources would have to build dictionaries.
     if !matches!(&source.data, crate::catalog::TableData::Files { format: riffle_formats::FileFormat::Parquet, .. }) {
         return;
     }
-    let mut uses = vec![0usize; dictionary.len()];
+    // The scan column each of the aggregate's input columns passes on unchanged, if it does.
+    let bare: Vec<Option<usize>> = match projection {
+        Some(exprs) => exprs.iter().map(|e| if let Expr::Column(c) = e { Some(*c) } else { None }).collect(),
+        None => (0..dictionary.len()).map(Some).collect(),
+    };
     let mut cols = vec![];
-    for e in group.iter().chain(aggs.iter().flat_map(|a| &a.args)).chain(filter.as_ref()) {
+    for e in filter.iter().chain(projection.into_iter().flatten()) {
         e.columns(&mut cols);
     }
+    let mut scan_uses = vec![0usize; dictionary.len()];
+    for c in cols.drain(..) {
+        scan_uses[c] += 1;
+    }
+    for e in group.iter().chain(aggs.iter().flat_map(|a| &a.args)) {
+        e.columns(&mut cols);
+    }
+    let mut uses = vec![0usize; bare.len()];
     for c in cols {
         uses[c] += 1;
     }
+    // A projected column is one use of its scan column; without a projection there is none.
+    let passing_uses = usize::from(projection.is_some());
     for g in group {
         if let Expr::Column(c) = g {
-            dictionary[*c] = uses[*c] == 1 && schema.field(*c).data_type() == &arrow::datatypes::DataType::Utf8;
+            if let Some(s) = bare[*c] {
+                dictionary[s] = uses[*c] == 1 && scan_uses[s] == passing_uses && schema.field(s).data_type() == &arrow::datatypes::DataType::Utf8;
+            }
         }
     }
 }

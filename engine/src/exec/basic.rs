@@ -139,13 +139,28 @@ pub struct ProjectOp {
 impl Operator for ProjectOp {
     fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         let columns = self.exprs.evaluate(&batch)?;
+        // A column handed out dictionary-encoded for an aggregate above (`physical::dictionary_group_keys`)
+        // passes through as it is, under its own type.
+        let keeps_dictionary = |c: &ArrayRef, f: &DataType| matches!(c.data_type(), DataType::Dictionary(_, v) if v.as_ref() == f);
+        let mut schema = self.schema.clone();
+        if columns.iter().zip(self.schema.fields()).any(|(c, f)| keeps_dictionary(c, f.data_type())) {
+            let fields: Vec<Field> = columns
+                .iter()
+                .zip(self.schema.fields())
+                .map(|(c, f)| {
+                    let t = if keeps_dictionary(c, f.data_type()) { c.data_type() } else { f.data_type() };
+                    f.as_ref().clone().with_data_type(t.clone())
+                })
+                .collect();
+            schema = Arc::new(Schema::new(fields));
+        }
         let columns = columns
             .into_iter()
-            .zip(self.schema.fields())
+            .zip(schema.fields())
             .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { Ok(arrow::compute::cast(&c, f.data_type())?) })
             .collect::<Result<Vec<_>>>()?;
         out.push(Message::Batch(RecordBatch::try_new_with_options(
-            self.schema.clone(),
+            schema,
             columns,
             &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
         )?));
