@@ -42,12 +42,16 @@ pub(super) struct RowKeys {
 
 pub(super) struct IntKeys {
     data_type: DataType,
-    /// Each group's key and id.
+    /// Each group's key and id (empty while `ascending`).
     map: HashTable<(i64, u32)>,
     /// Each group's key, by id (the NULL group's is 0).
     values: Vec<i64>,
     /// The group of the NULL key, once a row had it.
     null_group: Option<u32>,
+    /// While every key has come at or above the key before it (input sorted by the key, as TPC-H's
+    /// lineitem by l_orderkey): the last key and its group. A key is then either the last one or
+    /// new, so no key is looked up, nor hashed into `map`, until one comes below the last.
+    ascending: Option<Option<(i64, u32)>>,
     /// To split groups into spill buckets exactly as their keys' rows would be.
     converter: RowConverter,
 }
@@ -118,7 +122,14 @@ impl GroupKeys {
         if let [t] = types.as_slice() {
             if int_like(t) {
                 let converter = RowConverter::new(vec![SortField::new(t.clone())])?;
-                return Ok(GroupKeys::Int(IntKeys { data_type: t.clone(), map: HashTable::new(), values: vec![], null_group: None, converter }));
+                return Ok(GroupKeys::Int(IntKeys {
+                    data_type: t.clone(),
+                    map: HashTable::new(),
+                    values: vec![],
+                    null_group: None,
+                    ascending: Some(None),
+                    converter,
+                }));
             }
         }
         if let Some(packed) = PackedKeys::new(&types)? {
@@ -177,7 +188,9 @@ impl GroupKeys {
                 r.hashes.reserve(n);
             }
             GroupKeys::Int(i) => {
-                i.map.reserve(n, |&(k, _)| hash_int(k));
+                if i.ascending.is_none() {
+                    i.map.reserve(n, |&(k, _)| hash_int(k));
+                }
                 i.values.reserve(n);
             }
             GroupKeys::Packed(p) => {
@@ -313,7 +326,51 @@ impl IntKeys {
     fn groups(&mut self, keys: &ArrayRef) -> Result<Vec<u32>> {
         let wide = arrow::compute::cast(keys, &DataType::Int64)?;
         let wide = wide.as_primitive::<Int64Type>();
+        if let Some(last) = self.ascending {
+            if let Some(groups) = self.ascending_groups(last, wide) {
+                return Ok(groups);
+            }
+            // A key below the last (or a NULL): every group goes into the map, looked up from now on.
+            self.ascending = None;
+            self.map.reserve(self.values.len() + wide.len(), |&(k, _)| hash_int(k));
+            for (g, &k) in self.values.iter().enumerate() {
+                if self.null_group != Some(g as u32) {
+                    self.map.insert_unique(hash_int(k), (k, g as u32), |&(stored, _)| hash_int(stored));
+                }
+            }
+        }
         Ok(groups_by_value(&mut self.map, &mut self.values, &mut self.null_group, hash_int, wide.iter()))
+    }
+
+    /// The groups of `keys` if they all come at or above `last` (the last key seen and its group),
+    /// each the group of the key before or a new one; None, changing nothing, otherwise.
+    fn ascending_groups(&mut self, last: Option<(i64, u32)>, keys: &Int64Array) -> Option<Vec<u32>> {
+        if keys.null_count() > 0 || self.null_group.is_some() {
+            return None;
+        }
+        let keys = keys.values();
+        let first_fits = match (last, keys.first()) {
+            (Some((l, _)), Some(&k)) => k >= l,
+            _ => true,
+        };
+        if !first_fits || !keys.windows(2).all(|w| w[0] <= w[1]) {
+            return None;
+        }
+        let mut groups = Vec::with_capacity(keys.len());
+        let mut last = last;
+        for &k in keys {
+            match last {
+                Some((l, g)) if l == k => groups.push(g),
+                _ => {
+                    let g = self.values.len() as u32;
+                    self.values.push(k);
+                    groups.push(g);
+                    last = Some((k, g));
+                }
+            }
+        }
+        self.ascending = Some(last);
+        Some(groups)
     }
 
     /// All groups' keys (`values`, in group order) as an array of the key's type.
@@ -490,6 +547,45 @@ mod tests {
         assert_eq!(groups, again, "a key seen before keeps its group");
         let arrays = table.take_arrays().expect("arrays");
         (groups, arrays[0].clone())
+    }
+
+    /// Keys in ascending batches are grouped without the map, until a key comes below the last one
+    /// or a NULL comes: the groups are those of row-encoded keys all along.
+    #[test]
+    fn ascending_integer_keys_group_like_row_keys_before_and_after_they_stop_ascending() {
+        let batches: Vec<Vec<Option<i64>>> = vec![
+            vec![Some(1), Some(1), Some(2), Some(5)],
+            vec![Some(5), Some(6), Some(9)],
+            vec![],
+            vec![Some(9), Some(12)],
+            vec![Some(3), Some(12), Some(13), Some(1)],
+            vec![None, Some(14), Some(14), Some(2)],
+        ];
+        for nulls_first in [false, true] {
+            let mut int = GroupKeys::new(vec![DataType::Int64], false).expect("keys");
+            let mut rows = GroupKeys::row_encoded(vec![DataType::Int64]).expect("row keys");
+            let mut order = batches.clone();
+            if nulls_first {
+                order.insert(1, vec![None, Some(7)]);
+            }
+            for b in order {
+                let keys: ArrayRef = Arc::new(arrow::array::Int64Array::from(b.clone()));
+                let got = int.groups(std::slice::from_ref(&keys), keys.len()).expect("groups");
+                let want = rows.groups(std::slice::from_ref(&keys), keys.len()).expect("row groups");
+                assert_eq!(got, want, "{b:?}");
+            }
+            assert_eq!(int.len(), rows.len());
+            let (GroupKeys::Int(i), GroupKeys::Rows(_)) = (&int, &rows) else { panic!("key tables") };
+            assert!(i.ascending.is_none(), "a key below the last one ends the ascending run");
+        }
+        // Ascending throughout: the map stays empty.
+        let mut int = GroupKeys::new(vec![DataType::Int32], false).expect("keys");
+        for b in [vec![1, 1, 4], vec![4, 8]] {
+            let keys: ArrayRef = Arc::new(Int32Array::from(b));
+            int.groups(std::slice::from_ref(&keys), keys.len()).expect("groups");
+        }
+        let GroupKeys::Int(i) = &int else { panic!("int keys") };
+        assert_eq!((i.values.as_slice(), i.map.len()), (&[1i64, 4, 8][..], 0));
     }
 
     #[test]
