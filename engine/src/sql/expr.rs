@@ -710,6 +710,9 @@ impl Binder<'_> {
         Ok(Frame { rows, start, end })
     }
 
+    /// `agg([DISTINCT] args | *) [FILTER (WHERE filter)]`, bound as a column of the aggregate the
+    /// SELECT gets.
+    #[allow(clippy::too_many_arguments)]
     fn aggregate(
         &mut self,
         name: &str,
