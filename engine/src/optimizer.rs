@@ -722,7 +722,6 @@ fn restore(plan: LogicalPlan, map: &ColumnMap, schema: &SchemaRef) -> LogicalPla
     project(plan, exprs, schema.fields().iter().map(|f| f.as_ref().clone()).collect())
 }
 
-/// Rewrites `plan` to produce (at least) the `required` columns, dropping the rest where it can.
 /// How many scans read each table.
 fn count_reads(plan: &LogicalPlan, reads: &mut HashMap<String, usize>) {
     if let LogicalPlan::Scan { name, .. } = plan {
@@ -731,6 +730,7 @@ fn count_reads(plan: &LogicalPlan, reads: &mut HashMap<String, usize>) {
     plan.inputs().into_iter().for_each(|i| count_reads(i, reads));
 }
 
+/// Rewrites `plan` to produce (at least) the `required` columns, dropping the rest where it can.
 fn prune(plan: LogicalPlan, required: &BTreeSet<usize>, reread: &HashSet<String>) -> Result<(LogicalPlan, ColumnMap)> {
     Ok(match plan {
         LogicalPlan::Scan { name, source, projection, filters, schema } => {
@@ -746,9 +746,9 @@ fn prune(plan: LogicalPlan, required: &BTreeSet<usize>, reread: &HashSet<String>
             let new_projection: Vec<usize> = kept.iter().map(|i| projection[*i]).collect();
             let new_schema = Arc::new(Schema::new(kept.iter().map(|i| schema.field(*i).clone()).collect::<Vec<_>>()));
             let filters = filters.into_iter().map(|f| remap_with(f, &map)).collect();
-            let once = !reread.contains(&name);
+            let read_again = reread.contains(&name);
             let scan = LogicalPlan::Scan { name, source, projection: new_projection, filters, schema: new_schema.clone() };
-            if kept.len() == required.len() || !once {
+            if kept.len() == required.len() || read_again {
                 return Ok((scan, map));
             }
             // Columns only the filters read stay in the scan, not in its output: TPC-H Q13's

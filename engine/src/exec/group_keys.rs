@@ -48,10 +48,10 @@ pub(super) struct IntKeys {
     values: Vec<i64>,
     /// The group of the NULL key, once a row had it.
     null_group: Option<u32>,
-    /// While every key has come at or above the key before it (input sorted by the key, as TPC-H's
-    /// lineitem by l_orderkey): the last key and its group. A key is then either the last one or
-    /// new, so no key is looked up, nor hashed into `map`, until one comes below the last.
-    ascending: Option<Option<(i64, u32)>>,
+    /// While every key has come at or above the key before it, none NULL (input sorted by the key,
+    /// as TPC-H's lineitem by l_orderkey): a key is then the last group's (`values`' last) or a new
+    /// one, so no key is looked up, nor hashed into `map`, until one comes below the last.
+    ascending: bool,
     /// To split groups into spill buckets exactly as their keys' rows would be.
     converter: RowConverter,
 }
@@ -127,7 +127,7 @@ impl GroupKeys {
                     map: HashTable::new(),
                     values: vec![],
                     null_group: None,
-                    ascending: Some(None),
+                    ascending: true,
                     converter,
                 }));
             }
@@ -188,7 +188,7 @@ impl GroupKeys {
                 r.hashes.reserve(n);
             }
             GroupKeys::Int(i) => {
-                if i.ascending.is_none() {
+                if !i.ascending {
                     i.map.reserve(n, |&(k, _)| hash_int(k));
                 }
                 i.values.reserve(n);
@@ -326,50 +326,42 @@ impl IntKeys {
     fn groups(&mut self, keys: &ArrayRef) -> Result<Vec<u32>> {
         let wide = arrow::compute::cast(keys, &DataType::Int64)?;
         let wide = wide.as_primitive::<Int64Type>();
-        if let Some(last) = self.ascending {
-            if let Some(groups) = self.ascending_groups(last, wide) {
+        if self.ascending {
+            if let Some(groups) = self.ascending_groups(wide) {
                 return Ok(groups);
             }
-            // A key below the last (or a NULL): every group goes into the map, looked up from now on.
-            self.ascending = None;
+            // A key below the last (or a NULL): every group so far (none NULL) goes into the map,
+            // looked up from now on.
+            self.ascending = false;
             self.map.reserve(self.values.len() + wide.len(), |&(k, _)| hash_int(k));
             for (g, &k) in self.values.iter().enumerate() {
-                if self.null_group != Some(g as u32) {
-                    self.map.insert_unique(hash_int(k), (k, g as u32), |&(stored, _)| hash_int(stored));
-                }
+                self.map.insert_unique(hash_int(k), (k, g as u32), |&(stored, _)| hash_int(stored));
             }
         }
         Ok(groups_by_value(&mut self.map, &mut self.values, &mut self.null_group, hash_int, wide.iter()))
     }
 
-    /// The groups of `keys` if they all come at or above `last` (the last key seen and its group),
-    /// each the group of the key before or a new one; None, changing nothing, otherwise.
-    fn ascending_groups(&mut self, last: Option<(i64, u32)>, keys: &Int64Array) -> Option<Vec<u32>> {
-        if keys.null_count() > 0 || self.null_group.is_some() {
+    /// The groups of `keys` if none is NULL and they all come at or above the last group's key, each
+    /// the group of the key before or a new one; None, changing nothing, otherwise.
+    fn ascending_groups(&mut self, keys: &Int64Array) -> Option<Vec<u32>> {
+        if keys.null_count() > 0 {
             return None;
         }
         let keys = keys.values();
-        let first_fits = match (last, keys.first()) {
-            (Some((l, _)), Some(&k)) => k >= l,
+        let first_fits = match (self.values.last(), keys.first()) {
+            (Some(last), Some(k)) => k >= last,
             _ => true,
         };
         if !first_fits || !keys.windows(2).all(|w| w[0] <= w[1]) {
             return None;
         }
         let mut groups = Vec::with_capacity(keys.len());
-        let mut last = last;
         for &k in keys {
-            match last {
-                Some((l, g)) if l == k => groups.push(g),
-                _ => {
-                    let g = self.values.len() as u32;
-                    self.values.push(k);
-                    groups.push(g);
-                    last = Some((k, g));
-                }
+            if self.values.last() != Some(&k) {
+                self.values.push(k);
             }
+            groups.push(self.values.len() as u32 - 1);
         }
-        self.ascending = Some(last);
         Some(groups)
     }
 
@@ -576,7 +568,7 @@ mod tests {
             }
             assert_eq!(int.len(), rows.len());
             let (GroupKeys::Int(i), GroupKeys::Rows(_)) = (&int, &rows) else { panic!("key tables") };
-            assert!(i.ascending.is_none(), "a key below the last one ends the ascending run");
+            assert!(!i.ascending, "a key below the last one ends the ascending run");
         }
         // Ascending throughout: the map stays empty.
         let mut int = GroupKeys::new(vec![DataType::Int32], false).expect("keys");
