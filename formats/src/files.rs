@@ -3,7 +3,9 @@ use std::path::{Path, PathBuf};
 use crate::{FormatError, Result};
 
 /// The files a table path names: a file, every visible file of a directory (recursively), or a glob.
-/// Sorted, so that scans are deterministic.
+/// Sorted, so that scans are deterministic, with numbers in names in numeric order (`part-2` before
+/// `part-10`): files written in parts hold their rows in part order, and a table sorted across its
+/// parts (TPC-H's lineitem by `l_orderkey`) is then scanned in key order.
 pub fn list_files(pattern: &str) -> Result<Vec<PathBuf>> {
     let path = Path::new(pattern);
     let mut files = Vec::new();
@@ -26,8 +28,63 @@ pub fn list_files(pattern: &str) -> Result<Vec<PathBuf>> {
     if files.is_empty() {
         return Err(FormatError::NoFiles { pattern: pattern.to_string() });
     }
-    files.sort();
+    files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
     Ok(files)
+}
+
+/// Orders names as text, except that runs of digits compare as the numbers they write; equal numbers
+/// written with more leading zeros come first, and names otherwise equal compare as plain text.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (a_bytes, b_bytes) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < a_bytes.len() && j < b_bytes.len() {
+        if a_bytes[i].is_ascii_digit() && b_bytes[j].is_ascii_digit() {
+            let digits = |s: &[u8], from: usize| from + s[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let (a_end, b_end) = (digits(a_bytes, i), digits(b_bytes, j));
+            let significant = |s: &'_ [u8], from: usize, to: usize| {
+                let zeros = s[from..to].iter().take_while(|c| **c == b'0').count();
+                (from + zeros).min(to.saturating_sub(1)).max(from)
+            };
+            let (a_num, b_num) = (&a_bytes[significant(a_bytes, i, a_end)..a_end], &b_bytes[significant(b_bytes, j, b_end)..b_end]);
+            let by_value = a_num.len().cmp(&b_num.len()).then_with(|| a_num.cmp(b_num));
+            let by_zeros = (b_end - j).cmp(&(a_end - i));
+            match by_value.then(by_zeros) {
+                Ordering::Equal => (i, j) = (a_end, b_end),
+                other => return other,
+            }
+        } else {
+            match a_bytes[i].cmp(&b_bytes[j]) {
+                Ordering::Equal => (i, j) = (i + 1, j + 1),
+                other => return other,
+            }
+        }
+    }
+    (a_bytes.len() - i).cmp(&(b_bytes.len() - j)).then_with(|| a.cmp(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_cmp;
+
+    #[test]
+    fn numbers_in_names_sort_by_value() {
+        let mut names = vec!["part-10.parquet", "part-2.parquet", "part-1.parquet", "part-02.parquet", "part-1a.parquet", "a/part-3", "b/part-1", "part-.parquet", "x9y10", "x9y9", "x10y1"];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            ["a/part-3", "b/part-1", "part-.parquet", "part-1.parquet", "part-1a.parquet", "part-02.parquet", "part-2.parquet", "part-10.parquet", "x9y9", "x9y10", "x10y1"]
+        );
+    }
+
+    #[test]
+    fn huge_numbers_and_zeros_compare_without_overflow() {
+        use std::cmp::Ordering;
+        assert_eq!(natural_cmp("f99999999999999999999999", "f100000000000000000000000"), Ordering::Less);
+        assert_eq!(natural_cmp("f0", "f00"), Ordering::Greater);
+        assert_eq!(natural_cmp("f0", "f0"), Ordering::Equal);
+        assert_eq!(natural_cmp("f000", "f1"), Ordering::Less);
+    }
 }
 
 fn walk_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
