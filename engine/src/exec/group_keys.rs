@@ -52,6 +52,10 @@ pub(super) struct IntKeys {
     /// as TPC-H's lineitem by l_orderkey): a key is then the last group's (`values`' last) or a new
     /// one, so no key is looked up, nor hashed into `map`, until one comes below the last.
     ascending: bool,
+    /// Whether `map` holds every group (but the NULL one). It does not while `ascending`, nor after
+    /// a batch of ascending keys was merged with the ascending groups (see `merged_groups`): it is
+    /// built when a key is next looked up.
+    indexed: bool,
     /// To split groups into spill buckets exactly as their keys' rows would be.
     converter: RowConverter,
 }
@@ -128,6 +132,7 @@ impl GroupKeys {
                     values: vec![],
                     null_group: None,
                     ascending: true,
+                    indexed: false,
                     converter,
                 }));
             }
@@ -188,7 +193,7 @@ impl GroupKeys {
                 r.hashes.reserve(n);
             }
             GroupKeys::Int(i) => {
-                if !i.ascending {
+                if i.indexed {
                     i.map.reserve(n, |&(k, _)| hash_int(k));
                 }
                 i.values.reserve(n);
@@ -326,19 +331,67 @@ impl IntKeys {
     fn groups(&mut self, keys: &ArrayRef) -> Result<Vec<u32>> {
         let wide = arrow::compute::cast(keys, &DataType::Int64)?;
         let wide = wide.as_primitive::<Int64Type>();
+        if wide.is_empty() {
+            return Ok(vec![]);
+        }
         if self.ascending {
             if let Some(groups) = self.ascending_groups(wide) {
                 return Ok(groups);
             }
-            // A key below the last (or a NULL): every group so far (none NULL) goes into the map,
-            // looked up from now on.
+            // A key below the last (or a NULL): keys are looked up from now on, unless this batch
+            // ascends on its own (another partition's groups of sorted input, merged).
             self.ascending = false;
+            if let Some(groups) = self.merged_groups(wide) {
+                return Ok(groups);
+            }
+        }
+        if !self.indexed {
+            // Every group so far (none NULL) goes into the map.
             self.map.reserve(self.values.len() + wide.len(), |&(k, _)| hash_int(k));
             for (g, &k) in self.values.iter().enumerate() {
                 self.map.insert_unique(hash_int(k), (k, g as u32), |&(stored, _)| hash_int(stored));
             }
+            self.indexed = true;
         }
         Ok(groups_by_value(&mut self.map, &mut self.values, &mut self.null_group, hash_int, wide.iter()))
+    }
+
+    /// The groups of `keys`, ascending and none NULL, found by walking the groups so far (ascending
+    /// too: all came while `ascending`) alongside them; keys not among them become new groups. None,
+    /// changing nothing, for other keys. When two partitions of an aggregate over sorted input each
+    /// grouped their rows in key order, their groups merge so without a hash lookup (TPC-H q18's 15
+    /// million orders), and the map is built only if yet more keys come.
+    fn merged_groups(&mut self, keys: &Int64Array) -> Option<Vec<u32>> {
+        if keys.null_count() > 0 || self.null_group.is_some() {
+            return None;
+        }
+        let keys = keys.values();
+        if !keys.windows(2).all(|w| w[0] <= w[1]) {
+            return None;
+        }
+        let sorted = self.values.len();
+        // Groups below `at` hold keys below the current one.
+        let mut at = 0;
+        let mut previous: Option<(i64, u32)> = None;
+        let mut groups = Vec::with_capacity(keys.len());
+        for &k in keys {
+            if let Some((p, g)) = previous {
+                if p == k {
+                    groups.push(g);
+                    continue;
+                }
+            }
+            at += count_below(&self.values[at..sorted], k);
+            let g = if at < sorted && self.values[at] == k {
+                at as u32
+            } else {
+                self.values.push(k);
+                (self.values.len() - 1) as u32
+            };
+            groups.push(g);
+            previous = Some((k, g));
+        }
+        Some(groups)
     }
 
     /// The groups of `keys` if none is NULL and they all come at or above the last group's key, each
@@ -378,6 +431,19 @@ impl IntKeys {
         }
         Ok(arrow::compute::cast(&wide, &self.data_type)?)
     }
+}
+
+/// How many of `sorted`'s values (ascending) are below `key`, searched from the front in doubling
+/// steps: cheap when few are, as when walking two sorted lists side by side.
+fn count_below(sorted: &[i64], key: i64) -> usize {
+    let mut end = 1;
+    while end < sorted.len() && sorted[end - 1] < key {
+        end *= 2;
+    }
+    // Every value before `end / 2` is below the key (the step before checked the last of them).
+    let start = end / 2;
+    let end = end.min(sorted.len());
+    start + sorted[start..end].partition_point(|v| *v < key)
 }
 
 /// The group of every key, adding the new ones, where keys are held by value: beside their group
@@ -569,6 +635,27 @@ mod tests {
             assert_eq!(int.len(), rows.len());
             let (GroupKeys::Int(i), GroupKeys::Rows(_)) = (&int, &rows) else { panic!("key tables") };
             assert!(!i.ascending, "a key below the last one ends the ascending run");
+        }
+        // A second run of ascending keys (another partition's groups) merges with the first without
+        // the map; keys after it are looked up in the map, built then.
+        let runs: Vec<Vec<i64>> = vec![vec![2, 4, 4, 9, 20], vec![21, 30], vec![0, 1, 4, 5, 5, 9, 25, 30, 31, 31, 40], vec![], vec![31, 3, 40, 41]];
+        let mut int = GroupKeys::new(vec![DataType::Int64], false).expect("keys");
+        let mut rows = GroupKeys::row_encoded(vec![DataType::Int64]).expect("row keys");
+        for (n, b) in runs.into_iter().enumerate() {
+            let keys: ArrayRef = Arc::new(arrow::array::Int64Array::from(b.clone()));
+            let got = int.groups(std::slice::from_ref(&keys), keys.len()).expect("groups");
+            let want = rows.groups(std::slice::from_ref(&keys), keys.len()).expect("row groups");
+            assert_eq!(got, want, "{b:?}");
+            let GroupKeys::Int(i) = &int else { panic!("int keys") };
+            assert_eq!((i.ascending, i.indexed, i.map.len()), match n {
+                0 | 1 => (true, false, 0),
+                2 | 3 => (false, false, 0),
+                _ => (false, true, i.values.len()),
+            }, "after batch {n}");
+        }
+        assert_eq!(int.take_arrays().expect("keys"), rows.take_arrays().expect("row keys"));
+        for (sorted, key, below) in [(vec![], 5, 0), (vec![1, 2, 3], 0, 0), (vec![1, 2, 3], 2, 1), (vec![1, 2, 3], 9, 3), ((0..100).collect(), 37, 37), ((0..100).collect(), 64, 64)] {
+            assert_eq!(count_below(&sorted, key), below, "{sorted:?} {key}");
         }
         // Ascending throughout: the map stays empty.
         let mut int = GroupKeys::new(vec![DataType::Int32], false).expect("keys");
