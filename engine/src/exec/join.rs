@@ -90,6 +90,20 @@ impl JoinSpec {
         Ok(Some(arrow::compute::cast(&key, &DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone()))
     }
 
+    /// Every join key of `batch` as i64 (as `key_arrays` gives them), when the join has several keys,
+    /// all of integer-like types; None otherwise.
+    fn int_keys(&self, batch: &RecordBatch, probe: bool) -> Result<Option<Vec<arrow::array::Int64Array>>> {
+        if self.build_keys.len() < 2 || !self.build_keys.iter().all(|b| int_like(&b.data_type(&self.build_schema))) {
+            return Ok(None);
+        }
+        let keys = self.key_arrays(batch, probe)?;
+        let wide = keys
+            .iter()
+            .map(|k| Ok(arrow::compute::cast(k, &DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(wide))
+    }
+
     /// The join keys of `batch` packed into one u128 per row (see `group_keys::KeyPacking`), when
     /// they are several integer-like keys that fit; and which rows have a NULL key.
     fn packed_keys(&self, batch: &RecordBatch, probe: bool) -> Result<Option<PackedKeyRows>> {
@@ -124,6 +138,8 @@ struct JoinTable {
     /// Likewise for several integer-like keys packed into one u128 (TPC-DS's returns joined to their
     /// sales on item and ticket).
     packed_heads: Option<HashTable<(u128, u32)>>,
+    /// With `int_heads`, for several keys: how they fold into the one integer looked up.
+    ranges: Option<KeyRanges>,
     next: Vec<u32>,
     /// No key has two build rows (`next` chains nothing: a probe need not read it).
     unique: bool,
@@ -138,6 +154,54 @@ struct JoinTable {
 }
 
 const NONE: u32 = u32::MAX;
+
+/// Several integer-like join keys folded into one i64 by the build side's value ranges: each key's
+/// offset from its smallest build value, in as many bits as its build values span, above the keys
+/// before it. Keys that fit 63 bits together (TPC-H q09's `(l_suppkey, l_partkey)`, 17 and 21 bits
+/// at SF10, where packing whole values into 128 bits fails) are then looked up as one integer key,
+/// densely when the folded values are (DuckDB compresses join keys by their ranges likewise). A
+/// probe key outside its build range matches nothing: its folded key is NULL.
+struct KeyRanges {
+    /// Per key: its smallest and largest build value, and the bit its offset starts at.
+    keys: Vec<(i64, i64, u32)>,
+}
+
+impl KeyRanges {
+    /// The ranges of the build side's `keys`, when they fit 63 bits together; None otherwise (or
+    /// when a key is NULL on every row).
+    fn of(keys: &[arrow::array::Int64Array]) -> Option<KeyRanges> {
+        let mut ranges = Vec::with_capacity(keys.len());
+        let mut shift = 0u32;
+        for k in keys {
+            let (min, max) = (arrow::compute::min(k)?, arrow::compute::max(k)?);
+            let span = (max as i128 - min as i128) as u128;
+            ranges.push((min, max, shift));
+            shift += 128 - span.leading_zeros();
+            if shift > 63 {
+                return None;
+            }
+        }
+        Some(KeyRanges { keys: ranges })
+    }
+
+    /// Each row's keys folded into one value; NULL where a key is NULL or outside its range.
+    fn fold(&self, keys: &[arrow::array::Int64Array]) -> arrow::array::Int64Array {
+        let n = keys.first().map_or(0, |k| k.len());
+        let mut folded = vec![0i64; n];
+        let mut valid = vec![true; n];
+        for (k, &(min, max, shift)) in keys.iter().zip(&self.keys) {
+            for (i, &v) in k.values().iter().enumerate() {
+                if v < min || v > max || k.is_null(i) {
+                    valid[i] = false;
+                } else {
+                    folded[i] |= ((v as i128 - min as i128) as i64) << shift;
+                }
+            }
+        }
+        let nulls = valid.contains(&false).then(|| arrow::buffer::NullBuffer::from(valid));
+        arrow::array::Int64Array::new(folded.into(), nulls)
+    }
+}
 
 /// Build keys' first rows, for one integer-like key.
 enum IntHeads {
@@ -485,11 +549,17 @@ impl JoinShared {
         let mut keys = None;
         let mut next = Vec::new();
         let mut has_null_key = false;
-        let (mut int_heads, mut packed_heads) = (None, None);
-        if let Some(build) = self.spec.int_key(&batch, false)? {
+        let (mut int_heads, mut packed_heads, mut ranges) = (None, None, None);
+        let folded = match self.spec.int_keys(&batch, false)? {
+            Some(keys) => KeyRanges::of(&keys).map(|r| (r.fold(&keys), r)),
+            None => None,
+        };
+        let one_key = if folded.is_none() { self.spec.int_key(&batch, false)? } else { None };
+        if let Some(build) = one_key.or_else(|| folded.as_ref().map(|(k, _)| k.clone())) {
             let (map, chains, nulls) = IntHeads::build(batch.num_rows(), |i| build.is_valid(i).then(|| build.value(i)));
             (next, has_null_key) = (chains, nulls);
             int_heads = Some(map);
+            ranges = folded.map(|(_, r)| r);
         } else if let Some((build, null_rows)) = self.spec.packed_keys(&batch, false)? {
             let valid = |i: usize| !null_rows.as_ref().is_some_and(|n| n[i]);
             let (map, chains, nulls) = chain_by_key(batch.num_rows(), |i| valid(i).then(|| build[i]), hash_packed);
@@ -548,7 +618,7 @@ impl JoinShared {
         }
         let (build_rows, has_null_key) = whole.unwrap_or((batch.num_rows(), has_null_key));
         let unique = next.iter().all(|j| *j == NONE);
-        Ok(JoinTable { batch, converter, keys, heads, hasher, int_heads, packed_heads, next, unique, build_rows, has_null_key, visited, _reservation: reservation })
+        Ok(JoinTable { batch, converter, keys, heads, hasher, int_heads, packed_heads, ranges, next, unique, build_rows, has_null_key, visited, _reservation: reservation })
     }
 }
 
@@ -838,7 +908,11 @@ fn candidates(spec: &JoinSpec, probe: &RecordBatch, table: &JoinTable, f: &mut d
     match &table.converter {
         Some(conv) => {
             // One integer-like key: looked up as i64; any other keys: by their encoded rows.
-            let int_keys = if table.int_heads.is_some() { spec.int_key(probe, true)? } else { None };
+            let int_keys = match (&table.int_heads, &table.ranges) {
+                (None, _) => None,
+                (Some(_), None) => spec.int_key(probe, true)?,
+                (Some(_), Some(ranges)) => spec.int_keys(probe, true)?.map(|keys| ranges.fold(&keys)),
+            };
             let packed = if table.packed_heads.is_some() { spec.packed_keys(probe, true)? } else { None };
             let rows = if int_keys.is_none() && packed.is_none() { Some(spec.key_rows(conv, probe, true)?) } else { None };
             for i in 0..probe.num_rows() {
@@ -1136,4 +1210,30 @@ fn poisoned<T>(_: T) -> RiffleError {
 
 fn downcast_u32(a: &ArrayRef) -> Result<UInt32Array> {
     a.as_any().downcast_ref::<UInt32Array>().cloned().ok_or_else(|| RiffleError::exec("join index type"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyRanges;
+    use arrow::array::Int64Array;
+
+    #[test]
+    fn keys_fold_by_their_build_ranges_and_out_of_range_keys_are_null() {
+        let build = [Int64Array::from(vec![Some(100), Some(103), None, Some(101)]), Int64Array::from(vec![Some(-2), Some(5), Some(1), Some(-2)])];
+        let ranges = KeyRanges::of(&build).expect("3 + 3 bits fit");
+        assert_eq!(ranges.keys, [(100, 103, 0), (-2, 5, 2)]);
+        let folded = ranges.fold(&build);
+        assert_eq!(folded.iter().collect::<Vec<_>>(), [Some(0), Some(3 | 7 << 2), None, Some(1)]);
+        let probe = [Int64Array::from(vec![103, 104, 99, 100, 102]), Int64Array::from(vec![5, 5, -2, 6, 0])];
+        assert_eq!(ranges.fold(&probe).iter().collect::<Vec<_>>(), [Some(3 | 7 << 2), None, None, None, Some(2 | 2 << 2)]);
+        // One value in a key: no bits.
+        let single = [Int64Array::from(vec![7, 7]), Int64Array::from(vec![1, 2])];
+        assert_eq!(KeyRanges::of(&single).expect("fits").fold(&single).values().to_vec(), [0, 1]);
+        // The whole i64 range takes 64 bits: too many; so do an all-NULL key's none.
+        assert!(KeyRanges::of(&[Int64Array::from(vec![i64::MIN, i64::MAX]), Int64Array::from(vec![0, 0])]).is_none());
+        assert!(KeyRanges::of(&[Int64Array::from(vec![None::<i64>]), Int64Array::from(vec![0])]).is_none());
+        let (wide, narrow) = ((1i64 << 32) - 1, (1i64 << 31) - 1);
+        assert!(KeyRanges::of(&[Int64Array::from(vec![0, wide]), Int64Array::from(vec![0, narrow])]).is_some_and(|r| r.keys[1].2 == 32));
+        assert!(KeyRanges::of(&[Int64Array::from(vec![0, wide + 1]), Int64Array::from(vec![0, narrow])]).is_none());
+    }
 }
