@@ -63,6 +63,26 @@ fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     (a_bytes.len() - i).cmp(&(b_bytes.len() - j)).then_with(|| a.cmp(b))
 }
 
+fn walk_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| FormatError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| FormatError::io(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Hidden files and `_SUCCESS`-style markers are not data; staged writes start with a dot.
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            walk_dir(&path, files)?;
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::natural_cmp;
@@ -85,24 +105,4 @@ mod tests {
         assert_eq!(natural_cmp("f0", "f0"), Ordering::Equal);
         assert_eq!(natural_cmp("f000", "f1"), Ordering::Less);
     }
-}
-
-fn walk_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| FormatError::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| FormatError::io(dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        // Hidden files and `_SUCCESS`-style markers are not data; staged writes start with a dot.
-        if name.starts_with('.') || name.starts_with('_') {
-            continue;
-        }
-        let path = entry.path();
-        if path.is_dir() {
-            walk_dir(&path, files)?;
-        } else {
-            files.push(path);
-        }
-    }
-    Ok(())
 }
