@@ -42,10 +42,8 @@ fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         if a_bytes[i].is_ascii_digit() && b_bytes[j].is_ascii_digit() {
             let digits = |s: &[u8], from: usize| from + s[from..].iter().take_while(|c| c.is_ascii_digit()).count();
             let (a_end, b_end) = (digits(a_bytes, i), digits(b_bytes, j));
-            let significant = |s: &'_ [u8], from: usize, to: usize| {
-                let zeros = s[from..to].iter().take_while(|c| **c == b'0').count();
-                (from + zeros).min(to.saturating_sub(1)).max(from)
-            };
+            // Past the leading zeros, keeping the last digit (a run holds at least one).
+            let significant = |s: &[u8], from: usize, to: usize| (from + s[from..to].iter().take_while(|c| **c == b'0').count()).min(to - 1);
             let (a_num, b_num) = (&a_bytes[significant(a_bytes, i, a_end)..a_end], &b_bytes[significant(b_bytes, j, b_end)..b_end]);
             let by_value = a_num.len().cmp(&b_num.len()).then_with(|| a_num.cmp(b_num));
             let by_zeros = (b_end - j).cmp(&(a_end - i));

@@ -360,9 +360,10 @@ impl IntKeys {
     /// too: all came while `ascending`) alongside them; keys not among them become new groups. None,
     /// changing nothing, for other keys. When two partitions of an aggregate over sorted input each
     /// grouped their rows in key order, their groups merge so without a hash lookup (TPC-H q18's 15
-    /// million orders), and the map is built only if yet more keys come.
+    /// million orders), and the map is built only if yet more keys come. Called as the ascending run
+    /// ends, when no group is NULL's yet.
     fn merged_groups(&mut self, keys: &Int64Array) -> Option<Vec<u32>> {
-        if keys.null_count() > 0 || self.null_group.is_some() {
+        if keys.null_count() > 0 {
             return None;
         }
         let keys = keys.values();

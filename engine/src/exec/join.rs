@@ -79,21 +79,10 @@ impl JoinSpec {
             .collect()
     }
 
-    /// The one join key of `batch` as i64 (as `key_arrays` gives it), when the join has one key of
-    /// an integer-like type; None otherwise.
-    fn int_key(&self, batch: &RecordBatch, probe: bool) -> Result<Option<arrow::array::Int64Array>> {
-        let [b] = self.build_keys.as_slice() else { return Ok(None) };
-        if !int_like(&b.data_type(&self.build_schema)) {
-            return Ok(None);
-        }
-        let Some(key) = self.key_arrays(batch, probe)?.pop() else { return Ok(None) };
-        Ok(Some(arrow::compute::cast(&key, &DataType::Int64)?.as_primitive::<arrow::datatypes::Int64Type>().clone()))
-    }
-
-    /// Every join key of `batch` as i64 (as `key_arrays` gives them), when the join has several keys,
-    /// all of integer-like types; None otherwise.
+    /// The join keys of `batch` as i64 (as `key_arrays` gives them), when the join has keys, all of
+    /// integer-like types; None otherwise.
     fn int_keys(&self, batch: &RecordBatch, probe: bool) -> Result<Option<Vec<arrow::array::Int64Array>>> {
-        if self.build_keys.len() < 2 || !self.build_keys.iter().all(|b| int_like(&b.data_type(&self.build_schema))) {
+        if self.build_keys.is_empty() || !self.build_keys.iter().all(|b| int_like(&b.data_type(&self.build_schema))) {
             return Ok(None);
         }
         let keys = self.key_arrays(batch, probe)?;
@@ -550,16 +539,20 @@ impl JoinShared {
         let mut next = Vec::new();
         let mut has_null_key = false;
         let (mut int_heads, mut packed_heads, mut ranges) = (None, None, None);
-        let folded = match self.spec.int_keys(&batch, false)? {
-            Some(keys) => KeyRanges::of(&keys).map(|r| (r.fold(&keys), r)),
+        // One integer-like key as it is; several folded into one by their ranges, when they fit.
+        let int_key = match self.spec.int_keys(&batch, false)? {
+            Some(mut keys) if keys.len() == 1 => keys.pop(),
+            Some(keys) => KeyRanges::of(&keys).map(|r| {
+                let folded = r.fold(&keys);
+                ranges = Some(r);
+                folded
+            }),
             None => None,
         };
-        let one_key = if folded.is_none() { self.spec.int_key(&batch, false)? } else { None };
-        if let Some(build) = one_key.or_else(|| folded.as_ref().map(|(k, _)| k.clone())) {
+        if let Some(build) = int_key {
             let (map, chains, nulls) = IntHeads::build(batch.num_rows(), |i| build.is_valid(i).then(|| build.value(i)));
             (next, has_null_key) = (chains, nulls);
             int_heads = Some(map);
-            ranges = folded.map(|(_, r)| r);
         } else if let Some((build, null_rows)) = self.spec.packed_keys(&batch, false)? {
             let valid = |i: usize| !null_rows.as_ref().is_some_and(|n| n[i]);
             let (map, chains, nulls) = chain_by_key(batch.num_rows(), |i| valid(i).then(|| build[i]), hash_packed);
@@ -910,7 +903,7 @@ fn candidates(spec: &JoinSpec, probe: &RecordBatch, table: &JoinTable, f: &mut d
             // One integer-like key: looked up as i64; any other keys: by their encoded rows.
             let int_keys = match (&table.int_heads, &table.ranges) {
                 (None, _) => None,
-                (Some(_), None) => spec.int_key(probe, true)?,
+                (Some(_), None) => spec.int_keys(probe, true)?.and_then(|mut keys| keys.pop()),
                 (Some(_), Some(ranges)) => spec.int_keys(probe, true)?.map(|keys| ranges.fold(&keys)),
             };
             let packed = if table.packed_heads.is_some() { spec.packed_keys(probe, true)? } else { None };
